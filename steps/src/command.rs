@@ -1,0 +1,59 @@
+//! The `command` kind: run an argv, never a shell string built by qflow.
+//!
+//! The program runs in the workflow's directory with `QFLOW_OUT` set to its fresh
+//! output directory, and with qflow's make jobserver in `MAKEFLAGS`, so a `make`
+//! it starts stays within the step's `jobs` slots.
+
+use qflow_engine::{CheckContext, FieldError, Input, RunContext, Step, StepFields};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Run a program with arguments. A user who wants a shell writes `[sh, -c, '...']`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// The argv to run: program first.
+    pub run: Vec<String>,
+    /// Host files, directories (whole trees) or globs whose content enters the key.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Files or directories the program must create under `$QFLOW_OUT`.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+}
+
+impl StepFields for Command {
+    const KIND: &'static str = "command";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+impl Step for Command {
+    fn inputs(&self) -> Vec<Input> {
+        self.inputs.iter().enumerate().map(|(i, p)| Input::new(format!("inputs[{i}]"), p.clone())).collect()
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        self.outputs.clone()
+    }
+
+    fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {
+        if self.run.is_empty() || self.run[0].is_empty() {
+            return Err(FieldError::new("run", "`run` needs at least a program name, e.g. `run: [make, all]`"));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
+        vec![self.run.iter().map(|a| qflow_engine::context::quote_arg(a)).collect::<Vec<_>>().join(" ")]
+    }
+
+    fn uses_jobserver(&self) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
+        let mut cmd = ctx.command(&self.run[0]);
+        cmd.args(&self.run[1..]);
+        ctx.run(cmd)
+    }
+}

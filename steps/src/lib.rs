@@ -1,0 +1,14 @@
+//! qflow's step kinds, one file per kind. Each kind is a typed fields struct that
+//! implements [`qflow_engine::Step`]; [`registry`] lists them all.
+
+pub mod command;
+pub mod image_file;
+
+use qflow_engine::{KindOf, Registry};
+
+/// Every step kind qflow knows.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.add(KindOf::<command::Command>::new());
+    r
+}
