@@ -1,0 +1,177 @@
+//! The end-to-end test harness: a temporary workspace in which tests write a
+//! workflow and its inputs, run the real `qflow` binary, and read what it did.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory holding one workflow. Removed on drop unless the test failed.
+pub struct Space {
+    dir: PathBuf,
+    cache: Option<PathBuf>,
+}
+
+impl Default for Space {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Space {
+    pub fn new() -> Space {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = base.join(format!("space-{}-{}-{}", std::process::id(), n, nanos()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Space { dir, cache: None }
+    }
+
+    /// Use `dir` as the qflow cache (`--cache`) instead of `.qflow/` in the space.
+    pub fn with_cache(mut self, dir: &Path) -> Space {
+        self.cache = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Write a file (parents created).
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> &Space {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        self
+    }
+
+    /// Write `workflow.yaml`.
+    pub fn workflow(&self, yaml: &str) -> &Space {
+        self.write("workflow.yaml", yaml)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+    }
+
+    /// A `qflow` command in this space (cache flag added when set).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qflow"));
+        cmd.current_dir(&self.dir);
+        cmd.args(args);
+        if let Some(cache) = &self.cache {
+            cmd.env("QFLOW_CACHE", cache);
+        }
+        cmd.env("NO_COLOR", "1");
+        cmd
+    }
+
+    /// Run `qflow ARGS` to completion.
+    pub fn qflow(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().expect("cannot run qflow");
+        Run::from(out)
+    }
+
+    /// `qflow apply`, which must succeed.
+    pub fn apply(&self) -> Run {
+        self.qflow(&["apply"]).success()
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = make_writable_and_remove(&self.dir);
+        }
+    }
+}
+
+/// Remove a tree even where qflow made files read-only.
+pub fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
+    std::fs::remove_dir_all(dir)
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// A cache directory shared by every slow test of this build, so heavy artifacts
+/// (a kernel, a base image) are built once per test run and hit the cache after.
+pub fn shared_cache() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-cache");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// What one qflow invocation did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    pub fn success(self) -> Run {
+        assert_eq!(self.code, 0, "qflow failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn failure(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// The steps that ran, in completion order (plain output: `qflow: ok STEP ...`).
+    pub fn ran(&self) -> Vec<String> {
+        self.events("ok")
+    }
+
+    /// The steps that were cached (`qflow: cached STEP`).
+    pub fn cached(&self) -> Vec<String> {
+        self.events("cached")
+    }
+
+    /// The steps that failed (`qflow: FAILED STEP`).
+    pub fn failed(&self) -> Vec<String> {
+        self.events("FAILED")
+    }
+
+    fn events(&self, word: &str) -> Vec<String> {
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("qflow: "))
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(word)).then(|| it.next().unwrap_or("").to_string())
+            })
+            .collect()
+    }
+
+    /// Sorted names of the steps that ran.
+    pub fn ran_sorted(&self) -> Vec<String> {
+        let mut v = self.ran();
+        v.sort();
+        v
+    }
+
+    pub fn stderr_contains(&self, needle: &str) -> bool {
+        self.stderr.contains(needle)
+    }
+}
