@@ -1,0 +1,175 @@
+//! Garbage collection: drop everything no kept step key leads to.
+//!
+//! The caller (`qflow gc`, under the workspace lock) names the step keys whose records
+//! survive. Kept trees are their outputs plus, transitively, every tree they retain (a qcow2
+//! overlay's backing image lives in another step's tree). Objects survive when a kept tree's
+//! manifest lists them. Temporary names older than an hour are leftovers of killed runs;
+//! younger ones may belong to a run in progress elsewhere and are left alone.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use crate::atomic::remove_dir_force;
+use crate::tree::is_tmp_name;
+use crate::{Cache, EntryKind, Hash};
+
+/// Temporary files and trees older than this are removed by `gc`.
+pub const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
+
+/// What `gc` removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub records: u64,
+    pub trees: u64,
+    pub objects: u64,
+    /// Bytes of the removed objects (the data; tree files are links to objects).
+    pub bytes: u64,
+}
+
+impl Cache {
+    /// Deletes every record not in `keep`, every tree no kept record leads to, and every
+    /// object no kept tree lists. Run it under the workspace lock.
+    pub fn gc(&self, keep: &[Hash]) -> anyhow::Result<GcStats> {
+        let keep: BTreeSet<Hash> = keep.iter().copied().collect();
+        let mut stats = GcStats::default();
+
+        // Trees to keep, and the manifests that say which objects they need.
+        let mut kept_trees = BTreeSet::new();
+        let mut manifests = Vec::new();
+        let mut todo: Vec<Hash> = Vec::new();
+        for key in &keep {
+            if let Some(r) = self.get_record(key)? {
+                todo.push(r.output);
+                todo.extend(r.retains.iter().copied());
+                manifests.push(r.manifest);
+            }
+        }
+        while let Some(h) = todo.pop() {
+            if kept_trees.insert(h) {
+                todo.extend(self.tree_retains(&h));
+                if let Some(m) = self.load_manifest(&h)? {
+                    manifests.push(m);
+                }
+            }
+        }
+        let mut kept_objects = BTreeSet::new();
+        for m in &manifests {
+            for e in &m.entries {
+                if let EntryKind::File {
+                    hash, executable, ..
+                } = e.kind
+                {
+                    kept_objects.insert((hash, executable));
+                }
+            }
+        }
+
+        for (name, path) in sharded_files(&self.dir("records"))? {
+            if is_tmp_name(&name) {
+                remove_if_stale(&path)?;
+            } else if !name.parse().is_ok_and(|h: Hash| keep.contains(&h)) {
+                remove_file(&path)?;
+                stats.records += 1;
+            }
+        }
+
+        for entry in read_dir(&self.dir("trees"))? {
+            let (name, path) = entry;
+            if is_tmp_name(&name) {
+                if is_stale(&path) {
+                    remove_dir_force(&path)?;
+                }
+            } else if !name.parse().is_ok_and(|h: Hash| kept_trees.contains(&h)) {
+                remove_dir_force(&path)?;
+                stats.trees += 1;
+            }
+        }
+
+        for (name, path) in sharded_files(&self.dir("manifests"))? {
+            if is_tmp_name(&name) {
+                remove_if_stale(&path)?;
+                continue;
+            }
+            let stem = name.split('.').next().unwrap_or("");
+            if !stem.parse().is_ok_and(|h: Hash| kept_trees.contains(&h)) {
+                remove_file(&path)?;
+            }
+        }
+
+        for (name, path) in sharded_files(&self.dir("objects"))? {
+            if is_tmp_name(&name) {
+                remove_if_stale(&path)?;
+                continue;
+            }
+            let (stem, executable) = match name.strip_suffix(".x") {
+                Some(s) => (s, true),
+                None => (name.as_str(), false),
+            };
+            if !stem
+                .parse()
+                .is_ok_and(|h: Hash| kept_objects.contains(&(h, executable)))
+            {
+                let len = std::fs::symlink_metadata(&path)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                remove_file(&path)?;
+                stats.objects += 1;
+                stats.bytes += len;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// (name, path) of each entry of `dir`; a missing `dir` is empty.
+fn read_dir(dir: &Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list `{}`", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("cannot list `{}`", dir.display()))?;
+        out.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    Ok(out)
+}
+
+/// The files of a sharded directory (`<dir>/<xx>/<name>`).
+fn sharded_files(dir: &Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for (_, shard) in read_dir(dir)? {
+        if shard.is_dir() {
+            out.extend(read_dir(&shard)?);
+        }
+    }
+    Ok(out)
+}
+
+fn is_stale(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > STALE_TMP_AGE)
+}
+
+fn remove_if_stale(path: &Path) -> anyhow::Result<()> {
+    if is_stale(path) {
+        remove_file(path)?;
+    }
+    Ok(())
+}
+
+fn remove_file(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove `{}`", path.display()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,159 @@
+//! `Hash`: a blake3 digest, the one name for content in the cache (objects, trees, step keys).
+//!
+//! Printed and serialized as 64 lowercase hex digits so records and lock files stay readable
+//! and diffable. `hash_file` memory-maps large files and hashes them on all cores (blake3's
+//! tree mode), and reads small files plainly, where mapping costs more than it saves.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Files at least this large are memory-mapped and hashed in parallel.
+pub const MMAP_THRESHOLD: u64 = 1 << 20;
+
+/// A blake3 digest of some content.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The blake3 hash of `bytes`.
+    pub fn of_bytes(bytes: &[u8]) -> Hash {
+        Hash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 15) as usize] as char);
+        }
+        s
+    }
+
+    /// The first 12 hex digits, for messages.
+    pub fn short(&self) -> String {
+        let mut s = self.to_hex();
+        s.truncate(12);
+        s
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl From<blake3::Hash> for Hash {
+    fn from(h: blake3::Hash) -> Hash {
+        Hash(*h.as_bytes())
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", self.to_hex())
+    }
+}
+
+impl FromStr for Hash {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Hash> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
+            bail!("`{s}` is not a hash: expected 64 lowercase hex digits");
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
+                bail!("`{s}` is not a hash: expected 64 lowercase hex digits");
+            };
+            out[i] = (hi << 4) | lo;
+        }
+        Ok(Hash(out))
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl Serialize for Hash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The blake3 hash of a file's content.
+///
+/// Files of [`MMAP_THRESHOLD`] bytes or more are memory-mapped and hashed on all cores
+/// (`blake3::Hasher::update_mmap_rayon`); smaller ones are read with one buffer.
+pub fn hash_file(path: &Path) -> anyhow::Result<Hash> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot stat `{}`", path.display()))?
+        .len();
+    let mut hasher = blake3::Hasher::new();
+    if len >= MMAP_THRESHOLD {
+        drop(file);
+        hasher
+            .update_mmap_rayon(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+    } else {
+        let mut buf = Vec::with_capacity(len as usize + 1);
+        file.read_to_end(&mut buf)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        hasher.update(&buf);
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_bad_text() {
+        let h = Hash::of_bytes(b"hello");
+        assert_eq!(h.to_hex(), blake3::hash(b"hello").to_hex().as_str());
+        assert_eq!(h.to_string().parse::<Hash>().unwrap(), h);
+        assert_eq!(h.short().len(), 12);
+        assert!("xyz".parse::<Hash>().is_err());
+        assert!(h.to_hex().to_uppercase().parse::<Hash>().is_err());
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{h}\""));
+        assert_eq!(serde_json::from_str::<Hash>(&json).unwrap(), h);
+    }
+
+    #[test]
+    fn small_and_large_files_hash_like_their_bytes() {
+        let dir = crate::test_dir("hash_file");
+        for len in [0usize, 5, (MMAP_THRESHOLD as usize) + 12345] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let p = dir.join(format!("f{len}"));
+            std::fs::write(&p, &bytes).unwrap();
+            assert_eq!(hash_file(&p).unwrap(), Hash::of_bytes(&bytes), "len {len}");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The object store: every output file's bytes, once, named by their blake3 hash.
+//!
+//! `objects/<hex[0..2]>/<hex>` holds a non-executable file (mode 0444), `<hex>.x` the same
+//! bytes as an executable (0555): a hard-linked inode has one mode, so the two cannot share a
+//! name. Objects are never modified in place; an object name appears (by `rename`) only after
+//! its bytes are fsynced, so a crash leaves either no object or a complete one.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::atomic::{fsync_dir, parent_of, unique_tmp_name};
+use crate::link::{LinkKind, link_or_copy};
+use crate::{Cache, Hash, hash_file};
+
+/// The mode of an object and of a committed tree file.
+pub(crate) fn read_only_mode(executable: bool) -> u32 {
+    if executable { 0o555 } else { 0o444 }
+}
+
+impl Cache {
+    /// Where the non-executable object with hash `h` lives.
+    pub fn object_path(&self, h: &Hash) -> PathBuf {
+        self.object_file(h, false)
+    }
+
+    /// Where the object with hash `h` lives, in its executable or plain variant.
+    pub fn object_file(&self, h: &Hash, executable: bool) -> PathBuf {
+        self.sharded("objects", h, if executable { ".x" } else { "" })
+    }
+
+    /// Whether the store holds the bytes `h` (in either variant).
+    pub fn has_object(&self, h: &Hash) -> bool {
+        self.object_file(h, false).is_file() || self.object_file(h, true).is_file()
+    }
+
+    /// Takes the regular file `file` (inside a temporary tree) into the store.
+    ///
+    /// Afterwards `file` is read-only and shares its bytes with the object: if the object was
+    /// absent, `file` itself is linked in; if present, `file` is replaced by a link to it (so
+    /// identical outputs take the space once). Returns (hash, size, executable).
+    pub(crate) fn ingest_file(&self, file: &Path) -> anyhow::Result<(Hash, u64, bool)> {
+        let meta = std::fs::symlink_metadata(file)
+            .with_context(|| format!("cannot stat `{}`", file.display()))?;
+        let size = meta.len();
+        let executable = meta.mode() & 0o111 != 0;
+        let mode = read_only_mode(executable);
+        let hash = hash_file(file)?;
+        let object = self.object_file(&hash, executable);
+
+        match std::fs::symlink_metadata(&object) {
+            Ok(om) if om.is_file() && om.len() == size => {
+                if (om.dev(), om.ino()) != (meta.dev(), meta.ino()) {
+                    // Present: point the tree at the stored bytes and drop this copy.
+                    let tmp = parent_of(file).join(unique_tmp_name());
+                    let kind = link_or_copy(&object, &tmp)?;
+                    if kind != LinkKind::Hardlink {
+                        seal(&tmp, mode)?;
+                    }
+                    std::fs::rename(&tmp, file).with_context(|| {
+                        format!("cannot replace `{}` by its stored object", file.display())
+                    })?;
+                }
+            }
+            // Absent, or a damaged object of the wrong size: store this file's bytes.
+            _ => {
+                seal(file, mode)?;
+                let shard = parent_of(&object);
+                std::fs::create_dir_all(&shard)
+                    .with_context(|| format!("cannot create `{}`", shard.display()))?;
+                let tmp = shard.join(unique_tmp_name());
+                let kind = link_or_copy(file, &tmp)?;
+                if kind != LinkKind::Hardlink {
+                    seal(&tmp, mode)?;
+                }
+                std::fs::rename(&tmp, &object).with_context(|| {
+                    format!("cannot move `{}` into the object store", file.display())
+                })?;
+                fsync_dir(&shard)?;
+            }
+        }
+        Ok((hash, size, executable))
+    }
+}
+
+/// Makes `path` read-only with `mode` and fsyncs its bytes.
+pub(crate) fn seal(path: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot make `{}` read-only", path.display()))?;
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot fsync `{}`", path.display()))
+}

@@ -1,0 +1,148 @@
+//! Action records: what a step with a given key produced.
+//!
+//! `records/<hex[0..2]>/<step key>` holds a JSON `Record`. The engine writes it only after
+//! `commit_tree` returned (every object and the tree fsynced and in place), and writes it
+//! atomically, so after a crash a record is either absent or complete. A record that does not
+//! parse or whose manifest does not match its hash is treated as absent and removed: the step
+//! simply runs again.
+//!
+//! "Started" marks (`tmp/started/<step key>`) are written before a step runs and removed
+//! when it ends; one that survives means qflow was killed mid-step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{parent_of, write_atomic};
+use crate::{Cache, Hash, Manifest};
+
+/// What one run of a step produced, under its step key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Record {
+    /// The step key this record answers.
+    pub key: Hash,
+    /// The output tree (= `manifest.hash`).
+    pub output: Hash,
+    pub manifest: Manifest,
+    /// Output trees of other steps that must live as long as this one (e.g. a qcow2 overlay's
+    /// backing file, which the overlay names by a relative path into that tree).
+    pub retains: Vec<Hash>,
+    pub created_unix: u64,
+    pub duration_ms: u64,
+    /// Free-form data the engine keeps with the record (input hashes, tool versions...).
+    pub meta: BTreeMap<String, serde_json::Value>,
+}
+
+impl Cache {
+    fn record_path(&self, key: &Hash) -> PathBuf {
+        self.sharded("records", key, "")
+    }
+
+    pub(crate) fn retains_path(&self, output: &Hash) -> PathBuf {
+        self.sharded("manifests", output, ".retains")
+    }
+
+    /// The record for step key `key`, or `None` if there is none or it is damaged (a damaged
+    /// record file is removed).
+    pub fn get_record(&self, key: &Hash) -> anyhow::Result<Option<Record>> {
+        let path = self.record_path(key);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        };
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(r) if r.key == *key && r.output == r.manifest.hash && r.manifest.verify() => {
+                Ok(Some(r))
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes the record for `key` atomically. Call only after `commit_tree` returned its
+    /// manifest. Also notes `r.retains` beside the output tree, so `gc` keeps those trees
+    /// alive even after this record is gone but the tree is still kept by another.
+    pub fn put_record(&self, key: &Hash, r: &Record) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            r.key == *key && r.output == r.manifest.hash,
+            "record for `{}` names key `{}` and output `{}` (manifest `{}`); they must agree",
+            key.short(),
+            r.key.short(),
+            r.output.short(),
+            r.manifest.hash.short()
+        );
+        if !r.retains.is_empty() {
+            let mut all = self.tree_retains(&r.output);
+            let before = all.len();
+            all.extend(r.retains.iter().copied());
+            if all.len() != before {
+                let path = self.retains_path(&r.output);
+                std::fs::create_dir_all(parent_of(&path))?;
+                write_atomic(&path, &serde_json::to_vec(&all)?)?;
+            }
+        }
+        let path = self.record_path(key);
+        let dir = parent_of(&path);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        write_atomic(&path, &serde_json::to_vec_pretty(r)?)
+    }
+
+    /// The trees that tree `output` needs alive, as noted by `put_record`.
+    pub fn tree_retains(&self, output: &Hash) -> BTreeSet<Hash> {
+        std::fs::read(self.retains_path(output))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Removes the record for `key` (no error if there is none).
+    pub fn remove_record(&self, key: &Hash) -> anyhow::Result<()> {
+        let path = self.record_path(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove `{}`", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn started_path(&self, key: &Hash) -> PathBuf {
+        self.dir("tmp").join("started").join(key.to_hex())
+    }
+
+    /// Marks step `key` as started; until `clear_started`, `was_interrupted` is true.
+    pub fn mark_started(&self, key: &Hash) -> anyhow::Result<()> {
+        let path = self.started_path(key);
+        std::fs::create_dir_all(parent_of(&path))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        write_atomic(
+            &path,
+            format!("pid {} at {now}\n", std::process::id()).as_bytes(),
+        )
+    }
+
+    /// Removes the started mark of step `key`.
+    pub fn clear_started(&self, key: &Hash) -> anyhow::Result<()> {
+        let path = self.started_path(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove `{}`", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether step `key` started and never finished (qflow was killed mid-step).
+    pub fn was_interrupted(&self, key: &Hash) -> bool {
+        self.started_path(key).exists()
+    }
+}

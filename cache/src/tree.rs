@@ -1,0 +1,440 @@
+//! Output trees and their manifests.
+//!
+//! A step writes into a `TempTree` (`trees/.tmp-<pid>-<nanos>-<n>/`). `Cache::commit_tree`
+//! hashes every file (in parallel), moves the bytes into the object store, and renames the
+//! directory to `trees/<manifest hash>/`, made read-only. Files in a committed tree are links
+//! to objects, so a tree costs no space beyond its objects. Symlinks are kept as symlinks
+//! (their target text is recorded), which is how a qcow2 overlay names its backing file in
+//! another tree (`../<hash>/image.qcow2`) and keeps working when the cache moves.
+//!
+//! # The manifest hash
+//! A tree's identity is blake3 over this byte encoding (integers little-endian), not over
+//! the JSON text, so it does not depend on serde's formatting:
+//! ```text
+//! "qflow-manifest\0"  u32 version (=1)  u64 entry count
+//! per entry, sorted by path (bytewise):
+//!   u64 len, path bytes ('/'-separated, relative)
+//!   u8 tag: 0 = dir | 1 = file, then [32] hash, u64 size, u8 executable
+//!           | 2 = symlink, then u64 len, target bytes
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, bail};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{TMP_PREFIX, fsync_dir, remove_dir_force, unique_tmp_name, write_atomic};
+use crate::link::{LinkKind, link_or_copy};
+use crate::object_store::{read_only_mode, seal};
+use crate::{Cache, Hash};
+
+/// The version written into the manifest hash encoding.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// What a tree holds: every path in it, and the hash that names the tree.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// Every file, symlink and directory below the tree root, sorted by path.
+    pub entries: Vec<Entry>,
+    /// blake3 over the canonical encoding of `entries` (see the module docs).
+    pub hash: Hash,
+}
+
+/// One path in a tree.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Relative to the tree root, `/`-separated.
+    pub path: String,
+    pub kind: EntryKind,
+}
+
+/// What sits at a path in a tree.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum EntryKind {
+    File {
+        hash: Hash,
+        size: u64,
+        executable: bool,
+    },
+    Symlink {
+        target: String,
+    },
+    Dir,
+}
+
+impl Manifest {
+    /// A manifest of `entries` (sorted here) with its hash computed.
+    pub fn from_entries(mut entries: Vec<Entry>) -> Manifest {
+        entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        let hash = Manifest::hash_of(&entries);
+        Manifest { entries, hash }
+    }
+
+    /// The canonical hash of (already sorted) `entries`.
+    pub fn hash_of(entries: &[Entry]) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"qflow-manifest\0");
+        h.update(&MANIFEST_VERSION.to_le_bytes());
+        h.update(&(entries.len() as u64).to_le_bytes());
+        for e in entries {
+            h.update(&(e.path.len() as u64).to_le_bytes());
+            h.update(e.path.as_bytes());
+            match &e.kind {
+                EntryKind::Dir => {
+                    h.update(&[0]);
+                }
+                EntryKind::File {
+                    hash,
+                    size,
+                    executable,
+                } => {
+                    h.update(&[1]);
+                    h.update(&hash.0);
+                    h.update(&size.to_le_bytes());
+                    h.update(&[*executable as u8]);
+                }
+                EntryKind::Symlink { target } => {
+                    h.update(&[2]);
+                    h.update(&(target.len() as u64).to_le_bytes());
+                    h.update(target.as_bytes());
+                }
+            }
+        }
+        h.finalize().into()
+    }
+
+    /// Whether `hash` matches `entries` (and they are sorted): false for a tampered manifest.
+    pub fn verify(&self) -> bool {
+        self.entries
+            .windows(2)
+            .all(|w| w[0].path.as_bytes() < w[1].path.as_bytes())
+            && Manifest::hash_of(&self.entries) == self.hash
+    }
+
+    /// The entry at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// The total size of the tree's files.
+    pub fn total_size(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::File { size, .. } => size,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// An output directory being written; removed on drop unless committed.
+#[derive(Debug)]
+pub struct TempTree {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl TempTree {
+    /// The directory to write outputs into (`$QFLOW_OUT`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = remove_dir_force(&self.path);
+        }
+    }
+}
+
+impl Cache {
+    /// A fresh, empty output directory under `trees/`, on the same filesystem as the objects.
+    pub fn new_tree(&self) -> anyhow::Result<TempTree> {
+        let path = self.dir("trees").join(unique_tmp_name());
+        std::fs::create_dir(&path)
+            .with_context(|| format!("cannot create the output directory `{}`", path.display()))?;
+        Ok(TempTree {
+            path,
+            committed: false,
+        })
+    }
+
+    /// Where the committed tree `output` lives: `trees/<hex>`.
+    pub fn tree_path(&self, output: &Hash) -> PathBuf {
+        self.dir("trees").join(output.to_hex())
+    }
+
+    pub(crate) fn manifest_path(&self, output: &Hash) -> PathBuf {
+        self.sharded("manifests", output, ".json")
+    }
+
+    /// The stored manifest of tree `output`; `None` if absent or damaged.
+    pub fn load_manifest(&self, output: &Hash) -> anyhow::Result<Option<Manifest>> {
+        let path = self.manifest_path(output);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        };
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(m) if m.hash == *output && m.verify() => Ok(Some(m)),
+            _ => Ok(None),
+        }
+    }
+
+    fn store_manifest(&self, m: &Manifest) -> anyhow::Result<()> {
+        if self.load_manifest(&m.hash)?.as_ref() == Some(m) {
+            return Ok(());
+        }
+        let path = self.manifest_path(&m.hash);
+        let dir = crate::atomic::parent_of(&path);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+        write_atomic(&path, &serde_json::to_vec(m)?)
+    }
+
+    /// Whether tree `output` is usable: its directory exists with every entry of its
+    /// manifest, and every object it lists is in the store.
+    pub fn has_tree(&self, output: &Hash) -> bool {
+        match self.load_manifest(output) {
+            Ok(Some(m)) => self.tree_is_complete(&m) && self.objects_present(&m),
+            _ => false,
+        }
+    }
+
+    fn objects_present(&self, m: &Manifest) -> bool {
+        m.entries.iter().all(|e| match &e.kind {
+            EntryKind::File {
+                hash, executable, ..
+            } => self.object_file(hash, *executable).is_file(),
+            _ => true,
+        })
+    }
+
+    /// The tree directory exists and holds every entry of `m` with the right type and size.
+    fn tree_is_complete(&self, m: &Manifest) -> bool {
+        let root = self.tree_path(&m.hash);
+        if !root.is_dir() {
+            return false;
+        }
+        m.entries.iter().all(|e| {
+            let Ok(meta) = std::fs::symlink_metadata(root.join(&e.path)) else {
+                return false;
+            };
+            match &e.kind {
+                EntryKind::Dir => meta.is_dir(),
+                EntryKind::Symlink { .. } => meta.file_type().is_symlink(),
+                EntryKind::File { size, .. } => meta.is_file() && meta.len() == *size,
+            }
+        })
+    }
+
+    /// Turns a finished output directory into a committed, read-only tree and returns its
+    /// manifest. Files move into the object store (linked, never copied on one filesystem);
+    /// if an identical tree is already committed, `tmp` is discarded.
+    pub fn commit_tree(&self, tmp: TempTree) -> anyhow::Result<Manifest> {
+        let root = tmp.path.clone();
+        let mut entries = Vec::new();
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        for item in walkdir::WalkDir::new(&root)
+            .min_depth(1)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let item = item.with_context(|| format!("cannot walk `{}`", root.display()))?;
+            let rel = relative_path(&root, item.path())?;
+            let ft = item.file_type();
+            if ft.is_dir() {
+                dirs.push(item.path().to_path_buf());
+                entries.push(Entry {
+                    path: rel,
+                    kind: EntryKind::Dir,
+                });
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(item.path()).with_context(|| {
+                    format!("cannot read the symlink `{}`", item.path().display())
+                })?;
+                let Some(target) = target.to_str() else {
+                    bail!(
+                        "the symlink `{}` points at a path that is not UTF-8; use a UTF-8 name",
+                        item.path().display()
+                    );
+                };
+                entries.push(Entry {
+                    path: rel,
+                    kind: EntryKind::Symlink {
+                        target: target.to_string(),
+                    },
+                });
+            } else if ft.is_file() {
+                files.push((rel, item.path().to_path_buf()));
+            } else {
+                bail!(
+                    "`{}` is neither a file, a directory nor a symlink; a step may only leave those in its output directory",
+                    item.path().display()
+                );
+            }
+        }
+        let stored: Vec<Entry> = files
+            .par_iter()
+            .map(|(rel, path)| {
+                let (hash, size, executable) = self.ingest_file(path)?;
+                Ok(Entry {
+                    path: rel.clone(),
+                    kind: EntryKind::File {
+                        hash,
+                        size,
+                        executable,
+                    },
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        entries.extend(stored);
+        let manifest = Manifest::from_entries(entries);
+        // The names inside the tree (new files, links that replaced them) must be durable
+        // before the tree's name is.
+        dirs.par_iter().try_for_each(|d| fsync_dir(d))?;
+        self.place_tree(tmp, &manifest)?;
+        Ok(manifest)
+    }
+
+    /// Stores the manifest and renames `tmp` to `trees/<hash>` (or discards it when a complete
+    /// identical tree is there already), then makes the tree read-only.
+    fn place_tree(&self, mut tmp: TempTree, m: &Manifest) -> anyhow::Result<()> {
+        self.store_manifest(m)?;
+        let dest = self.tree_path(&m.hash);
+        if dest.exists() {
+            if self.tree_is_complete(m) {
+                return Ok(()); // tmp dropped: removed
+            }
+            remove_dir_force(&dest)?;
+        }
+        if let Err(e) = std::fs::rename(&tmp.path, &dest) {
+            // Another run committed the same tree a moment ago.
+            if self.tree_is_complete(m) {
+                return Ok(());
+            }
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot rename `{}` to `{}`",
+                    tmp.path.display(),
+                    dest.display()
+                )
+            });
+        }
+        tmp.committed = true;
+        fsync_dir(&self.dir("trees"))?;
+        make_dirs_read_only(&dest)
+    }
+
+    /// Re-creates tree `m` from the object store if its directory is gone or damaged, and
+    /// returns the tree's path.
+    pub fn restore_tree(&self, m: &Manifest) -> anyhow::Result<PathBuf> {
+        if !m.verify() {
+            bail!(
+                "the manifest of tree `{}` is damaged; run the step again",
+                m.hash.short()
+            );
+        }
+        let dest = self.tree_path(&m.hash);
+        if self.tree_is_complete(m) && self.objects_present(m) {
+            self.store_manifest(m)?;
+            return Ok(dest);
+        }
+        let tmp = self.new_tree()?;
+        let mut dirs = vec![tmp.path.clone()];
+        for e in &m.entries {
+            let rel = safe_relative(&e.path)
+                .with_context(|| format!("in the manifest of tree `{}`", m.hash.short()))?;
+            let at = tmp.path.join(rel);
+            match &e.kind {
+                EntryKind::Dir => {
+                    std::fs::create_dir(&at)
+                        .with_context(|| format!("cannot create `{}`", at.display()))?;
+                    dirs.push(at);
+                }
+                EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &at)
+                    .with_context(|| format!("cannot create the symlink `{}`", at.display()))?,
+                EntryKind::File {
+                    hash, executable, ..
+                } => {
+                    let object = self.object_file(hash, *executable);
+                    if !object.is_file() {
+                        bail!(
+                            "cannot restore tree `{}`: the object for `{}` is missing from the cache; run the step again (`qflow clean`)",
+                            m.hash.short(),
+                            e.path
+                        );
+                    }
+                    if link_or_copy(&object, &at)? != LinkKind::Hardlink {
+                        seal(&at, read_only_mode(*executable))?;
+                    }
+                }
+            }
+        }
+        dirs.par_iter().try_for_each(|d| fsync_dir(d))?;
+        self.place_tree(tmp, m)?;
+        Ok(dest)
+    }
+}
+
+/// `path` relative to `root`, '/'-separated; an error for a non-UTF-8 name.
+fn relative_path(root: &Path, path: &Path) -> anyhow::Result<String> {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let mut out = String::new();
+    for c in rel.components() {
+        let Some(s) = c.as_os_str().to_str() else {
+            bail!(
+                "the output `{}` has a name that is not UTF-8; rename it",
+                path.display()
+            );
+        };
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(s);
+    }
+    Ok(out)
+}
+
+/// Refuses manifest paths that could escape the tree.
+fn safe_relative(path: &str) -> anyhow::Result<&Path> {
+    let p = Path::new(path);
+    if path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        bail!("the path `{path}` is not a plain relative path");
+    }
+    Ok(p)
+}
+
+/// Read-only directories keep users and steps from editing a committed tree by accident.
+fn make_dirs_read_only(root: &Path) -> anyhow::Result<()> {
+    // Children before parents is not required for chmod, but keeps the walk from needing
+    // write permission it just removed.
+    let mut dirs: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    dirs.reverse();
+    for d in dirs {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o555))
+            .with_context(|| format!("cannot make `{}` read-only", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether a name in `trees/` (or a shard) is a temporary one.
+pub(crate) fn is_tmp_name(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX)
+}
