@@ -2,7 +2,9 @@
 //! implements [`qflow_engine::Step`]; [`registry`] lists them all.
 
 pub mod command;
+pub mod image;
 pub mod image_file;
+pub mod qemu_img;
 
 use qflow_engine::{KindOf, Registry};
 
@@ -10,5 +12,6 @@ use qflow_engine::{KindOf, Registry};
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.add(KindOf::<command::Command>::new());
+    r.add(KindOf::<image::Image>::new());
     r
 }
