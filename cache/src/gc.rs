@@ -173,3 +173,65 @@ fn remove_file(path: &Path) -> anyhow::Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::record_for;
+
+    #[test]
+    fn gc_keeps_retained_trees_of_kept_records_and_deletes_the_rest() {
+        let c = Cache::open(&crate::test_dir("gc").join("c")).unwrap();
+        let (kbase, koverlay, kother) = (
+            Hash::of_bytes(b"base"),
+            Hash::of_bytes(b"overlay"),
+            Hash::of_bytes(b"other"),
+        );
+        let base = record_for(&c, &kbase, &[("image.qcow2", b"base image")], &[]);
+        let overlay = record_for(
+            &c,
+            &koverlay,
+            &[("image.qcow2", b"overlay image")],
+            &[base.output],
+        );
+        let other = record_for(&c, &kother, &[("x", b"unrelated bytes")], &[]);
+
+        let stats = c.gc(&[koverlay]).unwrap();
+        assert_eq!((stats.records, stats.trees, stats.objects), (2, 1, 1));
+        assert_eq!(stats.bytes, b"unrelated bytes".len() as u64);
+        assert!(c.get_record(&koverlay).unwrap().is_some());
+        assert!(c.get_record(&kbase).unwrap().is_none());
+        assert!(c.has_tree(&overlay.output));
+        assert!(
+            c.has_tree(&base.output),
+            "the overlay's backing tree lives on"
+        );
+        assert!(!c.tree_path(&other.output).exists());
+        assert!(!c.has_object(&Hash::of_bytes(b"unrelated bytes")));
+
+        // Once the base's record is gone, the overlay alone still keeps it alive.
+        assert_eq!(c.gc(&[koverlay]).unwrap(), GcStats::default());
+        assert!(c.has_tree(&base.output));
+
+        // Nothing kept: everything goes.
+        let stats = c.gc(&[]).unwrap();
+        assert_eq!((stats.records, stats.trees, stats.objects), (1, 2, 2));
+        assert!(!c.has_tree(&base.output));
+    }
+
+    #[test]
+    fn gc_removes_stale_temp_trees_but_not_fresh_ones() {
+        let c = Cache::open(&crate::test_dir("gc_tmp").join("c")).unwrap();
+        let fresh = c.new_tree().unwrap();
+        let stale = c.new_tree().unwrap();
+        let old = std::fs::FileTimes::new()
+            .set_modified(SystemTime::now() - STALE_TMP_AGE - Duration::from_secs(60));
+        std::fs::File::open(stale.path())
+            .unwrap()
+            .set_times(old)
+            .unwrap();
+        c.gc(&[]).unwrap();
+        assert!(fresh.path().exists());
+        assert!(!stale.path().exists());
+    }
+}

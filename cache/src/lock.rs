@@ -90,3 +90,52 @@ fn holder(file: &mut File) -> String {
         Err(_) => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn no_wait_fails_while_the_lock_is_held() {
+        let c = Cache::open(&crate::test_dir("lock_nowait").join("c")).unwrap();
+        let held = c.lock(LockWait::NoWait).unwrap();
+        let err = c.lock(LockWait::NoWait).unwrap_err().to_string();
+        assert!(err.contains("another qflow run"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        c.lock(LockWait::NoWait).unwrap();
+    }
+
+    #[test]
+    fn wait_blocks_until_the_holder_releases_the_lock() {
+        let c = Cache::open(&crate::test_dir("lock_wait").join("c")).unwrap();
+        let held = c.lock(LockWait::NoWait).unwrap();
+        let released = AtomicBool::new(false);
+        let told = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let say = || told.store(true, Ordering::SeqCst);
+                let lock = c.lock(LockWait::Wait(&say)).unwrap();
+                assert!(
+                    released.load(Ordering::SeqCst),
+                    "got the lock while it was held"
+                );
+                lock
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(told.load(Ordering::SeqCst), "the waiter said it is waiting");
+            released.store(true, Ordering::SeqCst);
+            drop(held);
+            drop(waiter.join().unwrap());
+        });
+        // Not told when there is nothing to wait for.
+        let quiet = || panic!("no need to wait");
+        c.lock(LockWait::Wait(&quiet)).unwrap();
+    }
+}

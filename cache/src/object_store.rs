@@ -49,38 +49,68 @@ impl Cache {
         let hash = hash_file(file)?;
         let object = self.object_file(&hash, executable);
 
-        match std::fs::symlink_metadata(&object) {
-            Ok(om) if om.is_file() && om.len() == size => {
-                if (om.dev(), om.ino()) != (meta.dev(), meta.ino()) {
-                    // Present: point the tree at the stored bytes and drop this copy.
-                    let tmp = parent_of(file).join(unique_tmp_name());
-                    let kind = link_or_copy(&object, &tmp)?;
-                    if kind != LinkKind::Hardlink {
-                        seal(&tmp, mode)?;
-                    }
-                    std::fs::rename(&tmp, file).with_context(|| {
-                        format!("cannot replace `{}` by its stored object", file.display())
-                    })?;
-                }
-            }
-            // Absent, or a damaged object of the wrong size: store this file's bytes.
-            _ => {
-                seal(file, mode)?;
-                let shard = parent_of(&object);
-                std::fs::create_dir_all(&shard)
-                    .with_context(|| format!("cannot create `{}`", shard.display()))?;
-                let tmp = shard.join(unique_tmp_name());
-                let kind = link_or_copy(file, &tmp)?;
+        let existing = std::fs::symlink_metadata(&object).ok();
+        let present = existing
+            .as_ref()
+            .is_some_and(|om| om.is_file() && om.len() == size);
+        let damaged = existing.is_some() && !present;
+        // Absent (or a damaged object of the wrong size): store this file's bytes. Losing a
+        // race to another thread storing the same bytes makes it present after all.
+        if present || !self.publish(file, &object, mode, damaged)? {
+            let om = std::fs::metadata(&object)
+                .with_context(|| format!("cannot stat `{}`", object.display()))?;
+            if (om.dev(), om.ino()) != (meta.dev(), meta.ino()) {
+                // Present: point the tree at the stored bytes and drop this copy.
+                let tmp = parent_of(file).join(unique_tmp_name());
+                let kind = link_or_copy(&object, &tmp)?;
                 if kind != LinkKind::Hardlink {
                     seal(&tmp, mode)?;
                 }
-                std::fs::rename(&tmp, &object).with_context(|| {
-                    format!("cannot move `{}` into the object store", file.display())
+                std::fs::rename(&tmp, file).with_context(|| {
+                    format!("cannot replace `{}` by its stored object", file.display())
                 })?;
-                fsync_dir(&shard)?;
             }
         }
         Ok((hash, size, executable))
+    }
+}
+
+impl Cache {
+    /// Puts the bytes of `file` at `object`. Returns false if another thread or process put
+    /// them there first (then `object` is left as it is), unless `replace` (the existing
+    /// object is damaged).
+    fn publish(
+        &self,
+        file: &Path,
+        object: &Path,
+        mode: u32,
+        replace: bool,
+    ) -> anyhow::Result<bool> {
+        seal(file, mode)?;
+        let shard = parent_of(object);
+        std::fs::create_dir_all(&shard)
+            .with_context(|| format!("cannot create `{}`", shard.display()))?;
+        let tmp = shard.join(unique_tmp_name());
+        let kind = link_or_copy(file, &tmp)?;
+        if kind != LinkKind::Hardlink {
+            seal(&tmp, mode)?;
+        }
+        let won = if replace {
+            std::fs::rename(&tmp, object).map(|_| true)
+        } else {
+            // A hard link never replaces an existing name: exactly one writer wins.
+            match std::fs::hard_link(&tmp, object) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                // No hard links on this filesystem: rename (identical bytes either way).
+                Err(_) => std::fs::rename(&tmp, object).map(|_| true),
+            }
+        };
+        let _ = std::fs::remove_file(&tmp);
+        let won =
+            won.with_context(|| format!("cannot move `{}` into the object store", file.display()))?;
+        fsync_dir(&shard)?;
+        Ok(won)
     }
 }
 

@@ -146,3 +146,78 @@ impl Cache {
         self.started_path(key).exists()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn record_for(
+        c: &Cache,
+        key: &Hash,
+        files: &[(&str, &[u8])],
+        retains: &[Hash],
+    ) -> Record {
+        let t = c.new_tree().unwrap();
+        for (name, bytes) in files {
+            std::fs::write(t.path().join(name), bytes).unwrap();
+        }
+        let manifest = c.commit_tree(t).unwrap();
+        let r = Record {
+            key: *key,
+            output: manifest.hash,
+            manifest,
+            retains: retains.to_vec(),
+            created_unix: 1,
+            duration_ms: 2,
+            meta: BTreeMap::from([("tool".to_string(), serde_json::json!("qemu-img 10.0"))]),
+        };
+        c.put_record(key, &r).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_record_round_trips() {
+        let c = Cache::open(&crate::test_dir("record").join("c")).unwrap();
+        let key = Hash::of_bytes(b"step key");
+        assert_eq!(c.get_record(&key).unwrap(), None);
+        let r = record_for(&c, &key, &[("out.txt", b"hi")], &[]);
+        assert_eq!(c.get_record(&key).unwrap(), Some(r));
+        c.remove_record(&key).unwrap();
+        assert_eq!(c.get_record(&key).unwrap(), None);
+        c.remove_record(&key).unwrap();
+    }
+
+    #[test]
+    fn a_partial_record_file_is_ignored_and_removed() {
+        let c = Cache::open(&crate::test_dir("partial").join("c")).unwrap();
+        let key = Hash::of_bytes(b"k");
+        record_for(&c, &key, &[("out.txt", b"hi")], &[]);
+        let path = c.record_path(&key);
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+        assert_eq!(c.get_record(&key).unwrap(), None);
+        assert!(!path.exists());
+
+        // A record filed under the wrong key is not trusted either.
+        let r = record_for(&c, &key, &[("out.txt", b"hi")], &[]);
+        let other = Hash::of_bytes(b"other");
+        std::fs::create_dir_all(parent_of(&c.record_path(&other))).unwrap();
+        std::fs::write(c.record_path(&other), serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(c.get_record(&other).unwrap(), None);
+        assert!(c.put_record(&other, &r).is_err());
+    }
+
+    #[test]
+    fn a_started_mark_survives_until_cleared() {
+        let c = Cache::open(&crate::test_dir("started").join("c")).unwrap();
+        let key = Hash::of_bytes(b"k");
+        assert!(!c.was_interrupted(&key));
+        c.mark_started(&key).unwrap();
+        // A new process opening the cache (after a kill -9) sees the mark.
+        let again = Cache::open(c.root()).unwrap();
+        assert!(again.was_interrupted(&key));
+        again.clear_started(&key).unwrap();
+        assert!(!c.was_interrupted(&key));
+        c.clear_started(&key).unwrap();
+    }
+}
