@@ -49,6 +49,18 @@ pub fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<LinkKind> {
     Ok(LinkKind::Copy)
 }
 
+/// Whether reflinks already failed on the filesystem holding `path`.
+pub(crate) fn reflink_unsupported(path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    NO_REFLINK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|s| s.contains(&meta.dev()))
+}
+
 fn try_reflink(from: &Path, to: &Path, dev: u64) -> anyhow::Result<bool> {
     if NO_REFLINK
         .lock()

@@ -10,9 +10,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::atomic::{fsync_dir, parent_of, unique_tmp_name};
+use crate::atomic::{parent_of, unique_tmp_name};
 use crate::link::{LinkKind, link_or_copy};
 use crate::{Cache, Hash, hash_file};
+
+/// A file taken into the store.
+pub(crate) struct Ingested {
+    pub hash: Hash,
+    pub size: u64,
+    pub executable: bool,
+    /// The directory that got a new name (the object's shard, or the tree file's directory).
+    pub new_name_in: PathBuf,
+}
 
 /// The mode of an object and of a committed tree file.
 pub(crate) fn read_only_mode(executable: bool) -> u32 {
@@ -40,7 +49,8 @@ impl Cache {
     /// Afterwards `file` is read-only and shares its bytes with the object: if the object was
     /// absent, `file` itself is linked in; if present, `file` is replaced by a link to it (so
     /// identical outputs take the space once). Returns (hash, size, executable).
-    pub(crate) fn ingest_file(&self, file: &Path) -> anyhow::Result<(Hash, u64, bool)> {
+    /// The caller must fsync `Ingested::new_name_in` (after all files, once per directory).
+    pub(crate) fn ingest_file(&self, file: &Path) -> anyhow::Result<Ingested> {
         let meta = std::fs::symlink_metadata(file)
             .with_context(|| format!("cannot stat `{}`", file.display()))?;
         let size = meta.len();
@@ -56,7 +66,8 @@ impl Cache {
         let damaged = existing.is_some() && !present;
         // Absent (or a damaged object of the wrong size): store this file's bytes. Losing a
         // race to another thread storing the same bytes makes it present after all.
-        if present || !self.publish(file, &object, mode, damaged)? {
+        let won = !present && self.publish(file, &object, mode, damaged)?;
+        if !won {
             let om = std::fs::metadata(&object)
                 .with_context(|| format!("cannot stat `{}`", object.display()))?;
             if (om.dev(), om.ino()) != (meta.dev(), meta.ino()) {
@@ -71,7 +82,12 @@ impl Cache {
                 })?;
             }
         }
-        Ok((hash, size, executable))
+        Ok(Ingested {
+            hash,
+            size,
+            executable,
+            new_name_in: parent_of(if won { &object } else { file }),
+        })
     }
 }
 
@@ -90,6 +106,21 @@ impl Cache {
         let shard = parent_of(object);
         std::fs::create_dir_all(&shard)
             .with_context(|| format!("cannot create `{}`", shard.display()))?;
+        let moved = |e: std::io::Error| {
+            anyhow::Error::new(e).context(format!(
+                "cannot move `{}` into the object store",
+                file.display()
+            ))
+        };
+        // Where reflinks are known not to work (ext4), link the file in directly: one
+        // syscall, and a hard link never replaces an existing name, so one writer wins.
+        if !replace && crate::link::reflink_unsupported(file) {
+            match std::fs::hard_link(file, object) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(_) => {} // EMLINK, EXDEV...: the general way below copies
+            }
+        }
         let tmp = shard.join(unique_tmp_name());
         let kind = link_or_copy(file, &tmp)?;
         if kind != LinkKind::Hardlink {
@@ -98,7 +129,6 @@ impl Cache {
         let won = if replace {
             std::fs::rename(&tmp, object).map(|_| true)
         } else {
-            // A hard link never replaces an existing name: exactly one writer wins.
             match std::fs::hard_link(&tmp, object) {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -107,10 +137,7 @@ impl Cache {
             }
         };
         let _ = std::fs::remove_file(&tmp);
-        let won =
-            won.with_context(|| format!("cannot move `{}` into the object store", file.display()))?;
-        fsync_dir(&shard)?;
-        Ok(won)
+        won.map_err(moved)
     }
 }
 

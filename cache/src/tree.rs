@@ -242,6 +242,7 @@ impl Cache {
     /// if an identical tree is already committed, `tmp` is discarded.
     pub fn commit_tree(&self, tmp: TempTree) -> anyhow::Result<Manifest> {
         let root = tmp.path.clone();
+        ensure_owner_can(&root, 0o700)?;
         let mut entries = Vec::new();
         let mut files = Vec::new();
         let mut dirs = vec![root.clone()];
@@ -254,6 +255,8 @@ impl Cache {
             let rel = relative_path(&root, item.path())?;
             let ft = item.file_type();
             if ft.is_dir() {
+                // A step may leave a directory read-only; files in it get replaced by links.
+                ensure_owner_can(item.path(), 0o700)?;
                 dirs.push(item.path().to_path_buf());
                 entries.push(Entry {
                     path: rel,
@@ -276,6 +279,7 @@ impl Cache {
                     },
                 });
             } else if ft.is_file() {
+                ensure_owner_can(item.path(), 0o400)?;
                 files.push((rel, item.path().to_path_buf()));
             } else {
                 bail!(
@@ -284,25 +288,26 @@ impl Cache {
                 );
             }
         }
-        let stored: Vec<Entry> = files
+        let stored: Vec<crate::object_store::Ingested> = files
             .par_iter()
-            .map(|(rel, path)| {
-                let (hash, size, executable) = self.ingest_file(path)?;
-                Ok(Entry {
-                    path: rel.clone(),
-                    kind: EntryKind::File {
-                        hash,
-                        size,
-                        executable,
-                    },
-                })
-            })
+            .map(|(_, path)| self.ingest_file(path))
             .collect::<anyhow::Result<_>>()?;
-        entries.extend(stored);
+        // Every directory that got a new name (tree directories, object shards) is fsynced
+        // once, so the tree's and the objects' names are durable before the tree's name is.
+        let mut to_sync: std::collections::BTreeSet<PathBuf> = dirs.into_iter().collect();
+        for ((rel, _), s) in files.into_iter().zip(stored) {
+            to_sync.insert(s.new_name_in);
+            entries.push(Entry {
+                path: rel,
+                kind: EntryKind::File {
+                    hash: s.hash,
+                    size: s.size,
+                    executable: s.executable,
+                },
+            });
+        }
         let manifest = Manifest::from_entries(entries);
-        // The names inside the tree (new files, links that replaced them) must be durable
-        // before the tree's name is.
-        dirs.par_iter().try_for_each(|d| fsync_dir(d))?;
+        to_sync.par_iter().try_for_each(|d| fsync_dir(d))?;
         self.place_tree(tmp, &manifest)?;
         Ok(manifest)
     }
@@ -413,6 +418,19 @@ fn safe_relative(path: &str) -> anyhow::Result<&Path> {
         bail!("the path `{path}` is not a plain relative path");
     }
     Ok(p)
+}
+
+/// Adds the owner permission bits `bits` to `path` if it lacks them.
+fn ensure_owner_can(path: &Path, bits: u32) -> anyhow::Result<()> {
+    let mode = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot stat `{}`", path.display()))?
+        .permissions()
+        .mode();
+    if mode & bits != bits {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | bits))
+            .with_context(|| format!("cannot chmod `{}`", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Read-only directories keep users and steps from editing a committed tree by accident.
@@ -566,6 +584,29 @@ mod tests {
     }
 
     #[test]
+    fn outputs_a_step_left_read_only_or_unreadable_are_committed() {
+        let c = cache("step_modes");
+        let t = c.new_tree().unwrap();
+        write(t.path(), "locked/f", b"dup");
+        write(t.path(), "g", b"dup");
+        write(t.path(), "secret", b"s");
+        let chmod = |p: &str, m: u32| {
+            std::fs::set_permissions(t.path().join(p), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        chmod("secret", 0o000);
+        chmod("locked", 0o500);
+        let m = c.commit_tree(t).unwrap();
+        assert!(c.has_tree(&m.hash));
+        let tree = c.tree_path(&m.hash);
+        assert_eq!(std::fs::read(tree.join("locked/f")).unwrap(), b"dup");
+        assert_eq!(
+            std::fs::metadata(tree.join("secret")).unwrap().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(objects(&c).len(), 2);
+    }
+
+    #[test]
     fn an_empty_output_is_a_valid_tree() {
         let c = cache("empty");
         let m = c.commit_tree(c.new_tree().unwrap()).unwrap();
@@ -678,6 +719,24 @@ mod tests {
         eprintln!("commit of a 2 GiB image: {:?}", started.elapsed());
         let committed = c.tree_path(&m.hash).join("disk.img");
         assert_eq!(std::fs::metadata(committed).unwrap().ino(), ino);
+    }
+
+    #[test]
+    #[ignore = "slow: measures committing 2,000 small files"]
+    fn committing_two_thousand_small_files() {
+        let c = cache("small_files");
+        let t = c.new_tree().unwrap();
+        for i in 0..2000 {
+            write(
+                t.path(),
+                &format!("d{}/f{i}", i % 40),
+                format!("file {i}").as_bytes(),
+            );
+        }
+        let started = std::time::Instant::now();
+        let m = c.commit_tree(t).unwrap();
+        eprintln!("commit of 2,000 small files: {:?}", started.elapsed());
+        assert_eq!(m.entries.len(), 2040);
     }
 
     #[test]
