@@ -1,3 +1,8 @@
+//! The `qflow` binary: parses the command line and hands off to [`cli::run`].
+
+mod cli;
+mod commands;
+
 fn main() {
-    let _ = qflow_steps::registry();
+    std::process::exit(cli::run());
 }

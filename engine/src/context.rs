@@ -94,13 +94,20 @@ impl StepLog {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create log directory {}", parent.display()))?;
         }
-        let file = File::create(path).with_context(|| format!("cannot create log {}", path.display()))?;
-        Ok(StepLog { file: Arc::new(Mutex::new(Some(file))), path: path.to_path_buf() })
+        let file =
+            File::create(path).with_context(|| format!("cannot create log {}", path.display()))?;
+        Ok(StepLog {
+            file: Arc::new(Mutex::new(Some(file))),
+            path: path.to_path_buf(),
+        })
     }
 
     /// A log that discards everything.
     pub fn discard() -> Self {
-        StepLog { file: Arc::new(Mutex::new(None)), path: PathBuf::from("/dev/null") }
+        StepLog {
+            file: Arc::new(Mutex::new(None)),
+            path: PathBuf::from("/dev/null"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -115,9 +122,20 @@ impl StepLog {
 
     /// The last `n` lines of the log, for failure messages.
     pub fn tail(&self, n: usize) -> Vec<String> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else { return Vec::new() };
+        StepLog::tail_of(&self.path, n)
+    }
+
+    /// The last `n` lines of the log file at `path`.
+    pub fn tail_of(path: &Path, n: usize) -> Vec<String> {
+        let Ok(bytes) = std::fs::read(path) else {
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 }
 
@@ -226,7 +244,10 @@ impl RunContext {
         with_jobserver: bool,
     ) -> anyhow::Result<Self> {
         let jobserver = if with_jobserver {
-            Some(jobserver::Client::new(jobs.saturating_sub(1)).context("cannot create make jobserver")?)
+            Some(
+                jobserver::Client::new(jobs.saturating_sub(1))
+                    .context("cannot create make jobserver")?,
+            )
         } else {
             None
         };
@@ -247,7 +268,13 @@ impl RunContext {
     }
 
     /// A context for a kind's own tests: no upstream steps, no progress, log to `log`.
-    pub fn standalone(step: &str, out_dir: &Path, work_dir: &Path, state_dir: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub fn standalone(
+        step: &str,
+        out_dir: &Path,
+        work_dir: &Path,
+        state_dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         for d in [out_dir, state_dir] {
             std::fs::create_dir_all(d)?;
         }
@@ -305,10 +332,12 @@ impl RunContext {
 
     /// The output directory of an upstream step this step references.
     pub fn upstream(&self, step: &str) -> anyhow::Result<&Path> {
-        self.upstream
-            .get(step)
-            .map(|p| p.as_path())
-            .ok_or_else(|| anyhow!("step `{}` has no output of upstream step `{step}`", self.step))
+        self.upstream.get(step).map(|p| p.as_path()).ok_or_else(|| {
+            anyhow!(
+                "step `{}` has no output of upstream step `{step}`",
+                self.step
+            )
+        })
     }
 
     /// Whether the run is being cancelled (Ctrl-C): long loops should return.
@@ -366,7 +395,11 @@ impl RunContext {
 
     /// Like [`RunContext::run`], but every output line goes through `on_line`,
     /// which returns the progress text to show (or `None` to keep the current one).
-    pub fn run_lines(&mut self, cmd: Command, on_line: &mut dyn FnMut(&str) -> Option<String>) -> anyhow::Result<()> {
+    pub fn run_lines(
+        &mut self,
+        cmd: Command,
+        on_line: &mut dyn FnMut(&str) -> Option<String>,
+    ) -> anyhow::Result<()> {
         self.run_inner(cmd, on_line, None).map(|_| ())
     }
 
@@ -388,9 +421,14 @@ impl RunContext {
         }
         let shown = display_command(&cmd);
         self.log.line(&format!("$ {shown}"));
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.process_group(0);
-        let mut child = cmd.spawn().with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
         let pgid = child.id() as i32;
         self.groups.add(pgid);
         if self.is_cancelled() {
@@ -407,7 +445,9 @@ impl RunContext {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).split(b'\n') {
                     let Ok(line) = line else { break };
-                    let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    let line = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
                     log.line(&line);
                     push_tail(&tail, &line);
                     let _ = tx.send(line);
@@ -427,7 +467,9 @@ impl RunContext {
             for line in BufReader::new(stdout).split(b'\n') {
                 match line {
                     Ok(line) => {
-                        let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                        let line = String::from_utf8_lossy(&line)
+                            .trim_end_matches('\r')
+                            .to_string();
                         self.log.line(&line);
                         push_tail(&tail, &line);
                         if let Some(text) = on_line(&line) {
@@ -486,13 +528,32 @@ impl RunContext {
         }
         self.log.line(&format!("$ {}", display_command(&cmd)));
         cmd.process_group(0);
-        let child = cmd.spawn().with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
         let pgid = child.id() as i32;
         self.groups.add(pgid);
         if self.is_cancelled() {
             kill_group(pgid);
         }
-        Ok(RunningChild { child, groups: self.groups.clone(), pgid, done: false })
+        Ok(RunningChild {
+            child,
+            groups: self.groups.clone(),
+            pgid,
+            done: false,
+        })
+    }
+}
+
+/// The child gets SIGKILL if the qflow thread that started it dies (kill -9 of qflow).
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -517,7 +578,11 @@ pub fn display_command(cmd: &Command) -> String {
 
 /// Quote one argument for display (never executed by a shell).
 pub fn quote_arg(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
         arg.to_string()
     } else {
         format!("'{}'", arg.replace('\'', r"'\''"))

@@ -8,4 +8,41 @@ pub mod context;
 pub mod step;
 
 pub use context::RunContext;
-pub use step::{CheckContext, FieldError, Input, KindOf, Registry, Requirement, Step, StepFields, StepKind, StepRef, Tool};
+pub use step::{
+    CheckContext, FieldError, Input, KindOf, Registry, Requirement, Step, StepFields, StepKind,
+    StepRef, Tool,
+};
+pub mod dag;
+pub mod diagnostic;
+pub mod glob;
+pub mod inputs;
+pub mod interpolate;
+pub mod lockfile;
+pub mod progress;
+pub mod scheduler;
+pub mod session;
+pub mod source_map;
+pub mod stat_cache;
+pub mod step_key;
+pub mod tool_identity;
+pub mod workflow;
+
+/// The host lacks what some step needs (a tool, a secret file, root, a module).
+/// Found before anything runs; the binary exits 2 on it.
+#[derive(Debug)]
+pub struct HostNotReady {
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for HostNotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the host is not ready; nothing was run:")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HostNotReady {}
+pub mod plan;

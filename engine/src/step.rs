@@ -29,7 +29,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -50,7 +53,10 @@ pub struct StepRef {
 
 impl StepRef {
     pub fn new(field: impl Into<String>, step: impl Into<String>) -> Self {
-        StepRef { field: field.into(), step: step.into() }
+        StepRef {
+            field: field.into(),
+            step: step.into(),
+        }
     }
 }
 
@@ -67,7 +73,11 @@ pub struct Input {
 
 impl Input {
     pub fn new(field: impl Into<String>, path: impl Into<String>) -> Self {
-        Input { field: field.into(), path: path.into(), exclude: Vec::new() }
+        Input {
+            field: field.into(),
+            path: path.into(),
+            exclude: Vec::new(),
+        }
     }
 
     pub fn excluding(mut self, names: &[&str]) -> Self {
@@ -124,7 +134,11 @@ impl CheckContext {
 /// Resolve `path` against `base` unless it is absolute.
 pub fn resolve_in(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// The behaviour of one step kind, implemented by its typed fields struct.
@@ -267,7 +281,10 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn StepKind> {
-        self.kinds.iter().find(|k| k.name() == name).map(|k| k.as_ref())
+        self.kinds
+            .iter()
+            .find(|k| k.name() == name)
+            .map(|k| k.as_ref())
     }
 
     pub fn names(&self) -> Vec<&'static str> {

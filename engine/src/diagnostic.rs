@@ -1,0 +1,146 @@
+//! Errors in a workflow, found before anything runs: each names the file, the
+//! line and column, the field, and says what to do. The binary exits 2 on them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::source_map::{Position, SourceMap};
+
+/// One problem at one place of a workflow file.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub position: Option<Position>,
+    /// The path of the field (`steps.gen.run`), empty for the whole file.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(p) = self.position {
+            write!(f, ":{}:{}", p.line, p.column)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": `{}`", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A workflow that cannot run, with every problem found in it.
+#[derive(Debug, Clone)]
+pub struct InvalidWorkflow {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for InvalidWorkflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidWorkflow {}
+
+/// Collects diagnostics for one file.
+pub struct Diagnostics<'a> {
+    file: &'a Path,
+    map: &'a SourceMap,
+    found: Vec<Diagnostic>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub fn new(file: &'a Path, map: &'a SourceMap) -> Self {
+        Diagnostics {
+            file,
+            map,
+            found: Vec::new(),
+        }
+    }
+
+    /// Report `message` at the field `path`.
+    pub fn at(&mut self, path: &str, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position: self.map.find(path),
+            field: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Report at an explicit position (syntax errors).
+    pub fn at_position(&mut self, position: Option<Position>, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position,
+            field: String::new(),
+            message: message.into(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    pub fn finish(self) -> Result<(), InvalidWorkflow> {
+        if self.found.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidWorkflow {
+                diagnostics: self.found,
+            })
+        }
+    }
+}
+
+/// `; did you mean `x`?` when a candidate is close to `word`, else empty.
+pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> String {
+    let best = candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, c)) => format!("; did you mean `{c}`?"),
+        None => String::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(
+            did_you_mean("ouputs", ["outputs", "inputs", "run"]),
+            "; did you mean `outputs`?"
+        );
+        assert_eq!(did_you_mean("zzz", ["outputs", "inputs"]), "");
+    }
+}

@@ -1,0 +1,661 @@
+//! `qflow apply`: run the steps whose keys have no usable record, in parallel
+//! within the CPU budget, and record each result only once it is complete.
+//!
+//! The main thread owns the schedule: when a step's upstream steps are done its
+//! key can be computed (their output hashes are part of it); a key with a
+//! record is `cached`, otherwise the step waits for CPU slots and runs on its
+//! own thread. Steps are blocking work (make, QEMU), so they get threads, not
+//! rayon tasks. Results come back over a channel. On Ctrl-C / SIGTERM / SIGHUP
+//! every process group is killed, unfinished steps drop their temporary
+//! output (nothing is recorded for them) and qflow exits 130; a second signal
+//! exits at once. A step is marked started before it runs, so after a kill -9
+//! of qflow the next apply sees no record and runs it again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow, bail};
+use qflow_cache::{Hash, LockWait, Record};
+use serde::Serialize;
+
+use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::progress::Progress;
+use crate::session::{Prepared, Session};
+use crate::step::CheckContext;
+use crate::step_key::KeyMaterial;
+
+/// How to apply.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// CPU slots for all steps together (`--jobs`).
+    pub jobs: usize,
+    /// Let independent branches finish after a failure.
+    pub keep_going: bool,
+    /// Fail at once if another run holds the cache.
+    pub no_wait: bool,
+    /// Where `out/<step>` links go (default: beside the workflow).
+    pub out_dir: Option<PathBuf>,
+}
+
+/// What happened to one step in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepOutcome {
+    Ran,
+    Cached,
+    Failed,
+    Skipped,
+    Interrupted,
+}
+
+/// One step in the run record.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    pub outcome: StepOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+/// The run record (`<cache>/runs/<id>.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub id: String,
+    pub workflow: String,
+    pub started_unix: u64,
+    pub duration_ms: u64,
+    pub steps: Vec<StepReport>,
+    pub interrupted: bool,
+}
+
+impl RunReport {
+    pub fn count(&self, o: StepOutcome) -> usize {
+        self.steps.iter().filter(|s| s.outcome == o).count()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Waiting,
+    Ready {
+        material: KeyMaterial,
+        reasons: Vec<String>,
+    },
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+enum Msg {
+    Finished {
+        index: usize,
+        result: Box<anyhow::Result<Record>>,
+        material: KeyMaterial,
+        duration_ms: u64,
+    },
+    Signal,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}-{:03}-{}",
+        now.as_secs(),
+        now.subsec_millis(),
+        std::process::id()
+    )
+}
+
+/// Apply the workflow of `session`.
+pub fn apply(
+    session: &mut Session,
+    options: &ApplyOptions,
+    progress: Arc<Progress>,
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let wait_msg = || {
+        progress.event(&format!(
+            "waiting for another qflow run that holds the cache at {} (pass --no-wait to fail instead)",
+            session.cache.root().display()
+        ))
+    };
+    let _lock = session.cache.lock(if options.no_wait {
+        LockWait::NoWait
+    } else {
+        LockWait::Wait(&wait_msg)
+    })?;
+    // Re-read the lock file: the run we waited for may have rewritten it.
+    session.lock = crate::lockfile::LockFile::read(&session.lock_path);
+    let prepared = session.prepare()?;
+    let workflow = session.workflow;
+    let n = workflow.steps.len();
+    let total_slots = options.jobs.max(1);
+    let id = run_id();
+    let logs_dir = session.cache.dir("logs").join(&id);
+    let out_root = options
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| workflow.dir.join("out"));
+
+    preflight(session, &prepared)?;
+
+    let groups = ProcessGroups::new();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
+    let signal_handle = signals.handle();
+    {
+        let groups = groups.clone();
+        let tx = tx.clone();
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            let mut count = 0;
+            for _ in signals.forever() {
+                count += 1;
+                groups.cancel_all();
+                if count == 1 {
+                    progress.event(
+                        "interrupted: stopping every step (press Ctrl-C again to exit at once)",
+                    );
+                    let _ = tx.send(Msg::Signal);
+                } else {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+
+    let mut states: Vec<State> = vec![State::Waiting; n];
+    let mut reports: Vec<Option<StepReport>> = vec![None; n];
+    let mut outputs: BTreeMap<String, Hash> = BTreeMap::new();
+    let mut free = total_slots;
+    let mut running = 0usize;
+    let mut stop_new = false;
+    let mut interrupted = false;
+    let mut new_lock = session.lock.clone();
+    new_lock.version = crate::lockfile::LOCK_VERSION;
+    new_lock.workflow = workflow.name.clone();
+    new_lock.steps.retain(|k, _| workflow.step(k).is_some());
+    let order = session.dag.order();
+    let registry = session.registry;
+    let cache = &session.cache;
+    let session_ref: &Session = session;
+
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        loop {
+            // Resolve every waiting step whose upstream is settled.
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for &i in &order {
+                    if !matches!(states[i], State::Waiting) {
+                        continue;
+                    }
+                    let ups = session_ref.dag.upstream(i);
+                    if ups
+                        .iter()
+                        .any(|&u| matches!(states[u], State::Failed | State::Skipped))
+                        || (stop_new
+                            && !ups.is_empty()
+                            && ups.iter().any(|&u| !matches!(states[u], State::Done)))
+                    {
+                        let bad: Vec<&str> = ups
+                            .iter()
+                            .filter(|&&u| matches!(states[u], State::Failed | State::Skipped))
+                            .map(|&u| workflow.steps[u].name.as_str())
+                            .collect();
+                        if bad.is_empty() && !interrupted {
+                            continue;
+                        }
+                        states[i] = State::Skipped;
+                        let why = if interrupted {
+                            "run interrupted".to_string()
+                        } else {
+                            format!("upstream `{}` failed", bad.join("`, `"))
+                        };
+                        progress.event(&format!("skipped {} ({why})", workflow.steps[i].name));
+                        reports[i] = Some(report(
+                            &workflow.steps[i].name,
+                            StepOutcome::Skipped,
+                            None,
+                            0,
+                            vec![why],
+                            None,
+                        ));
+                        changed = true;
+                        continue;
+                    }
+                    if !ups.iter().all(|&u| matches!(states[u], State::Done)) {
+                        continue;
+                    }
+                    let s = &workflow.steps[i];
+                    let up: BTreeMap<String, Hash> = s
+                        .upstream_names()
+                        .map(|u| (u.to_string(), outputs[u]))
+                        .collect();
+                    let material = session_ref
+                        .material(&prepared, i, &up)
+                        .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
+                    let key = material.key();
+                    if s.cache
+                        && let Some(rec) = session_ref.usable_record(&key)
+                    {
+                        present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
+                        outputs.insert(s.name.clone(), rec.output);
+                        new_lock
+                            .steps
+                            .insert(s.name.clone(), session_ref.locked_step(i, &material, &rec));
+                        progress.event(&format!("cached {}", s.name));
+                        reports[i] = Some(report(
+                            &s.name,
+                            StepOutcome::Cached,
+                            Some((&key, &rec.output)),
+                            0,
+                            vec![],
+                            None,
+                        ));
+                        states[i] = State::Done;
+                        changed = true;
+                    } else {
+                        let reasons = session_ref.reasons(&prepared, i, &material);
+                        states[i] = State::Ready { material, reasons };
+                        changed = true;
+                    }
+                }
+            }
+            // Start ready steps, in schedule order, while slots allow.
+            if !stop_new {
+                for &i in &order {
+                    let State::Ready { .. } = &states[i] else {
+                        continue;
+                    };
+                    let s = &workflow.steps[i];
+                    let want = s
+                        .jobs
+                        .unwrap_or_else(|| s.step.default_jobs())
+                        .clamp(1, total_slots);
+                    if want > free {
+                        // Keep order: a wide step waits for slots rather than being starved.
+                        break;
+                    }
+                    let State::Ready { material, reasons } =
+                        std::mem::replace(&mut states[i], State::Running)
+                    else {
+                        unreachable!()
+                    };
+                    free -= want;
+                    running += 1;
+                    progress.event(&format!("run {} ({})", s.name, reasons.join("; ")));
+                    progress.start(&s.name);
+                    reports[i] = Some(report(&s.name, StepOutcome::Ran, None, 0, reasons, None));
+                    let tx = tx.clone();
+                    let groups = groups.clone();
+                    let upstream_dirs: BTreeMap<String, PathBuf> = s
+                        .upstream_names()
+                        .map(|u| (u.to_string(), cache.tree_path(&outputs[u])))
+                        .collect();
+                    let retains: Vec<Hash> = s.upstream_names().map(|u| outputs[u]).collect();
+                    let log_path = logs_dir.join(format!("{}.log", s.name));
+                    let progress_sink: Arc<dyn ProgressSink> = progress.clone();
+                    let prepared_ref = &prepared;
+                    scope.spawn(move || {
+                        let t0 = Instant::now();
+                        let result = run_step(
+                            session_ref,
+                            registry,
+                            prepared_ref,
+                            i,
+                            &material,
+                            want,
+                            upstream_dirs,
+                            retains,
+                            &log_path,
+                            progress_sink,
+                            groups,
+                        );
+                        let _ = tx.send(Msg::Finished {
+                            index: i,
+                            result: Box::new(result),
+                            material,
+                            duration_ms: t0.elapsed().as_millis() as u64,
+                        });
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            match rx.recv().expect("scheduler channel") {
+                Msg::Signal => {
+                    interrupted = true;
+                    stop_new = true;
+                }
+                Msg::Finished {
+                    index,
+                    result,
+                    material,
+                    duration_ms,
+                } => {
+                    let s = &workflow.steps[index];
+                    running -= 1;
+                    free += s
+                        .jobs
+                        .unwrap_or_else(|| s.step.default_jobs())
+                        .clamp(1, total_slots);
+                    progress.finish(&s.name);
+                    let rep = reports[index].as_mut().unwrap();
+                    rep.duration_ms = duration_ms;
+                    rep.log = Some(
+                        logs_dir
+                            .join(format!("{}.log", s.name))
+                            .display()
+                            .to_string(),
+                    );
+                    match *result {
+                        Ok(rec) => {
+                            present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
+                            outputs.insert(s.name.clone(), rec.output);
+                            new_lock.steps.insert(
+                                s.name.clone(),
+                                session_ref.locked_step(index, &material, &rec),
+                            );
+                            rep.key = Some(material.key().to_hex());
+                            rep.output = Some(rec.output.to_hex());
+                            progress.event(&format!(
+                                "ok {} {:.1}s",
+                                s.name,
+                                duration_ms as f64 / 1000.0
+                            ));
+                            states[index] = State::Done;
+                        }
+                        Err(e) => {
+                            states[index] = State::Failed;
+                            if interrupted || groups.is_cancelled() {
+                                rep.outcome = StepOutcome::Interrupted;
+                                rep.error = Some("interrupted".into());
+                                progress
+                                    .event(&format!("interrupted {} (nothing recorded)", s.name));
+                            } else {
+                                rep.outcome = StepOutcome::Failed;
+                                rep.error = Some(format!("{e:#}"));
+                                let log = logs_dir.join(format!("{}.log", s.name));
+                                let tail = StepLog::tail_of(&log, 20);
+                                let mut msg = format!(
+                                    "FAILED {} after {:.1}s: {e:#}",
+                                    s.name,
+                                    duration_ms as f64 / 1000.0
+                                );
+                                msg.push_str(&format!("\n  log: {}", log.display()));
+                                if !tail.is_empty() {
+                                    msg.push_str("\n  last lines of the log:");
+                                    for l in tail {
+                                        msg.push_str("\n    ");
+                                        msg.push_str(&l);
+                                    }
+                                }
+                                progress.event(&msg);
+                                if !options.keep_going {
+                                    stop_new = true;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    signal_handle.close();
+    if interrupted {
+        for (i, s) in workflow.steps.iter().enumerate() {
+            if reports[i].is_none() {
+                reports[i] = Some(report(
+                    &s.name,
+                    StepOutcome::Skipped,
+                    None,
+                    0,
+                    vec!["run interrupted".into()],
+                    None,
+                ));
+            }
+        }
+    }
+    // Steps never reached (stopped after a failure) are reported as skipped.
+    for (i, s) in workflow.steps.iter().enumerate() {
+        if reports[i].is_none() {
+            reports[i] = Some(report(
+                &s.name,
+                StepOutcome::Skipped,
+                None,
+                0,
+                vec!["not started after a failure".into()],
+                None,
+            ));
+        }
+    }
+    session.save_caches()?;
+    new_lock.write(&session.lock_path)?;
+    let run = RunReport {
+        id: id.clone(),
+        workflow: workflow.path.display().to_string(),
+        started_unix: unix_now().saturating_sub(started.elapsed().as_secs()),
+        duration_ms: started.elapsed().as_millis() as u64,
+        steps: reports.into_iter().map(|r| r.unwrap()).collect(),
+        interrupted,
+    };
+    qflow_cache::write_atomic(
+        &session.cache.dir("runs").join(format!("{id}.json")),
+        &serde_json::to_vec_pretty(&run)?,
+    )?;
+    progress.event(&format!(
+        "{} ran, {} cached, {} failed, {} skipped in {:.2}s",
+        run.count(StepOutcome::Ran),
+        run.count(StepOutcome::Cached),
+        run.count(StepOutcome::Failed),
+        run.count(StepOutcome::Skipped) + run.count(StepOutcome::Interrupted),
+        run.duration_ms as f64 / 1000.0
+    ));
+    Ok(run)
+}
+
+fn report(
+    name: &str,
+    outcome: StepOutcome,
+    kh: Option<(&Hash, &Hash)>,
+    ms: u64,
+    reasons: Vec<String>,
+    error: Option<String>,
+) -> StepReport {
+    StepReport {
+        name: name.to_string(),
+        outcome,
+        key: kh.map(|(k, _)| k.to_hex()),
+        output: kh.map(|(_, o)| o.to_hex()),
+        duration_ms: ms,
+        reasons,
+        error,
+        log: None,
+    }
+}
+
+/// Host checks for every step that may run: tools, secrets, requirements.
+/// Failing here means nothing has run.
+fn preflight(session: &Session, prepared: &Prepared) -> anyhow::Result<()> {
+    let ctx = CheckContext {
+        work_dir: session.workflow.dir.clone(),
+    };
+    let mut problems = Vec::new();
+    for (i, s) in session.workflow.steps.iter().enumerate() {
+        if let Err(e) = &prepared.tools[i] {
+            problems.push(format!("step `{}` cannot run: {e}", s.name));
+        }
+        if let Err(e) = &prepared.extra[i] {
+            problems.push(format!("step `{}` cannot run: {e}", s.name));
+        }
+        for r in s.step.requirements(&ctx) {
+            if !r.present {
+                problems.push(format!("step `{}` needs {}: {}", s.name, r.what, r.fix));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(crate::HostNotReady { problems }))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    session: &Session,
+    registry: &crate::step::Registry,
+    prepared: &Prepared,
+    i: usize,
+    material: &KeyMaterial,
+    jobs: usize,
+    upstream_dirs: BTreeMap<String, PathBuf>,
+    retains: Vec<Hash>,
+    log_path: &Path,
+    progress: Arc<dyn ProgressSink>,
+    groups: ProcessGroups,
+) -> anyhow::Result<Record> {
+    let workflow = session.workflow;
+    let decl = &workflow.steps[i];
+    let cache = &session.cache;
+    let key = material.key();
+    let kind = registry
+        .get(&decl.kind)
+        .ok_or_else(|| anyhow!("unknown kind `{}`", decl.kind))?;
+    let fields = decl.resolved_fields(&upstream_dirs)?;
+    let step = kind.parse(&fields).map_err(|e| anyhow!("{e}"))?;
+    let tmp = cache.new_tree()?;
+    let state_dir = cache.dir("state").join(&workflow.name).join(&decl.name);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let log = StepLog::create(log_path)?;
+    cache.mark_started(&key)?;
+    let t0 = Instant::now();
+    let mut ctx = RunContext::new(
+        &decl.name,
+        tmp.path().to_path_buf(),
+        workflow.dir.clone(),
+        state_dir,
+        jobs,
+        upstream_dirs,
+        decl.env.clone(),
+        log.clone(),
+        progress,
+        groups,
+        step.uses_jobserver(),
+    )?;
+    step.run(&mut ctx)?;
+    for out in step.outputs() {
+        let p = tmp.path().join(&out);
+        if std::fs::symlink_metadata(&p).is_err() {
+            bail!(
+                "the step succeeded but did not create its declared output `{out}` (in $QFLOW_OUT)"
+            );
+        }
+    }
+    // An input edited while the step ran makes its result untrustworthy.
+    let inputs = decl.step.inputs();
+    if !inputs.is_empty() {
+        let mut stat = crate::stat_cache::StatCache::load(&cache.dir("statcache"));
+        let now = crate::inputs::digest_all(&workflow.dir, &mut stat, &[inputs])?;
+        for (before, after) in prepared.inputs[i].iter().zip(&now[0]) {
+            if before.digest != after.digest {
+                bail!(
+                    "input `{}` changed while the step ran; its result is not recorded: apply again",
+                    before.label
+                );
+            }
+        }
+    }
+    let manifest = cache.commit_tree(tmp)?;
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "step".to_string(),
+        serde_json::Value::String(decl.name.clone()),
+    );
+    meta.insert(
+        "kind".to_string(),
+        serde_json::Value::String(decl.kind.clone()),
+    );
+    meta.insert("notes".to_string(), serde_json::to_value(ctx.notes())?);
+    let rec = Record {
+        key,
+        output: manifest.hash,
+        manifest,
+        retains,
+        created_unix: unix_now(),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        meta,
+    };
+    cache.put_record(&key, &rec)?;
+    cache.clear_started(&key)?;
+    Ok(rec)
+}
+
+/// Point `out/<step>` at the step's output tree (a relative symlink, swapped atomically).
+pub fn present(out_root: &Path, step: &str, tree: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out_root)
+        .with_context(|| format!("cannot create {}", out_root.display()))?;
+    let link = out_root.join(step);
+    let target = relative_path(out_root, tree);
+    if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+        return Ok(());
+    }
+    let tmp = out_root.join(format!(".{step}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp)
+        .with_context(|| format!("cannot create link {}", tmp.display()))?;
+    if link.is_dir() && !link.is_symlink() {
+        std::fs::remove_dir_all(&link)?;
+    }
+    std::fs::rename(&tmp, &link).with_context(|| format!("cannot update {}", link.display()))?;
+    Ok(())
+}
+
+/// `to` relative to directory `from`, when both are absolute.
+pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to_c: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
+    if common <= 1 {
+        return to.to_path_buf();
+    }
+    let mut p = PathBuf::new();
+    for _ in common..from.len() {
+        p.push("..");
+    }
+    for c in &to_c[common..] {
+        p.push(c);
+    }
+    p
+}

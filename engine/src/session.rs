@@ -1,0 +1,431 @@
+//! A workflow opened against its cache: inputs digested, tools identified, the
+//! last lock read. `plan`, `apply`, `graph` and `status` all start from here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use qflow_cache::{Cache, Hash, Record};
+
+use crate::dag::Dag;
+use crate::inputs::{self, InputDigest};
+use crate::lockfile::{LockFile, LockedStep};
+use crate::stat_cache::StatCache;
+use crate::step::{CheckContext, Registry};
+use crate::step_key::{KeyMaterial, canonical_json};
+use crate::tool_identity::ToolIdentities;
+use crate::workflow::Workflow;
+
+/// Where the cache lives: `--cache`, else `QFLOW_CACHE`, else `.qflow/` beside the workflow.
+pub fn cache_dir(workflow: &Workflow, flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("QFLOW_CACHE").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return std::path::absolute(&p).unwrap_or(p);
+    }
+    workflow.dir.join(".qflow")
+}
+
+/// The path of `qflow.lock` for a workflow: beside it, named after it for
+/// non-default names (`quickstart.yaml` → `quickstart.lock`).
+pub fn lock_path(workflow: &Workflow) -> PathBuf {
+    let stem = workflow
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if stem == "workflow" || stem.is_empty() {
+        workflow.dir.join("qflow.lock")
+    } else {
+        workflow.dir.join(format!("{stem}.lock"))
+    }
+}
+
+/// What a step's key needs that is known before any step runs.
+pub struct Prepared {
+    /// Per step: input digests.
+    pub inputs: Vec<Vec<InputDigest>>,
+    /// Per step: tool identities, or why they cannot be known (a missing tool).
+    pub tools: Vec<Result<BTreeMap<String, String>, String>>,
+    /// Per step: extra key material, or why it cannot be computed (a missing secret file).
+    pub extra: Vec<Result<BTreeMap<String, String>, String>>,
+}
+
+/// A workflow with its cache.
+pub struct Session<'w> {
+    pub workflow: &'w Workflow,
+    pub registry: &'w Registry,
+    pub cache: Cache,
+    pub dag: Dag,
+    pub lock: LockFile,
+    pub lock_path: PathBuf,
+    pub stat_cache: StatCache,
+    pub tool_ids: ToolIdentities,
+}
+
+impl<'w> Session<'w> {
+    pub fn open(
+        workflow: &'w Workflow,
+        registry: &'w Registry,
+        cache_dir: &Path,
+    ) -> anyhow::Result<Session<'w>> {
+        let cache = Cache::open(cache_dir)?;
+        let stat_cache = StatCache::load(&cache.dir("statcache"));
+        let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
+        let lock_path = lock_path(workflow);
+        Ok(Session {
+            workflow,
+            registry,
+            dag: Dag::new(workflow),
+            lock: LockFile::read(&lock_path),
+            lock_path,
+            cache,
+            stat_cache,
+            tool_ids,
+        })
+    }
+
+    /// Digest inputs, identify tools, compute extra key material.
+    pub fn prepare(&mut self) -> anyhow::Result<Prepared> {
+        let all_inputs: Vec<_> = self
+            .workflow
+            .steps
+            .iter()
+            .map(|s| s.step.inputs())
+            .collect();
+        let inputs = inputs::digest_all(&self.workflow.dir, &mut self.stat_cache, &all_inputs)?;
+        let listings = self.cache.dir("inputs");
+        for step in &inputs {
+            for d in step {
+                if d.entries.len() > 1 || d.entries.keys().any(|k| !k.is_empty()) {
+                    inputs::save_listing(&listings, d)?;
+                }
+            }
+        }
+        let ctx = CheckContext {
+            work_dir: self.workflow.dir.clone(),
+        };
+        let mut tools = Vec::new();
+        let mut extra = Vec::new();
+        for s in &self.workflow.steps {
+            let mut ids = BTreeMap::new();
+            let mut err = None;
+            for t in s.step.tools() {
+                match self.tool_ids.identify(&t) {
+                    Ok(id) => {
+                        ids.insert(t.program.clone(), id);
+                    }
+                    Err(e) => {
+                        err = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            tools.push(match err {
+                Some(e) => Err(e),
+                None => Ok(ids),
+            });
+            extra.push(
+                s.step
+                    .extra_key(&ctx)
+                    .map(|v| v.into_iter().collect::<BTreeMap<_, _>>())
+                    .map_err(|e| format!("{e:#}")),
+            );
+        }
+        Ok(Prepared {
+            inputs,
+            tools,
+            extra,
+        })
+    }
+
+    /// Persist the stat cache and tool identities.
+    pub fn save_caches(&mut self) -> anyhow::Result<()> {
+        self.stat_cache.save()?;
+        self.tool_ids.save()
+    }
+
+    /// The key material of step `i` given its upstream outputs; `Err` when a tool
+    /// or a secret is missing.
+    pub fn material(
+        &self,
+        prepared: &Prepared,
+        i: usize,
+        upstream: &BTreeMap<String, Hash>,
+    ) -> Result<KeyMaterial, String> {
+        let s = &self.workflow.steps[i];
+        let tools = prepared.tools[i].clone()?;
+        let extra = prepared.extra[i].clone()?;
+        let mut env = s.env.clone();
+        for (k, v) in &s.env_used {
+            env.insert(format!("${{{{ env.{k} }}}}"), v.clone());
+        }
+        Ok(KeyMaterial {
+            kind: s.kind.clone(),
+            schema_version: s.schema_version,
+            fields: canonical_json(&s.fields),
+            env,
+            inputs: prepared.inputs[i]
+                .iter()
+                .map(|d| (d.label.clone(), d.digest))
+                .collect(),
+            upstream: upstream.clone(),
+            tools,
+            extra,
+        })
+    }
+
+    /// A record for `key` whose output tree is present (restored from objects if needed).
+    pub fn usable_record(&self, key: &Hash) -> Option<Record> {
+        let rec = self.cache.get_record(key).ok()??;
+        if self.cache.was_interrupted(key) {
+            return None;
+        }
+        if self.cache.has_tree(&rec.output) {
+            return Some(rec);
+        }
+        self.cache.restore_tree(&rec.manifest).ok().map(|_| rec)
+    }
+
+    /// Why step `i` runs: a diff of its key material against the lock's entry.
+    pub fn reasons(&self, prepared: &Prepared, i: usize, m: &KeyMaterial) -> Vec<String> {
+        let s = &self.workflow.steps[i];
+        let key = m.key();
+        let mut reasons = Vec::new();
+        if !s.cache {
+            reasons.push("`cache: false`: always runs".to_string());
+        }
+        if self.cache.was_interrupted(&key) {
+            reasons.push("its previous run was interrupted".to_string());
+        }
+        let Some(old) = self.lock.steps.get(&s.name) else {
+            if reasons.is_empty() {
+                reasons.push("never ran (no entry in the lock file)".to_string());
+            }
+            return reasons;
+        };
+        if old.key == key.to_hex() {
+            if reasons.is_empty() {
+                reasons.push(
+                    "its result is no longer in the cache (removed by `qflow gc` or `qflow clean`)"
+                        .to_string(),
+                );
+            }
+            return reasons;
+        }
+        if old.kind != m.kind || old.schema_version != m.schema_version {
+            reasons.push(format!(
+                "kind changed: {} v{} → {} v{}",
+                old.kind, old.schema_version, m.kind, m.schema_version
+            ));
+        }
+        for (k, v) in &s.vars_used {
+            match old.vars.get(k) {
+                Some(ov) if ov != v => reasons.push(format!("var `{k}` changed: {ov:?} → {v:?}")),
+                None => reasons.push(format!("now uses var `{k}` = {v:?}")),
+                _ => {}
+            }
+        }
+        let new_fields: serde_json::Value = serde_json::from_str(&m.fields).unwrap_or_default();
+        let mut field_diffs = Vec::new();
+        diff_json("", &old.fields, &new_fields, &mut field_diffs);
+        let var_values: Vec<&String> = s.vars_used.values().collect();
+        for d in field_diffs {
+            // A field diff fully explained by a var change was already reported.
+            if s.vars_used.is_empty() || !var_values.iter().any(|v| d.contains(v.as_str())) {
+                reasons.push(d);
+            }
+        }
+        let listings = self.cache.dir("inputs");
+        let current: BTreeMap<&str, &InputDigest> = prepared.inputs[i]
+            .iter()
+            .map(|d| (d.label.as_str(), d))
+            .collect();
+        for (label, d) in &current {
+            match old.inputs.get(*label) {
+                None => reasons.push(format!("new input `{label}`")),
+                Some(h) if *h != d.digest.to_hex() => {
+                    reasons.push(describe_input_change(&listings, label, h, d));
+                }
+                _ => {}
+            }
+        }
+        for label in old.inputs.keys() {
+            if !current.contains_key(label.as_str()) {
+                reasons.push(format!("input `{label}` is no longer declared"));
+            }
+        }
+        for (k, v) in &m.env {
+            if old.env.get(k).map(String::as_str) != Some(digest_text(v).as_str()) {
+                reasons.push(format!("env `{k}` changed"));
+            }
+        }
+        for (t, id) in &m.tools {
+            match old.tools.get(t) {
+                Some(o) if o != id => reasons.push(format!("tool `{t}` changed: {o} → {id}")),
+                None => reasons.push(format!("now runs tool `{t}` ({id})")),
+                _ => {}
+            }
+        }
+        for (u, h) in &m.upstream {
+            match old.upstream.get(u) {
+                Some(o) if *o != h.to_hex() => reasons.push(format!(
+                    "output of upstream `{u}` changed: {} → {}",
+                    &o[..12.min(o.len())],
+                    h.short()
+                )),
+                None => reasons.push(format!("now depends on `{u}`")),
+                _ => {}
+            }
+        }
+        if old.extra != m.extra_digest().map(|h| h.to_hex()) {
+            reasons.push("a secret or derived value changed (e.g. a password file)".to_string());
+        }
+        if reasons.is_empty() {
+            reasons.push(
+                "its key changed (qflow's key encoding or a kind's schema changed)".to_string(),
+            );
+        }
+        reasons
+    }
+
+    /// The lock entry for a completed step.
+    pub fn locked_step(&self, i: usize, m: &KeyMaterial, rec: &Record) -> LockedStep {
+        let s = &self.workflow.steps[i];
+        let mut outputs = BTreeMap::new();
+        for e in &rec.manifest.entries {
+            if let qflow_cache::EntryKind::File { hash, .. } = &e.kind {
+                outputs.insert(e.path.clone(), hash.to_hex());
+            }
+        }
+        let notes = rec
+            .meta
+            .get("notes")
+            .and_then(|n| serde_json::from_value::<BTreeMap<String, String>>(n.clone()).ok())
+            .unwrap_or_default();
+        LockedStep {
+            kind: m.kind.clone(),
+            schema_version: m.schema_version,
+            key: m.key().to_hex(),
+            fields: serde_json::from_str(&m.fields).unwrap_or_default(),
+            vars: s.vars_used.clone(),
+            env: m
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), digest_text(v)))
+                .collect(),
+            inputs: m
+                .inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_hex()))
+                .collect(),
+            upstream: m
+                .upstream
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_hex()))
+                .collect(),
+            tools: m.tools.clone(),
+            extra: m.extra_digest().map(|h| h.to_hex()),
+            output: rec.output.to_hex(),
+            outputs,
+            notes,
+        }
+    }
+}
+
+/// Env values enter the lock as digests: they may hold secrets.
+fn digest_text(v: &str) -> String {
+    format!("blake3:{}", Hash::of_bytes(v.as_bytes()).short())
+}
+
+fn describe_input_change(listings: &Path, label: &str, old_hex: &str, d: &InputDigest) -> String {
+    let old = old_hex
+        .parse::<Hash>()
+        .ok()
+        .and_then(|h| inputs::load_listing(listings, &h));
+    let Some(old) = old else {
+        return format!("input `{label}` changed");
+    };
+    let new = inputs::listing(d);
+    let mut changed = Vec::new();
+    for (rel, v) in &new {
+        match old.get(rel) {
+            None => changed.push(format!("+{}", show_rel(label, rel))),
+            Some(o) if o != v => changed.push(show_rel(label, rel)),
+            _ => {}
+        }
+    }
+    for rel in old.keys() {
+        if !new.contains_key(rel) {
+            changed.push(format!("-{}", show_rel(label, rel)));
+        }
+    }
+    let n = changed.len();
+    changed.truncate(10);
+    let more = if n > 10 {
+        format!(" and {} more", n - 10)
+    } else {
+        String::new()
+    };
+    if changed.is_empty() {
+        format!("input `{label}` changed")
+    } else {
+        format!("input `{label}` changed: {}{more}", changed.join(", "))
+    }
+}
+
+fn show_rel(label: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        label.to_string()
+    } else {
+        format!("{}/{rel}", label.trim_end_matches('/'))
+    }
+}
+
+/// Field-level differences between two JSON values, as `field `a.b`: old → new`.
+fn diff_json(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value as J;
+    match (old, new) {
+        (J::Object(a), J::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => diff_json(&p, x, y, out),
+                    (None, Some(y)) => out.push(format!("field `{p}` added: {}", short_json(y))),
+                    (Some(x), None) => {
+                        out.push(format!("field `{p}` removed (was {})", short_json(x)))
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        (a, b) if a != b => {
+            let p = if path.is_empty() {
+                "fields".to_string()
+            } else {
+                path.to_string()
+            };
+            out.push(format!(
+                "field `{p}` changed: {} → {}",
+                short_json(a),
+                short_json(b)
+            ));
+        }
+        _ => {}
+    }
+}
+
+fn short_json(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    } else {
+        s
+    }
+}

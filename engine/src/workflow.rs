@@ -1,0 +1,811 @@
+//! The workflow file: parsing, interpolation and validation.
+//!
+//! Loading does all the checking that can happen before anything runs: YAML
+//! syntax, types, unknown fields (with "did you mean"), unknown kinds, unknown
+//! steps and vars, outputs escaping the output directory, inputs that do not
+//! exist, cycles. Every problem is collected with its `file:line:column`, so a
+//! user fixes them all in one pass.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_yaml::Value;
+
+use crate::diagnostic::{Diagnostics, did_you_mean};
+use crate::interpolate::{self, Expr};
+use crate::source_map::{Position, SourceMap};
+use crate::step::{CheckContext, Input, Registry, Step};
+
+const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
+const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache"];
+
+/// Why one step depends on another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeReason {
+    /// `after: [x]`
+    After,
+    /// `${{ steps.x }}` in a string field.
+    Interpolation,
+    /// A typed reference field (`image: x`).
+    Field(String),
+}
+
+/// A loaded, valid workflow.
+#[derive(Debug)]
+pub struct Workflow {
+    /// The workflow file.
+    pub path: PathBuf,
+    /// Its directory: the working directory of steps and the base of relative paths.
+    pub dir: PathBuf,
+    pub name: String,
+    pub vars: BTreeMap<String, String>,
+    /// The steps in file order.
+    pub steps: Vec<StepDecl>,
+}
+
+/// One step of a workflow, validated.
+#[derive(Debug)]
+pub struct StepDecl {
+    pub name: String,
+    pub kind: String,
+    pub schema_version: u32,
+    /// Upstream steps and why, in first-mention order, without duplicates.
+    pub upstream: Vec<(String, EdgeReason)>,
+    /// `jobs:` as written (None: the kind's default).
+    pub jobs: Option<usize>,
+    /// `env:` after interpolation.
+    pub env: BTreeMap<String, String>,
+    /// `cache: false` makes the step always run.
+    pub cache: bool,
+    /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
+    pub fields: Value,
+    /// Vars this step reads, with their values (they enter the key through `fields`).
+    pub vars_used: BTreeMap<String, String>,
+    /// Environment variables this step reads through `${{ env.X }}`.
+    pub env_used: BTreeMap<String, String>,
+    /// The parsed fields (step references unresolved): inputs, outputs, tools, plan.
+    pub step: Box<dyn Step>,
+}
+
+impl StepDecl {
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.upstream.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`.
+    pub fn resolved_fields(&self, dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Value> {
+        map_strings(&self.fields, &mut |s| {
+            interpolate::substitute(s, &mut |e| match e {
+                Expr::Step { name, output } => {
+                    let dir = dirs
+                        .get(name)
+                        .ok_or_else(|| format!("no output for step `{name}`"))?;
+                    let p = match output {
+                        Some(o) => dir.join(o),
+                        None => dir.clone(),
+                    };
+                    Ok(Some(p.to_string_lossy().into_owned()))
+                }
+                _ => Ok(None),
+            })
+        })
+        .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// Apply `f` to every string (not mapping keys) of a YAML value.
+fn map_strings(
+    v: &Value,
+    f: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(f(s)?),
+        Value::Sequence(items) => Value::Sequence(
+            items
+                .iter()
+                .map(|i| map_strings(i, f))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Mapping(m) => {
+            let mut out = serde_yaml::Mapping::new();
+            for (k, val) in m {
+                out.insert(k.clone(), map_strings(val, f)?);
+            }
+            Value::Mapping(out)
+        }
+        Value::Tagged(t) => map_strings(&t.value, f)?,
+        other => other.clone(),
+    })
+}
+
+/// Rebuild a YAML value, replacing each string by `f(path, string)`.
+fn map_strings_at(v: &Value, path: &str, f: &mut dyn FnMut(&str, &str) -> String) -> Value {
+    match v {
+        Value::String(s) => Value::String(f(path, s)),
+        Value::Sequence(items) => Value::Sequence(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| map_strings_at(it, &format!("{path}[{i}]"), f))
+                .collect(),
+        ),
+        Value::Mapping(m) => {
+            let mut out = serde_yaml::Mapping::new();
+            for (k, val) in m {
+                let p = format!("{path}.{}", key_text(k));
+                out.insert(k.clone(), map_strings_at(val, &p, f));
+            }
+            Value::Mapping(out)
+        }
+        Value::Tagged(t) => map_strings_at(&t.value, path, f),
+        other => other.clone(),
+    }
+}
+
+/// Visit every string with its path (for interpolation errors at the right line).
+fn visit_strings(v: &Value, path: &str, f: &mut dyn FnMut(&str, &str)) {
+    match v {
+        Value::String(s) => f(path, s),
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                visit_strings(item, &format!("{path}[{i}]"), f);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, val) in m {
+                let key = key_text(k);
+                visit_strings(val, &format!("{path}.{key}"), f);
+            }
+        }
+        Value::Tagged(t) => visit_strings(&t.value, path, f),
+        _ => {}
+    }
+}
+
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// Options that change how a workflow loads.
+#[derive(Debug, Default, Clone)]
+pub struct LoadOptions {
+    /// `--set VAR=VALUE` overrides, in command-line order.
+    pub set: Vec<(String, String)>,
+}
+
+impl Workflow {
+    /// Load and validate `path`. Problems in the workflow come back as an
+    /// [`InvalidWorkflow`] inside the error (the binary exits 2 on it).
+    pub fn load(
+        path: &Path,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> anyhow::Result<Workflow> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read workflow `{}`; pass the workflow file as an argument",
+                path.display()
+            )
+        })?;
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let shown = display_path(&path);
+        let map = SourceMap::parse(&text);
+        let mut diags = Diagnostics::new(&shown, &map);
+
+        let doc: Value = match serde_yaml::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                let position = e.location().map(|l| Position {
+                    line: l.line(),
+                    column: l.column(),
+                });
+                let mut msg = e.to_string();
+                if let Some(i) = msg.find(" at line ") {
+                    msg.truncate(i);
+                }
+                if msg.contains("duplicate entry") {
+                    msg.push_str("; step names and fields must be unique: rename or remove one");
+                } else {
+                    msg = format!(
+                        "invalid YAML: {msg} (note: `[${{x}}]` is not valid YAML; quote it)"
+                    );
+                }
+                diags.at_position(position, msg);
+                return Err(diags.finish().unwrap_err().into());
+            }
+        };
+        let Value::Mapping(top) = &doc else {
+            diags.at_position(
+                None,
+                "a workflow is a mapping with `version: 1`, `name`, `vars` and `steps`",
+            );
+            return Err(diags.finish().unwrap_err().into());
+        };
+        for k in top.keys() {
+            let k = key_text(k);
+            if !TOP_LEVEL_FIELDS.contains(&k.as_str()) {
+                diags.at(
+                    &k,
+                    format!("unknown field `{k}`{}", hint(&k, TOP_LEVEL_FIELDS)),
+                );
+            }
+        }
+        match top.get("version") {
+            Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+            Some(v) => diags.at(
+                "version",
+                format!(
+                    "unsupported version {}; this qflow reads `version: 1`",
+                    short(v)
+                ),
+            ),
+            None => diags.at_position(None, "missing `version: 1` at the top of the workflow"),
+        }
+        let name = match top.get("name") {
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workflow".into()),
+            Some(Value::String(s)) if valid_name(s) => s.clone(),
+            Some(v) => {
+                diags.at(
+                    "name",
+                    format!(
+                        "`name` must be a word of letters, digits, `-` or `_`, not {}",
+                        short(v)
+                    ),
+                );
+                String::new()
+            }
+        };
+
+        // vars, then --set overrides.
+        let mut vars = BTreeMap::new();
+        match top.get("vars") {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(m)) => {
+                for (k, v) in m {
+                    let k = key_text(k);
+                    match scalar_text(v) {
+                        Some(s) => {
+                            vars.insert(k, s);
+                        }
+                        None => diags.at(
+                            &format!("vars.{k}"),
+                            format!("a var is a string or number, not {}", type_name(v)),
+                        ),
+                    }
+                }
+            }
+            Some(v) => diags.at(
+                "vars",
+                format!(
+                    "`vars` is a mapping of names to values, not {}",
+                    type_name(v)
+                ),
+            ),
+        }
+        for (k, v) in &options.set {
+            if !vars.contains_key(k) {
+                let known: Vec<&str> = vars.keys().map(|s| s.as_str()).collect();
+                diags.at_position(
+                    None,
+                    format!(
+                        "--set {k}: the workflow has no var `{k}`{}; declare it under `vars:`",
+                        did_you_mean(k, known)
+                    ),
+                );
+            } else {
+                vars.insert(k.clone(), v.clone());
+            }
+        }
+
+        let steps_value = match top.get("steps") {
+            Some(Value::Mapping(m)) => m.clone(),
+            Some(v) => {
+                diags.at(
+                    "steps",
+                    format!(
+                        "`steps` is a mapping of step names to steps, not {}",
+                        type_name(v)
+                    ),
+                );
+                serde_yaml::Mapping::new()
+            }
+            None => {
+                diags.at_position(None, "the workflow has no `steps:`");
+                serde_yaml::Mapping::new()
+            }
+        };
+        let step_names: Vec<String> = steps_value.keys().map(key_text).collect();
+        let ctx = CheckContext {
+            work_dir: dir.clone(),
+        };
+        let mut steps = Vec::new();
+        for (k, v) in &steps_value {
+            let sname = key_text(k);
+            let base = format!("steps.{sname}");
+            if !valid_name(&sname) {
+                diags.at(
+                    &base,
+                    format!("step name `{sname}` must be letters, digits, `-` or `_`"),
+                );
+                continue;
+            }
+            let Value::Mapping(fields) = v else {
+                diags.at(
+                    &base,
+                    format!("a step is a mapping with a `kind:`, not {}", type_name(v)),
+                );
+                continue;
+            };
+            if let Some(decl) = load_step(
+                &sname,
+                &base,
+                fields,
+                registry,
+                &vars,
+                &step_names,
+                &ctx,
+                &mut diags,
+            ) {
+                steps.push(decl);
+            }
+        }
+        let workflow = Workflow {
+            path,
+            dir,
+            name,
+            vars,
+            steps,
+        };
+        if diags.is_empty() {
+            workflow.check_outputs_referenced(&mut diags);
+            crate::dag::check_cycles(&workflow, &mut diags);
+        }
+        diags.finish().map_err(anyhow::Error::from)?;
+        Ok(workflow)
+    }
+
+    pub fn step(&self, name: &str) -> Option<&StepDecl> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// `${{ steps.X.OUT }}` must name one of X's declared outputs (or a path inside one).
+    fn check_outputs_referenced(&self, diags: &mut Diagnostics) {
+        for s in &self.steps {
+            visit_strings(
+                &s.fields,
+                &format!("steps.{}", s.name),
+                &mut |path, text| {
+                    let Ok(exprs) = interpolate::expressions(text) else {
+                        return;
+                    };
+                    for e in exprs {
+                        if let Expr::Step {
+                            name,
+                            output: Some(out),
+                        } = e
+                            && let Some(up) = self.step(&name)
+                        {
+                            let outs = up.step.outputs();
+                            let ok = outs.iter().any(|o| {
+                                out == *o
+                                    || out.starts_with(&format!("{}/", o.trim_end_matches('/')))
+                            });
+                            if !ok {
+                                diags.at(
+                                path,
+                                format!(
+                                    "step `{name}` declares no output `{out}`; its outputs are: {}",
+                                    if outs.is_empty() { "none".to_string() } else { outs.join(", ") }
+                                ),
+                            );
+                            }
+                        }
+                    }
+                },
+            );
+        }
+    }
+}
+
+fn hint(word: &str, candidates: &[&str]) -> String {
+    let dym = did_you_mean(word, candidates.iter().copied());
+    if dym.is_empty() {
+        format!("; valid fields: {}", candidates.join(", "))
+    } else {
+        dym
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = serde_yaml::to_string(v).unwrap_or_default();
+    let s = s.trim();
+    if s.len() > 40 {
+        format!("{}…", &s[..40])
+    } else {
+        s.to_string()
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A path as the user will recognise it: relative to the current directory when inside it.
+fn display_path(p: &Path) -> PathBuf {
+    match std::env::current_dir() {
+        Ok(cwd) => p
+            .strip_prefix(&cwd)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf()),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_step(
+    name: &str,
+    base: &str,
+    fields: &serde_yaml::Mapping,
+    registry: &Registry,
+    vars: &BTreeMap<String, String>,
+    step_names: &[String],
+    ctx: &CheckContext,
+    diags: &mut Diagnostics,
+) -> Option<StepDecl> {
+    let kind_name = match fields.get("kind") {
+        Some(Value::String(k)) => k.clone(),
+        Some(v) => {
+            diags.at(
+                &format!("{base}.kind"),
+                format!("`kind` is a string, not {}", type_name(v)),
+            );
+            return None;
+        }
+        None => {
+            diags.at(
+                base,
+                format!(
+                    "step `{name}` has no `kind:`; valid kinds: {}",
+                    registry.names().join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    let Some(kind) = registry.get(&kind_name) else {
+        diags.at(
+            &format!("{base}.kind"),
+            format!(
+                "unknown kind `{kind_name}`{}; valid kinds: {}",
+                did_you_mean(&kind_name, registry.names()),
+                registry.names().join(", ")
+            ),
+        );
+        return None;
+    };
+
+    let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
+    let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
+        if !step_names.iter().any(|s| s == up) {
+            diags.at(
+                at,
+                format!(
+                    "no step named `{up}`{}",
+                    did_you_mean(
+                        up,
+                        step_names.iter().map(|s| s.as_str()).filter(|s| *s != name)
+                    )
+                ),
+            );
+        } else if !upstream.iter().any(|(n, _)| n == up) {
+            upstream.push((up.to_string(), reason));
+        }
+    };
+
+    // Common fields.
+    let mut after = Vec::new();
+    match fields.get("after") {
+        None => {}
+        Some(Value::Sequence(items)) => {
+            for (i, it) in items.iter().enumerate() {
+                match it {
+                    Value::String(s) => after.push((s.clone(), format!("{base}.after[{i}]"))),
+                    v => diags.at(
+                        &format!("{base}.after[{i}]"),
+                        format!("`after` lists step names, not {}", type_name(v)),
+                    ),
+                }
+            }
+        }
+        Some(Value::String(s)) => after.push((s.clone(), format!("{base}.after"))),
+        Some(v) => diags.at(
+            &format!("{base}.after"),
+            format!("`after` is a list of step names, not {}", type_name(v)),
+        ),
+    }
+    for (up, at) in &after {
+        add_edge(up, EdgeReason::After, at, diags);
+    }
+    let jobs = match fields.get("jobs") {
+        None => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|j| j >= 1) => {
+            Some(n.as_u64().unwrap() as usize)
+        }
+        Some(v) => {
+            diags.at(
+                &format!("{base}.jobs"),
+                format!(
+                    "`jobs` is a whole number of CPU slots, at least 1, not {}",
+                    short(v)
+                ),
+            );
+            None
+        }
+    };
+    let cache = match fields.get("cache") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            diags.at(
+                &format!("{base}.cache"),
+                format!("`cache` is true or false, not {}", short(v)),
+            );
+            true
+        }
+    };
+
+    // Interpolate vars and env in the kind's fields and in `env:`.
+    let mut vars_used = BTreeMap::new();
+    let mut env_used = BTreeMap::new();
+    let mut interpolation_edges: Vec<(String, String)> = Vec::new();
+    let mut interp = |path: &str, text: &str, diags: &mut Diagnostics| -> String {
+        let result = interpolate::substitute(text, &mut |e| match e {
+            Expr::Var(v) => match vars.get(v) {
+                Some(val) => {
+                    vars_used.insert(v.clone(), val.clone());
+                    Ok(Some(val.clone()))
+                }
+                None => Err(format!(
+                    "unknown var `{v}`{}; declare it under `vars:` or pass `--set {v}=VALUE`",
+                    did_you_mean(v, vars.keys().map(|s| s.as_str()))
+                )),
+            },
+            Expr::Env(v) => match std::env::var(v) {
+                Ok(val) => {
+                    env_used.insert(v.clone(), val.clone());
+                    Ok(Some(val))
+                }
+                Err(_) => Err(format!(
+                    "environment variable `{v}` is not set; export it before running qflow"
+                )),
+            },
+            Expr::Step { name: up, .. } => {
+                interpolation_edges.push((up.clone(), path.to_string()));
+                Ok(None)
+            }
+        });
+        match result {
+            Ok(s) => s,
+            Err(msg) => {
+                diags.at(path, msg);
+                text.to_string()
+            }
+        }
+    };
+
+    let mut env = BTreeMap::new();
+    match fields.get("env") {
+        None => {}
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                let k = key_text(k);
+                let at = format!("{base}.env.{k}");
+                match scalar_text(v) {
+                    Some(s) => {
+                        let s = interp(&at, &s, diags);
+                        env.insert(k, s);
+                    }
+                    None => diags.at(
+                        &at,
+                        format!("an env value is a string, not {}", type_name(v)),
+                    ),
+                }
+            }
+        }
+        Some(v) => diags.at(
+            &format!("{base}.env"),
+            format!("`env` is a mapping of NAME: value, not {}", type_name(v)),
+        ),
+    }
+
+    let mut kind_fields = serde_yaml::Mapping::new();
+    for (k, v) in fields {
+        let key = key_text(k);
+        if COMMON_FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        kind_fields.insert(k.clone(), v.clone());
+    }
+    let mut failed = false;
+    let kind_fields = map_strings_at(&Value::Mapping(kind_fields), base, &mut |path, text| {
+        let before = diags.len();
+        let out = interp(path, text, diags);
+        failed |= diags.len() > before;
+        out
+    });
+    for (up, at) in interpolation_edges {
+        add_edge(&up, EdgeReason::Interpolation, &at, diags);
+    }
+    if failed {
+        return None;
+    }
+
+    let step = match kind.parse(&kind_fields) {
+        Ok(s) => s,
+        Err(e) => {
+            let field_names = kind.field_names();
+            let mut msg = e.message.clone();
+            let mut at = if e.field.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}.{}", e.field)
+            };
+            if let Some(unknown) = unknown_field_name(&e.message) {
+                at = format!("{at}.{unknown}");
+                let dym = did_you_mean(&unknown, field_names.iter().map(|s| s.as_str()));
+                msg = if e.field.is_empty() {
+                    let mut all: Vec<String> = field_names.clone();
+                    all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
+                    format!(
+                        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
+                        all.join(", ")
+                    )
+                } else {
+                    format!(
+                        "unknown field `{unknown}`{}",
+                        strip_expected(&e.message, &dym)
+                    )
+                };
+            }
+            diags.at(&at, msg);
+            return None;
+        }
+    };
+    for r in step.references() {
+        add_edge(
+            &r.step,
+            EdgeReason::Field(r.field.clone()),
+            &format!("{base}.{}", r.field),
+            diags,
+        );
+    }
+    if let Err(e) = step.check(ctx) {
+        let at = if e.field.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}.{}", e.field)
+        };
+        diags.at(&at, e.message);
+    }
+    for (i, out) in step.outputs().iter().enumerate() {
+        if let Err(msg) = check_output_path(out) {
+            diags.at(&format!("{base}.outputs[{i}]"), msg);
+        }
+    }
+    for input in step.inputs() {
+        if let Err(msg) = check_input_exists(&input, ctx) {
+            diags.at(&format!("{base}.{}", input.field), msg);
+        }
+    }
+    Some(StepDecl {
+        name: name.to_string(),
+        kind: kind_name,
+        schema_version: kind.schema_version(),
+        upstream,
+        jobs,
+        env,
+        cache,
+        fields: kind_fields,
+        vars_used,
+        env_used,
+        step,
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn strip_expected(message: &str, dym: &str) -> String {
+    match message.find(", expected") {
+        Some(i) if dym.is_empty() => message[i..].replacen(", expected", "; expected", 1),
+        _ => dym.to_string(),
+    }
+}
+
+/// A declared output must stay inside the step's output directory.
+pub fn check_output_path(out: &str) -> Result<(), String> {
+    let p = Path::new(out);
+    if out.is_empty() {
+        return Err("an output path is empty".into());
+    }
+    if p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!(
+            "output `{out}` escapes the step's output directory; write a path relative to `$QFLOW_OUT` without `..`"
+        ));
+    }
+    Ok(())
+}
+
+fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<(), String> {
+    if input.path.contains("${{") {
+        return Ok(());
+    }
+    if crate::glob::is_glob(&input.path) {
+        let matches = crate::glob::expand(&ctx.work_dir, &input.path).map_err(|e| e.to_string())?;
+        if matches.is_empty() {
+            return Err(format!(
+                "input glob `{}` matches no file in {}",
+                input.path,
+                ctx.work_dir.display()
+            ));
+        }
+        return Ok(());
+    }
+    let p = ctx.resolve(&input.path);
+    if std::fs::symlink_metadata(&p).is_err() {
+        return Err(format!(
+            "input `{}` does not exist ({}); create it or fix the path",
+            input.path,
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Step names referenced as upstream by `decl`, sorted, for display.
+pub fn upstream_set(decl: &StepDecl) -> BTreeSet<String> {
+    decl.upstream.iter().map(|(n, _)| n.clone()).collect()
+}

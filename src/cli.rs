@@ -1,0 +1,135 @@
+//! The command line (clap) and exit codes.
+//!
+//! Exit codes: 0 success; 1 a step failed (or an unexpected error); 2 a bad
+//! workflow, bad usage or a host missing what the workflow needs (nothing ran);
+//! 130 interrupted by a signal.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Declarative, incremental, reproducible QEMU full-system simulation setups.
+#[derive(Parser, Debug)]
+#[command(name = "qflow", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every workflow command shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkflowArgs {
+    /// The workflow file.
+    #[arg(default_value = "workflow.yaml")]
+    pub file: PathBuf,
+    /// The cache directory (default: `.qflow/` beside the workflow).
+    #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]
+    pub cache: Option<PathBuf>,
+    /// Override a var: `--set VAR=VALUE` (repeatable).
+    #[arg(long = "set", value_name = "VAR=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the steps whose inputs changed.
+    Apply {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// CPU slots for all steps together (default: the number of cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Let independent steps finish after a step fails.
+        #[arg(long)]
+        keep_going: bool,
+        /// Fail at once if another run holds the cache, instead of waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show what `apply` would run, and why.
+    Plan {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// Print JSON: {"steps":[{"name","action","reasons"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the step graph as Graphviz DOT, coloured by status.
+    Graph {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// `dot` (default) or `svg` (needs Graphviz's `dot`).
+        #[arg(long, default_value = "dot")]
+        format: String,
+    },
+    /// Show each step's state and the last run.
+    Status {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+    },
+    /// Delete cached results that no recent run used.
+    Gc {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// How many recent runs' results to keep.
+        #[arg(long, default_value_t = 10)]
+        keep_runs: usize,
+    },
+    /// Forget the results of STEP (or of every step) so they run again.
+    Clean {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// The step to clean (default: all steps of the workflow).
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match crate::commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(inv) = e.downcast_ref::<qflow_engine::diagnostic::InvalidWorkflow>() {
+                for d in &inv.diagnostics {
+                    eprintln!("error: {d}");
+                }
+                eprintln!("qflow: the workflow is invalid; nothing was run");
+                return 2;
+            }
+            if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
+                || e.downcast_ref::<UsageError>().is_some()
+            {
+                eprintln!("error: {e}");
+                return 2;
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Bad command-line usage found after parsing (exit 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
