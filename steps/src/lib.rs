@@ -2,6 +2,7 @@
 //! implements [`qflow_engine::Step`]; [`registry`] lists them all.
 
 pub mod command;
+pub mod disk;
 pub mod image;
 pub mod image_file;
 pub mod qemu_img;
@@ -13,5 +14,6 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.add(KindOf::<command::Command>::new());
     r.add(KindOf::<image::Image>::new());
+    r.add(KindOf::<disk::Disk>::new());
     r
 }
