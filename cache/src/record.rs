@@ -208,6 +208,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "slow: measures looking up 1,000 records and their trees"]
+    fn looking_up_a_thousand_cached_steps() {
+        let c = Cache::open(&crate::test_dir("thousand").join("c")).unwrap();
+        let keys: Vec<Hash> = (0..1000u32)
+            .map(|i| Hash::of_bytes(&i.to_le_bytes()))
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            record_for(&c, k, &[("out.txt", format!("{i}").as_bytes())], &[]);
+        }
+        let started = std::time::Instant::now();
+        for k in &keys {
+            let r = c.get_record(k).unwrap().unwrap();
+            assert!(c.has_tree(&r.output));
+        }
+        let by_hash = started.elapsed();
+        let started = std::time::Instant::now();
+        for k in &keys {
+            let r = c.get_record(k).unwrap().unwrap();
+            assert!(c.has_tree_for(&r.manifest));
+        }
+        eprintln!(
+            "1,000 x (get_record + has_tree): {by_hash:?}; with has_tree_for: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn a_started_mark_survives_until_cleared() {
         let c = Cache::open(&crate::test_dir("started").join("c")).unwrap();
         let key = Hash::of_bytes(b"k");

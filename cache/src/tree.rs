@@ -210,6 +210,11 @@ impl Cache {
         }
     }
 
+    /// `has_tree` for a manifest already in hand (e.g. a record's): saves reading it again.
+    pub fn has_tree_for(&self, m: &Manifest) -> bool {
+        self.tree_is_complete(m) && self.objects_present(m)
+    }
+
     fn objects_present(&self, m: &Manifest) -> bool {
         m.entries.iter().all(|e| match &e.kind {
             EntryKind::File {
