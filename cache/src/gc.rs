@@ -220,6 +220,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_committed_without_a_record_is_no_cache_hit_and_gc_removes_it() {
+        // A run killed between commit_tree and put_record.
+        let c = Cache::open(&crate::test_dir("gc_orphan").join("c")).unwrap();
+        let key = Hash::of_bytes(b"step");
+        let t = c.new_tree().unwrap();
+        std::fs::write(t.path().join("out"), b"orphan").unwrap();
+        let m = c.commit_tree(t).unwrap();
+        assert_eq!(c.get_record(&key).unwrap(), None);
+        let stats = c.gc(&[key]).unwrap();
+        assert_eq!((stats.records, stats.trees, stats.objects), (0, 1, 1));
+        assert!(!c.tree_path(&m.hash).exists());
+        assert!(c.load_manifest(&m.hash).unwrap().is_none());
+    }
+
+    #[test]
     fn gc_removes_stale_temp_trees_but_not_fresh_ones() {
         let c = Cache::open(&crate::test_dir("gc_tmp").join("c")).unwrap();
         let fresh = c.new_tree().unwrap();

@@ -356,9 +356,13 @@ impl Cache {
             );
         }
         let dest = self.tree_path(&m.hash);
-        if self.tree_is_complete(m) && self.objects_present(m) {
-            self.store_manifest(m)?;
-            return Ok(dest);
+        if self.tree_is_complete(m) {
+            // Objects deleted by hand: the tree's own files still hold the bytes.
+            self.restore_objects_from_tree(m)?;
+            if self.objects_present(m) {
+                self.store_manifest(m)?;
+                return Ok(dest);
+            }
         }
         let tmp = self.new_tree()?;
         let mut dirs = vec![tmp.path.clone()];
@@ -394,6 +398,42 @@ impl Cache {
         dirs.par_iter().try_for_each(|d| fsync_dir(d))?;
         self.place_tree(tmp, m)?;
         Ok(dest)
+    }
+}
+
+impl Cache {
+    /// Puts back missing objects of tree `m` from the tree's files whose content still
+    /// hashes right.
+    fn restore_objects_from_tree(&self, m: &Manifest) -> anyhow::Result<()> {
+        let root = self.tree_path(&m.hash);
+        for e in &m.entries {
+            let EntryKind::File {
+                hash, executable, ..
+            } = &e.kind
+            else {
+                continue;
+            };
+            let object = self.object_file(hash, *executable);
+            if object.is_file() {
+                continue;
+            }
+            let file = root.join(safe_relative(&e.path)?);
+            if crate::hash_file(&file).ok() != Some(*hash) {
+                continue;
+            }
+            let shard = crate::atomic::parent_of(&object);
+            std::fs::create_dir_all(&shard)
+                .with_context(|| format!("cannot create `{}`", shard.display()))?;
+            let tmp = shard.join(unique_tmp_name());
+            if link_or_copy(&file, &tmp)? != LinkKind::Hardlink {
+                seal(&tmp, read_only_mode(*executable))?;
+            }
+            let renamed = std::fs::rename(&tmp, &object);
+            let _ = std::fs::remove_file(&tmp);
+            renamed.with_context(|| format!("cannot restore `{}`", object.display()))?;
+            fsync_dir(&shard)?;
+        }
+        Ok(())
     }
 }
 
@@ -680,7 +720,13 @@ mod tests {
             0o555
         );
 
-        // An object gone too: restoring says so instead of building a partial tree.
+        // Objects deleted by hand come back from an intact tree.
+        std::fs::remove_file(c.object_path(&Hash::of_bytes(b"data"))).unwrap();
+        assert!(!c.has_tree(&m.hash));
+        c.restore_tree(&m).unwrap();
+        assert!(c.has_tree(&m.hash));
+
+        // Tree and object gone: restoring says so instead of building a partial tree.
         remove_dir_force(&c.tree_path(&m.hash)).unwrap();
         std::fs::remove_file(c.object_path(&Hash::of_bytes(b"data"))).unwrap();
         let err = c.restore_tree(&m).unwrap_err().to_string();
