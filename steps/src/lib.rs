@@ -2,10 +2,14 @@
 //! implements [`qflow_engine::Step`]; [`registry`] lists them all.
 
 pub mod command;
+pub mod customize;
+pub mod debootstrap;
 pub mod disk;
 pub mod image;
 pub mod image_file;
+pub mod package_name;
 pub mod qemu_img;
+pub mod secret;
 
 use qflow_engine::{KindOf, Registry};
 
@@ -13,6 +17,8 @@ use qflow_engine::{KindOf, Registry};
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.add(KindOf::<command::Command>::new());
+    r.add(KindOf::<customize::Customize>::new());
+    r.add(KindOf::<debootstrap::Debootstrap>::new());
     r.add(KindOf::<image::Image>::new());
     r.add(KindOf::<disk::Disk>::new());
     r

@@ -1,0 +1,626 @@
+//! The `customize` kind: the seed's hand customization of a system image
+//! (root password, packages, no unattended upgrades, files, guest commands) as a step.
+//!
+//! It never touches the upstream image: it creates a qcow2 overlay whose backing
+//! file is the upstream image by a *relative* path (`../<upstream tree>/image.qcow2`,
+//! valid both in the engine's temporary output dir and in the final tree, and after
+//! the cache moves), then runs `virt-customize` (libguestfs) on the overlay.
+//!
+//! Operations run in this order, whatever the order of the fields: root password,
+//! `install`, `uninstall`, `purge_unattended_upgrades`, `copy_in`, `write`, `commands`
+//! (so files written by the user override package defaults, and the user's own
+//! commands see everything else done).
+//!
+//! Secrets: the root password reaches virt-customize as `--root-password file:PATH`
+//! of a 0600 file in `/dev/shm` removed afterwards ([`crate::secret`]); the key holds
+//! its blake3. `write` contents are uploaded from files, never put in argv.
+//!
+//! libguestfs runs with `LIBGUESTFS_BACKEND=direct` and, unless the environment says
+//! otherwise, `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`: on hosts where KVM exists but
+//! cannot boot a kernel (nested virtualization) the appliance would otherwise hang or abort.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
+use qflow_engine::{
+    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, StepRef, Tool,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::image_file::{QCOW2_IMAGE, upstream_image};
+use crate::package_name::check_packages;
+use crate::qemu_img;
+use crate::secret::Secret;
+
+/// Customize an upstream step's system image with virt-customize; the result is a new
+/// qcow2 image backed by the upstream one, which stays unchanged.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Customize {
+    /// The upstream step whose image is customized.
+    pub image: String,
+    /// Root's password: `{ file: PATH }`, `{ env: NAME }`, `locked` or `random`
+    /// (`random` is kept in the step's state directory, file `root-password`).
+    #[serde(default)]
+    pub root_password: Option<Secret>,
+    /// Debian packages to install (apt inside the guest; needs the guest's mirror).
+    #[serde(default)]
+    pub install: Vec<String>,
+    /// Debian packages to remove.
+    #[serde(default)]
+    pub uninstall: Vec<String>,
+    /// Purge `unattended-upgrades` and set the APT::Periodic switches to "0" in
+    /// `/etc/apt/apt.conf.d/10periodic` and `20auto-upgrades`.
+    #[serde(default)]
+    pub purge_unattended_upgrades: bool,
+    /// Host files or directories copied into guest directories (created if missing).
+    #[serde(default)]
+    pub copy_in: Vec<CopyIn>,
+    /// Guest files written with the given content (parent directories created).
+    #[serde(default)]
+    pub write: Vec<WriteFile>,
+    /// The user's own guest shell command lines, run by the guest's `/bin/sh` last,
+    /// in order (virt-customize `--run-command`). qflow does not inspect them.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+/// One `copy_in` entry: host path `from` into guest directory `to`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopyIn {
+    /// A host file or directory, relative to the workflow's directory.
+    pub from: String,
+    /// An absolute guest directory.
+    pub to: String,
+}
+
+/// One `write` entry: guest file `path` gets exactly `content`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFile {
+    /// An absolute guest path.
+    pub path: String,
+    pub content: String,
+}
+
+impl StepFields for Customize {
+    const KIND: &'static str = "customize";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+/// What `purge_unattended_upgrades` writes: the seed's switches, in both files the seed names.
+const APT_PERIODIC_OFF: &str =
+    "APT::Periodic::Update-Package-Lists \"0\";\nAPT::Periodic::Unattended-Upgrade \"0\";\n";
+const APT_PERIODIC_FILES: [&str; 2] = [
+    "/etc/apt/apt.conf.d/10periodic",
+    "/etc/apt/apt.conf.d/20auto-upgrades",
+];
+/// Purge only when installed: `apt-get purge` of a package apt does not know fails.
+const PURGE_UNATTENDED_UPGRADES: &str = "if dpkg -s unattended-upgrades >/dev/null 2>&1; then \
+     DEBIAN_FRONTEND=noninteractive apt-get -y -q purge unattended-upgrades; fi";
+
+/// virt-customize splits `--copy-in`/`--upload` arguments at the first colon.
+fn check_guest_path(field: &str, path: &str) -> Result<(), FieldError> {
+    if !path.starts_with('/') {
+        return Err(FieldError::new(
+            field,
+            format!("`{path}` must be an absolute guest path (starting with `/`)"),
+        ));
+    }
+    if path.contains('\0') || path.contains('\n') {
+        return Err(FieldError::new(
+            field,
+            "a guest path cannot hold a NUL or newline",
+        ));
+    }
+    Ok(())
+}
+
+impl Customize {
+    /// Where a `random` root password is kept between runs.
+    fn random_password_store(state_dir: &Path) -> PathBuf {
+        state_dir.join("root-password")
+    }
+
+    /// The virt-customize operations, in the order they run. `upload_dir` holds the
+    /// files for `write` and the APT switches; `password_file` the secret.
+    fn operations(&self, upload_dir: &Path, password_file: Option<&Path>) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
+        match (&self.root_password, password_file) {
+            (Some(Secret::Locked), _) => args.extend(["--root-password".into(), "disabled".into()]),
+            (Some(_), Some(f)) => {
+                args.extend(["--root-password".into(), format!("file:{}", f.display())])
+            }
+            _ => {}
+        }
+        if !self.install.is_empty() {
+            args.extend(["--install".into(), self.install.join(",")]);
+        }
+        if !self.uninstall.is_empty() {
+            args.extend(["--uninstall".into(), self.uninstall.join(",")]);
+        }
+        if self.purge_unattended_upgrades {
+            args.extend(["--run-command".into(), PURGE_UNATTENDED_UPGRADES.into()]);
+            args.extend(["--mkdir".into(), "/etc/apt/apt.conf.d".into()]);
+            for (i, path) in APT_PERIODIC_FILES.iter().enumerate() {
+                args.extend([
+                    "--upload".into(),
+                    format!("{}:{path}", upload_dir.join(format!("apt-{i}")).display()),
+                ]);
+            }
+        }
+        for c in &self.copy_in {
+            args.extend([
+                "--mkdir".into(),
+                c.to.clone(),
+                "--copy-in".into(),
+                format!("{}:{}", c.from, c.to),
+            ]);
+        }
+        for (i, w) in self.write.iter().enumerate() {
+            if let Some(parent) = Path::new(&w.path).parent().filter(|p| *p != Path::new("/")) {
+                args.extend(["--mkdir".into(), parent.display().to_string()]);
+            }
+            args.extend([
+                "--upload".into(),
+                format!(
+                    "{}:{}",
+                    upload_dir.join(format!("write-{i}")).display(),
+                    w.path
+                ),
+            ]);
+        }
+        for c in &self.commands {
+            args.extend(["--run-command".into(), c.clone()]);
+        }
+        args
+    }
+
+    /// Write the files `--upload` sends: the `write` contents and the APT switches.
+    fn prepare_uploads(&self, dir: &Path) -> anyhow::Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if self.purge_unattended_upgrades {
+            for i in 0..APT_PERIODIC_FILES.len() {
+                write_file(&dir.join(format!("apt-{i}")), APT_PERIODIC_OFF)?;
+            }
+        }
+        for (i, w) in self.write.iter().enumerate() {
+            write_file(&dir.join(format!("write-{i}")), &w.content)?;
+        }
+        Ok(())
+    }
+}
+
+/// Write one file that `--upload` sends into the guest.
+fn write_file(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Removes a directory when dropped (the upload files), also on error.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Step for Customize {
+    fn references(&self) -> Vec<StepRef> {
+        vec![StepRef::new("image", &self.image)]
+    }
+
+    fn inputs(&self) -> Vec<Input> {
+        self.copy_in
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Input::new(format!("copy_in[{i}].from"), c.from.clone()))
+            .collect()
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        vec![QCOW2_IMAGE.to_string()]
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        vec![
+            Tool::new("virt-customize", &["--version"], "libguestfs-tools"),
+            qemu_img::tool(),
+        ]
+    }
+
+    fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
+        // supermin builds libguestfs's appliance from the host's own kernel.
+        let kernel = std::fs::read_dir("/boot")
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz"))
+            })
+            .unwrap_or(false);
+        vec![Requirement {
+            what: "a Linux kernel in /boot for libguestfs's appliance".into(),
+            present: kernel,
+            fix: "install one: `apt-get install linux-image-amd64` (supermin builds the appliance from it)".into(),
+        }]
+    }
+
+    fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
+        if self.image.is_empty() {
+            return Err(FieldError::new(
+                "image",
+                "`image` needs the name of the step whose image is customized",
+            ));
+        }
+        if let Some(secret) = &self.root_password {
+            secret.check("root_password", ctx)?;
+        }
+        check_packages("install", &self.install)?;
+        check_packages("uninstall", &self.uninstall)?;
+        for (i, c) in self.copy_in.iter().enumerate() {
+            let field = format!("copy_in[{i}].from");
+            if c.from.is_empty() {
+                return Err(FieldError::new(
+                    field,
+                    "`from` needs a host file or directory",
+                ));
+            }
+            if c.from.contains(':') {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "`{}` holds a colon, which virt-customize cannot copy; rename it or link it",
+                        c.from
+                    ),
+                ));
+            }
+            if !ctx.resolve(&c.from).exists() {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{}` does not exist", c.from),
+                ));
+            }
+            check_guest_path(&format!("copy_in[{i}].to"), &c.to)?;
+        }
+        for (i, w) in self.write.iter().enumerate() {
+            check_guest_path(&format!("write[{i}].path"), &w.path)?;
+            if w.path.ends_with('/') {
+                return Err(FieldError::new(
+                    format!("write[{i}].path"),
+                    format!("`{}` names a directory, not a file", w.path),
+                ));
+            }
+        }
+        for (i, c) in self.commands.iter().enumerate() {
+            if c.trim().is_empty() {
+                return Err(FieldError::new(
+                    format!("commands[{i}]"),
+                    "an empty guest command line",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
+        match &self.root_password {
+            Some(secret) => secret.key_material("root_password", &ctx.work_dir),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
+        let quote = |args: &[String]| {
+            args.iter()
+                .map(|a| qflow_engine::context::quote_arg(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut vc = vec![
+            "virt-customize".to_string(),
+            "--format".into(),
+            "qcow2".into(),
+            "-a".into(),
+            QCOW2_IMAGE.into(),
+        ];
+        vc.extend(self.operations(
+            Path::new("<uploads>"),
+            Some(Path::new("<0600 password file>")),
+        ));
+        vec![
+            format!(
+                "qemu-img create -f qcow2 -b ../<{}>/image.* -F <format> {QCOW2_IMAGE}",
+                self.image
+            ),
+            quote(&vc),
+        ]
+    }
+
+    fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
+        let upstream = upstream_image(ctx, &self.image)?;
+        let format = qemu_img::info(ctx, &upstream)?.format.name().to_string();
+        let out = ctx.out_dir().join(QCOW2_IMAGE);
+        let backing = relative_path(ctx.out_dir(), &upstream)?;
+
+        ctx.progress("creating the overlay");
+        let mut create = ctx.command("qemu-img");
+        create
+            .args(["create", "-q", "-f", "qcow2", "-b"])
+            .arg(&backing)
+            .args(["-F", &format])
+            .arg(&out);
+        ctx.run(create)?;
+
+        // The secret file and the upload files live only as long as this run.
+        let password = match &self.root_password {
+            Some(Secret::Locked) | None => None,
+            Some(secret) => {
+                let store = Self::random_password_store(ctx.state_dir());
+                let value = secret
+                    .value(ctx.work_dir(), &store)?
+                    .context("the root password has no value")?;
+                if matches!(secret, Secret::Random) {
+                    ctx.log(&format!(
+                        "the random root password is kept in {}",
+                        store.display()
+                    ));
+                }
+                Some(value.to_temp_file()?)
+            }
+        };
+        let upload_dir = ctx.state_dir().join("upload");
+        let _uploads = RemoveOnDrop(upload_dir.clone());
+        self.prepare_uploads(&upload_dir)?;
+
+        let mut cmd = ctx.command("virt-customize");
+        set_libguestfs_env(&mut cmd);
+        cmd.args(["--format", "qcow2", "-a"]).arg(&out);
+        if ctx.jobs() > 1 {
+            cmd.args(["--smp", &ctx.jobs().to_string()]);
+        }
+        cmd.args(self.operations(&upload_dir, password.as_ref().map(|f| f.path())));
+        let started = std::time::Instant::now();
+        let result = ctx.run_lines(cmd, &mut progress_of);
+        drop(password);
+        if let Err(e) = result {
+            return Err(explain_libguestfs_failure(e));
+        }
+        ctx.log(&format!(
+            "virt-customize took {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+/// Set libguestfs's backend unless the step's `env:` or qflow's environment chose one.
+fn set_libguestfs_env(cmd: &mut std::process::Command) {
+    for (name, value) in [
+        ("LIBGUESTFS_BACKEND", "direct"),
+        ("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg"),
+    ] {
+        let in_step_env = cmd.get_envs().any(|(k, v)| k == name && v.is_some());
+        if !in_step_env && std::env::var_os(name).is_none() {
+            cmd.env(name, value);
+        }
+    }
+}
+
+/// virt-customize's `[  12.3] Installing packages: numactl` lines become the progress text.
+fn progress_of(line: &str) -> Option<String> {
+    let rest = line.strip_prefix('[')?;
+    let (secs, text) = rest.split_once("] ")?;
+    secs.trim().parse::<f64>().ok()?;
+    Some(text.trim().to_string())
+}
+
+/// Add to a virt-customize failure what libguestfs said and what to do about it.
+fn explain_libguestfs_failure(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    let reason = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("libguestfs: error:"))
+        .or_else(|| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("virt-customize: error:"))
+        });
+    let lower = text.to_lowercase();
+    let fix = if lower.contains("supermin")
+        || lower.contains("suitable kernel")
+        || lower.contains("/boot/vmlinuz")
+    {
+        Some(
+            "libguestfs cannot build its appliance: install a kernel for supermin \
+             (`apt-get install linux-image-amd64`) and make /boot/vmlinuz-* readable",
+        )
+    } else if lower.contains("kvm") || lower.contains("msr") {
+        Some(
+            "KVM cannot run libguestfs's appliance here: set `LIBGUESTFS_BACKEND=direct` and \
+             `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`",
+        )
+    } else if lower.contains("launch") || lower.contains("appliance") || lower.contains("qemu") {
+        Some("libguestfs's appliance did not start: run `libguestfs-test-tool` to see why")
+    } else {
+        None
+    };
+    match (reason, fix) {
+        (Some(r), Some(f)) => err.context(format!("virt-customize failed: {r}\n  hint: {f}")),
+        (Some(r), None) => err.context(format!("virt-customize failed: {r}")),
+        (None, Some(f)) => err.context(format!("virt-customize failed\n  hint: {f}")),
+        (None, None) => err,
+    }
+}
+
+/// The path of `target` relative to directory `from` (both made absolute and free of
+/// `..` first), e.g. `../<hash>/image.qcow2` from a sibling tree.
+pub fn relative_path(from: &Path, target: &Path) -> anyhow::Result<PathBuf> {
+    let from = std::fs::canonicalize(from)
+        .with_context(|| format!("cannot resolve {}", from.display()))?;
+    let target = std::fs::canonicalize(target)
+        .with_context(|| format!("cannot resolve {}", target.display()))?;
+    let a: Vec<Component> = from.components().collect();
+    let b: Vec<Component> = target.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut rel = PathBuf::new();
+    for _ in common..a.len() {
+        rel.push("..");
+    }
+    for c in &b[common..] {
+        rel.push(c);
+    }
+    Ok(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Box<dyn Step>, FieldError> {
+        use qflow_engine::StepKind as _;
+        qflow_engine::KindOf::<Customize>::new().parse(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn check(yaml: &str) -> Result<(), FieldError> {
+        let ctx = CheckContext {
+            work_dir: std::env::temp_dir(),
+        };
+        parse(yaml)?.check(&ctx)
+    }
+
+    #[test]
+    fn the_issue_example_parses_and_checks() {
+        let dir =
+            std::env::temp_dir().join(format!("qflow-customize-check-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("bench")).unwrap();
+        std::fs::write(dir.join("pw"), "hunter2\n").unwrap();
+        let step = parse(
+            "image: base\nroot_password: { file: pw }\ninstall: [build-essential, numactl]\nuninstall: [snapd]\n\
+             purge_unattended_upgrades: true\ncopy_in: [{ from: ./bench, to: /opt }]\n\
+             write: [{ path: /etc/motd, content: \"sim image\\n\" }]\ncommands: [\"systemctl disable apt-daily.timer\"]\n",
+        )
+        .unwrap();
+        let ctx = CheckContext {
+            work_dir: dir.clone(),
+        };
+        step.check(&ctx).unwrap();
+        assert_eq!(step.references(), vec![StepRef::new("image", "base")]);
+        let key = step.extra_key(&ctx).unwrap();
+        assert_eq!(key[0].0, "root_password.blake3");
+        assert!(!format!("{key:?}{:?}", step.plan(&ctx)).contains("hunter2"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_shell_command_as_package_name_is_refused_naming_the_entry() {
+        let err = check("image: base\ninstall: [numactl, 'foo; rm -rf /']\n").unwrap_err();
+        assert_eq!(err.field, "install[1]");
+        let err = check("image: base\nuninstall: ['$(reboot)']\n").unwrap_err();
+        assert_eq!(err.field, "uninstall[0]");
+    }
+
+    #[test]
+    fn bad_guest_paths_and_unknown_fields_are_refused() {
+        assert_eq!(
+            check("image: base\nwrite: [{ path: etc/motd, content: x }]\n")
+                .unwrap_err()
+                .field,
+            "write[0].path"
+        );
+        assert_eq!(
+            check("image: base\ncopy_in: [{ from: /nonexistent-qflow, to: /opt }]\n")
+                .unwrap_err()
+                .field,
+            "copy_in[0].from"
+        );
+        assert_eq!(
+            check("image: base\ncommands: ['  ']\n").unwrap_err().field,
+            "commands[0]"
+        );
+        assert!(parse("image: base\nroot_pasword: locked\n").is_err());
+        assert_eq!(
+            check("image: base\nroot_password: { env: QFLOW_SURELY_UNSET_VAR }\n")
+                .unwrap_err()
+                .field,
+            "root_password.env"
+        );
+    }
+
+    #[test]
+    fn operations_run_in_the_documented_order_and_carry_no_content() {
+        let step: Customize = serde_yaml::from_str(
+            "image: base\nroot_password: locked\ninstall: [numactl]\nuninstall: [less]\npurge_unattended_upgrades: true\n\
+             copy_in: [{ from: bench, to: /opt }]\nwrite: [{ path: /etc/motd, content: 'top secret motd' }]\ncommands: ['true']\n",
+        )
+        .unwrap();
+        let ops = step.operations(Path::new("/u"), None);
+        let flags: Vec<&str> = ops
+            .iter()
+            .filter(|a| a.starts_with("--"))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                "--root-password",
+                "--install",
+                "--uninstall",
+                "--run-command",
+                "--mkdir",
+                "--upload",
+                "--upload",
+                "--mkdir",
+                "--copy-in",
+                "--mkdir",
+                "--upload",
+                "--run-command"
+            ]
+        );
+        assert!(ops.contains(&"disabled".to_string()));
+        assert!(ops.contains(&"/u/write-0:/etc/motd".to_string()));
+        assert!(!ops.iter().any(|a| a.contains("top secret motd")));
+    }
+
+    #[test]
+    fn progress_comes_from_the_timestamped_lines() {
+        assert_eq!(
+            progress_of("[  12.3] Installing packages: numactl").as_deref(),
+            Some("Installing packages: numactl")
+        );
+        assert_eq!(progress_of("Reading package lists..."), None);
+    }
+
+    #[test]
+    fn a_sibling_tree_is_reached_by_a_relative_path() {
+        let base = std::env::temp_dir().join(format!("qflow-rel-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("trees/abc")).unwrap();
+        std::fs::create_dir_all(base.join("trees/.tmp-1")).unwrap();
+        std::fs::write(base.join("trees/abc/image.qcow2"), "").unwrap();
+        let rel = relative_path(
+            &base.join("trees/.tmp-1"),
+            &base.join("trees/abc/image.qcow2"),
+        )
+        .unwrap();
+        assert_eq!(rel, Path::new("../abc/image.qcow2"));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn an_appliance_failure_says_what_to_install() {
+        let e = explain_libguestfs_failure(anyhow::anyhow!(
+            "`virt-customize` failed (exit 1); its last lines:\n    libguestfs: error: /usr/bin/supermin exited with error status 1."
+        ));
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("libguestfs: error: /usr/bin/supermin"),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install linux-image-amd64"), "{text}");
+    }
+}
