@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn gc_keeps_retained_trees_of_kept_records_and_deletes_the_rest() {
-        let c = Cache::open(&crate::test_dir("gc").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("gc");
         let (kbase, koverlay, kother) = (
             Hash::of_bytes(b"base"),
             Hash::of_bytes(b"overlay"),
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn a_tree_committed_without_a_record_is_no_cache_hit_and_gc_removes_it() {
         // A run killed between commit_tree and put_record.
-        let c = Cache::open(&crate::test_dir("gc_orphan").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("gc_orphan");
         let key = Hash::of_bytes(b"step");
         let t = c.new_tree().unwrap();
         std::fs::write(t.path().join("out"), b"orphan").unwrap();
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn gc_removes_stale_temp_trees_but_not_fresh_ones() {
-        let c = Cache::open(&crate::test_dir("gc_tmp").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("gc_tmp");
         let fresh = c.new_tree().unwrap();
         let stale = c.new_tree().unwrap();
         let old = std::fs::FileTimes::new()

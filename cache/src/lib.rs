@@ -29,15 +29,46 @@ pub use lock::{LockWait, WorkspaceLock};
 pub use record::Record;
 pub use tree::{Entry, EntryKind, MANIFEST_VERSION, Manifest, TempTree};
 
-/// A fresh, empty directory for one test under the system temp dir.
+/// A fresh, empty directory for one test under the system temp dir, removed on drop.
 #[cfg(test)]
-pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+pub(crate) struct TestDir(std::path::PathBuf);
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl AsRef<std::path::Path> for TestDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = remove_dir_force(&self.0);
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!(
-        "qflow-cache-test-{}-{name}-{}",
-        std::process::id(),
+        "qflow-cache-test-{name}-{}",
         atomic::unique_tmp_name()
     ));
-    let _ = remove_dir_force(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TestDir(dir)
+}
+
+/// A new cache in a fresh test directory (keep the `TestDir` alive while using it).
+#[cfg(test)]
+pub(crate) fn test_cache(name: &str) -> (TestDir, Cache) {
+    let dir = test_dir(name);
+    let cache = Cache::open(&dir.join("cache")).unwrap();
+    (dir, cache)
 }

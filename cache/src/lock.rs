@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn no_wait_fails_while_the_lock_is_held() {
-        let c = Cache::open(&crate::test_dir("lock_nowait").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("lock_nowait");
         let held = c.lock(LockWait::NoWait).unwrap();
         let err = c.lock(LockWait::NoWait).unwrap_err().to_string();
         assert!(err.contains("another qflow run"), "{err}");
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn wait_blocks_until_the_holder_releases_the_lock() {
-        let c = Cache::open(&crate::test_dir("lock_wait").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("lock_wait");
         let held = c.lock(LockWait::NoWait).unwrap();
         let released = AtomicBool::new(false);
         let told = AtomicBool::new(false);

@@ -177,7 +177,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_record_round_trips() {
-        let c = Cache::open(&crate::test_dir("record").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("record");
         let key = Hash::of_bytes(b"step key");
         assert_eq!(c.get_record(&key).unwrap(), None);
         let r = record_for(&c, &key, &[("out.txt", b"hi")], &[]);
@@ -189,7 +189,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_partial_record_file_is_ignored_and_removed() {
-        let c = Cache::open(&crate::test_dir("partial").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("partial");
         let key = Hash::of_bytes(b"k");
         record_for(&c, &key, &[("out.txt", b"hi")], &[]);
         let path = c.record_path(&key);
@@ -210,7 +210,7 @@ pub(crate) mod tests {
     #[test]
     #[ignore = "slow: measures looking up 1,000 records and their trees"]
     fn looking_up_a_thousand_cached_steps() {
-        let c = Cache::open(&crate::test_dir("thousand").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("thousand");
         let keys: Vec<Hash> = (0..1000u32)
             .map(|i| Hash::of_bytes(&i.to_le_bytes()))
             .collect();
@@ -236,7 +236,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_started_mark_survives_until_cleared() {
-        let c = Cache::open(&crate::test_dir("started").join("c")).unwrap();
+        let (_dir, c) = crate::test_cache("started");
         let key = Hash::of_bytes(b"k");
         assert!(!c.was_interrupted(&key));
         c.mark_started(&key).unwrap();

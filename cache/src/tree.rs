@@ -508,8 +508,8 @@ mod tests {
 
     use super::*;
 
-    fn cache(name: &str) -> Cache {
-        Cache::open(&crate::test_dir(name).join("cache")).unwrap()
+    fn cache(name: &str) -> (crate::TestDir, Cache) {
+        crate::test_cache(name)
     }
 
     fn write(dir: &Path, rel: &str, bytes: &[u8]) {
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn identical_outputs_dedupe_to_one_object() {
-        let c = cache("dedupe");
+        let (_dir, c) = cache("dedupe");
         let t = c.new_tree().unwrap();
         write(t.path(), "a.txt", b"same bytes");
         write(t.path(), "sub/b.txt", b"same bytes");
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn executable_and_plain_copies_of_the_same_bytes_keep_their_modes() {
-        let c = cache("modes");
+        let (_dir, c) = cache("modes");
         let t = c.new_tree().unwrap();
         write(t.path(), "plain", b"#!/bin/sh\n");
         write(t.path(), "tool", b"#!/bin/sh\n");
@@ -593,7 +593,7 @@ mod tests {
 
     #[test]
     fn committed_trees_are_read_only() {
-        let c = cache("read_only");
+        let (_dir, c) = cache("read_only");
         let t = c.new_tree().unwrap();
         write(t.path(), "d/f", b"x");
         let m = c.commit_tree(t).unwrap();
@@ -616,7 +616,7 @@ mod tests {
 
     #[test]
     fn a_dropped_temp_tree_leaves_nothing() {
-        let c = cache("dropped");
+        let (_dir, c) = cache("dropped");
         let t = c.new_tree().unwrap();
         let path = t.path().to_path_buf();
         write(&path, "half/written.img", b"partial");
@@ -630,7 +630,7 @@ mod tests {
 
     #[test]
     fn outputs_a_step_left_read_only_or_unreadable_are_committed() {
-        let c = cache("step_modes");
+        let (_dir, c) = cache("step_modes");
         let t = c.new_tree().unwrap();
         write(t.path(), "locked/f", b"dup");
         write(t.path(), "g", b"dup");
@@ -653,7 +653,7 @@ mod tests {
 
     #[test]
     fn an_empty_output_is_a_valid_tree() {
-        let c = cache("empty");
+        let (_dir, c) = cache("empty");
         let m = c.commit_tree(c.new_tree().unwrap()).unwrap();
         assert!(m.entries.is_empty());
         assert!(c.has_tree(&m.hash));
@@ -698,7 +698,7 @@ mod tests {
 
     #[test]
     fn a_deleted_tree_is_restored_from_the_objects() {
-        let c = cache("restore");
+        let (_dir, c) = cache("restore");
         let t = c.new_tree().unwrap();
         write(t.path(), "bin/tool", b"tool");
         std::fs::set_permissions(
@@ -737,7 +737,7 @@ mod tests {
 
     #[test]
     fn a_large_image_is_linked_into_the_store_not_copied() {
-        let c = cache("large");
+        let (_dir, c) = cache("large");
         let t = c.new_tree().unwrap();
         let img = t.path().join("image.raw");
         let f = std::fs::File::create(&img).unwrap();
@@ -757,7 +757,7 @@ mod tests {
     #[test]
     #[ignore = "slow: hashes a 2 GiB sparse image"]
     fn a_two_gib_image_commits_by_hard_link() {
-        let c = cache("two_gib");
+        let (_dir, c) = cache("two_gib");
         let t = c.new_tree().unwrap();
         let img = t.path().join("disk.img");
         std::fs::File::create(&img)
@@ -775,7 +775,7 @@ mod tests {
     #[test]
     #[ignore = "slow: measures committing 2,000 small files"]
     fn committing_two_thousand_small_files() {
-        let c = cache("small_files");
+        let (_dir, c) = cache("small_files");
         let t = c.new_tree().unwrap();
         for i in 0..2000 {
             write(
@@ -792,7 +792,7 @@ mod tests {
 
     #[test]
     fn two_threads_committing_identical_trees_both_succeed() {
-        let c = cache("concurrent");
+        let (_dir, c) = cache("concurrent");
         for round in 0..5 {
             let manifests: Vec<Manifest> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..2)
