@@ -1,6 +1,7 @@
 //! qflow's step kinds, one file per kind. Each kind is a typed fields struct that
 //! implements [`qflow_engine::Step`]; [`registry`] lists them all.
 
+pub mod boot;
 pub mod command;
 pub mod customize;
 pub mod debootstrap;
@@ -17,6 +18,7 @@ use qflow_engine::{KindOf, Registry};
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.add(KindOf::<command::Command>::new());
+    r.add(KindOf::<boot::Boot>::new());
     r.add(KindOf::<customize::Customize>::new());
     r.add(KindOf::<debootstrap::Debootstrap>::new());
     r.add(KindOf::<image::Image>::new());

@@ -1,0 +1,1101 @@
+//! The `boot` kind: boot a kernel and images in QEMU, run commands on the serial
+//! console, and keep what they produced.
+//!
+//! This is the seed's "Booting QEMU with the New Kernel" through "Memory Snapshots"
+//! as one declarative step: the QEMU command line comes from typed fields in the
+//! seed's own order ([`command_line`]), the console is automated through a socket
+//! with framed commands ([`serial_console`]), QEMU is controlled over QMP ([`qmp`]),
+//! `accel: auto` probes KVM instead of trusting `/dev/kvm` ([`accel`]), and a
+//! booted guest can be saved as a cached checkpoint that many runs restore in
+//! parallel ([`checkpoint`]).
+//!
+//! Outputs of a run: `console.log` (the whole transcript, secrets masked),
+//! `commands.json` (each command's output and exit status), `qemu.log` (QEMU's own
+//! output: warnings, a plugin's prints) and the collected files. A `matrix` runs
+//! once per parameter combination, each run in `<param=value,...>/` with the same
+//! files; the engine schedules steps, not runs, so the matrix is expanded inside the
+//! step and its runs share the step's `jobs` slots.
+//!
+//! Disks: by default (`snapshot: true`) QEMU discards writes, so the upstream
+//! images, which are read-only cache objects, are shared by any number of runs.
+//! With `snapshot: false` (and always for a checkpoint) each run writes to qcow2
+//! overlays in its output whose backing files are the upstream images, named by a
+//! relative path so they survive moving the cache.
+
+pub mod accel;
+pub mod checkpoint;
+pub mod command_line;
+pub mod guest_run;
+pub mod machine;
+pub mod qmp;
+pub mod serial_console;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, StepRef, Tool};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+use checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT, RECORD};
+use command_line::{AccelName, DISK_OPTIONS, PluginArg, QemuCommandLine, relative_path};
+use guest_run::{COMMANDS_JSON, CONSOLE_LOG, Event, QEMU_LOG, RunPlan, collected_name};
+
+/// A matrix run's parameters, `(name, value)` in name order.
+type Params = Vec<(String, String)>;
+
+/// The seed's kernel command line.
+pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
+const DEFAULT_MEMORY: &str = "512";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A command travels base64-encoded on one tty line, which holds 4095 bytes.
+const MAX_COMMAND_BYTES: usize = 2900;
+
+/// Boot a guest and run commands in it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// The system disk (`-hda`): a step producing an image, or an image path.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Data disks (`-hdb`, `-hdc`, `-hdd`): steps producing images, or image paths.
+    #[serde(default)]
+    pub disks: Vec<String>,
+    /// The kernel (`-kernel`): a step whose output holds `bzImage`, or a kernel path.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// An initrd (`-initrd`): a step whose output holds one file, or a path.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// The kernel command line (`-append`); default `root=/dev/sda1 console=ttyS0 nokaslr`.
+    #[serde(default)]
+    pub append: Option<String>,
+    /// Emulated CPUs (`-smp`), default 1.
+    #[serde(default)]
+    pub smp: Option<u32>,
+    /// Guest memory (`-m`): `512`, `512M`, `2G`; default 512 (MiB).
+    #[serde(default)]
+    pub memory: Option<Scalar>,
+    /// `-icount shift=N`: virtual time from executed instructions (TCG only).
+    #[serde(default)]
+    pub icount: Option<u32>,
+    /// `-snapshot` (default true): disk writes are discarded and images shared.
+    /// `false` keeps them in qcow2 overlays in the step's output.
+    #[serde(default)]
+    pub snapshot: Option<bool>,
+    /// `auto` (default: KVM if a probe boot prints, else TCG), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accel: Option<AccelChoice>,
+    /// TCG plugins: `-plugin PATH,arg=A,arg=B`.
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+    /// Log in on the serial getty first; the password is read at run time.
+    #[serde(default)]
+    pub login: Option<Login>,
+    /// `stty rows R cols C` in the guest.
+    #[serde(default)]
+    pub terminal: Option<Terminal>,
+    /// Guest shell command lines, run in order; a non-zero exit fails the step.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Guest files copied into the step's output (under their base names).
+    #[serde(default)]
+    pub collect: Vec<String>,
+    /// Wall-clock limit of each run: seconds, or `90s`, `30m`, `2h`; default 10m.
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+    /// More QEMU arguments, appended last.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Save the ready guest (after `commands`) as a checkpoint for `from_checkpoint`.
+    #[serde(default)]
+    pub checkpoint: bool,
+    /// Resume a checkpoint step's guest instead of booting (`-incoming` + `-snapshot`).
+    #[serde(default)]
+    pub from_checkpoint: Option<String>,
+    /// Run once per combination of these parameters, exported as guest shell variables.
+    #[serde(default)]
+    pub matrix: BTreeMap<String, Vec<Scalar>>,
+}
+
+/// A YAML scalar taken as text (`512`, `2G`, `true`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// A TCG plugin and the arguments its `qemu_plugin_install` receives.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    pub path: String,
+    #[serde(default)]
+    pub args: Vec<Scalar>,
+}
+
+/// Serial console login.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    #[serde(default = "root")]
+    pub user: String,
+    /// `{ file: PATH }` or `{ env: NAME }`; never in argv, logs or the lock.
+    pub password: Secret,
+}
+
+fn root() -> String {
+    "root".to_string()
+}
+
+/// Guest terminal size.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Terminal {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl StepFields for Boot {
+    const KIND: &'static str = "boot";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+/// An image/kernel field: another step's output, or a host path.
+enum Source<'a> {
+    Step(&'a str),
+    Path(&'a str),
+}
+
+fn source(value: &str) -> Source<'_> {
+    if value.contains('/') {
+        Source::Path(value)
+    } else {
+        Source::Step(value)
+    }
+}
+
+impl Boot {
+    fn timeout(&self) -> Result<Duration, FieldError> {
+        match &self.timeout {
+            None => Ok(DEFAULT_TIMEOUT),
+            Some(t) => parse_duration(&t.to_string()).ok_or_else(|| {
+                FieldError::new(
+                    "timeout",
+                    format!("`{t}` is not a duration: write seconds or `90s`, `30m`, `2h`"),
+                )
+            }),
+        }
+    }
+
+    fn memory(&self) -> String {
+        self.memory
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| DEFAULT_MEMORY.to_string())
+    }
+
+    fn writes_kept(&self) -> bool {
+        self.checkpoint || self.snapshot == Some(false)
+    }
+
+    /// The matrix combinations as (label, [(name, value)]), in a stable order.
+    fn runs(&self) -> Vec<(Option<String>, Params)> {
+        if self.matrix.is_empty() {
+            return vec![(None, Vec::new())];
+        }
+        let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
+        for (name, values) in &self.matrix {
+            let mut next = Vec::new();
+            for combo in &combos {
+                for v in values {
+                    let mut c = combo.clone();
+                    c.push((name.clone(), v.to_string()));
+                    next.push(c);
+                }
+            }
+            combos = next;
+        }
+        combos
+            .into_iter()
+            .map(|c| {
+                (
+                    Some(
+                        c.iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    c,
+                )
+            })
+            .collect()
+    }
+
+    /// The outputs of one run, relative to that run's directory.
+    fn run_outputs(&self) -> Vec<String> {
+        let mut out = vec![
+            CONSOLE_LOG.to_string(),
+            COMMANDS_JSON.to_string(),
+            QEMU_LOG.to_string(),
+        ];
+        out.extend(self.collect.iter().map(|c| collected_name(c)));
+        if self.writes_kept() {
+            out.extend(overlay_names(self.disk_count()));
+        }
+        if self.checkpoint {
+            out.push(MEMORY_SNAPSHOT.to_string());
+            out.push(RECORD.to_string());
+        }
+        out
+    }
+
+    fn disk_count(&self) -> usize {
+        usize::from(self.system.is_some()) + self.disks.len()
+    }
+
+    fn needs_tcg(&self) -> Option<&'static str> {
+        if self.icount.is_some() {
+            Some("icount")
+        } else if !self.plugins.is_empty() {
+            Some("plugins")
+        } else {
+            None
+        }
+    }
+
+    fn plugin_args(&self) -> Vec<PluginArg> {
+        self.plugins
+            .iter()
+            .map(|p| PluginArg {
+                path: p.path.clone(),
+                args: p.args.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    /// The command line with images and kernel given by `resolve` (paths or placeholders).
+    fn command_line(
+        &self,
+        resolve: &mut dyn FnMut(&str, &str) -> anyhow::Result<String>,
+    ) -> anyhow::Result<QemuCommandLine> {
+        let mut disks = Vec::new();
+        if let Some(system) = &self.system {
+            disks.push(resolve("system", system)?);
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            disks.push(resolve(&format!("disks[{i}]"), d)?);
+        }
+        let kernel = self
+            .kernel
+            .as_ref()
+            .map(|k| resolve("kernel", k))
+            .transpose()?;
+        let initrd = self
+            .initrd
+            .as_ref()
+            .map(|k| resolve("initrd", k))
+            .transpose()?;
+        let append = match (&self.append, &kernel) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(_)) => Some(DEFAULT_APPEND.to_string()),
+            (None, None) => None,
+        };
+        let accel = match self.accel {
+            Some(AccelChoice::Kvm) => Some(AccelName::Kvm),
+            Some(AccelChoice::Tcg) => Some(AccelName::Tcg),
+            _ => None,
+        };
+        Ok(QemuCommandLine {
+            smp: self.smp.unwrap_or(1),
+            memory: self.memory(),
+            disks,
+            kernel,
+            initrd,
+            append,
+            icount: self.icount,
+            snapshot: !self.writes_kept(),
+            plugins: self.plugin_args(),
+            accel,
+            control: None,
+            incoming: None,
+            extra_args: self.extra_args.clone(),
+        })
+    }
+
+    fn read_password(&self, ctx: &RunContext) -> anyhow::Result<Option<(String, String)>> {
+        let Some(login) = &self.login else {
+            return Ok(None);
+        };
+        let Some(secret) = login.password.read(ctx.work_dir())? else {
+            bail!(
+                "`login.password` must be `{{ file: PATH }}` or `{{ env: NAME }}`: qflow types it at the prompt"
+            );
+        };
+        let password = String::from_utf8(secret.expose().to_vec())
+            .context("the login password is not UTF-8")?;
+        Ok(Some((login.user.clone(), password)))
+    }
+
+    fn check_fields(&self, ctx: &CheckContext) -> Result<(), FieldError> {
+        self.timeout()?;
+        if let Some(cp) = &self.from_checkpoint {
+            let machine_fields: [(&str, bool); 10] = [
+                ("system", self.system.is_some()),
+                ("disks", !self.disks.is_empty()),
+                ("kernel", self.kernel.is_some()),
+                ("initrd", self.initrd.is_some()),
+                ("append", self.append.is_some()),
+                ("smp", self.smp.is_some()),
+                ("memory", self.memory.is_some()),
+                ("icount", self.icount.is_some()),
+                ("accel", self.accel.is_some()),
+                ("login", self.login.is_some()),
+            ];
+            for (field, set) in machine_fields {
+                if set {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "`{field}` comes from the checkpoint `{cp}` (the restored machine must be the saved one); remove it here"
+                        ),
+                    ));
+                }
+            }
+            if self.snapshot == Some(false) {
+                return Err(FieldError::new(
+                    "snapshot",
+                    "a run from a checkpoint always discards its disk writes; remove `snapshot: false`",
+                ));
+            }
+            if self.checkpoint {
+                return Err(FieldError::new(
+                    "checkpoint",
+                    "a run from a checkpoint cannot save another checkpoint; boot a new one instead",
+                ));
+            }
+            if cp.is_empty() || cp.contains('/') {
+                return Err(FieldError::new(
+                    "from_checkpoint",
+                    "`from_checkpoint` names a boot step with `checkpoint: true`",
+                ));
+            }
+        } else if self.system.is_none() && self.kernel.is_none() {
+            return Err(FieldError::new(
+                "system",
+                "a boot needs a `system` image or a `kernel` (or `from_checkpoint`)",
+            ));
+        }
+        if self.disks.len() > DISK_OPTIONS.len() - 1 {
+            return Err(FieldError::new(
+                "disks",
+                format!(
+                    "at most {} data disks (`-hdb` to `-hdd`)",
+                    DISK_OPTIONS.len() - 1
+                ),
+            ));
+        }
+        if self.append.is_some() && self.kernel.is_none() {
+            return Err(FieldError::new(
+                "append",
+                "`append` needs a `kernel` (QEMU passes it to `-kernel` only)",
+            ));
+        }
+        if self.initrd.is_some() && self.kernel.is_none() {
+            return Err(FieldError::new("initrd", "`initrd` needs a `kernel`"));
+        }
+        if let Some(m) = &self.memory {
+            let m = m.to_string();
+            let digits = m.trim_end_matches(['M', 'G', 'm', 'g']);
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || m.len() - digits.len() > 1
+            {
+                return Err(FieldError::new(
+                    "memory",
+                    format!("`{m}` is not a memory size: write `512`, `512M` or `2G`"),
+                ));
+            }
+        }
+        if self.smp == Some(0) {
+            return Err(FieldError::new("smp", "`smp` must be at least 1"));
+        }
+        if let Some(shift) = self.icount
+            && shift > 10
+        {
+            return Err(FieldError::new(
+                "icount",
+                format!("`icount: {shift}`: QEMU accepts shifts 0 to 10"),
+            ));
+        }
+        if self.accel == Some(AccelChoice::Kvm)
+            && let Some(field) = self.needs_tcg()
+        {
+            return Err(FieldError::new(
+                "accel",
+                format!("`{field}` works only under TCG; use `accel: tcg` or `auto`"),
+            ));
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            if p.path.is_empty() {
+                return Err(FieldError::new(
+                    format!("plugins[{i}].path"),
+                    "a plugin needs the path of its `.so`",
+                ));
+            }
+        }
+        for (i, c) in self.commands.iter().enumerate() {
+            if c.trim().is_empty() {
+                return Err(FieldError::new(
+                    format!("commands[{i}]"),
+                    "an empty command",
+                ));
+            }
+            if c.len() > MAX_COMMAND_BYTES {
+                return Err(FieldError::new(
+                    format!("commands[{i}]"),
+                    format!(
+                        "a command may hold {MAX_COMMAND_BYTES} bytes (one tty line); put longer ones in a script on a disk"
+                    ),
+                ));
+            }
+        }
+        let mut names = BTreeMap::new();
+        for (i, c) in self.collect.iter().enumerate() {
+            let field = format!("collect[{i}]");
+            if !c.starts_with('/') {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{c}` must be an absolute guest path"),
+                ));
+            }
+            let name = collected_name(c);
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || self.run_outputs()[..3].contains(&name)
+            {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{c}` cannot be collected under the name `{name}`"),
+                ));
+            }
+            if let Some(other) = names.insert(name.clone(), c.clone()) {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{c}` and `{other}` would both be collected as `{name}`"),
+                ));
+            }
+        }
+        if let Some(login) = &self.login {
+            login.password.check("login.password", ctx)?;
+            if matches!(login.password, Secret::Locked | Secret::Random) {
+                return Err(FieldError::new(
+                    "login.password",
+                    "a login password is `{ file: PATH }` or `{ env: NAME }`",
+                ));
+            }
+            if login.user.is_empty() || login.user.contains(char::is_whitespace) {
+                return Err(FieldError::new(
+                    "login.user",
+                    format!("`{}` is not a user name", login.user),
+                ));
+            }
+        }
+        if let Some(t) = self.terminal
+            && (t.rows == 0 || t.cols == 0)
+        {
+            return Err(FieldError::new(
+                "terminal",
+                "`rows` and `cols` must be positive",
+            ));
+        }
+        if !self.matrix.is_empty() && self.checkpoint {
+            return Err(FieldError::new(
+                "matrix",
+                "a checkpoint is one guest; put the `matrix` on the runs from it",
+            ));
+        }
+        for (name, values) in &self.matrix {
+            let field = format!("matrix.{name}");
+            if !is_identifier(name) {
+                return Err(FieldError::new(
+                    field,
+                    format!("`{name}` must be a shell variable name (letters, digits, `_`)"),
+                ));
+            }
+            if values.is_empty() {
+                return Err(FieldError::new(field, "give at least one value"));
+            }
+            for v in values {
+                let v = v.to_string();
+                if v.is_empty()
+                    || v.starts_with('.')
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-@%:".contains(c))
+                {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "`{v}` names an output directory: use letters, digits and `._+-@%:`"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn overlay_names(count: usize) -> Vec<String> {
+    DISK_OPTIONS
+        .iter()
+        .take(count)
+        .map(|o| format!("{}.qcow2", o.trim_start_matches('-')))
+        .collect()
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `600`, `90s`, `30m`, `2h`, `1h30m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            let n: u64 = digits.parse().ok()?;
+            digits.clear();
+            total += n * match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => return None,
+            };
+        }
+    }
+    (digits.is_empty() && total > 0).then(|| Duration::from_secs(total))
+}
+
+/// The kernel in a kernel step's output: `bzImage`, `arch/x86/boot/bzImage`, or its only file.
+fn kernel_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    for candidate in ["bzImage", "arch/x86/boot/bzImage", "vmlinuz"] {
+        let p = dir.join(candidate);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    only_file_in(dir).with_context(|| format!("{} holds no `bzImage`", dir.display()))
+}
+
+fn only_file_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    match files.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "{} holds {} files, expected one",
+            dir.display(),
+            files.len()
+        ),
+    }
+}
+
+/// `qemu-img info` format of an image (never trust the extension).
+fn image_format(ctx: &mut RunContext, image: &Path) -> anyhow::Result<String> {
+    let mut cmd = ctx.command("qemu-img");
+    cmd.args(["info", "--output=json", "-U"]).arg(image);
+    let json: serde_json::Value =
+        serde_json::from_str(&ctx.run_capture(cmd)?).context("bad `qemu-img info` output")?;
+    Ok(json
+        .get("format")
+        .and_then(|f| f.as_str())
+        .unwrap_or("raw")
+        .to_string())
+}
+
+impl Step for Boot {
+    fn references(&self) -> Vec<StepRef> {
+        let mut refs = Vec::new();
+        let mut add = |field: String, value: &Option<String>| {
+            if let Some(v) = value
+                && let Source::Step(s) = source(v)
+            {
+                refs.push(StepRef::new(field, s));
+            }
+        };
+        add("system".into(), &self.system);
+        for (i, d) in self.disks.iter().enumerate() {
+            add(format!("disks[{i}]"), &Some(d.clone()));
+        }
+        add("kernel".into(), &self.kernel);
+        add("initrd".into(), &self.initrd);
+        add("from_checkpoint".into(), &self.from_checkpoint);
+        refs
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        let per_run = self.run_outputs();
+        let mut out = Vec::new();
+        for (label, _) in self.runs() {
+            for o in &per_run {
+                out.push(match &label {
+                    Some(l) => format!("{l}/{o}"),
+                    None => o.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        let mut tools = vec![Tool::new(
+            command_line::QEMU,
+            &["--version"],
+            "qemu-system-x86",
+        )];
+        if self.writes_kept() {
+            tools.push(Tool::new("qemu-img", &["--version"], "qemu-utils"));
+        }
+        tools
+    }
+
+    fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
+        self.check_fields(ctx)
+    }
+
+    fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
+        let mut key = Vec::new();
+        // Host paths (not step outputs, whose hashes the engine already keys) by content.
+        let mut paths: Vec<(String, String)> = Vec::new();
+        for (field, value) in [
+            ("system", &self.system),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+        ] {
+            if let Some(v) = value {
+                paths.push((field.to_string(), v.clone()));
+            }
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            paths.push((format!("disks[{i}]"), d.clone()));
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            paths.push((format!("plugins[{i}].path"), p.path.clone()));
+        }
+        for (field, value) in paths {
+            if let Source::Path(p) = source(&value) {
+                let hash = match std::fs::read(ctx.resolve(p)) {
+                    Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
+                    Err(_) => "missing".to_string(),
+                };
+                key.push((format!("{field}.content"), hash));
+            }
+        }
+        if let Some(login) = &self.login {
+            // Its blake3: a password change re-runs the step; the lock never holds it.
+            key.extend(
+                login
+                    .password
+                    .key_material("login.password", &ctx.work_dir)?,
+            );
+        }
+        Ok(key)
+    }
+
+    fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
+        let line = if let Some(cp) = &self.from_checkpoint {
+            let mut l = format!(
+                "{} <machine of checkpoint `{cp}`> -snapshot -incoming fd:0 (stdin: {cp}/{MEMORY_SNAPSHOT})",
+                command_line::QEMU
+            );
+            for p in self.plugin_args() {
+                l.push_str(&format!(" -plugin {}", p.path));
+                for a in p.args {
+                    l.push_str(&format!(",arg={a}"));
+                }
+            }
+            l
+        } else {
+            let mut placeholder = |field: &str, v: &str| -> anyhow::Result<String> {
+                Ok(match source(v) {
+                    Source::Path(p) => p.to_string(),
+                    Source::Step(s) if field == "kernel" => format!("${{{{ steps.{s} }}}}/bzImage"),
+                    Source::Step(s) => format!("${{{{ steps.{s} }}}}/image.*"),
+                })
+            };
+            match self.command_line(&mut placeholder) {
+                Ok(mut l) => {
+                    if l.accel.is_none() {
+                        l.accel = Some(if self.needs_tcg().is_some() {
+                            AccelName::Tcg
+                        } else {
+                            AccelName::Kvm
+                        });
+                    }
+                    let mut shown = l.display();
+                    if self.accel.unwrap_or(AccelChoice::Auto) == AccelChoice::Auto
+                        && self.needs_tcg().is_none()
+                    {
+                        shown.push_str("   # accel auto: kvm if a probe boot prints, else tcg");
+                    }
+                    shown
+                }
+                Err(e) => format!("cannot show the command line: {e}"),
+            }
+        };
+        let runs = self.runs();
+        if runs.len() > 1 {
+            vec![format!(
+                "{line}   # x{} runs: {}",
+                runs.len(),
+                runs.iter()
+                    .filter_map(|r| r.0.clone())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )]
+        } else {
+            vec![line]
+        }
+    }
+
+    fn default_jobs(&self) -> usize {
+        self.runs().len().clamp(1, 2)
+    }
+
+    fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
+        let timeout = self.timeout().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let login = self.read_password(ctx)?;
+        let out_dir = ctx.out_dir().to_path_buf();
+
+        // The machine: rebuilt from a checkpoint, or from this step's fields.
+        let (line, snapshot_file, record) = if let Some(cp) = &self.from_checkpoint {
+            let dir = ctx.upstream(cp)?.to_path_buf();
+            let record = CheckpointRecord::load(&dir)?;
+            let mut line = record.command_line(&dir)?;
+            line.plugins = self.plugin_args();
+            line.extra_args.extend(self.extra_args.iter().cloned());
+            ctx.log(&format!(
+                "qflow: restoring checkpoint `{cp}` (accel {} as saved)",
+                record.accel
+            ));
+            (line, Some(dir.join(MEMORY_SNAPSHOT)), None)
+        } else {
+            let mut resolve = |field: &str, v: &str| -> anyhow::Result<String> {
+                let path = match source(v) {
+                    Source::Path(p) => ctx.resolve(p),
+                    Source::Step(s) if field == "kernel" => kernel_in(ctx.upstream(s)?)?,
+                    Source::Step(s) if field == "initrd" => only_file_in(ctx.upstream(s)?)?,
+                    Source::Step(s) => crate::image_file::upstream_image(ctx, s)?,
+                };
+                Ok(path.to_string_lossy().into_owned())
+            };
+            let mut line = self.command_line(&mut resolve)?;
+            if line.accel.is_none() {
+                let (accel, why) = accel::choose(ctx, &line, self.needs_tcg());
+                ctx.log(&format!("qflow: accel auto -> {why}"));
+                ctx.progress(&format!("accelerator: {why}"));
+                line.accel = Some(accel);
+            }
+            let accel = line.accel.expect("accel chosen");
+            ctx.note("accel", accel.as_str());
+            let record = self.checkpoint.then(|| CheckpointRecord {
+                smp: line.smp,
+                memory: line.memory.clone(),
+                disks: overlay_names(line.disks.len()),
+                kernel: line.kernel.as_ref().map(|k| {
+                    relative_path(&out_dir, Path::new(k))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                initrd: line.initrd.as_ref().map(|k| {
+                    relative_path(&out_dir, Path::new(k))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                append: line.append.clone(),
+                icount: line.icount,
+                accel: accel.as_str().to_string(),
+                extra_args: self.extra_args.clone(),
+            });
+            (line, None, record)
+        };
+        ctx.note("command_line", &line.display());
+        ctx.log(&format!("qflow: {}", line.display()));
+
+        // One plan (and machine command line) per run.
+        let mut plans = Vec::new();
+        let mut lines = Vec::new();
+        for (label, params) in self.runs() {
+            let dir = match &label {
+                Some(l) => out_dir.join(l),
+                None => out_dir.clone(),
+            };
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut run_line = line.clone();
+            if self.writes_kept() {
+                run_line.disks = self.overlays(ctx, &line.disks, &dir)?;
+            }
+            plans.push(RunPlan {
+                label,
+                dir,
+                exports: params,
+                commands: self.commands.clone(),
+                collect: self.collect.clone(),
+                login: login.clone(),
+                terminal: self.terminal.map(|t| (t.rows, t.cols)),
+                restore: snapshot_file.is_some(),
+                keep_disks: self.writes_kept(),
+                checkpoint: record.clone(),
+                timeout,
+            });
+            lines.push(run_line);
+        }
+        self.execute(ctx, &plans, &lines, snapshot_file.as_deref())
+    }
+}
+
+impl Boot {
+    /// qcow2 overlays in `dir` over `disks`, backing files named relatively.
+    fn overlays(
+        &self,
+        ctx: &mut RunContext,
+        disks: &[String],
+        dir: &Path,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (disk, name) in disks.iter().zip(overlay_names(disks.len())) {
+            let format = image_format(ctx, Path::new(disk))?;
+            let backing = relative_path(dir, Path::new(disk));
+            let overlay = dir.join(&name);
+            let mut cmd = ctx.command("qemu-img");
+            cmd.args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
+                .arg(&backing)
+                .arg(&overlay);
+            ctx.run(cmd)?;
+            out.push(overlay.to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Start the runs within the step's `jobs` slots and drive each on a thread.
+    fn execute(
+        &self,
+        ctx: &mut RunContext,
+        plans: &[RunPlan],
+        lines: &[QemuCommandLine],
+        snapshot: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let slots = ctx.jobs().max(1);
+        let (tx, rx) = mpsc::channel::<Event>();
+        let mut next = 0;
+        let mut running = 0;
+        let mut failures: Vec<String> = Vec::new();
+        let many = plans.len() > 1;
+        let name = |i: usize| plans[i].label.clone().unwrap_or_default();
+        std::thread::scope(|scope| {
+            loop {
+                while running < slots
+                    && next < plans.len()
+                    && failures.is_empty()
+                    && !ctx.is_cancelled()
+                {
+                    let i = next;
+                    next += 1;
+                    let stdin = match snapshot.map(std::fs::File::open).transpose() {
+                        Ok(f) => f,
+                        Err(e) => {
+                            failures
+                                .push(format!("cannot open the checkpoint's memory snapshot: {e}"));
+                            break;
+                        }
+                    };
+                    let log = plans[i].dir.join(QEMU_LOG);
+                    match machine::Machine::start(ctx, &lines[i], stdin, &log) {
+                        Ok(m) => {
+                            if many {
+                                ctx.log(&format!("qflow: run {} started", name(i)));
+                            }
+                            let tx = tx.clone();
+                            let plan = &plans[i];
+                            scope.spawn(move || {
+                                let r = guest_run::drive(i, plan, m, &tx);
+                                let _ = tx.send(Event::Done(i, r));
+                            });
+                            running += 1;
+                        }
+                        Err(e) => failures.push(format!("{}{e:#}", prefix(many, &name(i)))),
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(Event::Line(i, l)) => {
+                        if many {
+                            ctx.log(&format!("[{}] {l}", name(i)));
+                        } else {
+                            ctx.log(&l);
+                        }
+                    }
+                    Ok(Event::Progress(i, t)) => {
+                        ctx.progress(&format!("{}{t}", prefix(many, &name(i))))
+                    }
+                    Ok(Event::Done(i, r)) => {
+                        running -= 1;
+                        let qemu_log = std::fs::read_to_string(plans[i].dir.join(QEMU_LOG))
+                            .unwrap_or_default();
+                        for l in qemu_log.lines() {
+                            ctx.log(&format!("{}qemu: {l}", prefix(many, &name(i))));
+                        }
+                        match r {
+                            Ok(()) => {
+                                if many {
+                                    ctx.log(&format!("qflow: run {} ok", name(i)));
+                                }
+                            }
+                            Err(e) => failures.push(format!("{}{e:#}", prefix(many, &name(i)))),
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        if ctx.is_cancelled() {
+            bail!("interrupted");
+        }
+        if let Some(first) = failures.first() {
+            let more = if failures.len() > 1 {
+                format!(" (and {} more failed runs)", failures.len() - 1)
+            } else {
+                String::new()
+            };
+            bail!("{first}{more}");
+        }
+        Ok(())
+    }
+}
+
+fn prefix(many: bool, label: &str) -> String {
+    if many {
+        format!("run {label}: ")
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod dev_tests {
+    use super::*;
+
+    /// A scratch boot against the kernel engineer's kernel, for development.
+    #[test]
+    #[ignore = "slow: dev boot with /work/scratch/bzImage"]
+    fn dev_boot() {
+        let base = std::env::temp_dir().join(format!("qflow-boot-dev-{}", std::process::id()));
+        let sys = base.join("sys");
+        let data = base.join("data");
+        let kernel = base.join("kernel");
+        for d in [&sys, &data, &kernel] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/boot/make-rootfs.sh"
+        );
+        let st = std::process::Command::new("sh")
+            .arg(script)
+            .arg("system")
+            .env("QFLOW_OUT", &sys)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(
+            base.join("run.sh"),
+            "#!/bin/sh\necho result-from-guest > /mnt/results.txt\n",
+        )
+        .unwrap();
+        let st = std::process::Command::new("sh")
+            .arg(script)
+            .arg("data")
+            .arg(base.join("run.sh"))
+            .env("QFLOW_OUT", &data)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::copy("/work/scratch/bzImage", kernel.join("bzImage")).unwrap();
+        let yaml = std::env::var("BOOT_YAML").unwrap_or_else(|_| {
+            "{system: sys, disks: [data], kernel: kernel, memory: 128M, accel: tcg, timeout: 60, \
+             commands: [uname -a, 'mount /dev/sdb /mnt', 'sh /mnt/run.sh', 'cat /mnt/results.txt'], collect: [/mnt/results.txt]}"
+                .to_string()
+        });
+        let fields: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let step = qflow_engine::KindOf::<Boot>::new();
+        use qflow_engine::StepKind;
+        let step = step.parse(&fields).unwrap();
+        let out = base.join("out");
+        let mut ctx = RunContext::standalone(
+            "boot",
+            &out,
+            &base,
+            &base.join("state"),
+            &base.join("boot.log"),
+        )
+        .unwrap()
+        .with_upstream("sys", sys.clone())
+        .with_upstream("data", data.clone())
+        .with_upstream("kernel", kernel.clone());
+        let start = std::time::Instant::now();
+        let r = step.run(&mut ctx);
+        eprintln!("took {:?}", start.elapsed());
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(base.join("boot.log")).unwrap()
+        );
+        r.unwrap();
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(out.join("commands.json")).unwrap()
+        );
+    }
+}

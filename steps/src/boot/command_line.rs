@@ -1,0 +1,282 @@
+//! The QEMU command line of a boot, built from typed fields in the seed's order.
+//!
+//! The seed writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
+//! -kernel bzImage -append "root=/dev/sda1 console=ttyS0 nokaslr"`; that prefix is
+//! kept verbatim so a reader can match `qflow plan` against the cheat sheet. After it
+//! come the seed's other options (`-icount shift=N`, `-snapshot`, `-plugin
+//! path,arg=...`), the accelerator, then qflow's own control plumbing: the serial
+//! console and the human monitor multiplexed on one unix socket (so the seed's
+//! Ctrl-A escapes still work on it), QMP on another, `-no-reboot` so that a guest
+//! `reboot -f` ends the run, and `-incoming` when restoring a checkpoint. The user's
+//! `extra_args` come last so they can override anything.
+
+use std::path::{Path, PathBuf};
+
+/// The QEMU program the boot kind runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// An accelerator QEMU is told to use (`auto` is resolved before a command line exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccelName {
+    Kvm,
+    Tcg,
+}
+
+impl AccelName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccelName::Kvm => "kvm",
+            AccelName::Tcg => "tcg",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AccelName> {
+        match s {
+            "kvm" => Some(AccelName::Kvm),
+            "tcg" => Some(AccelName::Tcg),
+            _ => None,
+        }
+    }
+}
+
+/// One `-plugin` option: the shared object and the arguments it receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginArg {
+    pub path: String,
+    pub args: Vec<String>,
+}
+
+/// Where the incoming migration stream (a checkpoint's memory snapshot) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// QEMU reads the stream from its standard input, which qflow opens on the
+    /// snapshot file: no shell, no path in a `exec:` string.
+    Stdin,
+}
+
+/// The control sockets qflow talks to QEMU through (QEMU connects to them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSockets {
+    pub console: PathBuf,
+    pub qmp: PathBuf,
+}
+
+/// Everything that decides a boot's QEMU argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuCommandLine {
+    pub smp: u32,
+    pub memory: String,
+    /// `-hda`, `-hdb`, ...: the system image first, then the data disks.
+    pub disks: Vec<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub append: Option<String>,
+    pub icount: Option<u32>,
+    pub snapshot: bool,
+    pub plugins: Vec<PluginArg>,
+    pub accel: Option<AccelName>,
+    pub control: Option<ControlSockets>,
+    pub incoming: Option<Incoming>,
+    pub extra_args: Vec<String>,
+}
+
+/// The IDE disk options in order; QEMU's pc machine has four.
+pub const DISK_OPTIONS: [&str; 4] = ["-hda", "-hdb", "-hdc", "-hdd"];
+
+impl QemuCommandLine {
+    /// The arguments after the program name.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&[
+            "-smp",
+            &self.smp.to_string(),
+            "-m",
+            &self.memory,
+            "-nographic",
+        ]);
+        for (option, disk) in DISK_OPTIONS.iter().zip(&self.disks) {
+            push(&[option, disk]);
+        }
+        if let Some(kernel) = &self.kernel {
+            push(&["-kernel", kernel]);
+        }
+        if let Some(initrd) = &self.initrd {
+            push(&["-initrd", initrd]);
+        }
+        if let Some(append) = &self.append {
+            push(&["-append", append]);
+        }
+        if let Some(shift) = self.icount {
+            push(&["-icount", &format!("shift={shift}")]);
+        }
+        if self.snapshot {
+            push(&["-snapshot"]);
+        }
+        for plugin in &self.plugins {
+            push(&["-plugin", &plugin_option(plugin)]);
+        }
+        if let Some(accel) = self.accel {
+            push(&["-accel", accel.as_str()]);
+        }
+        if let Some(control) = &self.control {
+            let console = format!(
+                "socket,id=console,path={},mux=on",
+                escape_option(&control.console.to_string_lossy())
+            );
+            push(&[
+                "-chardev",
+                &console,
+                "-serial",
+                "chardev:console",
+                "-mon",
+                "chardev=console,mode=readline",
+            ]);
+            push(&[
+                "-qmp",
+                &format!("unix:{}", escape_option(&control.qmp.to_string_lossy())),
+            ]);
+            push(&["-no-reboot"]);
+        }
+        if let Some(Incoming::Stdin) = &self.incoming {
+            push(&["-incoming", "fd:0"]);
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    /// The command line for logs and `qflow plan`: argv quoted for display only.
+    pub fn display(&self) -> String {
+        let mut parts = vec![QEMU.to_string()];
+        parts.extend(
+            self.args()
+                .iter()
+                .map(|a| qflow_engine::context::quote_arg(a)),
+        );
+        parts.join(" ")
+    }
+}
+
+/// `-plugin path,arg=a,arg=b`: QEMU's option parser splits on commas, so a comma
+/// inside a value is doubled (QemuOpts' escape).
+fn plugin_option(plugin: &PluginArg) -> String {
+    let mut s = escape_option(&plugin.path);
+    for arg in &plugin.args {
+        s.push_str(",arg=");
+        s.push_str(&escape_option(arg));
+    }
+    s
+}
+
+fn escape_option(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// `to` relative to directory `from` (both absolute), for qcow2 backing files and
+/// checkpoint records that must survive moving the cache directory.
+pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to_c: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to_c[common..] {
+        rel.push(c.as_os_str());
+    }
+    rel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed() -> QemuCommandLine {
+        QemuCommandLine {
+            smp: 1,
+            memory: "512".to_string(),
+            disks: vec!["sys.img".to_string(), "data.img".to_string()],
+            kernel: Some("bzImage".to_string()),
+            initrd: None,
+            append: Some("root=/dev/sda1 console=ttyS0 nokaslr".to_string()),
+            icount: None,
+            snapshot: false,
+            plugins: Vec::new(),
+            accel: None,
+            control: None,
+            incoming: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_the_seeds_own() {
+        // The cheat sheet's "complete list of command line arguments".
+        assert_eq!(
+            seed().display(),
+            "qemu-system-x86_64 -smp 1 -m 512 -nographic -hda sys.img -hdb data.img -kernel bzImage \
+             -append 'root=/dev/sda1 console=ttyS0 nokaslr'"
+        );
+    }
+
+    #[test]
+    fn icount_snapshot_plugins_and_control_follow_the_seed_prefix() {
+        let mut line = seed();
+        line.icount = Some(1);
+        line.snapshot = true;
+        line.plugins = vec![PluginArg {
+            path: "/p/libinsn.so".into(),
+            args: vec!["inline=on".into(), "a,b".into()],
+        }];
+        line.accel = Some(AccelName::Tcg);
+        line.control = Some(ControlSockets {
+            console: "/t/console".into(),
+            qmp: "/t/qmp".into(),
+        });
+        line.incoming = Some(Incoming::Stdin);
+        line.extra_args = vec!["-cpu".into(), "qemu64".into()];
+        let args = line.args();
+        let tail: Vec<&str> = args[13..].iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            tail,
+            [
+                "-icount",
+                "shift=1",
+                "-snapshot",
+                "-plugin",
+                "/p/libinsn.so,arg=inline=on,arg=a,,b",
+                "-accel",
+                "tcg",
+                "-chardev",
+                "socket,id=console,path=/t/console,mux=on",
+                "-serial",
+                "chardev:console",
+                "-mon",
+                "chardev=console,mode=readline",
+                "-qmp",
+                "unix:/t/qmp",
+                "-no-reboot",
+                "-incoming",
+                "fd:0",
+                "-cpu",
+                "qemu64"
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_paths_climb_to_the_common_parent() {
+        assert_eq!(
+            relative_path(
+                Path::new("/c/trees/.tmp-1"),
+                Path::new("/c/trees/abc/image.raw")
+            ),
+            PathBuf::from("../abc/image.raw")
+        );
+        assert_eq!(
+            relative_path(Path::new("/a"), Path::new("/a/b")),
+            PathBuf::from("b")
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! One run of a guest: from a started QEMU to its collected results.
+//!
+//! A run connects to the console and QMP, logs in (or resumes a checkpoint), waits
+//! for a shell, turns the terminal echo off and sets its size, exports the run's
+//! matrix parameters, runs the commands one by one (each framed, its output and
+//! exit status recorded in `commands.json`), copies the `collect` files out over the
+//! console (base64, so any file survives the tty), optionally saves a checkpoint,
+//! and ends QEMU through QMP. Any failure quotes the guest's last console lines;
+//! the QEMU process dies with the [`Machine`] on every path.
+//!
+//! Runs execute on worker threads, so they report through a channel instead of
+//! touching the step's [`qflow_engine::RunContext`].
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT, RECORD};
+use super::machine::Machine;
+use super::qmp::Qmp;
+use super::serial_console::{SerialConsole, base64_decode};
+
+/// What a worker tells the step's thread.
+pub enum Event {
+    /// A transcript line of run `index`.
+    Line(usize, String),
+    /// Progress text of run `index`.
+    Progress(usize, String),
+    /// Run `index` ended.
+    Done(usize, anyhow::Result<()>),
+}
+
+/// Everything one run does after QEMU has started.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// `param=value,...` for a matrix run; `None` for the single run.
+    pub label: Option<String>,
+    /// Where this run's outputs go (the step's output dir or a subdirectory).
+    pub dir: PathBuf,
+    /// Shell variables exported before the commands (the matrix parameters).
+    pub exports: Vec<(String, String)>,
+    pub commands: Vec<String>,
+    pub collect: Vec<String>,
+    pub login: Option<(String, String)>,
+    pub terminal: Option<(u16, u16)>,
+    /// The guest resumes from a checkpoint instead of booting.
+    pub restore: bool,
+    /// Disk writes are kept (overlays): `sync` before QEMU ends.
+    pub keep_disks: bool,
+    /// Save a checkpoint (memory snapshot + record) at the end.
+    pub checkpoint: Option<CheckpointRecord>,
+    pub timeout: Duration,
+}
+
+/// One command's result, as written to `commands.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommandRecord {
+    pub command: String,
+    pub status: i32,
+    pub output: String,
+}
+
+/// The outputs every run writes, relative to its directory.
+pub const CONSOLE_LOG: &str = "console.log";
+pub const COMMANDS_JSON: &str = "commands.json";
+pub const QEMU_LOG: &str = "qemu.log";
+
+/// The name a collected guest file gets in the run's directory.
+pub fn collected_name(guest_path: &str) -> String {
+    guest_path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(guest_path)
+        .to_string()
+}
+
+/// Drive one started machine to the end; the caller reports the result.
+pub fn drive(
+    index: usize,
+    plan: &RunPlan,
+    mut machine: Machine,
+    events: &Sender<Event>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + plan.timeout;
+    let progress = |text: &str| {
+        let _ = events.send(Event::Progress(index, text.to_string()));
+    };
+    let mut transcript =
+        File::create(plan.dir.join(CONSOLE_LOG)).context("cannot create console.log")?;
+    let lines = events.clone();
+    let sink = Box::new(move |line: &str| {
+        let _ = writeln!(transcript, "{line}");
+        let _ = lines.send(Event::Line(index, line.to_string()));
+    });
+    let (console, qmp) = machine.connect(Duration::from_secs(30))?;
+    let mut console = SerialConsole::new(console, sink);
+    if let Some((_, password)) = &plan.login {
+        console.add_secret(password);
+    }
+    let result = converse(plan, &mut console, qmp, &mut machine, deadline, &progress);
+    console.flush_transcript();
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let mut msg = format!("{e:#}");
+            if Instant::now() >= deadline {
+                msg = format!(
+                    "timed out after {} ({msg}); QEMU was killed",
+                    show_duration(plan.timeout)
+                );
+            }
+            let last = console.last_lines();
+            if !last.is_empty() {
+                msg.push_str("\nthe guest's last console lines:");
+                for l in last {
+                    msg.push_str("\n    ");
+                    msg.push_str(&l);
+                }
+            }
+            machine.child.kill();
+            bail!(msg)
+        }
+    }
+}
+
+fn converse(
+    plan: &RunPlan,
+    console: &mut SerialConsole,
+    qmp: std::os::unix::net::UnixStream,
+    machine: &mut Machine,
+    deadline: Instant,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<()> {
+    let mut qmp = Qmp::new(qmp)?;
+    if plan.restore {
+        progress("restoring the checkpoint");
+        qmp.finish_restore(deadline)?;
+    } else if let Some((user, password)) = &plan.login {
+        progress("waiting for the login prompt");
+        console.login(user, password, deadline)?;
+    } else {
+        progress("booting");
+    }
+    console.wait_for_shell(deadline)?;
+    let mut setup = vec!["stty -echo".to_string()];
+    if let Some((rows, cols)) = plan.terminal {
+        setup.push(format!("stty rows {rows} cols {cols}"));
+    }
+    for (name, value) in &plan.exports {
+        setup.push(format!("export {name}={}", shell_quote(value)));
+    }
+    for command in &setup {
+        let outcome = console.run(command, deadline)?;
+        if outcome.status != 0 {
+            bail!(
+                "setting up the guest shell: `{command}` failed (exit {}): {}",
+                outcome.status,
+                outcome.output.trim()
+            );
+        }
+    }
+    let mut records = Vec::new();
+    for (i, command) in plan.commands.iter().enumerate() {
+        progress(&format!(
+            "command {}/{}: {command}",
+            i + 1,
+            plan.commands.len()
+        ));
+        let outcome = console.run(command, deadline)?;
+        records.push(CommandRecord {
+            command: command.clone(),
+            status: outcome.status,
+            output: outcome.output.clone(),
+        });
+        write_records(plan, &records)?;
+        if outcome.status != 0 {
+            bail!("guest command `{command}` failed (exit {})", outcome.status);
+        }
+    }
+    write_records(plan, &records)?;
+    for path in &plan.collect {
+        progress(&format!("collecting {path}"));
+        let outcome = console.run(&format!("base64 {}", shell_quote(path)), deadline)?;
+        if outcome.status != 0 {
+            bail!(
+                "cannot collect `{path}` from the guest (exit {}): {}",
+                outcome.status,
+                outcome.output.trim()
+            );
+        }
+        let bytes =
+            base64_decode(&outcome.output).with_context(|| format!("collecting `{path}`"))?;
+        let target = plan.dir.join(collected_name(path));
+        std::fs::write(&target, bytes)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    if plan.keep_disks {
+        console.run("sync", deadline)?;
+    }
+    if let Some(record) = &plan.checkpoint {
+        progress("saving the checkpoint");
+        let size = qmp.save_memory_snapshot(&plan.dir.join(MEMORY_SNAPSHOT), deadline)?;
+        record.save(&plan.dir.join(RECORD))?;
+        progress(&format!("checkpoint saved ({} MiB)", size >> 20));
+    }
+    qmp.quit()?;
+    machine.wait_exit(Duration::from_secs(10))?;
+    Ok(())
+}
+
+fn write_records(plan: &RunPlan, records: &[CommandRecord]) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(records)?;
+    std::fs::write(plan.dir.join(COMMANDS_JSON), json + "\n").context("cannot write commands.json")
+}
+
+/// Quote a value for the guest's POSIX shell.
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// `90s`, `5m`, `1h30m` for messages.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}

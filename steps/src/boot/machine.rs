@@ -1,0 +1,166 @@
+//! One running QEMU and the two sockets qflow controls it through.
+//!
+//! qflow listens and QEMU connects (the chardevs are socket clients), so no console
+//! byte is lost between QEMU's start and qflow's connect, and a QEMU that dies on a
+//! bad option is noticed at once instead of leaving qflow waiting on a socket. The
+//! sockets live in a short private directory under the system temp dir, because a
+//! unix socket path is limited to 108 bytes and cache paths are long. QEMU's own
+//! stdout and stderr (its warnings, a plugin's output) go to `qemu.log`.
+
+use std::fs::File;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use qflow_engine::RunContext;
+use qflow_engine::context::{RunningChild, describe_status};
+
+use super::command_line::{ControlSockets, QEMU, QemuCommandLine};
+
+/// A private directory removed with everything in it when dropped.
+pub struct SocketDir {
+    path: PathBuf,
+}
+
+impl SocketDir {
+    pub fn new() -> anyhow::Result<SocketDir> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let name = format!(
+            "qflow-boot-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(SocketDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A started QEMU, not yet connected.
+pub struct Machine {
+    pub child: RunningChild,
+    console: UnixListener,
+    qmp: UnixListener,
+    log: PathBuf,
+    _sockets: SocketDir,
+}
+
+impl Machine {
+    /// Start QEMU with `line` plus qflow's control sockets. `stdin` feeds an
+    /// `-incoming fd:0` restore; QEMU's output goes to `log`.
+    pub fn start(
+        ctx: &mut RunContext,
+        line: &QemuCommandLine,
+        stdin: Option<File>,
+        log: &Path,
+    ) -> anyhow::Result<Machine> {
+        let sockets = SocketDir::new()?;
+        let control = ControlSockets {
+            console: sockets.path().join("console"),
+            qmp: sockets.path().join("qmp"),
+        };
+        let console =
+            UnixListener::bind(&control.console).context("cannot listen on the console socket")?;
+        let qmp = UnixListener::bind(&control.qmp).context("cannot listen on the QMP socket")?;
+        console.set_nonblocking(true)?;
+        qmp.set_nonblocking(true)?;
+        let mut line = line.clone();
+        line.control = Some(control);
+        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = ctx.command(QEMU);
+        cmd.args(line.args());
+        cmd.stdout(out.try_clone()?).stderr(out);
+        match stdin {
+            Some(f) => cmd.stdin(f),
+            None => cmd.stdin(std::process::Stdio::null()),
+        };
+        let child = ctx.spawn(cmd)?;
+        Ok(Machine {
+            child,
+            console,
+            qmp,
+            log: log.to_path_buf(),
+            _sockets: sockets,
+        })
+    }
+
+    /// Accept QEMU's console and QMP connections, waiting at most `timeout`.
+    pub fn connect(&mut self, timeout: Duration) -> anyhow::Result<(UnixStream, UnixStream)> {
+        let deadline = Instant::now() + timeout;
+        let mut console = None;
+        let mut qmp = None;
+        while console.is_none() || qmp.is_none() {
+            if console.is_none() {
+                console = accept(&self.console)?;
+            }
+            if qmp.is_none() {
+                qmp = accept(&self.qmp)?;
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "QEMU exited ({}) before it started: {}",
+                    describe_status(status),
+                    self.log_tail()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "QEMU did not connect to its console within {}s",
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok((console.unwrap(), qmp.unwrap()))
+    }
+
+    /// Wait for QEMU to exit by itself; kill it after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        if self.child.wait_timeout(timeout)?.is_none() {
+            self.child.kill();
+            bail!(
+                "QEMU did not exit within {}s after `quit`; killed",
+                timeout.as_secs()
+            );
+        }
+        Ok(())
+    }
+
+    /// The last lines QEMU printed, joined for an error message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n    ");
+        if tail.is_empty() {
+            "it printed nothing".to_string()
+        } else {
+            format!("it printed:\n    {tail}")
+        }
+    }
+}
+
+fn accept(listener: &UnixListener) -> anyhow::Result<Option<UnixStream>> {
+    match listener.accept() {
+        Ok((stream, _)) => {
+            stream.set_nonblocking(false)?;
+            Ok(Some(stream))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e).context("cannot accept QEMU's connection"),
+    }
+}
