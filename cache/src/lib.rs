@@ -6,6 +6,10 @@
 //!   marks for crash detection, and the [`WorkspaceLock`].
 //! - [`write_atomic`] and [`link_or_copy`]: the two primitives every write goes through.
 //!
+//! A step's life in the cache: `new_tree` → the step writes into `TempTree::path` →
+//! `commit_tree` (objects in, tree renamed to `trees/<hash>`, all fsynced) → `put_record`.
+//! Later: `get_record` + `has_tree_for(&record.manifest)` (or `restore_tree`) is a cache hit.
+//!
 //! Invariant: a crash at any point leaves either no record or a complete one whose tree and
 //! objects are durable, because every name appears by `rename` after its content is fsynced,
 //! and the engine writes a record only after `commit_tree` returned.

@@ -2,8 +2,10 @@
 //!
 //! `objects/<hex[0..2]>/<hex>` holds a non-executable file (mode 0444), `<hex>.x` the same
 //! bytes as an executable (0555): a hard-linked inode has one mode, so the two cannot share a
-//! name. Objects are never modified in place; an object name appears (by `rename`) only after
-//! its bytes are fsynced, so a crash leaves either no object or a complete one.
+//! name. Objects are never modified in place; an object name appears (by a hard link or a
+//! `rename`, both atomic) only after its bytes are fsynced, so a crash leaves either no object
+//! or a complete one. When two runs store the same bytes at once, the hard link decides: it
+//! never replaces an existing name, so exactly one wins and the other links to the winner.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -48,8 +50,7 @@ impl Cache {
     ///
     /// Afterwards `file` is read-only and shares its bytes with the object: if the object was
     /// absent, `file` itself is linked in; if present, `file` is replaced by a link to it (so
-    /// identical outputs take the space once). Returns (hash, size, executable).
-    /// The caller must fsync `Ingested::new_name_in` (after all files, once per directory).
+    /// identical outputs take the space once). The caller must fsync `Ingested::new_name_in` (after all files, once per directory).
     pub(crate) fn ingest_file(&self, file: &Path) -> anyhow::Result<Ingested> {
         let meta = std::fs::symlink_metadata(file)
             .with_context(|| format!("cannot stat `{}`", file.display()))?;
@@ -89,9 +90,7 @@ impl Cache {
             new_name_in: parent_of(if won { &object } else { file }),
         })
     }
-}
 
-impl Cache {
     /// Puts the bytes of `file` at `object`. Returns false if another thread or process put
     /// them there first (then `object` is left as it is), unless `replace` (the existing
     /// object is damaged).
