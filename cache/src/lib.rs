@@ -1,6 +1,6 @@
 //! qflow's cache: bytes, keys and locks, and nothing about workflows or QEMU.
 //!
-//! - [`Hash`] / [`hash_file`]: blake3 content hashes.
+//! - [`Hash`](struct@Hash) / [`hash_file`]: blake3 content hashes.
 //! - [`Cache`]: one directory (layout in `cache.rs`) holding the object store, committed
 //!   output trees with their [`Manifest`]s, action [`Record`]s (step key → output), started
 //!   marks for crash detection, and the [`WorkspaceLock`].
