@@ -31,7 +31,10 @@ steps:
 
 fn demo() -> Space {
     let s = Space::new();
-    s.workflow(DEMO).write("input.txt", "one\ntwo\n").write("src/a.c", "int a;\n").write("src/sub/b.c", "int b;\n");
+    s.workflow(DEMO)
+        .write("input.txt", "one\ntwo\n")
+        .write("src/a.c", "int a;\n")
+        .write("src/sub/b.c", "int b;\n");
     s
 }
 
@@ -63,7 +66,11 @@ fn editing_a_file_deep_in_an_input_tree_is_seen_and_named_by_plan() {
     s.apply();
     s.write("src/sub/b.c", "int b2;\n");
     let plan = s.qflow(&["plan"]).success();
-    assert!(plan.stdout.contains("input `src/` changed: src/sub/b.c"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("input `src/` changed: src/sub/b.c"),
+        "{}",
+        plan.stdout
+    );
     // `gen` does not copy src/ into its output, so its output is unchanged and
     // everything downstream stays cached (early cutoff).
     let run = s.apply();
@@ -118,13 +125,20 @@ fn a_var_change_reruns_only_the_steps_that_use_it() {
     let run = s.qflow(&["apply", "--set", "other=changed"]).success();
     assert_eq!(run.ran(), ["side"]);
     let plan = s.qflow(&["plan", "--set", "greeting=bye"]).success();
-    assert!(plan.stdout.contains("var `greeting` changed: \"hello\" → \"bye\""), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("var `greeting` changed: \"hello\" → \"bye\""),
+        "{}",
+        plan.stdout
+    );
 }
 
 #[test]
 fn a_step_with_cache_false_always_runs() {
     let s = Space::new();
-    s.workflow("version: 1\nsteps:\n  always:\n    kind: command\n    run: [\"true\"]\n    cache: false\n");
+    s.workflow(
+        "version: 1\nsteps:\n  always:\n    kind: command\n    run: [\"true\"]\n    cache: false\n",
+    );
     s.apply();
     assert_eq!(s.apply().ran(), ["always"]);
 }
@@ -137,7 +151,13 @@ fn the_lock_file_is_rewritten_byte_identical_when_nothing_changed() {
     s.apply();
     assert_eq!(s.read("qflow.lock"), first);
     let lock: serde_json::Value = serde_json::from_str(&first).unwrap();
-    assert_eq!(lock["steps"]["gen"]["inputs"]["input.txt"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        lock["steps"]["gen"]["inputs"]["input.txt"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
     assert!(lock["steps"]["use"]["upstream"]["gen"].is_string());
     assert!(lock["steps"]["use"]["outputs"]["count.txt"].is_string());
 }

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::Context as _;
 use serde_yaml::Value;
 
 use crate::diagnostic::{Diagnostics, did_you_mean};
@@ -209,12 +208,24 @@ impl Workflow {
         registry: &Registry,
         options: &LoadOptions,
     ) -> anyhow::Result<Workflow> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read workflow `{}`; pass the workflow file as an argument",
-                path.display()
-            )
-        })?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                let d = crate::diagnostic::Diagnostic {
+                    file: path.to_path_buf(),
+                    position: None,
+                    field: String::new(),
+                    message: format!(
+                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
+                        path.display()
+                    ),
+                };
+                return Err(crate::diagnostic::InvalidWorkflow {
+                    diagnostics: vec![d],
+                }
+                .into());
+            }
+        };
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let dir = path
             .parent()
@@ -692,7 +703,19 @@ fn load_step(
                 format!("{base}.{}", e.field)
             };
             if let Some(unknown) = unknown_field_name(&e.message) {
-                at = format!("{at}.{unknown}");
+                // serde_path_to_error's path already ends with the unknown key.
+                let parent = e
+                    .field
+                    .strip_suffix(unknown.as_str())
+                    .map(|p| p.trim_end_matches('.'))
+                    .unwrap_or(&e.field)
+                    .to_string();
+                at = if parent.is_empty() {
+                    format!("{base}.{unknown}")
+                } else {
+                    format!("{base}.{parent}.{unknown}")
+                };
+                let e = crate::step::FieldError::new(parent, e.message.clone());
                 let dym = did_you_mean(&unknown, field_names.iter().map(|s| s.as_str()));
                 msg = if e.field.is_empty() {
                     let mut all: Vec<String> = field_names.clone();

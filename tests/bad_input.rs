@@ -1,0 +1,158 @@
+//! A user makes a mistake in the workflow: qflow names file:line:column and the
+//! field, says what to do, exits 2, and runs nothing.
+
+mod common;
+use common::Space;
+
+/// Apply `yaml`; it must fail with exit 2, print `needle`, and run nothing.
+fn rejects(yaml: &str, needles: &[&str]) {
+    let s = Space::new();
+    s.workflow(yaml);
+    let run = s.qflow(&["apply"]).failure(2);
+    for n in needles {
+        assert!(run.stderr.contains(n), "expected {n:?} in:\n{}", run.stderr);
+    }
+    assert!(run.stderr.contains("nothing was run"), "{}", run.stderr);
+    assert!(run.ran().is_empty());
+    assert!(!s.join("marker").exists(), "a step ran");
+    assert!(!s.join("out").exists(), "outputs were presented");
+}
+
+const MARK: &str = "    run: [sh, -c, 'touch marker']\n";
+
+#[test]
+fn a_yaml_syntax_error_names_the_line() {
+    rejects(
+        "version: 1\nsteps:\n  a:\n    kind: command\n    run: [true\n",
+        &["workflow.yaml:6:", "invalid YAML"],
+    );
+}
+
+#[test]
+fn a_wrong_type_names_the_field_and_line() {
+    rejects(
+        &format!(
+            "version: 1\nsteps:\n  ok:\n    kind: command\n{MARK}  a:\n    kind: command\n    run: \"true\"\n"
+        ),
+        &["workflow.yaml:8:5", "`steps.a.run`", "expected a sequence"],
+    );
+}
+
+#[test]
+fn an_unknown_field_suggests_the_close_one() {
+    rejects(
+        &format!("version: 1\nsteps:\n  a:\n    kind: command\n{MARK}    ouputs: [x]\n"),
+        &[
+            "workflow.yaml:6:5",
+            "unknown field `ouputs`",
+            "did you mean `outputs`?",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_kind_lists_the_valid_ones() {
+    rejects(
+        "version: 1\nsteps:\n  a:\n    kind: comand\n    run: [\"true\"]\n",
+        &[
+            "workflow.yaml:4:5",
+            "unknown kind `comand`",
+            "did you mean `command`?",
+            "valid kinds: command",
+        ],
+    );
+}
+
+#[test]
+fn a_reference_to_an_unknown_step_or_var_is_named() {
+    rejects(
+        &format!(
+            "version: 1\nvars:\n  greeting: hi\nsteps:\n  gen:\n    kind: command\n{MARK}  a:\n    kind: command\n    run: [echo, '${{{{ steps.gne }}}}', '${{{{ greting }}}}']\n    after: [nope]\n"
+        ),
+        &[
+            "no step named `gne`; did you mean `gen`?",
+            "unknown var `greting`; did you mean `greeting`?",
+            "no step named `nope`",
+            "workflow.yaml:11:",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_step_names_are_refused() {
+    rejects(
+        &format!(
+            "version: 1\nsteps:\n  a:\n    kind: command\n{MARK}  a:\n    kind: command\n    run: [\"true\"]\n"
+        ),
+        &["duplicate entry with key \"a\"", "rename or remove one"],
+    );
+}
+
+#[test]
+fn a_cycle_lists_its_steps_in_order() {
+    rejects(
+        "version: 1\nsteps:\n  a:\n    kind: command\n    run: ['true']\n    after: [c]\n  b:\n    kind: command\n    run: ['true']\n    after: [a]\n  c:\n    kind: command\n    run: ['true']\n    after: [b]\n",
+        &["the steps form a cycle: a → b → c → a"],
+    );
+}
+
+#[test]
+fn an_output_escaping_the_output_dir_is_refused() {
+    rejects(
+        &format!("version: 1\nsteps:\n  a:\n    kind: command\n{MARK}    outputs: [../x]\n"),
+        &[
+            "workflow.yaml:6:",
+            "`steps.a.outputs[0]`",
+            "escapes the step's output directory",
+        ],
+    );
+}
+
+#[test]
+fn an_input_that_does_not_exist_is_refused() {
+    rejects(
+        &format!("version: 1\nsteps:\n  a:\n    kind: command\n{MARK}    inputs: [missing.txt]\n"),
+        &["`steps.a.inputs[0]`", "input `missing.txt` does not exist"],
+    );
+}
+
+#[test]
+fn an_unset_environment_variable_is_refused() {
+    rejects(
+        "version: 1\nsteps:\n  a:\n    kind: command\n    run: [echo, '${{ env.QFLOW_TEST_SURELY_UNSET }}']\n",
+        &["workflow.yaml:5:", "`QFLOW_TEST_SURELY_UNSET` is not set"],
+    );
+}
+
+#[test]
+fn a_reference_to_an_undeclared_output_is_refused() {
+    rejects(
+        &format!(
+            "version: 1\nsteps:\n  gen:\n    kind: command\n{MARK}    outputs: [out.txt]\n  use:\n    kind: command\n    run: [cat, '${{{{ steps.gen.nope.txt }}}}']\n"
+        ),
+        &["step `gen` declares no output `nope.txt`; its outputs are: out.txt"],
+    );
+}
+
+#[test]
+fn an_unknown_set_var_is_a_usage_error() {
+    let s = Space::new();
+    s.workflow("version: 1\nvars:\n  a: b\nsteps:\n  x:\n    kind: command\n    run: ['true']\n");
+    let run = s.qflow(&["apply", "--set", "aa=1"]).failure(2);
+    assert!(
+        run.stderr.contains("no var `aa`; did you mean `a`?"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_missing_workflow_file_says_what_to_pass() {
+    let s = Space::new();
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(
+        run.stderr.contains("cannot read workflow `workflow.yaml`"),
+        "{}",
+        run.stderr
+    );
+}
