@@ -1064,9 +1064,8 @@ mod tests {
         let scripts = [
             (
                 "qemu-nbd",
-                format!(
-                    "case \"$1\" in --connect=*) d=\"${{1#--connect=}}\"; [ -e \"$d\" ] || {{ echo \"qemu-nbd: Failed to open $d: No such file or directory\" >&2; exit 1; }};; esac\n"
-                ),
+                "case \"$1\" in --connect=*) d=\"${1#--connect=}\"; [ -e \"$d\" ] || { echo \"qemu-nbd: Failed to open $d: No such file or directory\" >&2; exit 1; };; esac\n"
+                    .to_string(),
             ),
             (
                 "modprobe",

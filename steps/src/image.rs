@@ -140,9 +140,10 @@ impl Image {
         let Some(up) = upstream else {
             return Base::Create;
         };
-        if self.flatten || self.out_format() != ImageFormat::Qcow2 {
-            Base::Convert
-        } else if self.compat.is_some() && (up.has_backing_file || up.format != ImageFormat::Qcow2)
+        let chain_or_raw = up.has_backing_file || up.format != ImageFormat::Qcow2;
+        if self.flatten
+            || self.out_format() != ImageFormat::Qcow2
+            || (self.compat.is_some() && chain_or_raw)
         {
             Base::Convert
         } else if self.compat.is_some() || !self.snapshots_to_delete().is_empty() {

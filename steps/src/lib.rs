@@ -6,6 +6,7 @@ pub mod command;
 pub mod customize;
 pub mod debootstrap;
 pub mod disk;
+pub mod download;
 pub mod image;
 pub mod image_file;
 pub mod package_name;
@@ -23,5 +24,6 @@ pub fn registry() -> Registry {
     r.add(KindOf::<debootstrap::Debootstrap>::new());
     r.add(KindOf::<image::Image>::new());
     r.add(KindOf::<disk::Disk>::new());
+    r.add(KindOf::<download::Download>::new());
     r
 }

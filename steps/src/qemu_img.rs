@@ -112,7 +112,7 @@ impl fmt::Display for Size {
             (20, "M"),
             (10, "K"),
         ] {
-            if self.0 >= (1 << shift) && self.0 % (1 << shift) == 0 {
+            if self.0 >= (1 << shift) && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }
