@@ -9,6 +9,7 @@ pub mod disk;
 pub mod download;
 pub mod image;
 pub mod image_file;
+pub mod kernel;
 pub mod package_name;
 pub mod qemu_img;
 pub mod secret;
@@ -25,5 +26,6 @@ pub fn registry() -> Registry {
     r.add(KindOf::<image::Image>::new());
     r.add(KindOf::<disk::Disk>::new());
     r.add(KindOf::<download::Download>::new());
+    r.add(KindOf::<kernel::Kernel>::new());
     r
 }
