@@ -182,7 +182,7 @@ impl<'w> Session<'w> {
         if self.cache.was_interrupted(key) {
             return None;
         }
-        if self.cache.has_tree(&rec.output) {
+        if self.cache.has_tree_for(&rec.manifest) {
             return Some(rec);
         }
         self.cache.restore_tree(&rec.manifest).ok().map(|_| rec)
