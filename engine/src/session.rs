@@ -405,6 +405,11 @@ fn diff_json(path: &str, old: &serde_json::Value, new: &serde_json::Value, out: 
                 }
             }
         }
+        (J::Array(a), J::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_json(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
         (a, b) if a != b => {
             let p = if path.is_empty() {
                 "fields".to_string()

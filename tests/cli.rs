@@ -1,0 +1,192 @@
+//! The other commands a user reaches for: plan, graph, status, gc, clean, completions.
+
+mod common;
+use common::Space;
+
+const TWO: &str = r#"
+version: 1
+steps:
+  gen:
+    kind: command
+    run: [sh, -c, 'cat data.txt > "$QFLOW_OUT/out.txt"']
+    inputs: [data.txt]
+    outputs: [out.txt]
+  use:
+    kind: command
+    run: [sh, -c, 'wc -c < ${{ steps.gen.out.txt }} > "$QFLOW_OUT/n"']
+    outputs: [n]
+"#;
+
+fn two() -> Space {
+    let s = Space::new();
+    s.workflow(TWO).write("data.txt", "abc\n");
+    s
+}
+
+#[test]
+fn plan_json_says_what_runs_and_why() {
+    let s = two();
+    let v: serde_json::Value =
+        serde_json::from_str(&s.qflow(&["plan", "--json"]).success().stdout).unwrap();
+    assert_eq!(v["steps"][0]["name"], "gen");
+    assert_eq!(v["steps"][0]["action"], "run");
+    assert!(
+        v["steps"][0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("never ran")
+    );
+    s.apply();
+    let v: serde_json::Value =
+        serde_json::from_str(&s.qflow(&["plan", "--json"]).success().stdout).unwrap();
+    assert_eq!(v["steps"][0]["action"], "cached");
+    assert_eq!(v["steps"][1]["action"], "cached");
+    s.write("data.txt", "abcd\n");
+    let v: serde_json::Value =
+        serde_json::from_str(&s.qflow(&["plan", "--json"]).success().stdout).unwrap();
+    assert_eq!(v["steps"][0]["reasons"][0], "input `data.txt` changed");
+    assert_eq!(v["steps"][1]["action"], "run");
+}
+
+#[test]
+fn plan_names_the_changed_field_of_a_step() {
+    let s = two();
+    s.apply();
+    s.write("workflow.yaml", TWO.replace("wc -c", "wc -m"));
+    let plan = s.qflow(&["plan"]).success();
+    assert!(
+        plan.stdout.contains("field `run[2]` changed"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("cached  gen"), "{}", plan.stdout);
+}
+
+#[test]
+fn plan_runs_nothing() {
+    let s = two();
+    s.qflow(&["plan"]).success();
+    assert!(!s.join("out").exists());
+}
+
+#[test]
+fn graph_prints_dot_coloured_by_status() {
+    let s = two();
+    s.apply();
+    s.write("workflow.yaml", TWO.replace("wc -c", "wc -m"));
+    let dot = s.qflow(&["graph"]).success().stdout;
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(dot.contains("\"gen\" -> \"use\""), "{dot}");
+    assert!(
+        dot.contains("\"gen\" [label=\"gen\\ncommand (cached)\", fillcolor=palegreen]"),
+        "{dot}"
+    );
+    assert!(dot.contains("fillcolor=orange"), "{dot}");
+    if qflow_has_dot() {
+        let svg = s.qflow(&["graph", "--format", "svg"]).success().stdout;
+        assert!(svg.contains("<svg"), "{svg}");
+    }
+}
+
+fn qflow_has_dot() -> bool {
+    std::process::Command::new("dot")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn status_shows_fresh_and_stale_steps_and_the_last_run() {
+    let s = two();
+    s.apply();
+    s.write("data.txt", "changed\n");
+    let out = s.qflow(&["status"]).success().stdout;
+    assert!(out.contains("stale   gen"), "{out}");
+    assert!(out.contains("last run:") && out.contains("2 ran"), "{out}");
+}
+
+#[test]
+fn clean_forgets_one_step_so_it_runs_again() {
+    let s = two();
+    s.apply();
+    s.qflow(&["clean", "--step", "use"]).success();
+    assert!(!s.join("out/use").exists());
+    let run = s.apply();
+    assert_eq!(run.ran(), ["use"]);
+    assert_eq!(run.cached(), ["gen"]);
+    s.qflow(&["clean", "--step", "nope"]).failure(2);
+}
+
+#[test]
+fn gc_keeps_what_recent_runs_use_and_deletes_the_rest() {
+    let s = two();
+    s.apply();
+    for i in 0..3 {
+        s.write("data.txt", format!("version {i}\n"));
+        s.apply();
+    }
+    let objects_before = count_files(&s.join(".qflow/objects"));
+    s.qflow(&["gc", "--keep-runs", "1"]).success();
+    let objects_after = count_files(&s.join(".qflow/objects"));
+    assert!(
+        objects_after < objects_before,
+        "{objects_before} -> {objects_after}"
+    );
+    let run = s.apply();
+    assert!(
+        run.ran().is_empty(),
+        "gc removed the current results: {}",
+        run.stderr
+    );
+    assert_eq!(s.read("out/gen/out.txt"), "version 2\n");
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    walk(dir).len()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn completions_are_printed_for_bash() {
+    let s = Space::new();
+    let out = s.qflow(&["completions", "bash"]).success().stdout;
+    assert!(out.contains("qflow") && out.contains("apply"));
+}
+
+#[test]
+fn logs_hold_each_steps_full_output() {
+    let s = Space::new();
+    s.workflow("version: 1\nsteps:\n  talk:\n    kind: command\n    run: [sh, -c, 'echo to-stdout; echo to-stderr >&2']\n");
+    s.apply();
+    let logs = walk(&s.join(".qflow/logs"));
+    assert_eq!(logs.len(), 1);
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(logs[0].ends_with("talk.log"));
+    assert!(
+        text.contains("to-stdout") && text.contains("to-stderr"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_shared_cache_given_by_qflow_cache_serves_a_second_workspace() {
+    let cache = Space::new();
+    let a = two().with_cache(cache.path());
+    a.apply();
+    let b = two().with_cache(cache.path());
+    let run = b.apply();
+    assert!(run.ran().is_empty(), "{}", run.stderr);
+    assert_eq!(b.read("out/gen/out.txt"), "abc\n");
+}
