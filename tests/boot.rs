@@ -1,0 +1,342 @@
+//! A user boots a kernel they built with a busybox root file system and a data disk,
+//! runs commands in the guest, keeps the results, and restores a checkpoint many times.
+//!
+//! Everything runs real QEMU under TCG (these machines' KVM cannot boot Linux). The
+//! kernel is the kernel kind's tinyconfig + `qemu-guest.config` build of the Debian
+//! linux-source tarball and the images come from `fixtures/boot/make-rootfs.sh`; both
+//! are shared through `common::shared_cache()`, so only the first slow test pays for them.
+//! Each test names its QEMU with `-name <its space>` and checks at the end that no
+//! such process is left.
+
+mod common;
+use common::{Space, shared_cache};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// The kernel, system image and data disk every boot test uses, then `steps`.
+fn workflow(steps: &str) -> String {
+    format!(
+        r#"version: 1
+name: boot-test
+steps:
+  kernel:
+    kind: kernel
+    source: {{ tarball: /usr/src/linux-source-6.1.tar.xz }}
+    config: tinyconfig
+    fragments: [{FIXTURES}/qemu-guest.config]
+  system:
+    kind: command
+    run: [sh, {FIXTURES}/boot/make-rootfs.sh, system]
+    inputs: [{FIXTURES}/boot/make-rootfs.sh]
+    outputs: [image.raw]
+  data:
+    kind: command
+    run: [sh, {FIXTURES}/boot/make-rootfs.sh, data, {FIXTURES}/boot/run.sh]
+    inputs: [{FIXTURES}/boot/make-rootfs.sh, {FIXTURES}/boot/run.sh]
+    outputs: [image.raw]
+{steps}"#
+    )
+}
+
+/// A space on the shared cache whose QEMU processes carry `-name <unique>`.
+fn space() -> (Space, String) {
+    let s = Space::new().with_cache(&shared_cache());
+    let name = s.path().file_name().unwrap().to_string_lossy().into_owned();
+    (s, name)
+}
+
+/// QEMU processes whose command line mentions `needle`.
+fn qemu_processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("qemu-system") && cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+fn assert_no_qemu_left(name: &str) {
+    let left = qemu_processes_with(name);
+    assert!(left.is_empty(), "QEMU processes left behind: {left:?}");
+}
+
+fn commands_json(s: &Space, rel: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&s.read(rel)).unwrap()
+}
+
+#[test]
+fn the_plan_shows_the_seeds_command_line() {
+    let s = Space::new();
+    s.workflow(&workflow(
+        "  experiment:\n    kind: boot\n    system: system\n    disks: [data]\n    kernel: kernel\n    icount: 1\n    \
+         plugins: [{ path: /opt/libinsn.so, args: [inline=on] }]\n    commands: [uname -a]\n",
+    ));
+    let plan = s.qflow(&["plan"]).success();
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(
+        text.contains(
+            "qemu-system-x86_64 -smp 1 -m 512 -nographic -hda '${{ steps.system }}/image.*' \
+             -hdb '${{ steps.data }}/image.*' -kernel '${{ steps.kernel }}/bzImage' \
+             -append 'root=/dev/sda1 console=ttyS0 nokaslr' -icount shift=1 -snapshot \
+             -plugin /opt/libinsn.so,arg=inline=on -accel tcg"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn contradictory_boot_fields_are_refused_before_anything_runs() {
+    let s = Space::new();
+    s.workflow(&workflow(
+        "  experiment:\n    kind: boot\n    system: system\n    kernel: kernel\n    accel: kvm\n    icount: 1\n",
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr.contains("accel"), "{}", run.stderr);
+    assert!(run.stderr.contains("only under TCG"), "{}", run.stderr);
+    assert!(run.ran().is_empty());
+
+    s.workflow(&workflow(
+        "  experiment:\n    kind: boot\n    from_checkpoint: system\n    memory: 1G\n    commands: [\"true\"]\n",
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr.contains("`memory` comes from the checkpoint"), "{}", run.stderr);
+
+    s.workflow(&workflow(
+        "  experiment:\n    kind: boot\n    kernel: kernel\n    collect: [results.txt]\n",
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr.contains("must be an absolute guest path"), "{}", run.stderr);
+}
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn commands_run_in_the_guest_and_a_result_file_comes_back_from_the_data_disk() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  experiment:
+    kind: boot
+    system: system
+    disks: [data]
+    kernel: kernel
+    memory: 128M
+    icount: 1
+    terminal: {{ rows: 50, cols: 200 }}
+    commands:
+      - uname -r
+      - stty size
+      - mount /dev/sdb /mnt
+      - sh /mnt/run.sh > /mnt/results.txt
+      - 'echo "multi
+        line" | wc -l'
+      - cd /mnt && pwd
+    collect: [/mnt/results.txt]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let run = s.apply();
+    assert!(run.ran().contains(&"experiment".to_string()), "{}", run.stderr);
+    let records = commands_json(&s, "out/experiment/commands.json");
+    let outputs: Vec<(&str, i64)> =
+        records.iter().map(|r| (r["output"].as_str().unwrap(), r["status"].as_i64().unwrap())).collect();
+    assert_eq!(outputs[0].1, 0);
+    assert!(outputs[0].0.starts_with("6.1."), "{outputs:?}");
+    assert_eq!(outputs[1], ("50 200\n", 0));
+    assert_eq!(outputs[3], ("", 0));
+    assert_eq!(outputs[4], ("2\n", 0));
+    assert_eq!(outputs[5], ("/mnt\n", 0));
+    assert_eq!(s.read("out/experiment/results.txt"), "hello from the data disk\nsum=5050\n");
+    let lock = s.read("qflow.lock");
+    assert!(lock.contains("-icount shift=1"), "{lock}");
+    assert!(s.read("out/experiment/console.log").contains("Linux version"));
+    assert_no_qemu_left(&name);
+}
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_failing_guest_command_fails_the_step_with_the_guests_last_lines() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  experiment:
+    kind: boot
+    system: system
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    commands: [echo before, ls /no/such/file, echo never]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let run = s.qflow(&["apply"]).failure(1);
+    assert_eq!(run.failed(), ["experiment"], "{}", run.stderr);
+    assert!(run.stderr.contains("guest command `ls /no/such/file` failed (exit 1)"), "{}", run.stderr);
+    assert!(run.stderr.contains("No such file or directory"), "{}", run.stderr);
+    assert!(!s.join("out/experiment").exists(), "a failed step leaves no output");
+    assert_no_qemu_left(&name);
+}
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_timeout_fails_the_step_and_kills_qemu() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  experiment:
+    kind: boot
+    system: system
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    timeout: 20s
+    commands: [echo sleeping, sleep 1000]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let start = std::time::Instant::now();
+    let run = s.qflow(&["apply"]).failure(1);
+    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert!(run.stderr.contains("timed out after 20s"), "{}", run.stderr);
+    assert!(run.stderr.contains("QEMU was killed"), "{}", run.stderr);
+    assert!(run.stderr.contains("sleeping"), "{}", run.stderr);
+    assert_no_qemu_left(&name);
+}
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn two_runs_restore_one_checkpoint_in_parallel_without_booting() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  ready:
+    kind: boot
+    system: system
+    disks: [data]
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    checkpoint: true
+    commands: ['mount /dev/sdb /mnt', 'echo warm > /root/state']
+    extra_args: [-name, {name}]
+  from_ready:
+    kind: boot
+    from_checkpoint: ready
+    jobs: 2
+    matrix: {{ n: [1, 2] }}
+    commands: ['cat /root/state', 'echo "run $n" > /mnt/out.txt', 'sh /mnt/run.sh']
+    collect: [/mnt/out.txt]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let run = s.apply();
+    assert!(run.ran().contains(&"from_ready".to_string()), "{}", run.stderr);
+    for n in ["1", "2"] {
+        let dir = format!("out/from_ready/n={n}");
+        let records = commands_json(&s, &format!("{dir}/commands.json"));
+        assert_eq!(records[0]["output"], "warm\n", "the guest's memory comes from the checkpoint");
+        assert_eq!(records[2]["output"], "hello from the data disk\nsum=5050\n");
+        assert_eq!(s.read(&format!("{dir}/out.txt")), format!("run {n}\n"));
+        let console = s.read(&format!("{dir}/console.log"));
+        assert!(!console.contains("Linux version"), "a restored run does not boot:\n{console}");
+    }
+    // Both runs were started before either ended.
+    let log = newest_step_log("from_ready");
+    let events: Vec<&str> = log.lines().filter(|l| l.starts_with("qflow: run ")).collect();
+    assert_eq!(events.len(), 4, "{log}");
+    assert!(events[0].ends_with("started") && events[1].ends_with("started"), "{events:?}");
+    // The checkpoint itself was not changed by the runs (-snapshot).
+    let again = s.apply();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+    assert_no_qemu_left(&name);
+}
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_tcg_plugin_receives_its_arguments() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  plugin:
+    kind: command
+    run: [sh, -c, 'exec cc -shared -fPIC -O2 -o "$QFLOW_OUT/libinsn.so" "$1"', sh, {FIXTURES}/boot/insn-plugin.c]
+    inputs: [{FIXTURES}/boot/insn-plugin.c]
+    outputs: [libinsn.so]
+  experiment:
+    kind: boot
+    system: system
+    kernel: kernel
+    memory: 128M
+    plugins: [{{ path: "${{{{ steps.plugin }}}}/libinsn.so", args: [inline=on, "42"] }}]
+    commands: [uname -r]
+    extra_args: [-name, {name}]
+"#
+    )));
+    s.apply();
+    let qemu_log = s.read("out/experiment/qemu.log");
+    // QEMU 7.2 deprecates the seed's `arg=` form: `key=value` arrives as written, a
+    // bare value as `value=on`.
+    assert!(qemu_log.contains("insn-plugin: argc=2 argv[0]=inline=on argv[1]=42=on"), "{qemu_log}");
+    let count: u64 = qemu_log
+        .lines()
+        .find_map(|l| l.strip_prefix("insn-plugin: instructions="))
+        .unwrap_or_else(|| panic!("no instruction count in:\n{qemu_log}"))
+        .parse()
+        .unwrap();
+    assert!(count > 1_000_000, "a boot runs millions of instructions, got {count}");
+    assert_no_qemu_left(&name);
+}
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_serial_login_never_shows_the_password() {
+    let (s, name) = space();
+    let password = format!("pw-{name}");
+    s.write("secrets/root-password", format!("{password}\n"));
+    s.workflow(&workflow(&format!(
+        r#"  system_login:
+    kind: command
+    run: [sh, {FIXTURES}/boot/make-rootfs.sh, system, secrets/root-password]
+    inputs: [{FIXTURES}/boot/make-rootfs.sh, secrets/root-password]
+    outputs: [image.raw]
+  experiment:
+    kind: boot
+    system: system_login
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    login: {{ user: root, password: {{ file: secrets/root-password }} }}
+    commands: [id -u, echo typed-after-login]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let run = s.apply();
+    let records = commands_json(&s, "out/experiment/commands.json");
+    assert_eq!(records[0]["output"], "0\n");
+    let console = s.read("out/experiment/console.log");
+    assert!(console.contains("login:"), "{console}");
+    assert!(console.contains("qflow> ********"), "{console}");
+    let mut leaks = Vec::new();
+    let mut places = vec![s.join("out"), s.join("qflow.lock"), shared_cache().join("logs")];
+    places.retain(|p| p.exists());
+    for place in places {
+        let out = std::process::Command::new("grep").args(["-rlF", &password]).arg(&place).output().unwrap();
+        leaks.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+    }
+    assert!(leaks.is_empty(), "the password leaked into {leaks:?}");
+    assert!(!run.stderr.contains(&password));
+    assert_no_qemu_left(&name);
+}
+
+/// The newest log of step `step` in the shared cache.
+fn newest_step_log(step: &str) -> String {
+    let logs = shared_cache().join("logs");
+    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for run in std::fs::read_dir(&logs).unwrap().flatten() {
+        let p = run.path().join(format!("{step}.log"));
+        if let Ok(meta) = std::fs::metadata(&p) {
+            let t = meta.modified().unwrap();
+            if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
+                newest = Some((t, p));
+            }
+        }
+    }
+    std::fs::read_to_string(newest.expect("no step log").1).unwrap()
+}
