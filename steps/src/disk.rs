@@ -322,9 +322,7 @@ impl Disk {
     }
 
     fn contents_path(&self, ctx: &RunContext) -> Option<String> {
-        self.contents
-            .as_deref()
-            .map(|c| ctx.resolve(c).to_string_lossy().into_owned())
+        self.contents.as_deref().map(|c| clean(&ctx.resolve(c)))
     }
 
     fn run_mkfs(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
@@ -451,6 +449,14 @@ impl Disk {
             }
         }
     }
+}
+
+/// A path with its `.` components dropped, as text for argv.
+fn clean(path: &Path) -> String {
+    path.components()
+        .collect::<PathBuf>()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn nbd_connect_argv(dev: &str, image: &str) -> Vec<String> {
@@ -800,10 +806,7 @@ impl Step for Disk {
     }
 
     fn plan(&self, ctx: &CheckContext) -> Vec<String> {
-        let contents = self
-            .contents
-            .as_deref()
-            .map(|c| ctx.resolve(c).to_string_lossy().into_owned());
+        let contents = self.contents.as_deref().map(|c| clean(&ctx.resolve(c)));
         let mut lines: Vec<String> = self
             .commands(contents.as_deref(), "<state>/mnt")
             .iter()
