@@ -224,7 +224,13 @@ impl Source {
     /// How `qflow plan` names the source directory.
     pub fn plan_dir(&self, ctx: &CheckContext) -> String {
         match self {
-            Source::Tree(path) => ctx.resolve(path).display().to_string(),
+            Source::Tree(path) => ctx
+                .resolve(path)
+                .components()
+                .filter(|c| *c != Component::CurDir)
+                .collect::<PathBuf>()
+                .display()
+                .to_string(),
             _ => "$QFLOW_STATE/sources/<tarball>".to_string(),
         }
     }
