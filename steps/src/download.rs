@@ -393,7 +393,8 @@ impl Download {
     }
 }
 
-/// Map a ureq error to a transient or fatal failure with a plain message.
+/// Map a ureq error (of the request itself, before any body byte) to a
+/// transient or fatal failure with a plain message.
 fn classify(e: ureq::Error, url: &str) -> Failure {
     match e {
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => {
@@ -407,15 +408,14 @@ fn classify(e: ureq::Error, url: &str) -> Failure {
         ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::TooManyRedirects => {
             Failure::Fatal(anyhow!("cannot fetch {url}: {e}"))
         }
+        // rustls reports handshake failures (a bad certificate, a server that
+        // does not speak TLS) as `InvalidData` I/O errors; retrying cannot help.
         ureq::Error::Io(io)
-            if io.get_ref().is_some_and(|inner| {
-                inner
-                    .to_string()
-                    .to_ascii_lowercase()
-                    .contains("certificate")
-            }) =>
+            if url.starts_with("https://") && io.kind() == std::io::ErrorKind::InvalidData =>
         {
-            Failure::Fatal(anyhow!("TLS failed talking to {url}: {io}"))
+            Failure::Fatal(anyhow!(
+                "TLS failed talking to {url}: {io}; check that the server speaks https, its certificate and the system clock"
+            ))
         }
         other => Failure::Transient(anyhow!("cannot fetch {url}: {other}")),
     }
