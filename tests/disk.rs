@@ -183,6 +183,17 @@ fn a_loop_disk_holds_every_file_with_its_content_and_owner() {
 /// `calls` (version queries excepted). `modprobe` creates the `nbdN` nodes the
 /// real module would; `cp` fails when `fail_copy` is set.
 fn nbd_standins(s: &Space, fail_copy: bool) -> (String, PathBuf) {
+    nbd_standins_with_cp(
+        s,
+        if fail_copy {
+            "echo 'cp: error writing: No space left on device' >&2; exit 1\n"
+        } else {
+            ""
+        },
+    )
+}
+
+fn nbd_standins_with_cp(s: &Space, cp: &str) -> (String, PathBuf) {
     let bin = s.join("standins");
     let dev = s.join("fake-dev");
     std::fs::create_dir_all(&bin).unwrap();
@@ -195,11 +206,6 @@ fn nbd_standins(s: &Space, fail_copy: bool) -> (String, PathBuf) {
     );
     let connect = "case \"$1\" in --connect=*) d=\"${1#--connect=}\"; [ -e \"$d\" ] || { echo \"qemu-nbd: Failed to open $d: No such file or directory\" >&2; exit 1; };; esac\n";
     let modprobe = format!("for i in 0 1 2 3; do : > '{}/nbd'$i; done\n", dev.display());
-    let cp = if fail_copy {
-        "echo 'cp: error writing: No space left on device' >&2; exit 1\n"
-    } else {
-        ""
-    };
     for (name, body) in [
         ("qemu-nbd", connect.to_string()),
         ("modprobe", modprobe),
@@ -306,6 +312,44 @@ fn a_failed_copy_over_nbd_unmounts_disconnects_and_keeps_nothing() {
     assert!(
         !lock.contains("\"data\""),
         "a failed disk was recorded: {lock}"
+    );
+}
+
+#[test]
+fn ctrl_c_during_the_copy_over_nbd_still_unmounts_and_disconnects() {
+    let s = Space::new();
+    write_workload(&s);
+    s.workflow(&disk_workflow("nbd"));
+    let (path, dev) = nbd_standins_with_cp(&s, "sleep 30\n");
+    let mut child = s
+        .command(&["apply"])
+        .env("PATH", &path)
+        .env("QFLOW_NBD_DEVICE_DIR", &dev)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !s.read("calls").contains("cp -a") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never started: {}",
+            s.read("calls")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let calls = recorded(&s);
+    let n = calls.len();
+    assert!(calls[n - 3].starts_with("cp -a"), "{calls:?}");
+    assert_eq!(
+        calls[n - 2..],
+        [
+            "umount /fake-dev/nbd0",
+            "qemu-nbd --disconnect /fake-dev/nbd0"
+        ]
     );
 }
 
