@@ -179,6 +179,53 @@ fn a_loop_disk_holds_every_file_with_its_content_and_owner() {
     );
 }
 
+#[test]
+fn an_xfs_loop_disk_holds_every_file_with_its_owner() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        eprintln!("skipped: an xfs disk via loop needs root and xfsprogs");
+        return;
+    }
+    let s = Space::new();
+    write_workload(&s);
+    s.workflow(&disk_workflow("loop").replace("size: 64M", "size: 320M\n    fs: xfs"));
+    assert_eq!(s.apply().ran(), ["data"]);
+    let raw = raw_disk(&s, &s.join(".qflow"), "data");
+    let mnt = s.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&raw)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let check = || -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        for (rel, content) in [
+            (
+                "run.sh",
+                b"#!/bin/sh\necho running the benchmark\n".to_vec(),
+            ),
+            ("inputs/small input.txt", b"42\n".to_vec()),
+            ("inputs/deep/data.bin", blob()),
+        ] {
+            let p = mnt.join(rel);
+            let meta = std::fs::metadata(&p).map_err(|e| format!("{rel}: {e}"))?;
+            if (meta.uid(), meta.gid()) != (1000, 1000) {
+                return Err(format!("{rel} is owned by {}:{}", meta.uid(), meta.gid()));
+            }
+            if std::fs::read(&p).map_err(|e| e.to_string())? != content {
+                return Err(format!("{rel} has other content"));
+            }
+        }
+        Ok(())
+    };
+    let result = check();
+    let _ = Command::new("umount").arg(&mnt).status();
+    result.unwrap();
+}
+
 /// Stand-ins for the programs of the nbd recipe, recording their argv into
 /// `calls` (version queries excepted). `modprobe` creates the `nbdN` nodes the
 /// real module would; `cp` fails when `fail_copy` is set.

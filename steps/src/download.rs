@@ -273,6 +273,8 @@ impl Download {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A stalled transfer fails the attempt, which then resumes with Range.
+            .timeout_per_read(Some(Duration::from_secs(30)))
             .user_agent(concat!("qflow/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent()
