@@ -379,6 +379,10 @@ impl Step for Customize {
 
         let mut cmd = ctx.command("virt-customize");
         set_libguestfs_env(&mut cmd);
+        // An `env:` secret stays out of the environment of the programs that do not need it.
+        if let Some(Secret::Env(name)) = &self.root_password {
+            cmd.env_remove(name);
+        }
         cmd.args(["--format", "qcow2", "-a"]).arg(&out);
         if ctx.jobs() > 1 {
             cmd.args(["--smp", &ctx.jobs().to_string()]);
@@ -446,7 +450,10 @@ fn explain_libguestfs_failure(err: anyhow::Error) -> anyhow::Error {
              `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`",
         )
     } else if lower.contains("launch") || lower.contains("appliance") || lower.contains("qemu") {
-        Some("libguestfs's appliance did not start: run `libguestfs-test-tool` to see why")
+        Some(
+            "libguestfs's appliance did not start: check the `LIBGUESTFS_*` variables and run \
+             `libguestfs-test-tool` to see why",
+        )
     } else {
         None
     };

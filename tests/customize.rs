@@ -1,0 +1,351 @@
+//! A user customizes a Debian base image the way the seed does by hand (root
+//! password, packages, no unattended upgrades, files, guest commands) and reads the
+//! result back out of the image. The base image comes from the `debootstrap` kind,
+//! built once per test run in the shared cache.
+
+mod common;
+#[path = "fixtures/customize/guest.rs"]
+mod guest;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Space, shared_cache};
+use guest::{GuestDisk, crypt_verifies, dpkg_installed, sha256};
+
+const BASE_STEP: &str = include_str!("fixtures/customize/base-step.yaml");
+
+fn fixture(rel: &str) -> String {
+    format!(
+        "{}/tests/fixtures/customize/{rel}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn base_only() -> String {
+    format!("version: 1\nname: customize-test\nsteps:\n{BASE_STEP}")
+}
+
+/// The issue's example, every field used, plus a step that depends on the result.
+fn full_workflow(install: &str) -> String {
+    format!(
+        r#"{base}
+  sys:
+    kind: customize
+    image: base
+    root_password: {{ file: secrets/root-password }}
+    install: [{install}]
+    uninstall: [less]
+    purge_unattended_upgrades: true
+    copy_in: [{{ from: {bench}, to: /opt }}]
+    write: [{{ path: /etc/motd, content: "sim image: built by qflow\n" }}, {{ path: /etc/qflow/new.conf, content: "a: b\nc\n" }}]
+    commands: ["echo built-by-qflow > /root/marker"]
+  listing:
+    kind: command
+    run: [sh, -c, 'ls ${{{{ steps.sys }}}} > "$QFLOW_OUT/ls.txt"']
+    outputs: [ls.txt]
+"#,
+        base = base_only(),
+        bench = fixture("bench"),
+    )
+}
+
+/// Watches every process's argv while a run goes on.
+struct ArgvWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<String>, usize)>,
+}
+
+impl ArgvWatch {
+    /// Start scanning `/proc/*/cmdline` for `needle`.
+    fn start(needle: &str) -> ArgvWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let needle = needle.as_bytes().to_vec();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut hits = Vec::new();
+            let mut customize_seen = 0;
+            while !flag.load(Ordering::SeqCst) {
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                        continue;
+                    };
+                    if cmdline
+                        .windows(needle.len())
+                        .any(|w| w == needle.as_slice())
+                    {
+                        hits.push(format!("pid {}", entry.file_name().to_string_lossy()));
+                    }
+                    if cmdline.starts_with(b"virt-customize\0") {
+                        customize_seen += 1;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (hits, customize_seen)
+        });
+        ArgvWatch { stop, thread }
+    }
+
+    /// Stop; the processes whose argv held the needle, and how often virt-customize was seen.
+    fn finish(self) -> (Vec<String>, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Files under `dirs` that contain `needle` (grep, the needle passed in a file).
+fn files_containing(needle: &str, dirs: &[&Path]) -> Vec<String> {
+    let pattern = std::env::temp_dir().join(format!("qflow-needle-{}", std::process::id()));
+    std::fs::write(&pattern, needle).unwrap();
+    let out = std::process::Command::new("grep")
+        .args(["-rlaF", "-f"])
+        .arg(&pattern)
+        .args(dirs)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&pattern);
+    assert!(
+        out.status.code() != Some(2),
+        "grep failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn image_of(s: &Space, step: &str) -> PathBuf {
+    std::fs::canonicalize(s.join(&format!("out/{step}/image.qcow2"))).unwrap()
+}
+
+#[test]
+#[ignore = "slow: builds a Debian base image with debootstrap and runs virt-customize twice (about 4 minutes)"]
+fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
+    let cache = shared_cache();
+    let s = Space::new().with_cache(&cache);
+    // A password with the characters most likely to be mangled on the way.
+    let password = format!(
+        "qflow pw:{}!'\"$x",
+        std::process::id() as u128 * 1_000_003 + nanos() % 1_000_000
+    );
+    s.write("secrets/root-password", format!("{password}\n"));
+
+    s.workflow(&base_only());
+    s.apply();
+    let base_image = image_of(&s, "base");
+    let base_sum = sha256(&base_image);
+
+    s.workflow(&full_workflow("numactl"));
+    let watch = ArgvWatch::start(&password);
+    let started = std::time::Instant::now();
+    let run = s.apply();
+    let wall = started.elapsed();
+    let (argv_hits, customize_seen) = watch.finish();
+    eprintln!("customize + listing wall time: {:.1} s", wall.as_secs_f64());
+    assert_eq!(run.ran_sorted(), ["listing", "sys"], "{}", run.stderr);
+    assert!(
+        customize_seen > 0,
+        "the argv scan never saw virt-customize run"
+    );
+    assert!(
+        argv_hits.is_empty(),
+        "the password appeared in the argv of {argv_hits:?}"
+    );
+
+    let disk = GuestDisk::open(&image_of(&s, "sys"), &s.join("scratch"));
+    let shadow = disk.cat("/etc/shadow").expect("/etc/shadow");
+    let root_hash = shadow
+        .lines()
+        .find_map(|l| l.strip_prefix("root:"))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        crypt_verifies(root_hash, &password),
+        "root's hash {root_hash} does not verify the password"
+    );
+    assert!(!crypt_verifies(root_hash, "not the password"));
+
+    let status = disk.cat("/var/lib/dpkg/status").unwrap();
+    assert!(
+        dpkg_installed(&status, "numactl"),
+        "numactl is not installed"
+    );
+    assert!(!dpkg_installed(&status, "less"), "less is still installed");
+    assert!(
+        !status.contains("Package: unattended-upgrades\n"),
+        "unattended-upgrades was not purged"
+    );
+    for file in [
+        "/etc/apt/apt.conf.d/10periodic",
+        "/etc/apt/apt.conf.d/20auto-upgrades",
+    ] {
+        let text = disk.cat(file).unwrap_or_else(|| panic!("{file} missing"));
+        assert!(
+            text.contains("APT::Periodic::Update-Package-Lists \"0\";"),
+            "{file}: {text}"
+        );
+        assert!(
+            text.contains("APT::Periodic::Unattended-Upgrade \"0\";"),
+            "{file}: {text}"
+        );
+    }
+    assert_eq!(
+        disk.cat("/opt/bench/run.sh").unwrap(),
+        "#!/bin/sh\necho \"benchmark ran\"\n"
+    );
+    assert_eq!(
+        disk.cat("/opt/bench/data.txt").unwrap(),
+        "input data: 1 2 3\n"
+    );
+    assert_eq!(
+        disk.cat("/etc/motd").unwrap(),
+        "sim image: built by qflow\n"
+    );
+    assert_eq!(disk.cat("/etc/qflow/new.conf").unwrap(), "a: b\nc\n");
+    assert_eq!(disk.cat("/root/marker").unwrap(), "built-by-qflow\n");
+    drop(disk);
+
+    // The upstream image is untouched, and the result is an overlay on it by a relative path.
+    assert_eq!(sha256(&base_image), base_sum, "the base image changed");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(image_of(&s, "sys"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let backing = info["backing-filename"].as_str().unwrap();
+    assert!(
+        backing.starts_with("../") && backing.ends_with("/image.qcow2"),
+        "backing file {backing}"
+    );
+
+    // The password is nowhere on disk: not in the lock, a log, the cache, /dev/shm.
+    let leaks = files_containing(
+        &password,
+        &[&cache, &s.join("qflow.lock"), Path::new("/dev/shm")],
+    );
+    assert!(leaks.is_empty(), "the password is in {leaks:?}");
+    let lock = s.read("qflow.lock");
+    assert!(lock.contains("\"sys\""), "{lock}");
+
+    // Apply again: nothing runs.
+    let again = s.apply();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+
+    // Change the package list: only the customization and what depends on it run.
+    s.workflow(&full_workflow("numactl, bc"));
+    let changed = s.apply();
+    assert_eq!(
+        changed.ran_sorted(),
+        ["listing", "sys"],
+        "{}",
+        changed.stderr
+    );
+    assert_eq!(changed.cached(), ["base"]);
+    let disk = GuestDisk::open(&image_of(&s, "sys"), &s.join("scratch"));
+    let status = disk.cat("/var/lib/dpkg/status").unwrap();
+    assert!(dpkg_installed(&status, "bc") && dpkg_installed(&status, "numactl"));
+    assert_eq!(sha256(&base_image), base_sum, "the base image changed");
+    drop(disk);
+
+    // A new password changes the key (through its hash): the plan runs the step again,
+    // and shows no password.
+    let new_password = format!("{password}-2");
+    s.write("secrets/root-password", format!("{new_password}\n"));
+    let plan = s.qflow(&["plan", "--json"]).success();
+    let steps: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let action = |name: &str| {
+        steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["action"].as_str().unwrap().to_string())
+    };
+    assert_eq!(action("sys").as_deref(), Some("run"), "{}", plan.stdout);
+    assert_eq!(action("base").as_deref(), Some("cached"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains(&new_password) && !plan.stderr.contains(&new_password));
+}
+
+#[test]
+#[ignore = "slow: needs the shared Debian base image (built by debootstrap in about a minute)"]
+fn an_appliance_that_cannot_start_is_explained_and_leaves_no_output() {
+    let s = Space::new().with_cache(&shared_cache());
+    s.workflow(&format!(
+        "{}\n  sys:\n    kind: customize\n    image: base\n    commands: ['true']\n    env: {{ LIBGUESTFS_HV: /nonexistent/qemu-system-x86_64 }}\n",
+        base_only()
+    ));
+    let run = s.qflow(&["apply"]).failure(1);
+    assert_eq!(run.failed(), ["sys"], "{}", run.stderr);
+    assert!(
+        run.stderr_contains("/nonexistent/qemu-system-x86_64: No such file"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr_contains("LIBGUESTFS_"),
+        "no hint in: {}",
+        run.stderr
+    );
+    assert!(!s.join("out/sys").exists());
+}
+
+#[test]
+fn a_shell_command_in_the_package_list_is_refused_before_anything_runs() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  base:\n    kind: command\n    run: ['false']\n  sys:\n    kind: customize\n    image: base\n    install: [numactl, 'foo; rm -rf /']\n",
+    );
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr_contains("install[1]"), "{}", run.stderr);
+    assert!(run.stderr_contains("workflow.yaml:9"), "{}", run.stderr);
+    assert!(
+        run.ran().is_empty() && run.failed().is_empty(),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_password_written_inline_is_refused_without_being_echoed() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  base:\n    kind: command\n    run: ['false']\n  sys:\n    kind: customize\n    image: base\n    root_password: Tr0ub4dor-3-horse\n",
+    );
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr_contains("root_password"), "{}", run.stderr);
+    assert!(run.stderr_contains("{ file: PATH }"), "{}", run.stderr);
+    let message: Vec<&str> = run.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert!(
+        !message.iter().any(|l| l.contains("Tr0ub4dor")),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_password_file_that_is_missing_is_named_before_anything_runs() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  base:\n    kind: command\n    run: ['false']\n  sys:\n    kind: customize\n    image: base\n    root_password: { file: secrets/none }\n",
+    );
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr_contains("secrets/none"), "{}", run.stderr);
+    assert!(
+        run.ran().is_empty() && run.failed().is_empty(),
+        "{}",
+        run.stderr
+    );
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}

@@ -1,0 +1,152 @@
+//! A user without a cloud image builds a bootable Debian base image from a package
+//! mirror with the `debootstrap` kind, then reads it back without booting it.
+
+mod common;
+#[path = "fixtures/customize/guest.rs"]
+mod guest;
+
+use common::{Space, shared_cache};
+use guest::GuestDisk;
+
+const BASE_STEP: &str = include_str!("fixtures/customize/base-step.yaml");
+const KERNEL_BASE_STEP: &str = include_str!("fixtures/customize/kernel-base-step.yaml");
+
+fn workflow(step: &str) -> String {
+    format!("version: 1\nname: debootstrap-test\nsteps:\n{step}")
+}
+
+#[test]
+#[ignore = "slow: runs debootstrap against the Debian mirror (about a minute, once per test run)"]
+fn a_base_image_is_one_ext4_partition_at_1mib_configured_for_qemu() {
+    let s = Space::new().with_cache(&shared_cache());
+    s.workflow(&workflow(BASE_STEP));
+    s.apply();
+    let image = std::fs::canonicalize(s.join("out/base/image.qcow2")).unwrap();
+
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 1u64 << 30);
+
+    let disk = GuestDisk::open(&image, &s.join("scratch"));
+    let table = std::process::Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk.raw())
+        .output()
+        .unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&table.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 1, "{table}");
+    assert_eq!(parts[0]["start"], 2048);
+    assert_eq!(parts[0]["type"], "83");
+
+    // fstab names the file system that is really there.
+    let superblock = disk.superblock();
+    let uuid = superblock
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem UUID:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let fstab = disk.cat("/etc/fstab").unwrap();
+    assert!(
+        fstab.contains(&format!("UUID={uuid} / ext4")),
+        "{fstab}\n{superblock}"
+    );
+    assert_eq!(disk.cat("/etc/hostname").unwrap(), "qflow\n");
+    assert_eq!(
+        disk.cat("/etc/resolv.conf").unwrap(),
+        "nameserver 10.0.2.3\n"
+    );
+    assert!(
+        disk.cat("/etc/apt/sources.list")
+            .unwrap()
+            .contains(" bookworm main")
+    );
+    assert!(
+        disk.cat("/usr/bin/less").is_some(),
+        "an `include` package is missing"
+    );
+    // The file system's own timestamps are fixed (E2FSPROGS_FAKE_TIME).
+    assert!(
+        superblock.contains("Filesystem created:       Mon Jan  1 00:00:00 2024"),
+        "{superblock}"
+    );
+
+    // The lock records what was installed, in which version, from which mirror.
+    let lock: serde_json::Value = serde_json::from_str(&s.read("qflow.lock")).unwrap();
+    let notes = &lock["steps"]["base"]["notes"];
+    let packages = notes["packages"].as_str().unwrap();
+    assert!(
+        packages.lines().any(|l| l.starts_with("less=")),
+        "{packages}"
+    );
+    assert!(
+        packages
+            .lines()
+            .any(|l| l.starts_with("unattended-upgrades=")),
+        "{packages}"
+    );
+    assert!(
+        notes["mirror"].as_str().unwrap().starts_with("http"),
+        "{notes}"
+    );
+
+    let again = s.apply();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+}
+
+#[test]
+#[ignore = "slow: runs debootstrap with Debian's kernel and initramfs (about 3 minutes)"]
+fn kernel_true_exports_debians_kernel_and_initrd() {
+    let s = Space::new().with_cache(&shared_cache());
+    s.workflow(&workflow(KERNEL_BASE_STEP));
+    s.apply();
+    let vmlinuz = std::fs::read(s.join("out/kbase/vmlinuz")).unwrap();
+    // A bzImage carries the "HdrS" boot protocol magic at 0x202.
+    assert_eq!(&vmlinuz[0x202..0x206], b"HdrS");
+    let initrd = std::fs::metadata(s.join("out/kbase/initrd.img")).unwrap();
+    assert!(initrd.len() > 1 << 20, "initrd of {} bytes", initrd.len());
+    let disk = GuestDisk::open(&s.join("out/kbase/image.qcow2"), &s.join("scratch"));
+    assert!(
+        disk.stat("/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service")
+            .is_some()
+    );
+    assert!(
+        disk.stat("/lib/systemd/systemd-udevd").is_some(),
+        "udev is missing"
+    );
+}
+
+#[test]
+fn a_misspelt_variant_is_refused_naming_the_field() {
+    let s = Space::new();
+    s.workflow(&workflow(
+        "  base:\n    kind: debootstrap\n    suite: bookworm\n    variant: minbse\n",
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(run.stderr_contains("workflow.yaml:7"), "{}", run.stderr);
+    assert!(
+        run.stderr_contains("minbase, buildd, fakechroot"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_mirror_that_is_no_url_is_refused() {
+    let s = Space::new();
+    s.workflow(&workflow(
+        "  base:\n    kind: debootstrap\n    suite: bookworm\n    mirror: deb.debian.org/debian\n",
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(
+        run.stderr_contains("steps.base.mirror") && run.stderr_contains("http://"),
+        "{}",
+        run.stderr
+    );
+}
