@@ -180,6 +180,36 @@ fn a_loop_disk_holds_every_file_with_its_content_and_owner() {
 }
 
 #[test]
+fn a_loop_copy_that_does_not_fit_unmounts_and_keeps_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: `via: loop` needs root");
+        return;
+    }
+    let s = Space::new();
+    s.write("workload/big.bin", vec![7u8; 24 << 20]);
+    s.workflow(&disk_workflow("loop").replace("size: 64M", "size: 16M"));
+    let run = s.qflow(&["apply"]).failure(1);
+    assert_eq!(run.failed(), ["data"]);
+    assert!(
+        run.stderr_contains("No space left on device"),
+        "{}",
+        run.stderr
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(s.path().to_str().unwrap()),
+        "a mount was left behind:\n{mounts}"
+    );
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(s.path().to_str().unwrap()),
+        "a loop device was left attached"
+    );
+    assert!(!s.join("qflow.lock").exists() || !s.read("qflow.lock").contains("\"data\""));
+}
+
+#[test]
 fn an_xfs_loop_disk_holds_every_file_with_its_owner() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || Command::new("mkfs.xfs").arg("-V").output().is_err() {

@@ -368,18 +368,18 @@ impl Disk {
         let mut mounted = false;
         let mut result = Ok(());
         for argv in &cmds {
-            if argv[0] == "umount" {
-                mounted = false;
-            }
             result = run_argv(ctx, argv, &out_dir, &[]);
             if result.is_err() {
                 break;
             }
-            if argv[0] == "mount" {
-                mounted = true;
+            match argv[0].as_str() {
+                "mount" => mounted = true,
+                "umount" => mounted = false,
+                _ => {}
             }
         }
-        if mounted {
+        // A Ctrl-C can land after the kernel mounted but before `mount` returned.
+        if mounted || (result.is_err() && is_mount_point(&mnt)) {
             cleanup(ctx, &["umount".into(), mnt_s.clone()]);
         }
         let _ = std::fs::remove_file(out_dir.join(RAW));
@@ -434,8 +434,9 @@ impl Disk {
                 run_argv(ctx, &Self::copy_argv(c, &mnt), &out_dir, &[])?;
             }
             run_argv(ctx, &self.chown_argv(&mnt), &out_dir, &[])?;
+            run_argv(ctx, &[s("umount"), dev.clone()], &out_dir, &[])?;
             mounted = false;
-            run_argv(ctx, &[s("umount"), dev.clone()], &out_dir, &[])
+            Ok(())
         })();
         if mounted {
             cleanup(ctx, &[s("umount"), dev.clone()]);
@@ -655,6 +656,21 @@ impl NbdDevices {
                 "every /dev/nbdN is connected; disconnect one (`qemu-nbd --disconnect /dev/nbdN`)",
             )
     }
+}
+
+/// Whether `dir` is a mount point now (`/proc/self/mounts`).
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    // Spaces in mount points are written as `\040`.
+    let wanted = dir.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(wanted.as_str()))
 }
 
 fn is_root() -> bool {
