@@ -335,7 +335,9 @@ impl Disk {
                 run_argv(ctx, &self.mkfs_argv(RAW), &out_dir, &[])?;
             } else {
                 let fake_time = FIXED_TIME.to_string();
-                let env = [("E2FSPROGS_FAKE_TIME", fake_time.as_str())];
+                // mke2fs -d adds each directory's entries in `alphasort` order, which
+                // follows LC_COLLATE: pin it so every host lays out the same inodes.
+                let env = [("E2FSPROGS_FAKE_TIME", fake_time.as_str()), ("LC_ALL", "C")];
                 run_argv(
                     ctx,
                     &self.mke2fs_argv(contents.as_deref(), RAW),
@@ -831,7 +833,7 @@ impl Step for Disk {
         if self.via == Via::Mkfs && self.fs.is_ext() {
             lines.insert(
                 0,
-                format!("# E2FSPROGS_FAKE_TIME={FIXED_TIME} for mke2fs and debugfs"),
+                format!("# E2FSPROGS_FAKE_TIME={FIXED_TIME} LC_ALL=C for mke2fs and debugfs"),
             );
         }
         if self.via == Via::Nbd {
