@@ -23,8 +23,6 @@
 //! [`Image::commands`] turns the fields into argv lists; `plan()` and `run()`
 //! both use it, so `qflow plan` shows exactly what runs.
 
-use std::path::{Component, Path, PathBuf};
-
 use anyhow::{Context as _, bail};
 use qflow_engine::context::quote_arg;
 use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, StepRef, Tool};
@@ -273,27 +271,6 @@ fn check_no_shrink(want: Size, have: u64) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `target` as a path relative to directory `dir` (both must exist).
-pub fn relative_path(dir: &Path, target: &Path) -> anyhow::Result<PathBuf> {
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    let target = target
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", target.display()))?;
-    let d: Vec<Component> = dir.components().collect();
-    let t: Vec<Component> = target.components().collect();
-    let common = d.iter().zip(&t).take_while(|(a, b)| a == b).count();
-    let mut rel = PathBuf::new();
-    for _ in common..d.len() {
-        rel.push("..");
-    }
-    for c in &t[common..] {
-        rel.push(c.as_os_str());
-    }
-    Ok(rel)
-}
-
 impl StepFields for Image {
     const KIND: &'static str = "image";
     const SCHEMA_VERSION: u32 = 1;
@@ -417,7 +394,7 @@ impl Step for Image {
                         "upstream image is {f}; the overlay records `-F {f}`"
                     ));
                 }
-                let backing = relative_path(ctx.out_dir(), &path)?;
+                let backing = image_file::backing_reference(ctx.out_dir(), &path)?;
                 Some(Upstream {
                     path: path.to_string_lossy().into_owned(),
                     backing: backing.to_string_lossy().into_owned(),
@@ -459,6 +436,7 @@ impl Step for Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
     use std::process::Command as Proc;
 
     fn parse(yaml: &str) -> Image {
