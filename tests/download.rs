@@ -29,6 +29,13 @@ enum Behaviour {
     },
     /// Serve every file with its bytes changed.
     WrongBytes,
+    /// Answer `status` with no body, for the next `times` requests.
+    Status {
+        status: u16,
+        times: usize,
+    },
+    /// Send the body in 64 KiB pieces, 50 ms apart.
+    Slow,
 }
 
 /// One request the server received: its path and `Range` header.
@@ -113,18 +120,28 @@ fn handle(mut stream: TcpStream, state: &Mutex<ServerState>) {
             range: range.clone(),
         });
         let behaviour = s.behaviour.unwrap_or(Behaviour::Serve);
-        if let Behaviour::Drop { cut, times } = behaviour {
-            s.behaviour = Some(if times > 1 {
-                Behaviour::Drop {
-                    cut,
-                    times: times - 1,
-                }
-            } else {
-                Behaviour::Serve
-            });
-        }
+        // Drop and Status apply to a number of responses, then the server serves.
+        s.behaviour = Some(match behaviour {
+            Behaviour::Drop { cut, times } if times > 1 => Behaviour::Drop {
+                cut,
+                times: times - 1,
+            },
+            Behaviour::Status { status, times } if times > 1 => Behaviour::Status {
+                status,
+                times: times - 1,
+            },
+            Behaviour::Drop { .. } | Behaviour::Status { .. } => Behaviour::Serve,
+            other => other,
+        });
         (s.files.get(&path).cloned(), behaviour)
     };
+    if let Behaviour::Status { status, .. } = behaviour {
+        let _ = stream.write_all(
+            format!("HTTP/1.1 {status} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        return;
+    }
     let Some(mut body) = file else {
         let _ = stream.write_all(
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
@@ -166,7 +183,16 @@ fn handle(mut stream: TcpStream, state: &Mutex<ServerState>) {
         Behaviour::Drop { cut, .. } => cut.min(body.len()),
         _ => body.len(),
     };
-    let _ = stream.write_all(&body[..send]);
+    if let Behaviour::Slow = behaviour {
+        for piece in body.chunks(64 << 10) {
+            if stream.write_all(piece).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    } else {
+        let _ = stream.write_all(&body[..send]);
+    }
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
@@ -340,6 +366,78 @@ fn an_interrupted_download_resumes_on_the_next_apply() {
         reqs[5].range.as_deref(),
         Some(format!("bytes={}-", 5 * (256 << 10)).as_str())
     );
+    assert!(std::fs::read(downloaded(&s)).unwrap() == image);
+}
+
+#[test]
+fn a_server_error_is_retried_with_backoff() {
+    let server = Server::start();
+    let image = qcow2_image();
+    server.serve("/img", image.clone());
+    server.set(Behaviour::Status {
+        status: 503,
+        times: 2,
+    });
+    let s = Space::new();
+    s.workflow(&download_workflow(
+        &server.url("/img"),
+        &format!("sha256: {}", sha256_of(&image)),
+    ));
+    s.apply();
+    assert_eq!(server.requests().len(), 3);
+    assert!(std::fs::read(downloaded(&s)).unwrap() == image);
+}
+
+#[test]
+fn ctrl_c_keeps_the_partial_download_and_the_next_apply_resumes_it() {
+    let server = Server::start();
+    let image = qcow2_image();
+    server.serve("/img", image.clone());
+    server.set(Behaviour::Slow);
+    let s = Space::new();
+    s.workflow(&download_workflow(
+        &server.url("/img"),
+        &format!("sha256: {}", sha256_of(&image)),
+    ));
+    let mut child = s
+        .command(&["apply"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until part of the body has arrived in the step's state directory.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let partial = files_under(&s.join(".qflow/state"))
+            .into_iter()
+            .find(|p| p.file_name().unwrap() == "partial")
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap_or(0);
+        if partial >= 256 << 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+
+    server.set(Behaviour::Serve);
+    s.apply();
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    let resumed_at: usize = reqs[1]
+        .range
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(resumed_at >= 256 << 10, "resumed at {resumed_at}");
     assert!(std::fs::read(downloaded(&s)).unwrap() == image);
 }
 
