@@ -32,9 +32,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             keep_going,
             no_wait,
         } => {
+            qflow_engine::timings::mark("start");
             let wf = load(&workflow, &registry)?;
+            qflow_engine::timings::mark("load workflow");
             let mut session =
                 Session::open(&wf, &registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
+            qflow_engine::timings::mark("open session");
             let jobs = jobs.unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map(|n| n.get())

@@ -40,6 +40,11 @@ impl Cache {
         self.sharded("records", key, "")
     }
 
+    /// Whether a record for `key` exists (one stat; the record is not read).
+    pub fn has_record(&self, key: &Hash) -> bool {
+        self.record_path(key).is_file()
+    }
+
     pub(crate) fn retains_path(&self, output: &Hash) -> PathBuf {
         self.sharded("manifests", output, ".retains")
     }

@@ -49,18 +49,22 @@ impl fmt::Display for InvalidWorkflow {
 
 impl std::error::Error for InvalidWorkflow {}
 
-/// Collects diagnostics for one file.
+/// Collects diagnostics for one file. The file's source map (positions) is
+/// built only when the first problem is reported: a valid workflow never pays
+/// for a second parse.
 pub struct Diagnostics<'a> {
     file: &'a Path,
-    map: &'a SourceMap,
+    text: &'a str,
+    map: std::cell::OnceCell<SourceMap>,
     found: Vec<Diagnostic>,
 }
 
 impl<'a> Diagnostics<'a> {
-    pub fn new(file: &'a Path, map: &'a SourceMap) -> Self {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
         Diagnostics {
             file,
-            map,
+            text,
+            map: std::cell::OnceCell::new(),
             found: Vec::new(),
         }
     }
@@ -69,7 +73,10 @@ impl<'a> Diagnostics<'a> {
     pub fn at(&mut self, path: &str, message: impl Into<String>) {
         self.found.push(Diagnostic {
             file: self.file.to_path_buf(),
-            position: self.map.find(path),
+            position: self
+                .map
+                .get_or_init(|| SourceMap::parse(self.text))
+                .find(path),
             field: path.to_string(),
             message: message.into(),
         });

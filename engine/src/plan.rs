@@ -74,14 +74,14 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
             }
         };
         let key = material.key();
-        let record = if s.cache {
-            session.usable_record(&key)
-        } else {
-            None
+        let output = match session.cached_from_lock(i, &key) {
+            Some((output, _)) => Some(output),
+            None if s.cache => session.usable_record(&key).map(|r| r.output),
+            None => None,
         };
-        match record {
-            Some(rec) => {
-                outputs.insert(s.name.clone(), rec.output);
+        match output {
+            Some(output) => {
+                outputs.insert(s.name.clone(), output);
                 runs.insert(s.name.clone(), false);
                 planned.push(PlannedStep {
                     name: s.name.clone(),

@@ -135,7 +135,9 @@ pub fn apply(
     progress: Arc<Progress>,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    let waited = std::cell::Cell::new(false);
     let wait_msg = || {
+        waited.set(true);
         progress.event(&format!(
             "waiting for another qflow run that holds the cache at {} (pass --no-wait to fail instead)",
             session.cache.root().display()
@@ -146,9 +148,14 @@ pub fn apply(
     } else {
         LockWait::Wait(&wait_msg)
     })?;
-    // Re-read the lock file: the run we waited for may have rewritten it.
-    session.lock = crate::lockfile::LockFile::read(&session.lock_path);
+    if waited.get() {
+        // The run we waited for may have rewritten the lock file and the cache.
+        session.lock = crate::lockfile::LockFile::read(&session.lock_path);
+        session.reload_interrupted();
+    }
+    crate::timings::mark("lock cache");
     let prepared = session.prepare()?;
+    crate::timings::mark("digest inputs, identify tools");
     let workflow = session.workflow;
     let n = workflow.steps.len();
     let total_slots = options.jobs.max(1);
@@ -160,6 +167,9 @@ pub fn apply(
         .unwrap_or_else(|| workflow.dir.join("out"));
 
     preflight(session, &prepared)?;
+    std::fs::create_dir_all(&out_root)
+        .with_context(|| format!("cannot create {}", out_root.display()))?;
+    crate::timings::mark("preflight");
 
     let groups = ProcessGroups::new();
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -263,7 +273,22 @@ pub fn apply(
                         .material(&prepared, i, &up)
                         .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
                     let key = material.key();
-                    if s.cache
+                    if let Some((output, entry)) = session_ref.cached_from_lock(i, &key) {
+                        present(&out_root, &s.name, &cache.tree_path(&output))?;
+                        outputs.insert(s.name.clone(), output);
+                        new_lock.steps.insert(s.name.clone(), entry);
+                        progress.event(&format!("cached {}", s.name));
+                        reports[i] = Some(report(
+                            &s.name,
+                            StepOutcome::Cached,
+                            Some((&key, &output)),
+                            0,
+                            vec![],
+                            None,
+                        ));
+                        states[i] = State::Done;
+                        changed = true;
+                    } else if s.cache
                         && let Some(rec) = session_ref.usable_record(&key)
                     {
                         present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
@@ -432,6 +457,7 @@ pub fn apply(
         Ok(())
     })?;
     signal_handle.close();
+    crate::timings::mark("schedule");
     if interrupted {
         for (i, s) in workflow.steps.iter().enumerate() {
             if reports[i].is_none() {
@@ -460,7 +486,11 @@ pub fn apply(
         }
     }
     session.save_caches()?;
-    new_lock.write(&session.lock_path)?;
+    crate::timings::mark("save caches");
+    if new_lock != session.lock || !session.lock_path.exists() {
+        new_lock.write(&session.lock_path)?;
+    }
+    crate::timings::mark("write lock");
     let run = RunReport {
         id: id.clone(),
         workflow: workflow.path.display().to_string(),
@@ -473,6 +503,7 @@ pub fn apply(
         &session.cache.dir("runs").join(format!("{id}.json")),
         &serde_json::to_vec_pretty(&run)?,
     )?;
+    crate::timings::mark("write run record");
     progress.event(&format!(
         "{} ran, {} cached, {} failed, {} skipped in {:.2}s",
         run.count(StepOutcome::Ran),

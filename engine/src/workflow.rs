@@ -13,7 +13,7 @@ use serde_yaml::Value;
 
 use crate::diagnostic::{Diagnostics, did_you_mean};
 use crate::interpolate::{self, Expr};
-use crate::source_map::{Position, SourceMap};
+use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
 const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
@@ -232,8 +232,7 @@ impl Workflow {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let shown = display_path(&path);
-        let map = SourceMap::parse(&text);
-        let mut diags = Diagnostics::new(&shown, &map);
+        let mut diags = Diagnostics::new(&shown, &text);
 
         let doc: Value = match serde_yaml::from_str(&text) {
             Ok(v) => v,
@@ -257,6 +256,7 @@ impl Workflow {
                 return Err(diags.finish().unwrap_err().into());
             }
         };
+        crate::timings::mark("yaml parse");
         let Value::Mapping(top) = &doc else {
             diags.at_position(
                 None,
