@@ -411,6 +411,9 @@ impl Disk {
         )?;
         let out = out_dir.join(OUT).to_string_lossy().into_owned();
 
+        // `qemu-nbd --connect` daemonizes into its own session (daemon(3)), so the
+        // server outlives the process-group kill that follows every `ctx.run`;
+        // `qemu-nbd --disconnect` below (or in the cleanup) ends it.
         let mut dev = devices.first_free()?;
         if let Err(e) = run_argv(ctx, &nbd_connect_argv(&dev, &out), &out_dir, &[]) {
             if !format!("{e:#}").contains("Failed to open") {
@@ -1025,6 +1028,20 @@ mod tests {
             "only the image is left in the output"
         );
         assert_workload_on(&s.raw_of("a"), 1000, 1001);
+    }
+
+    #[test]
+    fn an_ext2_mkfs_disk_holds_every_file_with_its_owner_and_content() {
+        let s = Scratch::new("ext2");
+        workload(&s, "workload");
+        let disk = parse("size: 16M\nfs: ext2\ncontents: workload\nowner: 7:8");
+        let mut ctx = s.ctx("a", BTreeMap::new());
+        disk.run(&mut ctx).unwrap();
+        let raw = s.raw_of("a");
+        assert_workload_on(&raw, 7, 8);
+        let out = Proc::new("dumpe2fs").arg("-h").arg(&raw).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("has_journal"), "ext2 has no journal: {text}");
     }
 
     #[test]
