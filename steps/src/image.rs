@@ -58,8 +58,10 @@ pub struct Image {
     #[serde(default)]
     pub flatten: bool,
     /// qcow2 compatibility level: `"0.10"` (qcow2 v2, for old QEMUs that say
-    /// "QCOW version 3 ... not supported") or `"1.1"`. Quote it in YAML.
-    #[serde(default)]
+    /// "QCOW version 3 ... not supported") or `"1.1"`. An unquoted `0.10`, which
+    /// YAML reads as the number 0.1, is taken to mean `"0.10"`.
+    #[serde(default, deserialize_with = "compat_level")]
+    #[schemars(with = "Option<String>")]
     pub compat: Option<String>,
     /// Internal snapshots to delete (`qemu-img snapshot -d`). The remaining
     /// snapshots are listed in `qflow.lock`.
@@ -91,6 +93,22 @@ impl OutputFormat {
             OutputFormat::Raw => ImageFormat::Raw,
         }
     }
+}
+
+/// `compat:` as a string, or as the number YAML makes of an unquoted `0.10` / `1.1`.
+fn compat_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Level {
+        Text(String),
+        Number(f64),
+    }
+    Ok(match Option::<Level>::deserialize(d)? {
+        None => None,
+        Some(Level::Text(t)) => Some(t),
+        Some(Level::Number(n)) if n == 0.1 => Some("0.10".to_string()),
+        Some(Level::Number(n)) => Some(n.to_string()),
+    })
 }
 
 /// The compat levels qemu-img's qcow2 driver knows.
@@ -711,6 +729,12 @@ mod tests {
         );
         assert!(serde_yaml::from_str::<Image>("size: 1G\nfromm: a").is_err());
         check("from: a\nsize: 20G\ncompat: \"0.10\"\nsnapshots: { delete: [x] }").unwrap();
+        assert_eq!(
+            parse("from: a\ncompat: 0.10").compat.as_deref(),
+            Some("0.10")
+        );
+        assert_eq!(parse("from: a\ncompat: 1.1").compat.as_deref(), Some("1.1"));
+        assert_eq!(check("from: a\ncompat: 0.2").unwrap_err().field, "compat");
     }
 
     #[test]
