@@ -106,8 +106,11 @@ fn compat_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
     Ok(match Option::<Level>::deserialize(d)? {
         None => None,
         Some(Level::Text(t)) => Some(t),
-        Some(Level::Number(n)) if n == 0.1 => Some("0.10".to_string()),
-        Some(Level::Number(n)) => Some(n.to_string()),
+        Some(Level::Number(n)) => Some(if n == 0.1 {
+            "0.10".to_string()
+        } else {
+            n.to_string()
+        }),
     })
 }
 
