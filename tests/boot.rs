@@ -49,7 +49,9 @@ fn space() -> (Space, String) {
 fn qemu_processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.starts_with("qemu-system") && cmdline.contains(needle) {
             found.push(cmdline);
@@ -102,13 +104,21 @@ fn contradictory_boot_fields_are_refused_before_anything_runs() {
         "  experiment:\n    kind: boot\n    from_checkpoint: system\n    memory: 1G\n    commands: [\"true\"]\n",
     ));
     let run = s.qflow(&["apply"]).failure(2);
-    assert!(run.stderr.contains("`memory` comes from the checkpoint"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`memory` comes from the checkpoint"),
+        "{}",
+        run.stderr
+    );
 
     s.workflow(&workflow(
         "  experiment:\n    kind: boot\n    kernel: kernel\n    collect: [results.txt]\n",
     ));
     let run = s.qflow(&["apply"]).failure(2);
-    assert!(run.stderr.contains("must be an absolute guest path"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("must be an absolute guest path"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -129,28 +139,41 @@ fn commands_run_in_the_guest_and_a_result_file_comes_back_from_the_data_disk() {
       - stty size
       - mount /dev/sdb /mnt
       - sh /mnt/run.sh > /mnt/results.txt
-      - 'echo "multi
-        line" | wc -l'
+      - |
+        echo "multi
+        line" | wc -l
       - cd /mnt && pwd
     collect: [/mnt/results.txt]
     extra_args: [-name, {name}]
 "#
     )));
     let run = s.apply();
-    assert!(run.ran().contains(&"experiment".to_string()), "{}", run.stderr);
+    assert!(
+        run.ran().contains(&"experiment".to_string()),
+        "{}",
+        run.stderr
+    );
     let records = commands_json(&s, "out/experiment/commands.json");
-    let outputs: Vec<(&str, i64)> =
-        records.iter().map(|r| (r["output"].as_str().unwrap(), r["status"].as_i64().unwrap())).collect();
+    let outputs: Vec<(&str, i64)> = records
+        .iter()
+        .map(|r| (r["output"].as_str().unwrap(), r["status"].as_i64().unwrap()))
+        .collect();
     assert_eq!(outputs[0].1, 0);
     assert!(outputs[0].0.starts_with("6.1."), "{outputs:?}");
     assert_eq!(outputs[1], ("50 200\n", 0));
     assert_eq!(outputs[3], ("", 0));
     assert_eq!(outputs[4], ("2\n", 0));
     assert_eq!(outputs[5], ("/mnt\n", 0));
-    assert_eq!(s.read("out/experiment/results.txt"), "hello from the data disk\nsum=5050\n");
+    assert_eq!(
+        s.read("out/experiment/results.txt"),
+        "hello from the data disk\nsum=5050\n"
+    );
     let lock = s.read("qflow.lock");
     assert!(lock.contains("-icount shift=1"), "{lock}");
-    assert!(s.read("out/experiment/console.log").contains("Linux version"));
+    assert!(
+        s.read("out/experiment/console.log")
+            .contains("Linux version")
+    );
     assert_no_qemu_left(&name);
 }
 
@@ -171,9 +194,21 @@ fn a_failing_guest_command_fails_the_step_with_the_guests_last_lines() {
     )));
     let run = s.qflow(&["apply"]).failure(1);
     assert_eq!(run.failed(), ["experiment"], "{}", run.stderr);
-    assert!(run.stderr.contains("guest command `ls /no/such/file` failed (exit 1)"), "{}", run.stderr);
-    assert!(run.stderr.contains("No such file or directory"), "{}", run.stderr);
-    assert!(!s.join("out/experiment").exists(), "a failed step leaves no output");
+    assert!(
+        run.stderr
+            .contains("guest command `ls /no/such/file` failed (exit 1)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("No such file or directory"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !s.join("out/experiment").exists(),
+        "a failed step leaves no output"
+    );
     assert_no_qemu_left(&name);
 }
 
@@ -195,7 +230,11 @@ fn a_timeout_fails_the_step_and_kills_qemu() {
     )));
     let start = std::time::Instant::now();
     let run = s.qflow(&["apply"]).failure(1);
-    assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
     assert!(run.stderr.contains("timed out after 20s"), "{}", run.stderr);
     assert!(run.stderr.contains("QEMU was killed"), "{}", run.stderr);
     assert!(run.stderr.contains("sleeping"), "{}", run.stderr);
@@ -228,21 +267,37 @@ fn two_runs_restore_one_checkpoint_in_parallel_without_booting() {
 "#
     )));
     let run = s.apply();
-    assert!(run.ran().contains(&"from_ready".to_string()), "{}", run.stderr);
+    assert!(
+        run.ran().contains(&"from_ready".to_string()),
+        "{}",
+        run.stderr
+    );
     for n in ["1", "2"] {
         let dir = format!("out/from_ready/n={n}");
         let records = commands_json(&s, &format!("{dir}/commands.json"));
-        assert_eq!(records[0]["output"], "warm\n", "the guest's memory comes from the checkpoint");
+        assert_eq!(
+            records[0]["output"], "warm\n",
+            "the guest's memory comes from the checkpoint"
+        );
         assert_eq!(records[2]["output"], "hello from the data disk\nsum=5050\n");
         assert_eq!(s.read(&format!("{dir}/out.txt")), format!("run {n}\n"));
         let console = s.read(&format!("{dir}/console.log"));
-        assert!(!console.contains("Linux version"), "a restored run does not boot:\n{console}");
+        assert!(
+            !console.contains("Linux version"),
+            "a restored run does not boot:\n{console}"
+        );
     }
     // Both runs were started before either ended.
     let log = newest_step_log("from_ready");
-    let events: Vec<&str> = log.lines().filter(|l| l.starts_with("qflow: run ")).collect();
+    let events: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("qflow: run "))
+        .collect();
     assert_eq!(events.len(), 4, "{log}");
-    assert!(events[0].ends_with("started") && events[1].ends_with("started"), "{events:?}");
+    assert!(
+        events[0].ends_with("started") && events[1].ends_with("started"),
+        "{events:?}"
+    );
     // The checkpoint itself was not changed by the runs (-snapshot).
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
@@ -273,14 +328,20 @@ fn a_tcg_plugin_receives_its_arguments() {
     let qemu_log = s.read("out/experiment/qemu.log");
     // QEMU 7.2 deprecates the seed's `arg=` form: `key=value` arrives as written, a
     // bare value as `value=on`.
-    assert!(qemu_log.contains("insn-plugin: argc=2 argv[0]=inline=on argv[1]=42=on"), "{qemu_log}");
+    assert!(
+        qemu_log.contains("insn-plugin: argc=2 argv[0]=inline=on argv[1]=42=on"),
+        "{qemu_log}"
+    );
     let count: u64 = qemu_log
         .lines()
         .find_map(|l| l.strip_prefix("insn-plugin: instructions="))
         .unwrap_or_else(|| panic!("no instruction count in:\n{qemu_log}"))
         .parse()
         .unwrap();
-    assert!(count > 1_000_000, "a boot runs millions of instructions, got {count}");
+    assert!(
+        count > 1_000_000,
+        "a boot runs millions of instructions, got {count}"
+    );
     assert_no_qemu_left(&name);
 }
 
@@ -314,11 +375,23 @@ fn a_serial_login_never_shows_the_password() {
     assert!(console.contains("login:"), "{console}");
     assert!(console.contains("qflow> ********"), "{console}");
     let mut leaks = Vec::new();
-    let mut places = vec![s.join("out"), s.join("qflow.lock"), shared_cache().join("logs")];
+    let mut places = vec![
+        s.join("out"),
+        s.join("qflow.lock"),
+        shared_cache().join("logs"),
+    ];
     places.retain(|p| p.exists());
     for place in places {
-        let out = std::process::Command::new("grep").args(["-rlF", &password]).arg(&place).output().unwrap();
-        leaks.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string));
+        let out = std::process::Command::new("grep")
+            .args(["-rlF", &password])
+            .arg(&place)
+            .output()
+            .unwrap();
+        leaks.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
     }
     assert!(leaks.is_empty(), "the password leaked into {leaks:?}");
     assert!(!run.stderr.contains(&password));
