@@ -724,8 +724,9 @@ impl Step for Boot {
         }
         for (field, value) in paths {
             if let Source::Path(p) = source(&value) {
-                let hash = match std::fs::read(ctx.resolve(p)) {
-                    Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
+                let mut hasher = blake3::Hasher::new();
+                let hash = match hasher.update_mmap_rayon(ctx.resolve(p)) {
+                    Ok(h) => h.finalize().to_hex().to_string(),
                     Err(_) => "missing".to_string(),
                 };
                 key.push((format!("{field}.content"), hash));
@@ -1021,81 +1022,5 @@ fn prefix(many: bool, label: &str) -> String {
         format!("run {label}: ")
     } else {
         String::new()
-    }
-}
-
-#[cfg(test)]
-mod dev_tests {
-    use super::*;
-
-    /// A scratch boot against the kernel engineer's kernel, for development.
-    #[test]
-    #[ignore = "slow: dev boot with /work/scratch/bzImage"]
-    fn dev_boot() {
-        let base = std::env::temp_dir().join(format!("qflow-boot-dev-{}", std::process::id()));
-        let sys = base.join("sys");
-        let data = base.join("data");
-        let kernel = base.join("kernel");
-        for d in [&sys, &data, &kernel] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/boot/make-rootfs.sh"
-        );
-        let st = std::process::Command::new("sh")
-            .arg(script)
-            .arg("system")
-            .env("QFLOW_OUT", &sys)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        std::fs::write(
-            base.join("run.sh"),
-            "#!/bin/sh\necho result-from-guest > /mnt/results.txt\n",
-        )
-        .unwrap();
-        let st = std::process::Command::new("sh")
-            .arg(script)
-            .arg("data")
-            .arg(base.join("run.sh"))
-            .env("QFLOW_OUT", &data)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        std::fs::copy("/work/scratch/bzImage", kernel.join("bzImage")).unwrap();
-        let yaml = std::env::var("BOOT_YAML").unwrap_or_else(|_| {
-            "{system: sys, disks: [data], kernel: kernel, memory: 128M, accel: tcg, timeout: 60, \
-             commands: [uname -a, 'mount /dev/sdb /mnt', 'sh /mnt/run.sh', 'cat /mnt/results.txt'], collect: [/mnt/results.txt]}"
-                .to_string()
-        });
-        let fields: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
-        let step = qflow_engine::KindOf::<Boot>::new();
-        use qflow_engine::StepKind;
-        let step = step.parse(&fields).unwrap();
-        let out = base.join("out");
-        let mut ctx = RunContext::standalone(
-            "boot",
-            &out,
-            &base,
-            &base.join("state"),
-            &base.join("boot.log"),
-        )
-        .unwrap()
-        .with_upstream("sys", sys.clone())
-        .with_upstream("data", data.clone())
-        .with_upstream("kernel", kernel.clone());
-        let start = std::time::Instant::now();
-        let r = step.run(&mut ctx);
-        eprintln!("took {:?}", start.elapsed());
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(base.join("boot.log")).unwrap()
-        );
-        r.unwrap();
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(out.join("commands.json")).unwrap()
-        );
     }
 }

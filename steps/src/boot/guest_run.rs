@@ -103,7 +103,15 @@ pub fn drive(
     if let Some((_, password)) = &plan.login {
         console.add_secret(password);
     }
-    let result = converse(plan, &mut console, qmp, &mut machine, deadline, &progress);
+    let result = converse(
+        plan,
+        &mut console,
+        qmp,
+        &mut machine,
+        deadline,
+        (index, events),
+        &progress,
+    );
     console.flush_transcript();
     match result {
         Ok(()) => Ok(()),
@@ -135,6 +143,7 @@ fn converse(
     qmp: std::os::unix::net::UnixStream,
     machine: &mut Machine,
     deadline: Instant,
+    (index, events): (usize, &Sender<Event>),
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
     let mut qmp = Qmp::new(qmp)?;
@@ -148,6 +157,12 @@ fn converse(
         progress("booting");
     }
     console.wait_for_shell(deadline)?;
+    let how = if plan.restore { "restored" } else { "booted" };
+    let ready = format!(
+        "qflow: guest ready after {:.2}s ({how})",
+        machine.started.elapsed().as_secs_f64()
+    );
+    let _ = events.send(Event::Line(index, ready));
     let mut setup = vec!["stty -echo".to_string()];
     if let Some((rows, cols)) = plan.terminal {
         setup.push(format!("stty rows {rows} cols {cols}"));

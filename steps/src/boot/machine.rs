@@ -54,6 +54,8 @@ impl Drop for SocketDir {
 /// A started QEMU, not yet connected.
 pub struct Machine {
     pub child: RunningChild,
+    /// When QEMU was started, for "ready after" figures.
+    pub started: Instant,
     console: UnixListener,
     qmp: UnixListener,
     log: PathBuf,
@@ -92,6 +94,7 @@ impl Machine {
         let child = ctx.spawn(cmd)?;
         Ok(Machine {
             child,
+            started: Instant::now(),
             console,
             qmp,
             log: log.to_path_buf(),
