@@ -260,7 +260,7 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     let plan = s.qflow(&["plan", "--json"]).success();
     let steps: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
     let action = |name: &str| {
-        steps
+        steps["steps"]
             .as_array()
             .unwrap()
             .iter()

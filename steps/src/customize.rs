@@ -6,10 +6,10 @@
 //! valid both in the engine's temporary output dir and in the final tree, and after
 //! the cache moves), then runs `virt-customize` (libguestfs) on the overlay.
 //!
-//! Operations run in this order, whatever the order of the fields: root password,
-//! `install`, `uninstall`, `purge_unattended_upgrades`, `copy_in`, `write`, `commands`
-//! (so files written by the user override package defaults, and the user's own
-//! commands see everything else done).
+//! Operations run in this order, whatever the order of the fields: `install`,
+//! `uninstall`, `purge_unattended_upgrades`, `copy_in`, `write`, `commands` (so files
+//! written by the user override package defaults, and the user's own commands see
+//! everything else done); virt-customize sets the root password last.
 //!
 //! Secrets: the root password reaches virt-customize as `--root-password file:PATH`
 //! of a 0600 file in `/dev/shm` removed afterwards ([`crate::secret`]); the key holds
