@@ -413,3 +413,47 @@ fn newest_step_log(step: &str) -> String {
     }
     std::fs::read_to_string(newest.expect("no step log").1).unwrap()
 }
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn with_snapshot_off_disk_writes_land_in_overlays_and_the_images_stay_untouched() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  experiment:
+    kind: boot
+    system: system
+    disks: [data]
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    snapshot: false
+    commands: ['mount /dev/sdb /mnt', 'sh /mnt/run.sh > /mnt/kept.txt']
+    extra_args: [-name, {name}]
+"#
+    )));
+    s.apply();
+    // The data disk's overlay holds the file; its backing file is the data step's image.
+    let overlay = s.join("out/experiment/hdb.qcow2");
+    let raw = s.join("hdb.raw");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let kept = debugfs_cat(&raw, "/kept.txt");
+    assert_eq!(kept, "hello from the data disk\nsum=5050\n");
+    let base = s.join("out/data/image.raw");
+    assert_eq!(debugfs_cat(&base, "/kept.txt"), "", "the upstream image is unchanged");
+    let info = std::process::Command::new("qemu-img").args(["info", "-U"]).arg(&overlay).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("backing file: ../"), "backing file named relatively:\n{info}");
+    assert_no_qemu_left(&name);
+}
+
+/// A file's content in an ext4 image, or "" if it is absent.
+fn debugfs_cat(image: &std::path::Path, path: &str) -> String {
+    let out = std::process::Command::new("debugfs").args(["-R", &format!("cat {path}")]).arg(image).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
