@@ -287,9 +287,12 @@ fn user_tree() -> PathBuf {
     let tree = base.join("linux-6.1-user-tree");
     let pristine = base.join("linux-6.1-reboot.c");
     if !tree.join(".qflow-complete").exists() {
-        let _ = common::make_writable_and_remove(&tree);
         let tmp = base.join("linux-6.1-user-tree.tmp");
-        let _ = common::make_writable_and_remove(&tmp);
+        for dir in [&tree, &tmp] {
+            if dir.exists() {
+                common::make_writable_and_remove(dir).unwrap();
+            }
+        }
         std::fs::create_dir_all(&tmp).unwrap();
         let st = std::process::Command::new("tar")
             .args(["-xf", TARBALL, "--strip-components=1", "-C"])
