@@ -445,15 +445,81 @@ fn with_snapshot_off_disk_writes_land_in_overlays_and_the_images_stay_untouched(
     let kept = debugfs_cat(&raw, "/kept.txt");
     assert_eq!(kept, "hello from the data disk\nsum=5050\n");
     let base = s.join("out/data/image.raw");
-    assert_eq!(debugfs_cat(&base, "/kept.txt"), "", "the upstream image is unchanged");
-    let info = std::process::Command::new("qemu-img").args(["info", "-U"]).arg(&overlay).output().unwrap();
+    assert_eq!(
+        debugfs_cat(&base, "/kept.txt"),
+        "",
+        "the upstream image is unchanged"
+    );
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
-    assert!(info.contains("backing file: ../"), "backing file named relatively:\n{info}");
+    assert!(
+        info.contains("backing file: ../"),
+        "backing file named relatively:\n{info}"
+    );
     assert_no_qemu_left(&name);
 }
 
 /// A file's content in an ext4 image, or "" if it is absent.
 fn debugfs_cat(image: &std::path::Path, path: &str) -> String {
-    let out = std::process::Command::new("debugfs").args(["-R", &format!("cat {path}")]).arg(image).output().unwrap();
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "slow: debootstrap + customize a Debian image (minutes, shared cache), boot its own kernel under TCG"]
+fn a_debian_image_boots_its_own_kernel_and_initrd_to_a_serial_login() {
+    let (s, name) = space();
+    s.write("secrets/root-password", "debian-boot-test\n");
+    s.workflow(&format!(
+        r#"version: 1
+name: boot-debian-test
+steps:
+{kbase}
+  kpw:
+    kind: customize
+    image: kbase
+    root_password: {{ file: secrets/root-password }}
+  debian:
+    kind: boot
+    system: kpw
+    kernel: kbase
+    initrd: kbase
+    append: root=/dev/sda1 console=ttyS0
+    memory: 1G
+    accel: auto
+    login: {{ user: root, password: {{ file: secrets/root-password }} }}
+    terminal: {{ rows: 40, cols: 120 }}
+    commands: [cat /etc/debian_version, id -un, stty size]
+    timeout: 10m
+    extra_args: [-name, {name}]
+"#,
+        kbase = include_str!("fixtures/customize/kernel-base-step.yaml"),
+    ));
+    let run = s.apply();
+    let records = commands_json(&s, "out/debian/commands.json");
+    assert!(
+        records[0]["output"].as_str().unwrap().starts_with("12."),
+        "{records:?}"
+    );
+    assert_eq!(records[1]["output"], "root\n");
+    assert_eq!(records[2]["output"], "40 120\n");
+    let log = newest_step_log("debian");
+    // `accel: auto` says what it chose; here KVM cannot boot Linux, so TCG ran.
+    assert!(log.contains("qflow: accel auto -> "), "{log}");
+    let lock = s.read("qflow.lock");
+    assert!(lock.contains("\"accel\""), "{lock}");
+    assert!(!run.stderr.contains("debian-boot-test"));
+    assert!(
+        !log.contains("debian-boot-test"),
+        "the password is in the step log"
+    );
+    assert_no_qemu_left(&name);
 }

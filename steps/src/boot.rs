@@ -68,7 +68,7 @@ pub struct Boot {
     /// The kernel (`-kernel`): a step whose output holds `bzImage`, or a kernel path.
     #[serde(default)]
     pub kernel: Option<String>,
-    /// An initrd (`-initrd`): a step whose output holds one file, or a path.
+    /// An initrd (`-initrd`): a step whose output holds `initrd.img` (or one file), or a path.
     #[serde(default)]
     pub initrd: Option<String>,
     /// The kernel command line (`-append`); default `root=/dev/sda1 console=ttyS0 nokaslr`.
@@ -624,6 +624,17 @@ fn kernel_in(dir: &Path) -> anyhow::Result<PathBuf> {
     only_file_in(dir).with_context(|| format!("{} holds no `bzImage`", dir.display()))
 }
 
+/// The initrd in a step's output: `initrd.img` (the debootstrap kind's), `initrd`, or its only file.
+fn initrd_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    for candidate in ["initrd.img", "initrd", "initramfs.img"] {
+        let p = dir.join(candidate);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    only_file_in(dir).with_context(|| format!("{} holds no `initrd.img`", dir.display()))
+}
+
 fn only_file_in(dir: &Path) -> anyhow::Result<PathBuf> {
     let files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
@@ -761,6 +772,9 @@ impl Step for Boot {
                 Ok(match source(v) {
                     Source::Path(p) => p.to_string(),
                     Source::Step(s) if field == "kernel" => format!("${{{{ steps.{s} }}}}/bzImage"),
+                    Source::Step(s) if field == "initrd" => {
+                        format!("${{{{ steps.{s} }}}}/initrd.img")
+                    }
                     Source::Step(s) => format!("${{{{ steps.{s} }}}}/image.*"),
                 })
             };
@@ -825,7 +839,7 @@ impl Step for Boot {
                 let path = match source(v) {
                     Source::Path(p) => ctx.resolve(p),
                     Source::Step(s) if field == "kernel" => kernel_in(ctx.upstream(s)?)?,
-                    Source::Step(s) if field == "initrd" => only_file_in(ctx.upstream(s)?)?,
+                    Source::Step(s) if field == "initrd" => initrd_in(ctx.upstream(s)?)?,
                     Source::Step(s) => crate::image_file::upstream_image(ctx, s)?,
                 };
                 Ok(path.to_string_lossy().into_owned())

@@ -244,3 +244,131 @@ fn send_with_fd(stream: &UnixStream, data: &[u8], fd: RawFd) -> std::io::Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Real QEMU with no kernel (SeaBIOS finds nothing to boot and waits): enough to
+    //! exercise the monitor, the console escapes and migration in about a second.
+
+    use std::time::{Duration, Instant};
+
+    use qflow_engine::RunContext;
+
+    use super::Qmp;
+    use crate::boot::command_line::{AccelName, Incoming, QemuCommandLine};
+    use crate::boot::machine::{Machine, SocketDir};
+    use crate::boot::serial_console::SerialConsole;
+
+    fn bios_only(disks: Vec<String>) -> QemuCommandLine {
+        QemuCommandLine {
+            smp: 1,
+            memory: "64".into(),
+            disks,
+            kernel: None,
+            initrd: None,
+            append: None,
+            icount: None,
+            snapshot: false,
+            plugins: Vec::new(),
+            accel: Some(AccelName::Tcg),
+            control: None,
+            incoming: None,
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn context(dir: &SocketDir) -> RunContext {
+        let d = dir.path();
+        RunContext::standalone(
+            "qmp-test",
+            &d.join("out"),
+            d,
+            &d.join("state"),
+            &d.join("step.log"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_seeds_ctrl_a_x_escape_still_ends_qemu_on_the_console() {
+        let dir = SocketDir::new().unwrap();
+        let mut ctx = context(&dir);
+        let mut machine = Machine::start(
+            &mut ctx,
+            &bios_only(Vec::new()),
+            None,
+            &dir.path().join("qemu.log"),
+        )
+        .unwrap();
+        let (console, _qmp) = machine.connect(Duration::from_secs(20)).unwrap();
+        let mut console = SerialConsole::new(console, Box::new(|_| {}));
+        console.send_bytes(&[0x01, b'x']).unwrap();
+        let status = machine.child.wait_timeout(Duration::from_secs(10)).unwrap();
+        assert!(status.is_some(), "Ctrl-A x did not end QEMU");
+    }
+
+    #[test]
+    fn savevm_and_loadvm_through_qmp_keep_the_snapshot_in_the_system_disk() {
+        let dir = SocketDir::new().unwrap();
+        let mut ctx = context(&dir);
+        let disk = dir.path().join("disk.qcow2");
+        let mut cmd = ctx.command("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("16M");
+        ctx.run(cmd).unwrap();
+        let line = bios_only(vec![disk.to_string_lossy().into_owned()]);
+        let mut machine =
+            Machine::start(&mut ctx, &line, None, &dir.path().join("qemu.log")).unwrap();
+        let (_console, qmp) = machine.connect(Duration::from_secs(20)).unwrap();
+        let mut qmp = Qmp::new(qmp).unwrap();
+        assert_eq!(qmp.human("savevm ready").unwrap().trim(), "");
+        assert!(qmp.human("info snapshots").unwrap().contains("ready"));
+        assert_eq!(qmp.human("loadvm ready").unwrap().trim(), "");
+        assert!(
+            qmp.human("loadvm missing").unwrap().contains("missing"),
+            "an error comes back as text"
+        );
+        qmp.quit().unwrap();
+        machine.wait_exit(Duration::from_secs(10)).unwrap();
+        let mut cmd = ctx.command("qemu-img");
+        cmd.args(["snapshot", "-l"]).arg(&disk);
+        assert!(ctx.run_capture(cmd).unwrap().contains("ready"));
+    }
+
+    #[test]
+    fn a_memory_snapshot_saved_by_migration_restores_from_stdin() {
+        let dir = SocketDir::new().unwrap();
+        let mut ctx = context(&dir);
+        let snapshot = dir.path().join("memory.snapshot");
+        let mut first = Machine::start(
+            &mut ctx,
+            &bios_only(Vec::new()),
+            None,
+            &dir.path().join("a.log"),
+        )
+        .unwrap();
+        let (_c1, q1) = first.connect(Duration::from_secs(20)).unwrap();
+        let mut q1 = Qmp::new(q1).unwrap();
+        let size = q1
+            .save_memory_snapshot(&snapshot, Instant::now() + Duration::from_secs(60))
+            .unwrap();
+        assert!(size > 0);
+        assert_eq!(q1.status().unwrap(), "postmigrate");
+        q1.quit().unwrap();
+        first.wait_exit(Duration::from_secs(10)).unwrap();
+
+        let mut line = bios_only(Vec::new());
+        line.incoming = Some(Incoming::Stdin);
+        let stdin = std::fs::File::open(&snapshot).unwrap();
+        let mut second =
+            Machine::start(&mut ctx, &line, Some(stdin), &dir.path().join("b.log")).unwrap();
+        let (_c2, q2) = second.connect(Duration::from_secs(20)).unwrap();
+        let mut q2 = Qmp::new(q2).unwrap();
+        q2.finish_restore(Instant::now() + Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(q2.status().unwrap(), "running");
+        q2.quit().unwrap();
+        second.wait_exit(Duration::from_secs(10)).unwrap();
+    }
+}
