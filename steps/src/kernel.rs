@@ -465,6 +465,8 @@ impl MakeRunner {
                 cmd.env(k, v);
             }
         }
+        // qflow owns where the configuration lives: the build tree's `.config`.
+        cmd.env_remove("KCONFIG_CONFIG");
     }
 
     fn run(&self, ctx: &mut RunContext, targets: &[&str]) -> anyhow::Result<()> {

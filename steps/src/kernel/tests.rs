@@ -610,3 +610,115 @@ fn the_plan_shows_the_make_command_lines() {
         &format!("make -C {src} O=$QFLOW_STATE/build-<source> bzImage")
     );
 }
+
+#[test]
+fn the_schema_describes_every_field_and_both_forms_of_source_and_config() {
+    use qflow_engine::{KindOf, StepKind};
+    let kind = KindOf::<Kernel>::new();
+    let mut names = kind.field_names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "clean",
+            "config",
+            "fragments",
+            "options",
+            "source",
+            "targets"
+        ]
+    );
+    let schema = serde_json::to_string(&kind.schema()).unwrap();
+    for needle in ["tarball", "sha256", "oldconfig", "tinyconfig", "defconfig"] {
+        assert!(schema.contains(needle), "{needle} missing from {schema}");
+    }
+}
+
+/// Serve `body` over real HTTP on loopback for every request; returns the base URL.
+fn serve(body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn stand_in_tarball(b: &Bench) -> Vec<u8> {
+    let path = b.dir.join("linux.tar.xz");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(fixture().parent().unwrap())
+        .arg("-cJf")
+        .arg(&path)
+        .arg("kernel")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_url_source_is_downloaded_checked_and_built() {
+    let mut b = Bench::new("url");
+    let tarball = stand_in_tarball(&b);
+    let url = format!("{}/linux-9.9.tar.xz", serve(tarball.clone()));
+    let step = b.step(&format!(
+        "source: {{ url: '{url}', sha256: {} }}\nconfig: tinyconfig\n",
+        sha256_hex(&tarball)
+    ));
+    let o = b.run(&step, 2).ok();
+    assert_eq!(o.compiled().len(), 6);
+    let downloads: Vec<_> = std::fs::read_dir(b.dir.join("state/downloads"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+    assert!(
+        downloads[0]
+            .to_string_lossy()
+            .ends_with("-linux-9.9.tar.xz"),
+        "{downloads:?}"
+    );
+}
+
+#[test]
+fn a_url_whose_content_does_not_match_its_sha256_is_refused_and_not_kept() {
+    let mut b = Bench::new("url-bad");
+    let tarball = stand_in_tarball(&b);
+    let url = format!("{}/linux-9.9.tar.xz", serve(tarball));
+    let step = b.step(&format!(
+        "source: {{ url: '{url}', sha256: {} }}\nconfig: tinyconfig\n",
+        "0".repeat(64)
+    ));
+    let o = b.run(&step, 2);
+    let err = format!("{:#}", o.result.unwrap_err());
+    assert!(err.contains("but `sha256` says 0000"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(b.dir.join("state/downloads"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing kept"
+    );
+}
