@@ -201,7 +201,10 @@ fn converse(
     write_records(plan, &records)?;
     for path in &plan.collect {
         progress(&format!("collecting {path}"));
-        let outcome = console.run(&format!("base64 {}", shell_quote(path)), deadline)?;
+        console.set_muted(true);
+        let outcome = console.run(&format!("base64 {}", shell_quote(path)), deadline);
+        console.set_muted(false);
+        let outcome = outcome?;
         if outcome.status != 0 {
             bail!(
                 "cannot collect `{path}` from the guest (exit {}): {}",
@@ -212,8 +215,9 @@ fn converse(
         let bytes =
             base64_decode(&outcome.output).with_context(|| format!("collecting `{path}`"))?;
         let target = plan.dir.join(collected_name(path));
-        std::fs::write(&target, bytes)
+        std::fs::write(&target, &bytes)
             .with_context(|| format!("cannot write {}", target.display()))?;
+        console.note(&format!("collected {path} ({} bytes)", bytes.len()));
     }
     if plan.keep_disks {
         console.run("sync", deadline)?;

@@ -48,6 +48,7 @@ pub struct SerialConsole {
     secrets: Vec<String>,
     tag: String,
     counter: u64,
+    muted: bool,
 }
 
 impl SerialConsole {
@@ -62,6 +63,7 @@ impl SerialConsole {
             secrets: Vec::new(),
             tag: unique_tag(),
             counter: 0,
+            muted: false,
         }
     }
 
@@ -204,8 +206,13 @@ impl SerialConsole {
             .context("cannot write to the console")
     }
 
-    /// Write what qflow types into the transcript.
-    fn note(&mut self, text: &str) {
+    /// Keep received lines out of the transcript (a collected file's base64) or not.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    /// Write a line of qflow's own into the transcript (`qflow> TEXT`).
+    pub fn note(&mut self, text: &str) {
         let line = format!("qflow> {}", self.mask(text));
         (self.transcript)(&line);
     }
@@ -269,6 +276,9 @@ impl SerialConsole {
     }
 
     fn emit(&mut self, line: String) {
+        if self.muted {
+            return;
+        }
         let line = self.mask(&line);
         if self.recent.len() == LAST_LINES {
             self.recent.pop_front();
