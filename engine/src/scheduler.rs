@@ -617,8 +617,10 @@ fn run_step(
     // An input edited while the step ran makes its result untrustworthy.
     let inputs = decl.step.inputs();
     if !inputs.is_empty() {
-        let mut stat = crate::stat_cache::StatCache::load(&cache.dir("statcache"));
+        // The session's stat cache: files unchanged since the digest are only stat'ed.
+        let mut stat = session.stat_cache.lock().unwrap();
         let now = crate::inputs::digest_all(&workflow.dir, &mut stat, &[inputs])?;
+        drop(stat);
         for (before, after) in prepared.inputs[i].iter().zip(&now[0]) {
             if before.digest != after.digest {
                 bail!(

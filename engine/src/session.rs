@@ -60,7 +60,8 @@ pub struct Session<'w> {
     pub dag: Dag,
     pub lock: LockFile,
     pub lock_path: PathBuf,
-    pub stat_cache: StatCache,
+    /// Shared with running steps, which re-check their inputs when they finish.
+    pub stat_cache: std::sync::Mutex<StatCache>,
     pub tool_ids: ToolIdentities,
     /// Keys of steps marked started but never finished (qflow was killed).
     interrupted: std::collections::HashSet<String>,
@@ -92,7 +93,7 @@ impl<'w> Session<'w> {
             lock: LockFile::read(&lock_path),
             lock_path,
             cache,
-            stat_cache,
+            stat_cache: std::sync::Mutex::new(stat_cache),
             tool_ids,
         })
     }
@@ -105,11 +106,15 @@ impl<'w> Session<'w> {
             .iter()
             .map(|s| s.step.inputs())
             .collect();
-        let inputs = inputs::digest_all(&self.workflow.dir, &mut self.stat_cache, &all_inputs)?;
+        let inputs = inputs::digest_all(
+            &self.workflow.dir,
+            &mut self.stat_cache.lock().unwrap(),
+            &all_inputs,
+        )?;
         let listings = self.cache.dir("inputs");
         for step in &inputs {
             for d in step {
-                if d.entries.len() > 1 || d.entries.keys().any(|k| !k.is_empty()) {
+                if d.entries.len() > 1 || d.entries.iter().any(|(k, _)| !k.is_empty()) {
                     inputs::save_listing(&listings, d)?;
                 }
             }
@@ -153,7 +158,7 @@ impl<'w> Session<'w> {
 
     /// Persist the stat cache and tool identities.
     pub fn save_caches(&mut self) -> anyhow::Result<()> {
-        self.stat_cache.save()?;
+        self.stat_cache.lock().unwrap().save()?;
         self.tool_ids.save()
     }
 

@@ -12,6 +12,7 @@
 //! over a 78,000-file tree costs one read of this file plus one `lstat` per file.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,7 @@ const MAGIC: &[u8] = b"qflow-stat-cache 1\n";
 pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
 /// What `lstat` says of a file; any change means the content must be read again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FileStat {
     pub dev: u64,
     pub ino: u64,
@@ -56,7 +57,9 @@ struct Entry {
 /// Path → (stat, hash), persisted between runs.
 pub struct StatCache {
     path: PathBuf,
-    entries: HashMap<PathBuf, Entry>,
+    // Keyed by the path's bytes: hashing a `Path` walks its components, which
+    // dominated a no-op over 78k files.
+    entries: HashMap<OsString, Entry, BuildPathHasher>,
     dirty: bool,
 }
 
@@ -91,7 +94,7 @@ impl StatCache {
 
     /// The known hash of `path` if its stat is unchanged and the entry is not racy.
     pub fn lookup(&self, path: &Path, stat: &FileStat) -> Option<Hash> {
-        let e = self.entries.get(path)?;
+        let e = self.entries.get(path.as_os_str())?;
         (e.stat == *stat && !e.racy).then_some(e.hash)
     }
 
@@ -99,7 +102,8 @@ impl StatCache {
     pub fn insert(&mut self, path: PathBuf, stat: FileStat, hash: Hash, hashed_at_ns: i64) {
         let racy = stat.mtime_ns >= hashed_at_ns - RACY_WINDOW_NS
             || stat.ctime_ns >= hashed_at_ns - RACY_WINDOW_NS;
-        self.entries.insert(path, Entry { stat, hash, racy });
+        self.entries
+            .insert(path.into_os_string(), Entry { stat, hash, racy });
         self.dirty = true;
     }
 
@@ -137,7 +141,7 @@ impl StatCache {
     }
 }
 
-fn encode(entries: &HashMap<PathBuf, Entry>) -> Vec<u8> {
+fn encode(entries: &HashMap<OsString, Entry, BuildPathHasher>) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 120);
     out.extend_from_slice(MAGIC);
@@ -159,14 +163,14 @@ fn encode(entries: &HashMap<PathBuf, Entry>) -> Vec<u8> {
     out
 }
 
-fn decode(b: &[u8]) -> Option<HashMap<PathBuf, Entry>> {
+fn decode(b: &[u8]) -> Option<HashMap<OsString, Entry, BuildPathHasher>> {
     use std::os::unix::ffi::OsStrExt;
     let mut r = b.strip_prefix(MAGIC)?;
     let n = u64::from_le_bytes(take(&mut r, 8)?.try_into().ok()?) as usize;
-    let mut entries = HashMap::with_capacity(n);
+    let mut entries = HashMap::with_capacity_and_hasher(n, BuildPathHasher);
     for _ in 0..n {
         let len = u32::from_le_bytes(take(&mut r, 4)?.try_into().ok()?) as usize;
-        let p = PathBuf::from(std::ffi::OsStr::from_bytes(take(&mut r, len)?));
+        let p = std::ffi::OsStr::from_bytes(take(&mut r, len)?).to_os_string();
         let mut u = [0u64; 3];
         for v in &mut u {
             *v = u64::from_le_bytes(take(&mut r, 8)?.try_into().ok()?);
@@ -189,6 +193,31 @@ fn decode(b: &[u8]) -> Option<HashMap<PathBuf, Entry>> {
         entries.insert(p, Entry { stat, hash, racy });
     }
     Some(entries)
+}
+
+/// FNV-1a over the path bytes: paths are not attacker-chosen here, and SipHash
+/// over 78k long paths cost more than the lookups themselves.
+#[derive(Default, Clone, Copy)]
+pub struct BuildPathHasher;
+
+pub struct PathHasher(u64);
+
+impl std::hash::BuildHasher for BuildPathHasher {
+    type Hasher = PathHasher;
+    fn build_hasher(&self) -> PathHasher {
+        PathHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for PathHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
