@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what qflow's steps and tests need on a Debian bookworm host (run as root).
+#
+# Gotcha (../shared/notes/host-facts.md): these machines ship qemu-utils 10.x from
+# backports, and bookworm's qemu-system-x86 (7.2) "Breaks" it, so a plain
+# `apt-get install qemu-system-x86` removes qemu-img altogether. We install
+# qemu-system-x86 together with the qemu-utils of the SAME version.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-host-deps: run as root (apt-get needs it)" >&2
+  exit 2
+fi
+
+packages=(
+  libguestfs-tools linux-image-amd64      # virt-customize and the kernel its appliance boots
+  debootstrap busybox-static fuse2fs      # offline base images, test root filesystems
+  e2fsprogs fdisk xfsprogs                # mke2fs/debugfs, sfdisk, mkfs.xfs
+  linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio make gcc   # kernel builds
+  ninja-build hyperfine graphviz xz-utils git python3 curl             # benchmarks, graph --format svg
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+need_qemu=0
+command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null || need_qemu=1
+
+if [ ${#missing[@]} -eq 0 ] && [ $need_qemu -eq 0 ]; then
+  echo "install-host-deps: everything is already installed"
+  exit 0
+fi
+
+apt-get update -qq
+if [ $need_qemu -eq 1 ]; then
+  version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  echo "install-host-deps: qemu-system-x86 and qemu-utils ${version} together"
+  apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-system-x86=${version}" "qemu-utils=${version}" "qemu-block-extra-"
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-host-deps: installing ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+for tool in qemu-img qemu-system-x86_64 virt-customize debootstrap mke2fs; do
+  command -v "$tool" >/dev/null || { echo "install-host-deps: $tool is still missing" >&2; exit 1; }
+done
+echo "install-host-deps: done"
