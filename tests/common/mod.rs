@@ -57,7 +57,8 @@ impl Space {
     }
 
     pub fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.dir.join(rel)).unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
+        std::fs::read_to_string(self.dir.join(rel))
+            .unwrap_or_else(|e| panic!("cannot read {rel}: {e}"))
     }
 
     /// A `qflow` command in this space (cache flag added when set).
@@ -99,7 +100,10 @@ pub fn make_writable_and_remove(dir: &Path) -> std::io::Result<()> {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 /// A cache directory shared by every slow test of this build, so heavy artifacts
@@ -129,12 +133,20 @@ impl From<Output> for Run {
 
 impl Run {
     pub fn success(self) -> Run {
-        assert_eq!(self.code, 0, "qflow failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "qflow failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     pub fn failure(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
