@@ -326,8 +326,9 @@ pub fn apply(
                         .unwrap_or_else(|| s.step.default_jobs())
                         .clamp(1, total_slots);
                     if want > free {
-                        // Keep order: a wide step waits for slots rather than being starved.
-                        break;
+                        // Backfill: narrower steps behind a wide one may use the free
+                        // slots; the DAG is finite, so the wide step runs eventually.
+                        continue;
                     }
                     let State::Ready { material, reasons } =
                         std::mem::replace(&mut states[i], State::Running)
