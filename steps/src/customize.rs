@@ -21,7 +21,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use qflow_engine::{
     CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, StepRef, Tool,
 };
@@ -47,7 +47,7 @@ pub struct Customize {
     /// Debian packages to install (apt inside the guest; needs the guest's mirror).
     #[serde(default)]
     pub install: Vec<String>,
-    /// Debian packages to remove.
+    /// Debian packages to remove (`apt-get remove`; apt must know each one).
     #[serde(default)]
     pub uninstall: Vec<String>,
     /// Purge `unattended-upgrades` and set the APT::Periodic switches to "0" in
@@ -373,7 +373,17 @@ impl Step for Customize {
                 Some(value.to_temp_file()?)
             }
         };
-        let upload_dir = ctx.state_dir().join("upload");
+        // virt-customize splits `--upload FILE:DEST` at the first colon: the files must live
+        // at a path without one, which a cache directory does not promise.
+        let mut upload_dir = ctx.state_dir().join("upload");
+        if upload_dir.to_string_lossy().contains(':') {
+            upload_dir = std::env::temp_dir().join(format!("qflow-upload-{}", std::process::id()));
+        }
+        if upload_dir.to_string_lossy().contains(':') {
+            bail!(
+                "cannot find a directory without `:` in its path for the files to upload; set TMPDIR"
+            );
+        }
         let _uploads = RemoveOnDrop(upload_dir.clone());
         self.prepare_uploads(&upload_dir)?;
 
