@@ -523,3 +523,40 @@ steps:
     );
     assert_no_qemu_left(&name);
 }
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_kernel_panic_fails_the_step_at_once_instead_of_waiting_for_the_timeout() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  experiment:
+    kind: boot
+    system: system
+    kernel: kernel
+    append: root=/dev/sdz9 console=ttyS0
+    memory: 128M
+    accel: tcg
+    timeout: 5m
+    commands: [uname -r]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let start = std::time::Instant::now();
+    let run = s.qflow(&["apply"]).failure(1);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        run.stderr.contains("the guest kernel panicked"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Unable to mount root fs"),
+        "{}",
+        run.stderr
+    );
+    assert_no_qemu_left(&name);
+}

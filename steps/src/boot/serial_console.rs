@@ -138,7 +138,12 @@ impl SerialConsole {
     /// Wait until a shell runs what is typed: type a probe every 1.5 s until one
     /// answers, then run a framed no-op so every queued probe has been consumed.
     pub fn wait_for_shell(&mut self, deadline: Instant) -> anyhow::Result<()> {
-        let answer = Regex::new(&format!(r"qflow-r-{}\d+|(Login incorrect)", self.tag)).unwrap();
+        // A login refusal or a kernel panic (a wrong `root=`) ends the wait at once.
+        let answer = Regex::new(&format!(
+            r"qflow-r-{}\d+|(Login incorrect)|(Kernel panic - not syncing[^\r\n]*)\r?\n",
+            self.tag
+        ))
+        .unwrap();
         loop {
             self.counter += 1;
             self.send_line(&format!("echo qf''low-r-{}{}", self.tag, self.counter))?;
@@ -147,8 +152,14 @@ impl SerialConsole {
                 Ok(m) if !m.groups[0].is_empty() => {
                     bail!("the guest refused the login: `Login incorrect`")
                 }
+                Ok(m) if !m.groups[1].is_empty() => {
+                    bail!(
+                        "the guest kernel panicked: `{}`",
+                        String::from_utf8_lossy(&m.groups[1])
+                    )
+                }
                 Ok(_) => break,
-                Err(e) if Instant::now() >= deadline => {
+                Err(e) if Instant::now() >= deadline || !e.to_string().starts_with("timed out") => {
                     return Err(e.context("no shell answered on the console"));
                 }
                 Err(_) => continue,
