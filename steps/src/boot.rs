@@ -1038,3 +1038,156 @@ fn prefix(many: bool, label: &str) -> String {
         String::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qflow_engine::{KindOf, StepKind};
+
+    fn parse(yaml: &str) -> Result<Box<dyn Step>, FieldError> {
+        let fields: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        KindOf::<Boot>::new().parse(&fields)
+    }
+
+    fn check(yaml: &str) -> Result<(), FieldError> {
+        let ctx = CheckContext {
+            work_dir: std::env::temp_dir(),
+        };
+        parse(yaml)?.check(&ctx)
+    }
+
+    fn refused(yaml: &str) -> FieldError {
+        check(yaml).expect_err(yaml)
+    }
+
+    #[test]
+    fn the_issues_example_parses_and_checks() {
+        let dir = std::env::temp_dir().join(format!("qflow-boot-check-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secrets")).unwrap();
+        std::fs::write(dir.join("secrets/root-password"), "pw\n").unwrap();
+        let step = parse(
+            r#"
+system: system
+disks: [data]
+kernel: kernel
+append: root=/dev/sda1 console=ttyS0 nokaslr
+smp: 1
+memory: 512M
+icount: 1
+snapshot: true
+accel: auto
+plugins: [{ path: "/cache/trees/abc/libinsn.so", args: [inline=on, "42"] }]
+login: { user: root, password: { file: secrets/root-password } }
+terminal: { rows: 50, cols: 200 }
+commands:
+  - mount /dev/sdb /mnt
+  - /mnt/run.sh > /mnt/results.txt
+collect: [/mnt/results.txt]
+timeout: 30m
+"#,
+        )
+        .unwrap();
+        step.check(&CheckContext {
+            work_dir: dir.clone(),
+        })
+        .unwrap();
+        let refs: Vec<String> = step.references().into_iter().map(|r| r.step).collect();
+        assert_eq!(refs, ["system", "data", "kernel"]);
+        assert_eq!(
+            step.outputs(),
+            ["console.log", "commands.json", "qemu.log", "results.txt"]
+        );
+        let key = step
+            .extra_key(&CheckContext {
+                work_dir: dir.clone(),
+            })
+            .unwrap();
+        assert!(
+            key.iter().any(|(k, _)| k.starts_with("login.password")),
+            "{key:?}"
+        );
+        assert!(key.iter().all(|(_, v)| !v.contains("pw")), "{key:?}");
+        let plan = step
+            .plan(&CheckContext {
+                work_dir: dir.clone(),
+            })
+            .join("\n");
+        assert!(plan.contains("-m 512M -nographic -hda"), "{plan}");
+        assert!(
+            plan.contains("-plugin /cache/trees/abc/libinsn.so,arg=inline=on,arg=42 -accel tcg"),
+            "{plan}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn contradictions_are_refused_naming_the_field() {
+        let cases = [
+            ("{commands: [ls]}", "system"),
+            ("{kernel: k, memory: 12X}", "memory"),
+            ("{kernel: k, smp: 0}", "smp"),
+            ("{kernel: k, icount: 11}", "icount"),
+            ("{kernel: k, accel: kvm, plugins: [{path: /p.so}]}", "accel"),
+            ("{system: s, append: quiet}", "append"),
+            ("{kernel: k, disks: [a, b, c, d]}", "disks"),
+            ("{kernel: k, collect: [/a/x, /b/x]}", "collect[1]"),
+            ("{kernel: k, collect: [/a/console.log]}", "collect[0]"),
+            ("{kernel: k, timeout: soon}", "timeout"),
+            ("{kernel: k, checkpoint: true, matrix: {n: [1]}}", "matrix"),
+            ("{kernel: k, matrix: {2n: [1]}}", "matrix.2n"),
+            ("{kernel: k, matrix: {n: [a/b]}}", "matrix.n"),
+            ("{kernel: k, matrix: {n: []}}", "matrix.n"),
+            ("{from_checkpoint: cp, kernel: k}", "kernel"),
+            ("{from_checkpoint: cp, snapshot: false}", "snapshot"),
+            ("{from_checkpoint: cp, checkpoint: true}", "checkpoint"),
+            (
+                "{kernel: k, login: {password: {file: /no/such/file}}}",
+                "login.password",
+            ),
+            ("{kernel: k, login: {password: locked}}", "login.password"),
+            ("{kernel: k, terminal: {rows: 0, cols: 80}}", "terminal"),
+        ];
+        for (yaml, field) in cases {
+            let err = refused(yaml);
+            assert!(
+                err.field.starts_with(field),
+                "{yaml}: expected field `{field}`, got {err}"
+            );
+        }
+        let unknown = parse("{kernel: k, kernal: k}").unwrap_err();
+        assert!(unknown.message.contains("kernal"), "{unknown}");
+    }
+
+    #[test]
+    fn a_matrix_expands_into_runs_named_by_their_parameters() {
+        let step =
+            parse("{kernel: k, matrix: {size: [1, 2], mode: [a, b]}, collect: [/r.txt]}").unwrap();
+        check("{kernel: k, matrix: {size: [1, 2], mode: [a, b]}}").unwrap();
+        let outputs = step.outputs();
+        assert_eq!(outputs.len(), 4 * 4);
+        for run in [
+            "mode=a,size=1",
+            "mode=a,size=2",
+            "mode=b,size=1",
+            "mode=b,size=2",
+        ] {
+            assert!(outputs.contains(&format!("{run}/r.txt")), "{outputs:?}");
+            assert!(
+                outputs.contains(&format!("{run}/commands.json")),
+                "{outputs:?}"
+            );
+        }
+        assert_eq!(step.default_jobs(), 2);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_writes_them() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2x"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5m3"), None);
+    }
+}
