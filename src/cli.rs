@@ -83,6 +83,54 @@ pub enum Command {
         #[arg(long)]
         step: Option<String>,
     },
+    /// Check that the host has what the workflow's steps need (or, with no
+    /// workflow, everything qflow's kinds can use), and say what to install.
+    Doctor {
+        /// The workflow file (default: `workflow.yaml` if present, else check every kind's tools).
+        file: Option<PathBuf>,
+        /// Override a var: `--set VAR=VALUE` (repeatable).
+        #[arg(long = "set", value_name = "VAR=VALUE")]
+        set: Vec<String>,
+        /// Skip the KVM boot probe (it takes up to 10 s when KVM cannot boot a guest).
+        #[arg(long)]
+        no_kvm_probe: bool,
+    },
+    /// Rebuild the workflow from scratch in a temporary cache and compare every
+    /// output hash with its lock file.
+    Verify {
+        /// The workflow file.
+        #[arg(default_value = "workflow.yaml")]
+        file: PathBuf,
+        /// Override a var: `--set VAR=VALUE` (repeatable).
+        #[arg(long = "set", value_name = "VAR=VALUE")]
+        set: Vec<String>,
+        /// CPU slots for all steps together (default: the number of cores).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+        /// Where the rebuild's temporary `.qflow-verify-*` directory goes (default:
+        /// `$TMPDIR`, else `/tmp`); it is removed afterwards unless `--keep`.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Keep the rebuild's cache and outputs for inspection.
+        #[arg(long)]
+        keep: bool,
+        /// The cache of the original run, to name the first differing file of a
+        /// differing image (default: as for `apply`).
+        #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]
+        cache: Option<PathBuf>,
+    },
+    /// Write one archive for an artifact evaluation: the workflow, its lock, its
+    /// local inputs, the collected results and a README on how to reproduce them.
+    Bundle {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// The archive to write (default: `<workflow name>-artifact.tar.gz` in the
+        /// current directory).
+        #[arg(short, long, value_name = "OUT.tar.gz")]
+        output: Option<PathBuf>,
+    },
+    /// Print the JSON Schema (draft-07) of workflow files, for editors.
+    Schema,
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

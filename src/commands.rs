@@ -192,6 +192,52 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             session.lock.write(&session.lock_path)?;
             Ok(0)
         }
+        Command::Doctor {
+            file,
+            set,
+            no_kvm_probe,
+        } => {
+            let file = file.or_else(|| {
+                let default = std::path::PathBuf::from("workflow.yaml");
+                default.exists().then_some(default)
+            });
+            let wf = match file {
+                Some(file) => Some(load(
+                    &WorkflowArgs {
+                        file,
+                        cache: None,
+                        set,
+                    },
+                    &registry,
+                )?),
+                None => None,
+            };
+            crate::doctor::run(wf.as_ref(), !no_kvm_probe)
+        }
+        Command::Verify {
+            file,
+            set,
+            jobs,
+            work_dir,
+            keep,
+            cache,
+        } => {
+            let args = WorkflowArgs { file, cache, set };
+            let wf = load(&args, &registry)?;
+            let options = crate::verify::VerifyOptions {
+                jobs,
+                work_dir,
+                keep,
+                original_cache: cache_dir(&wf, args.cache.as_deref()),
+            };
+            crate::verify::run(&wf, &registry, &options)
+        }
+        Command::Bundle { workflow, output } => {
+            let wf = load(&workflow, &registry)?;
+            let cache = cache_dir(&wf, workflow.cache.as_deref());
+            crate::bundle::run(&wf, &registry, &cache, output.as_deref())
+        }
+        Command::Schema => crate::schema::run(&registry),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "qflow", &mut std::io::stdout());
