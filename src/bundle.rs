@@ -1,11 +1,616 @@
-//! `qflow bundle` (placeholder while being written).
+//! `qflow bundle`: one archive an artifact evaluator can take away.
+//!
+//! The archive (`<name>-artifact/` inside a `.tar.gz`) holds the workflow and its
+//! lock; the local inputs every step declares (exactly the files the engine digests
+//! for the step keys, so an apply of the unpacked bundle computes the same keys);
+//! the collected results; and a generated `README.md` with the exact commands that
+//! check the host, reproduce and verify.
+//!
+//! Decisions:
+//! - Results are the outputs of `boot` steps (what `collect:` copied out of the
+//!   guest: the paper's data), whatever their size, plus every other step's output
+//!   file of at most [`SMALL_OUTPUT`] that is not a disk image (`image.*`): configs,
+//!   logs, small tables. Images and kernels are rebuilt by `qflow apply`; their
+//!   hashes are in the lock and the README.
+//! - Only inputs inside the workflow's directory are packed. Absolute paths (a
+//!   kernel tarball in `/usr/src`) are host files: the README lists them with their
+//!   lock digests.
+//! - Secrets are never packed. A secret field (`root_password`, `login.password`,
+//!   found through the kinds' schemas: any field of the `Secret` type) names a file
+//!   that is not an input; if an input would carry that file, or anything under a
+//!   `secrets/` directory, bundle refuses and says what to move. The README tells
+//!   the evaluator which secret files or variables to provide.
+//! - The bundle must match its lock: an input that changed since the last apply is
+//!   refused (the evaluator would get other outputs than the lock promises).
+//! - The archive is reproducible: entries sorted, fixed owner and timestamp
+//!   (2000-01-01), modes kept only as far as the engine keys them.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
 use qflow_engine::Registry;
+use qflow_engine::lockfile::LockFile;
+use qflow_engine::session::lock_path;
+use qflow_engine::stat_cache::StatCache;
 use qflow_engine::workflow::Workflow;
+use serde_json::Value;
+
+use crate::cli::UsageError;
+
+/// Outputs of non-`boot` steps up to this size go into `results/`.
+pub const SMALL_OUTPUT: u64 = 1024 * 1024;
+
+/// The timestamp of every archive entry (2000-01-01T00:00:00Z).
+const FIXED_MTIME: u64 = 946_684_800;
+
+/// One archive entry, by its path inside the bundle directory.
+enum Entry {
+    File { source: PathBuf, executable: bool },
+    Bytes(Vec<u8>),
+    Symlink(String),
+    Dir,
+}
+
+/// A secret a step reads, for the README and the refusal check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretUse {
+    pub step: String,
+    /// The field path (`root_password`, `login.password`).
+    pub field: String,
+    /// `file` or `env`.
+    pub source: String,
+    /// The file (relative to the workflow) or the variable name.
+    pub value: String,
+}
+
+/// Write the bundle of `wf`; returns the exit code.
 pub fn run(
-    _wf: &Workflow,
-    _r: &Registry,
-    _c: &std::path::Path,
-    _o: Option<&std::path::Path>,
+    wf: &Workflow,
+    registry: &Registry,
+    cache_dir: &Path,
+    output: Option<&Path>,
 ) -> anyhow::Result<i32> {
-    anyhow::bail!("todo")
+    let lock_file = lock_path(wf);
+    let lock = LockFile::read(&lock_file);
+    let apply_first = |why: String| -> anyhow::Error {
+        UsageError(format!(
+            "{why}; run `qflow apply {}` first: a bundle carries the lock of a complete run",
+            wf.path.display()
+        ))
+        .into()
+    };
+    if lock.steps.is_empty() {
+        return Err(apply_first(format!(
+            "no lock file with results at `{}`",
+            lock_file.display()
+        )));
+    }
+    for s in &wf.steps {
+        if !lock.steps.contains_key(&s.name) {
+            return Err(apply_first(format!(
+                "step `{}` has no result in `{}`",
+                s.name,
+                lock_file.display()
+            )));
+        }
+    }
+
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let file_name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    entries.insert(
+        file_name(&wf.path),
+        Entry::File {
+            source: wf.path.clone(),
+            executable: false,
+        },
+    );
+    entries.insert(
+        file_name(&lock_file),
+        Entry::File {
+            source: lock_file.clone(),
+            executable: false,
+        },
+    );
+
+    // Secrets, from each kind's schema.
+    let mut secrets = Vec::new();
+    for s in &wf.steps {
+        if let Some(kind) = registry.get(&s.kind) {
+            let fields = serde_json::to_value(&s.fields).unwrap_or(Value::Null);
+            secrets.extend(secret_uses(&s.name, &kind.schema(), &fields));
+        }
+    }
+    let secret_files: Vec<PathBuf> = secrets
+        .iter()
+        .filter(|u| u.source == "file")
+        .map(|u| normalize(&qflow_engine::step::resolve_in(&wf.dir, &u.value)))
+        .collect();
+
+    // Inputs: the very files the engine digests.
+    let all_inputs: Vec<Vec<qflow_engine::Input>> =
+        wf.steps.iter().map(|s| s.step.inputs()).collect();
+    let mut stat = StatCache::load(&cache_dir.join("statcache"));
+    let digests = qflow_engine::inputs::digest_all(&wf.dir, &mut stat, &all_inputs)?;
+    let mut host_inputs: Vec<(String, String, String)> = Vec::new();
+    for ((s, inputs), step_digests) in wf.steps.iter().zip(&all_inputs).zip(&digests) {
+        let locked = &lock.steps[&s.name];
+        for (input, d) in inputs.iter().zip(step_digests) {
+            if locked.inputs.get(&d.label) != Some(&d.digest.to_hex()) {
+                return Err(apply_first(format!(
+                    "input `{}` of step `{}` changed since the lock was written",
+                    d.label, s.name
+                )));
+            }
+            let glob = qflow_engine::glob::is_glob(&input.path);
+            let root = qflow_engine::step::resolve_in(&wf.dir, &input.path);
+            let inside = (glob && !Path::new(&input.path).is_absolute())
+                || normalize(&root).starts_with(normalize(&wf.dir));
+            if !inside {
+                host_inputs.push((s.name.clone(), d.label.clone(), d.digest.to_hex()));
+                continue;
+            }
+            for (rel, e) in &d.entries {
+                let path = if glob {
+                    wf.dir.join(rel)
+                } else if rel.is_empty() {
+                    root.clone()
+                } else {
+                    root.join(rel)
+                };
+                let path = normalize(&path);
+                let in_bundle = path
+                    .strip_prefix(normalize(&wf.dir))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .map_err(|_| {
+                        anyhow::anyhow!("input `{}` leaves the workflow directory", d.label)
+                    })?;
+                if Path::new(&in_bundle)
+                    .components()
+                    .any(|c| c.as_os_str() == "secrets")
+                    || secret_files.contains(&path)
+                {
+                    return Err(UsageError(format!(
+                        "input `{}` of step `{}` contains `{in_bundle}`, a secret (under a `secrets/` \
+                         directory or a step's password file); a bundle never carries secrets: \
+                         move it out of the input",
+                        d.label, s.name
+                    ))
+                    .into());
+                }
+                let entry = match e {
+                    qflow_engine::inputs::InputEntry::File { executable, .. } => Entry::File {
+                        source: path.clone(),
+                        executable: *executable,
+                    },
+                    qflow_engine::inputs::InputEntry::Symlink { target } => {
+                        Entry::Symlink(target.clone())
+                    }
+                    qflow_engine::inputs::InputEntry::Dir => Entry::Dir,
+                };
+                entries.insert(in_bundle, entry);
+            }
+            if !glob && root.is_dir() {
+                let rel = normalize(&root)
+                    .strip_prefix(normalize(&wf.dir))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !rel.is_empty() {
+                    entries.entry(rel).or_insert(Entry::Dir);
+                }
+            }
+        }
+    }
+
+    // Results.
+    let cache = if cache_dir.is_dir() {
+        Some(qflow_cache::Cache::open(cache_dir)?)
+    } else {
+        None
+    };
+    let mut results: Vec<(String, String, u64)> = Vec::new();
+    let mut left_out: Vec<(String, String, u64, String)> = Vec::new();
+    for s in &wf.steps {
+        let locked = &lock.steps[&s.name];
+        let tree = locked
+            .output
+            .parse::<qflow_cache::Hash>()
+            .ok()
+            .and_then(|h| cache.as_ref().map(|c| c.tree_path(&h)))
+            .filter(|t| t.is_dir());
+        for (out, hash) in &locked.outputs {
+            let Some(tree) = &tree else {
+                if s.kind == "boot" {
+                    return Err(apply_first(format!(
+                        "the results of step `{}` are not in the cache `{}`",
+                        s.name,
+                        cache_dir.display()
+                    )));
+                }
+                left_out.push((s.name.clone(), out.clone(), 0, hash.clone()));
+                continue;
+            };
+            let source = tree.join(out);
+            let meta = std::fs::metadata(&source)
+                .with_context(|| format!("cannot read result {}", source.display()))?;
+            let image = Path::new(out)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("image."));
+            if s.kind == "boot" || (meta.len() <= SMALL_OUTPUT && !image) {
+                entries.insert(
+                    format!("results/{}/{out}", s.name),
+                    Entry::File {
+                        source,
+                        executable: meta.permissions().mode() & 0o111 != 0,
+                    },
+                );
+                results.push((s.name.clone(), out.clone(), meta.len()));
+            } else {
+                left_out.push((s.name.clone(), out.clone(), meta.len(), hash.clone()));
+            }
+        }
+    }
+
+    let readme = readme(
+        wf,
+        &lock,
+        &lock_file,
+        &secrets,
+        &host_inputs,
+        &results,
+        &left_out,
+    );
+    entries.insert("README.md".into(), Entry::Bytes(readme.into_bytes()));
+
+    let top = format!("{}-artifact", wf.name);
+    let out_path = match output {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from(format!("{top}.tar.gz")),
+    };
+    write_archive(&out_path, &top, &entries)?;
+    let files = entries
+        .values()
+        .filter(|e| !matches!(e, Entry::Dir))
+        .count();
+    eprintln!(
+        "qflow: bundle: wrote {} ({files} files: workflow, lock, inputs, {} results, README.md)",
+        out_path.display(),
+        results.len()
+    );
+    Ok(0)
+}
+
+/// Lexically clean a path (`a/./b/../c` → `a/c`) without touching the disk.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Every value of a step's fields whose schema is the `Secret` type.
+pub fn secret_uses(step: &str, schema: &Value, fields: &Value) -> Vec<SecretUse> {
+    let defs = schema
+        .get("definitions")
+        .or_else(|| schema.get("$defs"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    walk_secrets(step, schema, &defs, fields, String::new(), &mut out, 0);
+    out
+}
+
+fn walk_secrets(
+    step: &str,
+    node: &Value,
+    defs: &Value,
+    value: &Value,
+    path: String,
+    out: &mut Vec<SecretUse>,
+    depth: usize,
+) {
+    if depth > 32 {
+        return;
+    }
+    if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap_or("");
+        if name == "Secret" {
+            if let Value::Object(m) = value {
+                for source in ["file", "env"] {
+                    if let Some(Value::String(v)) = m.get(source) {
+                        out.push(SecretUse {
+                            step: step.to_string(),
+                            field: path.clone(),
+                            source: source.to_string(),
+                            value: v.clone(),
+                        });
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(def) = defs.get(name) {
+            walk_secrets(step, def, defs, value, path, out, depth + 1);
+        }
+        return;
+    }
+    for alt in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(alts)) = node.get(alt) {
+            for a in alts {
+                walk_secrets(step, a, defs, value, path.clone(), out, depth + 1);
+            }
+        }
+    }
+    match value {
+        Value::Object(m) => {
+            if let Some(Value::Object(props)) = node.get("properties") {
+                for (k, v) in m {
+                    if let Some(p) = props.get(k) {
+                        let sub = if path.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{path}.{k}")
+                        };
+                        walk_secrets(step, p, defs, v, sub, out, depth + 1);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = node.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    walk_secrets(step, item, defs, v, format!("{path}[{i}]"), out, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The bundle's README: what it holds and the exact commands.
+fn readme(
+    wf: &Workflow,
+    lock: &LockFile,
+    lock_file: &Path,
+    secrets: &[SecretUse],
+    host_inputs: &[(String, String, String)],
+    results: &[(String, String, u64)],
+    left_out: &[(String, String, u64, String)],
+) -> String {
+    let file = wf.path.file_name().unwrap().to_string_lossy();
+    let lock_name = lock_file.file_name().unwrap().to_string_lossy();
+    let mut r = String::new();
+    let mut line = |s: &str| {
+        r.push_str(s);
+        r.push('\n');
+    };
+    line(&format!("# Artifact: `{}`", wf.name));
+    line("");
+    line(&format!(
+        "This directory was written by `qflow bundle`. It holds the qflow workflow `{file}`, \
+         its lock `{lock_name}` (the key, tool versions, input digests and output hashes of \
+         every step of the run that produced the results), the workflow's local inputs, and \
+         the collected results in `results/`."
+    ));
+    line("");
+    line("## Reproduce");
+    line("");
+    line("With qflow installed (and, on Debian, the packages `qflow doctor` names):");
+    line("");
+    line("```sh");
+    line(&format!(
+        "qflow doctor {file}   # check the host; prints what to install"
+    ));
+    line(&format!(
+        "qflow apply {file}    # run every step; outputs appear under out/<step>/"
+    ));
+    line(&format!(
+        "qflow verify {file}   # rebuild from scratch and compare every output hash with {lock_name}"
+    ));
+    line("```");
+    line("");
+    line(&format!(
+        "`qflow verify` leaves `{lock_name}` alone; `qflow apply` rewrites it with this \
+         machine's run, so keep a copy to compare with. After an apply, `out/<step>/` holds \
+         what `results/<step>/` holds here."
+    ));
+    if !secrets.is_empty() {
+        line("");
+        line("## Secrets to provide");
+        line("");
+        line("Secrets are never bundled. Before applying, provide:");
+        line("");
+        for s in secrets {
+            match s.source.as_str() {
+                "file" => line(&format!(
+                    "- `{}` (step `{}`, field `{}`): a file whose first line is the password",
+                    s.value, s.step, s.field
+                )),
+                _ => line(&format!(
+                    "- environment variable `{}` (step `{}`, field `{}`)",
+                    s.value, s.step, s.field
+                )),
+            }
+        }
+        line("");
+        line(
+            "A different password gives a different step key, so those steps' keys (not \
+             necessarily their outputs) differ from the lock's.",
+        );
+    }
+    if !host_inputs.is_empty() {
+        line("");
+        line("## Host files the workflow reads (not bundled)");
+        line("");
+        for (step, label, digest) in host_inputs {
+            line(&format!("- `{label}` (step `{step}`), digest `{digest}`"));
+        }
+    }
+    line("");
+    line("## Results in this bundle");
+    line("");
+    if results.is_empty() {
+        line("None: every output is rebuilt by `qflow apply`.");
+    }
+    for (step, out, size) in results {
+        let hash = &lock.steps[step].outputs[out];
+        line(&format!(
+            "- `results/{step}/{out}` ({size} bytes, blake3 `{hash}`)"
+        ));
+    }
+    if !left_out.is_empty() {
+        line("");
+        line(&format!(
+            "Not bundled (disk images and outputs over {} KiB: `qflow apply` rebuilds them; their \
+             hashes are in `{lock_name}`):",
+            SMALL_OUTPUT / 1024
+        ));
+        line("");
+        for (step, out, size, hash) in left_out {
+            line(&format!("- `{step}/{out}` ({size} bytes, blake3 `{hash}`)"));
+        }
+    }
+    let mut tools: BTreeMap<&String, &String> = BTreeMap::new();
+    for s in lock.steps.values() {
+        tools.extend(s.tools.iter());
+    }
+    if !tools.is_empty() {
+        line("");
+        line("## Tools the recorded run used");
+        line("");
+        for (t, v) in tools {
+            line(&format!("- `{t}`: {v}"));
+        }
+    }
+    r
+}
+
+/// Write `entries` under `top/` as a gzip'd tar, atomically.
+fn write_archive(out: &Path, top: &str, entries: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
+    let tmp = out.with_file_name(format!(
+        ".{}.{}.tmp",
+        out.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        tar.mode(tar::HeaderMode::Deterministic);
+        let header = |kind: tar::EntryType, mode: u32, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(size);
+            h.set_mtime(FIXED_MTIME);
+            h.set_uid(0);
+            h.set_gid(0);
+            h
+        };
+        let mut dirs: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for (path, entry) in entries {
+            // Parent directories first, so every extractor makes them 0755.
+            let mut parent = Path::new(path).parent();
+            let mut missing = Vec::new();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                let p = p.to_string_lossy().into_owned();
+                if dirs.contains(&p) {
+                    break;
+                }
+                missing.push(p);
+                parent = Path::new(missing.last().unwrap()).parent();
+            }
+            for d in missing.into_iter().rev() {
+                let mut h = header(tar::EntryType::Directory, 0o755, 0);
+                tar.append_data(&mut h, format!("{top}/{d}/"), std::io::empty())?;
+                dirs.insert(d);
+            }
+            let name = format!("{top}/{path}");
+            match entry {
+                Entry::File { source, executable } => {
+                    let f = std::fs::File::open(source)
+                        .with_context(|| format!("cannot read {}", source.display()))?;
+                    let len = f.metadata()?.len();
+                    let mode = if *executable { 0o755 } else { 0o644 };
+                    let mut h = header(tar::EntryType::Regular, mode, len);
+                    tar.append_data(&mut h, &name, f)?;
+                }
+                Entry::Bytes(b) => {
+                    let mut h = header(tar::EntryType::Regular, 0o644, b.len() as u64);
+                    tar.append_data(&mut h, &name, b.as_slice())?;
+                }
+                Entry::Symlink(target) => {
+                    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                    tar.append_link(&mut h, &name, target)?;
+                }
+                Entry::Dir => {
+                    if dirs.insert(path.clone()) {
+                        let mut h = header(tar::EntryType::Directory, 0o755, 0);
+                        tar.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+                    }
+                }
+            }
+        }
+        let mut gz = tar.into_inner()?;
+        gz.flush()?;
+        let file = gz.finish()?;
+        file.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customize_root_password_file_is_found_as_a_secret_but_a_kernel_config_file_is_not() {
+        let registry = qflow_steps::registry();
+        let customize = registry.get("customize").unwrap().schema();
+        let fields = serde_json::json!({
+            "image": "base",
+            "root_password": { "file": "rootpw.txt" },
+            "copy_in": [ { "from": "files", "to": "/root" } ]
+        });
+        let uses = secret_uses("custom", &customize, &fields);
+        assert_eq!(
+            uses,
+            vec![SecretUse {
+                step: "custom".into(),
+                field: "root_password".into(),
+                source: "file".into(),
+                value: "rootpw.txt".into(),
+            }]
+        );
+        let boot = registry.get("boot").unwrap().schema();
+        let fields = serde_json::json!({
+            "disks": ["base"],
+            "login": { "user": "root", "password": { "env": "ROOT_PW" } }
+        });
+        let uses = secret_uses("run", &boot, &fields);
+        assert_eq!(uses.len(), 1);
+        assert_eq!(uses[0].field, "login.password");
+        assert_eq!(uses[0].source, "env");
+        let kernel = registry.get("kernel").unwrap().schema();
+        let fields = serde_json::json!({
+            "source": "/usr/src/linux-source-6.1.tar.xz",
+            "config": { "file": "guest.config" }
+        });
+        assert!(secret_uses("kernel", &kernel, &fields).is_empty());
+    }
 }
