@@ -22,10 +22,12 @@
 //!   change reuses the tree, because kbuild tracks each object's `CONFIG_`
 //!   dependencies itself (fixdep, `include/config/`), which is what makes
 //!   `make olddefconfig && make` correct for kernel developers every day.
-//! - **Jobs.** The step never passes `-jN`: the engine gives it a private GNU
-//!   make jobserver holding exactly the step's slots (`jobs:`, capped by
-//!   `--jobs`), in `MAKEFLAGS`. Without `jobs:` the step asks for
-//!   [`safe_jobs`]: the smaller of the cores and available memory / 2 GiB.
+//! - **Jobs.** The step never passes `-jN` on make's command line: the engine
+//!   gives it a private GNU make jobserver holding exactly the step's slots
+//!   (`jobs:`, capped by `--jobs`), in `MAKEFLAGS` (written as make itself
+//!   writes it, see [`jobserver_flags_as_make_writes_them`]). Without `jobs:`
+//!   the step asks for [`safe_jobs`]: the smaller of the cores and available
+//!   memory / 2 GiB.
 //! - **Reproducible.** `KBUILD_BUILD_TIMESTAMP` (the HEAD commit's time in a git
 //!   tree, else a fixed date), `KBUILD_BUILD_USER`, `KBUILD_BUILD_HOST` and
 //!   `KBUILD_BUILD_VERSION` (kbuild counts builds in a tree otherwise) are
@@ -443,6 +445,7 @@ impl MakeRunner {
             .arg(format!("O={}", self.build.display()));
         cmd.args(targets);
         self.pin_env(&mut cmd);
+        jobserver_flags_as_make_writes_them(&mut cmd, ctx.jobs());
         cmd
     }
 
@@ -484,6 +487,37 @@ impl MakeRunner {
             .map_err(|e| with_errors(e, &progress))?;
         Ok(progress.summary())
     }
+}
+
+/// Rewrite the jobserver's `MAKEFLAGS` the way GNU make writes it for its own
+/// sub-makes: `-jN --jobserver-auth=R,W` rather than the bare `-j` the engine's
+/// jobserver client writes. Kbuild hands its `tools/` sub-make (objtool)
+/// `MAKEFLAGS="$(filter --j% -j,$(MAKEFLAGS))"`: a bare `-j` survives that
+/// filter and makes the sub-make drop the jobserver for unlimited jobs
+/// ("-j0 forced in makefile: resetting jobserver mode"); `-jN` does not survive
+/// it, and `-jN` beside `--jobserver-auth` in the environment keeps make a client.
+fn jobserver_flags_as_make_writes_them(cmd: &mut Command, slots: usize) {
+    let flags = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "MAKEFLAGS")
+        .and_then(|(_, v)| v)
+        .map(|v| v.to_string_lossy().into_owned());
+    let Some(flags) = flags.filter(|f| f.contains("--jobserver-auth=")) else {
+        return;
+    };
+    let fixed: Vec<String> = flags
+        .split_whitespace()
+        .map(|w| {
+            if w == "-j" {
+                format!("-j{slots}")
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    let fixed = fixed.join(" ");
+    cmd.env("MAKEFLAGS", &fixed);
+    cmd.env("MFLAGS", &fixed);
 }
 
 /// Put the compiler's error lines in front of make's failure.

@@ -211,6 +211,17 @@ fn make_gets_the_jobserver_and_never_a_job_count() {
         .find(|l| l.starts_with("recipe=bzImage"))
         .unwrap();
     assert!(build.contains("--jobserver-auth="), "{build}");
+    assert!(
+        build.contains(" -j2 ") && !build.contains(" -j "),
+        "MAKEFLAGS as make writes them: {build}"
+    );
+    // kbuild's tools/ sub-make keeps the jobserver (a bare `-j` made it drop it).
+    assert!(o.log.contains("HOSTCC  tools/objtool"), "{}", o.log);
+    assert!(
+        !o.log.contains("jobserver mode") && !o.log.contains("jobserver unavailable"),
+        "{}",
+        o.log
+    );
 
     // At most `jobs` compiles at once, and the jobserver really let two run together.
     let conc = std::fs::read_to_string(b.build_tree().join("concurrency.log")).unwrap();
