@@ -8,16 +8,15 @@
 //! (`inputs/<digest>`), so `qflow plan` can name the files that changed.
 
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use qflow_cache::Hash;
-use rayon::prelude::*;
 
 use crate::stat_cache::{FileStat, StatCache};
 use crate::step::Input;
+use crate::tree_walk::WalkEntry;
 
 /// One entry of an input, relative to the input's root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,52 +129,15 @@ fn walk(work_dir: &Path, input: &Input) -> anyhow::Result<Vec<(String, Found)>> 
         out.push((String::new(), Found::File(root, FileStat::of(&meta))));
         return Ok(out);
     }
-    let walker = walkdir::WalkDir::new(&root)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter();
-    let walker = walker.filter_entry(|e| {
-        !input
-            .exclude
-            .iter()
-            .any(|x| e.file_name().to_str() == Some(x.as_str()))
-    });
-    let mut pending = Vec::new();
-    let root_len =
-        root.as_os_str().len() + usize::from(!root.as_os_str().as_bytes().ends_with(b"/"));
-    for entry in walker {
-        let entry = entry.with_context(|| format!("cannot walk input `{}`", input.path))?;
-        // Byte slicing, not Path::strip_prefix: components parsing showed in profiles.
-        let rel =
-            String::from_utf8_lossy(&entry.path().as_os_str().as_bytes()[root_len..]).into_owned();
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            out.push((rel, Found::Dir));
-        } else if ft.is_symlink() {
-            let t = std::fs::read_link(entry.path())?;
-            out.push((rel, Found::Symlink(t.to_string_lossy().into_owned())));
-        } else if ft.is_file() {
-            pending.push(out.len());
-            out.push((rel, Found::File(entry.into_path(), FileStat::default())));
-        }
-    }
-    // lstat in parallel: on a 78k-file tree this is most of a no-op's cost.
-    let stats: Vec<anyhow::Result<FileStat>> = pending
-        .par_iter()
-        .map(|&i| {
-            let Found::File(p, _) = &out[i].1 else {
-                unreachable!()
-            };
-            let meta = std::fs::symlink_metadata(p)
-                .with_context(|| format!("cannot stat {}", p.display()))?;
-            Ok(FileStat::of(&meta))
-        })
-        .collect();
-    for (i, st) in pending.into_iter().zip(stats) {
-        if let Found::File(_, s) = &mut out[i].1 {
-            *s = st?;
-        }
+    for (rel, e) in crate::tree_walk::walk(&root, &input.exclude)? {
+        out.push((
+            rel,
+            match e {
+                WalkEntry::File(p, st) => Found::File(p, st),
+                WalkEntry::Symlink(t) => Found::Symlink(t),
+                WalkEntry::Dir => Found::Dir,
+            },
+        ));
     }
     Ok(out)
 }

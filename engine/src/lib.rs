@@ -47,3 +47,4 @@ impl std::fmt::Display for HostNotReady {
 impl std::error::Error for HostNotReady {}
 pub mod plan;
 pub mod timings;
+pub mod tree_walk;
