@@ -1,0 +1,193 @@
+//! An author (or an artifact evaluator) runs `qflow verify`: every step is rebuilt
+//! from nothing in a temporary cache and each output hash is compared with the
+//! lock. Deterministic steps come out identical; a step that stamps the time does
+//! not, and verify says so; a data disk whose workload changed is named down to the
+//! first differing file. The user's lock, cache and `out/` are left alone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Run, Space};
+
+const DETERMINISTIC: &str = r#"
+version: 1
+name: paper
+steps:
+  hello:
+    kind: command
+    run: [sh, -c, 'echo hello > "$QFLOW_OUT/hello.txt"']
+    outputs: [hello.txt]
+  data:
+    kind: disk
+    size: 16M
+    contents: ./workload
+"#;
+
+fn with_workload(s: &Space) {
+    s.write("workload/bench/run.sh", "#!/bin/sh\necho run\n")
+        .write("workload/data.txt", "1 2 3\n");
+}
+
+/// `qflow verify` with its scratch directory under the space (to check it is removed).
+fn verify(s: &Space) -> Run {
+    let tmp = s.join("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = s
+        .command(&["verify"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .expect("cannot run qflow");
+    Run::from(out)
+}
+
+/// The table row of `output` (`step/path`): its verdict.
+fn verdict(run: &Run, output: &str) -> String {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(output))
+        .unwrap_or_else(|| panic!("no row for {output}:\n{}", run.stdout));
+    line.split_whitespace()
+        .skip(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_deterministic_workflow_verifies_identical_and_the_users_lock_is_untouched() {
+    let s = Space::new();
+    s.workflow(DETERMINISTIC);
+    with_workload(&s);
+    s.apply();
+    let lock_before = s.read("qflow.lock");
+    let out_before = std::fs::read_link(s.join("out/data")).unwrap();
+    let cache_before = listing(&s.join(".qflow/trees"));
+
+    let run = verify(&s);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(verdict(&run, "hello/hello.txt"), "identical");
+    assert_eq!(verdict(&run, "data/image.qcow2"), "identical");
+    assert!(
+        run.stdout.contains("all 2 outputs identical"),
+        "{}",
+        run.stdout
+    );
+    // It really rebuilt: both steps ran in the scratch cache.
+    assert_eq!(run.ran_sorted(), vec!["data", "hello"]);
+
+    assert_eq!(
+        s.read("qflow.lock"),
+        lock_before,
+        "the lock is not rewritten"
+    );
+    assert_eq!(std::fs::read_link(s.join("out/data")).unwrap(), out_before);
+    assert_eq!(listing(&s.join(".qflow/trees")), cache_before);
+    assert!(listing(&s.join("tmpdir")).is_empty(), "scratch removed");
+}
+
+#[test]
+fn a_step_that_stamps_the_time_is_reported_different_and_verify_fails() {
+    let s = Space::new();
+    s.workflow(&format!(
+        "{DETERMINISTIC}
+  stamp:
+    kind: command
+    run: [sh, -c, 'date +%s%N > \"$QFLOW_OUT/stamp.txt\"']
+    outputs: [stamp.txt]
+"
+    ));
+    with_workload(&s);
+    s.apply();
+    let run = verify(&s);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(verdict(&run, "stamp/stamp.txt"), "DIFFERENT");
+    assert_eq!(verdict(&run, "hello/hello.txt"), "identical");
+    assert_eq!(verdict(&run, "data/image.qcow2"), "identical");
+    assert!(
+        run.stdout.contains("1 of 3 outputs differ"),
+        "{}",
+        run.stdout
+    );
+    // Same key material, different bytes: no key note for it.
+    assert!(!run.stdout.contains("note: step `stamp`"), "{}", run.stdout);
+}
+
+#[test]
+fn a_changed_workload_names_the_first_differing_file_of_the_data_disk() {
+    let s = Space::new();
+    s.workflow(DETERMINISTIC);
+    with_workload(&s);
+    s.apply();
+    // The workload changes after the lock was written (say, a late fix).
+    s.write("workload/bench/run.sh", "#!/bin/sh\necho run twice\n");
+    let run = verify(&s);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(verdict(&run, "data/image.qcow2"), "DIFFERENT");
+    assert!(
+        run.stdout
+            .contains("data/image.qcow2: first differing file: /bench/run.sh (content)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("note: step `data` was rebuilt from other key material than the lock records: input `./workload`"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_partitioned_image_is_read_at_its_first_partition() {
+    // A command step makes an MBR-partitioned ext4 image (as debootstrap does:
+    // the filesystem at 1 MiB) holding one file that changes on every run.
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  disk:
+    kind: command
+    outputs: [image.raw]
+    run:
+      - sh
+      - -ec
+      - |
+        d=$(mktemp -d)
+        echo same > "$d/same.txt"
+        date +%s%N > "$d/stamp.txt"
+        img="$QFLOW_OUT/image.raw"
+        truncate -s 8M "$img"
+        echo 'start=2048, type=83' | sfdisk -q "$img"
+        mke2fs -q -t ext4 -d "$d" -E offset=1048576 "$img" 6M
+        rm -r "$d"
+"#,
+    );
+    s.apply();
+    let run = verify(&s);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("disk/image.raw: first differing file: /stamp.txt (content)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn verify_without_a_lock_says_to_apply_first() {
+    let s = Space::new();
+    s.workflow(DETERMINISTIC);
+    with_workload(&s);
+    let run = verify(&s).failure(2);
+    assert!(run.stderr_contains("qflow apply"), "{}", run.stderr);
+}
