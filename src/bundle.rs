@@ -135,6 +135,7 @@ pub fn run(
     let mut stat = StatCache::load(&cache_dir.join("statcache"));
     let digests = qflow_engine::inputs::digest_all(&wf.dir, &mut stat, &all_inputs)?;
     let mut host_inputs: Vec<(String, String, String)> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for ((s, inputs), step_digests) in wf.steps.iter().zip(&all_inputs).zip(&digests) {
         let locked = &lock.steps[&s.name];
         for (input, d) in inputs.iter().zip(step_digests) {
@@ -167,18 +168,25 @@ pub fn run(
                     .map_err(|_| {
                         anyhow::anyhow!("input `{}` leaves the workflow directory", d.label)
                     })?;
+                let is_dir = matches!(e, qflow_engine::inputs::InputEntry::Dir);
                 if Path::new(&in_bundle)
                     .components()
                     .any(|c| c.as_os_str() == "secrets")
                     || secret_files.contains(&path)
                 {
-                    return Err(UsageError(format!(
-                        "input `{}` of step `{}` contains `{in_bundle}`, a secret (under a `secrets/` \
-                         directory or a step's password file); a bundle never carries secrets: \
-                         move it out of the input",
-                        d.label, s.name
-                    ))
-                    .into());
+                    // A file names the problem best; a bare directory only if it is empty.
+                    if !is_dir
+                        || !d
+                            .entries
+                            .iter()
+                            .any(|(r, _)| r.starts_with(&format!("{rel}/")))
+                    {
+                        refused.push(format!(
+                            "`{in_bundle}` (input `{}` of step `{}`)",
+                            d.label, s.name
+                        ));
+                    }
+                    continue;
                 }
                 let entry = match e {
                     qflow_engine::inputs::InputEntry::File { executable, .. } => Entry::File {
@@ -202,6 +210,17 @@ pub fn run(
                 }
             }
         }
+    }
+
+    if !refused.is_empty() {
+        let n = refused.len();
+        refused.truncate(5);
+        return Err(UsageError(format!(
+            "a bundle never carries secrets, and these inputs hold {n} (under a `secrets/` \
+             directory or a step's password file): {}; move them out of the inputs",
+            refused.join(", ")
+        ))
+        .into());
     }
 
     // Results.

@@ -104,11 +104,7 @@ pub fn run(workflow: Option<&Workflow>, probe_kvm: bool) -> anyhow::Result<i32> 
         let packages: Vec<String> = {
             let mut p: Vec<String> = missing
                 .iter()
-                .filter_map(|f| f.detail.split("apt-get install ").nth(1))
-                .map(|s| {
-                    s.trim_end_matches(|c: char| c == ')' || c == '`' || c == '.')
-                        .to_string()
-                })
+                .filter_map(|f| package_in(&f.detail))
                 .collect();
             p.sort();
             p.dedup();
@@ -123,6 +119,15 @@ pub fn run(workflow: Option<&Workflow>, probe_kvm: bool) -> anyhow::Result<i32> 
         }
         Ok(1)
     }
+}
+
+/// The package of the first `apt-get install PKG` in a fix text (kinds and the
+/// engine phrase their fixes that way).
+fn package_in(fix: &str) -> Option<String> {
+    let rest = fix.split("apt-get install ").nth(1)?;
+    let word = rest.split_whitespace().next()?;
+    let word = word.trim_matches([')', '(', '`', '.', ',', ';']);
+    (!word.is_empty()).then(|| word.to_string())
 }
 
 /// The checks `apply`'s preflight makes, for every step of `wf`, plus the KVM probe.
@@ -507,6 +512,21 @@ mod tests {
 
     /// The probe is not a stub: under TCG (which works here) it sees the banner;
     /// so silence under KVM on this host is a real verdict.
+    #[test]
+    fn the_package_to_install_is_read_from_a_fix_text() {
+        assert_eq!(
+            package_in("install one: `apt-get install linux-image-amd64` (supermin builds it)"),
+            Some("linux-image-amd64".to_string())
+        );
+        assert_eq!(
+            package_in(
+                "`qemu-img` is not installed; install `qemu-utils` (apt-get install qemu-utils)"
+            ),
+            Some("qemu-utils".to_string())
+        );
+        assert_eq!(package_in("run qflow as root"), None);
+    }
+
     #[test]
     #[ignore = "slow: boots the host kernel under TCG (about 5 s)"]
     fn probe_sees_the_banner_of_a_kernel_under_tcg() {
