@@ -8,13 +8,16 @@
 //!
 //! Decisions:
 //! - Results are the outputs of `boot` steps (what `collect:` copied out of the
-//!   guest: the paper's data), whatever their size, plus every other step's output
-//!   file of at most [`SMALL_OUTPUT`] that is not a disk image (`image.*`): configs,
-//!   logs, small tables. Images and kernels are rebuilt by `qflow apply`; their
-//!   hashes are in the lock and the README.
-//! - Only inputs inside the workflow's directory are packed. Absolute paths (a
-//!   kernel tarball in `/usr/src`) are host files: the README lists them with their
-//!   lock digests.
+//!   guest: the paper's data, and its console logs), whatever their size, plus every
+//!   other step's output file of at most [`SMALL_OUTPUT`]: configs, logs, small
+//!   tables. Never machine state — disk images (`image.*`, `*.qcow2`, `*.raw`,
+//!   `*.img`) and memory snapshots (`*.snapshot`): `qflow apply` rebuilds them, and
+//!   their hashes are in the lock and the README.
+//! - Every relative input is packed, at its place relative to the workflow: the
+//!   bundle's root is the workflow's directory, or the nearest directory above it
+//!   that holds every relative input too (`../tests/fixtures/x.config`). Absolute
+//!   paths (a kernel tarball in `/usr/src`) are host files: the README lists them
+//!   with their lock digests.
 //! - Secrets are never packed. A secret field (`root_password`, `login.password`,
 //!   found through the kinds' schemas: any field of the `Secret` type) names a file
 //!   that is not an input; if an input would carry that file, or anything under a
@@ -98,17 +101,43 @@ pub fn run(
         }
     }
 
+    // The bundle's root: the workflow's directory, or the nearest directory above it
+    // that also holds every relative input (`../tests/fixtures/x.config`).
+    let wf_dir = normalize(&wf.dir);
+    let mut root = wf_dir.clone();
+    for s in &wf.steps {
+        for input in s.step.inputs() {
+            if Path::new(&input.path).is_absolute() {
+                continue;
+            }
+            let fixed: PathBuf = input
+                .path
+                .split('/')
+                .take_while(|c| !qflow_engine::glob::is_glob(c))
+                .collect();
+            let p = normalize(&wf_dir.join(fixed));
+            while !p.starts_with(&root) && root.pop() {}
+        }
+    }
+    let in_root = |p: &Path| -> Option<String> {
+        normalize(p)
+            .strip_prefix(&root)
+            .ok()
+            .map(|r| r.to_string_lossy().into_owned())
+    };
+    let workflow_rel = in_root(&wf.path).unwrap_or_default();
+    let lock_rel = in_root(&lock_file).unwrap_or_default();
+
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let file_name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
     entries.insert(
-        file_name(&wf.path),
+        workflow_rel.clone(),
         Entry::File {
             source: wf.path.clone(),
             executable: false,
         },
     );
     entries.insert(
-        file_name(&lock_file),
+        lock_rel.clone(),
         Entry::File {
             source: lock_file.clone(),
             executable: false,
@@ -146,10 +175,8 @@ pub fn run(
                 )));
             }
             let glob = qflow_engine::glob::is_glob(&input.path);
-            let root = qflow_engine::step::resolve_in(&wf.dir, &input.path);
-            let inside = (glob && !Path::new(&input.path).is_absolute())
-                || normalize(&root).starts_with(normalize(&wf.dir));
-            if !inside {
+            let input_root = qflow_engine::step::resolve_in(&wf.dir, &input.path);
+            if Path::new(&input.path).is_absolute() {
                 host_inputs.push((s.name.clone(), d.label.clone(), d.digest.to_hex()));
                 continue;
             }
@@ -157,17 +184,14 @@ pub fn run(
                 let path = if glob {
                     wf.dir.join(rel)
                 } else if rel.is_empty() {
-                    root.clone()
+                    input_root.clone()
                 } else {
-                    root.join(rel)
+                    input_root.join(rel)
                 };
                 let path = normalize(&path);
-                let in_bundle = path
-                    .strip_prefix(normalize(&wf.dir))
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .map_err(|_| {
-                        anyhow::anyhow!("input `{}` leaves the workflow directory", d.label)
-                    })?;
+                let in_bundle = in_root(&path).ok_or_else(|| {
+                    anyhow::anyhow!("input `{}` is outside the bundle's root", d.label)
+                })?;
                 let is_dir = matches!(e, qflow_engine::inputs::InputEntry::Dir);
                 if Path::new(&in_bundle)
                     .components()
@@ -200,11 +224,8 @@ pub fn run(
                 };
                 entries.insert(in_bundle, entry);
             }
-            if !glob && root.is_dir() {
-                let rel = normalize(&root)
-                    .strip_prefix(normalize(&wf.dir))
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+            if !glob && input_root.is_dir() {
+                let rel = in_root(&input_root).unwrap_or_default();
                 if !rel.is_empty() {
                     entries.entry(rel).or_insert(Entry::Dir);
                 }
@@ -254,10 +275,7 @@ pub fn run(
             let source = tree.join(out);
             let meta = std::fs::metadata(&source)
                 .with_context(|| format!("cannot read result {}", source.display()))?;
-            let image = Path::new(out)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("image."));
-            if s.kind == "boot" || (meta.len() <= SMALL_OUTPUT && !image) {
+            if !is_machine_state(out) && (s.kind == "boot" || meta.len() <= SMALL_OUTPUT) {
                 entries.insert(
                     format!("results/{}/{out}", s.name),
                     Entry::File {
@@ -272,10 +290,23 @@ pub fn run(
         }
     }
 
+    let secrets: Vec<SecretUse> = secrets
+        .into_iter()
+        .map(|mut u| {
+            if u.source == "file" {
+                let p = qflow_engine::step::resolve_in(&wf.dir, &u.value);
+                if let Some(r) = in_root(&p) {
+                    u.value = r;
+                }
+            }
+            u
+        })
+        .collect();
     let readme = readme(
         wf,
         &lock,
-        &lock_file,
+        &workflow_rel,
+        &lock_rel,
         &secrets,
         &host_inputs,
         &results,
@@ -299,6 +330,18 @@ pub fn run(
         results.len()
     );
     Ok(0)
+}
+
+/// Disk images and memory snapshots: rebuilt by `qflow apply`, never results.
+fn is_machine_state(output: &str) -> bool {
+    let name = Path::new(output)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.starts_with("image.")
+        || [".qcow2", ".raw", ".img", ".snapshot"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// Lexically clean a path (`a/./b/../c` → `a/c`) without touching the disk.
@@ -399,14 +442,13 @@ fn walk_secrets(
 fn readme(
     wf: &Workflow,
     lock: &LockFile,
-    lock_file: &Path,
+    file: &str,
+    lock_name: &str,
     secrets: &[SecretUse],
     host_inputs: &[(String, String, String)],
     results: &[(String, String, u64)],
     left_out: &[(String, String, u64, String)],
 ) -> String {
-    let file = wf.path.file_name().unwrap().to_string_lossy();
-    let lock_name = lock_file.file_name().unwrap().to_string_lossy();
     let mut r = String::new();
     let mut line = |s: &str| {
         r.push_str(s);

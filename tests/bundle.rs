@@ -194,3 +194,65 @@ fn bundle_without_a_lock_says_to_apply_first() {
     let run = s.qflow(&["bundle"]).failure(2);
     assert!(run.stderr_contains("qflow apply"), "{}", run.stderr);
 }
+
+#[test]
+fn an_input_beside_the_workflow_directory_is_packed_and_the_workflow_keeps_its_place() {
+    // Like the quickstart: `workflows/quickstart.yaml` reads `../tests/fixtures/...`.
+    let author = Space::new();
+    author
+        .write(
+            "workflows/paper.yaml",
+            r#"
+version: 1
+steps:
+  prep:
+    kind: command
+    run: [sh, -c, 'cat ../fixtures/guest.config > "$QFLOW_OUT/config"']
+    inputs: [../fixtures/guest.config]
+    outputs: [config]
+"#,
+        )
+        .write("fixtures/guest.config", "CONFIG_SERIAL_8250=y\n")
+        .write("unrelated/big.bin", "not an input");
+    author.qflow(&["apply", "workflows/paper.yaml"]).success();
+    author
+        .qflow(&["bundle", "workflows/paper.yaml", "-o", "paper.tar.gz"])
+        .success();
+    let listing = archive_listing(&author.join("paper.tar.gz"));
+    for want in [
+        "paper-artifact/workflows/paper.yaml",
+        "paper-artifact/workflows/paper.lock",
+        "paper-artifact/fixtures/guest.config",
+        "paper-artifact/results/prep/config",
+    ] {
+        assert!(
+            listing.iter().any(|l| l == want),
+            "{want} missing: {listing:?}"
+        );
+    }
+    assert!(
+        !listing.iter().any(|l| l.contains("unrelated")),
+        "{listing:?}"
+    );
+
+    let evaluator = Space::new();
+    unpack(&author.join("paper.tar.gz"), evaluator.path());
+    let dir = evaluator.join("paper-artifact");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(
+        readme.contains("qflow apply workflows/paper.yaml"),
+        "{readme}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_qflow"))
+        .current_dir(&dir)
+        .args(["verify", "workflows/paper.yaml"])
+        .env_remove("QFLOW_CACHE")
+        .output()
+        .unwrap();
+    let run = common::Run::from(out).success();
+    assert!(
+        run.stdout.contains("all 1 outputs identical"),
+        "{}",
+        run.stdout
+    );
+}
