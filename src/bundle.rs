@@ -305,12 +305,14 @@ pub fn run(
     let readme = readme(
         wf,
         &lock,
-        &workflow_rel,
-        &lock_rel,
-        &secrets,
-        &host_inputs,
-        &results,
-        &left_out,
+        &Listing {
+            workflow: workflow_rel,
+            lock: lock_rel,
+            secrets,
+            host_inputs,
+            results: results.clone(),
+            left_out,
+        },
     );
     entries.insert("README.md".into(), Entry::Bytes(readme.into_bytes()));
 
@@ -438,17 +440,28 @@ fn walk_secrets(
     }
 }
 
+/// What went into the bundle (and what did not), for its README.
+struct Listing {
+    /// The workflow and lock paths inside the bundle.
+    workflow: String,
+    lock: String,
+    secrets: Vec<SecretUse>,
+    /// (step, input label, digest) of inputs outside the bundle.
+    host_inputs: Vec<(String, String, String)>,
+    /// (step, output, size) of bundled results.
+    results: Vec<(String, String, u64)>,
+    /// (step, output, size, hash) of outputs left to `qflow apply`.
+    left_out: Vec<(String, String, u64, String)>,
+}
+
 /// The bundle's README: what it holds and the exact commands.
-fn readme(
-    wf: &Workflow,
-    lock: &LockFile,
-    file: &str,
-    lock_name: &str,
-    secrets: &[SecretUse],
-    host_inputs: &[(String, String, String)],
-    results: &[(String, String, u64)],
-    left_out: &[(String, String, u64, String)],
-) -> String {
+fn readme(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
+    let file = &listing.workflow;
+    let lock_name = &listing.lock;
+    let secrets = &listing.secrets;
+    let host_inputs = &listing.host_inputs;
+    let results = &listing.results;
+    let left_out = &listing.left_out;
     let mut r = String::new();
     let mut line = |s: &str| {
         r.push_str(s);
