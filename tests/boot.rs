@@ -416,7 +416,7 @@ fn newest_step_log(step: &str) -> String {
 
 #[test]
 #[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
-fn with_snapshot_off_disk_writes_land_in_overlays_and_the_images_stay_untouched() {
+fn with_snapshot_off_disk_writes_land_in_overlays_the_next_step_can_boot() {
     let (s, name) = space();
     s.workflow(&workflow(&format!(
         r#"  experiment:
@@ -427,7 +427,15 @@ fn with_snapshot_off_disk_writes_land_in_overlays_and_the_images_stay_untouched(
     memory: 128M
     accel: tcg
     snapshot: false
-    commands: ['mount /dev/sdb /mnt', 'sh /mnt/run.sh > /mnt/kept.txt']
+    commands: ['mount /dev/sdb /mnt', 'sh /mnt/run.sh > /mnt/kept.txt', 'echo provisioned > /root/marker']
+    extra_args: [-name, {name}]
+  next:
+    kind: boot
+    system: experiment
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    commands: [cat /root/marker]
     extra_args: [-name, {name}]
 "#
     )));
@@ -459,6 +467,11 @@ fn with_snapshot_off_disk_writes_land_in_overlays_and_the_images_stay_untouched(
     assert!(
         info.contains("backing file: ../"),
         "backing file named relatively:\n{info}"
+    );
+    // The booted system disk is the next step's system image.
+    assert_eq!(
+        commands_json(&s, "out/next/commands.json")[0]["output"],
+        "provisioned\n"
     );
     assert_no_qemu_left(&name);
 }

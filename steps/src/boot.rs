@@ -20,7 +20,9 @@
 //! images, which are read-only cache objects, are shared by any number of runs.
 //! With `snapshot: false` (and always for a checkpoint) each run writes to qcow2
 //! overlays in its output whose backing files are the upstream images, named by a
-//! relative path so they survive moving the cache.
+//! relative path so they survive moving the cache. The system disk's overlay is
+//! `image.qcow2`, so such a step is itself an image-producing step: a later step
+//! can boot (or customize) the system as this boot left it.
 
 pub mod accel;
 pub mod checkpoint;
@@ -267,13 +269,31 @@ impl Boot {
         ];
         out.extend(self.collect.iter().map(|c| collected_name(c)));
         if self.writes_kept() {
-            out.extend(overlay_names(self.disk_count()));
+            out.extend(self.overlay_names());
         }
         if self.checkpoint {
             out.push(MEMORY_SNAPSHOT.to_string());
             out.push(RECORD.to_string());
         }
         out
+    }
+
+    /// The qcow2 overlays a run writes to when writes are kept: the system disk's is
+    /// `image.qcow2`, so the step hands it on like any image-producing step; data
+    /// disks' are named by their option (`hdb.qcow2`, ...).
+    fn overlay_names(&self) -> Vec<String> {
+        DISK_OPTIONS
+            .iter()
+            .take(self.disk_count())
+            .enumerate()
+            .map(|(i, o)| {
+                if i == 0 && self.system.is_some() {
+                    crate::image_file::QCOW2_IMAGE.to_string()
+                } else {
+                    format!("{}.qcow2", o.trim_start_matches('-'))
+                }
+            })
+            .collect()
     }
 
     fn disk_count(&self) -> usize {
@@ -574,14 +594,6 @@ impl Boot {
     }
 }
 
-fn overlay_names(count: usize) -> Vec<String> {
-    DISK_OPTIONS
-        .iter()
-        .take(count)
-        .map(|o| format!("{}.qcow2", o.trim_start_matches('-')))
-        .collect()
-}
-
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
@@ -856,7 +868,7 @@ impl Step for Boot {
             let record = self.checkpoint.then(|| CheckpointRecord {
                 smp: line.smp,
                 memory: line.memory.clone(),
-                disks: overlay_names(line.disks.len()),
+                disks: self.overlay_names(),
                 kernel: line.kernel.as_ref().map(|k| {
                     relative_path(&out_dir, Path::new(k))
                         .to_string_lossy()
@@ -919,7 +931,7 @@ impl Boot {
         dir: &Path,
     ) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
-        for (disk, name) in disks.iter().zip(overlay_names(disks.len())) {
+        for (disk, name) in disks.iter().zip(self.overlay_names()) {
             let format = image_format(ctx, Path::new(disk))?;
             let backing = relative_path(dir, Path::new(disk));
             let overlay = dir.join(&name);
