@@ -349,3 +349,128 @@ fn nanos() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// Processes whose argv contains `needle`: (pid, argv joined by spaces).
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if argv.contains(needle) && pid != std::process::id() {
+            found.push((pid, argv));
+        }
+    }
+    found
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces, so split after the last `)`.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A child process killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: SIGINT to our own child, so qflow cleans up as on Ctrl-C.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+#[ignore = "slow: needs the shared Debian base image and starts libguestfs's appliance"]
+fn interrupting_a_customization_leaves_no_secret_no_output_and_no_appliance() {
+    let s = Space::new().with_cache(&shared_cache());
+    s.write("pw", "interrupted-password\n");
+    s.workflow(&format!(
+        "version: 1\nname: {name}\nsteps:\n{BASE_STEP}\n  sys:\n    kind: customize\n    image: base\n    root_password: {{ file: pw }}\n    commands: ['sleep 600']\n"
+    ));
+    let mut qflow = KillOnDrop(
+        s.command(&["apply"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for the virt-customize that this qflow started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let argv = loop {
+        let child = qflow.0.id();
+        if let Some((_, argv)) = processes_with("virt-customize ")
+            .into_iter()
+            .find(|(pid, a)| a.starts_with("virt-customize ") && parent_of(*pid) == Some(child))
+        {
+            break argv;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "virt-customize never started"
+        );
+        assert!(
+            qflow.0.try_wait().unwrap().is_none(),
+            "qflow ended before virt-customize started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let secret = argv
+        .split(' ')
+        .find_map(|a| a.strip_prefix("file:"))
+        .expect("--root-password file:PATH")
+        .to_string();
+    let overlay = argv
+        .split(' ')
+        .find(|a| a.ends_with("/image.qcow2"))
+        .expect("-a IMAGE")
+        .to_string();
+    assert!(
+        Path::new(&secret).exists(),
+        "the password file {secret} is not there while virt-customize runs"
+    );
+    // Let the appliance start, then press Ctrl-C.
+    let appliance_deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !processes_with(&overlay)
+        .iter()
+        .any(|(_, a)| a.contains("qemu"))
+    {
+        assert!(
+            std::time::Instant::now() < appliance_deadline,
+            "the appliance never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on the qflow child we spawned.
+    unsafe { libc::kill(qflow.0.id() as i32, libc::SIGINT) };
+    let status = qflow.0.wait().unwrap();
+    assert!(!status.success(), "qflow succeeded after Ctrl-C");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        !Path::new(&secret).exists(),
+        "the password file {secret} survived the interrupt"
+    );
+    let left: Vec<_> = processes_with(&overlay)
+        .into_iter()
+        .chain(processes_with(&secret))
+        .collect();
+    assert!(left.is_empty(), "processes outlived qflow: {left:?}");
+    assert!(
+        !Path::new(&overlay).exists(),
+        "the half-made overlay {overlay} is still there"
+    );
+    assert!(!s.join("out/sys").exists());
+}
