@@ -399,7 +399,7 @@ fn interrupting_a_customization_leaves_no_secret_no_output_and_no_appliance() {
     let s = Space::new().with_cache(&shared_cache());
     s.write("pw", "interrupted-password\n");
     s.workflow(&format!(
-        "version: 1\nname: {name}\nsteps:\n{BASE_STEP}\n  sys:\n    kind: customize\n    image: base\n    root_password: {{ file: pw }}\n    commands: ['sleep 600']\n"
+        "version: 1\nname: customize-interrupt\nsteps:\n{BASE_STEP}\n  sys:\n    kind: customize\n    image: base\n    root_password: {{ file: pw }}\n    commands: ['sleep 600']\n"
     ));
     let mut qflow = KillOnDrop(
         s.command(&["apply"])
