@@ -182,14 +182,9 @@ fn workflow_findings(wf: &Workflow, probe_kvm: bool) -> Vec<Finding> {
             });
         }
     }
-    // KVM: only boots use it, and only those that do not pin `accel: tcg`.
-    let boots: Vec<&qflow_engine::workflow::StepDecl> = wf
-        .steps
-        .iter()
-        .filter(|s| {
-            s.kind == "boot" && s.fields.get("accel").and_then(|a| a.as_str()) != Some("tcg")
-        })
-        .collect();
+    // KVM: only boots that may choose it (see `could_use_kvm`).
+    let boots: Vec<&qflow_engine::workflow::StepDecl> =
+        wf.steps.iter().filter(|s| could_use_kvm(s)).collect();
     if !boots.is_empty() {
         let required: Vec<String> = boots
             .iter()
@@ -209,6 +204,27 @@ fn workflow_findings(wf: &Workflow, probe_kvm: bool) -> Vec<Finding> {
         findings.push(f);
     }
     findings
+}
+
+/// Whether a step may boot under KVM: a `boot` with `accel: kvm`, or with
+/// `accel: auto` (the default) and nothing that only TCG supports (`icount`,
+/// `plugins`). A restore (`from_checkpoint`) runs under its checkpoint's accelerator.
+fn could_use_kvm(s: &qflow_engine::workflow::StepDecl) -> bool {
+    if s.kind != "boot" {
+        return false;
+    }
+    let field = |name: &str| s.fields.get(name).filter(|v| !v.is_null());
+    match field("accel").and_then(|a| a.as_str()) {
+        Some("kvm") => true,
+        Some("tcg") => false,
+        _ => {
+            field("icount").is_none()
+                && field("from_checkpoint").is_none()
+                && field("plugins")
+                    .and_then(|p| p.as_sequence())
+                    .is_none_or(|p| p.is_empty())
+        }
+    }
 }
 
 /// A tool on PATH, asked for its version the way the engine keys it.
