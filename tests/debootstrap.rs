@@ -150,3 +150,58 @@ fn a_mirror_that_is_no_url_is_refused() {
         run.stderr
     );
 }
+
+/// Mount points at or below `dir`.
+fn mounts_under(dir: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+#[ignore = "slow: runs debootstrap until it has mounted /proc in its tree (about 40 s), then interrupts it"]
+fn interrupting_debootstrap_leaves_no_mount_and_no_tree() {
+    let cache = shared_cache();
+    let s = Space::new().with_cache(&cache);
+    // A definition of its own (never completed, so never cached).
+    s.workflow(
+        "version: 1\nname: debootstrap-interrupt\nsteps:\n  base:\n    kind: debootstrap\n    suite: bookworm\n    variant: minbase\n    size: 1100M\n",
+    );
+    let tree = cache
+        .join("state/debootstrap-interrupt/base/tree")
+        .to_string_lossy()
+        .into_owned();
+    let mut qflow = s
+        .command(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    while mounts_under(&tree).is_empty() {
+        if std::time::Instant::now() > deadline || qflow.try_wait().unwrap().is_some() {
+            // SAFETY: SIGINT to our own child.
+            unsafe { libc::kill(qflow.id() as i32, libc::SIGINT) };
+            let _ = qflow.wait();
+            panic!("debootstrap never mounted anything in {tree}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: SIGINT to our own child, as Ctrl-C would.
+    unsafe { libc::kill(qflow.id() as i32, libc::SIGINT) };
+    assert!(!qflow.wait().unwrap().success());
+    assert!(
+        mounts_under(&tree).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&tree)
+    );
+    assert!(
+        !std::path::Path::new(&tree).exists(),
+        "the tree {tree} is still there"
+    );
+    assert!(!s.join("out/base").exists());
+}

@@ -277,7 +277,7 @@ impl Step for Debootstrap {
         std::fs::create_dir_all(&debs)
             .with_context(|| format!("cannot create {}", debs.display()))?;
         // A killed earlier run may have left its tree (and debootstrap's mounts in it).
-        remove_tree(ctx, &tree)?;
+        remove_tree(&tree)?;
         let _ = std::fs::remove_file(&raw);
         let _cleanup = Cleanup {
             tree: tree.clone(),
@@ -291,7 +291,7 @@ impl Step for Debootstrap {
         ctx.run_lines(cmd, &mut |line| {
             line.strip_prefix("I: ").map(str::to_string)
         })?;
-        unmount_under(ctx, &tree)?;
+        unmount_under(&tree)?;
 
         configure_tree(&tree, &self.hostname, &uuid)?;
         let versions = package_versions(ctx, &tree)?;
@@ -379,9 +379,10 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.raw);
-        // Never delete through a mount point (debootstrap may have left /proc or /dev
-        // mounted if it was killed); the next run unmounts and removes what is left.
-        if mounts_under(&self.tree).is_empty() {
+        // Never delete through a mount point: debootstrap, killed, leaves /proc and /sys
+        // (perhaps /dev) mounted in the tree. If one cannot be detached, the tree stays
+        // and the next run retries.
+        if unmount_under(&self.tree).is_ok() {
             let _ = std::fs::remove_dir_all(&self.tree);
         }
     }
@@ -519,11 +520,17 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     found
 }
 
-fn unmount_under(ctx: &mut RunContext, dir: &Path) -> anyhow::Result<()> {
+/// Detach every mount at or below `dir` (debootstrap mounts /proc, /sys and maybe
+/// /dev inside its target, and cannot unmount them when it is killed). A lazy
+/// unmount (`umount2(MNT_DETACH)`), so a process still inside does not block it.
+fn unmount_under(dir: &Path) -> anyhow::Result<()> {
     for m in mounts_under(dir) {
-        let mut cmd = ctx.command("umount");
-        cmd.args(["--lazy", &m]);
-        ctx.run(cmd)?;
+        let c = std::ffi::CString::new(m.as_str()).context("a mount point with a NUL byte")?;
+        // SAFETY: umount2(2) on a valid NUL-terminated path; it touches no memory of ours.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let e = std::io::Error::last_os_error();
+            bail!("cannot unmount {m}: {e}; unmount it by hand and retry");
+        }
     }
     if !mounts_under(dir).is_empty() {
         bail!(
@@ -535,9 +542,9 @@ fn unmount_under(ctx: &mut RunContext, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Remove a leftover tree, unmounting first so nothing of the host is deleted through it.
-fn remove_tree(ctx: &mut RunContext, tree: &Path) -> anyhow::Result<()> {
+fn remove_tree(tree: &Path) -> anyhow::Result<()> {
     if tree.exists() {
-        unmount_under(ctx, tree)?;
+        unmount_under(tree)?;
         std::fs::remove_dir_all(tree)
             .with_context(|| format!("cannot remove the old tree {}", tree.display()))?;
     }
