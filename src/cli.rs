@@ -111,6 +111,9 @@ pub enum Command {
         /// `$TMPDIR`, else `/tmp`); it is removed afterwards unless `--keep`.
         #[arg(long, value_name = "DIR")]
         work_dir: Option<PathBuf>,
+        /// Verify only STEP and the steps it depends on (repeatable).
+        #[arg(long = "step", value_name = "STEP")]
+        steps: Vec<String>,
         /// Keep the rebuild's cache and outputs for inspection.
         #[arg(long)]
         keep: bool,

@@ -219,6 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             set,
             jobs,
             work_dir,
+            steps,
             keep,
             cache,
         } => {
@@ -227,10 +228,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let options = crate::verify::VerifyOptions {
                 jobs,
                 work_dir,
+                steps,
                 keep,
                 original_cache: cache_dir(&wf, args.cache.as_deref()),
             };
-            crate::verify::run(&wf, &registry, &options)
+            crate::verify::run(wf, &registry, &options)
         }
         Command::Bundle { workflow, output } => {
             let wf = load(&workflow, &registry)?;

@@ -36,6 +36,8 @@ pub struct VerifyOptions {
     pub jobs: Option<usize>,
     /// Parent of the temporary directory (default: `$TMPDIR`, else `/tmp`).
     pub work_dir: Option<PathBuf>,
+    /// Only these steps and their upstream (empty: every step).
+    pub steps: Vec<String>,
     /// Keep the temporary directory.
     pub keep: bool,
     /// The cache the lock was made with, where recorded images may still be.
@@ -75,7 +77,9 @@ struct Row {
 
 /// Rebuild `wf` in a temporary cache and compare; returns the exit code:
 /// 0 all identical, 1 something differs or was not rebuilt, 130 interrupted.
-pub fn run(wf: &Workflow, registry: &Registry, options: &VerifyOptions) -> anyhow::Result<i32> {
+pub fn run(mut wf: Workflow, registry: &Registry, options: &VerifyOptions) -> anyhow::Result<i32> {
+    select_steps(&mut wf, &options.steps)?;
+    let wf = &wf;
     let recorded_path = lock_path(wf);
     let recorded = LockFile::read(&recorded_path);
     if recorded.steps.is_empty() {
@@ -174,6 +178,36 @@ pub fn run(wf: &Workflow, registry: &Registry, options: &VerifyOptions) -> anyho
         );
         Ok(1)
     }
+}
+
+/// Keep only `wanted` and every step they depend on (all steps when empty).
+fn select_steps(wf: &mut Workflow, wanted: &[String]) -> anyhow::Result<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for w in wanted {
+        if wf.step(w).is_none() {
+            let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+            return Err(UsageError(format!(
+                "--step `{w}`: no step of that name in {}; its steps: {}",
+                wf.path.display(),
+                names.join(", ")
+            ))
+            .into());
+        }
+        todo.push(w.clone());
+    }
+    while let Some(name) = todo.pop() {
+        if keep.insert(name.clone())
+            && let Some(s) = wf.step(&name)
+        {
+            todo.extend(s.upstream_names().map(str::to_string));
+        }
+    }
+    wf.steps.retain(|s| keep.contains(&s.name));
+    Ok(())
 }
 
 /// Every output of every step of the workflow, recorded against rebuilt.

@@ -191,3 +191,31 @@ fn verify_without_a_lock_says_to_apply_first() {
     let run = verify(&s).failure(2);
     assert!(run.stderr_contains("qflow apply"), "{}", run.stderr);
 }
+
+#[test]
+fn verify_of_one_step_rebuilds_only_it_and_what_it_depends_on() {
+    let s = Space::new();
+    s.workflow(&format!(
+        "{DETERMINISTIC}
+  count:
+    kind: command
+    run: [sh, -c, 'wc -c < \"${{{{ steps.hello }}}}/hello.txt\" > \"$QFLOW_OUT/count.txt\"']
+    outputs: [count.txt]
+"
+    ));
+    with_workload(&s);
+    s.apply();
+    let tmp = s.join("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = s
+        .command(&["verify", "--step", "count"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let run = Run::from(out).success();
+    assert_eq!(run.ran_sorted(), vec!["count", "hello"]);
+    assert_eq!(verdict(&run, "count/count.txt"), "identical");
+    assert!(!run.stdout.contains("data/image.qcow2"), "{}", run.stdout);
+    let bad = s.qflow(&["verify", "--step", "cuont"]).failure(2);
+    assert!(bad.stderr_contains("cuont"), "{}", bad.stderr);
+}
