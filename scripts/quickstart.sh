@@ -11,4 +11,9 @@ if [ ! -f workflows/secrets/root-password ]; then
   (umask 077 && head -c 12 /dev/urandom | base64 > workflows/secrets/root-password)
   echo "quickstart: the guest's root password is in workflows/secrets/root-password"
 fi
+# The kernel tree the quickstart builds (and you may edit): Debian's linux-source-6.1.
+if [ ! -d workflows/linux-source-6.1 ]; then
+  echo "quickstart: unpacking /usr/src/linux-source-6.1.tar.xz into workflows/"
+  tar -C workflows -xf /usr/src/linux-source-6.1.tar.xz
+fi
 exec target/release/qflow apply workflows/quickstart.yaml "$@"

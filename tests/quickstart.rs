@@ -1,0 +1,184 @@
+//! The whole recipe as one workflow: `workflows/quickstart.yaml` end to end, as a
+//! new user runs it, then the edit-one-kernel-line loop that is qflow's reason to be.
+//! `workflows/ubuntu-22.04.yaml` is planned (it needs internet to apply).
+
+mod common;
+use common::Space;
+use std::path::Path;
+use std::time::Instant;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// A checkout-like space: the example workflows and the fixture they name, at
+/// the same relative places as in the repository.
+fn checkout() -> Space {
+    let s = Space::new();
+    let repo = Path::new(REPO);
+    std::fs::create_dir_all(s.join("workflows")).unwrap();
+    for f in ["quickstart.yaml", "ubuntu-22.04.yaml"] {
+        std::fs::copy(repo.join("workflows").join(f), s.join("workflows").join(f)).unwrap();
+    }
+    copy_tree(
+        &repo.join("workflows/quickstart"),
+        &s.join("workflows/quickstart"),
+    );
+    std::fs::create_dir_all(s.join("tests/fixtures")).unwrap();
+    std::fs::copy(
+        repo.join("tests/fixtures/qemu-guest.config"),
+        s.join("tests/fixtures/qemu-guest.config"),
+    )
+    .unwrap();
+    s.write("workflows/secrets/root-password", "quickstart-test-pw\n");
+    s
+}
+
+/// What `run.sh N` prints, computed here independently of the guest.
+fn expected_result(n: u64) -> String {
+    let mut acc: u64 = 0;
+    for i in 0..n {
+        acc = (acc * 31 + i) % 1_000_003;
+    }
+    format!("iterations={n} checksum={acc}")
+}
+
+#[test]
+fn the_ubuntu_workflow_plans_offline_showing_every_command() {
+    let s = checkout();
+    // The user's kernel tree: plan needs it to exist (it is an input), not to be complete.
+    s.write("workflows/linux-source-6.1/Makefile", "# a kernel tree\n")
+        .write("workflows/linux-source-6.1/Kconfig", "# its Kconfig\n");
+    let plan = s.qflow(&["plan", "workflows/ubuntu-22.04.yaml"]).success();
+    for needle in [
+        "ubuntu-22.04-server-cloudimg-amd64.img",
+        "SHA256SUMS",
+        "qemu-img create -f qcow2 -b",
+        "virt-customize",
+        "--root-password 'file:",
+        "unattended-upgrades",
+        "defconfig",
+        "qemu-nbd --connect",
+        "modprobe nbd max_part=8",
+        "mkfs.ext4",
+        "qemu-nbd --disconnect",
+        "-hda",
+        "-hdb",
+        "-kernel",
+        "-append 'root=/dev/sda1 console=ttyS0 nokaslr'",
+        "-icount shift=1",
+        "-snapshot",
+    ] {
+        assert!(
+            plan.stdout.contains(needle),
+            "plan lacks {needle:?}:\n{}",
+            plan.stdout
+        );
+    }
+    assert!(!plan.stdout.contains("quickstart-test-pw"));
+}
+
+#[test]
+fn the_quickstart_plans_every_step_of_the_recipe() {
+    let s = checkout();
+    s.write("workflows/linux-source-6.1/Makefile", "# a kernel tree\n")
+        .write("workflows/linux-source-6.1/Kconfig", "# its Kconfig\n");
+    let plan = s
+        .qflow(&["plan", "--json", "workflows/quickstart.yaml"])
+        .success();
+    let v: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let names: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["base", "system", "kernel", "data", "experiment", "runs"]
+    );
+}
+
+#[test]
+#[ignore = "slow: debootstrap, virt-customize, a kernel build and Debian boots under TCG (~15 min)"]
+fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_the_boots() {
+    let s = checkout().with_cache(&common::shared_cache());
+    let status = std::process::Command::new("tar")
+        .args(["-C"])
+        .arg(s.join("workflows"))
+        .args(["-xf", "/usr/src/linux-source-6.1.tar.xz"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let t0 = Instant::now();
+    let first = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();
+    eprintln!(
+        "quickstart first apply: {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(first.failed().is_empty());
+    let result = s.read("workflows/out/experiment/results.txt");
+    assert_eq!(result.trim(), expected_result(3000));
+    for n in [1000, 5000] {
+        let run = s.read(&format!("workflows/out/runs/iterations={n}/run.txt"));
+        assert_eq!(run.trim(), expected_result(n));
+    }
+    let lock = s.read("workflows/quickstart.lock");
+    assert!(lock.contains("\"results.txt\""), "{lock}");
+    assert!(!lock.contains("quickstart-test-pw"));
+
+    // Nothing changed: nothing runs.
+    let again = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+
+    // One line appended to a kernel source file: the kernel recompiles that file
+    // and relinks; the boots run again; the image and disk steps stay cached.
+    let reboot_c = s.join("workflows/linux-source-6.1/kernel/reboot.c");
+    let mut text = std::fs::read_to_string(&reboot_c).unwrap();
+    text.push_str("int qflow_quickstart_edit = 1;\n");
+    std::fs::write(&reboot_c, text).unwrap();
+    let t1 = Instant::now();
+    let edit = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();
+    eprintln!(
+        "quickstart re-apply after a one-line kernel edit: {:.0} s",
+        t1.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        edit.ran_sorted(),
+        ["experiment", "kernel", "runs"],
+        "{}",
+        edit.stderr
+    );
+    let mut cached = edit.cached();
+    cached.sort();
+    assert_eq!(cached, ["base", "data", "system"]);
+    assert_eq!(
+        s.read("workflows/out/experiment/results.txt").trim(),
+        expected_result(3000)
+    );
+
+    // The password is nowhere qflow writes.
+    for dir in [common::shared_cache().join("logs"), s.join("workflows/out")] {
+        let out = std::process::Command::new("grep")
+            .args(["-rlI", "quickstart-test-pw"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.is_empty(),
+            "password found in {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
