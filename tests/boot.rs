@@ -573,3 +573,71 @@ fn a_kernel_panic_fails_the_step_at_once_instead_of_waiting_for_the_timeout() {
     );
     assert_no_qemu_left(&name);
 }
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_person_can_attach_to_a_running_boots_console_and_type_into_it() {
+    use std::io::{Read, Write};
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  attached:
+    kind: boot
+    system: system
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    commands: [sleep 6, cat /tmp/mark]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let link = shared_cache().join("state/boot-test/attached/console.sock");
+    let _ = std::fs::remove_file(&link);
+    let apply = s
+        .command(&["apply"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let socket = loop {
+        if let Ok(target) = std::fs::read_link(&link) {
+            break target;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attach socket at {}",
+            link.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    // Wait until the guest runs `sleep 6` (the third framed command), then type.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&seen).matches("qflow-b-").count() < 3 {
+        let n = client.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the console closed:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("[qflow: attached"));
+    client.write_all(b"echo user-typed > /tmp/mark\n").unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = commands_json(&s, "out/attached/commands.json");
+    assert_eq!(records[1]["output"], "user-typed\n");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the attach link outlived the run"
+    );
+    assert_no_qemu_left(&name);
+}

@@ -25,6 +25,7 @@
 //! can boot (or customize) the system as this boot left it.
 
 pub mod accel;
+pub mod attach;
 pub mod checkpoint;
 pub mod command_line;
 pub mod guest_run;
@@ -893,6 +894,10 @@ impl Step for Boot {
         let mut plans = Vec::new();
         let mut lines = Vec::new();
         for (label, params) in self.runs() {
+            let attach_link = ctx.state_dir().join(match &label {
+                Some(l) => format!("console-{l}.sock"),
+                None => "console.sock".to_string(),
+            });
             let dir = match &label {
                 Some(l) => out_dir.join(l),
                 None => out_dir.clone(),
@@ -913,6 +918,7 @@ impl Step for Boot {
                 terminal: self.terminal.map(|t| (t.rows, t.cols)),
                 restore: snapshot_file.is_some(),
                 keep_disks: self.writes_kept(),
+                attach_link: Some(attach_link),
                 checkpoint: record.clone(),
                 timeout,
             });

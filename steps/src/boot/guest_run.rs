@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use super::attach::{AttachPoint, Mirrors};
 use super::checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT, RECORD};
 use super::machine::Machine;
 use super::qmp::Qmp;
@@ -52,6 +53,8 @@ pub struct RunPlan {
     pub restore: bool,
     /// Disk writes are kept (overlays): `sync` before QEMU ends.
     pub keep_disks: bool,
+    /// Where the run's attach socket is linked (the step's state directory).
+    pub attach_link: Option<PathBuf>,
     /// Save a checkpoint (memory snapshot + record) at the end.
     pub checkpoint: Option<CheckpointRecord>,
     pub timeout: Duration,
@@ -99,7 +102,23 @@ pub fn drive(
         let _ = lines.send(Event::Line(index, line.to_string()));
     });
     let (console, qmp) = machine.connect(Duration::from_secs(30))?;
+    let mirrors: Mirrors = Default::default();
+    let _attach = match (&plan.attach_link, machine.take_attach()) {
+        (Some(link), Some((listener, socket))) => {
+            let input = console
+                .try_clone()
+                .context("cannot clone the console socket")?;
+            let point = AttachPoint::open(listener, &socket, link, input, mirrors.clone())?;
+            let _ = events.send(Event::Line(
+                index,
+                format!("qflow: attach to the console: {}", point.link().display()),
+            ));
+            Some(point)
+        }
+        _ => None,
+    };
     let mut console = SerialConsole::new(console, sink);
+    console.set_mirrors(mirrors);
     if let Some((_, password)) = &plan.login {
         console.add_secret(password);
     }

@@ -58,6 +58,7 @@ pub struct Machine {
     pub started: Instant,
     console: UnixListener,
     qmp: UnixListener,
+    attach: Option<(UnixListener, PathBuf)>,
     log: PathBuf,
     _sockets: SocketDir,
 }
@@ -81,6 +82,9 @@ impl Machine {
         let qmp = UnixListener::bind(&control.qmp).context("cannot listen on the QMP socket")?;
         console.set_nonblocking(true)?;
         qmp.set_nonblocking(true)?;
+        let attach_socket = sockets.path().join("attach");
+        let attach =
+            UnixListener::bind(&attach_socket).context("cannot listen on the attach socket")?;
         let mut line = line.clone();
         line.control = Some(control);
         let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -97,6 +101,7 @@ impl Machine {
             started: Instant::now(),
             console,
             qmp,
+            attach: Some((attach, attach_socket)),
             log: log.to_path_buf(),
             _sockets: sockets,
         })
@@ -130,6 +135,11 @@ impl Machine {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok((console.unwrap(), qmp.unwrap()))
+    }
+
+    /// The listener (and its path) a person attaches to the console through.
+    pub fn take_attach(&mut self) -> Option<(UnixListener, PathBuf)> {
+        self.attach.take()
     }
 
     /// Wait for QEMU to exit by itself; kill it after `timeout`.

@@ -49,6 +49,7 @@ pub struct SerialConsole {
     tag: String,
     counter: u64,
     muted: bool,
+    mirrors: Option<super::attach::Mirrors>,
 }
 
 impl SerialConsole {
@@ -64,6 +65,7 @@ impl SerialConsole {
             tag: unique_tag(),
             counter: 0,
             muted: false,
+            mirrors: None,
         }
     }
 
@@ -217,6 +219,11 @@ impl SerialConsole {
             .context("cannot write to the console")
     }
 
+    /// Also send everything received to these attached clients.
+    pub fn set_mirrors(&mut self, mirrors: super::attach::Mirrors) {
+        self.mirrors = Some(mirrors);
+    }
+
     /// Keep received lines out of the transcript (a collected file's base64) or not.
     pub fn set_muted(&mut self, muted: bool) {
         self.muted = muted;
@@ -245,6 +252,9 @@ impl SerialConsole {
                 bail!("the console closed: QEMU exited")
             }
             Ok(n) => {
+                if let Some(m) = &self.mirrors {
+                    super::attach::mirror(m, &chunk[..n]);
+                }
                 self.pending.extend_from_slice(&chunk[..n]);
                 self.record(&chunk[..n]);
                 Ok(true)
