@@ -251,7 +251,7 @@ pub fn run(
         None
     };
     let mut results: Vec<(String, String, u64)> = Vec::new();
-    let mut left_out: Vec<(String, String, u64, String)> = Vec::new();
+    let mut left_out: Vec<(String, String, Option<u64>, String)> = Vec::new();
     for s in &wf.steps {
         let locked = &lock.steps[&s.name];
         let tree = locked
@@ -269,7 +269,7 @@ pub fn run(
                         cache_dir.display()
                     )));
                 }
-                left_out.push((s.name.clone(), out.clone(), 0, hash.clone()));
+                left_out.push((s.name.clone(), out.clone(), None, hash.clone()));
                 continue;
             };
             let source = tree.join(out);
@@ -285,7 +285,7 @@ pub fn run(
                 );
                 results.push((s.name.clone(), out.clone(), meta.len()));
             } else {
-                left_out.push((s.name.clone(), out.clone(), meta.len(), hash.clone()));
+                left_out.push((s.name.clone(), out.clone(), Some(meta.len()), hash.clone()));
             }
         }
     }
@@ -451,7 +451,7 @@ struct Listing {
     /// (step, output, size) of bundled results.
     results: Vec<(String, String, u64)>,
     /// (step, output, size, hash) of outputs left to `qflow apply`.
-    left_out: Vec<(String, String, u64, String)>,
+    left_out: Vec<(String, String, Option<u64>, String)>,
 }
 
 /// The bundle's README: what it holds and the exact commands.
@@ -550,7 +550,11 @@ fn readme(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
         ));
         line("");
         for (step, out, size, hash) in left_out {
-            line(&format!("- `{step}/{out}` ({size} bytes, blake3 `{hash}`)"));
+            let size = match size {
+                Some(n) => format!("{n} bytes"),
+                None => "not in the cache".to_string(),
+            };
+            line(&format!("- `{step}/{out}` ({size}, blake3 `{hash}`)"));
         }
     }
     let mut tools: BTreeMap<&String, &String> = BTreeMap::new();

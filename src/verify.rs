@@ -267,11 +267,17 @@ fn print_table(lock: &Path, rows: &[Row]) {
     }
 }
 
-/// Disk images hand themselves downstream as `image.<ext>` (see `image_file`).
+/// Disk images: `image.<ext>` (how image steps hand themselves downstream, see
+/// `image_file`) and a boot's kept overlays (`hdb.qcow2`).
 fn is_image(output: &str) -> bool {
-    Path::new(output)
+    let name = Path::new(output)
         .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("image."))
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.starts_with("image.")
+        || [".qcow2", ".raw", ".img"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 /// The recorded output file, if the original cache still holds its tree.
