@@ -219,3 +219,32 @@ fn verify_of_one_step_rebuilds_only_it_and_what_it_depends_on() {
     let bad = s.qflow(&["verify", "--step", "cuont"]).failure(2);
     assert!(bad.stderr_contains("cuont"), "{}", bad.stderr);
 }
+
+/// The kernel step of `tests/kernel.rs` and `tests/boot.rs`, verbatim: applying it
+/// on the shared cache is a cache hit once any slow test built it.
+const SHARED_KERNEL: &str = concat!(
+    "version: 1\nname: kernel-shared\nsteps:\n  kernel:\n    kind: kernel\n",
+    "    source: { tarball: /usr/src/linux-source-6.1.tar.xz }\n    config: tinyconfig\n",
+    "    fragments: [",
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/qemu-guest.config]\n"
+);
+
+#[test]
+#[ignore = "slow: builds a tinyconfig kernel from scratch (about 5 min on 2 cores)"]
+fn a_kernel_rebuilt_from_scratch_is_byte_identical() {
+    let s = Space::new().with_cache(&common::shared_cache());
+    s.workflow(SHARED_KERNEL);
+    s.apply();
+    let tmp = s.join("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = s
+        .command(&["verify", "--jobs", "2"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.ran(), vec!["kernel"], "rebuilt, not taken from a cache");
+    assert_eq!(verdict(&run, "kernel/bzImage"), "identical");
+}
