@@ -474,3 +474,69 @@ fn interrupting_a_customization_leaves_no_secret_no_output_and_no_appliance() {
     );
     assert!(!s.join("out/sys").exists());
 }
+
+#[test]
+#[ignore = "slow: needs the shared Debian base image and runs virt-customize twice"]
+fn a_random_password_is_kept_for_the_user_and_locked_takes_it_away() {
+    let cache = shared_cache();
+    let s = Space::new().with_cache(&cache);
+    s.workflow(&format!(
+        "{}\n  random:\n    kind: customize\n    image: base\n    root_password: random\n    commands: ['echo {} > /root/run-id']\n  locked:\n    kind: customize\n    image: random\n    root_password: locked\n",
+        base_only(),
+        nanos()
+    ));
+    let run = s.apply();
+    assert_eq!(run.ran_sorted(), ["locked", "random"], "{}", run.stderr);
+
+    let kept = cache.join("state/customize-test/random/root-password");
+    let password = std::fs::read_to_string(&kept).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let disk = GuestDisk::open(&image_of(&s, "random"), &s.join("scratch"));
+    let shadow = disk.cat("/etc/shadow").unwrap();
+    let hash = shadow
+        .lines()
+        .find_map(|l| l.strip_prefix("root:"))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        crypt_verifies(&hash, &password),
+        "the kept random password does not log in"
+    );
+    drop(disk);
+
+    // `locked` on top of it (an overlay of an overlay): no password works any more.
+    let disk = GuestDisk::open(&image_of(&s, "locked"), &s.join("scratch"));
+    let shadow = disk.cat("/etc/shadow").unwrap();
+    let locked = shadow
+        .lines()
+        .find_map(|l| l.strip_prefix("root:"))
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        !crypt_verifies(&locked, &password),
+        "root still logs in with {locked}"
+    );
+    assert!(
+        locked.starts_with('*') || locked.starts_with('!'),
+        "root's password field is {locked}"
+    );
+    let leaks = files_containing(
+        &password,
+        &[
+            &cache.join("logs"),
+            &cache.join("records"),
+            &s.join("qflow.lock"),
+        ],
+    );
+    assert!(leaks.is_empty(), "the random password is in {leaks:?}");
+}
