@@ -9,15 +9,19 @@
 #      the same KBUILD_BUILD_* pins. Both do exactly one compile and a relink.
 # Prints the medians and the ratios (target: qflow adds at most 15%).
 #
-# Usage: bench/kernel-incremental.sh [WORK_DIR]   (env: JOBS=2 ROUNDS=3 QFLOW=path)
+# Also times a no-op `qflow apply` (qflow's fixed cost on a 78k-file tree).
+#
+# Usage: bench/kernel-incremental.sh [WORK_DIR]   (env: JOBS=2 ROUNDS=5 QFLOW=path CLEAN=1)
 # WORK_DIR (default target/bench-kernel) keeps the unpacked tree; the qflow
-# cache inside it is wiped at the start so step 1 is a clean build.
+# cache inside it is wiped at the start so step 1 is a clean build. CLEAN=0
+# keeps the cache of a previous run and skips the clean build.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$repo/target/bench-kernel}
 jobs=${JOBS:-2}
-rounds=${ROUNDS:-3}
+rounds=${ROUNDS:-5}
+clean_build=${CLEAN:-1}
 tarball=/usr/src/linux-source-6.1.tar.xz
 fragment=$repo/tests/fixtures/qemu-guest.config
 
@@ -39,7 +43,10 @@ if [ ! -f "$tree/.bench-complete" ]; then
 fi
 cp "$work/reboot.c.orig" "$tree/kernel/reboot.c"
 
-rm -rf "$work/.qflow" "$work/out" "$work/qflow.lock"
+if [ "$clean_build" = 1 ] || [ ! -d "$work/.qflow" ]; then
+	clean_build=1
+	rm -rf "$work/.qflow" "$work/out" "$work/qflow.lock"
+fi
 cat > "$work/workflow.yaml" <<EOF
 version: 1
 name: bench
@@ -60,6 +67,10 @@ cd "$work"
 t=$(now)
 "$QFLOW" apply --jobs "$jobs" 2> "$work/clean.log" || { cat "$work/clean.log" >&2; exit 1; }
 clean=$(elapsed "$t")
+[ "$clean_build" = 1 ] || clean=
+t=$(now)
+"$QFLOW" apply --jobs "$jobs" 2> /dev/null
+noop=$(elapsed "$t")
 
 build=$(echo "$work"/.qflow/state/*/kernel/build-*)
 [ -d "$build" ] || { echo "cannot find the kept build tree under $work/.qflow/state" >&2; exit 1; }
@@ -84,8 +95,14 @@ cp "$work/reboot.c.orig" "$tree/kernel/reboot.c"
 q=$(median "${qflow_times[@]}")
 m=$(median "${make_times[@]}")
 printf 'kernel: linux-source-6.1 tinyconfig + qemu-guest.config, %s jobs, %s rounds\n' "$jobs" "$rounds"
-printf 'clean build (qflow apply):            %8.2f s\n' "$clean"
+if [ -n "$clean" ]; then
+	printf 'clean build (qflow apply):            %8.2f s\n' "$clean"
+fi
+printf 'no-op qflow apply:                    %8.2f s\n' "$noop"
 printf 'one-line edit, qflow apply (median):  %8.2f s   [%s]\n' "$q" "${qflow_times[*]}"
 printf 'one-line edit, bare make (median):    %8.2f s   [%s]\n' "$m" "${make_times[*]}"
 printf 'qflow / make:                         %8.3f   (target <= 1.15)\n' "$(echo "$q / $m" | bc -l)"
-printf 'clean / incremental (qflow):          %8.1f\n' "$(echo "$clean / $q" | bc -l)"
+if [ -n "$clean" ]; then
+	printf 'clean / incremental (qflow):          %8.1f\n' "$(echo "$clean / $q" | bc -l)"
+fi
+printf 'load average at the end:              %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -290,8 +290,9 @@ impl Step for Kernel {
 
         ctx.progress(&format!("make {}", self.targets.join(" ")));
         let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
         let summary = make.build(ctx, &targets)?;
-        ctx.log(&summary);
+        ctx.log(&format!("{summary} (make took {:.1?})", started.elapsed()));
 
         for (from, name) in OUTPUTS {
             let path = build.join(from);
