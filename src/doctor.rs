@@ -335,17 +335,17 @@ fn builtin_findings(probe_kvm: bool) -> Vec<Finding> {
         },
         needed_by: vec!["customize".into()],
     });
-    // Root and nbd have rootless alternatives (`via: mkfs`), so they are notes here;
-    // with a workflow that needs them, its steps' requirements make them failures.
+    // Root and nbd are notes here: a workflow may not need them (`via: mkfs` needs
+    // neither); with a workflow that does, its steps' requirements make them failures.
     findings.push(Finding {
         status: if is_root() { Status::Ok } else { Status::Note },
         what: "root".into(),
         detail: if is_root() {
             "running as root".into()
         } else {
-            "not root: `disk` with `via: loop` or `via: nbd` needs it; `via: mkfs` does not".into()
+            "not root: `debootstrap` and `disk` with `via: loop` or `via: nbd` need it; `disk` with `via: mkfs` does not".into()
         },
-        needed_by: vec!["disk via: loop|nbd".into()],
+        needed_by: vec!["debootstrap, disk via: loop|nbd".into()],
     });
     findings.push(Finding {
         status: if nbd_module() { Status::Ok } else { Status::Note },
