@@ -233,6 +233,19 @@ pub fn run(
         }
     }
 
+    // Host paths named by fields rather than declared inputs (a kernel tarball, a
+    // boot's `kernel: /boot/vmlinuz`): the evaluator needs them too.
+    for s in &wf.steps {
+        let fields = serde_json::to_value(&s.fields).unwrap_or(Value::Null);
+        let mut paths = Vec::new();
+        absolute_paths(&fields, &mut paths);
+        for p in paths {
+            if Path::new(&p).exists() && !host_inputs.iter().any(|(_, l, _)| *l == p) {
+                host_inputs.push((s.name.clone(), p, String::new()));
+            }
+        }
+    }
+
     if !refused.is_empty() {
         let n = refused.len();
         refused.truncate(5);
@@ -332,6 +345,16 @@ pub fn run(
         results.len()
     );
     Ok(0)
+}
+
+/// Every string in `v` that is an absolute path.
+fn absolute_paths(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(t) if t.starts_with('/') => out.push(t.clone()),
+        Value::Array(items) => items.iter().for_each(|i| absolute_paths(i, out)),
+        Value::Object(m) => m.values().for_each(|i| absolute_paths(i, out)),
+        _ => {}
+    }
 }
 
 /// Disk images and memory snapshots: rebuilt by `qflow apply`, never results.
@@ -525,8 +548,17 @@ fn readme(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
         line("");
         line("## Host files the workflow reads (not bundled)");
         line("");
+        line(
+            "Install them (the same content: it enters the step keys) before applying; \
+             `qflow plan` names any that differ.",
+        );
+        line("");
         for (step, label, digest) in host_inputs {
-            line(&format!("- `{label}` (step `{step}`), digest `{digest}`"));
+            if digest.is_empty() {
+                line(&format!("- `{label}` (step `{step}`)"));
+            } else {
+                line(&format!("- `{label}` (step `{step}`), digest `{digest}`"));
+            }
         }
     }
     line("");
