@@ -75,15 +75,17 @@ noop=$(elapsed "$t")
 build=$(echo "$work"/.qflow/state/*/kernel/build-*)
 [ -d "$build" ] || { echo "cannot find the kept build tree under $work/.qflow/state" >&2; exit 1; }
 
+# A token unique to this run, so no edit matches a result already in a kept cache.
+token=$(date +%s%N)
 qflow_times=()
 make_times=()
 for i in $(seq "$rounds"); do
-	echo "int qflow_bench_q$i = $i;" >> "$tree/kernel/reboot.c"
+	echo "int qflow_bench_q${i}_$token = $i;" >> "$tree/kernel/reboot.c"
 	t=$(now)
 	"$QFLOW" apply --jobs "$jobs" 2>> "$work/incremental.log"
 	qflow_times+=("$(elapsed "$t")")
 
-	echo "int qflow_bench_m$i = $i;" >> "$tree/kernel/reboot.c"
+	echo "int qflow_bench_m${i}_$token = $i;" >> "$tree/kernel/reboot.c"
 	t=$(now)
 	KBUILD_BUILD_TIMESTAMP='Thu Jan  1 00:00:00 UTC 1970' KBUILD_BUILD_USER=qflow KBUILD_BUILD_HOST=qflow \
 		KBUILD_BUILD_VERSION=1 LC_ALL=C \
