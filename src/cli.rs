@@ -45,6 +45,11 @@ pub enum Command {
         /// Fail at once if another run holds the cache, instead of waiting.
         #[arg(long)]
         no_wait: bool,
+        /// Run in the background, in a new session that survives the end of your
+        /// ssh login (instead of `screen`); the log goes to a file and
+        /// `qflow status` shows progress.
+        #[arg(long)]
+        detach: bool,
     },
     /// Show what `apply` would run, and why.
     Plan {

@@ -31,10 +31,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             jobs,
             keep_going,
             no_wait,
+            detach,
         } => {
             qflow_engine::timings::mark("start");
             let wf = load(&workflow, &registry)?;
             qflow_engine::timings::mark("load workflow");
+            if detach {
+                return crate::detach::detach(&cache_dir(&wf, workflow.cache.as_deref()));
+            }
             let mut session =
                 Session::open(&wf, &registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
             qflow_engine::timings::mark("open session");
@@ -127,8 +131,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if busy {
                 println!("a qflow run is in progress on this cache");
             }
-            if let Some(last) = last_run(&session.cache.dir("runs"), &wf.path.display().to_string())
-            {
+            if let Some(last) = last_run(
+                &session.cache.dir("runs"),
+                &wf.path.display().to_string(),
+                busy,
+            ) {
                 println!("last run: {}", last);
             }
             let steps = plan(&mut session)?;
@@ -285,25 +292,58 @@ fn run_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-fn last_run(dir: &std::path::Path, workflow: &str) -> Option<String> {
+fn last_run(dir: &std::path::Path, workflow: &str, busy: bool) -> Option<String> {
     for p in run_files(dir).into_iter().rev() {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-        if v["workflow"] == workflow {
-            let steps = v["steps"].as_array()?;
-            let count = |o: &str| steps.iter().filter(|s| s["outcome"] == o).count();
+        if v["workflow"] != workflow {
+            continue;
+        }
+        let steps = v["steps"].as_array()?;
+        let named = |o: &str| -> Vec<&str> {
+            steps
+                .iter()
+                .filter(|s| s["outcome"] == o)
+                .filter_map(|s| s["name"].as_str())
+                .collect()
+        };
+        let count = |o: &str| named(o).len();
+        let id = v["id"].as_str().unwrap_or("");
+        if v["finished"] == false {
+            let started = v["started_unix"].as_u64().unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let state = if busy {
+                "in progress"
+            } else {
+                "did not finish (qflow was killed?)"
+            };
             return Some(format!(
-                "{} — {} ran, {} cached, {} failed{}",
-                v["id"].as_str().unwrap_or(""),
+                "{id} — {state}, started {}s ago: running: {}; {} ran, {} cached, {} failed, {} pending",
+                now.saturating_sub(started),
+                if named("running").is_empty() {
+                    "none".to_string()
+                } else {
+                    named("running").join(", ")
+                },
                 count("ran"),
                 count("cached"),
                 count("failed"),
-                if v["interrupted"] == true {
-                    ", interrupted"
-                } else {
-                    ""
-                }
+                count("pending")
             ));
         }
+        return Some(format!(
+            "{id} — {} ran, {} cached, {} failed{}",
+            count("ran"),
+            count("cached"),
+            count("failed"),
+            if v["interrupted"] == true {
+                ", interrupted"
+            } else {
+                ""
+            }
+        ));
     }
     None
 }

@@ -3,6 +3,7 @@
 mod bundle;
 mod cli;
 mod commands;
+mod detach;
 mod doctor;
 mod schema;
 mod verify;

@@ -190,3 +190,56 @@ fn a_shared_cache_given_by_qflow_cache_serves_a_second_workspace() {
     assert!(run.ran().is_empty(), "{}", run.stderr);
     assert_eq!(b.read("out/gen/out.txt"), "abc\n");
 }
+
+#[test]
+fn apply_detach_runs_in_its_own_session_and_status_shows_it_live() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  slow:\n    kind: command\n    run: [sh, -c, 'touch started; sleep 2; echo done > \"$QFLOW_OUT/r\"']\n    outputs: [r]\n",
+    );
+    let t0 = std::time::Instant::now();
+    let run = s.qflow(&["apply", "--detach"]).success();
+    assert!(
+        t0.elapsed().as_secs_f64() < 1.5,
+        "--detach waited for the run"
+    );
+    let pid: i32 = run
+        .stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    // A new session: the SIGHUP of a closing ssh login does not reach it.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let session: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session, pid, "the detached qflow leads its own session");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !s.join("started").exists() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let live = s.qflow(&["status"]).success().stdout;
+    assert!(
+        live.contains("in progress") && live.contains("running: slow"),
+        "{live}"
+    );
+    while !s.join("out/slow/r").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the detached run did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let done = s.qflow(&["status"]).success().stdout;
+    assert!(done.contains("1 ran, 0 cached, 0 failed"), "{done}");
+}

@@ -49,6 +49,10 @@ pub enum StepOutcome {
     Failed,
     Skipped,
     Interrupted,
+    /// Only in the record of a run still in progress.
+    Running,
+    /// Only in the record of a run still in progress.
+    Pending,
 }
 
 /// One step in the run record.
@@ -78,6 +82,8 @@ pub struct RunReport {
     pub duration_ms: u64,
     pub steps: Vec<StepReport>,
     pub interrupted: bool,
+    /// False while the run is in progress (`qflow status` shows it live).
+    pub finished: bool,
 }
 
 impl RunReport {
@@ -202,6 +208,10 @@ pub fn apply(
     }
 
     let mut states: Vec<State> = vec![State::Waiting; n];
+    let started_unix = unix_now();
+    let runs_dir = session.cache.dir("runs");
+    let mut live_pending = false;
+    let mut live_written = false;
     let mut reports: Vec<Option<StepReport>> = vec![None; n];
     let mut outputs: BTreeMap<String, Hash> = BTreeMap::new();
     let mut free = total_slots;
@@ -374,6 +384,35 @@ pub fn apply(
                     });
                 }
             }
+            if live_pending || (running > 0 && !live_written) {
+                // The live record `qflow status` reads (no fsync: a report, not a result).
+                let live = RunReport {
+                    id: id.clone(),
+                    workflow: workflow.path.display().to_string(),
+                    started_unix,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    steps: workflow
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, st)| match (&reports[i], &states[i]) {
+                            (Some(r), State::Running) => StepReport {
+                                outcome: StepOutcome::Running,
+                                ..r.clone()
+                            },
+                            (Some(r), _) => r.clone(),
+                            (None, _) => {
+                                report(&st.name, StepOutcome::Pending, None, 0, vec![], None)
+                            }
+                        })
+                        .collect(),
+                    interrupted,
+                    finished: false,
+                };
+                let _ = write_run_record(&runs_dir, &live);
+                live_pending = false;
+                live_written = true;
+            }
             if running == 0 {
                 break;
             }
@@ -388,6 +427,7 @@ pub fn apply(
                     material,
                     duration_ms,
                 } => {
+                    live_pending = true;
                     let s = &workflow.steps[index];
                     running -= 1;
                     free += s
@@ -495,15 +535,13 @@ pub fn apply(
     let run = RunReport {
         id: id.clone(),
         workflow: workflow.path.display().to_string(),
-        started_unix: unix_now().saturating_sub(started.elapsed().as_secs()),
+        started_unix,
         duration_ms: started.elapsed().as_millis() as u64,
         steps: reports.into_iter().map(|r| r.unwrap()).collect(),
         interrupted,
+        finished: true,
     };
-    qflow_cache::write_atomic(
-        &session.cache.dir("runs").join(format!("{id}.json")),
-        &serde_json::to_vec_pretty(&run)?,
-    )?;
+    write_run_record(&session.cache.dir("runs"), &run)?;
     crate::timings::mark("write run record");
     progress.event(&format!(
         "{} ran, {} cached, {} failed, {} skipped in {:.2}s",
@@ -514,6 +552,15 @@ pub fn apply(
         run.duration_ms as f64 / 1000.0
     ));
     Ok(run)
+}
+
+/// Write a run record (temp file and rename, no fsync: it is a report, not a result).
+fn write_run_record(runs: &Path, run: &RunReport) -> anyhow::Result<()> {
+    let tmp = runs.join(format!(".{}.tmp", run.id));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(run)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, runs.join(format!("{}.json", run.id)))?;
+    Ok(())
 }
 
 fn report(

@@ -1,0 +1,51 @@
+//! `qflow apply --detach`: the seed's "Preserving Jobs Across Sessions" without
+//! `screen`. qflow starts itself again in a new session (setsid), so the SIGHUP
+//! sent when an ssh login ends never reaches it; its output goes to a log file in
+//! the cache and `qflow status` reads the live run record.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+
+/// Start the same `qflow apply` without `--detach` in the background.
+pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
+    let logs = cache_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let log_path = logs.join(format!("detached-{stamp}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the qflow executable")?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .context("cannot start qflow in the background")?;
+    eprintln!(
+        "qflow: detached (pid {}); log: {}\nqflow: `qflow status` shows its progress; it survives the end of this login",
+        child.id(),
+        log_path.display()
+    );
+    Ok(0)
+}
