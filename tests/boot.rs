@@ -641,3 +641,51 @@ fn a_person_can_attach_to_a_running_boots_console_and_type_into_it() {
     );
     assert_no_qemu_left(&name);
 }
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn a_plugin_parameter_sweep_restores_one_checkpoint_per_value() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  plugin:
+    kind: command
+    run: [sh, -c, 'exec cc -shared -fPIC -O2 -o "$QFLOW_OUT/libinsn.so" "$1"', sh, {FIXTURES}/boot/insn-plugin.c]
+    inputs: [{FIXTURES}/boot/insn-plugin.c]
+    outputs: [libinsn.so]
+  booted:
+    kind: boot
+    system: system
+    disks: [data]
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    checkpoint: true
+    commands: ['mount /dev/sdb /mnt']
+    extra_args: [-name, {name}]
+  sweep:
+    kind: boot
+    from_checkpoint: booted
+    matrix: {{ size: [16, 64] }}
+    plugins: [{{ path: "${{{{ steps.plugin }}}}/libinsn.so", args: ["size={{{{ matrix.size }}}}"] }}]
+    commands: ['sh /mnt/run.sh', 'echo "size is $size"']
+    extra_args: [-name, {name}]
+"#
+    )));
+    s.apply();
+    for size in ["16", "64"] {
+        let dir = format!("out/sweep/size={size}");
+        let qemu_log = s.read(&format!("{dir}/qemu.log"));
+        assert!(
+            qemu_log.contains(&format!("argc=1 argv[0]=size={size}")),
+            "{qemu_log}"
+        );
+        assert!(
+            qemu_log.contains("insn-plugin: instructions="),
+            "{qemu_log}"
+        );
+        let records = commands_json(&s, &format!("{dir}/commands.json"));
+        assert_eq!(records[0]["output"], "hello from the data disk\nsum=5050\n");
+        assert_eq!(records[1]["output"], format!("size is {size}\n"));
+    }
+    assert_no_qemu_left(&name);
+}

@@ -120,7 +120,9 @@ pub struct Boot {
     /// Resume a checkpoint step's guest instead of booting (`-incoming` + `-snapshot`).
     #[serde(default)]
     pub from_checkpoint: Option<String>,
-    /// Run once per combination of these parameters, exported as guest shell variables.
+    /// Run once per combination of these parameters: exported as guest shell variables
+    /// (`$NAME`) and substituted for `{{ matrix.NAME }}` in commands, plugin arguments
+    /// and extra arguments.
     #[serde(default)]
     pub matrix: BTreeMap<String, Vec<Scalar>>,
 }
@@ -384,6 +386,36 @@ impl Boot {
         Ok(Some((login.user.clone(), password)))
     }
 
+    /// Every `{{ matrix.NAME }}` names a parameter of this step's matrix.
+    fn check_matrix_references(&self) -> Result<(), FieldError> {
+        let mut texts: Vec<(String, &str)> = Vec::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            texts.push((format!("plugins[{i}].path"), &p.path));
+            for (j, a) in p.args.iter().enumerate() {
+                if let Scalar::Text(t) = a {
+                    texts.push((format!("plugins[{i}].args[{j}]"), t));
+                }
+            }
+        }
+        for (i, a) in self.extra_args.iter().enumerate() {
+            texts.push((format!("extra_args[{i}]"), a));
+        }
+        for (i, c) in self.commands.iter().enumerate() {
+            texts.push((format!("commands[{i}]"), c));
+        }
+        for (field, text) in texts {
+            for caps in matrix_reference().captures_iter(text) {
+                if !self.matrix.contains_key(&caps[1]) {
+                    return Err(FieldError::new(
+                        field,
+                        format!("`{}` names no parameter of this step's `matrix`", &caps[0]),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_fields(&self, ctx: &CheckContext) -> Result<(), FieldError> {
         self.timeout()?;
         if let Some(cp) = &self.from_checkpoint {
@@ -557,6 +589,7 @@ impl Boot {
                 "`rows` and `cols` must be positive",
             ));
         }
+        self.check_matrix_references()?;
         if !self.matrix.is_empty() && self.checkpoint {
             return Err(FieldError::new(
                 "matrix",
@@ -593,6 +626,27 @@ impl Boot {
         }
         Ok(())
     }
+}
+
+/// `{{ matrix.NAME }}` in a plugin argument, an extra argument or a command: the
+/// run's value. (The engine's own `${{ }}` is resolved before the step sees its
+/// fields; this form passes through it untouched.)
+fn matrix_reference() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"\{\{\s*matrix\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}").unwrap())
+}
+
+/// Replace every `{{ matrix.NAME }}` in `text` with the run's value of NAME.
+fn substitute(text: &str, params: &[(String, String)]) -> String {
+    matrix_reference()
+        .replace_all(text, |caps: &regex::Captures| {
+            params
+                .iter()
+                .find(|(k, _)| k == &caps[1])
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| caps[0].to_string())
+        })
+        .into_owned()
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -908,11 +962,25 @@ impl Step for Boot {
             if self.writes_kept() {
                 run_line.disks = self.overlays(ctx, &line.disks, &dir)?;
             }
+            for plugin in &mut run_line.plugins {
+                plugin.path = substitute(&plugin.path, &params);
+                plugin.args = plugin.args.iter().map(|a| substitute(a, &params)).collect();
+            }
+            run_line.extra_args = run_line
+                .extra_args
+                .iter()
+                .map(|a| substitute(a, &params))
+                .collect();
+            let commands = self
+                .commands
+                .iter()
+                .map(|c| substitute(c, &params))
+                .collect();
             plans.push(RunPlan {
                 label,
                 dir,
                 exports: params,
-                commands: self.commands.clone(),
+                commands,
                 collect: self.collect.clone(),
                 login: login.clone(),
                 terminal: self.terminal.map(|t| (t.rows, t.cols)),
@@ -1164,6 +1232,14 @@ timeout: 30m
             ),
             ("{kernel: k, login: {password: locked}}", "login.password"),
             ("{kernel: k, terminal: {rows: 0, cols: 80}}", "terminal"),
+            (
+                "{kernel: k, commands: ['echo {{ matrix.x }}']}",
+                "commands[0]",
+            ),
+            (
+                "{kernel: k, matrix: {n: [1]}, plugins: [{path: /p.so, args: ['a={{matrix.m}}']}]}",
+                "plugins[0].args[0]",
+            ),
         ];
         for (yaml, field) in cases {
             let err = refused(yaml);
@@ -1196,6 +1272,24 @@ timeout: 30m
             );
         }
         assert_eq!(step.default_jobs(), 2);
+    }
+
+    #[test]
+    fn matrix_values_replace_their_references() {
+        let params = vec![
+            ("n".to_string(), "4".to_string()),
+            ("mode".to_string(), "fast".to_string()),
+        ];
+        assert_eq!(
+            substitute("size={{ matrix.n }},{{matrix.mode}}", &params),
+            "size=4,fast"
+        );
+        assert_eq!(
+            substitute("${{ steps.x }} {{ other }}", &params),
+            "${{ steps.x }} {{ other }}"
+        );
+        check("{kernel: k, matrix: {n: [1, 2]}, commands: ['echo {{ matrix.n }}'], extra_args: ['{{ matrix.n }}']}")
+            .unwrap();
     }
 
     #[test]
