@@ -54,7 +54,7 @@ fn ctrl_c_leaves_no_child_and_no_record_and_the_next_apply_completes() {
     let s = Space::new();
     let tag = "31.4159";
     slow_workflow(&s, tag);
-    let mut child = s
+    let child = s
         .command(&["apply"])
         .stderr(std::process::Stdio::piped())
         .spawn()
