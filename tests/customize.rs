@@ -409,7 +409,7 @@ fn interrupting_a_customization_leaves_no_secret_no_output_and_no_appliance() {
             .unwrap(),
     );
     // Wait for the virt-customize that this qflow started.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
     let argv = loop {
         let child = qflow.0.id();
         if let Some((_, argv)) = processes_with("virt-customize ")

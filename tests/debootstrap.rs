@@ -181,7 +181,7 @@ fn interrupting_debootstrap_leaves_no_mount_and_no_tree() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
     while mounts_under(&tree).is_empty() {
         if std::time::Instant::now() > deadline || qflow.try_wait().unwrap().is_some() {
             // SAFETY: SIGINT to our own child.
