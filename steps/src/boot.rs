@@ -46,7 +46,7 @@ use serde::Deserialize;
 use crate::secret::Secret;
 use checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT, RECORD};
 use command_line::{AccelName, DISK_OPTIONS, PluginArg, QemuCommandLine, relative_path};
-use guest_run::{COMMANDS_JSON, CONSOLE_LOG, Event, QEMU_LOG, RunPlan, collected_name};
+use guest_run::{COMMANDS_JSON, CONSOLE_LOG, Event, GuestLogin, QEMU_LOG, RunPlan, collected_name};
 
 /// A matrix run's parameters, `(name, value)` in name order.
 type Params = Vec<(String, String)>;
@@ -372,7 +372,7 @@ impl Boot {
         })
     }
 
-    fn read_password(&self, ctx: &RunContext) -> anyhow::Result<Option<(String, String)>> {
+    fn read_password(&self, ctx: &RunContext) -> anyhow::Result<Option<GuestLogin>> {
         let Some(login) = &self.login else {
             return Ok(None);
         };
@@ -383,7 +383,10 @@ impl Boot {
         };
         let password = String::from_utf8(secret.expose().to_vec())
             .context("the login password is not UTF-8")?;
-        Ok(Some((login.user.clone(), password)))
+        Ok(Some(GuestLogin {
+            user: login.user.clone(),
+            password,
+        }))
     }
 
     /// Every `{{ matrix.NAME }}` names a parameter of this step's matrix.

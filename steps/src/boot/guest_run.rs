@@ -47,7 +47,7 @@ pub struct RunPlan {
     pub exports: Vec<(String, String)>,
     pub commands: Vec<String>,
     pub collect: Vec<String>,
-    pub login: Option<(String, String)>,
+    pub login: Option<GuestLogin>,
     pub terminal: Option<(u16, u16)>,
     /// The guest resumes from a checkpoint instead of booting.
     pub restore: bool,
@@ -58,6 +58,24 @@ pub struct RunPlan {
     /// Save a checkpoint (memory snapshot + record) at the end.
     pub checkpoint: Option<CheckpointRecord>,
     pub timeout: Duration,
+}
+
+/// The user name and password typed at the guest's getty. The password never
+/// prints, not even in `Debug`.
+#[derive(Clone)]
+pub struct GuestLogin {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for GuestLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GuestLogin {{ user: {:?}, password: <secret> }}",
+            self.user
+        )
+    }
 }
 
 /// One command's result, as written to `commands.json`.
@@ -119,8 +137,8 @@ pub fn drive(
     };
     let mut console = SerialConsole::new(console, sink);
     console.set_mirrors(mirrors);
-    if let Some((_, password)) = &plan.login {
-        console.add_secret(password);
+    if let Some(login) = &plan.login {
+        console.add_secret(&login.password);
     }
     let result = converse(
         plan,
@@ -169,9 +187,9 @@ fn converse(
     if plan.restore {
         progress("restoring the checkpoint");
         qmp.finish_restore(deadline)?;
-    } else if let Some((user, password)) = &plan.login {
+    } else if let Some(login) = &plan.login {
         progress("waiting for the login prompt");
-        console.login(user, password, deadline)?;
+        console.login(&login.user, &login.password, deadline)?;
     } else {
         progress("booting");
     }
