@@ -30,6 +30,7 @@ pub mod checkpoint;
 pub mod command_line;
 pub mod guest_run;
 pub mod machine;
+pub mod matrix;
 pub mod qmp;
 pub mod serial_console;
 
@@ -47,9 +48,7 @@ use crate::secret::Secret;
 use checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT, RECORD};
 use command_line::{AccelName, DISK_OPTIONS, PluginArg, QemuCommandLine, relative_path};
 use guest_run::{COMMANDS_JSON, CONSOLE_LOG, Event, GuestLogin, QEMU_LOG, RunPlan, collected_name};
-
-/// A matrix run's parameters, `(name, value)` in name order.
-type Params = Vec<(String, String)>;
+use matrix::{Params, substitute};
 
 /// The seed's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
@@ -230,37 +229,9 @@ impl Boot {
         self.checkpoint || self.snapshot == Some(false)
     }
 
-    /// The matrix combinations as (label, [(name, value)]), in a stable order.
+    /// The runs: one, or one per matrix combination.
     fn runs(&self) -> Vec<(Option<String>, Params)> {
-        if self.matrix.is_empty() {
-            return vec![(None, Vec::new())];
-        }
-        let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
-        for (name, values) in &self.matrix {
-            let mut next = Vec::new();
-            for combo in &combos {
-                for v in values {
-                    let mut c = combo.clone();
-                    c.push((name.clone(), v.to_string()));
-                    next.push(c);
-                }
-            }
-            combos = next;
-        }
-        combos
-            .into_iter()
-            .map(|c| {
-                (
-                    Some(
-                        c.iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    ),
-                    c,
-                )
-            })
-            .collect()
+        matrix::expand(&self.matrix)
     }
 
     /// The outputs of one run, relative to that run's directory.
@@ -406,17 +377,7 @@ impl Boot {
         for (i, c) in self.commands.iter().enumerate() {
             texts.push((format!("commands[{i}]"), c));
         }
-        for (field, text) in texts {
-            for caps in matrix_reference().captures_iter(text) {
-                if !self.matrix.contains_key(&caps[1]) {
-                    return Err(FieldError::new(
-                        field,
-                        format!("`{}` names no parameter of this step's `matrix`", &caps[0]),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        matrix::check(&self.matrix, &texts)
     }
 
     fn check_fields(&self, ctx: &CheckContext) -> Result<(), FieldError> {
@@ -599,63 +560,8 @@ impl Boot {
                 "a checkpoint is one guest; put the `matrix` on the runs from it",
             ));
         }
-        for (name, values) in &self.matrix {
-            let field = format!("matrix.{name}");
-            if !is_identifier(name) {
-                return Err(FieldError::new(
-                    field,
-                    format!("`{name}` must be a shell variable name (letters, digits, `_`)"),
-                ));
-            }
-            if values.is_empty() {
-                return Err(FieldError::new(field, "give at least one value"));
-            }
-            for v in values {
-                let v = v.to_string();
-                if v.is_empty()
-                    || v.starts_with('.')
-                    || !v
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._+-@%:".contains(c))
-                {
-                    return Err(FieldError::new(
-                        field,
-                        format!(
-                            "`{v}` names an output directory: use letters, digits and `._+-@%:`"
-                        ),
-                    ));
-                }
-            }
-        }
         Ok(())
     }
-}
-
-/// `{{ matrix.NAME }}` in a plugin argument, an extra argument or a command: the
-/// run's value. (The engine's own `${{ }}` is resolved before the step sees its
-/// fields; this form passes through it untouched.)
-fn matrix_reference() -> &'static regex::Regex {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    RE.get_or_init(|| regex::Regex::new(r"\{\{\s*matrix\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}").unwrap())
-}
-
-/// Replace every `{{ matrix.NAME }}` in `text` with the run's value of NAME.
-fn substitute(text: &str, params: &[(String, String)]) -> String {
-    matrix_reference()
-        .replace_all(text, |caps: &regex::Captures| {
-            params
-                .iter()
-                .find(|(k, _)| k == &caps[1])
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| caps[0].to_string())
-        })
-        .into_owned()
-}
-
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `600`, `90s`, `30m`, `2h`, `1h30m`.
