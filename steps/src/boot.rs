@@ -9,6 +9,30 @@
 //! booted guest can be saved as a cached checkpoint that many runs restore in
 //! parallel ([`checkpoint`]).
 //!
+//! ```yaml
+//! ready:                              # boot once, save the booted guest
+//!   kind: boot
+//!   system: system                    # -hda: a step's image.* (or a path)
+//!   disks: [data]                     # -hdb ...
+//!   kernel: kernel                    # -kernel <its output>/bzImage
+//!   append: root=/dev/sda1 console=ttyS0 nokaslr    # the default
+//!   memory: 512M
+//!   accel: auto                       # auto | kvm | tcg
+//!   login: { user: root, password: { file: secrets/root-password } }
+//!   commands: [mount /dev/sdb /mnt]
+//!   checkpoint: true
+//! experiment:                         # many runs from it, in parallel within `jobs`
+//!   kind: boot
+//!   from_checkpoint: ready            # -incoming (memory.snapshot) + -snapshot
+//!   jobs: 2
+//!   matrix: { size: [16, 64] }        # out/experiment/size=16/, size=64/
+//!   plugins: [{ path: "${{ steps.plugin }}/libinsn.so", args: ["size={{ matrix.size }}"] }]
+//!   terminal: { rows: 50, cols: 200 }
+//!   commands: ['/mnt/run.sh $size > /mnt/results.txt']
+//!   collect: [/mnt/results.txt]
+//!   timeout: 30m
+//! ```
+//!
 //! Outputs of a run: `console.log` (the whole transcript, secrets masked),
 //! `commands.json` (each command's output and exit status), `qemu.log` (QEMU's own
 //! output: warnings, a plugin's prints) and the collected files. A `matrix` runs
