@@ -181,6 +181,14 @@ impl Step for Kernel {
     }
 
     fn plan(&self, ctx: &CheckContext) -> Vec<String> {
+        // Placeholders (`$QFLOW_STATE/...`) are shown as they are; real paths quoted.
+        let shown = |path: &str| {
+            if path.starts_with('$') {
+                path.to_string()
+            } else {
+                quote_arg(path)
+            }
+        };
         let src = self.source.plan_dir(ctx);
         let o = "O=$QFLOW_STATE/build-<source>";
         let build = "$QFLOW_STATE/build-<source>";
@@ -188,7 +196,7 @@ impl Step for Kernel {
             let mut parts = vec![
                 "make".to_string(),
                 "-C".to_string(),
-                quote_arg(&src),
+                shown(&src),
                 o.to_string(),
             ];
             parts.extend(args.iter().map(|a| quote_arg(a)));
@@ -212,7 +220,7 @@ impl Step for Kernel {
         }
         if !self.fragments.is_empty() || !self.options.is_empty() {
             let mut merge = vec![
-                quote_arg(&format!("{src}/scripts/kconfig/merge_config.sh")),
+                shown(&format!("{src}/scripts/kconfig/merge_config.sh")),
                 "-m".to_string(),
                 "-O".to_string(),
                 build.to_string(),

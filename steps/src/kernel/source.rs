@@ -231,7 +231,7 @@ impl Source {
                 .collect::<PathBuf>()
                 .display()
                 .to_string(),
-            _ => "$QFLOW_STATE/sources/<tarball>".to_string(),
+            _ => "$QFLOW_STATE/sources/<tarball-hash>".to_string(),
         }
     }
 

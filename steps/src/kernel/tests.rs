@@ -620,6 +620,17 @@ fn the_plan_shows_the_make_command_lines() {
         plan.last().unwrap(),
         &format!("make -C {src} O=$QFLOW_STATE/build-<source> bzImage")
     );
+
+    b.write("linux.tar.xz", "");
+    let step: Kernel =
+        serde_yaml::from_str("source: { tarball: linux.tar.xz }\nconfig: defconfig\n").unwrap();
+    let plan = step.plan(&CheckContext {
+        work_dir: b.dir.clone(),
+    });
+    assert_eq!(
+        plan[0],
+        "make -C $QFLOW_STATE/sources/<tarball-hash> O=$QFLOW_STATE/build-<source> defconfig"
+    );
 }
 
 #[test]
