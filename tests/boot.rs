@@ -689,3 +689,48 @@ fn a_plugin_parameter_sweep_restores_one_checkpoint_per_value() {
     }
     assert_no_qemu_left(&name);
 }
+
+#[test]
+#[ignore = "slow: builds a kernel (once per shared cache) and boots it under TCG"]
+fn interrupting_apply_during_a_boot_leaves_no_qemu_behind() {
+    let (s, name) = space();
+    s.workflow(&workflow(&format!(
+        r#"  experiment:
+    kind: boot
+    system: system
+    kernel: kernel
+    memory: 128M
+    accel: tcg
+    commands: [sleep 600]
+    extra_args: [-name, {name}]
+"#
+    )));
+    let mut apply = s
+        .command(&["apply"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while qemu_processes_with(&name).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "QEMU never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SAFETY: signalling a child process we own.
+    unsafe {
+        libc::kill(apply.id() as i32, libc::SIGINT);
+    }
+    let interrupted = std::time::Instant::now();
+    let status = apply.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        interrupted.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        interrupted.elapsed()
+    );
+    assert_no_qemu_left(&name);
+    assert!(
+        !s.join("out/experiment").exists(),
+        "an interrupted boot leaves no output"
+    );
+}
