@@ -793,6 +793,12 @@ impl Step for Boot {
                     {
                         shown.push_str("   # accel auto: kvm if a probe boot prints, else tcg");
                     }
+                    if self.writes_kept() {
+                        shown.push_str("   # disks: qcow2 overlays in the output");
+                    }
+                    if self.checkpoint {
+                        shown.push_str("; then a memory snapshot by migration to memory.snapshot");
+                    }
                     shown
                 }
                 Err(e) => format!("cannot show the command line: {e}"),
