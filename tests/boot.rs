@@ -425,6 +425,7 @@ fn with_snapshot_off_disk_writes_land_in_overlays_the_next_step_can_boot() {
     accel: tcg
     snapshot: false
     commands: ['mount /dev/sdb /mnt', 'sh /mnt/run.sh > /mnt/kept.txt', 'echo provisioned > /root/marker']
+    collect: [{{ disk: data, path: /kept.txt }}]
     extra_args: [-name, {name}]
   next:
     kind: boot
@@ -449,6 +450,8 @@ fn with_snapshot_off_disk_writes_land_in_overlays_the_next_step_can_boot() {
     assert!(st.success());
     let kept = debugfs_cat(&raw, "/kept.txt");
     assert_eq!(kept, "hello from the data disk\nsum=5050\n");
+    // ... and `collect: [{ disk, path }]` read it from there after QEMU ended.
+    assert_eq!(s.read("out/experiment/kept.txt"), kept);
     let base = s.join("out/data/image.raw");
     assert_eq!(
         debugfs_cat(&base, "/kept.txt"),

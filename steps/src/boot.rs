@@ -128,9 +128,12 @@ pub struct Boot {
     /// Guest shell command lines, run in order; a non-zero exit fails the step.
     #[serde(default)]
     pub commands: Vec<String>,
-    /// Guest files copied into the step's output (under their base names).
+    /// Files copied into the step's output under their base names: a guest path
+    /// (read over the console while the guest runs), or `{ disk: STEP, path: P }`
+    /// (read with debugfs from that data disk's overlay after QEMU ends: fast for
+    /// large files; needs `snapshot: false`).
     #[serde(default)]
-    pub collect: Vec<String>,
+    pub collect: Vec<Collect>,
     /// Wall-clock limit of each run: seconds, or `90s`, `30m`, `2h`; default 10m.
     #[serde(default)]
     pub timeout: Option<Scalar>,
@@ -148,6 +151,35 @@ pub struct Boot {
     /// and extra arguments.
     #[serde(default)]
     pub matrix: BTreeMap<String, Vec<Scalar>>,
+}
+
+/// One `collect` entry.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Collect {
+    /// A guest path, read over the console.
+    Console(String),
+    /// A file on a data disk's ext4 file system, read after QEMU ends.
+    Disk(DiskFile),
+}
+
+/// A file on one of the `disks`, by that entry and the path inside its file system.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    /// The `disks` entry holding it.
+    pub disk: String,
+    /// Its absolute path in the disk's (unpartitioned ext4) file system.
+    pub path: String,
+}
+
+impl Collect {
+    fn path(&self) -> &str {
+        match self {
+            Collect::Console(p) => p,
+            Collect::Disk(d) => &d.path,
+        }
+    }
 }
 
 /// A YAML scalar taken as text (`512`, `2G`, `true`).
@@ -265,7 +297,7 @@ impl Boot {
             COMMANDS_JSON.to_string(),
             QEMU_LOG.to_string(),
         ];
-        out.extend(self.collect.iter().map(|c| collected_name(c)));
+        out.extend(self.collect.iter().map(|c| collected_name(c.path())));
         if self.writes_kept() {
             out.extend(self.overlay_names());
         }
@@ -528,8 +560,30 @@ impl Boot {
             }
         }
         let mut names = BTreeMap::new();
-        for (i, c) in self.collect.iter().enumerate() {
+        for (i, entry) in self.collect.iter().enumerate() {
             let field = format!("collect[{i}]");
+            let c = entry.path();
+            if let Collect::Disk(d) = entry {
+                if !self.disks.contains(&d.disk) {
+                    return Err(FieldError::new(
+                        format!("{field}.disk"),
+                        format!("`{}` is not one of this step's `disks`", d.disk),
+                    ));
+                }
+                if !self.writes_kept() {
+                    return Err(FieldError::new(
+                        field,
+                        "collecting from a disk needs `snapshot: false` (with `-snapshot` QEMU discards \
+                         the writes); or collect the guest path over the console",
+                    ));
+                }
+                if c.contains(|ch: char| ch.is_whitespace() || ch == '"' || ch == '\'') {
+                    return Err(FieldError::new(
+                        format!("{field}.path"),
+                        format!("`{c}`: debugfs reads paths without spaces or quotes"),
+                    ));
+                }
+            }
             if !c.starts_with('/') {
                 return Err(FieldError::new(
                     field,
@@ -547,7 +601,7 @@ impl Boot {
                     format!("`{c}` cannot be collected under the name `{name}`"),
                 ));
             }
-            if let Some(other) = names.insert(name.clone(), c.clone()) {
+            if let Some(other) = names.insert(name.clone(), c.to_string()) {
                 return Err(FieldError::new(
                     field,
                     format!("`{c}` and `{other}` would both be collected as `{name}`"),
@@ -706,6 +760,9 @@ impl Step for Boot {
         )];
         if self.writes_kept() {
             tools.push(Tool::new("qemu-img", &["--version"], "qemu-utils"));
+        }
+        if self.collect.iter().any(|c| matches!(c, Collect::Disk(_))) {
+            tools.push(Tool::new("debugfs", &["-V"], "e2fsprogs"));
         }
         tools
     }
@@ -920,7 +977,14 @@ impl Step for Boot {
                 dir,
                 exports: params,
                 commands,
-                collect: self.collect.clone(),
+                collect: self
+                    .collect
+                    .iter()
+                    .filter_map(|c| match c {
+                        Collect::Console(p) => Some(p.clone()),
+                        Collect::Disk(_) => None,
+                    })
+                    .collect(),
                 login: login.clone(),
                 terminal: self.terminal.map(|t| (t.rows, t.cols)),
                 restore: snapshot_file.is_some(),
@@ -956,6 +1020,58 @@ impl Boot {
             out.push(overlay.to_string_lossy().into_owned());
         }
         Ok(out)
+    }
+
+    /// After a run's QEMU has ended: copy the `{ disk, path }` entries of `collect`
+    /// out of the data disks' overlays (converted to raw in a private scratch dir,
+    /// read with debugfs: no mount, no root).
+    fn collect_from_disks(
+        &self,
+        ctx: &mut RunContext,
+        plan: &RunPlan,
+        line: &QemuCommandLine,
+    ) -> anyhow::Result<()> {
+        let offset = usize::from(self.system.is_some());
+        for entry in &self.collect {
+            let Collect::Disk(file) = entry else { continue };
+            let index = offset
+                + self
+                    .disks
+                    .iter()
+                    .position(|d| d == &file.disk)
+                    .expect("checked");
+            let overlay = &line.disks[index];
+            let scratch = machine::SocketDir::new()?;
+            let raw = scratch.path().join("disk.raw");
+            let mut cmd = ctx.command("qemu-img");
+            cmd.args(["convert", "-O", "raw"]).arg(overlay).arg(&raw);
+            ctx.run(cmd)?;
+            // debugfs parses its own command line: dump to a plain name in the scratch
+            // dir, then copy to the output (whose path may hold anything).
+            let dumped = scratch.path().join("collected");
+            let mut cmd = ctx.command("debugfs");
+            cmd.current_dir(scratch.path());
+            cmd.arg("-R")
+                .arg(format!("dump -p {} collected", file.path))
+                .arg("disk.raw");
+            ctx.run(cmd)?;
+            // debugfs exits 0 even when the file is missing; its complaint is in the log.
+            if !dumped.is_file() {
+                bail!(
+                    "cannot collect `{}` from disk `{}`: debugfs found no such file (see the step log)",
+                    file.path,
+                    file.disk
+                );
+            }
+            let target = plan.dir.join(collected_name(&file.path));
+            std::fs::copy(&dumped, &target)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+            ctx.log(&format!(
+                "qflow: collected {} from disk `{}`",
+                file.path, file.disk
+            ));
+        }
+        Ok(())
     }
 
     /// Start the runs within the step's `jobs` slots and drive each on a thread.
@@ -1028,6 +1144,7 @@ impl Boot {
                         for l in qemu_log.lines() {
                             ctx.log(&format!("{}qemu: {l}", prefix(many, &name(i))));
                         }
+                        let r = r.and_then(|()| self.collect_from_disks(ctx, &plans[i], &lines[i]));
                         match r {
                             Ok(()) => {
                                 if many {
@@ -1157,6 +1274,18 @@ timeout: 30m
             ("{kernel: k, disks: [a, b, c, d]}", "disks"),
             ("{kernel: k, collect: [/a/x, /b/x]}", "collect[1]"),
             ("{kernel: k, collect: [/a/console.log]}", "collect[0]"),
+            (
+                "{kernel: k, disks: [d], collect: [{disk: d, path: /x}]}",
+                "collect[0]",
+            ),
+            (
+                "{kernel: k, disks: [d], snapshot: false, collect: [{disk: e, path: /x}]}",
+                "collect[0].disk",
+            ),
+            (
+                "{kernel: k, disks: [d], snapshot: false, collect: [{disk: d, path: '/a b'}]}",
+                "collect[0].path",
+            ),
             ("{kernel: k, timeout: soon}", "timeout"),
             ("{kernel: k, checkpoint: true, matrix: {n: [1]}}", "matrix"),
             ("{kernel: k, matrix: {2n: [1]}}", "matrix.2n"),
@@ -1229,6 +1358,16 @@ timeout: 30m
         );
         check("{kernel: k, matrix: {n: [1, 2]}, commands: ['echo {{ matrix.n }}'], extra_args: ['{{ matrix.n }}']}")
             .unwrap();
+    }
+
+    #[test]
+    fn a_file_on_a_kept_data_disk_can_be_collected_after_shutdown() {
+        let yaml = "{kernel: k, disks: [data], snapshot: false, collect: [/etc/os-release, {disk: data, path: /r/out.csv}]}";
+        check(yaml).unwrap();
+        let step = parse(yaml).unwrap();
+        assert!(step.outputs().contains(&"out.csv".to_string()));
+        assert!(step.outputs().contains(&"os-release".to_string()));
+        assert!(step.tools().iter().any(|t| t.program == "debugfs"));
     }
 
     #[test]
