@@ -21,7 +21,9 @@
 //! - Secrets are never packed. A secret field (`root_password`, `login.password`,
 //!   found through the kinds' schemas: any field of the `Secret` type) names a file
 //!   that is not an input; if an input would carry that file, or anything under a
-//!   `secrets/` directory, bundle refuses and says what to move. The README tells
+//!   conventional `secrets/` directory (beside the workflow, or at the top of an
+//!   input directory; not a deeper one such as a kernel tree's
+//!   `Documentation/security/secrets/`), bundle refuses and says what to move. The README tells
 //!   the evaluator which secret files or variables to provide.
 //! - The bundle must match its lock: an input that changed since the last apply is
 //!   refused (the evaluator would get other outputs than the lock promises).
@@ -193,11 +195,7 @@ pub fn run(
                     anyhow::anyhow!("input `{}` is outside the bundle's root", d.label)
                 })?;
                 let is_dir = matches!(e, qflow_engine::inputs::InputEntry::Dir);
-                if Path::new(&in_bundle)
-                    .components()
-                    .any(|c| c.as_os_str() == "secrets")
-                    || secret_files.contains(&path)
-                {
+                if in_secrets_dir(&path, &wf_dir, &input_root) || secret_files.contains(&path) {
                     // A file names the problem best; a bare directory only if it is empty.
                     if !is_dir
                         || !d
@@ -345,6 +343,18 @@ pub fn run(
         results.len()
     );
     Ok(0)
+}
+
+/// Whether `path` is under a conventional `secrets/` directory: the workflow's own
+/// (`secrets/root-password` beside it), or one at the top of an input directory
+/// (`workload/secrets/token`). Deeper `secrets` directories are ordinary content
+/// (a kernel tree has `Documentation/security/secrets/`).
+fn in_secrets_dir(path: &Path, wf_dir: &Path, input_root: &Path) -> bool {
+    let input_root = normalize(input_root);
+    [wf_dir.join("secrets"), input_root.join("secrets")]
+        .iter()
+        .any(|d| path.starts_with(d))
+        || input_root.file_name().is_some_and(|n| n == "secrets")
 }
 
 /// Every string in `v` that is an absolute path.

@@ -67,6 +67,16 @@ pub enum Command {
         #[arg(long, default_value = "dot")]
         format: String,
     },
+    /// Connect your terminal to a running boot step's serial console (Ctrl-] detaches).
+    Attach {
+        /// The boot step.
+        step: String,
+        /// The matrix run (`iterations=1000`) when the step runs several.
+        #[arg(long)]
+        run: Option<String>,
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+    },
     /// Show each step's state and the last run.
     Status {
         #[command(flatten)]

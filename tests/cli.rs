@@ -243,3 +243,16 @@ fn apply_detach_runs_in_its_own_session_and_status_shows_it_live() {
     let done = s.qflow(&["status"]).success().stdout;
     assert!(done.contains("1 ran, 0 cached, 0 failed"), "{done}");
 }
+
+#[test]
+fn attach_without_a_running_boot_says_when_it_can_attach() {
+    let s = two();
+    let run = s.qflow(&["attach", "gen"]).failure(2);
+    assert!(
+        run.stderr
+            .contains("has no running console; attach while `qflow apply` runs it"),
+        "{}",
+        run.stderr
+    );
+    s.qflow(&["attach", "nope"]).failure(2);
+}
