@@ -150,9 +150,12 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
     std::fs::write(&reboot_c, text).unwrap();
     let t1 = Instant::now();
     let edit = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();
-    eprintln!(
-        "quickstart re-apply after a one-line kernel edit: {:.0} s",
-        t1.elapsed().as_secs_f64()
+    let edit_secs = t1.elapsed().as_secs_f64();
+    eprintln!("quickstart re-apply after a one-line kernel edit: {edit_secs:.0} s");
+    // Kept for the README's figures (test output is captured).
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickstart-timings.txt"),
+        format!("first apply: {first_secs:.0} s\nre-apply after a one-line kernel edit: {edit_secs:.0} s\n"),
     );
     assert_eq!(
         edit.ran_sorted(),
