@@ -231,19 +231,6 @@ pub fn run(
         }
     }
 
-    // Host paths named by fields rather than declared inputs (a kernel tarball, a
-    // boot's `kernel: /boot/vmlinuz`): the evaluator needs them too.
-    for s in &wf.steps {
-        let fields = serde_json::to_value(&s.fields).unwrap_or(Value::Null);
-        let mut paths = Vec::new();
-        absolute_paths(&fields, &mut paths);
-        for p in paths {
-            if Path::new(&p).exists() && !host_inputs.iter().any(|(_, l, _)| *l == p) {
-                host_inputs.push((s.name.clone(), p, String::new()));
-            }
-        }
-    }
-
     if !refused.is_empty() {
         let n = refused.len();
         refused.truncate(5);
@@ -355,16 +342,6 @@ fn in_secrets_dir(path: &Path, wf_dir: &Path, input_root: &Path) -> bool {
         .iter()
         .any(|d| path.starts_with(d))
         || input_root.file_name().is_some_and(|n| n == "secrets")
-}
-
-/// Every string in `v` that is an absolute path.
-fn absolute_paths(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(t) if t.starts_with('/') => out.push(t.clone()),
-        Value::Array(items) => items.iter().for_each(|i| absolute_paths(i, out)),
-        Value::Object(m) => m.values().for_each(|i| absolute_paths(i, out)),
-        _ => {}
-    }
 }
 
 /// Disk images and memory snapshots: rebuilt by `qflow apply`, never results.
@@ -536,16 +513,23 @@ fn readme(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
         line("");
         line("Secrets are never bundled. Before applying, provide:");
         line("");
-        for s in secrets {
+        let mut seen = std::collections::BTreeSet::new();
+        for s in secrets
+            .iter()
+            .filter(|s| seen.insert((&s.source, &s.value)))
+        {
+            let users: Vec<String> = secrets
+                .iter()
+                .filter(|u| u.source == s.source && u.value == s.value)
+                .map(|u| format!("step `{}` field `{}`", u.step, u.field))
+                .collect();
+            let users = users.join(", ");
             match s.source.as_str() {
                 "file" => line(&format!(
-                    "- `{}` (step `{}`, field `{}`): a file whose first line is the password",
-                    s.value, s.step, s.field
+                    "- `{}` ({users}): a file whose first line is the password",
+                    s.value
                 )),
-                _ => line(&format!(
-                    "- environment variable `{}` (step `{}`, field `{}`)",
-                    s.value, s.step, s.field
-                )),
+                _ => line(&format!("- environment variable `{}` ({users})", s.value)),
             }
         }
         line("");

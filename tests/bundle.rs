@@ -35,7 +35,12 @@ fn paper_space() -> Space {
     s.workflow(PAPER)
         .write("data/input.txt", "measurements\n")
         .write("workload/bench/run.sh", "#!/bin/sh\necho run\n")
-        .write("workload/data.txt", "1 2 3\n");
+        .write("workload/data.txt", "1 2 3\n")
+        // Ordinary content that happens to sit in a deeper `secrets` directory.
+        .write(
+            "workload/docs/secrets/about.txt",
+            "how the benchmark keeps keys\n",
+        );
     let run_sh = s.join("workload/bench/run.sh");
     std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(s.join("workload/empty")).unwrap();
@@ -97,6 +102,7 @@ fn a_bundle_unpacked_elsewhere_verifies_and_applies_to_the_same_outputs() {
         "paper-artifact/workload/bench/run.sh",
         "paper-artifact/workload/empty/",
         "paper-artifact/workload/latest",
+        "paper-artifact/workload/docs/secrets/about.txt",
         "paper-artifact/results/prep/upper.txt",
         "paper-artifact/results/table/table.txt",
     ] {
