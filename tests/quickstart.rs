@@ -123,10 +123,8 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
 
     let t0 = Instant::now();
     let first = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();
-    eprintln!(
-        "quickstart first apply: {:.0} s",
-        t0.elapsed().as_secs_f64()
-    );
+    let first_secs = t0.elapsed().as_secs_f64();
+    eprintln!("quickstart first apply: {first_secs:.0} s");
     assert!(first.failed().is_empty());
     let result = s.read("workflows/out/experiment/results.txt");
     assert_eq!(result.trim(), expected_result(3000));
@@ -155,7 +153,9 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
     // Kept for the README's figures (test output is captured).
     let _ = std::fs::write(
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("quickstart-timings.txt"),
-        format!("first apply: {first_secs:.0} s\nre-apply after a one-line kernel edit: {edit_secs:.0} s\n"),
+        format!(
+            "first apply: {first_secs:.0} s\nre-apply after a one-line kernel edit: {edit_secs:.0} s\n"
+        ),
     );
     assert_eq!(
         edit.ran_sorted(),
