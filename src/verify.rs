@@ -11,7 +11,8 @@
 //! For a differing disk image it goes one step further where it can: when the
 //! recorded image is still in the original cache, both are converted to raw, the
 //! ext2/3/4 filesystem is found (whole disk, or the first MBR partition) and dumped
-//! with `debugfs rdump`, and the first differing file is named. When the lock's key
+//! with `debugfs rdump`, and the first differing file is named. For a differing
+//! small text output (a results table) it shows the first differing line. When the lock's key
 //! for a step differs from the rebuild's (a tool version, an input, a field), the
 //! report says which, because "different tool, same bytes" and "same inputs,
 //! different bytes" mean different things to an evaluator.
@@ -127,25 +128,35 @@ pub fn run(mut wf: Workflow, registry: &Registry, options: &VerifyOptions) -> an
 
     // Where the bytes differ, say what differs when it can be told.
     for row in rows.iter().filter(|r| r.verdict == Verdict::Different) {
-        if !is_image(&row.output) {
-            continue;
-        }
         let original = recorded_file(&options.original_cache, &recorded, &row.step, &row.output);
         let rebuilt_file = rebuilt
             .steps
             .get(&row.step)
             .and_then(|s| s.output.parse::<qflow_cache::Hash>().ok())
             .map(|h| session.cache.tree_path(&h).join(&row.output));
-        let what = match (original, rebuilt_file) {
-            (Some(a), Some(b)) => match first_differing_file(&a, &b, &scratch.path.join("diff")) {
-                Ok(d) => d,
-                Err(e) => format!("cannot tell ({e:#})"),
-            },
-            (None, _) => format!(
-                "cannot tell: the recorded image is no longer in the cache {} (pass --cache DIR)",
-                options.original_cache.display()
-            ),
-            (_, None) => "cannot tell: the rebuilt image is missing".to_string(),
+        let what = if is_image(&row.output) {
+            match (original, rebuilt_file) {
+                (Some(a), Some(b)) => {
+                    match first_differing_file(&a, &b, &scratch.path.join("diff")) {
+                        Ok(d) => d,
+                        Err(e) => format!("cannot tell ({e:#})"),
+                    }
+                }
+                (None, _) => format!(
+                    "cannot tell: the recorded image is no longer in the cache {} (pass --cache DIR)",
+                    options.original_cache.display()
+                ),
+                (_, None) => "cannot tell: the rebuilt image is missing".to_string(),
+            }
+        } else {
+            // Text outputs (tables, logs): the first differing line, when both are at hand.
+            match (original, rebuilt_file) {
+                (Some(a), Some(b)) => match first_differing_line(&a, &b) {
+                    Some(d) => d,
+                    None => continue,
+                },
+                _ => continue,
+            }
         };
         println!("{}/{}: {what}", row.step, row.output);
     }
@@ -278,6 +289,39 @@ fn is_image(output: &str) -> bool {
         || [".qcow2", ".raw", ".img"]
             .iter()
             .any(|ext| name.ends_with(ext))
+}
+
+/// The first line that differs between two small text files, shown old → new;
+/// `None` for binary or large files.
+fn first_differing_line(a: &Path, b: &Path) -> Option<String> {
+    const LIMIT: u64 = 1024 * 1024;
+    if std::fs::metadata(a).ok()?.len() > LIMIT || std::fs::metadata(b).ok()?.len() > LIMIT {
+        return None;
+    }
+    let ta = String::from_utf8(std::fs::read(a).ok()?).ok()?;
+    let tb = String::from_utf8(std::fs::read(b).ok()?).ok()?;
+    let short = |l: Option<&str>| match l {
+        None => "(end of file)".to_string(),
+        Some(l) if l.chars().count() > 60 => {
+            format!("{:?}…", l.chars().take(60).collect::<String>())
+        }
+        Some(l) => format!("{l:?}"),
+    };
+    let (mut la, mut lb) = (ta.lines(), tb.lines());
+    for n in 1.. {
+        let (x, y) = (la.next(), lb.next());
+        if x.is_none() && y.is_none() {
+            return Some("the lines are equal; they differ in line endings".to_string());
+        }
+        if x != y {
+            return Some(format!(
+                "first differing line {n}: {} → {}",
+                short(x),
+                short(y)
+            ));
+        }
+    }
+    None
 }
 
 /// The recorded output file, if the original cache still holds its tree.

@@ -117,6 +117,12 @@ fn a_step_that_stamps_the_time_is_reported_different_and_verify_fails() {
         "{}",
         run.stdout
     );
+    assert!(
+        run.stdout
+            .contains("stamp/stamp.txt: first differing line 1: \""),
+        "{}",
+        run.stdout
+    );
     // Same key material, different bytes: no key note for it.
     assert!(!run.stdout.contains("note: step `stamp`"), "{}", run.stdout);
 }
