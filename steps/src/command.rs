@@ -29,7 +29,11 @@ impl StepFields for Command {
 
 impl Step for Command {
     fn inputs(&self) -> Vec<Input> {
-        self.inputs.iter().enumerate().map(|(i, p)| Input::new(format!("inputs[{i}]"), p.clone())).collect()
+        self.inputs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Input::new(format!("inputs[{i}]"), p.clone()))
+            .collect()
     }
 
     fn outputs(&self) -> Vec<String> {
@@ -38,13 +42,22 @@ impl Step for Command {
 
     fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {
         if self.run.is_empty() || self.run[0].is_empty() {
-            return Err(FieldError::new("run", "`run` needs at least a program name, e.g. `run: [make, all]`"));
+            return Err(FieldError::new(
+                "run",
+                "`run` needs at least a program name, e.g. `run: [make, all]`",
+            ));
         }
         Ok(())
     }
 
     fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
-        vec![self.run.iter().map(|a| qflow_engine::context::quote_arg(a)).collect::<Vec<_>>().join(" ")]
+        vec![
+            self.run
+                .iter()
+                .map(|a| qflow_engine::context::quote_arg(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]
     }
 
     fn uses_jobserver(&self) -> bool {
