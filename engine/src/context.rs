@@ -383,6 +383,27 @@ impl RunContext {
         if let Some(js) = &self.jobserver {
             // MAKEFLAGS carries the jobserver; a make started without -j uses it.
             js.configure_make(&mut cmd);
+            // The jobserver crate writes a bare `-j`; kbuild forwards `-j` to its
+            // tools/ sub-make, which then leaves the jobserver unlimited. GNU make
+            // itself passes `-jN` to sub-makes: do the same.
+            let slots = format!("-j{}", self.jobs.max(1));
+            let fixed: Vec<(std::ffi::OsString, String)> = cmd
+                .get_envs()
+                .filter_map(|(k, v)| {
+                    let v = v?.to_str()?;
+                    let k = k.to_os_string();
+                    (k == "MAKEFLAGS" || k == "MFLAGS" || k == "CARGO_MAKEFLAGS").then(|| {
+                        let parts: Vec<&str> = v
+                            .split(' ')
+                            .map(|p| if p == "-j" { slots.as_str() } else { p })
+                            .collect();
+                        (k, parts.join(" "))
+                    })
+                })
+                .collect();
+            for (k, v) in fixed {
+                cmd.env(k, v);
+            }
         }
         cmd
     }
