@@ -79,6 +79,8 @@ fn a_make_step_under_the_jobserver_never_runs_more_recipes_than_its_slots() {
         makeflags.contains("jobserver"),
         "make got no jobserver: {makeflags}"
     );
+    // `-jN`, never a bare `-j` that kbuild's tools/ sub-make would run unlimited.
+    assert!(makeflags.starts_with("-j3 "), "{makeflags}");
     let peak: usize = s
         .read("peak")
         .lines()
