@@ -7,4 +7,4 @@ scripts/install-host-deps.sh
 cargo build --locked --all-targets
 cargo clippy --locked --all-targets -- -D warnings
 cargo fmt --check
-exec cargo test --locked --workspace -- --include-ignored "$@"
+exec cargo test --locked --workspace --no-fail-fast -- --include-ignored "$@"
