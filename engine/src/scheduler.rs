@@ -499,21 +499,12 @@ pub fn apply(
     })?;
     signal_handle.close();
     crate::timings::mark("schedule");
-    if interrupted {
-        for (i, s) in workflow.steps.iter().enumerate() {
-            if reports[i].is_none() {
-                reports[i] = Some(report(
-                    &s.name,
-                    StepOutcome::Skipped,
-                    None,
-                    0,
-                    vec!["run interrupted".into()],
-                    None,
-                ));
-            }
-        }
-    }
-    // Steps never reached (stopped after a failure) are reported as skipped.
+    // Steps never started: the run was interrupted, or stopped after a failure.
+    let why = if interrupted {
+        "run interrupted"
+    } else {
+        "not started after a failure"
+    };
     for (i, s) in workflow.steps.iter().enumerate() {
         if reports[i].is_none() {
             reports[i] = Some(report(
@@ -521,7 +512,7 @@ pub fn apply(
                 StepOutcome::Skipped,
                 None,
                 0,
-                vec!["not started after a failure".into()],
+                vec![why.into()],
                 None,
             ));
         }
