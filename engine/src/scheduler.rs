@@ -716,18 +716,15 @@ pub fn present(out_root: &Path, step: &str, tree: &Path) -> anyhow::Result<()> {
 
 /// `to` relative to directory `from`, when both are absolute.
 pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    let from: Vec<_> = from.components().collect();
-    let to_c: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
+    // Sharing only `/` means different trees: an absolute link reads better.
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
     if common <= 1 {
-        return to.to_path_buf();
+        to.to_path_buf()
+    } else {
+        crate::step::relative_to(from, to)
     }
-    let mut p = PathBuf::new();
-    for _ in common..from.len() {
-        p.push("..");
-    }
-    for c in &to_c[common..] {
-        p.push(c);
-    }
-    p
 }

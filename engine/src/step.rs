@@ -141,6 +141,24 @@ pub fn resolve_in(base: &Path, path: &str) -> PathBuf {
     }
 }
 
+/// `to` relative to directory `from` (both absolute, already free of `..`), e.g.
+/// `../<hash>/image.qcow2` from a sibling output tree: references that survive
+/// moving the cache. Shared by the engine (`out/` links) and the kinds (qcow2
+/// backing files, checkpoint records).
+pub fn relative_to(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to_c: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to_c[common..] {
+        rel.push(c.as_os_str());
+    }
+    rel
+}
+
 /// The behaviour of one step kind, implemented by its typed fields struct.
 pub trait Step: std::fmt::Debug + Send + Sync {
     /// Steps named by typed reference fields (`image: base`). Each becomes an edge.

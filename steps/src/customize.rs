@@ -19,7 +19,7 @@
 //! otherwise, `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`: on hosts where KVM exists but
 //! cannot boot a kernel (nested virtualization) the appliance would otherwise hang or abort.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use qflow_engine::{
@@ -482,17 +482,7 @@ pub fn relative_path(from: &Path, target: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot resolve {}", from.display()))?;
     let target = std::fs::canonicalize(target)
         .with_context(|| format!("cannot resolve {}", target.display()))?;
-    let a: Vec<Component> = from.components().collect();
-    let b: Vec<Component> = target.components().collect();
-    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut rel = PathBuf::new();
-    for _ in common..a.len() {
-        rel.push("..");
-    }
-    for c in &b[common..] {
-        rel.push(c);
-    }
-    Ok(rel)
+    Ok(qflow_engine::step::relative_to(&from, &target))
 }
 
 #[cfg(test)]

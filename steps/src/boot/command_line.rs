@@ -175,17 +175,7 @@ fn escape_option(value: &str) -> String {
 /// `to` relative to directory `from` (both absolute), for qcow2 backing files and
 /// checkpoint records that must survive moving the cache directory.
 pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    let from: Vec<_> = from.components().collect();
-    let to_c: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
-    let mut rel = PathBuf::new();
-    for _ in common..from.len() {
-        rel.push("..");
-    }
-    for c in &to_c[common..] {
-        rel.push(c.as_os_str());
-    }
-    rel
+    qflow_engine::step::relative_to(from, to)
 }
 
 #[cfg(test)]
