@@ -97,7 +97,7 @@ impl ArgvWatch {
 
 /// Files under `dirs` that contain `needle` (grep, the needle passed in a file).
 fn files_containing(needle: &str, dirs: &[&Path]) -> Vec<String> {
-    let pattern = std::env::temp_dir().join(format!("qflow-needle-{}", std::process::id()));
+    let pattern = common::scratch_file("needle");
     std::fs::write(&pattern, needle).unwrap();
     let out = std::process::Command::new("grep")
         .args(["-rlaF", "-f"])

@@ -198,11 +198,7 @@ fn handle(mut stream: TcpStream, state: &Mutex<ServerState>) {
 }
 
 fn sha256_of(bytes: &[u8]) -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "qflow-dl-sha-{}-{}",
-        std::process::id(),
-        bytes.len()
-    ));
+    let dir = common::scratch_file("sha256-input");
     std::fs::write(&dir, bytes).unwrap();
     let out = Command::new("sha256sum").arg(&dir).output().unwrap();
     let _ = std::fs::remove_file(&dir);
@@ -215,11 +211,7 @@ fn sha256_of(bytes: &[u8]) -> String {
 
 /// A real qcow2 image of about 2 MiB (a 2 MiB pattern written into it).
 fn qcow2_image() -> Vec<u8> {
-    let p = std::env::temp_dir().join(format!(
-        "qflow-dl-img-{}-{:?}.qcow2",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    let p = common::scratch_file("image.qcow2");
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&p)

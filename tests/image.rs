@@ -52,10 +52,7 @@ fn qemu_img_info(image: &Path) -> serde_json::Value {
 
 /// Bytes the guest sees at `offset..offset+len` of `image` (backing chain followed).
 fn guest_bytes(image: &Path, offset: u64, len: usize) -> Vec<u8> {
-    let tmp = std::env::temp_dir().join(format!(
-        "qflow-image-readback-{}-{offset}.raw",
-        std::process::id()
-    ));
+    let tmp = common::scratch_file("readback.raw");
     let st = Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
         .arg(image)

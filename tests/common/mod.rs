@@ -8,6 +8,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A path for a scratch file named after `what`, unique across the tests of
+/// this binary, which run in parallel threads of one process: a name made only
+/// of the pid and a size or offset let two tests write and remove each other's
+/// file (seen on CI as a wrong checksum).
+pub fn scratch_file(what: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "scratch-{}-{n}-{}-{what}",
+        std::process::id(),
+        nanos()
+    ))
+}
+
 /// A scratch directory holding one workflow. Removed on drop unless the test failed.
 pub struct Space {
     dir: PathBuf,
