@@ -164,7 +164,8 @@ pub fn run(
     let all_inputs: Vec<Vec<qflow_engine::Input>> =
         wf.steps.iter().map(|s| s.step.inputs()).collect();
     let mut stat = StatCache::load(&cache_dir.join("statcache"));
-    let digests = qflow_engine::inputs::digest_all(&wf.dir, &mut stat, &all_inputs)?;
+    // No tree index: the bundle needs every entry listed.
+    let digests = qflow_engine::inputs::digest_all(&wf.dir, &mut stat, None, &all_inputs)?;
     let mut host_inputs: Vec<(String, String, String)> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     for ((s, inputs), step_digests) in wf.steps.iter().zip(&all_inputs).zip(&digests) {

@@ -79,6 +79,44 @@ fn editing_a_file_deep_in_an_input_tree_is_seen_and_named_by_plan() {
 }
 
 #[test]
+fn an_input_tree_left_alone_is_proven_by_its_index_and_edits_to_it_still_rerun() {
+    let s = demo();
+    // Past the racy window: a tree written just now is never trusted by stats alone.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(s.apply().ran_sorted(), ["gen", "later", "side", "use"]);
+    let indexes: Vec<_> = std::fs::read_dir(s.join(".qflow/tree-index"))
+        .expect("the walk of src/ leaves a tree index")
+        .collect();
+    assert_eq!(indexes.len(), 1, "one index for the one input tree");
+    assert!(
+        s.apply().ran().is_empty(),
+        "the index proves src/ unchanged"
+    );
+
+    s.write("src/sub/b.c", "int b2;\n");
+    let plan = s.qflow(&["plan"]).success();
+    assert!(
+        plan.stdout.contains("input `src/` changed: src/sub/b.c"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(s.apply().ran(), ["gen"]);
+
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(s.apply().ran().is_empty());
+    s.write("src/sub/deeper/new.c", "int n;\n");
+    let run = s.apply();
+    assert_eq!(run.ran(), ["gen"], "a new file deep in the tree is seen");
+    std::fs::remove_file(s.join("src/sub/deeper/new.c")).unwrap();
+    let plan = s.qflow(&["plan"]).success();
+    assert!(
+        plan.stdout.contains("-src/sub/deeper/new.c"),
+        "a removed file is named: {}",
+        plan.stdout
+    );
+}
+
+#[test]
 fn early_cutoff_keeps_dependents_cached_when_outputs_are_identical() {
     let s = Space::new();
     s.workflow(

@@ -3,9 +3,12 @@
 //!
 //! A tree's digest covers every entry below it, sorted: regular files (content
 //! hash and executable bit), symlinks (their target, not followed) and
-//! directories. Files are stat'ed in parallel and read only when the stat cache
-//! cannot vouch for them. Each digest's file listing is kept in the cache
-//! (`inputs/<digest>`), so `qflow plan` can name the files that changed.
+//! directories. A directory input is first checked against its tree index
+//! (`tree_index.rs`), which proves an unchanged tree by stats alone; otherwise
+//! it is walked, and only the files whose stat changed since the index was
+//! written are read. Single files and globs go through the stat cache. Each
+//! digest's file listing is kept in the cache (`inputs/<digest>`), so `qflow
+//! plan` can name the files that changed.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -34,60 +37,117 @@ pub struct InputDigest {
     /// The field that declared it.
     pub field: String,
     pub digest: Hash,
-    /// Entries in walk order (each directory's entries sorted by name).
+    /// Entries in walk order (each directory's entries sorted by name). Empty
+    /// when the tree index proved the tree unchanged: its listing was saved
+    /// when the tree was last walked (see [`listing`]).
     pub entries: Vec<(String, InputEntry)>,
+    /// The tree index vouched for the digest; nothing was listed.
+    pub from_index: bool,
 }
 
 enum Found {
     File(PathBuf, FileStat),
-    /// A file already queued for hashing at this index.
-    Queued(usize, bool),
+    /// A file whose hash the tree index vouches for.
+    Known(Hash, bool),
+    /// A file queued for hashing: (through the stat cache?, index, executable).
+    Queued(bool, usize, bool),
     Symlink(String),
     Dir,
 }
 
-/// Digest every step's inputs. `inputs[i]` are step i's inputs; the result has the same shape.
+/// One input as found on disk.
+struct Walked {
+    entries: Vec<(String, Found)>,
+    /// A walked tree: its stats (aligned with `entries`) and where to index it.
+    tree: Option<TreeWalk>,
+    /// The digest, when the tree index proved the tree unchanged.
+    proven: Option<Hash>,
+}
+
+struct TreeWalk {
+    index: Option<PathBuf>,
+    root: FileStat,
+    stats: Vec<FileStat>,
+    walked_at_ns: i64,
+}
+
+/// Digest every step's inputs. `inputs[i]` are step i's inputs; the result has
+/// the same shape. Single files and globs go through the stat cache; directory
+/// inputs through their tree index in `tree_index` (the cache's `tree-index/`),
+/// or are always walked and listed in full when it is `None`.
 pub fn digest_all(
     work_dir: &Path,
     stat_cache: &mut StatCache,
+    tree_index: Option<&Path>,
     inputs: &[Vec<Input>],
 ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
-    // Walk every input (readdir, then lstat in parallel), then hash what the
-    // stat cache cannot vouch for.
-    let mut walked: Vec<Vec<Vec<(String, Found)>>> = inputs
+    // Prove or walk every input, then hash what neither the tree index nor
+    // the stat cache can vouch for.
+    let mut walked: Vec<Vec<Walked>> = inputs
         .iter()
         .map(|step_inputs| {
             step_inputs
                 .iter()
-                .map(|i| walk(work_dir, i))
+                .map(|i| walk(work_dir, i, tree_index))
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut files: Vec<(PathBuf, FileStat)> = Vec::new();
+    let mut via_cache: Vec<(PathBuf, FileStat)> = Vec::new();
+    let mut direct: Vec<PathBuf> = Vec::new();
     for step in &mut walked {
         for input in step {
-            for (_, f) in input.iter_mut() {
+            let in_tree = input.tree.is_some();
+            for (_, f) in input.entries.iter_mut() {
                 if let Found::File(p, st) = f {
                     let executable = st.mode & 0o111 != 0;
-                    files.push((std::mem::take(p), *st));
-                    *f = Found::Queued(files.len() - 1, executable);
+                    let p = std::mem::take(p);
+                    *f = if in_tree {
+                        direct.push(p);
+                        Found::Queued(false, direct.len() - 1, executable)
+                    } else {
+                        via_cache.push((p, *st));
+                        Found::Queued(true, via_cache.len() - 1, executable)
+                    };
                 }
             }
         }
     }
-    let hashes = stat_cache.hash_all(&files)?;
+    let cached_hashes = stat_cache.hash_all(&via_cache)?;
+    let direct_hashes: Vec<Hash> = {
+        use rayon::prelude::*;
+        direct
+            .par_iter()
+            .map(|p| qflow_cache::hash_file(p))
+            .collect::<anyhow::Result<_>>()?
+    };
     let mut out = Vec::with_capacity(inputs.len());
     for (step_inputs, step_walked) in inputs.iter().zip(walked) {
         let mut digests = Vec::new();
         for (input, found) in step_inputs.iter().zip(step_walked) {
+            if let Some(digest) = found.proven {
+                digests.push(InputDigest {
+                    label: input.path.clone(),
+                    field: input.field.clone(),
+                    digest,
+                    entries: Vec::new(),
+                    from_index: true,
+                });
+                continue;
+            }
             let entries: Vec<(String, InputEntry)> = found
+                .entries
                 .into_iter()
                 .map(|(rel, f)| {
                     let e = match f {
-                        Found::Queued(i, executable) => InputEntry::File {
+                        Found::Queued(via, i, executable) => InputEntry::File {
                             executable,
-                            hash: hashes[i],
+                            hash: if via {
+                                cached_hashes[i]
+                            } else {
+                                direct_hashes[i]
+                            },
                         },
+                        Found::Known(hash, executable) => InputEntry::File { executable, hash },
                         Found::File(..) => unreachable!("every file was queued"),
                         Found::Symlink(t) => InputEntry::Symlink { target: t },
                         Found::Dir => InputEntry::Dir,
@@ -95,11 +155,22 @@ pub fn digest_all(
                     (rel, e)
                 })
                 .collect();
+            let digest = digest_of(&entries);
+            if let Some(TreeWalk {
+                index: Some(index),
+                root,
+                stats,
+                walked_at_ns,
+            }) = &found.tree
+            {
+                crate::tree_index::write(index, *root, &entries, stats, digest, *walked_at_ns)?;
+            }
             digests.push(InputDigest {
                 label: input.path.clone(),
                 field: input.field.clone(),
-                digest: digest_of(&entries),
+                digest,
                 entries,
+                from_index: false,
             });
         }
         out.push(digests);
@@ -107,39 +178,83 @@ pub fn digest_all(
     Ok(out)
 }
 
-fn walk(work_dir: &Path, input: &Input) -> anyhow::Result<Vec<(String, Found)>> {
-    let mut out = Vec::new();
+fn walk(work_dir: &Path, input: &Input, tree_index: Option<&Path>) -> anyhow::Result<Walked> {
+    let mut entries = Vec::new();
     if crate::glob::is_glob(&input.path) {
         for rel in crate::glob::expand(work_dir, &input.path)? {
             let p = work_dir.join(&rel);
             let meta = std::fs::metadata(&p)
                 .with_context(|| format!("cannot read input {}", p.display()))?;
-            out.push((
+            entries.push((
                 rel.to_string_lossy().into_owned(),
                 Found::File(p, FileStat::of(&meta)),
             ));
         }
-        return Ok(out);
+        return Ok(Walked {
+            entries,
+            tree: None,
+            proven: None,
+        });
     }
     let root = crate::step::resolve_in(work_dir, &input.path);
     // The input itself may be a symlink to a file or tree: follow it.
     let meta = std::fs::metadata(&root)
         .with_context(|| format!("input `{}` does not exist ({})", input.path, root.display()))?;
     if !meta.is_dir() {
-        out.push((String::new(), Found::File(root, FileStat::of(&meta))));
-        return Ok(out);
+        entries.push((String::new(), Found::File(root, FileStat::of(&meta))));
+        return Ok(Walked {
+            entries,
+            tree: None,
+            proven: None,
+        });
     }
-    for (rel, e) in crate::tree_walk::walk(&root, &input.exclude)? {
-        out.push((
-            rel,
-            match e {
-                WalkEntry::File(p, st) => Found::File(p, st),
-                WalkEntry::Symlink(t) => Found::Symlink(t),
-                WalkEntry::Dir => Found::Dir,
-            },
-        ));
+    let index = tree_index.map(|dir| crate::tree_index::index_path(dir, &root, &input.exclude));
+    if let Some(index) = &index
+        && let Some(digest) = crate::tree_index::check(index, &root)
+    {
+        return Ok(Walked {
+            entries,
+            tree: None,
+            proven: Some(digest),
+        });
     }
-    Ok(out)
+    let known = index
+        .as_deref()
+        .map(crate::tree_index::known_hashes)
+        .unwrap_or_default();
+    let walked_at_ns = crate::stat_cache::now_ns();
+    let walk = crate::tree_walk::walk(&root, &input.exclude)?;
+    let mut stats = Vec::with_capacity(walk.entries.len());
+    for (rel, e) in walk.entries {
+        let found = match e {
+            WalkEntry::File(p, st) => {
+                stats.push(st);
+                match known.get(&rel) {
+                    Some((was, hash)) if *was == st => Found::Known(*hash, st.mode & 0o111 != 0),
+                    _ => Found::File(p, st),
+                }
+            }
+            WalkEntry::Symlink(t, st) => {
+                stats.push(st);
+                Found::Symlink(t)
+            }
+            WalkEntry::Dir(st) => {
+                stats.push(st);
+                Found::Dir
+            }
+        };
+        entries.push((rel, found));
+    }
+    Ok(Walked {
+        entries,
+        tree: Some(TreeWalk {
+            index,
+            root: walk.root,
+            stats,
+            walked_at_ns,
+        }),
+        proven: None,
+    })
 }
 
 /// A versioned, unambiguous encoding of a listing, hashed.
@@ -205,19 +320,25 @@ pub fn load_listing(dir: &Path, digest: &Hash) -> Option<BTreeMap<String, String
     )
 }
 
-/// The current listing in the same comparable form.
-pub fn listing(d: &InputDigest) -> BTreeMap<String, String> {
-    d.entries
-        .iter()
-        .map(|(rel, e)| {
-            let v = match e {
-                InputEntry::File { executable, hash } => {
-                    format!("{} {hash}", if *executable { "X" } else { "F" })
-                }
-                InputEntry::Symlink { target } => format!("L {target}"),
-                InputEntry::Dir => "D -".to_string(),
-            };
-            (rel.clone(), v)
-        })
-        .collect()
+/// The current listing in the same comparable form; for a digest the tree
+/// index vouched for, the listing saved in `dir` when the tree was walked.
+pub fn listing(dir: &Path, d: &InputDigest) -> Option<BTreeMap<String, String>> {
+    if d.from_index {
+        return load_listing(dir, &d.digest);
+    }
+    Some(
+        d.entries
+            .iter()
+            .map(|(rel, e)| {
+                let v = match e {
+                    InputEntry::File { executable, hash } => {
+                        format!("{} {hash}", if *executable { "X" } else { "F" })
+                    }
+                    InputEntry::Symlink { target } => format!("L {target}"),
+                    InputEntry::Dir => "D -".to_string(),
+                };
+                (rel.clone(), v)
+            })
+            .collect(),
+    )
 }

@@ -47,4 +47,5 @@ impl std::fmt::Display for HostNotReady {
 impl std::error::Error for HostNotReady {}
 pub mod plan;
 pub mod timings;
+pub mod tree_index;
 pub mod tree_walk;

@@ -658,7 +658,12 @@ fn run_step(
     if !inputs.is_empty() {
         // The session's stat cache: files unchanged since the digest are only stat'ed.
         let mut stat = session.stat_cache.lock().unwrap();
-        let now = crate::inputs::digest_all(&workflow.dir, &mut stat, &[inputs])?;
+        let now = crate::inputs::digest_all(
+            &workflow.dir,
+            &mut stat,
+            Some(&cache.dir("tree-index")),
+            &[inputs],
+        )?;
         drop(stat);
         for (before, after) in prepared.inputs[i].iter().zip(&now[0]) {
             if before.digest != after.digest {

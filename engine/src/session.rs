@@ -109,12 +109,15 @@ impl<'w> Session<'w> {
         let inputs = inputs::digest_all(
             &self.workflow.dir,
             &mut self.stat_cache.lock().unwrap(),
+            Some(&self.cache.dir("tree-index")),
             &all_inputs,
         )?;
         let listings = self.cache.dir("inputs");
         for step in &inputs {
             for d in step {
-                if d.entries.len() > 1 || d.entries.iter().any(|(k, _)| !k.is_empty()) {
+                if !d.from_index
+                    && (d.entries.len() > 1 || d.entries.iter().any(|(k, _)| !k.is_empty()))
+                {
                     inputs::save_listing(&listings, d)?;
                 }
             }
@@ -397,7 +400,9 @@ fn describe_input_change(listings: &Path, label: &str, old_hex: &str, d: &InputD
     let Some(old) = old else {
         return format!("input `{label}` changed");
     };
-    let new = inputs::listing(d);
+    let Some(new) = inputs::listing(listings, d) else {
+        return format!("input `{label}` changed");
+    };
     let mut changed = Vec::new();
     for (rel, v) in &new {
         match old.get(rel) {

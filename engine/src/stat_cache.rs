@@ -7,9 +7,9 @@
 //! unchanged (git's racy-git problem). Such entries are re-hashed on the next
 //! run, and trusted once they are older than the window.
 //!
-//! The file is a small binary format, read whole at start and written
-//! atomically at the end of a run only when something changed, so a no-op apply
-//! over a 78,000-file tree costs one read of this file plus one `lstat` per file.
+//! It holds single-file and glob inputs; directory inputs have their own tree
+//! index (`tree_index.rs`). The file is a small binary format, read on first
+//! use and written atomically at the end of a run only when something changed.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -59,11 +59,15 @@ pub struct StatCache {
     path: PathBuf,
     // Keyed by the path's bytes: hashing a `Path` walks its components, which
     // dominated a no-op over 78k files.
-    entries: HashMap<OsString, Entry, BuildPathHasher>,
+    // Read on first use: a run whose inputs are all proven by tree indexes
+    // never reads it.
+    entries: std::sync::OnceLock<Entries>,
     dirty: bool,
 }
 
-fn now_ns() -> i64 {
+type Entries = HashMap<OsString, Entry, BuildPathHasher>;
+
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -71,30 +75,36 @@ fn now_ns() -> i64 {
 }
 
 impl StatCache {
-    /// Load the cache at `path`; a missing or unreadable file gives an empty cache.
+    /// The cache at `path`, read on first use; a missing or unreadable file
+    /// gives an empty cache.
     pub fn load(path: &Path) -> StatCache {
-        let entries = std::fs::read(path)
-            .ok()
-            .and_then(|b| decode(&b))
-            .unwrap_or_default();
         StatCache {
             path: path.to_path_buf(),
-            entries,
+            entries: std::sync::OnceLock::new(),
             dirty: false,
         }
     }
 
+    fn entries(&self) -> &Entries {
+        self.entries.get_or_init(|| {
+            std::fs::read(&self.path)
+                .ok()
+                .and_then(|b| decode(&b))
+                .unwrap_or_default()
+        })
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// The known hash of `path` if its stat is unchanged and the entry is not racy.
     pub fn lookup(&self, path: &Path, stat: &FileStat) -> Option<Hash> {
-        let e = self.entries.get(path.as_os_str())?;
+        let e = self.entries().get(path.as_os_str())?;
         (e.stat == *stat && !e.racy).then_some(e.hash)
     }
 
@@ -102,7 +112,10 @@ impl StatCache {
     pub fn insert(&mut self, path: PathBuf, stat: FileStat, hash: Hash, hashed_at_ns: i64) {
         let racy = stat.mtime_ns >= hashed_at_ns - RACY_WINDOW_NS
             || stat.ctime_ns >= hashed_at_ns - RACY_WINDOW_NS;
+        self.entries();
         self.entries
+            .get_mut()
+            .expect("loaded above")
             .insert(path.into_os_string(), Entry { stat, hash, racy });
         self.dirty = true;
     }
@@ -111,6 +124,9 @@ impl StatCache {
     /// reads run in parallel. Returns the hashes in the same order.
     pub fn hash_all(&mut self, files: &[(PathBuf, FileStat)]) -> anyhow::Result<Vec<Hash>> {
         use rayon::prelude::*;
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
         let started = now_ns();
         let results: Vec<anyhow::Result<(Hash, bool)>> = files
             .par_iter()
@@ -135,13 +151,13 @@ impl StatCache {
         if !self.dirty {
             return Ok(());
         }
-        qflow_cache::write_atomic(&self.path, &encode(&self.entries))?;
+        qflow_cache::write_atomic(&self.path, &encode(self.entries()))?;
         self.dirty = false;
         Ok(())
     }
 }
 
-fn encode(entries: &HashMap<OsString, Entry, BuildPathHasher>) -> Vec<u8> {
+fn encode(entries: &Entries) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 120);
     out.extend_from_slice(MAGIC);
@@ -163,7 +179,7 @@ fn encode(entries: &HashMap<OsString, Entry, BuildPathHasher>) -> Vec<u8> {
     out
 }
 
-fn decode(b: &[u8]) -> Option<HashMap<OsString, Entry, BuildPathHasher>> {
+fn decode(b: &[u8]) -> Option<Entries> {
     use std::os::unix::ffi::OsStrExt;
     let mut r = b.strip_prefix(MAGIC)?;
     let n = u64::from_le_bytes(take(&mut r, 8)?.try_into().ok()?) as usize;

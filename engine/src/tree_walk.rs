@@ -6,7 +6,8 @@
 //! files are stat'ed with `fstatat(dirfd, name)` instead, and subdirectories are
 //! read in parallel (rayon). The order is deterministic: each directory's entries
 //! sorted by name bytes, a directory followed by its contents (as walkdir's
-//! `sort_by_file_name`).
+//! `sort_by_file_name`). Directories and symlinks come with their own stat too:
+//! the tree index (`tree_index.rs`) records them to prove a tree unchanged later.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -21,14 +22,23 @@ use crate::stat_cache::FileStat;
 #[derive(Debug)]
 pub enum WalkEntry {
     File(PathBuf, FileStat),
-    Symlink(String),
-    Dir,
+    /// The link's target and the link's own stat.
+    Symlink(String, FileStat),
+    /// The directory's stat, taken on its open descriptor.
+    Dir(FileStat),
+}
+
+/// A walked tree: the root directory's stat and every entry below it.
+pub struct Walk {
+    pub root: FileStat,
+    /// (path relative to the root, entry) in walk order.
+    pub entries: Vec<(String, WalkEntry)>,
 }
 
 /// Walk `root` (a directory), skipping entries named in `exclude` at any depth.
-/// Returns (path relative to root, entry) in walk order.
-pub fn walk(root: &Path, exclude: &[String]) -> anyhow::Result<Vec<(String, WalkEntry)>> {
-    walk_dir(root, "", exclude)
+pub fn walk(root: &Path, exclude: &[String]) -> anyhow::Result<Walk> {
+    let (root, entries) = walk_dir(root, "", exclude)?;
+    Ok(Walk { root, entries })
 }
 
 /// An open directory stream, closed on drop.
@@ -43,7 +53,10 @@ impl Drop for Dir {
     }
 }
 
-fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(String, WalkEntry)>> {
+/// This directory's stat and its entries in walk order.
+type Listed = (FileStat, Vec<(String, WalkEntry)>);
+
+fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Listed> {
     let cpath = CString::new(abs.as_os_str().as_bytes())?;
     // SAFETY: cpath is a valid NUL-terminated string.
     let dirp = unsafe { libc::opendir(cpath.as_ptr()) };
@@ -54,6 +67,13 @@ fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(St
     let dir = Dir(dirp);
     // SAFETY: dir.0 is an open stream.
     let fd = unsafe { libc::dirfd(dir.0) };
+    // SAFETY: fd is open; buf is written by the call.
+    let mut buf: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut buf) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot stat directory {}", abs.display()));
+    }
+    let dir_stat = file_stat(&buf);
     let mut names: Vec<(Vec<u8>, u8)> = Vec::new();
     loop {
         // SAFETY: readdir on an open stream; the entry is copied before the next call.
@@ -87,7 +107,7 @@ fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(St
         };
         let cname = CString::new(name.clone())?;
         let mut st: Option<libc::stat> = None;
-        if d_type == libc::DT_UNKNOWN || d_type == libc::DT_REG {
+        if d_type == libc::DT_UNKNOWN || d_type == libc::DT_REG || d_type == libc::DT_LNK {
             // SAFETY: fd is the open directory's descriptor; st is written by the call.
             let mut buf: libc::stat = unsafe { std::mem::zeroed() };
             let r =
@@ -107,7 +127,8 @@ fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(St
         match d_type {
             libc::DT_DIR => {
                 subdirs.push((out.len(), abs.join(name_os), child_rel.clone()));
-                out.push((child_rel, WalkEntry::Dir));
+                // The stat is filled in from the directory's own walk.
+                out.push((child_rel, WalkEntry::Dir(FileStat::default())));
             }
             libc::DT_LNK => {
                 let mut buf = vec![0u8; 4096];
@@ -121,9 +142,10 @@ fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(St
                     });
                 }
                 buf.truncate(n as usize);
+                let st = st.expect("symlinks are stat'ed");
                 out.push((
                     child_rel,
-                    WalkEntry::Symlink(String::from_utf8_lossy(&buf).into_owned()),
+                    WalkEntry::Symlink(String::from_utf8_lossy(&buf).into_owned(), file_stat(&st)),
                 ));
             }
             libc::DT_REG => {
@@ -139,9 +161,9 @@ fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(St
     }
     drop(dir);
     if subdirs.is_empty() {
-        return Ok(out);
+        return Ok((dir_stat, out));
     }
-    let children: Vec<anyhow::Result<Vec<(String, WalkEntry)>>> = subdirs
+    let children: Vec<anyhow::Result<Listed>> = subdirs
         .par_iter()
         .map(|(_, p, r)| walk_dir(p, r, exclude))
         .collect();
@@ -149,21 +171,26 @@ fn walk_dir(abs: &Path, rel: &str, exclude: &[String]) -> anyhow::Result<Vec<(St
     let mut result = Vec::with_capacity(out.len());
     let mut next_sub = 0;
     let mut children = children.into_iter();
-    for (i, e) in out.into_iter().enumerate() {
-        result.push(e);
+    for (i, mut e) in out.into_iter().enumerate() {
         if next_sub < subdirs.len() && subdirs[next_sub].0 == i {
             next_sub += 1;
             match children.next() {
-                Some(Ok(c)) => result.extend(c),
+                Some(Ok((stat, c))) => {
+                    e.1 = WalkEntry::Dir(stat);
+                    result.push(e);
+                    result.extend(c);
+                }
                 Some(Err(e)) => return Err(e),
                 None => bail!("internal error: walk lost a directory"),
             }
+        } else {
+            result.push(e);
         }
     }
-    Ok(result)
+    Ok((dir_stat, result))
 }
 
-fn file_stat(st: &libc::stat) -> FileStat {
+pub(crate) fn file_stat(st: &libc::stat) -> FileStat {
     FileStat {
         dev: st.st_dev,
         ino: st.st_ino,
@@ -192,6 +219,7 @@ mod tests {
         std::os::unix::fs::symlink("../z", root.join("b/link")).unwrap();
         let ours: Vec<String> = walk(&root, &[".git".into()])
             .unwrap()
+            .entries
             .into_iter()
             .map(|(r, _)| r)
             .collect();
@@ -210,12 +238,24 @@ mod tests {
             })
             .collect();
         assert_eq!(ours, theirs);
-        let entries = walk(&root, &[]).unwrap();
+        let walked = walk(&root, &[]).unwrap();
+        assert_eq!(
+            walked.root,
+            FileStat::of(&std::fs::symlink_metadata(&root).unwrap())
+        );
+        let entries = walked.entries;
+        let (_, WalkEntry::Dir(b)) = entries.iter().find(|(r, _)| r == "b").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            *b,
+            FileStat::of(&std::fs::symlink_metadata(root.join("b")).unwrap())
+        );
         let (_, WalkEntry::File(p, st)) = entries.iter().find(|(r, _)| r == "z").unwrap() else {
             panic!()
         };
         assert_eq!(*st, FileStat::of(&std::fs::symlink_metadata(p).unwrap()));
-        let (_, WalkEntry::Symlink(t)) = entries.iter().find(|(r, _)| r == "b/link").unwrap()
+        let (_, WalkEntry::Symlink(t, _)) = entries.iter().find(|(r, _)| r == "b/link").unwrap()
         else {
             panic!()
         };
