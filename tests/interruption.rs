@@ -98,7 +98,7 @@ fn ctrl_c_leaves_no_child_and_no_record_and_the_next_apply_completes() {
 }
 
 #[test]
-fn kill_9_of_qflow_mid_step_then_apply_gives_the_right_result() {
+fn kill_9_of_qflow_mid_step_then_apply_stops_what_it_left_and_gives_the_right_result() {
     let s = Space::new();
     let tag = "27.1828";
     slow_workflow(&s, tag);
@@ -110,7 +110,11 @@ fn kill_9_of_qflow_mid_step_then_apply_gives_the_right_result() {
     wait_for(&s.join("started"));
     child.kill().unwrap();
     child.wait().unwrap();
-    // The sleeping grandchild may outlive qflow for its few seconds; it must not matter.
+    // The sleeping grandchild outlives qflow: only its parent got PDEATHSIG.
+    assert!(
+        !processes_with(&format!("sleep {tag}")).is_empty(),
+        "the grandchild should still be running here"
+    );
     let plan = s.qflow(&["plan"]).success();
     assert!(plan.stdout.contains("run     slow"), "{}", plan.stdout);
     s.write(
@@ -121,7 +125,15 @@ fn kill_9_of_qflow_mid_step_then_apply_gives_the_right_result() {
     let run = s.apply();
     assert_eq!(run.ran(), ["slow", "after"]);
     assert_eq!(s.read("out/after/copy"), "done\n");
-    for p in processes_with(&format!("sleep {tag}")) {
+    assert!(
+        run.stderr
+            .contains("stopped 1 processes left behind by an interrupted run of slow: sleep ("),
+        "{}",
+        run.stderr
+    );
+    let left = processes_with(&format!("sleep {tag}"));
+    assert!(left.is_empty(), "left behind: {left:?}");
+    for p in left {
         let pid: i32 = p.split(':').next().unwrap().parse().unwrap();
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }

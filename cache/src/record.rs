@@ -122,7 +122,9 @@ impl Cache {
     }
 
     /// Marks step `key` as started; until `clear_started`, `was_interrupted` is true.
-    pub fn mark_started(&self, key: &Hash) -> anyhow::Result<()> {
+    /// `note` is one line the caller reads back with [`Cache::started_marks`]
+    /// (the engine keeps the token that finds the run's processes there).
+    pub fn mark_started(&self, key: &Hash, note: &str) -> anyhow::Result<()> {
         let path = self.started_path(key);
         std::fs::create_dir_all(parent_of(&path))?;
         let now = std::time::SystemTime::now()
@@ -131,8 +133,22 @@ impl Cache {
             .unwrap_or(0);
         write_atomic(
             &path,
-            format!("pid {} at {now}\n", std::process::id()).as_bytes(),
+            format!("pid {} at {now}\n{note}\n", std::process::id()).as_bytes(),
         )
+    }
+
+    /// The started marks present: (step key in hex, the caller's note).
+    pub fn started_marks(&self) -> Vec<(String, String)> {
+        let Ok(dir) = std::fs::read_dir(self.dir("tmp").join("started")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                let note = text.lines().nth(1).unwrap_or("").to_string();
+                Some((e.file_name().to_string_lossy().into_owned(), note))
+            })
+            .collect()
     }
 
     /// Removes the started mark of step `key`.
@@ -244,7 +260,8 @@ pub(crate) mod tests {
         let (_dir, c) = crate::test_cache("started");
         let key = Hash::of_bytes(b"k");
         assert!(!c.was_interrupted(&key));
-        c.mark_started(&key).unwrap();
+        c.mark_started(&key, "token=t1").unwrap();
+        assert_eq!(c.started_marks(), [(key.to_hex(), "token=t1".to_string())]);
         // A new process opening the cache (after a kill -9) sees the mark.
         let again = Cache::open(c.root()).unwrap();
         assert!(again.was_interrupted(&key));

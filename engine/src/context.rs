@@ -221,6 +221,8 @@ pub struct RunContext {
     groups: ProcessGroups,
     jobserver: Option<jobserver::Client>,
     notes: BTreeMap<String, String>,
+    /// Marks every process of this run of the step (see `leftovers.rs`).
+    run_token: Option<String>,
 }
 
 impl RunContext {
@@ -264,6 +266,7 @@ impl RunContext {
             groups,
             jobserver,
             notes: BTreeMap::new(),
+            run_token: None,
         })
     }
 
@@ -291,6 +294,13 @@ impl RunContext {
             ProcessGroups::new(),
             false,
         )
+    }
+
+    /// Put `token` in the environment of every process this step starts, so
+    /// the next apply can find the ones a killed qflow left behind.
+    pub fn with_run_token(mut self, token: String) -> Self {
+        self.run_token = Some(token);
+        self
     }
 
     /// Add an upstream step's output directory (tests and the scheduler).
@@ -447,6 +457,7 @@ impl RunContext {
             .stderr(Stdio::piped());
         cmd.process_group(0);
         die_with_parent(&mut cmd);
+        self.mark(&mut cmd);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
@@ -550,6 +561,7 @@ impl RunContext {
         self.log.line(&format!("$ {}", display_command(&cmd)));
         cmd.process_group(0);
         die_with_parent(&mut cmd);
+        self.mark(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
@@ -567,7 +579,16 @@ impl RunContext {
     }
 }
 
-/// The child gets SIGKILL if the qflow thread that started it dies (kill -9 of qflow).
+impl RunContext {
+    fn mark(&self, cmd: &mut Command) {
+        if let Some(token) = &self.run_token {
+            cmd.env(crate::leftovers::TOKEN_VAR, token);
+        }
+    }
+}
+
+/// The child gets SIGKILL if the qflow thread that started it dies (kill -9 of
+/// qflow); its own children are found by their run token (`leftovers.rs`).
 fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
     unsafe {

@@ -17,6 +17,7 @@ pub mod diagnostic;
 pub mod glob;
 pub mod inputs;
 pub mod interpolate;
+pub mod leftovers;
 pub mod lockfile;
 pub mod progress;
 pub mod scheduler;

@@ -159,6 +159,7 @@ pub fn apply(
         session.lock = crate::lockfile::LockFile::read(&session.lock_path);
         session.reload_interrupted();
     }
+    session.stop_leftovers(&progress);
     crate::timings::mark("lock cache");
     let prepared = session.prepare()?;
     crate::timings::mark("digest inputs, identify tools");
@@ -629,7 +630,8 @@ fn run_step(
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let log = StepLog::create(log_path)?;
-    cache.mark_started(&key)?;
+    let token = crate::leftovers::token_for(&key);
+    cache.mark_started(&key, &crate::leftovers::mark_note(&decl.name, &token))?;
     let t0 = Instant::now();
     let mut ctx = RunContext::new(
         &decl.name,
@@ -643,7 +645,8 @@ fn run_step(
         progress,
         groups,
         step.uses_jobserver(),
-    )?;
+    )?
+    .with_run_token(token);
     step.run(&mut ctx)?;
     for out in step.outputs() {
         let p = tmp.path().join(&out);

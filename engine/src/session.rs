@@ -195,6 +195,36 @@ impl<'w> Session<'w> {
         })
     }
 
+    /// Kill the processes that runs interrupted by a kill of qflow left
+    /// behind (see `leftovers.rs`). Call with the cache lock held.
+    pub fn stop_leftovers(&self, progress: &crate::progress::Progress) {
+        let marks = self.cache.started_marks();
+        let found: Vec<(&str, &str)> = marks
+            .iter()
+            .filter_map(|(_, note)| crate::leftovers::parse_note(note))
+            .collect();
+        if found.is_empty() {
+            return;
+        }
+        let tokens: Vec<&str> = found.iter().map(|(t, _)| *t).collect();
+        let killed = crate::leftovers::kill_holders(&tokens);
+        if !killed.is_empty() {
+            let mut steps: Vec<&str> = found.iter().map(|(_, s)| *s).collect();
+            steps.sort_unstable();
+            steps.dedup();
+            let programs: Vec<String> = killed
+                .iter()
+                .map(|(pid, name)| format!("{name} ({pid})"))
+                .collect();
+            progress.event(&format!(
+                "stopped {} processes left behind by an interrupted run of {}: {}",
+                killed.len(),
+                steps.join(", "),
+                programs.join(", ")
+            ));
+        }
+    }
+
     /// Read the started marks again (after waiting for another run).
     pub fn reload_interrupted(&mut self) {
         self.interrupted = std::fs::read_dir(self.cache.dir("tmp").join("started"))
