@@ -75,7 +75,7 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
         };
         let key = material.key();
         let output = match session.cached_from_lock(i, &key) {
-            Some((output, _)) => Some(output),
+            Some(output) => Some(output),
             None if s.cache => session.usable_record(&key).map(|r| r.output),
             None => None,
         };

@@ -11,7 +11,7 @@
 //! exits at once. A step is marked started before it runs, so after a kill -9
 //! of qflow the next apply sees no record and runs it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -22,6 +22,7 @@ use qflow_cache::{Hash, LockWait, Record};
 use serde::Serialize;
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::lockfile::{LockFile, LockedStep};
 use crate::progress::Progress;
 use crate::session::{Prepared, Session};
 use crate::step::CheckContext;
@@ -218,16 +219,14 @@ pub fn apply(
     let mut running = 0usize;
     let mut stop_new = false;
     let mut interrupted = false;
-    let mut new_lock = session.lock.clone();
-    new_lock.version = crate::lockfile::LOCK_VERSION;
-    new_lock.workflow = workflow.name.clone();
-    new_lock.steps.retain(|k, _| workflow.step(k).is_some());
+    // Lock entries this run changes; a no-op changes none and rewrites nothing.
+    let mut lock_changes: BTreeMap<String, LockedStep> = BTreeMap::new();
     let order = session.dag.order();
     let registry = session.registry;
     let cache = &session.cache;
     let session_ref: &Session = session;
 
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    let scheduled = std::thread::scope(|scope| -> anyhow::Result<()> {
         loop {
             // Resolve every waiting step whose upstream is settled.
             let mut changed = true;
@@ -283,11 +282,11 @@ pub fn apply(
                         .material(&prepared, i, &up)
                         .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
                     let key = material.key();
-                    if let Some((output, entry)) = session_ref.cached_from_lock(i, &key) {
+                    if let Some(output) = session_ref.cached_from_lock(i, &key) {
+                        // Its lock entry already has this key and output: nothing to change.
                         present(&out_root, &s.name, &cache.tree_path(&output))?;
                         outputs.insert(s.name.clone(), output);
-                        new_lock.steps.insert(s.name.clone(), entry);
-                        progress.event(&format!("cached {}", s.name));
+                        progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
                             &s.name,
                             StepOutcome::Cached,
@@ -303,10 +302,13 @@ pub fn apply(
                     {
                         present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
                         outputs.insert(s.name.clone(), rec.output);
-                        new_lock
-                            .steps
-                            .insert(s.name.clone(), session_ref.locked_step(i, &material, &rec));
-                        progress.event(&format!("cached {}", s.name));
+                        note_lock_change(
+                            &mut lock_changes,
+                            &session_ref.lock,
+                            &s.name,
+                            session_ref.locked_step(i, &material, &rec),
+                        );
+                        progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
                             &s.name,
                             StepOutcome::Cached,
@@ -324,6 +326,8 @@ pub fn apply(
                     }
                 }
             }
+            // `cached` lines wait here, so a no-op writes them all at once.
+            progress.flush();
             // Start ready steps, in schedule order, while slots allow.
             if !stop_new {
                 for &i in &order {
@@ -447,8 +451,10 @@ pub fn apply(
                         Ok(rec) => {
                             present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
                             outputs.insert(s.name.clone(), rec.output);
-                            new_lock.steps.insert(
-                                s.name.clone(),
+                            note_lock_change(
+                                &mut lock_changes,
+                                &session_ref.lock,
+                                &s.name,
                                 session_ref.locked_step(index, &material, &rec),
                             );
                             rep.key = Some(material.key().to_hex());
@@ -496,7 +502,9 @@ pub fn apply(
             }
         }
         Ok(())
-    })?;
+    });
+    progress.flush();
+    scheduled?;
     signal_handle.close();
     crate::timings::mark("schedule");
     // Steps never started: the run was interrupted, or stopped after a failure.
@@ -519,7 +527,19 @@ pub fn apply(
     }
     session.save_caches()?;
     crate::timings::mark("save caches");
-    if new_lock != session.lock || !session.lock_path.exists() {
+    let declared: HashSet<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+    let old = &session.lock;
+    let lock_stale = !lock_changes.is_empty()
+        || old.version != crate::lockfile::LOCK_VERSION
+        || old.workflow != workflow.name
+        || old.steps.keys().any(|k| !declared.contains(k.as_str()))
+        || !session.lock_path.exists();
+    if lock_stale {
+        let mut new_lock = old.clone();
+        new_lock.version = crate::lockfile::LOCK_VERSION;
+        new_lock.workflow = workflow.name.clone();
+        new_lock.steps.retain(|k, _| declared.contains(k.as_str()));
+        new_lock.steps.extend(lock_changes);
         new_lock.write(&session.lock_path)?;
     }
     crate::timings::mark("write lock");
@@ -552,6 +572,20 @@ fn write_run_record(runs: &Path, run: &RunReport) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, runs.join(format!("{}.json", run.id)))?;
     Ok(())
+}
+
+/// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
+fn note_lock_change(
+    changes: &mut BTreeMap<String, LockedStep>,
+    lock: &LockFile,
+    name: &str,
+    entry: LockedStep,
+) {
+    if lock.steps.get(name) != Some(&entry) {
+        changes.insert(name.to_string(), entry);
+    } else {
+        changes.remove(name);
+    }
 }
 
 fn report(
@@ -696,13 +730,14 @@ fn run_step(
 
 /// Point `out/<step>` at the step's output tree (a relative symlink, swapped atomically).
 pub fn present(out_root: &Path, step: &str, tree: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out_root)
-        .with_context(|| format!("cannot create {}", out_root.display()))?;
     let link = out_root.join(step);
     let target = relative_path(out_root, tree);
+    // A link already right is the no-op case: one readlink, no mkdir.
     if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
         return Ok(());
     }
+    std::fs::create_dir_all(out_root)
+        .with_context(|| format!("cannot create {}", out_root.display()))?;
     let tmp = out_root.join(format!(".{step}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&target, &tmp)

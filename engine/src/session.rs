@@ -205,16 +205,16 @@ impl<'w> Session<'w> {
 
     /// The fast path of a no-op apply: the lock entry of step `i` has this very
     /// key, the cache still holds a record for it and the output tree it names.
-    /// Then the entry is the result, without reading or parsing the record.
-    pub fn cached_from_lock(&self, i: usize, key: &Hash) -> Option<(Hash, LockedStep)> {
+    /// Then the entry is the result, without reading or parsing the record: the
+    /// step's output hash comes back, and its lock entry stays as it is.
+    pub fn cached_from_lock(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
         let entry = self.lock.steps.get(&s.name)?;
         if !s.cache || entry.key != key.to_hex() || self.was_interrupted(key) {
             return None;
         }
         let output: Hash = entry.output.parse().ok()?;
-        (self.cache.has_record(key) && self.cache.tree_path(&output).is_dir())
-            .then(|| (output, entry.clone()))
+        (self.cache.has_record(key) && self.cache.tree_path(&output).is_dir()).then_some(output)
     }
 
     /// Whether a run of step `key` was started and never finished.
