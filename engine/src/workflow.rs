@@ -343,8 +343,9 @@ impl Workflow {
             }
         }
 
+        let no_steps = serde_yaml::Mapping::new();
         let steps_value = match top.get("steps") {
-            Some(Value::Mapping(m)) => m.clone(),
+            Some(Value::Mapping(m)) => m,
             Some(v) => {
                 diags.at(
                     "steps",
@@ -353,19 +354,19 @@ impl Workflow {
                         type_name(v)
                     ),
                 );
-                serde_yaml::Mapping::new()
+                &no_steps
             }
             None => {
                 diags.at_position(None, "the workflow has no `steps:`");
-                serde_yaml::Mapping::new()
+                &no_steps
             }
         };
-        let step_names: Vec<String> = steps_value.keys().map(key_text).collect();
+        let step_names = StepNames::new(steps_value.keys().map(key_text).collect());
         let ctx = CheckContext {
             work_dir: dir.clone(),
         };
         let mut steps = Vec::new();
-        for (k, v) in &steps_value {
+        for (k, v) in steps_value {
             let sname = key_text(k);
             let base = format!("steps.{sname}");
             if !valid_name(&sname) {
@@ -493,6 +494,24 @@ fn display_path(p: &Path) -> PathBuf {
     }
 }
 
+/// The workflow's step names, in file order and as a set: every edge is checked
+/// against them, so a lookup must not scan 1,000 names.
+struct StepNames {
+    all: Vec<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl StepNames {
+    fn new(all: Vec<String>) -> StepNames {
+        let set = all.iter().cloned().collect();
+        StepNames { all, set }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn load_step(
     name: &str,
@@ -500,7 +519,7 @@ fn load_step(
     fields: &serde_yaml::Mapping,
     registry: &Registry,
     vars: &BTreeMap<String, String>,
-    step_names: &[String],
+    step_names: &StepNames,
     ctx: &CheckContext,
     diags: &mut Diagnostics,
 ) -> Option<StepDecl> {
@@ -538,14 +557,14 @@ fn load_step(
 
     let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
     let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
-        if !step_names.iter().any(|s| s == up) {
+        if !step_names.contains(up) {
             diags.at(
                 at,
                 format!(
                     "no step named `{up}`{}",
                     did_you_mean(
                         up,
-                        step_names.iter().map(|s| s.as_str()).filter(|s| *s != name)
+                        step_names.all.iter().map(|s| s.as_str()).filter(|s| *s != name)
                     )
                 ),
             );
