@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use qflow_engine::plan::plan;
 use qflow_engine::progress::Progress;
 use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
-use qflow_engine::session::{Session, cache_dir};
+use qflow_engine::session::{Session, cache_dir, cache_dir_beside};
 use qflow_engine::workflow::{LoadOptions, Workflow};
 
 use crate::cli::{Cli, Command, UsageError, WorkflowArgs};
@@ -20,7 +20,12 @@ fn load(args: &WorkflowArgs, registry: &qflow_engine::Registry) -> anyhow::Resul
         };
         set.push((k.to_string(), v.to_string()));
     }
-    Workflow::load(&args.file, registry, &LoadOptions { set })
+    // The cache that may hold a memo of this load: where the session will open it.
+    let path = std::path::absolute(&args.file).unwrap_or_else(|_| args.file.clone());
+    let memo_cache = path
+        .parent()
+        .map(|dir| cache_dir_beside(dir, args.cache.as_deref()));
+    Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {

@@ -26,6 +26,7 @@ pub mod stat_cache;
 pub mod step_key;
 pub mod tool_identity;
 pub mod workflow;
+pub mod workflow_memo;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).
 /// Found before anything runs; the binary exits 2 on it.

@@ -17,6 +17,11 @@ use crate::workflow::Workflow;
 
 /// Where the cache lives: `--cache`, else `QFLOW_CACHE`, else `.qflow/` beside the workflow.
 pub fn cache_dir(workflow: &Workflow, flag: Option<&Path>) -> PathBuf {
+    cache_dir_beside(&workflow.dir, flag)
+}
+
+/// [`cache_dir`] for a workflow in directory `workflow_dir`, before it is loaded.
+pub fn cache_dir_beside(workflow_dir: &Path, flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     }
@@ -24,7 +29,7 @@ pub fn cache_dir(workflow: &Workflow, flag: Option<&Path>) -> PathBuf {
         let p = PathBuf::from(p);
         return std::path::absolute(&p).unwrap_or(p);
     }
-    workflow.dir.join(".qflow")
+    workflow_dir.join(".qflow")
 }
 
 /// The path of `qflow.lock` for a workflow: beside it, named after it for

@@ -20,7 +20,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
 const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache"];
 
 /// Why one step depends on another.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EdgeReason {
     /// `after: [x]`
     After,
@@ -198,6 +198,8 @@ fn type_name(v: &Value) -> &'static str {
 pub struct LoadOptions {
     /// `--set VAR=VALUE` overrides, in command-line order.
     pub set: Vec<(String, String)>,
+    /// The cache directory that may hold a memo of this load (see `workflow_memo`).
+    pub memo_cache: Option<PathBuf>,
 }
 
 impl Workflow {
@@ -227,14 +229,40 @@ impl Workflow {
             }
         };
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let memo = options.memo_cache.as_ref().map(|cache| {
+            (
+                crate::workflow_memo::memo_path(cache, &path),
+                crate::workflow_memo::MemoKey::new(&path, &text, &options.set),
+            )
+        });
+        if let Some((memo, key)) = &memo
+            && let Some(workflow) = crate::workflow_memo::recall(memo, key, &path, registry)
+        {
+            crate::timings::mark("recall workflow memo");
+            return Ok(workflow);
+        }
+        let workflow = Self::load_text(path, &text, registry, options)?;
+        if let Some((memo, key)) = &memo {
+            crate::workflow_memo::remember(memo, key, &workflow);
+        }
+        Ok(workflow)
+    }
+
+    /// Parse and validate `text`, the content of the workflow at `path` (absolute).
+    fn load_text(
+        path: PathBuf,
+        text: &str,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> anyhow::Result<Workflow> {
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let shown = display_path(&path);
-        let mut diags = Diagnostics::new(&shown, &text);
+        let mut diags = Diagnostics::new(&shown, text);
 
-        let doc: Value = match serde_yaml::from_str(&text) {
+        let doc: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
             Err(e) => {
                 let position = e.location().map(|l| Position {
@@ -564,7 +592,11 @@ fn load_step(
                     "no step named `{up}`{}",
                     did_you_mean(
                         up,
-                        step_names.all.iter().map(|s| s.as_str()).filter(|s| *s != name)
+                        step_names
+                            .all
+                            .iter()
+                            .map(|s| s.as_str())
+                            .filter(|s| *s != name)
                     )
                 ),
             );
@@ -821,7 +853,7 @@ pub fn check_output_path(out: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<(), String> {
+pub(crate) fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<(), String> {
     if input.path.contains("${{") {
         return Ok(());
     }
