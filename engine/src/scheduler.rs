@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
-use qflow_cache::{Hash, LockWait, Record};
+use qflow_cache::{DirHandle, Hash, LockWait, Record};
 use serde::Serialize;
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
@@ -176,6 +176,10 @@ pub fn apply(
     preflight(session, &prepared)?;
     std::fs::create_dir_all(&out_root)
         .with_context(|| format!("cannot create {}", out_root.display()))?;
+    // Under the workspace lock: record, tree and link checks through open handles.
+    let probe = session.cache.probe()?;
+    let out_dir = DirHandle::open(&out_root)
+        .with_context(|| format!("cannot open {}", out_root.display()))?;
     crate::timings::mark("preflight");
 
     let groups = ProcessGroups::new();
@@ -282,9 +286,9 @@ pub fn apply(
                         .material(&prepared, i, &up)
                         .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
                     let key = material.key();
-                    if let Some(output) = session_ref.cached_from_lock(i, &key) {
+                    if let Some(output) = session_ref.cached_from_lock(i, &key, &probe) {
                         // Its lock entry already has this key and output: nothing to change.
-                        present(&out_root, &s.name, &cache.tree_path(&output))?;
+                        present(&out_root, &out_dir, &s.name, &cache.tree_path(&output))?;
                         outputs.insert(s.name.clone(), output);
                         progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
@@ -300,7 +304,7 @@ pub fn apply(
                     } else if s.cache
                         && let Some(rec) = session_ref.usable_record(&key)
                     {
-                        present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
+                        present(&out_root, &out_dir, &s.name, &cache.tree_path(&rec.output))?;
                         outputs.insert(s.name.clone(), rec.output);
                         note_lock_change(
                             &mut lock_changes,
@@ -449,7 +453,12 @@ pub fn apply(
                     );
                     match *result {
                         Ok(rec) => {
-                            present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
+                            present(
+                                &out_root,
+                                &out_dir,
+                                &s.name,
+                                &cache.tree_path(&rec.output),
+                            )?;
                             outputs.insert(s.name.clone(), rec.output);
                             note_lock_change(
                                 &mut lock_changes,
@@ -729,11 +738,12 @@ fn run_step(
 }
 
 /// Point `out/<step>` at the step's output tree (a relative symlink, swapped atomically).
-pub fn present(out_root: &Path, step: &str, tree: &Path) -> anyhow::Result<()> {
+/// `out_dir` is a handle on `out_root`.
+pub fn present(out_root: &Path, out_dir: &DirHandle, step: &str, tree: &Path) -> anyhow::Result<()> {
     let link = out_root.join(step);
     let target = relative_path(out_root, tree);
     // A link already right is the no-op case: one readlink, no mkdir.
-    if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+    if out_dir.read_link(Path::new(step)).as_deref() == Some(target.as_path()) {
         return Ok(());
     }
     std::fs::create_dir_all(out_root)

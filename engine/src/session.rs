@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use qflow_cache::{Cache, Hash, Record};
+use qflow_cache::{Cache, CacheProbe, Hash, Record};
 
 use crate::dag::Dag;
 use crate::inputs::{self, InputDigest};
@@ -212,14 +212,15 @@ impl<'w> Session<'w> {
     /// key, the cache still holds a record for it and the output tree it names.
     /// Then the entry is the result, without reading or parsing the record: the
     /// step's output hash comes back, and its lock entry stays as it is.
-    pub fn cached_from_lock(&self, i: usize, key: &Hash) -> Option<Hash> {
+    /// `probe` is this session's cache, asked through open handles.
+    pub fn cached_from_lock(&self, i: usize, key: &Hash, probe: &CacheProbe) -> Option<Hash> {
         let s = &self.workflow.steps[i];
         let entry = self.lock.steps.get(&s.name)?;
         if !s.cache || entry.key != key.to_hex() || self.was_interrupted(key) {
             return None;
         }
         let output: Hash = entry.output.parse().ok()?;
-        (self.cache.has_record(key) && self.cache.tree_path(&output).is_dir()).then_some(output)
+        (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
     }
 
     /// Whether a run of step `key` was started and never finished.
