@@ -229,7 +229,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(s) => vec![s.clone()],
                 None => wf.steps.iter().map(|s| s.name.clone()).collect(),
             };
-            let mut lock = session.lock.clone();
+            let mut lock = session.lock().clone();
             for n in &names {
                 if let Some(entry) = lock.steps.remove(n)
                     && let Ok(key) = entry.key.parse()
@@ -244,8 +244,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 eprintln!("qflow: cleaned {n}");
             }
-            session.lock = lock;
-            session.lock.write(&session.lock_path)?;
+            lock.write(&session.lock_path)?;
+            session.set_lock(lock);
             Ok(0)
         }
         Command::Doctor {
@@ -418,7 +418,7 @@ fn recent_keys(session: &Session, n: usize) -> BTreeSet<qflow_cache::Hash> {
             }
         }
     }
-    for s in session.lock.steps.values() {
+    for s in session.lock().steps.values() {
         if let Ok(k) = s.key.parse() {
             keep.insert(k);
         }

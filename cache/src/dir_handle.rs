@@ -91,7 +91,14 @@ mod tests {
         std::os::unix::fs::symlink("sub", d.join("link")).unwrap();
         std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
         let h = DirHandle::open(&d).unwrap();
-        for rel in ["sub", "sub/file", "link", "link/file", "dangling", "missing"] {
+        for rel in [
+            "sub",
+            "sub/file",
+            "link",
+            "link/file",
+            "dangling",
+            "missing",
+        ] {
             let p = d.join(rel);
             let rel = Path::new(rel);
             assert_eq!(h.is_file(rel), p.is_file(), "{rel:?}");

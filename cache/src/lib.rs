@@ -31,9 +31,9 @@ pub use cache::{CACHE_VERSION, Cache};
 pub use dir_handle::DirHandle;
 pub use gc::{GcStats, STALE_TMP_AGE};
 pub use hash::{Hash, MMAP_THRESHOLD, hash_file};
-pub use probe::CacheProbe;
 pub use link::{LinkKind, link_or_copy};
 pub use lock::{LockWait, WorkspaceLock};
+pub use probe::CacheProbe;
 pub use record::Record;
 pub use tree::{Entry, EntryKind, MANIFEST_VERSION, Manifest, TempTree};
 

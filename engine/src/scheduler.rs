@@ -157,7 +157,7 @@ pub fn apply(
     })?;
     if waited.get() {
         // The run we waited for may have rewritten the lock file and the cache.
-        session.lock = crate::lockfile::LockFile::read(&session.lock_path);
+        session.reload_lock();
         session.reload_interrupted();
     }
     crate::timings::mark("lock cache");
@@ -308,7 +308,7 @@ pub fn apply(
                         outputs.insert(s.name.clone(), rec.output);
                         note_lock_change(
                             &mut lock_changes,
-                            &session_ref.lock,
+                            session_ref.lock(),
                             &s.name,
                             session_ref.locked_step(i, &material, &rec),
                         );
@@ -453,16 +453,11 @@ pub fn apply(
                     );
                     match *result {
                         Ok(rec) => {
-                            present(
-                                &out_root,
-                                &out_dir,
-                                &s.name,
-                                &cache.tree_path(&rec.output),
-                            )?;
+                            present(&out_root, &out_dir, &s.name, &cache.tree_path(&rec.output))?;
                             outputs.insert(s.name.clone(), rec.output);
                             note_lock_change(
                                 &mut lock_changes,
-                                &session_ref.lock,
+                                session_ref.lock(),
                                 &s.name,
                                 session_ref.locked_step(index, &material, &rec),
                             );
@@ -537,14 +532,15 @@ pub fn apply(
     session.save_caches()?;
     crate::timings::mark("save caches");
     let declared: HashSet<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
-    let old = &session.lock;
+    // Decided on the lock's index: a no-op never parses the whole lock.
+    let old = session.lock_index();
     let lock_stale = !lock_changes.is_empty()
         || old.version != crate::lockfile::LOCK_VERSION
         || old.workflow != workflow.name
         || old.steps.keys().any(|k| !declared.contains(k.as_str()))
         || !session.lock_path.exists();
     if lock_stale {
-        let mut new_lock = old.clone();
+        let mut new_lock = session.lock().clone();
         new_lock.version = crate::lockfile::LOCK_VERSION;
         new_lock.workflow = workflow.name.clone();
         new_lock.steps.retain(|k, _| declared.contains(k.as_str()));
@@ -739,7 +735,12 @@ fn run_step(
 
 /// Point `out/<step>` at the step's output tree (a relative symlink, swapped atomically).
 /// `out_dir` is a handle on `out_root`.
-pub fn present(out_root: &Path, out_dir: &DirHandle, step: &str, tree: &Path) -> anyhow::Result<()> {
+pub fn present(
+    out_root: &Path,
+    out_dir: &DirHandle,
+    step: &str,
+    tree: &Path,
+) -> anyhow::Result<()> {
     let link = out_root.join(step);
     let target = relative_path(out_root, tree);
     // A link already right is the no-op case: one readlink, no mkdir.

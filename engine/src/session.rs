@@ -8,7 +8,7 @@ use qflow_cache::{Cache, CacheProbe, Hash, Record};
 
 use crate::dag::Dag;
 use crate::inputs::{self, InputDigest};
-use crate::lockfile::{LockFile, LockedStep};
+use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
 use crate::step::{CheckContext, Registry};
 use crate::step_key::{KeyMaterial, canonical_json};
@@ -63,7 +63,8 @@ pub struct Session<'w> {
     pub registry: &'w Registry,
     pub cache: Cache,
     pub dag: Dag,
-    pub lock: LockFile,
+    /// The last lock: its bytes, parsed in full only when asked ([`Session::lock`]).
+    lock: LastLock,
     pub lock_path: PathBuf,
     /// Shared with running steps, which re-check their inputs when they finish.
     pub stat_cache: std::sync::Mutex<StatCache>,
@@ -95,12 +96,32 @@ impl<'w> Session<'w> {
             workflow,
             registry,
             dag: Dag::new(workflow),
-            lock: LockFile::read(&lock_path),
+            lock: LastLock::read(&lock_path),
             lock_path,
             cache,
             stat_cache: std::sync::Mutex::new(stat_cache),
             tool_ids,
         })
+    }
+
+    /// The last lock (`qflow.lock`), parsed on first use.
+    pub fn lock(&self) -> &LockFile {
+        self.lock.full()
+    }
+
+    /// Each step's key and output in the last lock, without parsing the rest.
+    pub fn lock_index(&self) -> &LockIndex {
+        &self.lock.index
+    }
+
+    /// Replace the last lock (what this session compares against and keeps).
+    pub fn set_lock(&mut self, lock: LockFile) {
+        self.lock = LastLock::of(lock);
+    }
+
+    /// Read the lock file again (after waiting for another run that may have rewritten it).
+    pub fn reload_lock(&mut self) {
+        self.lock = LastLock::read(&self.lock_path);
     }
 
     /// Digest inputs, identify tools, compute extra key material.
@@ -215,11 +236,11 @@ impl<'w> Session<'w> {
     /// `probe` is this session's cache, asked through open handles.
     pub fn cached_from_lock(&self, i: usize, key: &Hash, probe: &CacheProbe) -> Option<Hash> {
         let s = &self.workflow.steps[i];
-        let entry = self.lock.steps.get(&s.name)?;
-        if !s.cache || entry.key != key.to_hex() || self.was_interrupted(key) {
+        let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
+        if !s.cache || *locked_key != key.to_hex() || self.was_interrupted(key) {
             return None;
         }
-        let output: Hash = entry.output.parse().ok()?;
+        let output: Hash = locked_output.parse().ok()?;
         (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
     }
 
@@ -255,7 +276,7 @@ impl<'w> Session<'w> {
         if self.was_interrupted(&key) {
             reasons.push("its previous run was interrupted".to_string());
         }
-        let Some(old) = self.lock.steps.get(&s.name) else {
+        let Some(old) = self.lock().steps.get(&s.name) else {
             if reasons.is_empty() {
                 reasons.push("never ran (no entry in the lock file)".to_string());
             }
@@ -387,6 +408,42 @@ impl<'w> Session<'w> {
             outputs,
             notes,
         }
+    }
+}
+
+/// The last lock: indexed at once, parsed in full on first use. A no-op apply
+/// needs only the index (each step's key and output).
+struct LastLock {
+    index: LockIndex,
+    bytes: Option<Vec<u8>>,
+    full: std::sync::OnceLock<LockFile>,
+}
+
+impl LastLock {
+    fn read(path: &Path) -> LastLock {
+        let bytes = std::fs::read(path).ok();
+        LastLock {
+            index: bytes.as_deref().map(LockIndex::parse).unwrap_or_default(),
+            bytes,
+            full: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn of(lock: LockFile) -> LastLock {
+        LastLock {
+            index: LockIndex::of(&lock),
+            bytes: None,
+            full: std::sync::OnceLock::from(lock),
+        }
+    }
+
+    fn full(&self) -> &LockFile {
+        self.full.get_or_init(|| {
+            self.bytes
+                .as_deref()
+                .map(LockFile::parse)
+                .unwrap_or_default()
+        })
     }
 }
 
