@@ -12,7 +12,8 @@
 //!
 //! What loading checks against the host is not memoized but checked again on
 //! every hit: each step's fields are parsed by its kind again (the typed step),
-//! the kind's own `check`, declared outputs, and that every input exists. If any
+//! the kind's own `check`, declared outputs, and that every input exists (many
+//! inputs in one directory by one listing of it). If any
 //! of those fails, the memo is ignored and the full load reports the problem
 //! with its `file:line:column`.
 //!
@@ -21,12 +22,13 @@
 //! already exists gets one. It is written only when it reads back equal to what
 //! it memoizes (YAML values JSON cannot carry, such as tags, are never memoized).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::step::{CheckContext, Registry};
+use crate::step::{CheckContext, Input, Registry};
 use crate::workflow::{EdgeReason, StepDecl, Workflow, check_input_exists, check_output_path};
 
 /// Bump when the memo's content or meaning changes.
@@ -119,6 +121,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
         work_dir: dir.clone(),
     };
     let mut steps = Vec::with_capacity(stored.steps.len());
+    let mut inputs = Vec::new();
     for s in stored.steps {
         let kind = registry.get(&s.kind)?;
         let step = kind.parse(&s.fields).ok()?;
@@ -126,13 +129,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
         if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
             return None;
         }
-        if step
-            .inputs()
-            .iter()
-            .any(|i| check_input_exists(i, &ctx).is_err())
-        {
-            return None;
-        }
+        inputs.extend(step.inputs());
         steps.push(StepDecl {
             name: s.name,
             kind: s.kind,
@@ -147,6 +144,9 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             step,
         });
     }
+    if !inputs_exist(&inputs, &ctx) {
+        return None;
+    }
     Some(Workflow {
         path: path.to_path_buf(),
         dir,
@@ -154,6 +154,77 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
         vars: stored.vars,
         steps,
     })
+}
+
+/// Whether every input exists, as [`check_input_exists`] decides. Many plain
+/// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
+/// instead of a stat each; a listing much longer than the inputs it answers for
+/// is given up, and those inputs are stat'ed.
+fn inputs_exist(inputs: &[Input], ctx: &CheckContext) -> bool {
+    const MIN_SHARED: usize = 32;
+    let mut by_dir: HashMap<&Path, Vec<&Input>> = HashMap::new();
+    let mut alone = Vec::new();
+    for input in inputs {
+        match plain_parent(&input.path) {
+            Some(dir) => by_dir.entry(dir).or_default().push(input),
+            None => alone.push(input),
+        }
+    }
+    for (dir, group) in by_dir {
+        let listing = (group.len() >= MIN_SHARED)
+            .then(|| list_dir(&ctx.work_dir.join(dir), 4 * group.len()))
+            .flatten();
+        match listing {
+            Some(names) => {
+                if !group.iter().all(|i| {
+                    Path::new(&i.path)
+                        .file_name()
+                        .is_some_and(|n| names.contains(n))
+                }) {
+                    return false;
+                }
+            }
+            None => alone.extend(group),
+        }
+    }
+    alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
+}
+
+/// The directory of a plain relative input (`src/f1` → `src`; `f1` → ``): no
+/// glob, no interpolation, no `.`/`..`, no trailing `/`. `None` for anything else.
+fn plain_parent(path: &str) -> Option<&Path> {
+    if path.is_empty() || path.ends_with('/') || path.contains("${{") || crate::glob::is_glob(path)
+    {
+        return None;
+    }
+    let p = Path::new(path);
+    if !p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return None;
+    }
+    p.parent()
+}
+
+/// The names in `dir`, if it can be both listed and searched (so that a listed
+/// name is one `lstat` would find) and holds at most `limit` entries.
+fn list_dir(dir: &Path, limit: usize) -> Option<HashSet<OsString>> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string; `faccessat` only reads it.
+    let searchable =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) } == 0;
+    if !searchable {
+        return None;
+    }
+    let mut names = HashSet::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        names.insert(entry.ok()?.file_name());
+        if names.len() > limit {
+            return None;
+        }
+    }
+    Some(names)
 }
 
 /// Memoize `workflow`, loaded under `key`, at `memo`. Does nothing for a workflow
@@ -343,6 +414,30 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("input `in.txt` does not exist"), "{text}");
         assert!(text.contains("workflow.yaml:8:"), "{text}");
+    }
+
+    #[test]
+    fn a_deleted_input_among_many_in_one_directory_is_reported_even_with_a_memo() {
+        let d = space("many");
+        std::fs::create_dir_all(d.0.join("src")).unwrap();
+        let mut text = String::from("version: 1\nsteps:\n");
+        for i in 0..40 {
+            std::fs::write(d.0.join(format!("src/f{i}")), "x").unwrap();
+            text.push_str(&format!(
+                "  s{i}:\n    kind: copy\n    from: src/f{i}\n    to: f{i}\n"
+            ));
+        }
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, &text).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        forge(&d.0, &wf, "from-memo");
+        let again = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&again, "s0"), "from-memo");
+        std::fs::remove_file(d.0.join("src/f17")).unwrap();
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("input `src/f17` does not exist"), "{text}");
     }
 
     #[test]
