@@ -177,7 +177,10 @@ pub fn apply(
     std::fs::create_dir_all(&out_root)
         .with_context(|| format!("cannot create {}", out_root.display()))?;
     // Under the workspace lock: record, tree and link checks through open handles.
-    let probe = session.cache.probe()?;
+    let probe = session
+        .cache
+        .probe()?
+        .listing_trees(&session.cache, session.lock_index().steps.len());
     let out_dir = DirHandle::open(&out_root)
         .with_context(|| format!("cannot open {}", out_root.display()))?;
     crate::timings::mark("preflight");
