@@ -18,6 +18,7 @@ pub mod glob;
 pub mod inputs;
 pub mod interpolate;
 pub mod lockfile;
+pub mod out_links;
 pub mod progress;
 pub mod scheduler;
 pub mod session;

@@ -18,11 +18,12 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
-use qflow_cache::{DirHandle, Hash, LockWait, Record};
+use qflow_cache::{Hash, LockWait, Record};
 use serde::Serialize;
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
 use crate::lockfile::{LockFile, LockedStep};
+use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::session::{Prepared, Session};
 use crate::step::CheckContext;
@@ -181,8 +182,7 @@ pub fn apply(
         .cache
         .probe()?
         .listing_trees(&session.cache, session.lock_index().steps.len());
-    let out_dir = DirHandle::open(&out_root)
-        .with_context(|| format!("cannot open {}", out_root.display()))?;
+    let out_links = OutLinks::open(&out_root, &session.cache.dir("trees"))?;
     crate::timings::mark("preflight");
 
     let groups = ProcessGroups::new();
@@ -291,7 +291,7 @@ pub fn apply(
                     let key = material.key();
                     if let Some(output) = session_ref.cached_from_lock(i, &key, &probe) {
                         // Its lock entry already has this key and output: nothing to change.
-                        present(&out_root, &out_dir, &s.name, &cache.tree_path(&output))?;
+                        out_links.present(&s.name, &output)?;
                         outputs.insert(s.name.clone(), output);
                         progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
@@ -307,7 +307,7 @@ pub fn apply(
                     } else if s.cache
                         && let Some(rec) = session_ref.usable_record(&key)
                     {
-                        present(&out_root, &out_dir, &s.name, &cache.tree_path(&rec.output))?;
+                        out_links.present(&s.name, &rec.output)?;
                         outputs.insert(s.name.clone(), rec.output);
                         note_lock_change(
                             &mut lock_changes,
@@ -456,7 +456,7 @@ pub fn apply(
                     );
                     match *result {
                         Ok(rec) => {
-                            present(&out_root, &out_dir, &s.name, &cache.tree_path(&rec.output))?;
+                            out_links.present(&s.name, &rec.output)?;
                             outputs.insert(s.name.clone(), rec.output);
                             note_lock_change(
                                 &mut lock_changes,
@@ -734,33 +734,6 @@ fn run_step(
     cache.put_record(&key, &rec)?;
     cache.clear_started(&key)?;
     Ok(rec)
-}
-
-/// Point `out/<step>` at the step's output tree (a relative symlink, swapped atomically).
-/// `out_dir` is a handle on `out_root`.
-pub fn present(
-    out_root: &Path,
-    out_dir: &DirHandle,
-    step: &str,
-    tree: &Path,
-) -> anyhow::Result<()> {
-    let link = out_root.join(step);
-    let target = relative_path(out_root, tree);
-    // A link already right is the no-op case: one readlink, no mkdir.
-    if out_dir.read_link(Path::new(step)).as_deref() == Some(target.as_path()) {
-        return Ok(());
-    }
-    std::fs::create_dir_all(out_root)
-        .with_context(|| format!("cannot create {}", out_root.display()))?;
-    let tmp = out_root.join(format!(".{step}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&target, &tmp)
-        .with_context(|| format!("cannot create link {}", tmp.display()))?;
-    if link.is_dir() && !link.is_symlink() {
-        std::fs::remove_dir_all(&link)?;
-    }
-    std::fs::rename(&tmp, &link).with_context(|| format!("cannot update {}", link.display()))?;
-    Ok(())
 }
 
 /// `to` relative to directory `from`, when both are absolute.
