@@ -11,7 +11,7 @@ use crate::inputs::{self, InputDigest};
 use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
 use crate::step::{CheckContext, Registry};
-use crate::step_key::{KeyMaterial, canonical_json};
+use crate::step_key::KeyMaterial;
 use crate::tool_identity::ToolIdentities;
 use crate::workflow::Workflow;
 
@@ -206,7 +206,7 @@ impl<'w> Session<'w> {
         Ok(KeyMaterial {
             kind: s.kind.clone(),
             schema_version: s.schema_version,
-            fields: canonical_json(&s.fields),
+            fields: s.canonical_fields().to_string(),
             env,
             inputs: prepared.inputs[i]
                 .iter()

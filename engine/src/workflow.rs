@@ -59,6 +59,8 @@ pub struct StepDecl {
     pub cache: bool,
     /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
     pub fields: Value,
+    /// `fields` as canonical JSON (what enters the key), made once.
+    pub canonical_fields: std::sync::OnceLock<String>,
     /// Vars this step reads, with their values (they enter the key through `fields`).
     pub vars_used: BTreeMap<String, String>,
     /// Environment variables this step reads through `${{ env.X }}`.
@@ -68,6 +70,12 @@ pub struct StepDecl {
 }
 
 impl StepDecl {
+    /// [`StepDecl::fields`] as canonical JSON, the form that enters the step key.
+    pub fn canonical_fields(&self) -> &str {
+        self.canonical_fields
+            .get_or_init(|| crate::step_key::canonical_json(&self.fields))
+    }
+
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
@@ -821,6 +829,7 @@ fn load_step(
         env,
         cache,
         fields: kind_fields,
+        canonical_fields: std::sync::OnceLock::new(),
         vars_used,
         env_used,
         step,

@@ -32,7 +32,7 @@ use crate::step::{CheckContext, Input, Registry};
 use crate::workflow::{EdgeReason, StepDecl, Workflow, check_input_exists, check_output_path};
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 1";
+const MEMO_VERSION: &str = "qflow-workflow-memo 2";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,8 @@ struct MemoStep {
     env: BTreeMap<String, String>,
     cache: bool,
     fields: serde_yaml::Value,
+    /// `fields` as canonical JSON, made from them when memoized.
+    canonical_fields: String,
     vars_used: BTreeMap<String, String>,
 }
 
@@ -139,6 +141,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             env: s.env,
             cache: s.cache,
             fields: s.fields,
+            canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
             vars_used: s.vars_used,
             env_used: BTreeMap::new(),
             step,
@@ -249,6 +252,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 env: s.env.clone(),
                 cache: s.cache,
                 fields: s.fields.clone(),
+                canonical_fields: s.canonical_fields().to_string(),
                 vars_used: s.vars_used.clone(),
             })
             .collect(),
