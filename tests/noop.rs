@@ -120,3 +120,27 @@ fn a_corrupt_lock_file_is_rewritten_by_a_no_op() {
     assert!(run.ran().is_empty(), "{}", run.stderr);
     assert_eq!(s.read("qflow.lock"), good);
 }
+
+#[test]
+fn a_no_op_of_many_steps_still_sees_a_deleted_link_and_a_deleted_tree() {
+    // Enough steps that the lock entries are checked on several threads.
+    let s = Space::new();
+    let mut yaml = String::from("version: 1\nname: many\nsteps:\n");
+    for i in 0..80 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    kind: command\n    run: [sh, -c, 'echo {i} > \"$QFLOW_OUT/n\"']\n    outputs: [n]\n"
+        ));
+    }
+    s.workflow(&yaml);
+    s.apply();
+    s.apply();
+    std::fs::remove_file(s.join("out/s7")).unwrap();
+    let tree = std::fs::canonicalize(s.join("out/s70")).unwrap();
+    common::make_writable_and_remove(&tree).unwrap();
+    let run = s.apply();
+    assert_eq!(run.cached().len() + run.ran().len(), 80, "{}", run.stderr);
+    assert_eq!(s.read("out/s7/n"), "7\n");
+    assert_eq!(s.read("out/s70/n"), "70\n");
+    let again = s.apply();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+}

@@ -33,12 +33,18 @@ impl OutLinks {
         })
     }
 
+    /// Whether `out/<step>` points at output tree `output` now.
+    pub fn is_present(&self, step: &str, output: &Hash) -> bool {
+        let target = self.trees.join(output.to_hex());
+        self.dir.read_link(Path::new(step)).as_deref() == Some(target.as_path())
+    }
+
     /// Point `out/<step>` at output tree `output`.
     pub fn present(&self, step: &str, output: &Hash) -> anyhow::Result<()> {
-        let target = self.trees.join(output.to_hex());
-        if self.dir.read_link(Path::new(step)).as_deref() == Some(target.as_path()) {
+        if self.is_present(step, output) {
             return Ok(());
         }
+        let target = self.trees.join(output.to_hex());
         std::fs::create_dir_all(&self.root)
             .with_context(|| format!("cannot create {}", self.root.display()))?;
         let link = self.root.join(step);

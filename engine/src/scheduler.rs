@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
-use qflow_cache::{Hash, LockWait, Record};
+use qflow_cache::{CacheProbe, Hash, LockWait, Record};
 use serde::Serialize;
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
@@ -183,6 +183,7 @@ pub fn apply(
         .probe()?
         .listing_trees(&session.cache, session.lock_index().steps.len());
     let out_links = OutLinks::open(&out_root, &session.cache.dir("trees"))?;
+    let mut in_place = lock_entries_in_place(session, &probe, &out_links);
     crate::timings::mark("preflight");
 
     let groups = ProcessGroups::new();
@@ -289,7 +290,25 @@ pub fn apply(
                         .material(&prepared, i, &up)
                         .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
                     let key = material.key();
-                    if let Some(output) = session_ref.cached_from_lock(i, &key, &probe) {
+                    let checked = in_place[i]
+                        .then(|| session_ref.locked_output(i, &key))
+                        .flatten();
+                    if let Some(output) = checked {
+                        // Its lock entry has this key, and its record, tree and link were
+                        // just found in place: nothing to change.
+                        outputs.insert(s.name.clone(), output);
+                        progress.event_held(&format!("cached {}", s.name));
+                        reports[i] = Some(report(
+                            &s.name,
+                            StepOutcome::Cached,
+                            Some((&key, &output)),
+                            0,
+                            vec![],
+                            None,
+                        ));
+                        states[i] = State::Done;
+                        changed = true;
+                    } else if let Some(output) = session_ref.cached_from_lock(i, &key, &probe) {
                         // Its lock entry already has this key and output: nothing to change.
                         out_links.present(&s.name, &output)?;
                         outputs.insert(s.name.clone(), output);
@@ -335,6 +354,9 @@ pub fn apply(
             }
             // `cached` lines wait here, so a no-op writes them all at once.
             progress.flush();
+            // What was found in place before scheduling is not trusted once steps run:
+            // a user may touch `out/` meanwhile. Later steps check for themselves.
+            in_place.fill(false);
             // Start ready steps, in schedule order, while slots allow.
             if !stop_new {
                 for &i in &order {
@@ -580,6 +602,43 @@ fn write_run_record(runs: &Path, run: &RunReport) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, runs.join(format!("{}.json", run.id)))?;
     Ok(())
+}
+
+/// Per step: whether its lock entry's record, output tree and `out/` link are all
+/// in place. A no-op apply is mostly these checks (three syscalls a step), so they
+/// run at once before scheduling, split across the cores; only the first pass of
+/// the schedule (before any step runs, under the workspace lock) uses the answers.
+fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) -> Vec<bool> {
+    let index = session.lock_index();
+    let entries: Vec<Option<(&str, Hash, Hash)>> = session
+        .workflow
+        .steps
+        .iter()
+        .map(|s| {
+            let (key, output) = index.steps.get(&s.name)?;
+            Some((s.name.as_str(), key.parse().ok()?, output.parse().ok()?))
+        })
+        .collect();
+    let check = |e: &Option<(&str, Hash, Hash)>| {
+        e.as_ref().is_some_and(|(step, key, output)| {
+            probe.has_record(key) && probe.has_tree(output) && out.is_present(step, output)
+        })
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || entries.len() < 64 {
+        return entries.iter().map(check).collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<bool>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("lock entry check"))
+            .collect()
+    })
 }
 
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.

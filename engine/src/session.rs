@@ -235,13 +235,19 @@ impl<'w> Session<'w> {
     /// step's output hash comes back, and its lock entry stays as it is.
     /// `probe` is this session's cache, asked through open handles.
     pub fn cached_from_lock(&self, i: usize, key: &Hash, probe: &CacheProbe) -> Option<Hash> {
+        let output = self.locked_output(i, key)?;
+        (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
+    }
+
+    /// The output the lock names for step `i` if its entry has this very key and
+    /// the step may be cached; whether the cache still has it is not asked.
+    pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
         let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
         if !s.cache || *locked_key != key.to_hex() || self.was_interrupted(key) {
             return None;
         }
-        let output: Hash = locked_output.parse().ok()?;
-        (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
+        locked_output.parse().ok()
     }
 
     /// Whether a run of step `key` was started and never finished.
