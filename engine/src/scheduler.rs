@@ -175,16 +175,15 @@ pub fn apply(
         .unwrap_or_else(|| workflow.dir.join("out"));
 
     preflight(session, &prepared)?;
-    std::fs::create_dir_all(&out_root)
-        .with_context(|| format!("cannot create {}", out_root.display()))?;
     // Under the workspace lock: record, tree and link checks through open handles.
     let probe = session
         .cache
         .probe()?
         .listing_trees(&session.cache, session.lock_index().steps.len());
     let out_links = OutLinks::open(&out_root, &session.cache.dir("trees"))?;
-    let mut in_place = lock_entries_in_place(session, &probe, &out_links);
     crate::timings::mark("preflight");
+    let mut in_place = lock_entries_in_place(session, &probe, &out_links);
+    crate::timings::mark("check lock entries");
 
     let groups = ProcessGroups::new();
     let (tx, rx) = mpsc::channel::<Msg>();
