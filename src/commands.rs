@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use qflow_engine::plan::plan;
 use qflow_engine::progress::Progress;
 use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
-use qflow_engine::session::{Session, cache_dir};
+use qflow_engine::session::{Session, cache_dir, cache_dir_beside};
 use qflow_engine::workflow::{LoadOptions, Workflow};
 
 use crate::cli::{Cli, Command, UsageError, WorkflowArgs};
@@ -20,7 +20,12 @@ fn load(args: &WorkflowArgs, registry: &qflow_engine::Registry) -> anyhow::Resul
         };
         set.push((k.to_string(), v.to_string()));
     }
-    Workflow::load(&args.file, registry, &LoadOptions { set })
+    // The cache that may hold a memo of this load: where the session will open it.
+    let path = std::path::absolute(&args.file).unwrap_or_else(|_| args.file.clone());
+    let memo_cache = path
+        .parent()
+        .map(|dir| cache_dir_beside(dir, args.cache.as_deref()));
+    Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -224,7 +229,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(s) => vec![s.clone()],
                 None => wf.steps.iter().map(|s| s.name.clone()).collect(),
             };
-            let mut lock = session.lock.clone();
+            let mut lock = session.lock().clone();
             for n in &names {
                 if let Some(entry) = lock.steps.remove(n)
                     && let Ok(key) = entry.key.parse()
@@ -239,8 +244,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 eprintln!("qflow: cleaned {n}");
             }
-            session.lock = lock;
-            session.lock.write(&session.lock_path)?;
+            lock.write(&session.lock_path)?;
+            session.set_lock(lock);
             Ok(0)
         }
         Command::Doctor {
@@ -413,7 +418,7 @@ fn recent_keys(session: &Session, n: usize) -> BTreeSet<qflow_cache::Hash> {
             }
         }
     }
-    for s in session.lock.steps.values() {
+    for s in session.lock().steps.values() {
         if let Ok(k) = s.key.parse() {
             keep.insert(k);
         }

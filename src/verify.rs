@@ -110,7 +110,7 @@ pub fn run(mut wf: Workflow, registry: &Registry, options: &VerifyOptions) -> an
     let mut session = Session::open(wf, registry, &scratch.path.join("cache"))?;
     // Never read or write the user's lock: the rebuild has its own, empty one.
     session.lock_path = scratch.path.join("rebuilt.lock");
-    session.lock = LockFile::default();
+    session.set_lock(LockFile::default());
     let apply_options = ApplyOptions {
         jobs,
         keep_going: true,

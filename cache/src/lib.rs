@@ -16,20 +16,24 @@
 
 mod atomic;
 mod cache;
+mod dir_handle;
 mod gc;
 mod hash;
 mod link;
 mod lock;
 mod object_store;
+mod probe;
 mod record;
 mod tree;
 
 pub use atomic::{fsync_dir, remove_dir_force, write_atomic};
 pub use cache::{CACHE_VERSION, Cache};
+pub use dir_handle::DirHandle;
 pub use gc::{GcStats, STALE_TMP_AGE};
 pub use hash::{Hash, MMAP_THRESHOLD, hash_file};
 pub use link::{LinkKind, link_or_copy};
 pub use lock::{LockWait, WorkspaceLock};
+pub use probe::CacheProbe;
 pub use record::Record;
 pub use tree::{Entry, EntryKind, MANIFEST_VERSION, Manifest, TempTree};
 

@@ -18,9 +18,16 @@ impl Dag {
         let nodes: Vec<NodeIndex> = (0..workflow.steps.len())
             .map(|i| graph.add_node(i))
             .collect();
+        // By name, not `Workflow::index_of`: a scan per edge is quadratic in steps.
+        let index: std::collections::HashMap<&str, usize> = workflow
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         for (i, s) in workflow.steps.iter().enumerate() {
             for up in s.upstream_names() {
-                if let Some(j) = workflow.index_of(up) {
+                if let Some(&j) = index.get(up) {
                     graph.add_edge(nodes[j], nodes[i], ());
                 }
             }

@@ -19,6 +19,7 @@ pub mod inputs;
 pub mod interpolate;
 pub mod leftovers;
 pub mod lockfile;
+pub mod out_links;
 pub mod progress;
 pub mod scheduler;
 pub mod session;
@@ -27,6 +28,7 @@ pub mod stat_cache;
 pub mod step_key;
 pub mod tool_identity;
 pub mod workflow;
+pub mod workflow_memo;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).
 /// Found before anything runs; the binary exits 2 on it.

@@ -8,10 +8,12 @@
 //! it byte-identical. Secrets never enter it: `${{ env.X }}` values and a kind's
 //! extra key material appear only as blake3 digests.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub const LOCK_VERSION: u32 = 1;
 
@@ -54,8 +56,13 @@ impl LockFile {
     pub fn read(path: &Path) -> LockFile {
         std::fs::read(path)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .map(|b| LockFile::parse(&b))
             .unwrap_or_default()
+    }
+
+    /// Parse the bytes of a lock file; an invalid one is empty.
+    pub fn parse(bytes: &[u8]) -> LockFile {
+        serde_json::from_slice(bytes).unwrap_or_default()
     }
 
     /// Write `path` atomically, only if its bytes change.
@@ -66,5 +73,182 @@ impl LockFile {
             return Ok(());
         }
         qflow_cache::write_atomic(path, text.as_bytes())
+    }
+}
+
+/// What a no-op apply needs of the lock: per step, its key and output.
+///
+/// Parsing the whole lock of 1,000 steps (fields, inputs, outputs) cost more
+/// than the rest of a no-op; this reads the same bytes without building any
+/// of it. It accepts exactly the files [`LockFile::parse`] accepts (the same
+/// fields, required and defaulted alike, of the same JSON types): a lock the
+/// full parse rejects as empty is empty here too.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LockIndex {
+    pub version: u32,
+    pub workflow: String,
+    /// Step name → (key, output), as hex.
+    pub steps: HashMap<String, (String, String)>,
+}
+
+impl LockIndex {
+    /// Index the bytes of a lock file; an invalid one is empty.
+    pub fn parse(bytes: &[u8]) -> LockIndex {
+        let Ok(file) = serde_json::from_slice::<IndexedFile>(bytes) else {
+            return LockIndex::default();
+        };
+        LockIndex {
+            version: file.version,
+            workflow: file.workflow.into_owned(),
+            steps: file
+                .steps
+                .into_iter()
+                .map(|(name, s)| {
+                    (
+                        name.into_owned(),
+                        (s.key.into_owned(), s.output.into_owned()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The index of a lock already parsed.
+    pub fn of(lock: &LockFile) -> LockIndex {
+        LockIndex {
+            version: lock.version,
+            workflow: lock.workflow.clone(),
+            steps: lock
+                .steps
+                .iter()
+                .map(|(name, s)| (name.clone(), (s.key.clone(), s.output.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// [`LockFile`], field for field, validating without keeping.
+#[derive(Deserialize)]
+struct IndexedFile<'a> {
+    version: u32,
+    #[serde(borrow)]
+    workflow: Cow<'a, str>,
+    #[serde(borrow)]
+    steps: HashMap<Cow<'a, str>, IndexedStep<'a>>,
+}
+
+/// [`LockedStep`], field for field, validating without keeping.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct IndexedStep<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    schema_version: u32,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    fields: IgnoredAny,
+    #[serde(default)]
+    vars: Strings,
+    #[serde(default)]
+    env: Strings,
+    #[serde(default)]
+    inputs: Strings,
+    #[serde(default)]
+    upstream: Strings,
+    #[serde(default)]
+    tools: Strings,
+    #[serde(default, borrow)]
+    extra: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    output: Cow<'a, str>,
+    #[serde(default)]
+    outputs: Strings,
+    #[serde(default)]
+    notes: Strings,
+}
+
+/// A `BTreeMap<String, String>` checked and dropped.
+#[derive(Default)]
+struct Strings;
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Strings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Strings, A::Error> {
+                while m.next_entry::<Cow<'de, str>, Cow<'de, str>>()?.is_some() {}
+                Ok(Strings)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_text() -> String {
+        let mut lock = LockFile {
+            version: LOCK_VERSION,
+            workflow: "demo".into(),
+            ..Default::default()
+        };
+        lock.steps.insert(
+            "gen".into(),
+            LockedStep {
+                kind: "command".into(),
+                schema_version: 1,
+                key: "k1".into(),
+                fields: serde_json::json!({"run": ["true"], "n": 1.5}),
+                inputs: [("in \"x\"".to_string(), "d1".to_string())].into(),
+                extra: Some("e".into()),
+                output: "o1".into(),
+                ..Default::default()
+            },
+        );
+        serde_json::to_string_pretty(&lock).unwrap()
+    }
+
+    #[test]
+    fn the_index_holds_each_steps_key_and_output() {
+        let text = lock_text();
+        let index = LockIndex::parse(text.as_bytes());
+        assert_eq!(index, LockIndex::of(&LockFile::parse(text.as_bytes())));
+        assert_eq!(index.steps["gen"], ("k1".to_string(), "o1".to_string()));
+        assert_eq!(index.workflow, "demo");
+    }
+
+    #[test]
+    fn the_index_rejects_exactly_the_locks_the_full_parse_rejects() {
+        let good = lock_text();
+        let variants = [
+            good.clone(),
+            good.replace("\"kind\": \"command\"", "\"kind\": 5"),
+            good.replace("\"schema_version\": 1", "\"schema_version\": -1"),
+            good.replace("\"key\": \"k1\",", ""),
+            good.replace("\"output\": \"o1\",", ""),
+            good.replace("\"fields\"", "\"fieldz\""),
+            good.replace("\"d1\"", "7"),
+            good.replace("\"extra\": \"e\"", "\"extra\": null"),
+            good.replace("\"extra\": \"e\"", "\"extra\": [1]"),
+            good.replace("\"version\": 1", "\"version\": \"1\""),
+            good.replace("\"workflow\": \"demo\",", ""),
+            good.replace("\"run\"", "\"walk\""),
+            format!("{good} x"),
+            good[..good.len() / 2].to_string(),
+            String::new(),
+        ];
+        for v in variants {
+            let full = LockFile::parse(v.as_bytes());
+            assert_eq!(LockIndex::parse(v.as_bytes()), LockIndex::of(&full), "{v}");
+        }
     }
 }

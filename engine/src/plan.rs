@@ -25,6 +25,7 @@ pub struct PlannedStep {
 /// Plan every step in schedule order.
 pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
     let prepared = session.prepare()?;
+    let probe = session.cache.probe()?;
     let workflow = session.workflow;
     let ctx = CheckContext {
         work_dir: workflow.dir.clone(),
@@ -74,8 +75,8 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
             }
         };
         let key = material.key();
-        let output = match session.cached_from_lock(i, &key) {
-            Some((output, _)) => Some(output),
+        let output = match session.cached_from_lock(i, &key, &probe) {
+            Some(output) => Some(output),
             None if s.cache => session.usable_record(&key).map(|r| r.output),
             None => None,
         };

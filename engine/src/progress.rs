@@ -4,6 +4,11 @@
 //! line of its output). Elsewhere (CI logs, pipes) and under `NO_COLOR`: plain
 //! one-line-per-event output. Events are the same text in both modes
 //! (`qflow: ok STEP 1.2s`), so logs and tests read one format.
+//!
+//! Lines about steps that did nothing (`cached STEP`) may be held and written
+//! together at the next [`Progress::flush`] or event: a no-op apply of 1,000
+//! steps then costs one write, not 1,000. Order is kept: any other event writes
+//! the held lines first.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -18,6 +23,8 @@ use crate::context::ProgressSink;
 pub struct Progress {
     fancy: Option<MultiProgress>,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// Plain-mode lines waiting for the next flush, each ending in a newline.
+    held: Mutex<String>,
 }
 
 impl Progress {
@@ -31,6 +38,7 @@ impl Progress {
         Progress {
             fancy,
             bars: Mutex::new(HashMap::new()),
+            held: Mutex::new(String::new()),
         }
     }
 
@@ -39,20 +47,41 @@ impl Progress {
         Progress {
             fancy: None,
             bars: Mutex::new(HashMap::new()),
+            held: Mutex::new(String::new()),
         }
     }
 
-    /// Print one event line (`qflow: ...`).
+    /// Print one event line (`qflow: ...`), after any held lines.
     pub fn event(&self, text: &str) {
-        let line = format!("qflow: {text}");
         match &self.fancy {
             Some(mp) => {
-                let _ = mp.println(line);
+                let _ = mp.println(format!("qflow: {text}"));
             }
             None => {
-                let mut err = std::io::stderr().lock();
-                let _ = writeln!(err, "{line}");
+                let mut held = self.held.lock().unwrap();
+                push_line(&mut held, text);
+                write_out(&mut held);
             }
+        }
+    }
+
+    /// An event line that may wait for the next [`Progress::flush`] or event.
+    pub fn event_held(&self, text: &str) {
+        if self.fancy.is_some() {
+            return self.event(text);
+        }
+        let mut held = self.held.lock().unwrap();
+        push_line(&mut held, text);
+        if held.len() >= HELD_LIMIT {
+            write_out(&mut held);
+        }
+    }
+
+    /// Write the held lines now.
+    pub fn flush(&self) {
+        let mut held = self.held.lock().unwrap();
+        if !held.is_empty() {
+            write_out(&mut held);
         }
     }
 
@@ -78,6 +107,27 @@ impl Progress {
                 mp.remove(&bar);
             }
         }
+    }
+}
+
+/// Held output past this size is written at once (a pipe's buffer is 64 KiB).
+const HELD_LIMIT: usize = 32 * 1024;
+
+fn push_line(buf: &mut String, text: &str) {
+    buf.push_str("qflow: ");
+    buf.push_str(text);
+    buf.push('\n');
+}
+
+/// One write of everything held (stderr is unbuffered: a `writeln!` is two writes).
+fn write_out(held: &mut String) {
+    let _ = std::io::stderr().lock().write_all(held.as_bytes());
+    held.clear();
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -11,17 +11,19 @@
 //! exits at once. A step is marked started before it runs, so after a kill -9
 //! of qflow the next apply sees no record and runs it again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow, bail};
-use qflow_cache::{Hash, LockWait, Record};
+use qflow_cache::{CacheProbe, Hash, LockWait, Record};
 use serde::Serialize;
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::lockfile::{LockFile, LockedStep};
+use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::session::{Prepared, Session};
 use crate::step::CheckContext;
@@ -156,7 +158,7 @@ pub fn apply(
     })?;
     if waited.get() {
         // The run we waited for may have rewritten the lock file and the cache.
-        session.lock = crate::lockfile::LockFile::read(&session.lock_path);
+        session.reload_lock();
         session.reload_interrupted();
     }
     session.stop_leftovers(&progress);
@@ -174,9 +176,15 @@ pub fn apply(
         .unwrap_or_else(|| workflow.dir.join("out"));
 
     preflight(session, &prepared)?;
-    std::fs::create_dir_all(&out_root)
-        .with_context(|| format!("cannot create {}", out_root.display()))?;
+    // Under the workspace lock: record, tree and link checks through open handles.
+    let probe = session
+        .cache
+        .probe()?
+        .listing_trees(&session.cache, session.lock_index().steps.len());
+    let out_links = OutLinks::open(&out_root, &session.cache.dir("trees"))?;
     crate::timings::mark("preflight");
+    let mut in_place = lock_entries_in_place(session, &probe, &out_links);
+    crate::timings::mark("check lock entries");
 
     let groups = ProcessGroups::new();
     let (tx, rx) = mpsc::channel::<Msg>();
@@ -219,16 +227,14 @@ pub fn apply(
     let mut running = 0usize;
     let mut stop_new = false;
     let mut interrupted = false;
-    let mut new_lock = session.lock.clone();
-    new_lock.version = crate::lockfile::LOCK_VERSION;
-    new_lock.workflow = workflow.name.clone();
-    new_lock.steps.retain(|k, _| workflow.step(k).is_some());
+    // Lock entries this run changes; a no-op changes none and rewrites nothing.
+    let mut lock_changes: BTreeMap<String, LockedStep> = BTreeMap::new();
     let order = session.dag.order();
     let registry = session.registry;
     let cache = &session.cache;
     let session_ref: &Session = session;
 
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    let scheduled = std::thread::scope(|scope| -> anyhow::Result<()> {
         loop {
             // Resolve every waiting step whose upstream is settled.
             let mut changed = true;
@@ -284,11 +290,29 @@ pub fn apply(
                         .material(&prepared, i, &up)
                         .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
                     let key = material.key();
-                    if let Some((output, entry)) = session_ref.cached_from_lock(i, &key) {
-                        present(&out_root, &s.name, &cache.tree_path(&output))?;
+                    let checked = in_place[i]
+                        .then(|| session_ref.locked_output(i, &key))
+                        .flatten();
+                    if let Some(output) = checked {
+                        // Its lock entry has this key, and its record, tree and link were
+                        // just found in place: nothing to change.
                         outputs.insert(s.name.clone(), output);
-                        new_lock.steps.insert(s.name.clone(), entry);
-                        progress.event(&format!("cached {}", s.name));
+                        progress.event_held(&format!("cached {}", s.name));
+                        reports[i] = Some(report(
+                            &s.name,
+                            StepOutcome::Cached,
+                            Some((&key, &output)),
+                            0,
+                            vec![],
+                            None,
+                        ));
+                        states[i] = State::Done;
+                        changed = true;
+                    } else if let Some(output) = session_ref.cached_from_lock(i, &key, &probe) {
+                        // Its lock entry already has this key and output: nothing to change.
+                        out_links.present(&s.name, &output)?;
+                        outputs.insert(s.name.clone(), output);
+                        progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
                             &s.name,
                             StepOutcome::Cached,
@@ -302,12 +326,15 @@ pub fn apply(
                     } else if s.cache
                         && let Some(rec) = session_ref.usable_record(&key)
                     {
-                        present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
+                        out_links.present(&s.name, &rec.output)?;
                         outputs.insert(s.name.clone(), rec.output);
-                        new_lock
-                            .steps
-                            .insert(s.name.clone(), session_ref.locked_step(i, &material, &rec));
-                        progress.event(&format!("cached {}", s.name));
+                        note_lock_change(
+                            &mut lock_changes,
+                            session_ref.lock(),
+                            &s.name,
+                            session_ref.locked_step(i, &material, &rec),
+                        );
+                        progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
                             &s.name,
                             StepOutcome::Cached,
@@ -325,6 +352,11 @@ pub fn apply(
                     }
                 }
             }
+            // `cached` lines wait here, so a no-op writes them all at once.
+            progress.flush();
+            // What was found in place before scheduling is not trusted once steps run:
+            // a user may touch `out/` meanwhile. Later steps check for themselves.
+            in_place.fill(false);
             // Start ready steps, in schedule order, while slots allow.
             if !stop_new {
                 for &i in &order {
@@ -446,10 +478,12 @@ pub fn apply(
                     );
                     match *result {
                         Ok(rec) => {
-                            present(&out_root, &s.name, &cache.tree_path(&rec.output))?;
+                            out_links.present(&s.name, &rec.output)?;
                             outputs.insert(s.name.clone(), rec.output);
-                            new_lock.steps.insert(
-                                s.name.clone(),
+                            note_lock_change(
+                                &mut lock_changes,
+                                session_ref.lock(),
+                                &s.name,
                                 session_ref.locked_step(index, &material, &rec),
                             );
                             rep.key = Some(material.key().to_hex());
@@ -497,7 +531,9 @@ pub fn apply(
             }
         }
         Ok(())
-    })?;
+    });
+    progress.flush();
+    scheduled?;
     signal_handle.close();
     crate::timings::mark("schedule");
     // Steps never started: the run was interrupted, or stopped after a failure.
@@ -520,7 +556,20 @@ pub fn apply(
     }
     session.save_caches()?;
     crate::timings::mark("save caches");
-    if new_lock != session.lock || !session.lock_path.exists() {
+    let declared: HashSet<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+    // Decided on the lock's index: a no-op never parses the whole lock.
+    let old = session.lock_index();
+    let lock_stale = !lock_changes.is_empty()
+        || old.version != crate::lockfile::LOCK_VERSION
+        || old.workflow != workflow.name
+        || old.steps.keys().any(|k| !declared.contains(k.as_str()))
+        || !session.lock_path.exists();
+    if lock_stale {
+        let mut new_lock = session.lock().clone();
+        new_lock.version = crate::lockfile::LOCK_VERSION;
+        new_lock.workflow = workflow.name.clone();
+        new_lock.steps.retain(|k, _| declared.contains(k.as_str()));
+        new_lock.steps.extend(lock_changes);
         new_lock.write(&session.lock_path)?;
     }
     crate::timings::mark("write lock");
@@ -553,6 +602,57 @@ fn write_run_record(runs: &Path, run: &RunReport) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, runs.join(format!("{}.json", run.id)))?;
     Ok(())
+}
+
+/// Per step: whether its lock entry's record, output tree and `out/` link are all
+/// in place. A no-op apply is mostly these checks (three syscalls a step), so they
+/// run at once before scheduling, split across the cores; only the first pass of
+/// the schedule (before any step runs, under the workspace lock) uses the answers.
+fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) -> Vec<bool> {
+    let index = session.lock_index();
+    let entries: Vec<Option<(&str, Hash, Hash)>> = session
+        .workflow
+        .steps
+        .iter()
+        .map(|s| {
+            let (key, output) = index.steps.get(&s.name)?;
+            Some((s.name.as_str(), key.parse().ok()?, output.parse().ok()?))
+        })
+        .collect();
+    let check = |e: &Option<(&str, Hash, Hash)>| {
+        e.as_ref().is_some_and(|(step, key, output)| {
+            probe.has_record(key) && probe.has_tree(output) && out.is_present(step, output)
+        })
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || entries.len() < 64 {
+        return entries.iter().map(check).collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<bool>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("lock entry check"))
+            .collect()
+    })
+}
+
+/// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
+fn note_lock_change(
+    changes: &mut BTreeMap<String, LockedStep>,
+    lock: &LockFile,
+    name: &str,
+    entry: LockedStep,
+) {
+    if lock.steps.get(name) != Some(&entry) {
+        changes.insert(name.to_string(), entry);
+    } else {
+        changes.remove(name);
+    }
 }
 
 fn report(
@@ -700,26 +800,6 @@ fn run_step(
     cache.put_record(&key, &rec)?;
     cache.clear_started(&key)?;
     Ok(rec)
-}
-
-/// Point `out/<step>` at the step's output tree (a relative symlink, swapped atomically).
-pub fn present(out_root: &Path, step: &str, tree: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out_root)
-        .with_context(|| format!("cannot create {}", out_root.display()))?;
-    let link = out_root.join(step);
-    let target = relative_path(out_root, tree);
-    if std::fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
-        return Ok(());
-    }
-    let tmp = out_root.join(format!(".{step}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&target, &tmp)
-        .with_context(|| format!("cannot create link {}", tmp.display()))?;
-    if link.is_dir() && !link.is_symlink() {
-        std::fs::remove_dir_all(&link)?;
-    }
-    std::fs::rename(&tmp, &link).with_context(|| format!("cannot update {}", link.display()))?;
-    Ok(())
 }
 
 /// `to` relative to directory `from`, when both are absolute.

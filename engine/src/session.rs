@@ -4,19 +4,24 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use qflow_cache::{Cache, Hash, Record};
+use qflow_cache::{Cache, CacheProbe, Hash, Record};
 
 use crate::dag::Dag;
 use crate::inputs::{self, InputDigest};
-use crate::lockfile::{LockFile, LockedStep};
+use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
 use crate::step::{CheckContext, Registry};
-use crate::step_key::{KeyMaterial, canonical_json};
+use crate::step_key::KeyMaterial;
 use crate::tool_identity::ToolIdentities;
 use crate::workflow::Workflow;
 
 /// Where the cache lives: `--cache`, else `QFLOW_CACHE`, else `.qflow/` beside the workflow.
 pub fn cache_dir(workflow: &Workflow, flag: Option<&Path>) -> PathBuf {
+    cache_dir_beside(&workflow.dir, flag)
+}
+
+/// [`cache_dir`] for a workflow in directory `workflow_dir`, before it is loaded.
+pub fn cache_dir_beside(workflow_dir: &Path, flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     }
@@ -24,7 +29,7 @@ pub fn cache_dir(workflow: &Workflow, flag: Option<&Path>) -> PathBuf {
         let p = PathBuf::from(p);
         return std::path::absolute(&p).unwrap_or(p);
     }
-    workflow.dir.join(".qflow")
+    workflow_dir.join(".qflow")
 }
 
 /// The path of `qflow.lock` for a workflow: beside it, named after it for
@@ -58,7 +63,8 @@ pub struct Session<'w> {
     pub registry: &'w Registry,
     pub cache: Cache,
     pub dag: Dag,
-    pub lock: LockFile,
+    /// The last lock: its bytes, parsed in full only when asked ([`Session::lock`]).
+    lock: LastLock,
     pub lock_path: PathBuf,
     /// Shared with running steps, which re-check their inputs when they finish.
     pub stat_cache: std::sync::Mutex<StatCache>,
@@ -90,12 +96,32 @@ impl<'w> Session<'w> {
             workflow,
             registry,
             dag: Dag::new(workflow),
-            lock: LockFile::read(&lock_path),
+            lock: LastLock::read(&lock_path),
             lock_path,
             cache,
             stat_cache: std::sync::Mutex::new(stat_cache),
             tool_ids,
         })
+    }
+
+    /// The last lock (`qflow.lock`), parsed on first use.
+    pub fn lock(&self) -> &LockFile {
+        self.lock.full()
+    }
+
+    /// Each step's key and output in the last lock, without parsing the rest.
+    pub fn lock_index(&self) -> &LockIndex {
+        &self.lock.index
+    }
+
+    /// Replace the last lock (what this session compares against and keeps).
+    pub fn set_lock(&mut self, lock: LockFile) {
+        self.lock = LastLock::of(lock);
+    }
+
+    /// Read the lock file again (after waiting for another run that may have rewritten it).
+    pub fn reload_lock(&mut self) {
+        self.lock = LastLock::read(&self.lock_path);
     }
 
     /// Digest inputs, identify tools, compute extra key material.
@@ -183,7 +209,7 @@ impl<'w> Session<'w> {
         Ok(KeyMaterial {
             kind: s.kind.clone(),
             schema_version: s.schema_version,
-            fields: canonical_json(&s.fields),
+            fields: s.canonical_fields().to_string(),
             env,
             inputs: prepared.inputs[i]
                 .iter()
@@ -238,16 +264,23 @@ impl<'w> Session<'w> {
 
     /// The fast path of a no-op apply: the lock entry of step `i` has this very
     /// key, the cache still holds a record for it and the output tree it names.
-    /// Then the entry is the result, without reading or parsing the record.
-    pub fn cached_from_lock(&self, i: usize, key: &Hash) -> Option<(Hash, LockedStep)> {
+    /// Then the entry is the result, without reading or parsing the record: the
+    /// step's output hash comes back, and its lock entry stays as it is.
+    /// `probe` is this session's cache, asked through open handles.
+    pub fn cached_from_lock(&self, i: usize, key: &Hash, probe: &CacheProbe) -> Option<Hash> {
+        let output = self.locked_output(i, key)?;
+        (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
+    }
+
+    /// The output the lock names for step `i` if its entry has this very key and
+    /// the step may be cached; whether the cache still has it is not asked.
+    pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
-        let entry = self.lock.steps.get(&s.name)?;
-        if !s.cache || entry.key != key.to_hex() || self.was_interrupted(key) {
+        let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
+        if !s.cache || *locked_key != key.to_hex() || self.was_interrupted(key) {
             return None;
         }
-        let output: Hash = entry.output.parse().ok()?;
-        (self.cache.has_record(key) && self.cache.tree_path(&output).is_dir())
-            .then(|| (output, entry.clone()))
+        locked_output.parse().ok()
     }
 
     /// Whether a run of step `key` was started and never finished.
@@ -282,7 +315,7 @@ impl<'w> Session<'w> {
         if self.was_interrupted(&key) {
             reasons.push("its previous run was interrupted".to_string());
         }
-        let Some(old) = self.lock.steps.get(&s.name) else {
+        let Some(old) = self.lock().steps.get(&s.name) else {
             if reasons.is_empty() {
                 reasons.push("never ran (no entry in the lock file)".to_string());
             }
@@ -414,6 +447,42 @@ impl<'w> Session<'w> {
             outputs,
             notes,
         }
+    }
+}
+
+/// The last lock: indexed at once, parsed in full on first use. A no-op apply
+/// needs only the index (each step's key and output).
+struct LastLock {
+    index: LockIndex,
+    bytes: Option<Vec<u8>>,
+    full: std::sync::OnceLock<LockFile>,
+}
+
+impl LastLock {
+    fn read(path: &Path) -> LastLock {
+        let bytes = std::fs::read(path).ok();
+        LastLock {
+            index: bytes.as_deref().map(LockIndex::parse).unwrap_or_default(),
+            bytes,
+            full: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn of(lock: LockFile) -> LastLock {
+        LastLock {
+            index: LockIndex::of(&lock),
+            bytes: None,
+            full: std::sync::OnceLock::from(lock),
+        }
+    }
+
+    fn full(&self) -> &LockFile {
+        self.full.get_or_init(|| {
+            self.bytes
+                .as_deref()
+                .map(LockFile::parse)
+                .unwrap_or_default()
+        })
     }
 }
 

@@ -270,7 +270,7 @@ impl<T: StepFields> StepKind for KindOf<T> {
     }
 
     fn parse(&self, fields: &serde_yaml::Value) -> Result<Box<dyn Step>, FieldError> {
-        match serde_path_to_error::deserialize::<_, T>(fields.clone()) {
+        match serde_path_to_error::deserialize::<_, T>(fields) {
             Ok(step) => Ok(Box::new(step)),
             Err(err) => {
                 let path = err.path().to_string();

@@ -20,7 +20,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
 const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache"];
 
 /// Why one step depends on another.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EdgeReason {
     /// `after: [x]`
     After,
@@ -59,6 +59,8 @@ pub struct StepDecl {
     pub cache: bool,
     /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
     pub fields: Value,
+    /// `fields` as canonical JSON (what enters the key), made once.
+    pub canonical_fields: std::sync::OnceLock<String>,
     /// Vars this step reads, with their values (they enter the key through `fields`).
     pub vars_used: BTreeMap<String, String>,
     /// Environment variables this step reads through `${{ env.X }}`.
@@ -68,6 +70,12 @@ pub struct StepDecl {
 }
 
 impl StepDecl {
+    /// [`StepDecl::fields`] as canonical JSON, the form that enters the step key.
+    pub fn canonical_fields(&self) -> &str {
+        self.canonical_fields
+            .get_or_init(|| crate::step_key::canonical_json(&self.fields))
+    }
+
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
@@ -198,6 +206,8 @@ fn type_name(v: &Value) -> &'static str {
 pub struct LoadOptions {
     /// `--set VAR=VALUE` overrides, in command-line order.
     pub set: Vec<(String, String)>,
+    /// The cache directory that may hold a memo of this load (see `workflow_memo`).
+    pub memo_cache: Option<PathBuf>,
 }
 
 impl Workflow {
@@ -227,14 +237,40 @@ impl Workflow {
             }
         };
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let memo = options.memo_cache.as_ref().map(|cache| {
+            (
+                crate::workflow_memo::memo_path(cache, &path),
+                crate::workflow_memo::MemoKey::new(&path, &text, &options.set),
+            )
+        });
+        if let Some((memo, key)) = &memo
+            && let Some(workflow) = crate::workflow_memo::recall(memo, key, &path, registry)
+        {
+            crate::timings::mark("recall workflow memo");
+            return Ok(workflow);
+        }
+        let workflow = Self::load_text(path, &text, registry, options)?;
+        if let Some((memo, key)) = &memo {
+            crate::workflow_memo::remember(memo, key, &workflow);
+        }
+        Ok(workflow)
+    }
+
+    /// Parse and validate `text`, the content of the workflow at `path` (absolute).
+    fn load_text(
+        path: PathBuf,
+        text: &str,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> anyhow::Result<Workflow> {
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
         let shown = display_path(&path);
-        let mut diags = Diagnostics::new(&shown, &text);
+        let mut diags = Diagnostics::new(&shown, text);
 
-        let doc: Value = match serde_yaml::from_str(&text) {
+        let doc: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
             Err(e) => {
                 let position = e.location().map(|l| Position {
@@ -343,8 +379,9 @@ impl Workflow {
             }
         }
 
+        let no_steps = serde_yaml::Mapping::new();
         let steps_value = match top.get("steps") {
-            Some(Value::Mapping(m)) => m.clone(),
+            Some(Value::Mapping(m)) => m,
             Some(v) => {
                 diags.at(
                     "steps",
@@ -353,19 +390,19 @@ impl Workflow {
                         type_name(v)
                     ),
                 );
-                serde_yaml::Mapping::new()
+                &no_steps
             }
             None => {
                 diags.at_position(None, "the workflow has no `steps:`");
-                serde_yaml::Mapping::new()
+                &no_steps
             }
         };
-        let step_names: Vec<String> = steps_value.keys().map(key_text).collect();
+        let step_names = StepNames::new(steps_value.keys().map(key_text).collect());
         let ctx = CheckContext {
             work_dir: dir.clone(),
         };
         let mut steps = Vec::new();
-        for (k, v) in &steps_value {
+        for (k, v) in steps_value {
             let sname = key_text(k);
             let base = format!("steps.{sname}");
             if !valid_name(&sname) {
@@ -493,6 +530,24 @@ fn display_path(p: &Path) -> PathBuf {
     }
 }
 
+/// The workflow's step names, in file order and as a set: every edge is checked
+/// against them, so a lookup must not scan 1,000 names.
+struct StepNames {
+    all: Vec<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl StepNames {
+    fn new(all: Vec<String>) -> StepNames {
+        let set = all.iter().cloned().collect();
+        StepNames { all, set }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn load_step(
     name: &str,
@@ -500,7 +555,7 @@ fn load_step(
     fields: &serde_yaml::Mapping,
     registry: &Registry,
     vars: &BTreeMap<String, String>,
-    step_names: &[String],
+    step_names: &StepNames,
     ctx: &CheckContext,
     diags: &mut Diagnostics,
 ) -> Option<StepDecl> {
@@ -538,14 +593,18 @@ fn load_step(
 
     let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
     let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
-        if !step_names.iter().any(|s| s == up) {
+        if !step_names.contains(up) {
             diags.at(
                 at,
                 format!(
                     "no step named `{up}`{}",
                     did_you_mean(
                         up,
-                        step_names.iter().map(|s| s.as_str()).filter(|s| *s != name)
+                        step_names
+                            .all
+                            .iter()
+                            .map(|s| s.as_str())
+                            .filter(|s| *s != name)
                     )
                 ),
             );
@@ -770,6 +829,7 @@ fn load_step(
         env,
         cache,
         fields: kind_fields,
+        canonical_fields: std::sync::OnceLock::new(),
         vars_used,
         env_used,
         step,
@@ -802,7 +862,7 @@ pub fn check_output_path(out: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<(), String> {
+pub(crate) fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<(), String> {
     if input.path.contains("${{") {
         return Ok(());
     }

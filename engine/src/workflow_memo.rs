@@ -1,0 +1,470 @@
+//! A memo of a loaded workflow, so a no-op apply of a large workflow does not
+//! parse and validate its YAML again (for 1,000 steps that was most of the run).
+//!
+//! What loading depends on, and so what the memo is keyed on (blake3, each item
+//! length-prefixed): the memo format version; the qflow version and the identity
+//! of the running executable (its size, mtime, inode and device, so a rebuilt
+//! binary with changed validation misses); the workflow's absolute path (its
+//! directory is the base of relative paths, its stem the default name); the
+//! file's bytes; every `--set VAR=VALUE` in order. A workflow that reads the
+//! environment (`${{ env.X }}`) is never memoized: its values would be key
+//! material and could be secrets, which must not be written to disk.
+//!
+//! What loading checks against the host is not memoized but checked again on
+//! every hit: each step's fields are parsed by its kind again (the typed step),
+//! the kind's own `check`, declared outputs, and that every input exists (many
+//! inputs in one directory by one listing of it). If any
+//! of those fails, the memo is ignored and the full load reports the problem
+//! with its `file:line:column`.
+//!
+//! The memo sits in the cache (`<cache>/workflows/<blake3 of the path>.json`),
+//! one per workflow file, replaced on every miss; only a cache directory that
+//! already exists gets one. It is written only when it reads back equal to what
+//! it memoizes (YAML values JSON cannot carry, such as tags, are never memoized).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::step::{CheckContext, Input, Registry};
+use crate::workflow::{EdgeReason, StepDecl, Workflow, check_input_exists, check_output_path};
+
+/// Bump when the memo's content or meaning changes.
+const MEMO_VERSION: &str = "qflow-workflow-memo 2";
+
+/// The key of one load: everything a loaded workflow depends on besides the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoKey(String);
+
+impl MemoKey {
+    /// The key of loading `path` (absolute) with content `text` and these `--set` values.
+    pub fn new(path: &Path, text: &str, set: &[(String, String)]) -> MemoKey {
+        let mut h = blake3::Hasher::new();
+        let mut put = |tag: &str, value: &[u8]| {
+            h.update(&(tag.len() as u64).to_le_bytes());
+            h.update(tag.as_bytes());
+            h.update(&(value.len() as u64).to_le_bytes());
+            h.update(value);
+        };
+        put("version", MEMO_VERSION.as_bytes());
+        put("qflow", env!("CARGO_PKG_VERSION").as_bytes());
+        put("executable", executable_identity().as_bytes());
+        put("path", path.as_os_str().as_encoded_bytes());
+        put("text", text.as_bytes());
+        for (k, v) in set {
+            put("set", k.as_bytes());
+            put("set-value", v.as_bytes());
+        }
+        MemoKey(h.finalize().to_hex().to_string())
+    }
+}
+
+/// The running executable as built: a rebuild changes its mtime (and usually its size).
+fn executable_identity() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return String::new();
+    };
+    match std::fs::metadata(&exe) {
+        Ok(m) => format!(
+            "{} {} {}.{} {} {}",
+            exe.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino(),
+            m.dev()
+        ),
+        Err(_) => String::new(),
+    }
+}
+
+/// The memo file of the workflow at `path` in cache directory `cache`.
+pub fn memo_path(cache: &Path, path: &Path) -> PathBuf {
+    let id = blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex();
+    cache.join("workflows").join(format!("{}.json", &id[..32]))
+}
+
+/// A loaded workflow as stored: the steps as validated, without their typed form.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct WorkflowMemo {
+    key: String,
+    name: String,
+    vars: BTreeMap<String, String>,
+    steps: Vec<MemoStep>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct MemoStep {
+    name: String,
+    kind: String,
+    upstream: Vec<(String, EdgeReason)>,
+    jobs: Option<usize>,
+    env: BTreeMap<String, String>,
+    cache: bool,
+    fields: serde_yaml::Value,
+    /// `fields` as canonical JSON, made from them when memoized.
+    canonical_fields: String,
+    vars_used: BTreeMap<String, String>,
+}
+
+/// The workflow memoized at `memo` under `key`, with the host checks passed again;
+/// `None` on any miss or failed check (then load it fully).
+pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> Option<Workflow> {
+    let bytes = std::fs::read(memo).ok()?;
+    let stored: WorkflowMemo = serde_json::from_slice(&bytes).ok()?;
+    if stored.key != key.0 {
+        return None;
+    }
+    let dir = path.parent()?.to_path_buf();
+    let ctx = CheckContext {
+        work_dir: dir.clone(),
+    };
+    let mut steps = Vec::with_capacity(stored.steps.len());
+    let mut inputs = Vec::new();
+    for s in stored.steps {
+        let kind = registry.get(&s.kind)?;
+        let step = kind.parse(&s.fields).ok()?;
+        step.check(&ctx).ok()?;
+        if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
+            return None;
+        }
+        inputs.extend(step.inputs());
+        steps.push(StepDecl {
+            name: s.name,
+            kind: s.kind,
+            schema_version: kind.schema_version(),
+            upstream: s.upstream,
+            jobs: s.jobs,
+            env: s.env,
+            cache: s.cache,
+            fields: s.fields,
+            canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
+            vars_used: s.vars_used,
+            env_used: BTreeMap::new(),
+            step,
+        });
+    }
+    if !inputs_exist(&inputs, &ctx) {
+        return None;
+    }
+    Some(Workflow {
+        path: path.to_path_buf(),
+        dir,
+        name: stored.name,
+        vars: stored.vars,
+        steps,
+    })
+}
+
+/// Whether every input exists, as [`check_input_exists`] decides. Many plain
+/// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
+/// instead of a stat each; a listing much longer than the inputs it answers for
+/// is given up, and those inputs are stat'ed.
+fn inputs_exist(inputs: &[Input], ctx: &CheckContext) -> bool {
+    const MIN_SHARED: usize = 32;
+    let mut by_dir: HashMap<&Path, Vec<&Input>> = HashMap::new();
+    let mut alone = Vec::new();
+    for input in inputs {
+        match plain_parent(&input.path) {
+            Some(dir) => by_dir.entry(dir).or_default().push(input),
+            None => alone.push(input),
+        }
+    }
+    for (dir, group) in by_dir {
+        let listing = (group.len() >= MIN_SHARED)
+            .then(|| list_dir(&ctx.work_dir.join(dir), 4 * group.len()))
+            .flatten();
+        match listing {
+            Some(names) => {
+                if !group.iter().all(|i| {
+                    Path::new(&i.path)
+                        .file_name()
+                        .is_some_and(|n| names.contains(n))
+                }) {
+                    return false;
+                }
+            }
+            None => alone.extend(group),
+        }
+    }
+    alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
+}
+
+/// The directory of a plain relative input (`src/f1` → `src`; `f1` → ``): no
+/// glob, no interpolation, no `.`/`..`, no trailing `/`. `None` for anything else.
+fn plain_parent(path: &str) -> Option<&Path> {
+    if path.is_empty() || path.ends_with('/') || path.contains("${{") || crate::glob::is_glob(path)
+    {
+        return None;
+    }
+    let p = Path::new(path);
+    if !p
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return None;
+    }
+    p.parent()
+}
+
+/// The names in `dir`, if it can be both listed and searched (so that a listed
+/// name is one `lstat` would find) and holds at most `limit` entries.
+fn list_dir(dir: &Path, limit: usize) -> Option<HashSet<OsString>> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string; `faccessat` only reads it.
+    let searchable =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) } == 0;
+    if !searchable {
+        return None;
+    }
+    let mut names = HashSet::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        names.insert(entry.ok()?.file_name());
+        if names.len() > limit {
+            return None;
+        }
+    }
+    Some(names)
+}
+
+/// Memoize `workflow`, loaded under `key`, at `memo`. Does nothing for a workflow
+/// that reads the environment or holds values JSON cannot carry; errors are ignored
+/// (the memo only saves time).
+pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
+    if workflow.steps.iter().any(|s| !s.env_used.is_empty()) {
+        return;
+    }
+    let stored = WorkflowMemo {
+        key: key.0.clone(),
+        name: workflow.name.clone(),
+        vars: workflow.vars.clone(),
+        steps: workflow
+            .steps
+            .iter()
+            .map(|s| MemoStep {
+                name: s.name.clone(),
+                kind: s.kind.clone(),
+                upstream: s.upstream.clone(),
+                jobs: s.jobs,
+                env: s.env.clone(),
+                cache: s.cache,
+                fields: s.fields.clone(),
+                canonical_fields: s.canonical_fields().to_string(),
+                vars_used: s.vars_used.clone(),
+            })
+            .collect(),
+    };
+    let Ok(bytes) = serde_json::to_vec(&stored) else {
+        return;
+    };
+    match serde_json::from_slice::<WorkflowMemo>(&bytes) {
+        Ok(back) if back == stored => {}
+        _ => return,
+    }
+    let Some(dir) = memo.parent() else { return };
+    // Only inside a cache that exists: loading alone never creates `.qflow/`.
+    if dir.parent().is_some_and(Path::is_dir) && std::fs::create_dir_all(dir).is_ok() {
+        let _ = qflow_cache::write_atomic(memo, &bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::LoadOptions;
+
+    /// A kind for these tests: `copy` takes `from` (an input) and `to` (an output).
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Copy {
+        from: String,
+        to: String,
+    }
+
+    impl crate::step::Step for Copy {
+        fn inputs(&self) -> Vec<crate::step::Input> {
+            vec![crate::step::Input::new("from", self.from.clone())]
+        }
+        fn outputs(&self) -> Vec<String> {
+            vec![self.to.clone()]
+        }
+        fn run(&self, _ctx: &mut crate::RunContext) -> anyhow::Result<()> {
+            anyhow::bail!("these tests only load workflows")
+        }
+    }
+
+    impl crate::step::StepFields for Copy {
+        const KIND: &'static str = "copy";
+        const SCHEMA_VERSION: u32 = 1;
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.add(crate::step::KindOf::<Copy>::new());
+        r
+    }
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn space(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!(
+            "qflow-memo-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(d.join(".qflow")).unwrap();
+        Dir(d)
+    }
+
+    fn options(dir: &Path, set: &[(&str, &str)]) -> LoadOptions {
+        LoadOptions {
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            memo_cache: Some(dir.join(".qflow")),
+        }
+    }
+
+    const WORKFLOW: &str = "version: 1\nname: memo\nvars:\n  who: world\nsteps:\n  a:\n    kind: copy\n    from: in.txt\n    to: 'out-${{ who }}.txt'\n  b:\n    kind: copy\n    from: in.txt\n    to: b.txt\n    after: [a]\n";
+
+    fn to_field(w: &Workflow, step: &str) -> String {
+        w.step(step).unwrap().fields["to"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Overwrite the memo's `a.to` with `forged`, keeping its key: a load that returns
+    /// `forged` came from the memo.
+    fn forge(dir: &Path, workflow: &Path, forged: &str) {
+        let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
+        let mut m: WorkflowMemo = serde_json::from_slice(&std::fs::read(&memo).unwrap()).unwrap();
+        m.steps[0].fields["to"] = serde_yaml::Value::String(forged.into());
+        std::fs::write(&memo, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_workflow_loads_from_its_memo() {
+        let d = space("hit");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        let r = registry();
+        let first = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&first, "a"), "out-world.txt");
+        forge(&d.0, &wf, "from-memo.txt");
+        let again = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&again, "a"), "from-memo.txt");
+        assert_eq!(
+            again
+                .step("b")
+                .unwrap()
+                .upstream_names()
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(again.name, "memo");
+    }
+
+    #[test]
+    fn an_edited_workflow_misses_the_memo() {
+        let d = space("edit");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        forge(&d.0, &wf, "from-memo.txt");
+        // One byte changed: the var's value.
+        std::fs::write(&wf, WORKFLOW.replace("who: world", "who: worle")).unwrap();
+        let edited = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&edited, "a"), "out-worle.txt");
+    }
+
+    #[test]
+    fn a_changed_set_value_misses_the_memo() {
+        let d = space("set");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[("who", "moon")])).unwrap();
+        forge(&d.0, &wf, "from-memo.txt");
+        let other = Workflow::load(&wf, &r, &options(&d.0, &[("who", "mars")])).unwrap();
+        assert_eq!(to_field(&other, "a"), "out-mars.txt");
+        let none = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&none, "a"), "out-world.txt");
+    }
+
+    #[test]
+    fn a_deleted_input_is_reported_even_with_a_memo() {
+        let d = space("input");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        std::fs::remove_file(d.0.join("in.txt")).unwrap();
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("input `in.txt` does not exist"), "{text}");
+        assert!(text.contains("workflow.yaml:8:"), "{text}");
+    }
+
+    #[test]
+    fn a_deleted_input_among_many_in_one_directory_is_reported_even_with_a_memo() {
+        let d = space("many");
+        std::fs::create_dir_all(d.0.join("src")).unwrap();
+        let mut text = String::from("version: 1\nsteps:\n");
+        for i in 0..40 {
+            std::fs::write(d.0.join(format!("src/f{i}")), "x").unwrap();
+            text.push_str(&format!(
+                "  s{i}:\n    kind: copy\n    from: src/f{i}\n    to: f{i}\n"
+            ));
+        }
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, &text).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        forge(&d.0, &wf, "from-memo");
+        let again = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&again, "s0"), "from-memo");
+        std::fs::remove_file(d.0.join("src/f17")).unwrap();
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("input `src/f17` does not exist"), "{text}");
+    }
+
+    #[test]
+    fn a_workflow_reading_the_environment_is_not_memoized() {
+        let d = space("env");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        // PATH is set wherever tests run.
+        std::fs::write(&wf, WORKFLOW.replace("${{ who }}", "${{ env.PATH }}")).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());
+        assert!(!memo.exists());
+    }
+
+    #[test]
+    fn loading_without_a_cache_directory_writes_no_memo() {
+        let d = space("nocache");
+        std::fs::remove_dir_all(d.0.join(".qflow")).unwrap();
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        Workflow::load(&wf, &registry(), &options(&d.0, &[])).unwrap();
+        assert!(!d.0.join(".qflow").exists());
+    }
+}
