@@ -144,3 +144,43 @@ fn a_no_op_of_many_steps_still_sees_a_deleted_link_and_a_deleted_tree() {
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
 }
+
+#[test]
+fn a_link_replaced_by_hand_after_a_settled_no_op_is_put_back() {
+    let s = applied();
+    // Past the racy window, a no-op notes that every link is right (the settled
+    // stamp), and the next no-op trusts it without reading each link.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    s.apply();
+    let stamps = std::fs::read_dir(s.join(".qflow/state/settled"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stamps, 1, "a settled no-op leaves its stamp");
+    assert!(s.apply().ran().is_empty());
+
+    let right = std::fs::read_link(s.join("out/gen")).unwrap();
+    std::fs::remove_file(s.join("out/gen")).unwrap();
+    std::os::unix::fs::symlink("/tmp", s.join("out/gen")).unwrap();
+    let run = s.apply();
+    assert!(run.ran().is_empty(), "{}", run.stderr);
+    assert_eq!(std::fs::read_link(s.join("out/gen")).unwrap(), right);
+    assert_eq!(s.read("out/gen/out.txt"), "one\nhello\n");
+}
+
+#[test]
+fn a_lock_edited_by_hand_is_read_again_not_taken_from_its_index_memo() {
+    let s = applied();
+    let lock = s.read("qflow.lock");
+    let v: serde_json::Value = serde_json::from_str(&lock).unwrap();
+    let key = v["steps"]["gen"]["key"].as_str().unwrap().to_string();
+    s.write("qflow.lock", lock.replace(&key, &"0".repeat(64)));
+    let run = s.apply();
+    assert!(
+        run.ran().is_empty(),
+        "the record for the real key is reused"
+    );
+    assert!(
+        s.read("qflow.lock").contains(&key),
+        "the lock holds the real key again"
+    );
+}

@@ -47,6 +47,25 @@ impl DirHandle {
         (r == 0).then(|| unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
     }
 
+    /// The directory's own (dev, inode, mtime ns, ctime ns): adding, removing
+    /// or replacing an entry changes the times.
+    pub fn change_stamp(&self) -> Option<(u64, u64, i64, i64)> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid fd; `st` is written by the kernel on success.
+        let r = unsafe { libc::fstat(self.fd.as_raw_fd(), st.as_mut_ptr()) };
+        if r != 0 {
+            return None;
+        }
+        // SAFETY: `fstat` returned 0, so `st` is initialised.
+        let st = unsafe { st.assume_init() };
+        Some((
+            st.st_dev,
+            st.st_ino,
+            st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        ))
+    }
+
     /// `dir.join(rel).is_file()`.
     pub fn is_file(&self, rel: &Path) -> bool {
         self.mode(rel) == Some(libc::S_IFREG)

@@ -67,6 +67,7 @@ impl Cache {
             }
         }
 
+        self.bump_records_generation()?;
         for (name, path) in sharded_files(&self.dir("records"))? {
             if is_tmp_name(&name) {
                 remove_if_stale(&path)?;

@@ -108,6 +108,7 @@ impl Cache {
 
     /// Removes the record for `key` (no error if there is none).
     pub fn remove_record(&self, key: &Hash) -> anyhow::Result<()> {
+        self.bump_records_generation()?;
         let path = self.record_path(key);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -115,6 +116,25 @@ impl Cache {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A number that changes whenever qflow removes a record (`qflow clean`,
+    /// `qflow gc`): a fact "these records were present" noted under an older
+    /// generation must be checked again.
+    pub fn records_generation(&self) -> u64 {
+        std::fs::read_to_string(self.dir("records-generation"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Moves to a new records generation; called before any record is removed.
+    pub(crate) fn bump_records_generation(&self) -> anyhow::Result<()> {
+        let next = self.records_generation().wrapping_add(1);
+        write_atomic(
+            &self.dir("records-generation"),
+            format!("{next}\n").as_bytes(),
+        )
     }
 
     fn started_path(&self, key: &Hash) -> PathBuf {

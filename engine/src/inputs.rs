@@ -83,15 +83,20 @@ pub fn digest_all(
 ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
     // Prove or walk every input, then hash what neither the tree index nor
     // the stat cache can vouch for.
-    let mut walked: Vec<Vec<Walked>> = inputs
-        .iter()
-        .map(|step_inputs| {
-            step_inputs
-                .iter()
-                .map(|i| walk(work_dir, i, tree_index))
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .collect::<anyhow::Result<_>>()?;
+    // Many small inputs (a step each) are stat'ed in parallel too.
+    let mut walked: Vec<Vec<Walked>> = {
+        use rayon::prelude::*;
+        inputs
+            .par_iter()
+            .with_min_len(32)
+            .map(|step_inputs| {
+                step_inputs
+                    .iter()
+                    .map(|i| walk(work_dir, i, tree_index))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     let mut via_cache: Vec<(PathBuf, FileStat)> = Vec::new();
     let mut direct: Vec<PathBuf> = Vec::new();
     for step in &mut walked {

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use qflow_cache::Hash;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -83,6 +84,8 @@ impl LockFile {
 /// of it. It accepts exactly the files [`LockFile::parse`] accepts (the same
 /// fields, required and defaulted alike, of the same JSON types): a lock the
 /// full parse rejects as empty is empty here too.
+const MEMO_MAGIC: &str = "qflow-lock-index 1";
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LockIndex {
     pub version: u32,
@@ -111,6 +114,55 @@ impl LockIndex {
                 })
                 .collect(),
         }
+    }
+
+    /// The index as a line per step, for a lock file with blake3 `digest`
+    /// (see [`LockIndex::from_memo`]); `None` when a name could not be
+    /// written that way.
+    pub fn to_memo(&self, digest: &Hash) -> Option<String> {
+        let plain = |s: &str| !s.contains(['\t', '\n']);
+        if !plain(&self.workflow) {
+            return None;
+        }
+        let mut out = format!(
+            "{MEMO_MAGIC}\n{}\n{}\n{}\n",
+            digest.to_hex(),
+            self.version,
+            self.workflow
+        );
+        for (name, (key, output)) in &self.steps {
+            if !(plain(name) && plain(key) && plain(output)) {
+                return None;
+            }
+            out.push_str(&format!("{name}\t{key}\t{output}\n"));
+        }
+        Some(out)
+    }
+
+    /// The index kept by [`LockIndex::to_memo`], if it was made from a lock
+    /// file with blake3 `digest`: the same bytes give the same index, so the
+    /// lock need not be parsed again.
+    pub fn from_memo(text: &str, digest: &Hash) -> Option<LockIndex> {
+        let mut lines = text.split('\n');
+        if lines.next()? != MEMO_MAGIC || lines.next()? != digest.to_hex() {
+            return None;
+        }
+        let version = lines.next()?.parse().ok()?;
+        let workflow = lines.next()?.to_string();
+        let mut steps = HashMap::new();
+        for line in lines {
+            if line.is_empty() {
+                continue;
+            }
+            let mut f = line.split('\t');
+            let (name, key, output) = (f.next()?, f.next()?, f.next()?);
+            steps.insert(name.to_string(), (key.to_string(), output.to_string()));
+        }
+        Some(LockIndex {
+            version,
+            workflow,
+            steps,
+        })
     }
 
     /// The index of a lock already parsed.
@@ -250,5 +302,26 @@ mod tests {
             let full = LockFile::parse(v.as_bytes());
             assert_eq!(LockIndex::parse(v.as_bytes()), LockIndex::of(&full), "{v}");
         }
+    }
+
+    #[test]
+    fn the_index_memo_answers_only_for_the_same_bytes() {
+        let text = r#"{"version":1,"workflow":"w","steps":{"a":{"kind":"command","schema_version":1,"key":"k1","fields":{},"output":"o1"}}}"#;
+        let index = LockIndex::parse(text.as_bytes());
+        assert_eq!(index.steps["a"], ("k1".to_string(), "o1".to_string()));
+        let digest = Hash::of_bytes(text.as_bytes());
+        let memo = index.to_memo(&digest).unwrap();
+        assert_eq!(LockIndex::from_memo(&memo, &digest), Some(index.clone()));
+        assert_eq!(
+            LockIndex::from_memo(&memo, &Hash::of_bytes(b"edited")),
+            None
+        );
+        let mut odd = index;
+        odd.steps.insert("a\tb".into(), ("k".into(), "o".into()));
+        assert_eq!(
+            odd.to_memo(&digest),
+            None,
+            "a name with a tab is never memoized"
+        );
     }
 }

@@ -572,6 +572,27 @@ pub fn apply(
         new_lock.steps.extend(lock_changes);
         new_lock.write(&session.lock_path)?;
     }
+    // Every lock entry's record and link are in place after a run in which
+    // every step ran or was cached: note it for the next run.
+    let all_done = !interrupted
+        && reports.iter().all(|r| {
+            r.as_ref()
+                .is_some_and(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached))
+        });
+    let stamp = settled_stamp(session);
+    let lock_now = if lock_stale {
+        std::fs::read(&session.lock_path)
+            .ok()
+            .map(|b| Hash::of_bytes(&b))
+    } else {
+        session.lock_digest()
+    };
+    match lock_now {
+        Some(lock) if all_done => {
+            out_links.settle(&stamp, &lock, session.cache.records_generation())?
+        }
+        _ => OutLinks::unsettle(&stamp)?,
+    }
     crate::timings::mark("write lock");
     let run = RunReport {
         id: id.clone(),
@@ -598,7 +619,7 @@ pub fn apply(
 /// Write a run record (temp file and rename, no fsync: it is a report, not a result).
 fn write_run_record(runs: &Path, run: &RunReport) -> anyhow::Result<()> {
     let tmp = runs.join(format!(".{}.tmp", run.id));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(run)?)
+    std::fs::write(&tmp, serde_json::to_vec(run)?)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, runs.join(format!("{}.json", run.id)))?;
     Ok(())
@@ -619,9 +640,18 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
             Some((s.name.as_str(), key.parse().ok()?, output.parse().ok()?))
         })
         .collect();
+    // A settled stamp vouches for every record and link of this lock.
+    let settled = session.lock_digest().is_some_and(|lock| {
+        out.settled(
+            &settled_stamp(session),
+            &lock,
+            session.cache.records_generation(),
+        )
+    });
     let check = |e: &Option<(&str, Hash, Hash)>| {
         e.as_ref().is_some_and(|(step, key, output)| {
-            probe.has_record(key) && probe.has_tree(output) && out.is_present(step, output)
+            probe.has_tree(output)
+                && (settled || (probe.has_record(key) && out.is_present(step, output)))
         })
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -639,6 +669,16 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
             .flat_map(|p| p.join().expect("lock entry check"))
             .collect()
     })
+}
+
+/// Where the settled stamp of this workflow's `out/` links lives (see `out_links.rs`).
+fn settled_stamp(session: &Session) -> PathBuf {
+    let name = Hash::of_bytes(session.lock_path.as_os_str().as_encoded_bytes());
+    session
+        .cache
+        .dir("state")
+        .join("settled")
+        .join(name.to_hex())
 }
 
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.

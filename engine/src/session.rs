@@ -96,7 +96,7 @@ impl<'w> Session<'w> {
             workflow,
             registry,
             dag: Dag::new(workflow),
-            lock: LastLock::read(&lock_path),
+            lock: LastLock::read(&lock_path, &cache.dir("state").join("lock-index")),
             lock_path,
             cache,
             stat_cache: std::sync::Mutex::new(stat_cache),
@@ -121,7 +121,7 @@ impl<'w> Session<'w> {
 
     /// Read the lock file again (after waiting for another run that may have rewritten it).
     pub fn reload_lock(&mut self) {
-        self.lock = LastLock::read(&self.lock_path);
+        self.lock = LastLock::read(&self.lock_path, &self.cache.dir("state").join("lock-index"));
     }
 
     /// Digest inputs, identify tools, compute extra key material.
@@ -274,6 +274,11 @@ impl<'w> Session<'w> {
 
     /// The output the lock names for step `i` if its entry has this very key and
     /// the step may be cached; whether the cache still has it is not asked.
+    /// The blake3 of the lock file as this session read it.
+    pub fn lock_digest(&self) -> Option<Hash> {
+        self.lock.digest
+    }
+
     pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
         let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
@@ -455,15 +460,40 @@ impl<'w> Session<'w> {
 struct LastLock {
     index: LockIndex,
     bytes: Option<Vec<u8>>,
+    /// The blake3 of `bytes`.
+    digest: Option<Hash>,
     full: std::sync::OnceLock<LockFile>,
 }
 
 impl LastLock {
-    fn read(path: &Path) -> LastLock {
+    /// Read the lock at `path`. Its index comes from the memo in `memos` when
+    /// that was made from the same bytes (a 1,000-step lock is 800 KB of JSON;
+    /// hashing it costs a tenth of parsing it), else from parsing, and is
+    /// then kept there.
+    fn read(path: &Path, memos: &Path) -> LastLock {
         let bytes = std::fs::read(path).ok();
+        let digest = bytes.as_deref().map(Hash::of_bytes);
+        let index = match (&bytes, &digest) {
+            (Some(bytes), Some(digest)) => {
+                let memo = memos.join(Hash::of_bytes(path.as_os_str().as_encoded_bytes()).to_hex());
+                let kept = std::fs::read_to_string(&memo)
+                    .ok()
+                    .and_then(|text| LockIndex::from_memo(&text, digest));
+                kept.unwrap_or_else(|| {
+                    let index = LockIndex::parse(bytes);
+                    if let Some(text) = index.to_memo(digest) {
+                        let _ = std::fs::create_dir_all(memos);
+                        let _ = qflow_cache::write_atomic(&memo, text.as_bytes());
+                    }
+                    index
+                })
+            }
+            _ => LockIndex::default(),
+        };
         LastLock {
-            index: bytes.as_deref().map(LockIndex::parse).unwrap_or_default(),
+            index,
             bytes,
+            digest,
             full: std::sync::OnceLock::new(),
         }
     }
@@ -472,8 +502,15 @@ impl LastLock {
         LastLock {
             index: LockIndex::of(&lock),
             bytes: None,
-            full: std::sync::OnceLock::from(lock),
+            digest: None,
+            full: std::sync::OnceLock::new(),
         }
+        .with_full(lock)
+    }
+
+    fn with_full(self, lock: LockFile) -> LastLock {
+        let _ = self.full.set(lock);
+        self
     }
 
     fn full(&self) -> &LockFile {
