@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use qflow_cache::{DirHandle, Hash};
 
-use crate::scheduler::relative_path;
 use crate::stat_cache::RACY_WINDOW_NS;
 
 const STAMP_MAGIC: &str = "qflow-out-settled 1";
@@ -124,6 +123,21 @@ impl OutLinks {
         std::fs::rename(&tmp, &link)
             .with_context(|| format!("cannot update {}", link.display()))?;
         Ok(())
+    }
+}
+
+/// `to` relative to directory `from`, when both are absolute.
+fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    // Sharing only `/` means different trees: an absolute link reads better.
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    if common <= 1 {
+        to.to_path_buf()
+    } else {
+        crate::step::relative_to(from, to)
     }
 }
 

@@ -290,27 +290,23 @@ pub fn apply(
                         .material(&prepared, i, &up)
                         .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
                     let key = material.key();
-                    let checked = in_place[i]
+                    // Its lock entry has this key, and its record, tree and link were
+                    // just found in place; or its record and tree are there and only
+                    // the link may need making. Either way the lock stays as it is.
+                    let in_lock = match in_place[i]
                         .then(|| session_ref.locked_output(i, &key))
-                        .flatten();
-                    if let Some(output) = checked {
-                        // Its lock entry has this key, and its record, tree and link were
-                        // just found in place: nothing to change.
-                        outputs.insert(s.name.clone(), output);
-                        progress.event_held(&format!("cached {}", s.name));
-                        reports[i] = Some(report(
-                            &s.name,
-                            StepOutcome::Cached,
-                            Some((&key, &output)),
-                            0,
-                            vec![],
-                            None,
-                        ));
-                        states[i] = State::Done;
-                        changed = true;
-                    } else if let Some(output) = session_ref.cached_from_lock(i, &key, &probe) {
-                        // Its lock entry already has this key and output: nothing to change.
-                        out_links.present(&s.name, &output)?;
+                        .flatten()
+                    {
+                        Some(output) => Some(output),
+                        None => match session_ref.cached_from_lock(i, &key, &probe) {
+                            Some(output) => {
+                                out_links.present(&s.name, &output)?;
+                                Some(output)
+                            }
+                            None => None,
+                        },
+                    };
+                    if let Some(output) = in_lock {
                         outputs.insert(s.name.clone(), output);
                         progress.event_held(&format!("cached {}", s.name));
                         reports[i] = Some(report(
@@ -840,19 +836,4 @@ fn run_step(
     cache.put_record(&key, &rec)?;
     cache.clear_started(&key)?;
     Ok(rec)
-}
-
-/// `to` relative to directory `from`, when both are absolute.
-pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    // Sharing only `/` means different trees: an absolute link reads better.
-    let common = from
-        .components()
-        .zip(to.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    if common <= 1 {
-        to.to_path_buf()
-    } else {
-        crate::step::relative_to(from, to)
-    }
 }

@@ -47,6 +47,36 @@ impl FileStat {
     }
 }
 
+impl FileStat {
+    /// Bytes in the on-disk form written by [`FileStat::put`].
+    pub(crate) const ENCODED_LEN: usize = 8 * 5 + 4;
+
+    /// Append the little-endian on-disk form (the stat cache and the tree index).
+    pub(crate) fn put(&self, out: &mut Vec<u8>) {
+        for v in [self.dev, self.ino, self.size] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [self.mtime_ns, self.ctime_ns] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.mode.to_le_bytes());
+    }
+
+    /// Read back what [`FileStat::put`] wrote.
+    pub(crate) fn take(r: &mut &[u8]) -> Option<FileStat> {
+        let b = take(r, Self::ENCODED_LEN)?;
+        let u = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        Some(FileStat {
+            dev: u(0),
+            ino: u(1),
+            size: u(2),
+            mtime_ns: u(3) as i64,
+            ctime_ns: u(4) as i64,
+            mode: u32::from_le_bytes(b[40..44].try_into().unwrap()),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     stat: FileStat,
@@ -166,13 +196,7 @@ fn encode(entries: &Entries) -> Vec<u8> {
         let b = p.as_os_str().as_bytes();
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
         out.extend_from_slice(b);
-        for v in [e.stat.dev, e.stat.ino, e.stat.size] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in [e.stat.mtime_ns, e.stat.ctime_ns] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&e.stat.mode.to_le_bytes());
+        e.stat.put(&mut out);
         out.extend_from_slice(&e.hash.0);
         out.push(u8::from(e.racy));
     }
@@ -187,25 +211,9 @@ fn decode(b: &[u8]) -> Option<Entries> {
     for _ in 0..n {
         let len = u32::from_le_bytes(take(&mut r, 4)?.try_into().ok()?) as usize;
         let p = std::ffi::OsStr::from_bytes(take(&mut r, len)?).to_os_string();
-        let mut u = [0u64; 3];
-        for v in &mut u {
-            *v = u64::from_le_bytes(take(&mut r, 8)?.try_into().ok()?);
-        }
-        let mut t = [0i64; 2];
-        for v in &mut t {
-            *v = i64::from_le_bytes(take(&mut r, 8)?.try_into().ok()?);
-        }
-        let mode = u32::from_le_bytes(take(&mut r, 4)?.try_into().ok()?);
+        let stat = FileStat::take(&mut r)?;
         let hash = Hash(take(&mut r, 32)?.try_into().ok()?);
         let racy = take(&mut r, 1)?[0] != 0;
-        let stat = FileStat {
-            dev: u[0],
-            ino: u[1],
-            size: u[2],
-            mtime_ns: t[0],
-            ctime_ns: t[1],
-            mode,
-        };
         entries.insert(p, Entry { stat, hash, racy });
     }
     Some(entries)
@@ -236,7 +244,8 @@ impl std::hash::Hasher for PathHasher {
     }
 }
 
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+/// The next `n` bytes of `r`, or `None` when it is shorter (a truncated file).
+pub(crate) fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     if r.len() < n {
         return None;
     }

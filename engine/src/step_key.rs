@@ -37,15 +37,19 @@ pub struct KeyMaterial {
     pub extra: BTreeMap<String, String>,
 }
 
+/// Feed one tagged item to `h`, both length-prefixed, so no two different
+/// sequences of items hash the same bytes.
+pub fn put_tagged(h: &mut blake3::Hasher, tag: &str, value: &[u8]) {
+    h.update(&(tag.len() as u64).to_le_bytes());
+    h.update(tag.as_bytes());
+    h.update(&(value.len() as u64).to_le_bytes());
+    h.update(value);
+}
+
 impl KeyMaterial {
     pub fn key(&self) -> Hash {
         let mut h = blake3::Hasher::new();
-        let mut put = |tag: &str, value: &[u8]| {
-            h.update(&(tag.len() as u64).to_le_bytes());
-            h.update(tag.as_bytes());
-            h.update(&(value.len() as u64).to_le_bytes());
-            h.update(value);
-        };
+        let mut put = |tag: &str, value: &[u8]| put_tagged(&mut h, tag, value);
         put("version", KEY_VERSION.as_bytes());
         put("kind", self.kind.as_bytes());
         put("schema", &self.schema_version.to_le_bytes());

@@ -31,7 +31,7 @@ use qflow_cache::Hash;
 use rayon::prelude::*;
 
 use crate::inputs::InputEntry;
-use crate::stat_cache::{FileStat, RACY_WINDOW_NS};
+use crate::stat_cache::{FileStat, RACY_WINDOW_NS, take};
 
 const MAGIC: &[u8] = b"qflow-tree-index 1\n";
 
@@ -62,7 +62,7 @@ pub fn check(index: &Path, root: &Path) -> Option<Hash> {
     for _ in 0..n_dirs {
         let start = r;
         let rel_len = u32_at(&mut r)? as usize;
-        take(&mut r, rel_len + STAT_LEN)?;
+        take(&mut r, rel_len + FileStat::ENCODED_LEN)?;
         let body_len = u32_at(&mut r)? as usize;
         take(&mut r, body_len)?;
         dirs.push(&start[..start.len() - r.len()]);
@@ -82,7 +82,7 @@ pub fn check(index: &Path, root: &Path) -> Option<Hash> {
 fn dir_unchanged(root: &[u8], mut r: &[u8]) -> Option<bool> {
     let rel_len = u32_at(&mut r)? as usize;
     let rel = take(&mut r, rel_len)?;
-    let recorded = stat_from(&mut r)?;
+    let recorded = FileStat::take(&mut r)?;
     let _body_len = u32_at(&mut r)?;
     let mut path = Vec::with_capacity(root.len() + rel_len + 1);
     path.extend_from_slice(root);
@@ -113,7 +113,7 @@ fn dir_unchanged(root: &[u8], mut r: &[u8]) -> Option<bool> {
         if kind == b'D' {
             continue;
         }
-        let recorded = stat_from(&mut r)?;
+        let recorded = FileStat::take(&mut r)?;
         // The racy flag: none is set, or the index would not be checked.
         take(&mut r, 1)?;
         match kind {
@@ -165,7 +165,7 @@ fn read_known(bytes: &[u8], known: &mut HashMap<String, (FileStat, Hash)>) -> Op
     for _ in 0..n_dirs {
         let rel_len = u32_at(&mut r)? as usize;
         let rel = without_nul(take(&mut r, rel_len)?);
-        stat_from(&mut r)?;
+        FileStat::take(&mut r)?;
         u32_at(&mut r)?;
         let n = u32_at(&mut r)?;
         for _ in 0..n {
@@ -175,7 +175,7 @@ fn read_known(bytes: &[u8], known: &mut HashMap<String, (FileStat, Hash)>) -> Op
             if kind == b'D' {
                 continue;
             }
-            let stat = stat_from(&mut r)?;
+            let stat = FileStat::take(&mut r)?;
             let racy = take(&mut r, 1)?[0] != 0;
             match kind {
                 b'F' | b'X' => {
@@ -241,7 +241,7 @@ pub fn write(
         out.extend_from_slice(&(rel.len() as u32 + 1).to_le_bytes());
         out.extend_from_slice(rel.as_bytes());
         out.push(0);
-        put_stat(&mut out, stat);
+        stat.put(&mut out);
         body.clear();
         body.extend_from_slice(&(children.len() as u32).to_le_bytes());
         for &i in children {
@@ -254,13 +254,13 @@ pub fn write(
                 InputEntry::Dir => body.push(b'D'),
                 InputEntry::File { executable, hash } => {
                     body.push(if *executable { b'X' } else { b'F' });
-                    put_stat(&mut body, &stats[i]);
+                    stats[i].put(&mut body);
                     body.push(u8::from(is_racy(&stats[i])));
                     body.extend_from_slice(&hash.0);
                 }
                 InputEntry::Symlink { target } => {
                     body.push(b'L');
-                    put_stat(&mut body, &stats[i]);
+                    stats[i].put(&mut body);
                     body.push(u8::from(is_racy(&stats[i])));
                     body.extend_from_slice(&(target.len() as u32).to_le_bytes());
                     body.extend_from_slice(target.as_bytes());
@@ -276,46 +276,12 @@ pub fn write(
     qflow_cache::write_atomic(index, &out)
 }
 
-const STAT_LEN: usize = 8 * 5 + 4;
-
-fn put_stat(out: &mut Vec<u8>, s: &FileStat) {
-    for v in [s.dev, s.ino, s.size] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [s.mtime_ns, s.ctime_ns] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&s.mode.to_le_bytes());
-}
-
-fn stat_from(r: &mut &[u8]) -> Option<FileStat> {
-    let b = take(r, STAT_LEN)?;
-    let u = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-    Some(FileStat {
-        dev: u(0),
-        ino: u(1),
-        size: u(2),
-        mtime_ns: u(3) as i64,
-        ctime_ns: u(4) as i64,
-        mode: u32::from_le_bytes(b[40..44].try_into().unwrap()),
-    })
-}
-
 fn u32_at(r: &mut &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(take(r, 4)?.try_into().ok()?))
 }
 
 fn without_nul(b: &[u8]) -> &[u8] {
     b.strip_suffix(&[0]).unwrap_or(b)
-}
-
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if r.len() < n {
-        return None;
-    }
-    let (a, b) = r.split_at(n);
-    *r = b;
-    Some(a)
 }
 
 #[cfg(test)]

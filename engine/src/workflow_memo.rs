@@ -42,12 +42,7 @@ impl MemoKey {
     /// The key of loading `path` (absolute) with content `text` and these `--set` values.
     pub fn new(path: &Path, text: &str, set: &[(String, String)]) -> MemoKey {
         let mut h = blake3::Hasher::new();
-        let mut put = |tag: &str, value: &[u8]| {
-            h.update(&(tag.len() as u64).to_le_bytes());
-            h.update(tag.as_bytes());
-            h.update(&(value.len() as u64).to_le_bytes());
-            h.update(value);
-        };
+        let mut put = |tag: &str, value: &[u8]| crate::step_key::put_tagged(&mut h, tag, value);
         put("version", MEMO_VERSION.as_bytes());
         put("qflow", env!("CARGO_PKG_VERSION").as_bytes());
         put("executable", executable_identity().as_bytes());
