@@ -509,6 +509,49 @@ pub(crate) fn is_tmp_name(name: &str) -> bool {
     name.starts_with(TMP_PREFIX)
 }
 
+/// An output may be a symlink only to a path inside its own output directory, or to a file
+/// of another committed tree (`../<tree hash>/...`, how an overlay names its base), and only
+/// to something that exists: a link to `/etc/hostname` would make the cached result depend
+/// on the host, and a dangling one records nothing.
+fn check_output_symlink(root: &Path, rel: &str, target: &str) -> anyhow::Result<()> {
+    let refuse = |why: &str| -> anyhow::Result<()> {
+        bail!(
+            "the output `{rel}` is a symlink to `{target}`, {why}; copy the file into $QFLOW_OUT instead of linking to it"
+        )
+    };
+    if Path::new(target).is_absolute() {
+        return refuse("an absolute path outside the step's output directory");
+    }
+    // Resolve lexically from the link's directory, inside `trees/`.
+    let mut at: Vec<String> = vec![String::new()]; // the tree root, one level below trees/
+    at.extend(rel.split('/').map(str::to_string));
+    at.pop(); // the link's own name
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if at.pop().is_none() {
+                    return refuse("a path outside the step's output directory");
+                }
+            }
+            c => at.push(c.to_string()),
+        }
+    }
+    let inside_own = at.first().is_some_and(|f| f.is_empty());
+    let into_tree = !inside_own
+        && at
+            .first()
+            .is_some_and(|f| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !inside_own && !into_tree {
+        return refuse("a path outside the step's output directory");
+    }
+    let link = root.join(rel);
+    if std::fs::metadata(&link).is_err() {
+        return refuse("which does not exist (a dangling link)");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
@@ -882,47 +925,4 @@ mod tests {
         tampered.entries[0].path = "z".into();
         assert!(!tampered.verify());
     }
-}
-
-/// An output may be a symlink only to a path inside its own output directory, or to a file
-/// of another committed tree (`../<tree hash>/...`, how an overlay names its base), and only
-/// to something that exists: a link to `/etc/hostname` would make the cached result depend
-/// on the host, and a dangling one records nothing.
-fn check_output_symlink(root: &Path, rel: &str, target: &str) -> anyhow::Result<()> {
-    let refuse = |why: &str| -> anyhow::Result<()> {
-        bail!(
-            "the output `{rel}` is a symlink to `{target}`, {why}; copy the file into $QFLOW_OUT instead of linking to it"
-        )
-    };
-    if Path::new(target).is_absolute() {
-        return refuse("an absolute path outside the step's output directory");
-    }
-    // Resolve lexically from the link's directory, inside `trees/`.
-    let mut at: Vec<String> = vec![String::new()]; // the tree root, one level below trees/
-    at.extend(rel.split('/').map(str::to_string));
-    at.pop(); // the link's own name
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                if at.pop().is_none() {
-                    return refuse("a path outside the step's output directory");
-                }
-            }
-            c => at.push(c.to_string()),
-        }
-    }
-    let inside_own = at.first().is_some_and(|f| f.is_empty());
-    let into_tree = !inside_own
-        && at
-            .first()
-            .is_some_and(|f| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !inside_own && !into_tree {
-        return refuse("a path outside the step's output directory");
-    }
-    let link = root.join(rel);
-    if std::fs::metadata(&link).is_err() {
-        return refuse("which does not exist (a dangling link)");
-    }
-    Ok(())
 }
