@@ -573,3 +573,6 @@ fn note_lock_change(
         changes.remove(name);
     }
 }
+
+#[cfg(test)]
+mod tests;
