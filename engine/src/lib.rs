@@ -20,6 +20,7 @@ pub mod interpolate;
 pub mod leftovers;
 pub mod lockfile;
 pub mod out_links;
+pub mod paths;
 pub mod progress;
 pub mod scheduler;
 pub mod session;

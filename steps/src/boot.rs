@@ -257,7 +257,7 @@ impl Step for Boot {
             "qemu-system-x86",
         )];
         if self.writes_kept() {
-            tools.push(Tool::new("qemu-img", &["--version"], "qemu-utils"));
+            tools.push(crate::qemu_img::tool());
         }
         if self.collect.iter().any(|c| matches!(c, Collect::Disk(_))) {
             tools.push(Tool::new("debugfs", &["-V"], "e2fsprogs"));

@@ -10,7 +10,7 @@
 //! `reboot -f` ends the run, and `-incoming` when restoring a checkpoint. The user's
 //! `extra_args` come last so they can override anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The QEMU program the boot kind runs.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -172,12 +172,6 @@ fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-/// `to` relative to directory `from` (both absolute), for qcow2 backing files and
-/// checkpoint records that must survive moving the cache directory.
-pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    qflow_engine::step::relative_to(from, to)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,21 +246,6 @@ mod tests {
                 "-cpu",
                 "qemu64"
             ]
-        );
-    }
-
-    #[test]
-    fn relative_paths_climb_to_the_common_parent() {
-        assert_eq!(
-            relative_path(
-                Path::new("/c/trees/.tmp-1"),
-                Path::new("/c/trees/abc/image.raw")
-            ),
-            PathBuf::from("../abc/image.raw")
-        );
-        assert_eq!(
-            relative_path(Path::new("/a"), Path::new("/a/b")),
-            PathBuf::from("b")
         );
     }
 }
