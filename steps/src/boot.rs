@@ -374,6 +374,12 @@ impl Step for Boot {
         }
     }
 
+    /// A matrix's runs beyond the first take their slots as tokens of the
+    /// jobserver the engine gives the step.
+    fn uses_jobserver(&self) -> bool {
+        self.runs().len() > 1
+    }
+
     fn default_jobs(&self) -> usize {
         self.runs().len().clamp(1, 2)
     }
