@@ -1,4 +1,4 @@
-//! The `customize` kind: the seed's hand customization of a system image
+//! The `customize` kind: the hand customization of a system image
 //! (root password, packages, no unattended upgrades, files, guest commands) as a step.
 //!
 //! It never touches the upstream image: it creates a qcow2 overlay whose backing
@@ -90,7 +90,7 @@ impl StepFields for Customize {
     const SCHEMA_VERSION: u32 = 1;
 }
 
-/// What `purge_unattended_upgrades` writes: the seed's switches, in both files the seed names.
+/// What `purge_unattended_upgrades` writes: the recipe's switches, in both files it names.
 const APT_PERIODIC_OFF: &str =
     "APT::Periodic::Update-Package-Lists \"0\";\nAPT::Periodic::Unattended-Upgrade \"0\";\n";
 const APT_PERIODIC_FILES: [&str; 2] = [
@@ -486,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_parses_and_checks() {
+    fn a_step_using_every_field_parses_and_checks() {
         let dir =
             std::env::temp_dir().join(format!("qflow-customize-check-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("bench")).unwrap();

@@ -1,4 +1,4 @@
-//! The `download` kind: fetch a guest image (the seed's "Downloading the System
+//! The `download` kind: fetch a guest image (the recipe's "Downloading the System
 //! Image") over https, http or from a `file://` URL, check it against a pinned
 //! checksum before it enters the cache, and hand it downstream in the format
 //! `qemu-img info` detects (`image.qcow2`, `image.raw`, ...), never the one its

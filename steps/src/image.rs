@@ -1,6 +1,6 @@
 //! The `image` kind: make a disk image with `qemu-img` — create an empty one,
 //! derive one from an upstream step's image, convert, grow, downgrade, and prune
-//! internal snapshots (the seed's "Data Disk" and "Converting Image" recipes).
+//! internal snapshots (the recipe's "Data Disk" and "Converting Image" recipes).
 //!
 //! Deriving is a qcow2 overlay by default: the new image names the upstream
 //! image as its backing file (`-b`, with `-F` giving the format so qemu never

@@ -315,13 +315,13 @@ pub fn create_overlay(
     Ok(dir.join(name))
 }
 
-/// The seed's error when an old QEMU meets a qcow2 v3 image.
+/// QEMU's error when an old QEMU meets a qcow2 v3 image.
 const QCOW_V3_ERROR: &str = "QCOW version 3";
 
 /// A hint for a QEMU error line, naming the workflow field that fixes it; `None`
 /// when qflow knows no fix. Boot steps call this on QEMU's last lines.
 ///
-/// The seed's "uses a qcow2 feature which is not supported by this qemu version:
+/// The error "uses a qcow2 feature which is not supported by this qemu version:
 /// QCOW version 3" is fixed by `compat: "0.10"` on the `image` step that makes the disk.
 pub fn hint_for_qemu_error(line: &str) -> Option<String> {
     if line.contains(QCOW_V3_ERROR) && line.contains("not supported") {
@@ -402,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_qcow_v3_error_names_the_compat_field() {
+    fn the_qcow_v3_error_of_an_old_qemu_names_the_compat_field() {
         let line = "qemu-system-x86_64: 'ide0-hd1' uses a qcow2 feature which is not supported by this qemu version: QCOW version 3";
         assert!(
             hint_for_qemu_error(line)

@@ -1,11 +1,11 @@
-//! The QEMU command line of a boot, built from typed fields in the seed's order.
+//! The QEMU command line of a boot, built from typed fields in the hand recipe's order.
 //!
-//! The seed writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
+//! The hand recipe writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
 //! -kernel bzImage -append "root=/dev/sda1 console=ttyS0 nokaslr"`; that prefix is
-//! kept verbatim so a reader can match `qflow plan` against the cheat sheet. After it
-//! come the seed's other options (`-icount shift=N`, `-snapshot`, `-plugin
+//! kept verbatim so a reader can match `qflow plan` against the recipe. After it
+//! come the recipe's other options (`-icount shift=N`, `-snapshot`, `-plugin
 //! path,arg=...`), the accelerator, then qflow's own control plumbing: the serial
-//! console and the human monitor multiplexed on one unix socket (so the seed's
+//! console and the human monitor multiplexed on one unix socket (so QEMU's
 //! Ctrl-A escapes still work on it), QMP on another, `-no-reboot` so that a guest
 //! `reboot -f` ends the run, and `-incoming` when restoring a checkpoint. The user's
 //! `extra_args` come last so they can override anything.
@@ -176,7 +176,7 @@ fn escape_option(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn seed() -> QemuCommandLine {
+    fn recipe_line() -> QemuCommandLine {
         QemuCommandLine {
             smp: 1,
             memory: "512".to_string(),
@@ -195,18 +195,18 @@ mod tests {
     }
 
     #[test]
-    fn the_command_line_is_the_seeds_own() {
-        // The cheat sheet's "complete list of command line arguments".
+    fn the_command_line_is_the_hand_recipes_own() {
+        // The recipe's complete command line, every option in its order.
         assert_eq!(
-            seed().display(),
+            recipe_line().display(),
             "qemu-system-x86_64 -smp 1 -m 512 -nographic -hda sys.img -hdb data.img -kernel bzImage \
              -append 'root=/dev/sda1 console=ttyS0 nokaslr'"
         );
     }
 
     #[test]
-    fn icount_snapshot_plugins_and_control_follow_the_seed_prefix() {
-        let mut line = seed();
+    fn icount_snapshot_plugins_and_control_follow_the_recipe_prefix() {
+        let mut line = recipe_line();
         line.icount = Some(1);
         line.snapshot = true;
         line.plugins = vec![PluginArg {
