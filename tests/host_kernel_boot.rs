@@ -6,7 +6,8 @@
 //! initramfs is built by a `command` step from `fixtures/boot/make-initramfs.sh`, and
 //! its `/init` hands the serial console to a busybox shell, so no root disk is needed
 //! and one boot under TCG (these machines' KVM cannot boot Linux) takes seconds. The
-//! two matrix runs boot in parallel, each on a slot the engine gave the step.
+//! two matrix runs boot in parallel, each on a slot the engine gave the step, each
+//! writing to its own qcow2 overlay of a data disk.
 
 mod common;
 use common::Space;
@@ -59,10 +60,15 @@ steps:
     run: [sh, {FIXTURES}/boot/make-initramfs.sh]
     inputs: [{FIXTURES}/boot/make-initramfs.sh]
     outputs: [initrd.img]
+  data:
+    kind: disk
+    size: 16M
   guest:
     kind: boot
     kernel: {kernel}
     initrd: initramfs
+    disks: [data]
+    snapshot: false
     append: console=ttyS0 quiet panic=-1
     memory: 256M
     accel: tcg
@@ -107,6 +113,17 @@ steps:
             s.read(&format!("{dir}/greeting.txt")),
             format!("hello {n}\n")
         );
+        // With `snapshot: false` each run writes to its own overlay of the data disk,
+        // whose backing file is named relatively so the cache can move.
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(s.join(&format!("{dir}/hda.qcow2")))
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let backing = info["backing-filename"].as_str().unwrap_or_default();
+        assert!(backing.starts_with("../"), "{info}");
+        assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
     }
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
