@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what qflow's steps and tests need on a Debian bookworm host (run as root).
 #
-# Gotcha (../shared/notes/host-facts.md): these machines ship qemu-utils 10.x from
+# Gotcha: these machines ship qemu-utils 10.x from
 # backports, and bookworm's qemu-system-x86 (7.2) "Breaks" it, so a plain
 # `apt-get install qemu-system-x86` removes qemu-img altogether. We install
 # qemu-system-x86 together with the qemu-utils of the SAME version.

@@ -33,11 +33,12 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use qflow_engine::Registry;
 use qflow_engine::lockfile::LockFile;
+use qflow_engine::paths::lexically_clean as normalize;
 use qflow_engine::session::lock_path;
 use qflow_engine::stat_cache::StatCache;
 use qflow_engine::workflow::Workflow;
@@ -355,21 +356,6 @@ fn is_machine_state(output: &str) -> bool {
         || [".qcow2", ".raw", ".img", ".snapshot"]
             .iter()
             .any(|ext| name.ends_with(ext))
-}
-
-/// Lexically clean a path (`a/./b/../c` → `a/c`) without touching the disk.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Every value of a step's fields whose schema is the `Secret` type.

@@ -335,6 +335,11 @@ impl RunContext {
         self.jobs
     }
 
+    /// The make jobserver holding this step's slots, when the step uses one.
+    pub fn jobserver(&self) -> Option<&jobserver::Client> {
+        self.jobserver.as_ref()
+    }
+
     /// A path from a field, resolved against the workflow directory.
     pub fn resolve(&self, path: &str) -> PathBuf {
         crate::step::resolve_in(&self.work_dir, path)

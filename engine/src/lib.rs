@@ -21,6 +21,7 @@ pub mod interpolate;
 pub mod leftovers;
 pub mod lockfile;
 pub mod out_links;
+pub mod paths;
 pub mod progress;
 pub mod recorder;
 pub mod run;

@@ -268,7 +268,7 @@ impl Workflow {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let shown = display_path(&path);
+        let shown = crate::paths::shown(&path);
         let mut diags = Diagnostics::new(&shown, text);
 
         let doc: Value = match serde_yaml::from_str(text) {
@@ -553,17 +553,6 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// A path as the user will recognise it: relative to the current directory when inside it.
-fn display_path(p: &Path) -> PathBuf {
-    match std::env::current_dir() {
-        Ok(cwd) => p
-            .strip_prefix(&cwd)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|_| p.to_path_buf()),
-        Err(_) => p.to_path_buf(),
-    }
 }
 
 /// The workflow's step names, in file order and as a set: every edge is checked

@@ -1,9 +1,9 @@
 //! The `boot` kind: boot a kernel and images in QEMU, run commands on the serial
 //! console, and keep what they produced.
 //!
-//! This is the seed's "Booting QEMU with the New Kernel" through "Memory Snapshots"
+//! This is the hand recipe's "Booting QEMU with the New Kernel" through "Memory Snapshots"
 //! as one declarative step: the QEMU command line comes from typed fields in the
-//! seed's own order ([`command_line`]), the console is automated through a socket
+//! recipe's own order ([`command_line`]), the console is automated through a socket
 //! with framed commands ([`serial_console`]), QEMU is controlled over QMP ([`qmp`]),
 //! `accel: auto` probes KVM instead of trusting `/dev/kvm` ([`accel`]), and a
 //! booted guest can be saved as a cached checkpoint that many runs restore in
@@ -82,7 +82,7 @@ use source::{Source, source};
 pub use duration::parse_duration;
 pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, Scalar, Terminal};
 
-/// The seed's kernel command line.
+/// The hand recipe's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
 const DEFAULT_MEMORY: &str = "512";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -257,7 +257,7 @@ impl Step for Boot {
             "qemu-system-x86",
         )];
         if self.writes_kept() {
-            tools.push(Tool::new("qemu-img", &["--version"], "qemu-utils"));
+            tools.push(crate::qemu_img::tool());
         }
         if self.collect.iter().any(|c| matches!(c, Collect::Disk(_))) {
             tools.push(Tool::new("debugfs", &["-V"], "e2fsprogs"));
@@ -374,6 +374,12 @@ impl Step for Boot {
         }
     }
 
+    /// A matrix's runs beyond the first take their slots as tokens of the
+    /// jobserver the engine gives the step.
+    fn uses_jobserver(&self) -> bool {
+        self.runs().len() > 1
+    }
+
     fn default_jobs(&self) -> usize {
         self.runs().len().clamp(1, 2)
     }
@@ -418,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issues_example_parses_and_checks() {
+    fn a_step_using_every_field_parses_checks_keys_and_plans() {
         let dir = std::env::temp_dir().join(format!("qflow-boot-check-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("secrets")).unwrap();
         std::fs::write(dir.join("secrets/root-password"), "pw\n").unwrap();

@@ -6,7 +6,7 @@
 //! login on `ttyS0`, QEMU's user-network DNS), and written into partition 1 of a raw
 //! disk without mounting anything: `sfdisk` lays out one ext4 partition at 1 MiB,
 //! `mke2fs -d TREE -E offset=1048576` fills it, and `qemu-img convert` makes the
-//! qcow2 output. So the seed's `-hda image -append "root=/dev/sda1"` boots it (with a
+//! qcow2 output. So the recipe's `-hda image -append "root=/dev/sda1"` boots it (with a
 //! kernel that has ext4 and ATA built in, or with `kernel: true` and its initrd).
 //!
 //! Reproducibility: the partition table's disk id, the file system UUID and its
@@ -660,7 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_checks() {
+    fn a_step_using_every_field_checks() {
         check(
             "suite: bookworm\nmirror: http://mirror.example.org/debian\nvariant: minbase\n\
              include: [systemd-sysv, udev, openssh-server]\nsize: 4G\n",

@@ -1,6 +1,6 @@
 //! The `image` kind: make a disk image with `qemu-img` — create an empty one,
 //! derive one from an upstream step's image, convert, grow, downgrade, and prune
-//! internal snapshots (the seed's "Data Disk" and "Converting Image" recipes).
+//! internal snapshots (the recipe's "Data Disk" and "Converting Image" recipes).
 //!
 //! Deriving is a qcow2 overlay by default: the new image names the upstream
 //! image as its backing file (`-b`, with `-F` giving the format so qemu never
@@ -199,16 +199,12 @@ impl Image {
                 if let (Some(want), Some(have)) = (size, up.virtual_size) {
                     check_no_shrink(want, have)?;
                 }
-                let mut c = vec![s("qemu-img"), s("create"), s("-f"), s("qcow2")];
-                c.extend([
-                    s("-b"),
-                    up.backing.clone(),
-                    s("-F"),
-                    s(up.format.name()),
-                    s(out),
-                ]);
-                c.extend(size.map(|size| size.arg()));
-                cmds.push(c);
+                cmds.push(qemu_img::overlay_argv(
+                    &up.backing,
+                    up.format.name(),
+                    out,
+                    size,
+                ));
                 size.map(|size| size.bytes()).or(up.virtual_size)
             }
             (Base::Copy, Some(up)) => {
@@ -415,10 +411,10 @@ impl Step for Image {
                         "upstream image is {f}; the overlay records `-F {f}`"
                     ));
                 }
-                let backing = image_file::backing_reference(ctx.out_dir(), &path)?;
+                let backing = qemu_img::backing_reference(ctx.out_dir(), &path)?;
                 Some(Upstream {
                     path: path.to_string_lossy().into_owned(),
-                    backing: backing.to_string_lossy().into_owned(),
+                    backing,
                     has_backing_file: info.backing_file.is_some(),
                     format: info.format,
                     virtual_size: Some(info.virtual_size),

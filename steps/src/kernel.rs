@@ -12,7 +12,7 @@
 //!   clean: false                     # true: `make mrproper` in the build tree first
 //! ```
 //!
-//! Design (issue 5):
+//! Design:
 //! - **Out of tree, kept.** make runs with `O=` a build tree in the step's kept
 //!   state directory, so the user's tree is never written and object files
 //!   survive between runs: after a one-line edit the step costs make's own
@@ -109,7 +109,7 @@ impl StepFields for Kernel {
 
 /// The default job cap for a kernel build: the smaller of the CPU count and the
 /// available memory in units of 2 GiB (a compile of a big kernel file can take
-/// over 1 GiB; the seed warns that memory, not cores, makes a host unresponsive).
+/// over 1 GiB; memory, not cores, makes a host unresponsive).
 pub fn safe_jobs() -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

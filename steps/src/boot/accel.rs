@@ -1,7 +1,7 @@
 //! Choosing the accelerator for `accel: auto`.
 //!
 //! "`/dev/kvm` exists" does not mean "KVM can boot Linux": on these machines SeaBIOS
-//! runs under nested KVM but a kernel never prints a byte (host-facts). So `auto`
+//! runs under nested KVM but a kernel never prints a byte. So `auto`
 //! boots the same machine under KVM, with disk writes discarded, and waits a short
 //! while for the guest itself to speak: the kernel's `Linux version` banner or a
 //! login prompt. SeaBIOS's own lines on the serial port do not count, since SeaBIOS

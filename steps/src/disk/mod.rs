@@ -1,4 +1,4 @@
-//! The `disk` kind: the seed's data disk — an image of a given size with a fresh
+//! The `disk` kind: the recipe's data disk — an image of a given size with a fresh
 //! filesystem, filled from a host directory and handed to the owner the guest
 //! expects. The output is always `image.qcow2`.
 //!
@@ -12,15 +12,15 @@
 //! - `loop` (root): a raw image, `mkfs.<fs>`, `mount -o loop`, `cp -a`, `chown -R`,
 //!   `umount`, then `qemu-img convert`. Not reproducible: the kernel stamps mount
 //!   times, journal contents and ctimes.
-//! - `nbd` (root and the nbd module): the seed's sequence exactly — `qemu-nbd
+//! - `nbd` (root and the nbd module): the hand recipe's sequence exactly — `qemu-nbd
 //!   --connect` to the first free `/dev/nbdN` (on "Failed to open /dev/nbdN" it runs
 //!   `modprobe nbd max_part=8` and retries once), `mkfs.<fs>`, `mount`, `cp -a`,
 //!   `chown -R`, `umount`, `qemu-nbd --disconnect`. After a failure the device is
 //!   unmounted and disconnected. Not reproducible, for the same reasons as `loop`.
 //!
-//! `QFLOW_NBD_DEVICE_DIR` (test only) names a directory that stands in for `/dev`
-//! when looking for `nbdN` devices; when set, the nbd-module precheck is skipped so
-//! the sequence can be tested with stand-in programs on a host without nbd.
+//! Each `via` lives in its own module ([`mkfs`], [`loop_mount`], [`nbd`]). `nbd`
+//! cannot run where the nbd kernel module is missing; its unit tests pass stand-in
+//! device directories and programs to `run_nbd` instead.
 
 mod argv;
 mod loop_mount;
@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::qemu_img::{self, Size};
 
 pub use mkfs::FIXED_TIME;
-pub use nbd::{NBD_DEVICE_DIR_ENV, NbdDevices};
+pub use nbd::NbdDevices;
 use nbd::{nbd_connect_argv, nbd_module_available};
 pub use owner::Owner;
 
@@ -70,12 +70,12 @@ pub struct Disk {
     /// A host directory copied into the filesystem's root; its whole tree enters the key.
     #[serde(default)]
     pub contents: Option<String>,
-    /// `uid:gid` (numbers) that owns every file and directory, the seed's `chown -R`.
+    /// `uid:gid` (numbers) that owns every file and directory, the recipe's `chown -R`.
     /// Default `0:0`.
     #[serde(default)]
     pub owner: Option<String>,
     /// How the filesystem is filled: `mkfs` (default, rootless, reproducible),
-    /// `loop` (root) or `nbd` (root and the nbd kernel module, the seed's recipe).
+    /// `loop` (root) or `nbd` (root and the nbd kernel module, the hand recipe).
     #[serde(default)]
     pub via: Via,
     /// The filesystem UUID; by default one derived from this step's fields, so it
@@ -478,7 +478,7 @@ impl Step for Disk {
                         "`via: nbd` needs root and the nbd kernel module; use `via: loop` (root) or `via: mkfs` (no root)"
                     );
                 }
-                self.run_nbd(ctx, &NbdDevices::from_env())
+                self.run_nbd(ctx, &NbdDevices::host())
             }
         }
     }

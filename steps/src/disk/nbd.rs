@@ -13,9 +13,6 @@ use qflow_engine::RunContext;
 use super::argv::{cleanup, run_argv};
 use super::{Disk, OUT};
 
-/// Test-only: a directory standing in for `/dev` when looking for nbd devices.
-pub const NBD_DEVICE_DIR_ENV: &str = "QFLOW_NBD_DEVICE_DIR";
-
 impl Disk {
     pub(super) fn run_nbd(&self, ctx: &mut RunContext, devices: &NbdDevices) -> anyhow::Result<()> {
         let contents = self.contents_path(ctx);
@@ -48,7 +45,7 @@ impl Disk {
             if !format!("{e:#}").contains("Failed to open") {
                 return Err(e);
             }
-            // The seed: "If this command reports error 'Failed to open /dev/nbd0' ... run modprobe first".
+            // `qemu-nbd` says "Failed to open /dev/nbd0" when the nbd module is not loaded.
             ctx.log("qemu-nbd could not open the device: loading the nbd module and retrying once");
             run_argv(
                 ctx,
@@ -95,7 +92,8 @@ pub(super) fn nbd_connect_argv(dev: &str, image: &str) -> Vec<String> {
     ]
 }
 
-/// Where nbd devices are looked for: `/dev` and `/sys/block`, or a test's stand-in.
+/// Where nbd devices are looked for: `/dev` and `/sys/block` on the host; the unit
+/// tests below pass stand-in directories.
 #[derive(Debug, Clone)]
 pub struct NbdDevices {
     pub dev_dir: PathBuf,
@@ -103,23 +101,17 @@ pub struct NbdDevices {
 }
 
 impl NbdDevices {
-    /// `/dev`, or `$QFLOW_NBD_DEVICE_DIR` (test only).
-    pub fn from_env() -> NbdDevices {
-        match std::env::var_os(NBD_DEVICE_DIR_ENV) {
-            Some(d) => NbdDevices {
-                sys_block: PathBuf::from(&d).join("sys-block"),
-                dev_dir: PathBuf::from(d),
-            },
-            None => NbdDevices {
-                dev_dir: PathBuf::from("/dev"),
-                sys_block: PathBuf::from("/sys/block"),
-            },
+    /// The host's `/dev` and `/sys/block`.
+    pub fn host() -> NbdDevices {
+        NbdDevices {
+            dev_dir: PathBuf::from("/dev"),
+            sys_block: PathBuf::from("/sys/block"),
         }
     }
 
     /// The first `nbdN` with no connected process (`/sys/block/nbdN/pid` absent).
     /// With no nbd device at all it returns `nbd0`, whose connect then fails with
-    /// the seed's "Failed to open" and triggers the modprobe retry.
+    /// qemu-nbd's "Failed to open" and triggers the modprobe retry.
     pub fn first_free(&self) -> anyhow::Result<String> {
         let mut numbers: Vec<u32> = std::fs::read_dir(&self.dev_dir)
             .with_context(|| format!("cannot list {}", self.dev_dir.display()))?
@@ -147,9 +139,6 @@ impl NbdDevices {
 
 /// Whether the nbd module is loaded, has devices, or can be loaded.
 pub(super) fn nbd_module_available() -> bool {
-    if std::env::var_os(NBD_DEVICE_DIR_ENV).is_some() {
-        return true;
-    }
     if Path::new("/sys/module/nbd").exists() || Path::new("/dev/nbd0").exists() {
         return true;
     }
@@ -188,6 +177,21 @@ mod tests {
         s: &Scratch,
         fail_copy: bool,
     ) -> (BTreeMap<String, String>, NbdDevices, PathBuf) {
+        nbd_standins_with_cp(
+            s,
+            if fail_copy {
+                "echo 'cp: error writing: No space left on device' >&2; exit 1\n"
+            } else {
+                ""
+            },
+        )
+    }
+
+    /// The stand-ins, with `cp` running `cp_body`.
+    fn nbd_standins_with_cp(
+        s: &Scratch,
+        cp_body: &str,
+    ) -> (BTreeMap<String, String>, NbdDevices, PathBuf) {
         let bin = s.root.join("standins");
         let dev = s.root.join("dev");
         std::fs::create_dir_all(&bin).unwrap();
@@ -211,14 +215,7 @@ mod tests {
             ("mount", String::new()),
             ("umount", String::new()),
             ("chown", String::new()),
-            (
-                "cp",
-                if fail_copy {
-                    "echo 'cp: error writing: No space left on device' >&2; exit 1\n".into()
-                } else {
-                    String::new()
-                },
-            ),
+            ("cp", cp_body.to_string()),
         ];
         for (name, body) in scripts {
             let p = bin.join(name);
@@ -244,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn nbd_runs_the_seeds_sequence_and_loads_the_module_when_the_device_is_missing() {
+    fn nbd_runs_the_recipes_sequence_and_loads_the_module_when_the_device_is_missing() {
         let s = Scratch::new("nbd");
         workload(&s, "workload");
         let (env, devices, calls) = nbd_standins(&s, false);
@@ -307,6 +304,45 @@ mod tests {
     }
 
     #[test]
+    fn ctrl_c_during_the_copy_over_nbd_still_unmounts_and_disconnects() {
+        let s = Scratch::new("nbdint");
+        workload(&s, "workload");
+        let (env, devices, calls) = nbd_standins_with_cp(&s, "sleep 30\n");
+        let disk = parse("size: 64M\ncontents: workload\nvia: nbd");
+        let groups = qflow_engine::context::ProcessGroups::new();
+        let mut ctx = s.ctx_in("a", env, groups.clone());
+        let watched = calls.clone();
+        let interrupter = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !std::fs::read_to_string(&watched)
+                .unwrap_or_default()
+                .contains("cp -a")
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the copy never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            groups.cancel_all();
+        });
+        let started = std::time::Instant::now();
+        assert!(disk.run_nbd(&mut ctx, &devices).is_err());
+        interrupter.join().unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the copy was not interrupted"
+        );
+        let calls = recorded(&calls, &s);
+        let n = calls.len();
+        assert!(calls[n - 3].starts_with("cp -a"), "{calls:?}");
+        assert_eq!(
+            calls[n - 2..],
+            ["umount /dev/nbd0", "qemu-nbd --disconnect /dev/nbd0"]
+        );
+    }
+
+    #[test]
     fn nbd_is_refused_without_the_module_naming_the_other_vias() {
         let disk = parse("size: 8G\nvia: nbd");
         let reqs = disk.requirements(&CheckContext {
@@ -321,8 +357,7 @@ mod tests {
             "{}",
             module.fix
         );
-        if std::env::var_os(NBD_DEVICE_DIR_ENV).is_none() && !Path::new("/sys/module/nbd").exists()
-        {
+        if !Path::new("/sys/module/nbd").exists() {
             assert_eq!(module.present, nbd_module_available());
         }
         assert!(
