@@ -350,6 +350,134 @@ fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::{HostNeed, KindOf, Registry, Step, StepFields, Tool};
+
+    /// A kind that reads a password file and copies a directory input into its
+    /// output. Its secret is declared by the contract alone: no field type says so.
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Pack {
+        tree: String,
+        password_file: String,
+    }
+
+    impl Step for Pack {
+        fn inputs(&self) -> Vec<Input> {
+            vec![Input::new("tree", self.tree.clone())]
+        }
+        fn output_roles(&self) -> Vec<(String, OutputRole)> {
+            vec![("listing.txt".into(), OutputRole::Result)]
+        }
+        fn secrets(&self) -> Vec<SecretUse> {
+            vec![SecretUse {
+                field: "password_file".into(),
+                source: SecretSource::File(self.password_file.clone()),
+            }]
+        }
+        fn run(&self, ctx: &mut crate::RunContext) -> anyhow::Result<()> {
+            std::fs::write(ctx.out_dir().join("listing.txt"), "packed\n")?;
+            Ok(())
+        }
+    }
+
+    impl StepFields for Pack {
+        const KIND: &'static str = "pack";
+        const SCHEMA_VERSION: u32 = 1;
+        fn kind_tools() -> Vec<Tool> {
+            Vec::new()
+        }
+        fn kind_needs() -> Vec<HostNeed> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_file_a_step_declares_as_its_secret_is_never_bundled_even_inside_an_input() {
+        let dir = std::env::temp_dir().join(format!(
+            "qflow-bundle-secret-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(dir.join("tree")).unwrap();
+        std::fs::write(dir.join("tree/data.txt"), "1 2 3\n").unwrap();
+        std::fs::write(dir.join("tree/pw.txt"), "hunter2\n").unwrap();
+        std::fs::write(
+            dir.join("workflow.yaml"),
+            "version: 1\nname: secret\nsteps:\n  pack:\n    kind: pack\n    tree: ./tree\n    password_file: tree/pw.txt\n",
+        )
+        .unwrap();
+        let mut registry = Registry::new();
+        registry.add(KindOf::<Pack>::new());
+        let wf = Workflow::load(
+            &dir.join("workflow.yaml"),
+            &registry,
+            &crate::workflow::LoadOptions::default(),
+        )
+        .unwrap();
+        let cache = dir.join(".qflow");
+        let mut session = crate::session::Session::open(&wf, &registry, &cache).unwrap();
+        let options = crate::scheduler::ApplyOptions {
+            jobs: 1,
+            keep_going: false,
+            no_wait: false,
+            out_dir: None,
+        };
+        let progress = std::sync::Arc::new(crate::progress::Progress::new());
+        let run = crate::scheduler::apply(&mut session, &options, progress).unwrap();
+        assert!(!run.interrupted);
+        drop(session);
+
+        let archive = dir.join("secret.tar.gz");
+        let err = write(&wf, &cache, Some(&archive)).unwrap_err();
+        let refusal = err.downcast_ref::<Refusal>().expect("a refusal (exit 2)");
+        assert!(refusal.0.contains("`tree/pw.txt`"), "{refusal}");
+        assert!(!refusal.0.contains("hunter2"));
+        assert!(!archive.exists(), "no archive written");
+
+        // Moved out of the input, the secret stays home and the README asks for it.
+        std::fs::rename(dir.join("tree/pw.txt"), dir.join("pw.txt")).unwrap();
+        let text = std::fs::read_to_string(dir.join("workflow.yaml")).unwrap();
+        std::fs::write(
+            dir.join("workflow.yaml"),
+            text.replace("tree/pw.txt", "pw.txt"),
+        )
+        .unwrap();
+        let wf = Workflow::load(
+            &dir.join("workflow.yaml"),
+            &registry,
+            &crate::workflow::LoadOptions::default(),
+        )
+        .unwrap();
+        let mut session = crate::session::Session::open(&wf, &registry, &cache).unwrap();
+        let progress = std::sync::Arc::new(crate::progress::Progress::new());
+        crate::scheduler::apply(&mut session, &options, progress).unwrap();
+        drop(session);
+        let written = write(&wf, &cache, Some(&archive)).unwrap();
+        assert_eq!(written.results, 1);
+        let listing = std::process::Command::new("tar")
+            .arg("-tzf")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8(listing.stdout).unwrap();
+        assert!(
+            listing.contains("secret-artifact/tree/data.txt"),
+            "{listing}"
+        );
+        assert!(!listing.contains("pw.txt"), "{listing}");
+        let readme = std::process::Command::new("tar")
+            .arg("-xzOf")
+            .arg(&archive)
+            .arg("secret-artifact/README.md")
+            .output()
+            .unwrap();
+        let readme = String::from_utf8(readme.stdout).unwrap();
+        assert!(
+            readme.contains("- `pw.txt` (step `pack` field `password_file`)"),
+            "{readme}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_secrets_directory_counts_beside_the_workflow_or_atop_an_input_but_not_deeper() {

@@ -260,7 +260,14 @@ fn kind_findings(registry: &Registry, probe_kvm: bool) -> Vec<Finding> {
             }
         }
     }
-    needs.sort_by(|a, b| a.0.cmp(&b.0));
+    // Files, the kernel, root, nbd, KVM: in the kinds' order within each.
+    needs.sort_by_key(|(n, _)| match n {
+        HostNeed::File { .. } => 0,
+        HostNeed::HostKernel => 1,
+        HostNeed::Root => 2,
+        HostNeed::NbdModule => 3,
+        HostNeed::Kvm(_) => 4,
+    });
     let mut findings: Vec<Finding> = tools
         .iter()
         .map(|(tool, kinds)| tool_finding(tool, kinds.clone()))
