@@ -9,6 +9,14 @@
 //! steps it references and any derived key material (a secret's hash, never the
 //! secret). A step has no hidden state: what it reads is declared here, what it
 //! writes goes into its fresh output directory or its kept state directory.
+//!
+//! The contract also says what the commands around `apply` would otherwise have
+//! to guess from a kind's name: the secrets a step reads ([`Step::secrets`]), the
+//! role of each output ([`OutputRole`]: image, machine state, result, log,
+//! artifact), its host needs as typed values ([`HostNeed`]), and, per kind,
+//! every tool and need a step of it may have ([`StepFields::kind_tools`],
+//! [`StepFields::kind_needs`]), from which `qflow doctor` and the host install
+//! script's check derive. Adding a kind is one file and one registry line.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
