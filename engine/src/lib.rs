@@ -8,10 +8,12 @@ pub mod context;
 pub mod step;
 
 pub use context::RunContext;
+pub use refusal::Refusal;
 pub use step::{
-    CheckContext, FieldError, Input, KindOf, Registry, Requirement, Step, StepFields, StepKind,
-    StepRef, Tool,
+    CheckContext, FieldError, HostNeed, Input, KindOf, KvmUse, OutputRole, Registry, Requirement,
+    SecretSource, SecretUse, Step, StepFields, StepKind, StepRef, Tool,
 };
+pub mod bundle;
 pub mod dag;
 pub mod diagnostic;
 pub mod executor;
@@ -24,6 +26,7 @@ pub mod out_links;
 pub mod paths;
 pub mod progress;
 pub mod recorder;
+pub mod refusal;
 pub mod run;
 pub mod run_record;
 pub mod schedule;
@@ -36,6 +39,7 @@ pub mod step_key;
 pub mod tool_identity;
 pub mod workflow;
 pub mod workflow_memo;
+pub mod workflow_schema;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).
 /// Found before anything runs; the binary exits 2 on it.
@@ -59,3 +63,4 @@ pub mod plan;
 pub mod timings;
 pub mod tree_index;
 pub mod tree_walk;
+pub mod verify;

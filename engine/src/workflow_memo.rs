@@ -283,8 +283,8 @@ mod tests {
         fn inputs(&self) -> Vec<crate::step::Input> {
             vec![crate::step::Input::new("from", self.from.clone())]
         }
-        fn outputs(&self) -> Vec<String> {
-            vec![self.to.clone()]
+        fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
+            vec![(self.to.clone(), crate::OutputRole::Artifact)]
         }
         fn run(&self, _ctx: &mut crate::RunContext) -> anyhow::Result<()> {
             anyhow::bail!("these tests only load workflows")
@@ -294,6 +294,12 @@ mod tests {
     impl crate::step::StepFields for Copy {
         const KIND: &'static str = "copy";
         const SCHEMA_VERSION: u32 = 1;
+        fn kind_tools() -> Vec<crate::Tool> {
+            Vec::new()
+        }
+        fn kind_needs() -> Vec<crate::HostNeed> {
+            Vec::new()
+        }
     }
 
     fn registry() -> Registry {

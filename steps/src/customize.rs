@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use qflow_engine::{
-    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, StepRef, Tool,
+    CheckContext, FieldError, HostNeed, Input, OutputRole, Requirement, RunContext, SecretUse,
+    Step, StepFields, StepRef, Tool,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -88,6 +89,23 @@ pub struct WriteFile {
 impl StepFields for Customize {
     const KIND: &'static str = "customize";
     const SCHEMA_VERSION: u32 = 1;
+
+    /// `virt-customize`, and `supermin`, which libguestfs runs to build its appliance.
+    fn kind_tools() -> Vec<Tool> {
+        vec![
+            virt_customize(),
+            qemu_img::tool(),
+            Tool::new("supermin", &["--version"], "supermin"),
+        ]
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::HostKernel]
+    }
+}
+
+fn virt_customize() -> Tool {
+    Tool::new("virt-customize", &["--version"], "libguestfs-tools")
 }
 
 /// What `purge_unattended_upgrades` writes: the recipe's switches, in both files it names.
@@ -224,30 +242,29 @@ impl Step for Customize {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![QCOW2_IMAGE.to_string()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(QCOW2_IMAGE.to_string(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
-        vec![
-            Tool::new("virt-customize", &["--version"], "libguestfs-tools"),
-            qemu_img::tool(),
-        ]
+        vec![virt_customize(), qemu_img::tool()]
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
-        // supermin builds libguestfs's appliance from the host's own kernel.
-        let kernel = std::fs::read_dir("/boot")
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz"))
-            })
-            .unwrap_or(false);
+        let need = HostNeed::HostKernel;
         vec![Requirement {
             what: "a Linux kernel in /boot for libguestfs's appliance".into(),
-            present: kernel,
+            present: crate::host::has(&need),
+            need,
             fix: "install one: `apt-get install linux-image-amd64` (supermin builds the appliance from it)".into(),
         }]
+    }
+
+    fn secrets(&self) -> Vec<SecretUse> {
+        self.root_password
+            .iter()
+            .filter_map(|s| s.used_as("root_password"))
+            .collect()
     }
 
     fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {

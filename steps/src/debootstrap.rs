@@ -23,7 +23,9 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use qflow_engine::{CheckContext, FieldError, Requirement, RunContext, Step, StepFields, Tool};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, OutputRole, Requirement, RunContext, Step, StepFields, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -70,6 +72,25 @@ fn default_hostname() -> String {
 impl StepFields for Debootstrap {
     const KIND: &'static str = "debootstrap";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        tools()
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::Root]
+    }
+}
+
+/// The programs every debootstrap step runs.
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new("debootstrap", &["--version"], "debootstrap"),
+        Tool::new("mke2fs", &["-V"], "e2fsprogs"),
+        Tool::new("sfdisk", &["--version"], "fdisk"),
+        Tool::new("dpkg-query", &["--version"], "dpkg"),
+        qemu_img::tool(),
+    ]
 }
 
 const VARIANTS: [&str; 3] = ["minbase", "buildd", "fakechroot"];
@@ -164,30 +185,24 @@ impl Debootstrap {
 }
 
 impl Step for Debootstrap {
-    fn outputs(&self) -> Vec<String> {
-        let mut o = vec![QCOW2_IMAGE.to_string()];
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        let mut o = vec![(QCOW2_IMAGE.to_string(), OutputRole::Image)];
         if self.kernel {
-            o.extend(["vmlinuz".to_string(), "initrd.img".to_string()]);
+            o.push(("vmlinuz".to_string(), OutputRole::Artifact));
+            o.push(("initrd.img".to_string(), OutputRole::Artifact));
         }
         o
     }
 
     fn tools(&self) -> Vec<Tool> {
-        vec![
-            Tool::new("debootstrap", &["--version"], "debootstrap"),
-            Tool::new("mke2fs", &["-V"], "e2fsprogs"),
-            Tool::new("sfdisk", &["--version"], "fdisk"),
-            Tool::new("dpkg-query", &["--version"], "dpkg"),
-            qemu_img::tool(),
-        ]
+        tools()
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
-        // SAFETY: geteuid(2) has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         vec![Requirement {
+            need: HostNeed::Root,
             what: "root (debootstrap chroots and creates device nodes)".into(),
-            present: root,
+            present: crate::host::is_root(),
             fix: "run `qflow apply` as root (e.g. `sudo -E qflow apply`), or build the base image elsewhere \
                   and use it through a `download` or `image` step"
                 .into(),

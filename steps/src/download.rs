@@ -17,7 +17,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, Tool};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, OutputRole, RunContext, Step, StepFields, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -188,17 +190,30 @@ fn move_file(from: &Path, to: &Path) -> anyhow::Result<()> {
 impl StepFields for Download {
     const KIND: &'static str = "download";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        vec![qemu_img::tool()]
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        Vec::new()
+    }
 }
 
 impl Step for Download {
     /// `image.<format>` when `format` is given. Otherwise the name depends on what
     /// `qemu-img info` detects, so nothing is declared up front; the run still
     /// writes exactly one `image.*` file (see `image_file`).
-    fn outputs(&self) -> Vec<String> {
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
         self.format
-            .map(|f| f.image_format().file_name())
+            .map(|f| (f.image_format().file_name(), OutputRole::Image))
             .into_iter()
             .collect()
+    }
+
+    /// The one file a download writes is its image, whatever name it got.
+    fn output_role(&self, _output: &str) -> OutputRole {
+        OutputRole::Image
     }
 
     fn tools(&self) -> Vec<Tool> {

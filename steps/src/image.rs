@@ -25,7 +25,9 @@
 
 use anyhow::{Context as _, bail};
 use qflow_engine::context::quote_arg;
-use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, StepRef, Tool};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, OutputRole, RunContext, Step, StepFields, StepRef, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -291,6 +293,19 @@ fn check_no_shrink(want: Size, have: u64) -> anyhow::Result<bool> {
 impl StepFields for Image {
     const KIND: &'static str = "image";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        vec![qemu_img::tool(), cp()]
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        Vec::new()
+    }
+}
+
+/// `cp`, for a copy of the base image to edit in place.
+fn cp() -> Tool {
+    Tool::new("cp", &["--version"], "coreutils")
 }
 
 impl Step for Image {
@@ -301,15 +316,15 @@ impl Step for Image {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![self.out_format().file_name()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(self.out_format().file_name(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
         let mut tools = vec![qemu_img::tool()];
         if self.from.is_some() && (self.compat.is_some() || !self.snapshots_to_delete().is_empty())
         {
-            tools.push(Tool::new("cp", &["--version"], "coreutils"));
+            tools.push(cp());
         }
         tools
     }

@@ -124,7 +124,7 @@ impl Boot {
             };
             let mut line = self.command_line(&mut resolve)?;
             if line.accel.is_none() {
-                let (accel, why) = accel::choose(ctx, &line, self.needs_tcg());
+                let (accel, why) = accel::choose(self.needs_tcg());
                 ctx.log(&format!("qflow: accel auto -> {why}"));
                 ctx.progress(&format!("accelerator: {why}"));
                 line.accel = Some(accel);

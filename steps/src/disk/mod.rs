@@ -35,11 +35,13 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use qflow_engine::context::quote_arg;
 use qflow_engine::{
-    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, Tool,
+    CheckContext, FieldError, HostNeed, Input, OutputRole, Requirement, RunContext, Step,
+    StepFields, Tool,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::host::is_root;
 use crate::qemu_img::{self, Size};
 
 pub use mkfs::FIXED_TIME;
@@ -109,6 +111,15 @@ impl Filesystem {
 
     fn mkfs_program(self) -> String {
         format!("mkfs.{}", self.name())
+    }
+
+    fn mkfs_tool(self) -> Tool {
+        let package = if self.is_ext() {
+            "e2fsprogs"
+        } else {
+            "xfsprogs"
+        };
+        Tool::new(&self.mkfs_program(), &["-V"], package)
     }
 }
 
@@ -313,14 +324,51 @@ fn derived_uuid(text: &str) -> String {
     )
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
-
 impl StepFields for Disk {
     const KIND: &'static str = "disk";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        let mut tools = vec![qemu_img::tool(), mke2fs(), debugfs()];
+        tools.extend(
+            [Filesystem::Ext4, Filesystem::Ext2, Filesystem::Xfs]
+                .into_iter()
+                .map(Filesystem::mkfs_tool),
+        );
+        tools.extend(mount_tools());
+        tools.extend(nbd_tools());
+        tools
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::Root, HostNeed::NbdModule]
+    }
+}
+
+fn mke2fs() -> Tool {
+    Tool::new("mke2fs", &["-V"], "e2fsprogs")
+}
+
+fn debugfs() -> Tool {
+    Tool::new("debugfs", &["-V"], "e2fsprogs")
+}
+
+/// What `via: loop` and `via: nbd` run around a mount.
+fn mount_tools() -> Vec<Tool> {
+    vec![
+        Tool::new("mount", &["--version"], "mount"),
+        Tool::new("umount", &["--version"], "mount"),
+        Tool::new("cp", &["--version"], "coreutils"),
+        Tool::new("chown", &["--version"], "coreutils"),
+    ]
+}
+
+/// What `via: nbd` runs to connect the image.
+fn nbd_tools() -> Vec<Tool> {
+    vec![
+        Tool::new("qemu-nbd", &["--version"], "qemu-utils"),
+        Tool::new("modprobe", &["--version"], "kmod"),
+    ]
 }
 
 impl Step for Disk {
@@ -331,36 +379,23 @@ impl Step for Disk {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![OUT.to_string()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(OUT.to_string(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
         let mut tools = vec![qemu_img::tool()];
-        let mkfs = Tool::new(
-            &self.fs.mkfs_program(),
-            &["-V"],
-            if self.fs.is_ext() {
-                "e2fsprogs"
-            } else {
-                "xfsprogs"
-            },
-        );
         match self.via {
             Via::Mkfs if self.fs.is_ext() => {
-                tools.push(Tool::new("mke2fs", &["-V"], "e2fsprogs"));
-                tools.push(Tool::new("debugfs", &["-V"], "e2fsprogs"));
+                tools.push(mke2fs());
+                tools.push(debugfs());
             }
-            Via::Mkfs => tools.push(mkfs),
+            Via::Mkfs => tools.push(self.fs.mkfs_tool()),
             Via::Loop | Via::Nbd => {
-                tools.push(mkfs);
-                tools.push(Tool::new("mount", &["--version"], "mount"));
-                tools.push(Tool::new("umount", &["--version"], "mount"));
-                tools.push(Tool::new("cp", &["--version"], "coreutils"));
-                tools.push(Tool::new("chown", &["--version"], "coreutils"));
+                tools.push(self.fs.mkfs_tool());
+                tools.extend(mount_tools());
                 if self.via == Via::Nbd {
-                    tools.push(Tool::new("qemu-nbd", &["--version"], "qemu-utils"));
-                    tools.push(Tool::new("modprobe", &["--version"], "kmod"));
+                    tools.extend(nbd_tools());
                 }
             }
         }
@@ -371,6 +406,7 @@ impl Step for Disk {
         let mut reqs = Vec::new();
         if matches!(self.via, Via::Loop | Via::Nbd) {
             reqs.push(Requirement {
+                need: HostNeed::Root,
                 what: format!("root (`via: {}` mounts the image)", self.via.name()),
                 present: is_root(),
                 fix: "run qflow as root, or use `via: mkfs`, which needs no root and no mount"
@@ -379,6 +415,7 @@ impl Step for Disk {
         }
         if self.via == Via::Nbd {
             reqs.push(Requirement {
+                need: HostNeed::NbdModule,
                 what: "the nbd kernel module (`via: nbd` connects the image with `qemu-nbd --connect`)".to_string(),
                 present: nbd_module_available(),
                 fix: "install the kernel's nbd module so `modprobe nbd max_part=8` works, or use `via: loop` \

@@ -5,7 +5,7 @@
 //! the device is unmounted and disconnected. Not reproducible, for the same reasons
 //! as `loop`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use qflow_engine::RunContext;
@@ -137,32 +137,16 @@ impl NbdDevices {
     }
 }
 
-/// Whether the nbd module is loaded, has devices, or can be loaded.
+/// Whether nbd devices can be had: the host's nbd module ([`crate::host::nbd_module`]).
 pub(super) fn nbd_module_available() -> bool {
-    if Path::new("/sys/module/nbd").exists() || Path::new("/dev/nbd0").exists() {
-        return true;
-    }
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname fills the struct we own.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return false;
-    }
-    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep"))
-        .map(|dep| {
-            dep.lines()
-                .any(|l| l.split(':').next().is_some_and(|m| m.contains("/nbd.ko")))
-        })
-        .unwrap_or(false)
+    crate::host::nbd_module()
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use qflow_engine::{CheckContext, Step};
 

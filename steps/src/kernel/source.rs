@@ -201,13 +201,26 @@ impl Source {
             Source::Tarball(p) => p,
             Source::Url { url, .. } => url,
         };
-        match Decompressor::from_name(name) {
-            Some(Decompressor::Xz) => vec![Tool::new("xz", &["--version"], "xz-utils")],
-            Some(Decompressor::Gzip) => vec![Tool::new("gzip", &["--version"], "gzip")],
-            Some(Decompressor::Bzip2) => vec![Tool::new("bzip2", &["--help"], "bzip2")],
-            Some(Decompressor::Zstd) => vec![Tool::new("zstd", &["--version"], "zstd")],
-            Some(Decompressor::None) | None => Vec::new(),
-        }
+        Decompressor::from_name(name)
+            .and_then(Decompressor::tool)
+            .into_iter()
+            .collect()
+    }
+
+    /// Every program a source of any form may run: each archive's decompressor,
+    /// and `git` for a checkout's commit time.
+    pub fn all_tools() -> Vec<Tool> {
+        let mut tools: Vec<Tool> = [
+            Decompressor::Xz,
+            Decompressor::Gzip,
+            Decompressor::Bzip2,
+            Decompressor::Zstd,
+        ]
+        .into_iter()
+        .filter_map(Decompressor::tool)
+        .collect();
+        tools.push(Tool::new("git", &["--version"], "git"));
+        tools
     }
 
     /// Key material the fields and inputs miss: the commit a git tree is at,
@@ -374,6 +387,17 @@ pub enum Decompressor {
 }
 
 impl Decompressor {
+    /// The program that unpacks this compression, if any.
+    pub fn tool(self) -> Option<Tool> {
+        Some(match self {
+            Decompressor::Xz => Tool::new("xz", &["--version"], "xz-utils"),
+            Decompressor::Gzip => Tool::new("gzip", &["--version"], "gzip"),
+            Decompressor::Bzip2 => Tool::new("bzip2", &["--help"], "bzip2"),
+            Decompressor::Zstd => Tool::new("zstd", &["--version"], "zstd"),
+            Decompressor::None => return None,
+        })
+    }
+
     /// From a file name or URL (`.tar.xz`, `.tgz`, ...).
     pub fn from_name(name: &str) -> Option<Decompressor> {
         let name = name
