@@ -11,11 +11,12 @@
 //! writes goes into its fresh output directory or its kept state directory.
 
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 
 use crate::context::RunContext;
+pub use crate::paths::{relative_to, resolve_in};
 
 /// An error in one field of one step, found before anything runs.
 ///
@@ -129,34 +130,6 @@ impl CheckContext {
     pub fn resolve(&self, path: &str) -> PathBuf {
         resolve_in(&self.work_dir, path)
     }
-}
-
-/// Resolve `path` against `base` unless it is absolute.
-pub fn resolve_in(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
-/// `to` relative to directory `from` (both absolute, already free of `..`), e.g.
-/// `../<hash>/image.qcow2` from a sibling output tree: references that survive
-/// moving the cache. Shared by the engine (`out/` links) and the kinds (qcow2
-/// backing files, checkpoint records).
-pub fn relative_to(from: &Path, to: &Path) -> PathBuf {
-    let from: Vec<_> = from.components().collect();
-    let to_c: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
-    let mut rel = PathBuf::new();
-    for _ in common..from.len() {
-        rel.push("..");
-    }
-    for c in &to_c[common..] {
-        rel.push(c.as_os_str());
-    }
-    rel
 }
 
 /// The behaviour of one step kind, implemented by its typed fields struct.
