@@ -25,11 +25,14 @@ pub struct Record {
     pub key: Hash,
     /// The output tree (= `manifest.hash`).
     pub output: Hash,
+    /// Every path of the output tree.
     pub manifest: Manifest,
     /// Output trees of other steps that must live as long as this one (e.g. a qcow2 overlay's
     /// backing file, which the overlay names by a relative path into that tree).
     pub retains: Vec<Hash>,
+    /// When the record was written (seconds since the epoch).
     pub created_unix: u64,
+    /// How long the step took to produce it.
     pub duration_ms: u64,
     /// Free-form data the engine keeps with the record (input hashes, tool versions...).
     pub meta: BTreeMap<String, serde_json::Value>,

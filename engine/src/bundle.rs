@@ -54,6 +54,7 @@ pub const SMALL_OUTPUT: u64 = 1024 * 1024;
 /// What a written bundle holds, for the command's closing line.
 #[derive(Debug)]
 pub struct Written {
+    /// Where the archive was written.
     pub path: PathBuf,
     /// Files in the archive (directories not counted).
     pub files: usize,

@@ -12,6 +12,8 @@
 //! apply skips the per-step `readlinkat` and record check. A stamp taken within
 //! [`RACY_WINDOW_NS`] of `out/`'s last change is never written, for the same
 //! reason as a racy stat-cache entry.
+//!
+//! Imports `paths` and `stat_cache`.
 
 use std::path::{Path, PathBuf};
 

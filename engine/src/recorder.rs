@@ -7,7 +7,7 @@
 //! is not recorded), the tree is committed to the cache, the record is
 //! written and the started mark cleared. Only a complete, checked result is
 //! ever recorded; on any error the staging directory is dropped with its
-//! [`TempTree`]. Imports `inputs`, `session` and `step_job`.
+//! [`TempTree`]. Imports `inputs`, `session`, `step_job`, `dag` and `run_record`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -3,7 +3,7 @@
 //! [`Run`] owns the step states ([`Schedule`]), each step's output, the run
 //! record and the lock entries the run changes, and has one small method per
 //! event: [`Run::settle`] looks at waiting steps whose upstream changed (its
-//! key is computed and [`Run::lookup`] answers "is there a usable result for
+//! key is computed and `Run::lookup` answers "is there a usable result for
 //! it"; if so the step is `cached`, else ready), [`Run::start_ready`] hands
 //! ready steps that fit in the free slots to the executor, `on_executed` and
 //! `on_recorded` handle a finished step, [`Run::write_live`] keeps the live
@@ -14,8 +14,8 @@
 //! kill -9 of qflow the next apply sees no record and runs it again. Its
 //! result is recorded (`recorder.rs`, on a thread of the run) only once the
 //! executor reports its output complete; until then it holds its slots.
-//! Imports `schedule`, `executor`, `recorder`, `run_record`, `session`,
-//! `out_links`, `lockfile`, `progress` and `context`.
+//! Imports `schedule`, `dag`, `executor`, `recorder`, `run_record`, `session`,
+//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress` and `context`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -5,7 +5,8 @@
 //! On Ctrl-C / SIGTERM / SIGHUP the run loop cancels every running step,
 //! unfinished steps drop their temporary output (nothing is recorded for
 //! them) and qflow exits 130; a second signal exits at once. Imports `run`,
-//! `executor`, `session`, `out_links`, `lockfile`, `run_record` and `progress`.
+//! `executor`, `session`, `out_links`, `lockfile`, `run_record`, `progress`,
+//! `context`, `step` and `timings`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -1,5 +1,8 @@
 //! A workflow opened against its cache: inputs digested, tools identified, the
 //! last lock read. `plan`, `apply`, `graph` and `status` all start from here.
+//!
+//! Imports `workflow`, `dag`, `inputs`, `lockfile`, `stat_cache`, `step_key`,
+//! `tool_identity`, `leftovers`, `progress` and `step`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,21 +62,28 @@ pub struct Prepared {
 
 /// A workflow with its cache.
 pub struct Session<'w> {
+    /// The workflow.
     pub workflow: &'w Workflow,
+    /// The step kinds.
     pub registry: &'w Registry,
+    /// Its cache.
     pub cache: Cache,
+    /// Its steps' DAG.
     pub dag: Dag,
     /// The last lock: its bytes, parsed in full only when asked ([`Session::lock`]).
     lock: LastLock,
+    /// Where its lock file is.
     pub lock_path: PathBuf,
     /// Shared with running steps, which re-check their inputs when they finish.
     pub stat_cache: std::sync::Mutex<StatCache>,
+    /// Tool identities, remembered by path and stat.
     pub tool_ids: ToolIdentities,
     /// Keys of steps marked started but never finished (qflow was killed).
     interrupted: std::collections::HashSet<String>,
 }
 
 impl<'w> Session<'w> {
+    /// Open `workflow` against the cache in `cache_dir`, reading the last lock.
     pub fn open(
         workflow: &'w Workflow,
         registry: &'w Registry,
@@ -272,13 +282,13 @@ impl<'w> Session<'w> {
         (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
     }
 
-    /// The output the lock names for step `i` if its entry has this very key and
-    /// the step may be cached; whether the cache still has it is not asked.
     /// The blake3 of the lock file as this session read it.
     pub fn lock_digest(&self) -> Option<Hash> {
         self.lock.digest
     }
 
+    /// The output the lock names for step `i` if its entry has this very key and
+    /// the step may be cached; whether the cache still has it is not asked.
     pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
         let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;

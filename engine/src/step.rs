@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 use crate::context::RunContext;
+pub use crate::paths::{relative_to, resolve_in};
 
 /// An error in one field of one step, found before anything runs.
 ///
@@ -217,8 +218,6 @@ impl CheckContext {
         resolve_in(&self.work_dir, path)
     }
 }
-
-pub use crate::paths::{relative_to, resolve_in};
 
 /// The behaviour of one step kind, implemented by its typed fields struct.
 pub trait Step: std::fmt::Debug + Send + Sync {

@@ -46,7 +46,9 @@ pub struct VerifyOptions {
 /// How one output compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Rebuilt bit for bit.
     Identical,
+    /// Rebuilt with other bytes.
     Different,
     /// Recorded, but the rebuild did not produce it.
     NotRebuilt,
@@ -69,12 +71,17 @@ impl Verdict {
 /// One output of one step, recorded against rebuilt.
 #[derive(Debug)]
 pub struct Row {
+    /// The step.
     pub step: String,
+    /// The output, relative to the step's output directory.
     pub output: String,
     /// What the step says this output is.
     pub role: OutputRole,
+    /// Its hash in the user's lock.
     pub recorded: Option<String>,
+    /// Its hash in the rebuild.
     pub rebuilt: Option<String>,
+    /// How the two compare.
     pub verdict: Verdict,
 }
 
@@ -83,6 +90,7 @@ pub struct Row {
 pub struct Rebuild {
     /// The user's lock the rebuild was compared with.
     pub recorded_path: PathBuf,
+    /// Every output compared, by step.
     pub rows: Vec<Row>,
     steps: Vec<String>,
     recorded: LockFile,

@@ -5,6 +5,10 @@
 //! steps and vars, outputs escaping the output directory, inputs that do not
 //! exist, cycles. Every problem is collected with its `file:line:column`, so a
 //! user fixes them all in one pass.
+//!
+//! Imports `dag`, `diagnostic`, `interpolate`, `source_map`, `glob`, `paths`,
+//! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
+//! holds `Workflow::load`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -38,7 +42,9 @@ pub struct Workflow {
     pub path: PathBuf,
     /// Its directory: the working directory of steps and the base of relative paths.
     pub dir: PathBuf,
+    /// Its name (`name:`, else the file's stem).
     pub name: String,
+    /// `vars:` after `--set` overrides.
     pub vars: BTreeMap<String, String>,
     /// The steps in file order.
     pub steps: Vec<StepDecl>,
@@ -47,8 +53,11 @@ pub struct Workflow {
 /// One step of a workflow, validated.
 #[derive(Debug)]
 pub struct StepDecl {
+    /// The step's name.
     pub name: String,
+    /// Its `kind:`.
     pub kind: String,
+    /// The kind's schema version.
     pub schema_version: u32,
     /// Upstream steps and why, in first-mention order, without duplicates.
     pub upstream: Vec<(String, EdgeReason)>,
@@ -77,6 +86,7 @@ impl StepDecl {
             .get_or_init(|| crate::step_key::canonical_json(&self.fields))
     }
 
+    /// The names of its upstream steps.
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
@@ -212,53 +222,10 @@ pub struct LoadOptions {
 }
 
 impl Workflow {
-    /// Load and validate `path`. Problems in the workflow come back as an
-    /// [`InvalidWorkflow`] inside the error (the binary exits 2 on it).
-    pub fn load(
-        path: &Path,
-        registry: &Registry,
-        options: &LoadOptions,
-    ) -> anyhow::Result<Workflow> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let d = crate::diagnostic::Diagnostic {
-                    file: path.to_path_buf(),
-                    position: None,
-                    field: String::new(),
-                    message: format!(
-                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
-                        path.display()
-                    ),
-                };
-                return Err(crate::diagnostic::InvalidWorkflow {
-                    diagnostics: vec![d],
-                }
-                .into());
-            }
-        };
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let memo = options.memo_cache.as_ref().map(|cache| {
-            (
-                crate::workflow_memo::memo_path(cache, &path),
-                crate::workflow_memo::MemoKey::new(&path, &text, &options.set),
-            )
-        });
-        if let Some((memo, key)) = &memo
-            && let Some(workflow) = crate::workflow_memo::recall(memo, key, &path, registry)
-        {
-            crate::timings::mark("recall workflow memo");
-            return Ok(workflow);
-        }
-        let workflow = Self::load_text(path, &text, registry, options)?;
-        if let Some((memo, key)) = &memo {
-            crate::workflow_memo::remember(memo, key, &workflow);
-        }
-        Ok(workflow)
-    }
-
-    /// Parse and validate `text`, the content of the workflow at `path` (absolute).
-    fn load_text(
+    /// Parse and validate `text`, the content of the workflow at `path`
+    /// (absolute). [`Workflow::load`] (in `workflow_memo.rs`) reads the file
+    /// and asks the memo first.
+    pub fn load_text(
         path: PathBuf,
         text: &str,
         registry: &Registry,
@@ -448,10 +415,12 @@ impl Workflow {
         Ok(workflow)
     }
 
+    /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepDecl> {
         self.steps.iter().find(|s| s.name == name)
     }
 
+    /// The index of the step named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
     }

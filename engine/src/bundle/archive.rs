@@ -17,9 +17,18 @@ const FIXED_MTIME: u64 = 946_684_800;
 
 /// One archive entry, by its path inside the bundle directory.
 pub enum Entry {
-    File { source: PathBuf, executable: bool },
+    /// A host file's bytes.
+    File {
+        /// The file on the host.
+        source: PathBuf,
+        /// Archived with mode 0755 instead of 0644.
+        executable: bool,
+    },
+    /// Bytes made by qflow (the lock, the README).
     Bytes(Vec<u8>),
+    /// A symlink with this target.
     Symlink(String),
+    /// A directory.
     Dir,
 }
 

@@ -16,6 +16,7 @@ use crate::workflow::Workflow;
 pub struct Listing {
     /// The workflow and lock paths inside the bundle.
     pub workflow: String,
+    /// The lock's path inside the bundle.
     pub lock: String,
     /// (step, secret), a file's path relative to the bundle's root.
     pub secrets: Vec<(String, SecretUse)>,

@@ -8,11 +8,13 @@ use anyhow::Context as _;
 
 /// A `.qflow-verify-*` directory.
 pub struct Scratch {
+    /// The directory.
     pub path: PathBuf,
     keep: bool,
 }
 
 impl Scratch {
+    /// A new directory under `parent`, removed on drop unless `keep`.
     pub fn new(parent: &Path, keep: bool) -> anyhow::Result<Scratch> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
