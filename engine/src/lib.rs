@@ -16,6 +16,7 @@ pub mod dag;
 pub mod diagnostic;
 pub mod executor;
 pub mod glob;
+mod input_stamp;
 pub mod inputs;
 pub mod interpolate;
 pub mod leftovers;
