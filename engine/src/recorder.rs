@@ -53,7 +53,7 @@ impl Recording {
                 &session.workflow.dir,
                 &mut stat,
                 Some(&cache.dir("tree-index")),
-                &[inputs.clone()],
+                std::slice::from_ref(&inputs),
             )?;
             drop(stat);
             for (before, after) in before.iter().zip(&now[0]) {
