@@ -48,6 +48,21 @@ impl Cache {
         self.record_path(key).is_file()
     }
 
+    /// Whether the record for `key` names `output` as its output: what a lock entry
+    /// claims is believed only when the record it points at says the same. Reads the
+    /// record's key and output, not its manifest.
+    pub fn record_names(&self, key: &Hash, output: &Hash) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            key: Hash,
+            output: Hash,
+        }
+        std::fs::read(self.record_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Head>(&b).ok())
+            .is_some_and(|h| h.key == *key && h.output == *output)
+    }
+
     pub(crate) fn retains_path(&self, output: &Hash) -> PathBuf {
         self.sharded("manifests", output, ".retains")
     }

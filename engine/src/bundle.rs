@@ -335,7 +335,6 @@ fn in_secrets_dir(path: &Path, wf_dir: &Path, input_root: &Path) -> bool {
         || input_root.file_name().is_some_and(|n| n == "secrets")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

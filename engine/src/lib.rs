@@ -37,6 +37,7 @@ pub mod diagnostic;
 pub mod executor;
 pub mod glob;
 pub mod input_entry;
+pub mod input_stamp;
 pub mod inputs;
 pub mod interpolate;
 pub mod leftovers;
@@ -62,9 +63,9 @@ pub mod timings;
 pub mod tool_identity;
 pub mod tree_index;
 pub mod tree_walk;
+pub mod verify;
 pub mod workflow;
 pub mod workflow_memo;
-pub mod verify;
 pub mod workflow_schema;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).

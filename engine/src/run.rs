@@ -95,6 +95,8 @@ struct Active {
     /// Taken when the executor reports it done.
     staging: Option<TempTree>,
     retains: Vec<Hash>,
+    /// Its inputs' stat fields when it was handed over (see `input_stamp.rs`).
+    input_stamps: Vec<Hash>,
     submitted: Instant,
 }
 
@@ -189,6 +191,13 @@ impl<'a> Run<'a> {
                 }
                 Triage::Settle => self.settle_one(id)?,
             }
+        }
+        for d in self.parts.session.cache.take_damaged() {
+            self.parts.progress.event(&format!(
+                "warning: a cached output changed after it was recorded (`{}` in tree {}); it was removed and the step that made it runs again",
+                d.path,
+                d.tree.short()
+            ));
         }
         // `cached` lines wait here, so a no-op writes them all at once.
         self.parts.progress.flush();
@@ -296,16 +305,21 @@ impl<'a> Run<'a> {
         let submit = self
             .job_for(id, &material)
             .and_then(|(job, staging, retains)| {
+                let session = self.parts.session;
+                let inputs = session.workflow.steps[id.index()].step.inputs();
+                let input_stamps =
+                    crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
                 let job_id = executor.submit(job)?;
-                Ok((job_id, staging, retains))
+                Ok((job_id, staging, retains, input_stamps))
             });
         match submit {
-            Ok((job, staging, retains)) => {
+            Ok((job, staging, retains, input_stamps)) => {
                 let active = Active {
                     step: id,
                     material,
                     staging: Some(staging),
                     retains,
+                    input_stamps,
                     submitted,
                 };
                 self.active.insert(job, active);
@@ -383,6 +397,7 @@ impl<'a> Run<'a> {
             key: active.material.key(),
             staging: active.staging.take().expect("staging directory"),
             retains: std::mem::take(&mut active.retains),
+            input_stamps: std::mem::take(&mut active.input_stamps),
             output,
             submitted: active.submitted,
         };

@@ -243,7 +243,9 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
     let check = |e: &Option<(&str, Hash, Hash)>| {
         e.as_ref().is_some_and(|(step, key, output)| {
             probe.has_tree(output)
-                && (settled || (probe.has_record(key) && out.is_present(step, output)))
+                && session.cache.tree_unchanged(output)
+                && (settled
+                    || (session.cache.record_names(key, output) && out.is_present(step, output)))
         })
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));

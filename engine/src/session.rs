@@ -277,9 +277,16 @@ impl<'w> Session<'w> {
     /// Then the entry is the result, without reading or parsing the record: the
     /// step's output hash comes back, and its lock entry stays as it is.
     /// `probe` is this session's cache, asked through open handles.
+    ///
+    /// The lock is never trusted over the record it names: the record for `key`
+    /// must name the same output, and the tree must be unchanged since it was
+    /// committed (a damaged tree is removed here, and the step runs again).
     pub fn cached_from_lock(&self, i: usize, key: &Hash, probe: &CacheProbe) -> Option<Hash> {
         let output = self.locked_output(i, key)?;
-        (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
+        (probe.has_tree(&output)
+            && self.cache.record_names(key, &output)
+            && (self.cache.tree_unchanged(&output) || self.cache.has_tree(&output)))
+        .then_some(output)
     }
 
     /// The blake3 of the lock file as this session read it.
@@ -305,15 +312,15 @@ impl<'w> Session<'w> {
 
     /// A record for `key` whose output tree is present (restored from objects if needed).
     ///
-    /// A tree directory only ever appears by an atomic rename of a complete,
-    /// read-only tree, so its existence is enough: one stat per step keeps a
-    /// no-op apply cheap. `qflow verify` re-hashes when in doubt.
+    /// The tree's stamp proves it unchanged since it was committed (one `lstat`
+    /// per path); a tree changed since is removed with its damaged objects, and
+    /// the step runs again. `qflow verify --cache` re-hashes everything.
     pub fn usable_record(&self, key: &Hash) -> Option<Record> {
         if self.was_interrupted(key) {
             return None;
         }
         let rec = self.cache.get_record(key).ok()??;
-        if self.cache.tree_path(&rec.output).is_dir() {
+        if self.cache.tree_unchanged(&rec.output) || self.cache.has_tree_for(&rec.manifest) {
             return Some(rec);
         }
         self.cache.restore_tree(&rec.manifest).ok().map(|_| rec)
