@@ -149,6 +149,15 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of workflow files, for editors.
     Schema,
+    /// (Internal) run one step execution inside a Slurm job, from its description file.
+    #[command(name = "__run-step", hide = true)]
+    RunStep {
+        /// The step description the coordinator wrote on the shared file system.
+        description: PathBuf,
+    },
+    /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
+    #[command(name = "__probe-node", hide = true)]
+    ProbeNode { file: PathBuf },
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

@@ -302,6 +302,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::bundle::run(&wf, &registry, &cache, output.as_deref())
         }
         Command::Schema => crate::schema::run(&registry),
+        Command::RunStep { description } => {
+            qflow_engine::slurm::node::run_described_step(&description, &registry)
+        }
+        Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "qflow", &mut std::io::stdout());

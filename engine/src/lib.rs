@@ -23,6 +23,7 @@ pub mod out_links;
 pub mod progress;
 pub mod scheduler;
 pub mod session;
+pub mod slurm;
 pub mod source_map;
 pub mod stat_cache;
 pub mod step_key;
