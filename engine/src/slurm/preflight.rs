@@ -98,10 +98,11 @@ pub fn check(input: &PreflightInput) -> Vec<String> {
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
-    if problems.is_empty() && input.probe {
-        if let Err(e) = probe_nodes(&client, input) {
-            problems.push(e);
-        }
+    if problems.is_empty()
+        && input.probe
+        && let Err(e) = probe_nodes(&client, input)
+    {
+        problems.push(e);
     }
     problems
 }
