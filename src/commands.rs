@@ -37,6 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             keep_going,
             no_wait,
             detach,
+            executor,
+            slurm_batch,
         } => {
             qflow_engine::timings::mark("start");
             let wf = load(&workflow, &registry)?;
@@ -60,6 +62,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep_going,
                 no_wait,
                 out_dir: None,
+                executor,
+                slurm_batch,
             };
             let run = apply(&mut session, &options, Arc::new(Progress::new()))?;
             // The process exits next; the kernel frees the workflow and the
@@ -76,12 +80,21 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 0
             })
         }
-        Command::Plan { workflow, json } => {
+        Command::Plan {
+            workflow,
+            json,
+            executor,
+        } => {
             let wf = load(&workflow, &registry)?;
             let mut session =
                 Session::open(&wf, &registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
             let steps = plan(&mut session)?;
+            let placed = crate::slurm_plan::placements(&wf, executor);
             if json {
+                let steps: Vec<serde_json::Value> = steps
+                    .iter()
+                    .map(|s| crate::slurm_plan::with_placement(s, &placed[&s.name]))
+                    .collect::<anyhow::Result<_>>()?;
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({ "steps": steps }))?
@@ -89,6 +102,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 for s in &steps {
                     println!("{:<7} {} ({})", s.action, s.name, s.kind);
+                    if s.action == "run" {
+                        println!("          on {}", placed[&s.name].describe());
+                    }
                     for r in &s.reasons {
                         println!("          because {r}");
                     }
@@ -258,6 +274,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             file,
             set,
             no_kvm_probe,
+            executor,
+            cache,
         } => {
             let file = file.or_else(|| {
                 let default = std::path::PathBuf::from("workflow.yaml");
@@ -274,7 +292,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 )?),
                 None => None,
             };
-            crate::doctor::run(wf.as_ref(), !no_kvm_probe)
+            let code = crate::doctor::run(wf.as_ref(), !no_kvm_probe)?;
+            if executor == Some(qflow_engine::slurm::placement::ExecutorChoice::Slurm) {
+                let slurm = crate::slurm_plan::doctor(wf.as_ref(), cache.as_deref())?;
+                return Ok(code.max(slurm));
+            }
+            Ok(code)
         }
         Command::Verify {
             file,

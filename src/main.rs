@@ -6,6 +6,7 @@ mod commands;
 mod detach;
 mod doctor;
 mod schema;
+mod slurm_plan;
 mod verify;
 
 fn main() {

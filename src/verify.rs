@@ -112,6 +112,8 @@ pub fn run(mut wf: Workflow, registry: &Registry, options: &VerifyOptions) -> an
     session.lock_path = scratch.path.join("rebuilt.lock");
     session.set_lock(LockFile::default());
     let apply_options = ApplyOptions {
+        executor: Some(qflow_engine::slurm::placement::ExecutorChoice::Local),
+        slurm_batch: false,
         jobs,
         keep_going: true,
         no_wait: false,

@@ -23,6 +23,8 @@
 //! question "is there a usable result for this key". Imports `step_job`.
 
 pub mod local;
+pub mod routed;
+pub mod slurm;
 
 use std::sync::Arc;
 use std::time::Duration;

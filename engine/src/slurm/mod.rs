@@ -11,9 +11,11 @@ pub mod client;
 pub mod job_request;
 pub mod job_state;
 pub mod node;
+pub mod placement;
 pub mod preflight;
 pub mod queue;
 pub mod resources;
+pub mod setup;
 pub mod step_description;
 
 pub use client::{QueuedJob, SlurmClient};

@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context as _, anyhow, bail};
 
 use super::step_description::{NodeReport, StepDescription, tools_differ};
-use crate::context::{NoProgress, ProcessGroups, RunContext, StepLog};
+use crate::context::{NoProgress, ProcessGroups};
 use crate::step::Registry;
 use crate::tool_identity::ToolIdentities;
 
@@ -42,7 +42,7 @@ pub fn allocated_cpus(fallback: usize) -> usize {
 /// Run the step described at `path`; returns the exit code (0: the step succeeded).
 /// Call before any other thread starts: it sets this process's environment.
 pub fn run_described_step(path: &Path, registry: &Registry) -> anyhow::Result<i32> {
-    let desc = StepDescription::read(path)?;
+    let mut desc = StepDescription::read(path)?;
     // SAFETY: called first thing in the `__run-step` command, before any thread
     // exists, so nothing reads the environment concurrently.
     unsafe {
@@ -51,23 +51,24 @@ pub fn run_described_step(path: &Path, registry: &Registry) -> anyhow::Result<i3
         }
     }
     let t0 = Instant::now();
+    desc.job.jobs = allocated_cpus(desc.job.jobs);
     let mut report = NodeReport {
         host: host_name(),
-        jobs: allocated_cpus(desc.jobs),
+        jobs: desc.job.jobs,
         ..Default::default()
     };
-    let log = StepLog::create(&desc.log)?;
-    log.line(&format!(
-        "qflow: step `{}` on node `{}` with {} CPU slot(s) (Slurm job {})",
-        desc.step,
-        report.host,
-        report.jobs,
-        std::env::var("SLURM_JOB_ID").unwrap_or_else(|_| "?".into())
-    ));
-    let result = run(&desc, registry, &log, &mut report);
+    let result = run(&desc, registry, &mut report);
     report.duration_ms = t0.elapsed().as_millis() as u64;
     if let Err(e) = &result {
-        log.line(&format!("qflow: the step failed: {e:#}"));
+        // The step's own log may not exist yet (a refused tool): add the reason to it.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&desc.job.log)
+        {
+            use std::io::Write as _;
+            let _ = writeln!(f, "qflow: on node `{}`: {e:#}", report.host);
+        }
         report.error = Some(format!("{e:#}"));
     }
     report.ok = result.is_ok();
@@ -75,20 +76,15 @@ pub fn run_described_step(path: &Path, registry: &Registry) -> anyhow::Result<i3
     Ok(if report.ok { 0 } else { 1 })
 }
 
-fn run(
-    desc: &StepDescription,
-    registry: &Registry,
-    log: &StepLog,
-    report: &mut NodeReport,
-) -> anyhow::Result<()> {
-    let kind = registry.get(&desc.kind).ok_or_else(|| {
+fn run(desc: &StepDescription, registry: &Registry, report: &mut NodeReport) -> anyhow::Result<()> {
+    let job = &desc.job;
+    let kind = registry.get(&job.kind).ok_or_else(|| {
         anyhow!(
             "this node's qflow has no kind `{}`; use the same qflow on the nodes",
-            desc.kind
+            job.kind
         )
     })?;
-    let fields: serde_yaml::Value = serde_yaml::to_value(&desc.fields)?;
-    let step = kind.parse(&fields).map_err(|e| anyhow!("{e}"))?;
+    let step = kind.parse(&job.fields).map_err(|e| anyhow!("{e}"))?;
     // Fresh identities: the login node's memo says nothing about this node's binaries.
     let mut ids = ToolIdentities::load(Path::new("/nonexistent/qflow-node-tools.json"));
     for tool in step.tools() {
@@ -115,29 +111,8 @@ fn run(
             }
         });
     }
-    let mut ctx = RunContext::new(
-        &desc.step,
-        desc.out_dir.clone(),
-        desc.work_dir.clone(),
-        desc.state_dir.clone(),
-        report.jobs,
-        desc.upstream.clone(),
-        desc.env.clone(),
-        log.clone(),
-        Arc::new(NoProgress),
-        groups,
-        step.uses_jobserver(),
-    )?
-    .with_run_token(desc.run_token.clone());
-    step.run(&mut ctx)?;
-    for out in step.outputs() {
-        if std::fs::symlink_metadata(desc.out_dir.join(&out)).is_err() {
-            bail!(
-                "the step succeeded but did not create its declared output `{out}` (in $QFLOW_OUT)"
-            );
-        }
-    }
-    report.notes = ctx.notes().clone();
+    let output = job.run(registry, Arc::new(NoProgress), groups)?;
+    report.notes = output.notes;
     Ok(())
 }
 

@@ -65,18 +65,34 @@ impl Queue {
         Ok(true)
     }
 
+    /// List the jobs now, whatever the time since the last call (a cancel).
+    pub fn refresh_now(&mut self, client: &SlurmClient) -> anyhow::Result<()> {
+        self.last = None;
+        self.refresh(client).map(|_| ())
+    }
+
     /// The last known state of job `id`.
     pub fn job(&self, id: &str) -> Option<&QueuedJob> {
         self.jobs.get(id)
     }
 
-    /// The job whose comment is `comment` (the newest when several), e.g. an srun
-    /// job whose id qflow learns only from the queue.
-    pub fn by_comment(&self, comment: &str) -> Option<&QueuedJob> {
+    /// The newest job whose comment is `comment` and whose id is not in `before`
+    /// (the jobs listed with that comment before this one was submitted): an srun
+    /// job, whose id qflow learns only from the queue.
+    pub fn by_comment(&self, comment: &str, before: &[String]) -> Option<&QueuedJob> {
+        self.jobs
+            .values()
+            .filter(|j| j.comment == comment && !before.contains(&j.id))
+            .max_by_key(|j| j.id.parse::<u64>().unwrap_or(0))
+    }
+
+    /// The ids of every job listed with `comment`.
+    pub fn ids_with_comment(&self, comment: &str) -> Vec<String> {
         self.jobs
             .values()
             .filter(|j| j.comment == comment)
-            .max_by_key(|j| j.id.parse::<u64>().unwrap_or(0))
+            .map(|j| j.id.clone())
+            .collect()
     }
 
     /// Every job listed that has not ended.

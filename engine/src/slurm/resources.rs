@@ -6,10 +6,10 @@
 //! otherwise surface as a rejected submission halfway through a run), and each maps
 //! to exactly one Slurm option, passed as argv.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A step's `resources:`. Every field is optional; `cpus` defaults to the step's `jobs`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPUs of the job (`--cpus-per-task`); the step's jobserver gets exactly these.
@@ -27,7 +27,7 @@ pub struct Resources {
 }
 
 /// The workflow-level `slurm:` block.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
     /// The partition jobs go to (default: the cluster's default partition).

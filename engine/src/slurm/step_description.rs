@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::step_job::StepJob;
+
 /// Bumped when the description's meaning changes; a node with another qflow refuses it.
 pub const DESCRIPTION_VERSION: u32 = 1;
 
@@ -45,38 +47,21 @@ pub fn passed_env(env: impl Iterator<Item = (String, String)>) -> BTreeMap<Strin
 }
 
 /// One step execution, as the node receives it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepDescription {
     pub version: u32,
-    /// The step's name.
-    pub step: String,
-    /// Its kind and fields, every `${{ steps.X }}` resolved to a path in the shared cache.
-    pub kind: String,
-    pub fields: serde_json::Value,
-    /// The step key (hex), for messages and to mark the step's processes.
-    pub key: String,
-    /// The workflow's directory: the working directory, and the base of relative paths.
-    pub work_dir: PathBuf,
-    /// The staging directory the outputs go into (empty when the job starts).
-    pub out_dir: PathBuf,
-    /// The step's kept state directory.
-    pub state_dir: PathBuf,
-    /// Upstream step name → its output directory in the shared cache.
-    pub upstream: BTreeMap<String, PathBuf>,
-    /// The step's `env:`.
-    pub env: BTreeMap<String, String>,
+    /// The step's job, as the run loop made it: kind, fields with every
+    /// `${{ steps.X }}` resolved to a path in the shared cache, key, staging
+    /// directory (`out_dir`), log, `env:`, CPU slots. Its run token is empty: on
+    /// the node, Slurm tracks the step's processes, and the coordinator's next
+    /// apply must not take a running job's processes for a killed run's leftovers.
+    pub job: StepJob,
     /// The submitter's variables from [`PASSED_ENV`].
     pub host_env: BTreeMap<String, String>,
-    /// CPU slots when the job does not say (`SLURM_CPUS_PER_TASK` wins).
-    pub jobs: usize,
-    /// The step log.
-    pub log: PathBuf,
-    /// Where the node writes its [`NodeReport`].
-    pub report: PathBuf,
     /// Tool program → identity, as they entered the step key.
     pub tools: BTreeMap<String, String>,
-    /// Marks every process of this execution (see `leftovers.rs`).
-    pub run_token: String,
+    /// Where the node writes its [`NodeReport`].
+    pub report: PathBuf,
 }
 
 impl StepDescription {
@@ -185,6 +170,35 @@ pub fn tools_differ(
             problems.join("; ")
         ))
     }
+}
+
+/// Empty directory `dir` (a staging directory a failed try wrote into), keeping it.
+pub fn clear_dir(dir: &Path) -> anyhow::Result<()> {
+    qflow_cache::remove_dir_force(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))
+}
+
+/// Move every entry of `from` into `to` (same file system), then remove `from`:
+/// an adopted job's outputs, staged by the run that submitted it, become this run's.
+pub fn move_entries(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from).with_context(|| {
+        format!(
+            "cannot read the adopted job's staging directory `{}`",
+            from.display()
+        )
+    })? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        std::fs::rename(entry.path(), &dest).with_context(|| {
+            format!(
+                "cannot move `{}` to `{}`",
+                entry.path().display(),
+                dest.display()
+            )
+        })?;
+    }
+    let _ = std::fs::remove_dir(from);
+    Ok(())
 }
 
 #[cfg(test)]
