@@ -24,7 +24,13 @@ pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
     // Slurm jobs of a detached run are batch jobs, which outlive any process.
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .map(|a| if a == "--detach" { "--slurm-batch".to_string() } else { a })
+        .map(|a| {
+            if a == "--detach" {
+                "--slurm-batch".to_string()
+            } else {
+                a
+            }
+        })
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args)

@@ -100,7 +100,9 @@ pub fn doctor(wf: Option<&Workflow>, cache: Option<&Path>) -> anyhow::Result<i32
     let qflow = std::env::current_exe()?;
     let cluster = wf.map(|w| w.placement.slurm.clone()).unwrap_or_default();
     let requests = match wf {
-        Some(wf) => qflow_engine::slurm::setup::requests(wf, Some(ExecutorChoice::Slurm), &cache_root),
+        Some(wf) => {
+            qflow_engine::slurm::setup::requests(wf, Some(ExecutorChoice::Slurm), &cache_root)
+        }
         None => Vec::new(),
     };
     let problems = preflight::check(&PreflightInput {

@@ -416,8 +416,8 @@ fn steps_run_on_slurm_give_the_keys_and_bytes_of_a_local_apply_and_a_local_apply
     }
     assert_eq!(remote.read("out/greet/greeting"), "hello 1\n");
     assert_eq!(
-        std::fs::read(local.join("out/data/disk.img")).ok(),
-        std::fs::read(remote.join("out/data/disk.img")).ok()
+        std::fs::read(local.join("out/data/image.qcow2")).unwrap(),
+        std::fs::read(remote.join("out/data/image.qcow2")).unwrap()
     );
     // The cluster's results are cache hits here.
     let again = remote.qflow(&["apply"]).success();

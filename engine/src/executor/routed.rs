@@ -75,8 +75,22 @@ impl<L: Executor, R: Executor> Executor for Routed<L, R> {
         let (l, r) = self.split(active);
         let mut done = Vec::new();
         for (remote, finished) in [
-            (false, if l.is_empty() { Vec::new() } else { self.local.check_active(&l) }),
-            (true, if r.is_empty() { Vec::new() } else { self.remote.check_active(&r) }),
+            (
+                false,
+                if l.is_empty() {
+                    Vec::new()
+                } else {
+                    self.local.check_active(&l)
+                },
+            ),
+            (
+                true,
+                if r.is_empty() {
+                    Vec::new()
+                } else {
+                    self.remote.check_active(&r)
+                },
+            ),
         ] {
             for (inner, result) in finished {
                 if let Some(outer) = self.outer(remote, inner) {
@@ -100,7 +114,10 @@ impl<L: Executor, R: Executor> Executor for Routed<L, R> {
 
     fn poll_interval(&self) -> Option<Duration> {
         let has_remote = self.inner.values().any(|(r, _)| *r);
-        match (self.local.poll_interval(), has_remote.then(|| self.remote.poll_interval()).flatten()) {
+        match (
+            self.local.poll_interval(),
+            has_remote.then(|| self.remote.poll_interval()).flatten(),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

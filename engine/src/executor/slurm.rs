@@ -152,7 +152,12 @@ impl SlurmExecutor {
     /// Submit (or submit again) `s`: write its description and start its job.
     fn launch(&self, s: &mut Submitted) -> anyhow::Result<()> {
         let desc_path = self.setup.dir.join(format!("{}.json", s.job.key.to_hex()));
-        let step = self.setup.steps.get(&s.job.step).cloned().unwrap_or_default();
+        let step = self
+            .setup
+            .steps
+            .get(&s.job.step)
+            .cloned()
+            .unwrap_or_default();
         let mut job = s.job.clone();
         job.run_token = String::new();
         StepDescription {
@@ -243,12 +248,9 @@ impl SlurmExecutor {
                 }
             }
             JobOutcome::SlurmEnded { retry } => {
-                let message = ended_message(&listed.id, &listed.state, &s.job.log, &s.req.slurm_log);
-                let retries = self
-                    .setup
-                    .steps
-                    .get(&s.job.step)
-                    .map_or(0, |st| st.retries);
+                let message =
+                    ended_message(&listed.id, &listed.state, &s.job.log, &s.req.slurm_log);
+                let retries = self.setup.steps.get(&s.job.step).map_or(0, |st| st.retries);
                 if retry && s.tries < retries && s.adopted.is_none() {
                     s.tries += 1;
                     self.progress.event(&format!(
@@ -269,7 +271,12 @@ impl SlurmExecutor {
     fn finish_with_report(&self, id: JobId, report: NodeReport, state: &str) -> JobResult {
         let s = &self.jobs[&id];
         let job_id = s.slurm_id.as_deref().unwrap_or("?");
-        let step = self.setup.steps.get(&s.job.step).cloned().unwrap_or_default();
+        let step = self
+            .setup
+            .steps
+            .get(&s.job.step)
+            .cloned()
+            .unwrap_or_default();
         if !report.ok {
             return Err(anyhow!(
                 "{} (Slurm job {job_id} on node `{}`, {state})",
@@ -327,13 +334,12 @@ impl Executor for SlurmExecutor {
         // The queue is asked only when some job needs Slurm's word, at most once a second.
         let needs_queue = active.iter().any(|id| {
             self.jobs.get(id).is_some_and(|s| {
-                s.srun.is_none()
-                    || s.srun_exit.is_some()
-                    || s.slurm_id.is_none() && !s.cancelled
+                s.srun.is_none() || s.srun_exit.is_some() || s.slurm_id.is_none() && !s.cancelled
             })
         });
         if needs_queue && let Err(e) = self.queue.refresh(&self.setup.client) {
-            self.progress.event(&format!("cannot ask Slurm for job states: {e:#}"));
+            self.progress
+                .event(&format!("cannot ask Slurm for job states: {e:#}"));
         }
         let mut done = Vec::new();
         for &id in active {
@@ -398,7 +404,11 @@ impl Executor for SlurmExecutor {
     }
 
     fn poll_interval(&self) -> Option<Duration> {
-        Some(Duration::from_millis(if self.setup.detached { 250 } else { 50 }))
+        Some(Duration::from_millis(if self.setup.detached {
+            250
+        } else {
+            50
+        }))
     }
 }
 

@@ -80,9 +80,7 @@ fn parse_executor(v: &Value, at: &str, diags: &mut Diagnostics) -> Option<Execut
                 at,
                 format!(
                     "`executor` is `local` or `slurm`, not {}",
-                    serde_yaml::to_string(other)
-                        .unwrap_or_default()
-                        .trim()
+                    serde_yaml::to_string(other).unwrap_or_default().trim()
                 ),
             );
             None
@@ -191,7 +189,11 @@ mod tests {
             ExecutorChoice::Slurm
         );
         assert_eq!(
-            executor_for(&StepPlacement::default(), &WorkflowPlacement::default(), None),
+            executor_for(
+                &StepPlacement::default(),
+                &WorkflowPlacement::default(),
+                None
+            ),
             ExecutorChoice::Local
         );
     }

@@ -27,15 +27,15 @@ pub fn placements(
     workflow
         .steps
         .iter()
-        .map(|s| {
-            match executor_for(&s.placement, &workflow.placement, flag) {
+        .map(
+            |s| match executor_for(&s.placement, &workflow.placement, flag) {
                 ExecutorChoice::Slurm => match s.step.runs_only_here() {
                     Some(why) => (ExecutorChoice::Local, Some(why)),
                     None => (ExecutorChoice::Slurm, None),
                 },
                 local => (local, None),
-            }
-        })
+            },
+        )
         .collect()
 }
 
