@@ -53,11 +53,21 @@ pub enum Command {
         /// `qflow status` shows progress.
         #[arg(long)]
         detach: bool,
+        /// Where steps without their own `executor:` run: `local` or `slurm`
+        /// (default: the workflow's `executor:`, else local).
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
+        /// (Internal) submit Slurm jobs with sbatch: set by `--detach`.
+        #[arg(long, hide = true)]
+        slurm_batch: bool,
     },
     /// Show what `apply` would run, and why.
     Plan {
         #[command(flatten)]
         workflow: WorkflowArgs,
+        /// Where steps without their own `executor:` would run: `local` or `slurm`.
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
         /// Print JSON: {"steps":[{"name","action","reasons"}]}.
         #[arg(long)]
         json: bool,
@@ -112,6 +122,12 @@ pub enum Command {
         /// Skip the KVM boot probe (it takes up to 10 s when KVM cannot boot a guest).
         #[arg(long)]
         no_kvm_probe: bool,
+        /// Also check the Slurm cluster steps would run on (`--executor slurm`).
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
+        /// The cache directory the cluster's nodes must see (for `--executor slurm`).
+        #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]
+        cache: Option<PathBuf>,
     },
     /// Rebuild the workflow from scratch in a temporary cache and compare every
     /// output hash with its lock file.
@@ -152,6 +168,15 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of workflow files, for editors.
     Schema,
+    /// (Internal) run one step execution inside a Slurm job, from its description file.
+    #[command(name = "__run-step", hide = true)]
+    RunStep {
+        /// The step description the coordinator wrote on the shared file system.
+        description: PathBuf,
+    },
+    /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
+    #[command(name = "__probe-node", hide = true)]
+    ProbeNode { file: PathBuf },
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -190,4 +215,9 @@ pub fn run() -> i32 {
             1
         }
     }
+}
+
+fn parse_executor(text: &str) -> Result<qflow_engine::slurm::placement::ExecutorChoice, String> {
+    qflow_engine::slurm::placement::ExecutorChoice::parse(text)
+        .ok_or_else(|| format!("`{text}` is not an executor; use `local` or `slurm`"))
 }

@@ -21,9 +21,16 @@ pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the qflow executable")?;
+    // Slurm jobs of a detached run are batch jobs, which outlive any process.
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| a != "--detach")
+        .map(|a| {
+            if a == "--detach" {
+                "--slurm-batch".to_string()
+            } else {
+                a
+            }
+        })
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args)

@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod detach;
+mod slurm_plan;
 mod usage_error;
 
 fn main() {

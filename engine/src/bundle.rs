@@ -409,6 +409,8 @@ mod tests {
             keep_going: false,
             no_wait: false,
             out_dir: None,
+            executor: None,
+            slurm_batch: false,
         };
         let progress = std::sync::Arc::new(crate::progress::Progress::new());
         let run = crate::scheduler::apply(&mut session, &options, progress).unwrap();

@@ -54,6 +54,7 @@ pub mod run_record;
 pub mod schedule;
 pub mod scheduler;
 pub mod session;
+pub mod slurm;
 pub mod source_map;
 pub mod stat_cache;
 pub mod step_job;

@@ -20,6 +20,8 @@ use qflow_cache::{CacheProbe, Hash, LockWait};
 use crate::context::ProgressSink;
 use crate::executor::Wake;
 use crate::executor::local::LocalExecutor;
+use crate::executor::routed::Routed;
+use crate::executor::slurm::SlurmExecutor;
 use crate::lockfile::LockedStep;
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -39,6 +41,10 @@ pub struct ApplyOptions {
     pub no_wait: bool,
     /// Where `out/<step>` links go (default: beside the workflow).
     pub out_dir: Option<PathBuf>,
+    /// `--executor`: where steps without their own `executor:` run.
+    pub executor: Option<crate::slurm::placement::ExecutorChoice>,
+    /// Submit Slurm jobs with sbatch, so they outlive this process (`--detach`).
+    pub slurm_batch: bool,
 }
 
 /// Apply the workflow of `session`.
@@ -64,6 +70,22 @@ pub fn apply(
     crate::timings::mark("preflight");
     let in_place = lock_entries_in_place(session, &probe, &out_links);
     crate::timings::mark("check lock entries");
+    let slurm = crate::slurm::setup::prepare(
+        session,
+        &prepared,
+        options.executor,
+        options.slurm_batch,
+        &in_place,
+        &progress,
+    )?;
+    // Cluster jobs hold no CPU slot of this host: the queue limits them.
+    let slots = options.jobs
+        + slurm.as_ref().map_or(0, |(_, names)| {
+            (session.workflow.steps.iter())
+                .filter(|s| names.contains(&s.name))
+                .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
+                .sum()
+        });
     let (tx, rx) = mpsc::channel::<Event>();
     let signals = watch_signals(tx.clone())?;
     let parts = RunParts {
@@ -77,15 +99,25 @@ pub fn apply(
         started,
     };
     let id = crate::run_record::run_id();
-    let mut run = Run::new(parts, options.jobs, options.keep_going, id);
+    let mut run = Run::new(parts, slots, options.keep_going, id);
     let registry = session.registry;
     let scheduled = std::thread::scope(|scope| {
         let sink: Arc<dyn ProgressSink> = progress.clone();
         let wake = Wake::new(move || {
             let _ = tx.send(Event::Wake);
         });
-        let mut executor = LocalExecutor::new(scope, registry, sink, wake);
-        crate::run::drive(&mut run, &mut executor, &rx, scope)
+        let local = LocalExecutor::new(scope, registry, sink, wake);
+        match slurm {
+            None => {
+                let mut executor = local;
+                crate::run::drive(&mut run, &mut executor, &rx, scope)
+            }
+            Some((setup, names)) => {
+                let remote = SlurmExecutor::new(setup, progress.clone())?;
+                let mut executor = Routed::new(local, remote, names);
+                crate::run::drive(&mut run, &mut executor, &rx, scope)
+            }
+        }
     });
     progress.flush();
     scheduled?;

@@ -284,6 +284,13 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// Why the step must run in the `qflow apply` process and never as a cluster
+    /// job (a password read from qflow's environment, which would have to travel
+    /// in the job's), or `None` when it may run anywhere.
+    fn runs_only_here(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the step hands qflow's make jobserver to the programs it runs.
     fn uses_jobserver(&self) -> bool {
         false

@@ -144,6 +144,8 @@ pub fn rebuild(
         keep_going: true,
         no_wait: false,
         out_dir: Some(scratch.path.join("out")),
+        executor: Some(crate::slurm::placement::ExecutorChoice::Local),
+        slurm_batch: false,
     };
     let report = apply(&mut session, &apply_options, Arc::new(Progress::new()))?;
     if report.interrupted {

@@ -21,8 +21,17 @@ use crate::interpolate::{self, Expr};
 use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
-const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache"];
+const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps", "executor", "slurm"];
+const COMMON_FIELDS: &[&str] = &[
+    "kind",
+    "after",
+    "jobs",
+    "env",
+    "cache",
+    "executor",
+    "resources",
+    "retries",
+];
 
 /// Why one step depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +57,8 @@ pub struct Workflow {
     pub vars: BTreeMap<String, String>,
     /// The steps in file order.
     pub steps: Vec<StepDecl>,
+    /// `executor:` and `slurm:` (not in any step key).
+    pub placement: crate::slurm::placement::WorkflowPlacement,
 }
 
 /// One step of a workflow, validated.
@@ -67,6 +78,8 @@ pub struct StepDecl {
     pub env: BTreeMap<String, String>,
     /// `cache: false` makes the step always run.
     pub cache: bool,
+    /// `executor:`, `resources:`, `retries:` (not in the step key).
+    pub placement: crate::slurm::placement::StepPlacement,
     /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
     pub fields: Value,
     /// `fields` as canonical JSON (what enters the key), made once.
@@ -400,12 +413,14 @@ impl Workflow {
                 steps.push(decl);
             }
         }
+        let placement = crate::slurm::placement::parse_workflow(top, &mut diags);
         let workflow = Workflow {
             path,
             dir,
             name,
             vars,
             steps,
+            placement,
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);
@@ -814,6 +829,7 @@ fn load_step(
             diags.at(&format!("{base}.{}", input.field), msg);
         }
     }
+    let placement = crate::slurm::placement::parse_step(fields, base, diags);
     Some(StepDecl {
         name: name.to_string(),
         kind: kind_name,
@@ -822,6 +838,7 @@ fn load_step(
         jobs,
         env,
         cache,
+        placement,
         fields: kind_fields,
         canonical_fields: std::sync::OnceLock::new(),
         vars_used,

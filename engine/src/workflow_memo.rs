@@ -142,6 +142,8 @@ struct WorkflowMemo {
     name: String,
     vars: BTreeMap<String, String>,
     steps: Vec<MemoStep>,
+    #[serde(default)]
+    placement: crate::slurm::placement::WorkflowPlacement,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -152,6 +154,8 @@ struct MemoStep {
     jobs: Option<usize>,
     env: BTreeMap<String, String>,
     cache: bool,
+    #[serde(default)]
+    placement: crate::slurm::placement::StepPlacement,
     fields: serde_yaml::Value,
     /// `fields` as canonical JSON, made from them when memoized.
     canonical_fields: String,
@@ -188,6 +192,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             jobs: s.jobs,
             env: s.env,
             cache: s.cache,
+            placement: s.placement,
             fields: s.fields,
             canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
             vars_used: s.vars_used,
@@ -204,6 +209,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
         name: stored.name,
         vars: stored.vars,
         steps,
+        placement: stored.placement,
     })
 }
 
@@ -289,6 +295,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
         key: key.0.clone(),
         name: workflow.name.clone(),
         vars: workflow.vars.clone(),
+        placement: workflow.placement.clone(),
         steps: workflow
             .steps
             .iter()
@@ -299,6 +306,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 jobs: s.jobs,
                 env: s.env.clone(),
                 cache: s.cache,
+                placement: s.placement.clone(),
                 fields: s.fields.clone(),
                 canonical_fields: s.canonical_fields().to_string(),
                 vars_used: s.vars_used.clone(),

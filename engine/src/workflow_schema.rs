@@ -80,6 +80,26 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 "type": ["object", "null"],
                 "additionalProperties": { "type": ["string", "number", "boolean"] }
             },
+            "executor": {
+                "description": "Where steps run unless they say otherwise: `local` (default) or \
+                                `slurm`; `qflow apply --executor` overrides it.",
+                "enum": ["local", "slurm"]
+            },
+            "slurm": {
+                "description": "Where Slurm jobs go (not in any step key).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "partition": { "type": "string" },
+                    "account": { "type": "string" },
+                    "qos": { "type": "string" },
+                    "extra_args": {
+                        "description": "More srun/sbatch options, one argument per item.",
+                        "type": "array",
+                        "items": { "type": "string" }
+                    }
+                }
+            },
             "steps": {
                 "description": "The steps, by name.",
                 "type": "object",
@@ -130,6 +150,38 @@ fn step_schema(name: &str, kind_schema: &Value) -> Value {
         json!({
             "description": "`false`: run on every apply, never reuse a result.",
             "type": "boolean"
+        }),
+    );
+    properties.insert(
+        "executor".into(),
+        json!({
+            "description": "Where this step runs: `local` or `slurm` (not in the step key).",
+            "enum": ["local", "slurm"]
+        }),
+    );
+    properties.insert(
+        "resources".into(),
+        json!({
+            "description": "What the step's Slurm job asks for (not in the step key).",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "cpus": { "type": "integer", "minimum": 1 },
+                "memory": { "type": "string" },
+                "time": { "type": "string" },
+                "gpus": { "type": "integer", "minimum": 0 },
+                "constraint": { "type": "string" },
+                "partition": { "type": "string" }
+            }
+        }),
+    );
+    properties.insert(
+        "retries".into(),
+        json!({
+            "description": "Submit the Slurm job again this often after NODE_FAIL or PREEMPTED.",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100
         }),
     );
     if let Some(Value::Object(props)) = kind_schema.get("properties") {

@@ -7,18 +7,30 @@ use qflow_engine::Registry;
 use qflow_engine::progress::Progress;
 use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
 use qflow_engine::session::{Session, cache_dir};
+use qflow_engine::slurm::placement::ExecutorChoice;
 
 use crate::cli::WorkflowArgs;
 use crate::usage_error::UsageError;
 
-pub fn run(
-    registry: &Registry,
-    workflow: &WorkflowArgs,
-    jobs: Option<usize>,
-    keep_going: bool,
-    no_wait: bool,
-    detach: bool,
-) -> anyhow::Result<i32> {
+/// The command line's apply options.
+pub struct Options {
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    pub no_wait: bool,
+    pub detach: bool,
+    pub executor: Option<ExecutorChoice>,
+    pub slurm_batch: bool,
+}
+
+pub fn run(registry: &Registry, workflow: &WorkflowArgs, o: Options) -> anyhow::Result<i32> {
+    let Options {
+        jobs,
+        keep_going,
+        no_wait,
+        detach,
+        executor,
+        slurm_batch,
+    } = o;
     qflow_engine::timings::mark("start");
     let wf = super::load(workflow, registry)?;
     qflow_engine::timings::mark("load workflow");
@@ -40,6 +52,8 @@ pub fn run(
         keep_going,
         no_wait,
         out_dir: None,
+        executor,
+        slurm_batch,
     };
     let run = apply(&mut session, &options, Arc::new(Progress::new()))?;
     // The process exits next; the kernel frees the workflow and the

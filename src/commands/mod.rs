@@ -32,8 +32,25 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             keep_going,
             no_wait,
             detach,
-        } => apply::run(&registry, &workflow, jobs, keep_going, no_wait, detach),
-        Command::Plan { workflow, json } => plan::run(&registry, &workflow, json),
+            executor,
+            slurm_batch,
+        } => apply::run(
+            &registry,
+            &workflow,
+            apply::Options {
+                jobs,
+                keep_going,
+                no_wait,
+                detach,
+                executor,
+                slurm_batch,
+            },
+        ),
+        Command::Plan {
+            workflow,
+            json,
+            executor,
+        } => plan::run(&registry, &workflow, json, executor),
         Command::Graph { workflow, format } => graph::run(&registry, &workflow, &format),
         Command::Attach {
             step,
@@ -50,7 +67,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             file,
             set,
             no_kvm_probe,
-        } => doctor::run(&registry, file, set, !no_kvm_probe),
+            executor,
+            cache,
+        } => doctor::run(&registry, file, set, !no_kvm_probe, executor, cache),
         Command::Verify {
             file,
             set,
@@ -73,6 +92,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             bundle::run(&registry, &workflow, output.as_deref())
         }
         Command::Schema => schema::run(&registry),
+        Command::RunStep { description } => {
+            qflow_engine::slurm::node::run_described_step(&description, &registry)
+        }
+        Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "qflow", &mut std::io::stdout());

@@ -272,6 +272,15 @@ impl Boot {
 }
 
 impl Step for Boot {
+    fn runs_only_here(&self) -> Option<String> {
+        match self.login.as_ref().map(|l| &l.password) {
+            Some(crate::secret::Secret::Env(name)) => Some(format!(
+                "its `login.password` comes from the environment variable `{name}`, which must not travel to a node"
+            )),
+            _ => None,
+        }
+    }
+
     fn references(&self) -> Vec<StepRef> {
         let mut refs = Vec::new();
         let mut add = |field: String, value: &Option<String>| {

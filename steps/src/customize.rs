@@ -230,6 +230,15 @@ impl Drop for RemoveOnDrop {
 }
 
 impl Step for Customize {
+    fn runs_only_here(&self) -> Option<String> {
+        match &self.root_password {
+            Some(Secret::Env(name)) => Some(format!(
+                "its `root_password` comes from the environment variable `{name}`, which must not travel to a node"
+            )),
+            _ => None,
+        }
+    }
+
     fn references(&self) -> Vec<StepRef> {
         vec![StepRef::new("image", &self.image)]
     }
