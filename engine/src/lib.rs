@@ -7,7 +7,7 @@
 //! Modules import each other without cycles, lowest first (each module's
 //! `//!` header says what it imports):
 //! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`,
-//!   `leftovers`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
+//!   `cgroup`, `leftovers` (→ `cgroup`), `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
 //!   `timings`, `lockfile`, `input_entry`, `run_record`;
 //! - a step's programs and the kinds' contract: `process` → `context` → `step`;
 //! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
@@ -32,6 +32,7 @@ pub use step::{
     SecretSource, SecretUse, Step, StepFields, StepKind, StepRef, Tool,
 };
 pub mod bundle;
+pub mod cgroup;
 pub mod dag;
 pub mod diagnostic;
 pub mod executor;
@@ -57,6 +58,7 @@ pub mod session;
 pub mod slurm;
 pub mod source_map;
 pub mod stat_cache;
+pub mod state_dir;
 pub mod step_job;
 pub mod step_key;
 pub mod step_log;

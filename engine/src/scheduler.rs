@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -54,6 +55,10 @@ pub fn apply(
     progress: Arc<Progress>,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    // Before waiting for the lock: a signal until the steps start exits 130 at once.
+    let (tx, rx) = mpsc::channel::<Event>();
+    let running = Arc::new(AtomicBool::new(false));
+    let signals = watch_signals(tx.clone(), running.clone())?;
     let _lock = lock_cache(session, options, &progress)?;
     session.stop_leftovers(&progress);
     crate::timings::mark("lock cache");
@@ -86,8 +91,7 @@ pub fn apply(
                 .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
                 .sum()
         });
-    let (tx, rx) = mpsc::channel::<Event>();
-    let signals = watch_signals(tx.clone())?;
+    running.store(true, Ordering::SeqCst);
     let parts = RunParts {
         session,
         prepared: &prepared,
@@ -154,8 +158,13 @@ fn lock_cache(
     Ok(lock)
 }
 
-/// Send [`Event::Signal`] on the first SIGINT, SIGTERM or SIGHUP; exit 130 on the second.
-fn watch_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<signal_hook::iterator::Handle> {
+/// Send [`Event::Signal`] on the first SIGINT, SIGTERM or SIGHUP once `running`
+/// (steps may be running); exit 130 on the second, or on the first before then
+/// (waiting for the workspace lock, digesting inputs: nothing to stop).
+fn watch_signals(
+    tx: mpsc::Sender<Event>,
+    running: Arc<AtomicBool>,
+) -> anyhow::Result<signal_hook::iterator::Handle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -165,7 +174,7 @@ fn watch_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<signal_hook::iterato
     let handle = signals.handle();
     std::thread::spawn(move || {
         for (count, _) in signals.forever().enumerate() {
-            if count == 0 {
+            if count == 0 && running.load(Ordering::SeqCst) {
                 let _ = tx.send(Event::Signal);
             } else {
                 std::process::exit(130);

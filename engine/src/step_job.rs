@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use qflow_cache::Hash;
 use serde::{Deserialize, Serialize};
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::process::Ended;
+use crate::state_dir::StateDir;
 use crate::step::Registry;
 
 /// Everything needed to run one step once.
@@ -72,9 +74,33 @@ impl StepJob {
             .get(&self.kind)
             .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
         let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
-        std::fs::create_dir_all(&self.state_dir)
-            .with_context(|| format!("cannot create {}", self.state_dir.display()))?;
         let log = StepLog::create(&self.log)?;
+        let (state, emptied) = StateDir::enter(&self.state_dir)?;
+        if emptied {
+            let warning = format!(
+                "warning: the state directory of `{}` was left by a killed run and may hold \
+                 half-written files: emptied, this run starts afresh",
+                self.step
+            );
+            log.line(&warning);
+            eprintln!("qflow: {warning}");
+        }
+        groups.contain(&self.run_token);
+        let result = self.run_in(step.as_ref(), log, progress, groups.clone());
+        // A step ended by SIGKILL may have left its state half-written: the mark stays.
+        if groups.finish() == Ended::Cleanly {
+            state.leave_clean();
+        }
+        result
+    }
+
+    fn run_in(
+        &self,
+        step: &dyn crate::step::Step,
+        log: StepLog,
+        progress: Arc<dyn ProgressSink>,
+        groups: ProcessGroups,
+    ) -> anyhow::Result<StepOutput> {
         let mut ctx = RunContext::new(
             &self.step,
             self.out_dir.clone(),
