@@ -7,7 +7,7 @@
 //! Modules import each other without cycles, lowest first (each module's
 //! `//!` header says what it imports):
 //! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`,
-//!   `cgroup`, `leftovers` (→ `cgroup`), `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
+//!   `cgroup`, `leftovers` (→ `cgroup`), `masking`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
 //!   `timings`, `lockfile`, `input_entry`, `run_record`;
 //! - a step's programs and the kinds' contract: `process` → `context` → `step`;
 //! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
@@ -43,6 +43,7 @@ pub mod inputs;
 pub mod interpolate;
 pub mod leftovers;
 pub mod lockfile;
+pub mod masking;
 pub mod out_links;
 pub mod paths;
 pub mod plan;

@@ -41,7 +41,8 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
     let mut planned = Vec::new();
     for i in session.dag.order().into_iter().map(|id| id.index()) {
         let s = &workflow.steps[i];
-        let commands = s.step.plan(&ctx);
+        let mask = s.mask();
+        let commands: Vec<String> = s.step.plan(&ctx).iter().map(|c| mask.apply(c)).collect();
         let pending: Vec<&str> = s
             .upstream_names()
             .filter(|u| runs.get(*u).copied().unwrap_or(true))

@@ -362,6 +362,7 @@ impl<'a> Run<'a> {
             jobs: self.schedule.width(id),
             log: self.log_path(id),
             run_token,
+            mask: s.mask(),
         };
         Ok((job, staging, retains))
     }

@@ -20,6 +20,7 @@ use qflow_cache::Hash;
 use serde::{Deserialize, Serialize};
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::masking::Mask;
 use crate::process::Ended;
 use crate::state_dir::StateDir;
 use crate::step::Registry;
@@ -51,6 +52,10 @@ pub struct StepJob {
     pub log: PathBuf,
     /// Marks every process of this run (see `leftovers.rs`).
     pub run_token: String,
+    /// Hides the step's `${{ env.X }}` values and URL credentials in its log,
+    /// its progress and its error (see `masking.rs`).
+    #[serde(default)]
+    pub mask: Mask,
 }
 
 /// What a successful run of a step hands back besides its output directory.
@@ -74,7 +79,11 @@ impl StepJob {
             .get(&self.kind)
             .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
         let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
-        let log = StepLog::create(&self.log)?;
+        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
+        let progress: Arc<dyn ProgressSink> = Arc::new(Masked {
+            inner: progress,
+            mask: self.mask.clone(),
+        });
         let (state, emptied) = StateDir::enter(&self.state_dir)?;
         if emptied {
             let warning = format!(
@@ -91,7 +100,11 @@ impl StepJob {
         if groups.finish() == Ended::Cleanly {
             state.leave_clean();
         }
-        result
+        result.map_err(|e| {
+            let text = format!("{e:#}");
+            let masked = self.mask.apply(&text);
+            if masked == text { e } else { anyhow!(masked) }
+        })
     }
 
     fn run_in(
@@ -126,5 +139,17 @@ impl StepJob {
         Ok(StepOutput {
             notes: ctx.notes().clone(),
         })
+    }
+}
+
+/// A step's progress with its secrets hidden.
+struct Masked {
+    inner: Arc<dyn ProgressSink>,
+    mask: Mask,
+}
+
+impl ProgressSink for Masked {
+    fn message(&self, step: &str, text: &str) {
+        self.inner.message(step, &self.mask.apply(text));
     }
 }

@@ -80,7 +80,8 @@ pub struct StepDecl {
     pub cache: bool,
     /// `executor:`, `resources:`, `retries:` (not in the step key).
     pub placement: crate::slurm::placement::StepPlacement,
-    /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
+    /// The kind's fields after interpolating vars; `${{ env.* }}` and
+    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
     pub fields: Value,
     /// `fields` as canonical JSON (what enters the key), made once.
     pub canonical_fields: std::sync::OnceLock<String>,
@@ -104,10 +105,18 @@ impl StepDecl {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`.
+    /// What hides this step's `${{ env.X }}` values and URL credentials in
+    /// text shown or stored (see `masking.rs`).
+    pub fn mask(&self) -> crate::masking::Mask {
+        crate::masking::Mask::of_env(&self.env_used)
+    }
+
+    /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`
+    /// and every `${{ env.X }}` by the value read when the workflow was loaded.
     pub fn resolved_fields(&self, dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Value> {
         map_strings(&self.fields, &mut |s| {
             interpolate::substitute(s, &mut |e| match e {
+                Expr::Env(name) => Ok(self.env_used.get(name).cloned()),
                 Expr::Step { name, output } => {
                     let dir = dirs
                         .get(name)
@@ -393,6 +402,17 @@ impl Workflow {
                 );
                 continue;
             }
+            if sname.len() > MAX_STEP_NAME {
+                diags.at(
+                    &base,
+                    format!(
+                        "step name `{}...` is {} bytes long; the maximum is {MAX_STEP_NAME} bytes (a step name becomes a file name): shorten it",
+                        &sname[..24],
+                        sname.len()
+                    ),
+                );
+                continue;
+            }
             let Value::Mapping(fields) = v else {
                 diags.at(
                     &base,
@@ -532,6 +552,10 @@ fn short(v: &Value) -> String {
         s.to_string()
     }
 }
+
+/// The longest step name, in bytes: a step name becomes a file name
+/// (`out/<step>`, `<step>.log`, `<step>.slurm.log`), and file names end at 255 bytes.
+pub const MAX_STEP_NAME: usize = 200;
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -747,7 +771,18 @@ fn load_step(
         kind_fields.insert(k.clone(), v.clone());
     }
     let mut failed = false;
-    let kind_fields = map_strings_at(&Value::Mapping(kind_fields), base, &mut |path, text| {
+    let kind_fields = Value::Mapping(kind_fields);
+    // What enters the key, the lock and plan output: vars interpolated, but
+    // `${{ env.X }}` kept as written (the value enters the key as a digest,
+    // see `session.rs`, and the job gets it in `resolved_fields`).
+    let template_fields = map_strings(&kind_fields, &mut |text| {
+        interpolate::substitute(text, &mut |e| match e {
+            Expr::Var(v) => Ok(vars.get(v).cloned()),
+            _ => Ok(None),
+        })
+    })
+    .unwrap_or(Value::Null);
+    let kind_fields = map_strings_at(&kind_fields, base, &mut |path, text| {
         let before = diags.len();
         let out = interp(path, text, diags);
         failed |= diags.len() > before;
@@ -839,7 +874,7 @@ fn load_step(
         env,
         cache,
         placement,
-        fields: kind_fields,
+        fields: template_fields,
         canonical_fields: std::sync::OnceLock::new(),
         vars_used,
         env_used,
@@ -894,6 +929,25 @@ pub(crate) fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<()
             "input `{}` does not exist ({}); create it or fix the path",
             input.path,
             p.display()
+        ));
+    }
+    // A FIFO would block hashing for ever, a device never end: refused here.
+    if let Ok(meta) = std::fs::metadata(&p)
+        && !meta.is_file()
+        && !meta.is_dir()
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!(
+            "input `{}` is not a regular file or directory ({what}); an input is hashed, so give a file or a directory",
+            input.path
         ));
     }
     Ok(())
