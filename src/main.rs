@@ -29,7 +29,7 @@ fn quiet_on_closed_output() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+        if message.contains("Broken pipe") {
             std::process::exit(0);
         }
         if message.starts_with("failed printing to std") {

@@ -89,6 +89,7 @@ fn describe_command(space: &Space, run: &[&str], outputs: &[&str], jobs: usize) 
             jobs,
             log: space.join("hello.log"),
             run_token: String::new(),
+            mask: Default::default(),
         },
         report: StepDescription::report_path(&out_dir),
         host_env: qflow_engine::slurm::step_description::passed_env(std::env::vars()),

@@ -45,7 +45,7 @@ impl Mask {
             .map(|(k, v)| (v.clone(), format!("${{{{ env.{k} }}}}")))
             .collect();
         // Longest first, so a value containing another is replaced whole.
-        values.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        values.sort_by_key(|v| std::cmp::Reverse(v.0.len()));
         Mask { values }
     }
 
