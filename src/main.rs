@@ -8,6 +8,7 @@ mod commands;
 mod detach;
 mod slurm_plan;
 mod usage_error;
+mod workflow_file;
 
 fn main() {
     std::process::exit(cli::run());

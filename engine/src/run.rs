@@ -120,6 +120,8 @@ pub struct Run<'a> {
     started: Instant,
     live_dirty: bool,
     live_written: Option<Instant>,
+    /// Per step: `--force` runs it whatever its record says.
+    forced: Vec<bool>,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -141,7 +143,11 @@ impl<'a> Run<'a> {
             .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
             .collect();
         let n = workflow.steps.len();
+        let forced = (workflow.steps.iter())
+            .map(|s| workflow.selection.is_forced(&s.name))
+            .collect();
         Run {
+            forced,
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
             outputs: HashMap::with_capacity(n),
@@ -231,7 +237,11 @@ impl<'a> Run<'a> {
             .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
         let key = material.key();
         let Some(hit) = self.lookup(id, &key) else {
-            let reasons = session.reasons(self.parts.prepared, id.index(), &material);
+            let reasons = if self.forced[id.index()] {
+                vec!["forced with --force".to_string()]
+            } else {
+                session.reasons(self.parts.prepared, id.index(), &material)
+            };
             self.ready[id.index()] = Some((material, reasons));
             self.schedule.set(id, StepState::Ready);
             return Ok(());
@@ -270,6 +280,9 @@ impl<'a> Run<'a> {
     fn lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
         let session = self.parts.session;
         let i = id.index();
+        if self.forced[i] {
+            return None;
+        }
         if self.parts.in_place.get(i) == Some(&true)
             && let Some(output) = session.locked_output(i, key)
         {

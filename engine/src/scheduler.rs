@@ -192,7 +192,9 @@ fn conclude(
     let lock_stale = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
+    // (Not after a run of some targets only: the others were not looked at.)
     let all_done = !report.interrupted
+        && !session.workflow.selection.is_partial()
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
     let stamp = settled_stamp(session);
@@ -230,7 +232,10 @@ fn write_lock(
     changes: std::collections::BTreeMap<String, LockedStep>,
 ) -> anyhow::Result<bool> {
     let workflow = session.workflow;
-    let declared: HashSet<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+    // Steps the targets left out keep their entries.
+    let declared: HashSet<&str> = (workflow.steps.iter().map(|s| s.name.as_str()))
+        .chain(workflow.selection.left_out.iter().map(String::as_str))
+        .collect();
     // Decided on the lock's index: a no-op never parses the whole lock.
     let old = session.lock_index();
     let stale = !changes.is_empty()

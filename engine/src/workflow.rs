@@ -59,6 +59,8 @@ pub struct Workflow {
     pub steps: Vec<StepDecl>,
     /// `executor:` and `slurm:` (not in any step key).
     pub placement: crate::slurm::placement::WorkflowPlacement,
+    /// The steps this command works on (see `selection.rs`): all, unless targets were named.
+    pub selection: crate::selection::Selection,
 }
 
 /// One step of a workflow, validated.
@@ -421,6 +423,7 @@ impl Workflow {
             vars,
             steps,
             placement,
+            selection: Default::default(),
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);

@@ -4,13 +4,9 @@ use anyhow::Context as _;
 use qflow_engine::Registry;
 use qflow_engine::session::{Session, cache_dir};
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
-pub fn run(
-    registry: &Registry,
-    workflow: &WorkflowArgs,
-    step: Option<&str>,
-) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, workflow: &Located, step: Option<&str>) -> anyhow::Result<i32> {
     let wf = super::load(workflow, registry)?;
     if let Some(s) = step
         && wf.step(s).is_none()

@@ -5,9 +5,48 @@ use qflow_engine::plan::plan;
 use qflow_engine::session::{Session, cache_dir};
 
 use super::run_records::last_run;
-use crate::cli::WorkflowArgs;
+use crate::cli::{Located, WorkflowArgs};
+use crate::workflow_file::{Found, discover};
 
-pub fn run(registry: &Registry, workflow: &WorkflowArgs) -> anyhow::Result<i32> {
+/// The status of the workflow named, else of the one found; where a directory
+/// holds several workflows (and no `workflow.yaml`), of each in turn.
+pub fn run(registry: &Registry, args: WorkflowArgs) -> anyhow::Result<i32> {
+    if args.path.is_some() || args.options.file.is_some() {
+        return show(registry, &args.locate()?);
+    }
+    let files = match discover(std::path::Path::new("."))? {
+        Found::One(f) => vec![f],
+        Found::Several(all) => all,
+    };
+    let several = files.len() > 1;
+    let mut code = 0;
+    for (i, file) in files.into_iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let located = Located {
+            file,
+            targets: vec![],
+            force: vec![],
+            cache: args.options.cache.clone(),
+            set: args.options.set.clone(),
+        };
+        match show(registry, &located) {
+            // One workflow that cannot be read does not hide the others.
+            Err(e) if several => {
+                println!(
+                    "workflow: {} (cannot be read; see the errors)",
+                    located.file.display()
+                );
+                code = code.max(crate::cli::report(&e));
+            }
+            result => code = code.max(result?),
+        }
+    }
+    Ok(code)
+}
+
+fn show(registry: &Registry, workflow: &Located) -> anyhow::Result<i32> {
     let wf = super::load(workflow, registry)?;
     let dir = cache_dir(&wf, workflow.cache.as_deref());
     let mut session = Session::open(&wf, registry, &dir)?;
