@@ -15,7 +15,7 @@
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
 //! - a run: `schedule` (step states, → `dag`), `step_job` and `executor` (the
-//!   seam), `recorder`, `run` (the loop), `scheduler` (`apply`).
+//!   seam), `recorder`, `failure_report`, `run` (the loop), `scheduler` (`apply`).
 
 #![warn(missing_docs)]
 
@@ -35,6 +35,7 @@ pub mod bundle;
 pub mod dag;
 pub mod diagnostic;
 pub mod executor;
+pub mod failure_report;
 pub mod glob;
 pub mod input_entry;
 pub mod input_stamp;

@@ -179,9 +179,9 @@ pub fn spawn(
     })
 }
 
-/// Run `cmd` to completion: every output line goes to `log` and to `on_line`
-/// (stdout lines as they come, stderr lines in between); with `capture`,
-/// stdout is collected there instead and only logged. Fails on a non-zero
+/// Run `cmd` to completion: every output line goes to `log` and to `on_line`,
+/// stdout and stderr through one pipe so their order is kept; with `capture`,
+/// stdout is collected there instead and only logged (stderr to `log` alone). Fails on a non-zero
 /// exit quoting the last lines, or with `interrupted` once `groups` is cancelled.
 pub fn run_to_end(
     mut cmd: Command,
@@ -193,15 +193,27 @@ pub fn run_to_end(
 ) -> anyhow::Result<()> {
     let shown = display_command(&cmd);
     log.line(&format!("$ {shown}"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, pgid) = start(cmd, groups, token)?;
-    let stdout = child.stdout.take().expect("piped stdout");
+    cmd.stdin(Stdio::null());
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-    let (err_thread, err_lines) = stream_stderr(child.stderr.take(), log, &tail);
+    // Captured stdout needs a pipe of its own; otherwise stdout and stderr share
+    // one, so the log keeps the order in which the program wrote its lines.
+    let (mut child, pgid, reader, err) = if capture.is_some() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let (mut child, pgid) = start(cmd, groups, token)?;
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("piped stdout"));
+        let err = stream_stderr(child.stderr.take(), log, &tail);
+        (child, pgid, stdout, Some(err))
+    } else {
+        let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+        cmd.stdout(writer.try_clone().context("cannot make a pipe")?)
+            .stderr(writer);
+        // `start` consumes `cmd`: the write ends left are the child's alone.
+        let (child, pgid) = start(cmd, groups, token)?;
+        let reader: Box<dyn Read + Send> = Box::new(reader);
+        (child, pgid, reader, None)
+    };
     let out_result = if let Some(buf) = capture {
-        let mut stdout = stdout;
+        let mut stdout = reader;
         let r = stdout.read_to_end(buf);
         for line in String::from_utf8_lossy(buf).lines() {
             log.line(line);
@@ -209,7 +221,7 @@ pub fn run_to_end(
         r.map(|_| ())
     } else {
         let mut result = Ok(());
-        for line in BufReader::new(stdout).split(b'\n') {
+        for line in BufReader::new(reader).split(b'\n') {
             match line {
                 Ok(line) => {
                     let line = String::from_utf8_lossy(&line)
@@ -224,12 +236,13 @@ pub fn run_to_end(
                     break;
                 }
             }
-            err_lines.try_iter().for_each(|l| on_line(&l));
         }
         result
     };
-    let _ = err_thread.join();
-    err_lines.try_iter().for_each(|l| on_line(&l));
+    if let Some((err_thread, err_lines)) = err {
+        let _ = err_thread.join();
+        err_lines.try_iter().for_each(|l| on_line(&l));
+    }
     let status = child.wait();
     // Whatever the program left running in its group dies with it.
     kill_group(pgid);

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 
-use crate::context::StepLog;
 use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
+use crate::failure_report;
 use crate::lockfile::{LockFile, LockedStep};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -193,7 +193,7 @@ impl<'a> Run<'a> {
                 Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
                 Triage::UpstreamFailed(bad) => {
                     let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
-                    self.skip(id, format!("upstream `{}` failed", names.join("`, `")));
+                    self.skip(id, failure_report::upstream_failed(&names));
                 }
                 Triage::Settle => self.settle_one(id)?,
             }
@@ -338,7 +338,10 @@ impl<'a> Run<'a> {
                 self.active.insert(job, active);
                 self.executing.push(job);
             }
-            Err(e) => self.fail(id, e, 0),
+            Err(e) => {
+                let key = material.key();
+                self.fail(id, e, 0, Some(key))
+            }
         }
     }
 
@@ -401,8 +404,9 @@ impl<'a> Run<'a> {
             Ok(output) => output,
             Err(e) => {
                 let (id, ms) = (active.step, active.submitted.elapsed().as_millis() as u64);
+                let key = active.material.key();
                 self.active.remove(&job);
-                return self.fail(id, e, ms);
+                return self.fail(id, e, ms, Some(key));
             }
         };
         let recording = Recording {
@@ -434,7 +438,7 @@ impl<'a> Run<'a> {
         let rec = match result {
             Ok(rec) => rec,
             Err(e) => {
-                self.fail(id, e, ms);
+                self.fail(id, e, ms, Some(active.material.key()));
                 return Ok(());
             }
         };
@@ -460,8 +464,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Step `id` failed after `ms` with `e`: nothing is recorded for it.
-    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64) {
+    /// Step `id` failed after `ms` with `e`: nothing is recorded for it. A
+    /// step that failed by itself (not stopped by an interrupt) is no longer
+    /// marked started, so the next run does not call it interrupted.
+    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64, key: Option<Hash>) {
         self.schedule.set(id, StepState::Failed);
         self.live_dirty = true;
         let name = self.name(id);
@@ -478,18 +484,12 @@ impl<'a> Run<'a> {
             return;
         }
         rep.outcome = StepOutcome::Failed;
-        rep.error = Some(format!("{e:#}"));
-        let mut msg = format!("FAILED {name} after {:.1}s: {e:#}", ms as f64 / 1000.0);
-        msg.push_str(&format!("\n  log: {}", log.display()));
-        let tail = StepLog::tail_of(&log, 20);
-        if !tail.is_empty() {
-            msg.push_str("\n  last lines of the log:");
-            for l in tail {
-                msg.push_str("\n    ");
-                msg.push_str(&l);
-            }
+        let error = format!("{e:#}");
+        progress.event(&failure_report::failed_step(name, &error, ms, &log));
+        rep.error = Some(error);
+        if let Some(key) = key {
+            let _ = self.parts.session.cache.clear_started(&key);
         }
-        progress.event(&msg);
         if !self.keep_going {
             self.schedule.stop();
         }
@@ -531,16 +531,19 @@ impl<'a> Run<'a> {
     pub fn finish(mut self) -> Finished {
         // Steps never started: the run was interrupted, or stopped after a failure.
         let why = if self.schedule.is_interrupted() {
-            "run interrupted"
+            "run interrupted".to_string()
         } else {
-            "not started after a failure"
+            failure_report::stopped_after_failure(!self.keep_going)
         };
         for rep in &mut self.report.steps {
             if rep.outcome == StepOutcome::Pending {
-                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.into()]);
+                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.clone()]);
             }
         }
         self.report.finished = true;
+        if let Some(block) = failure_report::summary(&self.report) {
+            self.parts.progress.event(&block);
+        }
         Finished {
             report: self.report,
             lock_changes: self.lock_changes,

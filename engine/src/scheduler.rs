@@ -141,11 +141,21 @@ fn lock_cache(
             session.cache.root().display()
         ))
     };
-    let lock = session.cache.lock(if options.no_wait {
-        LockWait::NoWait
-    } else {
-        LockWait::Wait(&wait_msg)
-    })?;
+    let lock = session
+        .cache
+        .lock(if options.no_wait {
+            LockWait::NoWait
+        } else {
+            LockWait::Wait(&wait_msg)
+        })
+        .map_err(|e| {
+            // `--no-wait` on a busy cache: a refused request, nothing ran (exit 2).
+            if options.no_wait && e.to_string().contains("holds the cache lock") {
+                anyhow::Error::new(crate::Refusal(e.to_string()))
+            } else {
+                e
+            }
+        })?;
     if waited.get() {
         // The run we waited for may have rewritten the lock file and the cache.
         session.reload_lock();

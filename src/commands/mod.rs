@@ -147,7 +147,7 @@ fn load(args: &Located, registry: &Registry) -> anyhow::Result<Workflow> {
     Ok(wf)
 }
 
-/// A usage error for a step name the workflow lacks.
+/// A usage error for a step name the workflow lacks, with a "did you mean".
 fn no_such_step(wf: &Workflow, step: &str) -> anyhow::Error {
-    UsageError(format!("no step named `{step}` in {}", wf.path.display())).into()
+    qflow_engine::selection::unknown_step(wf, "step", step)
 }
