@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod detach;
+mod local_time;
 mod slurm_plan;
 mod usage_error;
 mod workflow_file;
