@@ -197,6 +197,11 @@ pub enum Command {
         #[command(flatten)]
         workflow: WorkflowArgs,
     },
+    /// Validate the workflow and report every problem in one pass; run nothing.
+    Check {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+    },
     /// Show each step's state and the last run.
     Status {
         #[command(flatten)]

@@ -5,6 +5,7 @@
 mod apply;
 mod attach;
 mod bundle;
+mod check;
 mod clean;
 mod doctor;
 mod gc;
@@ -70,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             run,
             workflow,
         } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
+        Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
         Command::Status { workflow } => status::run(&registry, workflow),
         Command::Gc {
             workflow,
