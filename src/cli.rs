@@ -15,16 +15,20 @@ use crate::usage_error::UsageError;
 #[derive(Parser, Debug)]
 #[command(name = "qflow", version, about, long_about = None)]
 pub struct Cli {
+    /// Change to DIR before doing anything (as `make -C`, `cargo -C`).
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Options every workflow command shares.
-#[derive(clap::Args, Debug, Clone)]
-pub struct WorkflowArgs {
-    /// The workflow file.
-    #[arg(default_value = "workflow.yaml")]
-    pub file: PathBuf,
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WorkflowOptions {
+    /// The workflow file (default: `workflow.yaml`, or the one `*.yaml` holding
+    /// `version:` and `steps:`, in this directory or the nearest parent with one).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// The cache directory (default: `.qflow/` beside the workflow).
     #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]
     pub cache: Option<PathBuf>,
@@ -33,12 +37,112 @@ pub struct WorkflowArgs {
     pub set: Vec<String>,
 }
 
+/// A command on one workflow: `[FILE]` and the shared options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkflowArgs {
+    /// The workflow file (default: found as for `-f`).
+    #[arg(value_name = "FILE")]
+    pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: WorkflowOptions,
+}
+
+/// A command on some steps of one workflow: `[FILE] [STEP]...`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The workflow file (optional: found as for `-f`), then the steps to work on
+    /// (default: every step); each target brings the steps it needs.
+    #[arg(value_name = "FILE|STEP")]
+    pub words: Vec<String>,
+    #[command(flatten)]
+    pub options: WorkflowOptions,
+}
+
+/// A workflow file found, the targets named, and the shared options.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The workflow file.
+    pub file: PathBuf,
+    /// The steps named on the command line (empty: every step).
+    pub targets: Vec<String>,
+    /// `--force STEP`: steps to run whatever their record says.
+    pub force: Vec<String>,
+    /// The cache directory flag.
+    pub cache: Option<PathBuf>,
+    /// `--set` overrides.
+    pub set: Vec<String>,
+}
+
+impl WorkflowArgs {
+    /// The workflow file: the one named, else the one found.
+    pub fn locate(self) -> anyhow::Result<Located> {
+        let o = self.options;
+        let file = match (self.path, o.file) {
+            (Some(_), Some(_)) => {
+                return Err(UsageError(
+                    "a workflow file both as an argument and with `-f`: give one".into(),
+                )
+                .into());
+            }
+            (Some(f), None) | (None, Some(f)) => f,
+            (None, None) => crate::workflow_file::discover_one(std::path::Path::new("."))?,
+        };
+        Ok(Located {
+            file,
+            targets: vec![],
+            force: vec![],
+            cache: o.cache,
+            set: o.set,
+        })
+    }
+}
+
+impl TargetArgs {
+    /// The workflow file (the first word when it names a file, else `-f`, else
+    /// the one found) and the targets (the other words).
+    pub fn locate(self) -> anyhow::Result<Located> {
+        let o = self.options;
+        let mut words = self.words;
+        let file = match o.file {
+            Some(f) => f,
+            None if words
+                .first()
+                .is_some_and(|w| crate::workflow_file::looks_like_file(w)) =>
+            {
+                PathBuf::from(words.remove(0))
+            }
+            None => match crate::workflow_file::discover_one(std::path::Path::new(".")) {
+                Ok(f) => f,
+                Err(e) if !words.is_empty() => {
+                    return Err(UsageError(format!(
+                        "`{}` is not a file, and it cannot name a step: {e}",
+                        words[0]
+                    ))
+                    .into());
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Located {
+            file,
+            targets: words,
+            force: vec![],
+            cache: o.cache,
+            set: o.set,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the steps whose inputs changed.
     Apply {
         #[command(flatten)]
-        workflow: WorkflowArgs,
+        workflow: TargetArgs,
+        /// Run STEP even though its record is valid (repeatable); what depends on
+        /// it runs again only if its output changes.
+        #[arg(long = "force", value_name = "STEP")]
+        force: Vec<String>,
         /// CPU slots for all steps together (default: the number of cores).
         #[arg(short, long)]
         jobs: Option<usize>,
@@ -64,7 +168,10 @@ pub enum Command {
     /// Show what `apply` would run, and why.
     Plan {
         #[command(flatten)]
-        workflow: WorkflowArgs,
+        workflow: TargetArgs,
+        /// Plan as `apply --force STEP` would (repeatable).
+        #[arg(long = "force", value_name = "STEP")]
+        force: Vec<String>,
         /// Where steps without their own `executor:` would run: `local` or `slurm`.
         #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
         executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
@@ -75,7 +182,7 @@ pub enum Command {
     /// Print the step graph as Graphviz DOT, coloured by status.
     Graph {
         #[command(flatten)]
-        workflow: WorkflowArgs,
+        workflow: TargetArgs,
         /// `dot` (default) or `svg` (needs Graphviz's `dot`).
         #[arg(long, default_value = "dot")]
         format: String,
@@ -87,6 +194,11 @@ pub enum Command {
         /// The matrix run (`iterations=1000`) when the step runs several.
         #[arg(long)]
         run: Option<String>,
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+    },
+    /// Validate the workflow and report every problem in one pass; run nothing.
+    Check {
         #[command(flatten)]
         workflow: WorkflowArgs,
     },
@@ -132,9 +244,8 @@ pub enum Command {
     /// Rebuild the workflow from scratch in a temporary cache and compare every
     /// output hash with its lock file.
     Verify {
-        /// The workflow file.
-        #[arg(default_value = "workflow.yaml")]
-        file: PathBuf,
+        /// The workflow file (default: found as for `apply`).
+        file: Option<PathBuf>,
         /// Override a var: `--set VAR=VALUE` (repeatable).
         #[arg(long = "set", value_name = "VAR=VALUE")]
         set: Vec<String>,
@@ -194,27 +305,40 @@ pub fn run() -> i32 {
             return code;
         }
     };
+    if let Some(dir) = &cli.directory
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        eprintln!(
+            "error: -C `{}`: {e}; name an existing directory",
+            dir.display()
+        );
+        return 2;
+    }
     match crate::commands::run(cli) {
         Ok(code) => code,
-        Err(e) => {
-            if let Some(inv) = e.downcast_ref::<qflow_engine::diagnostic::InvalidWorkflow>() {
-                for d in &inv.diagnostics {
-                    eprintln!("error: {d}");
-                }
-                eprintln!("qflow: the workflow is invalid; nothing was run");
-                return 2;
-            }
-            if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
-                || e.downcast_ref::<UsageError>().is_some()
-                || e.downcast_ref::<qflow_engine::Refusal>().is_some()
-            {
-                eprintln!("error: {e}");
-                return 2;
-            }
-            eprintln!("error: {e:#}");
-            1
-        }
+        Err(e) => report(&e),
     }
+}
+
+/// Print `e` as the binary does and return its exit code: 2 for a bad
+/// workflow, bad usage, a refusal or a host not ready (nothing ran), else 1.
+pub fn report(e: &anyhow::Error) -> i32 {
+    if let Some(inv) = e.downcast_ref::<qflow_engine::diagnostic::InvalidWorkflow>() {
+        for d in &inv.diagnostics {
+            eprintln!("error: {d}");
+        }
+        eprintln!("qflow: the workflow is invalid; nothing was run");
+        return 2;
+    }
+    if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
+        || e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<qflow_engine::Refusal>().is_some()
+    {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    eprintln!("error: {e:#}");
+    1
 }
 
 fn parse_executor(text: &str) -> Result<qflow_engine::slurm::placement::ExecutorChoice, String> {

@@ -6,8 +6,10 @@
 mod cli;
 mod commands;
 mod detach;
+mod local_time;
 mod slurm_plan;
 mod usage_error;
+mod workflow_file;
 
 fn main() {
     quiet_on_closed_output();

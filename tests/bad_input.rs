@@ -151,7 +151,14 @@ fn a_missing_workflow_file_says_what_to_pass() {
     let s = Space::new();
     let run = s.qflow(&["apply"]).failure(2);
     assert!(
-        run.stderr.contains("cannot read workflow `workflow.yaml`"),
+        run.stderr.contains("no workflow found: no `workflow.yaml`")
+            && run.stderr.contains("pass `-f FILE`"),
+        "{}",
+        run.stderr
+    );
+    let run = s.qflow(&["apply", "paper.yaml"]).failure(2);
+    assert!(
+        run.stderr.contains("cannot read workflow `paper.yaml`"),
         "{}",
         run.stderr
     );

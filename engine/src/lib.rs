@@ -11,11 +11,11 @@
 //!   `timings`, `lockfile`, `input_entry`, `run_record`;
 //! - a step's programs and the kinds' contract: `process` → `context` → `step`;
 //! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
-//!   holds `Workflow::load`);
+//!   holds `Workflow::load`), `selection` (targets, `--force`; → `workflow`);
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
 //! - a run: `schedule` (step states, → `dag`), `step_job` and `executor` (the
-//!   seam), `recorder`, `run` (the loop), `scheduler` (`apply`).
+//!   seam), `recorder`, `failure_report`, `run` (the loop), `scheduler` (`apply`).
 
 #![warn(missing_docs)]
 
@@ -36,6 +36,7 @@ pub mod cgroup;
 pub mod dag;
 pub mod diagnostic;
 pub mod executor;
+pub mod failure_report;
 pub mod glob;
 pub mod input_entry;
 pub mod input_stamp;
@@ -55,6 +56,7 @@ pub mod run;
 pub mod run_record;
 pub mod schedule;
 pub mod scheduler;
+pub mod selection;
 pub mod session;
 pub mod slurm;
 pub mod source_map;

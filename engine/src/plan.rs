@@ -82,7 +82,9 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
             }
         };
         let key = material.key();
+        let forced = workflow.selection.is_forced(&s.name);
         let output = match session.cached_from_lock(i, &key, &probe) {
+            _ if forced => None,
             Some(output) => Some(output),
             None if s.cache => session.usable_record(&key).map(|r| r.output),
             None => None,
@@ -106,7 +108,11 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
                     name: s.name.clone(),
                     kind: s.kind.clone(),
                     action: "run".into(),
-                    reasons: session.reasons(&prepared, i, &material),
+                    reasons: if forced {
+                        vec!["forced with --force".to_string()]
+                    } else {
+                        session.reasons(&prepared, i, &material)
+                    },
                     commands,
                     key: Some(key.to_hex()),
                 });

@@ -279,12 +279,13 @@ pub fn spawn(
     })
 }
 
-/// Run `cmd` to completion: every output line goes to `log` and to `on_line`
-/// (stdout and stderr lines as they come); with `capture`, stdout is
-/// collected there instead and only logged. Fails on a non-zero exit quoting
-/// the last lines, or with `interrupted` once `groups` is cancelled: then it
-/// returns as soon as the program itself has ended, even while a process it
-/// left behind still holds its output open.
+/// Run `cmd` to completion: every output line goes to `log` and to `on_line`,
+/// stdout and stderr through one pipe so the log keeps the order the program
+/// wrote them in; with `capture`, stdout is collected there instead (on a pipe
+/// of its own) and only logged. Fails on a non-zero exit quoting the last
+/// lines, or with `interrupted` once `groups` is cancelled: then it returns as
+/// soon as the program itself has ended, even while a process it left behind
+/// still holds its output open.
 pub fn run_to_end(
     mut cmd: Command,
     groups: &ProcessGroups,
@@ -295,18 +296,25 @@ pub fn run_to_end(
 ) -> anyhow::Result<()> {
     let shown = display_command(&cmd);
     log.line(&format!("$ {shown}"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, pgid) = start(cmd, groups, token)?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
+    cmd.stdin(Stdio::null());
+    // Captured stdout needs a pipe of its own; otherwise stdout and stderr share one.
+    let (mut child, pgid, outputs): (_, _, Vec<Box<dyn AsRawFd>>) = if capture.is_some() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let (mut child, pgid) = start(cmd, groups, token)?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        (child, pgid, vec![Box::new(stdout), Box::new(stderr)])
+    } else {
+        let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+        cmd.stdout(writer.try_clone().context("cannot make a pipe")?)
+            .stderr(writer);
+        // `start` consumes `cmd`: the write ends left are the child's alone.
+        let (child, pgid) = start(cmd, groups, token)?;
+        (child, pgid, vec![Box::new(reader)])
+    };
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut status = None;
-    let mut streams = [
-        Stream::new(stdout.as_raw_fd()),
-        Stream::new(stderr.as_raw_fd()),
-    ];
+    let mut streams: Vec<Stream> = outputs.iter().map(|o| Stream::new(o.as_raw_fd())).collect();
     let mut out_result = Ok(());
     while streams.iter().any(|s| s.open) {
         if groups.is_cancelled() {
@@ -341,7 +349,7 @@ pub fn run_to_end(
             on_line(text);
         }
     }
-    drop((stdout, stderr));
+    drop(outputs);
     let status = match status {
         Some(s) => Ok(s),
         None => child.wait(),

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 
-use crate::context::StepLog;
 use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
+use crate::failure_report;
 use crate::lockfile::{LockFile, LockedStep};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -120,6 +120,8 @@ pub struct Run<'a> {
     started: Instant,
     live_dirty: bool,
     live_written: Option<Instant>,
+    /// Per step: `--force` runs it whatever its record says.
+    forced: Vec<bool>,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -141,7 +143,11 @@ impl<'a> Run<'a> {
             .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
             .collect();
         let n = workflow.steps.len();
+        let forced = (workflow.steps.iter())
+            .map(|s| workflow.selection.is_forced(&s.name))
+            .collect();
         Run {
+            forced,
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
             outputs: HashMap::with_capacity(n),
@@ -187,7 +193,7 @@ impl<'a> Run<'a> {
                 Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
                 Triage::UpstreamFailed(bad) => {
                     let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
-                    self.skip(id, format!("upstream `{}` failed", names.join("`, `")));
+                    self.skip(id, failure_report::upstream_failed(&names));
                 }
                 Triage::Settle => self.settle_one(id)?,
             }
@@ -231,7 +237,11 @@ impl<'a> Run<'a> {
             .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
         let key = material.key();
         let Some(hit) = self.lookup(id, &key) else {
-            let reasons = session.reasons(self.parts.prepared, id.index(), &material);
+            let reasons = if self.forced[id.index()] {
+                vec!["forced with --force".to_string()]
+            } else {
+                session.reasons(self.parts.prepared, id.index(), &material)
+            };
             self.ready[id.index()] = Some((material, reasons));
             self.schedule.set(id, StepState::Ready);
             return Ok(());
@@ -270,6 +280,9 @@ impl<'a> Run<'a> {
     fn lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
         let session = self.parts.session;
         let i = id.index();
+        if self.forced[i] {
+            return None;
+        }
         if self.parts.in_place.get(i) == Some(&true)
             && let Some(output) = session.locked_output(i, key)
         {
@@ -325,7 +338,10 @@ impl<'a> Run<'a> {
                 self.active.insert(job, active);
                 self.executing.push(job);
             }
-            Err(e) => self.fail(id, e, 0),
+            Err(e) => {
+                let key = material.key();
+                self.fail(id, e, 0, Some(key))
+            }
         }
     }
 
@@ -389,8 +405,9 @@ impl<'a> Run<'a> {
             Ok(output) => output,
             Err(e) => {
                 let (id, ms) = (active.step, active.submitted.elapsed().as_millis() as u64);
+                let key = active.material.key();
                 self.active.remove(&job);
-                return self.fail(id, e, ms);
+                return self.fail(id, e, ms, Some(key));
             }
         };
         let recording = Recording {
@@ -422,7 +439,7 @@ impl<'a> Run<'a> {
         let rec = match result {
             Ok(rec) => rec,
             Err(e) => {
-                self.fail(id, e, ms);
+                self.fail(id, e, ms, Some(active.material.key()));
                 return Ok(());
             }
         };
@@ -448,8 +465,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Step `id` failed after `ms` with `e`: nothing is recorded for it.
-    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64) {
+    /// Step `id` failed after `ms` with `e`: nothing is recorded for it. A
+    /// step that failed by itself (not stopped by an interrupt) is no longer
+    /// marked started, so the next run does not call it interrupted.
+    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64, key: Option<Hash>) {
         self.schedule.set(id, StepState::Failed);
         self.live_dirty = true;
         let name = self.name(id);
@@ -466,18 +485,12 @@ impl<'a> Run<'a> {
             return;
         }
         rep.outcome = StepOutcome::Failed;
-        rep.error = Some(format!("{e:#}"));
-        let mut msg = format!("FAILED {name} after {:.1}s: {e:#}", ms as f64 / 1000.0);
-        msg.push_str(&format!("\n  log: {}", log.display()));
-        let tail = StepLog::tail_of(&log, 20);
-        if !tail.is_empty() {
-            msg.push_str("\n  last lines of the log:");
-            for l in tail {
-                msg.push_str("\n    ");
-                msg.push_str(&l);
-            }
+        let error = format!("{e:#}");
+        progress.event(&failure_report::failed_step(name, &error, ms, &log));
+        rep.error = Some(error);
+        if let Some(key) = key {
+            let _ = self.parts.session.cache.clear_started(&key);
         }
-        progress.event(&msg);
         if !self.keep_going {
             self.schedule.stop();
         }
@@ -519,16 +532,19 @@ impl<'a> Run<'a> {
     pub fn finish(mut self) -> Finished {
         // Steps never started: the run was interrupted, or stopped after a failure.
         let why = if self.schedule.is_interrupted() {
-            "run interrupted"
+            "run interrupted".to_string()
         } else {
-            "not started after a failure"
+            failure_report::stopped_after_failure(!self.keep_going)
         };
         for rep in &mut self.report.steps {
             if rep.outcome == StepOutcome::Pending {
-                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.into()]);
+                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.clone()]);
             }
         }
         self.report.finished = true;
+        if let Some(block) = failure_report::summary(&self.report) {
+            self.parts.progress.event(&block);
+        }
         Finished {
             report: self.report,
             lock_changes: self.lock_changes,

@@ -145,11 +145,21 @@ fn lock_cache(
             session.cache.root().display()
         ))
     };
-    let lock = session.cache.lock(if options.no_wait {
-        LockWait::NoWait
-    } else {
-        LockWait::Wait(&wait_msg)
-    })?;
+    let lock = session
+        .cache
+        .lock(if options.no_wait {
+            LockWait::NoWait
+        } else {
+            LockWait::Wait(&wait_msg)
+        })
+        .map_err(|e| {
+            // `--no-wait` on a busy cache: a refused request, nothing ran (exit 2).
+            if options.no_wait && e.to_string().contains("holds the cache lock") {
+                anyhow::Error::new(crate::Refusal(e.to_string()))
+            } else {
+                e
+            }
+        })?;
     if waited.get() {
         // The run we waited for may have rewritten the lock file and the cache.
         session.reload_lock();
@@ -201,7 +211,9 @@ fn conclude(
     let lock_stale = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
+    // (Not after a run of some targets only: the others were not looked at.)
     let all_done = !report.interrupted
+        && !session.workflow.selection.is_partial()
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
     let stamp = settled_stamp(session);
@@ -239,7 +251,10 @@ fn write_lock(
     changes: std::collections::BTreeMap<String, LockedStep>,
 ) -> anyhow::Result<bool> {
     let workflow = session.workflow;
-    let declared: HashSet<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+    // Steps the targets left out keep their entries.
+    let declared: HashSet<&str> = (workflow.steps.iter().map(|s| s.name.as_str()))
+        .chain(workflow.selection.left_out.iter().map(String::as_str))
+        .collect();
     // Decided on the lock's index: a no-op never parses the whole lock.
     let old = session.lock_index();
     let stale = !changes.is_empty()

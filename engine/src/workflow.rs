@@ -59,6 +59,8 @@ pub struct Workflow {
     pub steps: Vec<StepDecl>,
     /// `executor:` and `slurm:` (not in any step key).
     pub placement: crate::slurm::placement::WorkflowPlacement,
+    /// The steps this command works on (see `selection.rs`): all, unless targets were named.
+    pub selection: crate::selection::Selection,
 }
 
 /// One step of a workflow, validated.
@@ -441,6 +443,7 @@ impl Workflow {
             vars,
             steps,
             placement,
+            selection: Default::default(),
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);
@@ -730,7 +733,12 @@ fn load_step(
         });
         match result {
             Ok(s) => s,
-            Err(msg) => {
+            Err(mut msg) => {
+                if let Some(name) = matrix_reference_with_dollar(text) {
+                    msg.push_str(&format!(
+                        "; a matrix parameter is written `{{{{ matrix.{name} }}}}`, without `$` (it is replaced per run, after the workflow's `${{{{ ... }}}}`)"
+                    ));
+                }
                 diags.at(path, msg);
                 text.to_string()
             }
@@ -791,53 +799,43 @@ fn load_step(
     for (up, at) in interpolation_edges {
         add_edge(&up, EdgeReason::Interpolation, &at, diags);
     }
-    if failed {
-        return None;
-    }
 
-    let step = match kind.parse(&kind_fields) {
-        Ok(s) => s,
-        Err(e) => {
-            let field_names = kind.field_names();
-            let mut msg = e.message.clone();
-            let mut at = if e.field.is_empty() {
-                base.to_string()
-            } else {
-                format!("{base}.{}", e.field)
-            };
-            if let Some(unknown) = unknown_field_name(&e.message) {
-                // serde_path_to_error's path already ends with the unknown key.
-                let parent = e
-                    .field
-                    .strip_suffix(unknown.as_str())
-                    .map(|p| p.trim_end_matches('.'))
-                    .unwrap_or(&e.field)
-                    .to_string();
-                at = if parent.is_empty() {
-                    format!("{base}.{unknown}")
-                } else {
-                    format!("{base}.{parent}.{unknown}")
+    // Every unknown field is reported, not just the first: each one serde
+    // names is reported and taken out, and the fields parsed again.
+    let field_names = kind.field_names();
+    let mut kind_fields = kind_fields;
+    let mut parse_failed = false;
+    let parsed = loop {
+        match kind.parse(&kind_fields) {
+            Ok(s) => break Some(s),
+            Err(e) => {
+                let unknown = report_field_error(&e, base, &kind_name, &field_names, fields, diags);
+                let removed = match (unknown, kind_fields.as_mapping_mut()) {
+                    (Some(key), Some(m)) => m.remove(key.as_str()).is_some(),
+                    _ => false,
                 };
-                let e = crate::step::FieldError::new(parent, e.message.clone());
-                let dym = did_you_mean(&unknown, field_names.iter().map(|s| s.as_str()));
-                msg = if e.field.is_empty() {
-                    let mut all: Vec<String> = field_names.clone();
-                    all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
-                    format!(
-                        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
-                        all.join(", ")
-                    )
-                } else {
-                    format!(
-                        "unknown field `{unknown}`{}",
-                        strip_expected(&e.message, &dym)
-                    )
-                };
+                parse_failed = true;
+                if !removed {
+                    // Another error ends the parse: name the other keys
+                    // the kind does not have, too.
+                    if let Some(m) = kind_fields.as_mapping()
+                        && !field_names.is_empty()
+                    {
+                        for k in m.keys().map(key_text) {
+                            if !field_names.contains(&k) {
+                                diags.at(
+                                    &format!("{base}.{k}"),
+                                    unknown_field_message(&k, &kind_name, &field_names),
+                                );
+                            }
+                        }
+                    }
+                    break None;
+                }
             }
-            diags.at(&at, msg);
-            return None;
         }
     };
+    let step = parsed?;
     for r in step.references() {
         add_edge(
             &r.step,
@@ -865,6 +863,9 @@ fn load_step(
         }
     }
     let placement = crate::slurm::placement::parse_step(fields, base, diags);
+    if failed || parse_failed {
+        return None;
+    }
     Some(StepDecl {
         name: name.to_string(),
         kind: kind_name,
@@ -880,6 +881,81 @@ fn load_step(
         env_used,
         step,
     })
+}
+
+/// Report a kind's parse error at its field, with "did you mean" for an
+/// unknown field and a hint for a command written as one string; returns the
+/// unknown top-level field's name, if that was the error.
+fn report_field_error(
+    e: &crate::step::FieldError,
+    base: &str,
+    kind_name: &str,
+    field_names: &[String],
+    fields: &serde_yaml::Mapping,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let mut msg = e.message.clone();
+    let mut at = if e.field.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{}", e.field)
+    };
+    let mut top_level_unknown = None;
+    if let Some(unknown) = unknown_field_name(&e.message) {
+        // serde_path_to_error's path already ends with the unknown key.
+        let parent = e
+            .field
+            .strip_suffix(unknown.as_str())
+            .map(|p| p.trim_end_matches('.'))
+            .unwrap_or(&e.field)
+            .to_string();
+        at = if parent.is_empty() {
+            format!("{base}.{unknown}")
+        } else {
+            format!("{base}.{parent}.{unknown}")
+        };
+        let dym = did_you_mean(&unknown, field_names.iter().map(|s| s.as_str()));
+        msg = if parent.is_empty() {
+            top_level_unknown = Some(unknown.clone());
+            unknown_field_message(&unknown, kind_name, field_names)
+        } else {
+            format!(
+                "unknown field `{unknown}`{}",
+                strip_expected(&e.message, &dym)
+            )
+        };
+    } else if e.message.contains("invalid type: string")
+        && e.message.contains("expected a sequence")
+        && let Some(Value::String(text)) = fields.get(e.field.as_str())
+    {
+        msg = format!(
+            "{msg}; a command is a list of arguments (no shell runs it): write `{}: [sh, -c, '{}']` for a shell line, or split it into words",
+            e.field,
+            text.replace('\'', "''")
+        );
+    }
+    diags.at(&at, msg);
+    top_level_unknown
+}
+
+/// `unknown field `x` for kind `k`; did you mean ...; its fields: ...`.
+fn unknown_field_message(unknown: &str, kind_name: &str, field_names: &[String]) -> String {
+    let dym = did_you_mean(unknown, field_names.iter().map(|s| s.as_str()));
+    let mut all: Vec<String> = field_names.to_vec();
+    all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
+    format!(
+        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
+        all.join(", ")
+    )
+}
+
+/// The NAME of a `${{ matrix.NAME }}` in `text`: the workflow syntax where a
+/// step's matrix syntax `{{ matrix.NAME }}` was meant.
+fn matrix_reference_with_dollar(text: &str) -> Option<String> {
+    let at = text.find("${{")?;
+    let rest = text[at + 3..].trim_start().strip_prefix("matrix.")?;
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+    Some(rest[..end].to_string())
 }
 
 fn unknown_field_name(message: &str) -> Option<String> {

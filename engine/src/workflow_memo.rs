@@ -210,6 +210,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
         vars: stored.vars,
         steps,
         placement: stored.placement,
+        selection: Default::default(),
     })
 }
 

@@ -9,7 +9,7 @@ use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
 use qflow_engine::session::{Session, cache_dir};
 use qflow_engine::slurm::placement::ExecutorChoice;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 use crate::usage_error::UsageError;
 
 /// The command line's apply options.
@@ -22,7 +22,7 @@ pub struct Options {
     pub slurm_batch: bool,
 }
 
-pub fn run(registry: &Registry, workflow: &WorkflowArgs, o: Options) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Result<i32> {
     let Options {
         jobs,
         keep_going,

@@ -28,7 +28,7 @@ use qflow_engine::workflow::Workflow;
 use qflow_engine::{CheckContext, HostNeed, KvmUse, Registry, Tool};
 use qflow_steps::host::{self, KvmVerdict};
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +99,10 @@ fn host_report(
     let mut loaded = None;
     let findings = match file {
         Some(file) => {
-            let args = WorkflowArgs {
+            let args = Located {
                 file,
+                targets: vec![],
+                force: vec![],
                 cache: None,
                 set,
             };

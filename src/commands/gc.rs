@@ -4,9 +4,9 @@ use qflow_engine::Registry;
 use qflow_engine::session::{Session, cache_dir};
 
 use super::run_records::recent_keys;
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
-pub fn run(registry: &Registry, workflow: &WorkflowArgs, keep_runs: usize) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, workflow: &Located, keep_runs: usize) -> anyhow::Result<i32> {
     let wf = super::load(workflow, registry)?;
     let dir = cache_dir(&wf, workflow.cache.as_deref());
     let session = Session::open(&wf, registry, &dir)?;

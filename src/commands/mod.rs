@@ -5,6 +5,7 @@
 mod apply;
 mod attach;
 mod bundle;
+mod check;
 mod clean;
 mod doctor;
 mod gc;
@@ -19,7 +20,7 @@ use qflow_engine::Registry;
 use qflow_engine::session::cache_dir_beside;
 use qflow_engine::workflow::{LoadOptions, Workflow};
 
-use crate::cli::{Cli, Command, WorkflowArgs};
+use crate::cli::{Cli, Command, Located, WorkflowArgs, WorkflowOptions};
 use crate::usage_error::UsageError;
 
 /// Run one parsed command line; returns the exit code.
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Apply {
             workflow,
+            force,
             jobs,
             keep_going,
             no_wait,
@@ -36,7 +38,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             slurm_batch,
         } => apply::run(
             &registry,
-            &workflow,
+            &Located {
+                force,
+                ..workflow.locate()?
+            },
             apply::Options {
                 jobs,
                 keep_going,
@@ -48,21 +53,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         ),
         Command::Plan {
             workflow,
+            force,
             json,
             executor,
-        } => plan::run(&registry, &workflow, json, executor),
-        Command::Graph { workflow, format } => graph::run(&registry, &workflow, &format),
+        } => plan::run(
+            &registry,
+            &Located {
+                force,
+                ..workflow.locate()?
+            },
+            json,
+            executor,
+        ),
+        Command::Graph { workflow, format } => graph::run(&registry, &workflow.locate()?, &format),
         Command::Attach {
             step,
             run,
             workflow,
-        } => attach::run(&registry, &workflow, &step, run.as_deref()),
-        Command::Status { workflow } => status::run(&registry, &workflow),
+        } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
+        Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
+        Command::Status { workflow } => status::run(&registry, workflow),
         Command::Gc {
             workflow,
             keep_runs,
-        } => gc::run(&registry, &workflow, keep_runs),
-        Command::Clean { workflow, step } => clean::run(&registry, &workflow, step.as_deref()),
+        } => gc::run(&registry, &workflow.locate()?, keep_runs),
+        Command::Clean { workflow, step } => {
+            clean::run(&registry, &workflow.locate()?, step.as_deref())
+        }
         Command::Doctor {
             file,
             set,
@@ -80,7 +97,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             cache,
         } => verify::run(
             &registry,
-            &WorkflowArgs { file, cache, set },
+            &WorkflowArgs {
+                path: file,
+                options: WorkflowOptions {
+                    file: None,
+                    cache,
+                    set,
+                },
+            }
+            .locate()?,
             verify::Options {
                 jobs,
                 work_dir,
@@ -89,7 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             },
         ),
         Command::Bundle { workflow, output } => {
-            bundle::run(&registry, &workflow, output.as_deref())
+            bundle::run(&registry, &workflow.locate()?, output.as_deref())
         }
         Command::Schema => schema::run(&registry),
         Command::RunStep { description } => {
@@ -104,8 +129,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Load the workflow `args` names, with its `--set` overrides.
-fn load(args: &WorkflowArgs, registry: &Registry) -> anyhow::Result<Workflow> {
+/// Load the workflow `args` names, with its `--set` overrides, keeping only
+/// its targets and what they need, with its `--force` steps marked.
+fn load(args: &Located, registry: &Registry) -> anyhow::Result<Workflow> {
     let mut set = Vec::new();
     for s in &args.set {
         let Some((k, v)) = s.split_once('=') else {
@@ -118,10 +144,12 @@ fn load(args: &WorkflowArgs, registry: &Registry) -> anyhow::Result<Workflow> {
     let memo_cache = path
         .parent()
         .map(|dir| cache_dir_beside(dir, args.cache.as_deref()));
-    Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })
+    let mut wf = Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })?;
+    qflow_engine::selection::select(&mut wf, &args.targets, &args.force)?;
+    Ok(wf)
 }
 
-/// A usage error for a step name the workflow lacks.
+/// A usage error for a step name the workflow lacks, with a "did you mean".
 fn no_such_step(wf: &Workflow, step: &str) -> anyhow::Error {
-    UsageError(format!("no step named `{step}` in {}", wf.path.display())).into()
+    qflow_engine::selection::unknown_step(wf, "step", step)
 }

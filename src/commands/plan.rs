@@ -5,11 +5,11 @@ use qflow_engine::plan::plan;
 use qflow_engine::session::{Session, cache_dir};
 use qflow_engine::slurm::placement::ExecutorChoice;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
 pub fn run(
     registry: &Registry,
-    workflow: &WorkflowArgs,
+    workflow: &Located,
     json: bool,
     executor: Option<ExecutorChoice>,
 ) -> anyhow::Result<i32> {

@@ -11,7 +11,7 @@ use qflow_engine::session::cache_dir;
 use qflow_engine::verify::{Row, Verdict, VerifyOptions, first_differing_line, rebuild};
 use qflow_engine::{OutputRole, Registry};
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
 /// The command line's verify options.
 pub struct Options {
@@ -22,7 +22,7 @@ pub struct Options {
 }
 
 /// 0 all identical, 1 something differs or was not rebuilt, 130 interrupted.
-pub fn run(registry: &Registry, args: &WorkflowArgs, options: Options) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Result<i32> {
     let wf = super::load(args, registry)?;
     let options = VerifyOptions {
         jobs: options.jobs,

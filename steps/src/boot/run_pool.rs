@@ -224,12 +224,14 @@ impl Boot {
             bail!("interrupted");
         }
         if let Some(first) = failures.first() {
-            let more = if failures.len() > 1 {
-                format!(" (and {} more failed runs)", failures.len() - 1)
-            } else {
-                String::new()
-            };
-            bail!("{first}{more}");
+            if many {
+                bail!(
+                    "{} of {} matrix runs failed; the first: {first}",
+                    failures.len(),
+                    plans.len()
+                );
+            }
+            bail!("{first}");
         }
         Ok(())
     }
