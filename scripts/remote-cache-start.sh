@@ -87,7 +87,9 @@ error_log $SRV/logs/error.log warn;
 daemon off;
 events { worker_connections 512; }
 http {
-  access_log $SRV/logs/access.log;
+  # The last two fields give each request's start: \$msec (when logged) - \$request_time.
+  log_format qflow '\$remote_addr [\$time_local] "\$request" \$status \$body_bytes_sent \$request_time \$msec';
+  access_log $SRV/logs/access.log qflow;
   sendfile on; tcp_nopush on;
   client_max_body_size 0;
   client_body_temp_path $SRV/tmp;

@@ -285,10 +285,18 @@ fn a_result_uploaded_from_one_cache_is_fetched_byte_identical_into_an_empty_one(
 
     // Content first, the action entry last.
     let log = std::fs::read_to_string(server.state.0.join("logs/access.log")).unwrap();
-    let puts: Vec<&str> = log.lines().filter(|l| l.contains("\"PUT /")).collect();
+    let mut puts: Vec<(f64, &str)> = log
+        .lines()
+        .filter(|l| l.contains("\"PUT /"))
+        .map(|l| (request_start(l), l))
+        .collect();
+    puts.sort_by(|a, b| a.0.total_cmp(&b.0));
     assert_eq!(puts.len(), 6, "{log}");
-    assert!(puts[..5].iter().all(|l| l.contains("PUT /cas/")), "{log}");
-    assert!(puts[5].contains("PUT /ac/"), "{log}");
+    assert!(
+        puts[..5].iter().all(|(_, l)| l.contains("PUT /cas/")),
+        "{log}"
+    );
+    assert!(puts[5].1.contains("PUT /ac/"), "{log}");
 
     let (remote_b, warnings_b) = server.client(Credentials::none());
     remote_b.check().unwrap();
@@ -713,6 +721,15 @@ fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
     assert_eq!(b.get_record(&record.key).unwrap(), None);
     assert_eq!(stored(&b), (vec![], vec![]));
     assert_eq!((remote.stats().hits, remote.stats().misses), (0, 1));
+}
+
+/// When the request of an access log line started (the log's last fields are the request
+/// time and the time it was logged).
+fn request_start(line: &str) -> f64 {
+    let mut fields = line.rsplit(' ');
+    let logged: f64 = fields.next().unwrap().parse().unwrap();
+    let took: f64 = fields.next().unwrap().parse().unwrap();
+    logged - took
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -28,6 +28,9 @@ use crate::atomic::{fsync_dir, parent_of, unique_tmp_name, write_atomic};
 use crate::object_store::{read_only_mode, seal};
 use crate::{Cache, EntryKind, Hash, Manifest};
 
+/// The marker of a body longer than the record says.
+const WRONG_SIZE: &str = "the server sent more bytes than the record names";
+
 /// Why one object could not be had.
 enum ObjectFailure {
     Missing,
@@ -164,15 +167,41 @@ impl RemoteCache {
         let mut file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create `{}`", path.display()))
             .map_err(ObjectFailure::Local)?;
-        let mut sha = sha2::Sha256::new();
-        let mut b3 = blake3::Hasher::new();
-        let got = self
-            .http
-            .get_into(&self.read, Kind::Cas, &o.sha256, &mut file, &mut |bytes| {
-                sha.update(bytes);
-                b3.update(bytes);
-                self.add_down(bytes.len() as u64);
+        // Hashing runs beside the transfer: this thread receives and writes, another hashes
+        // (sha256 and blake3), through a short queue so memory stays constant.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
+        let mut written = 0u64;
+        let (got, (sha, b3)) = std::thread::scope(|s| {
+            let hasher = s.spawn(move || {
+                let mut sha = sha2::Sha256::new();
+                let mut b3 = blake3::Hasher::new();
+                for chunk in rx {
+                    sha.update(&chunk);
+                    b3.update(&chunk);
+                }
+                (Sha256(sha.finalize().into()), Hash::from(b3.finalize()))
             });
+            let got = self
+                .http
+                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |bytes| {
+                    written += bytes.len() as u64;
+                    if written > o.size {
+                        // More bytes than the record names: wrong, and maybe endless.
+                        anyhow::bail!("{WRONG_SIZE}");
+                    }
+                    file.write_all(bytes)
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                    tx.send(std::sync::Arc::from(bytes))
+                        .map_err(|_| anyhow!("the hashing thread stopped"))?;
+                    self.add_down(bytes.len() as u64);
+                    Ok(())
+                });
+            drop(tx);
+            (
+                got,
+                hasher.join().expect("the hashing thread does not panic"),
+            )
+        });
         let size = match got {
             Ok(Some(size)) => size,
             Ok(None) => {
@@ -180,16 +209,17 @@ impl RemoteCache {
                 return Err(ObjectFailure::Missing);
             }
             Err(Failure::Fault(f)) => return Err(ObjectFailure::Fault(f)),
-            Err(Failure::Local(e)) => {
-                return Err(ObjectFailure::Local(
-                    e.context(format!("cannot write `{}`", path.display())),
-                ));
+            Err(Failure::Local(e)) if e.to_string() == WRONG_SIZE => {
+                self.read.health.ok();
+                return Err(ObjectFailure::WrongBytes(format!(
+                    "more than the {} bytes the record says",
+                    o.size
+                )));
             }
+            Err(Failure::Local(e)) => return Err(ObjectFailure::Local(e)),
         };
         self.read.health.ok();
         file.flush().map_err(|e| ObjectFailure::Local(e.into()))?;
-        let sha = Sha256(sha.finalize().into());
-        let b3 = Hash::from(b3.finalize());
         if size != o.size {
             return Err(ObjectFailure::WrongBytes(format!(
                 "{size} bytes, the record says {}",

@@ -12,13 +12,16 @@
 //! Anything else becomes a [`Fault`] for `health.rs` to weigh. Nothing here trusts the bytes:
 //! the caller verifies them.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
 use super::credentials::{Credentials, shown_url};
 use super::health::{Fault, Health};
 use super::names::Sha256;
+
+/// Bytes handed on at a time by a streamed GET.
+const CHUNK: usize = 1 << 20;
 
 /// Which half of the protocol a name lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,15 +169,15 @@ impl HttpStore {
         }
     }
 
-    /// GET streamed into `sink`, `buf` at a time; returns the byte count, `None` if absent.
-    /// `on_bytes` hears of every piece (progress, counters).
+    /// GET streamed to `on_chunk`, up to 1 MiB at a time (constant memory); returns the
+    /// byte count, `None` if absent. An error from `on_chunk` (a full disk...) is
+    /// [`Failure::Local`].
     pub fn get_into(
         &self,
         ep: &Endpoint,
         kind: Kind,
         name: &Sha256,
-        sink: &mut dyn Write,
-        on_bytes: &mut dyn FnMut(&[u8]),
+        on_chunk: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
     ) -> Result<Option<u64>, Failure> {
         let req = self.with_auth(ep, self.agent.get(ep.url(kind, name)));
         let mut resp = req.call().map_err(fault_of)?;
@@ -185,19 +188,24 @@ impl HttpStore {
         }
         let expected = resp.body().content_length();
         let mut reader = resp.body_mut().as_reader();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(body_fault(e).into()),
-            };
-            on_bytes(&buf[..n]);
-            sink.write_all(&buf[..n])
-                .map_err(|e| Failure::Local(e.into()))?;
-            total += n as u64;
+            // Fill the buffer (a socket read returns far less) so chunks are large.
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(body_fault(e).into()),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            on_chunk(&buf[..filled]).map_err(Failure::Local)?;
+            total += filled as u64;
         }
         if let Some(len) = expected
             && len != total
