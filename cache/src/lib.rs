@@ -27,6 +27,7 @@ mod probe;
 mod record;
 pub mod remote;
 mod tree;
+mod tree_stamp;
 
 pub use atomic::{fsync_dir, remove_dir_force, write_atomic};
 pub use cache::{CACHE_VERSION, Cache};
@@ -38,6 +39,7 @@ pub use lock::{LockWait, WorkspaceLock};
 pub use probe::CacheProbe;
 pub use record::Record;
 pub use tree::{Entry, EntryKind, MANIFEST_VERSION, Manifest, TempTree};
+pub use tree_stamp::{DamagedTree, FsckReport, TreeCheck};
 
 /// A fresh, empty directory for one test under the system temp dir, removed on drop.
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
     let mut outputs: BTreeMap<String, Hash> = BTreeMap::new();
     let mut runs: BTreeMap<String, bool> = BTreeMap::new();
     let mut planned = Vec::new();
-    for i in session.dag.order() {
+    for i in session.dag.order().into_iter().map(|id| id.index()) {
         let s = &workflow.steps[i];
         let commands = s.step.plan(&ctx);
         let pending: Vec<&str> = s

@@ -95,7 +95,7 @@ impl<'w> Session<'w> {
             interrupted,
             workflow,
             registry,
-            dag: Dag::new(workflow),
+            dag: workflow.dag(),
             lock: LastLock::read(&lock_path, &cache.dir("state").join("lock-index")),
             lock_path,
             cache,

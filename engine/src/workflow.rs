@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
 
+use crate::dag::{Dag, StepId};
 use crate::diagnostic::{Diagnostics, did_you_mean};
 use crate::interpolate::{self, Expr};
 use crate::source_map::Position;
@@ -441,7 +442,7 @@ impl Workflow {
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);
-            crate::dag::check_cycles(&workflow, &mut diags);
+            workflow.check_cycles(&mut diags);
         }
         diags.finish().map_err(anyhow::Error::from)?;
         Ok(workflow)
@@ -453,6 +454,41 @@ impl Workflow {
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// The DAG of the steps: edges from `after`, `${{ steps.X }}` and typed
+    /// reference fields.
+    pub fn dag(&self) -> Dag {
+        // By name, not `Workflow::index_of`: a scan per edge is quadratic in steps.
+        let index: std::collections::HashMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let edges = self.steps.iter().enumerate().flat_map(|(i, s)| {
+            let index = &index;
+            s.upstream_names()
+                .filter_map(move |up| index.get(up).map(|&j| (StepId(j), StepId(i))))
+        });
+        Dag::new(self.steps.len(), edges)
+    }
+
+    /// Report each cycle, naming its steps in order (`a → b → c → a`).
+    fn check_cycles(&self, diags: &mut Diagnostics) {
+        for cycle in self.dag().cycles() {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|i| self.steps[i.index()].name.as_str())
+                .collect();
+            diags.at(
+                &format!("steps.{}", names[0]),
+                format!(
+                    "the steps form a cycle: {}; remove one of these dependencies",
+                    names.join(" → ")
+                ),
+            );
+        }
     }
 
     /// `${{ steps.X.OUT }}` must name one of X's declared outputs (or a path inside one).
