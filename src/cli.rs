@@ -30,6 +30,32 @@ pub struct WorkflowArgs {
     pub set: Vec<String>,
 }
 
+/// A remote cache shared over HTTP (Bazel's remote-cache protocol).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// Read results this cache lacks from a remote cache at URL (`/ac/` and `/cas/`, as
+    /// bazel-remote or nginx with WebDAV serve them). Credentials: ~/.netrc,
+    /// QFLOW_REMOTE_CACHE_TOKEN or QFLOW_REMOTE_CACHE_HEADER.
+    #[arg(
+        long,
+        env = "QFLOW_REMOTE_CACHE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub remote_cache: Option<String>,
+    /// Also upload results to the remote cache (a CI job pushes, laptops pull).
+    #[arg(long, env = "QFLOW_REMOTE_CACHE_UPLOAD")]
+    pub remote_cache_upload: bool,
+    /// Upload to this URL instead of the read URL.
+    #[arg(
+        long,
+        env = "QFLOW_REMOTE_CACHE_WRITE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub remote_cache_write: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the steps whose inputs changed.
@@ -50,6 +76,8 @@ pub enum Command {
         /// `qflow status` shows progress.
         #[arg(long)]
         detach: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show what `apply` would run, and why.
     Plan {
@@ -58,6 +86,8 @@ pub enum Command {
         /// Print JSON: {"steps":[{"name","action","reasons"}]}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print the step graph as Graphviz DOT, coloured by status.
     Graph {

@@ -4,13 +4,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use qflow_engine::plan::plan;
+use qflow_cache::remote::{RemoteCache, RemoteConfig};
+use qflow_engine::plan::{plan, plan_with_remote};
 use qflow_engine::progress::Progress;
 use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
 use qflow_engine::session::{Session, cache_dir, cache_dir_beside};
 use qflow_engine::workflow::{LoadOptions, Workflow};
 
-use crate::cli::{Cli, Command, UsageError, WorkflowArgs};
+use crate::cli::{Cli, Command, RemoteArgs, UsageError, WorkflowArgs};
 
 fn load(args: &WorkflowArgs, registry: &qflow_engine::Registry) -> anyhow::Result<Workflow> {
     let mut set = Vec::new();
@@ -28,6 +29,30 @@ fn load(args: &WorkflowArgs, registry: &qflow_engine::Registry) -> anyhow::Resul
     Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })
 }
 
+/// The remote cache the options name, asked once before anything runs: refused
+/// credentials for the read URL are a usage error (exit 2). Warnings go to `warn`.
+fn open_remote(
+    args: &RemoteArgs,
+    warn: impl Fn(&str) + Send + Sync + 'static,
+) -> anyhow::Result<Option<Arc<RemoteCache>>> {
+    let Some(url) = args.remote_cache.as_deref().filter(|u| !u.is_empty()) else {
+        if args.remote_cache_upload || args.remote_cache_write.is_some() {
+            return Err(UsageError(
+                "uploading to a remote cache needs its URL: pass --remote-cache URL (or set QFLOW_REMOTE_CACHE)".into(),
+            )
+            .into());
+        }
+        return Ok(None);
+    };
+    let mut config = RemoteConfig::new(url);
+    config.upload = args.remote_cache_upload || args.remote_cache_write.is_some();
+    config.write_url = args.remote_cache_write.clone().filter(|u| !u.is_empty());
+    config.on_warning = Some(Arc::new(warn));
+    let remote = RemoteCache::from_config(config).map_err(|e| UsageError(format!("{e:#}")))?;
+    remote.check().map_err(|e| UsageError(e.to_string()))?;
+    Ok(Some(Arc::new(remote)))
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let registry = qflow_steps::registry();
     match cli.command {
@@ -37,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             keep_going,
             no_wait,
             detach,
+            remote,
         } => {
             qflow_engine::timings::mark("start");
             let wf = load(&workflow, &registry)?;
@@ -55,13 +81,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if jobs == 0 {
                 return Err(UsageError("--jobs must be at least 1".into()).into());
             }
+            let progress = Arc::new(Progress::new());
+            let warn_to = progress.clone();
+            let remote = open_remote(&remote, move |w| warn_to.event(&format!("warning: {w}")))?;
             let options = ApplyOptions {
                 jobs,
                 keep_going,
                 no_wait,
                 out_dir: None,
+                remote,
             };
-            let run = apply(&mut session, &options, Arc::new(Progress::new()))?;
+            let run = apply(&mut session, &options, progress)?;
             // The process exits next; the kernel frees the workflow and the
             // session's maps at once, where dropping them piece by piece cost
             // a tenth of a no-op apply of 1,000 steps. Nothing in them has a
@@ -76,11 +106,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 0
             })
         }
-        Command::Plan { workflow, json } => {
+        Command::Plan {
+            workflow,
+            json,
+            remote,
+        } => {
             let wf = load(&workflow, &registry)?;
             let mut session =
                 Session::open(&wf, &registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
-            let steps = plan(&mut session)?;
+            let remote = open_remote(&remote, |w| eprintln!("qflow: warning: {w}"))?;
+            let steps = plan_with_remote(&mut session, remote.as_deref())?;
             if json {
                 println!(
                     "{}",
@@ -99,7 +134,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     }
                 }
                 let runs = steps.iter().filter(|s| s.action == "run").count();
-                println!("{} to run, {} cached", runs, steps.len() - runs);
+                let remote_hits = steps.iter().filter(|s| s.action == "remote hit").count();
+                if remote.is_some() {
+                    println!(
+                        "{} to run, {} cached, {} remote hits",
+                        runs,
+                        steps.len() - runs - remote_hits,
+                        remote_hits
+                    );
+                } else {
+                    println!("{} to run, {} cached", runs, steps.len() - runs);
+                }
             }
             Ok(0)
         }
@@ -388,8 +433,25 @@ fn last_run(dir: &std::path::Path, workflow: &str, busy: bool) -> Option<String>
                 count("pending")
             ));
         }
+        let remote = match v.get("remote") {
+            Some(r) if r.is_object() => {
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                format!(
+                    "; remote cache: {} hits, {} misses, {:.1} MB down, {:.1} MB up{}",
+                    n("hits"),
+                    n("misses"),
+                    n("bytes_down") as f64 / 1e6,
+                    n("bytes_up") as f64 / 1e6,
+                    match n("warnings") {
+                        0 => String::new(),
+                        w => format!(", {w} warnings"),
+                    }
+                )
+            }
+            _ => String::new(),
+        };
         return Some(format!(
-            "{id} — {} ran, {} cached, {} failed{}",
+            "{id} — {} ran, {} cached, {} failed{}{remote}",
             count("ran"),
             count("cached"),
             count("failed"),

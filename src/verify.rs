@@ -116,6 +116,7 @@ pub fn run(mut wf: Workflow, registry: &Registry, options: &VerifyOptions) -> an
         keep_going: true,
         no_wait: false,
         out_dir: Some(scratch.path.join("out")),
+        remote: None,
     };
     let report = apply(&mut session, &apply_options, Arc::new(Progress::new()))?;
     if report.interrupted {

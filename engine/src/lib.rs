@@ -23,6 +23,7 @@ pub mod lockfile;
 pub mod out_links;
 pub mod progress;
 pub mod recorder;
+pub mod remote_use;
 pub mod run;
 pub mod run_record;
 pub mod schedule;

@@ -1,8 +1,12 @@
 //! `qflow plan`: what `apply` would do and why, without running anything.
+//!
+//! With a remote cache, a step the local cache lacks is asked there (the action entry only,
+//! nothing else is downloaded): `remote hit` when a sound entry answers its key.
 
 use std::collections::BTreeMap;
 
 use qflow_cache::Hash;
+use qflow_cache::remote::RemoteCache;
 use serde::Serialize;
 
 use crate::session::Session;
@@ -13,7 +17,7 @@ use crate::step::CheckContext;
 pub struct PlannedStep {
     pub name: String,
     pub kind: String,
-    /// `run` or `cached`.
+    /// `run`, `cached` or `remote hit`.
     pub action: String,
     pub reasons: Vec<String>,
     /// The command lines the step would run.
@@ -24,6 +28,15 @@ pub struct PlannedStep {
 
 /// Plan every step in schedule order.
 pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
+    plan_with_remote(session, None)
+}
+
+/// [`plan`], asking `remote` for what the local cache lacks.
+pub fn plan_with_remote(
+    session: &mut Session,
+    remote: Option<&RemoteCache>,
+) -> anyhow::Result<Vec<PlannedStep>> {
+    let remote_reads = crate::remote_use::readable(session.workflow);
     let prepared = session.prepare()?;
     let probe = session.cache.probe()?;
     let workflow = session.workflow;
@@ -75,9 +88,14 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
             }
         };
         let key = material.key();
+        let mut action = "cached";
         let output = match session.cached_from_lock(i, &key, &probe) {
             Some(output) => Some(output),
-            None if s.cache => session.usable_record(&key).map(|r| r.output),
+            None if s.cache => session.usable_record(&key).map(|r| r.output).or_else(|| {
+                let remote = remote.filter(|_| remote_reads[i])?;
+                action = "remote hit";
+                remote.lookup(&key).map(|r| r.record.output)
+            }),
             None => None,
         };
         match output {
@@ -87,7 +105,7 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
                 planned.push(PlannedStep {
                     name: s.name.clone(),
                     kind: s.kind.clone(),
-                    action: "cached".into(),
+                    action: action.into(),
                     reasons: vec![],
                     commands,
                     key: Some(key.to_hex()),

@@ -25,6 +25,7 @@ use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use qflow_cache::remote::RemoteCache;
 use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 
 use crate::context::StepLog;
@@ -75,6 +76,11 @@ pub struct RunParts<'a> {
     pub events: Sender<Event>,
     /// When the apply started (the run's duration counts from here).
     pub started: Instant,
+    /// A remote cache, asked after the local one.
+    pub remote: Option<&'a RemoteCache>,
+    /// Where the keys of results to upload go (with `--remote-cache-upload`): every
+    /// step done in this run, ran or cached, whose `remote_cache` allows it.
+    pub uploads: Option<Sender<Hash>>,
 }
 
 /// A usable result for a step's key, and how much of it is already in place.
@@ -86,6 +92,8 @@ enum Hit {
     Locked(Hash),
     /// A record in the cache: the link and the lock entry may need making.
     Record(Record),
+    /// A record fetched from the remote cache just now (then as `Record`).
+    Remote(Record),
 }
 
 /// A step handed to the executor, or being recorded.
@@ -118,6 +126,9 @@ pub struct Run<'a> {
     started: Instant,
     live_dirty: bool,
     live_written: Option<Instant>,
+    /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
+    remote_reads: Vec<bool>,
+    remote_writes: Vec<bool>,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -158,11 +169,14 @@ impl<'a> Run<'a> {
                     .collect(),
                 interrupted: false,
                 finished: false,
+                remote: None,
             },
             lock_changes: BTreeMap::new(),
             started: parts.started,
             live_dirty: false,
             live_written: None,
+            remote_reads: crate::remote_use::readable(workflow),
+            remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
             parts,
         }
     }
@@ -229,20 +243,29 @@ impl<'a> Run<'a> {
         };
         let output = match &hit {
             Hit::InPlace(output) | Hit::Locked(output) => *output,
-            Hit::Record(rec) => rec.output,
+            Hit::Record(rec) | Hit::Remote(rec) => rec.output,
         };
         if !matches!(hit, Hit::InPlace(_)) {
             self.parts.out_links.present(&s.name, &output)?;
         }
-        if let Hit::Record(rec) = &hit {
+        if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &material, rec);
             note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
         }
-        self.parts
-            .progress
-            .event_held(&format!("cached {}", s.name));
+        let remote = matches!(hit, Hit::Remote(_));
+        if remote {
+            self.parts.progress.event(&format!("remote hit {}", s.name));
+        } else {
+            self.parts
+                .progress
+                .event_held(&format!("cached {}", s.name));
+            self.queue_upload(id, key);
+        }
         let rep = &mut self.report.steps[id.index()];
         *rep = StepReport::new(&s.name, StepOutcome::Cached);
+        if remote {
+            rep.reasons = vec!["remote hit".into()];
+        }
         rep.key = Some(key.to_hex());
         rep.output = Some(output.to_hex());
         self.outputs.insert(self.name(id), output);
@@ -272,7 +295,33 @@ impl<'a> Run<'a> {
         if !session.workflow.steps[i].cache {
             return None;
         }
-        session.usable_record(key).map(Hit::Record)
+        if let Some(rec) = session.usable_record(key) {
+            return Some(Hit::Record(rec));
+        }
+        self.remote_lookup(id, key)
+    }
+
+    /// The remote cache's answer for step `id`'s `key`, fetched into the local cache
+    /// (its output tree is linked under `out/` next). Faults and wrong bytes are misses;
+    /// the remote cache gave its warning.
+    fn remote_lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
+        let remote = self.parts.remote?;
+        if !self.remote_reads[id.index()] {
+            return None;
+        }
+        let found = remote.lookup(key)?;
+        let cache = &self.parts.session.cache;
+        remote.fetch_tree(&found, cache).ok()?;
+        Some(Hit::Remote(found.record))
+    }
+
+    /// Queue step `id`'s result under `key` for upload, if uploads are on and allowed.
+    fn queue_upload(&self, id: StepId, key: Hash) {
+        if let Some(tx) = &self.parts.uploads
+            && self.remote_writes[id.index()]
+        {
+            let _ = tx.send(key);
+        }
     }
 
     /// Hand every ready step that fits in the free slots to `executor`.
@@ -429,6 +478,7 @@ impl<'a> Run<'a> {
         self.outputs.insert(name, rec.output);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
+        self.queue_upload(id, rec.key);
         Ok(())
     }
 

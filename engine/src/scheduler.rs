@@ -14,7 +14,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use qflow_cache::{CacheProbe, Hash, LockWait};
+use qflow_cache::remote::{RemoteCache, UploadOutcome};
+use qflow_cache::{Cache, CacheProbe, Hash, LockWait};
 
 use crate::context::ProgressSink;
 use crate::executor::Wake;
@@ -38,6 +39,8 @@ pub struct ApplyOptions {
     pub no_wait: bool,
     /// Where `out/<step>` links go (default: beside the workflow).
     pub out_dir: Option<PathBuf>,
+    /// A remote cache asked after the local one (and written when it uploads).
+    pub remote: Option<Arc<RemoteCache>>,
 }
 
 /// Apply the workflow of `session`.
@@ -65,6 +68,15 @@ pub fn apply(
     crate::timings::mark("check lock entries");
     let (tx, rx) = mpsc::channel::<Event>();
     let signals = watch_signals(tx.clone())?;
+    let remote = options.remote.clone();
+    let (uploads, uploader) = match remote.as_ref().filter(|r| r.uploads()) {
+        Some(r) => {
+            let (up_tx, up_rx) = mpsc::channel::<Hash>();
+            let thread = spawn_uploader(r.clone(), session.cache.clone(), up_rx, progress.clone());
+            (Some(up_tx), Some(thread))
+        }
+        None => (None, None),
+    };
     let parts = RunParts {
         session,
         prepared: &prepared,
@@ -74,6 +86,8 @@ pub fn apply(
         progress: progress.clone(),
         events: tx.clone(),
         started,
+        remote: remote.as_deref(),
+        uploads,
     };
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, options.jobs, options.keep_going, id);
@@ -90,8 +104,43 @@ pub fn apply(
     scheduled?;
     signals.close();
     crate::timings::mark("schedule");
-    let finished = run.finish();
+    let mut finished = run.finish();
+    // The run's sender is gone with it: the uploader ends after the last queued result.
+    if let Some(thread) = uploader {
+        let _ = thread.join();
+    }
+    finished.report.remote = remote.as_ref().map(|r| r.stats());
     conclude(session, finished, &out_links, &progress, started)
+}
+
+/// A thread that uploads the results whose keys arrive on `keys` (content first, the
+/// action entry last; see the remote cache), until the run drops its sender. Runs while
+/// the workspace lock is held, so `qflow gc` cannot remove what it reads.
+fn spawn_uploader(
+    remote: Arc<RemoteCache>,
+    cache: Cache,
+    keys: mpsc::Receiver<Hash>,
+    progress: Arc<Progress>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (mut steps, mut bytes) = (0u64, 0u64);
+        for key in keys {
+            let Ok(Some(record)) = cache.get_record(&key) else {
+                continue;
+            };
+            if let UploadOutcome::Uploaded { bytes: b, .. } = remote.upload(&record, &cache) {
+                steps += 1;
+                bytes += b;
+            }
+        }
+        if steps > 0 {
+            progress.event(&format!(
+                "uploaded {steps} results ({:.1} MB) to the remote cache {}",
+                bytes as f64 / 1e6,
+                remote.shown_url()
+            ));
+        }
+    })
 }
 
 /// Take the cache's workspace lock, saying so while waiting for another run.

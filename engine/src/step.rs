@@ -196,6 +196,14 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether the step reads a secret (a password), so its outputs may hold something
+    /// derived from it (a password's hash in an image, a password in a memory snapshot).
+    /// Such a step, and every step downstream of it, is never uploaded to a remote cache
+    /// unless it says `remote_cache: true` itself.
+    fn consumes_secret(&self) -> bool {
+        false
+    }
+
     /// The command lines the step would run, for `qflow plan` (argv joined for display).
     fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
         Vec::new()

@@ -18,7 +18,7 @@ use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
 const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
-const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache"];
+const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache", "remote_cache"];
 
 /// Why one step depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +44,19 @@ pub struct Workflow {
     pub steps: Vec<StepDecl>,
 }
 
+/// A step's `remote_cache:` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RemoteUse {
+    /// Not written: read, and write unless the step consumes a secret.
+    Default,
+    /// `true`: read and write, a step that consumes a secret included.
+    On,
+    /// `pull`: read, never write.
+    Pull,
+    /// `false`: neither.
+    Off,
+}
+
 /// One step of a workflow, validated.
 #[derive(Debug)]
 pub struct StepDecl {
@@ -58,6 +71,8 @@ pub struct StepDecl {
     pub env: BTreeMap<String, String>,
     /// `cache: false` makes the step always run.
     pub cache: bool,
+    /// `remote_cache:` as written: whether a remote cache is read and written for it.
+    pub remote_cache: RemoteUse,
     /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
     pub fields: Value,
     /// `fields` as canonical JSON (what enters the key), made once.
@@ -700,6 +715,19 @@ fn load_step(
             true
         }
     };
+    let remote_cache = match fields.get("remote_cache") {
+        None => RemoteUse::Default,
+        Some(Value::Bool(true)) => RemoteUse::On,
+        Some(Value::Bool(false)) => RemoteUse::Off,
+        Some(Value::String(s)) if s == "pull" => RemoteUse::Pull,
+        Some(v) => {
+            diags.at(
+                &format!("{base}.remote_cache"),
+                format!("`remote_cache` is true, false or pull, not {}", short(v)),
+            );
+            RemoteUse::Default
+        }
+    };
 
     // Interpolate vars and env in the kind's fields and in `env:`.
     let mut vars_used = BTreeMap::new();
@@ -864,6 +892,7 @@ fn load_step(
         jobs,
         env,
         cache,
+        remote_cache,
         fields: kind_fields,
         canonical_fields: std::sync::OnceLock::new(),
         vars_used,

@@ -29,10 +29,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::step::{CheckContext, Input, Registry};
-use crate::workflow::{EdgeReason, StepDecl, Workflow, check_input_exists, check_output_path};
+use crate::workflow::{
+    EdgeReason, RemoteUse, StepDecl, Workflow, check_input_exists, check_output_path,
+};
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 2";
+const MEMO_VERSION: &str = "qflow-workflow-memo 3";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +101,7 @@ struct MemoStep {
     jobs: Option<usize>,
     env: BTreeMap<String, String>,
     cache: bool,
+    remote_cache: RemoteUse,
     fields: serde_yaml::Value,
     /// `fields` as canonical JSON, made from them when memoized.
     canonical_fields: String,
@@ -135,6 +138,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             jobs: s.jobs,
             env: s.env,
             cache: s.cache,
+            remote_cache: s.remote_cache,
             fields: s.fields,
             canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
             vars_used: s.vars_used,
@@ -246,6 +250,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 jobs: s.jobs,
                 env: s.env.clone(),
                 cache: s.cache,
+                remote_cache: s.remote_cache,
                 fields: s.fields.clone(),
                 canonical_fields: s.canonical_fields().to_string(),
                 vars_used: s.vars_used.clone(),

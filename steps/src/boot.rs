@@ -269,6 +269,10 @@ impl Step for Boot {
         self.check_fields(ctx)
     }
 
+    fn consumes_secret(&self) -> bool {
+        self.login.as_ref().is_some_and(|l| l.password.is_read())
+    }
+
     fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
         let mut key = Vec::new();
         // Host paths (not step outputs, whose hashes the engine already keys) by content.

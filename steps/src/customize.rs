@@ -212,6 +212,10 @@ impl Drop for RemoveOnDrop {
 }
 
 impl Step for Customize {
+    fn consumes_secret(&self) -> bool {
+        self.root_password.as_ref().is_some_and(|p| p.is_read())
+    }
+
     fn references(&self) -> Vec<StepRef> {
         vec![StepRef::new("image", &self.image)]
     }

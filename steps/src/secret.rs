@@ -219,6 +219,11 @@ fn random_password() -> anyhow::Result<SecretValue> {
 }
 
 impl Secret {
+    /// Whether a password is actually read (`locked` reads none).
+    pub fn is_read(&self) -> bool {
+        !matches!(self, Secret::Locked)
+    }
+
     /// Check, before anything runs, that the secret can be read. `field` names the field
     /// (`root_password`) in the error.
     pub fn check(&self, field: &str, ctx: &CheckContext) -> Result<(), FieldError> {
