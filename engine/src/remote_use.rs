@@ -37,3 +37,108 @@ pub fn uploadable(workflow: &Workflow, dag: &crate::dag::Dag) -> Vec<bool> {
     }
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::step::{Registry, Step, StepFields};
+    use crate::workflow::{LoadOptions, Workflow};
+
+    /// A kind that may read a password, like `customize` with a `root_password`.
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Secretive {
+        #[serde(default)]
+        password: bool,
+        #[serde(default)]
+        from: Option<String>,
+    }
+
+    impl Step for Secretive {
+        fn references(&self) -> Vec<crate::StepRef> {
+            self.from
+                .iter()
+                .map(|f| crate::StepRef::new("from", f))
+                .collect()
+        }
+        fn outputs(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn consumes_secret(&self) -> bool {
+            self.password
+        }
+        fn run(&self, _ctx: &mut crate::RunContext) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl StepFields for Secretive {
+        const KIND: &'static str = "secretive";
+        const SCHEMA_VERSION: u32 = 1;
+    }
+
+    fn policy(yaml: &str) -> Vec<(String, bool, bool)> {
+        let dir =
+            std::env::temp_dir().join(format!("qflow-remote-use-{}", crate::run_record::run_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
+        let mut registry = Registry::new();
+        registry.add(crate::step::KindOf::<Secretive>::new());
+        let options = LoadOptions {
+            set: Vec::new(),
+            memo_cache: None,
+        };
+        let wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+        let dag = wf.dag();
+        let (reads, writes) = (super::readable(&wf), super::uploadable(&wf, &dag));
+        let _ = std::fs::remove_dir_all(&dir);
+        (wf.steps.iter().enumerate())
+            .map(|(i, s)| (s.name.clone(), reads[i], writes[i]))
+            .collect()
+    }
+
+    fn row(name: &str, read: bool, write: bool) -> (String, bool, bool) {
+        (name.to_string(), read, write)
+    }
+
+    #[test]
+    fn a_step_reading_a_password_and_everything_downstream_stay_off_the_server() {
+        let steps = policy(
+            "version: 1\nsteps:\n  base: { kind: secretive }\n  \
+             system: { kind: secretive, from: base, password: true }\n  \
+             boot: { kind: secretive, from: system }\n  \
+             other: { kind: secretive, from: base }\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                row("base", true, true),
+                row("system", true, false),
+                row("boot", true, false),
+                row("other", true, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_cache_true_opts_a_secret_step_in_and_pull_or_false_keep_it_out() {
+        let steps = policy(
+            "version: 1\nsteps:\n  base: { kind: secretive, remote_cache: pull }\n  \
+             system: { kind: secretive, password: true, remote_cache: true }\n  \
+             boot: { kind: secretive, from: system }\n  \
+             off: { kind: secretive, remote_cache: false }\n  \
+             uncached: { kind: secretive, cache: false }\n  \
+             below_pull: { kind: secretive, from: base, remote_cache: true }\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                row("base", true, false),
+                row("system", true, true),
+                row("boot", true, true),
+                row("off", false, false),
+                row("uncached", false, false),
+                row("below_pull", true, false),
+            ]
+        );
+    }
+}
