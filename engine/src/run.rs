@@ -129,6 +129,8 @@ pub struct Run<'a> {
     /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
     remote_reads: Vec<bool>,
     remote_writes: Vec<bool>,
+    /// What the remote cache answered for steps of the current settle round.
+    prefetched: HashMap<StepId, Option<Record>>,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -177,6 +179,7 @@ impl<'a> Run<'a> {
             live_written: None,
             remote_reads: crate::remote_use::readable(workflow),
             remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
+            prefetched: HashMap::new(),
             parts,
         }
     }
@@ -193,15 +196,27 @@ impl<'a> Run<'a> {
     /// Look at every waiting step whose upstream changed: skip it, settle it
     /// (cached, or ready to run), or leave it waiting.
     pub fn settle(&mut self) -> anyhow::Result<()> {
-        while let Some(id) = self.schedule.next_to_look_at() {
-            match self.schedule.triage(id) {
-                Triage::Wait => {}
-                Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
-                Triage::UpstreamFailed(bad) => {
-                    let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
-                    self.skip(id, format!("upstream `{}` failed", names.join("`, `")));
+        // In rounds: every step that can settle now, then those they made ready to look
+        // at. A round's remote hits are fetched together (see `prefetch_remote`).
+        loop {
+            let mut round = Vec::new();
+            while let Some(id) = self.schedule.next_to_look_at() {
+                match self.schedule.triage(id) {
+                    Triage::Wait => {}
+                    Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
+                    Triage::UpstreamFailed(bad) => {
+                        let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
+                        self.skip(id, format!("upstream `{}` failed", names.join("`, `")));
+                    }
+                    Triage::Settle => round.push(id),
                 }
-                Triage::Settle => self.settle_one(id)?,
+            }
+            if round.is_empty() {
+                break;
+            }
+            self.prefetch_remote(&round);
+            for id in round {
+                self.settle_one(id)?;
             }
         }
         // `cached` lines wait here, so a no-op writes them all at once.
@@ -223,17 +238,50 @@ impl<'a> Run<'a> {
         self.live_dirty = true;
     }
 
-    /// Every upstream step is done: compute the key, then cached or ready.
-    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+    /// The key material of step `id`, whose upstream steps are done.
+    fn material_of(&self, id: StepId) -> anyhow::Result<KeyMaterial> {
         let session = self.parts.session;
         let s = &session.workflow.steps[id.index()];
         let up: BTreeMap<String, Hash> = s
             .upstream_names()
             .map(|u| (u.to_string(), self.output_of(u)))
             .collect();
-        let material = session
+        session
             .material(self.parts.prepared, id.index(), &up)
-            .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
+            .map_err(|e| anyhow!("step `{}`: {e}", s.name))
+    }
+
+    /// Asks the remote cache for every step of `round` the local cache lacks, and fetches
+    /// the hits, several at once (the remote cache bounds the transfers in flight); what
+    /// it found waits in `prefetched` for `settle_one`. One step alone is asked there.
+    fn prefetch_remote(&mut self, round: &[StepId]) {
+        let Some(remote) = self.parts.remote else {
+            return;
+        };
+        let wanted: Vec<(StepId, Hash)> = (round.iter())
+            .filter(|id| self.remote_reads[id.index()])
+            .filter_map(|&id| Some((id, self.material_of(id).ok()?.key())))
+            .filter(|(id, key)| self.local_lookup(*id, key).is_none())
+            .collect();
+        if wanted.len() < 2 {
+            return;
+        }
+        let cache = &self.parts.session.cache;
+        let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
+            let entry = remote.lookup(key)?;
+            remote.fetch_tree(&entry, cache).ok()?;
+            Some(entry.record)
+        });
+        for ((id, _), record) in wanted.into_iter().zip(found) {
+            self.prefetched.insert(id, record);
+        }
+    }
+
+    /// Every upstream step is done: compute the key, then cached or ready.
+    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+        let session = self.parts.session;
+        let s = &session.workflow.steps[id.index()];
+        let material = self.material_of(id)?;
         let key = material.key();
         let Some(hit) = self.lookup(id, &key) else {
             let reasons = session.reasons(self.parts.prepared, id.index(), &material);
@@ -281,7 +329,24 @@ impl<'a> Run<'a> {
     /// its lock entry (found in place before the run, or with record and tree
     /// in the cache now), else a record in the cache. A remote cache would be
     /// asked here, last.
-    fn lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
+    fn lookup(&mut self, id: StepId, key: &Hash) -> Option<Hit> {
+        // Fetched moments ago in this settle round: a remote hit, now in the local cache.
+        let prefetched = self.prefetched.remove(&id);
+        let asked = prefetched.is_some();
+        if let Some(rec) = prefetched.flatten().filter(|r| r.key == *key) {
+            return Some(Hit::Remote(rec));
+        }
+        if let Some(hit) = self.local_lookup(id, key) {
+            return Some(hit);
+        }
+        if asked {
+            return None; // the remote cache was asked in this round
+        }
+        self.remote_lookup(id, key)
+    }
+
+    /// [`Run::lookup`] in the local cache only.
+    fn local_lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
         let session = self.parts.session;
         let i = id.index();
         if self.parts.in_place.get(i) == Some(&true)
@@ -295,10 +360,7 @@ impl<'a> Run<'a> {
         if !session.workflow.steps[i].cache {
             return None;
         }
-        if let Some(rec) = session.usable_record(key) {
-            return Some(Hit::Record(rec));
-        }
-        self.remote_lookup(id, key)
+        session.usable_record(key).map(Hit::Record)
     }
 
     /// The remote cache's answer for step `id`'s `key`, fetched into the local cache

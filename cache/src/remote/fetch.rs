@@ -163,6 +163,7 @@ impl RemoteCache {
                 "left alone after earlier faults".into(),
             )));
         }
+        let _slot = self.slots.take();
         let path = dir.join(o.blake3.to_hex());
         let mut file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create `{}`", path.display()))

@@ -24,6 +24,7 @@ mod health;
 mod http_store;
 mod names;
 mod remote_record;
+mod transfer_slots;
 mod upload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,10 +39,12 @@ pub use names::{Sha256, action_name};
 pub use remote_record::{
     MAX_REMOTE_RECORD_BYTES, ObjectRef, REMOTE_RECORD_FORMAT, RemoteRecord, RetainedTree,
 };
+pub use transfer_slots::map_bounded;
 pub use upload::UploadOutcome;
 
 use crate::Hash;
 use http_store::{Endpoint, HttpStore, Kind};
+use transfer_slots::{TransferSlots, for_each_bounded};
 
 /// A callback that hears warnings (one line each) or byte counts.
 pub type Warn = Arc<dyn Fn(&str) + Send + Sync>;
@@ -149,6 +152,8 @@ pub struct RemoteCache {
     /// `None` when uploads are off.
     write: Option<Endpoint>,
     transfers: usize,
+    /// Object transfers in flight, over every fetch and upload of the run.
+    slots: TransferSlots,
     on_warning: Option<Warn>,
     on_progress: Option<Progress>,
     warnings: Mutex<Vec<String>>,
@@ -190,6 +195,7 @@ impl RemoteCache {
             read,
             write,
             transfers,
+            slots: TransferSlots::new(transfers),
             on_warning: config.on_warning,
             on_progress: config.on_progress,
             warnings: Mutex::new(Vec::new()),
@@ -200,6 +206,11 @@ impl RemoteCache {
     /// The read URL, fit to print.
     pub fn shown_url(&self) -> String {
         self.read.shown()
+    }
+
+    /// How many object transfers run at once.
+    pub fn transfers(&self) -> usize {
+        self.transfers
     }
 
     /// Whether this client writes to the server.
@@ -362,38 +373,5 @@ impl RemoteCache {
             .hits
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| h.checked_sub(1));
         c.misses.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Runs `f` on every item, at most `n` at a time, stopping early once one fails; returns the
-/// first failure.
-fn for_each_bounded<T: Sync, E: Send>(
-    items: &[T],
-    n: usize,
-    f: impl Fn(&T) -> Result<(), E> + Sync,
-) -> Result<(), E> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let first_error: Mutex<Option<E>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..n.clamp(1, items.len().max(1)) {
-            s.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    if let Err(e) = f(item) {
-                        failed.store(true, Ordering::Relaxed);
-                        let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                        if slot.is_none() {
-                            *slot = Some(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }

@@ -72,6 +72,7 @@ impl RemoteCache {
                 return Ok(());
             }
             let path = object_path(cache, o);
+            let _slot = self.slots.take();
             self.http.put_file(write, Kind::Cas, &o.sha256, &path)?;
             write.health.ok();
             self.add_up(o.size);

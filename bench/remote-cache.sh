@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Benchmark: pulling a workflow's results from a remote cache on loopback into an empty
+# cache, against curl fetching the very same objects, and against building them.
+#
+# A private nginx (scripts/remote-cache-start.sh, on free ports, stopped at the end) is
+# the server. Phases:
+#   build   machine A applies the workflow with --remote-cache-upload (its own cache):
+#           with a cold cache this is the time to build; with a warm one only the upload
+#   pull    machine B, an empty cache, applies with --remote-cache: every step a remote
+#           hit, every object downloaded, verified (sha256 + blake3), committed, fsynced
+#   curl    the same objects (every file under the server's cas/), 4 at a time as qflow
+#           does, `curl -o` into a directory on the same file system (no verification, no
+#           fsync)
+# Prints the figures and the ratios (goals: pull throughput >= 0.8x curl's; an all-remote-
+# hits apply of the quickstart in under 10 s).
+#
+# Usage: bench/remote-cache.sh [WORKFLOW]    (env: QFLOW=path, QFLOW_CACHE=A's cache)
+#   no WORKFLOW: a generated one (two 256 MiB random images, a qcow2 overlay, 300 small
+#   files) in target/bench-remote-cache/. With WORKFLOW (e.g. workflows/quickstart.yaml)
+#   machine A is its own cache (QFLOW_CACHE or .qflow beside it, warm or not); B's apply runs
+#   beside it with a cache of its own, and A's out/ links are put back at the end.
+# Needs root (nginx). Leaves the server's state in $work/srv (removed at the next run).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$repo/target/bench-remote-cache
+if [ -z "${QFLOW:-}" ]; then
+	(cd "$repo" && cargo build --release --quiet)
+	QFLOW=$repo/target/release/qflow
+fi
+command -v curl >/dev/null || { echo "needs curl: apt-get install curl" >&2; exit 2; }
+rm -rf "$work"
+mkdir -p "$work"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export QFLOW_REMOTE_CACHE_SRV=/tmp/qflow-bench-remote-srv
+export QFLOW_REMOTE_CACHE_SRV_READ=127.0.0.1:$(free_port)
+export QFLOW_REMOTE_CACHE_SRV_WRITE=127.0.0.1:$(free_port)
+"$repo/scripts/remote-cache-stop.sh"
+rm -rf "$QFLOW_REMOTE_CACHE_SRV"
+"$repo/scripts/remote-cache-start.sh"
+trap '"$repo/scripts/remote-cache-stop.sh"' EXIT
+read_url=http://$QFLOW_REMOTE_CACHE_SRV_READ
+write_url=http://$QFLOW_REMOTE_CACHE_SRV_WRITE
+
+if [ $# -ge 1 ]; then
+	workflow=$(realpath "$1")
+	dir=$(dirname "$workflow")
+	a_cache=${QFLOW_CACHE:-$dir/.qflow}
+else
+	dir=$work/ws
+	workflow=$dir/workflow.yaml
+	a_cache=$work/a
+	mkdir -p "$dir/small"
+	for i in $(seq 300); do echo "small file $i $RANDOM" >"$dir/small/f$i"; done
+	cat >"$workflow" <<'EOF'
+version: 1
+steps:
+  disk1:
+    kind: command
+    run: [sh, -c, 'head -c 268435456 /dev/urandom > "$QFLOW_OUT/image.raw"']
+    outputs: [image.raw]
+  disk2:
+    kind: command
+    run: [sh, -c, 'head -c 268435456 /dev/urandom > "$QFLOW_OUT/image.raw"']
+    outputs: [image.raw]
+    env: { WHICH: "2" }
+  base:
+    kind: image
+    size: 1G
+  work:
+    kind: image
+    from: base
+  small:
+    kind: command
+    run: [sh, -c, 'cp -r small "$QFLOW_OUT/"']
+    inputs: [small]
+    outputs: [small]
+EOF
+fi
+b_cache=$work/b
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+
+echo "== build (machine A: $a_cache), uploading" >&2
+t0=$(now)
+"$QFLOW" apply "$workflow" --cache "$a_cache" --remote-cache "$read_url" \
+	--remote-cache-write "$write_url" --remote-cache-upload
+t1=$(now)
+build=$(secs "$t0" "$t1")
+
+echo "== pull (machine B: empty cache $b_cache)" >&2
+t0=$(now)
+"$QFLOW" apply "$workflow" --cache "$b_cache" --remote-cache "$read_url"
+t1=$(now)
+pull=$(secs "$t0" "$t1")
+pulled=$(python3 - "$b_cache/runs" <<'EOF'
+import json, os, sys
+runs = sorted((os.path.join(sys.argv[1], f) for f in os.listdir(sys.argv[1]) if f.endswith(".json")), key=os.path.getmtime)
+r = json.load(open(runs[-1]))
+print(r["remote"]["bytes_down"], r["remote"]["hits"], r["remote"]["misses"],
+      sum(1 for s in r["steps"] if s["outcome"] == "ran"))
+EOF
+)
+read -r bytes hits misses ran <<<"$pulled"
+
+echo "== curl of the same objects" >&2
+mkdir -p "$work/curl"
+names=$(find "$QFLOW_REMOTE_CACHE_SRV/data/cas" -type f -printf '%f\n')
+t0=$(now)
+printf '%s\n' $names | xargs -P4 -I{} curl -sf -o "$work/curl/{}" "$read_url/cas/{}"
+t1=$(now)
+curl_s=$(secs "$t0" "$t1")
+curl_bytes=$(du -sb "$work/curl" | cut -f1)
+
+if [ $# -ge 1 ]; then
+	# Put A's out/ links back.
+	"$QFLOW" apply "$workflow" --cache "$a_cache" >/dev/null 2>&1 || true
+fi
+
+python3 - "$build" "$pull" "$bytes" "$curl_s" "$curl_bytes" "$hits" "$misses" "$ran" <<'EOF'
+import sys
+build, pull, nbytes, curl_s, curl_bytes, hits, misses, ran = sys.argv[1:]
+build, pull, curl_s = float(build), float(pull), float(curl_s)
+nbytes, curl_bytes = int(nbytes), int(curl_bytes)
+q = nbytes / pull / 1e6
+c = curl_bytes / curl_s / 1e6
+print(f"build (machine A, with upload)     {build:8.2f} s")
+print(f"pull: apply with every step remote  {pull:8.2f} s  ({hits} hits, {misses} misses, {ran} ran), {nbytes/1e6:.1f} MB, {q:.0f} MB/s")
+print(f"curl of the same objects            {curl_s:8.2f} s  {curl_bytes/1e6:.1f} MB, {c:.0f} MB/s")
+print(f"pull throughput / curl throughput   {q / c:8.2f}x  (goal >= 0.8x)")
+print(f"build / pull                        {build / pull:8.1f}x")
+EOF
