@@ -9,8 +9,9 @@
 #   pull    machine B, an empty cache, applies with --remote-cache: every step a remote
 #           hit, every object downloaded, verified (sha256 + blake3), committed, fsynced
 #   curl    the same objects (every file under the server's cas/), 4 at a time as qflow
-#           does, `curl -o` into a directory on the same file system (no verification, no
-#           fsync)
+#           does, `curl -o` into a directory on the same file system (no verification),
+#           then again with each file fsynced (qflow makes every object durable)
+# Pull and curl take turns ROUNDS times (default 3) and the medians are reported.
 # Prints the figures and the ratios (goals: pull throughput >= 0.8x curl's; an all-remote-
 # hits apply of the quickstart in under 10 s).
 #
@@ -90,11 +91,30 @@ t0=$(now)
 t1=$(now)
 build=$(secs "$t0" "$t1")
 
-echo "== pull (machine B: empty cache $b_cache)" >&2
-t0=$(now)
-"$QFLOW" apply "$workflow" --cache "$b_cache" --remote-cache "$read_url"
-t1=$(now)
-pull=$(secs "$t0" "$t1")
+# Pull and curl take turns, $ROUNDS times (default 3); the medians are reported.
+rounds=${ROUNDS:-3}
+names=$(find "$QFLOW_REMOTE_CACHE_SRV/data/cas" -type f -printf '%f\n')
+: >"$work/times"
+for r in $(seq "$rounds"); do
+	echo "== round $r: pull (machine B: empty cache $b_cache)" >&2
+	rm -rf "$b_cache"
+	t0=$(now)
+	"$QFLOW" apply "$workflow" --cache "$b_cache" --remote-cache "$read_url"
+	t1=$(now)
+	pull=$(secs "$t0" "$t1")
+	echo "== round $r: curl of the same objects, then the same with fsync of each file" >&2
+	for durable in no yes; do
+		rm -rf "$work/curl"
+		mkdir -p "$work/curl"
+		t0=$(now)
+		printf '%s\n' $names | xargs -P4 -I{} curl -sf -o "$work/curl/{}" "$read_url/cas/{}"
+		if [ $durable = yes ]; then sync "$work/curl"/*; fi
+		t1=$(now)
+		if [ $durable = no ]; then curl_s=$(secs "$t0" "$t1"); else curl_sync_s=$(secs "$t0" "$t1"); fi
+	done
+	echo "$pull $curl_s $curl_sync_s" >>"$work/times"
+done
+curl_bytes=$(du -sb "$work/curl" | cut -f1)
 pulled=$(python3 - "$b_cache/runs" <<'EOF'
 import json, os, sys
 runs = sorted((os.path.join(sys.argv[1], f) for f in os.listdir(sys.argv[1]) if f.endswith(".json")), key=os.path.getmtime)
@@ -105,30 +125,25 @@ EOF
 )
 read -r bytes hits misses ran <<<"$pulled"
 
-echo "== curl of the same objects" >&2
-mkdir -p "$work/curl"
-names=$(find "$QFLOW_REMOTE_CACHE_SRV/data/cas" -type f -printf '%f\n')
-t0=$(now)
-printf '%s\n' $names | xargs -P4 -I{} curl -sf -o "$work/curl/{}" "$read_url/cas/{}"
-t1=$(now)
-curl_s=$(secs "$t0" "$t1")
-curl_bytes=$(du -sb "$work/curl" | cut -f1)
-
 if [ $# -ge 1 ]; then
 	# Put A's out/ links back.
 	"$QFLOW" apply "$workflow" --cache "$a_cache" >/dev/null 2>&1 || true
 fi
 
-python3 - "$build" "$pull" "$bytes" "$curl_s" "$curl_bytes" "$hits" "$misses" "$ran" <<'EOF'
-import sys
-build, pull, nbytes, curl_s, curl_bytes, hits, misses, ran = sys.argv[1:]
-build, pull, curl_s = float(build), float(pull), float(curl_s)
-nbytes, curl_bytes = int(nbytes), int(curl_bytes)
+python3 - "$build" "$bytes" "$curl_bytes" "$hits" "$misses" "$ran" "$work/times" <<'EOF'
+import statistics, sys
+build, nbytes, curl_bytes, hits, misses, ran, times = sys.argv[1:]
+build, nbytes, curl_bytes = float(build), int(nbytes), int(curl_bytes)
+rows = [list(map(float, l.split())) for l in open(times)]
+pull, curl_s, curl_sync = (statistics.median(c) for c in zip(*rows))
 q = nbytes / pull / 1e6
 c = curl_bytes / curl_s / 1e6
-print(f"build (machine A, with upload)     {build:8.2f} s")
-print(f"pull: apply with every step remote  {pull:8.2f} s  ({hits} hits, {misses} misses, {ran} ran), {nbytes/1e6:.1f} MB, {q:.0f} MB/s")
-print(f"curl of the same objects            {curl_s:8.2f} s  {curl_bytes/1e6:.1f} MB, {c:.0f} MB/s")
-print(f"pull throughput / curl throughput   {q / c:8.2f}x  (goal >= 0.8x)")
-print(f"build / pull                        {build / pull:8.1f}x")
+cs = curl_bytes / curl_sync / 1e6
+print(f"medians of {len(rows)} rounds")
+print(f"build (machine A, with upload)       {build:8.2f} s")
+print(f"pull: apply with every step remote    {pull:8.2f} s  ({hits} hits, {misses} misses, {ran} ran), {nbytes/1e6:.1f} MB, {q:.0f} MB/s")
+print(f"curl of the same objects, 4 at once   {curl_s:8.2f} s  {curl_bytes/1e6:.1f} MB, {c:.0f} MB/s")
+print(f"  the same, each file fsynced         {curl_sync:8.2f} s  {cs:.0f} MB/s")
+print(f"pull throughput / curl throughput     {q / c:8.2f}x  (goal >= 0.8x); / curl + fsync {q / cs:.2f}x")
+print(f"build / pull                          {build / pull:8.1f}x")
 EOF
