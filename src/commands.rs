@@ -34,6 +34,7 @@ fn load(args: &WorkflowArgs, registry: &qflow_engine::Registry) -> anyhow::Resul
 fn open_remote(
     args: &RemoteArgs,
     warn: impl Fn(&str) + Send + Sync + 'static,
+    moved: Option<qflow_cache::remote::Progress>,
 ) -> anyhow::Result<Option<Arc<RemoteCache>>> {
     let Some(url) = args.remote_cache.as_deref().filter(|u| !u.is_empty()) else {
         if args.remote_cache_upload || args.remote_cache_write.is_some() {
@@ -48,9 +49,27 @@ fn open_remote(
     config.upload = args.remote_cache_upload || args.remote_cache_write.is_some();
     config.write_url = args.remote_cache_write.clone().filter(|u| !u.is_empty());
     config.on_warning = Some(Arc::new(warn));
+    config.on_progress = moved;
     let remote = RemoteCache::from_config(config).map_err(|e| UsageError(format!("{e:#}")))?;
     remote.check().map_err(|e| UsageError(e.to_string()))?;
     Ok(Some(Arc::new(remote)))
+}
+
+/// The progress line `remote cache` (on a terminal): bytes moved so far, both ways.
+fn bytes_moved_line(progress: Arc<Progress>) -> qflow_cache::remote::Progress {
+    use qflow_engine::context::ProgressSink as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LINE: &str = "remote cache";
+    let total = AtomicU64::new(0);
+    let started = std::sync::Once::new();
+    Arc::new(move |n: u64| {
+        started.call_once(|| progress.start(LINE));
+        let before = total.fetch_add(n, Ordering::Relaxed);
+        // A new text every MiB or so is plenty for a human.
+        if (before >> 20) != ((before + n) >> 20) {
+            progress.message(LINE, &format!("{:.1} MB moved", (before + n) as f64 / 1e6));
+        }
+    })
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -83,7 +102,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let progress = Arc::new(Progress::new());
             let warn_to = progress.clone();
-            let remote = open_remote(&remote, move |w| warn_to.event(&format!("warning: {w}")))?;
+            let remote = open_remote(
+                &remote,
+                move |w| warn_to.event(&format!("warning: {w}")),
+                Some(bytes_moved_line(progress.clone())),
+            )?;
             let options = ApplyOptions {
                 jobs,
                 keep_going,
@@ -91,7 +114,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 out_dir: None,
                 remote,
             };
-            let run = apply(&mut session, &options, progress)?;
+            let run = apply(&mut session, &options, progress.clone())?;
+            progress.finish("remote cache");
             // The process exits next; the kernel frees the workflow and the
             // session's maps at once, where dropping them piece by piece cost
             // a tenth of a no-op apply of 1,000 steps. Nothing in them has a
@@ -114,7 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let wf = load(&workflow, &registry)?;
             let mut session =
                 Session::open(&wf, &registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
-            let remote = open_remote(&remote, |w| eprintln!("qflow: warning: {w}"))?;
+            let remote = open_remote(&remote, |w| eprintln!("qflow: warning: {w}"), None)?;
             let steps = plan_with_remote(&mut session, remote.as_deref())?;
             if json {
                 println!(
