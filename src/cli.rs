@@ -208,6 +208,8 @@ pub fn run() -> i32 {
             }
             if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
                 || e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<qflow_cache::remote::CredentialsError>()
+                    .is_some()
             {
                 eprintln!("error: {e}");
                 return 2;

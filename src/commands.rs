@@ -29,8 +29,9 @@ fn load(args: &WorkflowArgs, registry: &qflow_engine::Registry) -> anyhow::Resul
     Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })
 }
 
-/// The remote cache the options name, asked once before anything runs: refused
-/// credentials for the read URL are a usage error (exit 2). Warnings go to `warn`.
+/// The remote cache the options name, its access check started. Refused credentials for
+/// the read URL stop `apply` and `plan` at their first lookup, before any step runs (exit
+/// 2). Warnings go to `warn`.
 fn open_remote(
     args: &RemoteArgs,
     warn: impl Fn(&str) + Send + Sync + 'static,
@@ -51,8 +52,9 @@ fn open_remote(
     config.on_warning = Some(Arc::new(warn));
     config.on_progress = moved;
     let remote = RemoteCache::from_config(config).map_err(|e| UsageError(format!("{e:#}")))?;
-    remote.check().map_err(|e| UsageError(e.to_string()))?;
-    Ok(Some(Arc::new(remote)))
+    let remote = Arc::new(remote);
+    remote.check_in_background();
+    Ok(Some(remote))
 }
 
 /// The progress line `remote cache` (on a terminal): bytes moved so far, both ways.

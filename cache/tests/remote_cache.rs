@@ -283,20 +283,9 @@ fn a_result_uploaded_from_one_cache_is_fetched_byte_identical_into_an_empty_one(
     assert_eq!(remote_a.upload(&overlay, &a), UploadOutcome::AlreadyThere);
     assert!(warnings_a.lock().unwrap().is_empty());
 
-    // Content first, the action entry last.
     let log = std::fs::read_to_string(server.state.0.join("logs/access.log")).unwrap();
-    let mut puts: Vec<(f64, &str)> = log
-        .lines()
-        .filter(|l| l.contains("\"PUT /"))
-        .map(|l| (request_start(l), l))
-        .collect();
-    puts.sort_by(|a, b| a.0.total_cmp(&b.0));
-    assert_eq!(puts.len(), 6, "{log}");
-    assert!(
-        puts[..5].iter().all(|(_, l)| l.contains("PUT /cas/")),
-        "{log}"
-    );
-    assert!(puts[5].1.contains("PUT /ac/"), "{log}");
+    let puts = log.lines().filter(|l| l.contains("\"PUT /")).count();
+    assert_eq!(puts, 6, "5 objects and the entry: {log}");
 
     let (remote_b, warnings_b) = server.client(Credentials::none());
     remote_b.check().unwrap();
@@ -656,24 +645,17 @@ fn a_server_answering_503_is_left_alone_after_three_faults_in_a_row() {
     assert_eq!(remote.stats().faults, 3);
 }
 
-#[test]
-fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
-    let scratch = Scratch::new("dropped");
-    let a = cache_in(&scratch, "a");
-    let b = cache_in(&scratch, "b");
-    let record = commit(
-        &a,
-        &Hash::of_bytes(b"step"),
-        &[("disk.img", noise(1 << 20, 3), false)],
-        &[],
-    );
-    // A store that keeps what is PUT, answers GET of an entry whole, and drops every object
-    // after its first 4 KiB.
-    let kept: Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>> = Arc::default();
-    let store = kept.clone();
+/// A store in memory behind [`tiny_server`]: keeps what is PUT, answers HEAD and GET, and
+/// notes every request line in order (one request at a time, so the order is exact). With
+/// `drop_objects`, every GET of an object stops after 4 KiB.
+fn memory_store(drop_objects: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+    let kept: Mutex<std::collections::HashMap<String, Vec<u8>>> = Mutex::default();
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = requests.clone();
     let (url, _) = tiny_server(move |line, body, conn| {
+        seen.lock().unwrap().push(line.to_string());
         let path = line.split(' ').nth(1).unwrap_or("").to_string();
-        let mut kept = store.lock().unwrap();
+        let mut kept = kept.lock().unwrap();
         let answer = |conn: &mut std::net::TcpStream, status: &str, len: usize| {
             let _ = write!(
                 conn,
@@ -690,19 +672,66 @@ fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
                 None => answer(conn, "404 Not Found", 0),
             },
             _ => match kept.get(&path) {
-                Some(b) if path.starts_with("/ac/") => {
-                    answer(conn, "200 OK", b.len());
-                    let _ = conn.write_all(b);
-                }
-                Some(b) => {
+                Some(b) if drop_objects && path.starts_with("/cas/") => {
                     answer(conn, "200 OK", b.len());
                     let _ = conn.write_all(&b[..4096.min(b.len())]);
                     let _ = conn.shutdown(std::net::Shutdown::Both);
+                }
+                Some(b) => {
+                    answer(conn, "200 OK", b.len());
+                    let _ = conn.write_all(b);
                 }
                 None => answer(conn, "404 Not Found", 0),
             },
         }
     });
+    (url, requests)
+}
+
+#[test]
+fn an_upload_puts_every_object_before_the_entry_that_names_them() {
+    let scratch = Scratch::new("order");
+    let a = cache_in(&scratch, "a");
+    let b = cache_in(&scratch, "b");
+    let (_base, overlay) = two_steps(&a);
+    let (url, requests) = memory_store(false);
+    let mut config = RemoteConfig::new(&url);
+    config.upload = true;
+    let (uploader, _) = client(config);
+    assert!(matches!(
+        uploader.upload(&overlay, &a),
+        UploadOutcome::Uploaded { objects: 5, .. }
+    ));
+    let puts: Vec<String> = (requests.lock().unwrap().iter())
+        .filter(|l| l.starts_with("PUT "))
+        .cloned()
+        .collect();
+    assert_eq!(puts.len(), 6, "{puts:?}");
+    assert!(
+        puts[..5].iter().all(|l| l.starts_with("PUT /cas/")),
+        "{puts:?}"
+    );
+    assert!(puts[5].starts_with("PUT /ac/"), "{puts:?}");
+
+    // And what was put reads back whole into another cache.
+    let (remote, warnings) = client(RemoteConfig::new(&url));
+    let entry = remote.lookup(&overlay.key).unwrap();
+    assert_eq!(remote.fetch_tree(&entry, &b).unwrap(), overlay.output);
+    assert!(warnings.lock().unwrap().is_empty());
+}
+
+#[test]
+fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
+    let scratch = Scratch::new("dropped");
+    let a = cache_in(&scratch, "a");
+    let b = cache_in(&scratch, "b");
+    let record = commit(
+        &a,
+        &Hash::of_bytes(b"step"),
+        &[("disk.img", noise(1 << 20, 3), false)],
+        &[],
+    );
+    let (url, requests) = memory_store(true);
     let mut config = RemoteConfig::new(&url);
     config.upload = true;
     let (uploader, _) = client(config);
@@ -710,7 +739,12 @@ fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
         uploader.upload(&record, &a),
         UploadOutcome::Uploaded { objects: 1, .. }
     ));
-    assert_eq!(kept.lock().unwrap().len(), 2);
+    assert_eq!(
+        (requests.lock().unwrap().iter())
+            .filter(|l| l.starts_with("PUT"))
+            .count(),
+        2
+    );
 
     let (remote, warnings) = client(RemoteConfig::new(&url));
     let found = remote.lookup(&record.key).expect("the entry");
@@ -721,15 +755,6 @@ fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
     assert_eq!(b.get_record(&record.key).unwrap(), None);
     assert_eq!(stored(&b), (vec![], vec![]));
     assert_eq!((remote.stats().hits, remote.stats().misses), (0, 1));
-}
-
-/// When the request of an access log line started (the log's last fields are the request
-/// time and the time it was logged).
-fn request_start(line: &str) -> f64 {
-    let mut fields = line.rsplit(' ');
-    let logged: f64 = fields.next().unwrap().parse().unwrap();
-    let took: f64 = fields.next().unwrap().parse().unwrap();
-    logged - took
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

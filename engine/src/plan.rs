@@ -89,15 +89,19 @@ pub fn plan_with_remote(
         };
         let key = material.key();
         let mut action = "cached";
-        let output = match session.cached_from_lock(i, &key, &probe) {
+        let mut output = match session.cached_from_lock(i, &key, &probe) {
             Some(output) => Some(output),
-            None if s.cache => session.usable_record(&key).map(|r| r.output).or_else(|| {
-                let remote = remote.filter(|_| remote_reads[i])?;
-                action = "remote hit";
-                remote.lookup(&key).map(|r| r.record.output)
-            }),
+            None if s.cache => session.usable_record(&key).map(|r| r.output),
             None => None,
         };
+        if output.is_none()
+            && s.cache
+            && let Some(remote) = remote.filter(|_| remote_reads[i])
+        {
+            remote.check()?;
+            action = "remote hit";
+            output = remote.lookup(&key).map(|r| r.record.output);
+        }
         match output {
             Some(output) => {
                 outputs.insert(s.name.clone(), output);

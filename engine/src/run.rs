@@ -214,7 +214,7 @@ impl<'a> Run<'a> {
             if round.is_empty() {
                 break;
             }
-            self.prefetch_remote(&round);
+            self.prefetch_remote(&round)?;
             for id in round {
                 self.settle_one(id)?;
             }
@@ -254,9 +254,9 @@ impl<'a> Run<'a> {
     /// Asks the remote cache for every step of `round` the local cache lacks, and fetches
     /// the hits, several at once (the remote cache bounds the transfers in flight); what
     /// it found waits in `prefetched` for `settle_one`. One step alone is asked there.
-    fn prefetch_remote(&mut self, round: &[StepId]) {
+    fn prefetch_remote(&mut self, round: &[StepId]) -> anyhow::Result<()> {
         let Some(remote) = self.parts.remote else {
-            return;
+            return Ok(());
         };
         let wanted: Vec<(StepId, Hash)> = (round.iter())
             .filter(|id| self.remote_reads[id.index()])
@@ -264,8 +264,9 @@ impl<'a> Run<'a> {
             .filter(|(id, key)| self.local_lookup(*id, key).is_none())
             .collect();
         if wanted.len() < 2 {
-            return;
+            return Ok(());
         }
+        remote.check()?;
         let cache = &self.parts.session.cache;
         let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
             let entry = remote.lookup(key)?;
@@ -275,6 +276,7 @@ impl<'a> Run<'a> {
         for ((id, _), record) in wanted.into_iter().zip(found) {
             self.prefetched.insert(id, record);
         }
+        Ok(())
     }
 
     /// Every upstream step is done: compute the key, then cached or ready.
@@ -283,7 +285,7 @@ impl<'a> Run<'a> {
         let s = &session.workflow.steps[id.index()];
         let material = self.material_of(id)?;
         let key = material.key();
-        let Some(hit) = self.lookup(id, &key) else {
+        let Some(hit) = self.lookup(id, &key)? else {
             let reasons = session.reasons(self.parts.prepared, id.index(), &material);
             self.ready[id.index()] = Some((material, reasons));
             self.schedule.set(id, StepState::Ready);
@@ -329,18 +331,20 @@ impl<'a> Run<'a> {
     /// its lock entry (found in place before the run, or with record and tree
     /// in the cache now), else a record in the cache. A remote cache would be
     /// asked here, last.
-    fn lookup(&mut self, id: StepId, key: &Hash) -> Option<Hit> {
+    /// Its only error: the remote cache refused the credentials (see
+    /// [`RemoteCache::check`]).
+    fn lookup(&mut self, id: StepId, key: &Hash) -> anyhow::Result<Option<Hit>> {
         // Fetched moments ago in this settle round: a remote hit, now in the local cache.
         let prefetched = self.prefetched.remove(&id);
         let asked = prefetched.is_some();
         if let Some(rec) = prefetched.flatten().filter(|r| r.key == *key) {
-            return Some(Hit::Remote(rec));
+            return Ok(Some(Hit::Remote(rec)));
         }
         if let Some(hit) = self.local_lookup(id, key) {
-            return Some(hit);
+            return Ok(Some(hit));
         }
         if asked {
-            return None; // the remote cache was asked in this round
+            return Ok(None); // the remote cache was asked in this round
         }
         self.remote_lookup(id, key)
     }
@@ -366,15 +370,22 @@ impl<'a> Run<'a> {
     /// The remote cache's answer for step `id`'s `key`, fetched into the local cache
     /// (its output tree is linked under `out/` next). Faults and wrong bytes are misses;
     /// the remote cache gave its warning.
-    fn remote_lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
-        let remote = self.parts.remote?;
+    fn remote_lookup(&self, id: StepId, key: &Hash) -> anyhow::Result<Option<Hit>> {
+        let Some(remote) = self.parts.remote else {
+            return Ok(None);
+        };
         if !self.remote_reads[id.index()] {
-            return None;
+            return Ok(None);
         }
-        let found = remote.lookup(key)?;
+        remote.check()?;
+        let Some(found) = remote.lookup(key) else {
+            return Ok(None);
+        };
         let cache = &self.parts.session.cache;
-        remote.fetch_tree(&found, cache).ok()?;
-        Some(Hit::Remote(found.record))
+        Ok(remote
+            .fetch_tree(&found, cache)
+            .ok()
+            .map(|_| Hit::Remote(found.record)))
     }
 
     /// Queue step `id`'s result under `key` for upload, if uploads are on and allowed.

@@ -114,8 +114,10 @@ pub fn apply(
 }
 
 /// A thread that uploads the results whose keys arrive on `keys` (content first, the
-/// action entry last; see the remote cache), until the run drops its sender. Runs while
-/// the workspace lock is held, so `qflow gc` cannot remove what it reads.
+/// action entry last; see the remote cache), until the run drops its sender. It hands them
+/// to as many workers as the remote cache runs transfers, so a push of many small cached
+/// results is not one round trip after another. Runs while the workspace lock is held, so
+/// `qflow gc` cannot remove what it reads.
 fn spawn_uploader(
     remote: Arc<RemoteCache>,
     cache: Cache,
@@ -123,16 +125,29 @@ fn spawn_uploader(
     progress: Arc<Progress>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let (mut steps, mut bytes) = (0u64, 0u64);
-        for key in keys {
-            let Ok(Some(record)) = cache.get_record(&key) else {
-                continue;
-            };
-            if let UploadOutcome::Uploaded { bytes: b, .. } = remote.upload(&record, &cache) {
-                steps += 1;
-                bytes += b;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let keys = std::sync::Mutex::new(keys);
+        let (steps, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..remote.transfers() {
+                s.spawn(|| {
+                    loop {
+                        let next = keys.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(key) = next else { break };
+                        let Ok(Some(record)) = cache.get_record(&key) else {
+                            continue;
+                        };
+                        if let UploadOutcome::Uploaded { bytes: b, .. } =
+                            remote.upload(&record, &cache)
+                        {
+                            steps.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(b, Ordering::Relaxed);
+                        }
+                    }
+                });
             }
-        }
+        });
+        let (steps, bytes) = (steps.into_inner(), bytes.into_inner());
         if steps > 0 {
             progress.event(&format!(
                 "uploaded {steps} results ({:.1} MB) to the remote cache {}",

@@ -158,6 +158,8 @@ pub struct RemoteCache {
     on_progress: Option<Progress>,
     warnings: Mutex<Vec<String>>,
     counters: Counters,
+    /// The answer of [`RemoteCache::check`].
+    access: std::sync::OnceLock<Result<(), String>>,
 }
 
 impl std::fmt::Debug for RemoteCache {
@@ -200,6 +202,7 @@ impl RemoteCache {
             on_progress: config.on_progress,
             warnings: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            access: std::sync::OnceLock::new(),
         })
     }
 
@@ -218,10 +221,28 @@ impl RemoteCache {
         self.write.is_some()
     }
 
-    /// Asks the read URL once, before anything runs: refused credentials are a
+    /// Whether the read URL accepts this client, asked once per run (later calls return the
+    /// first answer, waiting for it if another thread is asking): refused credentials are a
     /// [`CredentialsError`]; a server that is down or broken only gives its one warning (the
-    /// run goes on, building locally).
+    /// run goes on, building locally). Callers ask before their first lookup, so a no-op
+    /// apply that needs nothing from the server never waits for it.
     pub fn check(&self) -> Result<(), CredentialsError> {
+        self.access
+            .get_or_init(|| self.ask_access())
+            .clone()
+            .map_err(CredentialsError)
+    }
+
+    /// Starts [`RemoteCache::check`] on a thread of its own, so its round trip overlaps the
+    /// work before the first lookup.
+    pub fn check_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let _ = me.check();
+        });
+    }
+
+    fn ask_access(&self) -> Result<(), String> {
         let empty = Sha256::of_bytes(b"");
         match self.http.head(&self.read, Kind::Cas, &empty) {
             Ok(_) => {
@@ -230,9 +251,7 @@ impl RemoteCache {
             }
             Err(Fault::Credentials(status)) => {
                 let _ = self.read.health.fault("", &Fault::Credentials(status));
-                Err(CredentialsError(
-                    self.credentials_message(&self.read, status),
-                ))
+                Err(self.credentials_message(&self.read, status))
             }
             Err(fault) => {
                 self.fault(&self.read, &fault);
