@@ -20,7 +20,7 @@
 #   files) in target/bench-remote-cache/. With WORKFLOW (e.g. workflows/quickstart.yaml)
 #   machine A is its own cache (QFLOW_CACHE or .qflow beside it, warm or not); B's apply runs
 #   beside it with a cache of its own, and A's out/ links are put back at the end.
-# Needs root (nginx). Leaves the server's state in $work/srv (removed at the next run).
+# Needs root (nginx). Removes the server, B's cache and the curl copies when done.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +40,12 @@ export QFLOW_REMOTE_CACHE_SRV_WRITE=127.0.0.1:$(free_port)
 "$repo/scripts/remote-cache-stop.sh"
 rm -rf "$QFLOW_REMOTE_CACHE_SRV"
 "$repo/scripts/remote-cache-start.sh"
-trap '"$repo/scripts/remote-cache-stop.sh"' EXIT
+# Everything the bench made (hundreds of MB) goes at the end; A's cache only if generated.
+cleanup() {
+	"$repo/scripts/remote-cache-stop.sh"
+	rm -rf "$QFLOW_REMOTE_CACHE_SRV" "$work"
+}
+trap cleanup EXIT
 read_url=http://$QFLOW_REMOTE_CACHE_SRV_READ
 write_url=http://$QFLOW_REMOTE_CACHE_SRV_WRITE
 

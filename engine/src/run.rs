@@ -271,6 +271,7 @@ impl<'a> Run<'a> {
         let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
             let entry = remote.lookup(key)?;
             remote.fetch_tree(&entry, cache).ok()?;
+            cache.clear_started(key).ok()?;
             Some(entry.record)
         });
         for ((id, _), record) in wanted.into_iter().zip(found) {
@@ -382,10 +383,12 @@ impl<'a> Run<'a> {
             return Ok(None);
         };
         let cache = &self.parts.session.cache;
-        Ok(remote
-            .fetch_tree(&found, cache)
-            .ok()
-            .map(|_| Hit::Remote(found.record)))
+        if remote.fetch_tree(&found, cache).is_err() {
+            return Ok(None);
+        }
+        // A killed run's started mark no longer stands for this key: its record is whole.
+        cache.clear_started(key)?;
+        Ok(Some(Hit::Remote(found.record)))
     }
 
     /// Queue step `id`'s result under `key` for upload, if uploads are on and allowed.

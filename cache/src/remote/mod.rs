@@ -14,7 +14,8 @@
 //!   makes a miss and one warning, and is left alone after a few faults in a row; refused
 //!   credentials (401/403) are their own error (`credentials.rs`).
 //!
-//! Transfers stream with constant memory and run [`RemoteConfig::transfers`] at a time.
+//! Transfers stream with constant memory and at most [`RemoteConfig::transfers`] run at a
+//! time over every fetch and upload of a run (`transfer_slots.rs`).
 //! This module never prints: warnings go to [`RemoteConfig::on_warning`] and are kept for
 //! [`RemoteCache::warnings`]; counters are in [`RemoteCache::stats`].
 
@@ -46,7 +47,7 @@ use crate::Hash;
 use http_store::{Endpoint, HttpStore, Kind};
 use transfer_slots::{TransferSlots, for_each_bounded};
 
-/// A callback that hears warnings (one line each) or byte counts.
+/// A callback that hears warnings, one line each.
 pub type Warn = Arc<dyn Fn(&str) + Send + Sync>;
 /// A callback that hears how many bytes just moved (for progress bars).
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
