@@ -1,12 +1,15 @@
 //! The command line (clap) and exit codes.
 //!
 //! Exit codes: 0 success; 1 a step failed (or an unexpected error); 2 a bad
-//! workflow, bad usage or a host missing what the workflow needs (nothing ran);
+//! workflow, bad usage, a refused request (a bundle without a lock) or a host
+//! missing what the workflow needs (nothing ran);
 //! 130 interrupted by a signal.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::usage_error::UsageError;
 
 /// Declarative, incremental, reproducible QEMU full-system simulation setups.
 #[derive(Parser, Debug)]
@@ -76,6 +79,13 @@ pub enum Command {
         /// `qflow status` shows progress.
         #[arg(long)]
         detach: bool,
+        /// Where steps without their own `executor:` run: `local` or `slurm`
+        /// (default: the workflow's `executor:`, else local).
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
+        /// (Internal) submit Slurm jobs with sbatch: set by `--detach`.
+        #[arg(long, hide = true)]
+        slurm_batch: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -83,6 +93,9 @@ pub enum Command {
     Plan {
         #[command(flatten)]
         workflow: WorkflowArgs,
+        /// Where steps without their own `executor:` would run: `local` or `slurm`.
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
         /// Print JSON: {"steps":[{"name","action","reasons"}]}.
         #[arg(long)]
         json: bool,
@@ -139,6 +152,12 @@ pub enum Command {
         /// Skip the KVM boot probe (it takes up to 10 s when KVM cannot boot a guest).
         #[arg(long)]
         no_kvm_probe: bool,
+        /// Also check the Slurm cluster steps would run on (`--executor slurm`).
+        #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
+        executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
+        /// The cache directory the cluster's nodes must see (for `--executor slurm`).
+        #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]
+        cache: Option<PathBuf>,
     },
     /// Rebuild the workflow from scratch in a temporary cache and compare every
     /// output hash with its lock file.
@@ -179,6 +198,15 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of workflow files, for editors.
     Schema,
+    /// (Internal) run one step execution inside a Slurm job, from its description file.
+    #[command(name = "__run-step", hide = true)]
+    RunStep {
+        /// The step description the coordinator wrote on the shared file system.
+        description: PathBuf,
+    },
+    /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
+    #[command(name = "__probe-node", hide = true)]
+    ProbeNode { file: PathBuf },
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -208,6 +236,7 @@ pub fn run() -> i32 {
             }
             if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
                 || e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<qflow_engine::Refusal>().is_some()
                 || e.downcast_ref::<qflow_cache::remote::CredentialsError>()
                     .is_some()
             {
@@ -220,14 +249,7 @@ pub fn run() -> i32 {
     }
 }
 
-/// Bad command-line usage found after parsing (exit 2).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+fn parse_executor(text: &str) -> Result<qflow_engine::slurm::placement::ExecutorChoice, String> {
+    qflow_engine::slurm::placement::ExecutorChoice::parse(text)
+        .ok_or_else(|| format!("`{text}` is not an executor; use `local` or `slurm`"))
 }
-
-impl std::error::Error for UsageError {}

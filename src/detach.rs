@@ -1,4 +1,4 @@
-//! `qflow apply --detach`: the seed's "Preserving Jobs Across Sessions" without
+//! `qflow apply --detach`: the hand recipe's "Preserving Jobs Across Sessions" without
 //! `screen`. qflow starts itself again in a new session (setsid), so the SIGHUP
 //! sent when an ssh login ends never reaches it; its output goes to a log file in
 //! the cache and `qflow status` reads the live run record.
@@ -21,9 +21,16 @@ pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the qflow executable")?;
+    // Slurm jobs of a detached run are batch jobs, which outlive any process.
     let args: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| a != "--detach")
+        .map(|a| {
+            if a == "--detach" {
+                "--slurm-batch".to_string()
+            } else {
+                a
+            }
+        })
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args)

@@ -2,7 +2,7 @@
 //! workflow is node [`StepId`]`(i)`; an edge runs upstream → downstream.
 //!
 //! It knows steps only by [`StepId`]: `workflow.rs` builds it from `after`,
-//! `${{ steps.X }}` and typed reference fields ([`crate::workflow::Workflow::dag`])
+//! `${{ steps.X }}` and typed reference fields (`Workflow::dag` in `workflow.rs`)
 //! and names the steps of a cycle ([`Dag::cycles`] finds them). Imports nothing
 //! of the engine, so everything may import it.
 

@@ -20,9 +20,12 @@
 //!
 //! The run loop never learns whether a job is a thread or a batch job. Where a
 //! remote *cache* enters is elsewhere: `Run::lookup` in `run.rs` is the one
-//! question "is there a usable result for this key". Imports `step_job`.
+//! question "is there a usable result for this key". Imports `step_job`
+//! (and, for the local executor, `context` and `step`).
 
 pub mod local;
+pub mod routed;
+pub mod slurm;
 
 use std::sync::Arc;
 use std::time::Duration;

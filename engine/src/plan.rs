@@ -2,6 +2,8 @@
 //!
 //! With a remote cache, a step the local cache lacks is asked there (the action entry only,
 //! nothing else is downloaded): `remote hit` when a sound entry answers its key.
+//!
+//! Imports `session`, `step` and `remote_use`.
 
 use std::collections::BTreeMap;
 
@@ -15,14 +17,18 @@ use crate::step::CheckContext;
 /// One step of a plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
+    /// The step's name.
     pub name: String,
+    /// Its `kind:`.
     pub kind: String,
     /// `run`, `cached` or `remote hit`.
     pub action: String,
+    /// Why it runs.
     pub reasons: Vec<String>,
     /// The command lines the step would run.
     pub commands: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Its key (hex), when known before anything runs.
     pub key: Option<String>,
 }
 

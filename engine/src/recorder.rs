@@ -7,12 +7,13 @@
 //! is not recorded), the tree is committed to the cache, the record is
 //! written and the started mark cleared. Only a complete, checked result is
 //! ever recorded; on any error the staging directory is dropped with its
-//! [`TempTree`]. Imports `inputs`, `session` and `step_job`.
+//! [`TempTree`]. Imports `inputs`, `session`, `step_job`, `dag` and `run_record`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::bail;
+
 use qflow_cache::{Hash, Record, TempTree};
 
 use crate::dag::StepId;
@@ -30,6 +31,8 @@ pub struct Recording {
     pub staging: TempTree,
     /// Output trees of its upstream steps, kept alive by its record.
     pub retains: Vec<Hash>,
+    /// Its inputs' stat fields when it was handed to the executor.
+    pub input_stamps: Vec<Hash>,
     /// What the step noted.
     pub output: StepOutput,
     /// When it was handed to the executor.
@@ -50,7 +53,7 @@ impl Recording {
                 &session.workflow.dir,
                 &mut stat,
                 Some(&cache.dir("tree-index")),
-                &[inputs],
+                std::slice::from_ref(&inputs),
             )?;
             drop(stat);
             for (before, after) in before.iter().zip(&now[0]) {
@@ -60,6 +63,29 @@ impl Recording {
                         before.label
                     );
                 }
+            }
+        }
+        // Content back as it was is not enough: an edit undone while the step ran
+        // (A, B, A) made the output from B. Stat fields show it.
+        let stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
+        for ((input, before), after) in inputs.iter().zip(&self.input_stamps).zip(&stamps) {
+            if before != after {
+                bail!(
+                    "input `{}` was modified while the step ran (its content may be back, but the step may have read another); its result is not recorded: apply again",
+                    input.path
+                );
+            }
+        }
+        // A step must not write into another step's output: root can, whatever the modes.
+        for (up, tree) in decl.upstream_names().zip(&self.retains) {
+            if cache.tree_unchanged(tree) {
+                continue;
+            }
+            if let qflow_cache::TreeCheck::Damaged(path) = cache.check_tree(tree) {
+                cache.discard_damaged_tree(tree)?;
+                bail!(
+                    "the step changed `{path}` in the output of `{up}` (`${{{{ steps.{up} }}}}`); a step must not write into another step's output: copy the file into $QFLOW_OUT first. `{up}` runs again next time"
+                );
             }
         }
         let manifest = cache.commit_tree(self.staging)?;

@@ -60,7 +60,7 @@ mod tests {
                 .map(|f| crate::StepRef::new("from", f))
                 .collect()
         }
-        fn outputs(&self) -> Vec<String> {
+        fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
             Vec::new()
         }
         fn consumes_secret(&self) -> bool {
@@ -74,6 +74,12 @@ mod tests {
     impl StepFields for Secretive {
         const KIND: &'static str = "secretive";
         const SCHEMA_VERSION: u32 = 1;
+        fn kind_tools() -> Vec<crate::Tool> {
+            Vec::new()
+        }
+        fn kind_needs() -> Vec<crate::HostNeed> {
+            Vec::new()
+        }
     }
 
     fn policy(yaml: &str) -> Vec<(String, bool, bool)> {

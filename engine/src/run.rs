@@ -3,7 +3,7 @@
 //! [`Run`] owns the step states ([`Schedule`]), each step's output, the run
 //! record and the lock entries the run changes, and has one small method per
 //! event: [`Run::settle`] looks at waiting steps whose upstream changed (its
-//! key is computed and [`Run::lookup`] answers "is there a usable result for
+//! key is computed and `Run::lookup` answers "is there a usable result for
 //! it"; if so the step is `cached`, else ready), [`Run::start_ready`] hands
 //! ready steps that fit in the free slots to the executor, `on_executed` and
 //! `on_recorded` handle a finished step, [`Run::write_live`] keeps the live
@@ -14,8 +14,8 @@
 //! kill -9 of qflow the next apply sees no record and runs it again. Its
 //! result is recorded (`recorder.rs`, on a thread of the run) only once the
 //! executor reports its output complete; until then it holds its slots.
-//! Imports `schedule`, `executor`, `recorder`, `run_record`, `session`,
-//! `out_links`, `lockfile`, `progress` and `context`.
+//! Imports `schedule`, `dag`, `executor`, `recorder`, `run_record`, `session`,
+//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress` and `context`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -103,6 +103,8 @@ struct Active {
     /// Taken when the executor reports it done.
     staging: Option<TempTree>,
     retains: Vec<Hash>,
+    /// Its inputs' stat fields when it was handed over (see `input_stamp.rs`).
+    input_stamps: Vec<Hash>,
     submitted: Instant,
 }
 
@@ -218,6 +220,13 @@ impl<'a> Run<'a> {
             for id in round {
                 self.settle_one(id)?;
             }
+        }
+        for d in self.parts.session.cache.take_damaged() {
+            self.parts.progress.event(&format!(
+                "warning: a cached output changed after it was recorded (`{}` in tree {}); it was removed and the step that made it runs again",
+                d.path,
+                d.tree.short()
+            ));
         }
         // `cached` lines wait here, so a no-op writes them all at once.
         self.parts.progress.flush();
@@ -421,16 +430,21 @@ impl<'a> Run<'a> {
         let submit = self
             .job_for(id, &material)
             .and_then(|(job, staging, retains)| {
+                let session = self.parts.session;
+                let inputs = session.workflow.steps[id.index()].step.inputs();
+                let input_stamps =
+                    crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
                 let job_id = executor.submit(job)?;
-                Ok((job_id, staging, retains))
+                Ok((job_id, staging, retains, input_stamps))
             });
         match submit {
-            Ok((job, staging, retains)) => {
+            Ok((job, staging, retains, input_stamps)) => {
                 let active = Active {
                     step: id,
                     material,
                     staging: Some(staging),
                     retains,
+                    input_stamps,
                     submitted,
                 };
                 self.active.insert(job, active);
@@ -508,6 +522,7 @@ impl<'a> Run<'a> {
             key: active.material.key(),
             staging: active.staging.take().expect("staging directory"),
             retains: std::mem::take(&mut active.retains),
+            input_stamps: std::mem::take(&mut active.input_stamps),
             output,
             submitted: active.submitted,
         };

@@ -5,7 +5,8 @@
 //! On Ctrl-C / SIGTERM / SIGHUP the run loop cancels every running step,
 //! unfinished steps drop their temporary output (nothing is recorded for
 //! them) and qflow exits 130; a second signal exits at once. Imports `run`,
-//! `executor`, `session`, `out_links`, `lockfile`, `run_record` and `progress`.
+//! `executor`, `session`, `out_links`, `lockfile`, `run_record`, `progress`,
+//! `context`, `step` and `timings`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ use qflow_cache::{Cache, CacheProbe, Hash, LockWait};
 use crate::context::ProgressSink;
 use crate::executor::Wake;
 use crate::executor::local::LocalExecutor;
+use crate::executor::routed::Routed;
+use crate::executor::slurm::SlurmExecutor;
 use crate::lockfile::LockedStep;
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -39,6 +42,10 @@ pub struct ApplyOptions {
     pub no_wait: bool,
     /// Where `out/<step>` links go (default: beside the workflow).
     pub out_dir: Option<PathBuf>,
+    /// `--executor`: where steps without their own `executor:` run.
+    pub executor: Option<crate::slurm::placement::ExecutorChoice>,
+    /// Submit Slurm jobs with sbatch, so they outlive this process (`--detach`).
+    pub slurm_batch: bool,
     /// A remote cache asked after the local one (and written when it uploads).
     pub remote: Option<Arc<RemoteCache>>,
 }
@@ -66,6 +73,22 @@ pub fn apply(
     crate::timings::mark("preflight");
     let in_place = lock_entries_in_place(session, &probe, &out_links);
     crate::timings::mark("check lock entries");
+    let slurm = crate::slurm::setup::prepare(
+        session,
+        &prepared,
+        options.executor,
+        options.slurm_batch,
+        &in_place,
+        &progress,
+    )?;
+    // Cluster jobs hold no CPU slot of this host: the queue limits them.
+    let slots = options.jobs
+        + slurm.as_ref().map_or(0, |(_, names)| {
+            (session.workflow.steps.iter())
+                .filter(|s| names.contains(&s.name))
+                .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
+                .sum()
+        });
     let (tx, rx) = mpsc::channel::<Event>();
     let signals = watch_signals(tx.clone())?;
     let remote = options.remote.clone();
@@ -90,15 +113,25 @@ pub fn apply(
         uploads,
     };
     let id = crate::run_record::run_id();
-    let mut run = Run::new(parts, options.jobs, options.keep_going, id);
+    let mut run = Run::new(parts, slots, options.keep_going, id);
     let registry = session.registry;
     let scheduled = std::thread::scope(|scope| {
         let sink: Arc<dyn ProgressSink> = progress.clone();
         let wake = Wake::new(move || {
             let _ = tx.send(Event::Wake);
         });
-        let mut executor = LocalExecutor::new(scope, registry, sink, wake);
-        crate::run::drive(&mut run, &mut executor, &rx, scope)
+        let local = LocalExecutor::new(scope, registry, sink, wake);
+        match slurm {
+            None => {
+                let mut executor = local;
+                crate::run::drive(&mut run, &mut executor, &rx, scope)
+            }
+            Some((setup, names)) => {
+                let remote = SlurmExecutor::new(setup, progress.clone())?;
+                let mut executor = Routed::new(local, remote, names);
+                crate::run::drive(&mut run, &mut executor, &rx, scope)
+            }
+        }
     });
     progress.flush();
     scheduled?;
@@ -306,7 +339,9 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
     let check = |e: &Option<(&str, Hash, Hash)>| {
         e.as_ref().is_some_and(|(step, key, output)| {
             probe.has_tree(output)
-                && (settled || (probe.has_record(key) && out.is_present(step, output)))
+                && session.cache.tree_unchanged(output)
+                && (settled
+                    || (session.cache.record_names(key, output) && out.is_present(step, output)))
         })
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));

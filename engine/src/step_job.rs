@@ -9,8 +9,7 @@
 //! the same registry of kinds on another host that sees the same paths. The
 //! run loop, not the worker, then checks and records the output tree
 //! (`recorder.rs`). Note that `env` may hold secrets: a job written to disk
-//! must be readable by its owner only. Imports `context`, `step` and
-//! `leftovers`.
+//! must be readable by its owner only. Imports `context` and `step`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -5,6 +5,10 @@
 //! steps and vars, outputs escaping the output directory, inputs that do not
 //! exist, cycles. Every problem is collected with its `file:line:column`, so a
 //! user fixes them all in one pass.
+//!
+//! Imports `dag`, `diagnostic`, `interpolate`, `source_map`, `glob`, `paths`,
+//! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
+//! holds `Workflow::load`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -17,8 +21,18 @@ use crate::interpolate::{self, Expr};
 use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
-const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache", "remote_cache"];
+const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps", "executor", "slurm"];
+const COMMON_FIELDS: &[&str] = &[
+    "kind",
+    "after",
+    "jobs",
+    "env",
+    "cache",
+    "remote_cache",
+    "executor",
+    "resources",
+    "retries",
+];
 
 /// Why one step depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,10 +52,14 @@ pub struct Workflow {
     pub path: PathBuf,
     /// Its directory: the working directory of steps and the base of relative paths.
     pub dir: PathBuf,
+    /// Its name (`name:`, else the file's stem).
     pub name: String,
+    /// `vars:` after `--set` overrides.
     pub vars: BTreeMap<String, String>,
     /// The steps in file order.
     pub steps: Vec<StepDecl>,
+    /// `executor:` and `slurm:` (not in any step key).
+    pub placement: crate::slurm::placement::WorkflowPlacement,
 }
 
 /// A step's `remote_cache:` field.
@@ -60,8 +78,11 @@ pub enum RemoteUse {
 /// One step of a workflow, validated.
 #[derive(Debug)]
 pub struct StepDecl {
+    /// The step's name.
     pub name: String,
+    /// Its `kind:`.
     pub kind: String,
+    /// The kind's schema version.
     pub schema_version: u32,
     /// Upstream steps and why, in first-mention order, without duplicates.
     pub upstream: Vec<(String, EdgeReason)>,
@@ -73,6 +94,8 @@ pub struct StepDecl {
     pub cache: bool,
     /// `remote_cache:` as written: whether a remote cache is read and written for it.
     pub remote_cache: RemoteUse,
+    /// `executor:`, `resources:`, `retries:` (not in the step key).
+    pub placement: crate::slurm::placement::StepPlacement,
     /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
     pub fields: Value,
     /// `fields` as canonical JSON (what enters the key), made once.
@@ -92,6 +115,7 @@ impl StepDecl {
             .get_or_init(|| crate::step_key::canonical_json(&self.fields))
     }
 
+    /// The names of its upstream steps.
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
@@ -227,53 +251,10 @@ pub struct LoadOptions {
 }
 
 impl Workflow {
-    /// Load and validate `path`. Problems in the workflow come back as an
-    /// [`InvalidWorkflow`] inside the error (the binary exits 2 on it).
-    pub fn load(
-        path: &Path,
-        registry: &Registry,
-        options: &LoadOptions,
-    ) -> anyhow::Result<Workflow> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let d = crate::diagnostic::Diagnostic {
-                    file: path.to_path_buf(),
-                    position: None,
-                    field: String::new(),
-                    message: format!(
-                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
-                        path.display()
-                    ),
-                };
-                return Err(crate::diagnostic::InvalidWorkflow {
-                    diagnostics: vec![d],
-                }
-                .into());
-            }
-        };
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let memo = options.memo_cache.as_ref().map(|cache| {
-            (
-                crate::workflow_memo::memo_path(cache, &path),
-                crate::workflow_memo::MemoKey::new(&path, &text, &options.set),
-            )
-        });
-        if let Some((memo, key)) = &memo
-            && let Some(workflow) = crate::workflow_memo::recall(memo, key, &path, registry)
-        {
-            crate::timings::mark("recall workflow memo");
-            return Ok(workflow);
-        }
-        let workflow = Self::load_text(path, &text, registry, options)?;
-        if let Some((memo, key)) = &memo {
-            crate::workflow_memo::remember(memo, key, &workflow);
-        }
-        Ok(workflow)
-    }
-
-    /// Parse and validate `text`, the content of the workflow at `path` (absolute).
-    fn load_text(
+    /// Parse and validate `text`, the content of the workflow at `path`
+    /// (absolute). [`Workflow::load`] (in `workflow_memo.rs`) reads the file
+    /// and asks the memo first.
+    pub fn load_text(
         path: PathBuf,
         text: &str,
         registry: &Registry,
@@ -283,7 +264,7 @@ impl Workflow {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let shown = display_path(&path);
+        let shown = crate::paths::shown(&path);
         let mut diags = Diagnostics::new(&shown, text);
 
         let doc: Value = match serde_yaml::from_str(text) {
@@ -448,12 +429,14 @@ impl Workflow {
                 steps.push(decl);
             }
         }
+        let placement = crate::slurm::placement::parse_workflow(top, &mut diags);
         let workflow = Workflow {
             path,
             dir,
             name,
             vars,
             steps,
+            placement,
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);
@@ -463,10 +446,12 @@ impl Workflow {
         Ok(workflow)
     }
 
+    /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepDecl> {
         self.steps.iter().find(|s| s.name == name)
     }
 
+    /// The index of the step named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
     }
@@ -568,17 +553,6 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// A path as the user will recognise it: relative to the current directory when inside it.
-fn display_path(p: &Path) -> PathBuf {
-    match std::env::current_dir() {
-        Ok(cwd) => p
-            .strip_prefix(&cwd)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|_| p.to_path_buf()),
-        Err(_) => p.to_path_buf(),
-    }
 }
 
 /// The workflow's step names, in file order and as a set: every edge is checked
@@ -884,6 +858,7 @@ fn load_step(
             diags.at(&format!("{base}.{}", input.field), msg);
         }
     }
+    let placement = crate::slurm::placement::parse_step(fields, base, diags);
     Some(StepDecl {
         name: name.to_string(),
         kind: kind_name,
@@ -893,6 +868,7 @@ fn load_step(
         env,
         cache,
         remote_cache,
+        placement,
         fields: kind_fields,
         canonical_fields: std::sync::OnceLock::new(),
         vars_used,

@@ -1,4 +1,4 @@
-//! The `customize` kind: the seed's hand customization of a system image
+//! The `customize` kind: the hand customization of a system image
 //! (root password, packages, no unattended upgrades, files, guest commands) as a step.
 //!
 //! It never touches the upstream image: it creates a qcow2 overlay whose backing
@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use qflow_engine::{
-    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, StepRef, Tool,
+    CheckContext, FieldError, HostNeed, Input, OutputRole, Requirement, RunContext, SecretUse,
+    Step, StepFields, StepRef, Tool,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -88,9 +89,26 @@ pub struct WriteFile {
 impl StepFields for Customize {
     const KIND: &'static str = "customize";
     const SCHEMA_VERSION: u32 = 1;
+
+    /// `virt-customize`, and `supermin`, which libguestfs runs to build its appliance.
+    fn kind_tools() -> Vec<Tool> {
+        vec![
+            virt_customize(),
+            qemu_img::tool(),
+            Tool::new("supermin", &["--version"], "supermin"),
+        ]
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::HostKernel]
+    }
 }
 
-/// What `purge_unattended_upgrades` writes: the seed's switches, in both files the seed names.
+fn virt_customize() -> Tool {
+    Tool::new("virt-customize", &["--version"], "libguestfs-tools")
+}
+
+/// What `purge_unattended_upgrades` writes: the recipe's switches, in both files it names.
 const APT_PERIODIC_OFF: &str =
     "APT::Periodic::Update-Package-Lists \"0\";\nAPT::Periodic::Unattended-Upgrade \"0\";\n";
 const APT_PERIODIC_FILES: [&str; 2] = [
@@ -213,7 +231,17 @@ impl Drop for RemoveOnDrop {
 
 impl Step for Customize {
     fn consumes_secret(&self) -> bool {
+        // `random` too: the image holds the hash of a password only this host knows.
         self.root_password.as_ref().is_some_and(|p| p.is_read())
+    }
+
+    fn runs_only_here(&self) -> Option<String> {
+        match &self.root_password {
+            Some(Secret::Env(name)) => Some(format!(
+                "its `root_password` comes from the environment variable `{name}`, which must not travel to a node"
+            )),
+            _ => None,
+        }
     }
 
     fn references(&self) -> Vec<StepRef> {
@@ -228,30 +256,29 @@ impl Step for Customize {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![QCOW2_IMAGE.to_string()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(QCOW2_IMAGE.to_string(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
-        vec![
-            Tool::new("virt-customize", &["--version"], "libguestfs-tools"),
-            qemu_img::tool(),
-        ]
+        vec![virt_customize(), qemu_img::tool()]
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
-        // supermin builds libguestfs's appliance from the host's own kernel.
-        let kernel = std::fs::read_dir("/boot")
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz"))
-            })
-            .unwrap_or(false);
+        let need = HostNeed::HostKernel;
         vec![Requirement {
             what: "a Linux kernel in /boot for libguestfs's appliance".into(),
-            present: kernel,
+            present: crate::host::has(&need),
+            need,
             fix: "install one: `apt-get install linux-image-amd64` (supermin builds the appliance from it)".into(),
         }]
+    }
+
+    fn secrets(&self) -> Vec<SecretUse> {
+        self.root_password
+            .iter()
+            .filter_map(|s| s.used_as("root_password"))
+            .collect()
     }
 
     fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
@@ -337,28 +364,22 @@ impl Step for Customize {
             Some(Path::new("<0600 password file>")),
         ));
         vec![
-            format!(
-                "qemu-img create -f qcow2 -b ../<{}>/image.* -F <format> {QCOW2_IMAGE}",
-                self.image
-            ),
+            qemu_img::overlay_argv(
+                &format!("../<{}>/image.*", self.image),
+                "<format>",
+                QCOW2_IMAGE,
+                None,
+            )
+            .join(" "),
             quote(&vc),
         ]
     }
 
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         let upstream = upstream_image(ctx, &self.image)?;
-        let format = qemu_img::info(ctx, &upstream)?.format.name().to_string();
-        let out = ctx.out_dir().join(QCOW2_IMAGE);
-        let backing = relative_path(ctx.out_dir(), &upstream)?;
-
         ctx.progress("creating the overlay");
-        let mut create = ctx.command("qemu-img");
-        create
-            .args(["create", "-q", "-f", "qcow2", "-b"])
-            .arg(&backing)
-            .args(["-F", &format])
-            .arg(&out);
-        ctx.run(create)?;
+        let out_dir = ctx.out_dir().to_path_buf();
+        let out = qemu_img::create_overlay(ctx, &out_dir, QCOW2_IMAGE, &upstream)?;
 
         // The secret file and the upload files live only as long as this run.
         let password = match &self.root_password {
@@ -479,16 +500,6 @@ fn explain_libguestfs_failure(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// The path of `target` relative to directory `from` (both made absolute and free of
-/// `..` first), e.g. `../<hash>/image.qcow2` from a sibling tree.
-pub fn relative_path(from: &Path, target: &Path) -> anyhow::Result<PathBuf> {
-    let from = std::fs::canonicalize(from)
-        .with_context(|| format!("cannot resolve {}", from.display()))?;
-    let target = std::fs::canonicalize(target)
-        .with_context(|| format!("cannot resolve {}", target.display()))?;
-    Ok(qflow_engine::step::relative_to(&from, &target))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,7 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_parses_and_checks() {
+    fn a_step_using_every_field_parses_and_checks() {
         let dir =
             std::env::temp_dir().join(format!("qflow-customize-check-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("bench")).unwrap();
@@ -605,21 +616,6 @@ mod tests {
             Some("Installing packages: numactl")
         );
         assert_eq!(progress_of("Reading package lists..."), None);
-    }
-
-    #[test]
-    fn a_sibling_tree_is_reached_by_a_relative_path() {
-        let base = std::env::temp_dir().join(format!("qflow-rel-{}", std::process::id()));
-        std::fs::create_dir_all(base.join("trees/abc")).unwrap();
-        std::fs::create_dir_all(base.join("trees/.tmp-1")).unwrap();
-        std::fs::write(base.join("trees/abc/image.qcow2"), "").unwrap();
-        let rel = relative_path(
-            &base.join("trees/.tmp-1"),
-            &base.join("trees/abc/image.qcow2"),
-        )
-        .unwrap();
-        assert_eq!(rel, Path::new("../abc/image.qcow2"));
-        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

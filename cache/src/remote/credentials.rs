@@ -26,6 +26,7 @@ pub const TOKEN_ENV: &str = "QFLOW_REMOTE_CACHE_TOKEN";
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret holding `value`.
     pub fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
     }

@@ -69,10 +69,13 @@ pub struct RemoteConfig {
     pub credentials: Option<Credentials>,
     /// Credentials for `write_url`; `None`: as for `url`.
     pub write_credentials: Option<Credentials>,
+    /// How long to wait for the server.
     pub timeouts: Timeouts,
     /// Transfers at once.
     pub transfers: usize,
+    /// Hears every warning (else they are only kept, see [`RemoteCache::warnings`]).
     pub on_warning: Option<Warn>,
+    /// Hears every piece of a transfer (bytes), for a progress line.
     pub on_progress: Option<Progress>,
 }
 
@@ -123,9 +126,13 @@ pub struct RemoteStats {
     pub hits: u64,
     /// Steps asked for and not found, found unusable, or whose fetch failed.
     pub misses: u64,
+    /// Bytes downloaded (entries and objects).
     pub bytes_down: u64,
+    /// Bytes uploaded (entries and objects).
     pub bytes_up: u64,
+    /// Objects downloaded and verified.
     pub objects_down: u64,
+    /// Objects uploaded.
     pub objects_up: u64,
     /// Action entries written.
     pub records_up: u64,

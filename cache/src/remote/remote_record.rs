@@ -32,6 +32,7 @@ pub const MAX_REMOTE_RECORD_BYTES: u64 = 64 << 20;
 /// An action entry on the server.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RemoteRecord {
+    /// [`REMOTE_RECORD_FORMAT`].
     pub format: String,
     /// The record exactly as the uploader's cache held it.
     pub record: Record,
@@ -44,15 +45,20 @@ pub struct RemoteRecord {
 /// A tree another tree needs alive (a backing image), with what it needs in turn.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RetainedTree {
+    /// The tree's manifest (its hash names it).
     pub manifest: Manifest,
+    /// The trees it needs alive in turn.
     pub retains: Vec<Hash>,
 }
 
 /// One object to download: its blake3 (local name), sha256 (server name) and size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ObjectRef {
+    /// The name in the local cache.
     pub blake3: Hash,
+    /// The name on the server.
     pub sha256: Sha256,
+    /// Its length in bytes.
     pub size: u64,
 }
 

@@ -19,7 +19,12 @@ use crate::{Cache, EntryKind, Hash, Record};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UploadOutcome {
     /// The entry and every object it names are on the server now.
-    Uploaded { objects: u64, bytes: u64 },
+    Uploaded {
+        /// Objects the server lacked and got.
+        objects: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
     /// The server had the entry already.
     AlreadyThere,
     /// Nothing was uploaded; the reason (a warning was given when it was a fault).

@@ -20,8 +20,8 @@ struct Note {
 }
 
 impl Step for Note {
-    fn outputs(&self) -> Vec<String> {
-        vec!["note".into()]
+    fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
+        vec![("note".into(), crate::OutputRole::Result)]
     }
     fn run(&self, ctx: &mut crate::RunContext) -> anyhow::Result<()> {
         if self.fail {
@@ -35,6 +35,12 @@ impl Step for Note {
 impl StepFields for Note {
     const KIND: &'static str = "note";
     const SCHEMA_VERSION: u32 = 1;
+    fn kind_tools() -> Vec<crate::Tool> {
+        Vec::new()
+    }
+    fn kind_needs() -> Vec<crate::HostNeed> {
+        Vec::new()
+    }
 }
 
 /// Runs nothing at submit; runs every submitted job when polled. Keeps the

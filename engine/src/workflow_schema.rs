@@ -1,9 +1,9 @@
-//! `qflow schema`: a JSON Schema (draft-07) of workflow files, for editors.
+//! The JSON Schema (draft-07) of workflow files, for editors (`qflow schema`).
 //!
 //! yaml-language-server reads it from a `# yaml-language-server: $schema=...` line
 //! and then completes and checks a workflow as it is typed. The schema is composed
 //! from the registry, never written by hand: each kind's fields schema comes from
-//! its Rust type ([`qflow_engine::StepKind::schema`], schemars), so a new field or
+//! its Rust type ([`crate::StepKind::schema`], schemars), so a new field or
 //! kind appears here without an edit. Each step is selected by its `kind` with
 //! `if`/`then` rather than `oneOf`: an editor then reports the one kind's error
 //! ("unknown property `sise`") instead of "matches none of 8 alternatives".
@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value, json};
 
-use qflow_engine::Registry;
+use crate::Registry;
 
 /// The JSON Schema of a workflow file for every kind in `registry`.
 pub fn workflow_schema(registry: &Registry) -> Value {
@@ -80,6 +80,26 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 "type": ["object", "null"],
                 "additionalProperties": { "type": ["string", "number", "boolean"] }
             },
+            "executor": {
+                "description": "Where steps run unless they say otherwise: `local` (default) or \
+                                `slurm`; `qflow apply --executor` overrides it.",
+                "enum": ["local", "slurm"]
+            },
+            "slurm": {
+                "description": "Where Slurm jobs go (not in any step key).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "partition": { "type": "string" },
+                    "account": { "type": "string" },
+                    "qos": { "type": "string" },
+                    "extra_args": {
+                        "description": "More srun/sbatch options, one argument per item.",
+                        "type": "array",
+                        "items": { "type": "string" }
+                    }
+                }
+            },
             "steps": {
                 "description": "The steps, by name.",
                 "type": "object",
@@ -142,6 +162,38 @@ fn step_schema(name: &str, kind_schema: &Value) -> Value {
             ]
         }),
     );
+    properties.insert(
+        "executor".into(),
+        json!({
+            "description": "Where this step runs: `local` or `slurm` (not in the step key).",
+            "enum": ["local", "slurm"]
+        }),
+    );
+    properties.insert(
+        "resources".into(),
+        json!({
+            "description": "What the step's Slurm job asks for (not in the step key).",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "cpus": { "type": "integer", "minimum": 1 },
+                "memory": { "type": "string" },
+                "time": { "type": "string" },
+                "gpus": { "type": "integer", "minimum": 0 },
+                "constraint": { "type": "string" },
+                "partition": { "type": "string" }
+            }
+        }),
+    );
+    properties.insert(
+        "retries".into(),
+        json!({
+            "description": "Submit the Slurm job again this often after NODE_FAIL or PREEMPTED.",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100
+        }),
+    );
     if let Some(Value::Object(props)) = kind_schema.get("properties") {
         for (k, v) in props {
             properties.insert(k.clone(), v.clone());
@@ -185,13 +237,4 @@ fn rewrite_refs(v: &mut Value, prefix: &str) {
         Value::Array(items) => items.iter_mut().for_each(|i| rewrite_refs(i, prefix)),
         _ => {}
     }
-}
-
-/// Print the schema (`qflow schema`).
-pub fn run(registry: &Registry) -> anyhow::Result<i32> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&workflow_schema(registry))?
-    );
-    Ok(0)
 }
