@@ -133,6 +133,32 @@ impl TargetArgs {
     }
 }
 
+/// A remote cache shared over HTTP (Bazel's remote-cache protocol).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// Read results this cache lacks from a remote cache at URL (`/ac/` and `/cas/`, as
+    /// bazel-remote or nginx with WebDAV serve them). Credentials: ~/.netrc,
+    /// QFLOW_REMOTE_CACHE_TOKEN or QFLOW_REMOTE_CACHE_HEADER.
+    #[arg(
+        long,
+        env = "QFLOW_REMOTE_CACHE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub remote_cache: Option<String>,
+    /// Also upload results to the remote cache (a CI job pushes, laptops pull).
+    #[arg(long, env = "QFLOW_REMOTE_CACHE_UPLOAD")]
+    pub remote_cache_upload: bool,
+    /// Upload to this URL instead of the read URL.
+    #[arg(
+        long,
+        env = "QFLOW_REMOTE_CACHE_WRITE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub remote_cache_write: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the steps whose inputs changed.
@@ -164,6 +190,8 @@ pub enum Command {
         /// (Internal) submit Slurm jobs with sbatch: set by `--detach`.
         #[arg(long, hide = true)]
         slurm_batch: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show what `apply` would run, and why.
     Plan {
@@ -178,6 +206,8 @@ pub enum Command {
         /// Print JSON: {"steps":[{"name","action","reasons"}]}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print the step graph as Graphviz DOT, coloured by status.
     Graph {
@@ -333,6 +363,8 @@ pub fn report(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
         || e.downcast_ref::<UsageError>().is_some()
         || e.downcast_ref::<qflow_engine::Refusal>().is_some()
+        || e.downcast_ref::<qflow_cache::remote::CredentialsError>()
+            .is_some()
     {
         eprintln!("error: {e}");
         return 2;

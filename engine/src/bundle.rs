@@ -411,6 +411,7 @@ mod tests {
             out_dir: None,
             executor: None,
             slurm_batch: false,
+            remote: None,
         };
         let progress = std::sync::Arc::new(crate::progress::Progress::new());
         let run = crate::scheduler::apply(&mut session, &options, progress).unwrap();

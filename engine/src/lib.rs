@@ -15,7 +15,8 @@
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
 //! - a run: `schedule` (step states, → `dag`), `step_job` and `executor` (the
-//!   seam), `recorder`, `failure_report`, `run` (the loop), `scheduler` (`apply`).
+//!   seam), `recorder`, `failure_report`, `remote_use` (→ `workflow`: what a remote
+//!   cache is asked and given), `run` (the loop), `scheduler` (`apply`).
 
 #![warn(missing_docs)]
 
@@ -52,6 +53,7 @@ pub mod process;
 pub mod progress;
 pub mod recorder;
 pub mod refusal;
+pub mod remote_use;
 pub mod run;
 pub mod run_record;
 pub mod schedule;

@@ -1,10 +1,14 @@
 //! `qflow plan`: what `apply` would do and why, without running anything.
 //!
-//! Imports `session` and `step`.
+//! With a remote cache, a step the local cache lacks is asked there (the action entry only,
+//! nothing else is downloaded): `remote hit` when a sound entry answers its key.
+//!
+//! Imports `session`, `step` and `remote_use`.
 
 use std::collections::BTreeMap;
 
 use qflow_cache::Hash;
+use qflow_cache::remote::RemoteCache;
 use serde::Serialize;
 
 use crate::session::Session;
@@ -17,7 +21,7 @@ pub struct PlannedStep {
     pub name: String,
     /// Its `kind:`.
     pub kind: String,
-    /// `run` or `cached`.
+    /// `run`, `cached` or `remote hit`.
     pub action: String,
     /// Why it runs.
     pub reasons: Vec<String>,
@@ -30,6 +34,15 @@ pub struct PlannedStep {
 
 /// Plan every step in schedule order.
 pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
+    plan_with_remote(session, None)
+}
+
+/// [`plan`], asking `remote` for what the local cache lacks.
+pub fn plan_with_remote(
+    session: &mut Session,
+    remote: Option<&RemoteCache>,
+) -> anyhow::Result<Vec<PlannedStep>> {
+    let remote_reads = crate::remote_use::readable(session.workflow);
     let prepared = session.prepare()?;
     let probe = session.cache.probe()?;
     let workflow = session.workflow;
@@ -83,12 +96,22 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
         };
         let key = material.key();
         let forced = workflow.selection.is_forced(&s.name);
-        let output = match session.cached_from_lock(i, &key, &probe) {
+        let mut action = "cached";
+        let mut output = match session.cached_from_lock(i, &key, &probe) {
             _ if forced => None,
             Some(output) => Some(output),
             None if s.cache => session.usable_record(&key).map(|r| r.output),
             None => None,
         };
+        if output.is_none()
+            && s.cache
+            && !forced
+            && let Some(remote) = remote.filter(|_| remote_reads[i])
+        {
+            remote.check()?;
+            action = "remote hit";
+            output = remote.lookup(&key).map(|r| r.record.output);
+        }
         match output {
             Some(output) => {
                 outputs.insert(s.name.clone(), output);
@@ -96,7 +119,7 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
                 planned.push(PlannedStep {
                     name: s.name.clone(),
                     kind: s.kind.clone(),
-                    action: "cached".into(),
+                    action: action.into(),
                     reasons: vec![],
                     commands,
                     key: Some(key.to_hex()),

@@ -25,6 +25,7 @@ use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use qflow_cache::remote::RemoteCache;
 use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 
 use crate::dag::StepId;
@@ -75,6 +76,11 @@ pub struct RunParts<'a> {
     pub events: Sender<Event>,
     /// When the apply started (the run's duration counts from here).
     pub started: Instant,
+    /// A remote cache, asked after the local one.
+    pub remote: Option<&'a RemoteCache>,
+    /// Where the keys of results to upload go (with `--remote-cache-upload`): every
+    /// step done in this run, ran or cached, whose `remote_cache` allows it.
+    pub uploads: Option<Sender<Hash>>,
 }
 
 /// A usable result for a step's key, and how much of it is already in place.
@@ -86,6 +92,8 @@ enum Hit {
     Locked(Hash),
     /// A record in the cache: the link and the lock entry may need making.
     Record(Record),
+    /// A record fetched from the remote cache just now (then as `Record`).
+    Remote(Record),
 }
 
 /// A step handed to the executor, or being recorded.
@@ -122,6 +130,11 @@ pub struct Run<'a> {
     live_written: Option<Instant>,
     /// Per step: `--force` runs it whatever its record says.
     forced: Vec<bool>,
+    /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
+    remote_reads: Vec<bool>,
+    remote_writes: Vec<bool>,
+    /// What the remote cache answered for steps of the current settle round.
+    prefetched: HashMap<StepId, Option<Record>>,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -166,11 +179,15 @@ impl<'a> Run<'a> {
                     .collect(),
                 interrupted: false,
                 finished: false,
+                remote: None,
             },
             lock_changes: BTreeMap::new(),
             started: parts.started,
             live_dirty: false,
             live_written: None,
+            remote_reads: crate::remote_use::readable(workflow),
+            remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
+            prefetched: HashMap::new(),
             parts,
         }
     }
@@ -187,15 +204,27 @@ impl<'a> Run<'a> {
     /// Look at every waiting step whose upstream changed: skip it, settle it
     /// (cached, or ready to run), or leave it waiting.
     pub fn settle(&mut self) -> anyhow::Result<()> {
-        while let Some(id) = self.schedule.next_to_look_at() {
-            match self.schedule.triage(id) {
-                Triage::Wait => {}
-                Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
-                Triage::UpstreamFailed(bad) => {
-                    let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
-                    self.skip(id, failure_report::upstream_failed(&names));
+        // In rounds: every step that can settle now, then those they made ready to look
+        // at. A round's remote hits are fetched together (see `prefetch_remote`).
+        loop {
+            let mut round = Vec::new();
+            while let Some(id) = self.schedule.next_to_look_at() {
+                match self.schedule.triage(id) {
+                    Triage::Wait => {}
+                    Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
+                    Triage::UpstreamFailed(bad) => {
+                        let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
+                        self.skip(id, failure_report::upstream_failed(&names));
+                    }
+                    Triage::Settle => round.push(id),
                 }
-                Triage::Settle => self.settle_one(id)?,
+            }
+            if round.is_empty() {
+                break;
+            }
+            self.prefetch_remote(&round)?;
+            for id in round {
+                self.settle_one(id)?;
             }
         }
         for d in self.parts.session.cache.take_damaged() {
@@ -224,19 +253,55 @@ impl<'a> Run<'a> {
         self.live_dirty = true;
     }
 
-    /// Every upstream step is done: compute the key, then cached or ready.
-    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+    /// The key material of step `id`, whose upstream steps are done.
+    fn material_of(&self, id: StepId) -> anyhow::Result<KeyMaterial> {
         let session = self.parts.session;
         let s = &session.workflow.steps[id.index()];
         let up: BTreeMap<String, Hash> = s
             .upstream_names()
             .map(|u| (u.to_string(), self.output_of(u)))
             .collect();
-        let material = session
+        session
             .material(self.parts.prepared, id.index(), &up)
-            .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
+            .map_err(|e| anyhow!("step `{}`: {e}", s.name))
+    }
+
+    /// Asks the remote cache for every step of `round` the local cache lacks, and fetches
+    /// the hits, several at once (the remote cache bounds the transfers in flight); what
+    /// it found waits in `prefetched` for `settle_one`. One step alone is asked there.
+    fn prefetch_remote(&mut self, round: &[StepId]) -> anyhow::Result<()> {
+        let Some(remote) = self.parts.remote else {
+            return Ok(());
+        };
+        let wanted: Vec<(StepId, Hash)> = (round.iter())
+            .filter(|id| self.remote_reads[id.index()])
+            .filter_map(|&id| Some((id, self.material_of(id).ok()?.key())))
+            .filter(|(id, key)| self.local_lookup(*id, key).is_none())
+            .collect();
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        remote.check()?;
+        let cache = &self.parts.session.cache;
+        let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
+            let entry = remote.lookup(key)?;
+            remote.fetch_tree(&entry, cache).ok()?;
+            cache.clear_started(key).ok()?;
+            Some(entry.record)
+        });
+        for ((id, _), record) in wanted.into_iter().zip(found) {
+            self.prefetched.insert(id, record);
+        }
+        Ok(())
+    }
+
+    /// Every upstream step is done: compute the key, then cached or ready.
+    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+        let session = self.parts.session;
+        let s = &session.workflow.steps[id.index()];
+        let material = self.material_of(id)?;
         let key = material.key();
-        let Some(hit) = self.lookup(id, &key) else {
+        let Some(hit) = self.lookup(id, &key)? else {
             let reasons = if self.forced[id.index()] {
                 vec!["forced with --force".to_string()]
             } else {
@@ -248,20 +313,29 @@ impl<'a> Run<'a> {
         };
         let output = match &hit {
             Hit::InPlace(output) | Hit::Locked(output) => *output,
-            Hit::Record(rec) => rec.output,
+            Hit::Record(rec) | Hit::Remote(rec) => rec.output,
         };
         if !matches!(hit, Hit::InPlace(_)) {
             self.parts.out_links.present(&s.name, &output)?;
         }
-        if let Hit::Record(rec) = &hit {
+        if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &material, rec);
             note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
         }
-        self.parts
-            .progress
-            .event_held(&format!("cached {}", s.name));
+        let remote = matches!(hit, Hit::Remote(_));
+        if remote {
+            self.parts.progress.event(&format!("remote hit {}", s.name));
+        } else {
+            self.parts
+                .progress
+                .event_held(&format!("cached {}", s.name));
+            self.queue_upload(id, key);
+        }
         let rep = &mut self.report.steps[id.index()];
         *rep = StepReport::new(&s.name, StepOutcome::Cached);
+        if remote {
+            rep.reasons = vec!["remote hit".into()];
+        }
         rep.key = Some(key.to_hex());
         rep.output = Some(output.to_hex());
         self.outputs.insert(self.name(id), output);
@@ -277,7 +351,29 @@ impl<'a> Run<'a> {
     /// its lock entry (found in place before the run, or with record and tree
     /// in the cache now), else a record in the cache. A remote cache would be
     /// asked here, last.
-    fn lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
+    /// Its only error: the remote cache refused the credentials (see
+    /// [`RemoteCache::check`]).
+    fn lookup(&mut self, id: StepId, key: &Hash) -> anyhow::Result<Option<Hit>> {
+        if self.forced[id.index()] {
+            return Ok(None);
+        }
+        // Fetched moments ago in this settle round: a remote hit, now in the local cache.
+        let prefetched = self.prefetched.remove(&id);
+        let asked = prefetched.is_some();
+        if let Some(rec) = prefetched.flatten().filter(|r| r.key == *key) {
+            return Ok(Some(Hit::Remote(rec)));
+        }
+        if let Some(hit) = self.local_lookup(id, key) {
+            return Ok(Some(hit));
+        }
+        if asked {
+            return Ok(None); // the remote cache was asked in this round
+        }
+        self.remote_lookup(id, key)
+    }
+
+    /// [`Run::lookup`] in the local cache only.
+    fn local_lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
         let session = self.parts.session;
         let i = id.index();
         if self.forced[i] {
@@ -295,6 +391,38 @@ impl<'a> Run<'a> {
             return None;
         }
         session.usable_record(key).map(Hit::Record)
+    }
+
+    /// The remote cache's answer for step `id`'s `key`, fetched into the local cache
+    /// (its output tree is linked under `out/` next). Faults and wrong bytes are misses;
+    /// the remote cache gave its warning.
+    fn remote_lookup(&self, id: StepId, key: &Hash) -> anyhow::Result<Option<Hit>> {
+        let Some(remote) = self.parts.remote else {
+            return Ok(None);
+        };
+        if !self.remote_reads[id.index()] {
+            return Ok(None);
+        }
+        remote.check()?;
+        let Some(found) = remote.lookup(key) else {
+            return Ok(None);
+        };
+        let cache = &self.parts.session.cache;
+        if remote.fetch_tree(&found, cache).is_err() {
+            return Ok(None);
+        }
+        // A killed run's started mark no longer stands for this key: its record is whole.
+        cache.clear_started(key)?;
+        Ok(Some(Hit::Remote(found.record)))
+    }
+
+    /// Queue step `id`'s result under `key` for upload, if uploads are on and allowed.
+    fn queue_upload(&self, id: StepId, key: Hash) {
+        if let Some(tx) = &self.parts.uploads
+            && self.remote_writes[id.index()]
+        {
+            let _ = tx.send(key);
+        }
     }
 
     /// Hand every ready step that fits in the free slots to `executor`.
@@ -462,6 +590,7 @@ impl<'a> Run<'a> {
         self.outputs.insert(name, rec.output);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
+        self.queue_upload(id, rec.key);
         Ok(())
     }
 

@@ -98,6 +98,9 @@ pub struct RunReport {
     pub interrupted: bool,
     /// False while the run is in progress (`qflow status` shows it live).
     pub finished: bool,
+    /// What the run did with a remote cache, when it used one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<qflow_cache::remote::RemoteStats>,
 }
 
 impl RunReport {
@@ -166,6 +169,7 @@ mod tests {
             ],
             interrupted: true,
             finished: true,
+            remote: None,
         };
         let json = serde_json::to_string(&run).unwrap();
         assert_eq!(

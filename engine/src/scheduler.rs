@@ -16,7 +16,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use qflow_cache::{CacheProbe, Hash, LockWait};
+use qflow_cache::remote::{RemoteCache, UploadOutcome};
+use qflow_cache::{Cache, CacheProbe, Hash, LockWait};
 
 use crate::context::ProgressSink;
 use crate::executor::Wake;
@@ -46,6 +47,8 @@ pub struct ApplyOptions {
     pub executor: Option<crate::slurm::placement::ExecutorChoice>,
     /// Submit Slurm jobs with sbatch, so they outlive this process (`--detach`).
     pub slurm_batch: bool,
+    /// A remote cache asked after the local one (and written when it uploads).
+    pub remote: Option<Arc<RemoteCache>>,
 }
 
 /// Apply the workflow of `session`.
@@ -92,6 +95,15 @@ pub fn apply(
                 .sum()
         });
     running.store(true, Ordering::SeqCst);
+    let remote = options.remote.clone();
+    let (uploads, uploader) = match remote.as_ref().filter(|r| r.uploads()) {
+        Some(r) => {
+            let (up_tx, up_rx) = mpsc::channel::<Hash>();
+            let thread = spawn_uploader(r.clone(), session.cache.clone(), up_rx, progress.clone());
+            (Some(up_tx), Some(thread))
+        }
+        None => (None, None),
+    };
     let parts = RunParts {
         session,
         prepared: &prepared,
@@ -101,6 +113,8 @@ pub fn apply(
         progress: progress.clone(),
         events: tx.clone(),
         started,
+        remote: remote.as_deref(),
+        uploads,
     };
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, slots, options.keep_going, id);
@@ -127,8 +141,58 @@ pub fn apply(
     scheduled?;
     signals.close();
     crate::timings::mark("schedule");
-    let finished = run.finish();
+    let mut finished = run.finish();
+    // The run's sender is gone with it: the uploader ends after the last queued result.
+    if let Some(thread) = uploader {
+        let _ = thread.join();
+    }
+    finished.report.remote = remote.as_ref().map(|r| r.stats());
     conclude(session, finished, &out_links, &progress, started)
+}
+
+/// A thread that uploads the results whose keys arrive on `keys` (content first, the
+/// action entry last; see the remote cache), until the run drops its sender. It hands them
+/// to as many workers as the remote cache runs transfers, so a push of many small cached
+/// results is not one round trip after another. Runs while the workspace lock is held, so
+/// `qflow gc` cannot remove what it reads.
+fn spawn_uploader(
+    remote: Arc<RemoteCache>,
+    cache: Cache,
+    keys: mpsc::Receiver<Hash>,
+    progress: Arc<Progress>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let keys = std::sync::Mutex::new(keys);
+        let (steps, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..remote.transfers() {
+                s.spawn(|| {
+                    loop {
+                        let next = keys.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(key) = next else { break };
+                        let Ok(Some(record)) = cache.get_record(&key) else {
+                            continue;
+                        };
+                        if let UploadOutcome::Uploaded { bytes: b, .. } =
+                            remote.upload(&record, &cache)
+                        {
+                            steps.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(b, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let (steps, bytes) = (steps.into_inner(), bytes.into_inner());
+        if steps > 0 {
+            progress.event(&format!(
+                "uploaded {steps} results ({:.1} MB) to the remote cache {}",
+                bytes as f64 / 1e6,
+                remote.shown_url()
+            ));
+        }
+    })
 }
 
 /// Take the cache's workspace lock, saying so while waiting for another run.

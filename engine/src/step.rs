@@ -279,6 +279,14 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether the step's outputs may hold something made from a secret (a password's
+    /// hash in an image, a password in a memory snapshot): by default, whether it reads
+    /// one ([`Step::secrets`]). Such a step, and every step downstream of it, is never
+    /// uploaded to a remote cache unless it says `remote_cache: true` itself.
+    fn consumes_secret(&self) -> bool {
+        !self.secrets().is_empty()
+    }
+
     /// The command lines the step would run, for `qflow plan` (argv joined for display).
     fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
         Vec::new()

@@ -146,6 +146,7 @@ pub fn rebuild(
         out_dir: Some(scratch.path.join("out")),
         executor: Some(crate::slurm::placement::ExecutorChoice::Local),
         slurm_batch: false,
+        remote: None,
     };
     let report = apply(&mut session, &apply_options, Arc::new(Progress::new()))?;
     if report.interrupted {

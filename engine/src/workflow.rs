@@ -28,6 +28,7 @@ const COMMON_FIELDS: &[&str] = &[
     "jobs",
     "env",
     "cache",
+    "remote_cache",
     "executor",
     "resources",
     "retries",
@@ -63,6 +64,19 @@ pub struct Workflow {
     pub selection: crate::selection::Selection,
 }
 
+/// A step's `remote_cache:` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RemoteUse {
+    /// Not written: read, and write unless the step consumes a secret.
+    Default,
+    /// `true`: read and write, a step that consumes a secret included.
+    On,
+    /// `pull`: read, never write.
+    Pull,
+    /// `false`: neither.
+    Off,
+}
+
 /// One step of a workflow, validated.
 #[derive(Debug)]
 pub struct StepDecl {
@@ -80,6 +94,8 @@ pub struct StepDecl {
     pub env: BTreeMap<String, String>,
     /// `cache: false` makes the step always run.
     pub cache: bool,
+    /// `remote_cache:` as written: whether a remote cache is read and written for it.
+    pub remote_cache: RemoteUse,
     /// `executor:`, `resources:`, `retries:` (not in the step key).
     pub placement: crate::slurm::placement::StepPlacement,
     /// The kind's fields after interpolating vars; `${{ env.* }}` and
@@ -700,6 +716,19 @@ fn load_step(
             true
         }
     };
+    let remote_cache = match fields.get("remote_cache") {
+        None => RemoteUse::Default,
+        Some(Value::Bool(true)) => RemoteUse::On,
+        Some(Value::Bool(false)) => RemoteUse::Off,
+        Some(Value::String(s)) if s == "pull" => RemoteUse::Pull,
+        Some(v) => {
+            diags.at(
+                &format!("{base}.remote_cache"),
+                format!("`remote_cache` is true, false or pull, not {}", short(v)),
+            );
+            RemoteUse::Default
+        }
+    };
 
     // Interpolate vars and env in the kind's fields and in `env:`.
     let mut vars_used = BTreeMap::new();
@@ -874,6 +903,7 @@ fn load_step(
         jobs,
         env,
         cache,
+        remote_cache,
         placement,
         fields: template_fields,
         canonical_fields: std::sync::OnceLock::new(),

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::step::{CheckContext, Input, Registry};
 use crate::workflow::{
-    EdgeReason, LoadOptions, StepDecl, Workflow, check_input_exists, check_output_path,
+    EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_input_exists, check_output_path,
 };
 
 impl Workflow {
@@ -85,7 +85,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 2";
+const MEMO_VERSION: &str = "qflow-workflow-memo 3";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +154,7 @@ struct MemoStep {
     jobs: Option<usize>,
     env: BTreeMap<String, String>,
     cache: bool,
+    remote_cache: RemoteUse,
     #[serde(default)]
     placement: crate::slurm::placement::StepPlacement,
     fields: serde_yaml::Value,
@@ -192,6 +193,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             jobs: s.jobs,
             env: s.env,
             cache: s.cache,
+            remote_cache: s.remote_cache,
             placement: s.placement,
             fields: s.fields,
             canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
@@ -307,6 +309,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 jobs: s.jobs,
                 env: s.env.clone(),
                 cache: s.cache,
+                remote_cache: s.remote_cache,
                 placement: s.placement.clone(),
                 fields: s.fields.clone(),
                 canonical_fields: s.canonical_fields().to_string(),

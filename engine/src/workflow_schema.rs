@@ -7,7 +7,7 @@
 //! kind appears here without an edit. Each step is selected by its `kind` with
 //! `if`/`then` rather than `oneOf`: an editor then reports the one kind's error
 //! ("unknown property `sise`") instead of "matches none of 8 alternatives".
-//! A step allows the common fields (`kind`, `after`, `jobs`, `env`, `cache`) plus
+//! A step allows the common fields (`kind`, `after`, `jobs`, `env`, `cache`, `remote_cache`) plus
 //! its kind's, and nothing else, like the engine's own loader.
 
 use serde_json::{Map, Value, json};
@@ -47,7 +47,7 @@ pub fn workflow_schema(registry: &Registry) -> Value {
         json!({
             "type": "object",
             "description": "A step: a `kind:` and that kind's fields, plus the common fields \
-                            `after`, `jobs`, `env` and `cache`.",
+                            `after`, `jobs`, `env`, `cache` and `remote_cache`.",
             "required": ["kind"],
             "properties": {
                 "kind": { "description": "The step kind.", "enum": kind_names }
@@ -150,6 +150,16 @@ fn step_schema(name: &str, kind_schema: &Value) -> Value {
         json!({
             "description": "`false`: run on every apply, never reuse a result.",
             "type": "boolean"
+        }),
+    );
+    properties.insert(
+        "remote_cache".into(),
+        json!({
+            "description": "With a remote cache: `true` reads and uploads this step's result (also when it consumes a secret), `pull` only reads, `false` neither. Default: read, and upload unless the step or one upstream of it consumes a secret.",
+            "oneOf": [
+                { "type": "boolean" },
+                { "const": "pull" }
+            ]
         }),
     );
     properties.insert(

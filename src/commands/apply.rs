@@ -9,7 +9,7 @@ use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
 use qflow_engine::session::{Session, cache_dir};
 use qflow_engine::slurm::placement::ExecutorChoice;
 
-use crate::cli::Located;
+use crate::cli::{Located, RemoteArgs};
 use crate::usage_error::UsageError;
 
 /// The command line's apply options.
@@ -20,6 +20,7 @@ pub struct Options {
     pub detach: bool,
     pub executor: Option<ExecutorChoice>,
     pub slurm_batch: bool,
+    pub remote: RemoteArgs,
 }
 
 pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Result<i32> {
@@ -30,6 +31,7 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
         detach,
         executor,
         slurm_batch,
+        remote,
     } = o;
     qflow_engine::timings::mark("start");
     let wf = super::load(workflow, registry)?;
@@ -47,6 +49,13 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
     if jobs == 0 {
         return Err(UsageError("--jobs must be at least 1".into()).into());
     }
+    let progress = Arc::new(Progress::new());
+    let warn_to = progress.clone();
+    let remote = super::remote::open(
+        &remote,
+        move |w| warn_to.event(&format!("warning: {w}")),
+        Some(super::remote::bytes_moved_line(progress.clone())),
+    )?;
     let options = ApplyOptions {
         jobs,
         keep_going,
@@ -54,8 +63,10 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
         out_dir: None,
         executor,
         slurm_batch,
+        remote,
     };
-    let run = apply(&mut session, &options, Arc::new(Progress::new()))?;
+    let run = apply(&mut session, &options, progress.clone())?;
+    progress.finish(super::remote::LINE);
     // The process exits next; the kernel frees the workflow and the
     // session's maps at once, where dropping them piece by piece cost
     // a tenth of a no-op apply of 1,000 steps. Nothing in them has a

@@ -11,6 +11,7 @@ mod doctor;
 mod gc;
 mod graph;
 mod plan;
+mod remote;
 mod run_records;
 mod schema;
 mod status;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             detach,
             executor,
             slurm_batch,
+            remote,
         } => apply::run(
             &registry,
             &Located {
@@ -49,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 detach,
                 executor,
                 slurm_batch,
+                remote,
             },
         ),
         Command::Plan {
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             force,
             json,
             executor,
+            remote,
         } => plan::run(
             &registry,
             &Located {
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             },
             json,
             executor,
+            &remote,
         ),
         Command::Graph { workflow, format } => graph::run(&registry, &workflow.locate()?, &format),
         Command::Attach {

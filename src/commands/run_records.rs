@@ -75,8 +75,25 @@ pub fn describe_run(v: &serde_json::Value, busy: bool) -> Option<String> {
             count("pending")
         ));
     }
+    let remote = match v.get("remote") {
+        Some(r) if r.is_object() => {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            format!(
+                "; remote cache: {} hits, {} misses, {:.1} MB down, {:.1} MB up{}",
+                n("hits"),
+                n("misses"),
+                n("bytes_down") as f64 / 1e6,
+                n("bytes_up") as f64 / 1e6,
+                match n("warnings") {
+                    0 => String::new(),
+                    w => format!(", {w} warnings"),
+                }
+            )
+        }
+        _ => String::new(),
+    };
     Some(format!(
-        "{id} — {} ran, {} cached, {} failed{}",
+        "{id} — {} ran, {} cached, {} failed{}{remote}",
         count("ran"),
         count("cached"),
         count("failed"),

@@ -230,6 +230,11 @@ impl Drop for RemoveOnDrop {
 }
 
 impl Step for Customize {
+    fn consumes_secret(&self) -> bool {
+        // `random` too: the image holds the hash of a password only this host knows.
+        self.root_password.as_ref().is_some_and(|p| p.is_read())
+    }
+
     fn runs_only_here(&self) -> Option<String> {
         match &self.root_password {
             Some(Secret::Env(name)) => Some(format!(

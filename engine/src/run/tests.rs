@@ -146,6 +146,8 @@ fn run_with(
         progress: Arc::new(Progress::plain()),
         events: tx,
         started: Instant::now(),
+        remote: None,
+        uploads: None,
     };
     let mut run = Run::new(parts, slots, keep_going, crate::run_record::run_id());
     let mut batch = Batch {
