@@ -245,6 +245,15 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         keep_runs: usize,
     },
+    /// Hash every object and output tree of the cache against its name and manifest
+    /// (the full check behind the per-use stat check); exit 1 when something is damaged.
+    Fsck {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// Remove what is damaged, so the steps that made it run again.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Forget the results of STEP (or of every step) so they run again.
     Clean {
         #[command(flatten)]

@@ -8,6 +8,7 @@ mod bundle;
 mod check;
 mod clean;
 mod doctor;
+mod fsck;
 mod gc;
 mod graph;
 mod plan;
@@ -82,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             workflow,
             keep_runs,
         } => gc::run(&registry, &workflow.locate()?, keep_runs),
+        Command::Fsck { workflow, repair } => fsck::run(&registry, &workflow.locate()?, repair),
         Command::Clean { workflow, step } => {
             clean::run(&registry, &workflow.locate()?, step.as_deref())
         }
