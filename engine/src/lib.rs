@@ -21,6 +21,7 @@ pub mod leftovers;
 pub mod lockfile;
 pub mod out_links;
 pub mod progress;
+pub mod results;
 pub mod scheduler;
 pub mod session;
 pub mod source_map;
