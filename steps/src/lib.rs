@@ -7,6 +7,7 @@ pub mod customize;
 pub mod debootstrap;
 pub mod disk;
 pub mod download;
+pub mod figure;
 pub mod image;
 pub mod image_file;
 pub mod kernel;
