@@ -7,6 +7,7 @@
 //! <root>/trees/<hash>/           committed output trees, read-only, files hard-linked to objects
 //! <root>/trees/.tmp-…/           output trees being written by a running step
 //! <root>/manifests/ab/<hash>.json     each tree's manifest; `.retains` the trees it needs alive
+//! <root>/stamps/ab/<hash>        each tree's stat fields, checked on every use (tree_stamp.rs)
 //! <root>/records/ab/<step key>   action records: step key → output manifest (JSON)
 //! <root>/tmp/started/<step key>  "this step started and has not finished" marks
 //! <root>/runs, logs, state       owned by the engine
@@ -39,6 +40,8 @@ const DIRS: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    /// Trees found changed since they were committed, and removed (see `tree_stamp.rs`).
+    pub(crate) damaged: std::sync::Arc<std::sync::Mutex<Vec<crate::DamagedTree>>>,
 }
 
 impl Cache {
@@ -73,6 +76,7 @@ impl Cache {
         }
         Ok(Cache {
             root: root.to_path_buf(),
+            damaged: Default::default(),
         })
     }
 

@@ -89,6 +89,14 @@ impl Cache {
             }
         }
 
+        for (name, path) in sharded_files(&self.dir("stamps"))? {
+            if is_tmp_name(&name) {
+                remove_if_stale(&path)?;
+            } else if !name.parse().is_ok_and(|h: Hash| kept_trees.contains(&h)) {
+                remove_file(&path)?;
+            }
+        }
+
         for (name, path) in sharded_files(&self.dir("manifests"))? {
             if is_tmp_name(&name) {
                 remove_if_stale(&path)?;
@@ -141,7 +149,7 @@ fn read_dir(dir: &Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
 }
 
 /// The files of a sharded directory (`<dir>/<xx>/<name>`).
-fn sharded_files(dir: &Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+pub(crate) fn sharded_files(dir: &Path) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
     let mut out = Vec::new();
     for (_, shard) in read_dir(dir)? {
         if shard.is_dir() {

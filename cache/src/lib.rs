@@ -25,6 +25,7 @@ mod object_store;
 mod probe;
 mod record;
 mod tree;
+mod tree_stamp;
 
 pub use atomic::{fsync_dir, remove_dir_force, write_atomic};
 pub use cache::{CACHE_VERSION, Cache};
@@ -36,6 +37,7 @@ pub use lock::{LockWait, WorkspaceLock};
 pub use probe::CacheProbe;
 pub use record::Record;
 pub use tree::{Entry, EntryKind, MANIFEST_VERSION, Manifest, TempTree};
+pub use tree_stamp::{DamagedTree, FsckReport, TreeCheck};
 
 /// A fresh, empty directory for one test under the system temp dir, removed on drop.
 #[cfg(test)]

@@ -122,19 +122,35 @@ impl Cache {
     /// `qflow gc`): a fact "these records were present" noted under an older
     /// generation must be checked again.
     pub fn records_generation(&self) -> u64 {
-        std::fs::read_to_string(self.dir("records-generation"))
+        let path = self.dir("records-generation");
+        // A symlink whose target is the number (a file in caches of older qflows).
+        std::fs::read_link(&path)
             .ok()
-            .and_then(|s| s.trim().parse().ok())
+            .and_then(|t| t.to_str().and_then(|s| s.parse().ok()))
+            .or_else(|| {
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            })
             .unwrap_or(0)
     }
 
     /// Moves to a new records generation; called before any record is removed.
+    ///
+    /// The number is the target of a symlink, replaced by `rename`: a short symlink lives
+    /// in its inode and takes no data block, so `qflow gc` can bump it on a full disk,
+    /// the moment gc is needed most.
     pub(crate) fn bump_records_generation(&self) -> anyhow::Result<()> {
         let next = self.records_generation().wrapping_add(1);
-        write_atomic(
-            &self.dir("records-generation"),
-            format!("{next}\n").as_bytes(),
-        )
+        let path = self.dir("records-generation");
+        let tmp = self.dir("tmp").join(crate::atomic::unique_tmp_name());
+        std::os::unix::fs::symlink(next.to_string(), &tmp)
+            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot replace `{}`", path.display())
+        })?;
+        crate::atomic::fsync_dir(self.root())
     }
 
     fn started_path(&self, key: &Hash) -> PathBuf {

@@ -203,16 +203,21 @@ impl Cache {
 
     /// Whether tree `output` is usable: its directory exists with every entry of its
     /// manifest, and every object it lists is in the store.
+    /// A tree changed since it was committed (see `tree_stamp.rs`) is removed here, with
+    /// its damaged objects, and noted for [`Cache::take_damaged`]: it is not usable.
     pub fn has_tree(&self, output: &Hash) -> bool {
         match self.load_manifest(output) {
-            Ok(Some(m)) => self.tree_is_complete(&m) && self.objects_present(&m),
+            Ok(Some(m)) => self.has_tree_for(&m),
             _ => false,
         }
     }
 
     /// `has_tree` for a manifest already in hand (e.g. a record's): saves reading it again.
     pub fn has_tree_for(&self, m: &Manifest) -> bool {
-        self.tree_is_complete(m) && self.objects_present(m)
+        if !(self.tree_is_complete(m) && self.objects_present(m)) {
+            return false;
+        }
+        self.usable_after_check(m)
     }
 
     fn objects_present(&self, m: &Manifest) -> bool {
@@ -277,6 +282,7 @@ impl Cache {
                         item.path().display()
                     );
                 };
+                check_output_symlink(&root, &rel, target)?;
                 entries.push(Entry {
                     path: rel,
                     kind: EntryKind::Symlink {
@@ -343,7 +349,8 @@ impl Cache {
         }
         tmp.committed = true;
         fsync_dir(&self.dir("trees"))?;
-        make_dirs_read_only(&dest)
+        make_dirs_read_only(&dest)?;
+        self.stamp_tree(m)
     }
 
     /// Re-creates tree `m` from the object store if its directory is gone or damaged, and
@@ -457,7 +464,7 @@ fn relative_path(root: &Path, path: &Path) -> anyhow::Result<String> {
 }
 
 /// Refuses manifest paths that could escape the tree.
-fn safe_relative(path: &str) -> anyhow::Result<&Path> {
+pub(crate) fn safe_relative(path: &str) -> anyhow::Result<&Path> {
     let p = Path::new(path);
     if path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
         bail!("the path `{path}` is not a plain relative path");
@@ -500,6 +507,49 @@ fn make_dirs_read_only(root: &Path) -> anyhow::Result<()> {
 /// Whether a name in `trees/` (or a shard) is a temporary one.
 pub(crate) fn is_tmp_name(name: &str) -> bool {
     name.starts_with(TMP_PREFIX)
+}
+
+/// An output may be a symlink only to a path inside its own output directory, or to a file
+/// of another committed tree (`../<tree hash>/...`, how an overlay names its base), and only
+/// to something that exists: a link to `/etc/hostname` would make the cached result depend
+/// on the host, and a dangling one records nothing.
+fn check_output_symlink(root: &Path, rel: &str, target: &str) -> anyhow::Result<()> {
+    let refuse = |why: &str| -> anyhow::Result<()> {
+        bail!(
+            "the output `{rel}` is a symlink to `{target}`, {why}; copy the file into $QFLOW_OUT instead of linking to it"
+        )
+    };
+    if Path::new(target).is_absolute() {
+        return refuse("an absolute path outside the step's output directory");
+    }
+    // Resolve lexically from the link's directory, inside `trees/`.
+    let mut at: Vec<String> = vec![String::new()]; // the tree root, one level below trees/
+    at.extend(rel.split('/').map(str::to_string));
+    at.pop(); // the link's own name
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if at.pop().is_none() {
+                    return refuse("a path outside the step's output directory");
+                }
+            }
+            c => at.push(c.to_string()),
+        }
+    }
+    let inside_own = at.first().is_some_and(|f| f.is_empty());
+    let into_tree = !inside_own
+        && at
+            .first()
+            .is_some_and(|f| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !inside_own && !into_tree {
+        return refuse("a path outside the step's output directory");
+    }
+    let link = root.join(rel);
+    if std::fs::metadata(&link).is_err() {
+        return refuse("which does not exist (a dangling link)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -673,7 +723,6 @@ mod tests {
         write(overlay.path(), "image.qcow2", b"overlay");
         let target = format!("../{}/image.qcow2", base.hash);
         std::os::unix::fs::symlink(&target, overlay.path().join("backing")).unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", overlay.path().join("outside")).unwrap();
         let overlay = c.commit_tree(overlay).unwrap();
         assert_eq!(
             overlay.get("backing").unwrap().kind,
@@ -681,19 +730,45 @@ mod tests {
                 target: target.clone()
             }
         );
-        assert_eq!(
-            overlay.get("outside").unwrap().kind,
-            EntryKind::Symlink {
-                target: "/etc/hostname".into()
-            }
-        );
-
         std::fs::rename(dir.join("cache"), dir.join("moved")).unwrap();
         let c = Cache::open(&dir.join("moved")).unwrap();
         assert!(c.has_tree(&base.hash));
         assert!(c.has_tree(&overlay.hash));
         let via_link = std::fs::read(c.tree_path(&overlay.hash).join("backing")).unwrap();
         assert_eq!(via_link, b"base image");
+    }
+
+    #[test]
+    fn an_output_symlink_out_of_the_output_directory_or_dangling_is_refused() {
+        let (_dir, c) = cache("links_out");
+        for (name, target, why) in [
+            ("hostname", "/etc/hostname", "absolute path"),
+            (
+                "up",
+                "../../../etc/passwd",
+                "outside the step's output directory",
+            ),
+            (
+                "cache_file",
+                "../../VERSION",
+                "outside the step's output directory",
+            ),
+            ("nothing", "missing.txt", "dangling"),
+        ] {
+            let t = c.new_tree().unwrap();
+            write(t.path(), "data", b"data");
+            std::os::unix::fs::symlink(target, t.path().join(name)).unwrap();
+            let err = format!("{:#}", c.commit_tree(t).unwrap_err());
+            assert!(err.contains(&format!("`{name}`")), "{err}");
+            assert!(err.contains(target), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+        // Inside the output directory: kept.
+        let t = c.new_tree().unwrap();
+        write(t.path(), "sub/data", b"data");
+        std::os::unix::fs::symlink("sub/data", t.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("../sub/data", t.path().join("sub/again")).unwrap();
+        assert!(c.commit_tree(t).is_ok());
     }
 
     #[test]

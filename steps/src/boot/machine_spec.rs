@@ -1,0 +1,159 @@
+//! The machine a boot's fields describe: its QEMU command line with images and
+//! kernel given as plan placeholders or resolved paths, rebuilt from a checkpoint
+//! for `from_checkpoint`, and the checkpoint record a `checkpoint: true` boot saves.
+
+use std::path::{Path, PathBuf};
+
+use qflow_engine::RunContext;
+
+use super::checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT};
+use super::command_line::{AccelName, PluginArg, QemuCommandLine, relative_path};
+use super::fields::AccelChoice;
+use super::source::{Source, initrd_in, kernel_in, source};
+use super::{Boot, DEFAULT_APPEND, accel};
+
+/// A run's machine: its command line, the memory snapshot it restores (from a
+/// checkpoint), and the checkpoint record it saves (`checkpoint: true`).
+pub(super) struct MachineSpec {
+    pub line: QemuCommandLine,
+    pub snapshot_file: Option<PathBuf>,
+    pub record: Option<CheckpointRecord>,
+}
+
+impl Boot {
+    pub(super) fn needs_tcg(&self) -> Option<&'static str> {
+        if self.icount.is_some() {
+            Some("icount")
+        } else if !self.plugins.is_empty() {
+            Some("plugins")
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn plugin_args(&self) -> Vec<PluginArg> {
+        self.plugins
+            .iter()
+            .map(|p| PluginArg {
+                path: p.path.clone(),
+                args: p.args.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    /// The command line with images and kernel given by `resolve` (paths or placeholders).
+    pub(super) fn command_line(
+        &self,
+        resolve: &mut dyn FnMut(&str, &str) -> anyhow::Result<String>,
+    ) -> anyhow::Result<QemuCommandLine> {
+        let mut disks = Vec::new();
+        if let Some(system) = &self.system {
+            disks.push(resolve("system", system)?);
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            disks.push(resolve(&format!("disks[{i}]"), d)?);
+        }
+        let kernel = self
+            .kernel
+            .as_ref()
+            .map(|k| resolve("kernel", k))
+            .transpose()?;
+        let initrd = self
+            .initrd
+            .as_ref()
+            .map(|k| resolve("initrd", k))
+            .transpose()?;
+        let append = match (&self.append, &kernel) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(_)) => Some(DEFAULT_APPEND.to_string()),
+            (None, None) => None,
+        };
+        let accel = match self.accel {
+            Some(AccelChoice::Kvm) => Some(AccelName::Kvm),
+            Some(AccelChoice::Tcg) => Some(AccelName::Tcg),
+            _ => None,
+        };
+        Ok(QemuCommandLine {
+            smp: self.smp.unwrap_or(1),
+            memory: self.memory(),
+            disks,
+            kernel,
+            initrd,
+            append,
+            icount: self.icount,
+            snapshot: !self.writes_kept(),
+            plugins: self.plugin_args(),
+            accel,
+            control: None,
+            incoming: None,
+            extra_args: self.extra_args.clone(),
+        })
+    }
+
+    /// The machine: rebuilt from a checkpoint, or from this step's fields.
+    pub(super) fn machine(
+        &self,
+        ctx: &mut RunContext,
+        out_dir: &Path,
+    ) -> anyhow::Result<MachineSpec> {
+        Ok(if let Some(cp) = &self.from_checkpoint {
+            let dir = ctx.upstream(cp)?.to_path_buf();
+            let record = CheckpointRecord::load(&dir)?;
+            let mut line = record.command_line(&dir)?;
+            line.plugins = self.plugin_args();
+            line.extra_args.extend(self.extra_args.iter().cloned());
+            ctx.log(&format!(
+                "qflow: restoring checkpoint `{cp}` (accel {} as saved)",
+                record.accel
+            ));
+            MachineSpec {
+                line,
+                snapshot_file: Some(dir.join(MEMORY_SNAPSHOT)),
+                record: None,
+            }
+        } else {
+            let mut resolve = |field: &str, v: &str| -> anyhow::Result<String> {
+                let path = match source(v) {
+                    Source::Path(p) => ctx.resolve(p),
+                    Source::Step(s) if field == "kernel" => kernel_in(ctx.upstream(s)?)?,
+                    Source::Step(s) if field == "initrd" => initrd_in(ctx.upstream(s)?)?,
+                    Source::Step(s) => crate::image_file::upstream_image(ctx, s)?,
+                };
+                Ok(path.to_string_lossy().into_owned())
+            };
+            let mut line = self.command_line(&mut resolve)?;
+            if line.accel.is_none() {
+                let (accel, why) = accel::choose(ctx, &line, self.needs_tcg());
+                ctx.log(&format!("qflow: accel auto -> {why}"));
+                ctx.progress(&format!("accelerator: {why}"));
+                line.accel = Some(accel);
+            }
+            let accel = line.accel.expect("accel chosen");
+            ctx.note("accel", accel.as_str());
+            let record = self.checkpoint.then(|| CheckpointRecord {
+                smp: line.smp,
+                memory: line.memory.clone(),
+                disks: self.overlay_names(),
+                kernel: line.kernel.as_ref().map(|k| {
+                    relative_path(out_dir, Path::new(k))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                initrd: line.initrd.as_ref().map(|k| {
+                    relative_path(out_dir, Path::new(k))
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+                append: line.append.clone(),
+                icount: line.icount,
+                accel: accel.as_str().to_string(),
+                extra_args: self.extra_args.clone(),
+            });
+            MachineSpec {
+                line,
+                snapshot_file: None,
+                record,
+            }
+        })
+    }
+}

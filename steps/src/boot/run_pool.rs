@@ -1,0 +1,192 @@
+//! The runs of one boot step: one plan (and command line) per run, one per
+//! `matrix` combination, and the pool that starts them within the step's `jobs`
+//! slots and drives each on a thread, relaying its lines to the step's log.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use qflow_engine::RunContext;
+
+use super::command_line::QemuCommandLine;
+use super::fields::Collect;
+use super::guest_run::{self, Event, GuestLogin, QEMU_LOG, RunPlan};
+use super::machine_spec::MachineSpec;
+use super::matrix::substitute;
+use super::{Boot, machine};
+
+impl Boot {
+    /// One plan (and machine command line) per run.
+    pub(super) fn run_plans(
+        &self,
+        ctx: &mut RunContext,
+        spec: &MachineSpec,
+        login: Option<GuestLogin>,
+        timeout: Duration,
+    ) -> anyhow::Result<(Vec<RunPlan>, Vec<QemuCommandLine>)> {
+        let out_dir = ctx.out_dir().to_path_buf();
+        let line = &spec.line;
+        let mut plans = Vec::new();
+        let mut lines = Vec::new();
+        for (label, params) in self.runs() {
+            let attach_link = ctx.state_dir().join(match &label {
+                Some(l) => format!("console-{l}.sock"),
+                None => "console.sock".to_string(),
+            });
+            let dir = match &label {
+                Some(l) => out_dir.join(l),
+                None => out_dir.clone(),
+            };
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut run_line = line.clone();
+            if self.writes_kept() {
+                run_line.disks = self.overlays(ctx, &line.disks, &dir)?;
+            }
+            for plugin in &mut run_line.plugins {
+                plugin.path = substitute(&plugin.path, &params);
+                plugin.args = plugin.args.iter().map(|a| substitute(a, &params)).collect();
+            }
+            run_line.extra_args = run_line
+                .extra_args
+                .iter()
+                .map(|a| substitute(a, &params))
+                .collect();
+            let commands = self
+                .commands
+                .iter()
+                .map(|c| substitute(c, &params))
+                .collect();
+            plans.push(RunPlan {
+                label,
+                dir,
+                exports: params,
+                commands,
+                collect: self
+                    .collect
+                    .iter()
+                    .filter_map(|c| match c {
+                        Collect::Console(p) => Some(p.clone()),
+                        Collect::Disk(_) => None,
+                    })
+                    .collect(),
+                login: login.clone(),
+                terminal: self.terminal.map(|t| (t.rows, t.cols)),
+                restore: spec.snapshot_file.is_some(),
+                keep_disks: self.writes_kept(),
+                attach_link: Some(attach_link),
+                checkpoint: spec.record.clone(),
+                timeout,
+            });
+            lines.push(run_line);
+        }
+        Ok((plans, lines))
+    }
+
+    /// Start the runs within the step's `jobs` slots and drive each on a thread.
+    pub(super) fn execute(
+        &self,
+        ctx: &mut RunContext,
+        plans: &[RunPlan],
+        lines: &[QemuCommandLine],
+        snapshot: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let slots = ctx.jobs().max(1);
+        let (tx, rx) = mpsc::channel::<Event>();
+        let mut next = 0;
+        let mut running = 0;
+        let mut failures: Vec<String> = Vec::new();
+        let many = plans.len() > 1;
+        let name = |i: usize| plans[i].label.clone().unwrap_or_default();
+        std::thread::scope(|scope| {
+            loop {
+                while running < slots
+                    && next < plans.len()
+                    && failures.is_empty()
+                    && !ctx.is_cancelled()
+                {
+                    let i = next;
+                    next += 1;
+                    let stdin = match snapshot.map(std::fs::File::open).transpose() {
+                        Ok(f) => f,
+                        Err(e) => {
+                            failures
+                                .push(format!("cannot open the checkpoint's memory snapshot: {e}"));
+                            break;
+                        }
+                    };
+                    let log = plans[i].dir.join(QEMU_LOG);
+                    match machine::Machine::start(ctx, &lines[i], stdin, &log) {
+                        Ok(m) => {
+                            if many {
+                                ctx.log(&format!("qflow: run {} started", name(i)));
+                            }
+                            let tx = tx.clone();
+                            let plan = &plans[i];
+                            scope.spawn(move || {
+                                let r = guest_run::drive(i, plan, m, &tx);
+                                let _ = tx.send(Event::Done(i, r));
+                            });
+                            running += 1;
+                        }
+                        Err(e) => failures.push(format!("{}{e:#}", prefix(many, &name(i)))),
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                match rx.recv() {
+                    Ok(Event::Line(i, l)) => {
+                        if many {
+                            ctx.log(&format!("[{}] {l}", name(i)));
+                        } else {
+                            ctx.log(&l);
+                        }
+                    }
+                    Ok(Event::Progress(i, t)) => {
+                        ctx.progress(&format!("{}{t}", prefix(many, &name(i))))
+                    }
+                    Ok(Event::Done(i, r)) => {
+                        running -= 1;
+                        let qemu_log = std::fs::read_to_string(plans[i].dir.join(QEMU_LOG))
+                            .unwrap_or_default();
+                        for l in qemu_log.lines() {
+                            ctx.log(&format!("{}qemu: {l}", prefix(many, &name(i))));
+                        }
+                        let r = r.and_then(|()| self.collect_from_disks(ctx, &plans[i], &lines[i]));
+                        match r {
+                            Ok(()) => {
+                                if many {
+                                    ctx.log(&format!("qflow: run {} ok", name(i)));
+                                }
+                            }
+                            Err(e) => failures.push(format!("{}{e:#}", prefix(many, &name(i)))),
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        if ctx.is_cancelled() {
+            bail!("interrupted");
+        }
+        if let Some(first) = failures.first() {
+            let more = if failures.len() > 1 {
+                format!(" (and {} more failed runs)", failures.len() - 1)
+            } else {
+                String::new()
+            };
+            bail!("{first}{more}");
+        }
+        Ok(())
+    }
+}
+
+fn prefix(many: bool, label: &str) -> String {
+    if many {
+        format!("run {label}: ")
+    } else {
+        String::new()
+    }
+}
