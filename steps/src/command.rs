@@ -2,8 +2,12 @@
 //!
 //! The program runs in the workflow's directory with `QFLOW_OUT` set to its fresh
 //! output directory, and with qflow's make jobserver in `MAKEFLAGS`, so a `make`
-//! it starts stays within the step's `jobs` slots.
+//! it starts stays within the step's `jobs` slots. Its `metrics:` are read from
+//! its outputs after it exits.
 
+use std::collections::BTreeMap;
+
+use qflow_engine::results::{MetricSpec, check_metrics, check_metrics_read};
 use qflow_engine::{CheckContext, FieldError, Input, RunContext, Step, StepFields};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -20,6 +24,10 @@ pub struct Command {
     /// Files or directories the program must create under `$QFLOW_OUT`.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Numbers taken from the outputs after the program exits, by name:
+    /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricSpec>,
 }
 
 impl StepFields for Command {
@@ -37,7 +45,9 @@ impl Step for Command {
     }
 
     fn outputs(&self) -> Vec<String> {
-        self.outputs.clone()
+        let mut out = self.outputs.clone();
+        out.extend(crate::metrics::outputs(&self.metrics));
+        out
     }
 
     fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {
@@ -47,6 +57,12 @@ impl Step for Command {
                 "`run` needs at least a program name, e.g. `run: [make, all]`",
             ));
         }
+        check_metrics(&self.metrics)?;
+        check_metrics_read(
+            &self.metrics,
+            &self.outputs,
+            "declare it in `outputs` and write it under $QFLOW_OUT",
+        )?;
         Ok(())
     }
 
@@ -67,6 +83,13 @@ impl Step for Command {
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         let mut cmd = ctx.command(&self.run[0]);
         cmd.args(&self.run[1..]);
-        ctx.run(cmd)
+        ctx.run(cmd)?;
+        let run = crate::metrics::RunDir {
+            run: String::new(),
+            params: BTreeMap::new(),
+            repeat: None,
+            dir: ctx.out_dir().to_path_buf(),
+        };
+        crate::metrics::record(ctx, &self.metrics, &[run])
     }
 }

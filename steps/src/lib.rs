@@ -11,6 +11,7 @@ pub mod figure;
 pub mod image;
 pub mod image_file;
 pub mod kernel;
+pub mod metrics;
 pub mod package_name;
 pub mod qemu_img;
 pub mod secret;

@@ -176,6 +176,32 @@ pub fn check_metrics(metrics: &BTreeMap<String, MetricSpec>) -> Result<(), Field
     Ok(())
 }
 
+/// Each metric's `from` must be one of `files` (a run's outputs, relative to the
+/// run's directory) or lie inside one of them (a directory output).
+pub fn check_metrics_read(
+    metrics: &BTreeMap<String, MetricSpec>,
+    files: &[String],
+    how_to_add: &str,
+) -> Result<(), FieldError> {
+    for (name, spec) in metrics {
+        let inside = files.iter().any(|f| {
+            let f = f.trim_end_matches('/');
+            spec.from == f || spec.from.starts_with(&format!("{f}/"))
+        });
+        if !inside {
+            return Err(FieldError::new(
+                format!("metrics.{name}.from"),
+                format!(
+                    "metric `{name}`: `{}` is not a file of the run ({}); {how_to_add}",
+                    spec.from,
+                    files.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +260,24 @@ mod tests {
             assert_eq!(e.field, "metrics.m.from", "{bad}");
         }
         check_metrics(&metrics("m: { from: sub/run.txt, regex: '(1)' }")).unwrap();
+    }
+
+    #[test]
+    fn a_metric_reads_a_file_the_run_has() {
+        let m =
+            metrics("ops: { from: run.txt, regex: '(1)' }\nb: { from: out/x.txt, regex: '(1)' }");
+        let files = vec!["console.log".to_string(), "run.txt".into(), "out/".into()];
+        check_metrics_read(&m, &files, "collect it").unwrap();
+        let m = metrics("ops: { from: rum.txt, regex: '(1)' }");
+        let e = check_metrics_read(&m, &files, "collect it").unwrap_err();
+        assert_eq!(e.field, "metrics.ops.from");
+        assert!(
+            e.message.contains(
+                "`rum.txt` is not a file of the run (console.log, run.txt, out/); collect it"
+            ),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

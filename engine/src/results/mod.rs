@@ -22,7 +22,7 @@ pub use extract::{MetricError, extract, extract_all};
 pub use figure_data::FigureData;
 pub use figure_spec::{Chart, ErrorBars, FigureSpec, ImageFormat};
 pub use grid::{Cell, Format, Grid};
-pub use metric_spec::{MetricSpec, Source, check_metrics};
+pub use metric_spec::{MetricSpec, Source, check_metrics, check_metrics_read};
 pub use metrics_file::{MetricColumn, Row, StepMetrics};
 pub use statistics::Summary;
 pub use table::ResultsTable;
