@@ -296,6 +296,21 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             crate::verify::run(wf, &registry, &options)
         }
+        Command::Results {
+            workflow,
+            step,
+            format,
+            summary,
+        } => {
+            let format = format.parse().map_err(UsageError)?;
+            let wf = load(&workflow, &registry)?;
+            let options = crate::results::ResultsOptions {
+                step,
+                format,
+                summary,
+            };
+            crate::results::run(wf, &registry, workflow.cache.as_deref(), &options)
+        }
         Command::Bundle { workflow, output } => {
             let wf = load(&workflow, &registry)?;
             let cache = cache_dir(&wf, workflow.cache.as_deref());

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod detach;
 mod doctor;
+mod results;
 mod schema;
 mod verify;
 

@@ -1,17 +1,95 @@
-//! Figures: a workflow's `figures:` drawn from its steps' metrics to SVG and PNG.
+//! The `figures` kind: a workflow's `figures:` section, drawn from its steps'
+//! metrics to SVG and PNG.
 //!
-//! A figure reads nothing but its step's `metrics.json`, so it is cheap to redraw:
-//! changing a title, an axis or a chart type redraws the figure and boots nothing.
-//! The drawing is plotters' ([`chart`]); text in PNG files uses a font compiled
-//! into qflow ([`font`]), so a figure looks the same on every host.
+//! The engine turns the workflow-level `figures:` section into one step named
+//! `figures` of this kind (out/figures/NAME.svg, NAME.png). Its key holds the
+//! figures' specs and the output hashes of the steps they draw, and it reads
+//! nothing but those steps' `metrics.json`: changing a title, an axis or a chart
+//! type redraws the figures and boots nothing, and a rebuild that changes no
+//! number leaves them cached. The drawing is plotters' ([`chart`]); text in PNG
+//! files uses a font compiled into qflow ([`font`]), so a figure looks the same on
+//! every host.
 
 pub mod chart;
 pub mod font;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context as _;
 use qflow_engine::results::{FigureData, FigureSpec, ImageFormat, StepMetrics};
+use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, StepRef};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The workflow's figures by name (each name is the stem of its files).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Figures(pub BTreeMap<String, FigureSpec>);
+
+impl StepFields for Figures {
+    const KIND: &'static str = "figures";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+impl Step for Figures {
+    fn references(&self) -> Vec<StepRef> {
+        self.0
+            .iter()
+            .map(|(name, spec)| StepRef::new(format!("{name}.step"), spec.step.clone()))
+            .collect()
+    }
+
+    fn outputs(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|(name, spec)| spec.files(name))
+            .collect()
+    }
+
+    fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {
+        for (name, spec) in &self.0 {
+            spec.check(name).map_err(|e| {
+                let field = if e.field.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{name}.{}", e.field)
+                };
+                FieldError::new(field, format!("figure `{name}`: {}", e.message))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(name, spec)| {
+                format!(
+                    "draw {} from {}/metrics.json: {} by {}{}",
+                    spec.files(name).join(", "),
+                    spec.step,
+                    spec.y,
+                    spec.x,
+                    spec.series
+                        .as_ref()
+                        .map(|s| format!(", one series per {s}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
+        for (name, spec) in &self.0 {
+            let dir = ctx.upstream(&spec.step)?.to_path_buf();
+            let metrics = StepMetrics::read(&dir)?;
+            let files = draw(name, spec, &metrics, ctx.out_dir())?;
+            ctx.log(&format!("qflow: drew {}", files.join(", ")));
+        }
+        Ok(())
+    }
+}
 
 /// Draw figure `name` from `metrics` into `out_dir`; returns the files written.
 pub fn draw(

@@ -29,5 +29,6 @@ pub fn registry() -> Registry {
     r.add(KindOf::<disk::Disk>::new());
     r.add(KindOf::<download::Download>::new());
     r.add(KindOf::<kernel::Kernel>::new());
+    r.add(KindOf::<figure::Figures>::new());
     r
 }
