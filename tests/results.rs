@@ -166,3 +166,162 @@ fn a_figure_must_name_a_matrix_variable_and_a_metric_of_its_step() {
         run.stderr
     );
 }
+
+/// The host's own kernel: Debian's, with the serial console built in.
+fn host_kernel() -> String {
+    let mut kernels: Vec<_> = std::fs::read_dir("/boot")
+        .expect("/boot")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    kernels
+        .pop()
+        .expect("a kernel in /boot/vmlinuz-* (apt-get install linux-image-amd64)")
+        .display()
+        .to_string()
+}
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A deterministic guest workload (a sum of squares up to `$size`) in a matrix of
+/// three sizes, each run twice under TCG with `-icount`, and one figure of it.
+fn sweep_workflow(title: &str, name: &str) -> String {
+    format!(
+        r#"version: 1
+name: sweep
+steps:
+  initramfs:
+    kind: command
+    run: [sh, {FIXTURES}/results/make-initramfs.sh]
+    inputs: [{FIXTURES}/results/make-initramfs.sh]
+    outputs: [initrd.img]
+  sweep:
+    kind: boot
+    kernel: {kernel}
+    initrd: initramfs
+    append: console=ttyS0 rdinit=/init quiet
+    memory: 256M
+    accel: tcg
+    icount: 1
+    timeout: 5m
+    jobs: 2
+    matrix: {{ size: [10, 100, 1000] }}
+    repeat: 2
+    commands:
+      - 's=0; i=1; while [ $i -le $size ]; do s=$((s+i*i)); i=$((i+1)); done; echo "sum=$s" > /tmp/run.txt'
+      - 'echo "run $size/$repeat done"'
+    collect: [/tmp/run.txt]
+    extra_args: [-name, {name}]
+    metrics:
+      sum: {{ from: run.txt, regex: 'sum=([0-9]+)', unit: "squares" }}
+      repeat_seen: {{ from: console.log, regex: 'run [0-9]+/([0-9]+) done' }}
+figures:
+  sums:
+    step: sweep
+    x: size
+    y: sum
+    log_x: true
+    log_y: true
+    title: {title}
+"#,
+        kernel = host_kernel()
+    )
+}
+
+#[test]
+#[ignore = "slow: boots the host kernel six times under TCG"]
+fn a_repeated_matrix_gives_one_row_per_run_a_figure_and_redraws_only_the_figure() {
+    let s = Space::new();
+    let name = s.path().file_name().unwrap().to_string_lossy().into_owned();
+    s.workflow(&sweep_workflow("Sum of squares", &name));
+    let first = s.apply();
+    assert_eq!(first.ran_sorted(), ["figures", "initramfs", "sweep"]);
+
+    // Six rows, one per run, with the right values.
+    let csv = s.qflow(&["results", "--format", "csv"]).success().stdout;
+    let records = parse_csv(&csv);
+    assert_eq!(
+        records[0],
+        ["step", "run", "size", "repeat", "repeat_seen", "sum (squares)"]
+    );
+    assert_eq!(records.len(), 7, "{csv}");
+    let sum_of_squares = |n: u64| n * (n + 1) * (2 * n + 1) / 6;
+    let mut seen = Vec::new();
+    for r in &records[1..] {
+        let size: u64 = r[2].parse().unwrap();
+        assert_eq!(r[1], format!("size={size},repeat={}", r[3]));
+        assert_eq!(r[4], r[3], "the guest saw its own repeat number");
+        assert_eq!(r[5].parse::<u64>().unwrap(), sum_of_squares(size), "{r:?}");
+        seen.push((size, r[3].clone()));
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 6);
+    assert_eq!(seen[0], (10, "1".to_string()));
+    assert_eq!(seen[5], (1000, "2".to_string()));
+    // The CSV round-trips: the same cells as the JSON form.
+    let json: serde_json::Value =
+        serde_json::from_str(&s.qflow(&["results", "--format", "json"]).success().stdout)
+            .unwrap();
+    for (i, r) in records[1..].iter().enumerate() {
+        assert_eq!(json[i]["run"], r[1].as_str());
+        assert_eq!(json[i]["sum (squares)"].as_f64().unwrap().to_string(), r[5]);
+    }
+    // Deterministic workload: the repeats agree, so the interval has no width.
+    let summary = s
+        .qflow(&["results", "--summary", "--format", "csv"])
+        .success()
+        .stdout;
+    let summary = parse_csv(&summary);
+    assert_eq!(summary.len(), 4, "one row per size");
+    let sd = summary[0].iter().position(|h| h == "sum sd").unwrap();
+    assert!(summary[1..].iter().all(|r| r[sd] == "0"), "{summary:?}");
+
+    // The figure: one marker per size, in order of size.
+    let svg = s.read("out/figures/sums.svg");
+    let markers: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains("<circle") && !l.contains("fill=\"none\""))
+        .collect();
+    assert_eq!(markers.len(), 3, "{svg}");
+    assert!(svg.contains("Sum of squares"));
+    let png = std::fs::read(s.join("out/figures/sums.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // Changing only the figure's title redraws it and boots nothing; the plan says why.
+    s.workflow(&sweep_workflow("Squares summed", &name));
+    let plan = s.qflow(&["plan"]).success();
+    assert!(plan.stdout.contains("figures"), "{}", plan.stdout);
+    let again = s.apply();
+    assert_eq!(again.ran(), ["figures"], "{}", again.stderr);
+    assert!(s.read("out/figures/sums.svg").contains("Squares summed"));
+}
+
+/// RFC 4180 records (quoted fields may hold commas).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut records = Vec::new();
+    for line in text.lines() {
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' if quoted && chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = !quoted,
+                ',' if !quoted => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        records.push(fields);
+    }
+    records
+}
