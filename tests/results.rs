@@ -247,7 +247,14 @@ fn a_repeated_matrix_gives_one_row_per_run_a_figure_and_redraws_only_the_figure(
     let records = parse_csv(&csv);
     assert_eq!(
         records[0],
-        ["step", "run", "size", "repeat", "repeat_seen", "sum (squares)"]
+        [
+            "step",
+            "run",
+            "size",
+            "repeat",
+            "repeat_seen",
+            "sum (squares)"
+        ]
     );
     assert_eq!(records.len(), 7, "{csv}");
     let sum_of_squares = |n: u64| n * (n + 1) * (2 * n + 1) / 6;
@@ -265,8 +272,7 @@ fn a_repeated_matrix_gives_one_row_per_run_a_figure_and_redraws_only_the_figure(
     assert_eq!(seen[5], (1000, "2".to_string()));
     // The CSV round-trips: the same cells as the JSON form.
     let json: serde_json::Value =
-        serde_json::from_str(&s.qflow(&["results", "--format", "json"]).success().stdout)
-            .unwrap();
+        serde_json::from_str(&s.qflow(&["results", "--format", "json"]).success().stdout).unwrap();
     for (i, r) in records[1..].iter().enumerate() {
         assert_eq!(json[i]["run"], r[1].as_str());
         assert_eq!(json[i]["sum (squares)"].as_f64().unwrap().to_string(), r[5]);
@@ -295,7 +301,11 @@ fn a_repeated_matrix_gives_one_row_per_run_a_figure_and_redraws_only_the_figure(
     // Changing only the figure's title redraws it and boots nothing; the plan says why.
     s.workflow(&sweep_workflow("Squares summed", &name));
     let plan = s.qflow(&["plan"]).success();
-    assert!(plan.stdout.contains("figures"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("`sums.title`"),
+        "the plan names the changed field:\n{}",
+        plan.stdout
+    );
     let again = s.apply();
     assert_eq!(again.ran(), ["figures"], "{}", again.stderr);
     assert!(s.read("out/figures/sums.svg").contains("Squares summed"));
