@@ -49,6 +49,7 @@ pub mod process;
 pub mod progress;
 pub mod recorder;
 pub mod refusal;
+pub mod results;
 pub mod run;
 pub mod run_record;
 pub mod schedule;

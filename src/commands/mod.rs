@@ -10,6 +10,7 @@ mod doctor;
 mod gc;
 mod graph;
 mod plan;
+mod results;
 mod run_records;
 mod schema;
 mod status;
@@ -88,6 +89,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep,
             },
         ),
+        Command::Results {
+            workflow,
+            step,
+            format,
+            summary,
+        } => {
+            let format = format.parse().map_err(UsageError)?;
+            let options = results::ResultsOptions {
+                step,
+                format,
+                summary,
+            };
+            results::run(&registry, &workflow, &options)
+        }
         Command::Bundle { workflow, output } => {
             bundle::run(&registry, &workflow, output.as_deref())
         }

@@ -8,11 +8,13 @@ pub mod debootstrap;
 pub mod disk;
 pub mod download;
 pub mod fetch;
+pub mod figure;
 pub mod host;
 pub mod image;
 pub mod image_diff;
 pub mod image_file;
 pub mod kernel;
+pub mod metrics;
 pub mod package_name;
 pub mod qemu_img;
 pub mod secret;
@@ -30,6 +32,7 @@ pub fn registry() -> Registry {
     r.add(KindOf::<disk::Disk>::new());
     r.add(KindOf::<download::Download>::new());
     r.add(KindOf::<kernel::Kernel>::new());
+    r.add(KindOf::<figure::Figures>::new());
     r
 }
 
