@@ -6,10 +6,12 @@
 //!
 //! Modules import each other without cycles, lowest first (each module's
 //! `//!` header says what it imports):
-//! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`,
+//! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`, `field_error`,
 //!   `leftovers`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
 //!   `timings`, `lockfile`, `input_entry`, `run_record`;
-//! - a step's programs and the kinds' contract: `process` → `context` → `step`;
+//! - results (metrics, tables, figures' data; → `field_error`): `results`;
+//! - a step's programs and the kinds' contract: `process` → `context` → `step`
+//!   (→ `results` for a step's metrics);
 //! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
 //!   holds `Workflow::load`);
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
@@ -35,6 +37,7 @@ pub mod bundle;
 pub mod dag;
 pub mod diagnostic;
 pub mod executor;
+pub mod field_error;
 pub mod glob;
 pub mod input_entry;
 pub mod input_stamp;

@@ -69,6 +69,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use qflow_engine::results::MetricSpec;
 use qflow_engine::{
     CheckContext, FieldError, HostNeed, KvmUse, OutputRole, Requirement, RunContext, SecretUse,
     Step, StepFields, StepRef, Tool,
@@ -170,7 +171,7 @@ pub struct Boot {
     /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
     /// `FILE` is `console.log`, `commands.json`, `qemu.log` or a collected file's name.
     #[serde(default)]
-    pub metrics: BTreeMap<String, qflow_engine::results::MetricSpec>,
+    pub metrics: BTreeMap<String, MetricSpec>,
 }
 
 impl StepFields for Boot {
@@ -352,6 +353,10 @@ impl Step for Boot {
         add("initrd".into(), &self.initrd);
         add("from_checkpoint".into(), &self.from_checkpoint);
         refs
+    }
+
+    fn metrics(&self) -> BTreeMap<String, MetricSpec> {
+        self.metrics.clone()
     }
 
     fn output_roles(&self) -> Vec<(String, OutputRole)> {

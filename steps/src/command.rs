@@ -73,6 +73,10 @@ impl Step for Command {
             .collect()
     }
 
+    fn metrics(&self) -> BTreeMap<String, MetricSpec> {
+        self.metrics.clone()
+    }
+
     fn output_roles(&self) -> Vec<(String, OutputRole)> {
         let mut out: Vec<(String, OutputRole)> = self
             .outputs

@@ -7,7 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::FieldError;
+use crate::field_error::FieldError;
 
 /// Bounds on a metric, or a reference value with a relative tolerance.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::expectation::Expectation;
-use crate::FieldError;
+use crate::field_error::FieldError;
 
 /// One metric of a step.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]

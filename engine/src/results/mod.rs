@@ -4,7 +4,8 @@
 //! what it is expected to be); after each run the step extracts them from the
 //! run's own files, so a table, a figure and `qflow verify` all read the same
 //! values from the step's `metrics.json`. Nothing here knows QEMU or a step kind:
-//! a run is a directory of files and a set of matrix values.
+//! a run is a directory of files and a set of matrix values. Imports
+//! `field_error` only.
 
 pub mod csv;
 pub mod expectation;
@@ -16,6 +17,7 @@ pub mod metric_spec;
 pub mod metrics_file;
 pub mod statistics;
 pub mod table;
+pub mod unmet;
 
 pub use expectation::Expectation;
 pub use extract::{MetricError, extract, extract_all};
@@ -26,3 +28,4 @@ pub use metric_spec::{MetricSpec, Source, check_metrics, check_metrics_read};
 pub use metrics_file::{MetricColumn, Row, StepMetrics};
 pub use statistics::Summary;
 pub use table::ResultsTable;
+pub use unmet::{Unmet, unmet, unmet_in_tree};
