@@ -129,6 +129,101 @@ fn a_value_outside_its_expectation_is_recorded_then_fails_the_apply_naming_it() 
     assert_eq!(s.apply().ran(), ["bench"]);
 }
 
+/// `qflow verify` with its scratch directory under the space.
+fn verify(s: &Space) -> common::Run {
+    let tmp = s.join("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = s
+        .command(&["verify"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .expect("cannot run qflow");
+    common::Run::from(out)
+}
+
+/// The lock with metric `name` of step `bench` set to `value`.
+fn plant_in_lock(s: &Space, name: &str, value: f64) {
+    let mut lock: serde_json::Value = serde_json::from_str(&s.read("qflow.lock")).unwrap();
+    let metrics = &mut lock["steps"]["bench"]["metrics"];
+    assert!(metrics[name].is_number(), "the lock keeps `{name}`: {lock}");
+    metrics[name] = serde_json::json!(value);
+    s.write("qflow.lock", serde_json::to_string_pretty(&lock).unwrap());
+}
+
+/// The metric table row of `step/metric`: reference, rebuilt, ratio and result.
+fn metric_row(run: &common::Run, name: &str) -> Vec<String> {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no metric row for {name}:\n{}", run.stdout));
+    line.split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn verify_passes_on_a_rebuild_and_fails_on_a_planted_change() {
+    let s = Space::new();
+    s.workflow(&bench_workflow(""));
+    s.apply();
+    let lock: serde_json::Value = serde_json::from_str(&s.read("qflow.lock")).unwrap();
+    assert_eq!(lock["steps"]["bench"]["metrics"]["ops"], 1250.5);
+    assert_eq!(lock["steps"]["bench"]["metrics"]["p99"], 42.0);
+
+    // A rebuild of a deterministic step gives the same numbers, exactly.
+    let run = verify(&s).success();
+    assert_eq!(
+        metric_row(&run, "bench/ops"),
+        ["1250.5", "1250.5", "1.000000", "same"]
+    );
+    assert!(
+        run.stdout.contains("all 3 metric values within tolerance"),
+        "{}",
+        run.stdout
+    );
+
+    // A number planted in the lock is found, with how far off it is.
+    plant_in_lock(&s, "ops", 1300.0);
+    let run = verify(&s).failure(1);
+    assert_eq!(
+        metric_row(&run, "bench/ops"),
+        ["1300", "1250.5", "0.961923", "OUTSIDE", "TOLERANCE"]
+    );
+    assert_eq!(metric_row(&run, "bench/p99")[3], "same");
+    assert!(
+        run.stdout
+            .contains("1 of 3 metric values outside tolerance"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_metric_with_a_tolerance_verifies_within_it_and_fails_beyond_it() {
+    let s = Space::new();
+    s.workflow(&bench_workflow(", tolerance: 0.05"));
+    s.apply();
+    plant_in_lock(&s, "ops", 1300.0);
+    let run = verify(&s).success();
+    assert_eq!(
+        metric_row(&run, "bench/ops"),
+        [
+            "1300",
+            "1250.5",
+            "0.961923",
+            "within",
+            "tolerance",
+            "(tolerance",
+            "5%)"
+        ]
+    );
+    plant_in_lock(&s, "ops", 1400.0);
+    let run = verify(&s).failure(1);
+    assert_eq!(metric_row(&run, "bench/ops")[3], "OUTSIDE");
+}
+
 #[test]
 fn a_regex_without_its_capture_group_is_refused_at_its_line_before_anything_runs() {
     let s = Space::new();

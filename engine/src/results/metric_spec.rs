@@ -12,7 +12,7 @@
 //! `from` is a file of the run's output directory: a collected file, a file a
 //! command wrote, or `console.log`. Everything that can be checked without the run
 //! (one source, a regex that compiles with exactly one capture group, a JSON
-//! pointer, a plain relative file name, a sane `expect`) is checked when the
+//! pointer, a plain relative file name, a sane `expect` and `tolerance`) is checked when the
 //! workflow loads, so a typo is a `file:line` error before anything boots.
 
 use std::collections::BTreeMap;
@@ -46,6 +46,11 @@ pub struct MetricSpec {
     /// What the value must be: `{min, max}` or `{value, rel_tol}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<Expectation>,
+    /// The relative difference `qflow verify` accepts between a rebuild's value
+    /// and the lock's (`0.05`: within 5%). Default 0: exactly, as a deterministic
+    /// run (`icount`) gives; a measured time needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
 }
 
 /// Where in its file a metric's number is.
@@ -122,6 +127,14 @@ impl MetricSpec {
         }
         if let Some(e) = &self.expect {
             e.check("expect")?;
+        }
+        if let Some(t) = self.tolerance
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(FieldError::new(
+                "tolerance",
+                format!("`tolerance` is a fraction (0.05 for 5%), not `{t}`"),
+            ));
         }
         Ok(())
     }

@@ -48,6 +48,20 @@ pub struct Row {
     pub values: BTreeMap<String, f64>,
 }
 
+/// A value's name in [`StepMetrics::flat`]: `metric`, or `run/metric`.
+pub fn flat_name(run: &str, metric: &str) -> String {
+    if run.is_empty() {
+        metric.to_string()
+    } else {
+        format!("{run}/{metric}")
+    }
+}
+
+/// The metric of a name in [`StepMetrics::flat`].
+pub fn metric_of_flat(name: &str) -> &str {
+    name.rsplit_once('/').map_or(name, |(_, m)| m)
+}
+
 /// Every run's metrics of one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
@@ -111,6 +125,18 @@ impl StepMetrics {
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Every value by `metric` (a step that runs once) or `run/metric`, the form
+    /// the lock keeps.
+    pub fn flat(&self) -> BTreeMap<String, f64> {
+        let mut flat = BTreeMap::new();
+        for row in &self.rows {
+            for (name, v) in &row.values {
+                flat.insert(flat_name(&row.run, name), *v);
+            }
+        }
+        flat
     }
 
     /// The unit of `metric`, when it has one.

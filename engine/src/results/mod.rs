@@ -25,7 +25,7 @@ pub use figure_data::FigureData;
 pub use figure_spec::{Chart, ErrorBars, FigureSpec, ImageFormat};
 pub use grid::{Cell, Format, Grid};
 pub use metric_spec::{MetricSpec, Source, check_metrics, check_metrics_read};
-pub use metrics_file::{MetricColumn, Row, StepMetrics};
+pub use metrics_file::{MetricColumn, Row, StepMetrics, flat_name, metric_of_flat};
 pub use statistics::Summary;
 pub use table::ResultsTable;
 pub use unmet::{Unmet, unmet, unmet_in_tree};
