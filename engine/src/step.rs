@@ -16,9 +16,10 @@
 //! artifact), its host needs as typed values ([`HostNeed`]), and, per kind,
 //! every tool and need a step of it may have ([`StepFields::kind_tools`],
 //! [`StepFields::kind_needs`]), from which `qflow doctor` and the host install
-//! script's check derive. A step's `metrics:` ([`Step::metrics`]) are part of
-//! the contract too, so the run loop, figures and `qflow results` never read a
-//! kind's raw fields. Adding a kind is one file and one registry line.
+//! script's check derive. A step's `metrics:` ([`Step::metrics`]) and matrix
+//! variables ([`Step::matrix_axes`]) are part of the contract too, so the run
+//! loop, figures, `qflow results` and `qflow verify` never read a kind's raw
+//! fields. Adding a kind is one file and one registry line.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -236,6 +237,13 @@ pub trait Step: std::fmt::Debug + Send + Sync {
     /// figures and `qflow verify` read the same file. None by default.
     fn metrics(&self) -> BTreeMap<String, MetricSpec> {
         BTreeMap::new()
+    }
+
+    /// The names of the step's matrix variables: each run's values of them are
+    /// columns of its metrics table, and a figure's `x` and `series` name them.
+    /// None by default (a step that runs once).
+    fn matrix_axes(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// External programs the step runs; their versions enter the key. Each is

@@ -645,13 +645,7 @@ fn load_figures(
         let Some(target) = steps.iter().find(|s| s.name == spec.step) else {
             continue;
         };
-        let keys = |field: &str| -> Vec<String> {
-            match target.fields.get(field) {
-                Some(Value::Mapping(m)) => m.keys().map(key_text).collect(),
-                _ => Vec::new(),
-            }
-        };
-        let metrics = keys("metrics");
+        let metrics: Vec<String> = target.step.metrics().into_keys().collect();
         if metrics.is_empty() {
             diags.at(
                 &format!("{FIGURES}.{name}.step"),
@@ -662,7 +656,7 @@ fn load_figures(
             );
             continue;
         }
-        if let Err(e) = spec.check_against(&keys("matrix"), &metrics) {
+        if let Err(e) = spec.check_against(&target.step.matrix_axes(), &metrics) {
             diags.at(
                 &format!("{FIGURES}.{name}.{}", e.field),
                 format!("figure `{name}`: {}", e.message),

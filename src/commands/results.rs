@@ -31,8 +31,7 @@ pub fn recorded_metrics(
         if only.is_some_and(|s| s != decl.name) {
             continue;
         }
-        let declares = decl.fields.get("metrics").is_some_and(|m| !m.is_null());
-        if !declares {
+        if decl.step.metrics().is_empty() {
             if only.is_some() {
                 return Err(UsageError(format!(
                     "step `{}` declares no `metrics:`; add them to the step, then `qflow apply`",

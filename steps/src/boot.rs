@@ -359,6 +359,10 @@ impl Step for Boot {
         self.metrics.clone()
     }
 
+    fn matrix_axes(&self) -> Vec<String> {
+        self.matrix.keys().cloned().collect()
+    }
+
     fn output_roles(&self) -> Vec<(String, OutputRole)> {
         let per_run = self.run_output_roles();
         let mut out = Vec::new();

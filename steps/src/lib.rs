@@ -244,6 +244,34 @@ mod tests {
     }
 
     #[test]
+    fn metrics_and_matrix_variables_are_told_through_the_contract() {
+        let boot = parse(
+            "boot",
+            "kernel: k\nmatrix: { size: [16, 64], mode: [a, b] }\nrepeat: 2\n\
+             metrics: { ops: { from: console.log, regex: 'ops=([0-9]+)', tolerance: 0.1 } }",
+        );
+        assert_eq!(boot.matrix_axes(), ["mode", "size"]);
+        let metrics = boot.metrics();
+        assert_eq!(metrics.keys().collect::<Vec<_>>(), ["ops"]);
+        assert_eq!(metrics["ops"].tolerance, Some(0.1));
+        assert_eq!(
+            boot.output_role("metrics.json"),
+            qflow_engine::OutputRole::Result
+        );
+        let command = parse(
+            "command",
+            "run: [make]\noutputs: [run.txt]\nmetrics: { t: { from: run.txt, csv: t } }",
+        );
+        assert!(command.matrix_axes().is_empty(), "a command runs once");
+        assert_eq!(command.metrics().keys().collect::<Vec<_>>(), ["t"]);
+        assert!(
+            parse("kernel", "source: ./linux\nconfig: defconfig")
+                .metrics()
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn outputs_carry_the_role_bundle_and_verify_act_on() {
         use qflow_engine::OutputRole::*;
         let boot = parse(
