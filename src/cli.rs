@@ -280,6 +280,21 @@ pub enum Command {
         #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]
         cache: Option<PathBuf>,
     },
+    /// Print the results table (one row per run) from the records; runs nothing.
+    Results {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+        /// Only this step's metrics.
+        #[arg(long)]
+        step: Option<String>,
+        /// `table` (default), `csv`, `json` or `markdown`.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// One row per matrix point: the mean, standard deviation and 95%
+        /// confidence interval (Student's t) of its repeats.
+        #[arg(long)]
+        summary: bool,
+    },
     /// Rebuild the workflow from scratch in a temporary cache and compare every
     /// output hash with its lock file.
     Verify {

@@ -6,10 +6,12 @@
 //!
 //! Modules import each other without cycles, lowest first (each module's
 //! `//!` header says what it imports):
-//! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`,
+//! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`, `field_error`,
 //!   `cgroup`, `leftovers` (→ `cgroup`), `masking`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
 //!   `timings`, `lockfile`, `input_entry`, `run_record`;
-//! - a step's programs and the kinds' contract: `process` → `context` → `step`;
+//! - results (metrics, tables, figures' data; → `field_error`): `results`;
+//! - a step's programs and the kinds' contract: `process` → `context` → `step`
+//!   (→ `results` for a step's metrics);
 //! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
 //!   holds `Workflow::load`), `selection` (targets, `--force`; → `workflow`);
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
@@ -38,6 +40,7 @@ pub mod dag;
 pub mod diagnostic;
 pub mod executor;
 pub mod failure_report;
+pub mod field_error;
 pub mod glob;
 pub mod input_entry;
 pub mod input_stamp;
@@ -54,6 +57,7 @@ pub mod progress;
 pub mod recorder;
 pub mod refusal;
 pub mod remote_use;
+pub mod results;
 pub mod run;
 pub mod run_record;
 pub mod schedule;

@@ -14,8 +14,12 @@
 //! kill -9 of qflow the next apply sees no record and runs it again. Its
 //! result is recorded (`recorder.rs`, on a thread of the run) only once the
 //! executor reports its output complete; until then it holds its slots.
+//! A step recorded with metrics outside their `expect:` (ran or cached) is
+//! done all the same, so its outputs are kept and `qflow results` shows them;
+//! the run record notes each value and the apply fails at the end.
 //! Imports `schedule`, `dag`, `executor`, `recorder`, `run_record`, `session`,
-//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress` and `context`.
+//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress`, `context` and
+//! `results`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -340,7 +344,29 @@ impl<'a> Run<'a> {
         rep.output = Some(output.to_hex());
         self.outputs.insert(self.name(id), output);
         self.schedule.set(id, StepState::Done);
+        self.check_expectations(id, &output);
         Ok(())
+    }
+
+    /// Hold recorded step `id`'s metrics (in its output tree `output`) to their
+    /// `expect:`. Each value outside is reported and noted in the run record;
+    /// the step stays done (its outputs are kept and downstream steps such as
+    /// figures go on), and the apply exits 1 at the end.
+    fn check_expectations(&mut self, id: StepId, output: &Hash) {
+        let s = &self.parts.session.workflow.steps[id.index()];
+        let specs = s.step.metrics();
+        if specs.is_empty() {
+            return;
+        }
+        let tree = self.parts.session.cache.tree_path(output);
+        let unmet = crate::results::unmet_in_tree(&s.name, &specs, &tree);
+        for u in &unmet {
+            self.parts.progress.event(&format!("UNMET {u}"));
+        }
+        if !unmet.is_empty() {
+            self.report.steps[id.index()].unmet = unmet;
+            self.live_dirty = true;
+        }
     }
 
     fn output_of(&self, step: &str) -> Hash {
@@ -591,6 +617,7 @@ impl<'a> Run<'a> {
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
         self.queue_upload(id, rec.key);
+        self.check_expectations(id, &rec.output);
         Ok(())
     }
 

@@ -57,6 +57,10 @@ pub struct StepReport {
     /// Its log file, once it has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// Its metrics outside their `expect:` (it ran or was cached, and is
+    /// recorded, but the apply fails), one message each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmet: Vec<String>,
 }
 
 impl StepReport {
@@ -71,6 +75,7 @@ impl StepReport {
             reasons: Vec::new(),
             error: None,
             log: None,
+            unmet: Vec::new(),
         }
     }
 
@@ -107,6 +112,11 @@ impl RunReport {
     /// How many steps had outcome `o`.
     pub fn count(&self, o: StepOutcome) -> usize {
         self.steps.iter().filter(|s| s.outcome == o).count()
+    }
+
+    /// How many metric values of all steps are outside their expectations.
+    pub fn unmet_count(&self) -> usize {
+        self.steps.iter().map(|s| s.unmet.len()).sum()
     }
 
     /// Write this record into `runs` as `<id>.json` (temp file and rename, no fsync).

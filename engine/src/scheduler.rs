@@ -306,6 +306,20 @@ fn conclude(
         report.count(StepOutcome::Skipped) + report.count(StepOutcome::Interrupted),
         report.duration_ms as f64 / 1000.0
     ));
+    let unmet: Vec<&String> = report.steps.iter().flat_map(|s| &s.unmet).collect();
+    if !unmet.is_empty() {
+        let mut msg = format!(
+            "apply failed: {} metric value{} outside {} expectation (recorded: `qflow results` shows them):",
+            unmet.len(),
+            if unmet.len() == 1 { " is" } else { "s are" },
+            if unmet.len() == 1 { "its" } else { "their" },
+        );
+        for u in unmet {
+            msg.push_str("\n  ");
+            msg.push_str(u);
+        }
+        progress.event(&msg);
+    }
     Ok(report)
 }
 

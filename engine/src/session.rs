@@ -472,7 +472,19 @@ impl<'w> Session<'w> {
             output: rec.output.to_hex(),
             outputs,
             notes,
+            metrics: self.recorded_metrics(i, &rec.output),
         }
+    }
+
+    /// Step `i`'s metric values in its output tree `output`, as its lock entry
+    /// keeps them; none for a step without `metrics:`.
+    fn recorded_metrics(&self, i: usize, output: &Hash) -> BTreeMap<String, f64> {
+        if self.workflow.steps[i].step.metrics().is_empty() {
+            return BTreeMap::new();
+        }
+        crate::results::StepMetrics::read(&self.cache.tree_path(output))
+            .map(|m| m.flat())
+            .unwrap_or_default()
     }
 }
 

@@ -21,7 +21,9 @@ use crate::interpolate::{self, Expr};
 use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps", "executor", "slurm"];
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "version", "name", "vars", "steps", "executor", "slurm", "figures",
+];
 const COMMON_FIELDS: &[&str] = &[
     "kind",
     "after",
@@ -33,6 +35,8 @@ const COMMON_FIELDS: &[&str] = &[
     "resources",
     "retries",
 ];
+/// The step (and kind) the workflow's `figures:` section becomes.
+pub const FIGURES: &str = "figures";
 
 /// Why one step depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -438,6 +442,20 @@ impl Workflow {
                 );
                 continue;
             };
+            if sname == FIGURES && top.contains_key(FIGURES) {
+                diags.at(
+                    &base,
+                    "a step named `figures` would clash with the workflow's `figures:` (drawn into out/figures/); rename the step",
+                );
+                continue;
+            }
+            if fields.get("kind") == Some(&Value::String(FIGURES.into())) {
+                diags.at(
+                    &format!("{base}.kind"),
+                    "figures are declared in the workflow's top-level `figures:` section, not as a step",
+                );
+                continue;
+            }
             if let Some(decl) = load_step(
                 &sname,
                 &base,
@@ -450,6 +468,19 @@ impl Workflow {
             ) {
                 steps.push(decl);
             }
+        }
+        if let Some(figures) = top.get(FIGURES)
+            && let Some(decl) = load_figures(
+                figures,
+                &steps,
+                registry,
+                &vars,
+                &step_names,
+                &ctx,
+                &mut diags,
+            )
+        {
+            steps.push(decl);
         }
         let placement = crate::slurm::placement::parse_workflow(top, &mut diags);
         let workflow = Workflow {
@@ -598,6 +629,84 @@ impl StepNames {
     fn contains(&self, name: &str) -> bool {
         self.set.contains(name)
     }
+}
+
+/// The workflow's `figures:` section as the step `figures` (kind `figures`): its
+/// entries are that step's fields, so errors point at `figures.NAME.FIELD`, and
+/// each figure's `step` is an edge. Each figure's axes are checked against the
+/// step it draws: the x and series variables are keys of that step's `matrix`,
+/// the y metric a key of its `metrics`.
+fn load_figures(
+    figures: &Value,
+    steps: &[StepDecl],
+    registry: &Registry,
+    vars: &BTreeMap<String, String>,
+    step_names: &StepNames,
+    ctx: &CheckContext,
+    diags: &mut Diagnostics,
+) -> Option<StepDecl> {
+    let entries = match figures {
+        Value::Null => return None,
+        Value::Mapping(m) if m.is_empty() => return None,
+        Value::Mapping(m) => m,
+        v => {
+            diags.at(
+                FIGURES,
+                format!(
+                    "`figures` is a mapping of figure names to figures, not {}",
+                    type_name(v)
+                ),
+            );
+            return None;
+        }
+    };
+    let mut fields = serde_yaml::Mapping::new();
+    fields.insert(Value::String("kind".into()), Value::String(FIGURES.into()));
+    for (k, v) in entries {
+        let name = key_text(k);
+        if COMMON_FIELDS.contains(&name.as_str()) {
+            diags.at(
+                &format!("{FIGURES}.{name}"),
+                format!("`{name}` cannot name a figure (it is a step field); rename it"),
+            );
+            return None;
+        }
+        fields.insert(k.clone(), v.clone());
+    }
+    let before = diags.len();
+    let decl = load_step(
+        FIGURES, FIGURES, &fields, registry, vars, step_names, ctx, diags,
+    )?;
+    if diags.len() > before {
+        return None;
+    }
+    for (k, v) in entries {
+        let name = key_text(k);
+        let Ok(spec) = serde_yaml::from_value::<crate::results::FigureSpec>(v.clone()) else {
+            continue;
+        };
+        let Some(target) = steps.iter().find(|s| s.name == spec.step) else {
+            continue;
+        };
+        let metrics: Vec<String> = target.step.metrics().into_keys().collect();
+        if metrics.is_empty() {
+            diags.at(
+                &format!("{FIGURES}.{name}.step"),
+                format!(
+                    "step `{}` has no `metrics:` to draw; declare `{}` there",
+                    spec.step, spec.y
+                ),
+            );
+            continue;
+        }
+        if let Err(e) = spec.check_against(&target.step.matrix_axes(), &metrics) {
+            diags.at(
+                &format!("{FIGURES}.{name}.{}", e.field),
+                format!("figure `{name}`: {}", e.message),
+            );
+        }
+    }
+    Some(decl)
 }
 
 #[allow(clippy::too_many_arguments)]

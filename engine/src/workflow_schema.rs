@@ -19,9 +19,9 @@ pub fn workflow_schema(registry: &Registry) -> Value {
     let mut definitions = Map::new();
     let mut branches = Vec::new();
     let mut kind_names = Vec::new();
+    let mut figures = json!({ "type": ["object", "null"] });
     for kind in registry.kinds() {
         let name = kind.name();
-        kind_names.push(Value::String(name.to_string()));
         let prefix = format!("{name}.");
         let mut schema = kind.schema();
         rewrite_refs(&mut schema, &prefix);
@@ -33,6 +33,21 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 }
             }
         }
+        // The workflow's `figures:` section is that kind's fields, not a step.
+        if name == crate::workflow::FIGURES {
+            if let Some(o) = schema.as_object_mut() {
+                o.remove("$schema");
+                o.remove("title");
+                o.insert(
+                    "description".into(),
+                    json!("Figures drawn from steps' metrics to out/figures/NAME.svg and .png, by name."),
+                );
+                o.insert("type".into(), json!(["object", "null"]));
+            }
+            figures = schema;
+            continue;
+        }
+        kind_names.push(Value::String(name.to_string()));
         definitions.insert(format!("step.{name}"), step_schema(name, &schema));
         branches.push(json!({
             "if": {
@@ -105,7 +120,8 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 "type": "object",
                 "propertyNames": { "pattern": NAME_PATTERN },
                 "additionalProperties": { "$ref": "#/definitions/step" }
-            }
+            },
+            "figures": figures
         },
         "definitions": definitions
     })

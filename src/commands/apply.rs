@@ -75,7 +75,7 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
     std::mem::forget(wf);
     Ok(if run.interrupted {
         130
-    } else if run.count(StepOutcome::Failed) > 0 {
+    } else if run.count(StepOutcome::Failed) > 0 || run.unmet_count() > 0 {
         1
     } else {
         0

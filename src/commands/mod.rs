@@ -13,6 +13,7 @@ mod gc;
 mod graph;
 mod plan;
 mod remote;
+mod results;
 mod run_records;
 mod schema;
 mod status;
@@ -120,6 +121,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep,
             },
         ),
+        Command::Results {
+            workflow,
+            step,
+            format,
+            summary,
+        } => {
+            let format = format.parse().map_err(UsageError)?;
+            let options = results::ResultsOptions {
+                step,
+                format,
+                summary,
+            };
+            results::run(&registry, &workflow.locate()?, &options)
+        }
         Command::Bundle { workflow, output } => {
             bundle::run(&registry, &workflow.locate()?, output.as_deref())
         }

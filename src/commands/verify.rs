@@ -3,12 +3,13 @@
 //!
 //! A differing output is explained by its role: a disk image by its first
 //! differing file ([`qflow_steps::image_diff`]), anything else by its first
-//! differing line when it is small text.
+//! differing line when it is small text. Metrics are printed as numbers: the
+//! lock's value, the rebuild's and their ratio.
 
 use std::path::{Path, PathBuf};
 
 use qflow_engine::session::cache_dir;
-use qflow_engine::verify::{Row, Verdict, VerifyOptions, first_differing_line, rebuild};
+use qflow_engine::verify::{MetricRow, Row, Verdict, VerifyOptions, first_differing_line, rebuild};
 use qflow_engine::{OutputRole, Registry};
 
 use crate::cli::Located;
@@ -35,6 +36,7 @@ pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Res
         return Ok(130);
     };
     print_table(&rebuild.recorded_path, &rebuild.rows);
+    print_metrics(&rebuild.metrics);
     // Where the bytes differ, say what differs when it can be told.
     for row in rebuild
         .rows
@@ -79,12 +81,55 @@ pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Res
     let differing = rebuild.differing();
     let total = rebuild.rows.len();
     let lock = rebuild.recorded_path.display();
-    if differing == 0 {
-        println!("qflow verify: all {total} outputs identical to {lock}");
+    let metrics_off = rebuild.metrics_off();
+    let metrics = match rebuild.metrics.len() {
+        0 => String::new(),
+        n if metrics_off == 0 => format!("; all {n} metric values within tolerance"),
+        n => format!("; {metrics_off} of {n} metric values outside tolerance"),
+    };
+    if differing == 0 && metrics_off == 0 {
+        let agree = if rebuild.rows.iter().all(|r| r.verdict == Verdict::Identical) {
+            "identical to"
+        } else {
+            "agree with"
+        };
+        println!("qflow verify: all {total} outputs {agree} {lock}{metrics}");
         Ok(0)
     } else {
-        println!("qflow verify: {differing} of {total} outputs differ from {lock}");
+        println!("qflow verify: {differing} of {total} outputs differ from {lock}{metrics}");
         Ok(1)
+    }
+}
+
+/// Each metric value: the lock's, the rebuild's, their ratio and the verdict.
+fn print_metrics(rows: &[MetricRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let number = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v}"));
+    let names: Vec<String> = rows
+        .iter()
+        .map(|m| format!("{}/{}", m.step, m.name))
+        .collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(6).max(6);
+    println!();
+    println!(
+        "{:<width$}  {:>14}  {:>14}  {:>9}  result",
+        "metric", "reference", "rebuilt", "ratio"
+    );
+    for (m, name) in rows.iter().zip(&names) {
+        let ratio = m.ratio().map_or("-".to_string(), |r| format!("{r:.6}"));
+        let tolerance = if m.tolerance > 0.0 {
+            format!(" (tolerance {}%)", m.tolerance * 100.0)
+        } else {
+            String::new()
+        };
+        println!(
+            "{name:<width$}  {:>14}  {:>14}  {ratio:>9}  {}{tolerance}",
+            number(m.reference),
+            number(m.value),
+            m.verdict.word()
+        );
     }
 }
 

@@ -69,6 +69,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use qflow_engine::results::MetricSpec;
 use qflow_engine::{
     CheckContext, FieldError, HostNeed, KvmUse, OutputRole, Requirement, RunContext, SecretUse,
     Step, StepFields, StepRef, Tool,
@@ -161,6 +162,16 @@ pub struct Boot {
     /// and extra arguments.
     #[serde(default)]
     pub matrix: BTreeMap<String, Vec<Scalar>>,
+    /// Run each matrix point (or the one run) this many times, each in
+    /// `<point>,repeat=K/` with `$repeat` set in the guest; tables give the mean,
+    /// standard deviation and 95% confidence interval of the repeats.
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// Numbers taken from each run's files after the runs, by name:
+    /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
+    /// `FILE` is `console.log`, `commands.json`, `qemu.log` or a collected file's name.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricSpec>,
 }
 
 impl StepFields for Boot {
@@ -212,9 +223,53 @@ impl Boot {
         self.checkpoint || self.snapshot == Some(false)
     }
 
-    /// The runs: one, or one per matrix combination.
+    /// The runs: one, or one per matrix combination, each `repeat` times.
     fn runs(&self) -> Vec<(Option<String>, Params)> {
-        matrix::expand(&self.matrix)
+        let points = matrix::expand(&self.matrix);
+        let n = self.repeat.unwrap_or(1);
+        if n <= 1 {
+            return points;
+        }
+        points
+            .into_iter()
+            .flat_map(|(label, params)| {
+                (1..=n).map(move |k| {
+                    let label = match &label {
+                        Some(l) => format!("{l},{}={k}", matrix::REPEAT),
+                        None => format!("{}={k}", matrix::REPEAT),
+                    };
+                    let mut params = params.clone();
+                    params.push((matrix::REPEAT.to_string(), k.to_string()));
+                    (Some(label), params)
+                })
+            })
+            .collect()
+    }
+
+    /// The runs as the metrics see them: matrix values apart from the repeat number.
+    fn metric_runs(&self, out_dir: &std::path::Path) -> Vec<crate::metrics::RunDir> {
+        self.runs()
+            .into_iter()
+            .map(|(label, params)| {
+                let repeat = params
+                    .iter()
+                    .find(|(k, _)| k == matrix::REPEAT && self.repeat.unwrap_or(1) > 1)
+                    .and_then(|(_, v)| v.parse().ok());
+                let params = params
+                    .into_iter()
+                    .filter(|(k, _)| !(k == matrix::REPEAT && repeat.is_some()))
+                    .collect();
+                crate::metrics::RunDir {
+                    dir: match &label {
+                        Some(l) => out_dir.join(l),
+                        None => out_dir.to_path_buf(),
+                    },
+                    run: label.unwrap_or_default(),
+                    params,
+                    repeat,
+                }
+            })
+            .collect()
     }
 
     /// The outputs of one run, relative to that run's directory.
@@ -300,6 +355,14 @@ impl Step for Boot {
         refs
     }
 
+    fn metrics(&self) -> BTreeMap<String, MetricSpec> {
+        self.metrics.clone()
+    }
+
+    fn matrix_axes(&self) -> Vec<String> {
+        self.matrix.keys().cloned().collect()
+    }
+
     fn output_roles(&self) -> Vec<(String, OutputRole)> {
         let per_run = self.run_output_roles();
         let mut out = Vec::new();
@@ -314,6 +377,7 @@ impl Step for Boot {
                 ));
             }
         }
+        out.extend(crate::metrics::outputs(&self.metrics));
         out
     }
 
@@ -487,7 +551,9 @@ impl Step for Boot {
         ctx.note("command_line", &spec.line.display());
         ctx.log(&format!("qflow: {}", spec.line.display()));
         let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
-        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())
+        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())?;
+        let runs = self.metric_runs(&out_dir);
+        crate::metrics::record(ctx, &self.metrics, &runs)
     }
 }
 
@@ -511,6 +577,55 @@ mod tests {
 
     fn refused(yaml: &str) -> FieldError {
         check(yaml).expect_err(yaml)
+    }
+
+    #[test]
+    fn repeat_runs_each_matrix_point_again_in_its_own_directory() {
+        let fields: serde_yaml::Value = serde_yaml::from_str(
+            "kernel: /k\nmatrix: { size: [16, 64] }\nrepeat: 2\n\
+             metrics: { ops: { from: console.log, regex: 'ops=([0-9]+)' } }",
+        )
+        .unwrap();
+        let boot: Boot = serde_yaml::from_value(fields).unwrap();
+        let labels: Vec<String> = boot.runs().into_iter().filter_map(|r| r.0).collect();
+        assert_eq!(
+            labels,
+            [
+                "size=16,repeat=1",
+                "size=16,repeat=2",
+                "size=64,repeat=1",
+                "size=64,repeat=2"
+            ]
+        );
+        let runs = boot.metric_runs(std::path::Path::new("/out"));
+        assert_eq!(
+            runs[3].params,
+            BTreeMap::from([("size".into(), "64".into())])
+        );
+        assert_eq!(runs[3].repeat, Some(2));
+        assert_eq!(runs[3].dir, std::path::Path::new("/out/size=64,repeat=2"));
+        let outputs = boot.outputs();
+        assert!(outputs.contains(&"size=64,repeat=2/console.log".to_string()));
+        assert!(outputs.ends_with(&["metrics.json".into(), "metrics.csv".into()]));
+    }
+
+    #[test]
+    fn a_metric_must_read_a_file_the_run_keeps() {
+        let e = refused(
+            "kernel: /k\ncollect: [/mnt/run.txt]\nmetrics: { ops: { from: results.txt, regex: '([0-9]+)' } }",
+        );
+        assert_eq!(e.field, "metrics.ops.from");
+        assert!(e.message.contains("collect it"), "{}", e.message);
+        let e = refused("kernel: /k\nmetrics: { ops: { from: console.log, regex: '[0-9]+' } }");
+        assert_eq!(e.field, "metrics.ops.regex");
+        let e = refused("kernel: /k\nrepeat: 0");
+        assert_eq!(e.field, "repeat");
+        let e = refused("kernel: /k\ncheckpoint: true\nrepeat: 3");
+        assert!(
+            e.message.contains("put `repeat` on the runs"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

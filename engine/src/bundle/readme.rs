@@ -62,6 +62,15 @@ pub fn text(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
     line(&format!(
         "qflow verify {file}   # rebuild from scratch and compare every output hash with {lock_name}"
     ));
+    if listing
+        .results
+        .iter()
+        .any(|(_, out, _)| out == "metrics.json")
+    {
+        line(&format!(
+            "qflow results {file} --summary   # the metrics table from the records (apply redraws out/figures/)"
+        ));
+    }
     line("```");
     line("");
     line(&format!(

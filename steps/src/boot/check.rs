@@ -35,6 +35,36 @@ impl Boot {
         matrix::check(&self.matrix, &texts)
     }
 
+    /// `repeat` and `metrics`.
+    fn check_results(&self) -> Result<(), FieldError> {
+        if let Some(n) = self.repeat {
+            if !(1..=1000).contains(&n) {
+                return Err(FieldError::new(
+                    "repeat",
+                    format!("`repeat: {n}`: give 1 to 1000 runs per matrix point"),
+                ));
+            }
+            if self.checkpoint && n > 1 {
+                return Err(FieldError::new(
+                    "repeat",
+                    "a checkpoint is one guest; put `repeat` on the runs from it",
+                ));
+            }
+            if n > 1 && self.matrix.contains_key(matrix::REPEAT) {
+                return Err(FieldError::new(
+                    format!("matrix.{}", matrix::REPEAT),
+                    "`repeat` numbers the repeats of each run; rename this matrix variable",
+                ));
+            }
+        }
+        qflow_engine::results::check_metrics(&self.metrics)?;
+        qflow_engine::results::check_metrics_read(
+            &self.metrics,
+            &self.run_outputs(),
+            "collect it (`collect: [/guest/path/FILE]`) or read `console.log`",
+        )
+    }
+
     pub(super) fn check_fields(&self, ctx: &CheckContext) -> Result<(), FieldError> {
         self.timeout()?;
         if let Some(cp) = &self.from_checkpoint {
@@ -231,6 +261,7 @@ impl Boot {
             ));
         }
         self.check_matrix_references()?;
+        self.check_results()?;
         if !self.matrix.is_empty() && self.checkpoint {
             return Err(FieldError::new(
                 "matrix",
