@@ -603,10 +603,18 @@ fn load_step(
     let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
     let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
         if !step_names.contains(up) {
+            // `system: base.qcow2` meant a file: a path is told from a step name by its `/`.
+            let path_hint = if matches!(reason, EdgeReason::Field(_))
+                && (up.contains('.') || ctx.resolve(up).exists())
+            {
+                format!("; a local file needs a `/` in its path: write `./{up}`")
+            } else {
+                String::new()
+            };
             diags.at(
                 at,
                 format!(
-                    "no step named `{up}`{}",
+                    "no step named `{up}`{}{path_hint}",
                     did_you_mean(
                         up,
                         step_names
