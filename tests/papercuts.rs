@@ -12,7 +12,6 @@ use common::Space;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// The newest `/boot/vmlinuz-*`.
-#[allow(dead_code)]
 fn host_kernel() -> String {
     let mut kernels: Vec<String> = std::fs::read_dir("/boot")
         .expect("cannot list /boot: this test boots the host's kernel")
@@ -211,4 +210,129 @@ fn a_tampered_lock_is_named_as_the_lock_not_as_filesystem_metadata() {
         "{}",
         run.stdout
     );
+}
+
+/// The files in a `.tar.gz`, by their path inside it.
+fn archive_listing(archive: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// One real boot (the host's kernel copied to `./bzImage`, a busybox initramfs,
+/// a local TCG plugin, `cpu: max`, a var overridden with `--set`), then what the
+/// user does with it: bundle it, change the kernel, and run a program that dies
+/// of SIGILL.
+#[test]
+fn a_local_kernel_and_plugin_are_bundled_named_when_changed_and_sigill_is_explained() {
+    let s = Space::new();
+    std::fs::copy(host_kernel(), s.join("bzImage")).unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(s.join("libinsn.so"))
+        .arg(format!("{FIXTURES}/boot/insn-plugin.c"))
+        .status()
+        .expect("cc installed");
+    assert!(cc.success());
+    let workflow = |cpu: &str, command: &str| {
+        format!(
+            r#"version: 1
+name: local-boot
+vars:
+  greeting: hi
+steps:
+  initramfs:
+    kind: command
+    run: [sh, {FIXTURES}/boot/make-initramfs.sh]
+    inputs: [{FIXTURES}/boot/make-initramfs.sh]
+    outputs: [initrd.img]
+  guest:
+    kind: boot
+    kernel: ./bzImage
+    initrd: initramfs
+    append: console=ttyS0 quiet panic=-1
+    memory: 256M
+    accel: tcg
+{cpu}    plugins: [{{ path: ./libinsn.so, args: {{ mode: counting }} }}]
+    commands: ['echo ${{{{ greeting }}}}', {command}]
+    timeout: 3m
+"#
+        )
+    };
+    s.workflow(&workflow("    cpu: max\n", "'grep -c avx2 /proc/cpuinfo'"));
+    let run = s.qflow(&["apply", "--set", "greeting=hello"]).success();
+    assert!(run.ran().contains(&"guest".to_string()), "{}", run.stderr);
+    let qemu_log = s.read("out/guest/qemu.log");
+    assert!(
+        qemu_log.contains("insn-plugin: argc=1 argv[0]=mode=counting"),
+        "{qemu_log}"
+    );
+    let records: serde_json::Value =
+        serde_json::from_str(&s.read("out/guest/commands.json")).unwrap();
+    assert_eq!(records[0]["output"].as_str().unwrap().trim(), "hello");
+    assert_eq!(
+        records[1]["status"], 0,
+        "`cpu: max` offers AVX2 under TCG: {records}"
+    );
+
+    // The bundle carries the local kernel and plugin, and repeats the override.
+    s.qflow(&["bundle", "--set", "greeting=hello", "-o", "a.tar.gz"])
+        .success();
+    let listing = archive_listing(&s.join("a.tar.gz"));
+    for file in [
+        "local-boot-artifact/bzImage",
+        "local-boot-artifact/libinsn.so",
+    ] {
+        assert!(listing.iter().any(|l| l == file), "{file} in {listing:?}");
+    }
+    let unpacked = s.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(s.join("a.tar.gz"))
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let readme = std::fs::read_to_string(unpacked.join("local-boot-artifact/README.md")).unwrap();
+    assert!(
+        readme.contains("qflow apply --set greeting=hello workflow.yaml"),
+        "{readme}"
+    );
+
+    // A changed local kernel is named by the plan.
+    let mut kernel = std::fs::OpenOptions::new()
+        .append(true)
+        .open(s.join("bzImage"))
+        .unwrap();
+    std::io::Write::write_all(&mut kernel, b"\0").unwrap();
+    drop(kernel);
+    let plan = s.qflow(&["plan", "--set", "greeting=hello"]).success();
+    let text = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(text.contains("./bzImage"), "{text}");
+    assert!(!text.contains("a secret or derived value"), "{text}");
+
+    // A program that dies of SIGILL is explained, with the CPU model to try.
+    s.workflow(&workflow("", r#""sh -c 'kill -ILL $$'""#));
+    let run = s.qflow(&["apply", "--set", "greeting=hello"]).failure(1);
+    for needle in [
+        "SIGILL",
+        "TCG does not emulate",
+        "set `cpu: max`",
+        "-mavx512",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "{needle:?} in:\n{}",
+            run.stderr
+        );
+    }
 }
