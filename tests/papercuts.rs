@@ -336,3 +336,19 @@ steps:
         );
     }
 }
+
+#[test]
+fn the_plan_shows_the_kernel_builds_share_of_job_slots() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  kernel:\n    kind: kernel\n    source: { tarball: /usr/src/linux-source-6.1.tar.xz }\n    \
+         config: tinyconfig\n    jobs: 1\n",
+    );
+    let plan = s.qflow(&["plan"]).success();
+    assert!(
+        plan.stdout.contains("# 1 job slots (`jobs: 1`;")
+            && plan.stdout.contains("make runs as with `-j1`"),
+        "{}",
+        plan.stdout
+    );
+}
