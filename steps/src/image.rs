@@ -160,7 +160,7 @@ impl Image {
     }
 
     fn base(&self, upstream: Option<&Upstream>) -> Base {
-        let Some(up) = upstream else {
+        let Some(_) = upstream else {
             return Base::Create;
         };
         // `compat:` always converts: an old QEMU must read the whole chain, and
