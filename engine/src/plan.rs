@@ -32,6 +32,21 @@ pub struct PlannedStep {
     pub key: Option<String>,
 }
 
+/// The slots a step that hands qflow's make jobserver on gets: what `make`'s
+/// `-j` amounts to, since no `-jN` appears on its command line.
+fn jobs_share(written: Option<usize>, default: usize) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (wanted, why) = match written {
+        Some(n) => (n, format!("`jobs: {n}`")),
+        None => (default, format!("no `jobs:`, the kind's default {default}")),
+    };
+    let n = wanted.clamp(1, cores);
+    format!(
+        "# {n} job slots ({why}; at most `qflow apply --jobs`, {cores} cores by default), \
+         handed on as qflow's make jobserver: make runs as with `-j{n}`"
+    )
+}
+
 /// Plan every step in schedule order.
 pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
     plan_with_remote(session, None)
@@ -55,7 +70,10 @@ pub fn plan_with_remote(
     for i in session.dag.order().into_iter().map(|id| id.index()) {
         let s = &workflow.steps[i];
         let mask = s.mask();
-        let commands: Vec<String> = s.step.plan(&ctx).iter().map(|c| mask.apply(c)).collect();
+        let mut commands: Vec<String> = s.step.plan(&ctx).iter().map(|c| mask.apply(c)).collect();
+        if s.step.uses_jobserver() {
+            commands.push(jobs_share(s.jobs, s.step.default_jobs()));
+        }
         let pending: Vec<&str> = s
             .upstream_names()
             .filter(|u| runs.get(*u).copied().unwrap_or(true))

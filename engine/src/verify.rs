@@ -260,6 +260,32 @@ impl Rebuild {
         p.is_file().then_some(p)
     }
 
+    /// When the lock, not the output, is what differs: the recorded file (still in
+    /// the original cache) does not have the hash the lock gives it, so the lock
+    /// was edited or damaged after the run. Says so, and whether the rebuild
+    /// matches the recorded file.
+    pub fn lock_mismatch(&self, row: &Row) -> Option<String> {
+        let recorded = row.recorded.as_deref()?;
+        let file = self.recorded_file(row)?;
+        let actual = qflow_cache::hash_file(&file).ok()?.to_hex();
+        if actual == recorded {
+            return None;
+        }
+        let rebuild = if row.rebuilt.as_deref() == Some(actual.as_str()) {
+            "the rebuild is identical to the file the run recorded"
+        } else {
+            "the rebuild differs from the recorded file too"
+        };
+        Some(format!(
+            "the lock does not match the run it records: `{}` gives blake3 `{}`, but the file \
+             that run recorded hashes to `{}` (the lock was edited or damaged after the run); {rebuild}. \
+             `qflow apply` rewrites the lock from the cache",
+            self.recorded_path.display(),
+            &recorded[..16.min(recorded.len())],
+            &actual[..16]
+        ))
+    }
+
     /// The rebuilt output file.
     pub fn rebuilt_file(&self, row: &Row) -> Option<PathBuf> {
         let hash: qflow_cache::Hash = self.rebuilt.steps.get(&row.step)?.output.parse().ok()?;

@@ -285,7 +285,7 @@ impl Workflow {
         let doc: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                let position = e.location().map(|l| Position {
+                let mut position = e.location().map(|l| Position {
                     line: l.line(),
                     column: l.column(),
                 });
@@ -293,12 +293,73 @@ impl Workflow {
                 if let Some(i) = msg.find(" at line ") {
                     msg.truncate(i);
                 }
+                let line_text = |p: Option<Position>| {
+                    p.and_then(|p| text.lines().nth(p.line.saturating_sub(1)))
+                        .unwrap_or("")
+                };
+                // The line that holds a tab in its indentation, if the error is there or just after.
+                let tab_line = position.and_then(|p| {
+                    (p.line.saturating_sub(1)..=p.line).rev().find(|&l| {
+                        l > 0
+                            && text.lines().nth(l - 1).is_some_and(|t| {
+                                t.chars()
+                                    .take_while(|c| c.is_whitespace())
+                                    .any(|c| c == '\t')
+                            })
+                    })
+                });
                 if msg.contains("duplicate entry") {
                     msg.push_str("; step names and fields must be unique: rename or remove one");
-                } else {
+                } else if msg.contains("more than one document") {
+                    // serde_yaml gives no place: the second document starts at its `---`.
+                    position = text
+                        .lines()
+                        .enumerate()
+                        .filter(|(_, l)| l.starts_with("---"))
+                        .map(|(i, _)| Position {
+                            line: i + 1,
+                            column: 1,
+                        })
+                        .find(|p| {
+                            text.lines().take(p.line - 1).any(|l| {
+                                let l = l.trim();
+                                !l.is_empty() && !l.starts_with('#') && !l.starts_with("---")
+                            })
+                        });
+                    msg = "a workflow file holds one YAML document; remove this `---` and what follows, \
+                           or move it to a file of its own"
+                        .to_string();
+                } else if msg.contains("repetition limit") || msg.contains("recursion limit") {
+                    position = text
+                        .lines()
+                        .position(|l| l.contains(" *") || l.contains("[*") || l.contains(",*"))
+                        .map(|i| Position {
+                            line: i + 1,
+                            column: 1,
+                        });
                     msg = format!(
-                        "invalid YAML: {msg} (note: `[${{x}}]` is not valid YAML; quote it)"
+                        "invalid YAML: {msg}: the file's aliases (`*name`) or nesting expand too far; \
+                         write the values out instead"
                     );
+                } else if let Some(line) = tab_line {
+                    position = Some(Position { line, column: 1 });
+                    msg = format!(
+                        "invalid YAML: a tab in the indentation ({msg}); YAML indents with spaces only: \
+                         replace the tab with spaces"
+                    );
+                } else if line_text(position).contains("${{")
+                    || line_text(position.map(|p| Position {
+                        line: p.line.saturating_sub(1),
+                        ..p
+                    }))
+                    .contains("${{")
+                {
+                    msg = format!(
+                        "invalid YAML: {msg} (note: `[${{{{ x }}}}]` and `{{${{{{ x }}}}}}` start a YAML list or \
+                         mapping; quote the value: `\"${{{{ x }}}}\"`)"
+                    );
+                } else {
+                    msg = format!("invalid YAML: {msg}");
                 }
                 diags.at_position(position, msg);
                 return Err(diags.finish().unwrap_err().into());
@@ -755,10 +816,18 @@ fn load_step(
     let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
     let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
         if !step_names.contains(up) {
+            // `system: base.qcow2` meant a file: a path is told from a step name by its `/`.
+            let path_hint = if matches!(reason, EdgeReason::Field(_))
+                && (up.contains('.') || ctx.resolve(up).exists())
+            {
+                format!("; a local file needs a `/` in its path: write `./{up}`")
+            } else {
+                String::new()
+            };
             diags.at(
                 at,
                 format!(
-                    "no step named `{up}`{}",
+                    "no step named `{up}`{}{path_hint}",
                     did_you_mean(
                         up,
                         step_names

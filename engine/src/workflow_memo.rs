@@ -45,17 +45,49 @@ impl Workflow {
         registry: &Registry,
         options: &LoadOptions,
     ) -> anyhow::Result<Workflow> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
+        let text = match std::fs::read(path).map(String::from_utf8) {
+            Ok(Ok(t)) => t,
+            result => {
+                let (position, message) = match result {
+                    Ok(Err(e)) => {
+                        // Not text in UTF-8: say where, not how to pass the file.
+                        let bytes = e.as_bytes();
+                        let at = e.utf8_error().valid_up_to();
+                        let before = &bytes[..at];
+                        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                        let column = at
+                            - before
+                                .iter()
+                                .rposition(|b| *b == b'\n')
+                                .map_or(0, |i| i + 1)
+                            + 1;
+                        (
+                            Some(crate::source_map::Position { line, column }),
+                            format!(
+                                "the workflow is not UTF-8 text: byte 0x{:02x} cannot start a character; \
+                                 save the file as UTF-8",
+                                bytes[at]
+                            ),
+                        )
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                        None,
+                        format!(
+                            "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
+                            path.display()
+                        ),
+                    ),
+                    Err(e) => (
+                        None,
+                        format!("cannot read workflow `{}` ({e})", path.display()),
+                    ),
+                    Ok(Ok(_)) => unreachable!("handled above"),
+                };
                 let d = crate::diagnostic::Diagnostic {
                     file: path.to_path_buf(),
-                    position: None,
+                    position,
                     field: String::new(),
-                    message: format!(
-                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
-                        path.display()
-                    ),
+                    message,
                 };
                 return Err(crate::diagnostic::InvalidWorkflow {
                     diagnostics: vec![d],

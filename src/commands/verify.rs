@@ -45,7 +45,9 @@ pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Res
     {
         let original = rebuild.recorded_file(row);
         let rebuilt = rebuild.rebuilt_file(row);
-        let what = if row.role == OutputRole::Image {
+        let what = if let Some(tampered) = rebuild.lock_mismatch(row) {
+            tampered
+        } else if row.role == OutputRole::Image {
             match (original, rebuilt) {
                 (Some(a), Some(b)) => {
                     match qflow_steps::image_diff::first_differing_file(&a, &b, &rebuild.work_dir())

@@ -71,8 +71,8 @@ use std::time::Duration;
 
 use qflow_engine::results::MetricSpec;
 use qflow_engine::{
-    CheckContext, FieldError, HostNeed, KvmUse, OutputRole, Requirement, RunContext, SecretUse,
-    Step, StepFields, StepRef, Tool,
+    CheckContext, FieldError, HostNeed, Input, KvmUse, OutputRole, Requirement, RunContext,
+    SecretUse, Step, StepFields, StepRef, Tool,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -85,7 +85,7 @@ use matrix::Params;
 use source::{Source, source};
 
 pub use duration::parse_duration;
-pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, Scalar, Terminal};
+pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, PluginArgs, Scalar, Terminal};
 
 /// The hand recipe's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
@@ -127,7 +127,12 @@ pub struct Boot {
     /// `auto` (default: KVM if a probe boot prints, else TCG), `kvm` or `tcg`.
     #[serde(default)]
     pub accel: Option<AccelChoice>,
-    /// TCG plugins: `-plugin PATH,arg=A,arg=B`.
+    /// The CPU model (`-cpu`): `max` gives TCG's widest instruction set (a
+    /// workload built for AVX dies of SIGILL on the default model); `host` under KVM.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    /// TCG plugins: `-plugin PATH,NAME=VALUE,...` from `args: { NAME: VALUE }`
+    /// (the plugin's `argv` holds `NAME=VALUE`), or `-plugin PATH,arg=A` from a list.
     #[serde(default)]
     pub plugins: Vec<Plugin>,
     /// Log in on the serial getty first; the password is read at run time.
@@ -321,6 +326,33 @@ impl Boot {
         }
     }
 
+    /// The fields naming a host file (a value with a `/`), with their paths. A
+    /// plugin path built from an upstream step (`${{ steps.x }}/lib.so`) or a
+    /// matrix value is not a host file: the step keys those by the upstream output.
+    fn local_files(&self) -> Vec<(String, String)> {
+        let mut fields: Vec<(String, &String)> = Vec::new();
+        for (field, value) in [
+            ("system", &self.system),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+        ] {
+            if let Some(v) = value {
+                fields.push((field.to_string(), v));
+            }
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            fields.push((format!("disks[{i}]"), d));
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            fields.push((format!("plugins[{i}].path"), &p.path));
+        }
+        fields
+            .into_iter()
+            .filter(|(_, v)| matches!(source(v), Source::Path(_)) && !v.contains("{{"))
+            .map(|(f, v)| (f, v.clone()))
+            .collect()
+    }
+
     fn disk_count(&self) -> usize {
         usize::from(self.system.is_some()) + self.disks.len()
     }
@@ -423,35 +455,18 @@ impl Step for Boot {
         self.check_fields(ctx)
     }
 
+    /// The host files the boot reads (a local kernel, initrd, image or plugin):
+    /// inputs like any other, so a missing one is refused at load time, a
+    /// changed one is named by `qflow plan`, and `qflow bundle` packs it.
+    fn inputs(&self) -> Vec<Input> {
+        self.local_files()
+            .into_iter()
+            .map(|(field, path)| Input::new(field, path))
+            .collect()
+    }
+
     fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
         let mut key = Vec::new();
-        // Host paths (not step outputs, whose hashes the engine already keys) by content.
-        let mut paths: Vec<(String, String)> = Vec::new();
-        for (field, value) in [
-            ("system", &self.system),
-            ("kernel", &self.kernel),
-            ("initrd", &self.initrd),
-        ] {
-            if let Some(v) = value {
-                paths.push((field.to_string(), v.clone()));
-            }
-        }
-        for (i, d) in self.disks.iter().enumerate() {
-            paths.push((format!("disks[{i}]"), d.clone()));
-        }
-        for (i, p) in self.plugins.iter().enumerate() {
-            paths.push((format!("plugins[{i}].path"), p.path.clone()));
-        }
-        for (field, value) in paths {
-            if let Source::Path(p) = source(&value) {
-                let mut hasher = blake3::Hasher::new();
-                let hash = match hasher.update_mmap_rayon(ctx.resolve(p)) {
-                    Ok(h) => h.finalize().to_hex().to_string(),
-                    Err(_) => "missing".to_string(),
-                };
-                key.push((format!("{field}.content"), hash));
-            }
-        }
         if let Some(login) = &self.login {
             // Its blake3: a password change re-runs the step; the lock never holds it.
             key.extend(
@@ -470,10 +485,7 @@ impl Step for Boot {
                 command_line::QEMU
             );
             for p in self.plugin_args() {
-                l.push_str(&format!(" -plugin {}", p.path));
-                for a in p.args {
-                    l.push_str(&format!(",arg={a}"));
-                }
+                l.push_str(&format!(" -plugin {}", command_line::plugin_option(&p)));
             }
             l
         } else {
@@ -514,7 +526,7 @@ impl Step for Boot {
             }
         };
         let runs = self.runs();
-        if runs.len() > 1 {
+        let mut lines = if runs.len() > 1 {
             vec![format!(
                 "{line}   # x{} runs: {}",
                 runs.len(),
@@ -525,7 +537,9 @@ impl Step for Boot {
             )]
         } else {
             vec![line]
-        }
+        };
+        lines.extend(self.plugin_warnings());
+        lines
     }
 
     /// A matrix's runs beyond the first take their slots as tokens of the
@@ -547,6 +561,10 @@ impl Step for Boot {
             .transpose()?;
         let out_dir = ctx.out_dir().to_path_buf();
 
+        for warning in self.plugin_warnings() {
+            ctx.log(&format!("qflow: {warning}"));
+            ctx.progress(&warning);
+        }
         let spec = self.machine(ctx, &out_dir)?;
         ctx.note("command_line", &spec.line.display());
         ctx.log(&format!("qflow: {}", spec.line.display()));

@@ -48,6 +48,9 @@ impl Boot {
             for plugin in &mut run_line.plugins {
                 plugin.path = substitute(&plugin.path, &params);
                 plugin.args = plugin.args.iter().map(|a| substitute(a, &params)).collect();
+                for (_, value) in &mut plugin.named {
+                    *value = substitute(value, &params);
+                }
             }
             run_line.extra_args = run_line
                 .extra_args
@@ -79,6 +82,7 @@ impl Boot {
                 attach_link: Some(attach_link),
                 checkpoint: spec.record.clone(),
                 timeout,
+                cpu: run_line.cpu.clone(),
             });
             lines.push(run_line);
         }
