@@ -82,10 +82,17 @@ fn an_unmatched_regex_fails_the_step_showing_the_regex_the_file_and_its_last_lin
     s.workflow(&bench_workflow("").replace("ops/s: ([0-9.]+)", "ops per s: ([0-9.]+)"));
     let run = s.qflow(&["apply"]).failure(1);
     assert_eq!(run.failed(), ["bench"]);
+    // The regex and the file in the headline; the file's last lines in the log's tail.
     assert!(
         run.stderr.contains(
-            "metric `ops`: regex `ops per s: ([0-9.]+)` matched nothing in run.txt; its last lines:\n    warming up\n    ops/s: 1250.5\n    done"
+            "FAILED bench after 0.0s: metric `ops`: regex `ops per s: ([0-9.]+)` matched nothing in run.txt"
         ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("its last lines:\n        warming up\n        ops/s: 1250.5\n        done"),
         "{}",
         run.stderr
     );

@@ -92,7 +92,11 @@ pub fn exit_status(error: &str) -> String {
             return error[at + 1..at + end].to_string();
         }
     }
-    error.lines().next().unwrap_or("").to_string()
+    let first = error.lines().next().unwrap_or("");
+    first
+        .strip_suffix("; its last lines:")
+        .unwrap_or(first)
+        .to_string()
 }
 
 /// `error` without the last lines a program's failure quotes (the log's tail is
