@@ -262,6 +262,11 @@ impl<'d> Schedule<'d> {
         let mut free = self.free;
         let mut start = Vec::new();
         for &(_, p) in &self.ready {
+            if free == 0 {
+                // Thousands of steps may be ready at once: a pass stops when the
+                // slots are gone, so each event costs what it starts, not the queue.
+                break;
+            }
             let id = self.order[p];
             if self.width(id) <= free {
                 free -= self.width(id);
