@@ -139,6 +139,8 @@ pub struct Run<'a> {
     remote_writes: Vec<bool>,
     /// What the remote cache answered for steps of the current settle round.
     prefetched: HashMap<StepId, Option<Record>>,
+    /// Whether the schedule got each step's expected duration yet.
+    weighed: bool,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -192,6 +194,7 @@ impl<'a> Run<'a> {
             remote_reads: crate::remote_use::readable(workflow),
             remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
             prefetched: HashMap::new(),
+            weighed: false,
             parts,
         }
     }
@@ -453,9 +456,35 @@ impl<'a> Run<'a> {
 
     /// Hand every ready step that fits in the free slots to `executor`.
     pub fn start_ready(&mut self, executor: &mut dyn Executor) {
+        if !self.weighed && self.schedule.count(StepState::Ready) > 0 {
+            self.weigh();
+        }
         for id in self.schedule.startable() {
             self.start(id, executor);
         }
+    }
+
+    /// Give the schedule every step's expected duration, once, when the first
+    /// step is ready to run (a no-op never pays for it): how long the step
+    /// took when it made the result its lock entry names, else its kind's
+    /// guess. Steps already done weigh nothing.
+    fn weigh(&mut self) {
+        let session = self.parts.session;
+        let lock = session.lock();
+        let expected: Vec<u64> = (session.workflow.steps.iter().enumerate())
+            .map(|(i, s)| {
+                if self.schedule.state(StepId(i)) == StepState::Done {
+                    return 0;
+                }
+                (lock.steps.get(&s.name))
+                    .and_then(|e| e.key.parse::<Hash>().ok())
+                    .and_then(|key| session.cache.get_record(&key).ok().flatten())
+                    .map(|rec| rec.duration_ms)
+                    .unwrap_or_else(|| s.step.expected_ms())
+            })
+            .collect();
+        self.schedule.weigh(&expected);
+        self.weighed = true;
     }
 
     fn start(&mut self, id: StepId, executor: &mut dyn Executor) {

@@ -137,6 +137,35 @@ impl RunReport {
     }
 }
 
+/// How many run records (and their step logs) a cache keeps: twice the runs
+/// `qflow gc` keeps results of by default. Older ones are removed when a run ends,
+/// so `runs/` and `logs/` stop growing with every apply.
+pub const KEPT_RUNS: usize = 20;
+
+/// Remove all but the `keep` most recent run records in `runs` (by modification
+/// time, as `qflow status` orders them) and their log directories in `logs`.
+pub fn prune(runs: &Path, logs: &Path, keep: usize) {
+    let Ok(dir) = std::fs::read_dir(runs) else {
+        return;
+    };
+    let mut records: Vec<(std::time::SystemTime, std::path::PathBuf)> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if records.len() <= keep {
+        return;
+    }
+    records.sort();
+    for (_, p) in &records[..records.len() - keep] {
+        if let Some(id) = p.file_stem() {
+            let _ = std::fs::remove_dir_all(logs.join(id));
+        }
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// A new run's id: `<seconds>-<millis>-<pid>`, sorting by start time.
 pub fn run_id() -> String {
     let now = std::time::SystemTime::now()
@@ -161,6 +190,35 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_most_recent_run_records_and_their_logs_are_kept() {
+        let dir = std::env::temp_dir().join(format!("qflow-run-prune-{}", run_id()));
+        let (runs, logs) = (dir.join("runs"), dir.join("logs"));
+        std::fs::create_dir_all(&runs).unwrap();
+        for i in 0..5 {
+            let id = format!("{i}-000-1");
+            std::fs::write(runs.join(format!("{id}.json")), "{}").unwrap();
+            std::fs::create_dir_all(logs.join(&id)).unwrap();
+            std::fs::write(logs.join(&id).join("s.log"), "x").unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(runs.join(format!("{id}.json")))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        prune(&runs, &logs, 2);
+        let mut left: Vec<String> = std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["3-000-1.json", "4-000-1.json"]);
+        assert!(!logs.join("2-000-1").exists() && logs.join("3-000-1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_run_record_keeps_its_json_form_and_reads_back() {

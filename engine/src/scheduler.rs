@@ -297,6 +297,11 @@ fn conclude(
     crate::timings::mark("write lock");
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.write(&session.cache.dir("runs"))?;
+    crate::run_record::prune(
+        &session.cache.dir("runs"),
+        &session.cache.dir("logs"),
+        crate::run_record::KEPT_RUNS,
+    );
     crate::timings::mark("write run record");
     progress.event(&format!(
         "{} ran, {} cached, {} failed, {} skipped in {:.2}s",

@@ -299,6 +299,13 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         false
     }
 
+    /// How long a run of the step is expected to take (ms) before it has ever
+    /// run here: the scheduler starts the longest remaining path first. Later
+    /// runs use the step's last measured duration instead. Default: one second.
+    fn expected_ms(&self) -> u64 {
+        1_000
+    }
+
     /// CPU slots the step takes when the workflow gives no `jobs:` (default 1).
     /// A kernel build returns its safe cap here.
     fn default_jobs(&self) -> usize {
