@@ -309,6 +309,9 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of workflow files, for editors.
     Schema,
+    /// Print the reference of every step kind (fields, types, defaults, outputs)
+    /// as Markdown: `docs/kinds.md`.
+    Reference,
     /// (Internal) run one step execution inside a Slurm job, from its description file.
     #[command(name = "__run-step", hide = true)]
     RunStep {

@@ -11,6 +11,7 @@ mod doctor;
 mod gc;
 mod graph;
 mod plan;
+mod reference;
 mod remote;
 mod run_records;
 mod schema;
@@ -122,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             bundle::run(&registry, &workflow.locate()?, output.as_deref())
         }
         Command::Schema => schema::run(&registry),
+        Command::Reference => reference::run(&registry),
         Command::RunStep { description } => {
             qflow_engine::slurm::node::run_described_step(&description, &registry)
         }
