@@ -237,6 +237,12 @@ pub enum Command {
         #[command(flatten)]
         workflow: WorkflowArgs,
     },
+    /// Stop the detached run (`apply --detach`) on the workflow's cache, as Ctrl-C
+    /// would: SIGTERM, then wait until its running steps are stopped.
+    Stop {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+    },
     /// Delete cached results that no recent run used.
     Gc {
         #[command(flatten)]

@@ -126,7 +126,17 @@ fn gc_keeps_what_recent_runs_use_and_deletes_the_rest() {
         s.apply();
     }
     let objects_before = count_files(&s.join(".qflow/objects"));
-    s.qflow(&["gc", "--keep-runs", "1"]).success();
+    let gc = s.qflow(&["gc", "--keep-runs", "1"]).success();
+    // Sizes as people read them: `(24 B)`, `(1.3 MiB)`, never a raw byte count.
+    let size = gc
+        .stderr
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(size, _)| size.to_string())
+        .unwrap_or_else(|| panic!("{}", gc.stderr));
+    let (number, unit) = size.split_once(' ').unwrap_or_else(|| panic!("{size}"));
+    assert!(number.parse::<f64>().is_ok(), "{size}");
+    assert!(["B", "KiB", "MiB", "GiB"].contains(&unit), "{}", gc.stderr);
     let objects_after = count_files(&s.join(".qflow/objects"));
     assert!(
         objects_after < objects_before,
@@ -255,4 +265,55 @@ fn attach_without_a_running_boot_says_when_it_can_attach() {
         run.stderr
     );
     s.qflow(&["attach", "nope"]).failure(2);
+}
+
+#[test]
+fn stop_ends_a_detached_run_as_ctrl_c_would_and_leaves_nothing_behind() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  slow:\n    kind: command\n    run: [sh, -c, 'echo $$ > started; sleep 60; echo done > \"$QFLOW_OUT/r\"']\n    outputs: [r]\n",
+    );
+    let nothing = s.qflow(&["stop"]).success().stdout;
+    assert!(nothing.contains("nothing to stop"), "{nothing}");
+    let run = s.qflow(&["apply", "--detach"]).success();
+    let pid: i32 = run
+        .stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(s.join("started")).map_or(true, |t| !t.ends_with('\n')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let shell: i32 = s.read("started").trim().parse().unwrap();
+    let t0 = std::time::Instant::now();
+    let stop = s.qflow(&["stop"]).success().stdout;
+    assert!(
+        stop.contains("stopped the detached run") && stop.contains(&format!("pid {pid}")),
+        "{stop}"
+    );
+    assert!(t0.elapsed().as_secs() < 10, "stop took {:?}", t0.elapsed());
+    assert!(!alive(pid), "qflow still runs");
+    assert!(!alive(shell), "the step's shell was left behind");
+    assert!(!s.join("out/slow/r").exists());
+    let status = s.qflow(&["status"]).success().stdout;
+    assert!(!status.contains("in progress"), "{status}");
+    let again = s.qflow(&["stop"]).success().stdout;
+    assert!(again.contains("nothing to stop"), "{again}");
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }

@@ -16,6 +16,7 @@ mod remote;
 mod run_records;
 mod schema;
 mod status;
+mod stop;
 mod verify;
 
 use qflow_engine::Registry;
@@ -79,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
         Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
         Command::Status { workflow } => status::run(&registry, workflow),
+        Command::Stop { workflow } => stop::run(&registry, &workflow.locate()?),
         Command::Gc {
             workflow,
             keep_runs,
