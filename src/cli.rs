@@ -203,7 +203,9 @@ pub enum Command {
         /// Where steps without their own `executor:` would run: `local` or `slurm`.
         #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
         executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
-        /// Print JSON: {"steps":[{"name","action","reasons"}]}.
+        /// Print JSON: {"steps":[{"name","kind","action","reasons","commands","key"}]};
+        /// each command is {"argv":[...]} (never a shell string), with a "note"
+        /// for what the shown line adds.
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -49,6 +49,46 @@ fn plan_json_says_what_runs_and_why() {
 }
 
 #[test]
+fn plan_json_gives_each_command_as_an_argv_array_not_a_shell_string() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  quote:\n    kind: command\n    run: [sh, -c, 'echo \"it''s here\" > \"$QFLOW_OUT/a b\"; ls # not a comment', '', '(x)']\n  img:\n    kind: image\n    size: 16M\n",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&s.qflow(&["plan", "--json"]).success().stdout).unwrap();
+    let step = |name: &str| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["name"] == name)
+            .unwrap_or_else(|| panic!("{v}"))
+            .clone()
+    };
+    assert_eq!(
+        step("quote")["commands"],
+        serde_json::json!([{ "argv": [
+            "sh",
+            "-c",
+            "echo \"it's here\" > \"$QFLOW_OUT/a b\"; ls # not a comment",
+            "",
+            "(x)"
+        ] }])
+    );
+    assert_eq!(
+        step("img")["commands"][0]["argv"],
+        serde_json::json!([
+            "qemu-img",
+            "create",
+            "-f",
+            "qcow2",
+            "$QFLOW_OUT/image.qcow2",
+            "16777216"
+        ])
+    );
+}
+
+#[test]
 fn plan_names_the_changed_field_of_a_step() {
     let s = two();
     s.apply();
