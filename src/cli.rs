@@ -239,8 +239,10 @@ pub enum Command {
         #[command(flatten)]
         workflow: WorkflowArgs,
     },
-    /// Stop the detached run (`apply --detach`) on the workflow's cache, as Ctrl-C
-    /// would: SIGTERM, then wait until its running steps are stopped.
+    /// Stop the detached run (`apply --detach`) as Ctrl-C would.
+    ///
+    /// Sends SIGTERM to the detached qflow (its pid is recorded in the cache) and
+    /// waits until it has stopped its running steps.
     Stop {
         #[command(flatten)]
         workflow: WorkflowArgs,
