@@ -18,6 +18,14 @@ pub struct Cli {
     /// Change to DIR before doing anything (as `make -C`, `cargo -C`).
     #[arg(short = 'C', global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
+    /// Print only errors and warnings (a failed step, its report), no progress.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Colour `ok`, `cached` and `FAILED`: `auto` (on a terminal, unless `NO_COLOR`
+    /// is set), `always` or `never`. `NO_COLOR` removes colour only, never the
+    /// progress lines.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto", value_parser = parse_color)]
+    pub color: qflow_engine::progress::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -389,4 +397,16 @@ pub fn report(e: &anyhow::Error) -> i32 {
 fn parse_executor(text: &str) -> Result<qflow_engine::slurm::placement::ExecutorChoice, String> {
     qflow_engine::slurm::placement::ExecutorChoice::parse(text)
         .ok_or_else(|| format!("`{text}` is not an executor; use `local` or `slurm`"))
+}
+
+fn parse_color(text: &str) -> Result<qflow_engine::progress::ColorChoice, String> {
+    use qflow_engine::progress::ColorChoice;
+    match text {
+        "auto" => Ok(ColorChoice::Auto),
+        "always" => Ok(ColorChoice::Always),
+        "never" => Ok(ColorChoice::Never),
+        _ => Err(format!(
+            "`{text}` is not a colour choice; use `auto`, `always` or `never`"
+        )),
+    }
 }

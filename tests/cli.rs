@@ -357,3 +357,64 @@ fn alive(pid: i32) -> bool {
             .is_some_and(|state| state != "Z")
     })
 }
+
+const GOOD_AND_BAD: &str = "version: 1\nsteps:\n  good:\n    kind: command\n    run: [\"true\"]\n  bad:\n    kind: command\n    run: [sh, -c, 'echo oops; exit 3']\n";
+
+#[test]
+fn quiet_prints_only_the_failure_and_nothing_when_all_is_well() {
+    let s = Space::new();
+    s.workflow(GOOD_AND_BAD);
+    let run = s.qflow(&["apply", "-q", "--keep-going"]).failure(1);
+    assert!(run.stderr.contains("FAILED bad"), "{}", run.stderr);
+    assert!(run.stderr.contains("failed:\n  bad"), "{}", run.stderr);
+    assert!(!run.stderr.contains("ok good"), "{}", run.stderr);
+    assert!(!run.stderr.contains("run good"), "{}", run.stderr);
+    assert!(!run.stderr.contains(" ran, "), "{}", run.stderr);
+    let cached = s.qflow(&["-q", "apply", "good"]).success();
+    assert_eq!(cached.stderr, "", "a quiet no-op says nothing");
+}
+
+#[test]
+fn color_always_colours_ok_cached_and_failed_and_never_or_no_color_does_not() {
+    let s = Space::new();
+    s.workflow(GOOD_AND_BAD);
+    let run = s
+        .qflow(&["apply", "--color", "always", "--keep-going"])
+        .failure(1);
+    assert!(
+        run.stderr.contains("qflow: \x1b[32mok\x1b[0m good"),
+        "{:?}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("qflow: \x1b[1;31mFAILED\x1b[0m bad"),
+        "{:?}",
+        run.stderr
+    );
+    let cached = s.qflow(&["--color=always", "apply", "good"]).success();
+    assert!(
+        cached.stderr.contains("qflow: \x1b[36mcached\x1b[0m good"),
+        "{:?}",
+        cached.stderr
+    );
+    // Into a pipe `auto` means no colour; so do `never` and NO_COLOR.
+    for run in [
+        s.qflow(&["apply", "--keep-going"]),
+        s.qflow(&["apply", "--color", "never", "--keep-going"]),
+    ] {
+        assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+        assert!(run.stderr.contains("FAILED bad"), "{:?}", run.stderr);
+    }
+    let out = s
+        .command(&["apply", "--keep-going"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\x1b'));
+    let bad = s.qflow(&["apply", "--color", "sometimes"]).failure(2);
+    assert!(
+        bad.stderr.contains("`auto`, `always` or `never`"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -29,6 +29,10 @@ use crate::usage_error::UsageError;
 /// Run one parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let registry = qflow_steps::registry();
+    let display = qflow_engine::progress::Display {
+        quiet: cli.quiet,
+        color: cli.color,
+    };
     match cli.command {
         Command::Apply {
             workflow,
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 executor,
                 slurm_batch,
                 remote,
+                display,
             },
         ),
         Command::Plan {
