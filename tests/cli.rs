@@ -315,6 +315,24 @@ fn stop_ends_a_detached_run_as_ctrl_c_would_and_leaves_nothing_behind() {
     );
     let nothing = s.qflow(&["stop"]).success().stdout;
     assert!(nothing.contains("nothing to stop"), "{nothing}");
+    // A recorded pid that now names another process is left alone.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(s.join(".qflow")).unwrap();
+    s.write(
+        ".qflow/detached.pid",
+        format!("{}\n1\nsome.log\n", other.id()),
+    );
+    let left_alone = s.qflow(&["stop"]).success().stdout;
+    assert!(left_alone.contains("nothing to stop"), "{left_alone}");
+    assert!(
+        alive(other.id() as i32),
+        "stop signalled a process not its own"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
     let run = s.qflow(&["apply", "--detach"]).success();
     let pid: i32 = run
         .stderr
@@ -332,6 +350,11 @@ fn stop_ends_a_detached_run_as_ctrl_c_would_and_leaves_nothing_behind() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let shell: i32 = s.read("started").trim().parse().unwrap();
+    assert!(
+        s.read(".qflow/detached.pid")
+            .starts_with(&format!("{pid}\n")),
+        "the detached run is recorded where `stop` looks"
+    );
     let t0 = std::time::Instant::now();
     let stop = s.qflow(&["stop"]).success().stdout;
     assert!(

@@ -16,7 +16,7 @@ mod remote;
 mod run_records;
 mod schema;
 mod status;
-mod stop;
+pub mod stop;
 mod verify;
 
 use qflow_engine::Registry;

@@ -2,8 +2,8 @@
 //! cache as Ctrl-C would stop an attached one: SIGTERM to the coordinator, which
 //! stops every running step (SIGTERM, 2 s, SIGKILL), records nothing for them and
 //! exits. The pid comes from the cache's `detached.pid`; it is signalled only
-//! while that process is still a `qflow apply` (a pid reused by another program
-//! is left alone).
+//! while that process is still the one recorded (same start time, still a
+//! `qflow apply`): a pid the system gave to another process is left alone.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,8 +24,10 @@ pub fn run(registry: &Registry, workflow: &Located) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(&record).unwrap_or_default();
     let mut lines = text.lines();
     let pid = lines.next().and_then(|p| p.trim().parse::<i32>().ok());
+    let started = lines.next().and_then(|t| t.trim().parse::<u64>().ok());
     let log = lines.next().unwrap_or("").to_string();
-    let Some(pid) = pid.filter(|&p| p > 0 && is_detached_apply(p)) else {
+    let recorded = |p: i32| p > 0 && start_time(p) == started && is_detached_apply(p);
+    let Some(pid) = pid.filter(|&p| recorded(p)) else {
         let _ = std::fs::remove_file(&record);
         println!(
             "qflow: no detached run of `{}` is running; nothing to stop",
@@ -72,6 +74,18 @@ fn is_detached_apply(pid: i32) -> bool {
         .map(|a| Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a)))
         .and_then(|p| p.file_name().map(|n| n.to_owned()));
     alive(pid) && program.is_some() && program == ours && args.iter().any(|a| *a == b"apply")
+}
+
+/// When `pid` started (clock ticks since boot, `/proc/PID/stat` field 22).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` exists and is not a zombie.
