@@ -18,6 +18,14 @@ pub struct Cli {
     /// Change to DIR before doing anything (as `make -C`, `cargo -C`).
     #[arg(short = 'C', global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
+    /// Print only errors and warnings (a failed step, its report), no progress.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Colour `ok`, `cached` and `FAILED`: `auto` (on a terminal, unless `NO_COLOR`
+    /// is set), `always` or `never`. `NO_COLOR` removes colour only, never the
+    /// progress lines.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto", value_parser = parse_color)]
+    pub color: qflow_engine::progress::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -203,7 +211,9 @@ pub enum Command {
         /// Where steps without their own `executor:` would run: `local` or `slurm`.
         #[arg(long, value_name = "local|slurm", value_parser = parse_executor)]
         executor: Option<qflow_engine::slurm::placement::ExecutorChoice>,
-        /// Print JSON: {"steps":[{"name","action","reasons"}]}.
+        /// Print JSON: {"steps":[{"name","kind","action","reasons","commands","key"}]};
+        /// each command is {"argv":[...]} (never a shell string), with a "note"
+        /// for what the shown line adds.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -234,6 +244,14 @@ pub enum Command {
     },
     /// Show each step's state and the last run.
     Status {
+        #[command(flatten)]
+        workflow: WorkflowArgs,
+    },
+    /// Stop the detached run (`apply --detach`) as Ctrl-C would.
+    ///
+    /// Sends SIGTERM to the detached qflow (its pid is recorded in the cache) and
+    /// waits until it has stopped its running steps.
+    Stop {
         #[command(flatten)]
         workflow: WorkflowArgs,
     },
@@ -333,6 +351,9 @@ pub enum Command {
     },
     /// Print the JSON Schema (draft-07) of workflow files, for editors.
     Schema,
+    /// Print the reference of every step kind (fields, types, defaults, outputs)
+    /// as Markdown: `docs/kinds.md`.
+    Reference,
     /// (Internal) run one step execution inside a Slurm job, from its description file.
     #[command(name = "__run-step", hide = true)]
     RunStep {
@@ -400,4 +421,16 @@ pub fn report(e: &anyhow::Error) -> i32 {
 fn parse_executor(text: &str) -> Result<qflow_engine::slurm::placement::ExecutorChoice, String> {
     qflow_engine::slurm::placement::ExecutorChoice::parse(text)
         .ok_or_else(|| format!("`{text}` is not an executor; use `local` or `slurm`"))
+}
+
+fn parse_color(text: &str) -> Result<qflow_engine::progress::ColorChoice, String> {
+    use qflow_engine::progress::ColorChoice;
+    match text {
+        "auto" => Ok(ColorChoice::Auto),
+        "always" => Ok(ColorChoice::Always),
+        "never" => Ok(ColorChoice::Never),
+        _ => Err(format!(
+            "`{text}` is not a colour choice; use `auto`, `always` or `never`"
+        )),
+    }
 }

@@ -9,6 +9,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 
+/// The file in the cache naming the detached run: its pid, its start time (so a
+/// reused pid is never taken for it) and its log.
+pub const PID_FILE: &str = "detached.pid";
+
 /// Start the same `qflow apply` without `--detach` in the background.
 pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
     let logs = cache_dir.join("logs");
@@ -59,6 +63,14 @@ pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
     let child = cmd
         .spawn()
         .context("cannot start qflow in the background")?;
+    // `qflow stop` finds the run here (and checks the pid is still this run's).
+    let record = cache_dir.join(PID_FILE);
+    let started = crate::commands::stop::start_time(child.id() as i32).unwrap_or_default();
+    std::fs::write(
+        &record,
+        format!("{}\n{started}\n{}\n", child.id(), log_path.display()),
+    )
+    .with_context(|| format!("cannot write {}", record.display()))?;
     eprintln!(
         "qflow: detached (pid {}); log: {}\nqflow: `qflow status` shows its progress; it survives the end of this login",
         child.id(),

@@ -49,6 +49,46 @@ fn plan_json_says_what_runs_and_why() {
 }
 
 #[test]
+fn plan_json_gives_each_command_as_an_argv_array_not_a_shell_string() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  quote:\n    kind: command\n    run: [sh, -c, 'echo \"it''s here\" > \"$QFLOW_OUT/a b\"; ls # not a comment', '', '(x)']\n  img:\n    kind: image\n    size: 16M\n",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&s.qflow(&["plan", "--json"]).success().stdout).unwrap();
+    let step = |name: &str| {
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["name"] == name)
+            .unwrap_or_else(|| panic!("{v}"))
+            .clone()
+    };
+    assert_eq!(
+        step("quote")["commands"],
+        serde_json::json!([{ "argv": [
+            "sh",
+            "-c",
+            "echo \"it's here\" > \"$QFLOW_OUT/a b\"; ls # not a comment",
+            "",
+            "(x)"
+        ] }])
+    );
+    assert_eq!(
+        step("img")["commands"][0]["argv"],
+        serde_json::json!([
+            "qemu-img",
+            "create",
+            "-f",
+            "qcow2",
+            "$QFLOW_OUT/image.qcow2",
+            "16777216"
+        ])
+    );
+}
+
+#[test]
 fn plan_names_the_changed_field_of_a_step() {
     let s = two();
     s.apply();
@@ -126,7 +166,17 @@ fn gc_keeps_what_recent_runs_use_and_deletes_the_rest() {
         s.apply();
     }
     let objects_before = count_files(&s.join(".qflow/objects"));
-    s.qflow(&["gc", "--keep-runs", "1"]).success();
+    let gc = s.qflow(&["gc", "--keep-runs", "1"]).success();
+    // Sizes as people read them: `(24 B)`, `(1.3 MiB)`, never a raw byte count.
+    let size = gc
+        .stderr
+        .rsplit_once('(')
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(size, _)| size.to_string())
+        .unwrap_or_else(|| panic!("{}", gc.stderr));
+    let (number, unit) = size.split_once(' ').unwrap_or_else(|| panic!("{size}"));
+    assert!(number.parse::<f64>().is_ok(), "{size}");
+    assert!(["B", "KiB", "MiB", "GiB"].contains(&unit), "{}", gc.stderr);
     let objects_after = count_files(&s.join(".qflow/objects"));
     assert!(
         objects_after < objects_before,
@@ -255,4 +305,139 @@ fn attach_without_a_running_boot_says_when_it_can_attach() {
         run.stderr
     );
     s.qflow(&["attach", "nope"]).failure(2);
+}
+
+#[test]
+fn stop_ends_a_detached_run_as_ctrl_c_would_and_leaves_nothing_behind() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  slow:\n    kind: command\n    run: [sh, -c, 'echo $$ > started; sleep 60; echo done > \"$QFLOW_OUT/r\"']\n    outputs: [r]\n",
+    );
+    let nothing = s.qflow(&["stop"]).success().stdout;
+    assert!(nothing.contains("nothing to stop"), "{nothing}");
+    // A recorded pid that now names another process is left alone.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(s.join(".qflow")).unwrap();
+    s.write(
+        ".qflow/detached.pid",
+        format!("{}\n1\nsome.log\n", other.id()),
+    );
+    let left_alone = s.qflow(&["stop"]).success().stdout;
+    assert!(left_alone.contains("nothing to stop"), "{left_alone}");
+    assert!(
+        alive(other.id() as i32),
+        "stop signalled a process not its own"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let run = s.qflow(&["apply", "--detach"]).success();
+    let pid: i32 = run
+        .stderr
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(s.join("started")).map_or(true, |t| !t.ends_with('\n')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let shell: i32 = s.read("started").trim().parse().unwrap();
+    assert!(
+        s.read(".qflow/detached.pid")
+            .starts_with(&format!("{pid}\n")),
+        "the detached run is recorded where `stop` looks"
+    );
+    let t0 = std::time::Instant::now();
+    let stop = s.qflow(&["stop"]).success().stdout;
+    assert!(
+        stop.contains("stopped the detached run") && stop.contains(&format!("pid {pid}")),
+        "{stop}"
+    );
+    assert!(t0.elapsed().as_secs() < 10, "stop took {:?}", t0.elapsed());
+    assert!(!alive(pid), "qflow still runs");
+    assert!(!alive(shell), "the step's shell was left behind");
+    assert!(!s.join("out/slow/r").exists());
+    let status = s.qflow(&["status"]).success().stdout;
+    assert!(!status.contains("in progress"), "{status}");
+    let again = s.qflow(&["stop"]).success().stdout;
+    assert!(again.contains("nothing to stop"), "{again}");
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+const GOOD_AND_BAD: &str = "version: 1\nsteps:\n  good:\n    kind: command\n    run: [\"true\"]\n  bad:\n    kind: command\n    run: [sh, -c, 'echo oops; exit 3']\n";
+
+#[test]
+fn quiet_prints_only_the_failure_and_nothing_when_all_is_well() {
+    let s = Space::new();
+    s.workflow(GOOD_AND_BAD);
+    let run = s.qflow(&["apply", "-q", "--keep-going"]).failure(1);
+    assert!(run.stderr.contains("FAILED bad"), "{}", run.stderr);
+    assert!(run.stderr.contains("failed:\n  bad"), "{}", run.stderr);
+    assert!(!run.stderr.contains("ok good"), "{}", run.stderr);
+    assert!(!run.stderr.contains("run good"), "{}", run.stderr);
+    assert!(!run.stderr.contains(" ran, "), "{}", run.stderr);
+    let cached = s.qflow(&["-q", "apply", "good"]).success();
+    assert_eq!(cached.stderr, "", "a quiet no-op says nothing");
+}
+
+#[test]
+fn color_always_colours_ok_cached_and_failed_and_never_or_no_color_does_not() {
+    let s = Space::new();
+    s.workflow(GOOD_AND_BAD);
+    let run = s
+        .qflow(&["apply", "--color", "always", "--keep-going"])
+        .failure(1);
+    assert!(
+        run.stderr.contains("qflow: \x1b[32mok\x1b[0m good"),
+        "{:?}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("qflow: \x1b[1;31mFAILED\x1b[0m bad"),
+        "{:?}",
+        run.stderr
+    );
+    let cached = s.qflow(&["--color=always", "apply", "good"]).success();
+    assert!(
+        cached.stderr.contains("qflow: \x1b[36mcached\x1b[0m good"),
+        "{:?}",
+        cached.stderr
+    );
+    // Into a pipe `auto` means no colour; so do `never` and NO_COLOR.
+    for run in [
+        s.qflow(&["apply", "--keep-going"]),
+        s.qflow(&["apply", "--color", "never", "--keep-going"]),
+    ] {
+        assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+        assert!(run.stderr.contains("FAILED bad"), "{:?}", run.stderr);
+    }
+    let out = s
+        .command(&["apply", "--keep-going"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\x1b'));
+    let bad = s.qflow(&["apply", "--color", "sometimes"]).failure(2);
+    assert!(
+        bad.stderr.contains("`auto`, `always` or `never`"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -3,6 +3,15 @@
 //! With a remote cache, a step the local cache lacks is asked there (the action entry only,
 //! nothing else is downloaded): `remote hit` when a sound entry answers its key.
 //!
+//! In `qflow plan --json` each command is an argv array, never a shell string:
+//! `{"argv": ["qemu-img", "create", ...]}`, with a `note` for what follows it on
+//! the shown line (`# accel auto: ...`, `(stdin: ...)`), or a `note` alone for a
+//! line that is only a comment (`# GET URL`). A kind shows each argument through
+//! `quote_arg`, so the split is exact: any argument holding a space, quote, `#`,
+//! `(` or `;` was quoted, and an unquoted one of these starts the note. Words in
+//! angle brackets (`<disk.raw>`) are placeholders for paths known only when the
+//! step runs.
+//!
 //! Imports `session`, `step` and `remote_use`.
 
 use std::collections::BTreeMap;
@@ -25,7 +34,8 @@ pub struct PlannedStep {
     pub action: String,
     /// Why it runs.
     pub reasons: Vec<String>,
-    /// The command lines the step would run.
+    /// The command lines the step would run, as shown (JSON: argv arrays).
+    #[serde(serialize_with = "as_argv")]
     pub commands: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Its key (hex), when known before anything runs.
@@ -162,4 +172,127 @@ pub fn plan_with_remote(
     }
     session.save_caches()?;
     Ok(planned)
+}
+
+/// One command of a plan in JSON: its argv and what the shown line says beyond it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedCommand {
+    /// The program and its arguments (empty for a line that is only a note).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// What the shown line says beyond the argv (a comment, a placeholder's meaning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl PlannedCommand {
+    /// Split a shown command line (arguments quoted as `quote_arg` does) back into
+    /// its argv; an unquoted `#`, `(` or `;` starts the note.
+    pub fn from_line(line: &str) -> PlannedCommand {
+        let mut argv = Vec::new();
+        let mut word: Option<String> = None;
+        let mut chars = line.char_indices().peekable();
+        let mut note = None;
+        while let Some((at, c)) = chars.next() {
+            match c {
+                ' ' | '\t' => {
+                    if let Some(w) = word.take() {
+                        argv.push(w);
+                    }
+                }
+                '#' | '(' | ';' if word.is_none() || c == ';' => {
+                    let rest = line[at..].trim_start_matches([';', '#']).trim();
+                    note = Some(rest.to_string()).filter(|n| !n.is_empty());
+                    break;
+                }
+                '\'' => {
+                    let w = word.get_or_insert_with(String::new);
+                    for (_, q) in chars.by_ref() {
+                        if q == '\'' {
+                            break;
+                        }
+                        w.push(q);
+                    }
+                }
+                '\\' => {
+                    let w = word.get_or_insert_with(String::new);
+                    if let Some((_, n)) = chars.next() {
+                        w.push(n);
+                    }
+                }
+                c => word.get_or_insert_with(String::new).push(c),
+            }
+        }
+        if let Some(w) = word.take() {
+            argv.push(w);
+        }
+        PlannedCommand { argv, note }
+    }
+}
+
+fn as_argv<S: serde::Serializer>(lines: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(lines.len()))?;
+    for line in lines {
+        seq.serialize_element(&PlannedCommand::from_line(line))?;
+    }
+    seq.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlannedCommand;
+    use crate::process::quote_arg;
+
+    fn split(line: &str) -> (Vec<&str>, Option<&str>) {
+        let c = Box::leak(Box::new(PlannedCommand::from_line(line)));
+        (
+            c.argv.iter().map(|s| s.as_str()).collect(),
+            c.note.as_deref(),
+        )
+    }
+
+    #[test]
+    fn a_quoted_line_splits_back_into_the_exact_argv() {
+        let argv = [
+            "sh",
+            "-c",
+            "echo 'hi' > \"$QFLOW_OUT/a b\"; ls # x",
+            "",
+            "(y)",
+        ];
+        let line: Vec<String> = argv.iter().map(|a| quote_arg(a)).collect();
+        let c = PlannedCommand::from_line(&line.join(" "));
+        assert_eq!(c.argv, argv);
+        assert_eq!(c.note, None);
+    }
+
+    #[test]
+    fn what_follows_an_unquoted_hash_paren_or_semicolon_is_a_note() {
+        assert_eq!(
+            split("qemu-system-x86_64 -m 512   # accel auto: kvm"),
+            (
+                vec!["qemu-system-x86_64", "-m", "512"],
+                Some("accel auto: kvm")
+            )
+        );
+        assert_eq!(
+            split("sfdisk <disk.raw>  (one ext4 partition at 1 MiB)"),
+            (
+                vec!["sfdisk", "<disk.raw>"],
+                Some("(one ext4 partition at 1 MiB)")
+            )
+        );
+        assert_eq!(
+            split("qemu -hda a.qcow2; then a memory snapshot"),
+            (
+                vec!["qemu", "-hda", "a.qcow2"],
+                Some("then a memory snapshot")
+            )
+        );
+        assert_eq!(
+            split("# GET https://x/y"),
+            (vec![], Some("GET https://x/y"))
+        );
+    }
 }

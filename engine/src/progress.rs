@@ -1,9 +1,15 @@
 //! What the user sees while steps run.
 //!
 //! On a terminal: one indicatif line per running step (name, elapsed time, last
-//! line of its output). Elsewhere (CI logs, pipes) and under `NO_COLOR`: plain
+//! line of its output). Elsewhere (CI logs, pipes, `TERM=dumb`): plain
 //! one-line-per-event output. Events are the same text in both modes
 //! (`qflow: ok STEP 1.2s`), so logs and tests read one format.
+//!
+//! [`Display`] holds the user's choices: `-q` keeps only errors and warnings (a
+//! failed step, its report, `warning: ...`) and no bars; `--color auto|always|never`
+//! colours the event's first word (`ok`, `cached`, `FAILED`). `auto` colours on a
+//! terminal unless `NO_COLOR` is set; `NO_COLOR` removes colour only, never the
+//! progress lines.
 //!
 //! Lines about steps that did nothing (`cached STEP`) may be held and written
 //! together at the next [`Progress::flush`] or event: a no-op apply of 1,000
@@ -21,24 +27,68 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::context::ProgressSink;
 
+/// When to colour: `--color auto|always|never`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set.
+    #[default]
+    Auto,
+    /// Always, even into a pipe or under `NO_COLOR`.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// What the user asked the display to be.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Display {
+    /// `-q`: errors and warnings only, no progress lines.
+    pub quiet: bool,
+    /// `--color`.
+    pub color: ColorChoice,
+}
+
+impl Display {
+    /// Whether to draw progress lines and whether to colour, for stderr being a
+    /// terminal (and `TERM` not `dumb`) or not, and `NO_COLOR` set or not.
+    fn modes(self, terminal: bool, no_color: bool) -> (bool, bool) {
+        let color = match self.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && !no_color,
+        };
+        (terminal && !self.quiet, color)
+    }
+}
+
 /// The run's display.
 pub struct Progress {
     fancy: Option<MultiProgress>,
+    quiet: bool,
+    color: bool,
     bars: Mutex<HashMap<String, ProgressBar>>,
     /// Plain-mode lines waiting for the next flush, each ending in a newline.
     held: Mutex<String>,
 }
 
 impl Progress {
-    /// Bars on a terminal unless `NO_COLOR` is set or `TERM=dumb`; plain lines otherwise.
+    /// Bars on a terminal unless `TERM=dumb`; plain lines otherwise; colour as `auto`.
     pub fn new() -> Progress {
+        Progress::with(Display::default())
+    }
+
+    /// The display the user asked for (`-q`, `--color`).
+    pub fn with(display: Display) -> Progress {
         let terminal = std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none()
             && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
-        let fancy = terminal
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let (bars, color) = display.modes(terminal, no_color);
+        let fancy =
+            bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
         Progress {
             fancy,
+            quiet: display.quiet,
+            color,
             bars: Mutex::new(HashMap::new()),
             held: Mutex::new(String::new()),
         }
@@ -48,6 +98,8 @@ impl Progress {
     pub fn plain() -> Progress {
         Progress {
             fancy: None,
+            quiet: false,
+            color: false,
             bars: Mutex::new(HashMap::new()),
             held: Mutex::new(String::new()),
         }
@@ -55,6 +107,16 @@ impl Progress {
 
     /// Print one event line (`qflow: ...`), after any held lines.
     pub fn event(&self, text: &str) {
+        if self.quiet && !is_error(text) {
+            return;
+        }
+        let painted;
+        let text = if self.color {
+            painted = paint(text);
+            &painted
+        } else {
+            text
+        };
         match &self.fancy {
             Some(mp) => {
                 let _ = mp.println(format!("qflow: {text}"));
@@ -69,11 +131,15 @@ impl Progress {
 
     /// An event line that may wait for the next [`Progress::flush`] or event.
     pub fn event_held(&self, text: &str) {
-        if self.fancy.is_some() {
+        if self.fancy.is_some() || self.quiet {
             return self.event(text);
         }
         let mut held = self.held.lock().unwrap();
-        push_line(&mut held, text);
+        if self.color {
+            push_line(&mut held, &paint(text));
+        } else {
+            push_line(&mut held, text);
+        }
         if held.len() >= HELD_LIMIT {
             write_out(&mut held);
         }
@@ -112,6 +178,27 @@ impl Progress {
     }
 }
 
+/// What `-q` keeps: a failure, the failure report, a warning, an interruption.
+fn is_error(text: &str) -> bool {
+    ["FAILED", "failed:", "warning", "error", "interrupted"]
+        .iter()
+        .any(|p| text.starts_with(p))
+}
+
+/// The event with its first word coloured: `ok` green, `cached` cyan, `FAILED`
+/// and `failed:` bold red, `warning` yellow.
+fn paint(text: &str) -> String {
+    let (word, rest) = text.split_at(text.find([' ', '\n']).unwrap_or(text.len()));
+    let code = match word {
+        "ok" => "32",
+        "cached" => "36",
+        "FAILED" | "failed:" => "1;31",
+        "warning:" => "33",
+        _ => return text.to_string(),
+    };
+    format!("\x1b[{code}m{word}\x1b[0m{rest}")
+}
+
 /// Held output past this size is written at once (a pipe's buffer is 64 KiB).
 const HELD_LIMIT: usize = 32 * 1024;
 
@@ -145,5 +232,44 @@ impl ProgressSink for Progress {
             let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
             bar.set_message(text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ColorChoice, Display, paint};
+
+    #[test]
+    fn no_color_removes_colour_but_keeps_the_progress_lines() {
+        let auto = Display::default();
+        assert_eq!(auto.modes(true, false), (true, true));
+        assert_eq!(auto.modes(true, true), (true, false));
+        assert_eq!(auto.modes(false, false), (false, false));
+        let always = Display {
+            color: ColorChoice::Always,
+            ..auto
+        };
+        assert_eq!(always.modes(false, true), (false, true));
+        let never = Display {
+            color: ColorChoice::Never,
+            ..auto
+        };
+        assert_eq!(never.modes(true, false), (true, false));
+        let quiet = Display {
+            quiet: true,
+            ..auto
+        };
+        assert_eq!(quiet.modes(true, false), (false, true));
+    }
+
+    #[test]
+    fn only_the_state_word_is_coloured() {
+        assert_eq!(paint("ok gen 1.2s"), "\x1b[32mok\x1b[0m gen 1.2s");
+        assert_eq!(paint("cached gen"), "\x1b[36mcached\x1b[0m gen");
+        assert_eq!(
+            paint("FAILED gen after 0.1s"),
+            "\x1b[1;31mFAILED\x1b[0m gen after 0.1s"
+        );
+        assert_eq!(paint("run gen (never ran)"), "run gen (never ran)");
     }
 }

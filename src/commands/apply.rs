@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use qflow_engine::Registry;
-use qflow_engine::progress::Progress;
+use qflow_engine::progress::{Display, Progress};
 use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
 use qflow_engine::session::{Session, cache_dir};
 use qflow_engine::slurm::placement::ExecutorChoice;
@@ -21,6 +21,8 @@ pub struct Options {
     pub executor: Option<ExecutorChoice>,
     pub slurm_batch: bool,
     pub remote: RemoteArgs,
+    /// `-q` and `--color`.
+    pub display: Display,
 }
 
 pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Result<i32> {
@@ -32,6 +34,7 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
         executor,
         slurm_batch,
         remote,
+        display,
     } = o;
     qflow_engine::timings::mark("start");
     let wf = super::load(workflow, registry)?;
@@ -49,7 +52,7 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
     if jobs == 0 {
         return Err(UsageError("--jobs must be at least 1".into()).into());
     }
-    let progress = Arc::new(Progress::new());
+    let progress = Arc::new(Progress::with(display));
     let warn_to = progress.clone();
     let remote = super::remote::open(
         &remote,

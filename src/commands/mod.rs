@@ -12,11 +12,13 @@ mod fsck;
 mod gc;
 mod graph;
 mod plan;
+mod reference;
 mod remote;
 mod results;
 mod run_records;
 mod schema;
 mod status;
+pub mod stop;
 mod verify;
 
 use qflow_engine::Registry;
@@ -29,6 +31,10 @@ use crate::usage_error::UsageError;
 /// Run one parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let registry = qflow_steps::registry();
+    let display = qflow_engine::progress::Display {
+        quiet: cli.quiet,
+        color: cli.color,
+    };
     match cli.command {
         Command::Apply {
             workflow,
@@ -54,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 executor,
                 slurm_batch,
                 remote,
+                display,
             },
         ),
         Command::Plan {
@@ -80,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
         Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
         Command::Status { workflow } => status::run(&registry, workflow),
+        Command::Stop { workflow } => stop::run(&registry, &workflow.locate()?),
         Command::Gc {
             workflow,
             keep_runs,
@@ -139,6 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             bundle::run(&registry, &workflow.locate()?, output.as_deref())
         }
         Command::Schema => schema::run(&registry),
+        Command::Reference => reference::run(&registry),
         Command::RunStep { description } => {
             qflow_engine::slurm::node::run_described_step(&description, &registry)
         }
