@@ -108,6 +108,13 @@ fn kill_9_of_qflow_mid_step_then_apply_stops_what_it_left_and_gives_the_right_re
         .spawn()
         .unwrap();
     wait_for(&s.join("started"));
+    // `started` is touched just before the shell forks `sleep`: wait for the sleep
+    // itself, or the kill may catch the shell's child before it became `sleep`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_with(&format!("sleep {tag}")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "sleep never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     // The sleeping grandchild outlives qflow: only its parent got PDEATHSIG.

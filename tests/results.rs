@@ -85,7 +85,7 @@ fn an_unmatched_regex_fails_the_step_showing_the_regex_the_file_and_its_last_lin
     // The regex and the file in the headline; the file's last lines in the log's tail.
     assert!(
         run.stderr.contains(
-            "FAILED bench after 0.0s: metric `ops`: regex `ops per s: ([0-9.]+)` matched nothing in run.txt"
+            "metric `ops`: regex `ops per s: ([0-9.]+)` matched nothing in run.txt\n  log:"
         ),
         "{}",
         run.stderr

@@ -81,7 +81,8 @@ pub fn plan_with_remote(
         let s = &workflow.steps[i];
         let mask = s.mask();
         let mut commands: Vec<String> = s.step.plan(&ctx).iter().map(|c| mask.apply(c)).collect();
-        if s.step.uses_jobserver() {
+        // A one-slot step gets no jobserver: there is no share to show.
+        if s.step.uses_jobserver() && s.jobs.unwrap_or_else(|| s.step.default_jobs()) > 1 {
             commands.push(jobs_share(s.jobs, s.step.default_jobs()));
         }
         let pending: Vec<&str> = s

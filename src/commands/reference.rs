@@ -45,6 +45,12 @@ const EXAMPLES: &[(&str, &[&str])] = &[
             "system: system\nkernel: kernel\ncheckpoint: true",
         ],
     ),
+    // Made by qflow from the workflow's top-level `figures:` section, one step named
+    // `figures`; its fields are that section's.
+    (
+        "figures",
+        &["throughput:\n  step: sweep\n  x: size\n  y: ops"],
+    ),
 ];
 
 /// The fields every step takes, whatever its kind.
