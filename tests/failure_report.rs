@@ -77,7 +77,7 @@ fn a_step_that_failed_normally_is_not_called_interrupted_next_time() {
 #[test]
 fn no_wait_on_a_busy_cache_exits_2_and_runs_nothing() {
     let s = Space::new();
-    s.workflow("version: 1\nsteps:\n  slow:\n    kind: command\n    run: [sh, -c, 'touch started; sleep 2']\n  quick:\n    kind: command\n    run: [sh, -c, 'touch quick-ran']\n");
+    s.workflow("version: 1\nsteps:\n  slow:\n    kind: command\n    run: [sh, -c, 'touch started; sleep 4']\n  quick:\n    kind: command\n    run: [sh, -c, 'touch quick-ran']\n");
     let mut first = s.command(&["apply", "slow"]).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !s.join("started").exists() {
@@ -94,5 +94,16 @@ fn no_wait_on_a_busy_cache_exits_2_and_runs_nothing() {
         busy.stderr
     );
     assert!(!s.join("quick-ran").exists());
+    // `gc` and `clean` never wait, and have no `--no-wait` to suggest dropping.
+    for cmd in [["gc"], ["clean"]] {
+        let other = s.qflow(&cmd);
+        assert_ne!(other.code, 0, "{cmd:?} on a busy cache");
+        assert!(
+            other.stderr.contains("holds the cache lock"),
+            "{}",
+            other.stderr
+        );
+        assert!(!other.stderr.contains("--no-wait"), "{}", other.stderr);
+    }
     assert!(first.wait().unwrap().success());
 }

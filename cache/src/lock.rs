@@ -57,8 +57,7 @@ impl Cache {
                 LockWait::NoWait => {
                     let holder = holder(&mut file);
                     bail!(
-                        "another qflow run{holder} holds the cache lock at `{}`; wait for it to finish, \
-                         or run again without `--no-wait` to wait for it",
+                        "another qflow run{holder} holds the cache lock at `{}`; run this again once it has finished",
                         path.display()
                     );
                 }

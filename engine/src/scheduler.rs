@@ -219,7 +219,9 @@ fn lock_cache(
         .map_err(|e| {
             // `--no-wait` on a busy cache: a refused request, nothing ran (exit 2).
             if options.no_wait && e.to_string().contains("holds the cache lock") {
-                anyhow::Error::new(crate::Refusal(e.to_string()))
+                anyhow::Error::new(crate::Refusal(format!(
+                    "{e} (or without `--no-wait`, which waits for it)"
+                )))
             } else {
                 e
             }
