@@ -107,3 +107,19 @@ fn no_wait_on_a_busy_cache_exits_2_and_runs_nothing() {
     }
     assert!(first.wait().unwrap().success());
 }
+
+#[test]
+fn jobs_above_the_applys_slots_are_clamped_with_a_warning() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  wide:\n    kind: command\n    run: [\"true\"]\n    jobs: 8\n",
+    );
+    let run = s.qflow(&["apply", "--jobs", "2"]).success();
+    assert!(
+        run.stderr
+            .contains("step `wide` asks for 8 job slots (`jobs: 8`) but this apply has 2 (`--jobs`): it runs with 2"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.ran(), ["wide"]);
+}

@@ -116,6 +116,16 @@ pub fn apply(
         remote: remote.as_deref(),
         uploads,
     };
+    // Slurm steps take their CPUs from the cluster, not from `--jobs`.
+    let on_cluster = |name: &String| slurm.as_ref().is_some_and(|(_, n)| n.contains(name));
+    for s in (session.workflow.steps.iter()).filter(|s| !on_cluster(&s.name)) {
+        if let Some(want) = s.jobs.filter(|&j| j > options.jobs) {
+            progress.event(&format!(
+                "warning: step `{}` asks for {want} job slots (`jobs: {want}`) but this apply has {} (`--jobs`): it runs with {}",
+                s.name, options.jobs, options.jobs
+            ));
+        }
+    }
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, slots, options.keep_going, id);
     let registry = session.registry;
