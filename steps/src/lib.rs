@@ -12,6 +12,7 @@ pub mod image_file;
 pub mod kernel;
 pub mod package_name;
 pub mod qemu_img;
+pub mod root_tree;
 pub mod secret;
 
 use qflow_engine::{KindOf, Registry};
