@@ -614,7 +614,7 @@ fn release_epoch(tree: &Path, suite: &str) -> Option<u64> {
 }
 
 /// `Sat, 15 Mar 2025 10:21:41 UTC` (a Release file's `Date:`) as seconds since 1970.
-fn parse_release_date(date: &str) -> Option<u64> {
+pub(crate) fn parse_release_date(date: &str) -> Option<u64> {
     let rest = date.split_once(", ").map_or(date, |(_, r)| r);
     let mut w = rest.split_whitespace();
     let day: i64 = w.next()?.parse().ok()?;

@@ -196,20 +196,34 @@ pub fn write_ext4(ctx: &mut RunContext, tree: &Path, raw: &Path, fs: &Ext4) -> a
 
     // e2fsprogs reads `FILE?offset=N` as the file system at byte N of FILE.
     let device = format!("{}?offset={}", raw.display(), fs.offset);
-    let mut cmd = ctx.command("dumpe2fs");
-    cmd.arg(&device);
-    let groups = ctx.run_capture(cmd)?;
-    let inodes = used_inodes(&groups)?;
+    // Both print a line per group or per command: into a file, not the step's log.
+    // The shell text is fixed; the paths are argv.
+    let listing = raw.with_extension("dumpe2fs");
+    let mut cmd = ctx.command("sh");
+    cmd.args(["-c", "exec dumpe2fs \"$1\" > \"$2\"", "dumpe2fs"])
+        .arg(&device)
+        .arg(&listing);
+    ctx.run_lines(cmd, &mut |_| None)?;
+    let groups = std::fs::read_to_string(&listing)
+        .with_context(|| format!("cannot read {}", listing.display()));
+    let _ = std::fs::remove_file(&listing);
+    let inodes = used_inodes(&groups?)?;
     let script = raw.with_extension("debugfs");
     std::fs::write(&script, debugfs_script(&inodes, fs.epoch))
         .with_context(|| format!("cannot write {}", script.display()))?;
-    let mut cmd = ctx.command("debugfs");
+    let mut cmd = ctx.command("sh");
     cmd.env("E2FSPROGS_FAKE_TIME", &epoch);
-    cmd.args(["-w", "-f"]).arg(&script).arg(&device);
+    cmd.args([
+        "-c",
+        "exec debugfs -w -f \"$1\" \"$2\" > /dev/null",
+        "debugfs",
+    ])
+    .arg(&script)
+    .arg(&device);
     let mut errors = Vec::new();
     let result = ctx.run_lines(cmd, &mut |line| {
-        // debugfs exits 0 even when a command fails: anything but its banner and
-        // the echo of each command is an error.
+        // debugfs exits 0 even when a command fails: anything on stderr but its
+        // banner is an error.
         if !(line.starts_with("debugfs ") || line.starts_with("debugfs:") || line.trim().is_empty())
         {
             errors.push(line.to_string());
