@@ -97,7 +97,8 @@ pub struct WriteFile {
 
 impl StepFields for Customize {
     const KIND: &'static str = "customize";
-    const SCHEMA_VERSION: u32 = 1;
+    // 2: bit-identical images (a normalized tree; for customize, rebuilt from it).
+    const SCHEMA_VERSION: u32 = 2;
 }
 
 /// What `purge_unattended_upgrades` writes: the seed's switches, in both files the seed names.

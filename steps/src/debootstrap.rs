@@ -73,7 +73,8 @@ fn default_hostname() -> String {
 
 impl StepFields for Debootstrap {
     const KIND: &'static str = "debootstrap";
-    const SCHEMA_VERSION: u32 = 1;
+    // 2: bit-identical images (a normalized tree; for customize, rebuilt from it).
+    const SCHEMA_VERSION: u32 = 2;
 }
 
 const VARIANTS: [&str; 3] = ["minbase", "buildd", "fakechroot"];

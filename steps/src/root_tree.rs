@@ -4,7 +4,8 @@
 //!
 //! [`normalize`] removes what differs between two installs of the same packages
 //! (ldconfig's `aux-cache`, apt's binary caches, debconf's and dpkg's `*-old`
-//! backups, every log under `/var/log` emptied, D-Bus's machine id), leaves
+//! backups, every log under `/var/log` emptied, `/tmp` emptied, D-Bus's machine
+//! id), leaves
 //! `/etc/machine-id` empty so systemd makes a fresh one on first boot, sets the
 //! "last password change" day of `/etc/shadow` to the epoch's day, and clamps every
 //! modification time to `SOURCE_DATE_EPOCH` (files from packages keep their older
@@ -57,6 +58,7 @@ pub fn normalize(tree: &Path, epoch: u64) -> anyhow::Result<()> {
         }
     }
     empty_logs(&tree.join("var/log"))?;
+    empty_dir(&tree.join("tmp"))?;
     let machine_id = tree.join("etc/machine-id");
     if machine_id.symlink_metadata().is_ok_and(|m| m.is_file()) {
         std::fs::write(&machine_id, "")
@@ -81,6 +83,24 @@ fn remove_file_if_there(path: &Path) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// Remove everything inside `dir` (the build's `/tmp`: virt-customize leaves its
+/// `builder.log` there, with download speeds in it), keeping `dir` itself.
+fn empty_dir(dir: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Empty every regular file under `dir` (logs keep their names, owners and modes,
@@ -317,7 +337,13 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         let tree = std::env::temp_dir().join(format!("qflow-root-tree-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tree);
-        for d in ["var/cache/ldconfig", "var/lib/dpkg", "var/log/apt", "etc"] {
+        for d in [
+            "var/cache/ldconfig",
+            "var/lib/dpkg",
+            "var/log/apt",
+            "etc",
+            "tmp/d",
+        ] {
             std::fs::create_dir_all(tree.join(d)).unwrap();
         }
         std::fs::write(tree.join("var/cache/ldconfig/aux-cache"), "x").unwrap();
@@ -337,6 +363,7 @@ mod tests {
             assert_eq!(m.atime(), 1_700_000_000);
         }
         assert!(!tree.join("var/cache/ldconfig/aux-cache").exists());
+        assert!(tree.join("tmp").is_dir() && !tree.join("tmp/d").exists());
         assert!(!tree.join("var/lib/dpkg/status-old").exists());
         assert_eq!(
             std::fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap(),
