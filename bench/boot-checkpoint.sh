@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: restoring a checkpoint against booting, same guest (issue 6).
+# Benchmark: restoring a checkpoint against booting, same guest.
 #
 # The guest is the boot tests' one: the tinyconfig + qemu-guest.config kernel, the
 # busybox root file system on a partitioned raw image (-hda) and a data disk (-hdb),
@@ -22,7 +22,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$repo/target/bench-boot}
-fixtures=$repo/tests/fixtures
+guest=$repo/bench/guest
+quickstart=$repo/workflows/quickstart
 # The boot tests' shared cache: a kernel built there by the tests is reused.
 export QFLOW_CACHE=${QFLOW_CACHE:-$repo/target/tmp/shared-cache}
 
@@ -48,16 +49,16 @@ steps:
     kind: kernel
     source: { tarball: /usr/src/linux-source-6.1.tar.xz }
     config: tinyconfig
-    fragments: [$fixtures/qemu-guest.config]
+    fragments: [$quickstart/qemu-guest.config]
   system:
     kind: command
-    run: [sh, $fixtures/boot/make-rootfs.sh, system]
-    inputs: [$fixtures/boot/make-rootfs.sh]
+    run: [sh, $guest/make-rootfs.sh, system]
+    inputs: [$guest/make-rootfs.sh]
     outputs: [image.raw]
   data:
     kind: command
-    run: [sh, $fixtures/boot/make-rootfs.sh, data, $fixtures/boot/run.sh]
-    inputs: [$fixtures/boot/make-rootfs.sh, $fixtures/boot/run.sh]
+    run: [sh, $guest/make-rootfs.sh, data, $guest/run.sh]
+    inputs: [$guest/make-rootfs.sh, $guest/run.sh]
     outputs: [image.raw]
 EOF
 }

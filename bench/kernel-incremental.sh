@@ -23,7 +23,7 @@ jobs=${JOBS:-2}
 rounds=${ROUNDS:-5}
 clean_build=${CLEAN:-1}
 tarball=/usr/src/linux-source-6.1.tar.xz
-fragment=$repo/tests/fixtures/qemu-guest.config
+fragment=$repo/workflows/quickstart/qemu-guest.config
 
 if [ -z "${QFLOW:-}" ]; then
 	(cd "$repo" && cargo build --release --quiet)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what qflow's steps and tests need on a Debian bookworm host (run as root).
 #
-# Gotcha (../shared/notes/host-facts.md): these machines ship qemu-utils 10.x from
+# Gotcha: these machines ship qemu-utils 10.x from
 # backports, and bookworm's qemu-system-x86 (7.2) "Breaks" it, so a plain
 # `apt-get install qemu-system-x86` removes qemu-img altogether. We install
 # qemu-system-x86 together with the qemu-utils of the SAME version.
@@ -13,12 +13,15 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
+# Every package a step kind's tools or host needs come from is here (a unit test of
+# qflow-steps checks this list against the kinds), plus what tests and benchmarks use.
 packages=(
-  libguestfs-tools linux-image-amd64      # virt-customize and the kernel its appliance boots
-  debootstrap busybox-static fuse2fs      # offline base images, test root filesystems
-  e2fsprogs fdisk xfsprogs                # mke2fs/debugfs, sfdisk, mkfs.xfs
-  linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio make gcc   # kernel builds
-  ninja-build hyperfine graphviz xz-utils git python3 curl             # benchmarks, graph --format svg
+  libguestfs-tools supermin linux-image-amd64   # virt-customize, its appliance and the kernel it boots
+  debootstrap dpkg busybox-static fuse2fs       # offline base images, test root filesystems
+  e2fsprogs fdisk xfsprogs mount coreutils kmod # mke2fs/debugfs, sfdisk, mkfs.xfs, mounts, modprobe nbd
+  linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio make gcc binutils   # kernel builds
+  xz-utils gzip bzip2 zstd git                  # kernel source archives and checkouts
+  ninja-build hyperfine graphviz python3 curl   # benchmarks, graph --format svg
 )
 
 missing=()

@@ -1,12 +1,15 @@
 //! The command line (clap) and exit codes.
 //!
 //! Exit codes: 0 success; 1 a step failed (or an unexpected error); 2 a bad
-//! workflow, bad usage or a host missing what the workflow needs (nothing ran);
+//! workflow, bad usage, a refused request (a bundle without a lock) or a host
+//! missing what the workflow needs (nothing ran);
 //! 130 interrupted by a signal.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::usage_error::UsageError;
 
 /// Declarative, incremental, reproducible QEMU full-system simulation setups.
 #[derive(Parser, Debug)]
@@ -178,6 +181,7 @@ pub fn run() -> i32 {
             }
             if e.downcast_ref::<qflow_engine::HostNotReady>().is_some()
                 || e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<qflow_engine::Refusal>().is_some()
             {
                 eprintln!("error: {e}");
                 return 2;
@@ -187,15 +191,3 @@ pub fn run() -> i32 {
         }
     }
 }
-
-/// Bad command-line usage found after parsing (exit 2).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}

@@ -1,4 +1,4 @@
-//! `qflow apply --detach`: the seed's "Preserving Jobs Across Sessions" without
+//! `qflow apply --detach`: the hand recipe's "Preserving Jobs Across Sessions" without
 //! `screen`. qflow starts itself again in a new session (setsid), so the SIGHUP
 //! sent when an ssh login ends never reaches it; its output goes to a log file in
 //! the cache and `qflow status` reads the live run record.

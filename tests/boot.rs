@@ -3,7 +3,7 @@
 //!
 //! Everything runs real QEMU under TCG (these machines' KVM cannot boot Linux). The
 //! kernel is the kernel kind's tinyconfig + `qemu-guest.config` build of the Debian
-//! linux-source tarball and the images come from `fixtures/boot/make-rootfs.sh`; both
+//! linux-source tarball and the images come from `bench/guest/make-rootfs.sh`; both
 //! are shared through `common::shared_cache()`, so only the first slow test pays for them.
 //! Each test names its QEMU with `-name <its space>` and checks at the end that no
 //! such process is left.
@@ -12,6 +12,10 @@ mod common;
 use common::{Space, shared_cache};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// The quickstart's kernel config fragment: the boot tests build the same guest kernel.
+const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/quickstart");
+/// The busybox guest images the boot benchmark boots.
+const GUEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/guest");
 
 /// The kernel, system image and data disk every boot test uses, then `steps`.
 fn workflow(steps: &str) -> String {
@@ -23,16 +27,16 @@ steps:
     kind: kernel
     source: {{ tarball: /usr/src/linux-source-6.1.tar.xz }}
     config: tinyconfig
-    fragments: [{FIXTURES}/qemu-guest.config]
+    fragments: [{QUICKSTART}/qemu-guest.config]
   system:
     kind: command
-    run: [sh, {FIXTURES}/boot/make-rootfs.sh, system]
-    inputs: [{FIXTURES}/boot/make-rootfs.sh]
+    run: [sh, {GUEST}/make-rootfs.sh, system]
+    inputs: [{GUEST}/make-rootfs.sh]
     outputs: [image.raw]
   data:
     kind: command
-    run: [sh, {FIXTURES}/boot/make-rootfs.sh, data, {FIXTURES}/boot/run.sh]
-    inputs: [{FIXTURES}/boot/make-rootfs.sh, {FIXTURES}/boot/run.sh]
+    run: [sh, {GUEST}/make-rootfs.sh, data, {GUEST}/run.sh]
+    inputs: [{GUEST}/make-rootfs.sh, {GUEST}/run.sh]
     outputs: [image.raw]
 {steps}"#
     )
@@ -70,7 +74,7 @@ fn commands_json(s: &Space, rel: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn the_plan_shows_the_seeds_command_line() {
+fn the_plan_shows_the_recipes_qemu_command_line() {
     let s = Space::new();
     s.workflow(&workflow(
         "  experiment:\n    kind: boot\n    system: system\n    disks: [data]\n    kernel: kernel\n    icount: 1\n    \
@@ -323,7 +327,7 @@ fn a_tcg_plugin_receives_its_arguments() {
     )));
     s.apply();
     let qemu_log = s.read("out/experiment/qemu.log");
-    // QEMU 7.2 deprecates the seed's `arg=` form: `key=value` arrives as written, a
+    // QEMU 7.2 deprecates the hand recipe's `arg=` form: `key=value` arrives as written, a
     // bare value as `value=on`.
     assert!(
         qemu_log.contains("insn-plugin: argc=2 argv[0]=inline=on argv[1]=42=on"),
@@ -351,8 +355,8 @@ fn a_serial_login_never_shows_the_password() {
     s.workflow(&workflow(&format!(
         r#"  system_login:
     kind: command
-    run: [sh, {FIXTURES}/boot/make-rootfs.sh, system, secrets/root-password]
-    inputs: [{FIXTURES}/boot/make-rootfs.sh, secrets/root-password]
+    run: [sh, {GUEST}/make-rootfs.sh, system, secrets/root-password]
+    inputs: [{GUEST}/make-rootfs.sh, secrets/root-password]
     outputs: [image.raw]
   experiment:
     kind: boot

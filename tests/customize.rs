@@ -1,18 +1,16 @@
-//! A user customizes a Debian base image the way the seed does by hand (root
+//! A user customizes a Debian base image the way one does it by hand (root
 //! password, packages, no unattended upgrades, files, guest commands) and reads the
 //! result back out of the image. The base image comes from the `debootstrap` kind,
 //! built once per test run in the shared cache.
 
 mod common;
-#[path = "fixtures/customize/guest.rs"]
-mod guest;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::guest_disk::{GuestDisk, crypt_verifies, dpkg_installed, sha256};
 use common::{Space, shared_cache};
-use guest::{GuestDisk, crypt_verifies, dpkg_installed, sha256};
 
 const BASE_STEP: &str = include_str!("fixtures/customize/base-step.yaml");
 
@@ -27,7 +25,7 @@ fn base_only() -> String {
     format!("version: 1\nname: customize-test\nsteps:\n{BASE_STEP}")
 }
 
-/// The issue's example, every field used, plus a step that depends on the result.
+/// A step using every field, plus a step that depends on the result.
 fn full_workflow(install: &str) -> String {
     format!(
         r#"{base}

@@ -2,11 +2,9 @@
 //! mirror with the `debootstrap` kind, then reads it back without booting it.
 
 mod common;
-#[path = "fixtures/customize/guest.rs"]
-mod guest;
 
+use common::guest_disk::GuestDisk;
 use common::{Space, shared_cache};
-use guest::GuestDisk;
 
 const BASE_STEP: &str = include_str!("fixtures/customize/base-step.yaml");
 const KERNEL_BASE_STEP: &str = include_str!("fixtures/customize/kernel-base-step.yaml");

@@ -1,12 +1,15 @@
-//! A user makes the seed's data disk: a filesystem of a given size, filled from a
+//! A user makes the recipe's data disk: a filesystem of a given size, filled from a
 //! host directory and owned by the guest's user, via `mkfs` (rootless, the
-//! default), `loop` (root) or `nbd` (root and the nbd module, the seed's recipe).
+//! default), `loop` (root) or `nbd` (root and the nbd module, the hand recipe).
 //! Every test reads the disk back with debugfs and checks each file's content and
 //! owner.
 //!
-//! `via: nbd` cannot run on these machines (no nbd kernel module): its tests put
-//! stand-in programs on PATH that record their calls. Those stand-ins are the
-//! ONLY fake in qflow's tests; everything else here is the real mke2fs, debugfs,
+//! `via: nbd` cannot run on these machines: `qemu-nbd --connect` needs the nbd
+//! kernel module, which they lack. Here it is only refused before anything runs;
+//! its sequence, the `modprobe` retry and the cleanup after a failure or Ctrl-C are
+//! tested in `steps/src/disk/nbd.rs` with stand-in programs that record their calls
+//! and a stand-in device directory handed to the step. Those stand-ins are the ONLY
+//! fake in qflow's tests; everything else here is the real mke2fs, debugfs,
 //! qemu-img and loop mounts.
 
 mod common;
@@ -300,136 +303,6 @@ fn nbd_standins_with_cp(s: &Space, cp: &str) -> (String, PathBuf) {
     (path, dev)
 }
 
-/// The recorded calls with the space's path removed, and hash seeds elided.
-fn recorded(s: &Space) -> Vec<String> {
-    let root = s.path().to_string_lossy().into_owned();
-    s.read("calls")
-        .lines()
-        .map(|l| {
-            let l = l.replace(&root, "");
-            match l.find("hash_seed=") {
-                Some(i) => format!("{}hash_seed=<seed>{}", &l[..i], &l[i + 46..]),
-                None => l,
-            }
-        })
-        .collect()
-}
-
-fn nbd_apply(s: &Space, path: &str, dev: &Path) -> common::Run {
-    let out = s
-        .command(&["apply"])
-        .env("PATH", path)
-        .env("QFLOW_NBD_DEVICE_DIR", dev)
-        .output()
-        .unwrap();
-    common::Run::from(out)
-}
-
-#[test]
-fn nbd_runs_the_seeds_sequence_loading_the_module_when_no_device_exists() {
-    let s = Space::new();
-    write_workload(&s);
-    s.workflow(&(disk_workflow("nbd") + "    uuid: 3c8e6f5a-1b2c-4d3e-8f90-123456789abc\n"));
-    let (path, dev) = nbd_standins(&s, false);
-    let run = nbd_apply(&s, &path, &dev).success();
-    assert_eq!(run.ran(), ["data"]);
-    let calls = recorded(&s);
-    let image = calls[0].rsplit(' ').next().unwrap().to_string();
-    assert!(image.ends_with("/image.qcow2"), "{calls:?}");
-    assert_eq!(
-        calls,
-        [
-            format!("qemu-nbd --connect=/fake-dev/nbd0 --format=qcow2 {image}"),
-            "modprobe nbd max_part=8".to_string(),
-            format!("qemu-nbd --connect=/fake-dev/nbd0 --format=qcow2 {image}"),
-            "mkfs.ext4 -U 3c8e6f5a-1b2c-4d3e-8f90-123456789abc -E hash_seed=<seed> /fake-dev/nbd0"
-                .to_string(),
-            format!(
-                "mount /fake-dev/nbd0 {}",
-                calls[4].rsplit(' ').next().unwrap()
-            ),
-            format!(
-                "cp -a /workload/. {}/",
-                calls[4].rsplit(' ').next().unwrap()
-            ),
-            format!(
-                "chown -R 1000:1000 {}",
-                calls[4].rsplit(' ').next().unwrap()
-            ),
-            "umount /fake-dev/nbd0".to_string(),
-            "qemu-nbd --disconnect /fake-dev/nbd0".to_string(),
-        ]
-    );
-}
-
-#[test]
-fn a_failed_copy_over_nbd_unmounts_disconnects_and_keeps_nothing() {
-    let s = Space::new();
-    write_workload(&s);
-    s.workflow(&disk_workflow("nbd"));
-    let (path, dev) = nbd_standins(&s, true);
-    let run = nbd_apply(&s, &path, &dev).failure(1);
-    assert_eq!(run.failed(), ["data"]);
-    assert!(
-        run.stderr_contains("No space left on device"),
-        "{}",
-        run.stderr
-    );
-    let calls = recorded(&s);
-    let n = calls.len();
-    assert!(calls[n - 3].starts_with("cp -a /workload/. "), "{calls:?}");
-    assert_eq!(
-        calls[n - 2..],
-        [
-            "umount /fake-dev/nbd0",
-            "qemu-nbd --disconnect /fake-dev/nbd0"
-        ]
-    );
-    let lock = std::fs::read_to_string(s.join("qflow.lock")).unwrap_or_default();
-    assert!(
-        !lock.contains("\"data\""),
-        "a failed disk was recorded: {lock}"
-    );
-}
-
-#[test]
-fn ctrl_c_during_the_copy_over_nbd_still_unmounts_and_disconnects() {
-    let s = Space::new();
-    write_workload(&s);
-    s.workflow(&disk_workflow("nbd"));
-    let (path, dev) = nbd_standins_with_cp(&s, "sleep 30\n");
-    let mut child = s
-        .command(&["apply"])
-        .env("PATH", &path)
-        .env("QFLOW_NBD_DEVICE_DIR", &dev)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !s.read("calls").contains("cp -a") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the copy never started: {}",
-            s.read("calls")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let calls = recorded(&s);
-    let n = calls.len();
-    assert!(calls[n - 3].starts_with("cp -a"), "{calls:?}");
-    assert_eq!(
-        calls[n - 2..],
-        [
-            "umount /fake-dev/nbd0",
-            "qemu-nbd --disconnect /fake-dev/nbd0"
-        ]
-    );
-}
-
 #[test]
 fn nbd_without_the_module_is_refused_before_anything_runs() {
     if Path::new("/sys/module/nbd").exists() || Path::new("/dev/nbd0").exists() {
@@ -440,12 +313,7 @@ fn nbd_without_the_module_is_refused_before_anything_runs() {
     write_workload(&s);
     s.workflow(&disk_workflow("nbd"));
     let (path, _dev) = nbd_standins(&s, false);
-    let out = s
-        .command(&["apply"])
-        .env("PATH", &path)
-        .env_remove("QFLOW_NBD_DEVICE_DIR")
-        .output()
-        .unwrap();
+    let out = s.command(&["apply"]).env("PATH", &path).output().unwrap();
     let run = common::Run::from(out);
     assert_ne!(run.code, 0);
     assert!(run.ran().is_empty());

@@ -4,7 +4,7 @@
 //! that honours `O=` like kbuild, real `make` and `gcc -c`): it checks what the
 //! step asks of make through the real binary and engine. The slow tier builds the
 //! real thing: Debian's `linux-source-6.1` tarball with tinyconfig plus
-//! `fixtures/qemu-guest.config` (the same step definition as `tests/boot.rs`, so
+//! `workflows/quickstart/qemu-guest.config` (the same step definition as `tests/boot.rs`, so
 //! the shared cache builds it once), and a writable unpacked copy of it as a
 //! user's own tree, which the story edits.
 
@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use common::{Space, shared_cache};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+/// The quickstart's kernel config fragment: the kernel tests build the same guest kernel.
+const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/quickstart");
 const TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
 /// A space holding a copy of the stand-in kernel tree at `linux/`.
@@ -261,7 +263,7 @@ steps:
     kind: kernel
     source: {{ tarball: {TARBALL} }}
     config: tinyconfig
-    fragments: [{FIXTURES}/qemu-guest.config]
+    fragments: [{QUICKSTART}/qemu-guest.config]
 "#
     )
 }
@@ -326,7 +328,7 @@ fn a_real_kernel_builds_from_the_debian_tarball_boots_and_is_then_cached() {
         bzimage
     );
     let config = s.read("out/kernel/config");
-    for line in std::fs::read_to_string(format!("{FIXTURES}/qemu-guest.config"))
+    for line in std::fs::read_to_string(format!("{QUICKSTART}/qemu-guest.config"))
         .unwrap()
         .lines()
     {
@@ -375,7 +377,7 @@ fn editing_a_real_kernel_tree_recompiles_one_file_and_a_comment_keeps_boot_cache
     let source = tree.display().to_string();
     s.workflow(&workflow(
         &source,
-        &format!("    fragments: [{FIXTURES}/qemu-guest.config]\n"),
+        &format!("    fragments: [{QUICKSTART}/qemu-guest.config]\n"),
     ));
 
     // A clean build of the user's tree: byte-identical to the tarball build,

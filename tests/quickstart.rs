@@ -21,8 +21,8 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A checkout-like space: the example workflows and the fixture they name, at
-/// the same relative places as in the repository.
+/// A checkout-like space: the example workflows and the files they name, at the
+/// same relative places as in the repository.
 fn checkout() -> Space {
     let s = Space::new();
     let repo = Path::new(REPO);
@@ -30,16 +30,12 @@ fn checkout() -> Space {
     for f in ["quickstart.yaml", "ubuntu-22.04.yaml"] {
         std::fs::copy(repo.join("workflows").join(f), s.join("workflows").join(f)).unwrap();
     }
-    copy_tree(
-        &repo.join("workflows/quickstart"),
-        &s.join("workflows/quickstart"),
-    );
-    std::fs::create_dir_all(s.join("tests/fixtures")).unwrap();
-    std::fs::copy(
-        repo.join("tests/fixtures/qemu-guest.config"),
-        s.join("tests/fixtures/qemu-guest.config"),
-    )
-    .unwrap();
+    for dir in ["quickstart", "ubuntu-22.04"] {
+        copy_tree(
+            &repo.join("workflows").join(dir),
+            &s.join("workflows").join(dir),
+        );
+    }
     s.write("workflows/secrets/root-password", "quickstart-test-pw\n");
     s
 }

@@ -4,13 +4,11 @@
 //! the password and is still an overlay of the base image.
 
 mod common;
-#[path = "fixtures/customize/guest.rs"]
-mod guest;
 
 use std::path::{Path, PathBuf};
 
+use common::guest_disk::{GuestDisk, crypt_verifies, dpkg_installed};
 use common::{Space, shared_cache};
-use guest::{GuestDisk, crypt_verifies, dpkg_installed};
 
 const BASE_STEP: &str = include_str!("fixtures/customize/base-step.yaml");
 const PASSWORD: &str = "reproducible root: 'pw'";

@@ -233,7 +233,7 @@ const SHARED_KERNEL: &str = concat!(
     "    source: { tarball: /usr/src/linux-source-6.1.tar.xz }\n    config: tinyconfig\n",
     "    fragments: [",
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/qemu-guest.config]\n"
+    "/workflows/quickstart/qemu-guest.config]\n"
 );
 
 #[test]

@@ -19,6 +19,7 @@ pub struct DirHandle {
 }
 
 impl DirHandle {
+    /// Open the directory at `path`.
     pub fn open(path: &Path) -> std::io::Result<DirHandle> {
         let c = CString::new(path.as_os_str().as_bytes())?;
         // SAFETY: `c` is a valid NUL-terminated path; the fd returned is owned below.

@@ -22,8 +22,11 @@ pub const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 /// What `gc` removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcStats {
+    /// Records removed.
     pub records: u64,
+    /// Output trees removed.
     pub trees: u64,
+    /// Objects removed.
     pub objects: u64,
     /// Bytes of the removed objects (the data; tree files are links to objects).
     pub bytes: u64,

@@ -14,6 +14,8 @@
 //! objects are durable, because every name appears by `rename` after its content is fsynced,
 //! and the engine writes a record only after `commit_tree` returned.
 
+#![warn(missing_docs)]
+
 mod atomic;
 mod cache;
 mod dir_handle;

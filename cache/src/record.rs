@@ -25,11 +25,14 @@ pub struct Record {
     pub key: Hash,
     /// The output tree (= `manifest.hash`).
     pub output: Hash,
+    /// Every path of the output tree.
     pub manifest: Manifest,
     /// Output trees of other steps that must live as long as this one (e.g. a qcow2 overlay's
     /// backing file, which the overlay names by a relative path into that tree).
     pub retains: Vec<Hash>,
+    /// When the record was written (seconds since the epoch).
     pub created_unix: u64,
+    /// How long the step took to produce it.
     pub duration_ms: u64,
     /// Free-form data the engine keeps with the record (input hashes, tool versions...).
     pub meta: BTreeMap<String, serde_json::Value>,
@@ -43,6 +46,21 @@ impl Cache {
     /// Whether a record for `key` exists (one stat; the record is not read).
     pub fn has_record(&self, key: &Hash) -> bool {
         self.record_path(key).is_file()
+    }
+
+    /// Whether the record for `key` names `output` as its output: what a lock entry
+    /// claims is believed only when the record it points at says the same. Reads the
+    /// record's key and output, not its manifest.
+    pub fn record_names(&self, key: &Hash, output: &Hash) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            key: Hash,
+            output: Hash,
+        }
+        std::fs::read(self.record_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Head>(&b).ok())
+            .is_some_and(|h| h.key == *key && h.output == *output)
     }
 
     pub(crate) fn retains_path(&self, output: &Hash) -> PathBuf {

@@ -47,20 +47,28 @@ pub struct Manifest {
 pub struct Entry {
     /// Relative to the tree root, `/`-separated.
     pub path: String,
+    /// What sits there.
     pub kind: EntryKind,
 }
 
 /// What sits at a path in a tree.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum EntryKind {
+    /// A regular file, stored as an object.
     File {
+        /// Its content hash (the object's name).
         hash: Hash,
+        /// Its size in bytes.
         size: u64,
+        /// Whether it is executable.
         executable: bool,
     },
+    /// A symbolic link.
     Symlink {
+        /// Where it points.
         target: String,
     },
+    /// A directory.
     Dir,
 }
 

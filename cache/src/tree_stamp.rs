@@ -90,13 +90,58 @@ impl PathStat {
 
 const STAT_LEN: usize = 32;
 
-/// The paths a stamp covers, in order: the tree root, then every manifest entry.
-fn stamped_paths(root: &Path, m: &Manifest) -> anyhow::Result<Vec<PathBuf>> {
-    let mut paths = vec![root.to_path_buf()];
+/// The paths a stamp covers, in order: the tree root (`""`), then every manifest entry.
+fn stamped_paths(m: &Manifest) -> anyhow::Result<Vec<&str>> {
+    let mut paths = vec![""];
     for e in &m.entries {
-        paths.push(root.join(safe_relative(&e.path)?));
+        safe_relative(&e.path)?;
+        paths.push(e.path.as_str());
     }
     Ok(paths)
+}
+
+/// A stamp file: `MAGIC`, the tree hash, then per path: u32 length, the path, its stat.
+fn encode_stamp(root: &Path, m: &Manifest) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + (STAT_LEN + 40) * (m.entries.len() + 1));
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&m.hash.0);
+    for rel in stamped_paths(m)? {
+        let p = root.join(rel);
+        let meta = std::fs::symlink_metadata(&p)
+            .with_context(|| format!("cannot stat `{}`", p.display()))?;
+        bytes.extend_from_slice(&(rel.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(rel.as_bytes());
+        PathStat::of(&meta).encode(&mut bytes);
+    }
+    Ok(bytes)
+}
+
+/// Whether every path a stamp lists under `root` has the stat fields it notes. `None` for
+/// a stamp that is not one of tree `output`.
+fn stamp_matches(stamp: &[u8], root: &Path, output: &Hash) -> Option<bool> {
+    let rest = stamp.strip_prefix(MAGIC)?;
+    let (hash, mut rest) = rest.split_at_checked(32)?;
+    if hash != output.0 {
+        return None;
+    }
+    while !rest.is_empty() {
+        let (len, r) = rest.split_at_checked(4)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let (rel, r) = r.split_at_checked(len)?;
+        let (stat, r) = r.split_at_checked(STAT_LEN)?;
+        rest = r;
+        let rel = std::str::from_utf8(rel).ok()?;
+        if rel.split('/').any(|c| c == "..") || rel.starts_with('/') {
+            return None;
+        }
+        let want = PathStat::decode(stat);
+        let same =
+            std::fs::symlink_metadata(root.join(rel)).is_ok_and(|meta| PathStat::of(&meta) == want);
+        if !same {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 impl Cache {
@@ -106,15 +151,7 @@ impl Cache {
 
     /// Notes the stat fields of committed tree `m` (called once it is read-only).
     pub(crate) fn stamp_tree(&self, m: &Manifest) -> anyhow::Result<()> {
-        let root = self.tree_path(&m.hash);
-        let mut bytes = Vec::with_capacity(MAGIC.len() + 32 + STAT_LEN * (m.entries.len() + 1));
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&m.hash.0);
-        for p in stamped_paths(&root, m)? {
-            let meta = std::fs::symlink_metadata(&p)
-                .with_context(|| format!("cannot stat `{}`", p.display()))?;
-            PathStat::of(&meta).encode(&mut bytes);
-        }
+        let bytes = encode_stamp(&self.tree_path(&m.hash), m)?;
         let path = self.stamp_path(&m.hash);
         std::fs::create_dir_all(parent_of(&path))
             .with_context(|| format!("cannot create `{}`", parent_of(&path).display()))?;
@@ -127,8 +164,18 @@ impl Cache {
         Ok(())
     }
 
+    /// The cheap half of [`Cache::check_tree`]: whether tree `output` has a stamp and every
+    /// path it lists is unchanged (one read and one `lstat` per path; no manifest, no
+    /// hashing). False means "ask `check_tree`", not "damaged".
+    pub fn tree_unchanged(&self, output: &Hash) -> bool {
+        std::fs::read(self.stamp_path(output))
+            .ok()
+            .and_then(|stamp| stamp_matches(&stamp, &self.tree_path(output), output))
+            .unwrap_or(false)
+    }
+
     /// Whether committed tree `output` is exactly what was recorded: one `lstat` per path
-    /// against its stamp, or (no stamp yet) a full hash of its files.
+    /// against its stamp, or (no stamp, or a stat field differs) a full hash of its files.
     pub fn check_tree(&self, output: &Hash) -> TreeCheck {
         let Ok(Some(m)) = self.load_manifest(output) else {
             return TreeCheck::Missing;
@@ -142,27 +189,14 @@ impl Cache {
         if !root.is_dir() {
             return TreeCheck::Missing;
         }
-        let Ok(paths) = stamped_paths(&root, m) else {
+        if stamped_paths(m).is_err() {
             return TreeCheck::Damaged(String::from("."));
-        };
-        let stamp = std::fs::read(self.stamp_path(&m.hash)).ok().filter(|b| {
-            b.len() == MAGIC.len() + 32 + STAT_LEN * paths.len()
-                && b.starts_with(MAGIC)
-                && b[MAGIC.len()..MAGIC.len() + 32] == m.hash.0
-        });
-        let Some(stamp) = stamp else {
-            return self.check_tree_by_content(m);
-        };
-        let stats = &stamp[MAGIC.len() + 32..];
-        let unchanged = paths.iter().enumerate().all(|(i, p)| {
-            let want = PathStat::decode(&stats[i * STAT_LEN..(i + 1) * STAT_LEN]);
-            std::fs::symlink_metadata(p).is_ok_and(|meta| PathStat::of(&meta) == want)
-        });
-        if unchanged {
+        }
+        if self.tree_unchanged(&m.hash) {
             return TreeCheck::Intact;
         }
-        // Stat fields differ: damage, or a cache copied elsewhere (new inodes and times).
-        // The content decides, and an intact tree is stamped anew.
+        // No stamp, or stat fields differ: damage, or a cache copied elsewhere (new inodes
+        // and times). The content decides, and an intact tree is stamped anew.
         self.check_tree_by_content(m)
     }
 

@@ -1,53 +1,80 @@
-//! The DAG of steps (petgraph): edges from `after`, `${{ steps.X }}` and typed
-//! reference fields. Cycles are reported with the steps of the cycle in order.
+//! The DAG of steps: which step must finish before which. Step `i` of a
+//! workflow is node [`StepId`]`(i)`; an edge runs upstream → downstream.
+//!
+//! It knows steps only by [`StepId`]: `workflow.rs` builds it from `after`,
+//! `${{ steps.X }}` and typed reference fields (`Workflow::dag` in `workflow.rs`)
+//! and names the steps of a cycle ([`Dag::cycles`] finds them). Imports nothing
+//! of the engine, so everything may import it.
 
 use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::diagnostic::Diagnostics;
-use crate::workflow::Workflow;
+/// A step of the workflow being run: its index in `workflow.steps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepId(pub usize);
 
-/// The step graph: node `i` is `workflow.steps[i]`; an edge runs upstream → downstream.
+impl StepId {
+    /// The index in `workflow.steps` (and in every per-step table).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// The step graph, with each step's upstream and downstream steps listed once.
 pub struct Dag {
+    /// Node `i` carries `i`; for graph algorithms (cycles).
     pub graph: DiGraph<usize, ()>,
+    upstream: Vec<Vec<StepId>>,
+    downstream: Vec<Vec<StepId>>,
 }
 
 impl Dag {
-    pub fn new(workflow: &Workflow) -> Dag {
+    /// A DAG of `n` steps with the edges `(upstream, downstream)`; duplicate
+    /// edges count once.
+    pub fn new(n: usize, edges: impl IntoIterator<Item = (StepId, StepId)>) -> Dag {
         let mut graph = DiGraph::new();
-        let nodes: Vec<NodeIndex> = (0..workflow.steps.len())
-            .map(|i| graph.add_node(i))
-            .collect();
-        // By name, not `Workflow::index_of`: a scan per edge is quadratic in steps.
-        let index: std::collections::HashMap<&str, usize> = workflow
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        for (i, s) in workflow.steps.iter().enumerate() {
-            for up in s.upstream_names() {
-                if let Some(&j) = index.get(up) {
-                    graph.add_edge(nodes[j], nodes[i], ());
-                }
-            }
+        let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
+        let mut upstream = vec![Vec::new(); n];
+        let mut downstream = vec![Vec::new(); n];
+        for (up, down) in edges {
+            graph.add_edge(nodes[up.0], nodes[down.0], ());
+            upstream[down.0].push(up);
+            downstream[up.0].push(down);
         }
-        Dag { graph }
+        for v in upstream.iter_mut().chain(downstream.iter_mut()) {
+            v.sort_unstable();
+            v.dedup();
+        }
+        Dag {
+            graph,
+            upstream,
+            downstream,
+        }
     }
 
-    /// Step indices in an order where every step comes after its upstream steps,
+    /// How many steps.
+    pub fn len(&self) -> usize {
+        self.upstream.len()
+    }
+
+    /// Whether there are no steps.
+    pub fn is_empty(&self) -> bool {
+        self.upstream.is_empty()
+    }
+
+    /// Steps in an order where every step comes after its upstream steps,
     /// ties broken by file order.
-    pub fn order(&self) -> Vec<usize> {
-        let n = self.graph.node_count();
-        let mut indegree: Vec<usize> = (0..n).map(|i| self.upstream(i).len()).collect();
-        let mut ready: std::collections::BTreeSet<usize> =
-            (0..n).filter(|i| indegree[*i] == 0).collect();
+    pub fn order(&self) -> Vec<StepId> {
+        let n = self.len();
+        let mut indegree: Vec<usize> = self.upstream.iter().map(Vec::len).collect();
+        let mut ready: std::collections::BTreeSet<StepId> =
+            (0..n).map(StepId).filter(|i| indegree[i.0] == 0).collect();
         let mut order = Vec::with_capacity(n);
         while let Some(i) = ready.pop_first() {
             order.push(i);
-            for d in self.downstream(i) {
-                indegree[d] -= 1;
-                if indegree[d] == 0 {
+            for &d in self.downstream(i) {
+                indegree[d.0] -= 1;
+                if indegree[d.0] == 0 {
                     ready.insert(d);
                 }
             }
@@ -55,37 +82,25 @@ impl Dag {
         order
     }
 
-    pub fn upstream(&self, i: usize) -> Vec<usize> {
-        let mut v: Vec<usize> = self
-            .graph
-            .neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming)
-            .map(|n| n.index())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+    /// The steps `id` needs, in file order.
+    pub fn upstream(&self, id: StepId) -> &[StepId] {
+        &self.upstream[id.0]
     }
 
-    pub fn downstream(&self, i: usize) -> Vec<usize> {
-        let mut v: Vec<usize> = self
-            .graph
-            .neighbors_directed(NodeIndex::new(i), petgraph::Direction::Outgoing)
-            .map(|n| n.index())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+    /// The steps that need `id`, in file order.
+    pub fn downstream(&self, id: StepId) -> &[StepId] {
+        &self.downstream[id.0]
     }
 
-    /// Every step downstream of `i`, transitively.
-    pub fn all_downstream(&self, i: usize) -> Vec<usize> {
-        let mut seen = vec![false; self.graph.node_count()];
-        let mut stack = vec![i];
+    /// Every step downstream of `id`, transitively, in file order.
+    pub fn all_downstream(&self, id: StepId) -> Vec<StepId> {
+        let mut seen = vec![false; self.len()];
+        let mut stack = vec![id];
         let mut out = Vec::new();
         while let Some(n) = stack.pop() {
-            for d in self.downstream(n) {
-                if !seen[d] {
-                    seen[d] = true;
+            for &d in self.downstream(n) {
+                if !seen[d.0] {
+                    seen[d.0] = true;
                     out.push(d);
                     stack.push(d);
                 }
@@ -94,48 +109,79 @@ impl Dag {
         out.sort();
         out
     }
+
+    /// Every cycle, each walked from its first step in file order and ending
+    /// where it started (`a → b → c → a`). Empty for a DAG.
+    pub fn cycles(&self) -> Vec<Vec<StepId>> {
+        if toposort(&self.graph, None).is_ok() {
+            return Vec::new();
+        }
+        let mut cycles = Vec::new();
+        for scc in petgraph::algo::tarjan_scc(&self.graph) {
+            let members: Vec<StepId> = scc.iter().map(|n| StepId(n.index())).collect();
+            let is_cycle = members.len() > 1 || self.upstream(members[0]).contains(&members[0]);
+            if !is_cycle {
+                continue;
+            }
+            let start = *members.iter().min().unwrap();
+            let mut path = vec![start];
+            let mut cur = start;
+            loop {
+                let next = *self
+                    .downstream(cur)
+                    .iter()
+                    .find(|d| members.contains(d))
+                    .unwrap();
+                path.push(next);
+                if next == start || path[..path.len() - 1].contains(&next) {
+                    break;
+                }
+                cur = next;
+            }
+            cycles.push(path);
+        }
+        cycles
+    }
 }
 
-/// Report a cycle, naming its steps in order (`a → b → c → a`).
-pub fn check_cycles(workflow: &Workflow, diags: &mut Diagnostics) {
-    let dag = Dag::new(workflow);
-    if toposort(&dag.graph, None).is_ok() {
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diamond() -> Dag {
+        // a → b, a → c, b → d, c → d
+        Dag::new(
+            4,
+            [(0, 1), (0, 2), (1, 3), (2, 3)].map(|(u, d)| (StepId(u), StepId(d))),
+        )
     }
-    for scc in petgraph::algo::tarjan_scc(&dag.graph) {
-        let members: Vec<usize> = scc.iter().map(|n| n.index()).collect();
-        let is_cycle = members.len() > 1 || dag.upstream(members[0]).contains(&members[0]);
-        if !is_cycle {
-            continue;
-        }
-        // Walk the cycle from its first member in file order.
-        let start = *members.iter().min().unwrap();
-        let mut path = vec![start];
-        let mut cur = start;
-        loop {
-            let next = dag
-                .downstream(cur)
-                .into_iter()
-                .find(|d| members.contains(d))
-                .unwrap();
-            if next == start || path.contains(&next) {
-                path.push(next);
-                break;
-            }
-            path.push(next);
-            cur = next;
-        }
-        let names: Vec<&str> = path
-            .iter()
-            .map(|i| workflow.steps[*i].name.as_str())
-            .collect();
-        let at = format!("steps.{}", names[0]);
-        diags.at(
-            &at,
-            format!(
-                "the steps form a cycle: {}; remove one of these dependencies",
-                names.join(" → ")
-            ),
+
+    #[test]
+    fn a_diamond_orders_each_step_after_its_upstream_ties_by_file_order() {
+        let ids: Vec<usize> = diamond().order().into_iter().map(StepId::index).collect();
+        assert_eq!(ids, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn every_step_below_the_top_of_a_diamond_is_downstream_of_it() {
+        let dag = diamond();
+        assert_eq!(
+            dag.all_downstream(StepId(0)),
+            [StepId(1), StepId(2), StepId(3)]
+        );
+        assert_eq!(dag.upstream(StepId(3)), [StepId(1), StepId(2)]);
+        assert!(dag.cycles().is_empty());
+    }
+
+    #[test]
+    fn a_cycle_is_walked_from_its_first_step() {
+        let dag = Dag::new(
+            3,
+            [(0, 1), (1, 2), (2, 0)].map(|(u, d)| (StepId(u), StepId(d))),
+        );
+        assert_eq!(
+            dag.cycles(),
+            [vec![StepId(0), StepId(1), StepId(2), StepId(0)]]
         );
     }
 }

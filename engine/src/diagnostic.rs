@@ -1,5 +1,7 @@
 //! Errors in a workflow, found before anything runs: each names the file, the
 //! line and column, the field, and says what to do. The binary exits 2 on them.
+//!
+//! Imports `source_map`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,13 @@ use crate::source_map::{Position, SourceMap};
 /// One problem at one place of a workflow file.
 #[derive(Debug, Clone)]
 pub struct Diagnostic {
+    /// The workflow file.
     pub file: PathBuf,
+    /// Line and column, when known.
     pub position: Option<Position>,
     /// The path of the field (`steps.gen.run`), empty for the whole file.
     pub field: String,
+    /// What is wrong and what to do.
     pub message: String,
 }
 
@@ -32,6 +37,7 @@ impl fmt::Display for Diagnostic {
 /// A workflow that cannot run, with every problem found in it.
 #[derive(Debug, Clone)]
 pub struct InvalidWorkflow {
+    /// Every problem found, in file order.
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -60,6 +66,7 @@ pub struct Diagnostics<'a> {
 }
 
 impl<'a> Diagnostics<'a> {
+    /// Collect problems in `file`, whose content is `text`.
     pub fn new(file: &'a Path, text: &'a str) -> Self {
         Diagnostics {
             file,
@@ -92,14 +99,17 @@ impl<'a> Diagnostics<'a> {
         });
     }
 
+    /// How many problems so far.
     pub fn len(&self) -> usize {
         self.found.len()
     }
 
+    /// Whether no problem was found.
     pub fn is_empty(&self) -> bool {
         self.found.is_empty()
     }
 
+    /// `Ok` if no problem was found, else all of them.
     pub fn finish(self) -> Result<(), InvalidWorkflow> {
         if self.found.is_empty() {
             Ok(())

@@ -2,6 +2,8 @@
 //!
 //! `*` and `?` match within one path component, `**` matches any number of
 //! components. Small on purpose: inputs need matching, not a glob language.
+//!
+//! Imports nothing of the engine.
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,9 @@
 //! written are read. Single files and globs go through the stat cache. Each
 //! digest's file listing is kept in the cache (`inputs/<digest>`), so `qflow
 //! plan` can name the files that changed.
+//!
+//! Imports `input_entry`, `tree_index`, `tree_walk`, `stat_cache`, `glob`, `paths`
+//! and `step` (for [`Input`]); `tree_index` does not import it.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -17,17 +20,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use qflow_cache::Hash;
 
+pub use crate::input_entry::{InputEntry, digest_of};
 use crate::stat_cache::{FileStat, StatCache};
 use crate::step::Input;
 use crate::tree_walk::WalkEntry;
-
-/// One entry of an input, relative to the input's root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InputEntry {
-    File { executable: bool, hash: Hash },
-    Symlink { target: String },
-    Dir,
-}
 
 /// The digest of one declared input and the entries it covers.
 #[derive(Debug, Clone)]
@@ -36,6 +32,7 @@ pub struct InputDigest {
     pub label: String,
     /// The field that declared it.
     pub field: String,
+    /// The digest of the whole input.
     pub digest: Hash,
     /// Entries in walk order (each directory's entries sorted by name). Empty
     /// when the tree index proved the tree unchanged: its listing was saved
@@ -201,7 +198,7 @@ fn walk(work_dir: &Path, input: &Input, tree_index: Option<&Path>) -> anyhow::Re
             proven: None,
         });
     }
-    let root = crate::step::resolve_in(work_dir, &input.path);
+    let root = crate::paths::resolve_in(work_dir, &input.path);
     // The input itself may be a symlink to a file or tree: follow it.
     let meta = std::fs::metadata(&root)
         .with_context(|| format!("input `{}` does not exist ({})", input.path, root.display()))?;
@@ -260,31 +257,6 @@ fn walk(work_dir: &Path, input: &Input, tree_index: Option<&Path>) -> anyhow::Re
         }),
         proven: None,
     })
-}
-
-/// A versioned, unambiguous encoding of a listing, hashed.
-pub fn digest_of(entries: &[(String, InputEntry)]) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(b"qflow-input-digest 1\0");
-    for (rel, e) in entries {
-        h.update(&(rel.len() as u64).to_le_bytes());
-        h.update(rel.as_bytes());
-        match e {
-            InputEntry::File { executable, hash } => {
-                h.update(if *executable { b"X" } else { b"F" });
-                h.update(&hash.0);
-            }
-            InputEntry::Symlink { target } => {
-                h.update(b"L");
-                h.update(&(target.len() as u64).to_le_bytes());
-                h.update(target.as_bytes());
-            }
-            InputEntry::Dir => {
-                h.update(b"D");
-            }
-        }
-    }
-    Hash(*h.finalize().as_bytes())
 }
 
 /// Store a digest's listing in `dir` (once), for later diffs.

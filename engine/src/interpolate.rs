@@ -5,14 +5,21 @@
 //! `${{ NAME }}` (a var), `${{ env.NAME }}` (the environment) and
 //! `${{ steps.NAME }}` / `${{ steps.NAME.OUTPUT }}` (an upstream step's output
 //! directory or one declared output; creates an edge). `$${{` is a literal `${{`.
+//!
+//! Imports nothing of the engine.
 
 /// One parsed expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
+    /// `${{ vars.X }}`.
     Var(String),
+    /// `${{ env.X }}`.
     Env(String),
+    /// `${{ steps.X }}` or `${{ steps.X.OUT }}`.
     Step {
+        /// The step.
         name: String,
+        /// One of its outputs, if named.
         output: Option<String>,
     },
 }

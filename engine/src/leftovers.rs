@@ -12,6 +12,8 @@
 //! before anything runs. The environment is inherited through fork, exec, new
 //! sessions and process groups, which is what a process group or a parent pid
 //! cannot follow.
+//!
+//! Imports nothing of the engine.
 
 use qflow_cache::Hash;
 

@@ -7,6 +7,8 @@
 //! versions). Everything is sorted, so an apply that changes nothing rewrites
 //! it byte-identical. Secrets never enter it: `${{ env.X }}` values and a kind's
 //! extra key material appear only as blake3 digests.
+//!
+//! Imports nothing of the engine.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -16,39 +18,56 @@ use qflow_cache::Hash;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// The lock file's format version.
 pub const LOCK_VERSION: u32 = 1;
 
 /// The whole lock file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LockFile {
+    /// [`LOCK_VERSION`] when written.
     pub version: u32,
+    /// The workflow's name.
     pub workflow: String,
+    /// Each step as last completed, by name.
     pub steps: BTreeMap<String, LockedStep>,
 }
 
 /// One step as last completed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LockedStep {
+    /// The step's `kind:`.
     pub kind: String,
+    /// The kind's schema version.
     pub schema_version: u32,
+    /// The step key (hex).
     pub key: String,
+    /// The interpolated fields.
     pub fields: serde_json::Value,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Vars the step reads, with their values.
     pub vars: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// `env:` values, as digests (they may hold secrets).
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Input label → digest (hex).
     pub inputs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Upstream step → output (hex).
     pub upstream: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Tool → identity.
     pub tools: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The digest of extra key material, if any.
     pub extra: Option<String>,
+    /// The output tree (hex).
     pub output: String,
     #[serde(default)]
+    /// Output file → content hash (hex).
     pub outputs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Facts the step noted (resolved checksums, package versions).
     pub notes: BTreeMap<String, String>,
 }
 
@@ -87,8 +106,11 @@ impl LockFile {
 const MEMO_MAGIC: &str = "qflow-lock-index 1";
 
 #[derive(Debug, Clone, Default, PartialEq)]
+/// Each step's key and output in a lock file, read without parsing the rest.
 pub struct LockIndex {
+    /// The lock's format version.
     pub version: u32,
+    /// The workflow's name.
     pub workflow: String,
     /// Step name → (key, output), as hex.
     pub steps: HashMap<String, (String, String)>,

@@ -12,6 +12,8 @@
 //! apply skips the per-step `readlinkat` and record check. A stamp taken within
 //! [`RACY_WINDOW_NS`] of `out/`'s last change is never written, for the same
 //! reason as a racy stat-cache entry.
+//!
+//! Imports `paths` and `stat_cache`.
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +41,7 @@ impl OutLinks {
             root: root.to_path_buf(),
             dir: DirHandle::open(root)
                 .with_context(|| format!("cannot open {}", root.display()))?,
-            trees: relative_path(root, trees),
+            trees: crate::paths::link_target(root, trees),
         })
     }
 
@@ -126,21 +128,6 @@ impl OutLinks {
     }
 }
 
-/// `to` relative to directory `from`, when both are absolute.
-fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    // Sharing only `/` means different trees: an absolute link reads better.
-    let common = from
-        .components()
-        .zip(to.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    if common <= 1 {
-        to.to_path_buf()
-    } else {
-        crate::step::relative_to(from, to)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,7 +144,7 @@ mod tests {
         let target = std::fs::read_link(d.join("out/gen")).unwrap();
         assert_eq!(
             target,
-            relative_path(&d.join("out"), &trees.join(output.to_hex()))
+            crate::paths::link_target(&d.join("out"), &trees.join(output.to_hex()))
         );
         assert!(d.join("out/gen").is_dir());
         // A deleted link is made again; a wrong one is replaced.

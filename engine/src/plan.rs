@@ -1,4 +1,6 @@
 //! `qflow plan`: what `apply` would do and why, without running anything.
+//!
+//! Imports `session` and `step`.
 
 use std::collections::BTreeMap;
 
@@ -11,14 +13,18 @@ use crate::step::CheckContext;
 /// One step of a plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
+    /// The step's name.
     pub name: String,
+    /// Its `kind:`.
     pub kind: String,
     /// `run` or `cached`.
     pub action: String,
+    /// Why it runs.
     pub reasons: Vec<String>,
     /// The command lines the step would run.
     pub commands: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Its key (hex), when known before anything runs.
     pub key: Option<String>,
 }
 
@@ -33,7 +39,7 @@ pub fn plan(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
     let mut outputs: BTreeMap<String, Hash> = BTreeMap::new();
     let mut runs: BTreeMap<String, bool> = BTreeMap::new();
     let mut planned = Vec::new();
-    for i in session.dag.order() {
+    for i in session.dag.order().into_iter().map(|id| id.index()) {
         let s = &workflow.steps[i];
         let commands = s.step.plan(&ctx);
         let pending: Vec<&str> = s

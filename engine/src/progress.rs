@@ -9,6 +9,8 @@
 //! together at the next [`Progress::flush`] or event: a no-op apply of 1,000
 //! steps then costs one write, not 1,000. Order is kept: any other event writes
 //! the held lines first.
+//!
+//! Imports `context` (for the progress sink it implements).
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};

@@ -1,5 +1,8 @@
 //! A workflow opened against its cache: inputs digested, tools identified, the
 //! last lock read. `plan`, `apply`, `graph` and `status` all start from here.
+//!
+//! Imports `workflow`, `dag`, `inputs`, `lockfile`, `stat_cache`, `step_key`,
+//! `tool_identity`, `leftovers`, `progress` and `step`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,21 +62,28 @@ pub struct Prepared {
 
 /// A workflow with its cache.
 pub struct Session<'w> {
+    /// The workflow.
     pub workflow: &'w Workflow,
+    /// The step kinds.
     pub registry: &'w Registry,
+    /// Its cache.
     pub cache: Cache,
+    /// Its steps' DAG.
     pub dag: Dag,
     /// The last lock: its bytes, parsed in full only when asked ([`Session::lock`]).
     lock: LastLock,
+    /// Where its lock file is.
     pub lock_path: PathBuf,
     /// Shared with running steps, which re-check their inputs when they finish.
     pub stat_cache: std::sync::Mutex<StatCache>,
+    /// Tool identities, remembered by path and stat.
     pub tool_ids: ToolIdentities,
     /// Keys of steps marked started but never finished (qflow was killed).
     interrupted: std::collections::HashSet<String>,
 }
 
 impl<'w> Session<'w> {
+    /// Open `workflow` against the cache in `cache_dir`, reading the last lock.
     pub fn open(
         workflow: &'w Workflow,
         registry: &'w Registry,
@@ -95,7 +105,7 @@ impl<'w> Session<'w> {
             interrupted,
             workflow,
             registry,
-            dag: Dag::new(workflow),
+            dag: workflow.dag(),
             lock: LastLock::read(&lock_path, &cache.dir("state").join("lock-index")),
             lock_path,
             cache,
@@ -267,18 +277,25 @@ impl<'w> Session<'w> {
     /// Then the entry is the result, without reading or parsing the record: the
     /// step's output hash comes back, and its lock entry stays as it is.
     /// `probe` is this session's cache, asked through open handles.
+    ///
+    /// The lock is never trusted over the record it names: the record for `key`
+    /// must name the same output, and the tree must be unchanged since it was
+    /// committed (a damaged tree is removed here, and the step runs again).
     pub fn cached_from_lock(&self, i: usize, key: &Hash, probe: &CacheProbe) -> Option<Hash> {
         let output = self.locked_output(i, key)?;
-        (probe.has_record(key) && probe.has_tree(&output)).then_some(output)
+        (probe.has_tree(&output)
+            && self.cache.record_names(key, &output)
+            && (self.cache.tree_unchanged(&output) || self.cache.has_tree(&output)))
+        .then_some(output)
     }
 
-    /// The output the lock names for step `i` if its entry has this very key and
-    /// the step may be cached; whether the cache still has it is not asked.
     /// The blake3 of the lock file as this session read it.
     pub fn lock_digest(&self) -> Option<Hash> {
         self.lock.digest
     }
 
+    /// The output the lock names for step `i` if its entry has this very key and
+    /// the step may be cached; whether the cache still has it is not asked.
     pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
         let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
@@ -295,15 +312,15 @@ impl<'w> Session<'w> {
 
     /// A record for `key` whose output tree is present (restored from objects if needed).
     ///
-    /// A tree directory only ever appears by an atomic rename of a complete,
-    /// read-only tree, so its existence is enough: one stat per step keeps a
-    /// no-op apply cheap. `qflow verify` re-hashes when in doubt.
+    /// The tree's stamp proves it unchanged since it was committed (one `lstat`
+    /// per path); a tree changed since is removed with its damaged objects, and
+    /// the step runs again. `qflow verify --cache` re-hashes everything.
     pub fn usable_record(&self, key: &Hash) -> Option<Record> {
         if self.was_interrupted(key) {
             return None;
         }
         let rec = self.cache.get_record(key).ok()??;
-        if self.cache.tree_path(&rec.output).is_dir() {
+        if self.cache.tree_unchanged(&rec.output) || self.cache.has_tree_for(&rec.manifest) {
             return Some(rec);
         }
         self.cache.restore_tree(&rec.manifest).ok().map(|_| rec)

@@ -4,6 +4,8 @@
 //! with yaml-rust2's event parser and every node's path (`steps.gen.run[0]`, the
 //! same syntax serde_path_to_error prints) is mapped to the position of its key
 //! (for mapping entries) or of the node itself (for sequence items).
+//!
+//! Imports nothing of the engine.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,9 @@ use yaml_rust2::scanner::Marker;
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
 }
 

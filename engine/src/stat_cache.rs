@@ -10,6 +10,8 @@
 //! It holds single-file and glob inputs; directory inputs have their own tree
 //! index (`tree_index.rs`). The file is a small binary format, read on first
 //! use and written atomically at the end of a run only when something changed.
+//!
+//! Imports nothing of the engine.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -26,15 +28,22 @@ pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
 /// What `lstat` says of a file; any change means the content must be read again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FileStat {
+    /// Device.
     pub dev: u64,
+    /// Inode.
     pub ino: u64,
+    /// Size in bytes.
     pub size: u64,
+    /// Modification time (ns).
     pub mtime_ns: i64,
+    /// Change time (ns).
     pub ctime_ns: i64,
+    /// Mode bits.
     pub mode: u32,
 }
 
 impl FileStat {
+    /// The stat of `meta`.
     pub fn of(meta: &std::fs::Metadata) -> FileStat {
         FileStat {
             dev: meta.dev(),
@@ -124,10 +133,12 @@ impl StatCache {
         })
     }
 
+    /// How many files are remembered.
     pub fn len(&self) -> usize {
         self.entries().len()
     }
 
+    /// Whether no file is remembered.
     pub fn is_empty(&self) -> bool {
         self.entries().is_empty()
     }
@@ -224,6 +235,7 @@ fn decode(b: &[u8]) -> Option<Entries> {
 #[derive(Default, Clone, Copy)]
 pub struct BuildPathHasher;
 
+/// The hasher [`BuildPathHasher`] builds.
 pub struct PathHasher(u64);
 
 impl std::hash::BuildHasher for BuildPathHasher {

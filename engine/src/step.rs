@@ -9,13 +9,22 @@
 //! steps it references and any derived key material (a secret's hash, never the
 //! secret). A step has no hidden state: what it reads is declared here, what it
 //! writes goes into its fresh output directory or its kept state directory.
+//!
+//! The contract also says what the commands around `apply` would otherwise have
+//! to guess from a kind's name: the secrets a step reads ([`Step::secrets`]), the
+//! role of each output ([`OutputRole`]: image, machine state, result, log,
+//! artifact), its host needs as typed values ([`HostNeed`]), and, per kind,
+//! every tool and need a step of it may have ([`StepFields::kind_tools`],
+//! [`StepFields::kind_needs`]), from which `qflow doctor` and the host install
+//! script's check derive. Adding a kind is one file and one registry line.
 
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 
 use crate::context::RunContext;
+pub use crate::paths::{relative_to, resolve_in};
 
 /// An error in one field of one step, found before anything runs.
 ///
@@ -106,15 +115,94 @@ impl Tool {
     }
 }
 
-/// What a step needs of the host beyond its tools (root, a kernel module, a file).
+/// What a step needs of the host beyond its tools, as a typed value: doctor,
+/// apply's preflight and the install script reason about these, never about a
+/// kind's name or its raw fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostNeed {
+    /// A file a Debian package installs (headers a build includes).
+    File {
+        /// What it is, in the user's words (`libelf headers`).
+        what: String,
+        path: String,
+        package: String,
+    },
+    /// A readable Linux kernel in `/boot` (libguestfs builds its appliance from it).
+    HostKernel,
+    /// Root privileges (a mount, a chroot, device nodes).
+    Root,
+    /// The nbd kernel module (`qemu-nbd --connect`).
+    NbdModule,
+    /// KVM for a guest. It never stops a run unless [`KvmUse::Required`]: a boot
+    /// that only prefers KVM falls back to TCG.
+    Kvm(KvmUse),
+}
+
+/// How a boot uses KVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KvmUse {
+    /// KVM when a probe boot shows it works, else TCG (`accel: auto`).
+    Preferred,
+    /// KVM or nothing (`accel: kvm`).
+    Required,
+}
+
+/// One host need of one configured step, checked before anything runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
+    /// The typed need.
+    pub need: HostNeed,
     /// What is needed, in the user's words (`root`, `the nbd kernel module`).
     pub what: String,
-    /// Whether the host has it now.
+    /// Whether the host has it now, as far as a cheap check tells (a KVM need is
+    /// always present here: only a probe boot can tell, and `qflow doctor` runs it).
     pub present: bool,
     /// What to do when it is missing.
     pub fix: String,
+}
+
+/// Where a step reads a secret: a file or an environment variable, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SecretSource {
+    /// A host file, relative to the workflow's directory unless absolute.
+    File(String),
+    /// An environment variable of the `qflow` process.
+    Env(String),
+}
+
+/// A secret one step consumes: the field that names it and where it comes from.
+/// A bundle never packs a secret file, and its README asks for each of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretUse {
+    /// The field path (`root_password`, `login.password`).
+    pub field: String,
+    pub source: SecretSource,
+}
+
+/// What an output of a step is, for the commands that treat outputs differently
+/// (`qflow bundle` packs results and leaves machine state to `qflow apply`;
+/// `qflow verify` compares a differing disk image file by file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputRole {
+    /// A disk image (qcow2 or raw): machine state with a filesystem inside.
+    Image,
+    /// Other machine state (a memory snapshot, a checkpoint record): rebuilt, never bundled.
+    MachineState,
+    /// Data the step exists to produce for a person (what a guest run collected):
+    /// bundled whatever its size.
+    Result,
+    /// A log of what happened (a guest's console): bundled whatever its size.
+    Log,
+    /// A build product (a kernel, its config, a declared file of a command):
+    /// bundled when small, else rebuilt.
+    Artifact,
+}
+
+impl OutputRole {
+    /// Disk images and memory snapshots: `qflow apply` rebuilds them.
+    pub fn is_machine_state(self) -> bool {
+        matches!(self, OutputRole::Image | OutputRole::MachineState)
+    }
 }
 
 /// Context for validation, key material and `qflow plan`: no step has run yet.
@@ -131,34 +219,6 @@ impl CheckContext {
     }
 }
 
-/// Resolve `path` against `base` unless it is absolute.
-pub fn resolve_in(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
-}
-
-/// `to` relative to directory `from` (both absolute, already free of `..`), e.g.
-/// `../<hash>/image.qcow2` from a sibling output tree: references that survive
-/// moving the cache. Shared by the engine (`out/` links) and the kinds (qcow2
-/// backing files, checkpoint records).
-pub fn relative_to(from: &Path, to: &Path) -> PathBuf {
-    let from: Vec<_> = from.components().collect();
-    let to_c: Vec<_> = to.components().collect();
-    let common = from.iter().zip(&to_c).take_while(|(a, b)| a == b).count();
-    let mut rel = PathBuf::new();
-    for _ in common..from.len() {
-        rel.push("..");
-    }
-    for c in &to_c[common..] {
-        rel.push(c.as_os_str());
-    }
-    rel
-}
-
 /// The behaviour of one step kind, implemented by its typed fields struct.
 pub trait Step: std::fmt::Debug + Send + Sync {
     /// Steps named by typed reference fields (`image: base`). Each becomes an edge.
@@ -171,17 +231,40 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
-    /// Declared outputs, relative to the step's output directory. A step that
-    /// exits successfully without one of them fails.
-    fn outputs(&self) -> Vec<String>;
+    /// Declared outputs with their roles, relative to the step's output directory.
+    /// A step that exits successfully without one of them fails.
+    fn output_roles(&self) -> Vec<(String, OutputRole)>;
 
-    /// External programs the step runs; their versions enter the key.
+    /// Declared outputs, relative to the step's output directory.
+    fn outputs(&self) -> Vec<String> {
+        self.output_roles().into_iter().map(|(o, _)| o).collect()
+    }
+
+    /// The role of an output the step wrote (as the lock records it). A kind whose
+    /// outputs are named only when it runs (a download's `image.*`) says it here;
+    /// an output the step never declared is an [`OutputRole::Artifact`].
+    fn output_role(&self, output: &str) -> OutputRole {
+        self.output_roles()
+            .into_iter()
+            .find(|(o, _)| o == output)
+            .map(|(_, r)| r)
+            .unwrap_or(OutputRole::Artifact)
+    }
+
+    /// External programs the step runs; their versions enter the key. Each is
+    /// among its kind's [`StepFields::kind_tools`].
     fn tools(&self) -> Vec<Tool> {
         Vec::new()
     }
 
-    /// Other host requirements (root, kernel modules), checked before anything runs.
+    /// Host needs beyond tools (root, a kernel module, KVM), checked before
+    /// anything runs. Each need is among its kind's [`StepFields::kind_needs`].
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
+        Vec::new()
+    }
+
+    /// The secrets the step consumes (where they are read from, never their values).
+    fn secrets(&self) -> Vec<SecretUse> {
         Vec::new()
     }
 
@@ -228,12 +311,25 @@ pub trait StepKind: Send + Sync {
     fn schema(&self) -> serde_json::Value;
     /// Deserialize the fields (common fields already removed).
     fn parse(&self, fields: &serde_yaml::Value) -> Result<Box<dyn Step>, FieldError>;
+    /// Every tool a step of this kind may run, whatever its fields.
+    fn tools(&self) -> Vec<Tool>;
+    /// Every host need a step of this kind may have, whatever its fields.
+    fn needs(&self) -> Vec<HostNeed>;
 }
 
 /// Implemented by a kind's fields struct to register it with [`KindOf`].
 pub trait StepFields: Step + DeserializeOwned + schemars::JsonSchema + 'static {
     const KIND: &'static str;
     const SCHEMA_VERSION: u32;
+
+    /// Every tool a step of this kind may run, whatever its fields: what
+    /// `qflow doctor` checks with no workflow, and what the host install script
+    /// must provide. A configured step's [`Step::tools`] are a subset.
+    fn kind_tools() -> Vec<Tool>;
+
+    /// Every host need a step of this kind may have, whatever its fields.
+    /// A configured step's [`Step::requirements`] are a subset.
+    fn kind_needs() -> Vec<HostNeed>;
 }
 
 /// The [`StepKind`] of a [`StepFields`] type: `registry.add(KindOf::<Command>::new())`.
@@ -279,6 +375,14 @@ impl<T: StepFields> StepKind for KindOf<T> {
                 Err(FieldError::new(path, message))
             }
         }
+    }
+
+    fn tools(&self) -> Vec<Tool> {
+        T::kind_tools()
+    }
+
+    fn needs(&self) -> Vec<HostNeed> {
+        T::kind_needs()
     }
 }
 

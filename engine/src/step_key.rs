@@ -11,6 +11,8 @@
 //! Each item is length-prefixed, so no two different materials encode alike.
 //! Not in the key: `jobs` (parallelism does not change results), `cache`, and
 //! `after` ordering beyond the upstream outputs it adds.
+//!
+//! Imports nothing of the engine.
 
 use std::collections::BTreeMap;
 
@@ -22,10 +24,13 @@ pub const KEY_VERSION: &str = "qflow-step-key 1";
 /// Everything that enters one step's key, kept so `qflow plan` can diff it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyMaterial {
+    /// The step's `kind:`.
     pub kind: String,
+    /// The kind's schema version.
     pub schema_version: u32,
     /// Canonical JSON of the interpolated fields.
     pub fields: String,
+    /// `env:` values and the `${{ env.X }}` values read.
     pub env: BTreeMap<String, String>,
     /// Input label → digest.
     pub inputs: BTreeMap<String, Hash>,
@@ -47,6 +52,7 @@ pub fn put_tagged(h: &mut blake3::Hasher, tag: &str, value: &[u8]) {
 }
 
 impl KeyMaterial {
+    /// The step key: the blake3 of all of it, versioned.
     pub fn key(&self) -> Hash {
         let mut h = blake3::Hasher::new();
         let mut put = |tag: &str, value: &[u8]| put_tagged(&mut h, tag, value);

@@ -1,5 +1,7 @@
 //! Phase timings for profiling qflow itself: `QFLOW_TIMINGS=1 qflow apply`
 //! prints how long loading, hashing, scheduling and recording took.
+//!
+//! Imports nothing of the engine.
 
 use std::sync::Mutex;
 use std::time::Instant;

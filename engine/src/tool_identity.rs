@@ -4,6 +4,8 @@
 //! milliseconds per tool, so identities are cached by the resolved binary's
 //! path, size, mtime and inode: an upgrade changes those and the version is
 //! asked again.
+//!
+//! Imports `step` (for [`Tool`]).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -31,6 +33,7 @@ pub struct ToolIdentities {
 }
 
 impl ToolIdentities {
+    /// The identities remembered at `path` (none if unreadable).
     pub fn load(path: &Path) -> Self {
         let known = std::fs::read(path)
             .ok()
@@ -80,6 +83,7 @@ impl ToolIdentities {
         Ok(identity)
     }
 
+    /// Write the identities back if any changed.
     pub fn save(&mut self) -> anyhow::Result<()> {
         if self.dirty {
             qflow_cache::write_atomic(&self.path, &serde_json::to_vec_pretty(&self.known)?)?;

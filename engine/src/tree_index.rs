@@ -21,6 +21,9 @@
 //! One file per (root, excluded names) in the cache's `tree-index/`, named by
 //! the blake3 of both, in a small binary format written atomically. File names
 //! are stored NUL-terminated, so the check passes them to the kernel in place.
+//!
+//! Imports `input_entry`, `tree_walk` and `stat_cache`; not `inputs`, which imports
+//! it.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -30,7 +33,7 @@ use std::path::{Path, PathBuf};
 use qflow_cache::Hash;
 use rayon::prelude::*;
 
-use crate::inputs::InputEntry;
+use crate::input_entry::InputEntry;
 use crate::stat_cache::{FileStat, RACY_WINDOW_NS, take};
 
 const MAGIC: &[u8] = b"qflow-tree-index 1\n";
@@ -334,7 +337,7 @@ mod tests {
                 entries.push((rel, entry));
                 stats.push(stat);
             }
-            let digest = crate::inputs::digest_of(&entries);
+            let digest = crate::input_entry::digest_of(&entries);
             let walked_at = crate::stat_cache::now_ns() - age_ns;
             write(
                 &self.index(),

@@ -8,6 +8,8 @@
 //! sorted by name bytes, a directory followed by its contents (as walkdir's
 //! `sort_by_file_name`). Directories and symlinks come with their own stat too:
 //! the tree index (`tree_index.rs`) records them to prove a tree unchanged later.
+//!
+//! Imports `stat_cache`.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -21,6 +23,7 @@ use crate::stat_cache::FileStat;
 /// One entry below the walked root.
 #[derive(Debug)]
 pub enum WalkEntry {
+    /// A regular file: its path and stat.
     File(PathBuf, FileStat),
     /// The link's target and the link's own stat.
     Symlink(String, FileStat),
@@ -30,6 +33,7 @@ pub enum WalkEntry {
 
 /// A walked tree: the root directory's stat and every entry below it.
 pub struct Walk {
+    /// The root directory's stat.
     pub root: FileStat,
     /// (path relative to the root, entry) in walk order.
     pub entries: Vec<(String, WalkEntry)>,

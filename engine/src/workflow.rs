@@ -5,12 +5,17 @@
 //! steps and vars, outputs escaping the output directory, inputs that do not
 //! exist, cycles. Every problem is collected with its `file:line:column`, so a
 //! user fixes them all in one pass.
+//!
+//! Imports `dag`, `diagnostic`, `interpolate`, `source_map`, `glob`, `paths`,
+//! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
+//! holds `Workflow::load`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
 
+use crate::dag::{Dag, StepId};
 use crate::diagnostic::{Diagnostics, did_you_mean};
 use crate::interpolate::{self, Expr};
 use crate::source_map::Position;
@@ -37,7 +42,9 @@ pub struct Workflow {
     pub path: PathBuf,
     /// Its directory: the working directory of steps and the base of relative paths.
     pub dir: PathBuf,
+    /// Its name (`name:`, else the file's stem).
     pub name: String,
+    /// `vars:` after `--set` overrides.
     pub vars: BTreeMap<String, String>,
     /// The steps in file order.
     pub steps: Vec<StepDecl>,
@@ -46,8 +53,11 @@ pub struct Workflow {
 /// One step of a workflow, validated.
 #[derive(Debug)]
 pub struct StepDecl {
+    /// The step's name.
     pub name: String,
+    /// Its `kind:`.
     pub kind: String,
+    /// The kind's schema version.
     pub schema_version: u32,
     /// Upstream steps and why, in first-mention order, without duplicates.
     pub upstream: Vec<(String, EdgeReason)>,
@@ -76,6 +86,7 @@ impl StepDecl {
             .get_or_init(|| crate::step_key::canonical_json(&self.fields))
     }
 
+    /// The names of its upstream steps.
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
@@ -211,53 +222,10 @@ pub struct LoadOptions {
 }
 
 impl Workflow {
-    /// Load and validate `path`. Problems in the workflow come back as an
-    /// [`InvalidWorkflow`] inside the error (the binary exits 2 on it).
-    pub fn load(
-        path: &Path,
-        registry: &Registry,
-        options: &LoadOptions,
-    ) -> anyhow::Result<Workflow> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let d = crate::diagnostic::Diagnostic {
-                    file: path.to_path_buf(),
-                    position: None,
-                    field: String::new(),
-                    message: format!(
-                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
-                        path.display()
-                    ),
-                };
-                return Err(crate::diagnostic::InvalidWorkflow {
-                    diagnostics: vec![d],
-                }
-                .into());
-            }
-        };
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let memo = options.memo_cache.as_ref().map(|cache| {
-            (
-                crate::workflow_memo::memo_path(cache, &path),
-                crate::workflow_memo::MemoKey::new(&path, &text, &options.set),
-            )
-        });
-        if let Some((memo, key)) = &memo
-            && let Some(workflow) = crate::workflow_memo::recall(memo, key, &path, registry)
-        {
-            crate::timings::mark("recall workflow memo");
-            return Ok(workflow);
-        }
-        let workflow = Self::load_text(path, &text, registry, options)?;
-        if let Some((memo, key)) = &memo {
-            crate::workflow_memo::remember(memo, key, &workflow);
-        }
-        Ok(workflow)
-    }
-
-    /// Parse and validate `text`, the content of the workflow at `path` (absolute).
-    fn load_text(
+    /// Parse and validate `text`, the content of the workflow at `path`
+    /// (absolute). [`Workflow::load`] (in `workflow_memo.rs`) reads the file
+    /// and asks the memo first.
+    pub fn load_text(
         path: PathBuf,
         text: &str,
         registry: &Registry,
@@ -267,7 +235,7 @@ impl Workflow {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let shown = display_path(&path);
+        let shown = crate::paths::shown(&path);
         let mut diags = Diagnostics::new(&shown, text);
 
         let doc: Value = match serde_yaml::from_str(text) {
@@ -441,18 +409,55 @@ impl Workflow {
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);
-            crate::dag::check_cycles(&workflow, &mut diags);
+            workflow.check_cycles(&mut diags);
         }
         diags.finish().map_err(anyhow::Error::from)?;
         Ok(workflow)
     }
 
+    /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepDecl> {
         self.steps.iter().find(|s| s.name == name)
     }
 
+    /// The index of the step named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// The DAG of the steps: edges from `after`, `${{ steps.X }}` and typed
+    /// reference fields.
+    pub fn dag(&self) -> Dag {
+        // By name, not `Workflow::index_of`: a scan per edge is quadratic in steps.
+        let index: std::collections::HashMap<&str, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let edges = self.steps.iter().enumerate().flat_map(|(i, s)| {
+            let index = &index;
+            s.upstream_names()
+                .filter_map(move |up| index.get(up).map(|&j| (StepId(j), StepId(i))))
+        });
+        Dag::new(self.steps.len(), edges)
+    }
+
+    /// Report each cycle, naming its steps in order (`a → b → c → a`).
+    fn check_cycles(&self, diags: &mut Diagnostics) {
+        for cycle in self.dag().cycles() {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|i| self.steps[i.index()].name.as_str())
+                .collect();
+            diags.at(
+                &format!("steps.{}", names[0]),
+                format!(
+                    "the steps form a cycle: {}; remove one of these dependencies",
+                    names.join(" → ")
+                ),
+            );
+        }
     }
 
     /// `${{ steps.X.OUT }}` must name one of X's declared outputs (or a path inside one).
@@ -517,17 +522,6 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// A path as the user will recognise it: relative to the current directory when inside it.
-fn display_path(p: &Path) -> PathBuf {
-    match std::env::current_dir() {
-        Ok(cwd) => p
-            .strip_prefix(&cwd)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|_| p.to_path_buf()),
-        Err(_) => p.to_path_buf(),
-    }
 }
 
 /// The workflow's step names, in file order and as a set: every edge is checked

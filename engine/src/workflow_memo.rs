@@ -21,6 +21,10 @@
 //! one per workflow file, replaced on every miss; only a cache directory that
 //! already exists gets one. It is written only when it reads back equal to what
 //! it memoizes (YAML values JSON cannot carry, such as tags, are never memoized).
+//!
+//! [`Workflow::load`] lives here: read the file, recall its memo, else parse
+//! and validate it (`workflow.rs`) and remember the result. Imports
+//! `workflow`, `step`, `step_key` and `glob`; `workflow.rs` does not import it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -29,7 +33,56 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::step::{CheckContext, Input, Registry};
-use crate::workflow::{EdgeReason, StepDecl, Workflow, check_input_exists, check_output_path};
+use crate::workflow::{
+    EdgeReason, LoadOptions, StepDecl, Workflow, check_input_exists, check_output_path,
+};
+
+impl Workflow {
+    /// Load and validate `path`. Problems in the workflow come back as an
+    /// [`InvalidWorkflow`](crate::diagnostic::InvalidWorkflow) inside the error (the binary exits 2 on it).
+    pub fn load(
+        path: &Path,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> anyhow::Result<Workflow> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                let d = crate::diagnostic::Diagnostic {
+                    file: path.to_path_buf(),
+                    position: None,
+                    field: String::new(),
+                    message: format!(
+                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
+                        path.display()
+                    ),
+                };
+                return Err(crate::diagnostic::InvalidWorkflow {
+                    diagnostics: vec![d],
+                }
+                .into());
+            }
+        };
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let memo = options.memo_cache.as_ref().map(|cache| {
+            (
+                memo_path(cache, &path),
+                MemoKey::new(&path, &text, &options.set),
+            )
+        });
+        if let Some((memo, key)) = &memo
+            && let Some(workflow) = recall(memo, key, &path, registry)
+        {
+            crate::timings::mark("recall workflow memo");
+            return Ok(workflow);
+        }
+        let workflow = Self::load_text(path, &text, registry, options)?;
+        if let Some((memo, key)) = &memo {
+            remember(memo, key, &workflow);
+        }
+        Ok(workflow)
+    }
+}
 
 /// Bump when the memo's content or meaning changes.
 const MEMO_VERSION: &str = "qflow-workflow-memo 2";
@@ -283,8 +336,8 @@ mod tests {
         fn inputs(&self) -> Vec<crate::step::Input> {
             vec![crate::step::Input::new("from", self.from.clone())]
         }
-        fn outputs(&self) -> Vec<String> {
-            vec![self.to.clone()]
+        fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
+            vec![(self.to.clone(), crate::OutputRole::Artifact)]
         }
         fn run(&self, _ctx: &mut crate::RunContext) -> anyhow::Result<()> {
             anyhow::bail!("these tests only load workflows")
@@ -294,6 +347,12 @@ mod tests {
     impl crate::step::StepFields for Copy {
         const KIND: &'static str = "copy";
         const SCHEMA_VERSION: u32 = 1;
+        fn kind_tools() -> Vec<crate::Tool> {
+            Vec::new()
+        }
+        fn kind_needs() -> Vec<crate::HostNeed> {
+            Vec::new()
+        }
     }
 
     fn registry() -> Registry {

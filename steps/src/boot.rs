@@ -1,9 +1,9 @@
 //! The `boot` kind: boot a kernel and images in QEMU, run commands on the serial
 //! console, and keep what they produced.
 //!
-//! This is the seed's "Booting QEMU with the New Kernel" through "Memory Snapshots"
+//! This is the hand recipe's "Booting QEMU with the New Kernel" through "Memory Snapshots"
 //! as one declarative step: the QEMU command line comes from typed fields in the
-//! seed's own order ([`command_line`]), the console is automated through a socket
+//! recipe's own order ([`command_line`]), the console is automated through a socket
 //! with framed commands ([`serial_console`]), QEMU is controlled over QMP ([`qmp`]),
 //! `accel: auto` probes KVM instead of trusting `/dev/kvm` ([`accel`]), and a
 //! booted guest can be saved as a cached checkpoint that many runs restore in
@@ -69,10 +69,14 @@ mod source;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, StepRef, Tool};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, KvmUse, OutputRole, Requirement, RunContext, SecretUse,
+    Step, StepFields, StepRef, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::qemu_img;
 use checkpoint::{MEMORY_SNAPSHOT, RECORD};
 use command_line::AccelName;
 use guest_run::{COMMANDS_JSON, CONSOLE_LOG, QEMU_LOG, collected_name};
@@ -82,7 +86,7 @@ use source::{Source, source};
 pub use duration::parse_duration;
 pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, Scalar, Terminal};
 
-/// The seed's kernel command line.
+/// The hand recipe's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
 const DEFAULT_MEMORY: &str = "512";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -162,6 +166,26 @@ pub struct Boot {
 impl StepFields for Boot {
     const KIND: &'static str = "boot";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        vec![qemu(), qemu_img::tool(), debugfs()]
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![
+            HostNeed::Kvm(KvmUse::Preferred),
+            HostNeed::Kvm(KvmUse::Required),
+        ]
+    }
+}
+
+fn qemu() -> Tool {
+    Tool::new(command_line::QEMU, &["--version"], "qemu-system-x86")
+}
+
+/// `debugfs`, which reads collected files out of a disk image.
+fn debugfs() -> Tool {
+    Tool::new("debugfs", &["-V"], "e2fsprogs")
 }
 
 impl Boot {
@@ -195,20 +219,51 @@ impl Boot {
 
     /// The outputs of one run, relative to that run's directory.
     fn run_outputs(&self) -> Vec<String> {
+        self.run_output_roles()
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect()
+    }
+
+    /// The outputs of one run with their roles: the console and QEMU logs and the
+    /// commands' record, what `collect:` copied out (the run's results), the kept
+    /// disk overlays and a checkpoint's memory and record (machine state).
+    fn run_output_roles(&self) -> Vec<(String, OutputRole)> {
         let mut out = vec![
-            CONSOLE_LOG.to_string(),
-            COMMANDS_JSON.to_string(),
-            QEMU_LOG.to_string(),
+            (CONSOLE_LOG.to_string(), OutputRole::Log),
+            (COMMANDS_JSON.to_string(), OutputRole::Log),
+            (QEMU_LOG.to_string(), OutputRole::Log),
         ];
-        out.extend(self.collect.iter().map(|c| collected_name(c.path())));
+        out.extend(
+            self.collect
+                .iter()
+                .map(|c| (collected_name(c.path()), OutputRole::Result)),
+        );
         if self.writes_kept() {
-            out.extend(self.overlay_names());
+            out.extend(
+                self.overlay_names()
+                    .into_iter()
+                    .map(|o| (o, OutputRole::Image)),
+            );
         }
         if self.checkpoint {
-            out.push(MEMORY_SNAPSHOT.to_string());
-            out.push(RECORD.to_string());
+            out.push((MEMORY_SNAPSHOT.to_string(), OutputRole::MachineState));
+            out.push((RECORD.to_string(), OutputRole::MachineState));
         }
         out
+    }
+
+    /// How this boot may use KVM: not at all when it asks for TCG, needs a
+    /// TCG-only feature (`icount`, `plugins`) or restores a checkpoint (which runs
+    /// under its checkpoint's accelerator).
+    fn kvm_use(&self) -> Option<KvmUse> {
+        match self.accel {
+            Some(AccelChoice::Kvm) => Some(KvmUse::Required),
+            Some(AccelChoice::Tcg) => None,
+            Some(AccelChoice::Auto) | None => (self.needs_tcg().is_none()
+                && self.from_checkpoint.is_none())
+            .then_some(KvmUse::Preferred),
+        }
     }
 
     fn disk_count(&self) -> usize {
@@ -236,33 +291,59 @@ impl Step for Boot {
         refs
     }
 
-    fn outputs(&self) -> Vec<String> {
-        let per_run = self.run_outputs();
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        let per_run = self.run_output_roles();
         let mut out = Vec::new();
         for (label, _) in self.runs() {
-            for o in &per_run {
-                out.push(match &label {
-                    Some(l) => format!("{l}/{o}"),
-                    None => o.clone(),
-                });
+            for (o, role) in &per_run {
+                out.push((
+                    match &label {
+                        Some(l) => format!("{l}/{o}"),
+                        None => o.clone(),
+                    },
+                    *role,
+                ));
             }
         }
         out
     }
 
     fn tools(&self) -> Vec<Tool> {
-        let mut tools = vec![Tool::new(
-            command_line::QEMU,
-            &["--version"],
-            "qemu-system-x86",
-        )];
+        let mut tools = vec![qemu()];
         if self.writes_kept() {
-            tools.push(Tool::new("qemu-img", &["--version"], "qemu-utils"));
+            tools.push(qemu_img::tool());
         }
         if self.collect.iter().any(|c| matches!(c, Collect::Disk(_))) {
-            tools.push(Tool::new("debugfs", &["-V"], "e2fsprogs"));
+            tools.push(debugfs());
         }
         tools
+    }
+
+    /// KVM, when the boot may use it: `qflow doctor` probes it; it never stops a
+    /// run here (a preferred KVM falls back to TCG; a required one fails when QEMU
+    /// starts).
+    fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
+        self.kvm_use()
+            .map(|kvm| {
+                let need = HostNeed::Kvm(kvm);
+                Requirement {
+                    what: "KVM".into(),
+                    present: crate::host::has(&need),
+                    need,
+                    fix:
+                        "use `accel: auto` or `accel: tcg` on a host where KVM cannot boot a guest"
+                            .into(),
+                }
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn secrets(&self) -> Vec<SecretUse> {
+        self.login
+            .iter()
+            .filter_map(|l| l.password.used_as("login.password"))
+            .collect()
     }
 
     fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
@@ -374,6 +455,12 @@ impl Step for Boot {
         }
     }
 
+    /// A matrix's runs beyond the first take their slots as tokens of the
+    /// jobserver the engine gives the step.
+    fn uses_jobserver(&self) -> bool {
+        self.runs().len() > 1
+    }
+
     fn default_jobs(&self) -> usize {
         self.runs().len().clamp(1, 2)
     }
@@ -418,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issues_example_parses_and_checks() {
+    fn a_step_using_every_field_parses_checks_keys_and_plans() {
         let dir = std::env::temp_dir().join(format!("qflow-boot-check-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("secrets")).unwrap();
         std::fs::write(dir.join("secrets/root-password"), "pw\n").unwrap();

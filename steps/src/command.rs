@@ -4,7 +4,9 @@
 //! output directory, and with qflow's make jobserver in `MAKEFLAGS`, so a `make`
 //! it starts stays within the step's `jobs` slots.
 
-use qflow_engine::{CheckContext, FieldError, Input, RunContext, Step, StepFields};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, Input, OutputRole, RunContext, Step, StepFields, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -25,6 +27,33 @@ pub struct Command {
 impl StepFields for Command {
     const KIND: &'static str = "command";
     const SCHEMA_VERSION: u32 = 1;
+
+    /// A command runs the user's own programs: qflow provides none.
+    fn kind_tools() -> Vec<Tool> {
+        Vec::new()
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        Vec::new()
+    }
+}
+
+/// The role of an output a user named: a command can write anything, so a disk
+/// image or a memory snapshot is told by its conventional name (`image.*`,
+/// `*.qcow2`, `*.raw`, `*.img`; `*.snapshot`), and everything else is an artifact.
+fn role_by_name(output: &str) -> OutputRole {
+    let name = output.rsplit('/').next().unwrap_or(output);
+    if name.starts_with("image.")
+        || [".qcow2", ".raw", ".img"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+    {
+        OutputRole::Image
+    } else if name.ends_with(".snapshot") {
+        OutputRole::MachineState
+    } else {
+        OutputRole::Artifact
+    }
 }
 
 impl Step for Command {
@@ -36,8 +65,11 @@ impl Step for Command {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        self.outputs.clone()
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        self.outputs
+            .iter()
+            .map(|o| (o.clone(), role_by_name(o)))
+            .collect()
     }
 
     fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {

@@ -1,4 +1,4 @@
-//! The `customize` kind: the seed's hand customization of a system image
+//! The `customize` kind: the hand customization of a system image
 //! (root password, packages, no unattended upgrades, files, guest commands) as a step.
 //!
 //! It never touches the upstream image: its output is a qcow2 overlay whose backing
@@ -28,7 +28,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use qflow_engine::{
-    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, StepRef, Tool,
+    CheckContext, FieldError, HostNeed, Input, OutputRole, Requirement, RunContext, SecretUse,
+    Step, StepFields, StepRef, Tool,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -97,11 +98,34 @@ pub struct WriteFile {
 
 impl StepFields for Customize {
     const KIND: &'static str = "customize";
-    // 2: bit-identical images (a normalized tree; for customize, rebuilt from it).
+    // 2: bit-identical images (rebuilt from the customized, normalized tree).
     const SCHEMA_VERSION: u32 = 2;
+
+    /// `virt-customize`, and `supermin`, which libguestfs runs to build its appliance;
+    /// `guestfish`, `sfdisk` and e2fsprogs rebuild the image from its tree.
+    fn kind_tools() -> Vec<Tool> {
+        let mut tools = tools();
+        tools.push(Tool::new("supermin", &["--version"], "supermin"));
+        tools
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::HostKernel]
+    }
 }
 
-/// What `purge_unattended_upgrades` writes: the seed's switches, in both files the seed names.
+/// The programs every customize step may run.
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new("virt-customize", &["--version"], "libguestfs-tools"),
+        Tool::new("guestfish", &["--version"], "libguestfs-tools"),
+        Tool::new("mke2fs", &["-V"], "e2fsprogs"),
+        Tool::new("sfdisk", &["--version"], "fdisk"),
+        qemu_img::tool(),
+    ]
+}
+
+/// What `purge_unattended_upgrades` writes: the recipe's switches, in both files it names.
 const APT_PERIODIC_OFF: &str =
     "APT::Periodic::Update-Package-Lists \"0\";\nAPT::Periodic::Unattended-Upgrade \"0\";\n";
 const APT_PERIODIC_FILES: [&str; 2] = [
@@ -242,30 +266,29 @@ impl Step for Customize {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![QCOW2_IMAGE.to_string()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(QCOW2_IMAGE.to_string(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
-        vec![
-            Tool::new("virt-customize", &["--version"], "libguestfs-tools"),
-            qemu_img::tool(),
-        ]
+        tools()
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
-        // supermin builds libguestfs's appliance from the host's own kernel.
-        let kernel = std::fs::read_dir("/boot")
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz"))
-            })
-            .unwrap_or(false);
+        let need = HostNeed::HostKernel;
         vec![Requirement {
             what: "a Linux kernel in /boot for libguestfs's appliance".into(),
-            present: kernel,
+            present: crate::host::has(&need),
+            need,
             fix: "install one: `apt-get install linux-image-amd64` (supermin builds the appliance from it)".into(),
         }]
+    }
+
+    fn secrets(&self) -> Vec<SecretUse> {
+        self.root_password
+            .iter()
+            .filter_map(|s| s.used_as("root_password"))
+            .collect()
     }
 
     fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
@@ -351,10 +374,13 @@ impl Step for Customize {
             Some(Path::new("<0600 password file>")),
         ));
         vec![
-            format!(
-                "qemu-img create -f qcow2 -b ../<{}>/image.* -F <format> {QCOW2_IMAGE}",
-                self.image
-            ),
+            qemu_img::overlay_argv(
+                &format!("../<{}>/image.*", self.image),
+                "<format>",
+                QCOW2_IMAGE,
+                None,
+            )
+            .join(" "),
             quote(&vc),
             "when the upstream disk is one ext4 partition and qflow runs as root: the above on a \
              scratch overlay, then guestfish tar-out, mke2fs -d over a copy of the upstream disk, \
@@ -367,7 +393,7 @@ impl Step for Customize {
         let upstream = upstream_image(ctx, &self.image)?;
         let format = qemu_img::info(ctx, &upstream)?.format.name().to_string();
         let out = ctx.out_dir().join(QCOW2_IMAGE);
-        let backing = relative_path(ctx.out_dir(), &upstream)?;
+        let backing = PathBuf::from(qemu_img::backing_reference(ctx.out_dir(), &upstream)?);
 
         ctx.progress("reading the upstream disk's layout");
         let scratch = rebuild::Scratch::new(ctx.state_dir())?;
@@ -388,7 +414,7 @@ impl Step for Customize {
                 ctx.log(&format!(
                     "customizing in place (the image will not be bit-identical between builds): {why:#}"
                 ));
-                self.run_in_place(ctx, &format, &out, &backing)
+                self.run_in_place(ctx, &upstream)
             }
         }
     }
@@ -454,23 +480,12 @@ impl Customize {
     }
 
     /// The old way: virt-customize on the output overlay itself.
-    fn run_in_place(
-        &self,
-        ctx: &mut RunContext,
-        format: &str,
-        out: &Path,
-        backing: &Path,
-    ) -> anyhow::Result<()> {
+    fn run_in_place(&self, ctx: &mut RunContext, upstream: &Path) -> anyhow::Result<()> {
         ctx.progress("creating the overlay");
-        let mut create = ctx.command("qemu-img");
-        create
-            .args(["create", "-q", "-f", "qcow2", "-b"])
-            .arg(backing)
-            .args(["-F", format])
-            .arg(out);
-        ctx.run(create)?;
+        let out_dir = ctx.out_dir().to_path_buf();
+        let out = qemu_img::create_overlay(ctx, &out_dir, QCOW2_IMAGE, upstream)?;
         let upload_dir = ctx.state_dir().join("upload");
-        self.virt_customize(ctx, out, &upload_dir, self.root_password.as_ref(), true)
+        self.virt_customize(ctx, &out, &upload_dir, self.root_password.as_ref(), true)
     }
 
     /// The root password's value (a `random` one is kept in the state directory).
@@ -609,16 +624,6 @@ fn explain_libguestfs_failure(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// The path of `target` relative to directory `from` (both made absolute and free of
-/// `..` first), e.g. `../<hash>/image.qcow2` from a sibling tree.
-pub fn relative_path(from: &Path, target: &Path) -> anyhow::Result<PathBuf> {
-    let from = std::fs::canonicalize(from)
-        .with_context(|| format!("cannot resolve {}", from.display()))?;
-    let target = std::fs::canonicalize(target)
-        .with_context(|| format!("cannot resolve {}", target.display()))?;
-    Ok(qflow_engine::step::relative_to(&from, &target))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,7 +641,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_parses_and_checks() {
+    fn a_step_using_every_field_parses_and_checks() {
         let dir =
             std::env::temp_dir().join(format!("qflow-customize-check-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("bench")).unwrap();
@@ -735,21 +740,6 @@ mod tests {
             Some("Installing packages: numactl")
         );
         assert_eq!(progress_of("Reading package lists..."), None);
-    }
-
-    #[test]
-    fn a_sibling_tree_is_reached_by_a_relative_path() {
-        let base = std::env::temp_dir().join(format!("qflow-rel-{}", std::process::id()));
-        std::fs::create_dir_all(base.join("trees/abc")).unwrap();
-        std::fs::create_dir_all(base.join("trees/.tmp-1")).unwrap();
-        std::fs::write(base.join("trees/abc/image.qcow2"), "").unwrap();
-        let rel = relative_path(
-            &base.join("trees/.tmp-1"),
-            &base.join("trees/abc/image.qcow2"),
-        )
-        .unwrap();
-        assert_eq!(rel, Path::new("../abc/image.qcow2"));
-        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! login on `ttyS0`, QEMU's user-network DNS), and written into partition 1 of a raw
 //! disk without mounting anything: `sfdisk` lays out one ext4 partition at 1 MiB,
 //! `mke2fs -d TREE -E offset=1048576` fills it, and `qemu-img convert` makes the
-//! qcow2 output. So the seed's `-hda image -append "root=/dev/sda1"` boots it (with a
+//! qcow2 output. So the recipe's `-hda image -append "root=/dev/sda1"` boots it (with a
 //! kernel that has ext4 and ATA built in, or with `kernel: true` and its initrd).
 //!
 //! Reproducibility: two clean builds from the same mirror state give the same bytes.
@@ -26,7 +26,9 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use qflow_engine::{CheckContext, FieldError, Requirement, RunContext, Step, StepFields, Tool};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, OutputRole, Requirement, RunContext, Step, StepFields, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -73,8 +75,27 @@ fn default_hostname() -> String {
 
 impl StepFields for Debootstrap {
     const KIND: &'static str = "debootstrap";
-    // 2: bit-identical images (a normalized tree; for customize, rebuilt from it).
+    // 2: bit-identical images (a normalized tree written in a fixed layout).
     const SCHEMA_VERSION: u32 = 2;
+
+    fn kind_tools() -> Vec<Tool> {
+        tools()
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::Root]
+    }
+}
+
+/// The programs every debootstrap step runs.
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new("debootstrap", &["--version"], "debootstrap"),
+        Tool::new("mke2fs", &["-V"], "e2fsprogs"),
+        Tool::new("sfdisk", &["--version"], "fdisk"),
+        Tool::new("dpkg-query", &["--version"], "dpkg"),
+        qemu_img::tool(),
+    ]
 }
 
 const VARIANTS: [&str; 3] = ["minbase", "buildd", "fakechroot"];
@@ -169,30 +190,24 @@ impl Debootstrap {
 }
 
 impl Step for Debootstrap {
-    fn outputs(&self) -> Vec<String> {
-        let mut o = vec![QCOW2_IMAGE.to_string()];
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        let mut o = vec![(QCOW2_IMAGE.to_string(), OutputRole::Image)];
         if self.kernel {
-            o.extend(["vmlinuz".to_string(), "initrd.img".to_string()]);
+            o.push(("vmlinuz".to_string(), OutputRole::Artifact));
+            o.push(("initrd.img".to_string(), OutputRole::Artifact));
         }
         o
     }
 
     fn tools(&self) -> Vec<Tool> {
-        vec![
-            Tool::new("debootstrap", &["--version"], "debootstrap"),
-            Tool::new("mke2fs", &["-V"], "e2fsprogs"),
-            Tool::new("sfdisk", &["--version"], "fdisk"),
-            Tool::new("dpkg-query", &["--version"], "dpkg"),
-            qemu_img::tool(),
-        ]
+        tools()
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
-        // SAFETY: geteuid(2) has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
         vec![Requirement {
+            need: HostNeed::Root,
             what: "root (debootstrap chroots and creates device nodes)".into(),
-            present: root,
+            present: crate::host::is_root(),
             fix: "run `qflow apply` as root (e.g. `sudo -E qflow apply`), or build the base image elsewhere \
                   and use it through a `download` or `image` step"
                 .into(),
@@ -710,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_checks() {
+    fn a_step_using_every_field_checks() {
         check(
             "suite: bookworm\nmirror: http://mirror.example.org/debian\nvariant: minbase\n\
              include: [systemd-sysv, udev, openssh-server]\nsize: 4G\n",

@@ -1,6 +1,6 @@
 //! The `image` kind: make a disk image with `qemu-img` — create an empty one,
 //! derive one from an upstream step's image, convert, grow, downgrade, and prune
-//! internal snapshots (the seed's "Data Disk" and "Converting Image" recipes).
+//! internal snapshots (the recipe's "Data Disk" and "Converting Image" recipes).
 //!
 //! Deriving is a qcow2 overlay by default: the new image names the upstream
 //! image as its backing file (`-b`, with `-F` giving the format so qemu never
@@ -25,7 +25,9 @@
 
 use anyhow::{Context as _, bail};
 use qflow_engine::context::quote_arg;
-use qflow_engine::{CheckContext, FieldError, RunContext, Step, StepFields, StepRef, Tool};
+use qflow_engine::{
+    CheckContext, FieldError, HostNeed, OutputRole, RunContext, Step, StepFields, StepRef, Tool,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -199,16 +201,12 @@ impl Image {
                 if let (Some(want), Some(have)) = (size, up.virtual_size) {
                     check_no_shrink(want, have)?;
                 }
-                let mut c = vec![s("qemu-img"), s("create"), s("-f"), s("qcow2")];
-                c.extend([
-                    s("-b"),
-                    up.backing.clone(),
-                    s("-F"),
-                    s(up.format.name()),
-                    s(out),
-                ]);
-                c.extend(size.map(|size| size.arg()));
-                cmds.push(c);
+                cmds.push(qemu_img::overlay_argv(
+                    &up.backing,
+                    up.format.name(),
+                    out,
+                    size,
+                ));
                 size.map(|size| size.bytes()).or(up.virtual_size)
             }
             (Base::Copy, Some(up)) => {
@@ -295,6 +293,19 @@ fn check_no_shrink(want: Size, have: u64) -> anyhow::Result<bool> {
 impl StepFields for Image {
     const KIND: &'static str = "image";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        vec![qemu_img::tool(), cp()]
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        Vec::new()
+    }
+}
+
+/// `cp`, for a copy of the base image to edit in place.
+fn cp() -> Tool {
+    Tool::new("cp", &["--version"], "coreutils")
 }
 
 impl Step for Image {
@@ -305,15 +316,15 @@ impl Step for Image {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![self.out_format().file_name()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(self.out_format().file_name(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
         let mut tools = vec![qemu_img::tool()];
         if self.from.is_some() && (self.compat.is_some() || !self.snapshots_to_delete().is_empty())
         {
-            tools.push(Tool::new("cp", &["--version"], "coreutils"));
+            tools.push(cp());
         }
         tools
     }
@@ -415,10 +426,10 @@ impl Step for Image {
                         "upstream image is {f}; the overlay records `-F {f}`"
                     ));
                 }
-                let backing = image_file::backing_reference(ctx.out_dir(), &path)?;
+                let backing = qemu_img::backing_reference(ctx.out_dir(), &path)?;
                 Some(Upstream {
                     path: path.to_string_lossy().into_owned(),
-                    backing: backing.to_string_lossy().into_owned(),
+                    backing,
                     has_backing_file: info.backing_file.is_some(),
                     format: info.format,
                     virtual_size: Some(info.virtual_size),

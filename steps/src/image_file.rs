@@ -5,13 +5,10 @@
 //! `image.raw`). A downstream step finds it with [`upstream_image`] and never
 //! trusts the extension for the format: it asks `qemu-img info`.
 //!
-//! A step that derives a qcow2 overlay from an upstream image names its backing
-//! file with [`backing_reference`]: a path relative to the overlay's directory
-//! (`../<upstream tree>/image.qcow2`), which resolves while the step runs in
-//! `<cache>/trees/.tmp-XXX/`, after the rename to `<cache>/trees/<hash>/`, and
-//! after the whole cache directory moves.
+//! A step that derives a qcow2 overlay from an upstream image makes it with
+//! [`crate::qemu_img::create_overlay`], which names the backing file relatively.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use qflow_engine::RunContext;
@@ -43,47 +40,16 @@ pub fn upstream_image(ctx: &RunContext, step: &str) -> anyhow::Result<PathBuf> {
     image_in(dir).with_context(|| format!("step `{step}` does not produce a disk image"))
 }
 
-/// The backing-file reference for an overlay created in `out_dir` over `image`:
-/// `image` relative to `out_dir` (both must exist), for `qemu-img create -b REF -F FMT`.
-///
-/// ```ignore
-/// let base = upstream_image(ctx, "base")?;
-/// let reference = backing_reference(ctx.out_dir(), &base)?; // ../<hash>/image.qcow2
-/// ```
-pub fn backing_reference(out_dir: &Path, image: &Path) -> anyhow::Result<PathBuf> {
-    let dir = out_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", out_dir.display()))?;
-    let target = image
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", image.display()))?;
-    let d: Vec<Component> = dir.components().collect();
-    let t: Vec<Component> = target.components().collect();
-    let common = d.iter().zip(&t).take_while(|(a, b)| a == b).count();
-    let mut rel = PathBuf::new();
-    for _ in common..d.len() {
-        rel.push("..");
-    }
-    for c in &t[common..] {
-        rel.push(c.as_os_str());
-    }
-    Ok(rel)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_sibling_tree_is_reached_through_its_parent() {
+    fn the_image_of_a_step_is_its_one_image_output() {
         let root = std::env::temp_dir().join(format!("qflow-image-file-{}", std::process::id()));
         let base = root.join("trees/abc");
-        let out = root.join("trees/.tmp-1");
         std::fs::create_dir_all(&base).unwrap();
-        std::fs::create_dir_all(&out).unwrap();
         std::fs::write(base.join("image.qcow2"), "").unwrap();
-        let reference = backing_reference(&out, &base.join("image.qcow2")).unwrap();
-        assert_eq!(reference, Path::new("../abc/image.qcow2"));
         assert_eq!(image_in(&base).unwrap(), base.join("image.qcow2"));
         std::fs::remove_dir_all(&root).unwrap();
     }

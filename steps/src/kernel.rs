@@ -12,7 +12,7 @@
 //!   clean: false                     # true: `make mrproper` in the build tree first
 //! ```
 //!
-//! Design (issue 5):
+//! Design:
 //! - **Out of tree, kept.** make runs with `O=` a build tree in the step's kept
 //!   state directory, so the user's tree is never written and object files
 //!   survive between runs: after a one-line edit the step costs make's own
@@ -47,7 +47,8 @@ use std::process::Command;
 use anyhow::{Context as _, anyhow, bail};
 use qflow_engine::context::quote_arg;
 use qflow_engine::{
-    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, Tool,
+    CheckContext, FieldError, HostNeed, Input, OutputRole, Requirement, RunContext, Step,
+    StepFields, Tool,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -105,11 +106,50 @@ fn default_targets() -> Vec<String> {
 impl StepFields for Kernel {
     const KIND: &'static str = "kernel";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        let mut tools = build_tools();
+        tools.extend(Source::all_tools());
+        tools
+    }
+
+    /// libelf's headers always (objtool); OpenSSL's for configs that sign modules.
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![
+            libelf_headers(),
+            HostNeed::File {
+                what: "OpenSSL headers".into(),
+                path: "/usr/include/openssl/ssl.h".into(),
+                package: "libssl-dev".into(),
+            },
+        ]
+    }
+}
+
+/// The toolchain every kernel build runs.
+fn build_tools() -> Vec<Tool> {
+    vec![
+        Tool::new("make", &["--version"], "make"),
+        Tool::new("gcc", &["--version"], "gcc"),
+        Tool::new("ld", &["--version"], "binutils"),
+        Tool::new("flex", &["--version"], "flex"),
+        Tool::new("bison", &["--version"], "bison"),
+        Tool::new("bc", &["--version"], "bc"),
+    ]
+}
+
+/// x86_64 kernels build objtool, which needs libelf's headers.
+fn libelf_headers() -> HostNeed {
+    HostNeed::File {
+        what: "libelf headers".into(),
+        path: "/usr/include/gelf.h".into(),
+        package: "libelf-dev".into(),
+    }
 }
 
 /// The default job cap for a kernel build: the smaller of the CPU count and the
 /// available memory in units of 2 GiB (a compile of a big kernel file can take
-/// over 1 GiB; the seed warns that memory, not cores, makes a host unresponsive).
+/// over 1 GiB; memory, not cores, makes a host unresponsive).
 pub fn safe_jobs() -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -144,28 +184,25 @@ impl Step for Kernel {
         inputs
     }
 
-    fn outputs(&self) -> Vec<String> {
-        OUTPUTS.iter().map(|(_, name)| name.to_string()).collect()
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        OUTPUTS
+            .iter()
+            .map(|(_, name)| (name.to_string(), OutputRole::Artifact))
+            .collect()
     }
 
     fn tools(&self) -> Vec<Tool> {
-        let mut tools = vec![
-            Tool::new("make", &["--version"], "make"),
-            Tool::new("gcc", &["--version"], "gcc"),
-            Tool::new("ld", &["--version"], "binutils"),
-            Tool::new("flex", &["--version"], "flex"),
-            Tool::new("bison", &["--version"], "bison"),
-            Tool::new("bc", &["--version"], "bc"),
-        ];
+        let mut tools = build_tools();
         tools.extend(self.source.tools());
         tools
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
-        // x86_64 kernels build objtool, which needs libelf's headers.
+        let need = libelf_headers();
         vec![Requirement {
             what: "libelf headers (`/usr/include/gelf.h`)".to_string(),
-            present: Path::new("/usr/include/gelf.h").exists(),
+            present: crate::host::has(&need),
+            need,
             fix: "apt-get install libelf-dev".to_string(),
         }]
     }

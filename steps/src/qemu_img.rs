@@ -1,7 +1,8 @@
 //! Shared `qemu-img` knowledge for every kind that makes or reads disk images:
 //! sizes in qemu-img's units, the [`Tool`] entry, and what `qemu-img info
 //! --output=json` says about an image (its format, backing file, qcow2 compat
-//! level and internal snapshots).
+//! level and internal snapshots), and the one way qflow makes a qcow2 overlay over
+//! an upstream image ([`create_overlay`], [`overlay_argv`]).
 //!
 //! The format of an image is always asked of `qemu-img info`, never guessed from
 //! its name: a cloud image called `.img` is usually qcow2. Use [`info`] (it runs
@@ -12,10 +13,17 @@
 //! let size = Size::parse("10G")?;                // 10 GiB, like qemu-img
 //! let info = qemu_img::info(ctx, &image)?;       // qemu-img info --output=json
 //! if info.format == ImageFormat::Qcow2 { ... }
+//! let overlay = qemu_img::create_overlay(ctx, &out_dir, "image.qcow2", &upstream)?;
 //! ```
+//!
+//! An overlay names its backing file by a path relative to the overlay's directory
+//! (`../<upstream tree>/image.qcow2`), which resolves while the step runs in
+//! `<cache>/trees/.tmp-XXX/`, after the rename to `<cache>/trees/<hash>/`, and after
+//! the whole cache directory moves; `-F` records the backing format `qemu-img info`
+//! found, so QEMU never probes it.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use qflow_engine::{RunContext, Tool};
@@ -240,11 +248,13 @@ impl ImageInfo {
     }
 }
 
-/// Run `qemu-img info --output=json IMAGE` through the step's context and parse it.
-/// The format is probed by qemu-img (read-only), which is what detection means here.
+/// Run `qemu-img info --output=json -U IMAGE` through the step's context and parse
+/// it. The format is probed by qemu-img (read-only), which is what detection means
+/// here; `-U` (force share) lets it read an image a running QEMU holds locked, as
+/// parallel runs of a boot over one cached image do.
 pub fn info(ctx: &mut RunContext, image: &Path) -> anyhow::Result<ImageInfo> {
     let mut cmd = ctx.command("qemu-img");
-    cmd.args(["info", "--output=json"]).arg(image);
+    cmd.args(["info", "--output=json", "-U"]).arg(image);
     let json = ctx.run_capture(cmd)?;
     ImageInfo::parse(&json).with_context(|| {
         format!(
@@ -254,13 +264,64 @@ pub fn info(ctx: &mut RunContext, image: &Path) -> anyhow::Result<ImageInfo> {
     })
 }
 
-/// The seed's error when an old QEMU meets a qcow2 v3 image.
+/// The backing-file reference for an overlay created in `dir` over `image`: `image`
+/// relative to `dir`, both resolved on disk first (both must exist).
+pub fn backing_reference(dir: &Path, image: &Path) -> anyhow::Result<String> {
+    Ok(qflow_engine::paths::relative_to_existing(dir, image)?
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// `qemu-img create -f qcow2 -b BACKING -F FORMAT OUT [SIZE]`: a qcow2 overlay over
+/// `backing` (a reference relative to the overlay's directory), optionally grown to `size`.
+pub fn overlay_argv(
+    backing: &str,
+    backing_format: &str,
+    out: &str,
+    size: Option<Size>,
+) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "qemu-img",
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        backing,
+        "-F",
+        backing_format,
+        out,
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(size.map(Size::arg));
+    argv
+}
+
+/// Create the qcow2 overlay `dir/name` over the existing image `backing`: its format
+/// asked of `qemu-img info`, its path written relative to `dir`. `qemu-img` runs in
+/// `dir`, so the reference resolves the way QEMU will resolve it later.
+pub fn create_overlay(
+    ctx: &mut RunContext,
+    dir: &Path,
+    name: &str,
+    backing: &Path,
+) -> anyhow::Result<PathBuf> {
+    let format = info(ctx, backing)?.format;
+    let reference = backing_reference(dir, backing)?;
+    let argv = overlay_argv(&reference, format.name(), name, None);
+    let mut cmd = ctx.command(&argv[0]);
+    cmd.args(&argv[1..]).current_dir(dir);
+    ctx.run(cmd)?;
+    Ok(dir.join(name))
+}
+
+/// QEMU's error when an old QEMU meets a qcow2 v3 image.
 const QCOW_V3_ERROR: &str = "QCOW version 3";
 
 /// A hint for a QEMU error line, naming the workflow field that fixes it; `None`
 /// when qflow knows no fix. Boot steps call this on QEMU's last lines.
 ///
-/// The seed's "uses a qcow2 feature which is not supported by this qemu version:
+/// The error "uses a qcow2 feature which is not supported by this qemu version:
 /// QCOW version 3" is fixed by `compat: "0.10"` on the `image` step that makes the disk.
 pub fn hint_for_qemu_error(line: &str) -> Option<String> {
     if line.contains(QCOW_V3_ERROR) && line.contains("not supported") {
@@ -324,7 +385,24 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_qcow_v3_error_names_the_compat_field() {
+    fn an_overlay_names_its_backing_file_relatively_and_its_format() {
+        let root = std::env::temp_dir().join(format!("qflow-qemu-img-{}", std::process::id()));
+        let base = root.join("trees/abc");
+        let out = root.join("trees/.tmp-1");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(base.join("image.qcow2"), "").unwrap();
+        let reference = backing_reference(&out, &base.join("image.qcow2")).unwrap();
+        assert_eq!(reference, "../abc/image.qcow2");
+        assert_eq!(
+            overlay_argv(&reference, "raw", "image.qcow2", Some(Size(1 << 30))).join(" "),
+            "qemu-img create -f qcow2 -b ../abc/image.qcow2 -F raw image.qcow2 1073741824"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_qcow_v3_error_of_an_old_qemu_names_the_compat_field() {
         let line = "qemu-system-x86_64: 'ide0-hd1' uses a qcow2 feature which is not supported by this qemu version: QCOW version 3";
         assert!(
             hint_for_qemu_error(line)

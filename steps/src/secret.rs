@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use qflow_engine::{CheckContext, FieldError};
+use qflow_engine::{CheckContext, FieldError, SecretSource, SecretUse};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -219,6 +219,21 @@ fn random_password() -> anyhow::Result<SecretValue> {
 }
 
 impl Secret {
+    /// Where the step that holds this secret in `field` reads it, for the step
+    /// contract ([`qflow_engine::Step::secrets`]); `None` for `locked` and `random`,
+    /// which read nothing from the host.
+    pub fn used_as(&self, field: &str) -> Option<SecretUse> {
+        let source = match self {
+            Secret::File(path) => SecretSource::File(path.clone()),
+            Secret::Env(name) => SecretSource::Env(name.clone()),
+            Secret::Locked | Secret::Random => return None,
+        };
+        Some(SecretUse {
+            field: field.to_string(),
+            source,
+        })
+    }
+
     /// Check, before anything runs, that the secret can be read. `field` names the field
     /// (`root_password`) in the error.
     pub fn check(&self, field: &str, ctx: &CheckContext) -> Result<(), FieldError> {

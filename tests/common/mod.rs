@@ -2,6 +2,8 @@
 //! workflow and its inputs, run the real `qflow` binary, and read what it did.
 #![allow(dead_code)]
 
+pub mod guest_disk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,4 @@
-//! A running boot's console, open to a person: the seed's "switch between
+//! A running boot's console, open to a person: the hand recipe's "switch between
 //! automated input and stdin", without a patched QEMU.
 //!
 //! While a run goes on, qflow listens on a unix socket and links it from the step's
@@ -7,7 +7,7 @@
 //! terminal (the client side of `qflow attach STEP`; `socat` works too). Everything
 //! the guest prints is mirrored to every attached client, and what a client types
 //! goes to the guest's serial console, interleaved with qflow's own framed commands
-//! at line boundaries of the person's choosing; the seed's Ctrl-A escapes reach
+//! at line boundaries of the person's choosing; QEMU's Ctrl-A escapes reach
 //! QEMU's multiplexer as usual. The socket itself lives in the run's short private
 //! directory (a unix socket path holds 108 bytes), so the link is read with
 //! `readlink`. A slow client is dropped rather than allowed to stall the run.
@@ -216,7 +216,7 @@ pub fn bridge(
 }
 
 /// [`bridge`] the user's terminal to `socket`, in raw mode while attached (so the
-/// guest's line editing and the seed's Ctrl-A escapes work), restored afterwards.
+/// guest's line editing and QEMU's Ctrl-A escapes work), restored afterwards.
 pub fn attach_terminal(socket: &Path) -> anyhow::Result<()> {
     let _raw = RawTerminal::enter();
     eprint!(

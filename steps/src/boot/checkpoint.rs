@@ -6,7 +6,7 @@
 //! `checkpoint.json`, which records everything a restore's command line must repeat
 //! (QEMU refuses a stream from a different machine). A boot with
 //! `from_checkpoint: STEP` rebuilds that command line, adds `-snapshot` so that any
-//! number of runs share the overlays copy-on-write (the seed's point about write
+//! number of runs share the overlays copy-on-write (the recipe's point about write
 //! locks), and feeds the stream to `-incoming`. Paths are stored relative to the
 //! checkpoint's own directory, so they survive moving the cache.
 

@@ -1,16 +1,17 @@
-//! The QEMU command line of a boot, built from typed fields in the seed's order.
+//! The QEMU command line of a boot, built from typed fields in the hand recipe's order.
 //!
-//! The seed writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
+//! The hand recipe writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
 //! -kernel bzImage -append "root=/dev/sda1 console=ttyS0 nokaslr"`; that prefix is
-//! kept verbatim so a reader can match `qflow plan` against the cheat sheet. After it
-//! come the seed's other options (`-icount shift=N`, with the guest's clock pinned
-//! by `-rtc base=...,clock=vm`; `-snapshot`; `-plugin path,arg=...`), the accelerator, then qflow's own control plumbing: the serial
-//! console and the human monitor multiplexed on one unix socket (so the seed's
+//! kept verbatim so a reader can match `qflow plan` against the recipe. After it
+//! come the recipe's other options (`-icount shift=N`, with the guest's clock pinned
+//! by `-rtc base=...,clock=vm`; `-snapshot`; `-plugin path,arg=...`), the
+//! accelerator, then qflow's own control plumbing: the serial
+//! console and the human monitor multiplexed on one unix socket (so QEMU's
 //! Ctrl-A escapes still work on it), QMP on another, `-no-reboot` so that a guest
 //! `reboot -f` ends the run, and `-incoming` when restoring a checkpoint. The user's
 //! `extra_args` come last so they can override anything.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where the guest's clock starts under `icount`. The real-time clock otherwise
 /// starts at the host's time, which the guest prints and its programs read: a
@@ -179,17 +180,11 @@ fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-/// `to` relative to directory `from` (both absolute), for qcow2 backing files and
-/// checkpoint records that must survive moving the cache directory.
-pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
-    qflow_engine::step::relative_to(from, to)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn seed() -> QemuCommandLine {
+    fn recipe_line() -> QemuCommandLine {
         QemuCommandLine {
             smp: 1,
             memory: "512".to_string(),
@@ -208,18 +203,18 @@ mod tests {
     }
 
     #[test]
-    fn the_command_line_is_the_seeds_own() {
-        // The cheat sheet's "complete list of command line arguments".
+    fn the_command_line_is_the_hand_recipes_own() {
+        // The recipe's complete command line, every option in its order.
         assert_eq!(
-            seed().display(),
+            recipe_line().display(),
             "qemu-system-x86_64 -smp 1 -m 512 -nographic -hda sys.img -hdb data.img -kernel bzImage \
              -append 'root=/dev/sda1 console=ttyS0 nokaslr'"
         );
     }
 
     #[test]
-    fn icount_snapshot_plugins_and_control_follow_the_seed_prefix() {
-        let mut line = seed();
+    fn icount_snapshot_plugins_and_control_follow_the_recipe_prefix() {
+        let mut line = recipe_line();
         line.icount = Some(1);
         line.snapshot = true;
         line.plugins = vec![PluginArg {
@@ -261,21 +256,6 @@ mod tests {
                 "-cpu",
                 "qemu64"
             ]
-        );
-    }
-
-    #[test]
-    fn relative_paths_climb_to_the_common_parent() {
-        assert_eq!(
-            relative_path(
-                Path::new("/c/trees/.tmp-1"),
-                Path::new("/c/trees/abc/image.raw")
-            ),
-            PathBuf::from("../abc/image.raw")
-        );
-        assert_eq!(
-            relative_path(Path::new("/a"), Path::new("/a/b")),
-            PathBuf::from("b")
         );
     }
 }

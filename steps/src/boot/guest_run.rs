@@ -34,6 +34,8 @@ pub enum Event {
     Progress(usize, String),
     /// Run `index` ended.
     Done(usize, anyhow::Result<()>),
+    /// A job slot from the step's jobserver, for the next waiting run.
+    Slot(std::io::Result<jobserver::Acquired>),
 }
 
 /// Everything one run does after QEMU has started.

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use qflow_engine::RunContext;
+use qflow_engine::paths::relative_to;
 
 use super::checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT};
-use super::command_line::{AccelName, PluginArg, QemuCommandLine, relative_path};
+use super::command_line::{AccelName, PluginArg, QemuCommandLine};
 use super::fields::AccelChoice;
 use super::source::{Source, initrd_in, kernel_in, source};
 use super::{Boot, DEFAULT_APPEND, accel};
@@ -123,7 +124,7 @@ impl Boot {
             };
             let mut line = self.command_line(&mut resolve)?;
             if line.accel.is_none() {
-                let (accel, why) = accel::choose(ctx, &line, self.needs_tcg());
+                let (accel, why) = accel::choose(self.needs_tcg());
                 ctx.log(&format!("qflow: accel auto -> {why}"));
                 ctx.progress(&format!("accelerator: {why}"));
                 line.accel = Some(accel);
@@ -135,12 +136,12 @@ impl Boot {
                 memory: line.memory.clone(),
                 disks: self.overlay_names(),
                 kernel: line.kernel.as_ref().map(|k| {
-                    relative_path(out_dir, Path::new(k))
+                    relative_to(out_dir, Path::new(k))
                         .to_string_lossy()
                         .into_owned()
                 }),
                 initrd: line.initrd.as_ref().map(|k| {
-                    relative_path(out_dir, Path::new(k))
+                    relative_to(out_dir, Path::new(k))
                         .to_string_lossy()
                         .into_owned()
                 }),

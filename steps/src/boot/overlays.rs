@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use anyhow::Context as _;
 use qflow_engine::RunContext;
 
 use super::Boot;
-use super::command_line::{DISK_OPTIONS, relative_path};
+use super::command_line::DISK_OPTIONS;
+use crate::qemu_img;
 
 impl Boot {
     /// The qcow2 overlays a run writes to when writes are kept: the system disk's is
@@ -38,29 +38,9 @@ impl Boot {
     ) -> anyhow::Result<Vec<String>> {
         let mut out = Vec::new();
         for (disk, name) in disks.iter().zip(self.overlay_names()) {
-            let format = image_format(ctx, Path::new(disk))?;
-            let backing = relative_path(dir, Path::new(disk));
-            let overlay = dir.join(&name);
-            let mut cmd = ctx.command("qemu-img");
-            cmd.args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
-                .arg(&backing)
-                .arg(&overlay);
-            ctx.run(cmd)?;
+            let overlay = qemu_img::create_overlay(ctx, dir, &name, Path::new(disk))?;
             out.push(overlay.to_string_lossy().into_owned());
         }
         Ok(out)
     }
-}
-
-/// `qemu-img info` format of an image (never trust the extension).
-fn image_format(ctx: &mut RunContext, image: &Path) -> anyhow::Result<String> {
-    let mut cmd = ctx.command("qemu-img");
-    cmd.args(["info", "--output=json", "-U"]).arg(image);
-    let json: serde_json::Value =
-        serde_json::from_str(&ctx.run_capture(cmd)?).context("bad `qemu-img info` output")?;
-    Ok(json
-        .get("format")
-        .and_then(|f| f.as_str())
-        .unwrap_or("raw")
-        .to_string())
 }

@@ -1,8 +1,8 @@
 //! A QMP client: QEMU's JSON control protocol on a unix socket.
 //!
-//! Used for what the seed does in the human monitor: quit, power down, `savevm`/
+//! Used for what the hand recipe does in the human monitor: quit, power down, `savevm`/
 //! `loadvm` (through `human-monitor-command`), and the memory snapshot by migration.
-//! The seed migrates to `exec: cat > mem_snapshot`, which makes QEMU run a shell
+//! The hand recipe migrates to `exec: cat > mem_snapshot`, which makes QEMU run a shell
 //! string; here qflow opens the snapshot file itself and hands QEMU the open file
 //! descriptor over the socket (`getfd` with `SCM_RIGHTS`), then migrates to
 //! `fd:NAME`. No path is ever parsed by a shell.
@@ -128,7 +128,7 @@ impl Qmp {
         self.execute("cont", json!({})).map(|_| ())
     }
 
-    /// End QEMU now (the monitor's `quit`, the seed's Ctrl-A x).
+    /// End QEMU now (the monitor's `quit`, QEMU's Ctrl-A x on the console).
     pub fn quit(&mut self) -> anyhow::Result<()> {
         match self.execute("quit", json!({})) {
             Ok(_) => Ok(()),
@@ -143,7 +143,7 @@ impl Qmp {
         self.execute("system_powerdown", json!({})).map(|_| ())
     }
 
-    /// Save the VM's memory and device state to `path` by migration (the seed's
+    /// Save the VM's memory and device state to `path` by migration (the recipe's
     /// memory snapshot), waiting at most until `deadline`. The guest is paused
     /// first so the stream is written in one pass; QEMU stays paused afterwards.
     pub fn save_memory_snapshot(&mut self, path: &Path, deadline: Instant) -> anyhow::Result<u64> {
@@ -290,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_ctrl_a_x_escape_still_ends_qemu_on_the_console() {
+    fn the_ctrl_a_x_escape_still_ends_qemu_on_the_console() {
         let dir = SocketDir::new().unwrap();
         let mut ctx = context(&dir);
         let mut machine = Machine::start(

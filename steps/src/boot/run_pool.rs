@@ -1,6 +1,7 @@
 //! The runs of one boot step: one plan (and command line) per run, one per
-//! `matrix` combination, and the pool that starts them within the step's `jobs`
-//! slots and drives each on a thread, relaying its lines to the step's log.
+//! `matrix` combination, and the pool that starts them within the slots the engine
+//! gave the step (its own slot and its jobserver's tokens), drives each on a
+//! thread and relays its lines to the step's log.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -107,7 +108,12 @@ impl Boot {
         Ok((plans, lines))
     }
 
-    /// Start the runs within the step's `jobs` slots and drive each on a thread.
+    /// Start the runs within the step's slots and drive each on a thread.
+    ///
+    /// The slots are the engine's: the first run takes the slot the step holds by
+    /// running at all, every further run at once takes a token of the jobserver the
+    /// engine gave the step (`jobs - 1` tokens), and gives it back when it ends. A
+    /// context without a jobserver (one run) runs them one after another.
     pub(super) fn execute(
         &self,
         ctx: &mut RunContext,
@@ -115,51 +121,92 @@ impl Boot {
         lines: &[QemuCommandLine],
         snapshot: Option<&Path>,
     ) -> anyhow::Result<()> {
-        let slots = ctx.jobs().max(1);
         let (tx, rx) = mpsc::channel::<Event>();
+        let helper = match ctx.jobserver().cloned() {
+            Some(client) if plans.len() > 1 => {
+                let tx = tx.clone();
+                let helper = client
+                    .into_helper_thread(move |token| {
+                        // After the step's loop ended, the token drops here: released.
+                        let _ = tx.send(Event::Slot(token));
+                    })
+                    .context("cannot take job slots from the jobserver")?;
+                Some(helper)
+            }
+            _ => None,
+        };
         let mut next = 0;
         let mut running = 0;
+        let mut own_slot_free = true;
+        let mut tokens: Vec<Option<jobserver::Acquired>> = plans.iter().map(|_| None).collect();
+        let mut requested = 0;
         let mut failures: Vec<String> = Vec::new();
         let many = plans.len() > 1;
         let name = |i: usize| plans[i].label.clone().unwrap_or_default();
         std::thread::scope(|scope| {
+            let start = |ctx: &mut RunContext, i: usize| -> Result<(), String> {
+                let stdin = snapshot
+                    .map(std::fs::File::open)
+                    .transpose()
+                    .map_err(|e| format!("cannot open the checkpoint's memory snapshot: {e}"))?;
+                let log = plans[i].dir.join(QEMU_LOG);
+                let m = machine::Machine::start(ctx, &lines[i], stdin, &log)
+                    .map_err(|e| format!("{}{e:#}", prefix(many, &name(i))))?;
+                if many {
+                    ctx.log(&format!("qflow: run {} started", name(i)));
+                }
+                let tx = tx.clone();
+                let plan = &plans[i];
+                scope.spawn(move || {
+                    let r = guest_run::drive(i, plan, m, &tx);
+                    let _ = tx.send(Event::Done(i, r));
+                });
+                Ok(())
+            };
             loop {
-                while running < slots
-                    && next < plans.len()
-                    && failures.is_empty()
-                    && !ctx.is_cancelled()
-                {
+                let may_start = |next: usize, failures: &Vec<String>, ctx: &RunContext| {
+                    next < plans.len() && failures.is_empty() && !ctx.is_cancelled()
+                };
+                if own_slot_free && may_start(next, &failures, ctx) {
                     let i = next;
                     next += 1;
-                    let stdin = match snapshot.map(std::fs::File::open).transpose() {
-                        Ok(f) => f,
-                        Err(e) => {
-                            failures
-                                .push(format!("cannot open the checkpoint's memory snapshot: {e}"));
-                            break;
-                        }
-                    };
-                    let log = plans[i].dir.join(QEMU_LOG);
-                    match machine::Machine::start(ctx, &lines[i], stdin, &log) {
-                        Ok(m) => {
-                            if many {
-                                ctx.log(&format!("qflow: run {} started", name(i)));
-                            }
-                            let tx = tx.clone();
-                            let plan = &plans[i];
-                            scope.spawn(move || {
-                                let r = guest_run::drive(i, plan, m, &tx);
-                                let _ = tx.send(Event::Done(i, r));
-                            });
+                    match start(ctx, i) {
+                        Ok(()) => {
+                            own_slot_free = false;
                             running += 1;
                         }
-                        Err(e) => failures.push(format!("{}{e:#}", prefix(many, &name(i)))),
+                        Err(e) => failures.push(e),
+                    }
+                }
+                if let Some(helper) = &helper {
+                    while may_start(next, &failures, ctx) && requested < plans.len() - next {
+                        helper.request_token();
+                        requested += 1;
                     }
                 }
                 if running == 0 {
                     break;
                 }
                 match rx.recv() {
+                    Ok(Event::Slot(token)) => {
+                        requested -= 1;
+                        match token {
+                            Ok(token) if may_start(next, &failures, ctx) => {
+                                let i = next;
+                                next += 1;
+                                match start(ctx, i) {
+                                    Ok(()) => {
+                                        tokens[i] = Some(token);
+                                        running += 1;
+                                    }
+                                    Err(e) => failures.push(e),
+                                }
+                            }
+                            // Not needed any more: dropping it gives it back.
+                            Ok(_) => {}
+                            Err(e) => failures.push(format!("cannot take a job slot: {e}")),
+                        }
+                    }
                     Ok(Event::Line(i, l)) => {
                         if many {
                             ctx.log(&format!("[{}] {l}", name(i)));
@@ -172,6 +219,10 @@ impl Boot {
                     }
                     Ok(Event::Done(i, r)) => {
                         running -= 1;
+                        // The run's slot goes back: its token, or the step's own slot.
+                        if tokens[i].take().is_none() {
+                            own_slot_free = true;
+                        }
                         let qemu_log = std::fs::read_to_string(plans[i].dir.join(QEMU_LOG))
                             .unwrap_or_default();
                         for l in qemu_log.lines() {
@@ -191,6 +242,7 @@ impl Boot {
                 }
             }
         });
+        drop(helper);
         if ctx.is_cancelled() {
             bail!("interrupted");
         }

@@ -1,6 +1,6 @@
 //! The guest's serial console, driven over a unix socket instead of a terminal.
 //!
-//! Input typed before a shell is ready is lost or mangled (host-facts), and output
+//! Input typed before a shell is ready is lost or mangled (the serial line has no flow control before the getty), and output
 //! interleaves with the echo of what was typed, so nothing here trusts a prompt.
 //! Every exchange is framed the way the NixOS test driver frames its commands: the
 //! guest prints a marker that is unique per command (a per-run tag plus a counter;
@@ -224,7 +224,7 @@ impl SerialConsole {
             .context("cannot write to the console")
     }
 
-    /// Send raw bytes (the seed's Ctrl-A escapes: `[0x01, b'x']`).
+    /// Send raw bytes (QEMU's Ctrl-A escapes: `[0x01, b'x']`).
     pub fn send_bytes(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.stream
             .write_all(bytes)

@@ -63,8 +63,8 @@ mod tests {
 
     use qflow_engine::Step;
 
-    use super::super::is_root;
     use super::super::test_support::{Scratch, assert_workload_on, parse, workload};
+    use crate::host::is_root;
 
     #[test]
     fn loop_disk_holds_every_file_with_its_owner_and_content() {

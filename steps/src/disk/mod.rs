@@ -1,4 +1,4 @@
-//! The `disk` kind: the seed's data disk — an image of a given size with a fresh
+//! The `disk` kind: the recipe's data disk — an image of a given size with a fresh
 //! filesystem, filled from a host directory and handed to the owner the guest
 //! expects. The output is always `image.qcow2`.
 //!
@@ -12,15 +12,15 @@
 //! - `loop` (root): a raw image, `mkfs.<fs>`, `mount -o loop`, `cp -a`, `chown -R`,
 //!   `umount`, then `qemu-img convert`. Not reproducible: the kernel stamps mount
 //!   times, journal contents and ctimes.
-//! - `nbd` (root and the nbd module): the seed's sequence exactly — `qemu-nbd
+//! - `nbd` (root and the nbd module): the hand recipe's sequence exactly — `qemu-nbd
 //!   --connect` to the first free `/dev/nbdN` (on "Failed to open /dev/nbdN" it runs
 //!   `modprobe nbd max_part=8` and retries once), `mkfs.<fs>`, `mount`, `cp -a`,
 //!   `chown -R`, `umount`, `qemu-nbd --disconnect`. After a failure the device is
 //!   unmounted and disconnected. Not reproducible, for the same reasons as `loop`.
 //!
-//! `QFLOW_NBD_DEVICE_DIR` (test only) names a directory that stands in for `/dev`
-//! when looking for `nbdN` devices; when set, the nbd-module precheck is skipped so
-//! the sequence can be tested with stand-in programs on a host without nbd.
+//! Each `via` lives in its own module ([`mkfs`], [`loop_mount`], [`nbd`]). `nbd`
+//! cannot run where the nbd kernel module is missing; its unit tests pass stand-in
+//! device directories and programs to `run_nbd` instead.
 
 mod argv;
 mod loop_mount;
@@ -35,15 +35,17 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use qflow_engine::context::quote_arg;
 use qflow_engine::{
-    CheckContext, FieldError, Input, Requirement, RunContext, Step, StepFields, Tool,
+    CheckContext, FieldError, HostNeed, Input, OutputRole, Requirement, RunContext, Step,
+    StepFields, Tool,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::host::is_root;
 use crate::qemu_img::{self, Size};
 
 pub use mkfs::FIXED_TIME;
-pub use nbd::{NBD_DEVICE_DIR_ENV, NbdDevices};
+pub use nbd::NbdDevices;
 use nbd::{nbd_connect_argv, nbd_module_available};
 pub use owner::Owner;
 
@@ -70,12 +72,12 @@ pub struct Disk {
     /// A host directory copied into the filesystem's root; its whole tree enters the key.
     #[serde(default)]
     pub contents: Option<String>,
-    /// `uid:gid` (numbers) that owns every file and directory, the seed's `chown -R`.
+    /// `uid:gid` (numbers) that owns every file and directory, the recipe's `chown -R`.
     /// Default `0:0`.
     #[serde(default)]
     pub owner: Option<String>,
     /// How the filesystem is filled: `mkfs` (default, rootless, reproducible),
-    /// `loop` (root) or `nbd` (root and the nbd kernel module, the seed's recipe).
+    /// `loop` (root) or `nbd` (root and the nbd kernel module, the hand recipe).
     #[serde(default)]
     pub via: Via,
     /// The filesystem UUID; by default one derived from this step's fields, so it
@@ -109,6 +111,15 @@ impl Filesystem {
 
     fn mkfs_program(self) -> String {
         format!("mkfs.{}", self.name())
+    }
+
+    fn mkfs_tool(self) -> Tool {
+        let package = if self.is_ext() {
+            "e2fsprogs"
+        } else {
+            "xfsprogs"
+        };
+        Tool::new(&self.mkfs_program(), &["-V"], package)
     }
 }
 
@@ -313,14 +324,51 @@ fn derived_uuid(text: &str) -> String {
     )
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    unsafe { libc::geteuid() == 0 }
-}
-
 impl StepFields for Disk {
     const KIND: &'static str = "disk";
     const SCHEMA_VERSION: u32 = 1;
+
+    fn kind_tools() -> Vec<Tool> {
+        let mut tools = vec![qemu_img::tool(), mke2fs(), debugfs()];
+        tools.extend(
+            [Filesystem::Ext4, Filesystem::Ext2, Filesystem::Xfs]
+                .into_iter()
+                .map(Filesystem::mkfs_tool),
+        );
+        tools.extend(mount_tools());
+        tools.extend(nbd_tools());
+        tools
+    }
+
+    fn kind_needs() -> Vec<HostNeed> {
+        vec![HostNeed::Root, HostNeed::NbdModule]
+    }
+}
+
+fn mke2fs() -> Tool {
+    Tool::new("mke2fs", &["-V"], "e2fsprogs")
+}
+
+fn debugfs() -> Tool {
+    Tool::new("debugfs", &["-V"], "e2fsprogs")
+}
+
+/// What `via: loop` and `via: nbd` run around a mount.
+fn mount_tools() -> Vec<Tool> {
+    vec![
+        Tool::new("mount", &["--version"], "mount"),
+        Tool::new("umount", &["--version"], "mount"),
+        Tool::new("cp", &["--version"], "coreutils"),
+        Tool::new("chown", &["--version"], "coreutils"),
+    ]
+}
+
+/// What `via: nbd` runs to connect the image.
+fn nbd_tools() -> Vec<Tool> {
+    vec![
+        Tool::new("qemu-nbd", &["--version"], "qemu-utils"),
+        Tool::new("modprobe", &["--version"], "kmod"),
+    ]
 }
 
 impl Step for Disk {
@@ -331,36 +379,23 @@ impl Step for Disk {
             .collect()
     }
 
-    fn outputs(&self) -> Vec<String> {
-        vec![OUT.to_string()]
+    fn output_roles(&self) -> Vec<(String, OutputRole)> {
+        vec![(OUT.to_string(), OutputRole::Image)]
     }
 
     fn tools(&self) -> Vec<Tool> {
         let mut tools = vec![qemu_img::tool()];
-        let mkfs = Tool::new(
-            &self.fs.mkfs_program(),
-            &["-V"],
-            if self.fs.is_ext() {
-                "e2fsprogs"
-            } else {
-                "xfsprogs"
-            },
-        );
         match self.via {
             Via::Mkfs if self.fs.is_ext() => {
-                tools.push(Tool::new("mke2fs", &["-V"], "e2fsprogs"));
-                tools.push(Tool::new("debugfs", &["-V"], "e2fsprogs"));
+                tools.push(mke2fs());
+                tools.push(debugfs());
             }
-            Via::Mkfs => tools.push(mkfs),
+            Via::Mkfs => tools.push(self.fs.mkfs_tool()),
             Via::Loop | Via::Nbd => {
-                tools.push(mkfs);
-                tools.push(Tool::new("mount", &["--version"], "mount"));
-                tools.push(Tool::new("umount", &["--version"], "mount"));
-                tools.push(Tool::new("cp", &["--version"], "coreutils"));
-                tools.push(Tool::new("chown", &["--version"], "coreutils"));
+                tools.push(self.fs.mkfs_tool());
+                tools.extend(mount_tools());
                 if self.via == Via::Nbd {
-                    tools.push(Tool::new("qemu-nbd", &["--version"], "qemu-utils"));
-                    tools.push(Tool::new("modprobe", &["--version"], "kmod"));
+                    tools.extend(nbd_tools());
                 }
             }
         }
@@ -371,6 +406,7 @@ impl Step for Disk {
         let mut reqs = Vec::new();
         if matches!(self.via, Via::Loop | Via::Nbd) {
             reqs.push(Requirement {
+                need: HostNeed::Root,
                 what: format!("root (`via: {}` mounts the image)", self.via.name()),
                 present: is_root(),
                 fix: "run qflow as root, or use `via: mkfs`, which needs no root and no mount"
@@ -379,6 +415,7 @@ impl Step for Disk {
         }
         if self.via == Via::Nbd {
             reqs.push(Requirement {
+                need: HostNeed::NbdModule,
                 what: "the nbd kernel module (`via: nbd` connects the image with `qemu-nbd --connect`)".to_string(),
                 present: nbd_module_available(),
                 fix: "install the kernel's nbd module so `modprobe nbd max_part=8` works, or use `via: loop` \
@@ -478,7 +515,7 @@ impl Step for Disk {
                         "`via: nbd` needs root and the nbd kernel module; use `via: loop` (root) or `via: mkfs` (no root)"
                     );
                 }
-                self.run_nbd(ctx, &NbdDevices::from_env())
+                self.run_nbd(ctx, &NbdDevices::host())
             }
         }
     }

@@ -5,16 +5,13 @@
 //! the device is unmounted and disconnected. Not reproducible, for the same reasons
 //! as `loop`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use qflow_engine::RunContext;
 
 use super::argv::{cleanup, run_argv};
 use super::{Disk, OUT};
-
-/// Test-only: a directory standing in for `/dev` when looking for nbd devices.
-pub const NBD_DEVICE_DIR_ENV: &str = "QFLOW_NBD_DEVICE_DIR";
 
 impl Disk {
     pub(super) fn run_nbd(&self, ctx: &mut RunContext, devices: &NbdDevices) -> anyhow::Result<()> {
@@ -48,7 +45,7 @@ impl Disk {
             if !format!("{e:#}").contains("Failed to open") {
                 return Err(e);
             }
-            // The seed: "If this command reports error 'Failed to open /dev/nbd0' ... run modprobe first".
+            // `qemu-nbd` says "Failed to open /dev/nbd0" when the nbd module is not loaded.
             ctx.log("qemu-nbd could not open the device: loading the nbd module and retrying once");
             run_argv(
                 ctx,
@@ -95,7 +92,8 @@ pub(super) fn nbd_connect_argv(dev: &str, image: &str) -> Vec<String> {
     ]
 }
 
-/// Where nbd devices are looked for: `/dev` and `/sys/block`, or a test's stand-in.
+/// Where nbd devices are looked for: `/dev` and `/sys/block` on the host; the unit
+/// tests below pass stand-in directories.
 #[derive(Debug, Clone)]
 pub struct NbdDevices {
     pub dev_dir: PathBuf,
@@ -103,23 +101,17 @@ pub struct NbdDevices {
 }
 
 impl NbdDevices {
-    /// `/dev`, or `$QFLOW_NBD_DEVICE_DIR` (test only).
-    pub fn from_env() -> NbdDevices {
-        match std::env::var_os(NBD_DEVICE_DIR_ENV) {
-            Some(d) => NbdDevices {
-                sys_block: PathBuf::from(&d).join("sys-block"),
-                dev_dir: PathBuf::from(d),
-            },
-            None => NbdDevices {
-                dev_dir: PathBuf::from("/dev"),
-                sys_block: PathBuf::from("/sys/block"),
-            },
+    /// The host's `/dev` and `/sys/block`.
+    pub fn host() -> NbdDevices {
+        NbdDevices {
+            dev_dir: PathBuf::from("/dev"),
+            sys_block: PathBuf::from("/sys/block"),
         }
     }
 
     /// The first `nbdN` with no connected process (`/sys/block/nbdN/pid` absent).
     /// With no nbd device at all it returns `nbd0`, whose connect then fails with
-    /// the seed's "Failed to open" and triggers the modprobe retry.
+    /// qemu-nbd's "Failed to open" and triggers the modprobe retry.
     pub fn first_free(&self) -> anyhow::Result<String> {
         let mut numbers: Vec<u32> = std::fs::read_dir(&self.dev_dir)
             .with_context(|| format!("cannot list {}", self.dev_dir.display()))?
@@ -145,35 +137,16 @@ impl NbdDevices {
     }
 }
 
-/// Whether the nbd module is loaded, has devices, or can be loaded.
+/// Whether nbd devices can be had: the host's nbd module ([`crate::host::nbd_module`]).
 pub(super) fn nbd_module_available() -> bool {
-    if std::env::var_os(NBD_DEVICE_DIR_ENV).is_some() {
-        return true;
-    }
-    if Path::new("/sys/module/nbd").exists() || Path::new("/dev/nbd0").exists() {
-        return true;
-    }
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname fills the struct we own.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return false;
-    }
-    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    std::fs::read_to_string(format!("/lib/modules/{release}/modules.dep"))
-        .map(|dep| {
-            dep.lines()
-                .any(|l| l.split(':').next().is_some_and(|m| m.contains("/nbd.ko")))
-        })
-        .unwrap_or(false)
+    crate::host::nbd_module()
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use qflow_engine::{CheckContext, Step};
 
@@ -187,6 +160,21 @@ mod tests {
     fn nbd_standins(
         s: &Scratch,
         fail_copy: bool,
+    ) -> (BTreeMap<String, String>, NbdDevices, PathBuf) {
+        nbd_standins_with_cp(
+            s,
+            if fail_copy {
+                "echo 'cp: error writing: No space left on device' >&2; exit 1\n"
+            } else {
+                ""
+            },
+        )
+    }
+
+    /// The stand-ins, with `cp` running `cp_body`.
+    fn nbd_standins_with_cp(
+        s: &Scratch,
+        cp_body: &str,
     ) -> (BTreeMap<String, String>, NbdDevices, PathBuf) {
         let bin = s.root.join("standins");
         let dev = s.root.join("dev");
@@ -211,14 +199,7 @@ mod tests {
             ("mount", String::new()),
             ("umount", String::new()),
             ("chown", String::new()),
-            (
-                "cp",
-                if fail_copy {
-                    "echo 'cp: error writing: No space left on device' >&2; exit 1\n".into()
-                } else {
-                    String::new()
-                },
-            ),
+            ("cp", cp_body.to_string()),
         ];
         for (name, body) in scripts {
             let p = bin.join(name);
@@ -244,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn nbd_runs_the_seeds_sequence_and_loads_the_module_when_the_device_is_missing() {
+    fn nbd_runs_the_recipes_sequence_and_loads_the_module_when_the_device_is_missing() {
         let s = Scratch::new("nbd");
         workload(&s, "workload");
         let (env, devices, calls) = nbd_standins(&s, false);
@@ -307,6 +288,45 @@ mod tests {
     }
 
     #[test]
+    fn ctrl_c_during_the_copy_over_nbd_still_unmounts_and_disconnects() {
+        let s = Scratch::new("nbdint");
+        workload(&s, "workload");
+        let (env, devices, calls) = nbd_standins_with_cp(&s, "sleep 30\n");
+        let disk = parse("size: 64M\ncontents: workload\nvia: nbd");
+        let groups = qflow_engine::context::ProcessGroups::new();
+        let mut ctx = s.ctx_in("a", env, groups.clone());
+        let watched = calls.clone();
+        let interrupter = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !std::fs::read_to_string(&watched)
+                .unwrap_or_default()
+                .contains("cp -a")
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the copy never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            groups.cancel_all();
+        });
+        let started = std::time::Instant::now();
+        assert!(disk.run_nbd(&mut ctx, &devices).is_err());
+        interrupter.join().unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the copy was not interrupted"
+        );
+        let calls = recorded(&calls, &s);
+        let n = calls.len();
+        assert!(calls[n - 3].starts_with("cp -a"), "{calls:?}");
+        assert_eq!(
+            calls[n - 2..],
+            ["umount /dev/nbd0", "qemu-nbd --disconnect /dev/nbd0"]
+        );
+    }
+
+    #[test]
     fn nbd_is_refused_without_the_module_naming_the_other_vias() {
         let disk = parse("size: 8G\nvia: nbd");
         let reqs = disk.requirements(&CheckContext {
@@ -321,8 +341,7 @@ mod tests {
             "{}",
             module.fix
         );
-        if std::env::var_os(NBD_DEVICE_DIR_ENV).is_none() && !Path::new("/sys/module/nbd").exists()
-        {
+        if !Path::new("/sys/module/nbd").exists() {
             assert_eq!(module.present, nbd_module_available());
         }
         assert!(

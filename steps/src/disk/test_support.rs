@@ -34,6 +34,16 @@ impl Scratch {
     }
 
     pub fn ctx(&self, run: &str, env: BTreeMap<String, String>) -> RunContext {
+        self.ctx_in(run, env, qflow_engine::context::ProcessGroups::new())
+    }
+
+    /// A context whose processes are in `groups`, which a test can cancel (Ctrl-C).
+    pub fn ctx_in(
+        &self,
+        run: &str,
+        env: BTreeMap<String, String>,
+        groups: qflow_engine::context::ProcessGroups,
+    ) -> RunContext {
         let out = self.root.join(run).join("out");
         let state = self.root.join(run).join("state");
         for d in [&out, &state] {
@@ -49,7 +59,7 @@ impl Scratch {
             env,
             qflow_engine::context::StepLog::create(&self.root.join(run).join("log")).unwrap(),
             Arc::new(qflow_engine::context::NoProgress),
-            qflow_engine::context::ProcessGroups::new(),
+            groups,
             false,
         )
         .unwrap()

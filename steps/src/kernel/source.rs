@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
@@ -18,7 +18,8 @@ use anyhow::{Context as _, anyhow, bail};
 use qflow_engine::{CheckContext, FieldError, Input, RunContext, Tool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
-use sha2::Digest as _;
+
+use crate::fetch;
 
 /// The `source:` field: a path to a kernel tree, or `{ tarball: PATH }`, or
 /// `{ url: URL, sha256: HEX }`.
@@ -200,13 +201,26 @@ impl Source {
             Source::Tarball(p) => p,
             Source::Url { url, .. } => url,
         };
-        match Decompressor::from_name(name) {
-            Some(Decompressor::Xz) => vec![Tool::new("xz", &["--version"], "xz-utils")],
-            Some(Decompressor::Gzip) => vec![Tool::new("gzip", &["--version"], "gzip")],
-            Some(Decompressor::Bzip2) => vec![Tool::new("bzip2", &["--help"], "bzip2")],
-            Some(Decompressor::Zstd) => vec![Tool::new("zstd", &["--version"], "zstd")],
-            Some(Decompressor::None) | None => Vec::new(),
-        }
+        Decompressor::from_name(name)
+            .and_then(Decompressor::tool)
+            .into_iter()
+            .collect()
+    }
+
+    /// Every program a source of any form may run: each archive's decompressor,
+    /// and `git` for a checkout's commit time.
+    pub fn all_tools() -> Vec<Tool> {
+        let mut tools: Vec<Tool> = [
+            Decompressor::Xz,
+            Decompressor::Gzip,
+            Decompressor::Bzip2,
+            Decompressor::Zstd,
+        ]
+        .into_iter()
+        .filter_map(Decompressor::tool)
+        .collect();
+        tools.push(Tool::new("git", &["--version"], "git"));
+        tools
     }
 
     /// Key material the fields and inputs miss: the commit a git tree is at,
@@ -266,7 +280,7 @@ impl Source {
                 let sha256 = sha256.to_ascii_lowercase();
                 let tarball = download(ctx, url, &sha256)?;
                 let dir = unpack_once(ctx, &tarball, &sha256)?;
-                ctx.note("source.url", url);
+                ctx.note("source.url", &fetch::shown_url(url));
                 Ok(PreparedSource {
                     identity: format!("sha256:{sha256}"),
                     dir,
@@ -373,6 +387,17 @@ pub enum Decompressor {
 }
 
 impl Decompressor {
+    /// The program that unpacks this compression, if any.
+    pub fn tool(self) -> Option<Tool> {
+        Some(match self {
+            Decompressor::Xz => Tool::new("xz", &["--version"], "xz-utils"),
+            Decompressor::Gzip => Tool::new("gzip", &["--version"], "gzip"),
+            Decompressor::Bzip2 => Tool::new("bzip2", &["--help"], "bzip2"),
+            Decompressor::Zstd => Tool::new("zstd", &["--version"], "zstd"),
+            Decompressor::None => return None,
+        })
+    }
+
     /// From a file name or URL (`.tar.xz`, `.tgz`, ...).
     pub fn from_name(name: &str) -> Option<Decompressor> {
         let name = name
@@ -662,13 +687,13 @@ fn contained(path: &Path) -> Option<PathBuf> {
 }
 
 /// Download `url` into `<state>/downloads/`, check its sha256 and return the
-/// file. A partial download is kept as `.partial` and never used as a tarball.
+/// file. The bytes go to `<sha256 prefix>.partial` first, through [`crate::fetch`]
+/// (retries, timeouts, Range resume, credentials masked), and become the tarball
+/// only once their sha256 matches; wrong bytes are deleted, never unpacked.
 fn download(ctx: &mut RunContext, url: &str, sha256: &str) -> anyhow::Result<PathBuf> {
     let dir = ctx.state_dir().join("downloads");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = url
-        .rsplit('/')
-        .next()
+    let name = Some(fetch::url_file_name(url))
         .filter(|n| !n.is_empty())
         .unwrap_or("kernel.tar");
     let name: String = name
@@ -685,50 +710,31 @@ fn download(ctx: &mut RunContext, url: &str, sha256: &str) -> anyhow::Result<Pat
     if done.is_file() {
         return Ok(done);
     }
-    remove_others(&dir, &done);
     let partial = dir.join(format!("{}.partial", &sha256[..16]));
-    ctx.progress(&format!("downloading {url}"));
-    ctx.log(&format!("downloading {url}"));
-    let mut response = ureq::get(url)
-        .call()
-        .with_context(|| format!("cannot download `{url}`"))?;
-    let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
-    let mut file =
-        File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        if ctx.is_cancelled() {
-            bail!("interrupted");
-        }
-        let n = body
-            .read(&mut buf)
-            .with_context(|| format!("download of `{url}` broke off"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])?;
-        total += n as u64;
-        if total % (8 << 20) < n as u64 {
-            ctx.progress(&format!("downloading {url}: {} MiB", total >> 20));
+    // Other tarballs go; this one's partial bytes stay to be resumed.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path != partial {
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
         }
     }
-    file.sync_all()?;
-    let got = hex(&hasher.finalize());
+    let shown = fetch::shown_url(url);
+    ctx.progress(&format!("downloading {shown}"));
+    ctx.log(&format!("downloading {shown}"));
+    fetch::download(ctx, url, "source.url", &partial)?;
+    ctx.progress("checking sha256");
+    let got = fetch::sha256_of_file(&partial)?;
     if got != sha256 {
         let _ = std::fs::remove_file(&partial);
         bail!(
-            "`{url}` has sha256 {got}, but `sha256` says {sha256}: the file changed or the checksum is wrong"
+            "`{shown}` has sha256 {got}, but `sha256` says {sha256}: the file changed or the checksum is wrong; nothing was kept"
         );
     }
-    std::fs::rename(&partial, &done)?;
+    std::fs::rename(&partial, &done)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), done.display()))?;
     Ok(done)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Facts about the source for `qflow.lock`.

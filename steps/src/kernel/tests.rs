@@ -744,3 +744,25 @@ fn a_url_whose_content_does_not_match_its_sha256_is_refused_and_not_kept() {
         "nothing kept"
     );
 }
+
+#[test]
+fn a_url_with_credentials_never_shows_them_in_errors_or_notes() {
+    let mut b = Bench::new("url-secret");
+    let tarball = stand_in_tarball(&b);
+    let base = serve(tarball);
+    let url = format!(
+        "{}/linux-9.9.tar.xz",
+        base.replace("http://", "http://reader:hunter2@")
+    );
+    let step = b.step(&format!(
+        "source: {{ url: '{url}', sha256: {} }}\nconfig: tinyconfig\n",
+        "0".repeat(64)
+    ));
+    let o = b.run(&step, 2);
+    let err = format!("{:#}", o.result.unwrap_err());
+    assert!(err.contains("but `sha256` says 0000"), "{err}");
+    assert!(o.log.contains("downloading http://127.0.0.1"), "{}", o.log);
+    for text in [&err, &o.log] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

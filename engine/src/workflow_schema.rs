@@ -1,9 +1,9 @@
-//! `qflow schema`: a JSON Schema (draft-07) of workflow files, for editors.
+//! The JSON Schema (draft-07) of workflow files, for editors (`qflow schema`).
 //!
 //! yaml-language-server reads it from a `# yaml-language-server: $schema=...` line
 //! and then completes and checks a workflow as it is typed. The schema is composed
 //! from the registry, never written by hand: each kind's fields schema comes from
-//! its Rust type ([`qflow_engine::StepKind::schema`], schemars), so a new field or
+//! its Rust type ([`crate::StepKind::schema`], schemars), so a new field or
 //! kind appears here without an edit. Each step is selected by its `kind` with
 //! `if`/`then` rather than `oneOf`: an editor then reports the one kind's error
 //! ("unknown property `sise`") instead of "matches none of 8 alternatives".
@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value, json};
 
-use qflow_engine::Registry;
+use crate::Registry;
 
 /// The JSON Schema of a workflow file for every kind in `registry`.
 pub fn workflow_schema(registry: &Registry) -> Value {
@@ -175,13 +175,4 @@ fn rewrite_refs(v: &mut Value, prefix: &str) {
         Value::Array(items) => items.iter_mut().for_each(|i| rewrite_refs(i, prefix)),
         _ => {}
     }
-}
-
-/// Print the schema (`qflow schema`).
-pub fn run(registry: &Registry) -> anyhow::Result<i32> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&workflow_schema(registry))?
-    );
-    Ok(0)
 }

@@ -1,0 +1,593 @@
+//! One `qflow apply` in progress: the run loop (n2's `Work`).
+//!
+//! [`Run`] owns the step states ([`Schedule`]), each step's output, the run
+//! record and the lock entries the run changes, and has one small method per
+//! event: [`Run::settle`] looks at waiting steps whose upstream changed (its
+//! key is computed and `Run::lookup` answers "is there a usable result for
+//! it"; if so the step is `cached`, else ready), [`Run::start_ready`] hands
+//! ready steps that fit in the free slots to the executor, `on_executed` and
+//! `on_recorded` handle a finished step, [`Run::write_live`] keeps the live
+//! run record, [`Run::finish`] concludes. [`drive`] is the loop that waits for
+//! events (a job done, a record written, a signal) and calls them.
+//!
+//! A step is marked started before it is handed to the executor, so after a
+//! kill -9 of qflow the next apply sees no record and runs it again. Its
+//! result is recorded (`recorder.rs`, on a thread of the run) only once the
+//! executor reports its output complete; until then it holds its slots.
+//! Imports `schedule`, `dag`, `executor`, `recorder`, `run_record`, `session`,
+//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress` and `context`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::Scope;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use qflow_cache::{CacheProbe, Hash, Record, TempTree};
+
+use crate::context::StepLog;
+use crate::dag::StepId;
+use crate::executor::{Executor, JobId, JobResult, StepJob};
+use crate::lockfile::{LockFile, LockedStep};
+use crate::out_links::OutLinks;
+use crate::progress::Progress;
+use crate::recorder::Recording;
+use crate::run_record::{RunReport, StepOutcome, StepReport};
+use crate::schedule::{Schedule, StepState, Triage};
+use crate::session::{Prepared, Session};
+use crate::step_key::KeyMaterial;
+
+/// The live run record is written at most this often (and at the end).
+const LIVE_RECORD_EVERY: Duration = Duration::from_millis(250);
+
+/// What wakes the run loop.
+pub enum Event {
+    /// The executor may have finished jobs.
+    Wake,
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal,
+    /// A finished step was checked and recorded, or could not be.
+    Recorded {
+        /// The step's job.
+        job: JobId,
+        /// Its record.
+        result: anyhow::Result<Record>,
+    },
+}
+
+/// What a run works with, all opened before it starts.
+pub struct RunParts<'a> {
+    /// The workflow with its cache and last lock.
+    pub session: &'a Session<'a>,
+    /// Input digests, tool identities, extra key material.
+    pub prepared: &'a Prepared,
+    /// The cache, asked through open handles.
+    pub probe: &'a CacheProbe,
+    /// The `out/` links.
+    pub out_links: &'a OutLinks,
+    /// Per step: its lock entry's record, tree and link were found in place.
+    pub in_place: Vec<bool>,
+    /// Where step events go.
+    pub progress: Arc<Progress>,
+    /// Where `Recorded` events go.
+    pub events: Sender<Event>,
+    /// When the apply started (the run's duration counts from here).
+    pub started: Instant,
+}
+
+/// A usable result for a step's key, and how much of it is already in place.
+enum Hit {
+    /// Its lock entry has this key and its record, tree and link were in place.
+    InPlace(Hash),
+    /// Its lock entry has this key and its record and tree are there; the link
+    /// may need making.
+    Locked(Hash),
+    /// A record in the cache: the link and the lock entry may need making.
+    Record(Record),
+}
+
+/// A step handed to the executor, or being recorded.
+struct Active {
+    step: StepId,
+    material: KeyMaterial,
+    /// Taken when the executor reports it done.
+    staging: Option<TempTree>,
+    retains: Vec<Hash>,
+    /// Its inputs' stat fields when it was handed over (see `input_stamp.rs`).
+    input_stamps: Vec<Hash>,
+    submitted: Instant,
+}
+
+/// One apply in progress.
+pub struct Run<'a> {
+    parts: RunParts<'a>,
+    keep_going: bool,
+    schedule: Schedule<'a>,
+    /// Each done step's output, by name.
+    outputs: HashMap<&'a str, Hash>,
+    /// Per ready step: its key material and why it runs.
+    ready: Vec<Option<(KeyMaterial, Vec<String>)>>,
+    active: BTreeMap<JobId, Active>,
+    /// Jobs the executor still runs (the others are being recorded).
+    executing: Vec<JobId>,
+    report: RunReport,
+    /// Lock entries this run changes; a no-op changes none and rewrites nothing.
+    lock_changes: BTreeMap<String, LockedStep>,
+    logs_dir: PathBuf,
+    runs_dir: PathBuf,
+    started: Instant,
+    live_dirty: bool,
+    live_written: Option<Instant>,
+}
+
+/// A run that has ended: its record (not yet written) and the lock entries it changed.
+pub struct Finished {
+    /// The run record, `finished: true`.
+    pub report: RunReport,
+    /// New lock entries by step name.
+    pub lock_changes: BTreeMap<String, LockedStep>,
+}
+
+impl<'a> Run<'a> {
+    /// A run with id `id` of `slots` CPU slots.
+    pub fn new(parts: RunParts<'a>, slots: usize, keep_going: bool, id: String) -> Run<'a> {
+        let session = parts.session;
+        let workflow = session.workflow;
+        let width = workflow
+            .steps
+            .iter()
+            .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
+            .collect();
+        let n = workflow.steps.len();
+        Run {
+            keep_going,
+            schedule: Schedule::new(&session.dag, width, slots),
+            outputs: HashMap::with_capacity(n),
+            ready: (0..n).map(|_| None).collect(),
+            active: BTreeMap::new(),
+            executing: Vec::new(),
+            logs_dir: session.cache.dir("logs").join(&id),
+            runs_dir: session.cache.dir("runs"),
+            report: RunReport {
+                id,
+                workflow: workflow.path.display().to_string(),
+                started_unix: crate::run_record::unix_now(),
+                duration_ms: 0,
+                steps: (workflow.steps.iter())
+                    .map(|s| StepReport::new(&s.name, StepOutcome::Pending))
+                    .collect(),
+                interrupted: false,
+                finished: false,
+            },
+            lock_changes: BTreeMap::new(),
+            started: parts.started,
+            live_dirty: false,
+            live_written: None,
+            parts,
+        }
+    }
+
+    fn name(&self, id: StepId) -> &'a str {
+        &self.parts.session.workflow.steps[id.index()].name
+    }
+
+    /// Whether any step is with the executor or being recorded.
+    pub fn is_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// Look at every waiting step whose upstream changed: skip it, settle it
+    /// (cached, or ready to run), or leave it waiting.
+    pub fn settle(&mut self) -> anyhow::Result<()> {
+        while let Some(id) = self.schedule.next_to_look_at() {
+            match self.schedule.triage(id) {
+                Triage::Wait => {}
+                Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
+                Triage::UpstreamFailed(bad) => {
+                    let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
+                    self.skip(id, format!("upstream `{}` failed", names.join("`, `")));
+                }
+                Triage::Settle => self.settle_one(id)?,
+            }
+        }
+        for d in self.parts.session.cache.take_damaged() {
+            self.parts.progress.event(&format!(
+                "warning: a cached output changed after it was recorded (`{}` in tree {}); it was removed and the step that made it runs again",
+                d.path,
+                d.tree.short()
+            ));
+        }
+        // `cached` lines wait here, so a no-op writes them all at once.
+        self.parts.progress.flush();
+        // What was found in place before scheduling is not trusted once steps run:
+        // a user may touch `out/` meanwhile. Later steps check for themselves.
+        self.parts.in_place.clear();
+        Ok(())
+    }
+
+    fn skip(&mut self, id: StepId, why: String) {
+        self.schedule.set(id, StepState::Skipped);
+        let name = self.name(id);
+        self.parts
+            .progress
+            .event(&format!("skipped {name} ({why})"));
+        self.report.steps[id.index()] =
+            StepReport::new(name, StepOutcome::Skipped).because(vec![why]);
+        self.live_dirty = true;
+    }
+
+    /// Every upstream step is done: compute the key, then cached or ready.
+    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+        let session = self.parts.session;
+        let s = &session.workflow.steps[id.index()];
+        let up: BTreeMap<String, Hash> = s
+            .upstream_names()
+            .map(|u| (u.to_string(), self.output_of(u)))
+            .collect();
+        let material = session
+            .material(self.parts.prepared, id.index(), &up)
+            .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
+        let key = material.key();
+        let Some(hit) = self.lookup(id, &key) else {
+            let reasons = session.reasons(self.parts.prepared, id.index(), &material);
+            self.ready[id.index()] = Some((material, reasons));
+            self.schedule.set(id, StepState::Ready);
+            return Ok(());
+        };
+        let output = match &hit {
+            Hit::InPlace(output) | Hit::Locked(output) => *output,
+            Hit::Record(rec) => rec.output,
+        };
+        if !matches!(hit, Hit::InPlace(_)) {
+            self.parts.out_links.present(&s.name, &output)?;
+        }
+        if let Hit::Record(rec) = &hit {
+            let entry = session.locked_step(id.index(), &material, rec);
+            note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
+        }
+        self.parts
+            .progress
+            .event_held(&format!("cached {}", s.name));
+        let rep = &mut self.report.steps[id.index()];
+        *rep = StepReport::new(&s.name, StepOutcome::Cached);
+        rep.key = Some(key.to_hex());
+        rep.output = Some(output.to_hex());
+        self.outputs.insert(self.name(id), output);
+        self.schedule.set(id, StepState::Done);
+        Ok(())
+    }
+
+    fn output_of(&self, step: &str) -> Hash {
+        self.outputs[step]
+    }
+
+    /// The one question "is there a usable result for step `id`'s `key`":
+    /// its lock entry (found in place before the run, or with record and tree
+    /// in the cache now), else a record in the cache. A remote cache would be
+    /// asked here, last.
+    fn lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
+        let session = self.parts.session;
+        let i = id.index();
+        if self.parts.in_place.get(i) == Some(&true)
+            && let Some(output) = session.locked_output(i, key)
+        {
+            return Some(Hit::InPlace(output));
+        }
+        if let Some(output) = session.cached_from_lock(i, key, self.parts.probe) {
+            return Some(Hit::Locked(output));
+        }
+        if !session.workflow.steps[i].cache {
+            return None;
+        }
+        session.usable_record(key).map(Hit::Record)
+    }
+
+    /// Hand every ready step that fits in the free slots to `executor`.
+    pub fn start_ready(&mut self, executor: &mut dyn Executor) {
+        for id in self.schedule.startable() {
+            self.start(id, executor);
+        }
+    }
+
+    fn start(&mut self, id: StepId, executor: &mut dyn Executor) {
+        let (material, reasons) = self.ready[id.index()].take().expect("ready step has a key");
+        self.schedule.set(id, StepState::Running);
+        let name = self.name(id);
+        let progress = &self.parts.progress;
+        progress.event(&format!("run {name} ({})", reasons.join("; ")));
+        progress.start(name);
+        self.report.steps[id.index()] =
+            StepReport::new(name, StepOutcome::Running).because(reasons);
+        self.live_dirty = true;
+        let submitted = Instant::now();
+        let submit = self
+            .job_for(id, &material)
+            .and_then(|(job, staging, retains)| {
+                let session = self.parts.session;
+                let inputs = session.workflow.steps[id.index()].step.inputs();
+                let input_stamps =
+                    crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
+                let job_id = executor.submit(job)?;
+                Ok((job_id, staging, retains, input_stamps))
+            });
+        match submit {
+            Ok((job, staging, retains, input_stamps)) => {
+                let active = Active {
+                    step: id,
+                    material,
+                    staging: Some(staging),
+                    retains,
+                    input_stamps,
+                    submitted,
+                };
+                self.active.insert(job, active);
+                self.executing.push(job);
+            }
+            Err(e) => self.fail(id, e, 0),
+        }
+    }
+
+    /// The job that runs step `id`: fields resolved, a fresh staging
+    /// directory, the started mark written.
+    fn job_for(
+        &self,
+        id: StepId,
+        material: &KeyMaterial,
+    ) -> anyhow::Result<(StepJob, TempTree, Vec<Hash>)> {
+        let session = self.parts.session;
+        let (workflow, cache) = (session.workflow, &session.cache);
+        let s = &workflow.steps[id.index()];
+        let upstream: BTreeMap<String, PathBuf> = s
+            .upstream_names()
+            .map(|u| (u.to_string(), cache.tree_path(&self.output_of(u))))
+            .collect();
+        let retains = s.upstream_names().map(|u| self.output_of(u)).collect();
+        let fields = s.resolved_fields(&upstream)?;
+        let staging = cache.new_tree()?;
+        let key = material.key();
+        let run_token = crate::leftovers::token_for(&key);
+        cache.mark_started(&key, &crate::leftovers::mark_note(&s.name, &run_token))?;
+        let job = StepJob {
+            step: s.name.clone(),
+            kind: s.kind.clone(),
+            fields,
+            key,
+            work_dir: workflow.dir.clone(),
+            out_dir: staging.path().to_path_buf(),
+            state_dir: cache.dir("state").join(&workflow.name).join(&s.name),
+            upstream,
+            env: s.env.clone(),
+            jobs: self.schedule.width(id),
+            log: self.log_path(id),
+            run_token,
+        };
+        Ok((job, staging, retains))
+    }
+
+    fn log_path(&self, id: StepId) -> PathBuf {
+        self.logs_dir.join(format!("{}.log", self.name(id)))
+    }
+
+    /// Ask `executor` about every job it runs; record the ones that succeeded
+    /// on threads of `scope` (a `Recorded` event follows), fail the others.
+    pub fn check_executor<'s>(&mut self, executor: &mut dyn Executor, scope: &'s Scope<'s, 'a>) {
+        if self.executing.is_empty() {
+            return;
+        }
+        for (job, result) in executor.check_active(&self.executing) {
+            self.executing.retain(|j| *j != job);
+            self.on_executed(job, result, scope);
+        }
+    }
+
+    fn on_executed<'s>(&mut self, job: JobId, result: JobResult, scope: &'s Scope<'s, 'a>) {
+        let active = self.active.get_mut(&job).expect("active job");
+        let output = match result {
+            Ok(output) => output,
+            Err(e) => {
+                let (id, ms) = (active.step, active.submitted.elapsed().as_millis() as u64);
+                self.active.remove(&job);
+                return self.fail(id, e, ms);
+            }
+        };
+        let recording = Recording {
+            step: active.step,
+            key: active.material.key(),
+            staging: active.staging.take().expect("staging directory"),
+            retains: std::mem::take(&mut active.retains),
+            input_stamps: std::mem::take(&mut active.input_stamps),
+            output,
+            submitted: active.submitted,
+        };
+        let session = self.parts.session;
+        let before = &self.parts.prepared.inputs[active.step.index()];
+        let events = self.parts.events.clone();
+        scope.spawn(move || {
+            let result = recording.record(session, before);
+            let _ = events.send(Event::Recorded { job, result });
+        });
+    }
+
+    /// A step's result was recorded (or could not be).
+    pub fn on_recorded(
+        &mut self,
+        job: JobId,
+        result: anyhow::Result<Record>,
+    ) -> anyhow::Result<()> {
+        let active = self.active.remove(&job).expect("recorded job");
+        let (id, ms) = (active.step, active.submitted.elapsed().as_millis() as u64);
+        let rec = match result {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.fail(id, e, ms);
+                return Ok(());
+            }
+        };
+        let session = self.parts.session;
+        let name = self.name(id);
+        self.parts.progress.finish(name);
+        self.parts.out_links.present(name, &rec.output)?;
+        let entry = session.locked_step(id.index(), &active.material, &rec);
+        note_lock_change(&mut self.lock_changes, session.lock(), name, entry);
+        let log = self.log_path(id).display().to_string();
+        let rep = &mut self.report.steps[id.index()];
+        rep.outcome = StepOutcome::Ran;
+        rep.duration_ms = ms;
+        rep.log = Some(log);
+        rep.key = Some(active.material.key().to_hex());
+        rep.output = Some(rec.output.to_hex());
+        self.parts
+            .progress
+            .event(&format!("ok {name} {:.1}s", ms as f64 / 1000.0));
+        self.outputs.insert(name, rec.output);
+        self.schedule.set(id, StepState::Done);
+        self.live_dirty = true;
+        Ok(())
+    }
+
+    /// Step `id` failed after `ms` with `e`: nothing is recorded for it.
+    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64) {
+        self.schedule.set(id, StepState::Failed);
+        self.live_dirty = true;
+        let name = self.name(id);
+        let log = self.log_path(id);
+        let progress = &self.parts.progress;
+        progress.finish(name);
+        let rep = &mut self.report.steps[id.index()];
+        rep.duration_ms = ms;
+        rep.log = Some(log.display().to_string());
+        if self.schedule.is_interrupted() {
+            rep.outcome = StepOutcome::Interrupted;
+            rep.error = Some("interrupted".into());
+            progress.event(&format!("interrupted {name} (nothing recorded)"));
+            return;
+        }
+        rep.outcome = StepOutcome::Failed;
+        rep.error = Some(format!("{e:#}"));
+        let mut msg = format!("FAILED {name} after {:.1}s: {e:#}", ms as f64 / 1000.0);
+        msg.push_str(&format!("\n  log: {}", log.display()));
+        let tail = StepLog::tail_of(&log, 20);
+        if !tail.is_empty() {
+            msg.push_str("\n  last lines of the log:");
+            for l in tail {
+                msg.push_str("\n    ");
+                msg.push_str(&l);
+            }
+        }
+        progress.event(&msg);
+        if !self.keep_going {
+            self.schedule.stop();
+        }
+    }
+
+    /// A signal: stop every running step, start nothing more, skip what waits.
+    pub fn interrupt(&mut self, executor: &mut dyn Executor) {
+        if self.schedule.is_interrupted() {
+            return;
+        }
+        self.parts
+            .progress
+            .event("interrupted: stopping every step (press Ctrl-C again to exit at once)");
+        self.schedule.interrupt();
+        self.report.interrupted = true;
+        executor.cancel(&self.executing);
+    }
+
+    /// Write the live run record `qflow status` reads if it changed and was
+    /// last written long enough ago; else how long until it is due.
+    pub fn write_live(&mut self) -> Option<Duration> {
+        if !self.live_dirty {
+            return None;
+        }
+        if let Some(last) = self.live_written {
+            let since = last.elapsed();
+            if since < LIVE_RECORD_EVERY {
+                return Some(LIVE_RECORD_EVERY - since);
+            }
+        }
+        self.report.duration_ms = self.started.elapsed().as_millis() as u64;
+        let _ = self.report.write(&self.runs_dir);
+        self.live_dirty = false;
+        self.live_written = Some(Instant::now());
+        None
+    }
+
+    /// The run has ended: every step never started is `skipped`.
+    pub fn finish(mut self) -> Finished {
+        // Steps never started: the run was interrupted, or stopped after a failure.
+        let why = if self.schedule.is_interrupted() {
+            "run interrupted"
+        } else {
+            "not started after a failure"
+        };
+        for rep in &mut self.report.steps {
+            if rep.outcome == StepOutcome::Pending {
+                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.into()]);
+            }
+        }
+        self.report.finished = true;
+        Finished {
+            report: self.report,
+            lock_changes: self.lock_changes,
+        }
+    }
+
+    /// How long the run has taken so far.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Run until no step is active: settle, start, wait for an event, repeat.
+pub fn drive<'s, 'a>(
+    run: &mut Run<'a>,
+    executor: &mut dyn Executor,
+    events: &Receiver<Event>,
+    scope: &'s Scope<'s, 'a>,
+) -> anyhow::Result<()> {
+    loop {
+        run.settle()?;
+        run.start_ready(executor);
+        let live_due = run.write_live();
+        if !run.is_active() {
+            return Ok(());
+        }
+        let wait = match (live_due, executor.poll_interval()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let event = match wait {
+            Some(wait) => match events.recv_timeout(wait) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => Event::Wake,
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the run holds a sender"),
+            },
+            None => events.recv().expect("the run holds a sender"),
+        };
+        match event {
+            Event::Wake => {}
+            Event::Signal => run.interrupt(executor),
+            Event::Recorded { job, result } => run.on_recorded(job, result)?,
+        }
+        run.check_executor(executor, scope);
+    }
+}
+
+/// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
+fn note_lock_change(
+    changes: &mut BTreeMap<String, LockedStep>,
+    lock: &LockFile,
+    name: &str,
+    entry: LockedStep,
+) {
+    if lock.steps.get(name) != Some(&entry) {
+        changes.insert(name.to_string(), entry);
+    } else {
+        changes.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! The run loop against a fake executor that runs its batch only when asked,
+//! like a batch system polled for status, and a `note` kind that writes one
+//! file (or fails). Real cache, real records, real `out/` links.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use super::*;
+use crate::context::{NoProgress, ProcessGroups};
+use crate::executor::{Executor, JobId, JobResult, StepJob};
+use crate::step::{Registry, Step, StepFields};
+use crate::workflow::{LoadOptions, Workflow};
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Note {
+    text: String,
+    #[serde(default)]
+    fail: bool,
+}
+
+impl Step for Note {
+    fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
+        vec![("note".into(), crate::OutputRole::Result)]
+    }
+    fn run(&self, ctx: &mut crate::RunContext) -> anyhow::Result<()> {
+        if self.fail {
+            anyhow::bail!("it broke");
+        }
+        std::fs::write(ctx.out_dir().join("note"), &self.text)?;
+        Ok(())
+    }
+}
+
+impl StepFields for Note {
+    const KIND: &'static str = "note";
+    const SCHEMA_VERSION: u32 = 1;
+    fn kind_tools() -> Vec<crate::Tool> {
+        Vec::new()
+    }
+    fn kind_needs() -> Vec<crate::HostNeed> {
+        Vec::new()
+    }
+}
+
+/// Runs nothing at submit; runs every submitted job when polled. Keeps the
+/// batches it ran, by step name.
+struct Batch<'r> {
+    registry: &'r Registry,
+    queued: Vec<(JobId, StepJob)>,
+    done: Vec<(JobId, JobResult)>,
+    batches: Vec<Vec<String>>,
+    cancelled: usize,
+}
+
+impl Executor for Batch<'_> {
+    fn submit(&mut self, job: StepJob) -> anyhow::Result<JobId> {
+        let id = JobId(self.queued.len() as u64 + self.done.len() as u64 + 1000);
+        self.queued.push((id, job));
+        Ok(id)
+    }
+
+    fn check_active(&mut self, active: &[JobId]) -> Vec<(JobId, JobResult)> {
+        let batch: Vec<(JobId, StepJob)> = self.queued.drain(..).collect();
+        if !batch.is_empty() {
+            self.batches
+                .push(batch.iter().map(|(_, j)| j.step.clone()).collect());
+        }
+        for (id, job) in batch {
+            let result = job.run(self.registry, Arc::new(NoProgress), ProcessGroups::new());
+            self.done.push((id, result));
+        }
+        let (finished, rest) = self.done.drain(..).partition(|(id, _)| active.contains(id));
+        self.done = rest;
+        finished
+    }
+
+    fn cancel(&mut self, active: &[JobId]) {
+        self.cancelled += active.len();
+        for (id, _) in self.queued.drain(..) {
+            self.done.push((id, Err(anyhow::anyhow!("interrupted"))));
+        }
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(1))
+    }
+}
+
+struct Space(PathBuf);
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        let _ = qflow_cache::remove_dir_force(&self.0);
+    }
+}
+
+fn space(name: &str, yaml: &str) -> Space {
+    let dir =
+        std::env::temp_dir().join(format!("qflow-run-{name}-{}", crate::run_record::run_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
+    Space(dir)
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.add(crate::step::KindOf::<Note>::new());
+    r
+}
+
+/// One apply of the workflow in `dir` on the fake executor, `slots` wide.
+fn run_once(dir: &Path, slots: usize, keep_going: bool) -> (Finished, Vec<Vec<String>>) {
+    run_with(dir, slots, keep_going, false)
+}
+
+/// [`run_once`], with a signal waiting before the first step is handed out
+/// when `interrupt`.
+fn run_with(
+    dir: &Path,
+    slots: usize,
+    keep_going: bool,
+    interrupt: bool,
+) -> (Finished, Vec<Vec<String>>) {
+    let registry = registry();
+    let options = LoadOptions {
+        set: Vec::new(),
+        memo_cache: None,
+    };
+    let wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+    let mut session = Session::open(&wf, &registry, &dir.join(".qflow")).unwrap();
+    let prepared = session.prepare().unwrap();
+    let session = &session;
+    let probe = session.cache.probe().unwrap();
+    let out_links = OutLinks::open(&dir.join("out"), &session.cache.dir("trees")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    if interrupt {
+        tx.send(Event::Signal).unwrap();
+    }
+    let parts = RunParts {
+        session,
+        prepared: &prepared,
+        probe: &probe,
+        out_links: &out_links,
+        in_place: Vec::new(),
+        progress: Arc::new(Progress::plain()),
+        events: tx,
+        started: Instant::now(),
+    };
+    let mut run = Run::new(parts, slots, keep_going, crate::run_record::run_id());
+    let mut batch = Batch {
+        registry: &registry,
+        queued: Vec::new(),
+        done: Vec::new(),
+        batches: Vec::new(),
+        cancelled: 0,
+    };
+    std::thread::scope(|scope| drive(&mut run, &mut batch, &rx, scope)).unwrap();
+    (run.finish(), batch.batches)
+}
+
+fn outcomes(f: &Finished) -> Vec<(String, StepOutcome)> {
+    (f.report.steps.iter())
+        .map(|s| (s.name.clone(), s.outcome))
+        .collect()
+}
+
+const DIAMOND: &str = "version: 1\nsteps:\n  top:\n    kind: note\n    text: top\n  left:\n    kind: note\n    text: ${{ steps.top }}\n  right:\n    kind: note\n    text: right\n    after: [top]\n  bottom:\n    kind: note\n    text: bottom\n    after: [left, right]\n";
+
+#[test]
+fn a_diamond_runs_in_three_batches_then_is_all_cached() {
+    let s = space("diamond", DIAMOND);
+    let (first, batches) = run_once(&s.0, 2, false);
+    assert_eq!(
+        batches,
+        [vec!["top"], vec!["left", "right"], vec!["bottom"]]
+    );
+    assert!(
+        (first.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
+        "{:?}",
+        outcomes(&first)
+    );
+    assert_eq!(first.lock_changes.len(), 4);
+    assert_eq!(
+        std::fs::read_to_string(s.0.join("out/bottom/note")).unwrap(),
+        "bottom"
+    );
+    let left = std::fs::read_to_string(s.0.join("out/left/note")).unwrap();
+    assert!(left.contains("/trees/"), "left got top's tree: {left}");
+    let (second, batches) = run_once(&s.0, 2, false);
+    assert!(batches.is_empty(), "nothing runs again: {batches:?}");
+    assert!(
+        (second.report.steps.iter()).all(|r| r.outcome == StepOutcome::Cached),
+        "{:?}",
+        outcomes(&second)
+    );
+}
+
+#[test]
+fn one_slot_runs_the_diamond_one_step_at_a_time_in_file_order() {
+    let s = space("one-slot", DIAMOND);
+    let (_, batches) = run_once(&s.0, 1, false);
+    assert_eq!(
+        batches,
+        [vec!["top"], vec!["left"], vec!["right"], vec!["bottom"]]
+    );
+}
+
+/// `top`, then `right` (which fails) and `left`, then `bottom`: `right` comes
+/// first in the file, so on one slot it fails before `left` starts.
+const FAILING: &str = "version: 1\nsteps:\n  top:\n    kind: note\n    text: top\n  right:\n    kind: note\n    text: right\n    fail: true\n    after: [top]\n  left:\n    kind: note\n    text: left\n    after: [top]\n  bottom:\n    kind: note\n    text: bottom\n    after: [left, right]\n";
+
+#[test]
+fn a_failed_step_skips_what_needs_it_and_records_nothing_for_it() {
+    let s = space("failure", FAILING);
+    let (f, batches) = run_once(&s.0, 2, true);
+    assert_eq!(batches, [vec!["top"], vec!["right", "left"]]);
+    let bottom = &f.report.steps[3];
+    assert_eq!(bottom.outcome, StepOutcome::Skipped);
+    assert_eq!(bottom.reasons, ["upstream `right` failed"]);
+    assert_eq!(f.report.steps[1].outcome, StepOutcome::Failed);
+    assert!(
+        f.report.steps[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("it broke")
+    );
+    assert!(f.lock_changes.contains_key("left"));
+    assert!(
+        !f.lock_changes.contains_key("right"),
+        "nothing recorded for a failure"
+    );
+    assert!(!s.0.join("out/right").exists());
+}
+
+#[test]
+fn without_keep_going_a_failure_starts_nothing_more_with_it_the_other_side_finishes() {
+    for (keep_going, left) in [(false, StepOutcome::Skipped), (true, StepOutcome::Ran)] {
+        let s = space("keep-going", FAILING);
+        let (f, _) = run_once(&s.0, 1, keep_going);
+        assert_eq!(f.report.steps[2].outcome, left, "keep_going: {keep_going}");
+        if !keep_going {
+            assert_eq!(f.report.steps[2].reasons, ["not started after a failure"]);
+        }
+        assert_eq!(f.report.steps[3].outcome, StepOutcome::Skipped);
+    }
+}
+
+#[test]
+fn an_interrupt_cancels_the_running_step_and_skips_the_rest() {
+    let s = space("interrupt", DIAMOND);
+    let (f, batches) = run_with(&s.0, 2, false, true);
+    assert!(
+        batches.is_empty(),
+        "the cancelled job never ran: {batches:?}"
+    );
+    assert!(f.report.interrupted);
+    assert_eq!(f.report.steps[0].outcome, StepOutcome::Interrupted);
+    for r in &f.report.steps[1..] {
+        assert_eq!(r.outcome, StepOutcome::Skipped, "{}", r.name);
+        assert_eq!(r.reasons, ["run interrupted"]);
+    }
+    assert!(f.lock_changes.is_empty());
+    let (again, _) = run_once(&s.0, 2, false);
+    assert!(
+        (again.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
+        "the next run runs everything"
+    );
+}

@@ -1,0 +1,104 @@
+//! One step's execution, described on its own: everything a worker needs to
+//! run the step and fill its output directory, and nothing of the run around it.
+//!
+//! The run loop makes a [`StepJob`] when a step starts (fields resolved
+//! against the upstream output trees, a fresh staging directory, the started
+//! mark written) and hands it to an executor (`executor.rs`). The executor
+//! runs [`StepJob::run`], here or elsewhere: the job is plain data and
+//! serializable, so a batch executor can write it to a file and run it with
+//! the same registry of kinds on another host that sees the same paths. The
+//! run loop, not the worker, then checks and records the output tree
+//! (`recorder.rs`). Note that `env` may hold secrets: a job written to disk
+//! must be readable by its owner only. Imports `context` and `step`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use qflow_cache::Hash;
+use serde::{Deserialize, Serialize};
+
+use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::step::Registry;
+
+/// Everything needed to run one step once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepJob {
+    /// The step's name.
+    pub step: String,
+    /// Its `kind:`.
+    pub kind: String,
+    /// The kind's fields with every `${{ steps.X }}` resolved to a path.
+    pub fields: serde_yaml::Value,
+    /// The step key this run will be recorded under.
+    pub key: Hash,
+    /// The workflow's directory (the working directory of its programs).
+    pub work_dir: PathBuf,
+    /// The fresh staging directory the step writes its outputs into (`$QFLOW_OUT`).
+    pub out_dir: PathBuf,
+    /// The step's kept state directory (`$QFLOW_STATE`).
+    pub state_dir: PathBuf,
+    /// Output trees of the upstream steps, by step name.
+    pub upstream: BTreeMap<String, PathBuf>,
+    /// The step's `env:` (may hold secrets).
+    pub env: BTreeMap<String, String>,
+    /// CPU slots the step holds.
+    pub jobs: usize,
+    /// The step's log file.
+    pub log: PathBuf,
+    /// Marks every process of this run (see `leftovers.rs`).
+    pub run_token: String,
+}
+
+/// What a successful run of a step hands back besides its output directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepOutput {
+    /// Facts the step noted for the lock file ([`RunContext::note`]).
+    pub notes: BTreeMap<String, String>,
+}
+
+impl StepJob {
+    /// Run the step: parse its fields with `registry`, run it with a fresh
+    /// [`RunContext`] and check that it wrote every declared output into
+    /// `out_dir`. `groups` holds its processes (cancelling them interrupts it).
+    pub fn run(
+        &self,
+        registry: &Registry,
+        progress: Arc<dyn ProgressSink>,
+        groups: ProcessGroups,
+    ) -> anyhow::Result<StepOutput> {
+        let kind = registry
+            .get(&self.kind)
+            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
+        let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("cannot create {}", self.state_dir.display()))?;
+        let log = StepLog::create(&self.log)?;
+        let mut ctx = RunContext::new(
+            &self.step,
+            self.out_dir.clone(),
+            self.work_dir.clone(),
+            self.state_dir.clone(),
+            self.jobs,
+            self.upstream.clone(),
+            self.env.clone(),
+            log,
+            progress,
+            groups,
+            step.uses_jobserver(),
+        )?
+        .with_run_token(self.run_token.clone());
+        step.run(&mut ctx)?;
+        for out in step.outputs() {
+            if std::fs::symlink_metadata(self.out_dir.join(&out)).is_err() {
+                bail!(
+                    "the step succeeded but did not create its declared output `{out}` (in $QFLOW_OUT)"
+                );
+            }
+        }
+        Ok(StepOutput {
+            notes: ctx.notes().clone(),
+        })
+    }
+}

@@ -1,0 +1,384 @@
+//! `qflow verify`: rebuild a workflow from nothing and compare with its lock.
+//!
+//! An artifact evaluator's question is "do I get the same bytes?". Verify answers it
+//! without touching the user's cache, lock or `out/`: it opens the workflow on a
+//! fresh cache in a temporary directory ([`scratch`]), with an empty lock and its
+//! own `out/`, applies every step (`keep_going`, so one failure does not hide the
+//! rest), and compares each step's output hashes with the workflow's lock.
+//!
+//! A [`Rebuild`] is the comparison, with both files of every differing output at
+//! hand while it lives: the caller explains a differing output by its
+//! [`OutputRole`] (a disk image file by file, which needs the image kinds' tools;
+//! a small text by its first differing line, [`first_differing_line`]). When the
+//! lock's key for a step differs from the rebuild's (a tool version, an input, a
+//! field), [`Rebuild::key_notes`] says which, because "different tool, same bytes"
+//! and "same inputs, different bytes" mean different things to an evaluator.
+
+pub mod scratch;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::Refusal;
+use crate::lockfile::{LockFile, LockedStep};
+use crate::progress::Progress;
+use crate::scheduler::{ApplyOptions, apply};
+use crate::session::{Session, lock_path};
+use crate::step::{OutputRole, Registry};
+use crate::workflow::Workflow;
+use scratch::Scratch;
+
+/// How to verify.
+pub struct VerifyOptions {
+    /// CPU slots for the rebuild (default: the number of cores).
+    pub jobs: Option<usize>,
+    /// Parent of the temporary directory (default: `$TMPDIR`, else `/tmp`).
+    pub work_dir: Option<PathBuf>,
+    /// Only these steps and their upstream (empty: every step).
+    pub steps: Vec<String>,
+    /// Keep the temporary directory.
+    pub keep: bool,
+    /// The cache the lock was made with, where recorded images may still be.
+    pub original_cache: PathBuf,
+}
+
+/// How one output compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rebuilt bit for bit.
+    Identical,
+    /// Rebuilt with other bytes.
+    Different,
+    /// Recorded, but the rebuild did not produce it.
+    NotRebuilt,
+    /// Produced by the rebuild, absent from the lock.
+    NotInLock,
+}
+
+impl Verdict {
+    /// The word the report shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Identical => "identical",
+            Verdict::Different => "DIFFERENT",
+            Verdict::NotRebuilt => "NOT REBUILT",
+            Verdict::NotInLock => "NOT IN LOCK",
+        }
+    }
+}
+
+/// One output of one step, recorded against rebuilt.
+#[derive(Debug)]
+pub struct Row {
+    /// The step.
+    pub step: String,
+    /// The output, relative to the step's output directory.
+    pub output: String,
+    /// What the step says this output is.
+    pub role: OutputRole,
+    /// Its hash in the user's lock.
+    pub recorded: Option<String>,
+    /// Its hash in the rebuild.
+    pub rebuilt: Option<String>,
+    /// How the two compare.
+    pub verdict: Verdict,
+}
+
+/// A finished rebuild and its comparison with the lock. Dropping it removes the
+/// rebuild's directory (unless kept).
+pub struct Rebuild {
+    /// The user's lock the rebuild was compared with.
+    pub recorded_path: PathBuf,
+    /// Every output compared, by step.
+    pub rows: Vec<Row>,
+    steps: Vec<String>,
+    recorded: LockFile,
+    rebuilt: LockFile,
+    rebuilt_cache: qflow_cache::Cache,
+    original_cache: PathBuf,
+    scratch: Scratch,
+}
+
+/// Rebuild `wf` in a temporary cache and compare with its lock; `None` when the
+/// rebuild was interrupted.
+pub fn rebuild(
+    mut wf: Workflow,
+    registry: &Registry,
+    options: &VerifyOptions,
+) -> anyhow::Result<Option<Rebuild>> {
+    select_steps(&mut wf, &options.steps)?;
+    let wf = &wf;
+    let recorded_path = lock_path(wf);
+    let recorded = LockFile::read(&recorded_path);
+    if recorded.steps.is_empty() {
+        return Err(Refusal(format!(
+            "no lock file with results at `{}`; run `qflow apply {}` first: verify compares a rebuild with it",
+            recorded_path.display(),
+            wf.path.display()
+        ))
+        .into());
+    }
+    let jobs = options.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if jobs == 0 {
+        return Err(Refusal("--jobs must be at least 1".into()).into());
+    }
+    let scratch = Scratch::new(
+        &options.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        options.keep,
+    )?;
+    eprintln!(
+        "qflow: verify: rebuilding every step from scratch in {}",
+        scratch.path.display()
+    );
+    let mut session = Session::open(wf, registry, &scratch.path.join("cache"))?;
+    // Never read or write the user's lock: the rebuild has its own, empty one.
+    session.lock_path = scratch.path.join("rebuilt.lock");
+    session.set_lock(LockFile::default());
+    let apply_options = ApplyOptions {
+        jobs,
+        keep_going: true,
+        no_wait: false,
+        out_dir: Some(scratch.path.join("out")),
+    };
+    let report = apply(&mut session, &apply_options, Arc::new(Progress::new()))?;
+    if report.interrupted {
+        return Ok(None);
+    }
+    let rebuilt = LockFile::read(&session.lock_path);
+    let rows = compare(wf, &recorded, &rebuilt);
+    Ok(Some(Rebuild {
+        recorded_path,
+        rows,
+        steps: wf.steps.iter().map(|s| s.name.clone()).collect(),
+        recorded,
+        rebuilt,
+        rebuilt_cache: session.cache.clone(),
+        original_cache: options.original_cache.clone(),
+        scratch,
+    }))
+}
+
+impl Rebuild {
+    /// The recorded output file, if the original cache still holds its tree.
+    pub fn recorded_file(&self, row: &Row) -> Option<PathBuf> {
+        if !self.original_cache.is_dir() {
+            return None;
+        }
+        let hash: qflow_cache::Hash = self.recorded.steps.get(&row.step)?.output.parse().ok()?;
+        let cache = qflow_cache::Cache::open(&self.original_cache).ok()?;
+        let p = cache.tree_path(&hash).join(&row.output);
+        p.is_file().then_some(p)
+    }
+
+    /// The rebuilt output file.
+    pub fn rebuilt_file(&self, row: &Row) -> Option<PathBuf> {
+        let hash: qflow_cache::Hash = self.rebuilt.steps.get(&row.step)?.output.parse().ok()?;
+        Some(self.rebuilt_cache.tree_path(&hash).join(&row.output))
+    }
+
+    /// The cache the lock was made with.
+    pub fn original_cache(&self) -> &Path {
+        &self.original_cache
+    }
+
+    /// A directory for the caller's own scratch files, removed with the rebuild.
+    pub fn work_dir(&self) -> PathBuf {
+        self.scratch.path.join("diff")
+    }
+
+    /// (step, what differs) for every step rebuilt from other key material than
+    /// the lock records, in the workflow's order.
+    pub fn key_notes(&self) -> Vec<(String, Vec<String>)> {
+        self.steps
+            .iter()
+            .filter_map(|name| {
+                let (a, b) = (
+                    self.recorded.steps.get(name)?,
+                    self.rebuilt.steps.get(name)?,
+                );
+                (a.key != b.key).then(|| (name.clone(), key_differences(a, b)))
+            })
+            .collect()
+    }
+
+    /// How many outputs are not identical.
+    pub fn differing(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| r.verdict != Verdict::Identical)
+            .count()
+    }
+}
+
+/// Keep only `wanted` and every step they depend on (all steps when empty).
+fn select_steps(wf: &mut Workflow, wanted: &[String]) -> anyhow::Result<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for w in wanted {
+        if wf.step(w).is_none() {
+            let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
+            return Err(Refusal(format!(
+                "--step `{w}`: no step of that name in {}; its steps: {}",
+                wf.path.display(),
+                names.join(", ")
+            ))
+            .into());
+        }
+        todo.push(w.clone());
+    }
+    while let Some(name) = todo.pop() {
+        if keep.insert(name.clone())
+            && let Some(s) = wf.step(&name)
+        {
+            todo.extend(s.upstream_names().map(str::to_string));
+        }
+    }
+    wf.steps.retain(|s| keep.contains(&s.name));
+    Ok(())
+}
+
+/// Every output of every step of the workflow, recorded against rebuilt.
+fn compare(wf: &Workflow, recorded: &LockFile, rebuilt: &LockFile) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for s in &wf.steps {
+        let a = recorded.steps.get(&s.name);
+        let b = rebuilt.steps.get(&s.name);
+        let paths: BTreeSet<&String> = a
+            .iter()
+            .flat_map(|e| e.outputs.keys())
+            .chain(b.iter().flat_map(|e| e.outputs.keys()))
+            .collect();
+        for p in paths {
+            let ra = a.and_then(|e| e.outputs.get(p)).cloned();
+            let rb = b.and_then(|e| e.outputs.get(p)).cloned();
+            let verdict = match (&ra, &rb) {
+                (Some(x), Some(y)) if x == y => Verdict::Identical,
+                (Some(_), Some(_)) => Verdict::Different,
+                (Some(_), None) => Verdict::NotRebuilt,
+                (None, _) => Verdict::NotInLock,
+            };
+            rows.push(Row {
+                step: s.name.clone(),
+                output: p.clone(),
+                role: s.step.output_role(p),
+                recorded: ra,
+                rebuilt: rb,
+                verdict,
+            });
+        }
+    }
+    rows
+}
+
+/// The first line that differs between two small text files, shown old → new;
+/// `None` for binary or large files.
+pub fn first_differing_line(a: &Path, b: &Path) -> Option<String> {
+    const LIMIT: u64 = 1024 * 1024;
+    if std::fs::metadata(a).ok()?.len() > LIMIT || std::fs::metadata(b).ok()?.len() > LIMIT {
+        return None;
+    }
+    let ta = String::from_utf8(std::fs::read(a).ok()?).ok()?;
+    let tb = String::from_utf8(std::fs::read(b).ok()?).ok()?;
+    let short = |l: Option<&str>| match l {
+        None => "(end of file)".to_string(),
+        Some(l) if l.chars().count() > 60 => {
+            format!("{:?}…", l.chars().take(60).collect::<String>())
+        }
+        Some(l) => format!("{l:?}"),
+    };
+    let (mut la, mut lb) = (ta.lines(), tb.lines());
+    for n in 1.. {
+        let (x, y) = (la.next(), lb.next());
+        if x.is_none() && y.is_none() {
+            return Some("the lines are equal; they differ in line endings".to_string());
+        }
+        if x != y {
+            return Some(format!(
+                "first differing line {n}: {} → {}",
+                short(x),
+                short(y)
+            ));
+        }
+    }
+    None
+}
+
+/// What differs in the key material of one step, in the user's words.
+fn key_differences(a: &LockedStep, b: &LockedStep) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.kind != b.kind || a.schema_version != b.schema_version {
+        out.push(format!(
+            "kind {} v{} → {} v{}",
+            a.kind, a.schema_version, b.kind, b.schema_version
+        ));
+    }
+    if a.fields != b.fields {
+        out.push("its fields".to_string());
+    }
+    if a.vars != b.vars {
+        out.push("vars".to_string());
+    }
+    if a.env != b.env {
+        out.push("env".to_string());
+    }
+    let labels: BTreeSet<&String> = a.inputs.keys().chain(b.inputs.keys()).collect();
+    for l in labels {
+        if a.inputs.get(l) != b.inputs.get(l) {
+            out.push(format!("input `{l}`"));
+        }
+    }
+    let tools: BTreeSet<&String> = a.tools.keys().chain(b.tools.keys()).collect();
+    for t in tools {
+        match (a.tools.get(t), b.tools.get(t)) {
+            (Some(x), Some(y)) if x != y => out.push(format!("tool `{t}` ({x} → {y})")),
+            (x, y) if x != y => out.push(format!("tool `{t}`")),
+            _ => {}
+        }
+    }
+    let ups: BTreeSet<&String> = a.upstream.keys().chain(b.upstream.keys()).collect();
+    for u in ups {
+        if a.upstream.get(u) != b.upstream.get(u) {
+            out.push(format!("the output of upstream `{u}`"));
+        }
+    }
+    if a.extra != b.extra {
+        out.push("a secret or derived value (e.g. a password file)".to_string());
+    }
+    if out.is_empty() {
+        out.push("qflow's key encoding".to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_differing_line_of_two_tables_is_shown_old_to_new() {
+        let dir = std::env::temp_dir().join(format!("qflow-verify-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, "size,ns\n1,10\n2,20\n").unwrap();
+        std::fs::write(&b, "size,ns\n1,10\n2,21\n").unwrap();
+        assert_eq!(
+            first_differing_line(&a, &b).unwrap(),
+            "first differing line 3: \"2,20\" → \"2,21\""
+        );
+        std::fs::write(&b, "size,ns\r\n1,10\r\n2,20\r\n").unwrap();
+        assert!(
+            first_differing_line(&a, &b)
+                .unwrap()
+                .contains("line endings")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
