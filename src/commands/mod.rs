@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             work_dir,
             steps,
             keep,
+            twice,
             cache,
         } => verify::run(
             &registry,
@@ -67,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 work_dir,
                 steps,
                 keep,
+                twice,
             },
         ),
         Command::Bundle { workflow, output } => {

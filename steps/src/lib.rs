@@ -248,10 +248,16 @@ mod tests {
             "boot",
             "system: base\nsnapshot: false\ncheckpoint: true\ncollect: [/root/out.csv]",
         );
-        assert_eq!(boot.output_role("console.log"), Log);
+        assert_eq!(boot.output_role("console.log"), MachineState, "no icount");
         assert_eq!(boot.output_role("out.csv"), Result);
-        assert_eq!(boot.output_role("image.qcow2"), Image);
+        assert_eq!(
+            boot.output_role("image.qcow2"),
+            MachineState,
+            "the guest wrote it"
+        );
         assert_eq!(boot.output_role("memory.snapshot"), MachineState);
+        let timed = parse("boot", "system: base\nicount: 1\naccel: tcg");
+        assert_eq!(timed.output_role("console.log"), Log);
         let download = parse(
             "download",
             "url: http://example.org/x\nsha256: 0000000000000000000000000000000000000000000000000000000000000000",
