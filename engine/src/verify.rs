@@ -11,7 +11,9 @@
 //! identical, so it is not judged by its bytes: verify lists it in its own section
 //! and checks what matters in it instead, that the steps which use it (the runs
 //! restored from a checkpoint) rebuilt identical outputs ([`Rebuild::machine_state`]).
-//! Verify passes when every other output, every image and result, is identical.
+//! Verify passes when every image, result and artifact is identical; a log that
+//! differs (a console's boot messages follow when qflow's typed input reached the
+//! guest, even under `icount`) is shown, not judged.
 //!
 //! `--twice` ([`VerifyOptions::twice`]) needs no earlier apply: it makes two clean
 //! builds and compares the second with the first.
@@ -104,12 +106,21 @@ impl Row {
     }
 
     /// Whether this row fails the verification: anything not identical, except
-    /// machine state that was rebuilt with other bytes.
+    /// machine state and logs rebuilt with other bytes (verify vouches for images,
+    /// results and artifacts; a log is shown, not judged).
     pub fn fails(&self) -> bool {
         match self.verdict {
             Verdict::Identical => false,
-            Verdict::Different => !self.is_machine_state(),
+            Verdict::Different => !self.is_machine_state() && self.role != OutputRole::Log,
             Verdict::NotRebuilt | Verdict::NotInLock => true,
+        }
+    }
+
+    /// The result column of the main table.
+    pub fn result(&self) -> &'static str {
+        match (self.verdict, self.role) {
+            (Verdict::Different, OutputRole::Log) => "differs (a log: shown, not judged)",
+            (v, _) => v.word(),
         }
     }
 }

@@ -47,7 +47,7 @@ pub fn run(registry: &Registry, args: &WorkflowArgs, options: Options) -> anyhow
         .max()
         .unwrap_or(6)
         .max(6);
-    print_table(&built, width, |r| r.verdict.word().to_string());
+    print_table(&built, width, |r| r.result().to_string());
     if !state.is_empty() {
         println!();
         println!("machine state (a guest's disks and memory, a console without icount):");
@@ -97,14 +97,18 @@ pub fn run(registry: &Registry, args: &WorkflowArgs, options: Options) -> anyhow
         .iter()
         .filter(|r| r.verdict == Verdict::Different)
         .count();
-    let identical = total - differing - expected;
-    if differing == 0 && expected == 0 {
+    let logs = built
+        .iter()
+        .filter(|r| r.verdict == Verdict::Different && r.role == OutputRole::Log)
+        .count();
+    let identical = total - differing - expected - logs;
+    if differing == 0 && expected == 0 && logs == 0 {
         println!("qflow verify: all {total} outputs identical to {lock}");
         Ok(0)
     } else if differing == 0 {
         println!(
-            "qflow verify: all {identical} images, results and logs identical to {lock}; \
-             {expected} machine state outputs differ, as expected"
+            "qflow verify: every image, result and artifact identical to {lock} ({identical} outputs); \
+             {expected} machine state outputs and {logs} logs differ"
         );
         Ok(0)
     } else {
