@@ -484,6 +484,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn differing_machine_state_and_logs_do_not_fail_but_images_and_results_do() {
+        let row = |role, verdict| Row {
+            step: "s".into(),
+            output: "o".into(),
+            role,
+            recorded: Some("a".into()),
+            rebuilt: Some("b".into()),
+            verdict,
+        };
+        use OutputRole::*;
+        for role in [Image, Result, Artifact] {
+            assert!(row(role, Verdict::Different).fails(), "{role:?}");
+        }
+        for role in [MachineState, Log] {
+            assert!(!row(role, Verdict::Different).fails(), "{role:?}");
+            assert!(row(role, Verdict::NotRebuilt).fails(), "{role:?}");
+        }
+        assert_eq!(
+            row(Log, Verdict::Different).result(),
+            "differs (a log: shown, not judged)"
+        );
+    }
+
+    #[test]
     fn the_first_differing_line_of_two_tables_is_shown_old_to_new() {
         let dir = std::env::temp_dir().join(format!("qflow-verify-lines-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
