@@ -21,9 +21,26 @@ pub fn detach(cache_dir: &Path) -> anyhow::Result<i32> {
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the qflow executable")?;
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--detach")
+    // Slurm jobs of a detached run are batch jobs, which outlive any process.
+    // `-C DIR` was already applied: the child starts in this directory.
+    let mut raw = std::env::args().skip(1);
+    let mut kept = Vec::new();
+    while let Some(a) = raw.next() {
+        if a == "-C" {
+            raw.next();
+        } else if !a.starts_with("-C") {
+            kept.push(a);
+        }
+    }
+    let args: Vec<String> = kept
+        .into_iter()
+        .map(|a| {
+            if a == "--detach" {
+                "--slurm-batch".to_string()
+            } else {
+                a
+            }
+        })
         .collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args)

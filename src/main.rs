@@ -6,8 +6,37 @@
 mod cli;
 mod commands;
 mod detach;
+mod local_time;
+mod slurm_plan;
 mod usage_error;
+mod workflow_file;
 
 fn main() {
+    quiet_on_closed_output();
     std::process::exit(cli::run());
+}
+
+/// `qflow status | head` closes qflow's stdout early, and a stderr on a full
+/// disk (`2>/dev/full`) cannot be written: `println!`/`eprintln!` then panic.
+/// Exit quietly instead, as other Unix tools do: 0 when the reader of stdout
+/// went away (it read what it wanted), 1 when output was lost. Nothing is
+/// printed, since there is nowhere to print it. Any other panic is reported
+/// as usual.
+fn quiet_on_closed_output() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        if message.starts_with("failed printing to std") {
+            std::process::exit(1);
+        }
+        default(info);
+    }));
 }

@@ -151,8 +151,58 @@ fn a_missing_workflow_file_says_what_to_pass() {
     let s = Space::new();
     let run = s.qflow(&["apply"]).failure(2);
     assert!(
-        run.stderr.contains("cannot read workflow `workflow.yaml`"),
+        run.stderr.contains("no workflow found: no `workflow.yaml`")
+            && run.stderr.contains("pass `-f FILE`"),
         "{}",
         run.stderr
+    );
+    let run = s.qflow(&["apply", "paper.yaml"]).failure(2);
+    assert!(
+        run.stderr.contains("cannot read workflow `paper.yaml`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn malformed_files_get_a_place_and_only_the_hint_that_applies() {
+    let cases: [(&[u8], &[&str]); 4] = [
+        (
+            b"version: 1\nsteps:\n  a:\n    kind: command\n    run: [true]\n---\nversion: 1\n",
+            &["workflow.yaml:6:1", "one YAML document"],
+        ),
+        (
+            b"version: 1\nsteps:\n  a:\n\tkind: command\n",
+            &["workflow.yaml:4:1", "a tab in the indentation"],
+        ),
+        (
+            b"version: 1\nsteps:\n  a:\n    kind: command\n    run: [echo, \xff]\n",
+            &["workflow.yaml:5:17", "not UTF-8", "0xff"],
+        ),
+        (
+            b"a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
+              d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n\
+              f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n",
+            &["workflow.yaml:2:1", "aliases"],
+        ),
+    ];
+    for (bytes, needles) in cases {
+        let s = Space::new();
+        s.write("workflow.yaml", bytes);
+        let run = s.qflow(&["apply"]).failure(2);
+        for n in needles {
+            assert!(run.stderr.contains(n), "expected {n:?} in:\n{}", run.stderr);
+        }
+        for wrong in [
+            "is not valid YAML; quote it",
+            "pass the workflow file as an argument",
+        ] {
+            assert!(!run.stderr.contains(wrong), "{wrong:?} in:\n{}", run.stderr);
+        }
+        assert!(run.ran().is_empty());
+    }
+    rejects(
+        "version: 1\nsteps:\n  a:\n    kind: command\n    run: [${{ x }}]\n",
+        &["workflow.yaml:5:", "quote the value"],
     );
 }

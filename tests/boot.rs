@@ -78,8 +78,9 @@ fn the_plan_shows_the_recipes_qemu_command_line() {
     let s = Space::new();
     s.workflow(&workflow(
         "  experiment:\n    kind: boot\n    system: system\n    disks: [data]\n    kernel: kernel\n    icount: 1\n    \
-         plugins: [{ path: /opt/libinsn.so, args: [inline=on] }]\n    commands: [uname -a]\n",
+         plugins: [{ path: ./libinsn.so, args: [inline=on] }]\n    commands: [uname -a]\n",
     ));
+    s.write("libinsn.so", "");
     let plan = s.qflow(&["plan"]).success();
     let text = format!("{}{}", plan.stdout, plan.stderr);
     assert!(
@@ -88,7 +89,7 @@ fn the_plan_shows_the_recipes_qemu_command_line() {
              -hdb '${{ steps.data }}/image.*' -kernel '${{ steps.kernel }}/bzImage' \
              -append 'root=/dev/sda1 console=ttyS0 nokaslr' -icount shift=1 \
              -rtc base=2024-01-01T00:00:00,clock=vm -snapshot \
-             -plugin /opt/libinsn.so,arg=inline=on -accel tcg"
+             -plugin ./libinsn.so,arg=inline=on -accel tcg"
         ),
         "{text}"
     );

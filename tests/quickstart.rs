@@ -101,7 +101,15 @@ fn the_quickstart_plans_every_step_of_the_recipe() {
         .collect();
     assert_eq!(
         names,
-        ["base", "system", "kernel", "data", "experiment", "runs"]
+        [
+            "base",
+            "system",
+            "kernel",
+            "data",
+            "experiment",
+            "runs",
+            "figures"
+        ]
     );
 }
 
@@ -128,6 +136,18 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
         let run = s.read(&format!("workflows/out/runs/iterations={n}/run.txt"));
         assert_eq!(run.trim(), expected_result(n));
     }
+    // A metric per run, the table and the figure.
+    let table = s
+        .qflow(&["results", "workflows/quickstart.yaml", "--format", "csv"])
+        .success();
+    assert_eq!(
+        table.stdout,
+        "step,run,iterations,checksum\nruns,iterations=1000,1000,729977\nruns,iterations=5000,5000,479161\n"
+    );
+    assert!(
+        s.read("workflows/out/figures/checksum.svg")
+            .contains("checksum by iterations")
+    );
     let lock = s.read("workflows/quickstart.lock");
     assert!(lock.contains("\"results.txt\""), "{lock}");
     assert!(!lock.contains("quickstart-test-pw"));
@@ -153,14 +173,16 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
             "first apply: {first_secs:.0} s\nre-apply after a one-line kernel edit: {edit_secs:.0} s\n"
         ),
     );
-    assert_eq!(
-        edit.ran_sorted(),
-        ["experiment", "kernel", "runs"],
-        "{}",
-        edit.stderr
-    );
+    // The figure is redrawn only when the runs' outputs changed (it is cheap either way).
+    let ran: Vec<String> = edit
+        .ran_sorted()
+        .into_iter()
+        .filter(|s| s != "figures")
+        .collect();
+    assert_eq!(ran, ["experiment", "kernel", "runs"], "{}", edit.stderr);
     let mut cached = edit.cached();
     cached.sort();
+    cached.retain(|s| s != "figures");
     assert_eq!(cached, ["base", "data", "system"]);
     assert_eq!(
         s.read("workflows/out/experiment/results.txt").trim(),

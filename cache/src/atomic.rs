@@ -51,6 +51,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     result
 }
 
+/// Writes `bytes` to `path` by temp file and rename, without fsync: readers see the old
+/// content or the new, never a mix, but after a power cut the file may be missing or empty.
+/// For what a reader checks and treats as absent when damaged (records, started marks):
+/// losing it only means a step runs again.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = parent_of(path).join(unique_tmp_name());
+    let result = std::fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write `{}`", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| {
+                format!("cannot rename `{}` to `{}`", tmp.display(), path.display())
+            })
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Fsyncs a directory so the names created or removed in it are durable.
 pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)

@@ -54,6 +54,7 @@ impl Cache {
             if kept_trees.insert(h) {
                 todo.extend(self.tree_retains(&h));
                 if let Some(m) = self.load_manifest(&h)? {
+                    todo.extend(self.backing_trees(&m));
                     manifests.push(m);
                 }
             }
@@ -134,6 +135,72 @@ impl Cache {
         }
         Ok(stats)
     }
+}
+
+impl Cache {
+    /// The trees the qcow2 images of tree `m` are backed by, wherever their backing
+    /// paths lead: straight into `trees/<hash>/`, or through `out/` links and other
+    /// symlinks (a step given `from: ./out/system/image.qcow2`). A kept overlay
+    /// keeps its base alive, however it names it.
+    fn backing_trees(&self, m: &crate::Manifest) -> Vec<Hash> {
+        let root = self.tree_path(&m.hash);
+        let Ok(trees) = self.dir("trees").canonicalize() else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for e in &m.entries {
+            if !matches!(e.kind, EntryKind::File { .. }) {
+                continue;
+            }
+            let file = root.join(&e.path);
+            let mut seen = 0;
+            let mut at = file;
+            // Follow the chain: an overlay of an overlay names the next file down.
+            while let Some(backing) = qcow2_backing_file(&at) {
+                let dir = at.parent().map(Path::to_path_buf).unwrap_or_default();
+                let Ok(real) = dir.join(&backing).canonicalize() else {
+                    break;
+                };
+                let Ok(rel) = real.strip_prefix(&trees) else {
+                    break;
+                };
+                if let Some(h) = rel
+                    .components()
+                    .next()
+                    .and_then(|c| c.as_os_str().to_str())
+                    .and_then(|s| s.parse::<Hash>().ok())
+                {
+                    found.push(h);
+                }
+                seen += 1;
+                if seen > 16 {
+                    break;
+                }
+                at = real;
+            }
+        }
+        found
+    }
+}
+
+/// The backing file name in the header of qcow2 image `path`, if it has one.
+fn qcow2_backing_file(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut header = [0u8; 20];
+    f.read_exact(&mut header).ok()?;
+    if &header[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let offset = u64::from_be_bytes(header[8..16].try_into().ok()?);
+    let size = u32::from_be_bytes(header[16..20].try_into().ok()?) as usize;
+    if offset == 0 || size == 0 || size > 4096 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut name = vec![0u8; size];
+    f.read_exact(&mut name).ok()?;
+    String::from_utf8(name).ok()
 }
 
 /// (name, path) of each entry of `dir`; a missing `dir` is empty.
@@ -229,6 +296,64 @@ mod tests {
         let stats = c.gc(&[]).unwrap();
         assert_eq!((stats.records, stats.trees, stats.objects), (1, 2, 2));
         assert!(!c.has_tree(&base.output));
+    }
+
+    #[test]
+    fn gc_keeps_the_base_an_overlay_names_through_an_out_link() {
+        let (dir, c) = crate::test_cache("gc_backing");
+        let base = c.new_tree().unwrap();
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(base.path().join("image.qcow2"))
+            .arg("1M")
+            .status()
+            .expect("qemu-img runs");
+        assert!(made.success());
+        let base = c.commit_tree(base).unwrap();
+        let kbase = Hash::of_bytes(b"base");
+        record_for(&c, &kbase, &[], &[]);
+        // `out/system` -> the base tree, as qflow links it beside a workflow.
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::os::unix::fs::symlink(c.tree_path(&base.hash), out.join("system")).unwrap();
+
+        let overlay = c.new_tree().unwrap();
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg("../../../out/system/image.qcow2")
+            .arg(overlay.path().join("image.qcow2"))
+            .status()
+            .expect("qemu-img runs");
+        assert!(made.success());
+        let overlay = c.commit_tree(overlay).unwrap();
+        let koverlay = Hash::of_bytes(b"overlay");
+        let rec = crate::Record {
+            key: koverlay,
+            output: overlay.hash,
+            manifest: overlay.clone(),
+            retains: vec![],
+            created_unix: 0,
+            duration_ms: 0,
+            meta: Default::default(),
+        };
+        c.put_record(&koverlay, &rec).unwrap();
+
+        c.gc(&[koverlay]).unwrap();
+        assert!(c.has_tree(&overlay.hash));
+        assert!(
+            c.has_tree(&base.hash),
+            "the base named through out/ lives on"
+        );
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--backing-chain"])
+            .arg(c.tree_path(&overlay.hash).join("image.qcow2"))
+            .output()
+            .unwrap();
+        assert!(
+            info.status.success(),
+            "{}",
+            String::from_utf8_lossy(&info.stderr)
+        );
     }
 
     #[test]

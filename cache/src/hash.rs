@@ -5,7 +5,6 @@
 //! tree mode), and reads small files plainly, where mapping costs more than it saves.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -110,10 +109,16 @@ impl<'de> Deserialize<'de> for Hash {
 pub fn hash_file(path: &Path) -> anyhow::Result<Hash> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
-    let len = file
+    let meta = file
         .metadata()
-        .with_context(|| format!("cannot stat `{}`", path.display()))?
-        .len();
+        .with_context(|| format!("cannot stat `{}`", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "`{}` is not a regular file (a device, FIFO or socket); give a file or a directory",
+            path.display()
+        );
+    }
+    let len = meta.len();
     let mut hasher = blake3::Hasher::new();
     if len >= MMAP_THRESHOLD {
         drop(file);
@@ -121,10 +126,9 @@ pub fn hash_file(path: &Path) -> anyhow::Result<Hash> {
             .update_mmap_rayon(path)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
     } else {
-        let mut buf = Vec::with_capacity(len as usize + 1);
-        file.read_to_end(&mut buf)
+        // Streamed: constant memory even if the file grows while it is read.
+        std::io::copy(&mut file, &mut hasher)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
-        hasher.update(&buf);
     }
     Ok(hasher.finalize().into())
 }

@@ -4,6 +4,7 @@
 //! - [`Cache`]: one directory (layout in `cache.rs`) holding the object store, committed
 //!   output trees with their [`Manifest`]s, action [`Record`]s (step key → output), started
 //!   marks for crash detection, and the [`WorkspaceLock`].
+//! - [`remote::RemoteCache`]: the same cache shared over HTTP (Bazel's remote-cache protocol).
 //! - [`write_atomic`] and [`link_or_copy`]: the two primitives every write goes through.
 //!
 //! A step's life in the cache: `new_tree` → the step writes into `TempTree::path` →
@@ -26,6 +27,7 @@ mod lock;
 mod object_store;
 mod probe;
 mod record;
+pub mod remote;
 mod tree;
 mod tree_stamp;
 

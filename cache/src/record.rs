@@ -1,10 +1,10 @@
 //! Action records: what a step with a given key produced.
 //!
 //! `records/<hex[0..2]>/<step key>` holds a JSON `Record`. The engine writes it only after
-//! `commit_tree` returned (every object and the tree fsynced and in place), and writes it
-//! atomically, so after a crash a record is either absent or complete. A record that does not
-//! parse or whose manifest does not match its hash is treated as absent and removed: the step
-//! simply runs again.
+//! `commit_tree` returned (every object and the tree fsynced and in place), by temp file and
+//! rename but without fsync, so after a crash a record is absent, complete, or empty. A record
+//! that does not parse or whose manifest does not match its hash is treated as absent and
+//! removed: the step simply runs again.
 //!
 //! "Started" marks (`tmp/started/<step key>`) are written before a step runs and removed
 //! when it ends; one that survives means qflow was killed mid-step.
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{parent_of, write_atomic};
+use crate::atomic::{parent_of, write_atomic, write_replace};
 use crate::{Cache, Hash, Manifest};
 
 /// What one run of a step produced, under its step key.
@@ -113,7 +113,9 @@ impl Cache {
         let dir = parent_of(&path);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create `{}`", dir.display()))?;
-        write_atomic(&path, &serde_json::to_vec_pretty(r)?)
+        // Not fsynced: the tree it names is durable already (`commit_tree`), and a record
+        // a power cut left empty or torn fails `get_record`'s checks and counts as absent.
+        write_replace(&path, &serde_json::to_vec(r)?)
     }
 
     /// The trees that tree `output` needs alive, as noted by `put_record`.
@@ -185,7 +187,9 @@ impl Cache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        write_atomic(
+        // Not fsynced: it matters only while this machine keeps running (a power cut leaves
+        // no process behind, and no record that a lost mark could wrongly vouch for).
+        write_replace(
             &path,
             format!("pid {} at {now}\n{note}\n", std::process::id()).as_bytes(),
         )

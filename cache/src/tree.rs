@@ -222,10 +222,12 @@ impl Cache {
 
     /// `has_tree` for a manifest already in hand (e.g. a record's): saves reading it again.
     pub fn has_tree_for(&self, m: &Manifest) -> bool {
-        if !(self.tree_is_complete(m) && self.objects_present(m)) {
-            return false;
-        }
-        self.usable_after_check(m)
+        // The damage check first: a file truncated or removed by hand is damage to
+        // report (and a damaged object to drop), not merely an incomplete tree.
+        self.tree_path(&m.hash).is_dir()
+            && self.usable_after_check(m)
+            && self.tree_is_complete(m)
+            && self.objects_present(m)
     }
 
     fn objects_present(&self, m: &Manifest) -> bool {
@@ -400,6 +402,16 @@ impl Cache {
                     if !object.is_file() {
                         bail!(
                             "cannot restore tree `{}`: the object for `{}` is missing from the cache; run the step again (`qflow clean`)",
+                            m.hash.short(),
+                            e.path
+                        );
+                    }
+                    // Objects are links a writer may have reached: restore only bytes
+                    // that still match their name.
+                    if crate::hash_file(&object).ok() != Some(*hash) {
+                        let _ = std::fs::remove_file(&object);
+                        bail!(
+                            "cannot restore tree `{}`: the object for `{}` was changed after it was stored; the step runs again",
                             m.hash.short(),
                             e.path
                         );

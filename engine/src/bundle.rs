@@ -283,6 +283,7 @@ pub fn write(wf: &Workflow, cache_dir: &Path, output: Option<&Path>) -> anyhow::
             results,
             left_out,
             small_output: SMALL_OUTPUT,
+            overrides: overrides(wf, &lock),
         },
     );
     entries.insert("README.md".into(), Entry::Bytes(text.into_bytes()));
@@ -301,6 +302,36 @@ pub fn write(wf: &Workflow, cache_dir: &Path, output: Option<&Path>) -> anyhow::
             .count(),
         results: result_count,
     })
+}
+
+/// The `--set` overrides of the recorded run: each var a step used whose locked
+/// value differs from the one the workflow file declares.
+fn overrides(wf: &Workflow, lock: &LockFile) -> Vec<(String, String)> {
+    let declared: BTreeMap<String, String> = std::fs::read_to_string(&wf.path)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<serde_yaml::Value>(&t).ok())
+        .and_then(|v| v.get("vars").and_then(|v| v.as_mapping()).cloned())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let text = match v {
+                        serde_yaml::Value::String(s) => s.clone(),
+                        serde_yaml::Value::Number(n) => n.to_string(),
+                        serde_yaml::Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((k.as_str()?.to_string(), text))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut used: BTreeMap<String, String> = BTreeMap::new();
+    for s in lock.steps.values() {
+        used.extend(s.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    used.into_iter()
+        .filter(|(k, v)| declared.get(k) != Some(v))
+        .collect()
 }
 
 /// The workflow's directory, or the nearest directory above it that also holds
@@ -409,6 +440,9 @@ mod tests {
             keep_going: false,
             no_wait: false,
             out_dir: None,
+            executor: None,
+            slurm_batch: false,
+            remote: None,
         };
         let progress = std::sync::Arc::new(crate::progress::Progress::new());
         let run = crate::scheduler::apply(&mut session, &options, progress).unwrap();

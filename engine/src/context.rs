@@ -50,6 +50,8 @@ pub struct RunContext {
     progress: Arc<dyn ProgressSink>,
     groups: ProcessGroups,
     jobserver: Option<jobserver::Client>,
+    /// The step uses the jobserver but holds one slot: it gets none.
+    make_one_slot: bool,
     notes: BTreeMap<String, String>,
     /// Marks every process of this run of the step (see `leftovers.rs`).
     run_token: Option<String>,
@@ -75,7 +77,8 @@ impl RunContext {
         groups: ProcessGroups,
         with_jobserver: bool,
     ) -> anyhow::Result<Self> {
-        let jobserver = if with_jobserver {
+        // One slot needs no jobserver: a make without one runs one recipe at a time.
+        let jobserver = if with_jobserver && jobs > 1 {
             Some(
                 jobserver::Client::new(jobs.saturating_sub(1))
                     .context("cannot create make jobserver")?,
@@ -95,6 +98,7 @@ impl RunContext {
             progress,
             groups,
             jobserver,
+            make_one_slot: with_jobserver && jobs <= 1,
             notes: BTreeMap::new(),
             run_token: None,
         })
@@ -224,6 +228,12 @@ impl RunContext {
         cmd.env("QFLOW_OUT", &self.out_dir);
         cmd.env("QFLOW_STATE", &self.state_dir);
         cmd.env("QFLOW_JOBS", self.jobs.to_string());
+        if self.make_one_slot {
+            // Not qflow's caller's jobserver either: this step holds one slot.
+            for k in ["MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS"] {
+                cmd.env_remove(k);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -110,10 +110,13 @@ impl<'a> Diagnostics<'a> {
     }
 
     /// `Ok` if no problem was found, else all of them.
-    pub fn finish(self) -> Result<(), InvalidWorkflow> {
+    pub fn finish(mut self) -> Result<(), InvalidWorkflow> {
         if self.found.is_empty() {
             Ok(())
         } else {
+            // In file order, as found within a line; problems of the whole file first.
+            self.found
+                .sort_by_key(|d| d.position.map(|p| (p.line, p.column)));
             Err(InvalidWorkflow {
                 diagnostics: self.found,
             })

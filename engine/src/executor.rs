@@ -24,6 +24,8 @@
 //! (and, for the local executor, `context` and `step`).
 
 pub mod local;
+pub mod routed;
+pub mod slurm;
 
 use std::sync::Arc;
 use std::time::Duration;

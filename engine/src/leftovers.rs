@@ -11,9 +11,11 @@
 //! the processes whose environment holds one of their tokens, and kills them
 //! before anything runs. The environment is inherited through fork, exec, new
 //! sessions and process groups, which is what a process group or a parent pid
-//! cannot follow.
+//! cannot follow; a process started with `env -i` drops it, which is why,
+//! where the host allows it, each step run also has a cgroup (`cgroup.rs`),
+//! killed here first.
 //!
-//! Imports nothing of the engine.
+//! Imports `cgroup`.
 
 use qflow_cache::Hash;
 
@@ -41,55 +43,83 @@ pub fn parse_note(note: &str) -> Option<(&str, &str)> {
     (!token.is_empty()).then_some((token, step))
 }
 
-/// Kill every process whose environment holds one of `tokens`. Returns
-/// (pid, program name) of each one killed. Scans `/proc` again until a scan
-/// finds none, so a process forked during a scan is caught by the next one.
+/// Kill every process of the step runs `tokens`: first everything in their
+/// cgroups (`cgroup.rs`, which also catches a `setsid` child started with
+/// `env -i`), then every process whose environment holds one of the tokens.
+/// Returns (pid, program name) of each one killed. Scans `/proc` again until a
+/// scan finds none, so a process forked during a scan is caught by the next one.
 pub fn kill_holders(tokens: &[&str]) -> Vec<(i32, String)> {
+    let mut killed: Vec<(i32, String)> = tokens
+        .iter()
+        .flat_map(|t| crate::cgroup::kill_leftover(t))
+        .collect();
+    for _ in 0..5 {
+        let found = signal_matching(tokens, &[], libc::SIGKILL);
+        if found.is_empty() {
+            break;
+        }
+        killed.extend(found);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    killed
+}
+
+/// Send `signal` (0: only look) to every live process whose environment holds
+/// one of `tokens` or whose session is one of `sessions`. Returns (pid,
+/// program name) of each one signalled.
+pub fn signal_matching(tokens: &[&str], sessions: &[i32], signal: i32) -> Vec<(i32, String)> {
     let needles: Vec<Vec<u8>> = tokens
         .iter()
         .map(|t| format!("{TOKEN_VAR}={t}").into_bytes())
         .collect();
     let me = std::process::id() as i32;
-    let mut killed = Vec::new();
-    for _ in 0..5 {
-        let mut found = false;
-        let Ok(proc_dir) = std::fs::read_dir("/proc") else {
-            break;
+    let mut hit = Vec::new();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return hit;
+    };
+    for entry in proc_dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
         };
-        for entry in proc_dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if environ
-                .split(|b| *b == 0)
-                .any(|var| needles.iter().any(|n| var == n.as_slice()))
-            {
-                let name = std::fs::read_to_string(entry.path().join("comm"))
-                    .map(|c| c.trim().to_string())
-                    .unwrap_or_default();
-                // SAFETY: plain kill(2) on a pid we just read.
-                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                    killed.push((pid, name));
-                    found = true;
-                }
+        if pid == me {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, ppid, pgrp, session.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split_whitespace().take(4).collect())
+            .unwrap_or_default();
+        if fields.len() < 4 || fields[0] == "Z" || fields[0] == "X" {
+            continue;
+        }
+        let in_session = fields[3]
+            .parse::<i32>()
+            .is_ok_and(|sid| sessions.contains(&sid));
+        let matches = in_session
+            || (!needles.is_empty()
+                && std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
+                    environ
+                        .split(|b| *b == 0)
+                        .any(|var| needles.iter().any(|n| var == n.as_slice()))
+                }));
+        if matches {
+            let name = std::fs::read_to_string(entry.path().join("comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            // SAFETY: plain kill(2) on a pid we just read.
+            if unsafe { libc::kill(pid, signal) } == 0 {
+                hit.push((pid, name));
             }
         }
-        if !found {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    killed
+    hit
 }
 
 #[cfg(test)]

@@ -6,16 +6,19 @@
 //!
 //! Modules import each other without cycles, lowest first (each module's
 //! `//!` header says what it imports):
-//! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`,
-//!   `leftovers`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
+//! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`, `field_error`,
+//!   `cgroup`, `leftovers` (→ `cgroup`), `masking`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
 //!   `timings`, `lockfile`, `input_entry`, `run_record`;
-//! - a step's programs and the kinds' contract: `process` → `context` → `step`;
+//! - results (metrics, tables, figures' data; → `field_error`): `results`;
+//! - a step's programs and the kinds' contract: `process` → `context` → `step`
+//!   (→ `results` for a step's metrics);
 //! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
-//!   holds `Workflow::load`);
+//!   holds `Workflow::load`), `selection` (targets, `--force`; → `workflow`);
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
 //! - a run: `schedule` (step states, → `dag`), `step_job` and `executor` (the
-//!   seam), `recorder`, `run` (the loop), `scheduler` (`apply`).
+//!   seam), `recorder`, `failure_report`, `remote_use` (→ `workflow`: what a remote
+//!   cache is asked and given), `run` (the loop), `scheduler` (`apply`).
 
 #![warn(missing_docs)]
 
@@ -32,9 +35,12 @@ pub use step::{
     SecretSource, SecretUse, Step, StepFields, StepKind, StepRef, Tool,
 };
 pub mod bundle;
+pub mod cgroup;
 pub mod dag;
 pub mod diagnostic;
 pub mod executor;
+pub mod failure_report;
+pub mod field_error;
 pub mod glob;
 pub mod input_entry;
 pub mod input_stamp;
@@ -42,6 +48,7 @@ pub mod inputs;
 pub mod interpolate;
 pub mod leftovers;
 pub mod lockfile;
+pub mod masking;
 pub mod out_links;
 pub mod paths;
 pub mod plan;
@@ -49,13 +56,18 @@ pub mod process;
 pub mod progress;
 pub mod recorder;
 pub mod refusal;
+pub mod remote_use;
+pub mod results;
 pub mod run;
 pub mod run_record;
 pub mod schedule;
 pub mod scheduler;
+pub mod selection;
 pub mod session;
+pub mod slurm;
 pub mod source_map;
 pub mod stat_cache;
+pub mod state_dir;
 pub mod step_job;
 pub mod step_key;
 pub mod step_log;

@@ -69,6 +69,10 @@ pub struct LockedStep {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     /// Facts the step noted (resolved checksums, package versions).
     pub notes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// The step's metric values: `metric` for a step that runs once,
+    /// `run/metric` for each run of a matrix (`qflow verify` compares them).
+    pub metrics: BTreeMap<String, f64>,
 }
 
 impl LockFile {

@@ -8,27 +8,48 @@
 //! `context.rs` wraps both for the kinds. Imports `step_log` and `leftovers`.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::cgroup::StepCgroup;
 use crate::step_log::StepLog;
 
 /// How many trailing output lines a failure quotes.
 const TAIL_LINES: usize = 20;
 
-/// The process groups of every child a step has running, so a cancel can kill them all.
+/// How long a cancelled step's processes get between SIGTERM and SIGKILL: long
+/// enough for make to delete the target it was writing, short enough for Ctrl-C.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Every process a step has running, so a cancel can stop them all: the
+/// process group and session of each program it started (each starts a
+/// session of its own), its run token (see `leftovers.rs`) and, where the host
+/// allows it, its cgroup (see `cgroup.rs`), which catches the ones that left
+/// both (`setsid`, then `env -i`).
 #[derive(Default, Clone)]
 pub struct ProcessGroups {
     inner: Arc<Mutex<HashSet<i32>>>,
+    /// Every session started, kept after its leader ended.
+    sessions: Arc<Mutex<HashSet<i32>>>,
     cancelled: Arc<AtomicBool>,
+    contained: Arc<OnceLock<(String, Option<StepCgroup>)>>,
+    reaper: Arc<Mutex<Option<JoinHandle<bool>>>>,
+}
+
+/// How a step's processes ended ([`ProcessGroups::finish`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Each one ended on its own or on SIGTERM: a program's own clean-up ran.
+    Cleanly,
+    /// Some had to be killed with SIGKILL: what they were writing may be half-written.
+    Killed,
 }
 
 impl ProcessGroups {
@@ -37,21 +58,54 @@ impl ProcessGroups {
         ProcessGroups::default()
     }
 
+    /// Put every program started from now on in a cgroup of the step run
+    /// `token`, where the host allows it. Returns whether it does.
+    pub fn contain(&self, token: &str) -> bool {
+        let (_, cgroup) = self
+            .contained
+            .get_or_init(|| (token.to_string(), StepCgroup::create(token)));
+        cgroup.is_some()
+    }
+
+    fn cgroup(&self) -> Option<&StepCgroup> {
+        self.contained.get().and_then(|(_, c)| c.as_ref())
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.contained.get().map(|(t, _)| t.as_str())
+    }
+
     fn add(&self, pgid: i32) {
         self.inner.lock().unwrap().insert(pgid);
+        self.sessions.lock().unwrap().insert(pgid);
     }
 
     fn remove(&self, pgid: i32) {
         self.inner.lock().unwrap().remove(&pgid);
     }
 
-    /// Mark the run cancelled and SIGKILL every registered process group.
+    /// Mark the run cancelled, send SIGTERM to every process of the step and,
+    /// after [`GRACE`], SIGKILL to those still there (on a thread of its own;
+    /// [`ProcessGroups::finish`] waits for it).
     pub fn cancel_all(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        let groups: Vec<i32> = self.inner.lock().unwrap().iter().copied().collect();
-        for pgid in groups {
-            kill_group(pgid);
+        if self.cancelled.swap(true, Ordering::SeqCst) {
+            return;
         }
+        self.signal_all(libc::SIGTERM);
+        let me = self.clone();
+        let reaper = std::thread::spawn(move || {
+            let deadline = Instant::now() + GRACE;
+            while Instant::now() < deadline {
+                if !me.any_left() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = me.any_left();
+            me.signal_all(libc::SIGKILL);
+            left
+        });
+        *self.reaper.lock().unwrap() = Some(reaper);
     }
 
     /// Whether [`ProcessGroups::cancel_all`] was called.
@@ -63,12 +117,57 @@ impl ProcessGroups {
     pub fn running(&self) -> usize {
         self.inner.lock().unwrap().len()
     }
+
+    /// The step is over: wait for a cancel's grace period to end, then kill
+    /// whatever the step left running (its cgroup, its sessions, its token)
+    /// and remove its cgroup. Says whether anything needed SIGKILL during a cancel.
+    pub fn finish(&self) -> Ended {
+        let reaper = self.reaper.lock().unwrap().take();
+        let killed = reaper.is_some_and(|r| r.join().unwrap_or(true));
+        self.signal_all(libc::SIGKILL);
+        if let Some(cgroup) = self.cgroup() {
+            cgroup.kill_and_remove();
+        }
+        if killed {
+            Ended::Killed
+        } else {
+            Ended::Cleanly
+        }
+    }
+
+    fn signal_all(&self, signal: i32) {
+        let groups: Vec<i32> = self.inner.lock().unwrap().iter().copied().collect();
+        for pgid in groups {
+            signal_group(pgid, signal);
+        }
+        if let Some(cgroup) = self.cgroup() {
+            cgroup.signal(signal);
+        }
+        let sessions: Vec<i32> = self.sessions.lock().unwrap().iter().copied().collect();
+        let tokens: Vec<&str> = self.token().into_iter().collect();
+        if !sessions.is_empty() || !tokens.is_empty() {
+            crate::leftovers::signal_matching(&tokens, &sessions, signal);
+        }
+    }
+
+    fn any_left(&self) -> bool {
+        if let Some(cgroup) = self.cgroup() {
+            return !cgroup.is_empty();
+        }
+        let sessions: Vec<i32> = self.sessions.lock().unwrap().iter().copied().collect();
+        let tokens: Vec<&str> = self.token().into_iter().collect();
+        !crate::leftovers::signal_matching(&tokens, &sessions, 0).is_empty()
+    }
 }
 
 fn kill_group(pgid: i32) {
+    signal_group(pgid, libc::SIGKILL);
+}
+
+fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
     unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+        libc::kill(-pgid, signal);
     }
 }
 
@@ -140,19 +239,20 @@ impl Drop for RunningChild {
     }
 }
 
-/// Start `cmd` in a process group of its own, registered in `groups`, with
-/// `token` in its environment (see `leftovers.rs`); killed at once if the run
-/// is already cancelled.
+/// Start `cmd` in a session (and so a process group) of its own, in the
+/// step's cgroup when it has one, registered in `groups`, with `token` in its
+/// environment (see `leftovers.rs`); stopped at once if the run is already cancelled.
 fn start(
     mut cmd: Command,
     groups: &ProcessGroups,
     token: Option<&str>,
 ) -> anyhow::Result<(Child, i32)> {
-    cmd.process_group(0);
-    die_with_parent(&mut cmd);
     if let Some(token) = token {
+        groups.contain(token);
         cmd.env(crate::leftovers::TOKEN_VAR, token);
     }
+    let cgroup_fd = groups.cgroup().map(StepCgroup::procs_fd);
+    prepare_child(&mut cmd, cgroup_fd);
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
@@ -179,58 +279,81 @@ pub fn spawn(
     })
 }
 
-/// Run `cmd` to completion: every output line goes to `log` and to `on_line`
-/// (stdout lines as they come, stderr lines in between); with `capture`,
-/// stdout is collected there instead and only logged. Fails on a non-zero
-/// exit quoting the last lines, or with `interrupted` once `groups` is cancelled.
+/// Run `cmd` to completion: every output line goes to `log` and to `on_line`,
+/// stdout and stderr through one pipe so the log keeps the order the program
+/// wrote them in; with `capture`, stdout is collected there instead (on a pipe
+/// of its own) and only logged. Fails on a non-zero exit quoting the last
+/// lines, or with `interrupted` once `groups` is cancelled: then it returns as
+/// soon as the program itself has ended, even while a process it left behind
+/// still holds its output open.
 pub fn run_to_end(
     mut cmd: Command,
     groups: &ProcessGroups,
     token: Option<&str>,
     log: &StepLog,
     on_line: &mut dyn FnMut(&str),
-    capture: Option<&mut Vec<u8>>,
+    mut capture: Option<&mut Vec<u8>>,
 ) -> anyhow::Result<()> {
     let shown = display_command(&cmd);
     log.line(&format!("$ {shown}"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, pgid) = start(cmd, groups, token)?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-    let (err_thread, err_lines) = stream_stderr(child.stderr.take(), log, &tail);
-    let out_result = if let Some(buf) = capture {
-        let mut stdout = stdout;
-        let r = stdout.read_to_end(buf);
-        for line in String::from_utf8_lossy(buf).lines() {
-            log.line(line);
-        }
-        r.map(|_| ())
+    cmd.stdin(Stdio::null());
+    // Captured stdout needs a pipe of its own; otherwise stdout and stderr share one.
+    let (mut child, pgid, outputs): (_, _, Vec<Box<dyn AsRawFd>>) = if capture.is_some() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let (mut child, pgid) = start(cmd, groups, token)?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        (child, pgid, vec![Box::new(stdout), Box::new(stderr)])
     } else {
-        let mut result = Ok(());
-        for line in BufReader::new(stdout).split(b'\n') {
-            match line {
-                Ok(line) => {
-                    let line = String::from_utf8_lossy(&line)
-                        .trim_end_matches('\r')
-                        .to_string();
-                    log.line(&line);
-                    push_tail(&tail, &line);
-                    on_line(&line);
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-            err_lines.try_iter().for_each(|l| on_line(&l));
-        }
-        result
+        let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+        cmd.stdout(writer.try_clone().context("cannot make a pipe")?)
+            .stderr(writer);
+        // `start` consumes `cmd`: the write ends left are the child's alone.
+        let (child, pgid) = start(cmd, groups, token)?;
+        (child, pgid, vec![Box::new(reader)])
     };
-    let _ = err_thread.join();
-    err_lines.try_iter().for_each(|l| on_line(&l));
-    let status = child.wait();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut status = None;
+    let mut streams: Vec<Stream> = outputs.iter().map(|o| Stream::new(o.as_raw_fd())).collect();
+    let mut out_result = Ok(());
+    while streams.iter().any(|s| s.open) {
+        if groups.is_cancelled() {
+            if status.is_none() {
+                status = child.try_wait().ok().flatten();
+            }
+            if status.is_some() {
+                break;
+            }
+        }
+        let mut lines: Vec<(usize, Vec<u8>)> = Vec::new();
+        if let Err(e) = poll_streams(&mut streams, &mut lines) {
+            out_result = Err(e);
+            break;
+        }
+        for (which, line) in lines {
+            if which == 0
+                && let Some(buf) = capture.as_deref_mut()
+            {
+                buf.extend_from_slice(&line);
+                let text = String::from_utf8_lossy(&line);
+                log.line(text.trim_end_matches('\n'));
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches('\n').trim_end_matches('\r');
+            log.line(text);
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text.to_string());
+            on_line(text);
+        }
+    }
+    drop(outputs);
+    let status = match status {
+        Some(s) => Ok(s),
+        None => child.wait(),
+    };
     // Whatever the program left running in its group dies with it.
     kill_group(pgid);
     groups.remove(pgid);
@@ -240,7 +363,6 @@ pub fn run_to_end(
         bail!("interrupted");
     }
     if !status.success() {
-        let tail = tail.lock().unwrap();
         let mut msg = format!("`{shown}` failed ({})", describe_status(status));
         if !tail.is_empty() {
             msg.push_str("; its last lines:");
@@ -254,49 +376,96 @@ pub fn run_to_end(
     Ok(())
 }
 
-/// Stream stderr on a thread of its own: into the log and the tail, and over
-/// the returned channel to the caller's line handler.
-fn stream_stderr(
-    stderr: Option<ChildStderr>,
-    log: &StepLog,
-    tail: &Arc<Mutex<VecDeque<String>>>,
-) -> (JoinHandle<()>, Receiver<String>) {
-    let stderr = stderr.expect("piped stderr");
-    let (tx, rx) = channel::<String>();
-    let log = log.clone();
-    let tail = tail.clone();
-    let thread = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).split(b'\n') {
-            let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            log.line(&line);
-            push_tail(&tail, &line);
-            let _ = tx.send(line);
-        }
-    });
-    (thread, rx)
+/// One output stream of a program: its descriptor and the bytes of a line not ended yet.
+struct Stream {
+    fd: RawFd,
+    open: bool,
+    partial: Vec<u8>,
 }
 
-/// The child gets SIGKILL if the qflow thread that started it dies (kill -9 of
-/// qflow); its own children are found by their run token (`leftovers.rs`).
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+impl Stream {
+    fn new(fd: RawFd) -> Stream {
+        Stream {
+            fd,
+            open: true,
+            partial: Vec::new(),
+        }
+    }
+}
+
+/// Wait at most 100 ms for output, read what came and append each complete
+/// line (with its newline; the last one at end of file without) to `lines`,
+/// tagged with its stream's index.
+fn poll_streams(streams: &mut [Stream], lines: &mut Vec<(usize, Vec<u8>)>) -> std::io::Result<()> {
+    let mut fds: Vec<libc::pollfd> = streams
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: if s.open { s.fd } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(())
+        } else {
+            Err(e)
+        };
+    }
+    let mut buf = [0u8; 16 * 1024];
+    for (i, (s, p)) in streams.iter_mut().zip(&fds).enumerate() {
+        if !s.open || p.revents == 0 {
+            continue;
+        }
+        // SAFETY: reading into a stack buffer of the given length.
+        let got = unsafe { libc::read(s.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if got == 0 {
+            s.open = false;
+            if !s.partial.is_empty() {
+                lines.push((i, std::mem::take(&mut s.partial)));
+            }
+            continue;
+        }
+        s.partial.extend_from_slice(&buf[..got as usize]);
+        while let Some(end) = s.partial.iter().position(|b| *b == b'\n') {
+            let rest = s.partial.split_off(end + 1);
+            lines.push((i, std::mem::replace(&mut s.partial, rest)));
+        }
+    }
+    Ok(())
+}
+
+/// Prepare a child before it runs its program: a session of its own, SIGKILL
+/// if the qflow thread that started it dies (kill -9 of qflow; its own
+/// children are found by their cgroup or run token, `leftovers.rs`), and
+/// membership of the step's cgroup through `cgroup_fd`, so that even its first
+/// instruction runs inside it.
+fn prepare_child(cmd: &mut Command, cgroup_fd: Option<RawFd>) {
+    // SAFETY: setsid, prctl and write are async-signal-safe; the closure allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = cgroup_fd
+                && libc::write(fd, b"0".as_ptr().cast(), 1) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-}
-
-fn push_tail(tail: &Mutex<VecDeque<String>>, line: &str) {
-    let mut t = tail.lock().unwrap();
-    if t.len() == TAIL_LINES {
-        t.pop_front();
-    }
-    t.push_back(line.to_string());
 }
 
 fn program_name(cmd: &Command) -> String {

@@ -14,8 +14,12 @@
 //! kill -9 of qflow the next apply sees no record and runs it again. Its
 //! result is recorded (`recorder.rs`, on a thread of the run) only once the
 //! executor reports its output complete; until then it holds its slots.
+//! A step recorded with metrics outside their `expect:` (ran or cached) is
+//! done all the same, so its outputs are kept and `qflow results` shows them;
+//! the run record notes each value and the apply fails at the end.
 //! Imports `schedule`, `dag`, `executor`, `recorder`, `run_record`, `session`,
-//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress` and `context`.
+//! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress`, `context` and
+//! `results`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,11 +29,12 @@ use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use qflow_cache::remote::RemoteCache;
 use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 
-use crate::context::StepLog;
 use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
+use crate::failure_report;
 use crate::lockfile::{LockFile, LockedStep};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -75,6 +80,11 @@ pub struct RunParts<'a> {
     pub events: Sender<Event>,
     /// When the apply started (the run's duration counts from here).
     pub started: Instant,
+    /// A remote cache, asked after the local one.
+    pub remote: Option<&'a RemoteCache>,
+    /// Where the keys of results to upload go (with `--remote-cache-upload`): every
+    /// step done in this run, ran or cached, whose `remote_cache` allows it.
+    pub uploads: Option<Sender<Hash>>,
 }
 
 /// A usable result for a step's key, and how much of it is already in place.
@@ -86,6 +96,8 @@ enum Hit {
     Locked(Hash),
     /// A record in the cache: the link and the lock entry may need making.
     Record(Record),
+    /// A record fetched from the remote cache just now (then as `Record`).
+    Remote(Record),
 }
 
 /// A step handed to the executor, or being recorded.
@@ -120,6 +132,15 @@ pub struct Run<'a> {
     started: Instant,
     live_dirty: bool,
     live_written: Option<Instant>,
+    /// Per step: `--force` runs it whatever its record says.
+    forced: Vec<bool>,
+    /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
+    remote_reads: Vec<bool>,
+    remote_writes: Vec<bool>,
+    /// What the remote cache answered for steps of the current settle round.
+    prefetched: HashMap<StepId, Option<Record>>,
+    /// Whether the schedule got each step's expected duration yet.
+    weighed: bool,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -141,7 +162,11 @@ impl<'a> Run<'a> {
             .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
             .collect();
         let n = workflow.steps.len();
+        let forced = (workflow.steps.iter())
+            .map(|s| workflow.selection.is_forced(&s.name))
+            .collect();
         Run {
+            forced,
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
             outputs: HashMap::with_capacity(n),
@@ -160,11 +185,16 @@ impl<'a> Run<'a> {
                     .collect(),
                 interrupted: false,
                 finished: false,
+                remote: None,
             },
             lock_changes: BTreeMap::new(),
             started: parts.started,
             live_dirty: false,
             live_written: None,
+            remote_reads: crate::remote_use::readable(workflow),
+            remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
+            prefetched: HashMap::new(),
+            weighed: false,
             parts,
         }
     }
@@ -181,15 +211,27 @@ impl<'a> Run<'a> {
     /// Look at every waiting step whose upstream changed: skip it, settle it
     /// (cached, or ready to run), or leave it waiting.
     pub fn settle(&mut self) -> anyhow::Result<()> {
-        while let Some(id) = self.schedule.next_to_look_at() {
-            match self.schedule.triage(id) {
-                Triage::Wait => {}
-                Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
-                Triage::UpstreamFailed(bad) => {
-                    let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
-                    self.skip(id, format!("upstream `{}` failed", names.join("`, `")));
+        // In rounds: every step that can settle now, then those they made ready to look
+        // at. A round's remote hits are fetched together (see `prefetch_remote`).
+        loop {
+            let mut round = Vec::new();
+            while let Some(id) = self.schedule.next_to_look_at() {
+                match self.schedule.triage(id) {
+                    Triage::Wait => {}
+                    Triage::Interrupted => self.skip(id, "run interrupted".to_string()),
+                    Triage::UpstreamFailed(bad) => {
+                        let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
+                        self.skip(id, failure_report::upstream_failed(&names));
+                    }
+                    Triage::Settle => round.push(id),
                 }
-                Triage::Settle => self.settle_one(id)?,
+            }
+            if round.is_empty() {
+                break;
+            }
+            self.prefetch_remote(&round)?;
+            for id in round {
+                self.settle_one(id)?;
             }
         }
         for d in self.parts.session.cache.take_damaged() {
@@ -218,45 +260,116 @@ impl<'a> Run<'a> {
         self.live_dirty = true;
     }
 
-    /// Every upstream step is done: compute the key, then cached or ready.
-    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+    /// The key material of step `id`, whose upstream steps are done.
+    fn material_of(&self, id: StepId) -> anyhow::Result<KeyMaterial> {
         let session = self.parts.session;
         let s = &session.workflow.steps[id.index()];
         let up: BTreeMap<String, Hash> = s
             .upstream_names()
             .map(|u| (u.to_string(), self.output_of(u)))
             .collect();
-        let material = session
+        session
             .material(self.parts.prepared, id.index(), &up)
-            .map_err(|e| anyhow!("step `{}`: {e}", s.name))?;
+            .map_err(|e| anyhow!("step `{}`: {e}", s.name))
+    }
+
+    /// Asks the remote cache for every step of `round` the local cache lacks, and fetches
+    /// the hits, several at once (the remote cache bounds the transfers in flight); what
+    /// it found waits in `prefetched` for `settle_one`. One step alone is asked there.
+    fn prefetch_remote(&mut self, round: &[StepId]) -> anyhow::Result<()> {
+        let Some(remote) = self.parts.remote else {
+            return Ok(());
+        };
+        let wanted: Vec<(StepId, Hash)> = (round.iter())
+            .filter(|id| self.remote_reads[id.index()])
+            .filter_map(|&id| Some((id, self.material_of(id).ok()?.key())))
+            .filter(|(id, key)| self.local_lookup(*id, key).is_none())
+            .collect();
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        remote.check()?;
+        let cache = &self.parts.session.cache;
+        let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
+            let entry = remote.lookup(key)?;
+            remote.fetch_tree(&entry, cache).ok()?;
+            cache.clear_started(key).ok()?;
+            Some(entry.record)
+        });
+        for ((id, _), record) in wanted.into_iter().zip(found) {
+            self.prefetched.insert(id, record);
+        }
+        Ok(())
+    }
+
+    /// Every upstream step is done: compute the key, then cached or ready.
+    fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
+        let session = self.parts.session;
+        let s = &session.workflow.steps[id.index()];
+        let material = self.material_of(id)?;
         let key = material.key();
-        let Some(hit) = self.lookup(id, &key) else {
-            let reasons = session.reasons(self.parts.prepared, id.index(), &material);
+        let Some(hit) = self.lookup(id, &key)? else {
+            let reasons = if self.forced[id.index()] {
+                vec!["forced with --force".to_string()]
+            } else {
+                session.reasons(self.parts.prepared, id.index(), &material)
+            };
             self.ready[id.index()] = Some((material, reasons));
             self.schedule.set(id, StepState::Ready);
             return Ok(());
         };
         let output = match &hit {
             Hit::InPlace(output) | Hit::Locked(output) => *output,
-            Hit::Record(rec) => rec.output,
+            Hit::Record(rec) | Hit::Remote(rec) => rec.output,
         };
         if !matches!(hit, Hit::InPlace(_)) {
             self.parts.out_links.present(&s.name, &output)?;
         }
-        if let Hit::Record(rec) = &hit {
+        if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &material, rec);
             note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
         }
-        self.parts
-            .progress
-            .event_held(&format!("cached {}", s.name));
+        let remote = matches!(hit, Hit::Remote(_));
+        if remote {
+            self.parts.progress.event(&format!("remote hit {}", s.name));
+        } else {
+            self.parts
+                .progress
+                .event_held(&format!("cached {}", s.name));
+            self.queue_upload(id, key);
+        }
         let rep = &mut self.report.steps[id.index()];
         *rep = StepReport::new(&s.name, StepOutcome::Cached);
+        if remote {
+            rep.reasons = vec!["remote hit".into()];
+        }
         rep.key = Some(key.to_hex());
         rep.output = Some(output.to_hex());
         self.outputs.insert(self.name(id), output);
         self.schedule.set(id, StepState::Done);
+        self.check_expectations(id, &output);
         Ok(())
+    }
+
+    /// Hold recorded step `id`'s metrics (in its output tree `output`) to their
+    /// `expect:`. Each value outside is reported and noted in the run record;
+    /// the step stays done (its outputs are kept and downstream steps such as
+    /// figures go on), and the apply exits 1 at the end.
+    fn check_expectations(&mut self, id: StepId, output: &Hash) {
+        let s = &self.parts.session.workflow.steps[id.index()];
+        let specs = s.step.metrics();
+        if specs.is_empty() {
+            return;
+        }
+        let tree = self.parts.session.cache.tree_path(output);
+        let unmet = crate::results::unmet_in_tree(&s.name, &specs, &tree);
+        for u in &unmet {
+            self.parts.progress.event(&format!("UNMET {u}"));
+        }
+        if !unmet.is_empty() {
+            self.report.steps[id.index()].unmet = unmet;
+            self.live_dirty = true;
+        }
     }
 
     fn output_of(&self, step: &str) -> Hash {
@@ -267,9 +380,34 @@ impl<'a> Run<'a> {
     /// its lock entry (found in place before the run, or with record and tree
     /// in the cache now), else a record in the cache. A remote cache would be
     /// asked here, last.
-    fn lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
+    /// Its only error: the remote cache refused the credentials (see
+    /// [`RemoteCache::check`]).
+    fn lookup(&mut self, id: StepId, key: &Hash) -> anyhow::Result<Option<Hit>> {
+        if self.forced[id.index()] {
+            return Ok(None);
+        }
+        // Fetched moments ago in this settle round: a remote hit, now in the local cache.
+        let prefetched = self.prefetched.remove(&id);
+        let asked = prefetched.is_some();
+        if let Some(rec) = prefetched.flatten().filter(|r| r.key == *key) {
+            return Ok(Some(Hit::Remote(rec)));
+        }
+        if let Some(hit) = self.local_lookup(id, key) {
+            return Ok(Some(hit));
+        }
+        if asked {
+            return Ok(None); // the remote cache was asked in this round
+        }
+        self.remote_lookup(id, key)
+    }
+
+    /// [`Run::lookup`] in the local cache only.
+    fn local_lookup(&self, id: StepId, key: &Hash) -> Option<Hit> {
         let session = self.parts.session;
         let i = id.index();
+        if self.forced[i] {
+            return None;
+        }
         if self.parts.in_place.get(i) == Some(&true)
             && let Some(output) = session.locked_output(i, key)
         {
@@ -284,11 +422,69 @@ impl<'a> Run<'a> {
         session.usable_record(key).map(Hit::Record)
     }
 
+    /// The remote cache's answer for step `id`'s `key`, fetched into the local cache
+    /// (its output tree is linked under `out/` next). Faults and wrong bytes are misses;
+    /// the remote cache gave its warning.
+    fn remote_lookup(&self, id: StepId, key: &Hash) -> anyhow::Result<Option<Hit>> {
+        let Some(remote) = self.parts.remote else {
+            return Ok(None);
+        };
+        if !self.remote_reads[id.index()] {
+            return Ok(None);
+        }
+        remote.check()?;
+        let Some(found) = remote.lookup(key) else {
+            return Ok(None);
+        };
+        let cache = &self.parts.session.cache;
+        if remote.fetch_tree(&found, cache).is_err() {
+            return Ok(None);
+        }
+        // A killed run's started mark no longer stands for this key: its record is whole.
+        cache.clear_started(key)?;
+        Ok(Some(Hit::Remote(found.record)))
+    }
+
+    /// Queue step `id`'s result under `key` for upload, if uploads are on and allowed.
+    fn queue_upload(&self, id: StepId, key: Hash) {
+        if let Some(tx) = &self.parts.uploads
+            && self.remote_writes[id.index()]
+        {
+            let _ = tx.send(key);
+        }
+    }
+
     /// Hand every ready step that fits in the free slots to `executor`.
     pub fn start_ready(&mut self, executor: &mut dyn Executor) {
+        if !self.weighed && self.schedule.count(StepState::Ready) > 0 {
+            self.weigh();
+        }
         for id in self.schedule.startable() {
             self.start(id, executor);
         }
+    }
+
+    /// Give the schedule every step's expected duration, once, when the first
+    /// step is ready to run (a no-op never pays for it): how long the step
+    /// took when it made the result its lock entry names, else its kind's
+    /// guess. Steps already done weigh nothing.
+    fn weigh(&mut self) {
+        let session = self.parts.session;
+        let lock = session.lock();
+        let expected: Vec<u64> = (session.workflow.steps.iter().enumerate())
+            .map(|(i, s)| {
+                if self.schedule.state(StepId(i)) == StepState::Done {
+                    return 0;
+                }
+                (lock.steps.get(&s.name))
+                    .and_then(|e| e.key.parse::<Hash>().ok())
+                    .and_then(|key| session.cache.get_record(&key).ok().flatten())
+                    .map(|rec| rec.duration_ms)
+                    .unwrap_or_else(|| s.step.expected_ms())
+            })
+            .collect();
+        self.schedule.weigh(&expected);
+        self.weighed = true;
     }
 
     fn start(&mut self, id: StepId, executor: &mut dyn Executor) {
@@ -325,7 +521,10 @@ impl<'a> Run<'a> {
                 self.active.insert(job, active);
                 self.executing.push(job);
             }
-            Err(e) => self.fail(id, e, 0),
+            Err(e) => {
+                let key = material.key();
+                self.fail(id, e, 0, Some(key))
+            }
         }
     }
 
@@ -362,6 +561,7 @@ impl<'a> Run<'a> {
             jobs: self.schedule.width(id),
             log: self.log_path(id),
             run_token,
+            mask: s.mask(),
         };
         Ok((job, staging, retains))
     }
@@ -388,8 +588,9 @@ impl<'a> Run<'a> {
             Ok(output) => output,
             Err(e) => {
                 let (id, ms) = (active.step, active.submitted.elapsed().as_millis() as u64);
+                let key = active.material.key();
                 self.active.remove(&job);
-                return self.fail(id, e, ms);
+                return self.fail(id, e, ms, Some(key));
             }
         };
         let recording = Recording {
@@ -421,7 +622,7 @@ impl<'a> Run<'a> {
         let rec = match result {
             Ok(rec) => rec,
             Err(e) => {
-                self.fail(id, e, ms);
+                self.fail(id, e, ms, Some(active.material.key()));
                 return Ok(());
             }
         };
@@ -444,11 +645,15 @@ impl<'a> Run<'a> {
         self.outputs.insert(name, rec.output);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
+        self.queue_upload(id, rec.key);
+        self.check_expectations(id, &rec.output);
         Ok(())
     }
 
-    /// Step `id` failed after `ms` with `e`: nothing is recorded for it.
-    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64) {
+    /// Step `id` failed after `ms` with `e`: nothing is recorded for it. A
+    /// step that failed by itself (not stopped by an interrupt) is no longer
+    /// marked started, so the next run does not call it interrupted.
+    fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64, key: Option<Hash>) {
         self.schedule.set(id, StepState::Failed);
         self.live_dirty = true;
         let name = self.name(id);
@@ -465,18 +670,12 @@ impl<'a> Run<'a> {
             return;
         }
         rep.outcome = StepOutcome::Failed;
-        rep.error = Some(format!("{e:#}"));
-        let mut msg = format!("FAILED {name} after {:.1}s: {e:#}", ms as f64 / 1000.0);
-        msg.push_str(&format!("\n  log: {}", log.display()));
-        let tail = StepLog::tail_of(&log, 20);
-        if !tail.is_empty() {
-            msg.push_str("\n  last lines of the log:");
-            for l in tail {
-                msg.push_str("\n    ");
-                msg.push_str(&l);
-            }
+        let error = format!("{e:#}");
+        progress.event(&failure_report::failed_step(name, &error, ms, &log));
+        rep.error = Some(error);
+        if let Some(key) = key {
+            let _ = self.parts.session.cache.clear_started(&key);
         }
-        progress.event(&msg);
         if !self.keep_going {
             self.schedule.stop();
         }
@@ -518,16 +717,19 @@ impl<'a> Run<'a> {
     pub fn finish(mut self) -> Finished {
         // Steps never started: the run was interrupted, or stopped after a failure.
         let why = if self.schedule.is_interrupted() {
-            "run interrupted"
+            "run interrupted".to_string()
         } else {
-            "not started after a failure"
+            failure_report::stopped_after_failure(!self.keep_going)
         };
         for rep in &mut self.report.steps {
             if rep.outcome == StepOutcome::Pending {
-                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.into()]);
+                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.clone()]);
             }
         }
         self.report.finished = true;
+        if let Some(block) = failure_report::summary(&self.report) {
+            self.parts.progress.event(&block);
+        }
         Finished {
             report: self.report,
             lock_changes: self.lock_changes,

@@ -57,6 +57,10 @@ pub struct StepReport {
     /// Its log file, once it has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// Its metrics outside their `expect:` (it ran or was cached, and is
+    /// recorded, but the apply fails), one message each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmet: Vec<String>,
 }
 
 impl StepReport {
@@ -71,6 +75,7 @@ impl StepReport {
             reasons: Vec::new(),
             error: None,
             log: None,
+            unmet: Vec::new(),
         }
     }
 
@@ -98,12 +103,20 @@ pub struct RunReport {
     pub interrupted: bool,
     /// False while the run is in progress (`qflow status` shows it live).
     pub finished: bool,
+    /// What the run did with a remote cache, when it used one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<qflow_cache::remote::RemoteStats>,
 }
 
 impl RunReport {
     /// How many steps had outcome `o`.
     pub fn count(&self, o: StepOutcome) -> usize {
         self.steps.iter().filter(|s| s.outcome == o).count()
+    }
+
+    /// How many metric values of all steps are outside their expectations.
+    pub fn unmet_count(&self) -> usize {
+        self.steps.iter().map(|s| s.unmet.len()).sum()
     }
 
     /// Write this record into `runs` as `<id>.json` (temp file and rename, no fsync).
@@ -121,6 +134,35 @@ impl RunReport {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a run record", path.display()))
+    }
+}
+
+/// How many run records (and their step logs) a cache keeps: twice the runs
+/// `qflow gc` keeps results of by default. Older ones are removed when a run ends,
+/// so `runs/` and `logs/` stop growing with every apply.
+pub const KEPT_RUNS: usize = 20;
+
+/// Remove all but the `keep` most recent run records in `runs` (by modification
+/// time, as `qflow status` orders them) and their log directories in `logs`.
+pub fn prune(runs: &Path, logs: &Path, keep: usize) {
+    let Ok(dir) = std::fs::read_dir(runs) else {
+        return;
+    };
+    let mut records: Vec<(std::time::SystemTime, std::path::PathBuf)> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if records.len() <= keep {
+        return;
+    }
+    records.sort();
+    for (_, p) in &records[..records.len() - keep] {
+        if let Some(id) = p.file_stem() {
+            let _ = std::fs::remove_dir_all(logs.join(id));
+        }
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -150,6 +192,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_most_recent_run_records_and_their_logs_are_kept() {
+        let dir = std::env::temp_dir().join(format!("qflow-run-prune-{}", run_id()));
+        let (runs, logs) = (dir.join("runs"), dir.join("logs"));
+        std::fs::create_dir_all(&runs).unwrap();
+        for i in 0..5 {
+            let id = format!("{i}-000-1");
+            std::fs::write(runs.join(format!("{id}.json")), "{}").unwrap();
+            std::fs::create_dir_all(logs.join(&id)).unwrap();
+            std::fs::write(logs.join(&id).join("s.log"), "x").unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(runs.join(format!("{id}.json")))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        prune(&runs, &logs, 2);
+        let mut left: Vec<String> = std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["3-000-1.json", "4-000-1.json"]);
+        assert!(!logs.join("2-000-1").exists() && logs.join("3-000-1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_run_record_keeps_its_json_form_and_reads_back() {
         let mut cached = StepReport::new("base", StepOutcome::Cached);
         cached.key = Some("ab".into());
@@ -166,6 +237,7 @@ mod tests {
             ],
             interrupted: true,
             finished: true,
+            remote: None,
         };
         let json = serde_json::to_string(&run).unwrap();
         assert_eq!(

@@ -6,11 +6,15 @@
 //! the counts per state, the free slots, each step's count of upstream steps
 //! not yet done and the two queues (steps to look at, steps ready to start)
 //! consistent. So an event costs work in proportion to the steps it touches,
-//! not to the size of the workflow. Queues are ordered by the DAG's schedule
-//! order ([`Dag::order`]): the same order in which a pass over all steps would
-//! meet them. It knows nothing of keys, records or executors (`run.rs` does);
+//! not to the size of the workflow. The to-look-at queue is ordered by the
+//! DAG's schedule order ([`Dag::order`]): the same order in which a pass over
+//! all steps would meet them. The ready queue puts the critical path first:
+//! the step with the longest remaining path below it (each step weighted by
+//! its expected duration, [`Schedule::weigh`]) starts first, so a long kernel
+//! build does not wait behind short steps that nothing long depends on. It knows nothing of keys, records or executors (`run.rs` does);
 //! imports only `dag.rs`.
 
+use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use crate::dag::{Dag, StepId};
@@ -65,8 +69,10 @@ pub struct Schedule<'d> {
     ups_left: Vec<usize>,
     /// Waiting steps whose upstream changed since they were last looked at.
     to_look_at: BTreeSet<usize>,
-    /// Ready steps, by position.
-    ready: BTreeSet<usize>,
+    /// Ready steps: longest remaining path first, then by position.
+    ready: BTreeSet<(Reverse<u64>, usize)>,
+    /// Per step: its expected duration plus the longest such path below it (ms).
+    remaining: Vec<u64>,
     /// CPU slots each step takes when it runs.
     width: Vec<usize>,
     free: usize,
@@ -102,6 +108,7 @@ impl<'d> Schedule<'d> {
             ups_left,
             to_look_at,
             ready: BTreeSet::new(),
+            remaining: vec![0; n],
             width: width.into_iter().map(|w| w.clamp(1, slots)).collect(),
             free: slots,
             stopped: false,
@@ -142,14 +149,14 @@ impl<'d> Schedule<'d> {
         self.counts[state.slot()] += 1;
         match old {
             StepState::Ready => {
-                self.ready.remove(&self.position[i]);
+                self.ready.remove(&self.ready_key(i));
             }
             StepState::Running => self.free += self.width[i],
             _ => {}
         }
         match state {
             StepState::Ready => {
-                self.ready.insert(self.position[i]);
+                self.ready.insert(self.ready_key(i));
             }
             StepState::Running => {
                 assert!(
@@ -173,6 +180,35 @@ impl<'d> Schedule<'d> {
             }
             StepState::Waiting => {}
         }
+    }
+
+    fn ready_key(&self, i: usize) -> (Reverse<u64>, usize) {
+        (Reverse(self.remaining[i]), self.position[i])
+    }
+
+    /// Give each step its expected duration in ms (`expected[i]`, from earlier
+    /// runs or its kind's default): ready steps then start longest remaining
+    /// path first. Costs one pass over the DAG; without it, ready steps start
+    /// in schedule order.
+    pub fn weigh(&mut self, expected: &[u64]) {
+        let ready: Vec<usize> = self.ready.iter().map(|&(_, p)| p).collect();
+        for &id in self.order.iter().rev() {
+            let below = (self.dag.downstream(id).iter())
+                .map(|d| self.remaining[d.index()])
+                .max()
+                .unwrap_or(0);
+            self.remaining[id.index()] = expected[id.index()].saturating_add(below);
+        }
+        self.ready = ready
+            .into_iter()
+            .map(|p| self.ready_key(self.order[p].index()))
+            .collect();
+    }
+
+    /// The expected duration of the longest path from step `id` down (ms), as
+    /// last weighed.
+    pub fn remaining(&self, id: StepId) -> u64 {
+        self.remaining[id.index()]
     }
 
     fn look_at(&mut self, id: StepId) {
@@ -215,8 +251,8 @@ impl<'d> Schedule<'d> {
         }
     }
 
-    /// Ready steps to start now, in schedule order: each one that fits in the
-    /// slots left by those before it. Narrower steps behind a wide one may
+    /// Ready steps to start now, longest remaining path first: each one that
+    /// fits in the slots left by those before it. Narrower steps behind a wide one may
     /// use the free slots (backfill); the DAG is finite, so the wide step runs
     /// eventually. None once the run is stopped.
     pub fn startable(&self) -> Vec<StepId> {
@@ -225,7 +261,12 @@ impl<'d> Schedule<'d> {
         }
         let mut free = self.free;
         let mut start = Vec::new();
-        for &p in &self.ready {
+        for &(_, p) in &self.ready {
+            if free == 0 {
+                // Thousands of steps may be ready at once: a pass stops when the
+                // slots are gone, so each event costs what it starts, not the queue.
+                break;
+            }
             let id = self.order[p];
             if self.width(id) <= free {
                 free -= self.width(id);
@@ -335,6 +376,57 @@ mod tests {
         s.set(StepId(0), StepState::Done);
         assert!(s.startable().is_empty());
         s.set(StepId(2), StepState::Done);
+        assert_eq!(s.startable(), [StepId(1)]);
+    }
+
+    #[test]
+    fn the_step_at_the_head_of_the_longest_path_starts_first() {
+        // 0 → 1 → 2 is a long chain (a kernel at its end); 3 and 4 are short and
+        // nothing waits for them. With one slot, 0 goes first though it comes
+        // after 3 and 4 in no order but the critical path's.
+        let dag = Dag::new(5, [(StepId(0), StepId(1)), (StepId(1), StepId(2))]);
+        let mut s = Schedule::new(&dag, vec![1; 5], 1);
+        settle_all(&mut s);
+        s.weigh(&[10, 10, 600_000, 50, 20]);
+        assert_eq!(s.remaining(StepId(0)), 600_020);
+        assert_eq!(s.startable(), [StepId(0)]);
+        s.set(StepId(0), StepState::Running);
+        s.set(StepId(0), StepState::Done);
+        settle_all(&mut s);
+        assert_eq!(
+            s.startable(),
+            [StepId(1)],
+            "the chain goes on before 3 and 4"
+        );
+        s.set(StepId(1), StepState::Running);
+        s.set(StepId(1), StepState::Done);
+        settle_all(&mut s);
+        assert_eq!(s.startable(), [StepId(2)]);
+        s.set(StepId(2), StepState::Running);
+        s.set(StepId(2), StepState::Done);
+        assert_eq!(s.startable(), [StepId(3)], "then the longer short step");
+    }
+
+    #[test]
+    fn ready_steps_weighed_after_they_became_ready_are_reordered() {
+        let dag = Dag::new(3, []);
+        let mut s = Schedule::new(&dag, vec![1; 3], 1);
+        settle_all(&mut s);
+        assert_eq!(s.startable(), [StepId(0)], "unweighed: schedule order");
+        s.weigh(&[1, 5, 9]);
+        assert_eq!(s.startable(), [StepId(2)]);
+        s.set(StepId(2), StepState::Running);
+        s.set(StepId(2), StepState::Done);
+        assert_eq!(s.startable(), [StepId(1)]);
+    }
+
+    #[test]
+    fn a_wide_step_on_the_critical_path_is_not_starved_by_narrow_ones() {
+        // The two-slot step has the longest path: it takes both slots first.
+        let dag = Dag::new(3, []);
+        let mut s = Schedule::new(&dag, vec![1, 2, 1], 2);
+        settle_all(&mut s);
+        s.weigh(&[10, 1000, 10]);
         assert_eq!(s.startable(), [StepId(1)]);
     }
 

@@ -11,15 +11,19 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use qflow_cache::{CacheProbe, Hash, LockWait};
+use qflow_cache::remote::{RemoteCache, UploadOutcome};
+use qflow_cache::{Cache, CacheProbe, Hash, LockWait};
 
 use crate::context::ProgressSink;
 use crate::executor::Wake;
 use crate::executor::local::LocalExecutor;
+use crate::executor::routed::Routed;
+use crate::executor::slurm::SlurmExecutor;
 use crate::lockfile::LockedStep;
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -39,6 +43,12 @@ pub struct ApplyOptions {
     pub no_wait: bool,
     /// Where `out/<step>` links go (default: beside the workflow).
     pub out_dir: Option<PathBuf>,
+    /// `--executor`: where steps without their own `executor:` run.
+    pub executor: Option<crate::slurm::placement::ExecutorChoice>,
+    /// Submit Slurm jobs with sbatch, so they outlive this process (`--detach`).
+    pub slurm_batch: bool,
+    /// A remote cache asked after the local one (and written when it uploads).
+    pub remote: Option<Arc<RemoteCache>>,
 }
 
 /// Apply the workflow of `session`.
@@ -48,6 +58,10 @@ pub fn apply(
     progress: Arc<Progress>,
 ) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    // Before waiting for the lock: a signal until the steps start exits 130 at once.
+    let (tx, rx) = mpsc::channel::<Event>();
+    let running = Arc::new(AtomicBool::new(false));
+    let signals = watch_signals(tx.clone(), running.clone())?;
     let _lock = lock_cache(session, options, &progress)?;
     session.stop_leftovers(&progress);
     crate::timings::mark("lock cache");
@@ -64,8 +78,32 @@ pub fn apply(
     crate::timings::mark("preflight");
     let in_place = lock_entries_in_place(session, &probe, &out_links);
     crate::timings::mark("check lock entries");
-    let (tx, rx) = mpsc::channel::<Event>();
-    let signals = watch_signals(tx.clone())?;
+    let slurm = crate::slurm::setup::prepare(
+        session,
+        &prepared,
+        options.executor,
+        options.slurm_batch,
+        &in_place,
+        &progress,
+    )?;
+    // Cluster jobs hold no CPU slot of this host: the queue limits them.
+    let slots = options.jobs
+        + slurm.as_ref().map_or(0, |(_, names)| {
+            (session.workflow.steps.iter())
+                .filter(|s| names.contains(&s.name))
+                .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
+                .sum()
+        });
+    running.store(true, Ordering::SeqCst);
+    let remote = options.remote.clone();
+    let (uploads, uploader) = match remote.as_ref().filter(|r| r.uploads()) {
+        Some(r) => {
+            let (up_tx, up_rx) = mpsc::channel::<Hash>();
+            let thread = spawn_uploader(r.clone(), session.cache.clone(), up_rx, progress.clone());
+            (Some(up_tx), Some(thread))
+        }
+        None => (None, None),
+    };
     let parts = RunParts {
         session,
         prepared: &prepared,
@@ -75,24 +113,86 @@ pub fn apply(
         progress: progress.clone(),
         events: tx.clone(),
         started,
+        remote: remote.as_deref(),
+        uploads,
     };
     let id = crate::run_record::run_id();
-    let mut run = Run::new(parts, options.jobs, options.keep_going, id);
+    let mut run = Run::new(parts, slots, options.keep_going, id);
     let registry = session.registry;
     let scheduled = std::thread::scope(|scope| {
         let sink: Arc<dyn ProgressSink> = progress.clone();
         let wake = Wake::new(move || {
             let _ = tx.send(Event::Wake);
         });
-        let mut executor = LocalExecutor::new(scope, registry, sink, wake);
-        crate::run::drive(&mut run, &mut executor, &rx, scope)
+        let local = LocalExecutor::new(scope, registry, sink, wake);
+        match slurm {
+            None => {
+                let mut executor = local;
+                crate::run::drive(&mut run, &mut executor, &rx, scope)
+            }
+            Some((setup, names)) => {
+                let remote = SlurmExecutor::new(setup, progress.clone())?;
+                let mut executor = Routed::new(local, remote, names);
+                crate::run::drive(&mut run, &mut executor, &rx, scope)
+            }
+        }
     });
     progress.flush();
     scheduled?;
     signals.close();
     crate::timings::mark("schedule");
-    let finished = run.finish();
+    let mut finished = run.finish();
+    // The run's sender is gone with it: the uploader ends after the last queued result.
+    if let Some(thread) = uploader {
+        let _ = thread.join();
+    }
+    finished.report.remote = remote.as_ref().map(|r| r.stats());
     conclude(session, finished, &out_links, &progress, started)
+}
+
+/// A thread that uploads the results whose keys arrive on `keys` (content first, the
+/// action entry last; see the remote cache), until the run drops its sender. It hands them
+/// to as many workers as the remote cache runs transfers, so a push of many small cached
+/// results is not one round trip after another. Runs while the workspace lock is held, so
+/// `qflow gc` cannot remove what it reads.
+fn spawn_uploader(
+    remote: Arc<RemoteCache>,
+    cache: Cache,
+    keys: mpsc::Receiver<Hash>,
+    progress: Arc<Progress>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let keys = std::sync::Mutex::new(keys);
+        let (steps, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..remote.transfers() {
+                s.spawn(|| {
+                    loop {
+                        let next = keys.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(key) = next else { break };
+                        let Ok(Some(record)) = cache.get_record(&key) else {
+                            continue;
+                        };
+                        if let UploadOutcome::Uploaded { bytes: b, .. } =
+                            remote.upload(&record, &cache)
+                        {
+                            steps.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(b, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let (steps, bytes) = (steps.into_inner(), bytes.into_inner());
+        if steps > 0 {
+            progress.event(&format!(
+                "uploaded {steps} results ({:.1} MB) to the remote cache {}",
+                bytes as f64 / 1e6,
+                remote.shown_url()
+            ));
+        }
+    })
 }
 
 /// Take the cache's workspace lock, saying so while waiting for another run.
@@ -109,11 +209,21 @@ fn lock_cache(
             session.cache.root().display()
         ))
     };
-    let lock = session.cache.lock(if options.no_wait {
-        LockWait::NoWait
-    } else {
-        LockWait::Wait(&wait_msg)
-    })?;
+    let lock = session
+        .cache
+        .lock(if options.no_wait {
+            LockWait::NoWait
+        } else {
+            LockWait::Wait(&wait_msg)
+        })
+        .map_err(|e| {
+            // `--no-wait` on a busy cache: a refused request, nothing ran (exit 2).
+            if options.no_wait && e.to_string().contains("holds the cache lock") {
+                anyhow::Error::new(crate::Refusal(e.to_string()))
+            } else {
+                e
+            }
+        })?;
     if waited.get() {
         // The run we waited for may have rewritten the lock file and the cache.
         session.reload_lock();
@@ -122,8 +232,13 @@ fn lock_cache(
     Ok(lock)
 }
 
-/// Send [`Event::Signal`] on the first SIGINT, SIGTERM or SIGHUP; exit 130 on the second.
-fn watch_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<signal_hook::iterator::Handle> {
+/// Send [`Event::Signal`] on the first SIGINT, SIGTERM or SIGHUP once `running`
+/// (steps may be running); exit 130 on the second, or on the first before then
+/// (waiting for the workspace lock, digesting inputs: nothing to stop).
+fn watch_signals(
+    tx: mpsc::Sender<Event>,
+    running: Arc<AtomicBool>,
+) -> anyhow::Result<signal_hook::iterator::Handle> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -133,7 +248,7 @@ fn watch_signals(tx: mpsc::Sender<Event>) -> anyhow::Result<signal_hook::iterato
     let handle = signals.handle();
     std::thread::spawn(move || {
         for (count, _) in signals.forever().enumerate() {
-            if count == 0 {
+            if count == 0 && running.load(Ordering::SeqCst) {
                 let _ = tx.send(Event::Signal);
             } else {
                 std::process::exit(130);
@@ -160,7 +275,9 @@ fn conclude(
     let lock_stale = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
+    // (Not after a run of some targets only: the others were not looked at.)
     let all_done = !report.interrupted
+        && !session.workflow.selection.is_partial()
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
     let stamp = settled_stamp(session);
@@ -180,6 +297,11 @@ fn conclude(
     crate::timings::mark("write lock");
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.write(&session.cache.dir("runs"))?;
+    crate::run_record::prune(
+        &session.cache.dir("runs"),
+        &session.cache.dir("logs"),
+        crate::run_record::KEPT_RUNS,
+    );
     crate::timings::mark("write run record");
     progress.event(&format!(
         "{} ran, {} cached, {} failed, {} skipped in {:.2}s",
@@ -189,6 +311,20 @@ fn conclude(
         report.count(StepOutcome::Skipped) + report.count(StepOutcome::Interrupted),
         report.duration_ms as f64 / 1000.0
     ));
+    let unmet: Vec<&String> = report.steps.iter().flat_map(|s| &s.unmet).collect();
+    if !unmet.is_empty() {
+        let mut msg = format!(
+            "apply failed: {} metric value{} outside {} expectation (recorded: `qflow results` shows them):",
+            unmet.len(),
+            if unmet.len() == 1 { " is" } else { "s are" },
+            if unmet.len() == 1 { "its" } else { "their" },
+        );
+        for u in unmet {
+            msg.push_str("\n  ");
+            msg.push_str(u);
+        }
+        progress.event(&msg);
+    }
     Ok(report)
 }
 
@@ -198,7 +334,10 @@ fn write_lock(
     changes: std::collections::BTreeMap<String, LockedStep>,
 ) -> anyhow::Result<bool> {
     let workflow = session.workflow;
-    let declared: HashSet<&str> = workflow.steps.iter().map(|s| s.name.as_str()).collect();
+    // Steps the targets left out keep their entries.
+    let declared: HashSet<&str> = (workflow.steps.iter().map(|s| s.name.as_str()))
+        .chain(workflow.selection.left_out.iter().map(String::as_str))
+        .collect();
     // Decided on the lock's index: a no-op never parses the whole lock.
     let old = session.lock_index();
     let stale = !changes.is_empty()

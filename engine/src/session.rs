@@ -365,7 +365,8 @@ impl<'w> Session<'w> {
                 _ => {}
             }
         }
-        let new_fields: serde_json::Value = serde_json::from_str(&m.fields).unwrap_or_default();
+        let new_fields: serde_json::Value =
+            crate::masking::mask_urls_in_json(&serde_json::from_str(&m.fields).unwrap_or_default());
         let mut field_diffs = Vec::new();
         diff_json("", &old.fields, &new_fields, &mut field_diffs);
         let var_values: Vec<&String> = s.vars_used.values().collect();
@@ -446,7 +447,10 @@ impl<'w> Session<'w> {
             kind: m.kind.clone(),
             schema_version: m.schema_version,
             key: m.key().to_hex(),
-            fields: serde_json::from_str(&m.fields).unwrap_or_default(),
+            // Credentials inside URLs never land in the lock (the key has them).
+            fields: crate::masking::mask_urls_in_json(
+                &serde_json::from_str(&m.fields).unwrap_or_default(),
+            ),
             vars: s.vars_used.clone(),
             env: m
                 .env
@@ -468,7 +472,19 @@ impl<'w> Session<'w> {
             output: rec.output.to_hex(),
             outputs,
             notes,
+            metrics: self.recorded_metrics(i, &rec.output),
         }
+    }
+
+    /// Step `i`'s metric values in its output tree `output`, as its lock entry
+    /// keeps them; none for a step without `metrics:`.
+    fn recorded_metrics(&self, i: usize, output: &Hash) -> BTreeMap<String, f64> {
+        if self.workflow.steps[i].step.metrics().is_empty() {
+            return BTreeMap::new();
+        }
+        crate::results::StepMetrics::read(&self.cache.tree_path(output))
+            .map(|m| m.flat())
+            .unwrap_or_default()
     }
 }
 

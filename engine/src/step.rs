@@ -16,40 +16,21 @@
 //! artifact), its host needs as typed values ([`HostNeed`]), and, per kind,
 //! every tool and need a step of it may have ([`StepFields::kind_tools`],
 //! [`StepFields::kind_needs`]), from which `qflow doctor` and the host install
-//! script's check derive. Adding a kind is one file and one registry line.
+//! script's check derive. A step's `metrics:` ([`Step::metrics`]) and matrix
+//! variables ([`Step::matrix_axes`]) are part of the contract too, so the run
+//! loop, figures, `qflow results` and `qflow verify` never read a kind's raw
+//! fields. Adding a kind is one file and one registry line.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 
 use crate::context::RunContext;
+pub use crate::field_error::FieldError;
 pub use crate::paths::{relative_to, resolve_in};
-
-/// An error in one field of one step, found before anything runs.
-///
-/// `field` is the path inside the step's mapping (`size`, `copy_in[0].from`); the
-/// engine turns it into `file:line:column` of the workflow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "field `{}`: {}", self.field, self.message)
-    }
-}
+use crate::results::MetricSpec;
 
 /// A reference from a typed field to another step (`image: base`): an edge of the DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +232,20 @@ pub trait Step: std::fmt::Debug + Send + Sync {
             .unwrap_or(OutputRole::Artifact)
     }
 
+    /// The step's `metrics:` by name: after it is recorded, the run loop reads
+    /// them from its `metrics.json` and holds them to their `expect:`; tables,
+    /// figures and `qflow verify` read the same file. None by default.
+    fn metrics(&self) -> BTreeMap<String, MetricSpec> {
+        BTreeMap::new()
+    }
+
+    /// The names of the step's matrix variables: each run's values of them are
+    /// columns of its metrics table, and a figure's `x` and `series` name them.
+    /// None by default (a step that runs once).
+    fn matrix_axes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// External programs the step runs; their versions enter the key. Each is
     /// among its kind's [`StepFields::kind_tools`].
     fn tools(&self) -> Vec<Tool> {
@@ -279,14 +274,36 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether the step's outputs may hold something made from a secret (a password's
+    /// hash in an image, a password in a memory snapshot): by default, whether it reads
+    /// one ([`Step::secrets`]). Such a step, and every step downstream of it, is never
+    /// uploaded to a remote cache unless it says `remote_cache: true` itself.
+    fn consumes_secret(&self) -> bool {
+        !self.secrets().is_empty()
+    }
+
     /// The command lines the step would run, for `qflow plan` (argv joined for display).
     fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
         Vec::new()
     }
 
+    /// Why the step must run in the `qflow apply` process and never as a cluster
+    /// job (a password read from qflow's environment, which would have to travel
+    /// in the job's), or `None` when it may run anywhere.
+    fn runs_only_here(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the step hands qflow's make jobserver to the programs it runs.
     fn uses_jobserver(&self) -> bool {
         false
+    }
+
+    /// How long a run of the step is expected to take (ms) before it has ever
+    /// run here: the scheduler starts the longest remaining path first. Later
+    /// runs use the step's last measured duration instead. Default: one second.
+    fn expected_ms(&self) -> u64 {
+        1_000
     }
 
     /// CPU slots the step takes when the workflow gives no `jobs:` (default 1).

@@ -15,11 +15,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use qflow_cache::Hash;
 use serde::{Deserialize, Serialize};
 
 use crate::context::{ProcessGroups, ProgressSink, RunContext, StepLog};
+use crate::masking::Mask;
+use crate::process::Ended;
+use crate::state_dir::StateDir;
 use crate::step::Registry;
 
 /// Everything needed to run one step once.
@@ -49,6 +52,10 @@ pub struct StepJob {
     pub log: PathBuf,
     /// Marks every process of this run (see `leftovers.rs`).
     pub run_token: String,
+    /// Hides the step's `${{ env.X }}` values and URL credentials in its log,
+    /// its progress and its error (see `masking.rs`).
+    #[serde(default)]
+    pub mask: Mask,
 }
 
 /// What a successful run of a step hands back besides its output directory.
@@ -72,9 +79,41 @@ impl StepJob {
             .get(&self.kind)
             .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
         let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
-        std::fs::create_dir_all(&self.state_dir)
-            .with_context(|| format!("cannot create {}", self.state_dir.display()))?;
-        let log = StepLog::create(&self.log)?;
+        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
+        let progress: Arc<dyn ProgressSink> = Arc::new(Masked {
+            inner: progress,
+            mask: self.mask.clone(),
+        });
+        let (state, emptied) = StateDir::enter(&self.state_dir)?;
+        if emptied {
+            let warning = format!(
+                "warning: the state directory of `{}` was left by a killed run and may hold \
+                 half-written files: emptied, this run starts afresh",
+                self.step
+            );
+            log.line(&warning);
+            eprintln!("qflow: {warning}");
+        }
+        groups.contain(&self.run_token);
+        let result = self.run_in(step.as_ref(), log, progress, groups.clone());
+        // A step ended by SIGKILL may have left its state half-written: the mark stays.
+        if groups.finish() == Ended::Cleanly {
+            state.leave_clean();
+        }
+        result.map_err(|e| {
+            let text = format!("{e:#}");
+            let masked = self.mask.apply(&text);
+            if masked == text { e } else { anyhow!(masked) }
+        })
+    }
+
+    fn run_in(
+        &self,
+        step: &dyn crate::step::Step,
+        log: StepLog,
+        progress: Arc<dyn ProgressSink>,
+        groups: ProcessGroups,
+    ) -> anyhow::Result<StepOutput> {
         let mut ctx = RunContext::new(
             &self.step,
             self.out_dir.clone(),
@@ -89,7 +128,11 @@ impl StepJob {
             step.uses_jobserver(),
         )?
         .with_run_token(self.run_token.clone());
-        step.run(&mut ctx)?;
+        let ran = step.run(&mut ctx);
+        // A state directory the step left empty is not kept: thousands of steps would
+        // leave thousands of empty directories (4 KB each) behind.
+        let _ = std::fs::remove_dir(&self.state_dir);
+        ran?;
         for out in step.outputs() {
             if std::fs::symlink_metadata(self.out_dir.join(&out)).is_err() {
                 bail!(
@@ -100,5 +143,17 @@ impl StepJob {
         Ok(StepOutput {
             notes: ctx.notes().clone(),
         })
+    }
+}
+
+/// A step's progress with its secrets hidden.
+struct Masked {
+    inner: Arc<dyn ProgressSink>,
+    mask: Mask,
+}
+
+impl ProgressSink for Masked {
+    fn message(&self, step: &str, text: &str) {
+        self.inner.message(step, &self.mask.apply(text));
     }
 }

@@ -1,6 +1,6 @@
 //! A step's log file: every command line a step runs and every line its
 //! programs write, shared by the threads that stream their output. A failure
-//! message quotes its last lines. Imports nothing of the engine.
+//! message quotes its last lines; secrets are masked (`masking.rs`). Imports `masking`.
 
 use std::fs::File;
 use std::io::Write;
@@ -14,6 +14,7 @@ use anyhow::Context as _;
 pub struct StepLog {
     file: Arc<Mutex<Option<File>>>,
     path: PathBuf,
+    mask: Arc<crate::masking::Mask>,
 }
 
 impl StepLog {
@@ -28,7 +29,14 @@ impl StepLog {
         Ok(StepLog {
             file: Arc::new(Mutex::new(Some(file))),
             path: path.to_path_buf(),
+            mask: Arc::default(),
         })
+    }
+
+    /// Hide the step's secrets in every line written from now on (see `masking.rs`).
+    pub fn with_mask(mut self, mask: crate::masking::Mask) -> Self {
+        self.mask = Arc::new(mask);
+        self
     }
 
     /// A log that discards everything.
@@ -36,6 +44,7 @@ impl StepLog {
         StepLog {
             file: Arc::new(Mutex::new(None)),
             path: PathBuf::from("/dev/null"),
+            mask: Arc::default(),
         }
     }
 
@@ -47,7 +56,7 @@ impl StepLog {
     /// Append one line.
     pub fn line(&self, text: &str) {
         if let Some(f) = self.file.lock().unwrap().as_mut() {
-            let _ = writeln!(f, "{text}");
+            let _ = writeln!(f, "{}", self.mask.apply(text));
         }
     }
 

@@ -25,6 +25,13 @@
 //! lock's key for a step differs from the rebuild's (a tool version, an input, a
 //! field), [`Rebuild::key_notes`] says which, because "different tool, same bytes"
 //! and "same inputs, different bytes" mean different things to an evaluator.
+//!
+//! A step's `metrics:` are compared as numbers too ([`MetricRow`]): each value
+//! of the rebuild against the one the lock keeps, with their ratio, exactly
+//! unless the metric has a `tolerance`. When every metric of a step is within
+//! tolerance, its differing `metrics.json` and `metrics.csv` count as agreeing
+//! ([`Verdict::WithinTolerance`]): the numbers are what the paper claims, which
+//! is the question those files answer.
 
 pub mod scratch;
 
@@ -68,6 +75,9 @@ pub enum Verdict {
     NotRebuilt,
     /// Produced by the rebuild, absent from the lock.
     NotInLock,
+    /// A step's metrics file with other bytes, every metric of which is within
+    /// its tolerance of the lock's value.
+    WithinTolerance,
 }
 
 impl Verdict {
@@ -78,6 +88,73 @@ impl Verdict {
             Verdict::Different => "DIFFERENT",
             Verdict::NotRebuilt => "NOT REBUILT",
             Verdict::NotInLock => "NOT IN LOCK",
+            Verdict::WithinTolerance => "within tolerance",
+        }
+    }
+
+    /// Whether the output agrees with the lock.
+    pub fn agrees(self) -> bool {
+        matches!(self, Verdict::Identical | Verdict::WithinTolerance)
+    }
+}
+
+/// How one metric value of one run compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricVerdict {
+    /// The same number.
+    Same,
+    /// Another number, within the metric's tolerance.
+    Within,
+    /// Farther from the lock's value than the metric's tolerance.
+    Outside,
+    /// In the lock, but the rebuild has no such value.
+    NotRebuilt,
+    /// Rebuilt, but the lock has no such value.
+    NotInLock,
+}
+
+impl MetricVerdict {
+    /// The word the report shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            MetricVerdict::Same => "same",
+            MetricVerdict::Within => "within tolerance",
+            MetricVerdict::Outside => "OUTSIDE TOLERANCE",
+            MetricVerdict::NotRebuilt => "NOT REBUILT",
+            MetricVerdict::NotInLock => "NOT IN LOCK",
+        }
+    }
+
+    /// Whether the value agrees with the lock's.
+    pub fn agrees(self) -> bool {
+        matches!(self, MetricVerdict::Same | MetricVerdict::Within)
+    }
+}
+
+/// One metric value of one run, the lock's against the rebuild's.
+#[derive(Debug, Clone)]
+pub struct MetricRow {
+    /// The step.
+    pub step: String,
+    /// `metric`, or `run/metric` for a run of a matrix.
+    pub name: String,
+    /// The value the lock keeps.
+    pub reference: Option<f64>,
+    /// The rebuild's value.
+    pub value: Option<f64>,
+    /// The relative difference accepted (0: exactly).
+    pub tolerance: f64,
+    /// How the two compare.
+    pub verdict: MetricVerdict,
+}
+
+impl MetricRow {
+    /// The rebuild's value over the lock's, when both are there and the lock's is not 0.
+    pub fn ratio(&self) -> Option<f64> {
+        match (self.value, self.reference) {
+            (Some(v), Some(r)) if r != 0.0 => Some(v / r),
+            (Some(v), Some(r)) if v == r => Some(1.0),
+            _ => None,
         }
     }
 }
@@ -110,7 +187,7 @@ impl Row {
     /// results and artifacts; a log is shown, not judged).
     pub fn fails(&self) -> bool {
         match self.verdict {
-            Verdict::Identical => false,
+            Verdict::Identical | Verdict::WithinTolerance => false,
             Verdict::Different => !self.is_machine_state() && self.role != OutputRole::Log,
             Verdict::NotRebuilt | Verdict::NotInLock => true,
         }
@@ -134,6 +211,8 @@ pub struct Rebuild {
     pub compared_with: String,
     /// Every output compared, by step.
     pub rows: Vec<Row>,
+    /// Every metric value compared, by step.
+    pub metrics: Vec<MetricRow>,
     steps: Vec<String>,
     recorded: LockFile,
     rebuilt: LockFile,
@@ -205,7 +284,9 @@ pub fn rebuild(
         return Ok(None);
     };
     let rebuilt = LockFile::read(&scratch.path.join(REBUILT_LOCK));
-    let rows = compare(wf, &recorded, &rebuilt);
+    let metrics = compare_metrics(wf, &recorded, &rebuilt);
+    let mut rows = compare(wf, &recorded, &rebuilt);
+    accept_metrics_within_tolerance(&mut rows, &metrics);
     let mut downstream: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for s in &wf.steps {
         for u in s.upstream_names() {
@@ -219,6 +300,7 @@ pub fn rebuild(
         recorded_path,
         compared_with,
         rows,
+        metrics,
         steps: wf.steps.iter().map(|s| s.name.clone()).collect(),
         recorded,
         rebuilt,
@@ -250,6 +332,9 @@ fn build(
         keep_going: true,
         no_wait: false,
         out_dir: Some(scratch.path.join("out")),
+        executor: Some(crate::slurm::placement::ExecutorChoice::Local),
+        slurm_batch: false,
+        remote: None,
     };
     let report = apply(&mut session, &apply_options, Arc::new(Progress::new()))?;
     if report.interrupted {
@@ -268,6 +353,32 @@ impl Rebuild {
         let cache = qflow_cache::Cache::open(&self.original_cache).ok()?;
         let p = cache.tree_path(&hash).join(&row.output);
         p.is_file().then_some(p)
+    }
+
+    /// When the lock, not the output, is what differs: the recorded file (still in
+    /// the original cache) does not have the hash the lock gives it, so the lock
+    /// was edited or damaged after the run. Says so, and whether the rebuild
+    /// matches the recorded file.
+    pub fn lock_mismatch(&self, row: &Row) -> Option<String> {
+        let recorded = row.recorded.as_deref()?;
+        let file = self.recorded_file(row)?;
+        let actual = qflow_cache::hash_file(&file).ok()?.to_hex();
+        if actual == recorded {
+            return None;
+        }
+        let rebuild = if row.rebuilt.as_deref() == Some(actual.as_str()) {
+            "the rebuild is identical to the file the run recorded"
+        } else {
+            "the rebuild differs from the recorded file too"
+        };
+        Some(format!(
+            "the lock does not match the run it records: `{}` gives blake3 `{}`, but the file \
+             that run recorded hashes to `{}` (the lock was edited or damaged after the run); {rebuild}. \
+             `qflow apply` rewrites the lock from the cache",
+            self.recorded_path.display(),
+            &recorded[..16.min(recorded.len())],
+            &actual[..16]
+        ))
     }
 
     /// The rebuilt output file.
@@ -334,6 +445,11 @@ impl Rebuild {
             format!("{first}; what uses it ({names}) did NOT rebuild identical")
         }
     }
+
+    /// How many metric values do not agree with the lock's.
+    pub fn metrics_off(&self) -> usize {
+        self.metrics.iter().filter(|m| !m.verdict.agrees()).count()
+    }
 }
 
 /// Keep only `wanted` and every step they depend on (all steps when empty).
@@ -397,6 +513,62 @@ fn compare(wf: &Workflow, recorded: &LockFile, rebuilt: &LockFile) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// Every metric value of every step with `metrics:`, the lock's against the rebuild's.
+fn compare_metrics(wf: &Workflow, recorded: &LockFile, rebuilt: &LockFile) -> Vec<MetricRow> {
+    let mut rows = Vec::new();
+    for s in &wf.steps {
+        let specs = s.step.metrics();
+        if specs.is_empty() {
+            continue;
+        }
+        let empty = Default::default();
+        let a = recorded.steps.get(&s.name).map_or(&empty, |e| &e.metrics);
+        let b = rebuilt.steps.get(&s.name).map_or(&empty, |e| &e.metrics);
+        let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        for name in names {
+            let tolerance = specs
+                .get(crate::results::metric_of_flat(name))
+                .and_then(|m| m.tolerance)
+                .unwrap_or(0.0);
+            let (reference, value) = (a.get(name).copied(), b.get(name).copied());
+            let verdict = match (reference, value) {
+                (Some(r), Some(v)) if r == v => MetricVerdict::Same,
+                (Some(r), Some(v)) if crate::results::expectation::within(v, r, tolerance) => {
+                    MetricVerdict::Within
+                }
+                (Some(_), Some(_)) => MetricVerdict::Outside,
+                (Some(_), None) => MetricVerdict::NotRebuilt,
+                (None, _) => MetricVerdict::NotInLock,
+            };
+            rows.push(MetricRow {
+                step: s.name.clone(),
+                name: name.clone(),
+                reference,
+                value,
+                tolerance,
+                verdict,
+            });
+        }
+    }
+    rows
+}
+
+/// A step's differing `metrics.json` and `metrics.csv` agree when every one of
+/// its metric values agrees with the lock's.
+fn accept_metrics_within_tolerance(rows: &mut [Row], metrics: &[MetricRow]) {
+    use crate::results::StepMetrics;
+    for row in rows.iter_mut() {
+        let is_metrics_file = row.output == StepMetrics::JSON || row.output == StepMetrics::CSV;
+        if row.verdict != Verdict::Different || !is_metrics_file {
+            continue;
+        }
+        let mut of_step = metrics.iter().filter(|m| m.step == row.step).peekable();
+        if of_step.peek().is_some() && of_step.all(|m| m.verdict.agrees()) {
+            row.verdict = Verdict::WithinTolerance;
+        }
+    }
 }
 
 /// The first line that differs between two small text files, shown old → new;

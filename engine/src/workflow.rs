@@ -21,8 +21,22 @@ use crate::interpolate::{self, Expr};
 use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
-const TOP_LEVEL_FIELDS: &[&str] = &["version", "name", "vars", "steps"];
-const COMMON_FIELDS: &[&str] = &["kind", "after", "jobs", "env", "cache"];
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "version", "name", "vars", "steps", "executor", "slurm", "figures",
+];
+const COMMON_FIELDS: &[&str] = &[
+    "kind",
+    "after",
+    "jobs",
+    "env",
+    "cache",
+    "remote_cache",
+    "executor",
+    "resources",
+    "retries",
+];
+/// The step (and kind) the workflow's `figures:` section becomes.
+pub const FIGURES: &str = "figures";
 
 /// Why one step depends on another.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +62,23 @@ pub struct Workflow {
     pub vars: BTreeMap<String, String>,
     /// The steps in file order.
     pub steps: Vec<StepDecl>,
+    /// `executor:` and `slurm:` (not in any step key).
+    pub placement: crate::slurm::placement::WorkflowPlacement,
+    /// The steps this command works on (see `selection.rs`): all, unless targets were named.
+    pub selection: crate::selection::Selection,
+}
+
+/// A step's `remote_cache:` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RemoteUse {
+    /// Not written: read, and write unless the step consumes a secret.
+    Default,
+    /// `true`: read and write, a step that consumes a secret included.
+    On,
+    /// `pull`: read, never write.
+    Pull,
+    /// `false`: neither.
+    Off,
 }
 
 /// One step of a workflow, validated.
@@ -67,7 +98,12 @@ pub struct StepDecl {
     pub env: BTreeMap<String, String>,
     /// `cache: false` makes the step always run.
     pub cache: bool,
-    /// The kind's fields after interpolating vars and env; `${{ steps.* }}` kept as written.
+    /// `remote_cache:` as written: whether a remote cache is read and written for it.
+    pub remote_cache: RemoteUse,
+    /// `executor:`, `resources:`, `retries:` (not in the step key).
+    pub placement: crate::slurm::placement::StepPlacement,
+    /// The kind's fields after interpolating vars; `${{ env.* }}` and
+    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
     pub fields: Value,
     /// `fields` as canonical JSON (what enters the key), made once.
     pub canonical_fields: std::sync::OnceLock<String>,
@@ -91,10 +127,18 @@ impl StepDecl {
         self.upstream.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`.
+    /// What hides this step's `${{ env.X }}` values and URL credentials in
+    /// text shown or stored (see `masking.rs`).
+    pub fn mask(&self) -> crate::masking::Mask {
+        crate::masking::Mask::of_env(&self.env_used)
+    }
+
+    /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`
+    /// and every `${{ env.X }}` by the value read when the workflow was loaded.
     pub fn resolved_fields(&self, dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Value> {
         map_strings(&self.fields, &mut |s| {
             interpolate::substitute(s, &mut |e| match e {
+                Expr::Env(name) => Ok(self.env_used.get(name).cloned()),
                 Expr::Step { name, output } => {
                     let dir = dirs
                         .get(name)
@@ -241,7 +285,7 @@ impl Workflow {
         let doc: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                let position = e.location().map(|l| Position {
+                let mut position = e.location().map(|l| Position {
                     line: l.line(),
                     column: l.column(),
                 });
@@ -249,12 +293,73 @@ impl Workflow {
                 if let Some(i) = msg.find(" at line ") {
                     msg.truncate(i);
                 }
+                let line_text = |p: Option<Position>| {
+                    p.and_then(|p| text.lines().nth(p.line.saturating_sub(1)))
+                        .unwrap_or("")
+                };
+                // The line that holds a tab in its indentation, if the error is there or just after.
+                let tab_line = position.and_then(|p| {
+                    (p.line.saturating_sub(1)..=p.line).rev().find(|&l| {
+                        l > 0
+                            && text.lines().nth(l - 1).is_some_and(|t| {
+                                t.chars()
+                                    .take_while(|c| c.is_whitespace())
+                                    .any(|c| c == '\t')
+                            })
+                    })
+                });
                 if msg.contains("duplicate entry") {
                     msg.push_str("; step names and fields must be unique: rename or remove one");
-                } else {
+                } else if msg.contains("more than one document") {
+                    // serde_yaml gives no place: the second document starts at its `---`.
+                    position = text
+                        .lines()
+                        .enumerate()
+                        .filter(|(_, l)| l.starts_with("---"))
+                        .map(|(i, _)| Position {
+                            line: i + 1,
+                            column: 1,
+                        })
+                        .find(|p| {
+                            text.lines().take(p.line - 1).any(|l| {
+                                let l = l.trim();
+                                !l.is_empty() && !l.starts_with('#') && !l.starts_with("---")
+                            })
+                        });
+                    msg = "a workflow file holds one YAML document; remove this `---` and what follows, \
+                           or move it to a file of its own"
+                        .to_string();
+                } else if msg.contains("repetition limit") || msg.contains("recursion limit") {
+                    position = text
+                        .lines()
+                        .position(|l| l.contains(" *") || l.contains("[*") || l.contains(",*"))
+                        .map(|i| Position {
+                            line: i + 1,
+                            column: 1,
+                        });
                     msg = format!(
-                        "invalid YAML: {msg} (note: `[${{x}}]` is not valid YAML; quote it)"
+                        "invalid YAML: {msg}: the file's aliases (`*name`) or nesting expand too far; \
+                         write the values out instead"
                     );
+                } else if let Some(line) = tab_line {
+                    position = Some(Position { line, column: 1 });
+                    msg = format!(
+                        "invalid YAML: a tab in the indentation ({msg}); YAML indents with spaces only: \
+                         replace the tab with spaces"
+                    );
+                } else if line_text(position).contains("${{")
+                    || line_text(position.map(|p| Position {
+                        line: p.line.saturating_sub(1),
+                        ..p
+                    }))
+                    .contains("${{")
+                {
+                    msg = format!(
+                        "invalid YAML: {msg} (note: `[${{{{ x }}}}]` and `{{${{{{ x }}}}}}` start a YAML list or \
+                         mapping; quote the value: `\"${{{{ x }}}}\"`)"
+                    );
+                } else {
+                    msg = format!("invalid YAML: {msg}");
                 }
                 diags.at_position(position, msg);
                 return Err(diags.finish().unwrap_err().into());
@@ -380,6 +485,17 @@ impl Workflow {
                 );
                 continue;
             }
+            if sname.len() > MAX_STEP_NAME {
+                diags.at(
+                    &base,
+                    format!(
+                        "step name `{}...` is {} bytes long; the maximum is {MAX_STEP_NAME} bytes (a step name becomes a file name): shorten it",
+                        &sname[..24],
+                        sname.len()
+                    ),
+                );
+                continue;
+            }
             let Value::Mapping(fields) = v else {
                 diags.at(
                     &base,
@@ -387,6 +503,20 @@ impl Workflow {
                 );
                 continue;
             };
+            if sname == FIGURES && top.contains_key(FIGURES) {
+                diags.at(
+                    &base,
+                    "a step named `figures` would clash with the workflow's `figures:` (drawn into out/figures/); rename the step",
+                );
+                continue;
+            }
+            if fields.get("kind") == Some(&Value::String(FIGURES.into())) {
+                diags.at(
+                    &format!("{base}.kind"),
+                    "figures are declared in the workflow's top-level `figures:` section, not as a step",
+                );
+                continue;
+            }
             if let Some(decl) = load_step(
                 &sname,
                 &base,
@@ -400,12 +530,28 @@ impl Workflow {
                 steps.push(decl);
             }
         }
+        if let Some(figures) = top.get(FIGURES)
+            && let Some(decl) = load_figures(
+                figures,
+                &steps,
+                registry,
+                &vars,
+                &step_names,
+                &ctx,
+                &mut diags,
+            )
+        {
+            steps.push(decl);
+        }
+        let placement = crate::slurm::placement::parse_workflow(top, &mut diags);
         let workflow = Workflow {
             path,
             dir,
             name,
             vars,
             steps,
+            placement,
+            selection: Default::default(),
         };
         if diags.is_empty() {
             workflow.check_outputs_referenced(&mut diags);
@@ -518,6 +664,10 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// The longest step name, in bytes: a step name becomes a file name
+/// (`out/<step>`, `<step>.log`, `<step>.slurm.log`), and file names end at 255 bytes.
+pub const MAX_STEP_NAME: usize = 200;
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -540,6 +690,84 @@ impl StepNames {
     fn contains(&self, name: &str) -> bool {
         self.set.contains(name)
     }
+}
+
+/// The workflow's `figures:` section as the step `figures` (kind `figures`): its
+/// entries are that step's fields, so errors point at `figures.NAME.FIELD`, and
+/// each figure's `step` is an edge. Each figure's axes are checked against the
+/// step it draws: the x and series variables are keys of that step's `matrix`,
+/// the y metric a key of its `metrics`.
+fn load_figures(
+    figures: &Value,
+    steps: &[StepDecl],
+    registry: &Registry,
+    vars: &BTreeMap<String, String>,
+    step_names: &StepNames,
+    ctx: &CheckContext,
+    diags: &mut Diagnostics,
+) -> Option<StepDecl> {
+    let entries = match figures {
+        Value::Null => return None,
+        Value::Mapping(m) if m.is_empty() => return None,
+        Value::Mapping(m) => m,
+        v => {
+            diags.at(
+                FIGURES,
+                format!(
+                    "`figures` is a mapping of figure names to figures, not {}",
+                    type_name(v)
+                ),
+            );
+            return None;
+        }
+    };
+    let mut fields = serde_yaml::Mapping::new();
+    fields.insert(Value::String("kind".into()), Value::String(FIGURES.into()));
+    for (k, v) in entries {
+        let name = key_text(k);
+        if COMMON_FIELDS.contains(&name.as_str()) {
+            diags.at(
+                &format!("{FIGURES}.{name}"),
+                format!("`{name}` cannot name a figure (it is a step field); rename it"),
+            );
+            return None;
+        }
+        fields.insert(k.clone(), v.clone());
+    }
+    let before = diags.len();
+    let decl = load_step(
+        FIGURES, FIGURES, &fields, registry, vars, step_names, ctx, diags,
+    )?;
+    if diags.len() > before {
+        return None;
+    }
+    for (k, v) in entries {
+        let name = key_text(k);
+        let Ok(spec) = serde_yaml::from_value::<crate::results::FigureSpec>(v.clone()) else {
+            continue;
+        };
+        let Some(target) = steps.iter().find(|s| s.name == spec.step) else {
+            continue;
+        };
+        let metrics: Vec<String> = target.step.metrics().into_keys().collect();
+        if metrics.is_empty() {
+            diags.at(
+                &format!("{FIGURES}.{name}.step"),
+                format!(
+                    "step `{}` has no `metrics:` to draw; declare `{}` there",
+                    spec.step, spec.y
+                ),
+            );
+            continue;
+        }
+        if let Err(e) = spec.check_against(&target.step.matrix_axes(), &metrics) {
+            diags.at(
+                &format!("{FIGURES}.{name}.{}", e.field),
+                format!("figure `{name}`: {}", e.message),
+            );
+        }
+    }
+    Some(decl)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -588,10 +816,18 @@ fn load_step(
     let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
     let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
         if !step_names.contains(up) {
+            // `system: base.qcow2` meant a file: a path is told from a step name by its `/`.
+            let path_hint = if matches!(reason, EdgeReason::Field(_))
+                && (up.contains('.') || ctx.resolve(up).exists())
+            {
+                format!("; a local file needs a `/` in its path: write `./{up}`")
+            } else {
+                String::new()
+            };
             diags.at(
                 at,
                 format!(
-                    "no step named `{up}`{}",
+                    "no step named `{up}`{}{path_hint}",
                     did_you_mean(
                         up,
                         step_names
@@ -658,6 +894,19 @@ fn load_step(
             true
         }
     };
+    let remote_cache = match fields.get("remote_cache") {
+        None => RemoteUse::Default,
+        Some(Value::Bool(true)) => RemoteUse::On,
+        Some(Value::Bool(false)) => RemoteUse::Off,
+        Some(Value::String(s)) if s == "pull" => RemoteUse::Pull,
+        Some(v) => {
+            diags.at(
+                &format!("{base}.remote_cache"),
+                format!("`remote_cache` is true, false or pull, not {}", short(v)),
+            );
+            RemoteUse::Default
+        }
+    };
 
     // Interpolate vars and env in the kind's fields and in `env:`.
     let mut vars_used = BTreeMap::new();
@@ -691,7 +940,12 @@ fn load_step(
         });
         match result {
             Ok(s) => s,
-            Err(msg) => {
+            Err(mut msg) => {
+                if let Some(name) = matrix_reference_with_dollar(text) {
+                    msg.push_str(&format!(
+                        "; a matrix parameter is written `{{{{ matrix.{name} }}}}`, without `$` (it is replaced per run, after the workflow's `${{{{ ... }}}}`)"
+                    ));
+                }
                 diags.at(path, msg);
                 text.to_string()
             }
@@ -732,7 +986,18 @@ fn load_step(
         kind_fields.insert(k.clone(), v.clone());
     }
     let mut failed = false;
-    let kind_fields = map_strings_at(&Value::Mapping(kind_fields), base, &mut |path, text| {
+    let kind_fields = Value::Mapping(kind_fields);
+    // What enters the key, the lock and plan output: vars interpolated, but
+    // `${{ env.X }}` kept as written (the value enters the key as a digest,
+    // see `session.rs`, and the job gets it in `resolved_fields`).
+    let template_fields = map_strings(&kind_fields, &mut |text| {
+        interpolate::substitute(text, &mut |e| match e {
+            Expr::Var(v) => Ok(vars.get(v).cloned()),
+            _ => Ok(None),
+        })
+    })
+    .unwrap_or(Value::Null);
+    let kind_fields = map_strings_at(&kind_fields, base, &mut |path, text| {
         let before = diags.len();
         let out = interp(path, text, diags);
         failed |= diags.len() > before;
@@ -741,53 +1006,43 @@ fn load_step(
     for (up, at) in interpolation_edges {
         add_edge(&up, EdgeReason::Interpolation, &at, diags);
     }
-    if failed {
-        return None;
-    }
 
-    let step = match kind.parse(&kind_fields) {
-        Ok(s) => s,
-        Err(e) => {
-            let field_names = kind.field_names();
-            let mut msg = e.message.clone();
-            let mut at = if e.field.is_empty() {
-                base.to_string()
-            } else {
-                format!("{base}.{}", e.field)
-            };
-            if let Some(unknown) = unknown_field_name(&e.message) {
-                // serde_path_to_error's path already ends with the unknown key.
-                let parent = e
-                    .field
-                    .strip_suffix(unknown.as_str())
-                    .map(|p| p.trim_end_matches('.'))
-                    .unwrap_or(&e.field)
-                    .to_string();
-                at = if parent.is_empty() {
-                    format!("{base}.{unknown}")
-                } else {
-                    format!("{base}.{parent}.{unknown}")
+    // Every unknown field is reported, not just the first: each one serde
+    // names is reported and taken out, and the fields parsed again.
+    let field_names = kind.field_names();
+    let mut kind_fields = kind_fields;
+    let mut parse_failed = false;
+    let parsed = loop {
+        match kind.parse(&kind_fields) {
+            Ok(s) => break Some(s),
+            Err(e) => {
+                let unknown = report_field_error(&e, base, &kind_name, &field_names, fields, diags);
+                let removed = match (unknown, kind_fields.as_mapping_mut()) {
+                    (Some(key), Some(m)) => m.remove(key.as_str()).is_some(),
+                    _ => false,
                 };
-                let e = crate::step::FieldError::new(parent, e.message.clone());
-                let dym = did_you_mean(&unknown, field_names.iter().map(|s| s.as_str()));
-                msg = if e.field.is_empty() {
-                    let mut all: Vec<String> = field_names.clone();
-                    all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
-                    format!(
-                        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
-                        all.join(", ")
-                    )
-                } else {
-                    format!(
-                        "unknown field `{unknown}`{}",
-                        strip_expected(&e.message, &dym)
-                    )
-                };
+                parse_failed = true;
+                if !removed {
+                    // Another error ends the parse: name the other keys
+                    // the kind does not have, too.
+                    if let Some(m) = kind_fields.as_mapping()
+                        && !field_names.is_empty()
+                    {
+                        for k in m.keys().map(key_text) {
+                            if !field_names.contains(&k) {
+                                diags.at(
+                                    &format!("{base}.{k}"),
+                                    unknown_field_message(&k, &kind_name, &field_names),
+                                );
+                            }
+                        }
+                    }
+                    break None;
+                }
             }
-            diags.at(&at, msg);
-            return None;
         }
     };
+    let step = parsed?;
     for r in step.references() {
         add_edge(
             &r.step,
@@ -814,6 +1069,10 @@ fn load_step(
             diags.at(&format!("{base}.{}", input.field), msg);
         }
     }
+    let placement = crate::slurm::placement::parse_step(fields, base, diags);
+    if failed || parse_failed {
+        return None;
+    }
     Some(StepDecl {
         name: name.to_string(),
         kind: kind_name,
@@ -822,12 +1081,89 @@ fn load_step(
         jobs,
         env,
         cache,
-        fields: kind_fields,
+        remote_cache,
+        placement,
+        fields: template_fields,
         canonical_fields: std::sync::OnceLock::new(),
         vars_used,
         env_used,
         step,
     })
+}
+
+/// Report a kind's parse error at its field, with "did you mean" for an
+/// unknown field and a hint for a command written as one string; returns the
+/// unknown top-level field's name, if that was the error.
+fn report_field_error(
+    e: &crate::step::FieldError,
+    base: &str,
+    kind_name: &str,
+    field_names: &[String],
+    fields: &serde_yaml::Mapping,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let mut msg = e.message.clone();
+    let mut at = if e.field.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{}", e.field)
+    };
+    let mut top_level_unknown = None;
+    if let Some(unknown) = unknown_field_name(&e.message) {
+        // serde_path_to_error's path already ends with the unknown key.
+        let parent = e
+            .field
+            .strip_suffix(unknown.as_str())
+            .map(|p| p.trim_end_matches('.'))
+            .unwrap_or(&e.field)
+            .to_string();
+        at = if parent.is_empty() {
+            format!("{base}.{unknown}")
+        } else {
+            format!("{base}.{parent}.{unknown}")
+        };
+        let dym = did_you_mean(&unknown, field_names.iter().map(|s| s.as_str()));
+        msg = if parent.is_empty() {
+            top_level_unknown = Some(unknown.clone());
+            unknown_field_message(&unknown, kind_name, field_names)
+        } else {
+            format!(
+                "unknown field `{unknown}`{}",
+                strip_expected(&e.message, &dym)
+            )
+        };
+    } else if e.message.contains("invalid type: string")
+        && e.message.contains("expected a sequence")
+        && let Some(Value::String(text)) = fields.get(e.field.as_str())
+    {
+        msg = format!(
+            "{msg}; a command is a list of arguments (no shell runs it): write `{}: [sh, -c, '{}']` for a shell line, or split it into words",
+            e.field,
+            text.replace('\'', "''")
+        );
+    }
+    diags.at(&at, msg);
+    top_level_unknown
+}
+
+/// `unknown field `x` for kind `k`; did you mean ...; its fields: ...`.
+fn unknown_field_message(unknown: &str, kind_name: &str, field_names: &[String]) -> String {
+    let dym = did_you_mean(unknown, field_names.iter().map(|s| s.as_str()));
+    let mut all: Vec<String> = field_names.to_vec();
+    all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
+    format!(
+        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
+        all.join(", ")
+    )
+}
+
+/// The NAME of a `${{ matrix.NAME }}` in `text`: the workflow syntax where a
+/// step's matrix syntax `{{ matrix.NAME }}` was meant.
+fn matrix_reference_with_dollar(text: &str) -> Option<String> {
+    let at = text.find("${{")?;
+    let rest = text[at + 3..].trim_start().strip_prefix("matrix.")?;
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+    Some(rest[..end].to_string())
 }
 
 fn unknown_field_name(message: &str) -> Option<String> {
@@ -877,6 +1213,25 @@ pub(crate) fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<()
             "input `{}` does not exist ({}); create it or fix the path",
             input.path,
             p.display()
+        ));
+    }
+    // A FIFO would block hashing for ever, a device never end: refused here.
+    if let Ok(meta) = std::fs::metadata(&p)
+        && !meta.is_file()
+        && !meta.is_dir()
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(format!(
+            "input `{}` is not a regular file or directory ({what}); an input is hashed, so give a file or a directory",
+            input.path
         ));
     }
     Ok(())

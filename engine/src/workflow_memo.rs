@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::step::{CheckContext, Input, Registry};
 use crate::workflow::{
-    EdgeReason, LoadOptions, StepDecl, Workflow, check_input_exists, check_output_path,
+    EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_input_exists, check_output_path,
 };
 
 impl Workflow {
@@ -45,17 +45,49 @@ impl Workflow {
         registry: &Registry,
         options: &LoadOptions,
     ) -> anyhow::Result<Workflow> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
+        let text = match std::fs::read(path).map(String::from_utf8) {
+            Ok(Ok(t)) => t,
+            result => {
+                let (position, message) = match result {
+                    Ok(Err(e)) => {
+                        // Not text in UTF-8: say where, not how to pass the file.
+                        let bytes = e.as_bytes();
+                        let at = e.utf8_error().valid_up_to();
+                        let before = &bytes[..at];
+                        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                        let column = at
+                            - before
+                                .iter()
+                                .rposition(|b| *b == b'\n')
+                                .map_or(0, |i| i + 1)
+                            + 1;
+                        (
+                            Some(crate::source_map::Position { line, column }),
+                            format!(
+                                "the workflow is not UTF-8 text: byte 0x{:02x} cannot start a character; \
+                                 save the file as UTF-8",
+                                bytes[at]
+                            ),
+                        )
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                        None,
+                        format!(
+                            "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
+                            path.display()
+                        ),
+                    ),
+                    Err(e) => (
+                        None,
+                        format!("cannot read workflow `{}` ({e})", path.display()),
+                    ),
+                    Ok(Ok(_)) => unreachable!("handled above"),
+                };
                 let d = crate::diagnostic::Diagnostic {
                     file: path.to_path_buf(),
-                    position: None,
+                    position,
                     field: String::new(),
-                    message: format!(
-                        "cannot read workflow `{}` ({e}); pass the workflow file as an argument",
-                        path.display()
-                    ),
+                    message,
                 };
                 return Err(crate::diagnostic::InvalidWorkflow {
                     diagnostics: vec![d],
@@ -85,7 +117,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 2";
+const MEMO_VERSION: &str = "qflow-workflow-memo 3";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +174,8 @@ struct WorkflowMemo {
     name: String,
     vars: BTreeMap<String, String>,
     steps: Vec<MemoStep>,
+    #[serde(default)]
+    placement: crate::slurm::placement::WorkflowPlacement,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -152,6 +186,9 @@ struct MemoStep {
     jobs: Option<usize>,
     env: BTreeMap<String, String>,
     cache: bool,
+    remote_cache: RemoteUse,
+    #[serde(default)]
+    placement: crate::slurm::placement::StepPlacement,
     fields: serde_yaml::Value,
     /// `fields` as canonical JSON, made from them when memoized.
     canonical_fields: String,
@@ -188,6 +225,8 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             jobs: s.jobs,
             env: s.env,
             cache: s.cache,
+            remote_cache: s.remote_cache,
+            placement: s.placement,
             fields: s.fields,
             canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
             vars_used: s.vars_used,
@@ -204,6 +243,8 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
         name: stored.name,
         vars: stored.vars,
         steps,
+        placement: stored.placement,
+        selection: Default::default(),
     })
 }
 
@@ -289,6 +330,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
         key: key.0.clone(),
         name: workflow.name.clone(),
         vars: workflow.vars.clone(),
+        placement: workflow.placement.clone(),
         steps: workflow
             .steps
             .iter()
@@ -299,6 +341,8 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 jobs: s.jobs,
                 env: s.env.clone(),
                 cache: s.cache,
+                remote_cache: s.remote_cache,
+                placement: s.placement.clone(),
                 fields: s.fields.clone(),
                 canonical_fields: s.canonical_fields().to_string(),
                 vars_used: s.vars_used.clone(),

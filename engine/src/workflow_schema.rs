@@ -7,7 +7,7 @@
 //! kind appears here without an edit. Each step is selected by its `kind` with
 //! `if`/`then` rather than `oneOf`: an editor then reports the one kind's error
 //! ("unknown property `sise`") instead of "matches none of 8 alternatives".
-//! A step allows the common fields (`kind`, `after`, `jobs`, `env`, `cache`) plus
+//! A step allows the common fields (`kind`, `after`, `jobs`, `env`, `cache`, `remote_cache`) plus
 //! its kind's, and nothing else, like the engine's own loader.
 
 use serde_json::{Map, Value, json};
@@ -19,9 +19,9 @@ pub fn workflow_schema(registry: &Registry) -> Value {
     let mut definitions = Map::new();
     let mut branches = Vec::new();
     let mut kind_names = Vec::new();
+    let mut figures = json!({ "type": ["object", "null"] });
     for kind in registry.kinds() {
         let name = kind.name();
-        kind_names.push(Value::String(name.to_string()));
         let prefix = format!("{name}.");
         let mut schema = kind.schema();
         rewrite_refs(&mut schema, &prefix);
@@ -33,6 +33,21 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 }
             }
         }
+        // The workflow's `figures:` section is that kind's fields, not a step.
+        if name == crate::workflow::FIGURES {
+            if let Some(o) = schema.as_object_mut() {
+                o.remove("$schema");
+                o.remove("title");
+                o.insert(
+                    "description".into(),
+                    json!("Figures drawn from steps' metrics to out/figures/NAME.svg and .png, by name."),
+                );
+                o.insert("type".into(), json!(["object", "null"]));
+            }
+            figures = schema;
+            continue;
+        }
+        kind_names.push(Value::String(name.to_string()));
         definitions.insert(format!("step.{name}"), step_schema(name, &schema));
         branches.push(json!({
             "if": {
@@ -47,7 +62,7 @@ pub fn workflow_schema(registry: &Registry) -> Value {
         json!({
             "type": "object",
             "description": "A step: a `kind:` and that kind's fields, plus the common fields \
-                            `after`, `jobs`, `env` and `cache`.",
+                            `after`, `jobs`, `env`, `cache` and `remote_cache`.",
             "required": ["kind"],
             "properties": {
                 "kind": { "description": "The step kind.", "enum": kind_names }
@@ -80,12 +95,33 @@ pub fn workflow_schema(registry: &Registry) -> Value {
                 "type": ["object", "null"],
                 "additionalProperties": { "type": ["string", "number", "boolean"] }
             },
+            "executor": {
+                "description": "Where steps run unless they say otherwise: `local` (default) or \
+                                `slurm`; `qflow apply --executor` overrides it.",
+                "enum": ["local", "slurm"]
+            },
+            "slurm": {
+                "description": "Where Slurm jobs go (not in any step key).",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "partition": { "type": "string" },
+                    "account": { "type": "string" },
+                    "qos": { "type": "string" },
+                    "extra_args": {
+                        "description": "More srun/sbatch options, one argument per item.",
+                        "type": "array",
+                        "items": { "type": "string" }
+                    }
+                }
+            },
             "steps": {
                 "description": "The steps, by name.",
                 "type": "object",
                 "propertyNames": { "pattern": NAME_PATTERN },
                 "additionalProperties": { "$ref": "#/definitions/step" }
-            }
+            },
+            "figures": figures
         },
         "definitions": definitions
     })
@@ -130,6 +166,48 @@ fn step_schema(name: &str, kind_schema: &Value) -> Value {
         json!({
             "description": "`false`: run on every apply, never reuse a result.",
             "type": "boolean"
+        }),
+    );
+    properties.insert(
+        "remote_cache".into(),
+        json!({
+            "description": "With a remote cache: `true` reads and uploads this step's result (also when it consumes a secret), `pull` only reads, `false` neither. Default: read, and upload unless the step or one upstream of it consumes a secret.",
+            "oneOf": [
+                { "type": "boolean" },
+                { "const": "pull" }
+            ]
+        }),
+    );
+    properties.insert(
+        "executor".into(),
+        json!({
+            "description": "Where this step runs: `local` or `slurm` (not in the step key).",
+            "enum": ["local", "slurm"]
+        }),
+    );
+    properties.insert(
+        "resources".into(),
+        json!({
+            "description": "What the step's Slurm job asks for (not in the step key).",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "cpus": { "type": "integer", "minimum": 1 },
+                "memory": { "type": "string" },
+                "time": { "type": "string" },
+                "gpus": { "type": "integer", "minimum": 0 },
+                "constraint": { "type": "string" },
+                "partition": { "type": "string" }
+            }
+        }),
+    );
+    properties.insert(
+        "retries".into(),
+        json!({
+            "description": "Submit the Slurm job again this often after NODE_FAIL or PREEMPTED.",
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 100
         }),
     );
     if let Some(Value::Object(props)) = kind_schema.get("properties") {

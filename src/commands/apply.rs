@@ -7,18 +7,32 @@ use qflow_engine::Registry;
 use qflow_engine::progress::Progress;
 use qflow_engine::scheduler::{ApplyOptions, StepOutcome, apply};
 use qflow_engine::session::{Session, cache_dir};
+use qflow_engine::slurm::placement::ExecutorChoice;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::{Located, RemoteArgs};
 use crate::usage_error::UsageError;
 
-pub fn run(
-    registry: &Registry,
-    workflow: &WorkflowArgs,
-    jobs: Option<usize>,
-    keep_going: bool,
-    no_wait: bool,
-    detach: bool,
-) -> anyhow::Result<i32> {
+/// The command line's apply options.
+pub struct Options {
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    pub no_wait: bool,
+    pub detach: bool,
+    pub executor: Option<ExecutorChoice>,
+    pub slurm_batch: bool,
+    pub remote: RemoteArgs,
+}
+
+pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Result<i32> {
+    let Options {
+        jobs,
+        keep_going,
+        no_wait,
+        detach,
+        executor,
+        slurm_batch,
+        remote,
+    } = o;
     qflow_engine::timings::mark("start");
     let wf = super::load(workflow, registry)?;
     qflow_engine::timings::mark("load workflow");
@@ -35,13 +49,24 @@ pub fn run(
     if jobs == 0 {
         return Err(UsageError("--jobs must be at least 1".into()).into());
     }
+    let progress = Arc::new(Progress::new());
+    let warn_to = progress.clone();
+    let remote = super::remote::open(
+        &remote,
+        move |w| warn_to.event(&format!("warning: {w}")),
+        Some(super::remote::bytes_moved_line(progress.clone())),
+    )?;
     let options = ApplyOptions {
         jobs,
         keep_going,
         no_wait,
         out_dir: None,
+        executor,
+        slurm_batch,
+        remote,
     };
-    let run = apply(&mut session, &options, Arc::new(Progress::new()))?;
+    let run = apply(&mut session, &options, progress.clone())?;
+    progress.finish(super::remote::LINE);
     // The process exits next; the kernel frees the workflow and the
     // session's maps at once, where dropping them piece by piece cost
     // a tenth of a no-op apply of 1,000 steps. Nothing in them has a
@@ -50,7 +75,7 @@ pub fn run(
     std::mem::forget(wf);
     Ok(if run.interrupted {
         130
-    } else if run.count(StepOutcome::Failed) > 0 {
+    } else if run.count(StepOutcome::Failed) > 0 || run.unmet_count() > 0 {
         1
     } else {
         0

@@ -3,12 +3,12 @@
 use qflow_engine::Registry;
 use qflow_engine::session::cache_dir;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 use crate::usage_error::UsageError;
 
 pub fn run(
     registry: &Registry,
-    workflow: &WorkflowArgs,
+    workflow: &Located,
     step: &str,
     run: Option<&str>,
 ) -> anyhow::Result<i32> {

@@ -6,13 +6,9 @@ use std::path::Path;
 use qflow_engine::Registry;
 use qflow_engine::session::cache_dir;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
-pub fn run(
-    registry: &Registry,
-    workflow: &WorkflowArgs,
-    output: Option<&Path>,
-) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, workflow: &Located, output: Option<&Path>) -> anyhow::Result<i32> {
     let wf = super::load(workflow, registry)?;
     let cache = cache_dir(&wf, workflow.cache.as_deref());
     let written = qflow_engine::bundle::write(&wf, &cache, output)?;

@@ -22,12 +22,13 @@
 
 use std::path::{Path, PathBuf};
 
+use qflow_engine::slurm::placement::ExecutorChoice;
 use qflow_engine::tool_identity::ToolIdentities;
 use qflow_engine::workflow::Workflow;
 use qflow_engine::{CheckContext, HostNeed, KvmUse, Registry, Tool};
 use qflow_steps::host::{self, KvmVerdict};
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
 /// The verdict of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +74,35 @@ pub fn run(
     file: Option<PathBuf>,
     set: Vec<String>,
     probe_kvm: bool,
+    executor: Option<ExecutorChoice>,
+    cache: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
+    let (code, wf) = host_report(registry, file, set, probe_kvm)?;
+    if executor == Some(ExecutorChoice::Slurm) {
+        let slurm = crate::slurm_plan::doctor(wf.as_ref(), cache.as_deref())?;
+        return Ok(code.max(slurm));
+    }
+    Ok(code)
+}
+
+/// The host checks; the workflow they were made for, if any.
+fn host_report(
+    registry: &Registry,
+    file: Option<PathBuf>,
+    set: Vec<String>,
+    probe_kvm: bool,
+) -> anyhow::Result<(i32, Option<Workflow>)> {
     let file = file.or_else(|| {
         let default = PathBuf::from("workflow.yaml");
         default.exists().then_some(default)
     });
+    let mut loaded = None;
     let findings = match file {
         Some(file) => {
-            let args = WorkflowArgs {
+            let args = Located {
                 file,
+                targets: vec![],
+                force: vec![],
                 cache: None,
                 set,
             };
@@ -91,7 +112,9 @@ pub fn run(
                 wf.path.display(),
                 wf.steps.len()
             );
-            workflow_findings(&wf, probe_kvm)
+            let findings = workflow_findings(&wf, probe_kvm);
+            loaded = Some(wf);
+            findings
         }
         None => {
             println!(
@@ -109,7 +132,7 @@ pub fn run(
         .collect();
     if missing.is_empty() {
         println!("qflow doctor: the host has everything checked");
-        return Ok(0);
+        return Ok((0, loaded));
     }
     let mut packages: Vec<String> = missing
         .iter()
@@ -124,7 +147,7 @@ pub fn run(
             packages.join(" ")
         );
     }
-    Ok(1)
+    Ok((1, loaded))
 }
 
 /// The package of the first `apt-get install PKG` in a fix text (kinds and the

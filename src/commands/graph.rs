@@ -7,10 +7,10 @@ use qflow_engine::plan::{PlannedStep, plan};
 use qflow_engine::session::{Session, cache_dir};
 use qflow_engine::workflow::Workflow;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 use crate::usage_error::UsageError;
 
-pub fn run(registry: &Registry, workflow: &WorkflowArgs, format: &str) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, workflow: &Located, format: &str) -> anyhow::Result<i32> {
     let wf = super::load(workflow, registry)?;
     let mut session = Session::open(&wf, registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
     let steps = plan(&mut session)?;

@@ -5,11 +5,15 @@
 mod apply;
 mod attach;
 mod bundle;
+mod check;
 mod clean;
 mod doctor;
+mod fsck;
 mod gc;
 mod graph;
 mod plan;
+mod remote;
+mod results;
 mod run_records;
 mod schema;
 mod status;
@@ -19,7 +23,7 @@ use qflow_engine::Registry;
 use qflow_engine::session::cache_dir_beside;
 use qflow_engine::workflow::{LoadOptions, Workflow};
 
-use crate::cli::{Cli, Command, WorkflowArgs};
+use crate::cli::{Cli, Command, Located, WorkflowArgs, WorkflowOptions};
 use crate::usage_error::UsageError;
 
 /// Run one parsed command line; returns the exit code.
@@ -28,29 +32,69 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Apply {
             workflow,
+            force,
             jobs,
             keep_going,
             no_wait,
             detach,
-        } => apply::run(&registry, &workflow, jobs, keep_going, no_wait, detach),
-        Command::Plan { workflow, json } => plan::run(&registry, &workflow, json),
-        Command::Graph { workflow, format } => graph::run(&registry, &workflow, &format),
+            executor,
+            slurm_batch,
+            remote,
+        } => apply::run(
+            &registry,
+            &Located {
+                force,
+                ..workflow.locate()?
+            },
+            apply::Options {
+                jobs,
+                keep_going,
+                no_wait,
+                detach,
+                executor,
+                slurm_batch,
+                remote,
+            },
+        ),
+        Command::Plan {
+            workflow,
+            force,
+            json,
+            executor,
+            remote,
+        } => plan::run(
+            &registry,
+            &Located {
+                force,
+                ..workflow.locate()?
+            },
+            json,
+            executor,
+            &remote,
+        ),
+        Command::Graph { workflow, format } => graph::run(&registry, &workflow.locate()?, &format),
         Command::Attach {
             step,
             run,
             workflow,
-        } => attach::run(&registry, &workflow, &step, run.as_deref()),
-        Command::Status { workflow } => status::run(&registry, &workflow),
+        } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
+        Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
+        Command::Status { workflow } => status::run(&registry, workflow),
         Command::Gc {
             workflow,
             keep_runs,
-        } => gc::run(&registry, &workflow, keep_runs),
-        Command::Clean { workflow, step } => clean::run(&registry, &workflow, step.as_deref()),
+        } => gc::run(&registry, &workflow.locate()?, keep_runs),
+        Command::Fsck { workflow, repair } => fsck::run(&registry, &workflow.locate()?, repair),
+        Command::Clean { workflow, step } => {
+            clean::run(&registry, &workflow.locate()?, step.as_deref())
+        }
         Command::Doctor {
             file,
             set,
             no_kvm_probe,
-        } => doctor::run(&registry, file, set, !no_kvm_probe),
+            executor,
+            cache,
+        } => doctor::run(&registry, file, set, !no_kvm_probe, executor, cache),
         Command::Verify {
             file,
             set,
@@ -62,7 +106,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             cache,
         } => verify::run(
             &registry,
-            &WorkflowArgs { file, cache, set },
+            &WorkflowArgs {
+                path: file,
+                options: WorkflowOptions {
+                    file: None,
+                    cache,
+                    set,
+                },
+            }
+            .locate()?,
             verify::Options {
                 jobs,
                 work_dir,
@@ -71,10 +123,28 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 twice,
             },
         ),
+        Command::Results {
+            workflow,
+            step,
+            format,
+            summary,
+        } => {
+            let format = format.parse().map_err(UsageError)?;
+            let options = results::ResultsOptions {
+                step,
+                format,
+                summary,
+            };
+            results::run(&registry, &workflow.locate()?, &options)
+        }
         Command::Bundle { workflow, output } => {
-            bundle::run(&registry, &workflow, output.as_deref())
+            bundle::run(&registry, &workflow.locate()?, output.as_deref())
         }
         Command::Schema => schema::run(&registry),
+        Command::RunStep { description } => {
+            qflow_engine::slurm::node::run_described_step(&description, &registry)
+        }
+        Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "qflow", &mut std::io::stdout());
@@ -83,8 +153,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Load the workflow `args` names, with its `--set` overrides.
-fn load(args: &WorkflowArgs, registry: &Registry) -> anyhow::Result<Workflow> {
+/// Load the workflow `args` names, with its `--set` overrides, keeping only
+/// its targets and what they need, with its `--force` steps marked.
+fn load(args: &Located, registry: &Registry) -> anyhow::Result<Workflow> {
     let mut set = Vec::new();
     for s in &args.set {
         let Some((k, v)) = s.split_once('=') else {
@@ -97,10 +168,12 @@ fn load(args: &WorkflowArgs, registry: &Registry) -> anyhow::Result<Workflow> {
     let memo_cache = path
         .parent()
         .map(|dir| cache_dir_beside(dir, args.cache.as_deref()));
-    Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })
+    let mut wf = Workflow::load(&args.file, registry, &LoadOptions { set, memo_cache })?;
+    qflow_engine::selection::select(&mut wf, &args.targets, &args.force)?;
+    Ok(wf)
 }
 
-/// A usage error for a step name the workflow lacks.
+/// A usage error for a step name the workflow lacks, with a "did you mean".
 fn no_such_step(wf: &Workflow, step: &str) -> anyhow::Error {
-    UsageError(format!("no step named `{step}` in {}", wf.path.display())).into()
+    qflow_engine::selection::unknown_step(wf, "step", step)
 }

@@ -1,16 +1,29 @@
 //! `qflow plan`: show what `apply` would run, and why.
 
 use qflow_engine::Registry;
-use qflow_engine::plan::plan;
+use qflow_engine::plan::plan_with_remote;
 use qflow_engine::session::{Session, cache_dir};
+use qflow_engine::slurm::placement::ExecutorChoice;
 
-use crate::cli::WorkflowArgs;
+use crate::cli::{Located, RemoteArgs};
 
-pub fn run(registry: &Registry, workflow: &WorkflowArgs, json: bool) -> anyhow::Result<i32> {
+pub fn run(
+    registry: &Registry,
+    workflow: &Located,
+    json: bool,
+    executor: Option<ExecutorChoice>,
+    remote: &RemoteArgs,
+) -> anyhow::Result<i32> {
     let wf = super::load(workflow, registry)?;
     let mut session = Session::open(&wf, registry, &cache_dir(&wf, workflow.cache.as_deref()))?;
-    let steps = plan(&mut session)?;
+    let remote = super::remote::open(remote, |w| eprintln!("qflow: warning: {w}"), None)?;
+    let steps = plan_with_remote(&mut session, remote.as_deref())?;
+    let placed = crate::slurm_plan::placements(&wf, executor);
     if json {
+        let steps: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|s| crate::slurm_plan::with_placement(s, &placed[&s.name]))
+            .collect::<anyhow::Result<_>>()?;
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "steps": steps }))?
@@ -19,6 +32,9 @@ pub fn run(registry: &Registry, workflow: &WorkflowArgs, json: bool) -> anyhow::
     }
     for s in &steps {
         println!("{:<7} {} ({})", s.action, s.name, s.kind);
+        if s.action == "run" {
+            println!("          on {}", placed[&s.name].describe());
+        }
         for r in &s.reasons {
             println!("          because {r}");
         }
@@ -29,6 +45,16 @@ pub fn run(registry: &Registry, workflow: &WorkflowArgs, json: bool) -> anyhow::
         }
     }
     let runs = steps.iter().filter(|s| s.action == "run").count();
-    println!("{} to run, {} cached", runs, steps.len() - runs);
+    let remote_hits = steps.iter().filter(|s| s.action == "remote hit").count();
+    if remote.is_some() {
+        println!(
+            "{} to run, {} cached, {} remote hits",
+            runs,
+            steps.len() - runs - remote_hits,
+            remote_hits
+        );
+    } else {
+        println!("{} to run, {} cached", runs, steps.len() - runs);
+    }
     Ok(0)
 }

@@ -18,60 +18,91 @@ fn run_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-pub fn last_run(dir: &std::path::Path, workflow: &str, busy: bool) -> Option<String> {
+/// The record of the last run of `workflow` (finished or not) on this cache.
+pub fn last_record(dir: &std::path::Path, workflow: &str) -> Option<serde_json::Value> {
     for p in run_files(dir).into_iter().rev() {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-        if v["workflow"] != workflow {
+        let Ok(bytes) = std::fs::read(&p) else {
             continue;
-        }
-        let steps = v["steps"].as_array()?;
-        let named = |o: &str| -> Vec<&str> {
-            steps
-                .iter()
-                .filter(|s| s["outcome"] == o)
-                .filter_map(|s| s["name"].as_str())
-                .collect()
         };
-        let count = |o: &str| named(o).len();
-        let id = v["id"].as_str().unwrap_or("");
-        if v["finished"] == false {
-            let started = v["started_unix"].as_u64().unwrap_or(0);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let state = if busy {
-                "in progress"
-            } else {
-                "did not finish (qflow was killed?)"
-            };
-            return Some(format!(
-                "{id} — {state}, started {}s ago: running: {}; {} ran, {} cached, {} failed, {} pending",
-                now.saturating_sub(started),
-                if named("running").is_empty() {
-                    "none".to_string()
-                } else {
-                    named("running").join(", ")
-                },
-                count("ran"),
-                count("cached"),
-                count("failed"),
-                count("pending")
-            ));
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if v["workflow"] == workflow {
+            return Some(v);
         }
+    }
+    None
+}
+
+/// One line on the run record `v`: when, and what happened to its steps.
+pub fn describe_run(v: &serde_json::Value, busy: bool) -> Option<String> {
+    let steps = v["steps"].as_array()?;
+    let named = |o: &str| -> Vec<&str> {
+        steps
+            .iter()
+            .filter(|s| s["outcome"] == o)
+            .filter_map(|s| s["name"].as_str())
+            .collect()
+    };
+    let count = |o: &str| named(o).len();
+    let id = format!(
+        "{} (run {})",
+        crate::local_time::format(v["started_unix"].as_u64().unwrap_or(0)),
+        v["id"].as_str().unwrap_or("")
+    );
+    if v["finished"] == false {
+        let started = v["started_unix"].as_u64().unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let state = if busy {
+            "in progress"
+        } else {
+            "did not finish (qflow was killed?)"
+        };
         return Some(format!(
-            "{id} — {} ran, {} cached, {} failed{}",
+            "{id} — {state}, started {}s ago: running: {}; {} ran, {} cached, {} failed, {} pending",
+            now.saturating_sub(started),
+            if named("running").is_empty() {
+                "none".to_string()
+            } else {
+                named("running").join(", ")
+            },
             count("ran"),
             count("cached"),
             count("failed"),
-            if v["interrupted"] == true {
-                ", interrupted"
-            } else {
-                ""
-            }
+            count("pending")
         ));
     }
-    None
+    let remote = match v.get("remote") {
+        Some(r) if r.is_object() => {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            format!(
+                "; remote cache: {} hits, {} misses, {:.1} MB down, {:.1} MB up{}",
+                n("hits"),
+                n("misses"),
+                n("bytes_down") as f64 / 1e6,
+                n("bytes_up") as f64 / 1e6,
+                match n("warnings") {
+                    0 => String::new(),
+                    w => format!(", {w} warnings"),
+                }
+            )
+        }
+        _ => String::new(),
+    };
+    Some(format!(
+        "{id} — {} ran, {} cached, {} failed{}{remote}",
+        count("ran"),
+        count("cached"),
+        count("failed"),
+        if v["interrupted"] == true {
+            ", interrupted"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// Step keys used by the `n` most recent runs (of any workflow on this cache),

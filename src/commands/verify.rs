@@ -4,15 +4,16 @@
 //! A differing output is explained by its role: a disk image by its first
 //! differing file ([`qflow_steps::image_diff`]), anything else by its first
 //! differing line when it is small text. Machine state has its own section, with
-//! what was checked instead of its bytes.
+//! what was checked instead of its bytes. Metrics are printed as numbers: the
+//! lock's value, the rebuild's and their ratio.
 
 use std::path::PathBuf;
 
 use qflow_engine::session::cache_dir;
-use qflow_engine::verify::{Row, Verdict, VerifyOptions, first_differing_line, rebuild};
+use qflow_engine::verify::{MetricRow, Row, Verdict, VerifyOptions, first_differing_line, rebuild};
 use qflow_engine::{OutputRole, Registry};
 
-use crate::cli::WorkflowArgs;
+use crate::cli::Located;
 
 /// The command line's verify options.
 pub struct Options {
@@ -24,7 +25,7 @@ pub struct Options {
 }
 
 /// 0 all identical, 1 something differs or was not rebuilt, 130 interrupted.
-pub fn run(registry: &Registry, args: &WorkflowArgs, options: Options) -> anyhow::Result<i32> {
+pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Result<i32> {
     let wf = super::load(args, registry)?;
     let options = VerifyOptions {
         jobs: options.jobs,
@@ -53,11 +54,14 @@ pub fn run(registry: &Registry, args: &WorkflowArgs, options: Options) -> anyhow
         println!("machine state (a guest's disks and memory, a console without icount):");
         print_table(&state, width, |r| rebuild.machine_state(r));
     }
+    print_metrics(&rebuild.metrics);
     // Where the bytes differ, say what differs when it can be told.
     for row in built.iter().filter(|r| r.verdict == Verdict::Different) {
         let original = rebuild.recorded_file(row);
         let rebuilt = rebuild.rebuilt_file(row);
-        let what = if row.role == OutputRole::Image {
+        let what = if let Some(tampered) = rebuild.lock_mismatch(row) {
+            tampered
+        } else if row.role == OutputRole::Image {
             match (original, rebuilt) {
                 (Some(a), Some(b)) => {
                     match qflow_steps::image_diff::first_differing_file(&a, &b, &rebuild.work_dir())
@@ -102,18 +106,61 @@ pub fn run(registry: &Registry, args: &WorkflowArgs, options: Options) -> anyhow
         .filter(|r| r.verdict == Verdict::Different && r.role == OutputRole::Log)
         .count();
     let identical = total - differing - expected - logs;
-    if differing == 0 && expected == 0 && logs == 0 {
-        println!("qflow verify: all {total} outputs identical to {lock}");
+    let metrics_off = rebuild.metrics_off();
+    let metrics = match rebuild.metrics.len() {
+        0 => String::new(),
+        n if metrics_off == 0 => format!("; all {n} metric values within tolerance"),
+        n => format!("; {metrics_off} of {n} metric values outside tolerance"),
+    };
+    if differing == 0 && metrics_off == 0 && expected == 0 && logs == 0 {
+        let agree = if rebuild.rows.iter().all(|r| r.verdict == Verdict::Identical) {
+            "identical to"
+        } else {
+            "agree with"
+        };
+        println!("qflow verify: all {total} outputs {agree} {lock}{metrics}");
         Ok(0)
-    } else if differing == 0 {
+    } else if differing == 0 && metrics_off == 0 {
         println!(
-            "qflow verify: every image, result and artifact identical to {lock} ({identical} outputs); \
-             {expected} machine state outputs and {logs} logs differ"
+            "qflow verify: every image, result and artifact agrees with {lock} ({identical} outputs); \
+             {expected} machine state outputs and {logs} logs differ{metrics}"
         );
         Ok(0)
     } else {
-        println!("qflow verify: {differing} of {total} outputs differ from {lock}");
+        println!("qflow verify: {differing} of {total} outputs differ from {lock}{metrics}");
         Ok(1)
+    }
+}
+
+/// Each metric value: the lock's, the rebuild's, their ratio and the verdict.
+fn print_metrics(rows: &[MetricRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let number = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v}"));
+    let names: Vec<String> = rows
+        .iter()
+        .map(|m| format!("{}/{}", m.step, m.name))
+        .collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(6).max(6);
+    println!();
+    println!(
+        "{:<width$}  {:>14}  {:>14}  {:>9}  result",
+        "metric", "reference", "rebuilt", "ratio"
+    );
+    for (m, name) in rows.iter().zip(&names) {
+        let ratio = m.ratio().map_or("-".to_string(), |r| format!("{r:.6}"));
+        let tolerance = if m.tolerance > 0.0 {
+            format!(" (tolerance {}%)", m.tolerance * 100.0)
+        } else {
+            String::new()
+        };
+        println!(
+            "{name:<width$}  {:>14}  {:>14}  {ratio:>9}  {}{tolerance}",
+            number(m.reference),
+            number(m.value),
+            m.verdict.word()
+        );
     }
 }
 

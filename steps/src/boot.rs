@@ -69,9 +69,10 @@ mod source;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use qflow_engine::results::MetricSpec;
 use qflow_engine::{
-    CheckContext, FieldError, HostNeed, KvmUse, OutputRole, Requirement, RunContext, SecretUse,
-    Step, StepFields, StepRef, Tool,
+    CheckContext, FieldError, HostNeed, Input, KvmUse, OutputRole, Requirement, RunContext,
+    SecretUse, Step, StepFields, StepRef, Tool,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -84,7 +85,7 @@ use matrix::Params;
 use source::{Source, source};
 
 pub use duration::parse_duration;
-pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, Scalar, Terminal};
+pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, PluginArgs, Scalar, Terminal};
 
 /// The hand recipe's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
@@ -126,7 +127,12 @@ pub struct Boot {
     /// `auto` (default: KVM if a probe boot prints, else TCG), `kvm` or `tcg`.
     #[serde(default)]
     pub accel: Option<AccelChoice>,
-    /// TCG plugins: `-plugin PATH,arg=A,arg=B`.
+    /// The CPU model (`-cpu`): `max` gives TCG's widest instruction set (a
+    /// workload built for AVX dies of SIGILL on the default model); `host` under KVM.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    /// TCG plugins: `-plugin PATH,NAME=VALUE,...` from `args: { NAME: VALUE }`
+    /// (the plugin's `argv` holds `NAME=VALUE`), or `-plugin PATH,arg=A` from a list.
     #[serde(default)]
     pub plugins: Vec<Plugin>,
     /// Log in on the serial getty first; the password is read at run time.
@@ -161,6 +167,16 @@ pub struct Boot {
     /// and extra arguments.
     #[serde(default)]
     pub matrix: BTreeMap<String, Vec<Scalar>>,
+    /// Run each matrix point (or the one run) this many times, each in
+    /// `<point>,repeat=K/` with `$repeat` set in the guest; tables give the mean,
+    /// standard deviation and 95% confidence interval of the repeats.
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// Numbers taken from each run's files after the runs, by name:
+    /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
+    /// `FILE` is `console.log`, `commands.json`, `qemu.log` or a collected file's name.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricSpec>,
 }
 
 impl StepFields for Boot {
@@ -212,9 +228,53 @@ impl Boot {
         self.checkpoint || self.snapshot == Some(false)
     }
 
-    /// The runs: one, or one per matrix combination.
+    /// The runs: one, or one per matrix combination, each `repeat` times.
     fn runs(&self) -> Vec<(Option<String>, Params)> {
-        matrix::expand(&self.matrix)
+        let points = matrix::expand(&self.matrix);
+        let n = self.repeat.unwrap_or(1);
+        if n <= 1 {
+            return points;
+        }
+        points
+            .into_iter()
+            .flat_map(|(label, params)| {
+                (1..=n).map(move |k| {
+                    let label = match &label {
+                        Some(l) => format!("{l},{}={k}", matrix::REPEAT),
+                        None => format!("{}={k}", matrix::REPEAT),
+                    };
+                    let mut params = params.clone();
+                    params.push((matrix::REPEAT.to_string(), k.to_string()));
+                    (Some(label), params)
+                })
+            })
+            .collect()
+    }
+
+    /// The runs as the metrics see them: matrix values apart from the repeat number.
+    fn metric_runs(&self, out_dir: &std::path::Path) -> Vec<crate::metrics::RunDir> {
+        self.runs()
+            .into_iter()
+            .map(|(label, params)| {
+                let repeat = params
+                    .iter()
+                    .find(|(k, _)| k == matrix::REPEAT && self.repeat.unwrap_or(1) > 1)
+                    .and_then(|(_, v)| v.parse().ok());
+                let params = params
+                    .into_iter()
+                    .filter(|(k, _)| !(k == matrix::REPEAT && repeat.is_some()))
+                    .collect();
+                crate::metrics::RunDir {
+                    dir: match &label {
+                        Some(l) => out_dir.join(l),
+                        None => out_dir.to_path_buf(),
+                    },
+                    run: label.unwrap_or_default(),
+                    params,
+                    repeat,
+                }
+            })
+            .collect()
     }
 
     /// The outputs of one run, relative to that run's directory.
@@ -273,12 +333,48 @@ impl Boot {
         }
     }
 
+    /// The fields naming a host file (a value with a `/`), with their paths. A
+    /// plugin path built from an upstream step (`${{ steps.x }}/lib.so`) or a
+    /// matrix value is not a host file: the step keys those by the upstream output.
+    fn local_files(&self) -> Vec<(String, String)> {
+        let mut fields: Vec<(String, &String)> = Vec::new();
+        for (field, value) in [
+            ("system", &self.system),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+        ] {
+            if let Some(v) = value {
+                fields.push((field.to_string(), v));
+            }
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            fields.push((format!("disks[{i}]"), d));
+        }
+        for (i, p) in self.plugins.iter().enumerate() {
+            fields.push((format!("plugins[{i}].path"), &p.path));
+        }
+        fields
+            .into_iter()
+            .filter(|(_, v)| matches!(source(v), Source::Path(_)) && !v.contains("{{"))
+            .map(|(f, v)| (f, v.clone()))
+            .collect()
+    }
+
     fn disk_count(&self) -> usize {
         usize::from(self.system.is_some()) + self.disks.len()
     }
 }
 
 impl Step for Boot {
+    fn runs_only_here(&self) -> Option<String> {
+        match self.login.as_ref().map(|l| &l.password) {
+            Some(crate::secret::Secret::Env(name)) => Some(format!(
+                "its `login.password` comes from the environment variable `{name}`, which must not travel to a node"
+            )),
+            _ => None,
+        }
+    }
+
     fn references(&self) -> Vec<StepRef> {
         let mut refs = Vec::new();
         let mut add = |field: String, value: &Option<String>| {
@@ -298,6 +394,14 @@ impl Step for Boot {
         refs
     }
 
+    fn metrics(&self) -> BTreeMap<String, MetricSpec> {
+        self.metrics.clone()
+    }
+
+    fn matrix_axes(&self) -> Vec<String> {
+        self.matrix.keys().cloned().collect()
+    }
+
     fn output_roles(&self) -> Vec<(String, OutputRole)> {
         let per_run = self.run_output_roles();
         let mut out = Vec::new();
@@ -312,6 +416,7 @@ impl Step for Boot {
                 ));
             }
         }
+        out.extend(crate::metrics::outputs(&self.metrics));
         out
     }
 
@@ -357,35 +462,18 @@ impl Step for Boot {
         self.check_fields(ctx)
     }
 
+    /// The host files the boot reads (a local kernel, initrd, image or plugin):
+    /// inputs like any other, so a missing one is refused at load time, a
+    /// changed one is named by `qflow plan`, and `qflow bundle` packs it.
+    fn inputs(&self) -> Vec<Input> {
+        self.local_files()
+            .into_iter()
+            .map(|(field, path)| Input::new(field, path))
+            .collect()
+    }
+
     fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
         let mut key = Vec::new();
-        // Host paths (not step outputs, whose hashes the engine already keys) by content.
-        let mut paths: Vec<(String, String)> = Vec::new();
-        for (field, value) in [
-            ("system", &self.system),
-            ("kernel", &self.kernel),
-            ("initrd", &self.initrd),
-        ] {
-            if let Some(v) = value {
-                paths.push((field.to_string(), v.clone()));
-            }
-        }
-        for (i, d) in self.disks.iter().enumerate() {
-            paths.push((format!("disks[{i}]"), d.clone()));
-        }
-        for (i, p) in self.plugins.iter().enumerate() {
-            paths.push((format!("plugins[{i}].path"), p.path.clone()));
-        }
-        for (field, value) in paths {
-            if let Source::Path(p) = source(&value) {
-                let mut hasher = blake3::Hasher::new();
-                let hash = match hasher.update_mmap_rayon(ctx.resolve(p)) {
-                    Ok(h) => h.finalize().to_hex().to_string(),
-                    Err(_) => "missing".to_string(),
-                };
-                key.push((format!("{field}.content"), hash));
-            }
-        }
         if let Some(login) = &self.login {
             // Its blake3: a password change re-runs the step; the lock never holds it.
             key.extend(
@@ -404,10 +492,7 @@ impl Step for Boot {
                 command_line::QEMU
             );
             for p in self.plugin_args() {
-                l.push_str(&format!(" -plugin {}", p.path));
-                for a in p.args {
-                    l.push_str(&format!(",arg={a}"));
-                }
+                l.push_str(&format!(" -plugin {}", command_line::plugin_option(&p)));
             }
             l
         } else {
@@ -448,7 +533,7 @@ impl Step for Boot {
             }
         };
         let runs = self.runs();
-        if runs.len() > 1 {
+        let mut lines = if runs.len() > 1 {
             vec![format!(
                 "{line}   # x{} runs: {}",
                 runs.len(),
@@ -459,7 +544,9 @@ impl Step for Boot {
             )]
         } else {
             vec![line]
-        }
+        };
+        lines.extend(self.plugin_warnings());
+        lines
     }
 
     /// A matrix's runs beyond the first take their slots as tokens of the
@@ -481,11 +568,17 @@ impl Step for Boot {
             .transpose()?;
         let out_dir = ctx.out_dir().to_path_buf();
 
+        for warning in self.plugin_warnings() {
+            ctx.log(&format!("qflow: {warning}"));
+            ctx.progress(&warning);
+        }
         let spec = self.machine(ctx, &out_dir)?;
         ctx.note("command_line", &spec.line.display());
         ctx.log(&format!("qflow: {}", spec.line.display()));
         let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
-        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())
+        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())?;
+        let runs = self.metric_runs(&out_dir);
+        crate::metrics::record(ctx, &self.metrics, &runs)
     }
 }
 
@@ -509,6 +602,55 @@ mod tests {
 
     fn refused(yaml: &str) -> FieldError {
         check(yaml).expect_err(yaml)
+    }
+
+    #[test]
+    fn repeat_runs_each_matrix_point_again_in_its_own_directory() {
+        let fields: serde_yaml::Value = serde_yaml::from_str(
+            "kernel: /k\nmatrix: { size: [16, 64] }\nrepeat: 2\n\
+             metrics: { ops: { from: console.log, regex: 'ops=([0-9]+)' } }",
+        )
+        .unwrap();
+        let boot: Boot = serde_yaml::from_value(fields).unwrap();
+        let labels: Vec<String> = boot.runs().into_iter().filter_map(|r| r.0).collect();
+        assert_eq!(
+            labels,
+            [
+                "size=16,repeat=1",
+                "size=16,repeat=2",
+                "size=64,repeat=1",
+                "size=64,repeat=2"
+            ]
+        );
+        let runs = boot.metric_runs(std::path::Path::new("/out"));
+        assert_eq!(
+            runs[3].params,
+            BTreeMap::from([("size".into(), "64".into())])
+        );
+        assert_eq!(runs[3].repeat, Some(2));
+        assert_eq!(runs[3].dir, std::path::Path::new("/out/size=64,repeat=2"));
+        let outputs = boot.outputs();
+        assert!(outputs.contains(&"size=64,repeat=2/console.log".to_string()));
+        assert!(outputs.ends_with(&["metrics.json".into(), "metrics.csv".into()]));
+    }
+
+    #[test]
+    fn a_metric_must_read_a_file_the_run_keeps() {
+        let e = refused(
+            "kernel: /k\ncollect: [/mnt/run.txt]\nmetrics: { ops: { from: results.txt, regex: '([0-9]+)' } }",
+        );
+        assert_eq!(e.field, "metrics.ops.from");
+        assert!(e.message.contains("collect it"), "{}", e.message);
+        let e = refused("kernel: /k\nmetrics: { ops: { from: console.log, regex: '[0-9]+' } }");
+        assert_eq!(e.field, "metrics.ops.regex");
+        let e = refused("kernel: /k\nrepeat: 0");
+        assert_eq!(e.field, "repeat");
+        let e = refused("kernel: /k\ncheckpoint: true\nrepeat: 3");
+        assert!(
+            e.message.contains("put `repeat` on the runs"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! The program runs in the workflow's directory with `QFLOW_OUT` set to its fresh
 //! output directory, and with qflow's make jobserver in `MAKEFLAGS`, so a `make`
-//! it starts stays within the step's `jobs` slots.
+//! it starts stays within the step's `jobs` slots. Its `metrics:` are read from
+//! its outputs after it exits.
 
+use std::collections::BTreeMap;
+
+use qflow_engine::results::{MetricSpec, check_metrics, check_metrics_read};
 use qflow_engine::{
     CheckContext, FieldError, HostNeed, Input, OutputRole, RunContext, Step, StepFields, Tool,
 };
@@ -22,6 +26,10 @@ pub struct Command {
     /// Files or directories the program must create under `$QFLOW_OUT`.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Numbers taken from the outputs after the program exits, by name:
+    /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricSpec>,
 }
 
 impl StepFields for Command {
@@ -65,11 +73,18 @@ impl Step for Command {
             .collect()
     }
 
+    fn metrics(&self) -> BTreeMap<String, MetricSpec> {
+        self.metrics.clone()
+    }
+
     fn output_roles(&self) -> Vec<(String, OutputRole)> {
-        self.outputs
+        let mut out: Vec<(String, OutputRole)> = self
+            .outputs
             .iter()
             .map(|o| (o.clone(), role_by_name(o)))
-            .collect()
+            .collect();
+        out.extend(crate::metrics::outputs(&self.metrics));
+        out
     }
 
     fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {
@@ -79,6 +94,12 @@ impl Step for Command {
                 "`run` needs at least a program name, e.g. `run: [make, all]`",
             ));
         }
+        check_metrics(&self.metrics)?;
+        check_metrics_read(
+            &self.metrics,
+            &self.outputs,
+            "declare it in `outputs` and write it under $QFLOW_OUT",
+        )?;
         Ok(())
     }
 
@@ -99,6 +120,13 @@ impl Step for Command {
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         let mut cmd = ctx.command(&self.run[0]);
         cmd.args(&self.run[1..]);
-        ctx.run(cmd)
+        ctx.run(cmd)?;
+        let run = crate::metrics::RunDir {
+            run: String::new(),
+            params: BTreeMap::new(),
+            repeat: None,
+            dir: ctx.out_dir().to_path_buf(),
+        };
+        crate::metrics::record(ctx, &self.metrics, &[run])
     }
 }

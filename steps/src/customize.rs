@@ -254,6 +254,20 @@ impl Drop for RemoveOnDrop {
 }
 
 impl Step for Customize {
+    fn consumes_secret(&self) -> bool {
+        // `random` too: the image holds the hash of a password only this host knows.
+        self.root_password.as_ref().is_some_and(|p| p.is_read())
+    }
+
+    fn runs_only_here(&self) -> Option<String> {
+        match &self.root_password {
+            Some(Secret::Env(name)) => Some(format!(
+                "its `root_password` comes from the environment variable `{name}`, which must not travel to a node"
+            )),
+            _ => None,
+        }
+    }
+
     fn references(&self) -> Vec<StepRef> {
         vec![StepRef::new("image", &self.image)]
     }

@@ -26,19 +26,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// How often the byte progress line is refreshed.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// A URL with any `user:password@` removed, for messages, logs and notes.
-pub fn shown_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
-                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
-}
+/// A URL with any `user:password@` removed and credential query values hidden,
+/// for messages, logs and notes.
+pub use qflow_engine::masking::shown_url;
 
 /// The last path segment of a URL, without query or fragment.
 pub fn url_file_name(url: &str) -> &str {

@@ -198,7 +198,9 @@ pub fn probe_accel(
     if spoke {
         return Ok(Some(elapsed));
     }
-    if elapsed < timeout && !status.success() {
+    if elapsed < timeout {
+        // Its output ended before the timeout: QEMU exited by itself, at once
+        // (a bad option, a triple fault with `-no-reboot`), not silent.
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut err);
@@ -206,9 +208,15 @@ pub fn probe_accel(
         let last = err
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        anyhow::bail!("`qemu-system-x86_64 -accel {accel}` exited early: {last}");
+            .find(|l| !l.trim().is_empty() && !l.contains("warning:"))
+            .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
+            .map(|l| format!(": {l}"))
+            .unwrap_or_else(|| " and printed no error".to_string());
+        anyhow::bail!(
+            "`qemu-system-x86_64 -accel {accel}` exited ({}) after {:.1}s, before the kernel printed its banner{last}",
+            qflow_engine::context::describe_status(status),
+            elapsed.as_secs_f64()
+        );
     }
     Ok(None)
 }
@@ -231,6 +239,30 @@ mod tests {
             package: "none".into(),
         }));
         assert_eq!(has(&HostNeed::Root), is_root());
+    }
+
+    /// A QEMU that exits at once is reported as such, with its reason: not as a
+    /// kernel that "printed nothing" for the whole timeout.
+    #[test]
+    fn a_qemu_that_exits_at_once_is_not_called_silent() {
+        let qemu = which("qemu-system-x86_64").expect("qemu-system-x86_64 installed");
+        let dir = std::env::temp_dir().join(format!("qflow-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("not-a-kernel");
+        std::fs::write(&junk, "not a kernel\n").unwrap();
+        let timeout = Duration::from_secs(30);
+        let err = probe_accel(Command::new(&qemu), "tcg", &junk, timeout).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exited (exit 1)"), "{msg}");
+        assert!(msg.contains("invalid kernel header"), "{msg}");
+        // Exit status 0 at once (as a triple fault under `-no-reboot` gives) too.
+        let mut version_first = Command::new(&qemu);
+        version_first.arg("-version");
+        let err = probe_accel(version_first, "tcg", &junk, timeout).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exited (exit 0)"), "{msg}");
+        assert!(!msg.contains("printed nothing"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The probe is not a stub: under TCG (which works here) it sees the banner,

@@ -14,11 +14,13 @@
 //!
 //! Everything else produces a standalone image:
 //! - `flatten: true` or `format: raw`: `qemu-img convert` (drops internal snapshots);
-//! - `compat:` or `snapshots.delete` on their own: a sparse copy of the upstream
-//!   file, then `qemu-img amend` / `qemu-img snapshot -d` on the copy, because
-//!   both rewrite the file in place and the cached upstream must stay untouched.
-//!   `compat:` on an upstream that has a backing file converts instead, since an
-//!   old QEMU must read the whole chain.
+//! - `compat:`: `qemu-img convert` of the whole chain (an old QEMU must read every
+//!   layer), then `qemu-img amend -o compat=...` on the new file; internal
+//!   snapshots of the upstream are dropped, as by any convert. Always a convert,
+//!   whatever the upstream turns out to be, so `qflow plan` shows what runs;
+//! - `snapshots.delete` on its own: a sparse copy of the upstream file, then
+//!   `qemu-img snapshot -d` on the copy, because it rewrites the file in place
+//!   and the cached upstream must stay untouched.
 //!
 //! [`Image::commands`] turns the fields into argv lists; `plan()` and `run()`
 //! both use it, so `qflow plan` shows exactly what runs.
@@ -158,16 +160,15 @@ impl Image {
     }
 
     fn base(&self, upstream: Option<&Upstream>) -> Base {
-        let Some(up) = upstream else {
+        let Some(_) = upstream else {
             return Base::Create;
         };
-        let chain_or_raw = up.has_backing_file || up.format != ImageFormat::Qcow2;
-        if self.flatten
-            || self.out_format() != ImageFormat::Qcow2
-            || (self.compat.is_some() && chain_or_raw)
-        {
+        // `compat:` always converts: an old QEMU must read the whole chain, and
+        // whether the upstream is a chain is known only when the step runs, while
+        // `qflow plan` must show what will run.
+        if self.flatten || self.out_format() != ImageFormat::Qcow2 || self.compat.is_some() {
             Base::Convert
-        } else if self.compat.is_some() || !self.snapshots_to_delete().is_empty() {
+        } else if !self.snapshots_to_delete().is_empty() {
             Base::Copy
         } else {
             Base::Overlay
@@ -322,8 +323,7 @@ impl Step for Image {
 
     fn tools(&self) -> Vec<Tool> {
         let mut tools = vec![qemu_img::tool()];
-        if self.from.is_some() && (self.compat.is_some() || !self.snapshots_to_delete().is_empty())
-        {
+        if self.from.is_some() && self.compat.is_none() && !self.snapshots_to_delete().is_empty() {
             tools.push(cp());
         }
         tools
@@ -376,10 +376,10 @@ impl Step for Image {
                     "a new image has no snapshots; add `from: <step>`",
                 ));
             }
-            if self.flatten || self.out_format() != ImageFormat::Qcow2 {
+            if self.flatten || self.out_format() != ImageFormat::Qcow2 || self.compat.is_some() {
                 return Err(FieldError::new(
                     "snapshots.delete",
-                    "`flatten` and format conversion already drop every internal snapshot; remove `snapshots.delete`",
+                    "`flatten`, `compat` and format conversion convert the image, which drops every internal snapshot; remove `snapshots.delete`",
                 ));
             }
             if let Some(i) = delete.iter().position(|n| n.trim().is_empty()) {
@@ -613,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn compat_downgrades_a_copy_to_qcow2_v2() {
+    fn compat_downgrades_a_converted_copy_to_qcow2_v2_as_the_plan_says() {
         let t = Trees::new("compat");
         t.run("base", &parse("size: 16M"), &[]).unwrap();
         let base_hash = blake3_of(&t.tree("base").join("image.qcow2"));
@@ -633,6 +633,19 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("compat: 0.10"), "{text}");
         assert_eq!(blake3_of(&t.tree("base").join("image.qcow2")), base_hash);
+        // From an overlay too: what runs is what `qflow plan` shows.
+        let step = parse("from: mid\ncompat: \"0.10\"");
+        t.run("mid", &parse("from: base"), &["base"]).unwrap();
+        let ctx = t.run("old2", &step, &["mid"]).unwrap();
+        let log = std::fs::read_to_string(ctx.log_path()).unwrap();
+        let plan = step.plan(&CheckContext {
+            work_dir: PathBuf::from("/"),
+        });
+        for (planned, program) in plan.iter().zip(["qemu-img convert", "qemu-img amend"]) {
+            assert!(planned.starts_with(program), "{plan:?}");
+            assert!(log.contains(program), "{log}");
+        }
+        assert!(!log.contains("cp --sparse"), "{log}");
     }
 
     #[test]
@@ -742,7 +755,13 @@ mod tests {
             "snapshots.delete"
         );
         assert!(serde_yaml::from_str::<Image>("size: 1G\nfromm: a").is_err());
-        check("from: a\nsize: 20G\ncompat: \"0.10\"\nsnapshots: { delete: [x] }").unwrap();
+        check("from: a\nsize: 20G\ncompat: \"0.10\"").unwrap();
+        assert_eq!(
+            check("from: a\ncompat: \"0.10\"\nsnapshots: { delete: [x] }")
+                .unwrap_err()
+                .field,
+            "snapshots.delete"
+        );
         assert_eq!(
             parse("from: a\ncompat: 0.10").compat.as_deref(),
             Some("0.10")
@@ -762,7 +781,10 @@ mod tests {
         );
         let plan = parse("from: base\ncompat: \"0.10\"").plan(&ctx);
         assert_eq!(plan.len(), 2, "{plan:?}");
-        assert!(plan[0].starts_with("cp --sparse=always"), "{plan:?}");
+        assert!(
+            plan[0].starts_with("qemu-img convert -f qcow2 -O qcow2"),
+            "{plan:?}"
+        );
         assert_eq!(
             plan[1],
             "qemu-img amend -f qcow2 -o compat=0.10 '$QFLOW_OUT/image.qcow2'"

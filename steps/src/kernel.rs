@@ -287,6 +287,11 @@ impl Step for Kernel {
         safe_jobs()
     }
 
+    /// A kernel build is the longest step of most workflows: minutes.
+    fn expected_ms(&self) -> u64 {
+        300_000
+    }
+
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         let src = self.source.prepare(ctx)?;
         for (k, v) in source::notes(&src) {

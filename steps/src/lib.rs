@@ -8,11 +8,13 @@ pub mod debootstrap;
 pub mod disk;
 pub mod download;
 pub mod fetch;
+pub mod figure;
 pub mod host;
 pub mod image;
 pub mod image_diff;
 pub mod image_file;
 pub mod kernel;
+pub mod metrics;
 pub mod package_name;
 pub mod qemu_img;
 pub mod root_tree;
@@ -31,6 +33,7 @@ pub fn registry() -> Registry {
     r.add(KindOf::<disk::Disk>::new());
     r.add(KindOf::<download::Download>::new());
     r.add(KindOf::<kernel::Kernel>::new());
+    r.add(KindOf::<figure::Figures>::new());
     r
 }
 
@@ -239,6 +242,34 @@ mod tests {
             "source: /usr/src/linux.tar.xz\nconfig: { file: guest.config }",
         );
         assert!(kernel.secrets().is_empty(), "a kernel config is no secret");
+    }
+
+    #[test]
+    fn metrics_and_matrix_variables_are_told_through_the_contract() {
+        let boot = parse(
+            "boot",
+            "kernel: k\nmatrix: { size: [16, 64], mode: [a, b] }\nrepeat: 2\n\
+             metrics: { ops: { from: console.log, regex: 'ops=([0-9]+)', tolerance: 0.1 } }",
+        );
+        assert_eq!(boot.matrix_axes(), ["mode", "size"]);
+        let metrics = boot.metrics();
+        assert_eq!(metrics.keys().collect::<Vec<_>>(), ["ops"]);
+        assert_eq!(metrics["ops"].tolerance, Some(0.1));
+        assert_eq!(
+            boot.output_role("metrics.json"),
+            qflow_engine::OutputRole::Result
+        );
+        let command = parse(
+            "command",
+            "run: [make]\noutputs: [run.txt]\nmetrics: { t: { from: run.txt, csv: t } }",
+        );
+        assert!(command.matrix_axes().is_empty(), "a command runs once");
+        assert_eq!(command.metrics().keys().collect::<Vec<_>>(), ["t"]);
+        assert!(
+            parse("kernel", "source: ./linux\nconfig: defconfig")
+                .metrics()
+                .is_empty()
+        );
     }
 
     #[test]

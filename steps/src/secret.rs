@@ -219,6 +219,11 @@ fn random_password() -> anyhow::Result<SecretValue> {
 }
 
 impl Secret {
+    /// Whether the account gets a password (`locked`: none; `random` makes one).
+    pub fn is_read(&self) -> bool {
+        !matches!(self, Secret::Locked)
+    }
+
     /// Where the step that holds this secret in `field` reads it, for the step
     /// contract ([`qflow_engine::Step::secrets`]); `None` for `locked` and `random`,
     /// which read nothing from the host.

@@ -28,12 +28,24 @@ pub struct Listing {
     pub left_out: Vec<(String, String, Option<u64>, String)>,
     /// Outputs over this size that are not results are left out.
     pub small_output: u64,
+    /// `--set VAR=VALUE` overrides the recorded run used (vars whose locked
+    /// value differs from the workflow file's), in the order of the commands.
+    pub overrides: Vec<(String, String)>,
 }
 
 /// The README text.
 pub fn text(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
-    let file = &listing.workflow;
     let lock_name = &listing.lock;
+    // `qflow apply --set V=X workflow.yaml`: the run's overrides repeated, quoted for sh.
+    let file = &{
+        let mut args: Vec<String> = listing
+            .overrides
+            .iter()
+            .map(|(k, v)| format!("--set {}", crate::context::quote_arg(&format!("{k}={v}"))))
+            .collect();
+        args.push(listing.workflow.clone());
+        args.join(" ")
+    };
     let mut r = String::new();
     let mut line = |s: &str| {
         r.push_str(s);
@@ -62,6 +74,15 @@ pub fn text(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
     line(&format!(
         "qflow verify {file}   # rebuild from scratch and compare every output hash with {lock_name}"
     ));
+    if listing
+        .results
+        .iter()
+        .any(|(_, out, _)| out == "metrics.json")
+    {
+        line(&format!(
+            "qflow results {file} --summary   # the metrics table from the records (apply redraws out/figures/)"
+        ));
+    }
     line("```");
     line("");
     line(&format!(
@@ -69,6 +90,14 @@ pub fn text(wf: &Workflow, lock: &LockFile, listing: &Listing) -> String {
          machine's run, so keep a copy to compare with. After an apply, `out/<step>/` holds \
          what `results/<step>/` holds here."
     ));
+    if !listing.overrides.is_empty() {
+        line("");
+        line(&format!(
+            "The recorded run overrode {} of the workflow's vars with `--set`; the commands \
+             above repeat them, and every `qflow` command on this workflow needs them too.",
+            listing.overrides.len()
+        ));
+    }
     let secrets = &listing.secrets;
     if !secrets.is_empty() {
         line("");

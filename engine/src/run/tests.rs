@@ -146,6 +146,8 @@ fn run_with(
         progress: Arc::new(Progress::plain()),
         events: tx,
         started: Instant::now(),
+        remote: None,
+        uploads: None,
     };
     let mut run = Run::new(parts, slots, keep_going, crate::run_record::run_id());
     let mut batch = Batch {
@@ -241,7 +243,10 @@ fn without_keep_going_a_failure_starts_nothing_more_with_it_the_other_side_finis
         let (f, _) = run_once(&s.0, 1, keep_going);
         assert_eq!(f.report.steps[2].outcome, left, "keep_going: {keep_going}");
         if !keep_going {
-            assert_eq!(f.report.steps[2].reasons, ["not started after a failure"]);
+            assert_eq!(
+                f.report.steps[2].reasons,
+                ["not started: the run stopped at the first failure; `--keep-going` would run it"]
+            );
         }
         assert_eq!(f.report.steps[3].outcome, StepOutcome::Skipped);
     }

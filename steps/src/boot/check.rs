@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use qflow_engine::{CheckContext, FieldError};
 
 use super::command_line::DISK_OPTIONS;
-use super::fields::{AccelChoice, Collect, Scalar};
+use super::fields::{AccelChoice, Collect, PluginArgs};
 use super::guest_run::collected_name;
 use super::{Boot, matrix};
 use crate::secret::Secret;
@@ -18,12 +18,11 @@ impl Boot {
     /// Every `{{ matrix.NAME }}` names a parameter of this step's matrix.
     fn check_matrix_references(&self) -> Result<(), FieldError> {
         let mut texts: Vec<(String, &str)> = Vec::new();
+        let mut owned: Vec<(String, String)> = Vec::new();
         for (i, p) in self.plugins.iter().enumerate() {
             texts.push((format!("plugins[{i}].path"), &p.path));
-            for (j, a) in p.args.iter().enumerate() {
-                if let Scalar::Text(t) = a {
-                    texts.push((format!("plugins[{i}].args[{j}]"), t));
-                }
+            for (field, text) in p.args.texts() {
+                owned.push((format!("plugins[{i}].{field}"), text));
             }
         }
         for (i, a) in self.extra_args.iter().enumerate() {
@@ -32,13 +31,44 @@ impl Boot {
         for (i, c) in self.commands.iter().enumerate() {
             texts.push((format!("commands[{i}]"), c));
         }
+        texts.extend(owned.iter().map(|(f, t)| (f.clone(), t.as_str())));
         matrix::check(&self.matrix, &texts)
+    }
+
+    /// `repeat` and `metrics`.
+    fn check_results(&self) -> Result<(), FieldError> {
+        if let Some(n) = self.repeat {
+            if !(1..=1000).contains(&n) {
+                return Err(FieldError::new(
+                    "repeat",
+                    format!("`repeat: {n}`: give 1 to 1000 runs per matrix point"),
+                ));
+            }
+            if self.checkpoint && n > 1 {
+                return Err(FieldError::new(
+                    "repeat",
+                    "a checkpoint is one guest; put `repeat` on the runs from it",
+                ));
+            }
+            if n > 1 && self.matrix.contains_key(matrix::REPEAT) {
+                return Err(FieldError::new(
+                    format!("matrix.{}", matrix::REPEAT),
+                    "`repeat` numbers the repeats of each run; rename this matrix variable",
+                ));
+            }
+        }
+        qflow_engine::results::check_metrics(&self.metrics)?;
+        qflow_engine::results::check_metrics_read(
+            &self.metrics,
+            &self.run_outputs(),
+            "collect it (`collect: [/guest/path/FILE]`) or read `console.log`",
+        )
     }
 
     pub(super) fn check_fields(&self, ctx: &CheckContext) -> Result<(), FieldError> {
         self.timeout()?;
         if let Some(cp) = &self.from_checkpoint {
-            let machine_fields: [(&str, bool); 10] = [
+            let machine_fields: [(&str, bool); 11] = [
                 ("system", self.system.is_some()),
                 ("disks", !self.disks.is_empty()),
                 ("kernel", self.kernel.is_some()),
@@ -48,6 +78,7 @@ impl Boot {
                 ("memory", self.memory.is_some()),
                 ("icount", self.icount.is_some()),
                 ("accel", self.accel.is_some()),
+                ("cpu", self.cpu.is_some()),
                 ("login", self.login.is_some()),
             ];
             for (field, set) in machine_fields {
@@ -115,6 +146,16 @@ impl Boot {
                 ));
             }
         }
+        if let Some(cpu) = &self.cpu
+            && (cpu.is_empty() || cpu.contains(char::is_whitespace))
+        {
+            return Err(FieldError::new(
+                "cpu",
+                format!(
+                    "`{cpu}` is not a QEMU CPU model: e.g. `max`, `host`, `Skylake-Server` (`qemu-system-x86_64 -cpu help` lists them)"
+                ),
+            ));
+        }
         if self.smp == Some(0) {
             return Err(FieldError::new("smp", "`smp` must be at least 1"));
         }
@@ -140,6 +181,18 @@ impl Boot {
                     format!("plugins[{i}].path"),
                     "a plugin needs the path of its `.so`",
                 ));
+            }
+            if let PluginArgs::Named(m) = &p.args {
+                for name in m.keys() {
+                    if name.is_empty() || name.contains([',', '=']) || name == "file" {
+                        return Err(FieldError::new(
+                            format!("plugins[{i}].args.{name}"),
+                            format!(
+                                "`{name}` cannot be a plugin argument's name: use letters, digits and `_`"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         for (i, c) in self.commands.iter().enumerate() {
@@ -231,6 +284,7 @@ impl Boot {
             ));
         }
         self.check_matrix_references()?;
+        self.check_results()?;
         if !self.matrix.is_empty() && self.checkpoint {
             return Err(FieldError::new(
                 "matrix",

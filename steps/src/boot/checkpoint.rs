@@ -33,6 +33,9 @@ pub struct CheckpointRecord {
     pub append: Option<String>,
     pub icount: Option<u32>,
     pub accel: String,
+    /// `-cpu`: a restore runs the CPU model the guest was saved on.
+    #[serde(default)]
+    pub cpu: Option<String>,
     pub extra_args: Vec<String>,
 }
 
@@ -75,6 +78,7 @@ impl CheckpointRecord {
             snapshot: true,
             plugins: Vec::new(),
             accel: Some(accel),
+            cpu: self.cpu.clone(),
             control: None,
             incoming: Some(super::command_line::Incoming::Stdin),
             extra_args: self.extra_args.clone(),

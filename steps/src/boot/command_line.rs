@@ -50,7 +50,10 @@ impl AccelName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginArg {
     pub path: String,
+    /// Passed as `arg=TEXT` (QEMU 7.2: deprecated; `TEXT` without `=` becomes `TEXT=on`).
     pub args: Vec<String>,
+    /// Passed as `NAME=VALUE`, which the plugin's `argv` holds as written.
+    pub named: Vec<(String, String)>,
 }
 
 /// Where the incoming migration stream (a checkpoint's memory snapshot) comes from.
@@ -82,6 +85,8 @@ pub struct QemuCommandLine {
     pub snapshot: bool,
     pub plugins: Vec<PluginArg>,
     pub accel: Option<AccelName>,
+    /// `-cpu MODEL` (`max`: every instruction set the accelerator offers).
+    pub cpu: Option<String>,
     pub control: Option<ControlSockets>,
     pub incoming: Option<Incoming>,
     pub extra_args: Vec<String>,
@@ -127,6 +132,9 @@ impl QemuCommandLine {
         if let Some(accel) = self.accel {
             push(&["-accel", accel.as_str()]);
         }
+        if let Some(cpu) = &self.cpu {
+            push(&["-cpu", cpu]);
+        }
         if let Some(control) = &self.control {
             let console = format!(
                 "socket,id=console,path={},mux=on",
@@ -167,11 +175,17 @@ impl QemuCommandLine {
 
 /// `-plugin path,arg=a,arg=b`: QEMU's option parser splits on commas, so a comma
 /// inside a value is doubled (QemuOpts' escape).
-fn plugin_option(plugin: &PluginArg) -> String {
+pub fn plugin_option(plugin: &PluginArg) -> String {
     let mut s = escape_option(&plugin.path);
     for arg in &plugin.args {
         s.push_str(",arg=");
         s.push_str(&escape_option(arg));
+    }
+    for (name, value) in &plugin.named {
+        s.push(',');
+        s.push_str(&escape_option(name));
+        s.push('=');
+        s.push_str(&escape_option(value));
     }
     s
 }
@@ -196,6 +210,7 @@ mod tests {
             snapshot: false,
             plugins: Vec::new(),
             accel: None,
+            cpu: None,
             control: None,
             incoming: None,
             extra_args: Vec::new(),
@@ -220,8 +235,10 @@ mod tests {
         line.plugins = vec![PluginArg {
             path: "/p/libinsn.so".into(),
             args: vec!["inline=on".into(), "a,b".into()],
+            named: vec![("filter".into(), "4,2".into())],
         }];
         line.accel = Some(AccelName::Tcg);
+        line.cpu = Some("max".into());
         line.control = Some(ControlSockets {
             console: "/t/console".into(),
             qmp: "/t/qmp".into(),
@@ -239,9 +256,11 @@ mod tests {
                 "base=2024-01-01T00:00:00,clock=vm",
                 "-snapshot",
                 "-plugin",
-                "/p/libinsn.so,arg=inline=on,arg=a,,b",
+                "/p/libinsn.so,arg=inline=on,arg=a,,b,filter=4,,2",
                 "-accel",
                 "tcg",
+                "-cpu",
+                "max",
                 "-chardev",
                 "socket,id=console,path=/t/console,mux=on",
                 "-serial",

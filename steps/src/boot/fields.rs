@@ -72,8 +72,56 @@ pub enum AccelChoice {
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     pub path: String,
+    /// `{ inline: on, filter: 42 }`: the plugin's `argv` holds `filter=42`,
+    /// `inline=on` (by name). A list (`[inline=on]`) is passed as QEMU's deprecated
+    /// `arg=` form, which QEMU 7.2 reads as an option: `inline=on` arrives intact,
+    /// but a bare `42` arrives as `42=on`.
     #[serde(default)]
-    pub args: Vec<Scalar>,
+    pub args: PluginArgs,
+}
+
+/// A plugin's arguments: `NAME: value` pairs, or a list of `NAME=value` texts.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PluginArgs {
+    Named(std::collections::BTreeMap<String, Scalar>),
+    List(Vec<Scalar>),
+}
+
+impl Default for PluginArgs {
+    fn default() -> Self {
+        PluginArgs::List(Vec::new())
+    }
+}
+
+impl PluginArgs {
+    /// The texts QEMU passes on, as `(field, text)`: `name=value` for a mapping,
+    /// the value itself for a list entry.
+    pub fn texts(&self) -> Vec<(String, String)> {
+        match self {
+            PluginArgs::Named(m) => m
+                .iter()
+                .map(|(k, v)| (format!("args.{k}"), format!("{k}={v}")))
+                .collect(),
+            PluginArgs::List(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("args[{i}]"), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// List entries without `=`: QEMU hands each to the plugin as `VALUE=on`.
+    pub fn bare_values(&self) -> Vec<String> {
+        match self {
+            PluginArgs::Named(_) => Vec::new(),
+            PluginArgs::List(l) => l
+                .iter()
+                .map(|v| v.to_string())
+                .filter(|v| !v.contains('='))
+                .collect(),
+        }
+    }
 }
 
 /// Serial console login.

@@ -62,6 +62,8 @@ pub struct RunPlan {
     pub timeout: Duration,
     /// What identifies this run, from which its console markers derive.
     pub marker_seed: String,
+    /// The `-cpu` model, if the step chose one (named when a command dies of SIGILL).
+    pub cpu: Option<String>,
 }
 
 /// The user name and password typed at the guest's getty. The password never
@@ -158,7 +160,11 @@ pub fn drive(
         Ok(()) => Ok(()),
         Err(e) => {
             let mut msg = format!("{e:#}");
-            if Instant::now() >= deadline {
+            // QEMU that ended by itself (a bad option, an unreadable image, a file
+            // that is no kernel) closed its sockets: its own error is the headline.
+            if let Some(reason) = machine.exit_reason(Duration::from_millis(500)) {
+                msg = format!("{reason}\n(qflow saw: {msg})");
+            } else if Instant::now() >= deadline {
                 msg = format!(
                     "timed out after {} ({msg}); QEMU was killed",
                     show_duration(plan.timeout)
@@ -236,7 +242,11 @@ fn converse(
         });
         write_records(plan, &records)?;
         if outcome.status != 0 {
-            bail!("guest command `{command}` failed (exit {})", outcome.status);
+            let mut msg = format!("guest command `{command}` failed (exit {})", outcome.status);
+            if died_of_sigill(outcome.status, &outcome.output) {
+                msg.push_str(&sigill_hint(plan.cpu.as_deref()));
+            }
+            bail!(msg);
         }
     }
     write_records(plan, &records)?;
@@ -272,6 +282,32 @@ fn converse(
     qmp.quit()?;
     machine.wait_exit(Duration::from_secs(10))?;
     Ok(())
+}
+
+/// Exit status 132 (128 + SIGILL) or the shell's "Illegal instruction".
+pub fn died_of_sigill(status: i32, output: &str) -> bool {
+    status == 128 + libc::SIGILL || output.contains("Illegal instruction")
+}
+
+/// Why a guest program dies of SIGILL under emulation, and what to do.
+pub fn sigill_hint(cpu: Option<&str>) -> String {
+    let model = match cpu {
+        Some(m) => format!("this boot's `cpu: {m}`"),
+        None => "QEMU's default CPU model (`qemu64`)".to_string(),
+    };
+    let try_max = if cpu == Some("max") {
+        "`cpu: max` is already TCG's widest set, so the instruction is one TCG does not emulate at all"
+            .to_string()
+    } else {
+        "set `cpu: max` on the boot step (TCG's widest instruction set; `host` under KVM)"
+            .to_string()
+    };
+    format!(
+        ": it died of SIGILL (illegal instruction): the program uses an instruction set \
+         {model} does not offer, and QEMU's TCG does not emulate every one (AVX-512 never, AVX \
+         only from QEMU 7.2 with `cpu: max`); {try_max}, or build the workload without those \
+         flags (no `-mavx512*`, `-mavx2`, `-march=native`)"
+    )
 }
 
 fn write_records(plan: &RunPlan, records: &[CommandRecord]) -> anyhow::Result<()> {

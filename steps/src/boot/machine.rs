@@ -120,11 +120,7 @@ impl Machine {
                 qmp = accept(&self.qmp)?;
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "QEMU exited ({}) before it started: {}",
-                    describe_status(status),
-                    self.log_tail()
-                );
+                bail!(self.exit_message(status));
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -154,6 +150,18 @@ impl Machine {
         Ok(())
     }
 
+    /// Why QEMU ended by itself, when it did within `wait`: its own error line
+    /// first, then what else it printed. `None` while QEMU still runs.
+    pub fn exit_reason(&mut self, wait: Duration) -> Option<String> {
+        let status = self.child.wait_timeout(wait).ok()??;
+        Some(self.exit_message(status))
+    }
+
+    fn exit_message(&self, status: std::process::ExitStatus) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        exit_message(&describe_status(status), &text)
+    }
+
     /// The last lines QEMU printed, joined for an error message.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -167,6 +175,36 @@ impl Machine {
     }
 }
 
+/// "QEMU exited (exit 1): qemu: invalid kernel header": QEMU's own last error
+/// line is the headline (not the socket qflow saw close), followed by a fix qflow
+/// knows for it and QEMU's other lines.
+pub fn exit_message(status: &str, log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let is_error =
+        |l: &&&str| (l.starts_with("qemu") || l.starts_with(QEMU)) && !l.contains("warning:");
+    let headline = lines.iter().rev().find(is_error).or(lines.last()).copied();
+    let mut msg = match headline {
+        Some(h) => format!("QEMU exited ({status}): {h}"),
+        None => format!("QEMU exited ({status}) and printed nothing"),
+    };
+    if let Some(hint) = lines
+        .iter()
+        .find_map(|l| crate::qemu_img::hint_for_qemu_error(l))
+    {
+        msg.push_str("\n  hint: ");
+        msg.push_str(&hint);
+    }
+    let others: Vec<&&str> = lines.iter().filter(|l| Some(**l) != headline).collect();
+    if !others.is_empty() {
+        msg.push_str("\nQEMU also printed:");
+        for l in &others[others.len().saturating_sub(10)..] {
+            msg.push_str("\n    ");
+            msg.push_str(l);
+        }
+    }
+    msg
+}
+
 fn accept(listener: &UnixListener) -> anyhow::Result<Option<UnixStream>> {
     match listener.accept() {
         Ok((stream, _)) => {
@@ -175,5 +213,31 @@ fn accept(listener: &UnixListener) -> anyhow::Result<Option<UnixStream>> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(e).context("cannot accept QEMU's connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemus_own_error_line_is_the_headline_and_a_known_fix_follows() {
+        let log = "qemu-system-x86_64: warning: host doesn't support requested feature\n\
+                   qemu-system-x86_64: -hda /c/image.qcow2: 'ide0-hd0' uses a qcow2 feature which is \
+                   not supported by this qemu version: QCOW version 3\n";
+        let msg = exit_message("exit 1", log);
+        assert!(
+            msg.starts_with("QEMU exited (exit 1): qemu-system-x86_64: -hda /c/image.qcow2:"),
+            "{msg}"
+        );
+        assert!(msg.contains("compat: \"0.10\""), "{msg}");
+        assert!(
+            msg.contains("QEMU also printed:\n    qemu-system-x86_64: warning"),
+            "{msg}"
+        );
+        assert_eq!(
+            exit_message("exit 1", ""),
+            "QEMU exited (exit 1) and printed nothing"
+        );
     }
 }

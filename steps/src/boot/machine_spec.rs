@@ -9,7 +9,7 @@ use qflow_engine::paths::relative_to;
 
 use super::checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT};
 use super::command_line::{AccelName, PluginArg, QemuCommandLine};
-use super::fields::AccelChoice;
+use super::fields::{AccelChoice, PluginArgs};
 use super::source::{Source, initrd_in, kernel_in, source};
 use super::{Boot, DEFAULT_APPEND, accel};
 
@@ -32,12 +32,35 @@ impl Boot {
         }
     }
 
+    /// Warnings for plugin arguments QEMU will not hand over as written.
+    pub(super) fn plugin_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            for v in p.args.bare_values() {
+                out.push(format!(
+                    "warning: `plugins[{i}].args`: the plugin receives `{v}` as `{v}=on` \
+                     (QEMU 7.2 reads `arg={v}` as the option `{v}`); \
+                     write `args: {{ NAME: {v} }}` to pass `NAME={v}`"
+                ));
+            }
+        }
+        out
+    }
+
     pub(super) fn plugin_args(&self) -> Vec<PluginArg> {
         self.plugins
             .iter()
-            .map(|p| PluginArg {
-                path: p.path.clone(),
-                args: p.args.iter().map(|a| a.to_string()).collect(),
+            .map(|p| match &p.args {
+                PluginArgs::List(l) => PluginArg {
+                    path: p.path.clone(),
+                    args: l.iter().map(|a| a.to_string()).collect(),
+                    named: Vec::new(),
+                },
+                PluginArgs::Named(m) => PluginArg {
+                    path: p.path.clone(),
+                    args: Vec::new(),
+                    named: m.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                },
             })
             .collect()
     }
@@ -85,6 +108,7 @@ impl Boot {
             snapshot: !self.writes_kept(),
             plugins: self.plugin_args(),
             accel,
+            cpu: self.cpu.clone(),
             control: None,
             incoming: None,
             extra_args: self.extra_args.clone(),
@@ -148,6 +172,7 @@ impl Boot {
                 append: line.append.clone(),
                 icount: line.icount,
                 accel: accel.as_str().to_string(),
+                cpu: line.cpu.clone(),
                 extra_args: self.extra_args.clone(),
             });
             MachineSpec {

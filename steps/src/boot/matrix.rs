@@ -15,6 +15,9 @@ use regex::Regex;
 
 use super::Scalar;
 
+/// The guest variable (and label part) holding a run's repeat number under `repeat: N`.
+pub const REPEAT: &str = "repeat";
+
 /// A run's parameters, `(name, value)` in name order.
 pub type Params = Vec<(String, String)>;
 

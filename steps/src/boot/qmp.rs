@@ -271,6 +271,7 @@ mod tests {
             snapshot: false,
             plugins: Vec::new(),
             accel: Some(AccelName::Tcg),
+            cpu: None,
             control: None,
             incoming: None,
             extra_args: Vec::new(),

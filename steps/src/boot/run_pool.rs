@@ -69,6 +69,9 @@ impl Boot {
             for plugin in &mut run_line.plugins {
                 plugin.path = substitute(&plugin.path, &params);
                 plugin.args = plugin.args.iter().map(|a| substitute(a, &params)).collect();
+                for (_, value) in &mut plugin.named {
+                    *value = substitute(value, &params);
+                }
             }
             run_line.extra_args = run_line
                 .extra_args
@@ -102,6 +105,7 @@ impl Boot {
                 checkpoint: spec.record.clone(),
                 timeout,
                 marker_seed,
+                cpu: run_line.cpu.clone(),
             });
             lines.push(run_line);
         }
@@ -247,12 +251,14 @@ impl Boot {
             bail!("interrupted");
         }
         if let Some(first) = failures.first() {
-            let more = if failures.len() > 1 {
-                format!(" (and {} more failed runs)", failures.len() - 1)
-            } else {
-                String::new()
-            };
-            bail!("{first}{more}");
+            if many {
+                bail!(
+                    "{} of {} matrix runs failed; the first: {first}",
+                    failures.len(),
+                    plans.len()
+                );
+            }
+            bail!("{first}");
         }
         Ok(())
     }

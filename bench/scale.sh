@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Benchmark: qflow at scale against ninja on the same DAG, -j2, ratios from this one run.
+#
+# Generates workflows of trivial `command` steps (`run: [true]`, one input file each) in three
+# shapes and the equivalent build.ninja (`touch $out`, the input file as its input, the upstream
+# outputs as implicit dependencies):
+#   fan    one root, N-2 steps below it, one step below all of them (fan-out, fan-in)
+#   tree   a binary tree: step i is below step (i-1)/2
+#   chains N/100 independent chains of 100 steps
+# and prints, qflow (release build) vs ninja:
+#   - first apply of each shape at each size (empty cache, empty build dir)      target <= 3x
+#   - 1,000 independent `true` steps vs ninja and `xargs -P2`, and qflow's
+#     overhead per step that runs (wall time over xargs' per step)             target <= 2 ms
+#   - no-op at each size (tree shape)                                          target <= 2x
+#   - one changed input among the largest tree                     target <= no-op + 50 ms
+#   - `qflow plan` vs `ninja -n` on the largest tree (nothing to do)            target <= 2x
+#   - peak RSS per step of the first apply (GNU time's maximum resident size)  target <= 2 KB
+#   - `.qflow` bytes per step after the first apply and after 10 more applies   target <= 4 KB
+#     that each run one step
+#
+# Usage: bench/scale.sh [--big] [WORK_DIR]
+#   --big  adds 50,000 steps to the sizes (default 1,000 and 10,000: a few minutes on 2 cores)
+# Needs: ninja-build, hyperfine, GNU time (scripts/install-host-deps.sh installs them), python3.
+# env: QFLOW=path to a qflow binary (default: a release build of this checkout).
+set -euo pipefail
+
+sizes="1000 10000"
+if [ "${1:-}" = "--big" ]; then
+	sizes="1000 10000 50000"
+	shift
+fi
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-${TMPDIR:-/tmp}/qflow-scale}
+for tool in ninja hyperfine python3; do
+	command -v "$tool" >/dev/null || { echo "bench: \`$tool\` is missing: run scripts/install-host-deps.sh" >&2; exit 2; }
+done
+[ -x /usr/bin/time ] || { echo "bench: GNU time is missing: apt-get install time" >&2; exit 2; }
+if [ -z "${QFLOW:-}" ]; then
+	cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+	QFLOW=$repo/target/release/qflow
+fi
+export NO_COLOR=1
+unset QFLOW_CACHE
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+
+# gen SHAPE N DIR: DIR/workflow.yaml, DIR/build.ninja, DIR/src/f<i>.
+gen() {
+	python3 - "$@" <<'PY'
+import os, sys
+shape, n, d = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.makedirs(f"{d}/src", exist_ok=True)
+def ups(i):
+    if shape == "fan":
+        return [] if i == 0 else [0] if i < n - 1 else list(range(1, n - 1))
+    if shape == "tree":
+        return [] if i == 0 else [(i - 1) // 2]
+    if shape == "chains":
+        return [] if i % 100 == 0 else [i - 1]
+    if shape == "flat":
+        return []
+    raise SystemExit(f"unknown shape {shape}")
+wf = ["version: 1", f"name: {shape}{n}", "steps:"]
+nj = ["rule touch", "  command = touch $out", ""]
+for i in range(n):
+    with open(f"{d}/src/f{i}", "w") as f:
+        f.write(f"{i}\n")
+    u = ups(i)
+    wf += [f"  s{i}:", "    kind: command", "    run: ['true']", f"    inputs: [src/f{i}]"]
+    if u:
+        wf.append("    after: [" + ", ".join(f"s{j}" for j in u) + "]")
+    dep = (" | " + " ".join(f"b/s{j}" for j in u)) if u else ""
+    nj.append(f"build b/s{i}: touch src/f{i}{dep}")
+open(f"{d}/workflow.yaml", "w").write("\n".join(wf) + "\n")
+open(f"{d}/build.ninja", "w").write("\n".join(nj) + "\n")
+PY
+}
+
+# timed OUT CMD...: run CMD, write "seconds maxrss_kb" to OUT.
+timed() {
+	local out=$1
+	shift
+	/usr/bin/time -f "%e %M" -o "$out" "$@" >/dev/null 2>&1
+}
+secs() { cut -d' ' -f1 "$1"; }
+rss() { cut -d' ' -f2 "$1"; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}x' if b>0 else 'inf')" "$1" "$2"; }
+# mean_ms JSON INDEX: a hyperfine result's mean in ms.
+mean_ms() { python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['mean']*1000,1))" "$1" "$2"; }
+
+echo "qflow $("$QFLOW" --version | cut -d' ' -f2), $(ninja --version | sed 's/^/ninja /'), -j2, work dir $work"
+echo
+echo "== first apply (empty cache)        qflow      ninja     ratio   qflow RSS/step  .qflow/step"
+largest=
+for n in $sizes; do
+	for shape in fan tree chains; do
+		d=$work/$shape$n
+		rm -rf "$d"
+		gen "$shape" "$n" "$d"
+		(cd "$d" && timed "$d/q.time" "$QFLOW" apply -j2)
+		(cd "$d" && timed "$d/n.time" ninja -j2)
+		# Both must have built every step.
+		[ "$(ls "$d/b" | wc -l)" -ge "$n" ] || { echo "bench: ninja did not build $d" >&2; exit 1; }
+		q=$(secs "$d/q.time") nj=$(secs "$d/n.time")
+		rss_step=$(python3 -c "print(f'{$(rss "$d/q.time")*1024/$n:.0f} B')")
+		disk_step=$(python3 -c "print(f'{$(du -sb "$d/.qflow" | cut -f1)/$n:.0f} B')")
+		printf "   %-6s %6d steps          %7.2f s  %7.2f s  %6s   %12s  %11s\n" "$shape" "$n" "$q" "$nj" "$(ratio "$q" "$nj")" "$rss_step" "$disk_step"
+	done
+	largest=$n
+done
+
+echo
+echo "== 1,000 independent \`true\` steps"
+d=$work/flat1000
+rm -rf "$d"
+gen flat 1000 "$d"
+hyperfine -N --runs 3 --export-json "$d/h.json" \
+	--prepare "rm -rf $d/.qflow $d/out $d/b $d/.ninja_log $d/.ninja_deps" \
+	"$QFLOW apply -j2 $d/workflow.yaml" \
+	"ninja -C $d -j2" >/dev/null
+seq 1000 > "$d/ids"
+hyperfine -N --runs 3 --export-json "$d/x.json" "xargs -P2 -n1 -a $d/ids true" >/dev/null
+q=$(mean_ms "$d/h.json" 0) nj=$(mean_ms "$d/h.json" 1) x=$(mean_ms "$d/x.json" 0)
+echo "   qflow $q ms, ninja $nj ms, xargs -P2 $x ms: $(ratio "$q" "$nj") ninja, $(ratio "$q" "$x") xargs"
+echo "   qflow overhead per step that runs: $(python3 -c "print(f'{($q-$x)/1000:.2f} ms')")   (target: at most 2 ms)"
+
+echo
+echo "== no-op (tree shape)"
+for n in $sizes; do
+	d=$work/tree$n
+	sleep 1.1 # what changed within the last second is checked in full once more
+	"$QFLOW" apply -j2 "$d/workflow.yaml" >/dev/null 2>&1
+	hyperfine -N --warmup 2 --runs 10 --export-json "$d/noop.json" \
+		"$QFLOW apply -j2 $d/workflow.yaml" "ninja -C $d -j2" >/dev/null
+	q=$(mean_ms "$d/noop.json" 0) nj=$(mean_ms "$d/noop.json" 1)
+	printf "   %6d steps: qflow %7.1f ms, ninja %6.1f ms: %s   (target: at most 2x)\n" "$n" "$q" "$nj" "$(ratio "$q" "$nj")"
+done
+d=$work/tree$largest
+noop=$(mean_ms "$d/noop.json" 0)
+
+echo
+echo "== one changed input among $largest steps (tree shape, a leaf)"
+leaf=$((largest - 1))
+hyperfine -N --runs 10 --export-json "$d/change.json" \
+	--prepare "python3 -c \"import random; open('$d/src/f$leaf','w').write(str(random.random()))\"" \
+	"$QFLOW apply -j2 $d/workflow.yaml" >/dev/null
+hyperfine -N --runs 10 --export-json "$d/nchange.json" \
+	--prepare "python3 -c \"import random; open('$d/src/f$leaf','w').write(str(random.random()))\"" \
+	"ninja -C $d -j2" >/dev/null
+q=$(mean_ms "$d/change.json" 0) nj=$(mean_ms "$d/nchange.json" 0)
+printf "   qflow %.1f ms (no-op %.1f ms: +%.1f ms), ninja %.1f ms: %s   (target: at most no-op + 50 ms)\n" \
+	"$q" "$noop" "$(python3 -c "print($q-$noop)")" "$nj" "$(ratio "$q" "$nj")"
+du_after=$(du -sb "$d/.qflow" | cut -f1)
+echo "   .qflow after 12 more applies that each ran one step: $(python3 -c "print(f'{$du_after/$largest:.0f}')") B/step, runs/ keeps $(ls "$d/.qflow/runs" | wc -l) records"
+
+echo
+echo "== plan vs ninja -n, $largest steps (tree shape, nothing to do)"
+sleep 1.1
+"$QFLOW" apply -j2 "$d/workflow.yaml" >/dev/null 2>&1
+hyperfine -N --warmup 2 --runs 10 --export-json "$d/plan.json" \
+	"$QFLOW plan $d/workflow.yaml" "ninja -C $d -n" >/dev/null
+q=$(mean_ms "$d/plan.json" 0) nj=$(mean_ms "$d/plan.json" 1)
+printf "   qflow plan %.1f ms, ninja -n %.1f ms: %s   (target: at most 2x)\n" "$q" "$nj" "$(ratio "$q" "$nj")"

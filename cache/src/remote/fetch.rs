@@ -1,0 +1,306 @@
+//! Bringing a remote hit into the local cache, verified, or not at all.
+//!
+//! 1. Every object the entry's trees need and the local store lacks is downloaded into a
+//!    staging directory (a temporary tree under `trees/`, on the objects' file system, swept
+//!    by `gc` if qflow is killed), [`RemoteCache`]'s transfer count at a time. Each is hashed
+//!    while it streams in (sha256 and blake3) and must match the sha256 of its name, the
+//!    blake3 and the size of the manifest.
+//! 2. Only when every object passed are they linked into the object store (one hard link
+//!    each: no copy), then the trees are built from the store (`restore_tree`, which renames a
+//!    complete tree into place), then the retained trees' notes are written, and the record
+//!    last. A kill at any point leaves either no record or a complete, usable one.
+//!
+//! A missing object or wrong bytes make the whole entry a miss with one warning naming the
+//! object; nothing of it enters the local cache.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use sha2::Digest;
+
+use super::http_store::{Failure, Kind};
+use super::names::{Sha256, Sha256Map};
+use super::{Fault, ObjectRef, RemoteCache, RemoteRecord, for_each_bounded};
+use crate::atomic::{fsync_dir, parent_of, unique_tmp_name, write_atomic};
+use crate::object_store::{read_only_mode, seal};
+use crate::{Cache, EntryKind, Hash, Manifest};
+
+/// The marker of a body longer than the record says.
+const WRONG_SIZE: &str = "the server sent more bytes than the record names";
+
+/// Why one object could not be had.
+enum ObjectFailure {
+    Missing,
+    WrongBytes(String),
+    Fault(Fault),
+    Local(anyhow::Error),
+}
+
+impl RemoteCache {
+    /// Downloads, verifies and commits the output tree of `rr` (and every tree it retains)
+    /// into `cache`, then writes its record there; returns the output tree's hash. On any
+    /// failure nothing of the entry is committed, the hit counts as a miss, and the error
+    /// says why (a warning was given already when the server was at fault).
+    pub fn fetch_tree(&self, rr: &RemoteRecord, cache: &Cache) -> anyhow::Result<Hash> {
+        let result = self.fetch(rr, cache);
+        if result.is_err() {
+            self.hit_became_miss();
+        }
+        result
+    }
+
+    fn fetch(&self, rr: &RemoteRecord, cache: &Cache) -> anyhow::Result<Hash> {
+        let key = rr.record.key;
+        let missing_trees: Vec<&Manifest> =
+            rr.manifests().filter(|m| !cache.has_tree_for(m)).collect();
+        // Objects to place: (blake3, executable) pairs the store lacks.
+        let mut wanted: BTreeSet<(Hash, bool)> = BTreeSet::new();
+        let mut path_of: BTreeMap<Hash, &str> = BTreeMap::new();
+        for m in &missing_trees {
+            for e in &m.entries {
+                if let EntryKind::File {
+                    hash, executable, ..
+                } = e.kind
+                {
+                    path_of.entry(hash).or_insert(&e.path);
+                    if !cache.object_file(&hash, executable).is_file() {
+                        wanted.insert((hash, executable));
+                    }
+                }
+            }
+        }
+        let wanted_hashes: BTreeSet<Hash> = wanted.iter().map(|(h, _)| *h).collect();
+        let to_download: Vec<ObjectRef> = rr
+            .objects()
+            .into_iter()
+            .filter(|o| wanted_hashes.contains(&o.blake3) && !cache.has_object(&o.blake3))
+            .collect();
+        if !to_download.is_empty() && !self.read.health.usable() {
+            return Err(anyhow!(
+                "the remote cache `{}` is not used for the rest of this run",
+                self.read.shown()
+            ));
+        }
+
+        let staging = cache.new_tree()?;
+        let downloaded = for_each_bounded(&to_download, self.transfers, |o| {
+            self.download(o, staging.path())
+                .map_err(|failure| (*o, failure))
+        });
+        if let Err((o, failure)) = downloaded {
+            let what = format!(
+                "object `{}` of step key `{}` (`cas/{}`)",
+                path_of.get(&o.blake3).copied().unwrap_or("?"),
+                key.short(),
+                o.sha256
+            );
+            return Err(match failure {
+                ObjectFailure::Missing => {
+                    let msg = format!(
+                        "remote cache `{}`: {what} is missing on the server; building the step locally",
+                        self.read.shown()
+                    );
+                    self.warn(&msg);
+                    anyhow!(msg)
+                }
+                ObjectFailure::WrongBytes(why) => {
+                    let msg = format!(
+                        "remote cache `{}`: {what} has wrong bytes on the server ({why}); \
+                         ignoring them and building the step locally",
+                        self.read.shown()
+                    );
+                    self.warn(&msg);
+                    anyhow!(msg)
+                }
+                ObjectFailure::Fault(fault) => {
+                    self.fault(&self.read, &fault);
+                    anyhow!(
+                        "remote cache `{}`: {what}: {}",
+                        self.read.shown(),
+                        fault.describe()
+                    )
+                }
+                ObjectFailure::Local(e) => e.context(format!("cannot download {what}")),
+            });
+        }
+
+        // Every byte verified: into the store, then the trees, the notes, the record.
+        let map = Sha256Map::new(cache);
+        let mut shards = BTreeSet::new();
+        for (hash, executable) in &wanted {
+            let staged = staging.path().join(hash.to_hex());
+            shards.insert(place_object(cache, hash, *executable, &staged)?);
+        }
+        for o in &to_download {
+            map.put(&o.blake3, &o.sha256)?;
+        }
+        for shard in &shards {
+            fsync_dir(shard)?;
+        }
+        drop(staging);
+        for m in missing_trees {
+            cache.restore_tree(m).with_context(|| {
+                format!(
+                    "cannot build tree `{}` from the downloaded objects",
+                    m.hash.short()
+                )
+            })?;
+        }
+        for t in &rr.trees {
+            note_retains(cache, &t.manifest.hash, &t.retains)?;
+        }
+        cache.put_record(&key, &rr.record)?;
+        Ok(rr.record.output)
+    }
+
+    /// GETs one object into `dir/<blake3>`, verifying size, sha256 and blake3.
+    fn download(&self, o: &ObjectRef, dir: &Path) -> Result<(), ObjectFailure> {
+        if !self.read.health.usable() {
+            return Err(ObjectFailure::Fault(Fault::Unreachable(
+                "left alone after earlier faults".into(),
+            )));
+        }
+        let _slot = self.slots.take();
+        let path = dir.join(o.blake3.to_hex());
+        let mut file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create `{}`", path.display()))
+            .map_err(ObjectFailure::Local)?;
+        // Hashing runs beside the transfer: this thread receives and writes, another hashes
+        // (sha256 and blake3), through a short queue so memory stays constant.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
+        let mut written = 0u64;
+        let (got, (sha, b3)) = std::thread::scope(|s| {
+            let hasher = s.spawn(move || {
+                let mut sha = sha2::Sha256::new();
+                let mut b3 = blake3::Hasher::new();
+                for chunk in rx {
+                    sha.update(&chunk);
+                    b3.update(&chunk);
+                }
+                (Sha256(sha.finalize().into()), Hash::from(b3.finalize()))
+            });
+            let got = self
+                .http
+                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |bytes| {
+                    written += bytes.len() as u64;
+                    if written > o.size {
+                        // More bytes than the record names: wrong, and maybe endless.
+                        anyhow::bail!("{WRONG_SIZE}");
+                    }
+                    file.write_all(bytes)
+                        .with_context(|| format!("cannot write `{}`", path.display()))?;
+                    tx.send(std::sync::Arc::from(bytes))
+                        .map_err(|_| anyhow!("the hashing thread stopped"))?;
+                    self.add_down(bytes.len() as u64);
+                    Ok(())
+                });
+            drop(tx);
+            (
+                got,
+                hasher.join().expect("the hashing thread does not panic"),
+            )
+        });
+        let size = match got {
+            Ok(Some(size)) => size,
+            Ok(None) => {
+                self.read.health.ok();
+                return Err(ObjectFailure::Missing);
+            }
+            Err(Failure::Fault(f)) => return Err(ObjectFailure::Fault(f)),
+            Err(Failure::Local(e)) if e.to_string() == WRONG_SIZE => {
+                self.read.health.ok();
+                return Err(ObjectFailure::WrongBytes(format!(
+                    "more than the {} bytes the record says",
+                    o.size
+                )));
+            }
+            Err(Failure::Local(e)) => return Err(ObjectFailure::Local(e)),
+        };
+        self.read.health.ok();
+        file.flush().map_err(|e| ObjectFailure::Local(e.into()))?;
+        if size != o.size {
+            return Err(ObjectFailure::WrongBytes(format!(
+                "{size} bytes, the record says {}",
+                o.size
+            )));
+        }
+        if sha != o.sha256 {
+            return Err(ObjectFailure::WrongBytes(format!(
+                "their sha256 is `{sha}`"
+            )));
+        }
+        if b3 != o.blake3 {
+            return Err(ObjectFailure::WrongBytes(format!(
+                "their blake3 is `{b3}`, the record says `{}`",
+                o.blake3
+            )));
+        }
+        self.counters
+            .objects_down
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Puts the object `hash` (variant `executable`) into the store from `staged` (just verified)
+/// or, when nothing was downloaded for it, from the other variant already in the store.
+/// Returns the shard directory to fsync.
+fn place_object(
+    cache: &Cache,
+    hash: &Hash,
+    executable: bool,
+    staged: &Path,
+) -> anyhow::Result<PathBuf> {
+    let object = cache.object_file(hash, executable);
+    let shard = parent_of(&object);
+    if object.is_file() {
+        return Ok(shard);
+    }
+    std::fs::create_dir_all(&shard)
+        .with_context(|| format!("cannot create `{}`", shard.display()))?;
+    let tmp = shard.join(unique_tmp_name());
+    let from_stage = staged.is_file() && std::fs::symlink_metadata(staged)?.nlink() == 1;
+    let placed = if from_stage {
+        // The first variant takes the downloaded inode itself.
+        std::fs::hard_link(staged, &tmp)
+    } else {
+        // The other variant needs its own inode (its own mode): a copy.
+        let source = if staged.is_file() {
+            staged.to_path_buf()
+        } else {
+            cache.object_file(hash, !executable)
+        };
+        std::fs::copy(source, &tmp).map(|_| ())
+    }
+    .with_context(|| format!("cannot place `{}` in the object store", object.display()));
+    let result = placed.and_then(|()| {
+        seal(&tmp, read_only_mode(executable))?;
+        match std::fs::hard_link(&tmp, &object) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot create `{}`", object.display())),
+        }
+    });
+    let _ = std::fs::remove_file(&tmp);
+    result.map(|()| shard)
+}
+
+/// Notes that tree `output` retains `retains` (merged with what is noted already), as
+/// `put_record` does for a record's own output.
+fn note_retains(cache: &Cache, output: &Hash, retains: &[Hash]) -> anyhow::Result<()> {
+    if retains.is_empty() {
+        return Ok(());
+    }
+    let mut all = cache.tree_retains(output);
+    let before = all.len();
+    all.extend(retains.iter().copied());
+    if all.len() == before {
+        return Ok(());
+    }
+    let path = cache.retains_path(output);
+    std::fs::create_dir_all(parent_of(&path))?;
+    write_atomic(&path, &serde_json::to_vec(&all)?)
+}

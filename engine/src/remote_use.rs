@@ -1,0 +1,150 @@
+//! Which steps a remote cache is read and written for (`remote_cache:` per step).
+//!
+//! Read: every step that may be cached (`cache:` not false) unless it says
+//! `remote_cache: false`. Written (with `--remote-cache-upload`): a step whose own setting
+//! allows it (`true`, or not written and the step consumes no secret; never `pull` or
+//! `false`) and whose upstream steps are all written too. The second half matters: an
+//! upload carries every tree the step retains (a qcow2 overlay names its backing image, the
+//! upstream's output, inside its header), so a step downstream of a customized image with a
+//! root password would publish that image, which holds the password's hash.
+
+use crate::workflow::{RemoteUse, Workflow};
+
+/// Per step (file order): whether a remote cache is asked for its result.
+pub fn readable(workflow: &Workflow) -> Vec<bool> {
+    (workflow.steps.iter())
+        .map(|s| s.cache && s.remote_cache != RemoteUse::Off)
+        .collect()
+}
+
+/// Per step (file order): whether its result may be uploaded.
+pub fn uploadable(workflow: &Workflow, dag: &crate::dag::Dag) -> Vec<bool> {
+    let mut ok = vec![false; workflow.steps.len()];
+    let index: std::collections::HashMap<&str, usize> = (workflow.steps.iter().enumerate())
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    for id in dag.order() {
+        let s = &workflow.steps[id.index()];
+        let own = s.cache
+            && match s.remote_cache {
+                RemoteUse::On => true,
+                RemoteUse::Default => !s.step.consumes_secret(),
+                RemoteUse::Pull | RemoteUse::Off => false,
+            };
+        ok[id.index()] = own
+            && s.upstream_names()
+                .all(|u| index.get(u).is_some_and(|&j| ok[j]));
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::step::{Registry, Step, StepFields};
+    use crate::workflow::{LoadOptions, Workflow};
+
+    /// A kind that may read a password, like `customize` with a `root_password`.
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Secretive {
+        #[serde(default)]
+        password: bool,
+        #[serde(default)]
+        from: Option<String>,
+    }
+
+    impl Step for Secretive {
+        fn references(&self) -> Vec<crate::StepRef> {
+            self.from
+                .iter()
+                .map(|f| crate::StepRef::new("from", f))
+                .collect()
+        }
+        fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
+            Vec::new()
+        }
+        fn consumes_secret(&self) -> bool {
+            self.password
+        }
+        fn run(&self, _ctx: &mut crate::RunContext) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl StepFields for Secretive {
+        const KIND: &'static str = "secretive";
+        const SCHEMA_VERSION: u32 = 1;
+        fn kind_tools() -> Vec<crate::Tool> {
+            Vec::new()
+        }
+        fn kind_needs() -> Vec<crate::HostNeed> {
+            Vec::new()
+        }
+    }
+
+    fn policy(yaml: &str) -> Vec<(String, bool, bool)> {
+        let dir =
+            std::env::temp_dir().join(format!("qflow-remote-use-{}", crate::run_record::run_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
+        let mut registry = Registry::new();
+        registry.add(crate::step::KindOf::<Secretive>::new());
+        let options = LoadOptions {
+            set: Vec::new(),
+            memo_cache: None,
+        };
+        let wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+        let dag = wf.dag();
+        let (reads, writes) = (super::readable(&wf), super::uploadable(&wf, &dag));
+        let _ = std::fs::remove_dir_all(&dir);
+        (wf.steps.iter().enumerate())
+            .map(|(i, s)| (s.name.clone(), reads[i], writes[i]))
+            .collect()
+    }
+
+    fn row(name: &str, read: bool, write: bool) -> (String, bool, bool) {
+        (name.to_string(), read, write)
+    }
+
+    #[test]
+    fn a_step_reading_a_password_and_everything_downstream_stay_off_the_server() {
+        let steps = policy(
+            "version: 1\nsteps:\n  base: { kind: secretive }\n  \
+             system: { kind: secretive, from: base, password: true }\n  \
+             boot: { kind: secretive, from: system }\n  \
+             other: { kind: secretive, from: base }\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                row("base", true, true),
+                row("system", true, false),
+                row("boot", true, false),
+                row("other", true, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn remote_cache_true_opts_a_secret_step_in_and_pull_or_false_keep_it_out() {
+        let steps = policy(
+            "version: 1\nsteps:\n  base: { kind: secretive, remote_cache: pull }\n  \
+             system: { kind: secretive, password: true, remote_cache: true }\n  \
+             boot: { kind: secretive, from: system }\n  \
+             off: { kind: secretive, remote_cache: false }\n  \
+             uncached: { kind: secretive, cache: false }\n  \
+             below_pull: { kind: secretive, from: base, remote_cache: true }\n",
+        );
+        assert_eq!(
+            steps,
+            [
+                row("base", true, false),
+                row("system", true, true),
+                row("boot", true, true),
+                row("off", false, false),
+                row("uncached", false, false),
+                row("below_pull", true, false),
+            ]
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Before an apply with Slurm steps: which steps go to the cluster, the checks
+//! that must pass before anything is submitted, and the Slurm executor's setup.
+//!
+//! A step goes to the cluster when its `executor:` (else `--executor`, else the
+//! workflow's) says `slurm`, unless it must run here (`Step::runs_only_here`: a
+//! password from qflow's environment). The preflight runs only when some
+//! cluster step is not already in place, so a no-op apply asks the controller
+//! nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use super::client::SlurmClient;
+use super::job_request::{JobRequest, job_comment, job_name};
+use super::placement::{ExecutorChoice, executor_for};
+use super::preflight::{self, PreflightInput};
+use super::{batch_script, slurm_dir};
+use crate::executor::slurm::{SlurmSetup, SlurmStep};
+use crate::session::{Prepared, Session};
+use crate::workflow::Workflow;
+
+/// Where each step of `workflow` runs, with `flag` from `--executor`; a step that
+/// must run here runs here, with the reason.
+pub fn placements(
+    workflow: &Workflow,
+    flag: Option<ExecutorChoice>,
+) -> Vec<(ExecutorChoice, Option<String>)> {
+    workflow
+        .steps
+        .iter()
+        .map(
+            |s| match executor_for(&s.placement, &workflow.placement, flag) {
+                ExecutorChoice::Slurm => match s.step.runs_only_here() {
+                    Some(why) => (ExecutorChoice::Local, Some(why)),
+                    None => (ExecutorChoice::Slurm, None),
+                },
+                local => (local, None),
+            },
+        )
+        .collect()
+}
+
+/// A job request per step of `workflow` that would run on the cluster (its
+/// command a placeholder): what the preflight asks `sbatch --test-only` about.
+pub fn requests(
+    workflow: &Workflow,
+    flag: Option<ExecutorChoice>,
+    cache_root: &std::path::Path,
+) -> Vec<(String, JobRequest)> {
+    let placed = placements(workflow, flag);
+    let name = job_name(cache_root, &workflow.path);
+    let dir = slurm_dir(cache_root);
+    workflow
+        .steps
+        .iter()
+        .zip(placed)
+        .filter(|(_, (choice, _))| *choice == ExecutorChoice::Slurm)
+        .map(|(s, _)| {
+            let jobs = s.jobs.unwrap_or_else(|| s.step.default_jobs());
+            (
+                s.name.clone(),
+                JobRequest {
+                    name: name.clone(),
+                    comment: job_comment(&s.name, &"0".repeat(64)),
+                    cpus: s.placement.resources.cpus.unwrap_or(jobs).max(1),
+                    resources: s.placement.resources.clone(),
+                    cluster: workflow.placement.slurm.clone(),
+                    slurm_log: dir.join("preflight.log"),
+                    work_dir: workflow.dir.clone(),
+                    command: vec!["true".into()],
+                },
+            )
+        })
+        .collect()
+}
+
+/// The Slurm executor's setup and the names of the steps it runs, or `None` when
+/// no step runs on the cluster. Problems come back as [`crate::HostNotReady`]
+/// (exit 2, nothing submitted).
+pub fn prepare(
+    session: &Session,
+    prepared: &Prepared,
+    flag: Option<ExecutorChoice>,
+    detached: bool,
+    in_place: &[bool],
+    progress: &crate::progress::Progress,
+) -> anyhow::Result<Option<(SlurmSetup, HashSet<String>)>> {
+    let workflow = session.workflow;
+    let placed = placements(workflow, flag);
+    let mut names = HashSet::new();
+    for (i, (choice, why)) in placed.iter().enumerate() {
+        let name = &workflow.steps[i].name;
+        if let Some(why) = why {
+            progress.event(&format!("step {name} runs here, not on Slurm: {why}"));
+        }
+        if *choice == ExecutorChoice::Slurm {
+            names.insert(name.clone());
+        }
+    }
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let not_ready = |problems: Vec<String>| anyhow::Error::new(crate::HostNotReady { problems });
+    let client = SlurmClient::find().map_err(|e| not_ready(vec![format!("{e:#}")]))?;
+    let cache_root = session.cache.root().to_path_buf();
+    let dir = slurm_dir(&cache_root);
+    let script = batch_script(&dir)?;
+    let qflow = std::env::current_exe()?;
+    let name = job_name(&cache_root, &workflow.path);
+    let requests = requests(workflow, flag, &cache_root);
+    let mut steps = HashMap::new();
+    let mut all_in_place = true;
+    for (i, s) in workflow.steps.iter().enumerate() {
+        if !names.contains(&s.name) {
+            continue;
+        }
+        all_in_place &= in_place.get(i) == Some(&true);
+        steps.insert(
+            s.name.clone(),
+            SlurmStep {
+                resources: s.placement.resources.clone(),
+                retries: s.placement.retries,
+                tools: prepared.tools[i].clone().unwrap_or_default(),
+            },
+        );
+    }
+    if !all_in_place {
+        let problems = preflight::check(&PreflightInput {
+            requests: &requests,
+            cluster: &workflow.placement.slurm,
+            cache_dir: &cache_root,
+            qflow: &qflow,
+            script: &script,
+            probe: true,
+        });
+        if !problems.is_empty() {
+            return Err(not_ready(problems));
+        }
+    }
+    Ok(Some((
+        SlurmSetup {
+            client,
+            name,
+            cluster: workflow.placement.slurm.clone(),
+            qflow,
+            script,
+            dir,
+            detached,
+            steps,
+        },
+        names,
+    )))
+}

@@ -1,0 +1,502 @@
+//! Sharing results through a remote cache: two machines (two workspaces with separate
+//! caches) and one real server, Debian's nginx started by `scripts/remote-cache-start.sh`
+//! on free loopback ports. The server tests are slow-tier: they need root, and the script
+//! installs nginx when the host lacks it.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Space;
+
+/// Small steps of every shape a result takes: plain and executable files in a directory,
+/// an empty qcow2 image and an overlay whose backing file is that image (named inside the
+/// overlay's header), an ext4 disk, and a step reading another's output.
+const WORKFLOW: &str = r##"
+version: 1
+steps:
+  gen:
+    kind: command
+    run: [sh, -c, 'head -c 3000000 /dev/urandom > "$QFLOW_OUT/blob" && cp data.txt "$QFLOW_OUT/" && mkdir "$QFLOW_OUT/bin" && printf "#!/bin/sh\necho hi\n" > "$QFLOW_OUT/bin/hi" && chmod +x "$QFLOW_OUT/bin/hi"']
+    inputs: [data.txt]
+    outputs: [blob, data.txt, bin/hi]
+  base:
+    kind: image
+    size: 16M
+  work:
+    kind: image
+    from: base
+    size: 32M
+  data:
+    kind: disk
+    size: 16M
+    contents: ./workload
+  use:
+    kind: command
+    run: [sh, -c, 'wc -c < ${{ steps.gen.blob }} > "$QFLOW_OUT/n"']
+    outputs: [n]
+"##;
+
+const STEPS: [&str; 5] = ["base", "data", "gen", "use", "work"];
+
+/// A private nginx started and stopped by the project's scripts.
+struct Server {
+    state: PathBuf,
+    read: String,
+    write: String,
+    stopped: std::cell::Cell<bool>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+impl Server {
+    fn start(auth: &[(&str, &str)]) -> Server {
+        // Under /tmp: nginx's workers (www-data) must reach the data directory.
+        let state = std::env::temp_dir().join(format!(
+            "qflow-remote-e2e-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let server = Server {
+            state,
+            read: format!("127.0.0.1:{}", free_port()),
+            write: format!("127.0.0.1:{}", free_port()),
+            stopped: false.into(),
+        };
+        let mut cmd = Command::new(script("remote-cache-start.sh"));
+        server.env(&mut cmd);
+        for (k, v) in auth {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("QFLOW_REMOTE_CACHE_SRV", &self.state)
+            .env("QFLOW_REMOTE_CACHE_SRV_READ", &self.read)
+            .env("QFLOW_REMOTE_CACHE_SRV_WRITE", &self.write);
+    }
+
+    fn stop(&self) {
+        let mut cmd = Command::new(script("remote-cache-stop.sh"));
+        self.env(&mut cmd);
+        assert!(cmd.status().unwrap().success());
+        self.stopped.set(true);
+    }
+
+    fn read_url(&self) -> String {
+        format!("http://{}", self.read)
+    }
+
+    fn write_url(&self) -> String {
+        format!("http://{}", self.write)
+    }
+
+    /// Every file the server stores.
+    fn files(&self) -> Vec<PathBuf> {
+        files_below(&self.state.join("data"))
+    }
+
+    fn requests(&self) -> usize {
+        std::fs::read_to_string(self.state.join("logs/access.log"))
+            .map(|l| l.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.stopped.get() {
+            self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A workspace ("a machine") with the workflow, its inputs and a cache of its own.
+fn machine() -> Space {
+    let s = Space::new();
+    s.workflow(WORKFLOW)
+        .write("data.txt", "the same input on every machine\n")
+        .write("workload/run.sh", "#!/bin/sh\necho workload\n");
+    s
+}
+
+fn upload(s: &Space, server: &Server) -> common::Run {
+    s.qflow(&[
+        "apply",
+        "--remote-cache",
+        &server.read_url(),
+        "--remote-cache-write",
+        &server.write_url(),
+        "--remote-cache-upload",
+    ])
+    .success()
+}
+
+fn pull(s: &Space, server: &Server) -> common::Run {
+    s.qflow(&["apply", "--remote-cache", &server.read_url()])
+}
+
+/// Steps announced as `qflow: remote hit STEP`, sorted.
+fn remote_hits(run: &common::Run) -> Vec<String> {
+    let mut v: Vec<String> = (run.stderr.lines())
+        .filter_map(|l| l.strip_prefix("qflow: remote hit "))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn warnings(run: &common::Run) -> Vec<String> {
+    (run.stderr.lines())
+        .filter(|l| l.starts_with("qflow: warning:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every file below `out/<step>` (through the link), relative, with its bytes.
+fn out_contents(s: &Space, step: &str) -> Vec<(String, Vec<u8>)> {
+    let root = s.join("out").join(step);
+    let root = std::fs::canonicalize(&root).unwrap();
+    files_below(&root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(&root).unwrap().display().to_string();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn a_second_machine_runs_nothing_every_step_a_remote_hit_with_identical_outputs() {
+    let server = Server::start(&[]);
+    let a = machine();
+    let first = upload(&a, &server);
+    assert_eq!(first.ran_sorted(), STEPS);
+    assert!(
+        first.stderr_contains("uploaded 5 results"),
+        "{}",
+        first.stderr
+    );
+
+    // A third machine plans: every step a remote hit, nothing downloaded.
+    let c = machine();
+    let plan = c
+        .qflow(&["plan", "--remote-cache", &server.read_url()])
+        .success();
+    for step in STEPS {
+        assert!(
+            plan.stdout.contains(&format!("remote hit {step} (")),
+            "{}",
+            plan.stdout
+        );
+    }
+    assert!(
+        plan.stdout.contains("0 to run, 0 cached, 5 remote hits"),
+        "{}",
+        plan.stdout
+    );
+    assert!(files_below(&c.join(".qflow/objects")).is_empty());
+
+    let b = machine();
+    let started = Instant::now();
+    let second = pull(&b, &server).success();
+    let took = started.elapsed();
+    assert!(second.ran().is_empty(), "{}", second.stderr);
+    assert_eq!(remote_hits(&second), STEPS, "{}", second.stderr);
+    assert!(warnings(&second).is_empty(), "{}", second.stderr);
+    for step in STEPS {
+        assert_eq!(out_contents(&b, step), out_contents(&a, step), "out/{step}");
+    }
+    assert_eq!(b.read("qflow.lock"), a.read("qflow.lock"));
+    // The overlay's backing image came along: the chain opens on the second machine.
+    let chain = Command::new("qemu-img")
+        .args(["info", "--backing-chain"])
+        .arg(b.join("out/work/image.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        chain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chain.stderr)
+    );
+    eprintln!("all remote hits: {took:?}");
+
+    // The run's counters are in the run record, for `qflow status`.
+    let status = b.qflow(&["status"]).success();
+    assert!(
+        status.stdout.contains("remote cache: 5 hits, 0 misses"),
+        "{}",
+        status.stdout
+    );
+    // Applying again is a local no-op that asks the server nothing.
+    let before = server.requests();
+    let again = pull(&b, &server).success();
+    assert_eq!(again.cached().len(), 5, "{}", again.stderr);
+    assert!(
+        server.requests() <= before + 1,
+        "at most the access check, which a no-op apply does not wait for"
+    );
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn wrong_bytes_on_the_server_are_detected_warned_and_rebuilt() {
+    let server = Server::start(&[]);
+    let a = machine();
+    upload(&a, &server);
+    // Replace the bytes behind gen's blob on the server's disk, name unchanged.
+    let blob = std::fs::read(a.join("out/gen/blob")).unwrap();
+    let planted = server
+        .files()
+        .into_iter()
+        .find(|p| std::fs::read(p).is_ok_and(|b| b == blob))
+        .expect("the blob is on the server");
+    let mut wrong = blob.clone();
+    wrong[12345] ^= 0xff;
+    std::fs::write(&planted, &wrong).unwrap();
+
+    let b = machine();
+    let run = pull(&b, &server).success();
+    let w = warnings(&run);
+    assert_eq!(w.len(), 1, "{}", run.stderr);
+    assert!(
+        w[0].contains("wrong bytes") && w[0].contains("`blob`"),
+        "{}",
+        w[0]
+    );
+    // gen was built locally (a new random blob), and `use` with it; the rest came down.
+    assert_eq!(run.ran_sorted(), ["gen", "use"], "{}", run.stderr);
+    assert_eq!(remote_hits(&run), ["base", "data", "work"]);
+    let local = std::fs::read(b.join("out/gen/blob")).unwrap();
+    assert_ne!(local, wrong);
+    assert_eq!(
+        b.read("out/use/n").trim(),
+        local.len().to_string(),
+        "use saw the local blob"
+    );
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn a_server_stopped_mid_apply_costs_one_warning_and_the_apply_completes_locally() {
+    let server = Server::start(&[]);
+    let a = machine();
+    upload(&a, &server);
+    // On the second machine `base` and `work` come from the server, then a new step (not
+    // on the server) stops it; the steps after that find no server.
+    let b = machine();
+    let stop = format!(
+        "  stop:\n    kind: command\n    after: [base]\n    run: [{}]\n    env: {{ QFLOW_REMOTE_CACHE_SRV: '{}', QFLOW_REMOTE_CACHE_SRV_READ: '{}', QFLOW_REMOTE_CACHE_SRV_WRITE: '{}' }}\n    outputs: []\n",
+        script("remote-cache-stop.sh").display(),
+        server.state.display(),
+        server.read,
+        server.write
+    );
+    let yaml = WORKFLOW
+        .replace(
+            "  gen:\n    kind: command\n",
+            "  gen:\n    kind: command\n    after: [stop]\n",
+        )
+        .replace(
+            "  data:\n    kind: disk\n",
+            "  data:\n    kind: disk\n    after: [stop]\n",
+        );
+    b.workflow(&format!("{yaml}{stop}"));
+    server.stopped.set(true);
+    let started = Instant::now();
+    let run = pull(&b, &server).success();
+    let w = warnings(&run);
+    assert_eq!(w.len(), 1, "{}", run.stderr);
+    assert!(w[0].contains("cannot connect"), "{}", w[0]);
+    assert_eq!(remote_hits(&run), ["base", "work"], "{}", run.stderr);
+    assert_eq!(run.ran_sorted(), ["data", "gen", "stop", "use"]);
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_listener_that_never_answers_costs_one_warning_and_bounded_time_and_a_no_op_never_waits_for_it()
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn); // accepted, never answered
+        }
+    });
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  one:\n    kind: command\n    run: [sh, -c, 'echo 1 > \"$QFLOW_OUT/x\"']\n    outputs: [x]\n  two:\n    kind: command\n    run: [sh, -c, 'cat ${{ steps.one.x }} > \"$QFLOW_OUT/y\"']\n    outputs: [y]\n",
+    );
+    let started = Instant::now();
+    let run = s.qflow(&["apply", "--remote-cache", &url]).success();
+    let took = started.elapsed();
+    assert_eq!(run.ran_sorted(), ["one", "two"]);
+    let w = warnings(&run);
+    assert_eq!(w.len(), 1, "{}", run.stderr);
+    assert!(w[0].contains("no answer in time"), "{}", w[0]);
+    // One timeout (15 s without an answer), then the server is left alone.
+    assert!(took < Duration::from_secs(25), "{took:?}");
+
+    // A no-op apply needs nothing from the server and does not wait for it.
+    let started = Instant::now();
+    let again = s.qflow(&["apply", "--remote-cache", &url]).success();
+    assert_eq!(again.cached().len(), 2, "{}", again.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn a_server_that_demands_credentials_refuses_a_clear_error_and_works_with_a_token() {
+    let token = "s3cr3t-t0ken-for-ci";
+    let server = Server::start(&[
+        ("QFLOW_REMOTE_CACHE_SRV_AUTH", "bearer"),
+        ("QFLOW_REMOTE_CACHE_SRV_TOKEN", token),
+    ]);
+    let a = machine();
+    let refused = pull(&a, &server).failure(2);
+    assert!(
+        refused.stderr_contains("HTTP 401") && refused.stderr_contains("credentials"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.ran().is_empty());
+    let out = std::fs::read_dir(a.join("out")).map_or(0, |d| d.count());
+    assert_eq!(out, 0, "nothing ran");
+
+    let mut cmd = a.command(&[
+        "apply",
+        "--remote-cache",
+        &server.read_url(),
+        "--remote-cache-write",
+        &server.write_url(),
+        "--remote-cache-upload",
+    ]);
+    cmd.env("QFLOW_REMOTE_CACHE_TOKEN", token);
+    let pushed = common::Run::from(cmd.output().unwrap()).success();
+    assert!(
+        pushed.stderr_contains("uploaded 5 results"),
+        "{}",
+        pushed.stderr
+    );
+
+    let b = machine();
+    let mut cmd = b.command(&["apply", "--remote-cache", &server.read_url()]);
+    cmd.env("QFLOW_REMOTE_CACHE_TOKEN", token);
+    let pulled = common::Run::from(cmd.output().unwrap()).success();
+    assert_eq!(remote_hits(&pulled), STEPS, "{}", pulled.stderr);
+    for run in [&refused, &pushed, &pulled] {
+        assert!(!run.stderr.contains(token) && !run.stdout.contains(token));
+    }
+    for dir in [a.join(".qflow"), b.join(".qflow")] {
+        for f in files_below(&dir) {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(token),
+                "{}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn pull_and_false_steps_and_what_depends_on_them_are_never_uploaded_and_gc_leaves_the_server_alone()
+{
+    let server = Server::start(&[]);
+    let a = machine();
+    a.workflow(
+        &WORKFLOW
+            .replace(
+                "  gen:\n    kind: command\n",
+                "  gen:\n    kind: command\n    remote_cache: pull\n",
+            )
+            .replace(
+                "  data:\n    kind: disk\n",
+                "  data:\n    kind: disk\n    remote_cache: false\n",
+            ),
+    );
+    let pushed = upload(&a, &server);
+    assert!(
+        pushed.stderr_contains("uploaded 2 results"),
+        "{}",
+        pushed.stderr
+    );
+    let b = machine();
+    let run = pull(&b, &server).success();
+    assert_eq!(remote_hits(&run), ["base", "work"], "{}", run.stderr);
+    assert_eq!(run.ran_sorted(), ["data", "gen", "use"]);
+
+    let stored = server.files();
+    let requests = server.requests();
+    let mut gc = a.command(&["gc", "--keep-runs", "0"]);
+    gc.env("QFLOW_REMOTE_CACHE", server.read_url())
+        .env("QFLOW_REMOTE_CACHE_UPLOAD", "1");
+    common::Run::from(gc.output().unwrap()).success();
+    assert_eq!(server.files(), stored);
+    assert_eq!(server.requests(), requests);
+}
+
+#[test]
+fn a_bad_remote_cache_field_or_an_upload_without_a_url_is_refused_before_anything_runs() {
+    let s = Space::new();
+    s.workflow(
+        "version: 1\nsteps:\n  one:\n    kind: command\n    run: [\"true\"]\n    outputs: []\n    remote_cache: sometimes\n",
+    );
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(
+        run.stderr_contains("workflow.yaml:7")
+            && run.stderr_contains("`remote_cache` is true, false or pull"),
+        "{}",
+        run.stderr
+    );
+    s.workflow(
+        "version: 1\nsteps:\n  one:\n    kind: command\n    run: [\"true\"]\n    outputs: []\n",
+    );
+    let run = s.qflow(&["apply", "--remote-cache-upload"]).failure(2);
+    assert!(run.stderr_contains("--remote-cache URL"), "{}", run.stderr);
+    assert!(run.ran().is_empty());
+}
