@@ -334,6 +334,10 @@ pub enum Command {
         /// Keep the rebuild's cache and outputs for inspection.
         #[arg(long)]
         keep: bool,
+        /// Make two clean builds and compare them, instead of a rebuild with the
+        /// lock: no earlier `qflow apply` needed.
+        #[arg(long)]
+        twice: bool,
         /// The cache of the original run, to name the first differing file of a
         /// differing image (default: as for `apply`).
         #[arg(long, env = "QFLOW_CACHE", hide_env_values = true)]

@@ -426,20 +426,23 @@ fn interrupting_a_customization_leaves_no_secret_no_output_and_no_appliance() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // Customizing in place hands virt-customize a password file; a rebuilt image gets
+    // root's hash afterwards, so its virt-customize sees no password at all.
     let secret = argv
         .split(' ')
         .find_map(|a| a.strip_prefix("file:"))
-        .expect("--root-password file:PATH")
-        .to_string();
+        .map(str::to_string);
     let overlay = argv
         .split(' ')
-        .find(|a| a.ends_with("/image.qcow2"))
+        .find(|a| a.ends_with(".qcow2"))
         .expect("-a IMAGE")
         .to_string();
-    assert!(
-        Path::new(&secret).exists(),
-        "the password file {secret} is not there while virt-customize runs"
-    );
+    if let Some(secret) = &secret {
+        assert!(
+            Path::new(secret).exists(),
+            "the password file {secret} is not there while virt-customize runs"
+        );
+    }
     // Let the appliance start, then press Ctrl-C.
     let appliance_deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !processes_with(&overlay)
@@ -457,13 +460,15 @@ fn interrupting_a_customization_leaves_no_secret_no_output_and_no_appliance() {
     let status = qflow.0.wait().unwrap();
     assert!(!status.success(), "qflow succeeded after Ctrl-C");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert!(
-        !Path::new(&secret).exists(),
-        "the password file {secret} survived the interrupt"
-    );
+    if let Some(secret) = &secret {
+        assert!(
+            !Path::new(secret).exists(),
+            "the password file {secret} survived the interrupt"
+        );
+    }
     let left: Vec<_> = processes_with(&overlay)
         .into_iter()
-        .chain(processes_with(&secret))
+        .chain(secret.iter().flat_map(|s| processes_with(s)))
         .collect();
     assert!(left.is_empty(), "processes outlived qflow: {left:?}");
     assert!(

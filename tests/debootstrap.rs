@@ -69,9 +69,27 @@ fn a_base_image_is_one_ext4_partition_at_1mib_configured_for_qemu() {
         disk.cat("/usr/bin/less").is_some(),
         "an `include` package is missing"
     );
-    // The file system's own timestamps are fixed (E2FSPROGS_FAKE_TIME).
-    assert!(
-        superblock.contains("Filesystem created:       Mon Jan  1 00:00:00 2024"),
+    // The file system's own timestamps are SOURCE_DATE_EPOCH, recorded in the lock.
+    let lock: serde_json::Value = serde_json::from_str(&s.read("qflow.lock")).unwrap();
+    let epoch: i64 = lock["steps"]["base"]["notes"]["source_date_epoch"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let created = superblock
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem created:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // dumpe2fs prints local time; `date` reads it in the same zone.
+    let date = std::process::Command::new("date")
+        .args(["-d", &created, "+%s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&date.stdout).trim(),
+        epoch.to_string(),
         "{superblock}"
     );
 

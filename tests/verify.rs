@@ -199,6 +199,68 @@ fn verify_without_a_lock_says_to_apply_first() {
 }
 
 #[test]
+fn a_memory_snapshot_that_differs_is_machine_state_judged_by_what_restores_it() {
+    // `snap` stands for a checkpoint: its bytes differ on every build, but the run
+    // restored from it (`restored`) computes the same result each time.
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  snap:
+    kind: command
+    run: [sh, -c, 'date +%s%N > "$QFLOW_OUT/memory.snapshot"']
+    outputs: [memory.snapshot]
+  restored:
+    kind: command
+    run: [sh, -c, 'test -s ${{ steps.snap }}/memory.snapshot && echo 42 > "$QFLOW_OUT/result.txt"']
+    outputs: [result.txt]
+"#,
+    );
+    s.apply();
+    let run = verify(&s);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(verdict(&run, "restored/result.txt"), "identical");
+    let (images, state) = run.stdout.split_once("machine state").unwrap();
+    assert!(!images.contains("snap/memory.snapshot"), "{}", run.stdout);
+    assert!(
+        state.contains("differs, expected; what uses it (`restored`) rebuilt identical"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("1 machine state outputs and 0 logs differ"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn verify_twice_compares_two_clean_builds_without_an_earlier_apply() {
+    let s = Space::new();
+    s.workflow(DETERMINISTIC);
+    with_workload(&s);
+    let tmp = s.join("tmpdir");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = s
+        .command(&["verify", "--twice"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let run = Run::from(out).success();
+    assert!(
+        run.stdout.contains("compared with the first clean build"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(verdict(&run, "hello/hello.txt"), "identical");
+    assert_eq!(verdict(&run, "data/image.qcow2"), "identical");
+    assert!(!s.join("qflow.lock").exists(), "no lock is written");
+    assert!(listing(&tmp).is_empty(), "both builds removed");
+}
+
+#[test]
 fn verify_of_one_step_rebuilds_only_it_and_what_it_depends_on() {
     let s = Space::new();
     s.workflow(&format!(

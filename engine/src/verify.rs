@@ -6,6 +6,18 @@
 //! own `out/`, applies every step (`keep_going`, so one failure does not hide the
 //! rest), and compares each step's output hashes with the workflow's lock.
 //!
+//! Machine state ([`OutputRole::MachineState`]: a disk the guest wrote, a memory
+//! snapshot, the console log of a run whose timing is the host's) cannot come out
+//! identical, so it is not judged by its bytes: verify lists it in its own section
+//! and checks what matters in it instead, that the steps which use it (the runs
+//! restored from a checkpoint) rebuilt identical outputs ([`Rebuild::machine_state`]).
+//! Verify passes when every image, result and artifact is identical; a log that
+//! differs (a console's boot messages follow when qflow's typed input reached the
+//! guest, even under `icount`) is shown, not judged.
+//!
+//! `--twice` ([`VerifyOptions::twice`]) needs no earlier apply: it makes two clean
+//! builds and compares the second with the first.
+//!
 //! A [`Rebuild`] is the comparison, with both files of every differing output at
 //! hand while it lives: the caller explains a differing output by its
 //! [`OutputRole`] (a disk image file by file, which needs the image kinds' tools;
@@ -48,6 +60,8 @@ pub struct VerifyOptions {
     pub keep: bool,
     /// The cache the lock was made with, where recorded images may still be.
     pub original_cache: PathBuf,
+    /// Compare two clean builds with each other instead of a rebuild with the lock.
+    pub twice: bool,
 }
 
 /// How one output compares.
@@ -162,11 +176,39 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
+impl Row {
+    /// Machine state, which is not expected to rebuild bit for bit.
+    pub fn is_machine_state(&self) -> bool {
+        self.role == OutputRole::MachineState
+    }
+
+    /// Whether this row fails the verification: anything not identical, except
+    /// machine state and logs rebuilt with other bytes (verify vouches for images,
+    /// results and artifacts; a log is shown, not judged).
+    pub fn fails(&self) -> bool {
+        match self.verdict {
+            Verdict::Identical | Verdict::WithinTolerance => false,
+            Verdict::Different => !self.is_machine_state() && self.role != OutputRole::Log,
+            Verdict::NotRebuilt | Verdict::NotInLock => true,
+        }
+    }
+
+    /// The result column of the main table.
+    pub fn result(&self) -> &'static str {
+        match (self.verdict, self.role) {
+            (Verdict::Different, OutputRole::Log) => "differs (a log: shown, not judged)",
+            (v, _) => v.word(),
+        }
+    }
+}
+
 /// A finished rebuild and its comparison with the lock. Dropping it removes the
 /// rebuild's directory (unless kept).
 pub struct Rebuild {
-    /// The user's lock the rebuild was compared with.
+    /// The user's lock the rebuild was compared with (with `twice`, the first build's).
     pub recorded_path: PathBuf,
+    /// What the rebuild was compared with, for the report.
+    pub compared_with: String,
     /// Every output compared, by step.
     pub rows: Vec<Row>,
     /// Every metric value compared, by step.
@@ -176,7 +218,11 @@ pub struct Rebuild {
     rebuilt: LockFile,
     rebuilt_cache: qflow_cache::Cache,
     original_cache: PathBuf,
+    /// Each step's name → the steps that use its outputs.
+    downstream: std::collections::BTreeMap<String, Vec<String>>,
     scratch: Scratch,
+    /// With `twice`, the first build (its cache is the "recorded" one).
+    _first: Option<Scratch>,
 }
 
 /// Rebuild `wf` in a temporary cache and compare with its lock; `None` when the
@@ -188,16 +234,6 @@ pub fn rebuild(
 ) -> anyhow::Result<Option<Rebuild>> {
     select_steps(&mut wf, &options.steps)?;
     let wf = &wf;
-    let recorded_path = lock_path(wf);
-    let recorded = LockFile::read(&recorded_path);
-    if recorded.steps.is_empty() {
-        return Err(Refusal(format!(
-            "no lock file with results at `{}`; run `qflow apply {}` first: verify compares a rebuild with it",
-            recorded_path.display(),
-            wf.path.display()
-        ))
-        .into());
-    }
     let jobs = options.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -206,17 +242,90 @@ pub fn rebuild(
     if jobs == 0 {
         return Err(Refusal("--jobs must be at least 1".into()).into());
     }
-    let scratch = Scratch::new(
-        &options.work_dir.clone().unwrap_or_else(std::env::temp_dir),
-        options.keep,
-    )?;
+    let parent = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (recorded_path, compared_with, original_cache, first) = if options.twice {
+        let scratch = Scratch::new(&parent, options.keep)?;
+        eprintln!(
+            "qflow: verify: first clean build in {}",
+            scratch.path.display()
+        );
+        if build(wf, registry, &scratch, jobs)?.is_none() {
+            return Ok(None);
+        }
+        let lock = scratch.path.join(REBUILT_LOCK);
+        let cache = scratch.path.join("cache");
+        (
+            lock,
+            "the first clean build".to_string(),
+            cache,
+            Some(scratch),
+        )
+    } else {
+        let path = lock_path(wf);
+        let shown = path.display().to_string();
+        (path, shown, options.original_cache.clone(), None)
+    };
+    let recorded = LockFile::read(&recorded_path);
+    if recorded.steps.is_empty() {
+        return Err(Refusal(format!(
+            "no lock file with results at `{}`; run `qflow apply {}` first (verify compares a rebuild with it), \
+             or pass `--twice` to compare two clean builds",
+            recorded_path.display(),
+            wf.path.display()
+        ))
+        .into());
+    }
+    let scratch = Scratch::new(&parent, options.keep)?;
     eprintln!(
         "qflow: verify: rebuilding every step from scratch in {}",
         scratch.path.display()
     );
+    let Some(rebuilt_cache) = build(wf, registry, &scratch, jobs)? else {
+        return Ok(None);
+    };
+    let rebuilt = LockFile::read(&scratch.path.join(REBUILT_LOCK));
+    let metrics = compare_metrics(wf, &recorded, &rebuilt);
+    let mut rows = compare(wf, &recorded, &rebuilt);
+    accept_metrics_within_tolerance(&mut rows, &metrics);
+    let mut downstream: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in &wf.steps {
+        for u in s.upstream_names() {
+            downstream
+                .entry(u.to_string())
+                .or_default()
+                .push(s.name.clone());
+        }
+    }
+    Ok(Some(Rebuild {
+        recorded_path,
+        compared_with,
+        rows,
+        metrics,
+        steps: wf.steps.iter().map(|s| s.name.clone()).collect(),
+        recorded,
+        rebuilt,
+        rebuilt_cache,
+        original_cache,
+        downstream,
+        scratch,
+        _first: first,
+    }))
+}
+
+/// The lock of a build in a scratch directory.
+const REBUILT_LOCK: &str = "rebuilt.lock";
+
+/// Apply every step of `wf` on a fresh cache in `scratch`, with its own empty lock
+/// and `out/`; the cache, or `None` when interrupted.
+fn build(
+    wf: &Workflow,
+    registry: &Registry,
+    scratch: &Scratch,
+    jobs: usize,
+) -> anyhow::Result<Option<qflow_cache::Cache>> {
     let mut session = Session::open(wf, registry, &scratch.path.join("cache"))?;
-    // Never read or write the user's lock: the rebuild has its own, empty one.
-    session.lock_path = scratch.path.join("rebuilt.lock");
+    // Never read or write the user's lock: the build has its own, empty one.
+    session.lock_path = scratch.path.join(REBUILT_LOCK);
     session.set_lock(LockFile::default());
     let apply_options = ApplyOptions {
         jobs,
@@ -231,21 +340,7 @@ pub fn rebuild(
     if report.interrupted {
         return Ok(None);
     }
-    let rebuilt = LockFile::read(&session.lock_path);
-    let metrics = compare_metrics(wf, &recorded, &rebuilt);
-    let mut rows = compare(wf, &recorded, &rebuilt);
-    accept_metrics_within_tolerance(&mut rows, &metrics);
-    Ok(Some(Rebuild {
-        recorded_path,
-        rows,
-        metrics,
-        steps: wf.steps.iter().map(|s| s.name.clone()).collect(),
-        recorded,
-        rebuilt,
-        rebuilt_cache: session.cache.clone(),
-        original_cache: options.original_cache.clone(),
-        scratch,
-    }))
+    Ok(Some(session.cache.clone()))
 }
 
 impl Rebuild {
@@ -317,9 +412,38 @@ impl Rebuild {
             .collect()
     }
 
-    /// How many outputs do not agree with the lock.
+    /// How many outputs fail the verification ([`Row::fails`]).
     pub fn differing(&self) -> usize {
-        self.rows.iter().filter(|r| !r.verdict.agrees()).count()
+        self.rows.iter().filter(|r| r.fails()).count()
+    }
+
+    /// What verify says of a machine state row, having checked what matters in it:
+    /// whether the steps that use it rebuilt identical outputs.
+    pub fn machine_state(&self, row: &Row) -> String {
+        let first = match row.verdict {
+            Verdict::Identical => "identical",
+            Verdict::Different => "differs, expected",
+            v => v.word(),
+        };
+        let users = self.downstream.get(&row.step).cloned().unwrap_or_default();
+        if users.is_empty() {
+            return first.to_string();
+        }
+        let theirs: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| users.contains(&r.step) && !r.is_machine_state())
+            .collect();
+        let names = users
+            .iter()
+            .map(|u| format!("`{u}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if theirs.iter().all(|r| r.verdict == Verdict::Identical) {
+            format!("{first}; what uses it ({names}) rebuilt identical")
+        } else {
+            format!("{first}; what uses it ({names}) did NOT rebuild identical")
+        }
     }
 
     /// How many metric values do not agree with the lock's.
@@ -530,6 +654,30 @@ fn key_differences(a: &LockedStep, b: &LockedStep) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differing_machine_state_and_logs_do_not_fail_but_images_and_results_do() {
+        let row = |role, verdict| Row {
+            step: "s".into(),
+            output: "o".into(),
+            role,
+            recorded: Some("a".into()),
+            rebuilt: Some("b".into()),
+            verdict,
+        };
+        use OutputRole::*;
+        for role in [Image, Result, Artifact] {
+            assert!(row(role, Verdict::Different).fails(), "{role:?}");
+        }
+        for role in [MachineState, Log] {
+            assert!(!row(role, Verdict::Different).fails(), "{role:?}");
+            assert!(row(role, Verdict::NotRebuilt).fails(), "{role:?}");
+        }
+        assert_eq!(
+            row(Log, Verdict::Different).result(),
+            "differs (a log: shown, not judged)"
+        );
+    }
 
     #[test]
     fn the_first_differing_line_of_two_tables_is_shown_old_to_new() {

@@ -110,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             work_dir,
             steps,
             keep,
+            twice,
             cache,
         } => verify::run(
             &registry,
@@ -127,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 work_dir,
                 steps,
                 keep,
+                twice,
             },
         ),
         Command::Results {

@@ -3,10 +3,11 @@
 //!
 //! A differing output is explained by its role: a disk image by its first
 //! differing file ([`qflow_steps::image_diff`]), anything else by its first
-//! differing line when it is small text. Metrics are printed as numbers: the
+//! differing line when it is small text. Machine state has its own section, with
+//! what was checked instead of its bytes. Metrics are printed as numbers: the
 //! lock's value, the rebuild's and their ratio.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use qflow_engine::session::cache_dir;
 use qflow_engine::verify::{MetricRow, Row, Verdict, VerifyOptions, first_differing_line, rebuild};
@@ -20,6 +21,7 @@ pub struct Options {
     pub work_dir: Option<PathBuf>,
     pub steps: Vec<String>,
     pub keep: bool,
+    pub twice: bool,
 }
 
 /// 0 all identical, 1 something differs or was not rebuilt, 130 interrupted.
@@ -31,18 +33,30 @@ pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Res
         steps: options.steps,
         keep: options.keep,
         original_cache: cache_dir(&wf, args.cache.as_deref()),
+        twice: options.twice,
     };
     let Some(rebuild) = rebuild(wf, registry, &options)? else {
         return Ok(130);
     };
-    print_table(&rebuild.recorded_path, &rebuild.rows);
-    print_metrics(&rebuild.metrics);
-    // Where the bytes differ, say what differs when it can be told.
-    for row in rebuild
+    let (state, built): (Vec<&Row>, Vec<&Row>) =
+        rebuild.rows.iter().partition(|r| r.is_machine_state());
+    println!("compared with {}", rebuild.compared_with);
+    let width = rebuild
         .rows
         .iter()
-        .filter(|r| r.verdict == Verdict::Different)
-    {
+        .map(|r| r.step.len() + 1 + r.output.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    print_table(&built, width, |r| r.result().to_string());
+    if !state.is_empty() {
+        println!();
+        println!("machine state (a guest's disks and memory, a console without icount):");
+        print_table(&state, width, |r| rebuild.machine_state(r));
+    }
+    print_metrics(&rebuild.metrics);
+    // Where the bytes differ, say what differs when it can be told.
+    for row in built.iter().filter(|r| r.verdict == Verdict::Different) {
         let original = rebuild.recorded_file(row);
         let rebuilt = rebuild.rebuilt_file(row);
         let what = if let Some(tampered) = rebuild.lock_mismatch(row) {
@@ -82,20 +96,35 @@ pub fn run(registry: &Registry, args: &Located, options: Options) -> anyhow::Res
     }
     let differing = rebuild.differing();
     let total = rebuild.rows.len();
-    let lock = rebuild.recorded_path.display();
+    let lock = &rebuild.compared_with;
+    let expected = state
+        .iter()
+        .filter(|r| r.verdict == Verdict::Different)
+        .count();
+    let logs = built
+        .iter()
+        .filter(|r| r.verdict == Verdict::Different && r.role == OutputRole::Log)
+        .count();
+    let identical = total - differing - expected - logs;
     let metrics_off = rebuild.metrics_off();
     let metrics = match rebuild.metrics.len() {
         0 => String::new(),
         n if metrics_off == 0 => format!("; all {n} metric values within tolerance"),
         n => format!("; {metrics_off} of {n} metric values outside tolerance"),
     };
-    if differing == 0 && metrics_off == 0 {
+    if differing == 0 && metrics_off == 0 && expected == 0 && logs == 0 {
         let agree = if rebuild.rows.iter().all(|r| r.verdict == Verdict::Identical) {
             "identical to"
         } else {
             "agree with"
         };
         println!("qflow verify: all {total} outputs {agree} {lock}{metrics}");
+        Ok(0)
+    } else if differing == 0 && metrics_off == 0 {
+        println!(
+            "qflow verify: every image, result and artifact agrees with {lock} ({identical} outputs); \
+             {expected} machine state outputs and {logs} logs differ{metrics}"
+        );
         Ok(0)
     } else {
         println!("qflow verify: {differing} of {total} outputs differ from {lock}{metrics}");
@@ -135,27 +164,22 @@ fn print_metrics(rows: &[MetricRow]) {
     }
 }
 
-fn print_table(lock: &Path, rows: &[Row]) {
+fn print_table(rows: &[&Row], width: usize, result: impl Fn(&Row) -> String) {
     let short = |h: &Option<String>| match h {
         Some(h) => h.chars().take(16).collect::<String>(),
         None => "-".to_string(),
     };
-    let names: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{}/{}", r.step, r.output))
-        .collect();
-    let width = names.iter().map(|n| n.len()).max().unwrap_or(6).max(6);
-    println!("compared with {}", lock.display());
     println!(
         "{:<width$}  {:<16}  {:<16}  result",
         "output", "recorded", "rebuilt"
     );
-    for (r, name) in rows.iter().zip(&names) {
+    for r in rows {
+        let name = format!("{}/{}", r.step, r.output);
         println!(
             "{name:<width$}  {:<16}  {:<16}  {}",
             short(&r.recorded),
             short(&r.rebuilt),
-            r.verdict.word()
+            result(r)
         );
     }
 }

@@ -287,10 +287,16 @@ impl Boot {
 
     /// The outputs of one run with their roles: the console and QEMU logs and the
     /// commands' record, what `collect:` copied out (the run's results), the kept
-    /// disk overlays and a checkpoint's memory and record (machine state).
+    /// disk overlays and a checkpoint's memory and record (machine state). The
+    /// console is machine state too unless the step sets `icount`: without it the
+    /// guest's timing is the host's, and so are the times the console prints.
     fn run_output_roles(&self) -> Vec<(String, OutputRole)> {
+        let console = match self.icount {
+            Some(_) => OutputRole::Log,
+            None => OutputRole::MachineState,
+        };
         let mut out = vec![
-            (CONSOLE_LOG.to_string(), OutputRole::Log),
+            (CONSOLE_LOG.to_string(), console),
             (COMMANDS_JSON.to_string(), OutputRole::Log),
             (QEMU_LOG.to_string(), OutputRole::Log),
         ];
@@ -301,9 +307,10 @@ impl Boot {
         );
         if self.writes_kept() {
             out.extend(
+                // A disk the guest wrote: its bytes depend on the guest's timing.
                 self.overlay_names()
                     .into_iter()
-                    .map(|o| (o, OutputRole::Image)),
+                    .map(|o| (o, OutputRole::MachineState)),
             );
         }
         if self.checkpoint {

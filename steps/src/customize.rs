@@ -1,19 +1,24 @@
 //! The `customize` kind: the hand customization of a system image
 //! (root password, packages, no unattended upgrades, files, guest commands) as a step.
 //!
-//! It never touches the upstream image: it creates a qcow2 overlay whose backing
+//! It never touches the upstream image: its output is a qcow2 overlay whose backing
 //! file is the upstream image by a *relative* path (`../<upstream tree>/image.qcow2`,
 //! valid both in the engine's temporary output dir and in the final tree, and after
-//! the cache moves), then runs `virt-customize` (libguestfs) on the overlay.
+//! the cache moves). When the upstream disk is one ext4 partition (what `debootstrap`
+//! builds) and qflow runs as root, virt-customize works on a scratch overlay and the
+//! output is rebuilt from the customized tree, so two builds give the same bytes
+//! ([`rebuild`]; root's password hashed with a derived salt, [`root_password`]);
+//! otherwise virt-customize works on the output overlay itself, and the log says why.
 //!
 //! Operations run in this order, whatever the order of the fields: `install`,
 //! `uninstall`, `purge_unattended_upgrades`, `copy_in`, `write`, `commands` (so files
 //! written by the user override package defaults, and the user's own commands see
 //! everything else done); virt-customize sets the root password last.
 //!
-//! Secrets: the root password reaches virt-customize as `--root-password file:PATH`
-//! of a 0600 file in `/dev/shm` removed afterwards ([`crate::secret`]); the key holds
-//! its blake3. `write` contents are uploaded from files, never put in argv.
+//! Secrets: a rebuilt image gets root's hash from the host's crypt(3), the password
+//! on perl's stdin; in place, the password reaches virt-customize as
+//! `--root-password file:PATH` of a 0600 file in `/dev/shm` removed afterwards
+//! ([`crate::secret`]). The key holds its blake3. `write` contents are uploaded from files, never put in argv.
 //!
 //! libguestfs runs with `LIBGUESTFS_BACKEND=direct` and, unless the environment says
 //! otherwise, `LIBGUESTFS_BACKEND_SETTINGS=force_tcg`: on hosts where KVM exists but
@@ -32,7 +37,12 @@ use serde::Deserialize;
 use crate::image_file::{QCOW2_IMAGE, upstream_image};
 use crate::package_name::check_packages;
 use crate::qemu_img;
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretValue};
+
+mod rebuild;
+mod root_password;
+
+use root_password::RootPassword;
 
 /// Customize an upstream step's system image with virt-customize; the result is a new
 /// qcow2 image backed by the upstream one, which stays unchanged.
@@ -88,15 +98,15 @@ pub struct WriteFile {
 
 impl StepFields for Customize {
     const KIND: &'static str = "customize";
-    const SCHEMA_VERSION: u32 = 1;
+    // 2: bit-identical images (rebuilt from the customized, normalized tree).
+    const SCHEMA_VERSION: u32 = 2;
 
-    /// `virt-customize`, and `supermin`, which libguestfs runs to build its appliance.
+    /// `virt-customize`, and `supermin`, which libguestfs runs to build its appliance;
+    /// `guestfish`, `sfdisk` and e2fsprogs rebuild the image from its tree.
     fn kind_tools() -> Vec<Tool> {
-        vec![
-            virt_customize(),
-            qemu_img::tool(),
-            Tool::new("supermin", &["--version"], "supermin"),
-        ]
+        let mut tools = tools();
+        tools.push(Tool::new("supermin", &["--version"], "supermin"));
+        tools
     }
 
     fn kind_needs() -> Vec<HostNeed> {
@@ -104,8 +114,15 @@ impl StepFields for Customize {
     }
 }
 
-fn virt_customize() -> Tool {
-    Tool::new("virt-customize", &["--version"], "libguestfs-tools")
+/// The programs every customize step may run.
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool::new("virt-customize", &["--version"], "libguestfs-tools"),
+        Tool::new("guestfish", &["--version"], "libguestfs-tools"),
+        Tool::new("mke2fs", &["-V"], "e2fsprogs"),
+        Tool::new("sfdisk", &["--version"], "fdisk"),
+        qemu_img::tool(),
+    ]
 }
 
 /// What `purge_unattended_upgrades` writes: the recipe's switches, in both files it names.
@@ -153,6 +170,13 @@ impl Customize {
             }
             _ => {}
         }
+        args.extend(self.file_operations(upload_dir));
+        args
+    }
+
+    /// The operations other than the root password, in the order they run.
+    fn file_operations(&self, upload_dir: &Path) -> Vec<String> {
+        let mut args: Vec<String> = Vec::new();
         if !self.install.is_empty() {
             args.extend(["--install".into(), self.install.join(",")]);
         }
@@ -261,7 +285,7 @@ impl Step for Customize {
     }
 
     fn tools(&self) -> Vec<Tool> {
-        vec![virt_customize(), qemu_img::tool()]
+        tools()
     }
 
     fn requirements(&self, _ctx: &CheckContext) -> Vec<Requirement> {
@@ -372,35 +396,145 @@ impl Step for Customize {
             )
             .join(" "),
             quote(&vc),
+            "when the upstream disk is one ext4 partition and qflow runs as root: the above on a \
+             scratch overlay, then guestfish tar-out, mke2fs -d over a copy of the upstream disk, \
+             qemu-img rebase onto the upstream image"
+                .to_string(),
         ]
     }
 
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         let upstream = upstream_image(ctx, &self.image)?;
+        let format = qemu_img::info(ctx, &upstream)?.format.name().to_string();
+        let out = ctx.out_dir().join(QCOW2_IMAGE);
+        let backing = PathBuf::from(qemu_img::backing_reference(ctx.out_dir(), &upstream)?);
+
+        ctx.progress("reading the upstream disk's layout");
+        let scratch = rebuild::Scratch::new(ctx.state_dir())?;
+        match rebuild::probe(ctx, &upstream, &scratch.raw()) {
+            Ok(layout) => {
+                let rebuilt = Rebuilt {
+                    upstream: &upstream,
+                    format: &format,
+                    out: &out,
+                    backing: &backing,
+                    scratch: &scratch,
+                    layout: &layout,
+                };
+                self.run_rebuilt(ctx, &rebuilt)
+            }
+            Err(why) => {
+                drop(scratch);
+                ctx.log(&format!(
+                    "customizing in place (the image will not be bit-identical between builds): {why:#}"
+                ));
+                self.run_in_place(ctx, &upstream)
+            }
+        }
+    }
+}
+
+/// What a rebuilt customization works with.
+struct Rebuilt<'a> {
+    upstream: &'a Path,
+    format: &'a str,
+    out: &'a Path,
+    backing: &'a Path,
+    scratch: &'a rebuild::Scratch,
+    layout: &'a rebuild::Layout,
+}
+
+impl Customize {
+    /// Customize a scratch overlay, then rebuild the output from its tree
+    /// ([`rebuild`]): the same fields and upstream image give the same bytes.
+    fn run_rebuilt(&self, ctx: &mut RunContext, r: &Rebuilt) -> anyhow::Result<()> {
+        ctx.progress("creating the scratch overlay");
+        let work = r.scratch.overlay();
+        let mut create = ctx.command("qemu-img");
+        create
+            .args(["create", "-q", "-f", "qcow2", "-b"])
+            .arg(r.upstream)
+            .args(["-F", r.format])
+            .arg(&work);
+        ctx.run(create)?;
+        let ops = self.file_operations(&r.scratch.dir.join("upload"));
+        if !ops.is_empty() {
+            self.virt_customize(ctx, &work, &r.scratch.dir.join("upload"), None, false)?;
+        }
+        ctx.progress("exporting the customized tree");
+        rebuild::export_tree(ctx, &work, r.scratch, &set_libguestfs_env)
+            .map_err(explain_libguestfs_failure)?;
+        let _ = std::fs::remove_file(&work);
+
+        let tree = r.scratch.tree();
+        match &self.root_password {
+            None => {}
+            Some(Secret::Locked) => root_password::set(&tree, RootPassword::Locked)?,
+            Some(secret) => {
+                let value = self.password_value(ctx, secret)?;
+                // The upstream image's tree is named by its content hash.
+                let upstream_id = std::fs::canonicalize(r.upstream)
+                    .ok()
+                    .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                root_password::set(
+                    &tree,
+                    RootPassword::Set {
+                        password: &value,
+                        salt_material: &upstream_id,
+                    },
+                )?;
+            }
+        }
+        ctx.progress("writing the file system");
+        rebuild::write_back(ctx, r.scratch, r.layout)?;
+        ctx.note("source_date_epoch", &r.layout.created.to_string());
+        ctx.progress("writing the overlay");
+        rebuild::overlay_onto_upstream(ctx, &r.scratch.raw(), r.out, r.backing, r.format)
+    }
+
+    /// The old way: virt-customize on the output overlay itself.
+    fn run_in_place(&self, ctx: &mut RunContext, upstream: &Path) -> anyhow::Result<()> {
         ctx.progress("creating the overlay");
         let out_dir = ctx.out_dir().to_path_buf();
-        let out = qemu_img::create_overlay(ctx, &out_dir, QCOW2_IMAGE, &upstream)?;
+        let out = qemu_img::create_overlay(ctx, &out_dir, QCOW2_IMAGE, upstream)?;
+        let upload_dir = ctx.state_dir().join("upload");
+        self.virt_customize(ctx, &out, &upload_dir, self.root_password.as_ref(), true)
+    }
 
+    /// The root password's value (a `random` one is kept in the state directory).
+    fn password_value(&self, ctx: &RunContext, secret: &Secret) -> anyhow::Result<SecretValue> {
+        let store = Self::random_password_store(ctx.state_dir());
+        let value = secret
+            .value(ctx.work_dir(), &store)?
+            .context("the root password has no value")?;
+        if matches!(secret, Secret::Random) {
+            ctx.log(&format!(
+                "the random root password is kept in {}",
+                store.display()
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Run virt-customize on `image`: the file operations, and root's password when
+    /// `password` is given (`with_password`).
+    fn virt_customize(
+        &self,
+        ctx: &mut RunContext,
+        image: &Path,
+        upload_dir: &Path,
+        password: Option<&Secret>,
+        with_password: bool,
+    ) -> anyhow::Result<()> {
         // The secret file and the upload files live only as long as this run.
-        let password = match &self.root_password {
+        let password_file = match password.filter(|_| with_password) {
             Some(Secret::Locked) | None => None,
-            Some(secret) => {
-                let store = Self::random_password_store(ctx.state_dir());
-                let value = secret
-                    .value(ctx.work_dir(), &store)?
-                    .context("the root password has no value")?;
-                if matches!(secret, Secret::Random) {
-                    ctx.log(&format!(
-                        "the random root password is kept in {}",
-                        store.display()
-                    ));
-                }
-                Some(value.to_temp_file()?)
-            }
+            Some(secret) => Some(self.password_value(ctx, secret)?.to_temp_file()?),
         };
         // virt-customize splits `--upload FILE:DEST` at the first colon: the files must live
         // at a path without one, which a cache directory does not promise.
-        let mut upload_dir = ctx.state_dir().join("upload");
+        let mut upload_dir = upload_dir.to_path_buf();
         if upload_dir.to_string_lossy().contains(':') {
             upload_dir = std::env::temp_dir().join(format!("qflow-upload-{}", std::process::id()));
         }
@@ -418,14 +552,18 @@ impl Step for Customize {
         if let Some(Secret::Env(name)) = &self.root_password {
             cmd.env_remove(name);
         }
-        cmd.args(["--format", "qcow2", "-a"]).arg(&out);
+        cmd.args(["--format", "qcow2", "-a"]).arg(image);
         if ctx.jobs() > 1 {
             cmd.args(["--smp", &ctx.jobs().to_string()]);
         }
-        cmd.args(self.operations(&upload_dir, password.as_ref().map(|f| f.path())));
+        if with_password {
+            cmd.args(self.operations(&upload_dir, password_file.as_ref().map(|f| f.path())));
+        } else {
+            cmd.args(self.file_operations(&upload_dir));
+        }
         let started = std::time::Instant::now();
         let result = ctx.run_lines(cmd, &mut progress_of);
-        drop(password);
+        drop(password_file);
         if let Err(e) = result {
             return Err(explain_libguestfs_failure(e));
         }

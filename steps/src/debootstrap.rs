@@ -9,12 +9,15 @@
 //! qcow2 output. So the recipe's `-hda image -append "root=/dev/sda1"` boots it (with a
 //! kernel that has ext4 and ATA built in, or with `kernel: true` and its initrd).
 //!
-//! Reproducibility: the partition table's disk id, the file system UUID and its
-//! directory hash seed are derived from the step's fields, and the file system's own
-//! timestamps come from `SOURCE_DATE_EPOCH` (default 2024-01-01) through
-//! `E2FSPROGS_FAKE_TIME`. The files inside are what debootstrap made: their timestamps
-//! and a few logs differ between runs, so two builds are equivalent, not bit-identical.
-//! The resolved package versions are recorded in the lock (`packages`).
+//! Reproducibility: two clean builds from the same mirror state give the same bytes.
+//! The partition table's disk id, the file system UUID and its directory hash seed are
+//! derived from the step's fields; `SOURCE_DATE_EPOCH` is the `Date:` of the suite's
+//! Release file (recorded in the lock as `source_date_epoch`, beside the resolved
+//! package versions, `packages`); the tree is normalized and written by
+//! [`crate::root_tree`] (per-run caches and logs removed, times clamped to the epoch,
+//! a layout that follows the sorted tree). Not covered: files a package makes from
+//! randomness at install time (an `openssh-server` host key) and, with `kernel: true`,
+//! the initrd, built before the epoch is known.
 //!
 //! debootstrap must run as root (chroot, device nodes); the step says so before
 //! anything runs.
@@ -32,6 +35,7 @@ use serde::Deserialize;
 use crate::image_file::QCOW2_IMAGE;
 use crate::package_name::check_packages;
 use crate::qemu_img::{self, Size};
+use crate::root_tree;
 
 /// Build a partitioned, bootable Debian system image from a package mirror.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -71,7 +75,8 @@ fn default_hostname() -> String {
 
 impl StepFields for Debootstrap {
     const KIND: &'static str = "debootstrap";
-    const SCHEMA_VERSION: u32 = 1;
+    // 2: bit-identical images (a normalized tree written in a fixed layout).
+    const SCHEMA_VERSION: u32 = 2;
 
     fn kind_tools() -> Vec<Tool> {
         tools()
@@ -97,7 +102,7 @@ const VARIANTS: [&str; 3] = ["minbase", "buildd", "fakechroot"];
 const KERNEL_PACKAGES: [&str; 2] = ["linux-image-amd64", "initramfs-tools"];
 /// Where partition 1 starts: 1 MiB, the usual alignment.
 const PARTITION_OFFSET: u64 = 1 << 20;
-/// The file system's timestamps when `SOURCE_DATE_EPOCH` is not set (2024-01-01T00:00:00Z).
+/// `SOURCE_DATE_EPOCH` when the suite's Release file has no date (2024-01-01T00:00:00Z).
 const DEFAULT_EPOCH: u64 = 1_704_067_200;
 
 impl Debootstrap {
@@ -312,9 +317,13 @@ impl Step for Debootstrap {
         let versions = package_versions(ctx, &tree)?;
         ctx.note("packages", &versions);
         ctx.note("mirror", &mirror);
+        let epoch = release_epoch(&tree, &self.suite).unwrap_or(DEFAULT_EPOCH);
+        ctx.note("source_date_epoch", &epoch.to_string());
         if self.kernel {
             export_kernel(&tree, ctx.out_dir())?;
         }
+        ctx.progress("normalizing the tree");
+        root_tree::normalize(&tree, epoch)?;
 
         // The partition holds the tree with room to spare, or mke2fs fails midway.
         let used = tree_bytes(&tree);
@@ -355,21 +364,15 @@ impl Step for Debootstrap {
         ctx.run(cmd)?;
 
         ctx.progress("writing the file system");
-        let epoch = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(DEFAULT_EPOCH);
-        let blocks = (disk_bytes - PARTITION_OFFSET) / 4096;
-        let mut cmd = ctx.command("mke2fs");
-        cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string());
-        cmd.args([
-            "-F", "-q", "-t", "ext4", "-b", "4096", "-L", "root", "-U", &uuid,
-        ]);
-        cmd.arg("-E").arg(format!(
-            "offset={PARTITION_OFFSET},hash_seed={uuid},root_owner=0:0"
-        ));
-        cmd.arg("-d").arg(&tree).arg(&raw).arg(blocks.to_string());
-        ctx.run(cmd)?;
+        let fs = root_tree::Ext4 {
+            offset: PARTITION_OFFSET,
+            blocks: (disk_bytes - PARTITION_OFFSET) / 4096,
+            uuid: uuid.clone(),
+            hash_seed: uuid.clone(),
+            label: "root".to_string(),
+            epoch,
+        };
+        root_tree::write_ext4(ctx, &tree, &raw, &fs)?;
 
         ctx.progress("converting to qcow2");
         let mut cmd = ctx.command("qemu-img");
@@ -589,10 +592,6 @@ fn configure_tree(tree: &Path, hostname: &str, uuid: &str) -> anyhow::Result<()>
     )?;
     // QEMU's default user network (slirp) answers DNS at 10.0.2.3; the host's resolver is not the guest's.
     write("etc/resolv.conf", "nameserver 10.0.2.3\n")?;
-    // An empty machine-id makes systemd create a fresh one on first boot: copies differ.
-    if tree.join("etc/machine-id").exists() {
-        write("etc/machine-id", "")?;
-    }
     // systemd starts a getty on the console= device by itself; enabling ttyS0 also gives
     // a login there when the kernel's console is elsewhere.
     let unit = "lib/systemd/system/serial-getty@.service";
@@ -606,6 +605,57 @@ fn configure_tree(tree: &Path, hostname: &str, uuid: &str) -> anyhow::Result<()>
             .with_context(|| format!("cannot create {}", link.display()))?;
     }
     Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH` of a tree: the `Date:` of the suite's Release file that
+/// debootstrap fetched (it changes when the suite does), as seconds since 1970.
+fn release_epoch(tree: &Path, suite: &str) -> Option<u64> {
+    let lists = tree.join("var/lib/apt/lists");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&lists)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            n.ends_with(&format!("_dists_{suite}_Release"))
+                || n.ends_with(&format!("_dists_{suite}_InRelease"))
+        })
+        .collect();
+    names.sort();
+    names.iter().find_map(|p| {
+        let text = std::fs::read_to_string(p).ok()?;
+        let date = text.lines().find_map(|l| l.strip_prefix("Date:"))?;
+        parse_release_date(date.trim())
+    })
+}
+
+/// `Sat, 15 Mar 2025 10:21:41 UTC` (a Release file's `Date:`) as seconds since 1970.
+pub(crate) fn parse_release_date(date: &str) -> Option<u64> {
+    let rest = date.split_once(", ").map_or(date, |(_, r)| r);
+    let mut w = rest.split_whitespace();
+    let day: i64 = w.next()?.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| Some(*m) == w.clone().next())? as i64
+        + 1;
+    w.next();
+    let year: i64 = w.next()?.parse().ok()?;
+    let mut hms = w.next()?.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if !matches!(w.next(), Some("UTC" | "GMT" | "+0000")) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
 }
 
 /// `name=version` of every installed package, one line each, from the tree's dpkg database.
@@ -755,6 +805,19 @@ mod tests {
         assert_ne!(u, b.uuid("http://m"));
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+    }
+
+    #[test]
+    fn a_release_date_reads_as_seconds_since_1970() {
+        assert_eq!(
+            parse_release_date("Sat, 15 Mar 2025 10:21:41 UTC"),
+            Some(1_742_034_101)
+        );
+        assert_eq!(
+            parse_release_date("Mon, 01 Jan 2024 00:00:00 UTC"),
+            Some(DEFAULT_EPOCH)
+        );
+        assert_eq!(parse_release_date("yesterday"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod package_name;
 pub mod qemu_img;
+pub mod root_tree;
 pub mod secret;
 
 use qflow_engine::{KindOf, Registry};
@@ -278,10 +279,16 @@ mod tests {
             "boot",
             "system: base\nsnapshot: false\ncheckpoint: true\ncollect: [/root/out.csv]",
         );
-        assert_eq!(boot.output_role("console.log"), Log);
+        assert_eq!(boot.output_role("console.log"), MachineState, "no icount");
         assert_eq!(boot.output_role("out.csv"), Result);
-        assert_eq!(boot.output_role("image.qcow2"), Image);
+        assert_eq!(
+            boot.output_role("image.qcow2"),
+            MachineState,
+            "the guest wrote it"
+        );
         assert_eq!(boot.output_role("memory.snapshot"), MachineState);
+        let timed = parse("boot", "system: base\nicount: 1\naccel: tcg");
+        assert_eq!(timed.output_role("console.log"), Log);
         let download = parse(
             "download",
             "url: http://example.org/x\nsha256: 0000000000000000000000000000000000000000000000000000000000000000",

@@ -3,14 +3,21 @@
 //! The hand recipe writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
 //! -kernel bzImage -append "root=/dev/sda1 console=ttyS0 nokaslr"`; that prefix is
 //! kept verbatim so a reader can match `qflow plan` against the recipe. After it
-//! come the recipe's other options (`-icount shift=N`, `-snapshot`, `-plugin
-//! path,arg=...`), the accelerator, then qflow's own control plumbing: the serial
+//! come the recipe's other options (`-icount shift=N`, with the guest's clock pinned
+//! by `-rtc base=...,clock=vm`; `-snapshot`; `-plugin path,arg=...`), the
+//! accelerator, then qflow's own control plumbing: the serial
 //! console and the human monitor multiplexed on one unix socket (so QEMU's
 //! Ctrl-A escapes still work on it), QMP on another, `-no-reboot` so that a guest
 //! `reboot -f` ends the run, and `-incoming` when restoring a checkpoint. The user's
 //! `extra_args` come last so they can override anything.
 
 use std::path::PathBuf;
+
+/// Where the guest's clock starts under `icount`. The real-time clock otherwise
+/// starts at the host's time, which the guest prints and its programs read: a
+/// deterministic workload would not give the same console log twice. With
+/// `clock=vm` the clock then advances with the instruction counter.
+pub const ICOUNT_RTC_BASE: &str = "2024-01-01T00:00:00";
 
 /// The QEMU program the boot kind runs.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -114,6 +121,7 @@ impl QemuCommandLine {
         }
         if let Some(shift) = self.icount {
             push(&["-icount", &format!("shift={shift}")]);
+            push(&["-rtc", &format!("base={ICOUNT_RTC_BASE},clock=vm")]);
         }
         if self.snapshot {
             push(&["-snapshot"]);
@@ -244,6 +252,8 @@ mod tests {
             [
                 "-icount",
                 "shift=1",
+                "-rtc",
+                "base=2024-01-01T00:00:00,clock=vm",
                 "-snapshot",
                 "-plugin",
                 "/p/libinsn.so,arg=inline=on,arg=a,,b,filter=4,,2",

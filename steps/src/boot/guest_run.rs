@@ -60,6 +60,8 @@ pub struct RunPlan {
     /// Save a checkpoint (memory snapshot + record) at the end.
     pub checkpoint: Option<CheckpointRecord>,
     pub timeout: Duration,
+    /// What identifies this run, from which its console markers derive.
+    pub marker_seed: String,
     /// The `-cpu` model, if the step chose one (named when a command dies of SIGILL).
     pub cpu: Option<String>,
 }
@@ -139,7 +141,7 @@ pub fn drive(
         }
         _ => None,
     };
-    let mut console = SerialConsole::new(console, sink);
+    let mut console = SerialConsole::new(console, sink).with_marker_seed(&plan.marker_seed);
     console.set_mirrors(mirrors);
     if let Some(login) = &plan.login {
         console.add_secret(&login.password);

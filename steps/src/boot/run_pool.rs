@@ -18,6 +18,26 @@ use super::matrix::substitute;
 use super::{Boot, machine};
 
 impl Boot {
+    /// The step's identity for its console markers: its name, the content hash of
+    /// every upstream output it uses (a tree's name) and its commands.
+    fn marker_seed(&self, ctx: &RunContext) -> String {
+        use qflow_engine::Step as _;
+        let mut h = blake3::Hasher::new();
+        h.update(ctx.step().as_bytes());
+        for r in self.references() {
+            let tree = ctx.upstream(&r.step).ok().and_then(|p| p.file_name());
+            h.update(b"\0");
+            h.update(r.step.as_bytes());
+            h.update(b"=");
+            h.update(tree.map(|t| t.as_encoded_bytes()).unwrap_or_default());
+        }
+        for c in &self.commands {
+            h.update(b"\0");
+            h.update(c.as_bytes());
+        }
+        h.finalize().to_hex().to_string()
+    }
+
     /// One plan (and machine command line) per run.
     pub(super) fn run_plans(
         &self,
@@ -30,6 +50,7 @@ impl Boot {
         let line = &spec.line;
         let mut plans = Vec::new();
         let mut lines = Vec::new();
+        let step_seed = self.marker_seed(ctx);
         for (label, params) in self.runs() {
             let attach_link = ctx.state_dir().join(match &label {
                 Some(l) => format!("console-{l}.sock"),
@@ -62,6 +83,7 @@ impl Boot {
                 .iter()
                 .map(|c| substitute(c, &params))
                 .collect();
+            let marker_seed = format!("{step_seed}\0{}", label.as_deref().unwrap_or(""));
             plans.push(RunPlan {
                 label,
                 dir,
@@ -82,6 +104,7 @@ impl Boot {
                 attach_link: Some(attach_link),
                 checkpoint: spec.record.clone(),
                 timeout,
+                marker_seed,
                 cpu: run_line.cpu.clone(),
             });
             lines.push(run_line);

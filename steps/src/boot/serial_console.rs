@@ -3,7 +3,9 @@
 //! Input typed before a shell is ready is lost or mangled (the serial line has no flow control before the getty), and output
 //! interleaves with the echo of what was typed, so nothing here trusts a prompt.
 //! Every exchange is framed the way the NixOS test driver frames its commands: the
-//! guest prints a marker that is unique per command (a per-run tag plus a counter)
+//! guest prints a marker that is unique per command (a per-run tag plus a counter;
+//! the tag derives from the run's identity, [`SerialConsole::with_marker_seed`], so
+//! the same run prints the same transcript)
 //! and that never appears in the echo of the line that prints it (`echo qf''low-b-ID`
 //! echoes with the quotes, prints without them). A command travels base64-encoded
 //! and runs through `eval` in the login shell itself (so `cd`, `export` and `stty`
@@ -53,6 +55,16 @@ pub struct SerialConsole {
 }
 
 impl SerialConsole {
+    /// Derive the markers' tag from `seed` (what identifies the run: its step, its
+    /// upstream outputs, its matrix values) instead of drawing it at random: the
+    /// transcript of a deterministic run is then the same every time. Two runs that
+    /// can meet (a checkpoint's transcript and a run restored from it) have different
+    /// seeds, so a stale marker never matches.
+    pub fn with_marker_seed(mut self, seed: &str) -> Self {
+        self.tag = marker_tag(seed);
+        self
+    }
+
     /// Wrap a connected console socket; `transcript` receives every line, masked.
     pub fn new(stream: UnixStream, transcript: Box<dyn FnMut(&str) + Send>) -> Self {
         SerialConsole {
@@ -324,6 +336,14 @@ pub struct Match {
     pub groups: Vec<Vec<u8>>,
 }
 
+/// The tag of a run with identity `seed`.
+fn marker_tag(seed: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"qflow console markers\0");
+    h.update(seed.as_bytes());
+    h.finalize().to_hex()[..8].to_string() + "x"
+}
+
 /// A short tag that differs between runs, so a marker from an earlier run (or from
 /// the checkpoint's own transcript) never matches.
 fn unique_tag() -> String {
@@ -394,6 +414,13 @@ pub fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markers_follow_the_runs_identity_not_the_clock() {
+        assert_eq!(marker_tag("step a"), marker_tag("step a"));
+        assert_ne!(marker_tag("step a"), marker_tag("step b"));
+        assert_ne!(unique_tag(), unique_tag());
+    }
 
     #[test]
     fn base64_round_trips_every_length() {
