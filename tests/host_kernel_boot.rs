@@ -10,23 +10,9 @@
 //! writing to its own qcow2 overlay of a data disk.
 
 mod common;
-use common::Space;
+use common::{Space, host_kernel};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-/// The newest `/boot/vmlinuz-*`; the test cannot run without one.
-fn host_kernel() -> String {
-    let mut kernels: Vec<String> = std::fs::read_dir("/boot")
-        .expect("cannot list /boot: this test boots the host's kernel")
-        .flatten()
-        .map(|e| e.path().to_string_lossy().into_owned())
-        .filter(|p| p.starts_with("/boot/vmlinuz-"))
-        .collect();
-    kernels.sort();
-    kernels
-        .pop()
-        .expect("no /boot/vmlinuz-*: install a kernel (apt-get install linux-image-amd64)")
-}
 
 /// The log of `step` in the space's only apply so far.
 fn step_log(s: &Space, step: &str) -> String {

@@ -7,23 +7,9 @@
 //! host's kernel with a busybox initramfs under TCG, which takes seconds.
 
 mod common;
-use common::Space;
+use common::{Space, host_kernel};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-/// The newest `/boot/vmlinuz-*`.
-fn host_kernel() -> String {
-    let mut kernels: Vec<String> = std::fs::read_dir("/boot")
-        .expect("cannot list /boot: this test boots the host's kernel")
-        .flatten()
-        .map(|e| e.path().to_string_lossy().into_owned())
-        .filter(|p| p.starts_with("/boot/vmlinuz-"))
-        .collect();
-    kernels.sort();
-    kernels
-        .pop()
-        .expect("no /boot/vmlinuz-*: install a kernel (apt-get install linux-image-amd64)")
-}
 
 /// A boot of `./bzImage` with `fields` added, under TCG.
 fn local_kernel_boot(fields: &str) -> String {

@@ -6,7 +6,7 @@
 //! twice, and draw the figure.
 
 mod common;
-use common::Space;
+use common::{Space, host_kernel};
 
 /// A command step that prints a benchmark's lines and writes its JSON summary.
 fn bench_workflow(extra: &str) -> String {
@@ -288,25 +288,6 @@ fn a_figure_must_name_a_matrix_variable_and_a_metric_of_its_step() {
         "{}",
         run.stderr
     );
-}
-
-/// The host's own kernel: Debian's, with the serial console built in.
-fn host_kernel() -> String {
-    let mut kernels: Vec<_> = std::fs::read_dir("/boot")
-        .expect("/boot")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    kernels.sort();
-    kernels
-        .pop()
-        .expect("a kernel in /boot/vmlinuz-* (apt-get install linux-image-amd64)")
-        .display()
-        .to_string()
 }
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");

@@ -202,3 +202,19 @@ impl Run {
         self.stderr.contains(needle)
     }
 }
+
+/// The host's own kernel, the newest `/boot/vmlinuz-*` (Debian's has the serial
+/// console built in): the tests that boot a guest in seconds boot it with a busybox
+/// initramfs. They cannot run without one.
+pub fn host_kernel() -> String {
+    let mut kernels: Vec<String> = std::fs::read_dir("/boot")
+        .expect("cannot list /boot: this test boots the host's kernel")
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .filter(|p| p.starts_with("/boot/vmlinuz-"))
+        .collect();
+    kernels.sort();
+    kernels
+        .pop()
+        .expect("no /boot/vmlinuz-*: install a kernel (apt-get install linux-image-amd64)")
+}
