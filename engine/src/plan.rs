@@ -51,9 +51,14 @@ fn jobs_share(written: Option<usize>, default: usize) -> String {
         None => (default, format!("no `jobs:`, the kind's default {default}")),
     };
     let n = wanted.clamp(1, cores);
+    let handed = if n > 1 {
+        "handed on as qflow's make jobserver"
+    } else {
+        "one slot: no jobserver"
+    };
     format!(
         "# {n} job slots ({why}; at most `qflow apply --jobs`, {cores} cores by default), \
-         handed on as qflow's make jobserver: make runs as with `-j{n}`"
+         {handed}: make runs as with `-j{n}`"
     )
 }
 
@@ -81,8 +86,9 @@ pub fn plan_with_remote(
         let s = &workflow.steps[i];
         let mask = s.mask();
         let mut commands: Vec<String> = s.step.plan(&ctx).iter().map(|c| mask.apply(c)).collect();
-        // A one-slot step gets no jobserver: there is no share to show.
-        if s.step.uses_jobserver() && s.jobs.unwrap_or_else(|| s.step.default_jobs()) > 1 {
+        // Shown for a kind that runs make wide by default (a kernel) or a step given
+        // `jobs:`; a one-slot command gets no jobserver and no line.
+        if s.step.uses_jobserver() && (s.step.default_jobs() > 1 || s.jobs.is_some()) {
             commands.push(jobs_share(s.jobs, s.step.default_jobs()));
         }
         let pending: Vec<&str> = s
