@@ -441,7 +441,10 @@ impl Kernel {
         }
         if !self.fragments.is_empty() || !self.options.is_empty() {
             let mut merge = ctx.command(make.src.join("scripts/kconfig/merge_config.sh"));
-            merge.current_dir(&make.src);
+            // merge_config.sh makes its temporary files in the current directory: the
+            // build tree, never the user's source tree (an input: a file that comes and
+            // goes there while the step runs voids its result).
+            merge.current_dir(&make.build);
             merge.args(["-m", "-O"]).arg(&make.build).arg(&dot_config);
             for f in &self.fragments {
                 merge.arg(ctx.resolve(f));
