@@ -6,8 +6,11 @@
 //! ends (A, then B while the step reads it, then A again): the output was made
 //! from B, and the digests before and after both say A. Any such edit changes the
 //! file's modification and change times (and a replaced file its inode), so the
-//! stamps differ. A stamp reads no content: one `lstat` per file, directory and
-//! symlink (directories through `tree_walk`'s descriptor-relative walk).
+//! stamps differ. A stamp reads no content: one `lstat` per file and symlink
+//! (through `tree_walk`'s descriptor-relative walk). Directories are left out:
+//! tools create and remove scratch files beside their inputs (kbuild's
+//! `merge_config.sh` did, in the source tree), which changes a directory's times
+//! but no input; a file added and kept shows in the content digest.
 //! Imports `glob`, `tree_walk`, `stat_cache` and `step`.
 
 use std::path::Path;
@@ -41,15 +44,15 @@ fn stamp_input(work_dir: &Path, input: &Input) -> anyhow::Result<Hash> {
 fn add_path(h: &mut blake3::Hasher, path: &Path, exclude: &[String]) -> anyhow::Result<()> {
     let meta = std::fs::symlink_metadata(path)
         .with_context(|| format!("cannot stat the input `{}`", path.display()))?;
-    add(h, path.as_os_str().as_encoded_bytes(), &FileStat::of(&meta));
-    if meta.is_dir() {
-        let walk = crate::tree_walk::walk(path, exclude)?;
-        add(h, b".", &walk.root);
-        for (rel, entry) in &walk.entries {
-            let st = match entry {
-                WalkEntry::File(_, st) | WalkEntry::Symlink(_, st) | WalkEntry::Dir(st) => st,
-            };
-            add(h, rel.as_bytes(), st);
+    if !meta.is_dir() {
+        add(h, path.as_os_str().as_encoded_bytes(), &FileStat::of(&meta));
+        return Ok(());
+    }
+    let walk = crate::tree_walk::walk(path, exclude)?;
+    for (rel, entry) in &walk.entries {
+        match entry {
+            WalkEntry::File(_, st) | WalkEntry::Symlink(_, st) => add(h, rel.as_bytes(), st),
+            WalkEntry::Dir(_) => {}
         }
     }
     Ok(())
@@ -100,12 +103,16 @@ mod tests {
         assert_ne!(before[0], after[0], "A -> B -> A is seen");
         assert_eq!(before[1], after[1]);
 
+        // A scratch file a tool makes and removes beside the inputs is not an edit.
         std::fs::write(d.join("src/tmp.o"), "x").unwrap();
         std::fs::remove_file(d.join("src/tmp.o")).unwrap();
+        assert_eq!(after[1], stamp_inputs(&d, &inputs).unwrap()[1]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(d.join("src/main.c"), "int main;").unwrap();
         assert_ne!(
             after[1],
             stamp_inputs(&d, &inputs).unwrap()[1],
-            "a file came and went"
+            "a file in a tree rewritten with the same bytes"
         );
         std::fs::remove_dir_all(&d).unwrap();
     }
