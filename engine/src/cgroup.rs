@@ -44,6 +44,9 @@ impl StepCgroup {
     /// Create the cgroup of the step run `token`; `None` when the host does not
     /// allow it (not root, no cgroup2 hierarchy, a kernel without `cgroup.kill`).
     pub fn create(token: &str) -> Option<StepCgroup> {
+        if token.is_empty() || token.contains('/') {
+            return None;
+        }
         let root = qflow_root()?;
         if std::fs::create_dir_all(&root).is_err() {
             return None;

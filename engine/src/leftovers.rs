@@ -68,8 +68,10 @@ pub fn kill_holders(tokens: &[&str]) -> Vec<(i32, String)> {
 /// one of `tokens` or whose session is one of `sessions`. Returns (pid,
 /// program name) of each one signalled.
 pub fn signal_matching(tokens: &[&str], sessions: &[i32], signal: i32) -> Vec<(i32, String)> {
+    // A blank token would match every process that has the variable at all.
     let needles: Vec<Vec<u8>> = tokens
         .iter()
+        .filter(|t| !t.is_empty())
         .map(|t| format!("{TOKEN_VAR}={t}").into_bytes())
         .collect();
     let me = std::process::id() as i32;

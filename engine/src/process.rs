@@ -71,8 +71,12 @@ impl ProcessGroups {
         self.contained.get().and_then(|(_, c)| c.as_ref())
     }
 
+    /// The run token, if the step has one: a Slurm job's is blank (so that the
+    /// next apply may adopt it), and a blank token matches every such job.
     fn token(&self) -> Option<&str> {
-        self.contained.get().map(|(t, _)| t.as_str())
+        (self.contained.get())
+            .map(|(t, _)| t.as_str())
+            .filter(|t| !t.is_empty())
     }
 
     fn add(&self, pgid: i32) {
