@@ -17,6 +17,13 @@ use qflow_engine::slurm::{
 };
 
 /// Start the cluster once per test binary; every test after that finds it up.
+/// One Slurm test at a time: the node has 2 CPUs, and tests that queue jobs side by
+/// side would wait on each other's allocations (a job that "did not start" in time).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cluster() -> SlurmClient {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
@@ -100,6 +107,7 @@ fn describe_command(space: &Space, run: &[&str], outputs: &[&str], jobs: usize) 
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn a_batch_job_runs_a_described_step_and_the_node_reports_with_its_allocation() {
+    let _serial = serial();
     let client = cluster();
     let space = Space::new();
     let desc = describe_command(
@@ -150,6 +158,7 @@ fn a_batch_job_runs_a_described_step_and_the_node_reports_with_its_allocation() 
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn a_node_with_other_tool_versions_refuses_to_run_the_step() {
+    let _serial = serial();
     let client = cluster();
     let space = Space::new();
     let mut desc = describe_command(&space, &["touch", "ran"], &[], 1);
@@ -181,6 +190,7 @@ fn a_node_with_other_tool_versions_refuses_to_run_the_step() {
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn one_scancel_cancels_a_batch_of_running_jobs() {
+    let _serial = serial();
     let client = cluster();
     let space = Space::new();
     let script = batch_script(&space.join("slurm")).unwrap();
@@ -216,6 +226,7 @@ fn one_scancel_cancels_a_batch_of_running_jobs() {
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn an_srun_job_ends_when_its_submitter_dies() {
+    let _serial = serial();
     let client = cluster();
     let space = Space::new();
     let req = request(&space, "srun-dies", &["/bin/sleep", "300"]);
@@ -244,6 +255,7 @@ fn an_srun_job_ends_when_its_submitter_dies() {
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn preflight_refuses_what_the_cluster_can_never_run_and_passes_a_good_setup() {
+    let _serial = serial();
     let _client = cluster();
     let space = Space::new();
     let script = batch_script(&space.join("slurm")).unwrap();
@@ -310,6 +322,7 @@ fn preflight_refuses_what_the_cluster_can_never_run_and_passes_a_good_setup() {
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn preflight_names_a_qflow_the_nodes_cannot_run() {
+    let _serial = serial();
     let _client = cluster();
     let space = Space::new();
     let script = batch_script(&space.join("slurm")).unwrap();
@@ -395,6 +408,7 @@ fn job_name_of(space: &Space) -> String {
 #[ignore = "slow: real Slurm cluster"]
 fn steps_run_on_slurm_give_the_keys_and_bytes_of_a_local_apply_and_a_local_apply_then_runs_nothing()
 {
+    let _serial = serial();
     let _client = cluster();
     let local = Space::new();
     local.workflow(MIXED).write("workload/hello.txt", "hello\n");
@@ -442,6 +456,7 @@ fn steps_run_on_slurm_give_the_keys_and_bytes_of_a_local_apply_and_a_local_apply
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn a_request_larger_than_any_node_is_refused_before_anything_is_submitted() {
+    let _serial = serial();
     let _client = cluster();
     let s = Space::new();
     s.workflow(
@@ -463,6 +478,7 @@ fn a_request_larger_than_any_node_is_refused_before_anything_is_submitted() {
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn ctrl_c_cancels_every_slurm_job_at_once_records_nothing_and_the_next_apply_finishes() {
+    let _serial = serial();
     let _client = cluster();
     let s = Space::new();
     s.workflow(
@@ -522,6 +538,7 @@ steps:
 #[test]
 #[ignore = "slow: real Slurm cluster; Slurm checks time limits about every 30 s"]
 fn a_step_over_its_time_limit_fails_naming_timeout_and_the_job() {
+    let _serial = serial();
     let _client = cluster();
     let s = Space::new();
     s.workflow(
@@ -537,6 +554,7 @@ fn a_step_over_its_time_limit_fails_naming_timeout_and_the_job() {
 #[test]
 #[ignore = "slow: real Slurm cluster"]
 fn a_node_whose_qemu_img_reports_another_version_is_refused() {
+    let _serial = serial();
     let _client = cluster();
     let s = Space::new();
     s.workflow("version: 1\nsteps:\n  base:\n    kind: image\n    size: 16M\n");
