@@ -123,8 +123,13 @@ fn nanos() -> u128 {
 
 /// A cache directory shared by every slow test of this build, so heavy artifacts
 /// (a kernel, a base image) are built once per test run and hit the cache after.
+/// `QFLOW_TEST_SHARED_CACHE` points it elsewhere, so several checkouts of the
+/// project on one machine share one kernel build and one base image.
 pub fn shared_cache() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-cache");
+    let p = match std::env::var_os("QFLOW_TEST_SHARED_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-cache"),
+    };
     std::fs::create_dir_all(&p).unwrap();
     p
 }
