@@ -54,6 +54,7 @@ mod check;
 pub mod checkpoint;
 mod collect;
 pub mod command_line;
+pub mod console_pipe;
 pub mod duration;
 pub mod fields;
 pub mod guest_run;

@@ -64,6 +64,9 @@ pub struct RunPlan {
     pub marker_seed: String,
     /// The `-cpu` model, if the step chose one (named when a command dies of SIGILL).
     pub cpu: Option<String>,
+    /// The guest's clock counts instructions (`icount`): qflow types only when the
+    /// guest waits for input, so a deterministic run prints the same console.
+    pub icount: bool,
 }
 
 /// The user name and password typed at the guest's getty. The password never
@@ -130,8 +133,8 @@ pub fn drive(
     let _attach = match (&plan.attach_link, machine.take_attach()) {
         (Some(link), Some((listener, socket))) => {
             let input = console
-                .try_clone()
-                .context("cannot clone the console socket")?;
+                .input()
+                .context("cannot open the console's input again")?;
             let point = AttachPoint::open(listener, &socket, link, input, mirrors.clone())?;
             let _ = events.send(Event::Line(
                 index,
@@ -141,7 +144,9 @@ pub fn drive(
         }
         _ => None,
     };
-    let mut console = SerialConsole::new(console, sink).with_marker_seed(&plan.marker_seed);
+    let mut console = SerialConsole::new(console, sink)
+        .with_marker_seed(&plan.marker_seed)
+        .paced_by_the_guest(plan.icount);
     console.set_mirrors(mirrors);
     if let Some(login) = &plan.login {
         console.add_secret(&login.password);
@@ -203,7 +208,8 @@ fn converse(
     } else {
         progress("booting");
     }
-    console.wait_for_shell(deadline)?;
+    // A restored checkpoint sits at its shell's prompt, which it printed before it was saved.
+    console.wait_for_shell(deadline, plan.restore)?;
     let how = if plan.restore { "restored" } else { "booted" };
     let ready = format!(
         "qflow: guest ready after {:.2}s ({how})",

@@ -106,6 +106,7 @@ impl Boot {
                 timeout,
                 marker_seed,
                 cpu: run_line.cpu.clone(),
+                icount: run_line.icount.is_some(),
             });
             lines.push(run_line);
         }
