@@ -160,10 +160,10 @@ pub fn drive(
         (index, events),
         &progress,
     );
-    console.flush_transcript();
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
+            console.flush_transcript();
             let mut msg = format!("{e:#}");
             // QEMU that ended by itself (a bad option, an unreadable image, a file
             // that is no kernel) closed its sockets: its own error is the headline.
@@ -280,6 +280,9 @@ fn converse(
         console.run("sync", deadline)?;
     }
     if let Some(record) = &plan.checkpoint {
+        // The prompt after the last command belongs in this run's console, not in
+        // the first lines of every run restored from the checkpoint.
+        console.settle_at_prompt(deadline)?;
         progress("saving the checkpoint");
         let size = qmp.save_memory_snapshot(&plan.dir.join(MEMORY_SNAPSHOT), deadline)?;
         record.save(&plan.dir.join(RECORD))?;

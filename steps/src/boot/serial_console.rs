@@ -51,6 +51,10 @@ const PACED_PROBE: Duration = Duration::from_secs(20);
 /// before qflow probes anyway.
 const PACED_SILENCE: Duration = Duration::from_secs(60);
 
+/// How long a guest that printed no prompt after its last command must be silent
+/// before its checkpoint is saved.
+const SETTLE_SILENCE: Duration = Duration::from_secs(3);
+
 /// How long nothing more may arrive after a prompt before qflow types at it.
 const PROMPT_QUIET: Duration = Duration::from_millis(300);
 
@@ -197,8 +201,10 @@ impl SerialConsole {
     /// been consumed.
     pub fn wait_for_shell(&mut self, deadline: Instant, at_prompt: bool) -> anyhow::Result<()> {
         // A login refusal or a kernel panic (a wrong `root=`) ends the wait at once.
+        // The answer counts with its line end, so its line is in the transcript
+        // before anything qflow notes next.
         let answer = Regex::new(&format!(
-            r"qflow-r-{}\d+|(Login incorrect)|(Kernel panic - not syncing[^\r\n]*)\r?\n",
+            r"qflow-r-{}\d+\r?\n|(Login incorrect)|(Kernel panic - not syncing[^\r\n]*)\r?\n",
             self.tag
         ))
         .unwrap();
@@ -259,6 +265,25 @@ impl SerialConsole {
             bail!("the guest shell cannot run `true` (exit {})", sync.status);
         }
         Ok(())
+    }
+
+    /// Wait until the guest has printed its prompt after the last command and fell
+    /// silent (or, with no prompt recognized, has been silent for a few seconds):
+    /// a checkpoint saved then restores to a guest that has nothing left to print.
+    pub fn settle_at_prompt(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            let now = Instant::now();
+            let quiet = now.saturating_duration_since(self.last_heard);
+            if (ends_like_a_prompt(&self.pending) && quiet >= PROMPT_QUIET)
+                || quiet >= SETTLE_SILENCE
+            {
+                return Ok(());
+            }
+            if now >= deadline {
+                bail!("timed out waiting for the guest's prompt after the last command");
+            }
+            self.fill(deadline.min(now + Duration::from_millis(100)))?;
+        }
     }
 
     /// Wait until the guest has printed nothing for a moment: what it prints after
@@ -384,7 +409,10 @@ impl SerialConsole {
         }
     }
 
-    /// Send the incomplete last line to the transcript (at the end of a run).
+    /// Send the incomplete last line to the transcript (at the end of a failed
+    /// run: the guest's last words). A run that ended well leaves it out: it is
+    /// the guest's prompt after the last command, which may or may not have
+    /// arrived before QEMU ended.
     pub fn flush_transcript(&mut self) {
         if !self.partial.is_empty() {
             let line = String::from_utf8_lossy(&self.partial)
