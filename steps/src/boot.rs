@@ -289,12 +289,15 @@ impl Boot {
     /// The outputs of one run with their roles: the console and QEMU logs and the
     /// commands' record, what `collect:` copied out (the run's results), the kept
     /// disk overlays and a checkpoint's memory and record (machine state). The
-    /// console is machine state too unless the step sets `icount`: without it the
-    /// guest's timing is the host's, and so are the times the console prints.
+    /// console is machine state too unless the step sets `icount` or restores a
+    /// checkpoint: without `icount` a boot's timing is the host's, and so are the
+    /// times the console prints; a restored run prints no boot, only the answers to
+    /// qflow's commands (typed with the echo off).
     fn run_output_roles(&self) -> Vec<(String, OutputRole)> {
-        let console = match self.icount {
-            Some(_) => OutputRole::Log,
-            None => OutputRole::MachineState,
+        let console = if self.icount.is_some() || self.from_checkpoint.is_some() {
+            OutputRole::Log
+        } else {
+            OutputRole::MachineState
         };
         let mut out = vec![
             (CONSOLE_LOG.to_string(), console),

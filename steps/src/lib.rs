@@ -289,6 +289,8 @@ mod tests {
         assert_eq!(boot.output_role("memory.snapshot"), MachineState);
         let timed = parse("boot", "system: base\nicount: 1\naccel: tcg");
         assert_eq!(timed.output_role("console.log"), Log);
+        let restored = parse("boot", "from_checkpoint: ready");
+        assert_eq!(restored.output_role("console.log"), Log, "no boot in it");
         let download = parse(
             "download",
             "url: http://example.org/x\nsha256: 0000000000000000000000000000000000000000000000000000000000000000",
