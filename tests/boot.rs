@@ -87,7 +87,7 @@ fn the_plan_shows_the_recipes_qemu_command_line() {
         text.contains(
             "qemu-system-x86_64 -smp 1 -m 512 -nographic -hda '${{ steps.system }}/image.*' \
              -hdb '${{ steps.data }}/image.*' -kernel '${{ steps.kernel }}/bzImage' \
-             -append 'root=/dev/sda1 console=ttyS0 nokaslr' -icount shift=1,sleep=off \
+             -append 'root=/dev/sda1 console=ttyS0 nokaslr' -icount shift=1 \
              -rtc base=2024-01-01T00:00:00,clock=vm -snapshot \
              -plugin ./libinsn.so,arg=inline=on -accel tcg"
         ),

@@ -81,7 +81,7 @@ use serde::Deserialize;
 use crate::qemu_img;
 use checkpoint::{MEMORY_SNAPSHOT, RECORD};
 use command_line::AccelName;
-use guest_run::{COMMANDS_JSON, CONSOLE_LOG, QEMU_LOG, collected_name};
+use guest_run::{COMMANDS_JSON, CONSOLE_LOG, QEMU_LOG, SESSION_LOG, collected_name};
 use matrix::Params;
 use source::{Source, source};
 
@@ -288,19 +288,30 @@ impl Boot {
 
     /// The outputs of one run with their roles: the console and QEMU logs and the
     /// commands' record, what `collect:` copied out (the run's results), the kept
-    /// disk overlays and a checkpoint's memory and record (machine state). The
-    /// console is machine state too unless the step sets `icount` or restores a
-    /// checkpoint: without `icount` a boot's timing is the host's, and so are the
-    /// times the console prints; a restored run prints no boot, only the answers to
-    /// qflow's commands (typed with the echo off).
+    /// disk overlays and a checkpoint's memory and record (machine state).
+    ///
+    /// The session (the console from qflow's first probe on) is a log under
+    /// `icount` and in a run restored from a checkpoint (which prints no boot, only
+    /// the answers to qflow's commands, typed with the echo off); without `icount`
+    /// the guest's timing is the host's, so it is machine state. The whole console
+    /// is a log only where the boot repeats too: under `icount` with no disk (a
+    /// guest that reads a disk waits for the host's reads, which the instruction
+    /// count does not pace, and its boot messages follow them).
     fn run_output_roles(&self) -> Vec<(String, OutputRole)> {
-        let console = if self.icount.is_some() || self.from_checkpoint.is_some() {
-            OutputRole::Log
-        } else {
-            OutputRole::MachineState
+        let restored = self.from_checkpoint.is_some();
+        let diskless = self.system.is_none() && self.disks.is_empty();
+        let role = |log: bool| {
+            if log {
+                OutputRole::Log
+            } else {
+                OutputRole::MachineState
+            }
         };
+        let console = role(restored || (self.icount.is_some() && diskless));
+        let session = role(restored || self.icount.is_some());
         let mut out = vec![
             (CONSOLE_LOG.to_string(), console),
+            (SESSION_LOG.to_string(), session),
             (COMMANDS_JSON.to_string(), OutputRole::Log),
             (QEMU_LOG.to_string(), OutputRole::Log),
         ];
@@ -692,7 +703,13 @@ timeout: 30m
         assert_eq!(refs, ["system", "data", "kernel"]);
         assert_eq!(
             step.outputs(),
-            ["console.log", "commands.json", "qemu.log", "results.txt"]
+            [
+                "console.log",
+                "session.log",
+                "commands.json",
+                "qemu.log",
+                "results.txt"
+            ]
         );
         let key = step
             .extra_key(&CheckContext {
@@ -781,7 +798,7 @@ timeout: 30m
             parse("{kernel: k, matrix: {size: [1, 2], mode: [a, b]}, collect: [/r.txt]}").unwrap();
         check("{kernel: k, matrix: {size: [1, 2], mode: [a, b]}}").unwrap();
         let outputs = step.outputs();
-        assert_eq!(outputs.len(), 4 * 4);
+        assert_eq!(outputs.len(), 4 * 5);
         for run in [
             "mode=a,size=1",
             "mode=a,size=2",

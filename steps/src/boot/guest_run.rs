@@ -97,6 +97,8 @@ pub struct CommandRecord {
 
 /// The outputs every run writes, relative to its directory.
 pub const CONSOLE_LOG: &str = "console.log";
+/// The console from qflow's first probe on: the guest's session after its boot.
+pub const SESSION_LOG: &str = "session.log";
 pub const COMMANDS_JSON: &str = "commands.json";
 pub const QEMU_LOG: &str = "qemu.log";
 
@@ -144,9 +146,14 @@ pub fn drive(
         }
         _ => None,
     };
+    let mut session =
+        File::create(plan.dir.join(SESSION_LOG)).context("cannot create session.log")?;
     let mut console = SerialConsole::new(console, sink)
         .with_marker_seed(&plan.marker_seed)
-        .paced_by_the_guest(plan.icount);
+        .paced_by_the_guest(plan.icount)
+        .with_session_sink(Box::new(move |line: &str| {
+            let _ = writeln!(session, "{line}");
+        }));
     console.set_mirrors(mirrors);
     if let Some(login) = &plan.login {
         console.add_secret(&login.password);

@@ -83,6 +83,9 @@ pub struct SerialConsole {
     last_heard: Instant,
     /// Type only when the guest waits for input ([`SerialConsole::paced_by_the_guest`]).
     paced: bool,
+    /// Receives the transcript from the first probe on ([`SerialConsole::with_session_sink`]).
+    session: Option<Box<dyn FnMut(&str) + Send>>,
+    in_session: bool,
 }
 
 impl SerialConsole {
@@ -103,6 +106,16 @@ impl SerialConsole {
         self
     }
 
+    /// Also send the session, the transcript from qflow's first probe on (the
+    /// guest's shell waiting at its prompt, its boot over), to `sink`. Under
+    /// `icount` it repeats even when the boot before it does not (a boot that
+    /// reads a disk waits for the host's reads, which the instruction count does
+    /// not pace).
+    pub fn with_session_sink(mut self, sink: Box<dyn FnMut(&str) + Send>) -> Self {
+        self.session = Some(sink);
+        self
+    }
+
     /// Wrap a connected console; `transcript` receives every line, masked.
     pub fn new(stream: ConsolePipe, transcript: Box<dyn FnMut(&str) + Send>) -> Self {
         SerialConsole {
@@ -118,6 +131,8 @@ impl SerialConsole {
             mirrors: None,
             last_heard: Instant::now(),
             paced: false,
+            session: None,
+            in_session: false,
         }
     }
 
@@ -246,6 +261,7 @@ impl SerialConsole {
                 };
             if due {
                 type_now = false;
+                self.in_session = true;
                 self.counter += 1;
                 self.send_line(&format!(
                     "stty -echo; echo qf''low-r-{}{}",
@@ -360,7 +376,17 @@ impl SerialConsole {
     /// Write a line of qflow's own into the transcript (`qflow> TEXT`).
     pub fn note(&mut self, text: &str) {
         let line = format!("qflow> {}", self.mask(text));
-        (self.transcript)(&line);
+        self.write_line(&line);
+    }
+
+    /// One line to the transcript, and to the session once it has begun.
+    fn write_line(&mut self, line: &str) {
+        (self.transcript)(line);
+        if self.in_session
+            && let Some(session) = self.session.as_mut()
+        {
+            session(line);
+        }
     }
 
     /// Read what is available, waiting until `deadline`; false on timeout.
@@ -432,7 +458,7 @@ impl SerialConsole {
             self.recent.pop_front();
         }
         self.recent.push_back(line.clone());
-        (self.transcript)(&line);
+        self.write_line(&line);
     }
 
     fn mask(&self, text: &str) -> String {
