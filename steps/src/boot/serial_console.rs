@@ -1,7 +1,8 @@
 //! The guest's serial console, driven over FIFOs ([`ConsolePipe`]) instead of a terminal.
 //!
-//! Input typed before a shell is ready is lost or mangled (the serial line has no flow control before the getty), and output
-//! interleaves with the echo of what was typed, so no exchange trusts a prompt.
+//! Input typed before a shell is ready is lost or mangled (the serial line has no
+//! flow control before the getty), and output interleaves with the echo of what
+//! was typed, so no exchange trusts a prompt to tell where its output is.
 //! Every exchange is framed the way the NixOS test driver frames its commands: the
 //! guest prints a marker that is unique per command (a per-run tag plus a counter;
 //! the tag derives from the run's identity, [`SerialConsole::with_marker_seed`], so
@@ -26,8 +27,8 @@
 //! a slow boot is never interrupted).
 //!
 //! Everything received goes, line by line, to a transcript sink (the step log and
-//! `console.log`) with every registered secret masked; the last lines are kept for
-//! failure messages.
+//! `console.log`) with every registered secret masked, and from the first probe on
+//! to a session sink (`session.log`); the last lines are kept for failure messages.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -484,8 +485,10 @@ fn ends_like_a_prompt(received: &[u8]) -> bool {
         Some(i) => &received[i + 1..],
         None => received,
     };
-    let prompt = Regex::new(r"[#$] (?:\x1b\[[0-9;?]*[A-Za-z])*\z").unwrap();
-    line.len() <= 512 && prompt.is_match(line)
+    static PROMPT: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"[#$] (?:\x1b\[[0-9;?]*[A-Za-z])*\z").expect("a valid pattern")
+    });
+    line.len() <= 512 && PROMPT.is_match(line)
 }
 
 /// The tag of a run with identity `seed`.
