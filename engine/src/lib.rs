@@ -12,7 +12,7 @@
 //! - results (metrics, tables, figures' data; → `field_error`): `results`;
 //! - a step's programs and the kinds' contract: `process` → `context` → `step`
 //!   (→ `results` for a step's metrics);
-//! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
+//! - workflows: `diagnostic`, `yaml_error`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
 //!   holds `Workflow::load`), `selection` (targets, `--force`; → `workflow`);
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
@@ -79,6 +79,7 @@ pub mod verify;
 pub mod workflow;
 pub mod workflow_memo;
 pub mod workflow_schema;
+pub mod yaml_error;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).
 /// Found before anything runs; the binary exits 2 on it.
