@@ -85,7 +85,7 @@ fn duplicate_step_names_are_refused() {
             "version: 1\nsteps:\n  a:\n    kind: command\n{MARK}  a:\n    kind: command\n    run: [\"true\"]\n"
         ),
         &[
-            "workflow.yaml:6:3: a second step named `a` (the first is on line 3)",
+            "workflow.yaml:6:3: a second step named `a` (the first is at line 3, column 3)",
             "rename or remove one",
         ],
     );
@@ -95,7 +95,7 @@ fn duplicate_step_names_are_refused() {
 fn a_duplicate_field_points_at_the_duplicate_not_the_first() {
     rejects(
         &format!("version: 1\nsteps:\n  a:\n    kind: command\n{MARK}    kind: command\n"),
-        &["workflow.yaml:6:5: a second `kind` in `steps.a` (the first is on line 4)"],
+        &["workflow.yaml:6:5: a second `kind` in `steps.a` (the first is at line 4, column 5)"],
     );
 }
 
@@ -238,7 +238,12 @@ fn a_missing_workflow_file_says_what_to_pass() {
 
 #[test]
 fn malformed_files_get_a_place_and_only_the_hint_that_applies() {
-    let cases: [(&[u8], &[&str]); 4] = [
+    let deep = format!(
+        "version: 1\nsteps:\n  a:\n    kind: command\n    run: {}{}\n",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let cases: [(&[u8], &[&str]); 5] = [
         (
             b"version: 1\nsteps:\n  a:\n    kind: command\n    run: [true]\n---\nversion: 1\n",
             &["workflow.yaml:6:1", "one YAML document"],
@@ -257,6 +262,7 @@ fn malformed_files_get_a_place_and_only_the_hint_that_applies() {
               f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n",
             &["workflow.yaml:2:1", "aliases"],
         ),
+        (deep.as_bytes(), &["workflow.yaml:5:1", "nest too deeply"]),
     ];
     for (bytes, needles) in cases {
         let s = Space::new();

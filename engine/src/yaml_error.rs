@@ -42,7 +42,7 @@ pub fn explain(e: &serde_yaml::Error, text: &str) -> (Option<Position>, String) 
         let map = SourceMap::parse(text);
         if let Some((path, at)) = map.first_duplicate() {
             let (parent, key) = path.rsplit_once('.').unwrap_or(("", path));
-            let first = map.find(path).map(|p| p.line).unwrap_or(at.line);
+            let first = map.find(path).unwrap_or(at);
             let what = if parent == "steps" {
                 format!("a second step named `{}`", escaped(key))
             } else if parent.is_empty() {
@@ -53,8 +53,9 @@ pub fn explain(e: &serde_yaml::Error, text: &str) -> (Option<Position>, String) 
             return (
                 Some(at),
                 format!(
-                    "{what} (the first is on line {first}); step names and fields must be unique: \
-                     rename or remove one"
+                    "{what} (the first is at line {}, column {}); step names and fields must be \
+                     unique: rename or remove one",
+                    first.line, first.column
                 ),
             );
         }
@@ -66,11 +67,9 @@ pub fn explain(e: &serde_yaml::Error, text: &str) -> (Option<Position>, String) 
             .find(|t| t.position.line == p.line)
             .cloned()
     }) {
-        let line = text.lines().nth(tag.position.line - 1).unwrap_or("");
-        return (
-            Some(tag_start(text, &tag.tag, tag.position)),
-            tag_message(&tag.tag, line),
-        );
+        let at = tag_start(text, &tag.tag, tag.position);
+        let line = text.lines().nth(at.line - 1).unwrap_or("");
+        return (Some(at), tag_message(&tag.tag, line));
     } else if msg.contains("more than one document") {
         // serde_yaml gives no place: the second document starts at its `---`.
         position = text
@@ -90,7 +89,24 @@ pub fn explain(e: &serde_yaml::Error, text: &str) -> (Option<Position>, String) 
         msg = "a workflow file holds one YAML document; remove this `---` and what follows, \
                or move it to a file of its own"
             .to_string();
-    } else if msg.contains("repetition limit") || msg.contains("recursion limit") {
+    } else if msg.contains("recursion limit") {
+        // No place either: the deepest line (most brackets opened, or indented furthest).
+        position = text
+            .lines()
+            .enumerate()
+            .max_by_key(|(i, l)| {
+                let opened = l.chars().filter(|c| matches!(c, '[' | '{')).count();
+                let indent = l.chars().take_while(|c| *c == ' ').count() / 2;
+                (opened + indent, std::cmp::Reverse(*i))
+            })
+            .map(|(i, _)| Position {
+                line: i + 1,
+                column: 1,
+            });
+        msg = "the values nest too deeply (lists and mappings more than 128 levels inside each \
+               other); flatten them"
+            .to_string();
+    } else if msg.contains("repetition limit") {
         position = text
             .lines()
             .position(|l| l.contains(" *") || l.contains("[*") || l.contains(",*"))
@@ -98,10 +114,9 @@ pub fn explain(e: &serde_yaml::Error, text: &str) -> (Option<Position>, String) 
                 line: i + 1,
                 column: 1,
             });
-        msg = format!(
-            "invalid YAML: {msg}: the file's aliases (`*name`) or nesting expand too far; \
-             write the values out instead"
-        );
+        msg = "the file's aliases (`*name`) expand too far (an alias of an alias of ...); \
+               write the values out instead"
+            .to_string();
     } else if let Some(line) = tab_line {
         position = Some(Position { line, column: 1 });
         msg = format!(
@@ -148,11 +163,10 @@ pub fn tagged_values(doc: &Value, text: &str) -> Vec<TagProblem> {
         .into_iter()
         .map(|(path, tag)| {
             let found = map.tags().iter().find(|t| t.path == path);
-            let line = found
-                .and_then(|t| text.lines().nth(t.position.line - 1))
-                .unwrap_or("");
+            let at = found.map(|t| tag_start(text, &t.tag, t.position));
+            let line = at.and_then(|p| text.lines().nth(p.line - 1)).unwrap_or("");
             TagProblem {
-                position: found.map(|t| tag_start(text, &t.tag, t.position)),
+                position: at,
                 message: tag_message(found.map_or(tag.as_str(), |t| t.tag.as_str()), line),
                 path,
             }
@@ -203,17 +217,25 @@ fn tag_message(tag: &str, line: &str) -> String {
     }
 }
 
-/// The place of `tag` itself: the parser marks the tagged value, which follows it.
+/// The place of `tag` itself: the parser marks the tagged value, which follows it
+/// on its line or (a block list or mapping) starts on a later one.
 fn tag_start(text: &str, tag: &str, at: Position) -> Position {
-    let line = text.lines().nth(at.line.saturating_sub(1)).unwrap_or("");
-    let before: String = line.chars().take(at.column.saturating_sub(1)).collect();
-    match before.rfind(tag) {
-        Some(byte) => Position {
-            line: at.line,
-            column: before[..byte].chars().count() + 1,
-        },
-        None => at,
+    let lines: Vec<&str> = text.lines().collect();
+    for line_no in (1..=at.line.min(lines.len())).rev() {
+        let line = lines[line_no - 1];
+        let before: String = if line_no == at.line {
+            line.chars().take(at.column.saturating_sub(1)).collect()
+        } else {
+            line.to_string()
+        };
+        if let Some(byte) = before.rfind(tag) {
+            return Position {
+                line: line_no,
+                column: before[..byte].chars().count() + 1,
+            };
+        }
     }
+    at
 }
 
 #[cfg(test)]
@@ -231,12 +253,23 @@ mod tests {
             explained("version: 1\nsteps:\n  a:\n    kind: command\n    run: [x]\n    run: [y]\n");
         assert_eq!(at, Some(Position { line: 6, column: 5 }));
         assert!(
-            msg.starts_with("a second `run` in `steps.a` (the first is on line 5)"),
+            msg.starts_with("a second `run` in `steps.a` (the first is at line 5, column 5)"),
             "{msg}"
         );
         let (at, msg) = explained("steps:\n  a: {}\n  b: {}\n  a: {}\n");
         assert_eq!(at.map(|p| p.line), Some(4));
         assert!(msg.starts_with("a second step named `a`"), "{msg}");
+    }
+
+    #[test]
+    fn too_deep_a_nesting_is_placed_and_not_blamed_on_aliases() {
+        let text = format!("a: 1\nb: {}{}\nc: 2\n", "[".repeat(300), "]".repeat(300));
+        let (at, msg) = explained(&text);
+        assert_eq!(at.map(|p| p.line), Some(2));
+        assert!(
+            msg.contains("nest too deeply") && !msg.contains("alias"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -257,10 +290,20 @@ mod tests {
 
     #[test]
     fn a_value_left_tagged_is_found_with_its_place() {
-        let text = "steps:\n  a:\n    kind: !foo command\n    run: [!!str x]\n";
+        let text =
+            "steps:\n  a:\n    kind: !foo command\n    run: [!!str x]\n    env: !e\n      A: 1\n";
         let doc: Value = serde_yaml::from_str(text).unwrap();
         let found = tagged_values(&doc, text);
-        assert_eq!(found.len(), 1);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].path, "steps.a.env");
+        assert_eq!(
+            found[1].position,
+            Some(Position {
+                line: 5,
+                column: 10
+            })
+        );
+        assert!(found[1].message.ends_with("`env:`"), "{}", found[1].message);
         assert_eq!(found[0].path, "steps.a.kind");
         assert_eq!(
             found[0].position,
