@@ -151,6 +151,21 @@ fn a_step_name_with_a_newline_is_printed_escaped() {
         );
     }
     assert!(!run.stderr.contains("a\nb"), "{}", run.stderr);
+    // So are a kind and a field name.
+    s.workflow(&format!(
+        "version: 1\nsteps:\n  a:\n    kind: \"com\\nmand\"\n{MARK}  b:\n    kind: command\n{MARK}    \"ou\\ttputs\": [x]\n"
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(
+        run.stderr.contains("unknown kind `com\\nmand`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("unknown field `ou\\ttputs`"),
+        "{}",
+        run.stderr
+    );
     // A target given on the command line is printed escaped too.
     s.workflow(&format!(
         "version: 1\nsteps:\n  a:\n    kind: command\n{MARK}"

@@ -309,7 +309,11 @@ impl Workflow {
             if !TOP_LEVEL_FIELDS.contains(&k.as_str()) {
                 diags.at(
                     &k,
-                    format!("unknown field `{k}`{}", hint(&k, TOP_LEVEL_FIELDS)),
+                    format!(
+                        "unknown field `{}`{}",
+                        escaped(&k),
+                        hint(&k, TOP_LEVEL_FIELDS)
+                    ),
                 );
             }
         }
@@ -739,7 +743,8 @@ fn load_step(
         diags.at(
             &format!("{base}.kind"),
             format!(
-                "unknown kind `{kind_name}`{}; valid kinds: {}",
+                "unknown kind `{}`{}; valid kinds: {}",
+                escaped(&kind_name),
                 did_you_mean(&kind_name, registry.names()),
                 registry.names().join(", ")
             ),
@@ -1063,7 +1068,8 @@ fn report_field_error(
             unknown_field_message(&unknown, kind_name, field_names)
         } else {
             format!(
-                "unknown field `{unknown}`{}",
+                "unknown field `{}`{}",
+                escaped(&unknown),
                 strip_expected(&e.message, &dym)
             )
         };
@@ -1087,7 +1093,8 @@ fn unknown_field_message(unknown: &str, kind_name: &str, field_names: &[String])
     let mut all: Vec<String> = field_names.to_vec();
     all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
     format!(
-        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
+        "unknown field `{}` for kind `{kind_name}`{dym}; its fields: {}",
+        escaped(unknown),
         all.join(", ")
     )
 }
