@@ -441,3 +441,187 @@ fn color_always_colours_ok_cached_and_failed_and_never_or_no_color_does_not() {
         bad.stderr
     );
 }
+
+/// Two independent steps writing many long lines at once.
+const CHATTY: &str = r#"
+version: 1
+steps:
+  left:
+    kind: command
+    run: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo "left line $i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx end"; i=$((i+1)); done; touch "$QFLOW_OUT/l"']
+    outputs: [l]
+  right:
+    kind: command
+    run: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo "right line $i yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy end" >&2; i=$((i+1)); done; touch "$QFLOW_OUT/r"']
+    outputs: [r]
+"#;
+
+#[test]
+fn verbose_streams_each_step_output_line_whole_with_the_step_name() {
+    let s = Space::new();
+    s.workflow(CHATTY);
+    let run = s.qflow(&["apply", "-v", "-j", "2"]).success();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for line in run.stderr.lines().filter(|l| l.starts_with('[')) {
+        let (step, text) = line[1..]
+            .split_once("] ")
+            .unwrap_or_else(|| panic!("{line}"));
+        if text.starts_with("$ ") {
+            continue;
+        }
+        let x = if step == "left" { 'x' } else { 'y' };
+        let want = format!("{step} line ");
+        let n = text
+            .strip_prefix(want.as_str())
+            .and_then(|t| t.split_once(' '))
+            .filter(|(_, rest)| rest.trim_end_matches(" end").chars().all(|c| c == x))
+            .filter(|(_, rest)| rest.ends_with(" end"));
+        assert!(n.is_some(), "a line mixed with another: {line:?}");
+        *seen
+            .entry(if step == "left" { "left" } else { "right" })
+            .or_default() += 1;
+    }
+    assert_eq!(seen.get("left"), Some(&300), "{seen:?}");
+    assert_eq!(seen.get("right"), Some(&300), "{seen:?}");
+    assert_eq!(run.ran_sorted(), ["left", "right"]);
+    // Without -v the output stays in the logs.
+    let quiet = s.qflow(&["apply", "--force", "left"]).success();
+    assert!(
+        !quiet.stderr.contains("[left] left line"),
+        "{}",
+        quiet.stderr
+    );
+}
+
+const TIMED: &str = r#"
+version: 1
+steps:
+  first:
+    kind: command
+    run: [sh, -c, 'sleep 1; touch "$QFLOW_OUT/a"']
+    outputs: [a]
+  second:
+    kind: command
+    run: [sh, -c, 'sleep 2; date +%s%N > "$QFLOW_OUT/b"; cat ${{ steps.first.a }}']
+    outputs: [b]
+"#;
+
+/// The `[n/m...]` at the end of step `step`'s `ok` line.
+fn counter_of(stderr: &str, step: &str) -> String {
+    let prefix = format!("qflow: ok {step} ");
+    let line = (stderr.lines())
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no ok line for {step}:\n{stderr}"));
+    line[line.find('[').unwrap_or_else(|| panic!("{line}"))..].to_string()
+}
+
+#[test]
+fn ok_lines_count_steps_and_estimate_the_time_left_from_the_previous_run() {
+    let s = Space::new();
+    s.workflow(TIMED);
+    let first = s.apply();
+    assert_eq!(
+        first.ran(),
+        ["first", "second"],
+        "the step names still parse"
+    );
+    // No previous times yet: the count alone.
+    assert_eq!(counter_of(&first.stderr, "first"), "[1/2]");
+    assert_eq!(counter_of(&first.stderr, "second"), "[2/2]");
+    let again = s
+        .qflow(&["apply", "--force", "first", "--force", "second"])
+        .success();
+    // `second` took 2 s (a little more on a busy machine) last time and has
+    // not started when `first` ends.
+    let counter = counter_of(&again.stderr, "first");
+    let secs: u64 = (counter.strip_prefix("[1/2, about "))
+        .and_then(|c| c.strip_suffix("s left]"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{counter}"));
+    assert!((2..=4).contains(&secs), "{counter}");
+    assert_eq!(counter_of(&again.stderr, "second"), "[2/2]");
+}
+
+/// The JSON events of `apply --json`, each line parsed on its own.
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    (stdout.lines())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn apply_json_writes_one_event_per_line_for_each_step_and_the_run() {
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  gen:
+    kind: command
+    run: [sh, -c, 'echo hi > "$QFLOW_OUT/out.txt"']
+    outputs: [out.txt]
+  bad:
+    kind: command
+    run: [sh, -c, 'exit 3']
+    outputs: [x]
+  after:
+    kind: command
+    run: [sh, -c, 'cat ${{ steps.bad.x }}']
+    outputs: [y]
+"#,
+    );
+    let run = s.qflow(&["apply", "--json", "--keep-going"]).failure(1);
+    let ev = events(&run.stdout);
+    let finished = |step: &str| {
+        (ev.iter())
+            .find(|e| e["event"] == "finished" && e["step"] == step)
+            .unwrap_or_else(|| panic!("no finished event for {step}: {ev:?}"))
+            .clone()
+    };
+    let started: Vec<&str> = (ev.iter())
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2, "{ev:?}");
+    assert!(
+        started.contains(&"gen") && started.contains(&"bad"),
+        "{ev:?}"
+    );
+    let gen_ = finished("gen");
+    assert_eq!(gen_["state"], "ran");
+    assert_eq!(gen_["key"].as_str().unwrap().len(), 64, "{gen_}");
+    assert!(gen_["duration_ms"].is_u64(), "{gen_}");
+    let bad = finished("bad");
+    assert_eq!(bad["state"], "failed");
+    assert!(bad["error"].as_str().unwrap().contains("exit"), "{bad}");
+    assert!(bad["log"].as_str().unwrap().ends_with("bad.log"), "{bad}");
+    let after = finished("after");
+    assert_eq!(after["state"], "skipped");
+    assert!(
+        after["reasons"][0].as_str().unwrap().contains("bad"),
+        "{after}"
+    );
+    let end = ev.last().unwrap();
+    assert_eq!(end["event"], "run_finished", "{ev:?}");
+    assert_eq!(
+        (end["ran"].as_u64(), end["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(end["skipped"], 1);
+    // Each step is finished once, and the human lines stay on stderr.
+    assert_eq!(ev.iter().filter(|e| e["event"] == "finished").count(), 3);
+    assert!(run.stderr.contains("qflow: ok gen"), "{}", run.stderr);
+
+    let cached = s.qflow(&["apply", "--json", "gen"]).success();
+    let ev = events(&cached.stdout);
+    assert_eq!(ev[0]["event"], "finished", "{ev:?}");
+    assert_eq!(ev[0]["state"], "cached");
+    assert_eq!(ev[0]["key"], gen_["key"]);
+    assert_eq!(ev[1]["cached"], 1);
+}
+
+#[test]
+fn verbose_and_quiet_together_is_a_usage_error() {
+    let s = two();
+    s.qflow(&["apply", "-q", "-v"]).failure(2);
+}

@@ -8,7 +8,7 @@
 //! `//!` header says what it imports):
 //! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`, `field_error`,
 //!   `cgroup`, `leftovers` (→ `cgroup`), `masking`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
-//!   `timings`, `lockfile`, `input_entry`, `run_record`;
+//!   `timings`, `lockfile`, `input_entry`, `run_record`, `estimate`;
 //! - results (metrics, tables, figures' data; → `field_error`): `results`;
 //! - a step's programs and the kinds' contract: `process` → `context` → `step`
 //!   (→ `results` for a step's metrics);
@@ -38,6 +38,7 @@ pub mod bundle;
 pub mod cgroup;
 pub mod dag;
 pub mod diagnostic;
+pub mod estimate;
 pub mod executor;
 pub mod failure_report;
 pub mod field_error;

@@ -34,6 +34,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let display = qflow_engine::progress::Display {
         quiet: cli.quiet,
         color: cli.color,
+        verbose: cli.verbose,
+        json: false,
     };
     match cli.command {
         Command::Apply {
@@ -45,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             detach,
             executor,
             slurm_batch,
+            json,
             remote,
         } => apply::run(
             &registry,
@@ -60,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 executor,
                 slurm_batch,
                 remote,
-                display,
+                display: qflow_engine::progress::Display { json, ..display },
             },
         ),
         Command::Plan {
@@ -86,7 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             workflow,
         } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
         Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
-        Command::Status { workflow } => status::run(&registry, workflow),
+        Command::Status { workflow, json } => status::run(&registry, workflow, json),
         Command::Stop { workflow } => stop::run(&registry, &workflow.locate()?),
         Command::Gc {
             workflow,
