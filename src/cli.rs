@@ -379,7 +379,16 @@ pub enum Command {
     /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
     #[command(name = "__probe-node", hide = true)]
     ProbeNode { file: PathBuf },
-    /// Print shell completions.
+    /// (Internal) the step names to offer at the end of a command line, for the
+    /// completion scripts.
+    #[command(name = "__complete-steps", hide = true)]
+    CompleteSteps {
+        /// The words after `qflow`, the last one being completed.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+    /// Print shell completions that offer subcommands, options and the step
+    /// names of the workflow found where you type.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,

@@ -625,3 +625,88 @@ fn verbose_and_quiet_together_is_a_usage_error() {
     let s = two();
     s.qflow(&["apply", "-q", "-v"]).failure(2);
 }
+
+#[test]
+fn completion_offers_the_step_names_of_the_workflow_found_here() {
+    let s = two();
+    std::fs::create_dir(s.join("deeper")).unwrap();
+    let names = |dir: &str, words: &[&str]| {
+        let mut args = vec!["__complete-steps", "--"];
+        args.extend(words);
+        let mut cmd = s.command(&args);
+        cmd.current_dir(s.join(dir));
+        common::Run::from(cmd.output().unwrap())
+    };
+    assert_eq!(names(".", &["apply", ""]).success().stdout, "gen\nuse\n");
+    assert_eq!(
+        names(".", &["plan", "--force", "u"]).success().stdout,
+        "gen\nuse\n"
+    );
+    assert_eq!(
+        names(".", &["clean", "--step", ""]).success().stdout,
+        "gen\nuse\n"
+    );
+    // From a subdirectory, the workflow of a parent, as apply finds it.
+    assert_eq!(
+        names("deeper", &["graph", ""]).success().stdout,
+        "gen\nuse\n"
+    );
+    // Where no step goes, nothing.
+    let none = names(".", &["apply", "--jobs", ""]).failure(1);
+    assert_eq!(none.stdout, "");
+    names(".", &["status", ""]).failure(1);
+    // Another workflow named on the line.
+    s.write(
+        "other.yaml",
+        "version: 1\nsteps:\n  only:\n    kind: command\n    run: [sh, -c, 'true']\n",
+    );
+    let other = names("deeper", &["-C", "..", "apply", "-f", "other.yaml", ""]);
+    assert_eq!(other.success().stdout, "only\n");
+}
+
+#[test]
+fn the_bash_completion_script_completes_step_names() {
+    let s = two();
+    let script = s.qflow(&["completions", "bash"]).success().stdout;
+    assert!(script.contains("__complete-steps"), "{script}");
+    s.write("qflow.bash", &script);
+    for shell in ["zsh", "fish"] {
+        let out = s.qflow(&["completions", shell]).success().stdout;
+        assert!(out.contains("__complete-steps"), "{shell}: {out}");
+    }
+    // Run bash's completion as a TAB would, with this qflow on PATH.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_qflow"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let cword = words.len() - 1;
+        let program = format!(
+            "source ./qflow.bash; COMP_WORDS=({}); COMP_CWORD={cword}; \
+             _qflow qflow '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            quoted.join(" "),
+            words[cword],
+            words[cword - 1],
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &program])
+            .current_dir(s.path())
+            .env("PATH", &path)
+            .output()
+            .expect("bash runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete("qflow apply "), "gen\nuse\n");
+    assert_eq!(complete("qflow apply --force u"), "use\n");
+    assert_eq!(
+        complete("qflow sta"),
+        "status\n",
+        "subcommands still complete"
+    );
+}

@@ -7,6 +7,7 @@ mod attach;
 mod bundle;
 mod check;
 mod clean;
+mod completions;
 mod doctor;
 mod fsck;
 mod gc;
@@ -157,11 +158,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             qflow_engine::slurm::node::run_described_step(&description, &registry)
         }
         Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "qflow", &mut std::io::stdout());
-            Ok(0)
-        }
+        Command::Completions { shell } => completions::print(shell),
+        Command::CompleteSteps { words } => completions::complete_steps(&registry, &words),
     }
 }
 
