@@ -379,6 +379,8 @@ pub enum Command {
     /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
     #[command(name = "__probe-node", hide = true)]
     ProbeNode { file: PathBuf },
+    /// Print the manual page (roff), as installed to `man1/qflow.1`: `qflow man | man -l -`.
+    Man,
     /// (Internal) the step names to offer at the end of a command line, for the
     /// completion scripts.
     #[command(name = "__complete-steps", hide = true)]

@@ -710,3 +710,61 @@ fn the_bash_completion_script_completes_step_names() {
         "subcommands still complete"
     );
 }
+
+/// The commands `qflow --help` lists.
+fn commands_in_help(s: &Space) -> Vec<String> {
+    let help = s.qflow(&["--help"]).success().stdout;
+    let list = &help[help.find("Commands:").expect("a command list")..];
+    (list.lines().skip(1))
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_man_page_describes_every_command_with_its_options() {
+    let s = Space::new();
+    let page = s.qflow(&["man"]).success().stdout;
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "roff: {page}"
+    );
+    assert!(page.contains(".TH qflow 1"), "{page}");
+    let commands = commands_in_help(&s);
+    assert!(commands.len() > 15, "{commands:?}");
+    for c in &commands {
+        let section = format!(".SH \"QFLOW {}\"", c.to_uppercase());
+        assert!(page.contains(&section), "no section {section}");
+        assert!(
+            page.contains(&format!("\\fBqflow {c}\\fR")),
+            "{c} not listed"
+        );
+    }
+    assert!(
+        page.contains("\\-\\-keep\\-going"),
+        "apply's options are there"
+    );
+    assert!(!page.contains("__run"), "internal commands are left out");
+}
+
+#[test]
+fn the_setup_script_installs_the_man_page() {
+    let s = Space::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-host-deps.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, "--man-page", env!("CARGO_BIN_EXE_qflow")])
+        .env("QFLOW_MAN_DIR", s.join("man"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = s.read("man/man1/qflow.1");
+    assert_eq!(installed, s.qflow(&["man"]).success().stdout);
+    let quickstart = include_str!("../scripts/quickstart.sh");
+    assert!(quickstart.contains("install-host-deps.sh --man-page target/release/qflow"));
+}

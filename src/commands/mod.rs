@@ -12,6 +12,7 @@ mod doctor;
 mod fsck;
 mod gc;
 mod graph;
+mod man;
 mod plan;
 mod reference;
 mod remote;
@@ -158,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             qflow_engine::slurm::node::run_described_step(&description, &registry)
         }
         Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
+        Command::Man => man::print(),
         Command::Completions { shell } => completions::print(shell),
         Command::CompleteSteps { words } => completions::complete_steps(&registry, &words),
     }
