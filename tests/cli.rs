@@ -768,3 +768,139 @@ fn the_setup_script_installs_the_man_page() {
     let quickstart = include_str!("../scripts/quickstart.sh");
     assert!(quickstart.contains("install-host-deps.sh --man-page target/release/qflow"));
 }
+
+/// The screen a terminal of `width` columns shows after `bytes` (the subset of
+/// VT100 indicatif writes: text with deferred autowrap, CR, LF, cursor up and
+/// down, erase line and below; colours ignored).
+fn screen_after(bytes: &[u8], width: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col, mut wrap) = (0usize, 0usize, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if rows.len() <= row {
+            rows.resize(row + 1, Vec::new());
+        }
+        match c {
+            '\r' => (col, wrap) = (0, false),
+            '\n' => (row, wrap) = (row + 1, false),
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut arg = String::new();
+                let mut end = ' ';
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        end = c;
+                        break;
+                    }
+                    arg.push(c);
+                }
+                let n: usize = arg.parse().unwrap_or(1);
+                // Colours keep a pending wrap; moves and erases end it.
+                wrap &= !matches!(end, 'A' | 'B' | 'K' | 'J');
+                match end {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'K' if arg == "2" => rows[row].clear(),
+                    'K' => rows[row].truncate(col),
+                    'J' => {
+                        rows[row].truncate(col);
+                        rows.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+            }
+            c if c.is_control() => {}
+            c => {
+                if wrap {
+                    (row, col, wrap) = (row + 1, 0, false);
+                    if rows.len() <= row {
+                        rows.resize(row + 1, Vec::new());
+                    }
+                }
+                let line = &mut rows[row];
+                if line.len() <= col {
+                    line.resize(col + 1, ' ');
+                }
+                line[col] = c;
+                if col + 1 == width {
+                    wrap = true;
+                } else {
+                    col += 1;
+                }
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|r| r.into_iter().collect::<String>().trim_end().to_string())
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_leaves_no_progress_line_behind() {
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  slow:
+    kind: command
+    run: [sh, -c, 'echo still-working; touch started; sleep 30; touch "$QFLOW_OUT/x"']
+    outputs: [x]
+"#,
+    );
+    // `script` gives qflow a real terminal (a pty, 80 columns); a Ctrl-C typed
+    // on it reaches qflow as the terminal's SIGINT.
+    let line = format!(
+        "stty cols 80 rows 24; exec {} apply",
+        env!("CARGO_BIN_EXE_qflow")
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &line, "typescript"])
+        .current_dir(s.path())
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut script = cmd.spawn().expect("script (util-linux) runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !s.join("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Long enough for the bars to be drawn with the step's output.
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    use std::io::Write as _;
+    let mut stdin = script.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let status = script.wait().unwrap();
+    drop(stdin);
+    assert_eq!(status.code(), Some(130), "qflow exits 130 on Ctrl-C");
+    let raw = std::fs::read(s.join("typescript")).unwrap();
+    let drawn = String::from_utf8_lossy(&raw);
+    assert!(
+        drawn.contains("still-working"),
+        "the bar showed the step's output: {drawn:?}"
+    );
+    // What qflow wrote: between script's own first line and its closing line.
+    let start = raw.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let end = drawn.rfind("Script done").unwrap_or(raw.len());
+    let screen = screen_after(&raw[start..end], 80);
+    assert!(
+        screen
+            .iter()
+            .all(|l| !l.contains("still-working") && !l.contains("[0/1")),
+        "a progress line is left on the terminal: {screen:#?}"
+    );
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.starts_with("qflow: interrupted slow")),
+        "{screen:#?}"
+    );
+}

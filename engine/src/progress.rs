@@ -24,14 +24,15 @@
 //!
 //! On Ctrl-C the bars are cleared at once ([`Progress::interrupted`]), and
 //! [`clear_terminal`] clears them when qflow exits on a second signal, so the
-//! terminal is left clean.
+//! terminal is left clean; while bars are drawn the terminal does not echo
+//! `^C` (`control_echo.rs` says why).
 //!
 //! Lines about steps that did nothing (`cached STEP`) may be held and written
 //! together at the next [`Progress::flush`] or event: a no-op apply of 1,000
 //! steps then costs one write, not 1,000. Order is kept: any other event writes
 //! the held lines first.
 //!
-//! Imports `context` (for the progress sink it implements), `estimate`,
+//! Imports `context` (for the progress sink it implements), `estimate`, `control_echo`,
 //! `step_log` (for `-v`) and `run_record` (what a finished step's JSON says).
 
 use std::collections::HashMap;
@@ -110,6 +111,7 @@ pub fn clear_terminal() {
         let _ = mp.clear();
         mp.set_draw_target(ProgressDrawTarget::hidden());
     }
+    crate::control_echo::restore();
 }
 
 impl Progress {
@@ -125,6 +127,7 @@ impl Progress {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let (bars, color) = display.modes(terminal, no_color);
         let fancy = bars.then(|| {
+            crate::control_echo::quiet();
             let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
             *ON_TERMINAL.lock().unwrap() = Some(mp.clone());
             mp
@@ -446,6 +449,9 @@ fn write_out(held: &mut String) {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.flush();
+        if self.fancy.is_some() {
+            crate::control_echo::restore();
+        }
     }
 }
 
