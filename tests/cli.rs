@@ -846,7 +846,7 @@ version: 1
 steps:
   slow:
     kind: command
-    run: [sh, -c, 'echo still-working; touch started; sleep 30; touch "$QFLOW_OUT/x"']
+    run: [sh, -c, 'echo still-working; sleep 30; touch "$QFLOW_OUT/x"']
     outputs: [x]
 "#,
     );
@@ -864,16 +864,15 @@ steps:
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null());
     let mut script = cmd.spawn().expect("script (util-linux) runs");
+    // Wait until the bars are drawn with the step's output.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !s.join("started").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the step never started"
-        );
+    while !std::fs::read(s.join("typescript"))
+        .is_ok_and(|t| String::from_utf8_lossy(&t).contains("still-working"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no bar was drawn");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // Long enough for the bars to be drawn with the step's output.
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    std::thread::sleep(std::time::Duration::from_millis(200));
     use std::io::Write as _;
     let mut stdin = script.stdin.take().unwrap();
     stdin.write_all(b"\x03").unwrap();
