@@ -674,6 +674,12 @@ fn the_bash_completion_script_completes_step_names() {
         let out = s.qflow(&["completions", shell]).success().stdout;
         assert!(out.contains("__complete-steps"), "{shell}: {out}");
     }
+    // fish completes an option's value from that option's own line only.
+    let fish = s.qflow(&["completions", "fish"]).success().stdout;
+    let force = (fish.lines())
+        .find(|l| l.contains("using_subcommand apply") && l.contains(" -l force "))
+        .expect("apply's --force line");
+    assert!(force.ends_with("-a '(__fish_qflow_steps)'"), "{force}");
     // Run bash's completion as a TAB would, with this qflow on PATH.
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_qflow"))
         .parent()

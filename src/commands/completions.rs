@@ -45,7 +45,19 @@ fn with_steps(shell: clap_complete::Shell, generated: &str) -> String {
             let at = renamed.find("\n_qflow_generated() {").map_or(0, |i| i + 1);
             format!("{}{ZSH}{}", &renamed[..at], &renamed[at..])
         }
-        Shell::Fish => format!("{generated}{FISH}"),
+        // fish completes an option's value only from that option's own line.
+        Shell::Fish => {
+            let mut out = String::new();
+            for line in generated.lines() {
+                out.push_str(line);
+                let takes_step = [" -l force ", " -l step "].iter().any(|o| line.contains(o));
+                if takes_step && line.ends_with(" -r") {
+                    out.push_str(" -f -a '(__fish_qflow_steps)'");
+                }
+                out.push('\n');
+            }
+            format!("{out}{FISH}")
+        }
         _ => generated.to_string(),
     }
 }
@@ -77,7 +89,8 @@ const FISH: &str = r#"
 # Step names where a step is expected (`qflow __complete-steps`).
 function __fish_qflow_steps
     set -l words (commandline -opc)
-    $words[1] __complete-steps -- $words[2..-1] (commandline -ct) 2>/dev/null
+    set -l current (commandline -ct)
+    $words[1] __complete-steps -- $words[2..-1] "$current" 2>/dev/null
 end
 complete -c qflow -n '__fish_qflow_steps >/dev/null' -a '(__fish_qflow_steps)'
 "#;
