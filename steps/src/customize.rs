@@ -474,7 +474,7 @@ impl Customize {
         let tree = r.scratch.tree();
         let status = tree.join(DPKG_STATUS.trim_start_matches('/'));
         match std::fs::read_to_string(&status) {
-            Ok(text) => self.note_packages(ctx, &text)?,
+            Ok(text) => self.note_packages(ctx, &text),
             Err(_) if self.install.is_empty() => {}
             Err(e) => bail!("cannot read the customized image's {DPKG_STATUS}: {e}"),
         }
@@ -520,20 +520,19 @@ impl Customize {
             cmd.args(["--ro", "--format=qcow2", "-a"]).arg(&out);
             cmd.args(["-i", "cat", DPKG_STATUS]);
             let text = ctx.run_capture(cmd).map_err(explain_libguestfs_failure)?;
-            self.note_packages(ctx, &text)?;
+            self.note_packages(ctx, &text);
         }
         Ok(())
     }
 
     /// Record in the lock what the image's dpkg database (`status`, its text) holds:
     /// `installed`, the `install:` entries with their versions, and `packages`, all of them.
-    fn note_packages(&self, ctx: &mut RunContext, status: &str) -> anyhow::Result<()> {
+    fn note_packages(&self, ctx: &mut RunContext, status: &str) {
         let packages = InstalledPackages::parse(status);
         if !self.install.is_empty() {
-            ctx.note("installed", &packages.asked_for(&self.install)?);
+            ctx.note("installed", &packages.asked_for(&self.install));
         }
         ctx.note("packages", &packages.all());
-        Ok(())
     }
 
     /// The root password's value (a `random` one is kept in the state directory).

@@ -90,9 +90,9 @@ impl InstalledPackages {
 
     /// Each `install:` entry (`NAME`, `NAME:ARCH`, `NAME=VERSION`) as `name=version`
     /// with the version installed, in the entries' order. A virtual package is
-    /// written `name=provider=version`; an entry the database does not hold is an
-    /// error (apt said it installed it, so the image is not what qflow expects).
-    pub fn asked_for(&self, entries: &[String]) -> anyhow::Result<String> {
+    /// written `name=provider=version`; one the database does not hold (removed
+    /// again by `uninstall:` or a command) `name=(not installed)`.
+    pub fn asked_for(&self, entries: &[String]) -> String {
         let mut lines = Vec::new();
         for entry in entries {
             let name_arch = entry.split_once('=').map_or(entry.as_str(), |(n, _)| n);
@@ -116,13 +116,11 @@ impl InstalledPackages {
             });
             match provider {
                 Some((pname, p)) => lines.push(format!("{name_arch}={pname}={}", p.version)),
-                None => anyhow::bail!(
-                    "`install` asked for `{entry}` but the customized image's dpkg database \
-                     does not list it as installed; check the step's log"
-                ),
+                // `uninstall:` or a guest command may have removed it again: say so.
+                None => lines.push(format!("{name_arch}=(not installed)")),
             }
         }
-        Ok(lines.join("\n"))
+        lines.join("\n")
     }
 }
 
@@ -143,16 +141,15 @@ Package: libc6\nStatus: install ok installed\nArchitecture: i386\nVersion: 2.36-
         let p = InstalledPackages::parse(STATUS);
         let entries = ["numactl", "awk", "libc6:i386", "numactl=2.0.16-1"].map(String::from);
         assert_eq!(
-            p.asked_for(&entries).unwrap(),
+            p.asked_for(&entries),
             "numactl=2.0.16-1\nawk=mawk=1.3.4.20200120-3.1\nlibc6:i386=2.36-9\nnumactl=2.0.16-1"
         );
     }
 
     #[test]
-    fn a_removed_package_is_not_installed_and_an_absent_one_is_an_error() {
+    fn a_removed_package_is_recorded_as_not_installed() {
         let p = InstalledPackages::parse(STATUS);
-        let err = p.asked_for(&["less".to_string()]).unwrap_err();
-        assert!(format!("{err}").contains("`less`"), "{err}");
+        assert_eq!(p.asked_for(&["less".to_string()]), "less=(not installed)");
         assert_eq!(
             p.all(),
             "libc6:amd64=2.36-9\nlibc6:i386=2.36-9\nmawk=1.3.4.20200120-3.1\nnumactl=2.0.16-1"
