@@ -52,6 +52,16 @@ fn workflow(kernel: &str, initrd: bool) -> String {
         String::new()
     };
     let initrd_field = if initrd { "    initrd: modules\n" } else { "" };
+    // The booted guest saved and resumed, as after a login.
+    let (checkpoint, resumed) = if initrd {
+        (
+            "true",
+            "  resumed:\n    kind: boot\n    from_checkpoint: quick\n    \
+             commands: ['cat /proc/1/comm /root/count.txt']\n    timeout: 3m\n",
+        )
+    } else {
+        ("false", "")
+    };
     format!(
         r#"version: 1
 name: quick-boot
@@ -87,8 +97,9 @@ steps:
     collect: [/root/count.txt]
     metrics:
       lines: {{ from: count.txt, regex: '([0-9]+)' }}
+    checkpoint: {checkpoint}
     timeout: 3m
-"#
+{resumed}"#
     )
 }
 
@@ -136,6 +147,8 @@ fn a_minimal_init_boot_runs_the_commands_on_the_system_disk_without_its_init() {
         "{console}"
     );
     assert!(s.join("out/quick/initramfs.cpio").is_file());
+    let resumed = commands_json(&s, "out/resumed/commands.json");
+    assert_eq!(resumed[0]["output"], "sh\n5\n", "{resumed:#?}");
 
     // Keyed like any other step: nothing changed, nothing runs.
     let again = s.apply().success();
