@@ -6,13 +6,16 @@
 //! modules: a `command` step packs them into an initrd
 //! (`fixtures/boot/make-modules-initrd.sh`) that joins qflow's initramfs. The
 //! system disk is an ext4 image made by the `disk` kind holding the host's static
-//! busybox, so one boot under TCG takes seconds. The host kernel scans its disks
-//! asynchronously, so `scsi_mod.scan=sync` keeps `-hda` at `/dev/sda`.
+//! busybox, so one boot under TCG takes seconds. The host kernel's disk driver
+//! probes its disks in parallel, so which of them is `/dev/sda` varies: the disks
+//! are named by their file systems' UUIDs.
 
 mod common;
 use common::{Space, host_kernel};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const ROOT_UUID: &str = "6c1a3d6e-0b9f-4c55-9a57-0d6f1f6c2a01";
+const DATA_UUID: &str = "6c1a3d6e-0b9f-4c55-9a57-0d6f1f6c2a02";
 
 /// A root file system of the host's static busybox and its applets, a data file
 /// and the mount points, in `rootfs/` of the space.
@@ -73,6 +76,7 @@ steps:
     contents: rootfs
     owner: "0:0"
     via: mkfs
+    uuid: {ROOT_UUID}
   data:
     kind: disk
     size: 8M
@@ -80,20 +84,21 @@ steps:
     contents: data
     owner: "0:0"
     via: mkfs
+    uuid: {DATA_UUID}
   quick:
     kind: boot
     init: minimal
     system: root
     disks: [data]
     kernel: {kernel}
-{initrd_field}    append: root=/dev/sda console=ttyS0 scsi_mod.scan=sync
+{initrd_field}    append: root=UUID={ROOT_UUID} console=ttyS0
     memory: 256M
     accel: tcg
     commands:
       - uname -r
       - cat /proc/1/comm
       - grep ' / ' /proc/mounts
-      - mount /dev/sdb /mnt && wc -l < /mnt/numbers.txt > /root/count.txt
+      - mount "$(findfs UUID={DATA_UUID})" /mnt && wc -l < /mnt/numbers.txt > /root/count.txt
     collect: [/root/count.txt]
     metrics:
       lines: {{ from: count.txt, regex: '([0-9]+)' }}
@@ -117,7 +122,7 @@ fn a_minimal_init_boot_runs_the_commands_on_the_system_disk_without_its_init() {
     let plan = s.qflow(&["plan"]).success();
     assert!(
         plan.stdout
-            .contains("-initrd initramfs.cpio -append 'root=/dev/sda console=ttyS0 scsi_mod.scan=sync rdinit=/qflow/init init=/qflow/init'"),
+            .contains(&format!("-initrd initramfs.cpio -append 'root=UUID={ROOT_UUID} console=ttyS0 rdinit=/qflow/init init=/qflow/init'")),
         "{}",
         plan.stdout
     );
@@ -133,7 +138,7 @@ fn a_minimal_init_boot_runs_the_commands_on_the_system_disk_without_its_init() {
     // PID 1 is the root shell qflow's init handed the console to, not an init system.
     assert_eq!(output(1), "sh", "{records:#?}");
     assert!(
-        output(2).starts_with("/dev/sda / ext4 rw"),
+        output(2).starts_with("/dev/sd") && output(2).contains(" / ext4 rw"),
         "the system disk is the root, read-write: {records:#?}"
     );
     assert_eq!(s.read("out/quick/count.txt"), "5\n");
@@ -143,7 +148,7 @@ fn a_minimal_init_boot_runs_the_commands_on_the_system_disk_without_its_init() {
     assert!(metrics.to_string().contains('5'), "{metrics}");
     let console = s.read("out/quick/console.log");
     assert!(
-        console.contains("qflow-init: root disk /dev/sda (ext4, rw) mounted; starting /bin/sh"),
+        console.contains("(ext4, rw) mounted; starting /bin/sh"),
         "{console}"
     );
     assert!(s.join("out/quick/initramfs.cpio").is_file());
@@ -164,7 +169,9 @@ fn a_kernel_that_cannot_mount_the_root_disk_says_which_driver_to_build_in() {
     let run = s.qflow(&["apply"]).failure(1);
     assert_eq!(run.failed(), ["quick"], "{}", run.stderr);
     assert!(
-        run.stderr_contains("the kernel cannot mount the root disk: it found no /dev/sda"),
+        run.stderr_contains(&format!(
+            "the kernel cannot mount the root disk: it found no UUID={ROOT_UUID}"
+        )),
         "{}",
         run.stderr
     );
