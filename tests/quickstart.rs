@@ -183,7 +183,12 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
         .into_iter()
         .filter(|s| s != "figures")
         .collect();
-    assert_eq!(ran, ["experiment", "kernel", "quick", "runs"], "{}", edit.stderr);
+    assert_eq!(
+        ran,
+        ["experiment", "kernel", "quick", "runs"],
+        "{}",
+        edit.stderr
+    );
     let mut cached = edit.cached();
     cached.sort();
     cached.retain(|s| s != "figures");

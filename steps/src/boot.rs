@@ -600,10 +600,11 @@ impl Step for Boot {
         ctx.log(&format!("qflow: {}", spec.line.display()));
         let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
         let ran = self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref());
-        ran.map_err(|e| match self.minimal_init() {
-            true => minimal_init::explain(e),
-            false => e,
-        })?;
+        if self.minimal_init() {
+            ran.map_err(minimal_init::explain)?;
+        } else {
+            ran?;
+        }
         let runs = self.metric_runs(&out_dir);
         crate::metrics::record(ctx, &self.metrics, &runs)
     }
