@@ -100,7 +100,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// `kernel:`, `append:` must keep `console=ttyS0`, as its default does). On it,
 /// either a getty that prints `login:` and then `Password:` (give `login:`, and qflow
 /// types the user and the password), or a shell already running there (autologin, or
-/// `init=/bin/sh`; leave `login:` out). That shell must be a POSIX shell with `echo`,
+/// `init=/bin/sh`, or `init: minimal`, whose shell qflow starts itself; leave `login:` out). That shell must be a POSIX shell with `echo`,
 /// `eval`, `base64` (coreutils or busybox) and `stty`: qflow types `echo` probes
 /// until one is answered, turns the echo off (`stty -echo`) and sets the size from
 /// `terminal:`, then types each of `commands` base64-encoded and runs it with `eval`
