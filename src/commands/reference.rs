@@ -47,6 +47,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "system: system\nkernel: kernel\nappend: console=ttyS0\ncommands: [./workload]\ncollect: [/root/results.txt]",
             "system: system\nkernel: kernel\ncheckpoint: true",
+            "system: system\nkernel: kernel\ninit: minimal\ncommands: [./workload]",
             "system: system\ndisks: [data]\nkernel: kernel\nsnapshot: false\nmatrix: { n: [1, 2] }\ncommands: ['./workload ${{ matrix.n }}']\nmetrics:\n  seconds: { from: console.log, regex: 'took ([0-9.]+)s' }",
         ],
     ),
