@@ -59,6 +59,9 @@ const SETTLE_SILENCE: Duration = Duration::from_secs(3);
 /// How long nothing more may arrive after a prompt before qflow types at it.
 const PROMPT_QUIET: Duration = Duration::from_millis(300);
 
+/// Where transcript lines go.
+pub type LineSink = Box<dyn FnMut(&str) + Send>;
+
 /// What one framed command printed and how it exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutcome {
@@ -74,7 +77,7 @@ pub struct SerialConsole {
     /// The incomplete last line of the transcript.
     partial: Vec<u8>,
     recent: VecDeque<String>,
-    transcript: Box<dyn FnMut(&str) + Send>,
+    transcript: LineSink,
     secrets: Vec<String>,
     tag: String,
     counter: u64,
@@ -85,7 +88,7 @@ pub struct SerialConsole {
     /// Type only when the guest waits for input ([`SerialConsole::paced_by_the_guest`]).
     paced: bool,
     /// Receives the transcript from the first probe on ([`SerialConsole::with_session_sink`]).
-    session: Option<Box<dyn FnMut(&str) + Send>>,
+    session: Option<LineSink>,
     in_session: bool,
 }
 
@@ -112,7 +115,7 @@ impl SerialConsole {
     /// `icount` it repeats even when the boot before it does not (a boot that
     /// reads a disk waits for the host's reads, which the instruction count does
     /// not pace).
-    pub fn with_session_sink(mut self, sink: Box<dyn FnMut(&str) + Send>) -> Self {
+    pub fn with_session_sink(mut self, sink: LineSink) -> Self {
         self.session = Some(sink);
         self
     }
