@@ -75,6 +75,13 @@ fn show(registry: &Registry, workflow: &Located) -> anyhow::Result<i32> {
     for (state, name) in rows {
         println!("  {state:<width$} {name}");
     }
+    let jobs = crate::slurm_plan::status_lines(&wf, &dir);
+    if !jobs.is_empty() {
+        println!("slurm jobs:");
+        for line in jobs {
+            println!("  {line}");
+        }
+    }
     Ok(0)
 }
 

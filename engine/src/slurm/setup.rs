@@ -39,6 +39,20 @@ pub fn placements(
         .collect()
 }
 
+/// The Slurm jobs one execution of `step` takes, and the CPUs each asks for:
+/// one job with `resources.cpus` (else the step's `jobs`), or, for a step with
+/// parts (a boot matrix), one job per part with `resources.cpus` (else 1).
+pub fn jobs_of(step: &crate::workflow::StepDecl) -> (usize, usize) {
+    let parts = step.step.parts().len();
+    let cpus = step.placement.resources.cpus;
+    if parts > 0 {
+        (parts, cpus.unwrap_or(1).max(1))
+    } else {
+        let jobs = step.jobs.unwrap_or_else(|| step.step.default_jobs());
+        (1, cpus.unwrap_or(jobs).max(1))
+    }
+}
+
 /// A job request per step of `workflow` that would run on the cluster (its
 /// command a placeholder): what the preflight asks `sbatch --test-only` about.
 pub fn requests(
@@ -55,13 +69,12 @@ pub fn requests(
         .zip(placed)
         .filter(|(_, (choice, _))| *choice == ExecutorChoice::Slurm)
         .map(|(s, _)| {
-            let jobs = s.jobs.unwrap_or_else(|| s.step.default_jobs());
             (
                 s.name.clone(),
                 JobRequest {
                     name: name.clone(),
                     comment: job_comment(&s.name, &"0".repeat(64)),
-                    cpus: s.placement.resources.cpus.unwrap_or(jobs).max(1),
+                    cpus: jobs_of(s).1,
                     resources: s.placement.resources.clone(),
                     cluster: workflow.placement.slurm.clone(),
                     slurm_log: dir.join("preflight.log"),
@@ -76,14 +89,14 @@ pub fn requests(
 /// The Slurm executor's setup and the names of the steps it runs, or `None` when
 /// no step runs on the cluster. Problems come back as [`crate::HostNotReady`]
 /// (exit 2, nothing submitted).
-pub fn prepare(
-    session: &Session,
+pub fn prepare<'w>(
+    session: &Session<'w>,
     prepared: &Prepared,
     flag: Option<ExecutorChoice>,
     detached: bool,
     in_place: &[bool],
     progress: &crate::progress::Progress,
-) -> anyhow::Result<Option<(SlurmSetup, HashSet<String>)>> {
+) -> anyhow::Result<Option<(SlurmSetup<'w>, HashSet<String>)>> {
     let workflow = session.workflow;
     let placed = placements(workflow, flag);
     let mut names = HashSet::new();
@@ -120,6 +133,7 @@ pub fn prepare(
                 resources: s.placement.resources.clone(),
                 retries: s.placement.retries,
                 tools: prepared.tools[i].clone().unwrap_or_default(),
+                parts: s.step.parts(),
             },
         );
     }
@@ -138,6 +152,7 @@ pub fn prepare(
     }
     Ok(Some((
         SlurmSetup {
+            registry: session.registry,
             client,
             name,
             cluster: workflow.placement.slurm.clone(),

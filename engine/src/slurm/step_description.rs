@@ -102,6 +102,19 @@ impl StepDescription {
         name.push(".node.json");
         out_dir.with_file_name(name)
     }
+
+    /// Where the report of part `index` of the execution staged in `out_dir` goes.
+    pub fn part_report_path(out_dir: &Path, index: usize) -> PathBuf {
+        let mut name = out_dir.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".part{index}.node.json"));
+        out_dir.with_file_name(name)
+    }
+
+    /// The log of part `index` of a step whose log is `log`: `<step>.part<index>.log`
+    /// beside it (the coordinator gathers the parts' logs into `log` at the end).
+    pub fn part_log(log: &Path, index: usize) -> PathBuf {
+        log.with_extension(format!("part{index}.log"))
+    }
 }
 
 /// What the node says about one step execution.
@@ -193,6 +206,31 @@ pub fn move_entries(from: &Path, to: &Path) -> anyhow::Result<()> {
     })? {
         let entry = entry?;
         let dest = to.join(entry.file_name());
+        std::fs::rename(entry.path(), &dest).with_context(|| {
+            format!(
+                "cannot move `{}` to `{}`",
+                entry.path().display(),
+                dest.display()
+            )
+        })?;
+    }
+    let _ = std::fs::remove_dir(from);
+    Ok(())
+}
+
+/// Like [`move_entries`], but an entry `to` already has stays (a part this run
+/// submitted again wrote it) and `from`'s copy is removed.
+pub fn merge_entries(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            let _ = qflow_cache::remove_dir_force(&entry.path());
+            continue;
+        }
         std::fs::rename(entry.path(), &dest).with_context(|| {
             format!(
                 "cannot move `{}` to `{}`",
