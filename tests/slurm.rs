@@ -844,7 +844,8 @@ fn a_killed_detached_run_s_jobs_are_shown_then_adopted_by_the_next_apply_never_r
     for what in ["kernel", "runs n=1", "runs n=2"] {
         assert!(status.stdout.contains(what), "{what}: {}", status.stdout);
     }
-    // The next apply adopts them and records their results: no second copy of any.
+    // The next apply adopts them (those that completed meanwhile too) and records
+    // their results: no second copy of any.
     let next = s.qflow(&["apply", "--executor", "slurm"]).success();
     assert_eq!(next.ran_sorted(), ["kernel", "runs"], "{}", next.stderr);
     assert_eq!(

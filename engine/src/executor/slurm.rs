@@ -15,6 +15,9 @@
 //! left running (found by their name when this executor starts, under the cache
 //! lock, so no live run owns them) are adopted when this run submits the same
 //! step key, never submitted a second time, and cancelled at the end otherwise.
+//! A job that completed while no coordinator watched it is adopted too when its
+//! node's good report still waits beside the killed run's staging directory (a
+//! coordinator removes each report it has read, whatever it made of it).
 //! The node's report is checked here: its tool identities must be those of the
 //! step key. The run loop then records the output as for every executor.
 //!
@@ -38,7 +41,7 @@ use super::{Executor, JobId, JobResult, StepJob, StepOutput};
 use crate::progress::Progress;
 use crate::slurm::client::SlurmClient;
 use crate::slurm::job_request::{JobRequest, job_comment, parse_comment, part_comment};
-use crate::slurm::job_state::{JobOutcome, ended_message};
+use crate::slurm::job_state::{JobOutcome, JobState, ended_message};
 use crate::slurm::queue::Queue;
 use crate::slurm::resources::{ClusterSettings, Resources};
 use crate::slurm::step_description::{
@@ -132,9 +135,17 @@ pub struct SlurmExecutor<'r> {
     executions: HashMap<JobId, Execution>,
     subs: HashMap<u64, Submitted>,
     next_sub: u64,
-    /// Jobs a killed coordinator left running, by execution (`key` or `key#part`):
-    /// (Slurm id, comment).
-    orphans: HashMap<String, (String, String)>,
+    /// Jobs a killed coordinator left, by execution (`key` or `key#part`).
+    orphans: HashMap<String, Orphan>,
+}
+
+/// A job of an earlier run that no coordinator watches any more.
+struct Orphan {
+    id: String,
+    comment: String,
+    /// It completed: its output waits, with its node's report, in the earlier
+    /// run's staging directory (adopted only if that report is there and good).
+    finished: bool,
 }
 
 impl<'r> SlurmExecutor<'r> {
@@ -142,20 +153,42 @@ impl<'r> SlurmExecutor<'r> {
     pub fn new(setup: SlurmSetup<'r>, progress: Arc<Progress>) -> anyhow::Result<Self> {
         let mut queue = Queue::new(&setup.name);
         queue.refresh(&setup.client)?;
-        let orphans: HashMap<String, (String, String)> = queue
-            .active()
-            .into_iter()
-            .filter_map(|j| {
-                let (_, key) = parse_comment(&j.comment)?;
-                Some((key.to_string(), (j.id.clone(), j.comment.clone())))
-            })
-            .collect();
-        if !orphans.is_empty() {
-            let mut ids: Vec<&str> = orphans.values().map(|(id, _)| id.as_str()).collect();
+        // Running (or queued) jobs first; a job that completed while no qflow watched
+        // it is adopted only when no running one does the same work.
+        let mut orphans: HashMap<String, Orphan> = HashMap::new();
+        for j in queue.all() {
+            let finished = match j.state {
+                ref st if st.is_active() => false,
+                JobState::Completed => true,
+                _ => continue,
+            };
+            let Some((_, execution)) = parse_comment(&j.comment) else {
+                continue;
+            };
+            let orphan = Orphan {
+                id: j.id.clone(),
+                comment: j.comment.clone(),
+                finished,
+            };
+            match orphans.get(execution) {
+                Some(o) if !o.finished => {}
+                _ => {
+                    orphans.insert(execution.to_string(), orphan);
+                }
+            }
+        }
+        let running: Vec<&str> = {
+            let mut ids: Vec<&str> = (orphans.values())
+                .filter(|o| !o.finished)
+                .map(|o| o.id.as_str())
+                .collect();
             ids.sort();
+            ids
+        };
+        if !running.is_empty() {
             progress.event(&format!(
                 "found Slurm jobs {} of an earlier run still running: adopting those this run needs",
-                ids.join(", ")
+                running.join(", ")
             ));
         }
         Ok(SlurmExecutor {
@@ -501,25 +534,40 @@ impl Executor for SlurmExecutor<'_> {
                 None => key.clone(),
                 Some(i) => format!("{key}#{i}"),
             };
-            if let Some(old) = &earlier
-                && let Some((sid, _)) = self.orphans.remove(&execution)
+            let old_report = earlier.as_ref().map(|old| match index {
+                None => StepDescription::report_path(&old.job.out_dir),
+                Some(i) => StepDescription::part_report_path(&old.job.out_dir, i),
+            });
+            let adoptable = match (self.orphans.get(&execution), &old_report) {
+                (Some(o), Some(report)) if o.finished => {
+                    matches!(NodeReport::read(report), Ok(Some(r)) if r.ok)
+                        && earlier.as_ref().is_some_and(|d| d.job.out_dir.is_dir())
+                }
+                (Some(_), Some(_)) => true,
+                _ => false,
+            };
+            if adoptable
+                && let Some(old) = &earlier
+                && let Some(orphan) = self.orphans.remove(&execution)
             {
                 let what = match &s.part {
                     None => format!("step {}", job.step),
                     Some((_, label)) => format!("step {} run {label}", job.step),
                 };
-                self.progress.event(&format!(
-                    "adopting Slurm job {sid} for {what} (same key, still running)"
-                ));
-                s.slurm_id = Some(sid);
-                let old_report = match index {
-                    None => StepDescription::report_path(&old.job.out_dir),
-                    Some(i) => {
-                        s.job.log = StepDescription::part_log(&old.job.log, i);
-                        StepDescription::part_report_path(&old.job.out_dir, i)
-                    }
+                let how = if orphan.finished {
+                    "same key, completed while no qflow watched it"
+                } else {
+                    "same key, still running"
                 };
-                s.adopted = Some((old.job.out_dir.clone(), old_report));
+                self.progress.event(&format!(
+                    "adopting Slurm job {} for {what} ({how})",
+                    orphan.id
+                ));
+                s.slurm_id = Some(orphan.id);
+                if let Some(i) = index {
+                    s.job.log = StepDescription::part_log(&old.job.log, i);
+                }
+                s.adopted = Some((old.job.out_dir.clone(), old_report.expect("report path")));
                 if !adopted_from.contains(&old.job.out_dir) {
                     adopted_from.push(old.job.out_dir.clone());
                 }
@@ -597,6 +645,11 @@ impl Executor for SlurmExecutor<'_> {
                     let _ = child.kill();
                     let _ = child.wait();
                 }
+                // Read: a later run must never adopt this job's result again.
+                let _ = std::fs::remove_file(&s.report);
+                if let Some((_, report)) = &s.adopted {
+                    let _ = std::fs::remove_file(report);
+                }
                 let e = self.executions.get_mut(&id).expect("execution");
                 e.pending.retain(|p| *p != sub);
                 match result {
@@ -648,14 +701,15 @@ impl Executor for SlurmExecutor<'_> {
 impl Drop for SlurmExecutor<'_> {
     /// Orphaned jobs this run did not adopt would compute what nobody records: cancel them.
     fn drop(&mut self) {
-        if self.orphans.is_empty() {
-            return;
-        }
         let (ids, named): (Vec<String>, Vec<String>) = self
             .orphans
             .values()
-            .map(|(id, comment)| (id.clone(), format!("{id} ({comment})")))
+            .filter(|o| !o.finished)
+            .map(|o| (o.id.clone(), format!("{} ({})", o.id, o.comment)))
             .unzip();
+        if ids.is_empty() {
+            return;
+        }
         if self.setup.client.cancel(&ids).is_ok() {
             self.progress.event(&format!(
                 "cancelled Slurm jobs of an earlier run that this run did not need: {}",

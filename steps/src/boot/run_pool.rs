@@ -323,3 +323,32 @@ fn prefix(many: bool, label: &str) -> String {
         String::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Boot;
+
+    fn boot(yaml: &str) -> Boot {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_matrix_s_runs_are_the_step_s_parts_in_run_order_and_one_run_is_no_part() {
+        let b = boot("kernel: /k\nmatrix: { size: [16, 64], mode: [a, b] }\n");
+        assert_eq!(
+            b.part_labels(),
+            [
+                "mode=a,size=16",
+                "mode=a,size=64",
+                "mode=b,size=16",
+                "mode=b,size=64"
+            ]
+        );
+        assert!(boot("kernel: /k\n").part_labels().is_empty());
+        assert!(
+            boot("kernel: /k\nmatrix: { n: [1] }\n")
+                .part_labels()
+                .is_empty()
+        );
+    }
+}
