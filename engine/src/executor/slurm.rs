@@ -135,7 +135,7 @@ pub struct SlurmExecutor<'r> {
     executions: HashMap<JobId, Execution>,
     subs: HashMap<u64, Submitted>,
     next_sub: u64,
-    /// Jobs a killed coordinator left, by execution (`key` or `key#part`).
+    /// Jobs a killed coordinator left, by comment (step, key and part).
     orphans: HashMap<String, Orphan>,
 }
 
@@ -162,9 +162,10 @@ impl<'r> SlurmExecutor<'r> {
                 JobState::Completed => true,
                 _ => continue,
             };
-            let Some((_, execution)) = parse_comment(&j.comment) else {
+            if parse_comment(&j.comment).is_none() {
                 continue;
-            };
+            }
+            let execution = j.comment.as_str();
             let orphan = Orphan {
                 id: j.id.clone(),
                 comment: j.comment.clone(),
@@ -208,8 +209,14 @@ impl<'r> SlurmExecutor<'r> {
         self.queue.calls()
     }
 
+    /// One description per step and key: two steps of one workflow may share a key
+    /// (the same command twice) and run side by side, each into its own staging
+    /// directory.
     fn description_path(&self, job: &StepJob) -> PathBuf {
-        self.setup.dir.join(format!("{}.json", job.key.to_hex()))
+        let step = blake3::hash(job.step.as_bytes()).to_hex();
+        self.setup
+            .dir
+            .join(format!("{}-{}.json", job.key.to_hex(), &step[..16]))
     }
 
     /// The request for `job`, or for its part `part`.
@@ -406,6 +413,8 @@ impl<'r> SlurmExecutor<'r> {
     /// the parts' logs gathered and its `finish_parts` run here.
     fn complete(&mut self, id: JobId) -> JobResult {
         let e = self.executions.remove(&id).expect("execution");
+        // Every job of it has read it and ended.
+        let _ = std::fs::remove_file(self.description_path(&e.job));
         let total = e.parts.len().max(1);
         let mut failures = e.failures.into_iter();
         if let Some(first) = failures.next() {
@@ -494,7 +503,6 @@ impl Executor for SlurmExecutor<'_> {
     fn submit(&mut self, job: StepJob) -> anyhow::Result<JobId> {
         let step = self.setup.steps.get(&job.step).cloned().unwrap_or_default();
         let desc_path = self.description_path(&job);
-        let key = job.key.to_hex();
         // The earlier run's description, read before this run's replaces it.
         let earlier = StepDescription::read(&desc_path).ok();
         let portions: Vec<Option<(usize, String)>> = if step.parts.is_empty() {
@@ -530,14 +538,11 @@ impl Executor for SlurmExecutor<'_> {
                 cancelled: false,
                 before: Vec::new(),
             };
-            let execution = match index {
-                None => key.clone(),
-                Some(i) => format!("{key}#{i}"),
-            };
             let old_report = earlier.as_ref().map(|old| match index {
                 None => StepDescription::report_path(&old.job.out_dir),
                 Some(i) => StepDescription::part_report_path(&old.job.out_dir, i),
             });
+            let execution = s.req.comment.clone();
             let adoptable = match (self.orphans.get(&execution), &old_report) {
                 (Some(o), Some(report)) if o.finished => {
                     matches!(NodeReport::read(report), Ok(Some(r)) if r.ok)

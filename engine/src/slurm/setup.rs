@@ -5,7 +5,8 @@
 //! workflow's) says `slurm`, unless it must run here (`Step::runs_only_here`: a
 //! password from qflow's environment). The preflight runs only when some
 //! cluster step is not already in place, so a no-op apply asks the controller
-//! nothing.
+//! nothing; its probe job runs only when no probe passed within the hour for
+//! the same qflow binary, cache and cluster settings (see [`probe_memo`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -138,16 +139,24 @@ pub fn prepare<'w>(
         );
     }
     if !all_in_place {
+        let memo = probe_memo(&qflow, &cache_root, &workflow.placement.slurm);
+        let memo_path = dir.join(PROBE_MEMO);
+        let probe = !probe_fresh(&memo_path, &memo);
         let problems = preflight::check(&PreflightInput {
             requests: &requests,
             cluster: &workflow.placement.slurm,
             cache_dir: &cache_root,
             qflow: &qflow,
             script: &script,
-            probe: true,
+            probe,
         });
         if !problems.is_empty() {
+            let _ = std::fs::remove_file(&memo_path);
             return Err(not_ready(problems));
+        }
+        if probe {
+            let now = unix_now();
+            let _ = qflow_cache::write_atomic(&memo_path, format!("{memo}\n{now}\n").as_bytes());
         }
     }
     Ok(Some((
@@ -164,4 +173,60 @@ pub fn prepare<'w>(
         },
         names,
     )))
+}
+
+/// The file remembering a probe job that passed (see [`probe_memo`]).
+const PROBE_MEMO: &str = "probe-passed";
+
+/// How long a passed probe is trusted.
+const PROBE_TRUSTED_SECS: u64 = 3600;
+
+/// What a passed probe proved, in one line: this qflow binary (path, size,
+/// modification time) runs on the nodes, and they see this cache, under these
+/// cluster settings. A probe job waits in the queue like any job (minutes on a
+/// busy cluster), so an apply within the hour after one that passed, with the
+/// same binary, cache and settings, trusts it; `qflow doctor --executor slurm`
+/// always probes.
+fn probe_memo(
+    qflow: &std::path::Path,
+    cache_root: &std::path::Path,
+    cluster: &super::resources::ClusterSettings,
+) -> String {
+    let stamp = std::fs::metadata(qflow)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            format!("{} {} {}", m.len(), m.mtime(), m.mtime_nsec())
+        })
+        .unwrap_or_default();
+    let mut h = blake3::Hasher::new();
+    for part in [
+        qflow.as_os_str().as_encoded_bytes(),
+        stamp.as_bytes(),
+        cache_root.as_os_str().as_encoded_bytes(),
+        format!("{cluster:?}").as_bytes(),
+    ] {
+        h.update(part);
+        h.update(b"\0");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Whether the probe memo at `path` says `memo` passed within the trusted time.
+fn probe_fresh(path: &std::path::Path, memo: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut lines = text.lines();
+    lines.next() == Some(memo)
+        && lines
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| unix_now().saturating_sub(t) < PROBE_TRUSTED_SECS)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
