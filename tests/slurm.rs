@@ -618,6 +618,25 @@ fn steps_run_on_slurm_give_the_keys_and_bytes_of_a_local_apply_and_a_local_apply
         "{}",
         plan.stdout
     );
+    // A run that fails names itself and its job; the step records nothing.
+    std::fs::write(
+        s.join("workflow.yaml"),
+        full_workflow().replace(
+            "commands: ['echo \"run {{ matrix.n }} of $n\" > /tmp/out.txt']",
+            "commands: ['echo \"run {{ matrix.n }} of $n\" > /tmp/out.txt', '[ $n != 3 ]']",
+        ),
+    )
+    .unwrap();
+    assert!(s.read("workflow.yaml").contains("'[ $n != 3 ]']"));
+    let failed = s.qflow(&["apply", "--executor", "slurm"]).failure(1);
+    assert_eq!(failed.failed(), ["runs"], "{}", failed.stderr);
+    assert!(failed.stderr.contains("run n=3"), "{}", failed.stderr);
+    assert!(failed.stderr.contains("Slurm job "), "{}", failed.stderr);
+    assert!(
+        queued_named(&job_name_of(&s)).is_empty(),
+        "nothing left running: {}",
+        queued()
+    );
 }
 
 #[test]
