@@ -108,6 +108,7 @@ fn the_quickstart_plans_every_step_of_the_recipe() {
             "data",
             "experiment",
             "runs",
+            "quick",
             "figures"
         ]
     );
@@ -132,6 +133,9 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
     assert!(first.failed().is_empty());
     let result = s.read("workflows/out/experiment/results.txt");
     assert_eq!(result.trim(), expected_result(3000));
+    // The same workload with `init: minimal`, without systemd: the same result.
+    let quick = s.read("workflows/out/quick/results.txt");
+    assert_eq!(quick.trim(), expected_result(3000));
     for n in [1000, 5000] {
         let run = s.read(&format!("workflows/out/runs/iterations={n}/run.txt"));
         assert_eq!(run.trim(), expected_result(n));
@@ -179,7 +183,12 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
         .into_iter()
         .filter(|s| s != "figures")
         .collect();
-    assert_eq!(ran, ["experiment", "kernel", "runs"], "{}", edit.stderr);
+    assert_eq!(
+        ran,
+        ["experiment", "kernel", "quick", "runs"],
+        "{}",
+        edit.stderr
+    );
     let mut cached = edit.cached();
     cached.sort();
     cached.retain(|s| s != "figures");

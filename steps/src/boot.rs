@@ -60,6 +60,7 @@ pub mod guest_run;
 pub mod machine;
 mod machine_spec;
 pub mod matrix;
+pub mod minimal_init;
 mod overlays;
 pub mod qmp;
 mod run_pool;
@@ -86,6 +87,7 @@ use source::{Source, source};
 
 pub use duration::parse_duration;
 pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, PluginArgs, Scalar, Terminal};
+pub use minimal_init::InitChoice;
 
 /// The hand recipe's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
@@ -93,6 +95,21 @@ const DEFAULT_MEMORY: &str = "512";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Boot a guest and run commands in it.
+///
+/// What the guest must provide: a console on its first serial port, `ttyS0` (with
+/// `kernel:`, `append:` must keep `console=ttyS0`, as its default does). On it,
+/// either a getty that prints `login:` and then `Password:` (give `login:`, and qflow
+/// types the user and the password), or a shell already running there (autologin, or
+/// `init=/bin/sh`, or `init: minimal`, whose shell qflow starts itself; leave `login:` out). That shell must be a POSIX shell with `echo`,
+/// `eval`, `base64` (coreutils or busybox) and `stty`: qflow types `echo` probes
+/// until one is answered, turns the echo off (`stty -echo`) and sets the size from
+/// `terminal:`, then types each of `commands` base64-encoded and runs it with `eval`
+/// in that shell, between `echo` markers that carry its exit status; a command that
+/// exits non-zero fails the step. Each `collect:` file is read back as `base64 FILE`.
+/// The guest need not power off: once the commands and the collection are done,
+/// qflow runs `sync` when the disks' writes are kept (`snapshot: false`,
+/// `checkpoint: true`) and ends QEMU through its QMP socket (`quit`). A step with
+/// `from_checkpoint:` skips the login: the restored shell is used as it was saved.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
@@ -106,8 +123,19 @@ pub struct Boot {
     #[serde(default)]
     pub kernel: Option<String>,
     /// An initrd (`-initrd`): a step whose output holds `initrd.img` (or one file), or a path.
+    /// With `init: minimal` its files join qflow's initramfs (e.g. the kernel's modules
+    /// under `/lib/modules/RELEASE/`, from which the disk and ext4 drivers are loaded).
     #[serde(default)]
     pub initrd: Option<String>,
+    /// Which init the guest runs: `system` (default: the system disk's own, e.g.
+    /// systemd, with `login` at its getty) or `minimal`: qflow's initramfs mounts the
+    /// `system` disk as root (`root=` of `append`, read-write unless `ro`; the disks'
+    /// writes are discarded or kept as configured) and runs the commands in a root
+    /// shell on the console, skipping the system's boot (seconds instead of a minute
+    /// under TCG). Needs `kernel` with its disk driver, the root's file system,
+    /// devtmpfs and initramfs support built in, and busybox-static on the host.
+    #[serde(default)]
+    pub init: Option<InitChoice>,
     /// The kernel command line (`-append`); default `root=/dev/sda1 console=ttyS0 nokaslr`.
     #[serde(default)]
     pub append: Option<String>,
@@ -184,7 +212,7 @@ impl StepFields for Boot {
     const SCHEMA_VERSION: u32 = 1;
 
     fn kind_tools() -> Vec<Tool> {
-        vec![qemu(), qemu_img::tool(), debugfs()]
+        vec![qemu(), qemu_img::tool(), debugfs(), minimal_init::busybox()]
     }
 
     fn kind_needs() -> Vec<HostNeed> {
@@ -416,6 +444,9 @@ impl Step for Boot {
                 ));
             }
         }
+        if self.minimal_init() {
+            out.push((minimal_init::INITRAMFS.to_string(), OutputRole::Artifact));
+        }
         out.extend(crate::metrics::outputs(&self.metrics));
         out
     }
@@ -427,6 +458,9 @@ impl Step for Boot {
         }
         if self.collect.iter().any(|c| matches!(c, Collect::Disk(_))) {
             tools.push(debugfs());
+        }
+        if self.minimal_init() {
+            tools.push(minimal_init::busybox());
         }
         tools
     }
@@ -459,7 +493,8 @@ impl Step for Boot {
     }
 
     fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
-        self.check_fields(ctx)
+        self.check_fields(ctx)?;
+        self.check_init()
     }
 
     /// The host files the boot reads (a local kernel, initrd, image or plugin):
@@ -474,6 +509,9 @@ impl Step for Boot {
 
     fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
         let mut key = Vec::new();
+        if self.minimal_init() {
+            key.push(minimal_init::key_material());
+        }
         if let Some(login) = &self.login {
             // Its blake3: a password change re-runs the step; the lock never holds it.
             key.extend(
@@ -589,7 +627,12 @@ impl Step for Boot {
         ctx.note("command_line", &spec.line.display());
         ctx.log(&format!("qflow: {}", spec.line.display()));
         let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
-        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())?;
+        let ran = self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref());
+        if self.minimal_init() {
+            ran.map_err(minimal_init::explain)?;
+        } else {
+            ran?;
+        }
         let runs = self.metric_runs(&out_dir);
         crate::metrics::record(ctx, &self.metrics, &runs)
     }
