@@ -355,15 +355,17 @@ fn preflight_names_a_qflow_the_nodes_cannot_run() {
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-/// The busybox initramfs of `fixtures/boot/make-initramfs.sh`, built once.
+/// The busybox initramfs of `fixtures/boot/make-initramfs.sh`, built once per test
+/// binary into one place of the target directory (replaced by the next run's).
 fn initramfs() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = common::scratch_file("initramfs");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("slurm-initramfs");
+        let fresh = dir.join(format!("build-{}", std::process::id()));
+        std::fs::create_dir_all(&fresh).unwrap();
         let out = std::process::Command::new("sh")
             .arg(format!("{FIXTURES}/boot/make-initramfs.sh"))
-            .env("QFLOW_OUT", &dir)
+            .env("QFLOW_OUT", &fresh)
             .output()
             .unwrap();
         assert!(
@@ -371,7 +373,10 @@ fn initramfs() -> &'static Path {
             "make-initramfs.sh: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        dir.join("initrd.img")
+        let image = dir.join("initrd.img");
+        std::fs::rename(fresh.join("initrd.img"), &image).unwrap();
+        let _ = std::fs::remove_dir(&fresh);
+        image
     })
 }
 
