@@ -375,6 +375,9 @@ pub enum Command {
     RunStep {
         /// The step description the coordinator wrote on the shared file system.
         description: PathBuf,
+        /// Run only this part of the step (one run of a matrix).
+        #[arg(long)]
+        part: Option<usize>,
     },
     /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
     #[command(name = "__probe-node", hide = true)]

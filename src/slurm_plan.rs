@@ -1,6 +1,7 @@
 //! Where steps run, for `qflow plan` and `qflow doctor --executor slurm`: each
 //! step's executor and Slurm resources, and the cluster checks an apply would make
-//! before submitting anything.
+//! before submitting anything; and, for `qflow status`, the workflow's Slurm jobs
+//! still queued or running (a detached run's, or a killed coordinator's).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +17,10 @@ pub struct Placed {
     pub executor: ExecutorChoice,
     /// Why a step meant for the cluster runs here.
     pub here_because: Option<String>,
+    /// CPUs of each job.
     pub cpus: usize,
+    /// Jobs per execution: one per part (a matrix's runs), else one.
+    pub jobs: usize,
     pub resources: Resources,
     pub retries: u32,
 }
@@ -29,7 +33,14 @@ impl Placed {
             (ExecutorChoice::Local, None) => "local".to_string(),
             (ExecutorChoice::Slurm, _) => {
                 let r = &self.resources;
-                let mut parts = vec![format!("cpus: {}", self.cpus)];
+                let mut parts = if self.jobs > 1 {
+                    vec![format!(
+                        "{} jobs, one per run, cpus: {} each",
+                        self.jobs, self.cpus
+                    )]
+                } else {
+                    vec![format!("cpus: {}", self.cpus)]
+                };
                 for (k, v) in [
                     ("memory", &r.memory),
                     ("time", &r.time),
@@ -59,13 +70,14 @@ pub fn placements(wf: &Workflow, flag: Option<ExecutorChoice>) -> BTreeMap<Strin
         .iter()
         .zip(placed)
         .map(|(s, (executor, here_because))| {
-            let jobs = s.jobs.unwrap_or_else(|| s.step.default_jobs());
+            let (jobs, cpus) = qflow_engine::slurm::setup::jobs_of(s);
             (
                 s.name.clone(),
                 Placed {
                     executor,
                     here_because,
-                    cpus: s.placement.resources.cpus.unwrap_or(jobs),
+                    cpus,
+                    jobs,
                     resources: s.placement.resources.clone(),
                     retries: s.placement.retries,
                 },
@@ -82,6 +94,7 @@ pub fn with_placement(s: &PlannedStep, p: &Placed) -> anyhow::Result<serde_json:
         let mut r = serde_json::to_value(&p.resources)?;
         r["cpus"] = serde_json::json!(p.cpus);
         v["resources"] = r;
+        v["slurm_jobs"] = serde_json::json!(p.jobs);
     }
     Ok(v)
 }
@@ -127,4 +140,46 @@ pub fn doctor(wf: Option<&Workflow>, cache: Option<&Path>) -> anyhow::Result<i32
         }
         Ok(2)
     }
+}
+
+/// `qflow status`: the workflow's Slurm jobs still queued or running, one line
+/// each (`1234 RUNNING  runs n=2`), from one `squeue` call. Nothing when the cache
+/// never held a Slurm job or Slurm's commands are not here.
+pub fn status_lines(wf: &Workflow, cache_root: &Path) -> Vec<String> {
+    if !qflow_engine::slurm::slurm_dir(cache_root).is_dir() {
+        return Vec::new();
+    }
+    let Ok(client) = qflow_engine::slurm::SlurmClient::find() else {
+        return Vec::new();
+    };
+    let name = qflow_engine::slurm::job_name(cache_root, &wf.path);
+    let mut queue = qflow_engine::slurm::Queue::new(&name);
+    if let Err(e) = queue.refresh(&client) {
+        return vec![format!("cannot list its Slurm jobs: {e:#}")];
+    }
+    let parts: BTreeMap<&str, Vec<String>> = wf
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.step.parts()))
+        .collect();
+    queue
+        .active()
+        .into_iter()
+        .map(|j| {
+            let what = match qflow_engine::slurm::parse_comment(&j.comment) {
+                Some((step, execution)) => {
+                    let run = execution
+                        .split_once('#')
+                        .and_then(|(_, i)| i.parse::<usize>().ok())
+                        .and_then(|i| parts.get(step)?.get(i).cloned());
+                    match run {
+                        Some(label) => format!("{step} {label}"),
+                        None => step.to_string(),
+                    }
+                }
+                None => j.comment.clone(),
+            };
+            format!("{} {}  {what}", j.id, j.state.name())
+        })
+        .collect()
 }

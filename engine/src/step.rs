@@ -19,7 +19,9 @@
 //! script's check derive. A step's `metrics:` ([`Step::metrics`]) and matrix
 //! variables ([`Step::matrix_axes`]) are part of the contract too, so the run
 //! loop, figures, `qflow results` and `qflow verify` never read a kind's raw
-//! fields. Adding a kind is one file and one registry line.
+//! fields. So are a step's independent parts ([`Step::parts`]: a matrix's runs),
+//! which a cluster executor submits as jobs of their own. Adding a kind is one
+//! file and one registry line.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -314,6 +316,30 @@ pub trait Step: std::fmt::Debug + Send + Sync {
 
     /// Do the work: write the declared outputs into `ctx.out_dir()`.
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()>;
+
+    /// The independent parts of one run of the step, by label (a boot matrix's
+    /// runs: `size=16`, `size=64`), which an executor may run as jobs of their
+    /// own, side by side: each part is [`Step::run_part`] into the same staging
+    /// directory, and once every part succeeded [`Step::finish_parts`] writes
+    /// what spans them. Empty (the default): the step runs whole, by [`Step::run`].
+    /// Running the parts and then finishing must leave the outputs `run` leaves.
+    fn parts(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Run part `index` of [`Step::parts`]: write its outputs into `ctx.out_dir()`,
+    /// touching nothing another part writes. The context holds the part's own CPU
+    /// slots and log.
+    fn run_part(&self, _ctx: &mut RunContext, index: usize) -> anyhow::Result<()> {
+        anyhow::bail!("this step has no part {index}: it runs whole")
+    }
+
+    /// After every part succeeded: write the outputs that span the parts (a
+    /// metrics table of every run) into `ctx.out_dir()`. Runs where the step's
+    /// result is recorded, so it should be quick. Nothing by default.
+    fn finish_parts(&self, _ctx: &mut RunContext) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A registered step kind: parses the typed fields of a step and describes them.

@@ -100,21 +100,76 @@ impl StepJob {
         if groups.finish() == Ended::Cleanly {
             state.leave_clean();
         }
-        result.map_err(|e| {
-            let text = format!("{e:#}");
-            let masked = self.mask.apply(&text);
-            if masked == text { e } else { anyhow!(masked) }
+        result.map_err(|e| self.masked(e))
+    }
+
+    /// Run part `index` of the step ([`crate::step::Step::parts`]) into `out_dir`,
+    /// which every part of this execution shares; `log` is the part's own. The
+    /// parts share the step's state directory side by side, so none of them marks
+    /// it in use (a step with parts keeps nothing there a later run builds on).
+    pub fn run_part(
+        &self,
+        registry: &Registry,
+        progress: Arc<dyn ProgressSink>,
+        groups: ProcessGroups,
+        index: usize,
+    ) -> anyhow::Result<StepOutput> {
+        let kind = registry
+            .get(&self.kind)
+            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
+        let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
+        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
+        let progress: Arc<dyn ProgressSink> = Arc::new(Masked {
+            inner: progress,
+            mask: self.mask.clone(),
+        });
+        std::fs::create_dir_all(&self.state_dir)?;
+        groups.contain(&self.run_token);
+        let mut ctx = self.context(step.as_ref(), log, progress, groups.clone())?;
+        let ran = step.run_part(&mut ctx, index);
+        groups.finish();
+        ran.map_err(|e| self.masked(e))?;
+        Ok(StepOutput {
+            notes: ctx.notes().clone(),
         })
     }
 
-    fn run_in(
+    /// After every part succeeded: the step log gets each part's log in order
+    /// (`(label, path)`), then the step writes what spans the parts
+    /// ([`crate::step::Step::finish_parts`]), and every declared output must exist.
+    pub fn finish_parts(
+        &self,
+        registry: &Registry,
+        part_logs: &[(String, std::path::PathBuf)],
+    ) -> anyhow::Result<StepOutput> {
+        let kind = registry
+            .get(&self.kind)
+            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
+        let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
+        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
+        for (label, path) in part_logs {
+            log.line(&format!("qflow: run {label} ({})", path.display()));
+            for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+                log.line(&format!("[{label}] {line}"));
+            }
+        }
+        let progress: Arc<dyn ProgressSink> = Arc::new(crate::context::NoProgress);
+        let mut ctx = self.context(step.as_ref(), log, progress, ProcessGroups::new())?;
+        step.finish_parts(&mut ctx).map_err(|e| self.masked(e))?;
+        self.check_outputs(step.as_ref())?;
+        Ok(StepOutput {
+            notes: ctx.notes().clone(),
+        })
+    }
+
+    fn context(
         &self,
         step: &dyn crate::step::Step,
         log: StepLog,
         progress: Arc<dyn ProgressSink>,
         groups: ProcessGroups,
-    ) -> anyhow::Result<StepOutput> {
-        let mut ctx = RunContext::new(
+    ) -> anyhow::Result<RunContext> {
+        Ok(RunContext::new(
             &self.step,
             self.out_dir.clone(),
             self.work_dir.clone(),
@@ -127,12 +182,16 @@ impl StepJob {
             groups,
             step.uses_jobserver(),
         )?
-        .with_run_token(self.run_token.clone());
-        let ran = step.run(&mut ctx);
-        // A state directory the step left empty is not kept: thousands of steps would
-        // leave thousands of empty directories (4 KB each) behind.
-        let _ = std::fs::remove_dir(&self.state_dir);
-        ran?;
+        .with_run_token(self.run_token.clone()))
+    }
+
+    fn masked(&self, e: anyhow::Error) -> anyhow::Error {
+        let text = format!("{e:#}");
+        let masked = self.mask.apply(&text);
+        if masked == text { e } else { anyhow!(masked) }
+    }
+
+    fn check_outputs(&self, step: &dyn crate::step::Step) -> anyhow::Result<()> {
         for out in step.outputs() {
             if std::fs::symlink_metadata(self.out_dir.join(&out)).is_err() {
                 bail!(
@@ -140,6 +199,23 @@ impl StepJob {
                 );
             }
         }
+        Ok(())
+    }
+
+    fn run_in(
+        &self,
+        step: &dyn crate::step::Step,
+        log: StepLog,
+        progress: Arc<dyn ProgressSink>,
+        groups: ProcessGroups,
+    ) -> anyhow::Result<StepOutput> {
+        let mut ctx = self.context(step, log, progress, groups)?;
+        let ran = step.run(&mut ctx);
+        // A state directory the step left empty is not kept: thousands of steps would
+        // leave thousands of empty directories (4 KB each) behind.
+        let _ = std::fs::remove_dir(&self.state_dir);
+        ran?;
+        self.check_outputs(step)?;
         Ok(StepOutput {
             notes: ctx.notes().clone(),
         })

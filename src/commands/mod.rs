@@ -155,8 +155,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Schema => schema::run(&registry),
         Command::Reference => reference::run(&registry),
-        Command::RunStep { description } => {
-            qflow_engine::slurm::node::run_described_step(&description, &registry)
+        Command::RunStep { description, part } => {
+            qflow_engine::slurm::node::run_described_step(&description, &registry, part)
         }
         Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
         Command::Man => man::print(),

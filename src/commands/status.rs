@@ -109,6 +109,13 @@ fn show(registry: &Registry, workflow: &Located, json: bool) -> anyhow::Result<i
     for (state, name) in rows {
         println!("  {state:<width$} {name}");
     }
+    let jobs = crate::slurm_plan::status_lines(&wf, &dir);
+    if !jobs.is_empty() {
+        println!("slurm jobs:");
+        for line in jobs {
+            println!("  {line}");
+        }
+    }
     Ok(0)
 }
 

@@ -612,6 +612,19 @@ impl Step for Boot {
         self.runs().len().clamp(1, 2)
     }
 
+    fn parts(&self) -> Vec<String> {
+        self.part_labels()
+    }
+
+    fn run_part(&self, ctx: &mut RunContext, index: usize) -> anyhow::Result<()> {
+        self.run_one(ctx, index)
+    }
+
+    fn finish_parts(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
+        let runs = self.metric_runs(ctx.out_dir());
+        crate::metrics::record(ctx, &self.metrics, &runs)
+    }
+
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         let timeout = self.timeout().map_err(|e| anyhow::anyhow!("{e}"))?;
         let login = self

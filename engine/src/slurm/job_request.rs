@@ -27,10 +27,23 @@ pub fn job_comment(step: &str, key_hex: &str) -> String {
     format!("{step} {key_hex}")
 }
 
-/// (step, key) from a job comment written by [`job_comment`].
+/// A job comment naming part `index` of one step execution (a matrix run):
+/// `<step> <key>#<index>`.
+pub fn part_comment(step: &str, key_hex: &str, index: usize) -> String {
+    format!("{step} {key_hex}#{index}")
+}
+
+/// (step, execution) from a job comment written by [`job_comment`] or
+/// [`part_comment`]: the execution is the key, or `key#index` for a part.
 pub fn parse_comment(comment: &str) -> Option<(&str, &str)> {
-    let (step, key) = comment.rsplit_once(' ')?;
-    (key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit())).then_some((step, key))
+    let (step, execution) = comment.rsplit_once(' ')?;
+    let (key, part) = match execution.split_once('#') {
+        Some((key, part)) => (key, Some(part)),
+        None => (execution, None),
+    };
+    let key_ok = key.len() == 64 && key.chars().all(|c| c.is_ascii_hexdigit());
+    let part_ok = part.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    (key_ok && part_ok).then_some((step, execution))
 }
 
 /// Everything needed to submit one step execution.
@@ -233,5 +246,11 @@ mod tests {
         let c = job_comment("my step", &key);
         assert_eq!(parse_comment(&c), Some(("my step", key.as_str())));
         assert_eq!(parse_comment("someone else's job"), None);
+        let p = part_comment("runs", &key, 3);
+        assert_eq!(
+            parse_comment(&p),
+            Some(("runs", format!("{key}#3").as_str()))
+        );
+        assert_eq!(parse_comment(&format!("runs {key}#")), None);
     }
 }

@@ -19,7 +19,7 @@ pub mod setup;
 pub mod step_description;
 
 pub use client::{QueuedJob, SlurmClient};
-pub use job_request::{JobRequest, job_comment, job_name, parse_comment};
+pub use job_request::{JobRequest, job_comment, job_name, parse_comment, part_comment};
 pub use job_state::{JobOutcome, JobState, ended_message};
 pub use queue::Queue;
 pub use resources::{ClusterSettings, Resources};

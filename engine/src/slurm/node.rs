@@ -1,4 +1,5 @@
-//! `qflow __run-step <description>`: one step execution inside a Slurm job.
+//! `qflow __run-step <description> [--part N]`: one step execution (or one of
+//! its parts, a matrix run) inside a Slurm job.
 //!
 //! The node reads the description, takes the submitter's listed variables and the
 //! step's `env:`, sizes the step's make jobserver from the job's allocation
@@ -39,10 +40,20 @@ pub fn allocated_cpus(fallback: usize) -> usize {
         .max(1)
 }
 
-/// Run the step described at `path`; returns the exit code (0: the step succeeded).
-/// Call before any other thread starts: it sets this process's environment.
-pub fn run_described_step(path: &Path, registry: &Registry) -> anyhow::Result<i32> {
+/// Run the step described at `path` (or only its part `part`: one run of a
+/// matrix, logged and reported on its own); returns the exit code (0: the step,
+/// or the part, succeeded). Call before any other thread starts: it sets this
+/// process's environment.
+pub fn run_described_step(
+    path: &Path,
+    registry: &Registry,
+    part: Option<usize>,
+) -> anyhow::Result<i32> {
     let mut desc = StepDescription::read(path)?;
+    if let Some(i) = part {
+        desc.report = StepDescription::part_report_path(&desc.job.out_dir, i);
+        desc.job.log = StepDescription::part_log(&desc.job.log, i);
+    }
     // SAFETY: called first thing in the `__run-step` command, before any thread
     // exists, so nothing reads the environment concurrently.
     unsafe {
@@ -57,7 +68,7 @@ pub fn run_described_step(path: &Path, registry: &Registry) -> anyhow::Result<i3
         jobs: desc.job.jobs,
         ..Default::default()
     };
-    let result = run(&desc, registry, &mut report);
+    let result = run(&desc, registry, part, &mut report);
     report.duration_ms = t0.elapsed().as_millis() as u64;
     if let Err(e) = &result {
         // The step's own log may not exist yet (a refused tool): add the reason to it.
@@ -76,7 +87,12 @@ pub fn run_described_step(path: &Path, registry: &Registry) -> anyhow::Result<i3
     Ok(if report.ok { 0 } else { 1 })
 }
 
-fn run(desc: &StepDescription, registry: &Registry, report: &mut NodeReport) -> anyhow::Result<()> {
+fn run(
+    desc: &StepDescription,
+    registry: &Registry,
+    part: Option<usize>,
+    report: &mut NodeReport,
+) -> anyhow::Result<()> {
     let job = &desc.job;
     let kind = registry.get(&job.kind).ok_or_else(|| {
         anyhow!(
@@ -111,7 +127,10 @@ fn run(desc: &StepDescription, registry: &Registry, report: &mut NodeReport) -> 
             }
         });
     }
-    let output = job.run(registry, Arc::new(NoProgress), groups)?;
+    let output = match part {
+        None => job.run(registry, Arc::new(NoProgress), groups)?,
+        Some(i) => job.run_part(registry, Arc::new(NoProgress), groups, i)?,
+    };
     report.notes = output.notes;
     Ok(())
 }

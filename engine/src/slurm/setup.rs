@@ -5,7 +5,8 @@
 //! workflow's) says `slurm`, unless it must run here (`Step::runs_only_here`: a
 //! password from qflow's environment). The preflight runs only when some
 //! cluster step is not already in place, so a no-op apply asks the controller
-//! nothing.
+//! nothing; its probe job runs only when no probe passed within the hour for
+//! the same qflow binary, cache and cluster settings (see [`probe_memo`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -39,6 +40,20 @@ pub fn placements(
         .collect()
 }
 
+/// The Slurm jobs one execution of `step` takes, and the CPUs each asks for:
+/// one job with `resources.cpus` (else the step's `jobs`), or, for a step with
+/// parts (a boot matrix), one job per part with `resources.cpus` (else 1).
+pub fn jobs_of(step: &crate::workflow::StepDecl) -> (usize, usize) {
+    let parts = step.step.parts().len();
+    let cpus = step.placement.resources.cpus;
+    if parts > 0 {
+        (parts, cpus.unwrap_or(1).max(1))
+    } else {
+        let jobs = step.jobs.unwrap_or_else(|| step.step.default_jobs());
+        (1, cpus.unwrap_or(jobs).max(1))
+    }
+}
+
 /// A job request per step of `workflow` that would run on the cluster (its
 /// command a placeholder): what the preflight asks `sbatch --test-only` about.
 pub fn requests(
@@ -55,13 +70,12 @@ pub fn requests(
         .zip(placed)
         .filter(|(_, (choice, _))| *choice == ExecutorChoice::Slurm)
         .map(|(s, _)| {
-            let jobs = s.jobs.unwrap_or_else(|| s.step.default_jobs());
             (
                 s.name.clone(),
                 JobRequest {
                     name: name.clone(),
                     comment: job_comment(&s.name, &"0".repeat(64)),
-                    cpus: s.placement.resources.cpus.unwrap_or(jobs).max(1),
+                    cpus: jobs_of(s).1,
                     resources: s.placement.resources.clone(),
                     cluster: workflow.placement.slurm.clone(),
                     slurm_log: dir.join("preflight.log"),
@@ -76,14 +90,14 @@ pub fn requests(
 /// The Slurm executor's setup and the names of the steps it runs, or `None` when
 /// no step runs on the cluster. Problems come back as [`crate::HostNotReady`]
 /// (exit 2, nothing submitted).
-pub fn prepare(
-    session: &Session,
+pub fn prepare<'w>(
+    session: &Session<'w>,
     prepared: &Prepared,
     flag: Option<ExecutorChoice>,
     detached: bool,
     in_place: &[bool],
     progress: &crate::progress::Progress,
-) -> anyhow::Result<Option<(SlurmSetup, HashSet<String>)>> {
+) -> anyhow::Result<Option<(SlurmSetup<'w>, HashSet<String>)>> {
     let workflow = session.workflow;
     let placed = placements(workflow, flag);
     let mut names = HashSet::new();
@@ -120,24 +134,34 @@ pub fn prepare(
                 resources: s.placement.resources.clone(),
                 retries: s.placement.retries,
                 tools: prepared.tools[i].clone().unwrap_or_default(),
+                parts: s.step.parts(),
             },
         );
     }
     if !all_in_place {
+        let memo = probe_memo(&qflow, &cache_root, &workflow.placement.slurm);
+        let memo_path = dir.join(PROBE_MEMO);
+        let probe = !probe_fresh(&memo_path, &memo);
         let problems = preflight::check(&PreflightInput {
             requests: &requests,
             cluster: &workflow.placement.slurm,
             cache_dir: &cache_root,
             qflow: &qflow,
             script: &script,
-            probe: true,
+            probe,
         });
         if !problems.is_empty() {
+            let _ = std::fs::remove_file(&memo_path);
             return Err(not_ready(problems));
+        }
+        if probe {
+            let now = unix_now();
+            let _ = qflow_cache::write_atomic(&memo_path, format!("{memo}\n{now}\n").as_bytes());
         }
     }
     Ok(Some((
         SlurmSetup {
+            registry: session.registry,
             client,
             name,
             cluster: workflow.placement.slurm.clone(),
@@ -149,4 +173,60 @@ pub fn prepare(
         },
         names,
     )))
+}
+
+/// The file remembering a probe job that passed (see [`probe_memo`]).
+const PROBE_MEMO: &str = "probe-passed";
+
+/// How long a passed probe is trusted.
+const PROBE_TRUSTED_SECS: u64 = 3600;
+
+/// What a passed probe proved, in one line: this qflow binary (path, size,
+/// modification time) runs on the nodes, and they see this cache, under these
+/// cluster settings. A probe job waits in the queue like any job (minutes on a
+/// busy cluster), so an apply within the hour after one that passed, with the
+/// same binary, cache and settings, trusts it; `qflow doctor --executor slurm`
+/// always probes.
+fn probe_memo(
+    qflow: &std::path::Path,
+    cache_root: &std::path::Path,
+    cluster: &super::resources::ClusterSettings,
+) -> String {
+    let stamp = std::fs::metadata(qflow)
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            format!("{} {} {}", m.len(), m.mtime(), m.mtime_nsec())
+        })
+        .unwrap_or_default();
+    let mut h = blake3::Hasher::new();
+    for part in [
+        qflow.as_os_str().as_encoded_bytes(),
+        stamp.as_bytes(),
+        cache_root.as_os_str().as_encoded_bytes(),
+        format!("{cluster:?}").as_bytes(),
+    ] {
+        h.update(part);
+        h.update(b"\0");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Whether the probe memo at `path` says `memo` passed within the trusted time.
+fn probe_fresh(path: &std::path::Path, memo: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut lines = text.lines();
+    lines.next() == Some(memo)
+        && lines
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| unix_now().saturating_sub(t) < PROBE_TRUSTED_SECS)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -66,13 +66,14 @@ pub struct StepDescription {
 }
 
 impl StepDescription {
-    /// Write the description (atomically) to `path`.
+    /// Write the description (temp file and rename) to `path`. Not fsynced: it
+    /// lives as long as its job, and a node reads it whole or not at all.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create `{}`", dir.display()))?;
         }
-        qflow_cache::write_atomic(path, &serde_json::to_vec_pretty(self)?)
+        replace_file(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// Read a description the coordinator wrote.
@@ -102,6 +103,19 @@ impl StepDescription {
         name.push(".node.json");
         out_dir.with_file_name(name)
     }
+
+    /// Where the report of part `index` of the execution staged in `out_dir` goes.
+    pub fn part_report_path(out_dir: &Path, index: usize) -> PathBuf {
+        let mut name = out_dir.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".part{index}.node.json"));
+        out_dir.with_file_name(name)
+    }
+
+    /// The log of part `index` of a step whose log is `log`: `<step>.part<index>.log`
+    /// beside it (the coordinator gathers the parts' logs into `log` at the end).
+    pub fn part_log(log: &Path, index: usize) -> PathBuf {
+        log.with_extension(format!("part{index}.log"))
+    }
 }
 
 /// What the node says about one step execution.
@@ -124,9 +138,10 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    /// Write the report (temp file and rename).
+    /// Write the report (temp file and rename; not fsynced: the coordinator reads it
+    /// once, and a report lost to a crash only means the step runs again).
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        qflow_cache::write_atomic(path, &serde_json::to_vec_pretty(self)?)
+        replace_file(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// The report at `path`, or `None` when the node never wrote one (the job died first).
@@ -145,6 +160,19 @@ impl NodeReport {
     pub fn check_tools(&self, expected: &BTreeMap<String, String>) -> Result<(), String> {
         tools_differ(&self.host, expected, &self.tools)
     }
+}
+
+/// Write `bytes` to `path` by a temporary file beside it and a rename, without
+/// fsync: a reader sees the old content or the new, never a mix.
+fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot rename `{}` to `{}`", tmp.display(), path.display())
+    })
 }
 
 /// `Err` naming every tool whose identity on node `host` differs from the key's.
@@ -193,6 +221,31 @@ pub fn move_entries(from: &Path, to: &Path) -> anyhow::Result<()> {
     })? {
         let entry = entry?;
         let dest = to.join(entry.file_name());
+        std::fs::rename(entry.path(), &dest).with_context(|| {
+            format!(
+                "cannot move `{}` to `{}`",
+                entry.path().display(),
+                dest.display()
+            )
+        })?;
+    }
+    let _ = std::fs::remove_dir(from);
+    Ok(())
+}
+
+/// Like [`move_entries`], but an entry `to` already has stays (a part this run
+/// submitted again wrote it) and `from`'s copy is removed.
+pub fn merge_entries(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            let _ = qflow_cache::remove_dir_force(&entry.path());
+            continue;
+        }
         std::fs::rename(entry.path(), &dest).with_context(|| {
             format!(
                 "cannot move `{}` to `{}`",

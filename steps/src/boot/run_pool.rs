@@ -2,6 +2,12 @@
 //! `matrix` combination, and the pool that starts them within the slots the engine
 //! gave the step (its own slot and its jobserver's tokens), drives each on a
 //! thread and relays its lines to the step's log.
+//!
+//! The runs are also the step's parts (`Step::parts`): a cluster executor runs
+//! each as a job of its own (`run_one`), every one writing its own run
+//! directory of the shared staging directory and restoring the checkpoint
+//! from the shared cache; the metrics that span the runs are written once all
+//! of them succeeded.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -43,6 +49,39 @@ impl Boot {
         h.finalize().to_hex().to_string()
     }
 
+    /// The runs as parts a cluster executor may submit as jobs of their own:
+    /// their labels, or none when the step has one run.
+    pub(super) fn part_labels(&self) -> Vec<String> {
+        let runs = self.runs();
+        if runs.len() < 2 {
+            return Vec::new();
+        }
+        runs.into_iter().filter_map(|(label, _)| label).collect()
+    }
+
+    /// Run the matrix run `index` alone, as a part of its step: the same machine,
+    /// plan, directory and console markers as when the step runs them all, so the
+    /// outputs are the same; the metrics that span the runs wait for
+    /// `finish_parts`.
+    pub(super) fn run_one(&self, ctx: &mut RunContext, index: usize) -> anyhow::Result<()> {
+        let timeout = self.timeout().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let login = self
+            .login
+            .as_ref()
+            .map(|l| l.guest_login(ctx))
+            .transpose()?;
+        let out_dir = ctx.out_dir().to_path_buf();
+        for warning in self.plugin_warnings() {
+            ctx.log(&format!("qflow: {warning}"));
+        }
+        let spec = self.machine(ctx, &out_dir)?;
+        ctx.note("command_line", &spec.line.display());
+        ctx.log(&format!("qflow: {}", spec.line.display()));
+        let (plans, lines) = self.plans_of(ctx, &spec, login, timeout, Some(index))?;
+        anyhow::ensure!(!plans.is_empty(), "this step has no run {index}");
+        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())
+    }
+
     /// One plan (and machine command line) per run.
     pub(super) fn run_plans(
         &self,
@@ -51,12 +90,25 @@ impl Boot {
         login: Option<GuestLogin>,
         timeout: Duration,
     ) -> anyhow::Result<(Vec<RunPlan>, Vec<QemuCommandLine>)> {
+        self.plans_of(ctx, spec, login, timeout, None)
+    }
+
+    /// The plans of every run, or of run `only`.
+    fn plans_of(
+        &self,
+        ctx: &mut RunContext,
+        spec: &MachineSpec,
+        login: Option<GuestLogin>,
+        timeout: Duration,
+        only: Option<usize>,
+    ) -> anyhow::Result<(Vec<RunPlan>, Vec<QemuCommandLine>)> {
         let out_dir = ctx.out_dir().to_path_buf();
         let line = &spec.line;
         let mut plans = Vec::new();
         let mut lines = Vec::new();
         let step_seed = self.marker_seed(ctx);
-        for (label, params) in self.runs() {
+        let runs = self.runs().into_iter().enumerate();
+        for (_, (label, params)) in runs.filter(|(i, _)| only.is_none_or(|o| o == *i)) {
             let attach_link = ctx.state_dir().join(match &label {
                 Some(l) => format!("console-{l}.sock"),
                 None => "console.sock".to_string(),
@@ -275,5 +327,34 @@ fn prefix(many: bool, label: &str) -> String {
         format!("run {label}: ")
     } else {
         String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Boot;
+
+    fn boot(yaml: &str) -> Boot {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_matrix_s_runs_are_the_step_s_parts_in_run_order_and_one_run_is_no_part() {
+        let b = boot("kernel: /k\nmatrix: { size: [16, 64], mode: [a, b] }\n");
+        assert_eq!(
+            b.part_labels(),
+            [
+                "mode=a,size=16",
+                "mode=a,size=64",
+                "mode=b,size=16",
+                "mode=b,size=64"
+            ]
+        );
+        assert!(boot("kernel: /k\n").part_labels().is_empty());
+        assert!(
+            boot("kernel: /k\nmatrix: { n: [1] }\n")
+                .part_labels()
+                .is_empty()
+        );
     }
 }
