@@ -173,14 +173,45 @@ fn pull(s: &Space, server: &Server) -> common::Run {
     s.qflow(&["apply", "--remote-cache", &server.read_url()])
 }
 
-/// Steps announced as `qflow: remote hit STEP`, sorted.
+/// Steps announced as `qflow: remote hit STEP` (downloaded or not), sorted.
 fn remote_hits(run: &common::Run) -> Vec<String> {
     let mut v: Vec<String> = (run.stderr.lines())
         .filter_map(|l| l.strip_prefix("qflow: remote hit "))
+        .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_string)
         .collect();
     v.sort();
     v
+}
+
+/// Steps announced as remote hits left on the server (not downloaded), sorted.
+fn left_on_server(run: &common::Run) -> Vec<String> {
+    let mut v: Vec<String> = (run.stderr.lines())
+        .filter_map(|l| l.strip_prefix("qflow: remote hit "))
+        .filter(|rest| rest.contains("(left on the server"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The output tree `out/<step>` points at (its name is the hash of its manifest: the
+/// same name on two machines means the same bytes), or `None` when there is no link.
+fn out_tree(s: &Space, dir: &str, step: &str) -> Option<String> {
+    let link = std::fs::read_link(s.join(dir).join(step)).ok()?;
+    assert!(s.join(dir).join(step).is_dir(), "out link {step} dangles");
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Bytes of every regular file below `dir`.
+fn bytes_below(dir: &Path) -> u64 {
+    files_below(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn warnings(run: &common::Run) -> Vec<String> {
@@ -385,6 +416,123 @@ fn a_listener_that_never_answers_costs_one_warning_and_bounded_time_and_a_no_op_
         "{:?}",
         started.elapsed()
     );
+}
+
+/// An image, an overlay of it, and a small report about the overlay: the report is the
+/// result, the images are machine state.
+const IMAGES_AND_A_REPORT: &str = r##"
+version: 1
+steps:
+  base:
+    kind: image
+    size: 16M
+  work:
+    kind: image
+    from: base
+    size: 32M
+  report:
+    kind: command
+    run: [sh, -c, 'qemu-img info --backing-chain "${{ steps.work }}/image.qcow2" | grep -c "^image:" > "$QFLOW_OUT/chain" && cat note.txt >> "$QFLOW_OUT/chain"']
+    inputs: [note.txt]
+    outputs: [chain]
+"##;
+
+fn report_machine() -> Space {
+    let s = Space::new();
+    s.workflow(IMAGES_AND_A_REPORT).write("note.txt", "first\n");
+    s
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn images_whose_dependents_are_all_hits_stay_on_the_server_until_a_step_that_runs_needs_them() {
+    let server = Server::start(&[]);
+    let a = report_machine();
+    upload(&a, &server);
+    assert_eq!(a.read("out/report/chain"), "2\nfirst\n");
+
+    // The second machine gets the report; both images stay on the server, unlinked.
+    let b = report_machine();
+    let pulled = pull(&b, &server).success();
+    assert!(pulled.ran().is_empty(), "{}", pulled.stderr);
+    assert_eq!(remote_hits(&pulled), ["base", "report", "work"]);
+    assert_eq!(
+        left_on_server(&pulled),
+        ["base", "work"],
+        "{}",
+        pulled.stderr
+    );
+    assert_eq!(b.read("out/report/chain"), a.read("out/report/chain"));
+    for image in ["base", "work"] {
+        assert!(!b.join("out").join(image).exists(), "out/{image}");
+    }
+    assert!(
+        bytes_below(&b.join(".qflow/objects")) < 4096,
+        "only the report came down"
+    );
+    assert_eq!(b.read("qflow.lock"), a.read("qflow.lock"));
+    let status = b.qflow(&["status"]).success();
+    for image in ["base", "work"] {
+        assert!(
+            status
+                .stdout
+                .contains(&format!("fresh (on the remote cache only) {image}")),
+            "{}",
+            status.stdout
+        );
+    }
+
+    // Applying again asks the server nothing and downloads nothing.
+    let before = server.requests();
+    let again = pull(&b, &server).success();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+    assert!(server.requests() <= before + 1, "at most the access check");
+
+    // A step that must run needs `work`: it comes down then, with the base its overlay
+    // names, and both are linked.
+    b.write("note.txt", "second\n");
+    let edited = pull(&b, &server).success();
+    assert_eq!(edited.ran_sorted(), ["report"], "{}", edited.stderr);
+    assert!(
+        edited.stderr_contains("downloaded work (`report` needs it)"),
+        "{}",
+        edited.stderr
+    );
+    assert_eq!(b.read("out/report/chain"), "2\nsecond\n");
+    for image in ["base", "work"] {
+        assert_eq!(out_tree(&b, "out", image), out_tree(&a, "out", image));
+    }
+
+    // Without a remote cache, a result left on the server is no result: it is built.
+    let c = report_machine();
+    pull(&c, &server).success();
+    let alone = c.qflow(&["apply"]).success();
+    let ran = alone.ran_sorted();
+    assert!(
+        ran.contains(&"base".to_string()) && ran.contains(&"work".to_string()),
+        "{}",
+        alone.stderr
+    );
+
+    // Naming a step downloads it (and what its image backs onto).
+    let d = report_machine();
+    let named = d
+        .qflow(&[
+            "apply",
+            "--remote-cache",
+            &server.read_url(),
+            "workflow.yaml",
+            "work",
+        ])
+        .success();
+    assert!(named.ran().is_empty(), "{}", named.stderr);
+    assert!(
+        named.stderr_contains("downloaded base (an image downloaded with it backs onto it)"),
+        "{}",
+        named.stderr
+    );
+    assert_eq!(out_tree(&d, "out", "work"), out_tree(&a, "out", "work"));
+    assert_eq!(out_tree(&d, "out", "base"), out_tree(&a, "out", "base"));
 }
 
 #[test]

@@ -7,7 +7,16 @@
 //! upload carries every tree the step retains (a qcow2 overlay names its backing image, the
 //! upstream's output, inside its header), so a step downstream of a customized image with a
 //! root password would publish that image, which holds the password's hash.
+//!
+//! Downloaded: a remote hit's bytes come down only where they must exist locally. Always
+//! ([`downloaded`]): the steps named on the command line, the run's final steps (nothing
+//! after them uses them), steps with `metrics:` (`qflow results` reads them) and every
+//! step with no machine state among its outputs (results, logs, build artifacts: what a
+//! person reads, small). The rest (a step holding a disk image or a memory snapshot whose
+//! dependents are all hits) stays on the server until a step that runs needs it; the run
+//! loop fetches it then (`run.rs`).
 
+use crate::dag::{Dag, StepId};
 use crate::workflow::{RemoteUse, Workflow};
 
 /// Per step (file order): whether a remote cache is asked for its result.
@@ -17,8 +26,22 @@ pub fn readable(workflow: &Workflow) -> Vec<bool> {
         .collect()
 }
 
+/// Per step (file order): whether a remote hit for it is downloaded whatever the steps
+/// after it do (see the module header); the others come down only for a step that runs.
+pub fn downloaded(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
+    let targets = &workflow.selection.targets;
+    (workflow.steps.iter().enumerate())
+        .map(|(i, s)| {
+            targets.contains(&s.name)
+                || dag.downstream(StepId(i)).is_empty()
+                || !s.step.metrics().is_empty()
+                || !(s.step.output_roles().iter()).any(|(_, role)| role.is_machine_state())
+        })
+        .collect()
+}
+
 /// Per step (file order): whether its result may be uploaded.
-pub fn uploadable(workflow: &Workflow, dag: &crate::dag::Dag) -> Vec<bool> {
+pub fn uploadable(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
     let mut ok = vec![false; workflow.steps.len()];
     let index: std::collections::HashMap<&str, usize> = (workflow.steps.iter().enumerate())
         .map(|(i, s)| (s.name.as_str(), i))

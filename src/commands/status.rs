@@ -2,7 +2,7 @@
 //! with local wall-clock times) and the last run.
 
 use qflow_engine::Registry;
-use qflow_engine::plan::plan;
+use qflow_engine::plan::plan_knowing_remote_results;
 use qflow_engine::session::{Session, cache_dir};
 
 use std::collections::BTreeMap;
@@ -64,10 +64,14 @@ fn show(registry: &Registry, workflow: &Located) -> anyhow::Result<i32> {
         println!("last run: {line}");
     }
     let cleaned = super::clean::cleaned_at(&session, &wf);
-    let steps = plan(&mut session)?;
+    let steps = plan_knowing_remote_results(&mut session)?;
     let rows: Vec<(String, &str)> = (steps.iter())
         .map(|s| {
-            let state = step_state(&s.name, s.action == "run", last.as_ref(), busy, &cleaned);
+            let mut state = step_state(&s.name, s.action == "run", last.as_ref(), busy, &cleaned);
+            // Its result is known, its bytes are on the remote cache only (no `out/` link).
+            if s.action == "remote hit" && state == "fresh" {
+                state = "fresh (on the remote cache only)".into();
+            }
             (state, s.name.as_str())
         })
         .collect();

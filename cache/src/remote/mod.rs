@@ -19,10 +19,12 @@
 //! This module never prints: warnings go to [`RemoteConfig::on_warning`] and are kept for
 //! [`RemoteCache::warnings`]; counters are in [`RemoteCache::stats`].
 
+mod backing;
 mod credentials;
 mod fetch;
 mod health;
 mod http_store;
+mod kept_entry;
 mod names;
 mod remote_record;
 mod transfer_slots;
@@ -33,9 +35,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use backing::backing_name;
 pub use credentials::{Credentials, HEADER_ENV, Secret, TOKEN_ENV, shown_url};
 pub use health::{Fault, MAX_CONSECUTIVE_FAULTS};
 pub use http_store::Timeouts;
+pub use kept_entry::{forget_entry, keep_entry, kept_entry};
 pub use names::{Sha256, action_name};
 pub use remote_record::{
     MAX_REMOTE_RECORD_BYTES, ObjectRef, REMOTE_RECORD_FORMAT, RemoteRecord, RetainedTree,
