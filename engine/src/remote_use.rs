@@ -74,6 +74,9 @@ mod tests {
         password: bool,
         #[serde(default)]
         from: Option<String>,
+        /// Its output is a disk image (machine state).
+        #[serde(default)]
+        image: bool,
     }
 
     impl Step for Secretive {
@@ -84,7 +87,12 @@ mod tests {
                 .collect()
         }
         fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
-            Vec::new()
+            let role = if self.image {
+                crate::OutputRole::Image
+            } else {
+                crate::OutputRole::Artifact
+            };
+            vec![("out".to_string(), role)]
         }
         fn consumes_secret(&self) -> bool {
             self.password
@@ -103,6 +111,57 @@ mod tests {
         fn kind_needs() -> Vec<crate::HostNeed> {
             Vec::new()
         }
+    }
+
+    fn load(yaml: &str, targets: &[&str]) -> Workflow {
+        let dir =
+            std::env::temp_dir().join(format!("qflow-remote-use-{}", crate::run_record::run_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
+        let mut registry = Registry::new();
+        registry.add(crate::step::KindOf::<Secretive>::new());
+        let options = LoadOptions {
+            set: Vec::new(),
+            memo_cache: None,
+        };
+        let mut wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        crate::selection::select(&mut wf, &targets, &[]).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        wf
+    }
+
+    /// Per step: whether a remote hit for it is downloaded whatever follows.
+    fn downloaded(yaml: &str, targets: &[&str]) -> Vec<(String, bool)> {
+        let wf = load(yaml, targets);
+        let got = super::downloaded(&wf, &wf.dag());
+        (wf.steps.iter().zip(got))
+            .map(|(s, d)| (s.name.clone(), d))
+            .collect()
+    }
+
+    #[test]
+    fn images_under_other_steps_stay_on_the_server_and_results_finals_and_targets_come_down() {
+        let yaml = "version: 1\nsteps:\n  base: { kind: secretive, image: true }\n  \
+                    system: { kind: secretive, image: true, from: base }\n  \
+                    kernel: { kind: secretive }\n  \
+                    boot: { kind: secretive, from: system }\n  \
+                    disk: { kind: secretive, image: true, from: kernel }\n";
+        let row = |n: &str, d: bool| (n.to_string(), d);
+        assert_eq!(
+            downloaded(yaml, &[]),
+            [
+                row("base", false),
+                row("system", false),
+                row("kernel", true),
+                row("boot", true),
+                row("disk", true),
+            ]
+        );
+        assert_eq!(
+            downloaded(yaml, &["system", "boot"]),
+            [row("base", false), row("system", true), row("boot", true)]
+        );
     }
 
     fn policy(yaml: &str) -> Vec<(String, bool, bool)> {

@@ -10,6 +10,10 @@
 //! - download (`fetch.rs`): every byte is verified against the sha256 of its name and the
 //!   blake3 of the record before it enters the local cache; a mismatch or a missing object is
 //!   a miss and one warning naming the object, never a wrong result or a partial tree;
+//!   [`RemoteCache::fetch_usable`] brings only the output tree and the trees its disk
+//!   images back onto (`backing.rs`), not every tree the record retains;
+//! - results left on the server (`kept_entry.rs`): the entry of a hit whose bytes were not
+//!   needed yet, kept locally so a later apply knows the result without asking the server;
 //! - faults (`health.rs`): a server that is down, hangs, answers 5xx or drops a transfer
 //!   makes a miss and one warning, and is left alone after a few faults in a row; refused
 //!   credentials (401/403) are their own error (`credentials.rs`).
