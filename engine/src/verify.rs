@@ -463,7 +463,8 @@ fn select_steps(wf: &mut Workflow, wanted: &[String]) -> anyhow::Result<()> {
         if wf.step(w).is_none() {
             let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
             return Err(Refusal(format!(
-                "--step `{w}`: no step of that name in {}; its steps: {}",
+                "--step `{}`: no step of that name in {}; its steps: {}",
+                crate::diagnostic::escaped(w),
                 wf.path.display(),
                 names.join(", ")
             ))

@@ -93,6 +93,21 @@ const DEFAULT_MEMORY: &str = "512";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Boot a guest and run commands in it.
+///
+/// What the guest must provide: a console on its first serial port, `ttyS0` (with
+/// `kernel:`, `append:` must keep `console=ttyS0`, as its default does). On it,
+/// either a getty that prints `login:` and then `Password:` (give `login:`, and qflow
+/// types the user and the password), or a shell already running there (autologin, or
+/// `init=/bin/sh`; leave `login:` out). That shell must be a POSIX shell with `echo`,
+/// `eval`, `base64` (coreutils or busybox) and `stty`: qflow types `echo` probes
+/// until one is answered, turns the echo off (`stty -echo`) and sets the size from
+/// `terminal:`, then types each of `commands` base64-encoded and runs it with `eval`
+/// in that shell, between `echo` markers that carry its exit status; a command that
+/// exits non-zero fails the step. Each `collect:` file is read back as `base64 FILE`.
+/// The guest need not power off: once the commands and the collection are done,
+/// qflow runs `sync` when the disks' writes are kept (`snapshot: false`,
+/// `checkpoint: true`) and ends QEMU through its QMP socket (`quit`). A step with
+/// `from_checkpoint:` skips the login: the restored shell is used as it was saved.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
