@@ -173,14 +173,45 @@ fn pull(s: &Space, server: &Server) -> common::Run {
     s.qflow(&["apply", "--remote-cache", &server.read_url()])
 }
 
-/// Steps announced as `qflow: remote hit STEP`, sorted.
+/// Steps announced as `qflow: remote hit STEP` (downloaded or not), sorted.
 fn remote_hits(run: &common::Run) -> Vec<String> {
     let mut v: Vec<String> = (run.stderr.lines())
         .filter_map(|l| l.strip_prefix("qflow: remote hit "))
+        .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_string)
         .collect();
     v.sort();
     v
+}
+
+/// Steps announced as remote hits left on the server (not downloaded), sorted.
+fn left_on_server(run: &common::Run) -> Vec<String> {
+    let mut v: Vec<String> = (run.stderr.lines())
+        .filter_map(|l| l.strip_prefix("qflow: remote hit "))
+        .filter(|rest| rest.contains("(left on the server"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// The output tree `out/<step>` points at (its name is the hash of its manifest: the
+/// same name on two machines means the same bytes), or `None` when there is no link.
+fn out_tree(s: &Space, dir: &str, step: &str) -> Option<String> {
+    let link = std::fs::read_link(s.join(dir).join(step)).ok()?;
+    assert!(s.join(dir).join(step).is_dir(), "out link {step} dangles");
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Bytes of every regular file below `dir`.
+fn bytes_below(dir: &Path) -> u64 {
+    files_below(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn warnings(run: &common::Run) -> Vec<String> {
@@ -387,6 +418,123 @@ fn a_listener_that_never_answers_costs_one_warning_and_bounded_time_and_a_no_op_
     );
 }
 
+/// An image, an overlay of it, and a small report about the overlay: the report is the
+/// result, the images are machine state.
+const IMAGES_AND_A_REPORT: &str = r##"
+version: 1
+steps:
+  base:
+    kind: image
+    size: 16M
+  work:
+    kind: image
+    from: base
+    size: 32M
+  report:
+    kind: command
+    run: [sh, -c, 'qemu-img info --backing-chain "${{ steps.work }}/image.qcow2" | grep -c "^image:" > "$QFLOW_OUT/chain" && cat note.txt >> "$QFLOW_OUT/chain"']
+    inputs: [note.txt]
+    outputs: [chain]
+"##;
+
+fn report_machine() -> Space {
+    let s = Space::new();
+    s.workflow(IMAGES_AND_A_REPORT).write("note.txt", "first\n");
+    s
+}
+
+#[test]
+#[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
+fn images_whose_dependents_are_all_hits_stay_on_the_server_until_a_step_that_runs_needs_them() {
+    let server = Server::start(&[]);
+    let a = report_machine();
+    upload(&a, &server);
+    assert_eq!(a.read("out/report/chain"), "2\nfirst\n");
+
+    // The second machine gets the report; both images stay on the server, unlinked.
+    let b = report_machine();
+    let pulled = pull(&b, &server).success();
+    assert!(pulled.ran().is_empty(), "{}", pulled.stderr);
+    assert_eq!(remote_hits(&pulled), ["base", "report", "work"]);
+    assert_eq!(
+        left_on_server(&pulled),
+        ["base", "work"],
+        "{}",
+        pulled.stderr
+    );
+    assert_eq!(b.read("out/report/chain"), a.read("out/report/chain"));
+    for image in ["base", "work"] {
+        assert!(!b.join("out").join(image).exists(), "out/{image}");
+    }
+    assert!(
+        bytes_below(&b.join(".qflow/objects")) < 4096,
+        "only the report came down"
+    );
+    assert_eq!(b.read("qflow.lock"), a.read("qflow.lock"));
+    let status = b.qflow(&["status"]).success();
+    for image in ["base", "work"] {
+        assert!(
+            status
+                .stdout
+                .contains(&format!("fresh (on the remote cache only) {image}")),
+            "{}",
+            status.stdout
+        );
+    }
+
+    // Applying again asks the server nothing and downloads nothing.
+    let before = server.requests();
+    let again = pull(&b, &server).success();
+    assert!(again.ran().is_empty(), "{}", again.stderr);
+    assert!(server.requests() <= before + 1, "at most the access check");
+
+    // A step that must run needs `work`: it comes down then, with the base its overlay
+    // names, and both are linked.
+    b.write("note.txt", "second\n");
+    let edited = pull(&b, &server).success();
+    assert_eq!(edited.ran_sorted(), ["report"], "{}", edited.stderr);
+    assert!(
+        edited.stderr_contains("downloaded work (`report` needs it)"),
+        "{}",
+        edited.stderr
+    );
+    assert_eq!(b.read("out/report/chain"), "2\nsecond\n");
+    for image in ["base", "work"] {
+        assert_eq!(out_tree(&b, "out", image), out_tree(&a, "out", image));
+    }
+
+    // Without a remote cache, a result left on the server is no result: it is built.
+    let c = report_machine();
+    pull(&c, &server).success();
+    let alone = c.qflow(&["apply"]).success();
+    let ran = alone.ran_sorted();
+    assert!(
+        ran.contains(&"base".to_string()) && ran.contains(&"work".to_string()),
+        "{}",
+        alone.stderr
+    );
+
+    // Naming a step downloads it (and what its image backs onto).
+    let d = report_machine();
+    let named = d
+        .qflow(&[
+            "apply",
+            "--remote-cache",
+            &server.read_url(),
+            "workflow.yaml",
+            "work",
+        ])
+        .success();
+    assert!(named.ran().is_empty(), "{}", named.stderr);
+    assert!(
+        named.stderr_contains("downloaded base (an image downloaded with it backs onto it)"),
+        "{}",
+        named.stderr
+    );
+    assert_eq!(out_tree(&d, "out", "work"), out_tree(&a, "out", "work"));
+    assert_eq!(out_tree(&d, "out", "base"), out_tree(&a, "out", "base"));
+}
+
 #[test]
 #[ignore = "slow: starts a private nginx (needs root; installs Debian's nginx when missing)"]
 fn a_server_that_demands_credentials_refuses_a_clear_error_and_works_with_a_token() {
@@ -499,4 +647,239 @@ fn a_bad_remote_cache_field_or_an_upload_without_a_url_is_refused_before_anythin
     let run = s.qflow(&["apply", "--remote-cache-upload"]).failure(2);
     assert!(run.stderr_contains("--remote-cache URL"), "{}", run.stderr);
     assert!(run.ran().is_empty());
+}
+
+/// The quickstart as a user's checkout has it (the workflow, its files, the kernel tree
+/// unpacked from Debian's tarball, the test password), at the same relative places on
+/// every machine, so the step keys agree with the slow tier's quickstart test.
+fn quickstart_checkout() -> Space {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &dest);
+            } else {
+                std::fs::copy(e.path(), &dest).unwrap();
+            }
+        }
+    }
+    let s = Space::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(s.join("workflows")).unwrap();
+    std::fs::copy(
+        repo.join("workflows/quickstart.yaml"),
+        s.join("workflows/quickstart.yaml"),
+    )
+    .unwrap();
+    copy_tree(
+        &repo.join("workflows/quickstart"),
+        &s.join("workflows/quickstart"),
+    );
+    s.write("workflows/secrets/root-password", "quickstart-test-pw\n");
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(s.join("workflows"))
+        .args(["-xf", "/usr/src/linux-source-6.1.tar.xz"])
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    s
+}
+
+const QUICKSTART: &str = "workflows/quickstart.yaml";
+
+/// Files on the server holding `needle`.
+fn server_files_holding(server: &Server, needle: &str) -> String {
+    let out = Command::new("grep")
+        .args(["-rlaF", needle])
+        .arg(server.state.join("data"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether the server holds the bytes of any file below `dir` (by their sha256 name).
+fn server_holds_any_file_of(server: &Server, dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let names: Vec<String> = server
+        .files()
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    files_below(&dir)
+        .into_iter()
+        .filter(|f| std::fs::symlink_metadata(f).is_ok_and(|m| m.is_file()))
+        .filter(|f| {
+            let out = Command::new("sha256sum").arg(f).output().unwrap();
+            let sum = String::from_utf8_lossy(&out.stdout);
+            let sum = sum
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            names.contains(&sum)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "slow: the quickstart (on the slow tier's shared cache, built once), a private nginx, then on a second machine one full kernel build and the boots"]
+fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_rebuilds_only_its_kernel_edit() {
+    let server = Server::start(&[]);
+    let url = server.read_url();
+    let push = |s: &Space| {
+        s.qflow(&[
+            "apply",
+            "--remote-cache",
+            &url,
+            "--remote-cache-write",
+            &server.write_url(),
+            "--remote-cache-upload",
+            QUICKSTART,
+        ])
+        .success()
+    };
+
+    // Machine A: the slow tier's shared cache, which holds the quickstart already (or
+    // builds it once for every slow test). Without the opt-in, the steps that read the
+    // root password, and everything after them, stay home.
+    let a = quickstart_checkout().with_cache(&common::shared_cache());
+    let shared_yaml = a.read(QUICKSTART);
+    let private_yaml: String = (shared_yaml.lines())
+        .filter(|l| !l.trim_start().starts_with("remote_cache: true"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(private_yaml, shared_yaml);
+    a.write(QUICKSTART, &private_yaml);
+    let private = push(&a);
+    assert!(
+        private.stderr_contains("uploaded 3 results"),
+        "base, kernel, data: {}",
+        private.stderr
+    );
+    assert_eq!(server_files_holding(&server, "quickstart-test-pw"), "");
+    let system_files = server_holds_any_file_of(&server, &a.join("workflows/out/system"));
+    assert!(system_files.is_empty(), "{system_files:?}");
+
+    // With the quickstart's own `remote_cache: true`, the rest goes up; nothing runs.
+    a.write(QUICKSTART, &shared_yaml);
+    let shared = push(&a);
+    assert!(shared.ran().is_empty(), "{}", shared.stderr);
+    assert!(
+        shared.stderr_contains("uploaded 4 results"),
+        "system, experiment, runs, figures: {}",
+        shared.stderr
+    );
+    assert_eq!(server_files_holding(&server, "quickstart-test-pw"), "");
+
+    // Machine B, an empty cache: every step a remote hit, nothing runs. The results come
+    // down (kernel, runs, figures); the images and the checkpoint stay on the server.
+    let b = quickstart_checkout();
+    let started = Instant::now();
+    let pulled = b
+        .qflow(&["apply", "--remote-cache", &url, QUICKSTART])
+        .success();
+    let all_hits = started.elapsed();
+    eprintln!("quickstart on a second machine, every step a remote hit: {all_hits:.2?}");
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("remote-quickstart-timings.txt"),
+        format!("all remote hits: {:.2} s\n", all_hits.as_secs_f64()),
+    );
+    assert!(pulled.ran().is_empty(), "{}", pulled.stderr);
+    assert_eq!(
+        remote_hits(&pulled),
+        [
+            "base",
+            "data",
+            "experiment",
+            "figures",
+            "kernel",
+            "runs",
+            "system"
+        ],
+        "{}",
+        pulled.stderr
+    );
+    assert_eq!(
+        left_on_server(&pulled),
+        ["base", "data", "experiment", "system"]
+    );
+    for step in ["kernel", "runs", "figures"] {
+        let tree = out_tree(&b, "workflows/out", step);
+        assert!(tree.is_some(), "out/{step}");
+        assert_eq!(tree, out_tree(&a, "workflows/out", step), "out/{step}");
+    }
+    for step in ["base", "data", "experiment", "system"] {
+        assert_eq!(out_tree(&b, "workflows/out", step), None, "out/{step}");
+    }
+    assert_eq!(
+        b.read("workflows/quickstart.lock"),
+        a.read("workflows/quickstart.lock")
+    );
+    let table = b
+        .qflow(&["results", QUICKSTART, "--format", "csv"])
+        .success();
+    assert_eq!(
+        table.stdout,
+        "step,run,iterations,checksum\nruns,iterations=1000,1000,729977\nruns,iterations=5000,5000,479161\n"
+    );
+
+    // On B, one line of the kernel: the kernel builds its tree here once (a hit brought
+    // no build tree), the boots run, and base, system and data come from the server.
+    let reboot_c = b.join("workflows/linux-source-6.1/kernel/reboot.c");
+    let mut text = std::fs::read_to_string(&reboot_c).unwrap();
+    text.push_str("int qflow_group_edit = 1;\n");
+    std::fs::write(&reboot_c, text).unwrap();
+    let plan = b
+        .qflow(&["plan", "--remote-cache", &url, QUICKSTART])
+        .success();
+    assert!(
+        plan.stdout.contains("no local build tree: full build"),
+        "{}",
+        plan.stdout
+    );
+    let started = Instant::now();
+    let edit = b
+        .qflow(&["apply", "--remote-cache", &url, QUICKSTART])
+        .success();
+    eprintln!(
+        "second machine, one-line kernel edit: {:.0?}",
+        started.elapsed()
+    );
+    let ran: Vec<String> = (edit.ran_sorted().into_iter())
+        .filter(|s| s != "figures")
+        .collect();
+    assert_eq!(ran, ["experiment", "kernel", "runs"], "{}", edit.stderr);
+    assert!(
+        edit.stderr_contains("no local build tree: full build"),
+        "{}",
+        edit.stderr
+    );
+    for needed in ["system", "data"] {
+        assert!(
+            edit.stderr_contains(&format!("downloaded {needed} (`experiment` needs it)")),
+            "{}",
+            edit.stderr
+        );
+    }
+    for step in ["base", "system", "data"] {
+        let tree = out_tree(&b, "workflows/out", step);
+        assert!(tree.is_some(), "out/{step}");
+        assert_eq!(tree, out_tree(&a, "workflows/out", step), "out/{step}");
+    }
+    let results = b.read("workflows/out/experiment/results.txt");
+    assert!(results.contains("iterations=3000"), "{results}");
+    for dir in [b.join("workflows/.qflow/logs"), b.join("workflows/out")] {
+        let out = Command::new("grep")
+            .args(["-rlI", "quickstart-test-pw"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

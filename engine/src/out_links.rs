@@ -104,6 +104,16 @@ impl OutLinks {
         ))
     }
 
+    /// Remove `out/<step>` if it is a link (a step whose output is not here has none).
+    pub fn remove(&self, step: &str) -> anyhow::Result<()> {
+        let link = self.root.join(step);
+        if link.is_symlink() {
+            std::fs::remove_file(&link)
+                .with_context(|| format!("cannot remove {}", link.display()))?;
+        }
+        Ok(())
+    }
+
     /// Point `out/<step>` at output tree `output`.
     pub fn present(&self, step: &str, output: &Hash) -> anyhow::Result<()> {
         if self.is_present(step, output) {

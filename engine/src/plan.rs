@@ -72,6 +72,20 @@ pub fn plan_with_remote(
     session: &mut Session,
     remote: Option<&RemoteCache>,
 ) -> anyhow::Result<Vec<PlannedStep>> {
+    plan_inner(session, remote, remote.is_some())
+}
+
+/// [`plan`] for `qflow status`: a result an earlier apply left on the remote cache (its
+/// entry kept here, its bytes not) is a `remote hit`, although no server is asked.
+pub fn plan_knowing_remote_results(session: &mut Session) -> anyhow::Result<Vec<PlannedStep>> {
+    plan_inner(session, None, true)
+}
+
+fn plan_inner(
+    session: &mut Session,
+    remote: Option<&RemoteCache>,
+    kept: bool,
+) -> anyhow::Result<Vec<PlannedStep>> {
     let remote_reads = crate::remote_use::readable(session.workflow);
     let prepared = session.prepare()?;
     let probe = session.cache.probe()?;
@@ -101,10 +115,12 @@ pub fn plan_with_remote(
                 name: s.name.clone(),
                 kind: s.kind.clone(),
                 action: "run".into(),
-                reasons: vec![format!(
+                reasons: std::iter::once(format!(
                     "upstream `{}` runs first (this step stays cached if their outputs come out unchanged)",
                     pending.join("`, `")
-                )],
+                ))
+                .chain(s.step.run_note(&session.state_dir_of(i)))
+                .collect(),
                 commands,
                 key: None,
             });
@@ -141,6 +157,16 @@ pub fn plan_with_remote(
         if output.is_none()
             && s.cache
             && !forced
+            && kept
+            && remote_reads[i]
+            && let Some(rr) = qflow_cache::remote::kept_entry(&session.cache, &key)
+        {
+            action = "remote hit";
+            output = Some(rr.record.output);
+        }
+        if output.is_none()
+            && s.cache
+            && !forced
             && let Some(remote) = remote.filter(|_| remote_reads[i])
         {
             remote.check()?;
@@ -166,10 +192,14 @@ pub fn plan_with_remote(
                     name: s.name.clone(),
                     kind: s.kind.clone(),
                     action: "run".into(),
-                    reasons: if forced {
-                        vec!["forced with --force".to_string()]
-                    } else {
-                        session.reasons(&prepared, i, &material)
+                    reasons: {
+                        let mut reasons = if forced {
+                            vec!["forced with --force".to_string()]
+                        } else {
+                            session.reasons(&prepared, i, &material)
+                        };
+                        reasons.extend(s.step.run_note(&session.state_dir_of(i)));
+                        reasons
                     },
                     commands,
                     key: Some(key.to_hex()),

@@ -7,7 +7,16 @@
 //! upload carries every tree the step retains (a qcow2 overlay names its backing image, the
 //! upstream's output, inside its header), so a step downstream of a customized image with a
 //! root password would publish that image, which holds the password's hash.
+//!
+//! Downloaded: a remote hit's bytes come down only where they must exist locally. Always
+//! ([`downloaded`]): the steps named on the command line, the run's final steps (nothing
+//! after them uses them), steps with `metrics:` (`qflow results` reads them) and every
+//! step with no machine state among its outputs (results, logs, build artifacts: what a
+//! person reads, small). The rest (a step holding a disk image or a memory snapshot whose
+//! dependents are all hits) stays on the server until a step that runs needs it; the run
+//! loop fetches it then (`run.rs`).
 
+use crate::dag::{Dag, StepId};
 use crate::workflow::{RemoteUse, Workflow};
 
 /// Per step (file order): whether a remote cache is asked for its result.
@@ -17,8 +26,22 @@ pub fn readable(workflow: &Workflow) -> Vec<bool> {
         .collect()
 }
 
+/// Per step (file order): whether a remote hit for it is downloaded whatever the steps
+/// after it do (see the module header); the others come down only for a step that runs.
+pub fn downloaded(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
+    let targets = &workflow.selection.targets;
+    (workflow.steps.iter().enumerate())
+        .map(|(i, s)| {
+            targets.contains(&s.name)
+                || dag.downstream(StepId(i)).is_empty()
+                || !s.step.metrics().is_empty()
+                || !(s.step.output_roles().iter()).any(|(_, role)| role.is_machine_state())
+        })
+        .collect()
+}
+
 /// Per step (file order): whether its result may be uploaded.
-pub fn uploadable(workflow: &Workflow, dag: &crate::dag::Dag) -> Vec<bool> {
+pub fn uploadable(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
     let mut ok = vec![false; workflow.steps.len()];
     let index: std::collections::HashMap<&str, usize> = (workflow.steps.iter().enumerate())
         .map(|(i, s)| (s.name.as_str(), i))
@@ -51,6 +74,9 @@ mod tests {
         password: bool,
         #[serde(default)]
         from: Option<String>,
+        /// Its output is a disk image (machine state).
+        #[serde(default)]
+        image: bool,
     }
 
     impl Step for Secretive {
@@ -61,7 +87,12 @@ mod tests {
                 .collect()
         }
         fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
-            Vec::new()
+            let role = if self.image {
+                crate::OutputRole::Image
+            } else {
+                crate::OutputRole::Artifact
+            };
+            vec![("out".to_string(), role)]
         }
         fn consumes_secret(&self) -> bool {
             self.password
@@ -80,6 +111,57 @@ mod tests {
         fn kind_needs() -> Vec<crate::HostNeed> {
             Vec::new()
         }
+    }
+
+    fn load(yaml: &str, targets: &[&str]) -> Workflow {
+        let dir =
+            std::env::temp_dir().join(format!("qflow-remote-use-{}", crate::run_record::run_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
+        let mut registry = Registry::new();
+        registry.add(crate::step::KindOf::<Secretive>::new());
+        let options = LoadOptions {
+            set: Vec::new(),
+            memo_cache: None,
+        };
+        let mut wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+        let targets: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        crate::selection::select(&mut wf, &targets, &[]).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        wf
+    }
+
+    /// Per step: whether a remote hit for it is downloaded whatever follows.
+    fn downloaded(yaml: &str, targets: &[&str]) -> Vec<(String, bool)> {
+        let wf = load(yaml, targets);
+        let got = super::downloaded(&wf, &wf.dag());
+        (wf.steps.iter().zip(got))
+            .map(|(s, d)| (s.name.clone(), d))
+            .collect()
+    }
+
+    #[test]
+    fn images_under_other_steps_stay_on_the_server_and_results_finals_and_targets_come_down() {
+        let yaml = "version: 1\nsteps:\n  base: { kind: secretive, image: true }\n  \
+                    system: { kind: secretive, image: true, from: base }\n  \
+                    kernel: { kind: secretive }\n  \
+                    boot: { kind: secretive, from: system }\n  \
+                    disk: { kind: secretive, image: true, from: kernel }\n";
+        let row = |n: &str, d: bool| (n.to_string(), d);
+        assert_eq!(
+            downloaded(yaml, &[]),
+            [
+                row("base", false),
+                row("system", false),
+                row("kernel", true),
+                row("boot", true),
+                row("disk", true),
+            ]
+        );
+        assert_eq!(
+            downloaded(yaml, &["system", "boot"]),
+            [row("base", false), row("system", true), row("boot", true)]
+        );
     }
 
     fn policy(yaml: &str) -> Vec<(String, bool, bool)> {

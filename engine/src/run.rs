@@ -29,7 +29,7 @@ use std::thread::Scope;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use qflow_cache::remote::RemoteCache;
+use qflow_cache::remote::{RemoteCache, RemoteRecord};
 use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 
 use crate::dag::StepId;
@@ -98,6 +98,20 @@ enum Hit {
     Record(Record),
     /// A record fetched from the remote cache just now (then as `Record`).
     Remote(Record),
+    /// A remote hit whose bytes stay on the server for now (see `remote_use.rs`): its
+    /// entry, kept in the local cache. Fetched when a step that runs needs it.
+    Left(RemoteRecord),
+}
+
+impl Hit {
+    /// The step key a remote hit answers.
+    fn remote_key(&self) -> Option<Hash> {
+        match self {
+            Hit::Remote(rec) => Some(rec.key),
+            Hit::Left(rr) => Some(rr.record.key),
+            _ => None,
+        }
+    }
 }
 
 /// A step handed to the executor, or being recorded.
@@ -137,8 +151,13 @@ pub struct Run<'a> {
     /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
     remote_reads: Vec<bool>,
     remote_writes: Vec<bool>,
+    /// Per step: whether a remote hit for it is downloaded at once (else left on the
+    /// server until a step that runs needs it).
+    remote_downloads: Vec<bool>,
+    /// Done steps whose output is on the server only.
+    left: HashMap<StepId, RemoteRecord>,
     /// What the remote cache answered for steps of the current settle round.
-    prefetched: HashMap<StepId, Option<Record>>,
+    prefetched: HashMap<StepId, Option<Hit>>,
     /// Whether the schedule got each step's expected duration yet.
     weighed: bool,
 }
@@ -193,6 +212,8 @@ impl<'a> Run<'a> {
             live_written: None,
             remote_reads: crate::remote_use::readable(workflow),
             remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
+            remote_downloads: crate::remote_use::downloaded(workflow, &session.dag),
+            left: HashMap::new(),
             prefetched: HashMap::new(),
             weighed: false,
             parts,
@@ -234,6 +255,7 @@ impl<'a> Run<'a> {
                 self.settle_one(id)?;
             }
         }
+        self.adopt_left()?;
         for d in self.parts.session.cache.take_damaged() {
             self.parts.progress.event(&format!(
                 "warning: a cached output changed after it was recorded (`{}` in tree {}); it was removed and the step that made it runs again",
@@ -289,15 +311,54 @@ impl<'a> Run<'a> {
         }
         remote.check()?;
         let cache = &self.parts.session.cache;
-        let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
-            let entry = remote.lookup(key)?;
-            remote.fetch_tree(&entry, cache).ok()?;
-            cache.clear_started(key).ok()?;
-            Some(entry.record)
+        let downloads = &self.remote_downloads;
+        let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(id, key)| {
+            ask_remote(remote, cache, key, downloads[id.index()])
         });
-        for ((id, _), record) in wanted.into_iter().zip(found) {
-            self.prefetched.insert(id, record);
+        for ((id, _), hit) in wanted.into_iter().zip(found) {
+            self.prefetched.insert(id, hit);
         }
+        Ok(())
+    }
+
+    /// Step `id` must run: bring down the outputs of its upstream steps that were left on
+    /// the server, several at once. An output that cannot be had now (the server went
+    /// away since it answered) fails the step, and its entry is forgotten, so the next
+    /// apply builds that upstream step here.
+    fn fetch_left_upstream(&mut self, id: StepId) -> anyhow::Result<()> {
+        let session = self.parts.session;
+        let ups: Vec<(StepId, &'a str, RemoteRecord)> = (session.dag.upstream(id).iter())
+            .filter_map(|&u| Some((u, self.name(u), self.left.remove(&u)?)))
+            .collect();
+        let Some(remote) = self.parts.remote.filter(|_| !ups.is_empty()) else {
+            return Ok(());
+        };
+        let cache = &session.cache;
+        let fetched = qflow_cache::remote::map_bounded(&ups, remote.transfers(), |(_, _, rr)| {
+            remote.fetch_usable(rr, cache)
+        });
+        let mut failed = Vec::new();
+        for ((u, name, rr), result) in ups.into_iter().zip(fetched) {
+            match result {
+                Ok(output) => {
+                    self.parts.out_links.present(name, &output)?;
+                    self.report.steps[u.index()].reasons = vec!["remote hit".into()];
+                    self.parts
+                        .progress
+                        .event(&format!("downloaded {name} (`{}` needs it)", self.name(id)));
+                }
+                Err(e) => {
+                    qflow_cache::remote::forget_entry(cache, &rr.record.key);
+                    failed.push(format!("`{name}` ({e:#})"));
+                }
+            }
+        }
+        anyhow::ensure!(
+            failed.is_empty(),
+            "the output of {} is on the remote cache only and could not be downloaded now; \
+             apply again: it is then built here",
+            failed.join(", ")
+        );
         Ok(())
     }
 
@@ -307,12 +368,24 @@ impl<'a> Run<'a> {
         let s = &session.workflow.steps[id.index()];
         let material = self.material_of(id)?;
         let key = material.key();
-        let Some(hit) = self.lookup(id, &key)? else {
-            let reasons = if self.forced[id.index()] {
+        let mut hit = self.lookup(id, &key)?;
+        // A kept entry of a step whose bytes are wanted now: fetch them, or run it.
+        if let Some(Hit::Left(rr)) = &hit
+            && self.remote_downloads[id.index()]
+        {
+            hit = self.fetch_kept(rr);
+        }
+        let Some(hit) = hit else {
+            if let Err(e) = self.fetch_left_upstream(id) {
+                self.fail(id, e, 0, None);
+                return Ok(());
+            }
+            let mut reasons = if self.forced[id.index()] {
                 vec!["forced with --force".to_string()]
             } else {
                 session.reasons(self.parts.prepared, id.index(), &material)
             };
+            reasons.extend(s.step.run_note(&session.state_dir_of(id.index())));
             self.ready[id.index()] = Some((material, reasons));
             self.schedule.set(id, StepState::Ready);
             return Ok(());
@@ -320,31 +393,94 @@ impl<'a> Run<'a> {
         let output = match &hit {
             Hit::InPlace(output) | Hit::Locked(output) => *output,
             Hit::Record(rec) | Hit::Remote(rec) => rec.output,
+            Hit::Left(rr) => rr.record.output,
         };
-        if !matches!(hit, Hit::InPlace(_)) {
-            self.parts.out_links.present(&s.name, &output)?;
+        match &hit {
+            Hit::InPlace(_) => {}
+            // Never a link to a tree that is not here (nor one to an older result).
+            Hit::Left(_) => self.parts.out_links.remove(&s.name)?,
+            _ => self.parts.out_links.present(&s.name, &output)?,
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &material, rec);
             note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
         }
-        let remote = matches!(hit, Hit::Remote(_));
+        if let Hit::Left(rr) = &hit {
+            let entry = session.locked_step(id.index(), &material, &rr.record);
+            note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
+        }
+        let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
+        let left = matches!(hit, Hit::Left(_));
         if !remote {
             self.queue_upload(id, key);
         }
         let rep = &mut self.report.steps[id.index()];
         *rep = StepReport::new(&s.name, StepOutcome::Cached);
-        if remote {
+        if left {
+            rep.reasons = vec!["remote hit (left on the server)".into()];
+        } else if remote {
             rep.reasons = vec!["remote hit".into()];
         }
         rep.key = Some(key.to_hex());
         rep.output = Some(output.to_hex());
-        let line = if remote { "remote hit" } else { "cached" };
-        (self.parts.progress).step_ended(rep, &format!("{line} {}", s.name));
+        let line = if left {
+            format!(
+                "remote hit {} (left on the server; `qflow apply FILE {}` downloads it)",
+                s.name, s.name
+            )
+        } else if remote {
+            format!("remote hit {}", s.name)
+        } else {
+            format!("cached {}", s.name)
+        };
+        (self.parts.progress).step_ended(rep, &line);
         self.outputs.insert(self.name(id), output);
         self.schedule.set(id, StepState::Done);
+        if let Hit::Left(rr) = hit {
+            // Its metrics were held to their `expect:` where it ran.
+            self.left.insert(id, rr);
+            return Ok(());
+        }
         self.check_expectations(id, &output);
         Ok(())
+    }
+
+    /// Steps left on the server whose output came down meanwhile (an overlay fetched for
+    /// use brings the image it backs onto): their record is written and their `out/` link
+    /// made, like any remote hit's.
+    fn adopt_left(&mut self) -> anyhow::Result<()> {
+        if self.left.is_empty() {
+            return Ok(());
+        }
+        let cache = &self.parts.session.cache;
+        let here: Vec<StepId> = (self.left.iter())
+            .filter(|(_, rr)| cache.has_tree(&rr.record.output))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in here {
+            let rr = self.left.remove(&id).expect("a step left on the server");
+            cache.put_record(&rr.record.key, &rr.record)?;
+            let name = self.name(id);
+            self.parts.out_links.present(name, &rr.record.output)?;
+            self.report.steps[id.index()].reasons = vec!["remote hit".into()];
+            self.parts.progress.event(&format!(
+                "downloaded {name} (an image downloaded with it backs onto it)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bytes of the kept entry `rr`, fetched now: a remote hit, or a miss.
+    fn fetch_kept(&self, rr: &RemoteRecord) -> Option<Hit> {
+        let remote = self.parts.remote?;
+        let cache = &self.parts.session.cache;
+        match remote.fetch_usable(rr, cache) {
+            Ok(_) => Some(Hit::Remote(rr.record.clone())),
+            Err(_) => {
+                qflow_cache::remote::forget_entry(cache, &rr.record.key);
+                None
+            }
+        }
     }
 
     /// Hold recorded step `id`'s metrics (in its output tree `output`) to their
@@ -385,8 +521,11 @@ impl<'a> Run<'a> {
         // Fetched moments ago in this settle round: a remote hit, now in the local cache.
         let prefetched = self.prefetched.remove(&id);
         let asked = prefetched.is_some();
-        if let Some(rec) = prefetched.flatten().filter(|r| r.key == *key) {
-            return Ok(Some(Hit::Remote(rec)));
+        if let Some(hit) = prefetched
+            .flatten()
+            .filter(|h| h.remote_key() == Some(*key))
+        {
+            return Ok(Some(hit));
         }
         if let Some(hit) = self.local_lookup(id, key) {
             return Ok(Some(hit));
@@ -415,7 +554,15 @@ impl<'a> Run<'a> {
         if !session.workflow.steps[i].cache {
             return None;
         }
-        session.usable_record(key).map(Hit::Record)
+        if let Some(rec) = session.usable_record(key) {
+            return Some(Hit::Record(rec));
+        }
+        // Left on the server by an earlier apply: known without asking it, and fetched
+        // from it when needed, so only while a remote cache is given.
+        if self.parts.remote.is_some() && self.remote_reads[i] {
+            return qflow_cache::remote::kept_entry(&session.cache, key).map(Hit::Left);
+        }
+        None
     }
 
     /// The remote cache's answer for step `id`'s `key`, fetched into the local cache
@@ -429,16 +576,13 @@ impl<'a> Run<'a> {
             return Ok(None);
         }
         remote.check()?;
-        let Some(found) = remote.lookup(key) else {
-            return Ok(None);
-        };
         let cache = &self.parts.session.cache;
-        if remote.fetch_tree(&found, cache).is_err() {
-            return Ok(None);
-        }
-        // A killed run's started mark no longer stands for this key: its record is whole.
-        cache.clear_started(key)?;
-        Ok(Some(Hit::Remote(found.record)))
+        Ok(ask_remote(
+            remote,
+            cache,
+            key,
+            self.remote_downloads[id.index()],
+        ))
     }
 
     /// Queue step `id`'s result under `key` for upload, if uploads are on and allowed.
@@ -565,7 +709,7 @@ impl<'a> Run<'a> {
             key,
             work_dir: workflow.dir.clone(),
             out_dir: staging.path().to_path_buf(),
-            state_dir: cache.dir("state").join(&workflow.name).join(&s.name),
+            state_dir: session.state_dir_of(id.index()),
             upstream,
             env: s.env.clone(),
             jobs: self.schedule.width(id),
@@ -787,6 +931,27 @@ pub fn drive<'s, 'a>(
         }
         run.check_executor(executor, scope);
     }
+}
+
+/// Asks `remote` for step key `key`: a hit is fetched into `cache` (with the trees its
+/// images back onto) when `download`, else its entry is kept and its bytes stay on the
+/// server. Faults and wrong bytes are misses (the remote cache gave its warning).
+fn ask_remote(
+    remote: &RemoteCache,
+    cache: &qflow_cache::Cache,
+    key: &Hash,
+    download: bool,
+) -> Option<Hit> {
+    let entry = remote.lookup(key)?;
+    // A killed run's started mark no longer stands for this key: the result is whole.
+    if download {
+        remote.fetch_usable(&entry, cache).ok()?;
+        cache.clear_started(key).ok()?;
+        return Some(Hit::Remote(entry.record));
+    }
+    qflow_cache::remote::keep_entry(cache, &entry).ok()?;
+    cache.clear_started(key).ok()?;
+    Some(Hit::Left(entry))
 }
 
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.

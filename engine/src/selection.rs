@@ -18,6 +18,8 @@ use crate::workflow::Workflow;
 /// The part of a workflow one command works on.
 #[derive(Debug, Default, Clone)]
 pub struct Selection {
+    /// The steps named on the command line (empty: none named).
+    pub targets: Vec<String>,
     /// Steps of the file no target needs, left out of this run.
     pub left_out: Vec<String>,
     /// Steps that run even though their record is valid (`--force`).
@@ -91,5 +93,6 @@ pub fn select(wf: &mut Workflow, targets: &[String], forced: &[String]) -> anyho
         wf.selection.left_out = left_out;
     }
     wf.selection.forced = forced.iter().cloned().collect();
+    wf.selection.targets = targets.to_vec();
     Ok(())
 }

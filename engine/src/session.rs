@@ -305,6 +305,15 @@ impl<'w> Session<'w> {
         locked_output.parse().ok()
     }
 
+    /// Step `i`'s kept state directory (`$QFLOW_STATE`), of this machine's cache.
+    pub fn state_dir_of(&self, i: usize) -> std::path::PathBuf {
+        let s = &self.workflow.steps[i];
+        self.cache
+            .dir("state")
+            .join(&self.workflow.name)
+            .join(&s.name)
+    }
+
     /// Whether a run of step `key` was started and never finished.
     pub fn was_interrupted(&self, key: &Hash) -> bool {
         !self.interrupted.is_empty() && self.interrupted.contains(&key.to_hex())

@@ -284,6 +284,13 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         !self.secrets().is_empty()
     }
 
+    /// What a run would do beyond its key's reasons, given what the step keeps in its state
+    /// directory `state_dir` (e.g. a kernel with no kept build tree builds it whole): a
+    /// reason `qflow plan` and the `run` line show.
+    fn run_note(&self, _state_dir: &std::path::Path) -> Option<String> {
+        None
+    }
+
     /// The command lines the step would run, for `qflow plan` (argv joined for display).
     fn plan(&self, _ctx: &CheckContext) -> Vec<String> {
         Vec::new()

@@ -3,7 +3,7 @@
 //! one JSON object (the README's reference describes it).
 
 use qflow_engine::Registry;
-use qflow_engine::plan::plan;
+use qflow_engine::plan::plan_knowing_remote_results;
 use qflow_engine::session::{Session, cache_dir};
 
 use std::collections::BTreeMap;
@@ -63,7 +63,12 @@ fn show(registry: &Registry, workflow: &Located, json: bool) -> anyhow::Result<i
     let busy = session.cache.lock(qflow_cache::LockWait::NoWait).is_err();
     let last = last_record(&session.cache.dir("runs"), &wf.path.display().to_string());
     let cleaned = super::clean::cleaned_at(&session, &wf);
-    let steps = plan(&mut session)?;
+    let steps = plan_knowing_remote_results(&mut session)?;
+    // Results known whose bytes are on the remote cache only (no `out/` link).
+    let remote_only: Vec<&str> = (steps.iter())
+        .filter(|s| s.action == "remote hit")
+        .map(|s| s.name.as_str())
+        .collect();
     let states: Vec<(&str, StepState)> = (steps.iter())
         .map(|s| {
             let state = step_state(&s.name, s.action == "run", last.as_ref(), busy, &cleaned);
@@ -72,7 +77,13 @@ fn show(registry: &Registry, workflow: &Located, json: bool) -> anyhow::Result<i
         .collect();
     if json {
         let steps: Vec<serde_json::Value> = (states.iter())
-            .map(|(name, state)| state.to_json(name))
+            .map(|(name, state)| {
+                let mut v = state.to_json(name);
+                if remote_only.contains(name) {
+                    v["remote_only"] = true.into();
+                }
+                v
+            })
             .collect();
         let last_run = last.as_ref().map(|v| {
             serde_json::json!({
@@ -103,7 +114,12 @@ fn show(registry: &Registry, workflow: &Located, json: bool) -> anyhow::Result<i
         println!("last run: {line}");
     }
     let rows: Vec<(String, &str)> = (states.iter())
-        .map(|(name, state)| (state.to_string(), *name))
+        .map(|(name, state)| match state {
+            StepState::Fresh if remote_only.contains(name) => {
+                ("fresh (on the remote cache only)".to_string(), *name)
+            }
+            _ => (state.to_string(), *name),
+        })
         .collect();
     let width = rows.iter().map(|(s, _)| s.len()).max().unwrap_or(0).max(7);
     for (state, name) in rows {

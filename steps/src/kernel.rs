@@ -283,6 +283,13 @@ impl Step for Kernel {
         true
     }
 
+    /// The kept build tree lives in this machine's state directory, never in the cache:
+    /// a result from elsewhere (a remote cache) gives the kernel and its exports, so the
+    /// next build here compiles the whole tree once.
+    fn run_note(&self, state_dir: &Path) -> Option<String> {
+        (!has_build_tree(state_dir)).then(|| "no local build tree: full build".to_string())
+    }
+
     fn default_jobs(&self) -> usize {
         safe_jobs()
     }
@@ -584,6 +591,17 @@ fn with_errors(e: anyhow::Error, progress: &MakeProgress) -> anyhow::Error {
             progress.errors.join("\n    ")
         )
     }
+}
+
+/// Whether the step's state directory holds a configured build tree (of any source or
+/// compiler: which one `run` keeps needs the compiler's version, too slow for `plan`).
+fn has_build_tree(state_dir: &Path) -> bool {
+    std::fs::read_dir(state_dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("build-")
+                && e.path().join(".config").is_file()
+        })
+    })
 }
 
 /// The kept build tree for this source and compiler; other build trees of the

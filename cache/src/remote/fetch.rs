@@ -52,10 +52,69 @@ impl RemoteCache {
         result
     }
 
+    /// Downloads, verifies and commits the output tree of `rr` and the trees its disk images
+    /// back onto (transitively: `backing.rs`), then writes its record; returns the output
+    /// tree's hash. What a step needs to use the output, or a user to open it under `out/`;
+    /// the other trees the record retains (upstream outputs kept alive for `gc`) stay on the
+    /// server. On failure as [`RemoteCache::fetch_tree`]: no record, every committed tree
+    /// whole.
+    pub fn fetch_usable(&self, rr: &RemoteRecord, cache: &Cache) -> anyhow::Result<Hash> {
+        let result = self.fetch_reaching(rr, cache);
+        if result.is_err() {
+            self.hit_became_miss();
+        }
+        result
+    }
+
+    fn fetch_reaching(&self, rr: &RemoteRecord, cache: &Cache) -> anyhow::Result<Hash> {
+        let by_hash: BTreeMap<Hash, &Manifest> = rr.manifests().map(|m| (m.hash, m)).collect();
+        let retained: BTreeSet<Hash> = rr.trees.iter().map(|t| t.manifest.hash).collect();
+        let mut seen = BTreeSet::new();
+        let mut round = vec![&rr.record.manifest];
+        while !round.is_empty() {
+            round.retain(|m| seen.insert(m.hash));
+            self.fetch_trees(rr, cache, &round)?;
+            let mut next = Vec::new();
+            for m in &round {
+                let dir = cache.tree_path(&m.hash);
+                for h in super::backing::backing_trees(&dir, m, &retained) {
+                    next.extend(by_hash.get(&h).copied());
+                }
+            }
+            round = next;
+        }
+        self.finish_fetch(rr, cache)
+    }
+
     fn fetch(&self, rr: &RemoteRecord, cache: &Cache) -> anyhow::Result<Hash> {
+        let all: Vec<&Manifest> = rr.manifests().collect();
+        self.fetch_trees(rr, cache, &all)?;
+        self.finish_fetch(rr, cache)
+    }
+
+    /// The retained trees' notes, then the record last.
+    fn finish_fetch(&self, rr: &RemoteRecord, cache: &Cache) -> anyhow::Result<Hash> {
+        for t in &rr.trees {
+            note_retains(cache, &t.manifest.hash, &t.retains)?;
+        }
+        cache.put_record(&rr.record.key, &rr.record)?;
+        Ok(rr.record.output)
+    }
+
+    /// Brings the trees `trees` (manifests of `rr`) into `cache`: every object verified
+    /// before any enters the store, each tree whole or not at all.
+    fn fetch_trees(
+        &self,
+        rr: &RemoteRecord,
+        cache: &Cache,
+        trees: &[&Manifest],
+    ) -> anyhow::Result<()> {
         let key = rr.record.key;
-        let missing_trees: Vec<&Manifest> =
-            rr.manifests().filter(|m| !cache.has_tree_for(m)).collect();
+        let missing_trees: Vec<&Manifest> = trees
+            .iter()
+            .copied()
+            .filter(|m| !cache.has_tree_for(m))
+            .collect();
         // Objects to place: (blake3, executable) pairs the store lacks.
         let mut wanted: BTreeSet<(Hash, bool)> = BTreeSet::new();
         let mut path_of: BTreeMap<Hash, &str> = BTreeMap::new();
@@ -149,11 +208,7 @@ impl RemoteCache {
                 )
             })?;
         }
-        for t in &rr.trees {
-            note_retains(cache, &t.manifest.hash, &t.retains)?;
-        }
-        cache.put_record(&key, &rr.record)?;
-        Ok(rr.record.output)
+        Ok(())
     }
 
     /// GETs one object into `dir/<blake3>`, verifying size, sha256 and blake3.

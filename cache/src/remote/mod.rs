@@ -10,6 +10,10 @@
 //! - download (`fetch.rs`): every byte is verified against the sha256 of its name and the
 //!   blake3 of the record before it enters the local cache; a mismatch or a missing object is
 //!   a miss and one warning naming the object, never a wrong result or a partial tree;
+//!   [`RemoteCache::fetch_usable`] brings only the output tree and the trees its disk
+//!   images back onto (`backing.rs`), not every tree the record retains;
+//! - results left on the server (`kept_entry.rs`): the entry of a hit whose bytes were not
+//!   needed yet, kept locally so a later apply knows the result without asking the server;
 //! - faults (`health.rs`): a server that is down, hangs, answers 5xx or drops a transfer
 //!   makes a miss and one warning, and is left alone after a few faults in a row; refused
 //!   credentials (401/403) are their own error (`credentials.rs`).
@@ -19,10 +23,12 @@
 //! This module never prints: warnings go to [`RemoteConfig::on_warning`] and are kept for
 //! [`RemoteCache::warnings`]; counters are in [`RemoteCache::stats`].
 
+mod backing;
 mod credentials;
 mod fetch;
 mod health;
 mod http_store;
+mod kept_entry;
 mod names;
 mod remote_record;
 mod transfer_slots;
@@ -33,9 +39,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+pub use backing::backing_name;
 pub use credentials::{Credentials, HEADER_ENV, Secret, TOKEN_ENV, shown_url};
 pub use health::{Fault, MAX_CONSECUTIVE_FAULTS};
 pub use http_store::Timeouts;
+pub use kept_entry::{forget_entry, keep_entry, kept_entry};
 pub use names::{Sha256, action_name};
 pub use remote_record::{
     MAX_REMOTE_RECORD_BYTES, ObjectRef, REMOTE_RECORD_FORMAT, RemoteRecord, RetainedTree,
