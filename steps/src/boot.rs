@@ -210,7 +210,7 @@ pub struct Boot {
 
 impl StepFields for Boot {
     const KIND: &'static str = "boot";
-    const SCHEMA_VERSION: u32 = 1;
+    const SCHEMA_VERSION: u32 = 2;
 
     fn kind_tools() -> Vec<Tool> {
         vec![qemu(), qemu_img::tool(), debugfs(), minimal_init::busybox()]

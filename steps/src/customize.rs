@@ -101,7 +101,7 @@ pub struct WriteFile {
 impl StepFields for Customize {
     const KIND: &'static str = "customize";
     // 2: bit-identical images (rebuilt from the customized, normalized tree).
-    const SCHEMA_VERSION: u32 = 2;
+    const SCHEMA_VERSION: u32 = 3;
 
     /// `virt-customize`, and `supermin`, which libguestfs runs to build its appliance;
     /// `guestfish`, `sfdisk` and e2fsprogs rebuild the image from its tree.
