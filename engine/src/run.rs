@@ -35,7 +35,7 @@ use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
-use crate::lockfile::{LockFile, LockedStep};
+use crate::lockfile::LockedStep;
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::recorder::Recording;
@@ -46,6 +46,11 @@ use crate::step_key::KeyMaterial;
 
 /// The live run record is written at most this often (and at the end).
 const LIVE_RECORD_EVERY: Duration = Duration::from_millis(250);
+
+/// ... and at most this share of the run's time goes to writing it: a record of
+/// 50,000 steps is megabytes of JSON, and rewriting it every 250 ms would make a
+/// run's cost grow with the square of its steps.
+const LIVE_RECORD_SHARE: u32 = 20;
 
 /// What wakes the run loop.
 pub enum Event {
@@ -131,7 +136,8 @@ pub struct Run<'a> {
     runs_dir: PathBuf,
     started: Instant,
     live_dirty: bool,
-    live_written: Option<Instant>,
+    /// When the live record was last written, and how long that took.
+    live_written: Option<(Instant, Duration)>,
     /// Per step: `--force` runs it whatever its record says.
     forced: Vec<bool>,
     /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
@@ -327,7 +333,7 @@ impl<'a> Run<'a> {
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &material, rec);
-            note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
+            note_lock_change(&mut self.lock_changes, session, &s.name, entry);
         }
         let remote = matches!(hit, Hit::Remote(_));
         if remote {
@@ -470,14 +476,14 @@ impl<'a> Run<'a> {
     /// guess. Steps already done weigh nothing.
     fn weigh(&mut self) {
         let session = self.parts.session;
-        let lock = session.lock();
+        let lock = session.lock_index();
         let expected: Vec<u64> = (session.workflow.steps.iter().enumerate())
             .map(|(i, s)| {
                 if self.schedule.state(StepId(i)) == StepState::Done {
                     return 0;
                 }
                 (lock.steps.get(&s.name))
-                    .and_then(|e| e.key.parse::<Hash>().ok())
+                    .and_then(|(key, _)| key.parse::<Hash>().ok())
                     .and_then(|key| session.cache.get_record(&key).ok().flatten())
                     .map(|rec| rec.duration_ms)
                     .unwrap_or_else(|| s.step.expected_ms())
@@ -631,7 +637,7 @@ impl<'a> Run<'a> {
         self.parts.progress.finish(name);
         self.parts.out_links.present(name, &rec.output)?;
         let entry = session.locked_step(id.index(), &active.material, &rec);
-        note_lock_change(&mut self.lock_changes, session.lock(), name, entry);
+        note_lock_change(&mut self.lock_changes, session, name, entry);
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
         rep.outcome = StepOutcome::Ran;
@@ -700,16 +706,18 @@ impl<'a> Run<'a> {
         if !self.live_dirty {
             return None;
         }
-        if let Some(last) = self.live_written {
+        if let Some((last, took)) = self.live_written {
+            let every = LIVE_RECORD_EVERY.max(took * LIVE_RECORD_SHARE);
             let since = last.elapsed();
-            if since < LIVE_RECORD_EVERY {
-                return Some(LIVE_RECORD_EVERY - since);
+            if since < every {
+                return Some(every - since);
             }
         }
+        let start = Instant::now();
         self.report.duration_ms = self.started.elapsed().as_millis() as u64;
         let _ = self.report.write(&self.runs_dir);
         self.live_dirty = false;
-        self.live_written = Some(Instant::now());
+        self.live_written = Some((Instant::now(), start.elapsed()));
         None
     }
 
@@ -780,11 +788,11 @@ pub fn drive<'s, 'a>(
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
 fn note_lock_change(
     changes: &mut BTreeMap<String, LockedStep>,
-    lock: &LockFile,
+    session: &Session,
     name: &str,
     entry: LockedStep,
 ) {
-    if lock.steps.get(name) != Some(&entry) {
+    if session.lock_entry(name).as_deref() != Some(&entry) {
         changes.insert(name.to_string(), entry);
     } else {
         changes.remove(name);

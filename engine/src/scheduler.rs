@@ -358,6 +358,29 @@ fn write_lock(
         || old.steps.keys().any(|k| !declared.contains(k.as_str()))
         || !session.lock_path.exists();
     if stale {
+        // A few changed entries of a large lock: spliced into its bytes (`lockfile.rs`).
+        let keep = |k: &str| declared.contains(k);
+        if let Some(text) = session.lock_text()
+            && let Some(new) = text.splice(
+                crate::lockfile::LOCK_VERSION,
+                &workflow.name,
+                keep,
+                &changes,
+            )?
+        {
+            qflow_cache::write_atomic(&session.lock_path, new.as_bytes())?;
+            let mut index = session.lock_index().clone();
+            index.version = crate::lockfile::LOCK_VERSION;
+            index.workflow = workflow.name.clone();
+            index.steps.retain(|k, _| declared.contains(k.as_str()));
+            for (name, e) in &changes {
+                index
+                    .steps
+                    .insert(name.clone(), (e.key.clone(), e.output.clone()));
+            }
+            session.remember_lock_index(new.as_bytes(), &index);
+            return Ok(true);
+        }
         let mut new_lock = session.lock().clone();
         new_lock.version = crate::lockfile::LOCK_VERSION;
         new_lock.workflow = workflow.name.clone();
@@ -391,21 +414,38 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
             session.cache.records_generation(),
         )
     });
+    // Each distinct output tree is checked once (steps may share one).
+    let mut trees: Vec<Hash> = entries.iter().flatten().map(|e| e.2).collect();
+    trees.sort_unstable();
+    trees.dedup();
+    let whole: HashSet<Hash> = (trees.iter().zip(in_parallel(&trees, |t| {
+        probe.has_tree(t) && session.cache.tree_unchanged(t)
+    })))
+    .filter_map(|(t, ok)| ok.then_some(*t))
+    .collect();
     let check = |e: &Option<(&str, Hash, Hash)>| {
         e.as_ref().is_some_and(|(step, key, output)| {
-            probe.has_tree(output)
-                && session.cache.tree_unchanged(output)
+            whole.contains(output)
                 && (settled
                     || (session.cache.record_names(key, output) && out.is_present(step, output)))
         })
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads < 2 || entries.len() < 64 {
+    if settled {
         return entries.iter().map(check).collect();
     }
-    let chunk = entries.len().div_ceil(threads);
+    in_parallel(&entries, check)
+}
+
+/// `check` of every item, split across the cores when there are many.
+fn in_parallel<T: Sync>(items: &[T], check: impl Fn(&T) -> bool + Sync) -> Vec<bool> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || items.len() < 64 {
+        return items.iter().map(&check).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let check = &check;
     std::thread::scope(|scope| {
-        let parts: Vec<_> = entries
+        let parts: Vec<_> = items
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<bool>>()))
             .collect();

@@ -99,6 +99,9 @@ impl StepJob {
         // A step ended by SIGKILL may have left its state half-written: the mark stays.
         if groups.finish() == Ended::Cleanly {
             state.leave_clean();
+            // A state directory the step left empty is not kept: thousands of steps
+            // would leave thousands of empty directories (4 KB each) behind.
+            let _ = std::fs::remove_dir(&self.state_dir);
         }
         result.map_err(|e| {
             let text = format!("{e:#}");
@@ -128,11 +131,7 @@ impl StepJob {
             step.uses_jobserver(),
         )?
         .with_run_token(self.run_token.clone());
-        let ran = step.run(&mut ctx);
-        // A state directory the step left empty is not kept: thousands of steps would
-        // leave thousands of empty directories (4 KB each) behind.
-        let _ = std::fs::remove_dir(&self.state_dir);
-        ran?;
+        step.run(&mut ctx)?;
         for out in step.outputs() {
             if std::fs::symlink_metadata(self.out_dir.join(&out)).is_err() {
                 bail!(
