@@ -263,6 +263,8 @@ fn watch_signals(
             if count == 0 && running.load(Ordering::SeqCst) {
                 let _ = tx.send(Event::Signal);
             } else {
+                // No step's program outlives qflow (they have no death signal).
+                crate::process::kill_every_step();
                 std::process::exit(130);
             }
         }
