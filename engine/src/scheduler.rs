@@ -286,7 +286,7 @@ fn conclude(
     } = finished;
     session.save_caches()?;
     crate::timings::mark("save caches");
-    let lock_stale = write_lock(session, lock_changes)?;
+    let (lock_stale, written) = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
     // (Not after a run of some targets only: the others were not looked at.)
@@ -295,7 +295,9 @@ fn conclude(
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
     let stamp = settled_stamp(session);
-    let lock_now = if lock_stale {
+    let lock_now = if written.is_some() {
+        written
+    } else if lock_stale {
         std::fs::read(&session.lock_path)
             .ok()
             .map(|b| Hash::of_bytes(&b))
@@ -342,11 +344,12 @@ fn conclude(
     Ok(report)
 }
 
-/// Write the lock file if this run changed it; whether it did.
+/// Write the lock file if this run changed it; whether it did, and the blake3 of
+/// what it wrote when that is known without reading it back.
 fn write_lock(
     session: &Session,
     changes: std::collections::BTreeMap<String, LockedStep>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<(bool, Option<Hash>)> {
     let workflow = session.workflow;
     // Steps the targets left out keep their entries.
     let declared: HashSet<&str> = (workflow.steps.iter().map(|s| s.name.as_str()))
@@ -380,8 +383,8 @@ fn write_lock(
                     .steps
                     .insert(name.clone(), (e.key.clone(), e.output.clone()));
             }
-            session.remember_lock_index(new.as_bytes(), &index);
-            return Ok(true);
+            let digest = session.remember_lock_index(new.as_bytes(), &index);
+            return Ok((true, Some(digest)));
         }
         let mut new_lock = session.lock().clone();
         new_lock.version = crate::lockfile::LOCK_VERSION;
@@ -390,7 +393,7 @@ fn write_lock(
         new_lock.steps.extend(changes);
         new_lock.write(&session.lock_path)?;
     }
-    Ok(stale)
+    Ok((stale, None))
 }
 
 /// Per step: whether its lock entry's record, output tree and `out/` link are all

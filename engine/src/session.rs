@@ -138,14 +138,16 @@ impl<'w> Session<'w> {
 
     /// Keep `index` as the index of the lock bytes `bytes` just written, so the
     /// next run reads it instead of indexing the whole lock again.
-    pub fn remember_lock_index(&self, bytes: &[u8], index: &LockIndex) {
+    /// Returns the blake3 of `bytes`.
+    pub fn remember_lock_index(&self, bytes: &[u8], index: &LockIndex) -> Hash {
         let memos = self.cache.dir("state").join("lock-index");
         let digest = Hash::of_bytes(bytes);
         if let Some(text) = index.to_memo(&digest) {
             let memo = memos.join(lock_memo_name(&self.lock_path));
             let _ = std::fs::create_dir_all(&memos);
-            let _ = qflow_cache::write_atomic(&memo, text.as_bytes());
+            let _ = qflow_cache::write_replace(&memo, text.as_bytes());
         }
+        digest
     }
 
     /// The last lock's bytes with each entry located, when laid out as qflow writes it.
@@ -547,7 +549,7 @@ impl LastLock {
                     let index = LockIndex::parse(bytes);
                     if let Some(text) = index.to_memo(digest) {
                         let _ = std::fs::create_dir_all(memos);
-                        let _ = qflow_cache::write_atomic(&memo, text.as_bytes());
+                        let _ = qflow_cache::write_replace(&memo, text.as_bytes());
                     }
                     index
                 })
