@@ -46,6 +46,7 @@ pub mod input_entry;
 pub mod input_stamp;
 pub mod inputs;
 pub mod interpolate;
+pub mod job_slots;
 pub mod leftovers;
 pub mod lockfile;
 pub mod masking;

@@ -141,7 +141,7 @@ impl LockText {
             let name: String = serde_json::from_str(quoted).ok()?;
             let close = format!("\n{ENTRY_INDENT}}}");
             let end = body[line_end..].find(&close)? + line_end + close.len();
-            if index.steps.get(&name).is_none() {
+            if !index.steps.contains_key(&name) {
                 return None;
             }
             entries.push((name, base + at..base + end));

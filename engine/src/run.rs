@@ -35,6 +35,7 @@ use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
+use crate::job_slots::JobSlots;
 use crate::lockfile::LockedStep;
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -147,6 +148,16 @@ pub struct Run<'a> {
     prefetched: HashMap<StepId, Option<Record>>,
     /// Whether the schedule got each step's expected duration yet.
     weighed: bool,
+    /// The run's slots as a jobserver, when a step's make shares them (`job_slots.rs`).
+    job_slots: Option<JobSlots>,
+    /// This host's slots (`--jobs`): the jobserver's tokens.
+    local_slots: usize,
+    /// Per step: it runs on this host, so it takes tokens to start.
+    takes_tokens: Vec<bool>,
+    /// Per step: its make shares the run's slots.
+    sharing: Vec<bool>,
+    /// Sharing steps now running.
+    sharing_running: usize,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -201,7 +212,79 @@ impl<'a> Run<'a> {
             remote_writes: crate::remote_use::uploadable(workflow, &session.dag),
             prefetched: HashMap::new(),
             weighed: false,
+            job_slots: None,
+            local_slots: slots,
+            takes_tokens: vec![false; n],
+            sharing: vec![false; n],
+            sharing_running: 0,
             parts,
+        }
+    }
+
+    /// Let the make of each step on this host (`local`) whose kind allows it, that
+    /// has no `jobs:` and whose kind would take every slot anyway share this
+    /// host's `jobs` slots through one jobserver
+    /// (`job_slots.rs`): such a step takes one slot to start. `wake` is called
+    /// when a token the run waited for came back.
+    pub fn share_slots(
+        &mut self,
+        local: Vec<bool>,
+        jobs: usize,
+        wake: impl Fn() + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let steps = &self.parts.session.workflow.steps;
+        let sharing: Vec<bool> = (steps.iter().zip(&local))
+            .map(|(s, &here)| {
+                // A kind asking for fewer slots than the run has (memory) keeps its cap.
+                here && s.jobs.is_none()
+                    && s.step.shares_run_slots()
+                    && s.step.default_jobs() >= jobs
+            })
+            .collect();
+        if !sharing.contains(&true) {
+            return Ok(());
+        }
+        for (i, _) in sharing.iter().enumerate().filter(|(_, s)| **s) {
+            self.schedule.set_width(StepId(i), 1);
+        }
+        self.job_slots = Some(
+            JobSlots::new(jobs, wake)
+                .map_err(|e| anyhow!("cannot create the run's make jobserver: {e}"))?,
+        );
+        self.local_slots = jobs.max(1);
+        self.takes_tokens = local;
+        self.sharing = sharing;
+        Ok(())
+    }
+
+    /// Tokens step `id` takes from the run's jobserver to start.
+    fn tokens(&self, id: StepId) -> usize {
+        if self.takes_tokens[id.index()] {
+            self.schedule.width(id).min(self.local_slots)
+        } else {
+            0
+        }
+    }
+
+    /// Step `id` stops holding its slots (it is no longer running): its tokens go
+    /// back to the jobserver. Call before its state changes.
+    fn leave_running(&mut self, id: StepId) {
+        if self.schedule.state(id) != StepState::Running {
+            return;
+        }
+        let tokens = self.tokens(id);
+        let Some(slots) = &self.job_slots else { return };
+        slots.give(tokens);
+        if self.sharing[id.index()] {
+            self.sharing_running -= 1;
+            if self.sharing_running == 0 {
+                let held: usize = (0..self.sharing.len())
+                    .map(StepId)
+                    .filter(|&s| s != id && self.schedule.state(s) == StepState::Running)
+                    .map(|s| self.tokens(s))
+                    .sum();
+                slots.top_up(self.local_slots.saturating_sub(held));
+            }
         }
     }
 
@@ -465,8 +548,24 @@ impl<'a> Run<'a> {
         if !self.weighed && self.schedule.count(StepState::Ready) > 0 {
             self.weigh();
         }
+        let mut short = false;
         for id in self.schedule.startable() {
+            if let Some(slots) = &self.job_slots
+                && !slots.take(self.tokens(id))
+            {
+                // A make holds them: the jobserver wakes the run when one comes back.
+                short = true;
+                break;
+            }
+            if self.sharing[id.index()] {
+                self.sharing_running += 1;
+            }
             self.start(id, executor);
+        }
+        if let Some(slots) = &self.job_slots
+            && !short
+        {
+            slots.release_idle();
         }
     }
 
@@ -564,10 +663,17 @@ impl<'a> Run<'a> {
             state_dir: cache.dir("state").join(&workflow.name).join(&s.name),
             upstream,
             env: s.env.clone(),
-            jobs: self.schedule.width(id),
+            jobs: if self.sharing[id.index()] {
+                self.local_slots
+            } else {
+                self.schedule.width(id)
+            },
             log: self.log_path(id),
             run_token,
             mask: s.mask(),
+            shared_slots: (self.job_slots.as_ref())
+                .filter(|_| self.sharing[id.index()])
+                .map(|j| j.makeflags(self.local_slots)),
         };
         Ok((job, staging, retains))
     }
@@ -649,6 +755,7 @@ impl<'a> Run<'a> {
             .progress
             .event(&format!("ok {name} {:.1}s", ms as f64 / 1000.0));
         self.outputs.insert(name, rec.output);
+        self.leave_running(id);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
         self.queue_upload(id, rec.key);
@@ -660,6 +767,7 @@ impl<'a> Run<'a> {
     /// step that failed by itself (not stopped by an interrupt) is no longer
     /// marked started, so the next run does not call it interrupted.
     fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64, key: Option<Hash>) {
+        self.leave_running(id);
         self.schedule.set(id, StepState::Failed);
         self.live_dirty = true;
         let name = self.name(id);

@@ -128,6 +128,13 @@ pub fn apply(
     }
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, slots, options.keep_going, id);
+    let local: Vec<bool> = (session.workflow.steps.iter())
+        .map(|s| !on_cluster(&s.name))
+        .collect();
+    let token_tx = tx.clone();
+    run.share_slots(local, options.jobs, move || {
+        let _ = token_tx.send(Event::Wake);
+    })?;
     let registry = session.registry;
     let scheduled = std::thread::scope(|scope| {
         let sink: Arc<dyn ProgressSink> = progress.clone();

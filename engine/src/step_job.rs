@@ -56,6 +56,10 @@ pub struct StepJob {
     /// its progress and its error (see `masking.rs`).
     #[serde(default)]
     pub mask: Mask,
+    /// `MAKEFLAGS` naming the run's shared jobserver, for a step whose make shares
+    /// the run's slots (see `job_slots.rs`); never sent elsewhere.
+    #[serde(skip)]
+    pub shared_slots: Option<String>,
 }
 
 /// What a successful run of a step hands back besides its output directory.
@@ -130,7 +134,8 @@ impl StepJob {
             groups,
             step.uses_jobserver(),
         )?
-        .with_run_token(self.run_token.clone());
+        .with_run_token(self.run_token.clone())
+        .with_shared_slots(self.shared_slots.clone());
         step.run(&mut ctx)?;
         for out in step.outputs() {
             if std::fs::symlink_metadata(self.out_dir.join(&out)).is_err() {
