@@ -73,29 +73,6 @@ impl StepCgroup {
         self.procs.as_raw_fd()
     }
 
-    /// Move the process `pid`, just started, into the cgroup, and with it every
-    /// child it forked before it moved (their children inherit the cgroup).
-    /// A process that already ended is not an error.
-    pub fn adopt(&self, pid: i32) {
-        let mut todo = vec![(pid, 0)];
-        while let Some((pid, depth)) = todo.pop() {
-            if (&self.procs).write_all(pid.to_string().as_bytes()).is_err() {
-                continue;
-            }
-            if depth >= 8 {
-                continue;
-            }
-            // Read after the move: what it forks from now on is born inside.
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .unwrap_or_default();
-            todo.extend(
-                (children.split_whitespace())
-                    .filter_map(|c| c.parse().ok())
-                    .map(|c| (c, depth + 1)),
-            );
-        }
-    }
-
     /// The cgroup's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

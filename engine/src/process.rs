@@ -2,16 +2,18 @@
 //! so a cancel kills the whole tree, marked so the next apply finds what a
 //! killed qflow left behind.
 //!
-//! A program is started without `fork`: no hook runs between fork and exec,
-//! so the standard library starts it with `posix_spawn` (a `vfork`, whose cost
-//! does not grow with qflow's memory as a `fork` of a run of 50,000 steps
-//! does). What a hook did is done otherwise: the process group is a spawn
-//! attribute; the step's cgroup (`cgroup.rs`) is joined by writing the new
-//! pid to it the moment the spawn returns (a child forked in that window is
-//! still marked by the run token); and instead of a death signal, the end of
-//! the step kills its cgroup and groups, an exit on a second Ctrl-C kills
-//! every step's ([`kill_every_step`]), and after a `kill -9` of qflow the next
-//! apply finds its programs by their cgroup or token (`leftovers.rs`).
+//! A program of a step without a cgroup is started without `fork`: no hook
+//! runs between fork and exec, so the standard library starts it with
+//! `posix_spawn` (a `vfork`, whose cost does not grow with qflow's memory as a
+//! `fork` of a run of 50,000 steps does); its process group is a spawn
+//! attribute. A step with a cgroup (`cgroup.rs`) still needs the one hook
+//! that writes `0` to the cgroup before `exec`: joining after the spawn
+//! returns would let a shell that backgrounds `setsid env -i …` and exits at
+//! once leave that child outside, beyond the reach of both cgroup and token.
+//! No program gets a death signal: the end of the step kills its cgroup and
+//! groups, an exit on a second Ctrl-C kills every step's
+//! ([`kill_every_step`]), and after a `kill -9` of qflow the next apply finds
+//! its programs by their cgroup or token (`leftovers.rs`).
 //!
 //! [`run_to_end`] runs one program to completion, streaming its output line by
 //! line to the step log and a callback, and fails quoting its last lines;
@@ -173,7 +175,6 @@ impl ProcessGroups {
         if let Some(cgroup) = self.cgroup() {
             cgroup.signal(signal);
         }
-        // Also with a cgroup: a child forked before its parent joined it carries the token.
         if let Some(token) = self.token() {
             crate::leftovers::signal_matching(&[token], signal);
         }
@@ -313,15 +314,16 @@ fn start(
         groups.contain(token);
         cmd.env(crate::leftovers::TOKEN_VAR, token);
     }
-    // A group of its own: a spawn attribute, so no hook runs between fork and exec.
+    // A group of its own: a spawn attribute, so without a cgroup no hook runs
+    // between fork and exec.
     cmd.process_group(0);
+    if let Some(cgroup) = groups.cgroup() {
+        join_before_exec(&mut cmd, cgroup.procs_fd());
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
     let pgid = child.id() as i32;
-    if let Some(cgroup) = groups.cgroup() {
-        cgroup.adopt(pgid);
-    }
     groups.add(pgid);
     if groups.is_cancelled() {
         kill_group(pgid);
@@ -508,6 +510,20 @@ fn poll_streams(streams: &mut [Stream], lines: &mut Vec<(usize, Vec<u8>)>) -> st
         }
     }
     Ok(())
+}
+
+/// Make the child join the step's cgroup through `procs_fd` before it runs its
+/// program, so that even its first instruction runs inside.
+fn join_before_exec(cmd: &mut Command, procs_fd: RawFd) {
+    // SAFETY: write(2) is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn program_name(cmd: &Command) -> String {
