@@ -8,6 +8,20 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
+# `install-host-deps.sh --man-page QFLOW`: install the manual page of the qflow
+# binary QFLOW (`QFLOW man`) as man1/qflow.1 under /usr/local/share/man (or
+# $QFLOW_MAN_DIR), so `man qflow` works; scripts/quickstart.sh runs it after the build.
+if [ "${1:-}" = "--man-page" ]; then
+  qflow=${2:?"install-host-deps: --man-page needs the qflow binary, e.g. target/release/qflow"}
+  dir="${QFLOW_MAN_DIR:-/usr/local/share/man}/man1"
+  mkdir -p "$dir"
+  "$qflow" man > "$dir/.qflow.1.tmp"
+  mv "$dir/.qflow.1.tmp" "$dir/qflow.1"
+  command -v mandb >/dev/null && [ -z "${QFLOW_MAN_DIR:-}" ] && mandb -q 2>/dev/null || true
+  echo "install-host-deps: installed the manual page $dir/qflow.1 (man qflow)"
+  exit 0
+fi
+
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-host-deps: run as root (apt-get needs it)" >&2
   exit 2

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-host-deps.sh
 cargo build --release --locked
+scripts/install-host-deps.sh --man-page target/release/qflow
 # The guest's root password: generated once, kept out of git, argv, logs and the lock.
 if [ ! -f workflows/secrets/root-password ]; then
   mkdir -p workflows/secrets

@@ -19,8 +19,12 @@ pub struct Cli {
     #[arg(short = 'C', global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
     /// Print only errors and warnings (a failed step, its report), no progress.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Print every line of every step's output as it comes, as `[step] line`
+    /// (what the step's log gets).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     /// Colour `ok`, `cached` and `FAILED`: `auto` (on a terminal, unless `NO_COLOR`
     /// is set), `always` or `never`. `NO_COLOR` removes colour only, never the
     /// progress lines.
@@ -198,6 +202,10 @@ pub enum Command {
         /// (Internal) submit Slurm jobs with sbatch: set by `--detach`.
         #[arg(long, hide = true)]
         slurm_batch: bool,
+        /// Also write one JSON event per line on stdout: a step `started`, a step
+        /// `finished` (with its state), the `run_finished` counts.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -246,6 +254,10 @@ pub enum Command {
     Status {
         #[command(flatten)]
         workflow: WorkflowArgs,
+        /// Print JSON: {"workflow","cache","busy","last_run","steps":[{"name","state",...}]}
+        /// (one object per line when several workflows are shown).
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the detached run (`apply --detach`) as Ctrl-C would.
     ///
@@ -367,7 +379,18 @@ pub enum Command {
     /// (Internal) prove from a Slurm job that the node sees FILE and runs this qflow.
     #[command(name = "__probe-node", hide = true)]
     ProbeNode { file: PathBuf },
-    /// Print shell completions.
+    /// Print the manual page (roff), as installed to `man1/qflow.1`: `qflow man | man -l -`.
+    Man,
+    /// (Internal) the step names to offer at the end of a command line, for the
+    /// completion scripts.
+    #[command(name = "__complete-steps", hide = true)]
+    CompleteSteps {
+        /// The words after `qflow`, the last one being completed.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+    /// Print shell completions that offer subcommands, options and the step
+    /// names of the workflow found where you type.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,

@@ -84,8 +84,95 @@ fn duplicate_step_names_are_refused() {
         &format!(
             "version: 1\nsteps:\n  a:\n    kind: command\n{MARK}  a:\n    kind: command\n    run: [\"true\"]\n"
         ),
-        &["duplicate entry with key \"a\"", "rename or remove one"],
+        &[
+            "workflow.yaml:6:3: a second step named `a` (the first is at line 3, column 3)",
+            "rename or remove one",
+        ],
     );
+}
+
+#[test]
+fn a_duplicate_field_points_at_the_duplicate_not_the_first() {
+    rejects(
+        &format!("version: 1\nsteps:\n  a:\n    kind: command\n{MARK}    kind: command\n"),
+        &["workflow.yaml:6:5: a second `kind` in `steps.a` (the first is at line 4, column 5)"],
+    );
+}
+
+#[test]
+fn a_yaml_tag_is_refused_as_a_tag_with_the_line_to_write() {
+    rejects(
+        &format!(
+            "version: 1\nsteps:\n  d:\n    kind: disk\n    size: !!int 5G\n  a:\n    kind: command\n{MARK}"
+        ),
+        &[
+            "workflow.yaml:5:11",
+            "YAML tags (`!!int`) are not supported",
+            "write the value without its tag: `size: 5G`",
+        ],
+    );
+    rejects(
+        &format!("version: 1\nsteps:\n  a:\n    kind: !foo command\n{MARK}"),
+        &[
+            "workflow.yaml:4:11: `steps.a.kind`: YAML tags (`!foo`) are not supported",
+            "without its tag: `kind: command`",
+        ],
+    );
+}
+
+#[test]
+fn a_nested_interpolation_says_interpolations_cannot_nest() {
+    rejects(
+        &format!(
+            "version: 1\nvars:\n  v: a\nsteps:\n  a:\n    kind: command\n{MARK}  b:\n    kind: command\n    run: [echo, '${{{{ steps.${{{{ v }}}} }}}}']\n"
+        ),
+        &[
+            "workflow.yaml:10:17: `steps.b.run[1]`: interpolations cannot nest",
+            "`${{ v }}` is inside `${{ steps.${{ v }} }}`",
+        ],
+    );
+}
+
+#[test]
+fn a_step_name_with_a_newline_is_printed_escaped() {
+    let s = Space::new();
+    s.workflow(&format!(
+        "version: 1\nsteps:\n  \"a\\nb\":\n    kind: command\n{MARK}  c:\n    kind: command\n    run: ['true']\n    after: [\"x\\ny\"]\n"
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    for needle in [
+        "workflow.yaml:3:3: `steps.a\\nb`: step name `a\\nb` must be letters",
+        "no step named `x\\ny`",
+    ] {
+        assert!(
+            run.stderr.contains(needle),
+            "expected {needle:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("a\nb"), "{}", run.stderr);
+    // So are a kind and a field name.
+    s.workflow(&format!(
+        "version: 1\nsteps:\n  a:\n    kind: \"com\\nmand\"\n{MARK}  b:\n    kind: command\n{MARK}    \"ou\\ttputs\": [x]\n"
+    ));
+    let run = s.qflow(&["apply"]).failure(2);
+    assert!(
+        run.stderr.contains("unknown kind `com\\nmand`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("unknown field `ou\\ttputs`"),
+        "{}",
+        run.stderr
+    );
+    // A target given on the command line is printed escaped too.
+    s.workflow(&format!(
+        "version: 1\nsteps:\n  a:\n    kind: command\n{MARK}"
+    ));
+    let run = s.qflow(&["apply", "a\nb"]).failure(2);
+    assert!(run.stderr.contains("target `a\\nb`"), "{}", run.stderr);
+    assert!(!s.join("marker").exists());
 }
 
 #[test]
@@ -166,7 +253,12 @@ fn a_missing_workflow_file_says_what_to_pass() {
 
 #[test]
 fn malformed_files_get_a_place_and_only_the_hint_that_applies() {
-    let cases: [(&[u8], &[&str]); 4] = [
+    let deep = format!(
+        "version: 1\nsteps:\n  a:\n    kind: command\n    run: {}{}\n",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let cases: [(&[u8], &[&str]); 5] = [
         (
             b"version: 1\nsteps:\n  a:\n    kind: command\n    run: [true]\n---\nversion: 1\n",
             &["workflow.yaml:6:1", "one YAML document"],
@@ -185,6 +277,7 @@ fn malformed_files_get_a_place_and_only_the_hint_that_applies() {
               f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n",
             &["workflow.yaml:2:1", "aliases"],
         ),
+        (deep.as_bytes(), &["workflow.yaml:5:1", "nest too deeply"]),
     ];
     for (bytes, needles) in cases {
         let s = Space::new();

@@ -441,3 +441,471 @@ fn color_always_colours_ok_cached_and_failed_and_never_or_no_color_does_not() {
         bad.stderr
     );
 }
+
+/// Two independent steps writing many long lines at once.
+const CHATTY: &str = r#"
+version: 1
+steps:
+  left:
+    kind: command
+    run: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo "left line $i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx end"; i=$((i+1)); done; touch "$QFLOW_OUT/l"']
+    outputs: [l]
+  right:
+    kind: command
+    run: [sh, -c, 'i=0; while [ $i -lt 300 ]; do echo "right line $i yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy end" >&2; i=$((i+1)); done; touch "$QFLOW_OUT/r"']
+    outputs: [r]
+"#;
+
+#[test]
+fn verbose_streams_each_step_output_line_whole_with_the_step_name() {
+    let s = Space::new();
+    s.workflow(CHATTY);
+    let run = s.qflow(&["apply", "-v", "-j", "2"]).success();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for line in run.stderr.lines().filter(|l| l.starts_with('[')) {
+        let (step, text) = line[1..]
+            .split_once("] ")
+            .unwrap_or_else(|| panic!("{line}"));
+        if text.starts_with("$ ") {
+            continue;
+        }
+        let x = if step == "left" { 'x' } else { 'y' };
+        let want = format!("{step} line ");
+        let n = text
+            .strip_prefix(want.as_str())
+            .and_then(|t| t.split_once(' '))
+            .filter(|(_, rest)| rest.trim_end_matches(" end").chars().all(|c| c == x))
+            .filter(|(_, rest)| rest.ends_with(" end"));
+        assert!(n.is_some(), "a line mixed with another: {line:?}");
+        *seen
+            .entry(if step == "left" { "left" } else { "right" })
+            .or_default() += 1;
+    }
+    assert_eq!(seen.get("left"), Some(&300), "{seen:?}");
+    assert_eq!(seen.get("right"), Some(&300), "{seen:?}");
+    assert_eq!(run.ran_sorted(), ["left", "right"]);
+    // Without -v the output stays in the logs.
+    let quiet = s.qflow(&["apply", "--force", "left"]).success();
+    assert!(
+        !quiet.stderr.contains("[left] left line"),
+        "{}",
+        quiet.stderr
+    );
+}
+
+const TIMED: &str = r#"
+version: 1
+steps:
+  first:
+    kind: command
+    run: [sh, -c, 'sleep 1; touch "$QFLOW_OUT/a"']
+    outputs: [a]
+  second:
+    kind: command
+    run: [sh, -c, 'sleep 2; date +%s%N > "$QFLOW_OUT/b"; cat ${{ steps.first.a }}']
+    outputs: [b]
+"#;
+
+/// The `[n/m...]` at the end of step `step`'s `ok` line.
+fn counter_of(stderr: &str, step: &str) -> String {
+    let prefix = format!("qflow: ok {step} ");
+    let line = (stderr.lines())
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no ok line for {step}:\n{stderr}"));
+    line[line.find('[').unwrap_or_else(|| panic!("{line}"))..].to_string()
+}
+
+#[test]
+fn ok_lines_count_steps_and_estimate_the_time_left_from_the_previous_run() {
+    let s = Space::new();
+    s.workflow(TIMED);
+    let first = s.apply();
+    assert_eq!(
+        first.ran(),
+        ["first", "second"],
+        "the step names still parse"
+    );
+    // No previous times yet: the count alone.
+    assert_eq!(counter_of(&first.stderr, "first"), "[1/2]");
+    assert_eq!(counter_of(&first.stderr, "second"), "[2/2]");
+    let again = s
+        .qflow(&["apply", "--force", "first", "--force", "second"])
+        .success();
+    // `second` took 2 s (a little more on a busy machine) last time and has
+    // not started when `first` ends.
+    let counter = counter_of(&again.stderr, "first");
+    let secs: u64 = (counter.strip_prefix("[1/2, about "))
+        .and_then(|c| c.strip_suffix("s left]"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{counter}"));
+    assert!((2..=4).contains(&secs), "{counter}");
+    assert_eq!(counter_of(&again.stderr, "second"), "[2/2]");
+}
+
+/// The JSON events of `apply --json`, each line parsed on its own.
+fn events(stdout: &str) -> Vec<serde_json::Value> {
+    (stdout.lines())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn apply_json_writes_one_event_per_line_for_each_step_and_the_run() {
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  gen:
+    kind: command
+    run: [sh, -c, 'echo hi > "$QFLOW_OUT/out.txt"']
+    outputs: [out.txt]
+  bad:
+    kind: command
+    run: [sh, -c, 'exit 3']
+    outputs: [x]
+  after:
+    kind: command
+    run: [sh, -c, 'cat ${{ steps.bad.x }}']
+    outputs: [y]
+"#,
+    );
+    let run = s.qflow(&["apply", "--json", "--keep-going"]).failure(1);
+    let ev = events(&run.stdout);
+    let finished = |step: &str| {
+        (ev.iter())
+            .find(|e| e["event"] == "finished" && e["step"] == step)
+            .unwrap_or_else(|| panic!("no finished event for {step}: {ev:?}"))
+            .clone()
+    };
+    let started: Vec<&str> = (ev.iter())
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2, "{ev:?}");
+    assert!(
+        started.contains(&"gen") && started.contains(&"bad"),
+        "{ev:?}"
+    );
+    let gen_ = finished("gen");
+    assert_eq!(gen_["state"], "ran");
+    assert_eq!(gen_["key"].as_str().unwrap().len(), 64, "{gen_}");
+    assert!(gen_["duration_ms"].is_u64(), "{gen_}");
+    let bad = finished("bad");
+    assert_eq!(bad["state"], "failed");
+    assert!(bad["error"].as_str().unwrap().contains("exit"), "{bad}");
+    assert!(bad["log"].as_str().unwrap().ends_with("bad.log"), "{bad}");
+    let after = finished("after");
+    assert_eq!(after["state"], "skipped");
+    assert!(
+        after["reasons"][0].as_str().unwrap().contains("bad"),
+        "{after}"
+    );
+    let end = ev.last().unwrap();
+    assert_eq!(end["event"], "run_finished", "{ev:?}");
+    assert_eq!(
+        (end["ran"].as_u64(), end["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(end["skipped"], 1);
+    // Each step is finished once, and the human lines stay on stderr.
+    assert_eq!(ev.iter().filter(|e| e["event"] == "finished").count(), 3);
+    assert!(run.stderr.contains("qflow: ok gen"), "{}", run.stderr);
+
+    let cached = s.qflow(&["apply", "--json", "gen"]).success();
+    let ev = events(&cached.stdout);
+    assert_eq!(ev[0]["event"], "finished", "{ev:?}");
+    assert_eq!(ev[0]["state"], "cached");
+    assert_eq!(ev[0]["key"], gen_["key"]);
+    assert_eq!(ev[1]["cached"], 1);
+}
+
+#[test]
+fn verbose_and_quiet_together_is_a_usage_error() {
+    let s = two();
+    s.qflow(&["apply", "-q", "-v"]).failure(2);
+}
+
+#[test]
+fn completion_offers_the_step_names_of_the_workflow_found_here() {
+    let s = two();
+    std::fs::create_dir(s.join("deeper")).unwrap();
+    let names = |dir: &str, words: &[&str]| {
+        let mut args = vec!["__complete-steps", "--"];
+        args.extend(words);
+        let mut cmd = s.command(&args);
+        cmd.current_dir(s.join(dir));
+        common::Run::from(cmd.output().unwrap())
+    };
+    assert_eq!(names(".", &["apply", ""]).success().stdout, "gen\nuse\n");
+    assert_eq!(
+        names(".", &["plan", "--force", "u"]).success().stdout,
+        "gen\nuse\n"
+    );
+    assert_eq!(
+        names(".", &["clean", "--step", ""]).success().stdout,
+        "gen\nuse\n"
+    );
+    // From a subdirectory, the workflow of a parent, as apply finds it.
+    assert_eq!(
+        names("deeper", &["graph", ""]).success().stdout,
+        "gen\nuse\n"
+    );
+    // Where no step goes, nothing.
+    let none = names(".", &["apply", "--jobs", ""]).failure(1);
+    assert_eq!(none.stdout, "");
+    names(".", &["status", ""]).failure(1);
+    // Another workflow named on the line.
+    s.write(
+        "other.yaml",
+        "version: 1\nsteps:\n  only:\n    kind: command\n    run: [sh, -c, 'true']\n",
+    );
+    let other = names("deeper", &["-C", "..", "apply", "-f", "other.yaml", ""]);
+    assert_eq!(other.success().stdout, "only\n");
+}
+
+#[test]
+fn the_bash_completion_script_completes_step_names() {
+    let s = two();
+    let script = s.qflow(&["completions", "bash"]).success().stdout;
+    assert!(script.contains("__complete-steps"), "{script}");
+    s.write("qflow.bash", &script);
+    for shell in ["zsh", "fish"] {
+        let out = s.qflow(&["completions", shell]).success().stdout;
+        assert!(out.contains("__complete-steps"), "{shell}: {out}");
+    }
+    // fish completes an option's value from that option's own line only.
+    let fish = s.qflow(&["completions", "fish"]).success().stdout;
+    let force = (fish.lines())
+        .find(|l| l.contains("using_subcommand apply") && l.contains(" -l force "))
+        .expect("apply's --force line");
+    assert!(force.ends_with("-a '(__fish_qflow_steps)'"), "{force}");
+    // Run bash's completion as a TAB would, with this qflow on PATH.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_qflow"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let complete = |line: &str| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let cword = words.len() - 1;
+        let program = format!(
+            "source ./qflow.bash; COMP_WORDS=({}); COMP_CWORD={cword}; \
+             _qflow qflow '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            quoted.join(" "),
+            words[cword],
+            words[cword - 1],
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &program])
+            .current_dir(s.path())
+            .env("PATH", &path)
+            .output()
+            .expect("bash runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete("qflow apply "), "gen\nuse\n");
+    assert_eq!(complete("qflow apply --force u"), "use\n");
+    assert_eq!(
+        complete("qflow sta"),
+        "status\n",
+        "subcommands still complete"
+    );
+}
+
+/// The commands `qflow --help` lists.
+fn commands_in_help(s: &Space) -> Vec<String> {
+    let help = s.qflow(&["--help"]).success().stdout;
+    let list = &help[help.find("Commands:").expect("a command list")..];
+    (list.lines().skip(1))
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_man_page_describes_every_command_with_its_options() {
+    let s = Space::new();
+    let page = s.qflow(&["man"]).success().stdout;
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "roff: {page}"
+    );
+    assert!(page.contains(".TH qflow 1"), "{page}");
+    let commands = commands_in_help(&s);
+    assert!(commands.len() > 15, "{commands:?}");
+    for c in &commands {
+        let section = format!(".SH \"QFLOW {}\"", c.to_uppercase());
+        assert!(page.contains(&section), "no section {section}");
+        assert!(
+            page.contains(&format!("\\fBqflow {c}\\fR")),
+            "{c} not listed"
+        );
+    }
+    assert!(
+        page.contains("\\-\\-keep\\-going"),
+        "apply's options are there"
+    );
+    assert!(!page.contains("__run"), "internal commands are left out");
+}
+
+#[test]
+fn the_setup_script_installs_the_man_page() {
+    let s = Space::new();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-host-deps.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, "--man-page", env!("CARGO_BIN_EXE_qflow")])
+        .env("QFLOW_MAN_DIR", s.join("man"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = s.read("man/man1/qflow.1");
+    assert_eq!(installed, s.qflow(&["man"]).success().stdout);
+    let quickstart = include_str!("../scripts/quickstart.sh");
+    assert!(quickstart.contains("install-host-deps.sh --man-page target/release/qflow"));
+}
+
+/// The screen a terminal of `width` columns shows after `bytes` (the subset of
+/// VT100 indicatif writes: text with deferred autowrap, CR, LF, cursor up and
+/// down, erase line and below; colours ignored).
+fn screen_after(bytes: &[u8], width: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col, mut wrap) = (0usize, 0usize, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if rows.len() <= row {
+            rows.resize(row + 1, Vec::new());
+        }
+        match c {
+            '\r' => (col, wrap) = (0, false),
+            '\n' => (row, wrap) = (row + 1, false),
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut arg = String::new();
+                let mut end = ' ';
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        end = c;
+                        break;
+                    }
+                    arg.push(c);
+                }
+                let n: usize = arg.parse().unwrap_or(1);
+                // Colours keep a pending wrap; moves and erases end it.
+                wrap &= !matches!(end, 'A' | 'B' | 'K' | 'J');
+                match end {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'K' if arg == "2" => rows[row].clear(),
+                    'K' => rows[row].truncate(col),
+                    'J' => {
+                        rows[row].truncate(col);
+                        rows.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+            }
+            c if c.is_control() => {}
+            c => {
+                if wrap {
+                    (row, col, wrap) = (row + 1, 0, false);
+                    if rows.len() <= row {
+                        rows.resize(row + 1, Vec::new());
+                    }
+                }
+                let line = &mut rows[row];
+                if line.len() <= col {
+                    line.resize(col + 1, ' ');
+                }
+                line[col] = c;
+                if col + 1 == width {
+                    wrap = true;
+                } else {
+                    col += 1;
+                }
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|r| r.into_iter().collect::<String>().trim_end().to_string())
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_leaves_no_progress_line_behind() {
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  slow:
+    kind: command
+    run: [sh, -c, 'echo still-working; sleep 30; touch "$QFLOW_OUT/x"']
+    outputs: [x]
+"#,
+    );
+    // `script` gives qflow a real terminal (a pty, 80 columns); a Ctrl-C typed
+    // on it reaches qflow as the terminal's SIGINT.
+    let line = format!(
+        "stty cols 80 rows 24; exec {} apply",
+        env!("CARGO_BIN_EXE_qflow")
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &line, "typescript"])
+        .current_dir(s.path())
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut script = cmd.spawn().expect("script (util-linux) runs");
+    // Wait until the bars are drawn with the step's output.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read(s.join("typescript"))
+        .is_ok_and(|t| String::from_utf8_lossy(&t).contains("still-working"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no bar was drawn");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    use std::io::Write as _;
+    let mut stdin = script.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let status = script.wait().unwrap();
+    drop(stdin);
+    assert_eq!(status.code(), Some(130), "qflow exits 130 on Ctrl-C");
+    let raw = std::fs::read(s.join("typescript")).unwrap();
+    let drawn = String::from_utf8_lossy(&raw);
+    assert!(
+        drawn.contains("still-working"),
+        "the bar showed the step's output: {drawn:?}"
+    );
+    // What qflow wrote: between script's own first line and its closing line.
+    let start = raw.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let end = drawn.rfind("Script done").unwrap_or(raw.len());
+    let screen = screen_after(&raw[start..end], 80);
+    assert!(
+        screen
+            .iter()
+            .all(|l| !l.contains("still-working") && !l.contains("[0/1")),
+        "a progress line is left on the terminal: {screen:#?}"
+    );
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.starts_with("qflow: interrupted slow")),
+        "{screen:#?}"
+    );
+}

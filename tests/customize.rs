@@ -115,6 +115,21 @@ fn files_containing(needle: &str, dirs: &[&Path]) -> Vec<String> {
         .collect()
 }
 
+/// The version of `package` that a dpkg status file lists as installed.
+fn dpkg_version(status: &str, package: &str) -> Option<String> {
+    status
+        .split("\n\n")
+        .filter(|p| p.lines().any(|l| l == format!("Package: {package}")))
+        .find_map(|p| p.lines().find_map(|l| l.strip_prefix("Version: ")))
+        .map(str::to_string)
+}
+
+/// The facts the last apply noted in `qflow.lock` for `step`.
+fn lock_notes(s: &Space, step: &str) -> serde_json::Value {
+    let lock: serde_json::Value = serde_json::from_str(&s.read("qflow.lock")).unwrap();
+    lock["steps"][step]["notes"].clone()
+}
+
 fn image_of(s: &Space, step: &str) -> PathBuf {
     std::fs::canonicalize(s.join(&format!("out/{step}/image.qcow2"))).unwrap()
 }
@@ -231,6 +246,21 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     let lock = s.read("qflow.lock");
     assert!(lock.contains("\"sys\""), "{lock}");
 
+    // The lock records the installed version of what `install:` asked for, and every
+    // package the customized image holds (what numactl pulled in included).
+    let numactl = dpkg_version(&status, "numactl").expect("numactl's version");
+    let notes = lock_notes(&s, "sys");
+    assert_eq!(notes["installed"], format!("numactl={numactl}"), "{notes}");
+    let packages = notes["packages"].as_str().unwrap();
+    assert!(
+        packages.lines().any(|l| l == format!("numactl={numactl}")),
+        "{packages}"
+    );
+    assert!(
+        !packages.lines().any(|l| l.starts_with("less=")),
+        "{packages}"
+    );
+
     // Apply again: nothing runs.
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
@@ -248,6 +278,11 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     let disk = GuestDisk::open(&image_of(&s, "sys"), &s.join("scratch"));
     let status = disk.cat("/var/lib/dpkg/status").unwrap();
     assert!(dpkg_installed(&status, "bc") && dpkg_installed(&status, "numactl"));
+    let bc = dpkg_version(&status, "bc").expect("bc's version");
+    assert_eq!(
+        lock_notes(&s, "sys")["installed"],
+        format!("numactl={numactl}\nbc={bc}")
+    );
     assert_eq!(sha256(&base_image), base_sum, "the base image changed");
     drop(disk);
 

@@ -89,3 +89,31 @@ fn status_says_running_while_a_run_is_in_progress_and_cleaned_after_clean() {
         .unwrap_or_else(|| panic!("{after}"));
     assert!(is_clock(time), "{after}");
 }
+
+#[test]
+fn status_json_gives_each_steps_state_with_the_exit_status_and_time_of_a_failure() {
+    let s = Space::new();
+    s.workflow(TWO).write("go", "");
+    s.qflow(&["apply", "--keep-going"]).failure(1);
+    let out = s.qflow(&["status", "--json"]).success().stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["busy"], false);
+    assert!(v["cache"].as_str().unwrap().ends_with(".qflow"), "{v}");
+    assert!(v["last_run"]["id"].is_string(), "{v}");
+    let step = |name: &str| {
+        (v["steps"].as_array().unwrap().iter())
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` in {v}"))
+            .clone()
+    };
+    let build = step("build");
+    assert_eq!(build["state"], "failed", "{v}");
+    assert_eq!(build["exit"], "exit 3", "{v}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = build["at_unix"].as_u64().unwrap();
+    assert!(at <= now && now - at < 120, "{v}");
+    assert_eq!(step("slow")["state"], "fresh", "{v}");
+}

@@ -28,7 +28,7 @@ impl fmt::Display for Diagnostic {
             write!(f, ":{}:{}", p.line, p.column)?;
         }
         if !self.field.is_empty() {
-            write!(f, ": `{}`", self.field)?;
+            write!(f, ": `{}`", escaped(&self.field))?;
         }
         write!(f, ": {}", self.message)
     }
@@ -84,6 +84,22 @@ impl<'a> Diagnostics<'a> {
                 .map
                 .get_or_init(|| SourceMap::parse(self.text))
                 .find(path),
+            field: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Report `message` at the field `path`, placed at `position` (a place the
+    /// source map's path lookup would not give: a repeated key, a tag).
+    pub fn at_place(&mut self, path: &str, position: Option<Position>, message: impl Into<String>) {
+        let position = position.or_else(|| {
+            self.map
+                .get_or_init(|| SourceMap::parse(self.text))
+                .find(path)
+        });
+        self.found.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position,
             field: path.to_string(),
             message: message.into(),
         });
@@ -163,6 +179,24 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
+/// `text` with its control characters escaped (`\n`, `\u{7}`), to print a name
+/// from a workflow or the command line in one line of an error.
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +208,11 @@ mod tests {
             "; did you mean `outputs`?"
         );
         assert_eq!(did_you_mean("zzz", ["outputs", "inputs"]), "");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(escaped("a\nb\u{7}é"), "a\\nb\\u{7}é");
+        assert!(matches!(escaped("gen"), std::borrow::Cow::Borrowed("gen")));
     }
 }

@@ -108,6 +108,21 @@ pub fn substitute(
         let Some(end) = after.find("}}") else {
             return Err(format!("`${{{{` without a closing `}}}}` in `{text}`"));
         };
+        if let Some(inner) = after[..end].find("${{") {
+            // Show the inner expression and the outer one up to its own `}}`.
+            let inner_end = after[inner..]
+                .find("}}")
+                .map_or(after.len(), |e| inner + e + 2);
+            let outer_end = after[inner_end..]
+                .find("}}")
+                .map_or(after.len(), |e| inner_end + e + 2);
+            return Err(format!(
+                "interpolations cannot nest: `{}` is inside `${{{{{}`; write the inner value out \
+                 (a step's name as `${{{{ steps.NAME }}}}`, a var's value in the var itself)",
+                &after[inner..inner_end],
+                &after[..outer_end]
+            ));
+        }
         let expr = parse_expr(&after[..end])?;
         match resolve(&expr)? {
             Some(v) => out.push_str(&v),
@@ -152,5 +167,16 @@ mod tests {
     fn rejects_unclosed_and_malformed_expressions() {
         assert!(expressions("${{ x").is_err());
         assert!(expressions("${{ a b }}").is_err());
+    }
+
+    #[test]
+    fn a_nested_expression_is_refused_as_nesting() {
+        let err = expressions("echo ${{ steps.${{ v }} }}").unwrap_err();
+        assert!(err.contains("cannot nest"), "{err}");
+        assert!(
+            err.contains("`${{ v }}` is inside `${{ steps.${{ v }} }}`"),
+            "{err}"
+        );
+        assert!(!err.contains("no step"), "{err}");
     }
 }

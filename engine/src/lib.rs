@@ -8,11 +8,11 @@
 //! `//!` header says what it imports):
 //! - leaves (import nothing of the engine): `dag`, `paths`, `step_log`, `field_error`,
 //!   `cgroup`, `leftovers` (→ `cgroup`), `masking`, `glob`, `interpolate`, `source_map`, `stat_cache`, `step_key`,
-//!   `timings`, `lockfile`, `input_entry`, `run_record`;
+//!   `timings`, `lockfile`, `input_entry`, `run_record`, `estimate`, `control_echo`;
 //! - results (metrics, tables, figures' data; → `field_error`): `results`;
 //! - a step's programs and the kinds' contract: `process` → `context` → `step`
 //!   (→ `results` for a step's metrics);
-//! - workflows: `diagnostic`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
+//! - workflows: `diagnostic`, `yaml_error`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
 //!   holds `Workflow::load`), `selection` (targets, `--force`; → `workflow`);
 //! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod context;
+pub mod control_echo;
 // The kinds' contract documents its own items as it grows; until every one
 // has its doc comment, missing ones are not warned about here.
 #[allow(missing_docs)]
@@ -38,6 +39,7 @@ pub mod bundle;
 pub mod cgroup;
 pub mod dag;
 pub mod diagnostic;
+pub mod estimate;
 pub mod executor;
 pub mod failure_report;
 pub mod field_error;
@@ -80,6 +82,7 @@ pub mod verify;
 pub mod workflow;
 pub mod workflow_memo;
 pub mod workflow_schema;
+pub mod yaml_error;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).
 /// Found before anything runs; the binary exits 2 on it.

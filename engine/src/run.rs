@@ -341,11 +341,10 @@ impl<'a> Run<'a> {
     fn skip(&mut self, id: StepId, why: String) {
         self.schedule.set(id, StepState::Skipped);
         let name = self.name(id);
-        self.parts
-            .progress
-            .event(&format!("skipped {name} ({why})"));
+        let line = format!("skipped {name} ({why})");
         self.report.steps[id.index()] =
             StepReport::new(name, StepOutcome::Skipped).because(vec![why]);
+        (self.parts.progress).step_ended(&self.report.steps[id.index()], &line);
         self.live_dirty = true;
     }
 
@@ -419,12 +418,7 @@ impl<'a> Run<'a> {
             note_lock_change(&mut self.lock_changes, session, &s.name, entry);
         }
         let remote = matches!(hit, Hit::Remote(_));
-        if remote {
-            self.parts.progress.event(&format!("remote hit {}", s.name));
-        } else {
-            self.parts
-                .progress
-                .event_held(&format!("cached {}", s.name));
+        if !remote {
             self.queue_upload(id, key);
         }
         let rep = &mut self.report.steps[id.index()];
@@ -434,6 +428,8 @@ impl<'a> Run<'a> {
         }
         rep.key = Some(key.to_hex());
         rep.output = Some(output.to_hex());
+        let line = if remote { "remote hit" } else { "cached" };
+        (self.parts.progress).step_ended(rep, &format!("{line} {}", s.name));
         self.outputs.insert(self.name(id), output);
         self.schedule.set(id, StepState::Done);
         self.check_expectations(id, &output);
@@ -576,6 +572,7 @@ impl<'a> Run<'a> {
     fn weigh(&mut self) {
         let session = self.parts.session;
         let lock = session.lock_index();
+        let mut previous = vec![false; session.workflow.steps.len()];
         let expected: Vec<u64> = (session.workflow.steps.iter().enumerate())
             .map(|(i, s)| {
                 if self.schedule.state(StepId(i)) == StepState::Done {
@@ -584,21 +581,34 @@ impl<'a> Run<'a> {
                 (lock.steps.get(&s.name))
                     .and_then(|(key, _)| key.parse::<Hash>().ok())
                     .and_then(|key| session.cache.get_record(&key).ok().flatten())
-                    .map(|rec| rec.duration_ms)
+                    .map(|rec| {
+                        previous[i] = true;
+                        rec.duration_ms
+                    })
                     .unwrap_or_else(|| s.step.expected_ms())
             })
             .collect();
         self.schedule.weigh(&expected);
         self.weighed = true;
+        // The overall `[n/m]` and its estimate: the same times, where they are a
+        // previous run's (see `estimate.rs`).
+        let plan = (session.workflow.steps.iter().enumerate())
+            .map(|(i, s)| crate::estimate::Expected {
+                name: s.name.clone(),
+                ms: expected[i],
+                previous: expected[i] > 0 && previous[i],
+                path_ms: self.schedule.remaining(StepId(i)),
+                width: self.schedule.width(StepId(i)),
+            })
+            .collect();
+        self.parts.progress.expect(plan, self.schedule.free());
     }
 
     fn start(&mut self, id: StepId, executor: &mut dyn Executor) {
         let (material, reasons) = self.ready[id.index()].take().expect("ready step has a key");
         self.schedule.set(id, StepState::Running);
         let name = self.name(id);
-        let progress = &self.parts.progress;
-        progress.event(&format!("run {name} ({})", reasons.join("; ")));
-        progress.start(name);
+        (self.parts.progress).step_started(name, &reasons, &material.key());
         self.report.steps[id.index()] =
             StepReport::new(name, StepOutcome::Running).because(reasons);
         self.live_dirty = true;
@@ -751,9 +761,8 @@ impl<'a> Run<'a> {
         rep.log = Some(log);
         rep.key = Some(active.material.key().to_hex());
         rep.output = Some(rec.output.to_hex());
-        self.parts
-            .progress
-            .event(&format!("ok {name} {:.1}s", ms as f64 / 1000.0));
+        let line = format!("ok {name} {:.1}s", ms as f64 / 1000.0);
+        (self.parts.progress).step_ended(rep, &line);
         self.outputs.insert(name, rec.output);
         self.leave_running(id);
         self.schedule.set(id, StepState::Done);
@@ -777,16 +786,19 @@ impl<'a> Run<'a> {
         let rep = &mut self.report.steps[id.index()];
         rep.duration_ms = ms;
         rep.log = Some(log.display().to_string());
+        if let Some(key) = key {
+            rep.key = Some(key.to_hex());
+        }
         if self.schedule.is_interrupted() {
             rep.outcome = StepOutcome::Interrupted;
             rep.error = Some("interrupted".into());
-            progress.event(&format!("interrupted {name} (nothing recorded)"));
+            progress.step_ended(rep, &format!("interrupted {name} (nothing recorded)"));
             return;
         }
         rep.outcome = StepOutcome::Failed;
         let error = format!("{e:#}");
-        progress.event(&failure_report::failed_step(name, &error, ms, &log));
-        rep.error = Some(error);
+        rep.error = Some(error.clone());
+        progress.step_ended(rep, &failure_report::failed_step(name, &error, ms, &log));
         if let Some(key) = key {
             let _ = self.parts.session.cache.clear_started(&key);
         }
@@ -802,7 +814,7 @@ impl<'a> Run<'a> {
         }
         self.parts
             .progress
-            .event("interrupted: stopping every step (press Ctrl-C again to exit at once)");
+            .interrupted("interrupted: stopping every step (press Ctrl-C again to exit at once)");
         self.schedule.interrupt();
         self.report.interrupted = true;
         executor.cancel(&self.executing);

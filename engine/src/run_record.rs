@@ -40,7 +40,8 @@ pub struct StepReport {
     pub name: String,
     /// What happened to it.
     pub outcome: StepOutcome,
-    /// Its key (hex), once known and the step ran or was cached.
+    /// Its key (hex), once known: the step ran, was cached, or failed or was
+    /// interrupted running with that key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Its output tree (hex), when it has one.

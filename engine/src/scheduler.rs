@@ -272,6 +272,7 @@ fn watch_signals(
             } else {
                 // No step's program outlives qflow (they have no death signal).
                 crate::process::kill_every_step();
+                crate::progress::clear_terminal();
                 std::process::exit(130);
             }
         }
@@ -326,14 +327,7 @@ fn conclude(
         crate::run_record::KEPT_RUNS,
     );
     crate::timings::mark("write run record");
-    progress.event(&format!(
-        "{} ran, {} cached, {} failed, {} skipped in {:.2}s",
-        report.count(StepOutcome::Ran),
-        report.count(StepOutcome::Cached),
-        report.count(StepOutcome::Failed),
-        report.count(StepOutcome::Skipped) + report.count(StepOutcome::Interrupted),
-        report.duration_ms as f64 / 1000.0
-    ));
+    progress.run_finished(&report);
     let unmet: Vec<&String> = report.steps.iter().flat_map(|s| &s.unmet).collect();
     if !unmet.is_empty() {
         let mut msg = format!(

@@ -42,7 +42,8 @@ pub fn unknown_step(wf: &Workflow, what: &str, name: &str) -> anyhow::Error {
     let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
     let hint = did_you_mean(name, names.iter().copied());
     Refusal(format!(
-        "{what} `{name}`: no step of that name in {}{hint} (its steps: {})",
+        "{what} `{}`: no step of that name in {}{hint} (its steps: {})",
+        crate::diagnostic::escaped(name),
         wf.path.display(),
         names.join(", ")
     ))

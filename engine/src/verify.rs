@@ -11,9 +11,10 @@
 //! identical, so it is not judged by its bytes: verify lists it in its own section
 //! and checks what matters in it instead, that the steps which use it (the runs
 //! restored from a checkpoint) rebuilt identical outputs ([`Rebuild::machine_state`]).
-//! Verify passes when every image, result and artifact is identical; a log that
-//! differs (a console's boot messages follow when qflow's typed input reached the
-//! guest, even under `icount`) is shown, not judged.
+//! Verify passes when every image, result, artifact and log is identical. Logs
+//! are judged like results: a boot's console under `icount` repeats byte for byte
+//! (the guest's clock counts instructions and qflow types only at its prompt), and
+//! so do `commands.json` and `qemu.log`; a console without `icount` is machine state.
 //!
 //! `--twice` ([`VerifyOptions::twice`]) needs no earlier apply: it makes two clean
 //! builds and compares the second with the first.
@@ -183,22 +184,19 @@ impl Row {
     }
 
     /// Whether this row fails the verification: anything not identical, except
-    /// machine state and logs rebuilt with other bytes (verify vouches for images,
-    /// results and artifacts; a log is shown, not judged).
+    /// machine state rebuilt with other bytes (verify vouches for images, results,
+    /// artifacts and logs).
     pub fn fails(&self) -> bool {
         match self.verdict {
             Verdict::Identical | Verdict::WithinTolerance => false,
-            Verdict::Different => !self.is_machine_state() && self.role != OutputRole::Log,
+            Verdict::Different => !self.is_machine_state(),
             Verdict::NotRebuilt | Verdict::NotInLock => true,
         }
     }
 
     /// The result column of the main table.
     pub fn result(&self) -> &'static str {
-        match (self.verdict, self.role) {
-            (Verdict::Different, OutputRole::Log) => "differs (a log: shown, not judged)",
-            (v, _) => v.word(),
-        }
+        self.verdict.word()
     }
 }
 
@@ -463,7 +461,8 @@ fn select_steps(wf: &mut Workflow, wanted: &[String]) -> anyhow::Result<()> {
         if wf.step(w).is_none() {
             let names: Vec<&str> = wf.steps.iter().map(|s| s.name.as_str()).collect();
             return Err(Refusal(format!(
-                "--step `{w}`: no step of that name in {}; its steps: {}",
+                "--step `{}`: no step of that name in {}; its steps: {}",
+                crate::diagnostic::escaped(w),
                 wf.path.display(),
                 names.join(", ")
             ))
@@ -656,7 +655,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn differing_machine_state_and_logs_do_not_fail_but_images_and_results_do() {
+    fn differing_machine_state_does_not_fail_but_images_results_and_logs_do() {
         let row = |role, verdict| Row {
             step: "s".into(),
             output: "o".into(),
@@ -666,17 +665,12 @@ mod tests {
             verdict,
         };
         use OutputRole::*;
-        for role in [Image, Result, Artifact] {
+        for role in [Image, Result, Artifact, Log] {
             assert!(row(role, Verdict::Different).fails(), "{role:?}");
         }
-        for role in [MachineState, Log] {
-            assert!(!row(role, Verdict::Different).fails(), "{role:?}");
-            assert!(row(role, Verdict::NotRebuilt).fails(), "{role:?}");
-        }
-        assert_eq!(
-            row(Log, Verdict::Different).result(),
-            "differs (a log: shown, not judged)"
-        );
+        assert!(!row(MachineState, Verdict::Different).fails());
+        assert!(row(MachineState, Verdict::NotRebuilt).fails());
+        assert_eq!(row(Log, Verdict::Different).result(), "DIFFERENT");
     }
 
     #[test]

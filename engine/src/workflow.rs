@@ -6,7 +6,7 @@
 //! exist, cycles. Every problem is collected with its `file:line:column`, so a
 //! user fixes them all in one pass.
 //!
-//! Imports `dag`, `diagnostic`, `interpolate`, `source_map`, `glob`, `paths`,
+//! Imports `dag`, `diagnostic`, `yaml_error`, `interpolate`, `source_map`, `glob`, `paths`,
 //! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
 //! holds `Workflow::load`).
 
@@ -16,9 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use serde_yaml::Value;
 
 use crate::dag::{Dag, StepId};
-use crate::diagnostic::{Diagnostics, did_you_mean};
+use crate::diagnostic::{Diagnostics, did_you_mean, escaped};
 use crate::interpolate::{self, Expr};
-use crate::source_map::Position;
 use crate::step::{CheckContext, Input, Registry, Step};
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
@@ -285,86 +284,18 @@ impl Workflow {
         let doc: Value = match serde_yaml::from_str(text) {
             Ok(v) => v,
             Err(e) => {
-                let mut position = e.location().map(|l| Position {
-                    line: l.line(),
-                    column: l.column(),
-                });
-                let mut msg = e.to_string();
-                if let Some(i) = msg.find(" at line ") {
-                    msg.truncate(i);
-                }
-                let line_text = |p: Option<Position>| {
-                    p.and_then(|p| text.lines().nth(p.line.saturating_sub(1)))
-                        .unwrap_or("")
-                };
-                // The line that holds a tab in its indentation, if the error is there or just after.
-                let tab_line = position.and_then(|p| {
-                    (p.line.saturating_sub(1)..=p.line).rev().find(|&l| {
-                        l > 0
-                            && text.lines().nth(l - 1).is_some_and(|t| {
-                                t.chars()
-                                    .take_while(|c| c.is_whitespace())
-                                    .any(|c| c == '\t')
-                            })
-                    })
-                });
-                if msg.contains("duplicate entry") {
-                    msg.push_str("; step names and fields must be unique: rename or remove one");
-                } else if msg.contains("more than one document") {
-                    // serde_yaml gives no place: the second document starts at its `---`.
-                    position = text
-                        .lines()
-                        .enumerate()
-                        .filter(|(_, l)| l.starts_with("---"))
-                        .map(|(i, _)| Position {
-                            line: i + 1,
-                            column: 1,
-                        })
-                        .find(|p| {
-                            text.lines().take(p.line - 1).any(|l| {
-                                let l = l.trim();
-                                !l.is_empty() && !l.starts_with('#') && !l.starts_with("---")
-                            })
-                        });
-                    msg = "a workflow file holds one YAML document; remove this `---` and what follows, \
-                           or move it to a file of its own"
-                        .to_string();
-                } else if msg.contains("repetition limit") || msg.contains("recursion limit") {
-                    position = text
-                        .lines()
-                        .position(|l| l.contains(" *") || l.contains("[*") || l.contains(",*"))
-                        .map(|i| Position {
-                            line: i + 1,
-                            column: 1,
-                        });
-                    msg = format!(
-                        "invalid YAML: {msg}: the file's aliases (`*name`) or nesting expand too far; \
-                         write the values out instead"
-                    );
-                } else if let Some(line) = tab_line {
-                    position = Some(Position { line, column: 1 });
-                    msg = format!(
-                        "invalid YAML: a tab in the indentation ({msg}); YAML indents with spaces only: \
-                         replace the tab with spaces"
-                    );
-                } else if line_text(position).contains("${{")
-                    || line_text(position.map(|p| Position {
-                        line: p.line.saturating_sub(1),
-                        ..p
-                    }))
-                    .contains("${{")
-                {
-                    msg = format!(
-                        "invalid YAML: {msg} (note: `[${{{{ x }}}}]` and `{{${{{{ x }}}}}}` start a YAML list or \
-                         mapping; quote the value: `\"${{{{ x }}}}\"`)"
-                    );
-                } else {
-                    msg = format!("invalid YAML: {msg}");
-                }
+                let (position, msg) = crate::yaml_error::explain(&e, text);
                 diags.at_position(position, msg);
                 return Err(diags.finish().unwrap_err().into());
             }
         };
+        let tagged = crate::yaml_error::tagged_values(&doc, text);
+        if !tagged.is_empty() {
+            for t in tagged {
+                diags.at_place(&t.path, t.position, t.message);
+            }
+            return Err(diags.finish().unwrap_err().into());
+        }
         crate::timings::mark("yaml parse");
         let Value::Mapping(top) = &doc else {
             diags.at_position(
@@ -378,7 +309,11 @@ impl Workflow {
             if !TOP_LEVEL_FIELDS.contains(&k.as_str()) {
                 diags.at(
                     &k,
-                    format!("unknown field `{k}`{}", hint(&k, TOP_LEVEL_FIELDS)),
+                    format!(
+                        "unknown field `{}`{}",
+                        escaped(&k),
+                        hint(&k, TOP_LEVEL_FIELDS)
+                    ),
                 );
             }
         }
@@ -481,7 +416,10 @@ impl Workflow {
             if !valid_name(&sname) {
                 diags.at(
                     &base,
-                    format!("step name `{sname}` must be letters, digits, `-` or `_`"),
+                    format!(
+                        "step name `{}` must be letters, digits, `-` or `_`",
+                        escaped(&sname)
+                    ),
                 );
                 continue;
             }
@@ -805,7 +743,8 @@ fn load_step(
         diags.at(
             &format!("{base}.kind"),
             format!(
-                "unknown kind `{kind_name}`{}; valid kinds: {}",
+                "unknown kind `{}`{}; valid kinds: {}",
+                escaped(&kind_name),
                 did_you_mean(&kind_name, registry.names()),
                 registry.names().join(", ")
             ),
@@ -827,7 +766,8 @@ fn load_step(
             diags.at(
                 at,
                 format!(
-                    "no step named `{up}`{}{path_hint}",
+                    "no step named `{}`{}{path_hint}",
+                    escaped(up),
                     did_you_mean(
                         up,
                         step_names
@@ -1128,7 +1068,8 @@ fn report_field_error(
             unknown_field_message(&unknown, kind_name, field_names)
         } else {
             format!(
-                "unknown field `{unknown}`{}",
+                "unknown field `{}`{}",
+                escaped(&unknown),
                 strip_expected(&e.message, &dym)
             )
         };
@@ -1152,7 +1093,8 @@ fn unknown_field_message(unknown: &str, kind_name: &str, field_names: &[String])
     let mut all: Vec<String> = field_names.to_vec();
     all.extend(COMMON_FIELDS.iter().map(|s| s.to_string()));
     format!(
-        "unknown field `{unknown}` for kind `{kind_name}`{dym}; its fields: {}",
+        "unknown field `{}` for kind `{kind_name}`{dym}; its fields: {}",
+        escaped(unknown),
         all.join(", ")
     )
 }

@@ -53,6 +53,7 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
         return Err(UsageError("--jobs must be at least 1".into()).into());
     }
     let progress = Arc::new(Progress::with(display));
+    progress.echo_step_lines();
     let warn_to = progress.clone();
     let remote = super::remote::open(
         &remote,

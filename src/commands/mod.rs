@@ -7,10 +7,12 @@ mod attach;
 mod bundle;
 mod check;
 mod clean;
+mod completions;
 mod doctor;
 mod fsck;
 mod gc;
 mod graph;
+mod man;
 mod plan;
 mod reference;
 mod remote;
@@ -34,6 +36,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let display = qflow_engine::progress::Display {
         quiet: cli.quiet,
         color: cli.color,
+        verbose: cli.verbose,
+        json: false,
     };
     match cli.command {
         Command::Apply {
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             detach,
             executor,
             slurm_batch,
+            json,
             remote,
         } => apply::run(
             &registry,
@@ -60,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 executor,
                 slurm_batch,
                 remote,
-                display,
+                display: qflow_engine::progress::Display { json, ..display },
             },
         ),
         Command::Plan {
@@ -86,7 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             workflow,
         } => attach::run(&registry, &workflow.locate()?, &step, run.as_deref()),
         Command::Check { workflow } => check::run(&registry, &workflow.locate()?),
-        Command::Status { workflow } => status::run(&registry, workflow),
+        Command::Status { workflow, json } => status::run(&registry, workflow, json),
         Command::Stop { workflow } => stop::run(&registry, &workflow.locate()?),
         Command::Gc {
             workflow,
@@ -154,11 +159,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             qflow_engine::slurm::node::run_described_step(&description, &registry)
         }
         Command::ProbeNode { file } => qflow_engine::slurm::node::probe(&file),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "qflow", &mut std::io::stdout());
-            Ok(0)
-        }
+        Command::Man => man::print(),
+        Command::Completions { shell } => completions::print(shell),
+        Command::CompleteSteps { words } => completions::complete_steps(&registry, &words),
     }
 }
 

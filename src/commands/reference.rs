@@ -6,7 +6,8 @@
 //! schemars, as for `qflow schema`), and the files a step writes from the
 //! kind's own `output_roles` applied to small example steps parsed by the kind's
 //! own parser. A kind registered without an example here is an error, so a new
-//! kind cannot be left out of the reference.
+//! kind cannot be left out of the reference. A paragraph of a kind's description
+//! that starts `What the guest must provide:` gets a heading of its own.
 
 use std::fmt::Write as _;
 
@@ -21,7 +22,10 @@ use serde_json::Value;
 const EXAMPLES: &[(&str, &[&str])] = &[
     (
         "command",
-        &["run: [make, all]\noutputs: [report.txt, plot.svg]"],
+        &[
+            "run: [make, all]\noutputs: [report.txt, plot.svg]",
+            "run: [./bench]\noutputs: [run.txt]\nmetrics:\n  ops: { from: run.txt, regex: 'ops=([0-9]+)' }",
+        ],
     ),
     (
         "download",
@@ -43,6 +47,8 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "system: system\nkernel: kernel\nappend: console=ttyS0\ncommands: [./workload]\ncollect: [/root/results.txt]",
             "system: system\nkernel: kernel\ncheckpoint: true",
+            "system: system\nkernel: kernel\ninit: minimal\ncommands: [./workload]",
+            "system: system\ndisks: [data]\nkernel: kernel\nsnapshot: false\nmatrix: { n: [1, 2] }\ncommands: ['./workload ${{ matrix.n }}']\nmetrics:\n  seconds: { from: console.log, regex: 'took ([0-9.]+)s' }",
         ],
     ),
     // Made by qflow from the workflow's top-level `figures:` section, one step named
@@ -52,6 +58,9 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &["throughput:\n  step: sweep\n  x: size\n  y: ops"],
     ),
 ];
+
+/// How a kind's description starts the paragraph on what a guest must provide.
+const GUEST_NEEDS: &str = "What the guest must provide:";
 
 /// The fields every step takes, whatever its kind.
 const COMMON: &[&str] = &[
@@ -103,8 +112,24 @@ pub fn reference(registry: &Registry) -> anyhow::Result<String> {
         let name = kind.name();
         let step = &defs[format!("step.{name}")];
         writeln!(md, "## `{name}`\n")?;
-        if let Some(d) = step.get("description").and_then(Value::as_str) {
-            writeln!(md, "{}\n", d.trim())?;
+        let description = step.get("description").and_then(Value::as_str);
+        let mut sections = Vec::new();
+        for paragraph in description.unwrap_or("").trim().split("\n\n") {
+            match paragraph.strip_prefix(GUEST_NEEDS) {
+                Some(rest) => sections.push(rest.trim()),
+                None if !paragraph.is_empty() => writeln!(md, "{paragraph}\n")?,
+                None => {}
+            }
+        }
+        for needs in sections {
+            let mut chars = needs.chars();
+            let first = chars.next().map(|c| c.to_uppercase().collect::<String>());
+            writeln!(
+                md,
+                "### What the guest must provide\n\n{}{}\n",
+                first.unwrap_or_default(),
+                chars.as_str()
+            )?;
         }
         writeln!(md, "### Fields\n")?;
         field_table(&mut md, step, defs, |f| f != "kind" && !COMMON.contains(&f));

@@ -54,12 +54,14 @@ mod check;
 pub mod checkpoint;
 mod collect;
 pub mod command_line;
+pub mod console_pipe;
 pub mod duration;
 pub mod fields;
 pub mod guest_run;
 pub mod machine;
 mod machine_spec;
 pub mod matrix;
+pub mod minimal_init;
 mod overlays;
 pub mod qmp;
 mod run_pool;
@@ -80,12 +82,13 @@ use serde::Deserialize;
 use crate::qemu_img;
 use checkpoint::{MEMORY_SNAPSHOT, RECORD};
 use command_line::AccelName;
-use guest_run::{COMMANDS_JSON, CONSOLE_LOG, QEMU_LOG, collected_name};
+use guest_run::{COMMANDS_JSON, CONSOLE_LOG, QEMU_LOG, SESSION_LOG, collected_name};
 use matrix::Params;
 use source::{Source, source};
 
 pub use duration::parse_duration;
 pub use fields::{AccelChoice, Collect, DiskFile, Login, Plugin, PluginArgs, Scalar, Terminal};
+pub use minimal_init::InitChoice;
 
 /// The hand recipe's kernel command line.
 pub const DEFAULT_APPEND: &str = "root=/dev/sda1 console=ttyS0 nokaslr";
@@ -93,6 +96,21 @@ const DEFAULT_MEMORY: &str = "512";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Boot a guest and run commands in it.
+///
+/// What the guest must provide: a console on its first serial port, `ttyS0` (with
+/// `kernel:`, `append:` must keep `console=ttyS0`, as its default does). On it,
+/// either a getty that prints `login:` and then `Password:` (give `login:`, and qflow
+/// types the user and the password), or a shell already running there (autologin, or
+/// `init=/bin/sh`, or `init: minimal`, whose shell qflow starts itself; leave `login:` out). That shell must be a POSIX shell with `echo`,
+/// `eval`, `base64` (coreutils or busybox) and `stty`: qflow types `echo` probes
+/// until one is answered, turns the echo off (`stty -echo`) and sets the size from
+/// `terminal:`, then types each of `commands` base64-encoded and runs it with `eval`
+/// in that shell, between `echo` markers that carry its exit status; a command that
+/// exits non-zero fails the step. Each `collect:` file is read back as `base64 FILE`.
+/// The guest need not power off: once the commands and the collection are done,
+/// qflow runs `sync` when the disks' writes are kept (`snapshot: false`,
+/// `checkpoint: true`) and ends QEMU through its QMP socket (`quit`). A step with
+/// `from_checkpoint:` skips the login: the restored shell is used as it was saved.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Boot {
@@ -106,8 +124,19 @@ pub struct Boot {
     #[serde(default)]
     pub kernel: Option<String>,
     /// An initrd (`-initrd`): a step whose output holds `initrd.img` (or one file), or a path.
+    /// With `init: minimal` its files join qflow's initramfs (e.g. the kernel's modules
+    /// under `/lib/modules/RELEASE/`, from which the disk and ext4 drivers are loaded).
     #[serde(default)]
     pub initrd: Option<String>,
+    /// Which init the guest runs: `system` (default: the system disk's own, e.g.
+    /// systemd, with `login` at its getty) or `minimal`: qflow's initramfs mounts the
+    /// `system` disk as root (`root=` of `append`, read-write unless `ro`; the disks'
+    /// writes are discarded or kept as configured) and runs the commands in a root
+    /// shell on the console, skipping the system's boot (seconds instead of a minute
+    /// under TCG). Needs `kernel` with its disk driver, the root's file system,
+    /// devtmpfs and initramfs support built in, and busybox-static on the host.
+    #[serde(default)]
+    pub init: Option<InitChoice>,
     /// The kernel command line (`-append`); default `root=/dev/sda1 console=ttyS0 nokaslr`.
     #[serde(default)]
     pub append: Option<String>,
@@ -184,7 +213,7 @@ impl StepFields for Boot {
     const SCHEMA_VERSION: u32 = 1;
 
     fn kind_tools() -> Vec<Tool> {
-        vec![qemu(), qemu_img::tool(), debugfs()]
+        vec![qemu(), qemu_img::tool(), debugfs(), minimal_init::busybox()]
     }
 
     fn kind_needs() -> Vec<HostNeed> {
@@ -287,16 +316,30 @@ impl Boot {
 
     /// The outputs of one run with their roles: the console and QEMU logs and the
     /// commands' record, what `collect:` copied out (the run's results), the kept
-    /// disk overlays and a checkpoint's memory and record (machine state). The
-    /// console is machine state too unless the step sets `icount`: without it the
-    /// guest's timing is the host's, and so are the times the console prints.
+    /// disk overlays and a checkpoint's memory and record (machine state).
+    ///
+    /// The session (the console from qflow's first probe on) is a log under
+    /// `icount` and in a run restored from a checkpoint (which prints no boot, only
+    /// the answers to qflow's commands, typed with the echo off); without `icount`
+    /// the guest's timing is the host's, so it is machine state. The whole console
+    /// is a log only where the boot repeats too: under `icount` with no disk (a
+    /// guest that reads a disk waits for the host's reads, which the instruction
+    /// count does not pace, and its boot messages follow them).
     fn run_output_roles(&self) -> Vec<(String, OutputRole)> {
-        let console = match self.icount {
-            Some(_) => OutputRole::Log,
-            None => OutputRole::MachineState,
+        let restored = self.from_checkpoint.is_some();
+        let diskless = self.system.is_none() && self.disks.is_empty();
+        let role = |log: bool| {
+            if log {
+                OutputRole::Log
+            } else {
+                OutputRole::MachineState
+            }
         };
+        let console = role(restored || (self.icount.is_some() && diskless));
+        let session = role(restored || self.icount.is_some());
         let mut out = vec![
             (CONSOLE_LOG.to_string(), console),
+            (SESSION_LOG.to_string(), session),
             (COMMANDS_JSON.to_string(), OutputRole::Log),
             (QEMU_LOG.to_string(), OutputRole::Log),
         ];
@@ -416,6 +459,9 @@ impl Step for Boot {
                 ));
             }
         }
+        if self.minimal_init() {
+            out.push((minimal_init::INITRAMFS.to_string(), OutputRole::Artifact));
+        }
         out.extend(crate::metrics::outputs(&self.metrics));
         out
     }
@@ -427,6 +473,9 @@ impl Step for Boot {
         }
         if self.collect.iter().any(|c| matches!(c, Collect::Disk(_))) {
             tools.push(debugfs());
+        }
+        if self.minimal_init() {
+            tools.push(minimal_init::busybox());
         }
         tools
     }
@@ -459,7 +508,8 @@ impl Step for Boot {
     }
 
     fn check(&self, ctx: &CheckContext) -> Result<(), FieldError> {
-        self.check_fields(ctx)
+        self.check_fields(ctx)?;
+        self.check_init()
     }
 
     /// The host files the boot reads (a local kernel, initrd, image or plugin):
@@ -474,6 +524,9 @@ impl Step for Boot {
 
     fn extra_key(&self, ctx: &CheckContext) -> anyhow::Result<Vec<(String, String)>> {
         let mut key = Vec::new();
+        if self.minimal_init() {
+            key.push(minimal_init::key_material());
+        }
         if let Some(login) = &self.login {
             // Its blake3: a password change re-runs the step; the lock never holds it.
             key.extend(
@@ -576,7 +629,12 @@ impl Step for Boot {
         ctx.note("command_line", &spec.line.display());
         ctx.log(&format!("qflow: {}", spec.line.display()));
         let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
-        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())?;
+        let ran = self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref());
+        if self.minimal_init() {
+            ran.map_err(minimal_init::explain)?;
+        } else {
+            ran?;
+        }
         let runs = self.metric_runs(&out_dir);
         crate::metrics::record(ctx, &self.metrics, &runs)
     }
@@ -688,7 +746,13 @@ timeout: 30m
         assert_eq!(refs, ["system", "data", "kernel"]);
         assert_eq!(
             step.outputs(),
-            ["console.log", "commands.json", "qemu.log", "results.txt"]
+            [
+                "console.log",
+                "session.log",
+                "commands.json",
+                "qemu.log",
+                "results.txt"
+            ]
         );
         let key = step
             .extra_key(&CheckContext {
@@ -777,7 +841,7 @@ timeout: 30m
             parse("{kernel: k, matrix: {size: [1, 2], mode: [a, b]}, collect: [/r.txt]}").unwrap();
         check("{kernel: k, matrix: {size: [1, 2], mode: [a, b]}}").unwrap();
         let outputs = step.outputs();
-        assert_eq!(outputs.len(), 4 * 4);
+        assert_eq!(outputs.len(), 4 * 5);
         for run in [
             "mode=a,size=1",
             "mode=a,size=2",

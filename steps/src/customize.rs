@@ -39,9 +39,11 @@ use crate::package_name::check_packages;
 use crate::qemu_img;
 use crate::secret::{Secret, SecretValue};
 
+mod installed_packages;
 mod rebuild;
 mod root_password;
 
+use installed_packages::InstalledPackages;
 use root_password::RootPassword;
 
 /// Customize an upstream step's system image with virt-customize; the result is a new
@@ -124,6 +126,9 @@ fn tools() -> Vec<Tool> {
         qemu_img::tool(),
     ]
 }
+
+/// The guest's dpkg database, which says what is installed.
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 
 /// What `purge_unattended_upgrades` writes: the recipe's switches, in both files it names.
 const APT_PERIODIC_OFF: &str =
@@ -467,6 +472,12 @@ impl Customize {
         let _ = std::fs::remove_file(&work);
 
         let tree = r.scratch.tree();
+        let status = tree.join(DPKG_STATUS.trim_start_matches('/'));
+        match std::fs::read_to_string(&status) {
+            Ok(text) => self.note_packages(ctx, &text),
+            Err(_) if self.install.is_empty() => {}
+            Err(e) => bail!("cannot read the customized image's {DPKG_STATUS}: {e}"),
+        }
         match &self.root_password {
             None => {}
             Some(Secret::Locked) => root_password::set(&tree, RootPassword::Locked)?,
@@ -499,7 +510,29 @@ impl Customize {
         let out_dir = ctx.out_dir().to_path_buf();
         let out = qemu_img::create_overlay(ctx, &out_dir, QCOW2_IMAGE, upstream)?;
         let upload_dir = ctx.state_dir().join("upload");
-        self.virt_customize(ctx, &out, &upload_dir, self.root_password.as_ref(), true)
+        self.virt_customize(ctx, &out, &upload_dir, self.root_password.as_ref(), true)?;
+        // Reading the dpkg database starts the appliance once more: only when packages changed.
+        if !self.install.is_empty() || !self.uninstall.is_empty() || self.purge_unattended_upgrades
+        {
+            ctx.progress("reading the installed packages");
+            let mut cmd = ctx.command("guestfish");
+            set_libguestfs_env(&mut cmd);
+            cmd.args(["--ro", "--format=qcow2", "-a"]).arg(&out);
+            cmd.args(["-i", "cat", DPKG_STATUS]);
+            let text = ctx.run_capture(cmd).map_err(explain_libguestfs_failure)?;
+            self.note_packages(ctx, &text);
+        }
+        Ok(())
+    }
+
+    /// Record in the lock what the image's dpkg database (`status`, its text) holds:
+    /// `installed`, the `install:` entries with their versions, and `packages`, all of them.
+    fn note_packages(&self, ctx: &mut RunContext, status: &str) {
+        let packages = InstalledPackages::parse(status);
+        if !self.install.is_empty() {
+            ctx.note("installed", &packages.asked_for(&self.install));
+        }
+        ctx.note("packages", &packages.all());
     }
 
     /// The root password's value (a `random` one is kept in the state directory).

@@ -288,7 +288,16 @@ mod tests {
         );
         assert_eq!(boot.output_role("memory.snapshot"), MachineState);
         let timed = parse("boot", "system: base\nicount: 1\naccel: tcg");
-        assert_eq!(timed.output_role("console.log"), Log);
+        assert_eq!(timed.output_role("session.log"), Log);
+        assert_eq!(
+            timed.output_role("console.log"),
+            MachineState,
+            "reads a disk"
+        );
+        let diskless = parse("boot", "kernel: k\ninitrd: i\nicount: 1\naccel: tcg");
+        assert_eq!(diskless.output_role("console.log"), Log);
+        let restored = parse("boot", "from_checkpoint: ready");
+        assert_eq!(restored.output_role("console.log"), Log, "no boot in it");
         let download = parse(
             "download",
             "url: http://example.org/x\nsha256: 0000000000000000000000000000000000000000000000000000000000000000",

@@ -12,6 +12,7 @@
 //! directory (a unix socket path holds 108 bytes), so the link is read with
 //! `readlink`. A slow client is dropped rather than allowed to stall the run.
 
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ impl AttachPoint {
         listener: UnixListener,
         socket: &Path,
         link: &Path,
-        console_input: UnixStream,
+        console_input: File,
         mirrors: Mirrors,
     ) -> anyhow::Result<AttachPoint> {
         listener.set_nonblocking(true)?;
@@ -70,12 +71,7 @@ impl Drop for AttachPoint {
     }
 }
 
-fn serve(
-    listener: UnixListener,
-    console_input: UnixStream,
-    mirrors: Mirrors,
-    stop: Arc<AtomicBool>,
-) {
+fn serve(listener: UnixListener, console_input: File, mirrors: Mirrors, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, _)) => {
@@ -106,7 +102,7 @@ fn serve(
     }
 }
 
-fn forward(mut client: UnixStream, mut console: UnixStream, stop: Arc<AtomicBool>) {
+fn forward(mut client: UnixStream, mut console: File, stop: Arc<AtomicBool>) {
     let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::SeqCst) {
@@ -268,14 +264,15 @@ mod tests {
     fn an_attached_client_sees_the_console_and_types_into_it_until_it_detaches() {
         let dir = crate::boot::machine::SocketDir::new().unwrap();
         let listener = UnixListener::bind(dir.path().join("attach")).unwrap();
-        let (console_qflow, mut console_guest) = UnixStream::pair().unwrap();
+        let (console_qflow, mut console_guest, _printed) =
+            crate::boot::console_pipe::ConsolePipe::pair().unwrap();
         let mirrors: Mirrors = Default::default();
         let link = dir.path().join("console.sock");
         let point = AttachPoint::open(
             listener,
             &dir.path().join("attach"),
             &link,
-            console_qflow,
+            console_qflow.input().unwrap(),
             mirrors.clone(),
         )
         .unwrap();

@@ -3,11 +3,12 @@
 //! The hand recipe writes `qemu-system-x86_64 -smp 1 -m 512 -nographic -hda SYS -hdb DATA
 //! -kernel bzImage -append "root=/dev/sda1 console=ttyS0 nokaslr"`; that prefix is
 //! kept verbatim so a reader can match `qflow plan` against the recipe. After it
-//! come the recipe's other options (`-icount shift=N`, with the guest's clock pinned
-//! by `-rtc base=...,clock=vm`; `-snapshot`; `-plugin path,arg=...`), the
+//! come the recipe's other options (`-icount shift=N`, `sleep=off` without disks, with the
+//! guest's clock pinned by `-rtc base=...,clock=vm`; `-snapshot`; `-plugin path,arg=...`), the
 //! accelerator, then qflow's own control plumbing: the serial
-//! console and the human monitor multiplexed on one unix socket (so QEMU's
-//! Ctrl-A escapes still work on it), QMP on another, `-no-reboot` so that a guest
+//! console and the human monitor multiplexed on one pair of FIFOs (so QEMU's
+//! Ctrl-A escapes still work on it; FIFOs, not a socket: see `console_pipe`), QMP on
+//! a unix socket, `-no-reboot` so that a guest
 //! `reboot -f` ends the run, and `-incoming` when restoring a checkpoint. The user's
 //! `extra_args` come last so they can override anything.
 
@@ -18,6 +19,16 @@ use std::path::PathBuf;
 /// deterministic workload would not give the same console log twice. With
 /// `clock=vm` the clock then advances with the instruction counter.
 pub const ICOUNT_RTC_BASE: &str = "2024-01-01T00:00:00";
+
+/// What `icount` adds after `shift=N` for a guest with no disk. With QEMU's
+/// default `sleep=on` the guest's clock runs at the host's pace while the guest
+/// idles (the BIOS's boot menu waits, the kernel's `hlt`), so two boots diverge in
+/// their first second; `sleep=off` jumps to the next timer instead, and a boot
+/// without input runs the same instructions every time. Not with a disk: a read
+/// completes when the host's I/O thread is done, and while the guest waits for it
+/// `sleep=off` jumps from timer to timer up to the driver's own (ATA's 30 s), so a
+/// slow host makes the guest see lost interrupts and I/O errors.
+pub const ICOUNT_SLEEP: &str = "sleep=off";
 
 /// The QEMU program the boot kind runs.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -67,6 +78,7 @@ pub enum Incoming {
 /// The control sockets qflow talks to QEMU through (QEMU connects to them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlSockets {
+    /// The console's FIFOs without their `.in`/`.out` (QEMU's `-chardev pipe,path=`).
     pub console: PathBuf,
     pub qmp: PathBuf,
 }
@@ -120,7 +132,11 @@ impl QemuCommandLine {
             push(&["-append", append]);
         }
         if let Some(shift) = self.icount {
-            push(&["-icount", &format!("shift={shift}")]);
+            if self.disks.is_empty() {
+                push(&["-icount", &format!("shift={shift},{ICOUNT_SLEEP}")]);
+            } else {
+                push(&["-icount", &format!("shift={shift}")]);
+            }
             push(&["-rtc", &format!("base={ICOUNT_RTC_BASE},clock=vm")]);
         }
         if self.snapshot {
@@ -137,7 +153,7 @@ impl QemuCommandLine {
         }
         if let Some(control) = &self.control {
             let console = format!(
-                "socket,id=console,path={},mux=on",
+                "pipe,id=console,path={},mux=on",
                 escape_option(&control.console.to_string_lossy())
             );
             push(&[
@@ -228,6 +244,18 @@ mod tests {
     }
 
     #[test]
+    fn icount_jumps_idle_time_only_for_a_guest_without_disks() {
+        let mut line = recipe_line();
+        line.icount = Some(1);
+        assert!(
+            line.args().contains(&"shift=1".to_string()),
+            "a disk: sleep=on"
+        );
+        line.disks.clear();
+        assert!(line.args().contains(&"shift=1,sleep=off".to_string()));
+    }
+
+    #[test]
     fn icount_snapshot_plugins_and_control_follow_the_recipe_prefix() {
         let mut line = recipe_line();
         line.icount = Some(1);
@@ -262,7 +290,7 @@ mod tests {
                 "-cpu",
                 "max",
                 "-chardev",
-                "socket,id=console,path=/t/console,mux=on",
+                "pipe,id=console,path=/t/console,mux=on",
                 "-serial",
                 "chardev:console",
                 "-mon",

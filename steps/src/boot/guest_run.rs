@@ -64,6 +64,9 @@ pub struct RunPlan {
     pub marker_seed: String,
     /// The `-cpu` model, if the step chose one (named when a command dies of SIGILL).
     pub cpu: Option<String>,
+    /// The guest's clock counts instructions (`icount`): qflow types only when the
+    /// guest waits for input, so a deterministic run prints the same console.
+    pub icount: bool,
 }
 
 /// The user name and password typed at the guest's getty. The password never
@@ -94,6 +97,8 @@ pub struct CommandRecord {
 
 /// The outputs every run writes, relative to its directory.
 pub const CONSOLE_LOG: &str = "console.log";
+/// The console from qflow's first probe on: the guest's session after its boot.
+pub const SESSION_LOG: &str = "session.log";
 pub const COMMANDS_JSON: &str = "commands.json";
 pub const QEMU_LOG: &str = "qemu.log";
 
@@ -130,8 +135,8 @@ pub fn drive(
     let _attach = match (&plan.attach_link, machine.take_attach()) {
         (Some(link), Some((listener, socket))) => {
             let input = console
-                .try_clone()
-                .context("cannot clone the console socket")?;
+                .input()
+                .context("cannot open the console's input again")?;
             let point = AttachPoint::open(listener, &socket, link, input, mirrors.clone())?;
             let _ = events.send(Event::Line(
                 index,
@@ -141,7 +146,14 @@ pub fn drive(
         }
         _ => None,
     };
-    let mut console = SerialConsole::new(console, sink).with_marker_seed(&plan.marker_seed);
+    let mut session =
+        File::create(plan.dir.join(SESSION_LOG)).context("cannot create session.log")?;
+    let mut console = SerialConsole::new(console, sink)
+        .with_marker_seed(&plan.marker_seed)
+        .paced_by_the_guest(plan.icount)
+        .with_session_sink(Box::new(move |line: &str| {
+            let _ = writeln!(session, "{line}");
+        }));
     console.set_mirrors(mirrors);
     if let Some(login) = &plan.login {
         console.add_secret(&login.password);
@@ -155,10 +167,10 @@ pub fn drive(
         (index, events),
         &progress,
     );
-    console.flush_transcript();
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
+            console.flush_transcript();
             let mut msg = format!("{e:#}");
             // QEMU that ended by itself (a bad option, an unreadable image, a file
             // that is no kernel) closed its sockets: its own error is the headline.
@@ -203,7 +215,8 @@ fn converse(
     } else {
         progress("booting");
     }
-    console.wait_for_shell(deadline)?;
+    // A restored checkpoint sits at its shell's prompt, which it printed before it was saved.
+    console.wait_for_shell(deadline, plan.restore)?;
     let how = if plan.restore { "restored" } else { "booted" };
     let ready = format!(
         "qflow: guest ready after {:.2}s ({how})",
@@ -274,6 +287,9 @@ fn converse(
         console.run("sync", deadline)?;
     }
     if let Some(record) = &plan.checkpoint {
+        // The prompt after the last command belongs in this run's console, not in
+        // the first lines of every run restored from the checkpoint.
+        console.settle_at_prompt(deadline)?;
         progress("saving the checkpoint");
         let size = qmp.save_memory_snapshot(&plan.dir.join(MEMORY_SNAPSHOT), deadline)?;
         record.save(&plan.dir.join(RECORD))?;

@@ -1,11 +1,12 @@
-//! One running QEMU and the two sockets qflow controls it through.
+//! One running QEMU, the console FIFOs and the QMP socket qflow controls it through.
 //!
-//! qflow listens and QEMU connects (the chardevs are socket clients), so no console
-//! byte is lost between QEMU's start and qflow's connect, and a QEMU that dies on a
-//! bad option is noticed at once instead of leaving qflow waiting on a socket. The
-//! sockets live in a short private directory under the system temp dir, because a
-//! unix socket path is limited to 108 bytes and cache paths are long. QEMU's own
-//! stdout and stderr (its warnings, a plugin's output) go to `qemu.log`.
+//! qflow makes the console's FIFOs ([`ConsolePipe`]) and listens on the QMP socket
+//! before QEMU starts, and QEMU opens and connects to them, so no console byte is
+//! lost between QEMU's start and qflow's connect, and a QEMU that dies on a bad
+//! option is noticed at once instead of leaving qflow waiting. They live in a short
+//! private directory under the system temp dir, because a unix socket path is
+//! limited to 108 bytes and cache paths are long. QEMU's own stdout and stderr (its
+//! warnings, a plugin's output) go to `qemu.log`.
 
 use std::fs::File;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,6 +18,7 @@ use qflow_engine::RunContext;
 use qflow_engine::context::{RunningChild, describe_status};
 
 use super::command_line::{ControlSockets, QEMU, QemuCommandLine};
+use super::console_pipe::ConsolePipe;
 
 /// A private directory removed with everything in it when dropped.
 pub struct SocketDir {
@@ -56,7 +58,7 @@ pub struct Machine {
     pub child: RunningChild,
     /// When QEMU was started, for "ready after" figures.
     pub started: Instant,
-    console: UnixListener,
+    console: Option<ConsolePipe>,
     qmp: UnixListener,
     attach: Option<(UnixListener, PathBuf)>,
     log: PathBuf,
@@ -73,14 +75,12 @@ impl Machine {
         log: &Path,
     ) -> anyhow::Result<Machine> {
         let sockets = SocketDir::new()?;
+        let (console, console_path) = ConsolePipe::create(sockets.path())?;
         let control = ControlSockets {
-            console: sockets.path().join("console"),
+            console: console_path,
             qmp: sockets.path().join("qmp"),
         };
-        let console =
-            UnixListener::bind(&control.console).context("cannot listen on the console socket")?;
         let qmp = UnixListener::bind(&control.qmp).context("cannot listen on the QMP socket")?;
-        console.set_nonblocking(true)?;
         qmp.set_nonblocking(true)?;
         let attach_socket = sockets.path().join("attach");
         let attach =
@@ -99,7 +99,7 @@ impl Machine {
         Ok(Machine {
             child,
             started: Instant::now(),
-            console,
+            console: Some(console),
             qmp,
             attach: Some((attach, attach_socket)),
             log: log.to_path_buf(),
@@ -107,30 +107,31 @@ impl Machine {
         })
     }
 
-    /// Accept QEMU's console and QMP connections, waiting at most `timeout`.
-    pub fn connect(&mut self, timeout: Duration) -> anyhow::Result<(UnixStream, UnixStream)> {
+    /// Accept QEMU's QMP connection, waiting at most `timeout`; the console is
+    /// open by then (QEMU opens its chardevs in command-line order, the console's
+    /// before QMP's).
+    pub fn connect(&mut self, timeout: Duration) -> anyhow::Result<(ConsolePipe, UnixStream)> {
         let deadline = Instant::now() + timeout;
-        let mut console = None;
-        let mut qmp = None;
-        while console.is_none() || qmp.is_none() {
-            if console.is_none() {
-                console = accept(&self.console)?;
-            }
-            if qmp.is_none() {
-                qmp = accept(&self.qmp)?;
+        let qmp = loop {
+            if let Some(qmp) = accept(&self.qmp)? {
+                break qmp;
             }
             if let Some(status) = self.child.try_wait()? {
                 bail!(self.exit_message(status));
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "QEMU did not connect to its console within {}s",
+                    "QEMU did not connect to its QMP socket within {}s",
                     timeout.as_secs()
                 );
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok((console.unwrap(), qmp.unwrap()))
+        };
+        let console = self
+            .console
+            .take()
+            .context("the console is connected once")?;
+        Ok((console, qmp))
     }
 
     /// The listener (and its path) a person attaches to the console through.

@@ -11,7 +11,7 @@ use super::checkpoint::{CheckpointRecord, MEMORY_SNAPSHOT};
 use super::command_line::{AccelName, PluginArg, QemuCommandLine};
 use super::fields::{AccelChoice, PluginArgs};
 use super::source::{Source, initrd_in, kernel_in, source};
-use super::{Boot, DEFAULT_APPEND, accel};
+use super::{Boot, DEFAULT_APPEND, accel, minimal_init};
 
 /// A run's machine: its command line, the memory snapshot it restores (from a
 /// checkpoint), and the checkpoint record it saves (`checkpoint: true`).
@@ -82,16 +82,25 @@ impl Boot {
             .as_ref()
             .map(|k| resolve("kernel", k))
             .transpose()?;
-        let initrd = self
-            .initrd
-            .as_ref()
-            .map(|k| resolve("initrd", k))
-            .transpose()?;
-        let append = match (&self.append, &kernel) {
+        // With `init: minimal` the initrd is qflow's initramfs in the step's output
+        // (holding the user's `initrd` first), written by `machine`.
+        let initrd = if self.minimal_init() {
+            Some(minimal_init::INITRAMFS.to_string())
+        } else {
+            self.initrd
+                .as_ref()
+                .map(|k| resolve("initrd", k))
+                .transpose()?
+        };
+        let mut append = match (&self.append, &kernel) {
             (Some(a), _) => Some(a.clone()),
             (None, Some(_)) => Some(DEFAULT_APPEND.to_string()),
             (None, None) => None,
         };
+        if let Some(a) = append.as_mut().filter(|_| self.minimal_init()) {
+            a.push(' ');
+            a.push_str(&minimal_init::append_args());
+        }
         let accel = match self.accel {
             Some(AccelChoice::Kvm) => Some(AccelName::Kvm),
             Some(AccelChoice::Tcg) => Some(AccelName::Tcg),
@@ -147,6 +156,16 @@ impl Boot {
                 Ok(path.to_string_lossy().into_owned())
             };
             let mut line = self.command_line(&mut resolve)?;
+            if self.minimal_init() {
+                let user = self
+                    .initrd
+                    .as_ref()
+                    .map(|i| resolve("initrd", i))
+                    .transpose()?;
+                let initramfs = self.write_initramfs(out_dir, user.as_deref().map(Path::new))?;
+                ctx.log("qflow: init minimal: qflow's initramfs boots the system disk into a root shell");
+                line.initrd = Some(initramfs.to_string_lossy().into_owned());
+            }
             if line.accel.is_none() {
                 let (accel, why) = accel::choose(self.needs_tcg());
                 ctx.log(&format!("qflow: accel auto -> {why}"));

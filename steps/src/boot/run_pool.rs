@@ -19,13 +19,18 @@ use super::{Boot, machine};
 
 impl Boot {
     /// The step's identity for its console markers: its name, the content hash of
-    /// every upstream output it uses (a tree's name) and its commands.
+    /// every upstream output it uses (a tree's name; a checkpoint's by name only)
+    /// and its commands.
     fn marker_seed(&self, ctx: &RunContext) -> String {
         use qflow_engine::Step as _;
         let mut h = blake3::Hasher::new();
         h.update(ctx.step().as_bytes());
         for r in self.references() {
-            let tree = ctx.upstream(&r.step).ok().and_then(|p| p.file_name());
+            // Not a checkpoint's tree: its memory snapshot differs every time it is
+            // saved, and a restored run's markers differ from the checkpoint's by step.
+            let tree = (self.from_checkpoint.as_ref() != Some(&r.step))
+                .then(|| ctx.upstream(&r.step).ok().and_then(|p| p.file_name()))
+                .flatten();
             h.update(b"\0");
             h.update(r.step.as_bytes());
             h.update(b"=");
@@ -106,6 +111,7 @@ impl Boot {
                 timeout,
                 marker_seed,
                 cpu: run_line.cpu.clone(),
+                icount: run_line.icount.is_some(),
             });
             lines.push(run_line);
         }

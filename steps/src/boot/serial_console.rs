@@ -1,7 +1,8 @@
-//! The guest's serial console, driven over a unix socket instead of a terminal.
+//! The guest's serial console, driven over FIFOs ([`ConsolePipe`]) instead of a terminal.
 //!
-//! Input typed before a shell is ready is lost or mangled (the serial line has no flow control before the getty), and output
-//! interleaves with the echo of what was typed, so nothing here trusts a prompt.
+//! Input typed before a shell is ready is lost or mangled (the serial line has no
+//! flow control before the getty), and output interleaves with the echo of what
+//! was typed, so no exchange trusts a prompt to tell where its output is.
 //! Every exchange is framed the way the NixOS test driver frames its commands: the
 //! guest prints a marker that is unique per command (a per-run tag plus a counter;
 //! the tag derives from the run's identity, [`SerialConsole::with_marker_seed`], so
@@ -13,23 +14,53 @@
 //! output is what lies between the begin marker and the end marker, which also
 //! carries `$?`. The next command is typed only after the previous one ended.
 //!
+//! When qflow types is paced by the guest, so that a deterministic guest under
+//! `icount` prints the same console every time: input reaches the guest at a
+//! moment of the host's choosing, and whatever the guest is doing then (booting,
+//! printing its prompt, echoing) takes it in at another instruction each run. So
+//! the first probe waits until the guest has printed something that ends like a
+//! shell prompt (`# `, `$ `) and then fell silent ([`SerialConsole::wait_for_shell`]),
+//! and it turns the terminal's echo off (`stty -echo; echo qf''low-r-ID`): from
+//! then on nothing qflow types is echoed, so the console holds only what the guest
+//! prints, in the order it prints it. Only when no prompt is recognized does qflow
+//! probe on a timer (after 1.5 s of silence; under `icount`, after a minute, so
+//! a slow boot is never interrupted).
+//!
 //! Everything received goes, line by line, to a transcript sink (the step log and
-//! `console.log`) with every registered secret masked; the last lines are kept for
-//! failure messages.
+//! `console.log`) with every registered secret masked, and from the first probe on
+//! to a session sink (`session.log`); the last lines are kept for failure messages.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use regex::bytes::Regex;
 
+use super::console_pipe::ConsolePipe;
+
 /// How many console lines a failure quotes.
 pub const LAST_LINES: usize = 25;
 
-/// How long one "are you there" probe waits before typing another.
+/// How long one "are you there" probe waits before typing another (without `icount`).
 const READY_PROBE: Duration = Duration::from_millis(1500);
+
+/// Under `icount`: how long a probe typed at a prompt waits for its answer before
+/// another is typed.
+const PACED_PROBE: Duration = Duration::from_secs(20);
+
+/// Under `icount`: how long the guest must be silent, with no prompt recognized,
+/// before qflow probes anyway.
+const PACED_SILENCE: Duration = Duration::from_secs(60);
+
+/// How long a guest that printed no prompt after its last command must be silent
+/// before its checkpoint is saved.
+const SETTLE_SILENCE: Duration = Duration::from_secs(3);
+
+/// How long nothing more may arrive after a prompt before qflow types at it.
+const PROMPT_QUIET: Duration = Duration::from_millis(300);
+
+/// Where transcript lines go.
+pub type LineSink = Box<dyn FnMut(&str) + Send>;
 
 /// What one framed command printed and how it exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,18 +71,25 @@ pub struct CommandOutcome {
 
 /// A serial console connection with its transcript.
 pub struct SerialConsole {
-    stream: UnixStream,
+    stream: ConsolePipe,
     /// Received bytes not yet consumed by a wait.
     pending: Vec<u8>,
     /// The incomplete last line of the transcript.
     partial: Vec<u8>,
     recent: VecDeque<String>,
-    transcript: Box<dyn FnMut(&str) + Send>,
+    transcript: LineSink,
     secrets: Vec<String>,
     tag: String,
     counter: u64,
     muted: bool,
     mirrors: Option<super::attach::Mirrors>,
+    /// When the guest last printed anything.
+    last_heard: Instant,
+    /// Type only when the guest waits for input ([`SerialConsole::paced_by_the_guest`]).
+    paced: bool,
+    /// Receives the transcript from the first probe on ([`SerialConsole::with_session_sink`]).
+    session: Option<LineSink>,
+    in_session: bool,
 }
 
 impl SerialConsole {
@@ -65,8 +103,25 @@ impl SerialConsole {
         self
     }
 
-    /// Wrap a connected console socket; `transcript` receives every line, masked.
-    pub fn new(stream: UnixStream, transcript: Box<dyn FnMut(&str) + Send>) -> Self {
+    /// Under `icount`: never type on a timer while a prompt may still come (see
+    /// the module's documentation), so the transcript is the same every run.
+    pub fn paced_by_the_guest(mut self, paced: bool) -> Self {
+        self.paced = paced;
+        self
+    }
+
+    /// Also send the session, the transcript from qflow's first probe on (the
+    /// guest's shell waiting at its prompt, its boot over), to `sink`. Under
+    /// `icount` it repeats even when the boot before it does not (a boot that
+    /// reads a disk waits for the host's reads, which the instruction count does
+    /// not pace).
+    pub fn with_session_sink(mut self, sink: LineSink) -> Self {
+        self.session = Some(sink);
+        self
+    }
+
+    /// Wrap a connected console; `transcript` receives every line, masked.
+    pub fn new(stream: ConsolePipe, transcript: Box<dyn FnMut(&str) + Send>) -> Self {
         SerialConsole {
             stream,
             pending: Vec::new(),
@@ -78,6 +133,10 @@ impl SerialConsole {
             counter: 0,
             muted: false,
             mirrors: None,
+            last_heard: Instant::now(),
+            paced: false,
+            session: None,
+            in_session: false,
         }
     }
 
@@ -128,7 +187,8 @@ impl SerialConsole {
         }
     }
 
-    /// Log in on a getty: user name, then the password (masked everywhere).
+    /// Log in on a getty: user name, then the password (masked everywhere). The
+    /// name is typed once the getty has printed its prompt and fallen silent.
     pub fn login(&mut self, user: &str, password: &str, deadline: Instant) -> anyhow::Result<()> {
         self.add_secret(password);
         self.wait_for(
@@ -136,7 +196,10 @@ impl SerialConsole {
             deadline,
             "the login prompt",
         )?;
+        self.wait_for_quiet(deadline)?;
         self.send_line(user)?;
+        // The password goes at once: `login` gives up after a minute of the guest's
+        // time, which runs ahead while the guest idles under `icount` (`sleep=off`).
         self.wait_for(
             &Regex::new(r"[Pp]assword: ?").unwrap(),
             deadline,
@@ -149,41 +212,114 @@ impl SerialConsole {
         Ok(())
     }
 
-    /// Wait until a shell runs what is typed: type a probe every 1.5 s until one
-    /// answers, then run a framed no-op so every queued probe has been consumed.
-    pub fn wait_for_shell(&mut self, deadline: Instant) -> anyhow::Result<()> {
+    /// Wait until a shell runs what is typed. The first probe (`stty -echo; echo
+    /// qf''low-r-ID`) is typed at the guest's prompt once the guest has fallen silent,
+    /// or at once when `at_prompt` (a restored checkpoint sits at its prompt); another
+    /// is typed when a new prompt shows without the answer, or on a timer (see the
+    /// module's documentation). Then a framed no-op runs, so every queued probe has
+    /// been consumed.
+    pub fn wait_for_shell(&mut self, deadline: Instant, at_prompt: bool) -> anyhow::Result<()> {
         // A login refusal or a kernel panic (a wrong `root=`) ends the wait at once.
+        // The answer counts with its line end, so its line is in the transcript
+        // before anything qflow notes next.
         let answer = Regex::new(&format!(
-            r"qflow-r-{}\d+|(Login incorrect)|(Kernel panic - not syncing[^\r\n]*)\r?\n",
+            r"qflow-r-{}\d+\r?\n|(Login incorrect)|(Kernel panic - not syncing[^\r\n]*)\r?\n",
             self.tag
         ))
         .unwrap();
+        let (silence, retry) = if self.paced {
+            (PACED_SILENCE, PACED_PROBE)
+        } else {
+            (READY_PROBE, READY_PROBE)
+        };
+        // When the last probe was typed, and how much the guest had printed by then.
+        let mut probed: Option<(Instant, usize)> = None;
+        let mut scanned = 0usize;
+        let mut type_now = at_prompt;
         loop {
-            self.counter += 1;
-            self.send_line(&format!("echo qf''low-r-{}{}", self.tag, self.counter))?;
-            let probe_deadline = deadline.min(Instant::now() + READY_PROBE);
-            match self.wait_for(&answer, probe_deadline, "a shell") {
-                Ok(m) if !m.groups[0].is_empty() => {
+            let from = scanned.saturating_sub(256);
+            if let Some(caps) = answer.captures(&self.pending[from..]) {
+                let end = from + caps.get(0).expect("group 0").end();
+                if caps.get(1).is_some() {
                     bail!("the guest refused the login: `Login incorrect`")
                 }
-                Ok(m) if !m.groups[1].is_empty() => {
+                if let Some(m) = caps.get(2) {
                     bail!(
                         "the guest kernel panicked: `{}`",
-                        String::from_utf8_lossy(&m.groups[1])
-                    )
+                        String::from_utf8_lossy(m.as_bytes())
+                    );
                 }
-                Ok(_) => break,
-                Err(e) if Instant::now() >= deadline || !e.to_string().starts_with("timed out") => {
-                    return Err(e.context("no shell answered on the console"));
-                }
-                Err(_) => continue,
+                self.pending.drain(..end);
+                break;
             }
+            scanned = self.pending.len();
+            let now = Instant::now();
+            let quiet = now.saturating_duration_since(self.last_heard);
+            let at_a_prompt = ends_like_a_prompt(&self.pending) && quiet >= PROMPT_QUIET;
+            let due = type_now
+                || match probed {
+                    None => at_a_prompt || quiet >= silence,
+                    Some((at, seen)) => {
+                        (at_a_prompt && self.pending.len() > seen) || now >= at + retry
+                    }
+                };
+            if due {
+                type_now = false;
+                self.in_session = true;
+                self.counter += 1;
+                self.send_line(&format!(
+                    "stty -echo; echo qf''low-r-{}{}",
+                    self.tag, self.counter
+                ))?;
+                probed = Some((Instant::now(), self.pending.len()));
+                continue;
+            }
+            if now >= deadline {
+                bail!("no shell answered on the console: timed out waiting for a shell");
+            }
+            self.fill(deadline.min(now + Duration::from_millis(100)))
+                .context("no shell answered on the console")?;
         }
         let sync = self.run("true", deadline)?;
         if sync.status != 0 {
             bail!("the guest shell cannot run `true` (exit {})", sync.status);
         }
         Ok(())
+    }
+
+    /// Wait until the guest has printed its prompt after the last command and fell
+    /// silent (or, with no prompt recognized, has been silent for a few seconds):
+    /// a checkpoint saved then restores to a guest that has nothing left to print.
+    pub fn settle_at_prompt(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            let now = Instant::now();
+            let quiet = now.saturating_duration_since(self.last_heard);
+            if (ends_like_a_prompt(&self.pending) && quiet >= PROMPT_QUIET)
+                || quiet >= SETTLE_SILENCE
+            {
+                return Ok(());
+            }
+            if now >= deadline {
+                bail!("timed out waiting for the guest's prompt after the last command");
+            }
+            self.fill(deadline.min(now + Duration::from_millis(100)))?;
+        }
+    }
+
+    /// Wait until the guest has printed nothing for a moment: what it prints after
+    /// a prompt (a boot's last messages) comes before what qflow types.
+    fn wait_for_quiet(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            let now = Instant::now();
+            let quiet_at = self.last_heard + PROMPT_QUIET;
+            if now >= quiet_at {
+                return Ok(());
+            }
+            if now >= deadline {
+                bail!("timed out waiting for the guest to fall silent");
+            }
+            self.fill(deadline.min(quiet_at))?;
+        }
     }
 
     /// Run one shell command line in the guest and capture its output and status.
@@ -244,7 +380,17 @@ impl SerialConsole {
     /// Write a line of qflow's own into the transcript (`qflow> TEXT`).
     pub fn note(&mut self, text: &str) {
         let line = format!("qflow> {}", self.mask(text));
-        (self.transcript)(&line);
+        self.write_line(&line);
+    }
+
+    /// One line to the transcript, and to the session once it has begun.
+    fn write_line(&mut self, line: &str) {
+        (self.transcript)(line);
+        if self.in_session
+            && let Some(session) = self.session.as_mut()
+        {
+            session(line);
+        }
     }
 
     /// Read what is available, waiting until `deadline`; false on timeout.
@@ -256,30 +402,26 @@ impl SerialConsole {
         let wait = (deadline - now)
             .min(Duration::from_millis(200))
             .max(Duration::from_millis(1));
-        self.stream.set_read_timeout(Some(wait))?;
         let mut chunk = [0u8; 16384];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => {
+        match self
+            .stream
+            .read_timeout(&mut chunk, wait)
+            .context("cannot read the console")?
+        {
+            Some(0) => {
                 self.flush_transcript();
                 bail!("the console closed: QEMU exited")
             }
-            Ok(n) => {
+            Some(n) => {
                 if let Some(m) = &self.mirrors {
                     super::attach::mirror(m, &chunk[..n]);
                 }
+                self.last_heard = Instant::now();
                 self.pending.extend_from_slice(&chunk[..n]);
                 self.record(&chunk[..n]);
                 Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(Instant::now() < deadline)
-            }
-            Err(e) => Err(e).context("cannot read the console"),
+            None => Ok(Instant::now() < deadline),
         }
     }
 
@@ -297,7 +439,10 @@ impl SerialConsole {
         }
     }
 
-    /// Send the incomplete last line to the transcript (at the end of a run).
+    /// Send the incomplete last line to the transcript (at the end of a failed
+    /// run: the guest's last words). A run that ended well leaves it out: it is
+    /// the guest's prompt after the last command, which may or may not have
+    /// arrived before QEMU ended.
     pub fn flush_transcript(&mut self) {
         if !self.partial.is_empty() {
             let line = String::from_utf8_lossy(&self.partial)
@@ -317,7 +462,7 @@ impl SerialConsole {
             self.recent.pop_front();
         }
         self.recent.push_back(line.clone());
-        (self.transcript)(&line);
+        self.write_line(&line);
     }
 
     fn mask(&self, text: &str) -> String {
@@ -334,6 +479,19 @@ impl SerialConsole {
 pub struct Match {
     pub before: Vec<u8>,
     pub groups: Vec<Vec<u8>>,
+}
+
+/// Whether the guest's last output line ends like a shell's prompt (`# `, `$ `),
+/// terminal escapes (bash's bracketed paste) aside.
+fn ends_like_a_prompt(received: &[u8]) -> bool {
+    let line = match received.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &received[i + 1..],
+        None => received,
+    };
+    static PROMPT: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"[#$] (?:\x1b\[[0-9;?]*[A-Za-z])*\z").expect("a valid pattern")
+    });
+    line.len() <= 512 && PROMPT.is_match(line)
 }
 
 /// The tag of a run with identity `seed`.
@@ -414,6 +572,87 @@ pub fn base64_decode(text: &str) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// Read one line qflow typed.
+    fn typed_line(from: &mut std::fs::File) -> String {
+        let mut typed = Vec::new();
+        let mut byte = [0u8; 1];
+        while !typed.ends_with(b"\n") {
+            from.read_exact(&mut byte).unwrap();
+            typed.push(byte[0]);
+        }
+        String::from_utf8(typed).unwrap()
+    }
+
+    #[test]
+    fn under_icount_nothing_is_typed_until_the_guest_prints_its_prompt() {
+        let (ours, mut typed, mut guest) = ConsolePipe::pair().unwrap();
+        let mut console = SerialConsole::new(ours, Box::new(|_| {}))
+            .with_marker_seed("a boot")
+            .paced_by_the_guest(true);
+        let tag = marker_tag("a boot");
+        let guest_tag = tag.clone();
+        let guest_side = std::thread::spawn(move || {
+            let tag = guest_tag;
+            guest.write_all(b"Booting the kernel...\r\n").unwrap();
+            // Longer than the probe period without icount: still nothing typed.
+            std::thread::sleep(READY_PROBE + Duration::from_millis(700));
+            let mut nothing = [0u8; 64];
+            // SAFETY: O_NONBLOCK on a pipe end this test owns.
+            unsafe {
+                use std::os::fd::AsRawFd;
+                libc::fcntl(typed.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+            }
+            let early = typed.read(&mut nothing);
+            assert!(
+                matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "typed before the prompt: {early:?}"
+            );
+            unsafe {
+                use std::os::fd::AsRawFd;
+                libc::fcntl(typed.as_raw_fd(), libc::F_SETFL, 0);
+            }
+            guest.write_all(b"\x1b[?2004hroot@guest:~# ").unwrap();
+            let probe = typed_line(&mut typed);
+            guest
+                .write_all(
+                    format!("{}\r\nqflow-r-{tag}1\r\nroot@guest:~# ", probe.trim_end()).as_bytes(),
+                )
+                .unwrap();
+            let sync = typed_line(&mut typed);
+            let id = sync
+                .split("qf''low-b-")
+                .nth(1)
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string();
+            guest
+                .write_all(format!("qflow-b-{id}\r\nqflow-e-{id}-0\r\nroot@guest:~# ").as_bytes())
+                .unwrap();
+            probe
+        });
+        console
+            .wait_for_shell(Instant::now() + Duration::from_secs(20), false)
+            .unwrap();
+        let probe = guest_side.join().unwrap();
+        assert_eq!(
+            probe,
+            format!("stty -echo; echo qf''low-r-{tag}1\n"),
+            "one probe, echo off first"
+        );
+    }
+
+    #[test]
+    fn a_prompt_is_told_from_a_line_of_boot_messages() {
+        assert!(ends_like_a_prompt(b"boot\r\nroot@guest:~# "));
+        assert!(ends_like_a_prompt(b"~ $ \x1b[?2004h"));
+        assert!(ends_like_a_prompt(b"/ # "));
+        assert!(!ends_like_a_prompt(b"root@guest:~# \r\n[  OK  ] Started"));
+        assert!(!ends_like_a_prompt(b"guest login: "));
+    }
 
     #[test]
     fn markers_follow_the_runs_identity_not_the_clock() {
@@ -435,7 +674,7 @@ mod tests {
 
     #[test]
     fn a_framed_command_is_parsed_from_interleaved_console_output() {
-        let (ours, mut guest) = UnixStream::pair().unwrap();
+        let (ours, mut typed_by_qflow, mut guest) = ConsolePipe::pair().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let sink = lines.clone();
         let mut console = SerialConsole::new(
@@ -447,7 +686,7 @@ mod tests {
             let mut typed = Vec::new();
             let mut byte = [0u8; 1];
             while !typed.ends_with(b"\n") {
-                guest.read_exact(&mut byte).unwrap();
+                typed_by_qflow.read_exact(&mut byte).unwrap();
                 typed.push(byte[0]);
             }
             let typed = String::from_utf8(typed).unwrap();
@@ -492,7 +731,7 @@ mod tests {
 
     #[test]
     fn waiting_for_silence_times_out() {
-        let (ours, _guest) = UnixStream::pair().unwrap();
+        let (ours, _typed, _guest) = ConsolePipe::pair().unwrap();
         let mut console = SerialConsole::new(ours, Box::new(|_| {}));
         let start = Instant::now();
         let err = console.wait_for(
