@@ -117,7 +117,7 @@ fn kill_9_of_qflow_mid_step_then_apply_stops_what_it_left_and_gives_the_right_re
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    // The sleeping grandchild outlives qflow: only its parent got PDEATHSIG.
+    // The step's shell and its sleeping child outlive qflow: nothing dies with it.
     assert!(
         !processes_with(&format!("sleep {tag}")).is_empty(),
         "the grandchild should still be running here"
@@ -134,7 +134,9 @@ fn kill_9_of_qflow_mid_step_then_apply_stops_what_it_left_and_gives_the_right_re
     assert_eq!(s.read("out/after/copy"), "done\n");
     assert!(
         run.stderr
-            .contains("stopped 1 processes left behind by an interrupted run of slow: sleep ("),
+            .contains("stopped 2 processes left behind by an interrupted run of slow: ")
+            && run.stderr.contains("sh (")
+            && run.stderr.contains("sleep ("),
         "{}",
         run.stderr
     );

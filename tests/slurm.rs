@@ -84,6 +84,7 @@ fn describe_command(space: &Space, run: &[&str], outputs: &[&str], jobs: usize) 
     StepDescription {
         version: qflow_engine::slurm::step_description::DESCRIPTION_VERSION,
         job: StepJob {
+            shared_slots: None,
             step: "hello".into(),
             kind: "command".into(),
             fields: serde_yaml::to_value(&fields).unwrap(),

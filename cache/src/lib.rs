@@ -31,7 +31,7 @@ pub mod remote;
 mod tree;
 mod tree_stamp;
 
-pub use atomic::{fsync_dir, remove_dir_force, write_atomic};
+pub use atomic::{fsync_dir, remove_dir_force, write_atomic, write_replace};
 pub use cache::{CACHE_VERSION, Cache};
 pub use dir_handle::DirHandle;
 pub use gc::{GcStats, STALE_TMP_AGE};

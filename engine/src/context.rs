@@ -55,6 +55,8 @@ pub struct RunContext {
     notes: BTreeMap<String, String>,
     /// Marks every process of this run of the step (see `leftovers.rs`).
     run_token: Option<String>,
+    /// `MAKEFLAGS` of the run's shared jobserver (see `job_slots.rs`).
+    shared_slots: Option<String>,
 }
 
 impl RunContext {
@@ -101,6 +103,7 @@ impl RunContext {
             make_one_slot: with_jobserver && jobs <= 1,
             notes: BTreeMap::new(),
             run_token: None,
+            shared_slots: None,
         })
     }
 
@@ -220,6 +223,17 @@ impl RunContext {
         &self.notes
     }
 
+    /// Let the step's make share the run's slots through the run's jobserver,
+    /// named by `makeflags` (see `job_slots.rs`), instead of a jobserver of its own.
+    pub fn with_shared_slots(mut self, makeflags: Option<String>) -> Self {
+        if makeflags.is_some() {
+            self.jobserver = None;
+            self.make_one_slot = false;
+            self.shared_slots = makeflags;
+        }
+        self
+    }
+
     /// A command for `program`: runs in the workflow directory with the step's
     /// `env:` and `QFLOW_OUT`, and with the jobserver when the step uses it.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -236,6 +250,11 @@ impl RunContext {
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(flags) = &self.shared_slots {
+            for k in ["MAKEFLAGS", "MFLAGS", "CARGO_MAKEFLAGS"] {
+                cmd.env(k, flags);
+            }
         }
         if let Some(js) = &self.jobserver {
             // MAKEFLAGS carries the jobserver; a make started without -j uses it.

@@ -1,10 +1,10 @@
 //! Processes a killed qflow left behind, found and stopped by the next apply.
 //!
-//! qflow's direct children die with it (`PR_SET_PDEATHSIG`), and Ctrl-C kills
-//! each step's whole process group. But after `kill -9` of qflow, or a power
-//! cut of its terminal, their own children (a compiler under make, QEMU under a
-//! shell, a guest tool under virt-customize) live on, still writing into a
-//! build tree or holding an image. So every process a step starts carries
+//! Ctrl-C kills each step's whole process group and cgroup. But after `kill -9`
+//! of qflow, or a power cut of its terminal, the programs its steps started and
+//! their own children (a compiler under make, QEMU under a shell, a guest tool
+//! under virt-customize) live on, still writing into a build tree or holding an
+//! image. So every process a step starts carries
 //! [`TOKEN_VAR`] in its environment, a value unique to that run of that step,
 //! also written in the step's started mark. The next apply on the cache, once
 //! it holds the cache lock (so no live run owns a mark), reads the marks, finds
@@ -54,7 +54,7 @@ pub fn kill_holders(tokens: &[&str]) -> Vec<(i32, String)> {
         .flat_map(|t| crate::cgroup::kill_leftover(t))
         .collect();
     for _ in 0..5 {
-        let found = signal_matching(tokens, &[], libc::SIGKILL);
+        let found = signal_matching(tokens, libc::SIGKILL);
         if found.is_empty() {
             break;
         }
@@ -65,9 +65,8 @@ pub fn kill_holders(tokens: &[&str]) -> Vec<(i32, String)> {
 }
 
 /// Send `signal` (0: only look) to every live process whose environment holds
-/// one of `tokens` or whose session is one of `sessions`. Returns (pid,
-/// program name) of each one signalled.
-pub fn signal_matching(tokens: &[&str], sessions: &[i32], signal: i32) -> Vec<(i32, String)> {
+/// one of `tokens`. Returns (pid, program name) of each one signalled.
+pub fn signal_matching(tokens: &[&str], signal: i32) -> Vec<(i32, String)> {
     // A blank token would match every process that has the variable at all.
     let needles: Vec<Vec<u8>> = tokens
         .iter()
@@ -76,6 +75,9 @@ pub fn signal_matching(tokens: &[&str], sessions: &[i32], signal: i32) -> Vec<(i
         .collect();
     let me = std::process::id() as i32;
     let mut hit = Vec::new();
+    if needles.is_empty() {
+        return hit;
+    }
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return hit;
     };
@@ -90,27 +92,12 @@ pub fn signal_matching(tokens: &[&str], sessions: &[i32], signal: i32) -> Vec<(i
         if pid == me {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // After the command's closing parenthesis: state, ppid, pgrp, session.
-        let fields: Vec<&str> = stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.split_whitespace().take(4).collect())
-            .unwrap_or_default();
-        if fields.len() < 4 || fields[0] == "Z" || fields[0] == "X" {
-            continue;
-        }
-        let in_session = fields[3]
-            .parse::<i32>()
-            .is_ok_and(|sid| sessions.contains(&sid));
-        let matches = in_session
-            || (!needles.is_empty()
-                && std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
-                    environ
-                        .split(|b| *b == 0)
-                        .any(|var| needles.iter().any(|n| var == n.as_slice()))
-                }));
+        // A zombie's environment reads empty: it never matches.
+        let matches = std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
+            environ
+                .split(|b| *b == 0)
+                .any(|var| needles.iter().any(|n| var == n.as_slice()))
+        });
         if matches {
             let name = std::fs::read_to_string(entry.path().join("comm"))
                 .map(|c| c.trim().to_string())

@@ -48,6 +48,7 @@ pub mod input_entry;
 pub mod input_stamp;
 pub mod inputs;
 pub mod interpolate;
+pub mod job_slots;
 pub mod leftovers;
 pub mod lockfile;
 pub mod masking;

@@ -8,6 +8,14 @@
 //! it byte-identical. Secrets never enter it: `${{ env.X }}` values and a kind's
 //! extra key material appear only as blake3 digests.
 //!
+//! A run that changes a few steps of a large lock neither parses nor
+//! re-serializes the rest: [`LockText`] finds each step's entry in the bytes
+//! qflow wrote (one entry per line block at a fixed indentation), parses only
+//! the entries asked for, and writes the new lock by splicing the changed
+//! entries' text between the unchanged bytes: the same bytes the full writer
+//! makes. A lock not laid out as qflow writes it (edited by hand) is parsed
+//! and written in full.
+//!
 //! Imports nothing of the engine.
 
 use std::borrow::Cow;
@@ -97,6 +105,120 @@ impl LockFile {
             return Ok(());
         }
         qflow_cache::write_atomic(path, text.as_bytes())
+    }
+}
+
+/// A lock file's bytes as qflow wrote them, with where each step's entry is.
+#[derive(Debug, Clone)]
+pub struct LockText {
+    bytes: Vec<u8>,
+    /// Per step, in the file's (sorted) order: its name and the byte range of its
+    /// entry, from the indentation before its quoted name to its closing brace.
+    entries: Vec<(String, std::ops::Range<usize>)>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Indentation of a step's name in a lock qflow wrote.
+const ENTRY_INDENT: &str = "    ";
+
+impl LockText {
+    /// Find the step entries of `bytes` if they are laid out as [`LockFile::write`]
+    /// writes them and name exactly the steps of `index` (the bytes' index, so
+    /// known to parse); `None` otherwise.
+    pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Option<LockText> {
+        let text = std::str::from_utf8(&bytes).ok()?;
+        let head = Self::head(index.version, &index.workflow);
+        let body = text.strip_prefix(head.as_str())?;
+        let body = body.strip_suffix("\n  }\n}\n")?;
+        let base = head.len();
+        let mut entries = Vec::with_capacity(index.steps.len());
+        let mut at = 0;
+        while at < body.len() {
+            // `    "name": {` ... `    }` then `,\n` or the end.
+            let line_end = body[at..].find('\n').map_or(body.len(), |e| at + e);
+            let line = &body[at..line_end];
+            let quoted = line.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
+            let name: String = serde_json::from_str(quoted).ok()?;
+            let close = format!("\n{ENTRY_INDENT}}}");
+            let end = body[line_end..].find(&close)? + line_end + close.len();
+            if !index.steps.contains_key(&name) {
+                return None;
+            }
+            entries.push((name, base + at..base + end));
+            at = match body[end..].strip_prefix(",\n") {
+                Some(_) => end + 2,
+                None if end == body.len() => end,
+                None => return None,
+            };
+        }
+        if entries.len() != index.steps.len() || entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return None;
+        }
+        let by_name = (entries.iter().enumerate())
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        Some(LockText {
+            bytes,
+            entries,
+            by_name,
+        })
+    }
+
+    fn head(version: u32, workflow: &str) -> String {
+        let workflow = serde_json::to_string(workflow).unwrap_or_default();
+        format!("{{\n  \"version\": {version},\n  \"workflow\": {workflow},\n  \"steps\": {{\n")
+    }
+
+    /// Step `name`'s entry, parsed alone.
+    pub fn entry(&self, name: &str) -> Option<LockedStep> {
+        let range = self.entries[*self.by_name.get(name)?].1.clone();
+        let text = std::str::from_utf8(&self.bytes[range]).ok()?;
+        let (_, value) = text.split_once(": ")?;
+        serde_json::from_str(value).ok()
+    }
+
+    /// The text [`LockFile::write`] would write for this lock with the steps
+    /// `keep` rejects removed and `changes` put in, made of the unchanged
+    /// entries' bytes and the changed ones' text; `None` when no step is left
+    /// (the full writer handles that).
+    pub fn splice(
+        &self,
+        version: u32,
+        workflow: &str,
+        keep: impl Fn(&str) -> bool,
+        changes: &BTreeMap<String, LockedStep>,
+    ) -> anyhow::Result<Option<String>> {
+        let mut names: Vec<&str> = (self.entries.iter())
+            .map(|(n, _)| n.as_str())
+            .filter(|n| keep(n) && !changes.contains_key(*n))
+            .chain(changes.keys().map(String::as_str))
+            .collect();
+        if names.is_empty() {
+            return Ok(None);
+        }
+        names.sort_unstable();
+        let mut out = String::with_capacity(self.bytes.len() + changes.len() * 1024);
+        out.push_str(&Self::head(version, workflow));
+        for (i, name) in names.into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(",\n");
+            }
+            match changes.get(name) {
+                Some(entry) => {
+                    out.push_str(ENTRY_INDENT);
+                    out.push_str(&serde_json::to_string(name)?);
+                    out.push_str(": ");
+                    let text = serde_json::to_string_pretty(entry)?;
+                    out.push_str(&text.replace('\n', &format!("\n{ENTRY_INDENT}")));
+                }
+                None => {
+                    let range = self.entries[self.by_name[name]].1.clone();
+                    out.push_str(std::str::from_utf8(&self.bytes[range])?);
+                }
+            }
+        }
+        out.push_str("\n  }\n}\n");
+        Ok(Some(out))
     }
 }
 
@@ -328,6 +450,52 @@ mod tests {
             let full = LockFile::parse(v.as_bytes());
             assert_eq!(LockIndex::parse(v.as_bytes()), LockIndex::of(&full), "{v}");
         }
+    }
+
+    #[test]
+    fn a_spliced_lock_is_byte_for_byte_the_lock_written_in_full() {
+        let entry = |key: &str, n: u32| LockedStep {
+            kind: "command".into(),
+            schema_version: 1,
+            key: key.into(),
+            fields: serde_json::json!({"run": ["sh", "-c", "echo \"}\n\""], "n": n, "o": {}}),
+            inputs: [("in \"x\"".to_string(), format!("d{n}"))].into(),
+            output: format!("o{n}"),
+            outputs: [("a/b".to_string(), "h".to_string())].into(),
+            ..Default::default()
+        };
+        let mut lock = LockFile {
+            version: LOCK_VERSION,
+            workflow: "de\"mo".into(),
+            ..Default::default()
+        };
+        for (i, name) in ["a", "b \"quoted\"", "c", "d"].iter().enumerate() {
+            lock.steps.insert(name.to_string(), entry("k", i as u32));
+        }
+        let dir = std::env::temp_dir().join(format!("qflow-lock-splice-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qflow.lock");
+        lock.write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let index = LockIndex::parse(&bytes);
+        let text = LockText::split(bytes.clone(), &index).expect("qflow's own layout");
+        assert_eq!(text.entry("b \"quoted\""), Some(entry("k", 1)));
+        let changes: BTreeMap<String, LockedStep> = [
+            ("c".to_string(), entry("k2", 7)),
+            ("bb".to_string(), entry("k3", 8)),
+        ]
+        .into();
+        let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &changes))
+            .unwrap()
+            .unwrap();
+        lock.steps.remove("d");
+        lock.steps.extend(changes);
+        lock.write(&path).unwrap();
+        assert_eq!(spliced, std::fs::read_to_string(&path).unwrap());
+        // Hand-edited (compact) JSON is not split: it is parsed and written in full.
+        let compact = serde_json::to_vec(&lock).unwrap();
+        assert!(LockText::split(compact.clone(), &LockIndex::parse(&compact)).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,6 +1,19 @@
 //! The programs a step runs: each in a process group of its own, registered
 //! so a cancel kills the whole tree, marked so the next apply finds what a
-//! killed qflow left behind, and dying with the thread that started it.
+//! killed qflow left behind.
+//!
+//! A program of a step without a cgroup is started without `fork`: no hook
+//! runs between fork and exec, so the standard library starts it with
+//! `posix_spawn` (a `vfork`, whose cost does not grow with qflow's memory as a
+//! `fork` of a run of 50,000 steps does); its process group is a spawn
+//! attribute. A step with a cgroup (`cgroup.rs`) still needs the one hook
+//! that writes `0` to the cgroup before `exec`: joining after the spawn
+//! returns would let a shell that backgrounds `setsid env -i …` and exits at
+//! once leave that child outside, beyond the reach of both cgroup and token.
+//! No program gets a death signal: the end of the step kills its cgroup and
+//! groups, an exit on a second Ctrl-C kills every step's
+//! ([`kill_every_step`]), and after a `kill -9` of qflow the next apply finds
+//! its programs by their cgroup or token (`leftovers.rs`).
 //!
 //! [`run_to_end`] runs one program to completion, streaming its output line by
 //! line to the step log and a callback, and fails quoting its last lines;
@@ -29,15 +42,13 @@ const TAIL_LINES: usize = 20;
 pub const GRACE: Duration = Duration::from_secs(2);
 
 /// Every process a step has running, so a cancel can stop them all: the
-/// process group and session of each program it started (each starts a
-/// session of its own), its run token (see `leftovers.rs`) and, where the host
-/// allows it, its cgroup (see `cgroup.rs`), which catches the ones that left
-/// both (`setsid`, then `env -i`).
+/// process group of each program it started (each starts a group of its own),
+/// its run token (see `leftovers.rs`) and, where the host allows it, its
+/// cgroup (see `cgroup.rs`), which catches the ones that left both (`setsid`,
+/// then `env -i`).
 #[derive(Default, Clone)]
 pub struct ProcessGroups {
     inner: Arc<Mutex<HashSet<i32>>>,
-    /// Every session started, kept after its leader ended.
-    sessions: Arc<Mutex<HashSet<i32>>>,
     cancelled: Arc<AtomicBool>,
     contained: Arc<OnceLock<(String, Option<StepCgroup>)>>,
     reaper: Arc<Mutex<Option<JoinHandle<bool>>>>,
@@ -61,9 +72,10 @@ impl ProcessGroups {
     /// Put every program started from now on in a cgroup of the step run
     /// `token`, where the host allows it. Returns whether it does.
     pub fn contain(&self, token: &str) -> bool {
-        let (_, cgroup) = self
-            .contained
-            .get_or_init(|| (token.to_string(), StepCgroup::create(token)));
+        let (_, cgroup) = self.contained.get_or_init(|| {
+            live_steps().lock().unwrap().push(self.clone());
+            (token.to_string(), StepCgroup::create(token))
+        });
         cgroup.is_some()
     }
 
@@ -81,7 +93,6 @@ impl ProcessGroups {
 
     fn add(&self, pgid: i32) {
         self.inner.lock().unwrap().insert(pgid);
-        self.sessions.lock().unwrap().insert(pgid);
     }
 
     fn remove(&self, pgid: i32) {
@@ -123,15 +134,32 @@ impl ProcessGroups {
     }
 
     /// The step is over: wait for a cancel's grace period to end, then kill
-    /// whatever the step left running (its cgroup, its sessions, its token)
+    /// whatever the step left running (its cgroup, its groups, its token)
     /// and remove its cgroup. Says whether anything needed SIGKILL during a cancel.
+    ///
+    /// With a cgroup, the cgroup holds every process the step left (`cgroup.kill`
+    /// reaches them all), so `/proc` is not scanned for the token: a scan reads
+    /// two files of every process on the host, which at thousands of short
+    /// steps would cost more than the steps.
     pub fn finish(&self) -> Ended {
         let reaper = self.reaper.lock().unwrap().take();
         let killed = reaper.is_some_and(|r| r.join().unwrap_or(true));
-        self.signal_all(libc::SIGKILL);
-        if let Some(cgroup) = self.cgroup() {
-            cgroup.kill_and_remove();
+        let groups: Vec<i32> = self.inner.lock().unwrap().drain().collect();
+        for pgid in groups {
+            signal_group(pgid, libc::SIGKILL);
         }
+        match self.cgroup() {
+            Some(cgroup) => cgroup.kill_and_remove(),
+            None => {
+                if let Some(token) = self.token() {
+                    crate::leftovers::signal_matching(&[token], libc::SIGKILL);
+                }
+            }
+        }
+        live_steps()
+            .lock()
+            .unwrap()
+            .retain(|g| !Arc::ptr_eq(&g.inner, &self.inner));
         if killed {
             Ended::Killed
         } else {
@@ -147,20 +175,51 @@ impl ProcessGroups {
         if let Some(cgroup) = self.cgroup() {
             cgroup.signal(signal);
         }
-        let sessions: Vec<i32> = self.sessions.lock().unwrap().iter().copied().collect();
-        let tokens: Vec<&str> = self.token().into_iter().collect();
-        if !sessions.is_empty() || !tokens.is_empty() {
-            crate::leftovers::signal_matching(&tokens, &sessions, signal);
+        if let Some(token) = self.token() {
+            crate::leftovers::signal_matching(&[token], signal);
         }
     }
 
     fn any_left(&self) -> bool {
-        if let Some(cgroup) = self.cgroup() {
-            return !cgroup.is_empty();
+        let in_groups = self.inner.lock().unwrap().iter().any(|&pgid| {
+            // SAFETY: kill(2) with signal 0 only checks that the group exists.
+            unsafe { libc::kill(-pgid, 0) == 0 }
+        });
+        if in_groups || self.cgroup().is_some_and(|c| !c.is_empty()) {
+            return true;
         }
-        let sessions: Vec<i32> = self.sessions.lock().unwrap().iter().copied().collect();
-        let tokens: Vec<&str> = self.token().into_iter().collect();
-        !crate::leftovers::signal_matching(&tokens, &sessions, 0).is_empty()
+        (self.token()).is_some_and(|t| !crate::leftovers::signal_matching(&[t], 0).is_empty())
+    }
+}
+
+/// The process groups of every step now running in this qflow, for [`kill_every_step`].
+fn live_steps() -> &'static Mutex<Vec<ProcessGroups>> {
+    static LIVE: OnceLock<Mutex<Vec<ProcessGroups>>> = OnceLock::new();
+    LIVE.get_or_init(Mutex::default)
+}
+
+/// qflow exits at once (a second Ctrl-C): SIGKILL every process of every running
+/// step, their cgroups included, so none outlives it. (A `kill -9` of qflow leaves
+/// them to the next apply, `leftovers.rs`.)
+pub fn kill_every_step() {
+    let live: Vec<ProcessGroups> = live_steps()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for g in live {
+        let groups: Vec<i32> = g
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        for pgid in groups {
+            signal_group(pgid, libc::SIGKILL);
+        }
+        if let Some(cgroup) = g.cgroup() {
+            cgroup.kill_and_remove();
+        }
     }
 }
 
@@ -255,8 +314,12 @@ fn start(
         groups.contain(token);
         cmd.env(crate::leftovers::TOKEN_VAR, token);
     }
-    let cgroup_fd = groups.cgroup().map(StepCgroup::procs_fd);
-    prepare_child(&mut cmd, cgroup_fd);
+    // A group of its own: a spawn attribute, so without a cgroup no hook runs
+    // between fork and exec.
+    cmd.process_group(0);
+    if let Some(cgroup) = groups.cgroup() {
+        join_before_exec(&mut cmd, cgroup.procs_fd());
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
@@ -449,22 +512,13 @@ fn poll_streams(streams: &mut [Stream], lines: &mut Vec<(usize, Vec<u8>)>) -> st
     Ok(())
 }
 
-/// Prepare a child before it runs its program: a session of its own, SIGKILL
-/// if the qflow thread that started it dies (kill -9 of qflow; its own
-/// children are found by their cgroup or run token, `leftovers.rs`), and
-/// membership of the step's cgroup through `cgroup_fd`, so that even its first
-/// instruction runs inside it.
-fn prepare_child(cmd: &mut Command, cgroup_fd: Option<RawFd>) {
-    // SAFETY: setsid, prctl and write are async-signal-safe; the closure allocates nothing.
+/// Make the child join the step's cgroup through `procs_fd` before it runs its
+/// program, so that even its first instruction runs inside.
+fn join_before_exec(cmd: &mut Command, procs_fd: RawFd) {
+    // SAFETY: write(2) is async-signal-safe; the closure allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if let Some(fd) = cgroup_fd
-                && libc::write(fd, b"0".as_ptr().cast(), 1) < 0
-            {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -35,7 +35,8 @@ use qflow_cache::{CacheProbe, Hash, Record, TempTree};
 use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
-use crate::lockfile::{LockFile, LockedStep};
+use crate::job_slots::JobSlots;
+use crate::lockfile::LockedStep;
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::recorder::Recording;
@@ -46,6 +47,11 @@ use crate::step_key::KeyMaterial;
 
 /// The live run record is written at most this often (and at the end).
 const LIVE_RECORD_EVERY: Duration = Duration::from_millis(250);
+
+/// ... and at most this share of the run's time goes to writing it: a record of
+/// 50,000 steps is megabytes of JSON, and rewriting it every 250 ms would make a
+/// run's cost grow with the square of its steps.
+const LIVE_RECORD_SHARE: u32 = 20;
 
 /// What wakes the run loop.
 pub enum Event {
@@ -145,7 +151,8 @@ pub struct Run<'a> {
     runs_dir: PathBuf,
     started: Instant,
     live_dirty: bool,
-    live_written: Option<Instant>,
+    /// When the live record was last written, and how long that took.
+    live_written: Option<(Instant, Duration)>,
     /// Per step: `--force` runs it whatever its record says.
     forced: Vec<bool>,
     /// Per step: whether the remote cache is asked for it, and whether it is uploaded.
@@ -160,6 +167,16 @@ pub struct Run<'a> {
     prefetched: HashMap<StepId, Option<Hit>>,
     /// Whether the schedule got each step's expected duration yet.
     weighed: bool,
+    /// The run's slots as a jobserver, when a step's make shares them (`job_slots.rs`).
+    job_slots: Option<JobSlots>,
+    /// This host's slots (`--jobs`): the jobserver's tokens.
+    local_slots: usize,
+    /// Per step: it runs on this host, so it takes tokens to start.
+    takes_tokens: Vec<bool>,
+    /// Per step: its make shares the run's slots.
+    sharing: Vec<bool>,
+    /// Sharing steps now running.
+    sharing_running: usize,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -216,7 +233,79 @@ impl<'a> Run<'a> {
             left: HashMap::new(),
             prefetched: HashMap::new(),
             weighed: false,
+            job_slots: None,
+            local_slots: slots,
+            takes_tokens: vec![false; n],
+            sharing: vec![false; n],
+            sharing_running: 0,
             parts,
+        }
+    }
+
+    /// Let the make of each step on this host (`local`) whose kind allows it, that
+    /// has no `jobs:` and whose kind would take every slot anyway share this
+    /// host's `jobs` slots through one jobserver
+    /// (`job_slots.rs`): such a step takes one slot to start. `wake` is called
+    /// when a token the run waited for came back.
+    pub fn share_slots(
+        &mut self,
+        local: Vec<bool>,
+        jobs: usize,
+        wake: impl Fn() + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let steps = &self.parts.session.workflow.steps;
+        let sharing: Vec<bool> = (steps.iter().zip(&local))
+            .map(|(s, &here)| {
+                // A kind asking for fewer slots than the run has (memory) keeps its cap.
+                here && s.jobs.is_none()
+                    && s.step.shares_run_slots()
+                    && s.step.default_jobs() >= jobs
+            })
+            .collect();
+        if !sharing.contains(&true) {
+            return Ok(());
+        }
+        for (i, _) in sharing.iter().enumerate().filter(|(_, s)| **s) {
+            self.schedule.set_width(StepId(i), 1);
+        }
+        self.job_slots = Some(
+            JobSlots::new(jobs, wake)
+                .map_err(|e| anyhow!("cannot create the run's make jobserver: {e}"))?,
+        );
+        self.local_slots = jobs.max(1);
+        self.takes_tokens = local;
+        self.sharing = sharing;
+        Ok(())
+    }
+
+    /// Tokens step `id` takes from the run's jobserver to start.
+    fn tokens(&self, id: StepId) -> usize {
+        if self.takes_tokens[id.index()] {
+            self.schedule.width(id).min(self.local_slots)
+        } else {
+            0
+        }
+    }
+
+    /// Step `id` stops holding its slots (it is no longer running): its tokens go
+    /// back to the jobserver. Call before its state changes.
+    fn leave_running(&mut self, id: StepId) {
+        if self.schedule.state(id) != StepState::Running {
+            return;
+        }
+        let tokens = self.tokens(id);
+        let Some(slots) = &self.job_slots else { return };
+        slots.give(tokens);
+        if self.sharing[id.index()] {
+            self.sharing_running -= 1;
+            if self.sharing_running == 0 {
+                let held: usize = (0..self.sharing.len())
+                    .map(StepId)
+                    .filter(|&s| s != id && self.schedule.state(s) == StepState::Running)
+                    .map(|s| self.tokens(s))
+                    .sum();
+                slots.top_up(self.local_slots.saturating_sub(held));
+            }
         }
     }
 
@@ -403,11 +492,11 @@ impl<'a> Run<'a> {
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &material, rec);
-            note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
+            note_lock_change(&mut self.lock_changes, session, &s.name, entry);
         }
         if let Hit::Left(rr) = &hit {
             let entry = session.locked_step(id.index(), &material, &rr.record);
-            note_lock_change(&mut self.lock_changes, session.lock(), &s.name, entry);
+            note_lock_change(&mut self.lock_changes, session, &s.name, entry);
         }
         let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
         let left = matches!(hit, Hit::Left(_));
@@ -599,8 +688,24 @@ impl<'a> Run<'a> {
         if !self.weighed && self.schedule.count(StepState::Ready) > 0 {
             self.weigh();
         }
+        let mut short = false;
         for id in self.schedule.startable() {
+            if let Some(slots) = &self.job_slots
+                && !slots.take(self.tokens(id))
+            {
+                // A make holds them: the jobserver wakes the run when one comes back.
+                short = true;
+                break;
+            }
+            if self.sharing[id.index()] {
+                self.sharing_running += 1;
+            }
             self.start(id, executor);
+        }
+        if let Some(slots) = &self.job_slots
+            && !short
+        {
+            slots.release_idle();
         }
     }
 
@@ -610,7 +715,7 @@ impl<'a> Run<'a> {
     /// guess. Steps already done weigh nothing.
     fn weigh(&mut self) {
         let session = self.parts.session;
-        let lock = session.lock();
+        let lock = session.lock_index();
         let mut previous = vec![false; session.workflow.steps.len()];
         let expected: Vec<u64> = (session.workflow.steps.iter().enumerate())
             .map(|(i, s)| {
@@ -618,7 +723,7 @@ impl<'a> Run<'a> {
                     return 0;
                 }
                 (lock.steps.get(&s.name))
-                    .and_then(|e| e.key.parse::<Hash>().ok())
+                    .and_then(|(key, _)| key.parse::<Hash>().ok())
                     .and_then(|key| session.cache.get_record(&key).ok().flatten())
                     .map(|rec| {
                         previous[i] = true;
@@ -712,10 +817,17 @@ impl<'a> Run<'a> {
             state_dir: session.state_dir_of(id.index()),
             upstream,
             env: s.env.clone(),
-            jobs: self.schedule.width(id),
+            jobs: if self.sharing[id.index()] {
+                self.local_slots
+            } else {
+                self.schedule.width(id)
+            },
             log: self.log_path(id),
             run_token,
             mask: s.mask(),
+            shared_slots: (self.job_slots.as_ref())
+                .filter(|_| self.sharing[id.index()])
+                .map(|j| j.makeflags(self.local_slots)),
         };
         Ok((job, staging, retains))
     }
@@ -785,7 +897,7 @@ impl<'a> Run<'a> {
         self.parts.progress.finish(name);
         self.parts.out_links.present(name, &rec.output)?;
         let entry = session.locked_step(id.index(), &active.material, &rec);
-        note_lock_change(&mut self.lock_changes, session.lock(), name, entry);
+        note_lock_change(&mut self.lock_changes, session, name, entry);
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
         rep.outcome = StepOutcome::Ran;
@@ -796,6 +908,7 @@ impl<'a> Run<'a> {
         let line = format!("ok {name} {:.1}s", ms as f64 / 1000.0);
         (self.parts.progress).step_ended(rep, &line);
         self.outputs.insert(name, rec.output);
+        self.leave_running(id);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
         self.queue_upload(id, rec.key);
@@ -807,6 +920,7 @@ impl<'a> Run<'a> {
     /// step that failed by itself (not stopped by an interrupt) is no longer
     /// marked started, so the next run does not call it interrupted.
     fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64, key: Option<Hash>) {
+        self.leave_running(id);
         self.schedule.set(id, StepState::Failed);
         self.live_dirty = true;
         let name = self.name(id);
@@ -856,16 +970,18 @@ impl<'a> Run<'a> {
         if !self.live_dirty {
             return None;
         }
-        if let Some(last) = self.live_written {
+        if let Some((last, took)) = self.live_written {
+            let every = LIVE_RECORD_EVERY.max(took * LIVE_RECORD_SHARE);
             let since = last.elapsed();
-            if since < LIVE_RECORD_EVERY {
-                return Some(LIVE_RECORD_EVERY - since);
+            if since < every {
+                return Some(every - since);
             }
         }
+        let start = Instant::now();
         self.report.duration_ms = self.started.elapsed().as_millis() as u64;
         let _ = self.report.write(&self.runs_dir);
         self.live_dirty = false;
-        self.live_written = Some(Instant::now());
+        self.live_written = Some((Instant::now(), start.elapsed()));
         None
     }
 
@@ -957,11 +1073,11 @@ fn ask_remote(
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
 fn note_lock_change(
     changes: &mut BTreeMap<String, LockedStep>,
-    lock: &LockFile,
+    session: &Session,
     name: &str,
     entry: LockedStep,
 ) {
-    if lock.steps.get(name) != Some(&entry) {
+    if session.lock_entry(name).as_deref() != Some(&entry) {
         changes.insert(name.to_string(), entry);
     } else {
         changes.remove(name);

@@ -136,6 +136,12 @@ impl<'d> Schedule<'d> {
         self.width[id.index()]
     }
 
+    /// Let waiting step `id` take `width` slots (at least 1) instead.
+    pub fn set_width(&mut self, id: StepId, width: usize) {
+        assert_eq!(self.state(id), StepState::Waiting, "width set once started");
+        self.width[id.index()] = width.max(1);
+    }
+
     /// Move step `id` to `state`: the one place where states, counts, slots
     /// and queues change.
     pub fn set(&mut self, id: StepId, state: StepState) {

@@ -128,6 +128,13 @@ pub fn apply(
     }
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, slots, options.keep_going, id);
+    let local: Vec<bool> = (session.workflow.steps.iter())
+        .map(|s| !on_cluster(&s.name))
+        .collect();
+    let token_tx = tx.clone();
+    run.share_slots(local, options.jobs, move || {
+        let _ = token_tx.send(Event::Wake);
+    })?;
     let registry = session.registry;
     let scheduled = std::thread::scope(|scope| {
         let sink: Arc<dyn ProgressSink> = progress.clone();
@@ -263,6 +270,8 @@ fn watch_signals(
             if count == 0 && running.load(Ordering::SeqCst) {
                 let _ = tx.send(Event::Signal);
             } else {
+                // No step's program outlives qflow (they have no death signal).
+                crate::process::kill_every_step();
                 crate::progress::clear_terminal();
                 std::process::exit(130);
             }
@@ -285,7 +294,7 @@ fn conclude(
     } = finished;
     session.save_caches()?;
     crate::timings::mark("save caches");
-    let lock_stale = write_lock(session, lock_changes)?;
+    let (lock_stale, written) = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
     // (Not after a run of some targets only: the others were not looked at.)
@@ -294,7 +303,9 @@ fn conclude(
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
     let stamp = settled_stamp(session);
-    let lock_now = if lock_stale {
+    let lock_now = if written.is_some() {
+        written
+    } else if lock_stale {
         std::fs::read(&session.lock_path)
             .ok()
             .map(|b| Hash::of_bytes(&b))
@@ -334,11 +345,12 @@ fn conclude(
     Ok(report)
 }
 
-/// Write the lock file if this run changed it; whether it did.
+/// Write the lock file if this run changed it; whether it did, and the blake3 of
+/// what it wrote when that is known without reading it back.
 fn write_lock(
     session: &Session,
     changes: std::collections::BTreeMap<String, LockedStep>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<(bool, Option<Hash>)> {
     let workflow = session.workflow;
     // Steps the targets left out keep their entries.
     let declared: HashSet<&str> = (workflow.steps.iter().map(|s| s.name.as_str()))
@@ -352,6 +364,29 @@ fn write_lock(
         || old.steps.keys().any(|k| !declared.contains(k.as_str()))
         || !session.lock_path.exists();
     if stale {
+        // A few changed entries of a large lock: spliced into its bytes (`lockfile.rs`).
+        let keep = |k: &str| declared.contains(k);
+        if let Some(text) = session.lock_text()
+            && let Some(new) = text.splice(
+                crate::lockfile::LOCK_VERSION,
+                &workflow.name,
+                keep,
+                &changes,
+            )?
+        {
+            qflow_cache::write_atomic(&session.lock_path, new.as_bytes())?;
+            let mut index = session.lock_index().clone();
+            index.version = crate::lockfile::LOCK_VERSION;
+            index.workflow = workflow.name.clone();
+            index.steps.retain(|k, _| declared.contains(k.as_str()));
+            for (name, e) in &changes {
+                index
+                    .steps
+                    .insert(name.clone(), (e.key.clone(), e.output.clone()));
+            }
+            let digest = session.remember_lock_index(new.as_bytes(), &index);
+            return Ok((true, Some(digest)));
+        }
         let mut new_lock = session.lock().clone();
         new_lock.version = crate::lockfile::LOCK_VERSION;
         new_lock.workflow = workflow.name.clone();
@@ -359,7 +394,7 @@ fn write_lock(
         new_lock.steps.extend(changes);
         new_lock.write(&session.lock_path)?;
     }
-    Ok(stale)
+    Ok((stale, None))
 }
 
 /// Per step: whether its lock entry's record, output tree and `out/` link are all
@@ -385,21 +420,38 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
             session.cache.records_generation(),
         )
     });
+    // Each distinct output tree is checked once (steps may share one).
+    let mut trees: Vec<Hash> = entries.iter().flatten().map(|e| e.2).collect();
+    trees.sort_unstable();
+    trees.dedup();
+    let whole: HashSet<Hash> = (trees.iter().zip(in_parallel(&trees, |t| {
+        probe.has_tree(t) && session.cache.tree_unchanged(t)
+    })))
+    .filter_map(|(t, ok)| ok.then_some(*t))
+    .collect();
     let check = |e: &Option<(&str, Hash, Hash)>| {
         e.as_ref().is_some_and(|(step, key, output)| {
-            probe.has_tree(output)
-                && session.cache.tree_unchanged(output)
+            whole.contains(output)
                 && (settled
                     || (session.cache.record_names(key, output) && out.is_present(step, output)))
         })
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads < 2 || entries.len() < 64 {
+    if settled {
         return entries.iter().map(check).collect();
     }
-    let chunk = entries.len().div_ceil(threads);
+    in_parallel(&entries, check)
+}
+
+/// `check` of every item, split across the cores when there are many.
+fn in_parallel<T: Sync>(items: &[T], check: impl Fn(&T) -> bool + Sync) -> Vec<bool> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || items.len() < 64 {
+        return items.iter().map(&check).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let check = &check;
     std::thread::scope(|scope| {
-        let parts: Vec<_> = entries
+        let parts: Vec<_> = items
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<bool>>()))
             .collect();

@@ -124,6 +124,37 @@ impl<'w> Session<'w> {
         &self.lock.index
     }
 
+    /// Step `name`'s entry in the last lock, parsed alone when the lock is laid
+    /// out as qflow writes it (see `lockfile.rs`).
+    pub fn lock_entry(&self, name: &str) -> Option<std::borrow::Cow<'_, LockedStep>> {
+        use std::borrow::Cow;
+        if self.lock.full.get().is_none()
+            && let Some(text) = self.lock.text()
+        {
+            return text.entry(name).map(Cow::Owned);
+        }
+        self.lock().steps.get(name).map(Cow::Borrowed)
+    }
+
+    /// Keep `index` as the index of the lock bytes `bytes` just written, so the
+    /// next run reads it instead of indexing the whole lock again.
+    /// Returns the blake3 of `bytes`.
+    pub fn remember_lock_index(&self, bytes: &[u8], index: &LockIndex) -> Hash {
+        let memos = self.cache.dir("state").join("lock-index");
+        let digest = Hash::of_bytes(bytes);
+        if let Some(text) = index.to_memo(&digest) {
+            let memo = memos.join(lock_memo_name(&self.lock_path));
+            let _ = std::fs::create_dir_all(&memos);
+            let _ = qflow_cache::write_replace(&memo, text.as_bytes());
+        }
+        digest
+    }
+
+    /// The last lock's bytes with each entry located, when laid out as qflow writes it.
+    pub fn lock_text(&self) -> Option<&crate::lockfile::LockText> {
+        self.lock.text()
+    }
+
     /// Replace the last lock (what this session compares against and keeps).
     pub fn set_lock(&mut self, lock: LockFile) {
         self.lock = LastLock::of(lock);
@@ -346,7 +377,7 @@ impl<'w> Session<'w> {
         if self.was_interrupted(&key) {
             reasons.push("its previous run was interrupted".to_string());
         }
-        let Some(old) = self.lock().steps.get(&s.name) else {
+        let Some(old) = self.lock_entry(&s.name) else {
             if reasons.is_empty() {
                 reasons.push("never ran (no entry in the lock file)".to_string());
             }
@@ -505,6 +536,8 @@ struct LastLock {
     /// The blake3 of `bytes`.
     digest: Option<Hash>,
     full: std::sync::OnceLock<LockFile>,
+    /// `bytes` split into entries, on first use.
+    text: std::sync::OnceLock<Option<crate::lockfile::LockText>>,
 }
 
 impl LastLock {
@@ -517,7 +550,7 @@ impl LastLock {
         let digest = bytes.as_deref().map(Hash::of_bytes);
         let index = match (&bytes, &digest) {
             (Some(bytes), Some(digest)) => {
-                let memo = memos.join(Hash::of_bytes(path.as_os_str().as_encoded_bytes()).to_hex());
+                let memo = memos.join(lock_memo_name(path));
                 let kept = std::fs::read_to_string(&memo)
                     .ok()
                     .and_then(|text| LockIndex::from_memo(&text, digest));
@@ -525,7 +558,7 @@ impl LastLock {
                     let index = LockIndex::parse(bytes);
                     if let Some(text) = index.to_memo(digest) {
                         let _ = std::fs::create_dir_all(memos);
-                        let _ = qflow_cache::write_atomic(&memo, text.as_bytes());
+                        let _ = qflow_cache::write_replace(&memo, text.as_bytes());
                     }
                     index
                 })
@@ -537,6 +570,7 @@ impl LastLock {
             bytes,
             digest,
             full: std::sync::OnceLock::new(),
+            text: std::sync::OnceLock::new(),
         }
     }
 
@@ -546,6 +580,7 @@ impl LastLock {
             bytes: None,
             digest: None,
             full: std::sync::OnceLock::new(),
+            text: std::sync::OnceLock::new(),
         }
         .with_full(lock)
     }
@@ -553,6 +588,15 @@ impl LastLock {
     fn with_full(self, lock: LockFile) -> LastLock {
         let _ = self.full.set(lock);
         self
+    }
+
+    fn text(&self) -> Option<&crate::lockfile::LockText> {
+        self.text
+            .get_or_init(|| {
+                let bytes = self.bytes.clone()?;
+                crate::lockfile::LockText::split(bytes, &self.index)
+            })
+            .as_ref()
     }
 
     fn full(&self) -> &LockFile {
@@ -563,6 +607,11 @@ impl LastLock {
                 .unwrap_or_default()
         })
     }
+}
+
+/// The file name of the index memo of the lock at `path`.
+fn lock_memo_name(path: &Path) -> String {
+    Hash::of_bytes(path.as_os_str().as_encoded_bytes()).to_hex()
 }
 
 /// Env values enter the lock as digests: they may hold secrets.

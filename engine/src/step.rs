@@ -315,6 +315,13 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         1_000
     }
 
+    /// Whether, without `jobs:`, the step's make shares the run's slots: it takes
+    /// one slot to start and its make grows into idle ones through the run's
+    /// jobserver (`job_slots.rs`), giving them back as other steps need them.
+    fn shares_run_slots(&self) -> bool {
+        false
+    }
+
     /// CPU slots the step takes when the workflow gives no `jobs:` (default 1).
     /// A kernel build returns its safe cap here.
     fn default_jobs(&self) -> usize {

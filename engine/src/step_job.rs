@@ -56,6 +56,10 @@ pub struct StepJob {
     /// its progress and its error (see `masking.rs`).
     #[serde(default)]
     pub mask: Mask,
+    /// `MAKEFLAGS` naming the run's shared jobserver, for a step whose make shares
+    /// the run's slots (see `job_slots.rs`); never sent elsewhere.
+    #[serde(skip)]
+    pub shared_slots: Option<String>,
 }
 
 /// What a successful run of a step hands back besides its output directory.
@@ -99,6 +103,9 @@ impl StepJob {
         // A step ended by SIGKILL may have left its state half-written: the mark stays.
         if groups.finish() == Ended::Cleanly {
             state.leave_clean();
+            // A state directory the step left empty is not kept: thousands of steps
+            // would leave thousands of empty directories (4 KB each) behind.
+            let _ = std::fs::remove_dir(&self.state_dir);
         }
         result.map_err(|e| self.masked(e))
     }
@@ -182,7 +189,8 @@ impl StepJob {
             groups,
             step.uses_jobserver(),
         )?
-        .with_run_token(self.run_token.clone()))
+        .with_run_token(self.run_token.clone())
+        .with_shared_slots(self.shared_slots.clone()))
     }
 
     fn masked(&self, e: anyhow::Error) -> anyhow::Error {
@@ -210,11 +218,7 @@ impl StepJob {
         groups: ProcessGroups,
     ) -> anyhow::Result<StepOutput> {
         let mut ctx = self.context(step, log, progress, groups)?;
-        let ran = step.run(&mut ctx);
-        // A state directory the step left empty is not kept: thousands of steps would
-        // leave thousands of empty directories (4 KB each) behind.
-        let _ = std::fs::remove_dir(&self.state_dir);
-        ran?;
+        step.run(&mut ctx)?;
         self.check_outputs(step)?;
         Ok(StepOutput {
             notes: ctx.notes().clone(),

@@ -23,11 +23,14 @@
 //!   dependencies itself (fixdep, `include/config/`), which is what makes
 //!   `make olddefconfig && make` correct for kernel developers every day.
 //! - **Jobs.** The step never passes `-jN` on make's command line: the engine
-//!   gives it a private GNU make jobserver holding exactly the step's slots
-//!   (`jobs:`, capped by `--jobs`), in `MAKEFLAGS` (written as make itself
+//!   hands make a GNU make jobserver in `MAKEFLAGS` (written as make itself
 //!   writes it, see [`jobserver_flags_as_make_writes_them`]). Without `jobs:`
-//!   the step asks for [`safe_jobs`]: the smaller of the cores and available
-//!   memory / 2 GiB.
+//!   the step starts with one slot and its make shares the run's slots
+//!   (`--jobs`) through the run's jobserver: it grows into idle slots and gives
+//!   them back as other steps need them (`engine/src/job_slots.rs`), unless
+//!   [`safe_jobs`] (the smaller of the cores and available memory / 2 GiB) is
+//!   below `--jobs`: then, as with `jobs: N`, it holds that many slots and a
+//!   jobserver of its own.
 //! - **Reproducible.** `KBUILD_BUILD_TIMESTAMP` (the HEAD commit's time in a git
 //!   tree, else a fixed date), `KBUILD_BUILD_USER`, `KBUILD_BUILD_HOST` and
 //!   `KBUILD_BUILD_VERSION` (kbuild counts builds in a tree otherwise) are
@@ -292,6 +295,10 @@ impl Step for Kernel {
 
     fn default_jobs(&self) -> usize {
         safe_jobs()
+    }
+
+    fn shares_run_slots(&self) -> bool {
+        true
     }
 
     /// A kernel build is the longest step of most workflows: minutes.

@@ -273,3 +273,156 @@ fn an_interrupt_cancels_the_running_step_and_skips_the_rest() {
         "the next run runs everything"
     );
 }
+
+/// A kind that runs a shell script; with `share`, its make shares the run's slots.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Sh {
+    script: String,
+    #[serde(default)]
+    share: bool,
+}
+
+impl Step for Sh {
+    fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
+        vec![("done".into(), crate::OutputRole::Result)]
+    }
+    fn run(&self, ctx: &mut crate::RunContext) -> anyhow::Result<()> {
+        let mut cmd = ctx.command("sh");
+        cmd.args(["-c", &self.script]);
+        ctx.run(cmd)?;
+        std::fs::write(ctx.out_dir().join("done"), "")?;
+        Ok(())
+    }
+    fn uses_jobserver(&self) -> bool {
+        true
+    }
+    fn shares_run_slots(&self) -> bool {
+        self.share
+    }
+    fn default_jobs(&self) -> usize {
+        if self.share { 2 } else { 1 }
+    }
+    fn expected_ms(&self) -> u64 {
+        if self.share { 100_000 } else { 1_000 }
+    }
+}
+
+impl StepFields for Sh {
+    const KIND: &'static str = "sh";
+    const SCHEMA_VERSION: u32 = 1;
+    fn kind_tools() -> Vec<crate::Tool> {
+        Vec::new()
+    }
+    fn kind_needs() -> Vec<crate::HostNeed> {
+        Vec::new()
+    }
+}
+
+/// One apply of the workflow in `dir` on the in-process executor, `slots` wide.
+fn run_local(dir: &Path, slots: usize) -> Finished {
+    let mut registry = registry();
+    registry.add(crate::step::KindOf::<Sh>::new());
+    let options = LoadOptions {
+        set: Vec::new(),
+        memo_cache: None,
+    };
+    let wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+    let mut session = Session::open(&wf, &registry, &dir.join(".qflow")).unwrap();
+    let prepared = session.prepare().unwrap();
+    let session = &session;
+    let probe = session.cache.probe().unwrap();
+    let out_links = OutLinks::open(&dir.join("out"), &session.cache.dir("trees")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let parts = RunParts {
+        session,
+        prepared: &prepared,
+        probe: &probe,
+        out_links: &out_links,
+        in_place: Vec::new(),
+        progress: Arc::new(Progress::plain()),
+        events: tx.clone(),
+        started: Instant::now(),
+        remote: None,
+        uploads: None,
+    };
+    let mut run = Run::new(parts, slots, false, crate::run_record::run_id());
+    let n = wf.steps.len();
+    let token_tx = tx.clone();
+    run.share_slots(vec![true; n], slots, move || {
+        let _ = token_tx.send(Event::Wake);
+    })
+    .unwrap();
+    let registry = &registry;
+    std::thread::scope(|scope| {
+        let wake = crate::executor::Wake::new(move || {
+            let _ = tx.send(Event::Wake);
+        });
+        let mut local =
+            crate::executor::local::LocalExecutor::new(scope, registry, Arc::new(NoProgress), wake);
+        drive(&mut run, &mut local, &rx, scope)
+    })
+    .unwrap();
+    run.finish()
+}
+
+/// `+ name nanos` / `- name nanos` lines, in time order.
+fn events(path: &Path) -> Vec<(bool, String, u128)> {
+    let mut ev: Vec<(bool, String, u128)> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0] == "+", f[1].to_string(), f[2].parse().unwrap())
+        })
+        .collect();
+    ev.sort_by_key(|e| (e.2, e.0));
+    ev
+}
+
+#[test]
+fn a_make_step_grows_into_idle_slots_and_gives_them_back_to_a_step_that_needs_one() {
+    let s = space(
+        "sharing",
+        "version: 1\nsteps:\n  build:\n    kind: sh\n    share: true\n    script: make -s -C mk\n  cheap:\n    kind: sh\n    script: 'echo \"+ cheap $(date +%s%N)\" >> events; sleep 0.8; echo \"- cheap $(date +%s%N)\" >> events'\n",
+    );
+    std::fs::create_dir_all(s.0.join("mk")).unwrap();
+    std::fs::write(
+        s.0.join("mk/Makefile"),
+        ".PHONY: all r1 r2 r3 r4 r5\nall: r1 r2 r3 r4 r5\nr1 r2 r3 r4 r5:\n\t@echo \"+ $@ $$(date +%s%N)\" >> ../events; sleep 0.4; echo \"- $@ $$(date +%s%N)\" >> ../events\n",
+    )
+    .unwrap();
+    let finished = run_local(&s.0, 2);
+    assert!(
+        (finished.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
+        "{:?}",
+        outcomes(&finished)
+    );
+    let ev = events(&s.0.join("events"));
+    let (mut now, mut peak, mut recipes, mut recipe_peak) = (0usize, 0, 0usize, 0);
+    for (start, name, _) in &ev {
+        let d = |n: &mut usize| if *start { *n += 1 } else { *n -= 1 };
+        d(&mut now);
+        if name.starts_with('r') {
+            d(&mut recipes);
+        }
+        peak = peak.max(now);
+        recipe_peak = recipe_peak.max(recipes);
+    }
+    assert!(peak <= 2, "more than the run's two slots at once: {ev:?}");
+    assert_eq!(recipe_peak, 2, "make never grew into the idle slot: {ev:?}");
+    let cheap_start = ev.iter().find(|e| e.1 == "cheap").unwrap().2;
+    let last_recipe = (ev.iter().rev())
+        .find(|e| e.0 && e.1.starts_with('r'))
+        .unwrap()
+        .2;
+    let span = ev.last().unwrap().2 - ev[0].2;
+    eprintln!(
+        "make (2.0 s of recipes) and a 0.8 s step on 2 slots: {} ms",
+        span / 1_000_000
+    );
+    assert!(
+        cheap_start < last_recipe,
+        "the cheap step waited for the whole make instead of taking a slot beside it: {ev:?}"
+    );
+}
