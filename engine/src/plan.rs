@@ -104,7 +104,9 @@ fn plan_inner(
         // `jobs:`; a one-slot command gets no jobserver and no line.
         if s.jobs.is_none() && s.step.shares_run_slots() {
             commands.push(
-                "# starts with one job slot; its make shares the run's slots                  (`qflow apply --jobs`) through qflow's make jobserver: idle ones while                  other steps need none, back to them as they do"
+                "# starts with one job slot; its make shares the run's slots \
+                 (`qflow apply --jobs`) through qflow's make jobserver: idle ones while \
+                 other steps need none, back to them as they do"
                     .to_string(),
             );
         } else if s.step.uses_jobserver() && (s.step.default_jobs() > 1 || s.jobs.is_some()) {
