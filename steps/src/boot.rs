@@ -644,7 +644,10 @@ impl Step for Boot {
         let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
         let ran = self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref());
         if self.minimal_init() {
-            ran.map_err(minimal_init::explain)?;
+            ran.map_err(|e| {
+                let console = std::fs::read(out_dir.join(CONSOLE_LOG)).unwrap_or_default();
+                minimal_init::explain(e, &String::from_utf8_lossy(&console))
+            })?;
         } else {
             ran?;
         }

@@ -279,9 +279,11 @@ impl Cpio {
 /// The step's error with what the guest's console says went wrong as its
 /// headline: qflow's init naming what the kernel lacks, or the kernel failing to
 /// run that init at all.
-pub fn explain(error: anyhow::Error) -> anyhow::Error {
+/// `console` is the run's whole console log: the init's line may have scrolled out
+/// of the tail the error quotes (a kernel's panic trace is longer than that tail).
+pub fn explain(error: anyhow::Error, console: &str) -> anyhow::Error {
     let text = format!("{error:#}");
-    let headline = if let Some(line) = text.lines().find_map(|l| {
+    let headline = if let Some(line) = text.lines().chain(console.lines()).find_map(|l| {
         l.split_once("qflow-init: error: ")
             .map(|(_, why)| why.trim().to_string())
     }) {
@@ -404,7 +406,7 @@ mod tests {
              qflow-init: error: the kernel cannot mount the root disk: /dev/sda holds ext4, which the kernel does not know: build in CONFIG_EXT4_FS\n    \
              Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"
         );
-        let shown = format!("{:#}", explain(e));
+        let shown = format!("{:#}", explain(e, ""));
         assert!(
             shown.starts_with(
                 "the kernel cannot mount the root disk: /dev/sda holds ext4, which the kernel does not know: build in CONFIG_EXT4_FS"
@@ -414,8 +416,22 @@ mod tests {
         let e = anyhow::anyhow!(
             "the guest kernel panicked: `Kernel panic - not syncing: Requested init /qflow/init failed (error -2).`"
         );
-        assert!(format!("{:#}", explain(e)).starts_with("the kernel did not unpack"));
-        let other = format!("{:#}", explain(anyhow::anyhow!("guest command `x` failed")));
+        assert!(format!("{:#}", explain(e, "")).starts_with("the kernel did not unpack"));
+        let other = format!(
+            "{:#}",
+            explain(anyhow::anyhow!("guest command `x` failed"), "")
+        );
         assert_eq!(other, "guest command `x` failed");
+        // A panic trace longer than the quoted tail: the line is found in the console.
+        let e = anyhow::anyhow!(
+            "the guest kernel panicked: `Kernel panic - not syncing: Attempted to kill init!`\n\
+             the guest's last console lines:\n    do_group_exit+0x2d/0x80"
+        );
+        let console = "qflow-init: error: the kernel cannot mount the root disk: it found no /dev/sda1\n\
+                       Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n";
+        assert!(
+            format!("{:#}", explain(e, console))
+                .starts_with("the kernel cannot mount the root disk: it found no /dev/sda1")
+        );
     }
 }
