@@ -229,7 +229,15 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
     // and relinks; the boots run again; the image and disk steps stay cached.
     let reboot_c = s.join("workflows/linux-source-6.1/kernel/reboot.c");
     let mut text = std::fs::read_to_string(&reboot_c).unwrap();
-    text.push_str("int qflow_quickstart_edit = 1;\n");
+    // Unique per run, so a shared cache kept from an earlier test run holds no
+    // kernel built from this very edit.
+    text.push_str(&format!(
+        "int qflow_quickstart_edit_{} = 1;\n",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
     std::fs::write(&reboot_c, text).unwrap();
     let t1 = Instant::now();
     let edit = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();

@@ -767,14 +767,14 @@ fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_rebuilds_only
     let shared = push(&a);
     assert!(shared.ran().is_empty(), "{}", shared.stderr);
     assert!(
-        shared.stderr_contains("uploaded 4 results"),
-        "system, experiment, runs, figures: {}",
+        shared.stderr_contains("uploaded 5 results"),
+        "system, experiment, quick, runs, figures: {}",
         shared.stderr
     );
     assert_eq!(server_files_holding(&server, "quickstart-test-pw"), "");
 
     // Machine B, an empty cache: every step a remote hit, nothing runs. The results come
-    // down (kernel, runs, figures); the images and the checkpoint stay on the server.
+    // down (kernel, runs, quick, figures); the images and the checkpoint stay on the server.
     let b = quickstart_checkout();
     let started = Instant::now();
     let pulled = b
@@ -795,6 +795,7 @@ fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_rebuilds_only
             "experiment",
             "figures",
             "kernel",
+            "quick",
             "runs",
             "system"
         ],
@@ -805,7 +806,7 @@ fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_rebuilds_only
         left_on_server(&pulled),
         ["base", "data", "experiment", "system"]
     );
-    for step in ["kernel", "runs", "figures"] {
+    for step in ["kernel", "runs", "quick", "figures"] {
         let tree = out_tree(&b, "workflows/out", step);
         assert!(tree.is_some(), "out/{step}");
         assert_eq!(tree, out_tree(&a, "workflows/out", step), "out/{step}");
@@ -850,15 +851,22 @@ fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_rebuilds_only
     let ran: Vec<String> = (edit.ran_sorted().into_iter())
         .filter(|s| s != "figures")
         .collect();
-    assert_eq!(ran, ["experiment", "kernel", "runs"], "{}", edit.stderr);
+    assert_eq!(
+        ran,
+        ["experiment", "kernel", "quick", "runs"],
+        "{}",
+        edit.stderr
+    );
     assert!(
         edit.stderr_contains("no local build tree: full build"),
         "{}",
         edit.stderr
     );
+    // Downloaded for whichever boot (`experiment` or `quick`) starts first.
     for needed in ["system", "data"] {
         assert!(
-            edit.stderr_contains(&format!("downloaded {needed} (`experiment` needs it)")),
+            edit.stderr_contains(&format!("downloaded {needed} (`experiment` needs it)"))
+                || edit.stderr_contains(&format!("downloaded {needed} (`quick` needs it)")),
             "{}",
             edit.stderr
         );
