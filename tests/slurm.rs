@@ -37,6 +37,11 @@ fn cluster() -> SlurmClient {
             String::from_utf8_lossy(&out.stderr)
         );
     });
+    // A job an earlier test left behind (it failed before cleaning up) must not hold
+    // the node's two CPUs and starve this one: every test starts with an empty queue.
+    let _ = std::process::Command::new("scancel")
+        .args(["--user", "root"])
+        .status();
     SlurmClient::find().expect("Slurm commands on PATH after slurm-start.sh")
 }
 
