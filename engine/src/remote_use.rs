@@ -165,20 +165,9 @@ mod tests {
     }
 
     fn policy(yaml: &str) -> Vec<(String, bool, bool)> {
-        let dir =
-            std::env::temp_dir().join(format!("qflow-remote-use-{}", crate::run_record::run_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
-        let mut registry = Registry::new();
-        registry.add(crate::step::KindOf::<Secretive>::new());
-        let options = LoadOptions {
-            set: Vec::new(),
-            memo_cache: None,
-        };
-        let wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+        let wf = load(yaml, &[]);
         let dag = wf.dag();
         let (reads, writes) = (super::readable(&wf), super::uploadable(&wf, &dag));
-        let _ = std::fs::remove_dir_all(&dir);
         (wf.steps.iter().enumerate())
             .map(|(i, s)| (s.name.clone(), reads[i], writes[i]))
             .collect()

@@ -79,15 +79,9 @@ impl StepJob {
         progress: Arc<dyn ProgressSink>,
         groups: ProcessGroups,
     ) -> anyhow::Result<StepOutput> {
-        let kind = registry
-            .get(&self.kind)
-            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
-        let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
-        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
-        let progress: Arc<dyn ProgressSink> = Arc::new(Masked {
-            inner: progress,
-            mask: self.mask.clone(),
-        });
+        let step = self.parse(registry)?;
+        let log = self.open_log()?;
+        let progress = self.masked_progress(progress);
         let (state, emptied) = StateDir::enter(&self.state_dir)?;
         if emptied {
             let warning = format!(
@@ -121,15 +115,9 @@ impl StepJob {
         groups: ProcessGroups,
         index: usize,
     ) -> anyhow::Result<StepOutput> {
-        let kind = registry
-            .get(&self.kind)
-            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
-        let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
-        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
-        let progress: Arc<dyn ProgressSink> = Arc::new(Masked {
-            inner: progress,
-            mask: self.mask.clone(),
-        });
+        let step = self.parse(registry)?;
+        let log = self.open_log()?;
+        let progress = self.masked_progress(progress);
         std::fs::create_dir_all(&self.state_dir)?;
         groups.contain(&self.run_token);
         let mut ctx = self.context(step.as_ref(), log, progress, groups.clone())?;
@@ -149,11 +137,8 @@ impl StepJob {
         registry: &Registry,
         part_logs: &[(String, std::path::PathBuf)],
     ) -> anyhow::Result<StepOutput> {
-        let kind = registry
-            .get(&self.kind)
-            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
-        let step = kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))?;
-        let log = StepLog::create(&self.log)?.with_mask(self.mask.clone());
+        let step = self.parse(registry)?;
+        let log = self.open_log()?;
         for (label, path) in part_logs {
             log.line(&format!("qflow: run {label} ({})", path.display()));
             for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
@@ -191,6 +176,27 @@ impl StepJob {
         )?
         .with_run_token(self.run_token.clone())
         .with_shared_slots(self.shared_slots.clone()))
+    }
+
+    /// The step, its fields parsed by its kind in `registry`.
+    fn parse(&self, registry: &Registry) -> anyhow::Result<Box<dyn crate::step::Step>> {
+        let kind = registry
+            .get(&self.kind)
+            .ok_or_else(|| anyhow!("unknown kind `{}`", self.kind))?;
+        kind.parse(&self.fields).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The step's log, its secrets masked.
+    fn open_log(&self) -> anyhow::Result<StepLog> {
+        Ok(StepLog::create(&self.log)?.with_mask(self.mask.clone()))
+    }
+
+    /// `progress` with the step's secrets masked.
+    fn masked_progress(&self, progress: Arc<dyn ProgressSink>) -> Arc<dyn ProgressSink> {
+        Arc::new(Masked {
+            inner: progress,
+            mask: self.mask.clone(),
+        })
     }
 
     fn masked(&self, e: anyhow::Error) -> anyhow::Error {

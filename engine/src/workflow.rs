@@ -23,7 +23,8 @@ use crate::step::{CheckContext, Input, Registry, Step};
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "version", "name", "vars", "steps", "executor", "slurm", "figures",
 ];
-const COMMON_FIELDS: &[&str] = &[
+/// The fields every step has whatever its kind: the engine's, never passed to the kind.
+pub const COMMON_FIELDS: &[&str] = &[
     "kind",
     "after",
     "jobs",

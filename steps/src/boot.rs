@@ -617,7 +617,7 @@ impl Step for Boot {
     }
 
     fn run_part(&self, ctx: &mut RunContext, index: usize) -> anyhow::Result<()> {
-        self.run_one(ctx, index)
+        self.run_runs(ctx, Some(index))
     }
 
     fn finish_parts(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
@@ -626,31 +626,8 @@ impl Step for Boot {
     }
 
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
-        let timeout = self.timeout().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let login = self
-            .login
-            .as_ref()
-            .map(|l| l.guest_login(ctx))
-            .transpose()?;
+        self.run_runs(ctx, None)?;
         let out_dir = ctx.out_dir().to_path_buf();
-
-        for warning in self.plugin_warnings() {
-            ctx.log(&format!("qflow: {warning}"));
-            ctx.progress(&warning);
-        }
-        let spec = self.machine(ctx, &out_dir)?;
-        ctx.note("command_line", &spec.line.display());
-        ctx.log(&format!("qflow: {}", spec.line.display()));
-        let (plans, lines) = self.run_plans(ctx, &spec, login, timeout)?;
-        let ran = self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref());
-        if self.minimal_init() {
-            ran.map_err(|e| {
-                let console = std::fs::read(out_dir.join(CONSOLE_LOG)).unwrap_or_default();
-                minimal_init::explain(e, &String::from_utf8_lossy(&console))
-            })?;
-        } else {
-            ran?;
-        }
         let runs = self.metric_runs(&out_dir);
         crate::metrics::record(ctx, &self.metrics, &runs)
     }

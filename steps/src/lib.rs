@@ -116,8 +116,8 @@ mod tests {
             for (_, step) in doc["steps"].as_mapping().unwrap() {
                 let mut fields = step.as_mapping().unwrap().clone();
                 let kind = fields.remove("kind").unwrap();
-                for common in ["after", "jobs", "env", "cache"] {
-                    fields.remove(common);
+                for common in qflow_engine::workflow::COMMON_FIELDS {
+                    fields.remove(*common);
                 }
                 let kind = kind.as_str().unwrap();
                 let yaml = serde_yaml::to_string(&fields).unwrap();

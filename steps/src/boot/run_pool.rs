@@ -4,7 +4,7 @@
 //! thread and relays its lines to the step's log.
 //!
 //! The runs are also the step's parts (`Step::parts`): a cluster executor runs
-//! each as a job of its own (`run_one`), every one writing its own run
+//! each as a job of its own (`run_runs` with its index), every one writing its own run
 //! directory of the shared staging directory and restoring the checkpoint
 //! from the shared cache; the metrics that span the runs are written once all
 //! of them succeeded.
@@ -18,7 +18,7 @@ use qflow_engine::RunContext;
 
 use super::command_line::QemuCommandLine;
 use super::fields::Collect;
-use super::guest_run::{self, Event, GuestLogin, QEMU_LOG, RunPlan};
+use super::guest_run::{self, CONSOLE_LOG, Event, GuestLogin, QEMU_LOG, RunPlan};
 use super::machine_spec::MachineSpec;
 use super::matrix::substitute;
 use super::{Boot, machine};
@@ -59,11 +59,10 @@ impl Boot {
         runs.into_iter().filter_map(|(label, _)| label).collect()
     }
 
-    /// Run the matrix run `index` alone, as a part of its step: the same machine,
-    /// plan, directory and console markers as when the step runs them all, so the
-    /// outputs are the same; the metrics that span the runs wait for
-    /// `finish_parts`.
-    pub(super) fn run_one(&self, ctx: &mut RunContext, index: usize) -> anyhow::Result<()> {
+    /// Run every run of the step, or run `only` alone as a part of its step: the
+    /// same machine, plan, directory and console markers either way, so the outputs
+    /// are the same; the metrics that span the runs are the caller's.
+    pub(super) fn run_runs(&self, ctx: &mut RunContext, only: Option<usize>) -> anyhow::Result<()> {
         let timeout = self.timeout().map_err(|e| anyhow::anyhow!("{e}"))?;
         let login = self
             .login
@@ -73,24 +72,24 @@ impl Boot {
         let out_dir = ctx.out_dir().to_path_buf();
         for warning in self.plugin_warnings() {
             ctx.log(&format!("qflow: {warning}"));
+            ctx.progress(&warning);
         }
         let spec = self.machine(ctx, &out_dir)?;
         ctx.note("command_line", &spec.line.display());
         ctx.log(&format!("qflow: {}", spec.line.display()));
-        let (plans, lines) = self.plans_of(ctx, &spec, login, timeout, Some(index))?;
-        anyhow::ensure!(!plans.is_empty(), "this step has no run {index}");
-        self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref())
-    }
-
-    /// One plan (and machine command line) per run.
-    pub(super) fn run_plans(
-        &self,
-        ctx: &mut RunContext,
-        spec: &MachineSpec,
-        login: Option<GuestLogin>,
-        timeout: Duration,
-    ) -> anyhow::Result<(Vec<RunPlan>, Vec<QemuCommandLine>)> {
-        self.plans_of(ctx, spec, login, timeout, None)
+        let (plans, lines) = self.plans_of(ctx, &spec, login, timeout, only)?;
+        if let Some(index) = only {
+            anyhow::ensure!(!plans.is_empty(), "this step has no run {index}");
+        }
+        let ran = self.execute(ctx, &plans, &lines, spec.snapshot_file.as_deref());
+        if self.minimal_init() {
+            ran.map_err(|e| {
+                let console = std::fs::read(out_dir.join(CONSOLE_LOG)).unwrap_or_default();
+                super::minimal_init::explain(e, &String::from_utf8_lossy(&console))
+            })
+        } else {
+            ran
+        }
     }
 
     /// The plans of every run, or of run `only`.
