@@ -859,6 +859,7 @@ impl<'a> Run<'a> {
                 return self.fail(id, e, ms, Some(key));
             }
         };
+        self.report.steps[active.step.index()].cpu_ms = output.cpu_ms;
         let recording = Recording {
             step: active.step,
             key: active.material.key(),

@@ -236,9 +236,7 @@ impl<'de> Deserialize<'de> for RunReport {
             step.key = Some(key);
             step
         }));
-        steps.extend(
-            (read.pending.iter()).map(|name| StepReport::new(name, StepOutcome::Pending)),
-        );
+        steps.extend((read.pending.iter()).map(|name| StepReport::new(name, StepOutcome::Pending)));
         Ok(RunReport {
             id: read.id,
             workflow: read.workflow,
@@ -478,7 +476,11 @@ mod tests {
         assert!(bytes < 100 * 10_000, "{bytes} bytes");
         let back: RunReport = serde_json::from_slice(&serde_json::to_vec(&run).unwrap()).unwrap();
         assert_eq!(back.count(StepOutcome::Cached), 9_999);
-        assert!(back.steps.iter().any(|s| s.key.as_deref() == Some(&key(9_999))));
+        assert!(
+            back.steps
+                .iter()
+                .any(|s| s.key.as_deref() == Some(&key(9_999)))
+        );
     }
 
     #[test]
@@ -491,7 +493,8 @@ mod tests {
         for (i, size) in sizes.iter().enumerate() {
             let p = runs.join(format!("{i:02}-000-1.json"));
             std::fs::write(&p, vec![b' '; *size]).unwrap();
-            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+            let t =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
             std::fs::File::options()
                 .write(true)
                 .open(&p)

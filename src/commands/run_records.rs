@@ -90,11 +90,7 @@ pub fn describe_run(v: &RunReport, busy: bool) -> Option<String> {
         count(StepOutcome::Ran),
         count(StepOutcome::Cached),
         count(StepOutcome::Failed),
-        if v.interrupted {
-            ", interrupted"
-        } else {
-            ""
-        }
+        if v.interrupted { ", interrupted" } else { "" }
     ))
 }
 
