@@ -60,6 +60,10 @@ pub struct StepReport {
     pub output: Option<String>,
     /// How long it ran (0 unless it ran).
     pub duration_ms: u64,
+    /// When it was handed to its executor, after the run's start (a step
+    /// that ran or failed running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
     /// The CPU time (user and system) of what it ran, its children's children
     /// included, when known: its cgroup's usage where it had one, else what
     /// `wait4` reports of each program it started, plus the time of the qflow
@@ -90,6 +94,7 @@ impl StepReport {
             key: None,
             output: None,
             duration_ms: 0,
+            start_ms: None,
             cpu_ms: None,
             reasons: Vec::new(),
             error: None,
@@ -109,6 +114,7 @@ impl StepReport {
     fn cached_key(&self) -> Option<&str> {
         let plain = self.outcome == StepOutcome::Cached
             && self.duration_ms == 0
+            && self.start_ms.is_none()
             && self.cpu_ms.is_none()
             && self.reasons.is_empty()
             && self.error.is_none()
