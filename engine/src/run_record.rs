@@ -290,20 +290,25 @@ impl RunReport {
 /// so `runs/` and `logs/` stop growing with every apply.
 pub const KEPT_RUNS: usize = 20;
 
-/// The bytes `runs/` may hold, as a multiple of its largest record: a workflow
-/// whose every apply runs every step keeps this many records, not [`KEPT_RUNS`]
-/// (10,000 steps: about 320 bytes per step each, so at most 2.6 KB per step).
-pub const KEPT_LARGEST_RECORDS: u64 = 8;
+/// The bytes of run records `runs/` may hold per step of the run just ended:
+/// a workflow whose every apply runs every step (about 330 bytes per step in
+/// each record) keeps six records, not [`KEPT_RUNS`]; one whose applies run a
+/// few steps (about 80 bytes per cached step) keeps them all.
+pub const KEPT_RUN_BYTES_PER_STEP: u64 = 2048;
 
-/// `runs/` may always hold this many bytes, however small its records.
-pub const KEPT_RUN_BYTES: u64 = 1 << 20;
+/// `runs/` may always hold this many bytes, however few the steps.
+pub const KEPT_RUN_BYTES: u64 = 8 << 20;
+
+/// The bytes `runs/` may hold after a run of `steps` steps.
+pub fn kept_bytes(steps: usize) -> u64 {
+    (steps as u64 * KEPT_RUN_BYTES_PER_STEP).max(KEPT_RUN_BYTES)
+}
 
 /// Remove all but the `keep` most recent run records in `runs` (by modification
 /// time, as `qflow status` orders them) and their log directories in `logs`;
-/// fewer when the records kept would hold more than [`KEPT_LARGEST_RECORDS`]
-/// times the largest one's bytes (and [`KEPT_RUN_BYTES`]). The most recent
-/// record is always kept.
-pub fn prune(runs: &Path, logs: &Path, keep: usize) {
+/// fewer when the records kept would hold more than `max_bytes` ([`kept_bytes`]).
+/// The most recent record is always kept.
+pub fn prune(runs: &Path, logs: &Path, keep: usize, max_bytes: u64) {
     let Ok(dir) = std::fs::read_dir(runs) else {
         return;
     };
@@ -316,10 +321,8 @@ pub fn prune(runs: &Path, logs: &Path, keep: usize) {
             Some((meta.modified().ok()?, meta.len(), p))
         })
         .collect();
-    let largest = records.iter().map(|r| r.1).max().unwrap_or(0);
-    let budget = (largest * KEPT_LARGEST_RECORDS).max(KEPT_RUN_BYTES);
     let total: u64 = records.iter().map(|r| r.1).sum();
-    if records.len() <= keep && total <= budget {
+    if records.len() <= keep && total <= max_bytes {
         return;
     }
     // Newest first: keep while both the count and the bytes allow.
@@ -329,7 +332,7 @@ pub fn prune(runs: &Path, logs: &Path, keep: usize) {
         .take(keep.max(1))
         .take_while(|r| {
             bytes += r.1;
-            bytes <= budget
+            bytes <= max_bytes
         })
         .count()
         .max(1);
@@ -384,7 +387,7 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        prune(&runs, &logs, 2);
+        prune(&runs, &logs, 2, kept_bytes(1));
         let mut left: Vec<String> = std::fs::read_dir(&runs)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -494,8 +497,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("qflow-run-bytes-{}", run_id()));
         let (runs, logs) = (dir.join("runs"), dir.join("logs"));
         std::fs::create_dir_all(&runs).unwrap();
-        // 12 records of 1 MiB, then 3 of 128 KiB, newest last.
-        let sizes: Vec<usize> = [vec![1 << 20; 12], vec![128 << 10; 3]].concat();
+        // A run of 10,000 steps: twelve records of 3.3 MB (every step ran), then
+        // three of 0.8 MB (one step ran), newest last.
+        let sizes: Vec<usize> = [vec![3_300_000; 12], vec![800_000; 3]].concat();
         for (i, size) in sizes.iter().enumerate() {
             let p = runs.join(format!("{i:02}-000-1.json"));
             std::fs::write(&p, vec![b' '; *size]).unwrap();
@@ -508,16 +512,25 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        prune(&runs, &logs, KEPT_RUNS);
-        let mut left: Vec<String> = std::fs::read_dir(&runs)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        // At most eight 1 MiB records' worth: the three small ones and the seven
-        // newest large ones.
-        assert_eq!(left.len(), 10, "{left:?}");
-        assert_eq!(left[0], "05-000-1.json");
+        let left = || {
+            let mut left: Vec<String> = std::fs::read_dir(&runs)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            left
+        };
+        prune(&runs, &logs, KEPT_RUNS, kept_bytes(10_000));
+        // 2 KB per step, 20.5 MB: the three small ones and the five newest large ones.
+        let kept = left();
+        assert_eq!(kept.len(), 8, "{kept:?}");
+        assert_eq!(kept[0], "07-000-1.json");
+        // Small records alone are kept up to the count.
+        for i in 15..40 {
+            std::fs::write(runs.join(format!("{i:02}-000-1.json")), vec![b' '; 800_000]).unwrap();
+        }
+        prune(&runs, &logs, KEPT_RUNS, kept_bytes(10_000));
+        assert_eq!(left().len(), KEPT_RUNS);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
