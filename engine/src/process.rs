@@ -274,6 +274,8 @@ pub struct RunningChild {
     groups: ProcessGroups,
     pgid: i32,
     done: bool,
+    /// Its exit status, once reaped (asked again, it is the answer).
+    exited: Option<ExitStatus>,
 }
 
 impl RunningChild {
@@ -284,11 +286,15 @@ impl RunningChild {
 
     /// Exit status if it has exited.
     pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.exited.is_some() {
+            return Ok(self.exited);
+        }
         if self.done {
-            bail!("the program was already waited for");
+            bail!("cannot wait for `{}`: it was killed and not reaped", self.id());
         }
         let status = reap(&self.child, &self.groups, false)?;
         if status.is_some() {
+            self.exited = status;
             self.finish();
         }
         Ok(status)
@@ -312,7 +318,7 @@ impl RunningChild {
     pub fn kill(&mut self) {
         if !self.done {
             kill_group(self.pgid);
-            let _ = reap(&self.child, &self.groups, true);
+            self.exited = reap(&self.child, &self.groups, true).ok().flatten();
             self.finish();
         }
     }
@@ -380,6 +386,7 @@ pub fn spawn(
         groups: groups.clone(),
         pgid,
         done: false,
+        exited: None,
     })
 }
 
@@ -677,6 +684,19 @@ mod tests {
         let groups = ProcessGroups::new();
         run_burners(&groups, None);
         assert_eq!(groups.finish(), Ended::Cleanly);
+        let cpu = groups.cpu();
+        assert!(cpu >= Duration::from_millis(590), "{cpu:?}");
+    }
+
+    #[test]
+    fn a_long_lived_program_such_as_qemu_is_charged_when_it_is_reaped_and_answers_again() {
+        let groups = ProcessGroups::new();
+        let mut child = spawn(two_burners(), &groups, None).unwrap();
+        let status = child.wait_timeout(Duration::from_secs(60)).unwrap();
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        assert_eq!(child.try_wait().unwrap(), status, "asked again");
+        drop(child);
+        groups.finish();
         let cpu = groups.cpu();
         assert!(cpu >= Duration::from_millis(590), "{cpu:?}");
     }
