@@ -83,7 +83,10 @@ echo "qflow $("$QFLOW" --version | cut -d' ' -f2), $cores cores, load average $(
 echo "first apply of $wf_file into an empty cache ($cache)"
 start=$(date +%s.%N)
 set +e
-"$QFLOW" apply --cache "$cache" --json "$@" "$wf_file" >"$work/events.json"
+# GNU time, when there, gives the CPU of the whole apply: qflow and everything it reaped.
+timer=()
+[ ! -x /usr/bin/time ] || timer=(/usr/bin/time -f "%U %S" -o "$work/apply.time")
+"${timer[@]}" "$QFLOW" apply --cache "$cache" --json "$@" "$wf_file" >"$work/events.json"
 code=$?
 set -e
 end=$(date +%s.%N)
@@ -91,9 +94,9 @@ end=$(date +%s.%N)
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
-python3 - "$work/events.json" "$work/graph.dot" "$cache" "$start" "$end" "$cores" "$code" <<'PY'
-import json, re, sys
-events_file, dot_file, cache, start, end, cores, code = sys.argv[1:]
+python3 - "$work/events.json" "$work/graph.dot" "$cache" "$start" "$end" "$cores" "$code" "$work/apply.time" <<'PY'
+import json, os, re, sys
+events_file, dot_file, cache, start, end, cores, code, time_file = sys.argv[1:]
 wall = float(end) - float(start)
 cores = int(cores)
 events = [json.loads(l) for l in open(events_file) if l.strip()]
@@ -162,6 +165,13 @@ print(f"bound:            {bound:8.2f} s   (max of the two: {'critical path' if 
 ratio = wall / bound if bound > 0 else float("inf")
 print(f"wall / bound:     {ratio:8.2f}x   (goal: at most 1.1x; {'met' if ratio <= 1.1 else 'not met'})")
 print(f"CPU busy:         {100 * total_cpu / (wall * cores):7.0f} %   of {cores} cores over the wall time")
+if os.path.exists(time_file):
+    try:
+        user, system = map(float, open(time_file).read().split()[-2:])
+        whole = user + system
+        print(f"whole apply CPU:  {whole:8.2f} s   (qflow and all it ran, GNU time; outside the steps' CPU: {whole - total_cpu:.2f} s)")
+    except ValueError:
+        pass
 if len(cpu_known) < len(ran):
     print(f"note: {len(ran) - len(cpu_known)} steps that ran have no CPU time (run elsewhere, e.g. Slurm): total CPU is a lower bound")
 if record.get("interrupted") or int(code) != 0:
