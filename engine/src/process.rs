@@ -290,7 +290,10 @@ impl RunningChild {
             return Ok(self.exited);
         }
         if self.done {
-            bail!("cannot wait for `{}`: it was killed and not reaped", self.id());
+            bail!(
+                "cannot wait for `{}`: it was killed and not reaped",
+                self.id()
+            );
         }
         let status = reap(&self.child, &self.groups, false)?;
         if status.is_some() {
