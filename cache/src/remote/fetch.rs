@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use sha2::Digest;
@@ -25,7 +26,7 @@ use super::http_store::{Failure, Kind};
 use super::names::{Sha256, Sha256Map};
 use super::{Fault, ObjectRef, RemoteCache, RemoteRecord, for_each_bounded};
 use crate::atomic::{fsync_dir, parent_of, unique_tmp_name, write_atomic};
-use crate::object_store::{read_only_mode, seal};
+use crate::object_store::{make_read_only, read_only_mode, seal};
 use crate::{Cache, EntryKind, Hash, Manifest};
 
 /// The marker of a body longer than the record says.
@@ -196,17 +197,20 @@ impl RemoteCache {
         for o in &to_download {
             map.put(&o.blake3, &o.sha256)?;
         }
+        let downloaded_now: BTreeSet<Hash> = to_download.iter().map(|o| o.blake3).collect();
         for shard in &shards {
             fsync_dir(shard)?;
         }
         drop(staging);
         for m in missing_trees {
-            cache.restore_tree(m).with_context(|| {
-                format!(
-                    "cannot build tree `{}` from the downloaded objects",
-                    m.hash.short()
-                )
-            })?;
+            cache
+                .restore_tree_from(m, &downloaded_now)
+                .with_context(|| {
+                    format!(
+                        "cannot build tree `{}` from the downloaded objects",
+                        m.hash.short()
+                    )
+                })?;
         }
         Ok(())
     }
@@ -223,39 +227,52 @@ impl RemoteCache {
         let mut file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create `{}`", path.display()))
             .map_err(ObjectFailure::Local)?;
-        // Hashing runs beside the transfer: this thread receives and writes, another hashes
-        // (sha256 and blake3), through a short queue so memory stays constant.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
+        // This thread receives and writes; two others hash the same chunks (sha256 and
+        // blake3 at once, no copy), through short queues so memory stays constant. Each
+        // chunk's writeback to disk starts as soon as it is written, so the transfer, the
+        // hashing and the disk all move together and the final fdatasync waits for little.
+        let (sha_tx, sha_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+        let (b3_tx, b3_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
         let mut written = 0u64;
-        let (got, (sha, b3)) = std::thread::scope(|s| {
-            let hasher = s.spawn(move || {
+        let (got, sha, b3) = std::thread::scope(|s| {
+            let sha_thread = s.spawn(move || {
                 let mut sha = sha2::Sha256::new();
+                for chunk in sha_rx {
+                    sha.update(&chunk[..]);
+                }
+                Sha256(sha.finalize().into())
+            });
+            let b3_thread = s.spawn(move || {
                 let mut b3 = blake3::Hasher::new();
-                for chunk in rx {
-                    sha.update(&chunk);
+                for chunk in b3_rx {
                     b3.update(&chunk);
                 }
-                (Sha256(sha.finalize().into()), Hash::from(b3.finalize()))
+                Hash::from(b3.finalize())
             });
             let got = self
                 .http
-                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |bytes| {
-                    written += bytes.len() as u64;
+                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
+                    let at = written;
+                    written += chunk.len() as u64;
                     if written > o.size {
                         // More bytes than the record names: wrong, and maybe endless.
                         anyhow::bail!("{WRONG_SIZE}");
                     }
-                    file.write_all(bytes)
+                    file.write_all(&chunk)
                         .with_context(|| format!("cannot write `{}`", path.display()))?;
-                    tx.send(std::sync::Arc::from(bytes))
-                        .map_err(|_| anyhow!("the hashing thread stopped"))?;
-                    self.add_down(bytes.len() as u64);
-                    Ok(())
+                    start_writeback(&file, at, chunk.len());
+                    self.add_down(chunk.len() as u64);
+                    let chunk = Arc::new(chunk);
+                    let stopped = || anyhow!("a hashing thread stopped");
+                    sha_tx.send(Arc::clone(&chunk)).map_err(|_| stopped())?;
+                    b3_tx.send(chunk).map_err(|_| stopped())
                 });
-            drop(tx);
+            drop((sha_tx, b3_tx));
+            let hashed = "the hashing threads do not panic";
             (
                 got,
-                hasher.join().expect("the hashing thread does not panic"),
+                sha_thread.join().expect(hashed),
+                b3_thread.join().expect(hashed),
             )
         });
         let size = match got {
@@ -275,7 +292,6 @@ impl RemoteCache {
             Err(Failure::Local(e)) => return Err(ObjectFailure::Local(e)),
         };
         self.read.health.ok();
-        file.flush().map_err(|e| ObjectFailure::Local(e.into()))?;
         if size != o.size {
             return Err(ObjectFailure::WrongBytes(format!(
                 "{size} bytes, the record says {}",
@@ -293,6 +309,10 @@ impl RemoteCache {
                 o.blake3
             )));
         }
+        // Verified: durable before it may enter the store (its writeback began as it came).
+        file.sync_data()
+            .with_context(|| format!("cannot fsync `{}`", path.display()))
+            .map_err(ObjectFailure::Local)?;
         self.counters
             .objects_down
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -332,7 +352,12 @@ fn place_object(
     }
     .with_context(|| format!("cannot place `{}` in the object store", object.display()));
     let result = placed.and_then(|()| {
-        seal(&tmp, read_only_mode(executable))?;
+        if from_stage {
+            // Its bytes were fsynced when they passed verification.
+            make_read_only(&tmp, read_only_mode(executable))?;
+        } else {
+            seal(&tmp, read_only_mode(executable))?;
+        }
         match std::fs::hard_link(&tmp, &object) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -358,4 +383,19 @@ fn note_retains(cache: &Cache, output: &Hash, retains: &[Hash]) -> anyhow::Resul
     let path = cache.retains_path(output);
     std::fs::create_dir_all(parent_of(&path))?;
     write_atomic(&path, &serde_json::to_vec(&all)?)
+}
+
+/// Starts writing `len` bytes of `file` at `offset` back to disk without waiting for them
+/// (advisory: the fdatasync after verification is what makes the object durable).
+fn start_writeback(file: &std::fs::File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a plain system call on an open descriptor; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
