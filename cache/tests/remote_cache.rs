@@ -737,7 +737,7 @@ fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
     let record = commit(
         &a,
         &Hash::of_bytes(b"step"),
-        &[("disk.img", noise(1 << 20, 3), false)],
+        &[("disk.img", noise(3 << 20, 3), false)],
         &[],
     );
     let (url, requests) = memory_store(true);

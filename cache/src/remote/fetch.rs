@@ -32,6 +32,12 @@ use crate::{Cache, EntryKind, Hash, Manifest};
 /// The marker of a body longer than the record says.
 const WRONG_SIZE: &str = "the server sent more bytes than the record names";
 
+/// The marker of a transfer stopped because its file could not be written.
+const WRITE_FAILED: &str = "the object's file could not be written";
+
+/// Objects up to this size are received on one thread (threads cost more than they save).
+const CHUNK_HINT: u64 = 1 << 20;
+
 /// Why one object could not be had.
 enum ObjectFailure {
     Missing,
@@ -224,57 +230,17 @@ impl RemoteCache {
         }
         let _slot = self.slots.take();
         let path = dir.join(o.blake3.to_hex());
-        let mut file = std::fs::File::create(&path)
+        let file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create `{}`", path.display()))
             .map_err(ObjectFailure::Local)?;
-        // This thread receives and writes; two others hash the same chunks (sha256 and
-        // blake3 at once, no copy), through short queues so memory stays constant. Each
-        // chunk's writeback to disk starts as soon as it is written, so the transfer, the
-        // hashing and the disk all move together and the final fdatasync waits for little.
-        let (sha_tx, sha_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
-        let (b3_tx, b3_rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
-        let mut written = 0u64;
-        let (got, sha, b3) = std::thread::scope(|s| {
-            let sha_thread = s.spawn(move || {
-                let mut sha = sha2::Sha256::new();
-                for chunk in sha_rx {
-                    sha.update(&chunk[..]);
-                }
-                Sha256(sha.finalize().into())
-            });
-            let b3_thread = s.spawn(move || {
-                let mut b3 = blake3::Hasher::new();
-                for chunk in b3_rx {
-                    b3.update(&chunk);
-                }
-                Hash::from(b3.finalize())
-            });
-            let got = self
-                .http
-                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
-                    let at = written;
-                    written += chunk.len() as u64;
-                    if written > o.size {
-                        // More bytes than the record names: wrong, and maybe endless.
-                        anyhow::bail!("{WRONG_SIZE}");
-                    }
-                    file.write_all(&chunk)
-                        .with_context(|| format!("cannot write `{}`", path.display()))?;
-                    start_writeback(&file, at, chunk.len());
-                    self.add_down(chunk.len() as u64);
-                    let chunk = Arc::new(chunk);
-                    let stopped = || anyhow!("a hashing thread stopped");
-                    sha_tx.send(Arc::clone(&chunk)).map_err(|_| stopped())?;
-                    b3_tx.send(chunk).map_err(|_| stopped())
-                });
-            drop((sha_tx, b3_tx));
-            let hashed = "the hashing threads do not panic";
-            (
-                got,
-                sha_thread.join().expect(hashed),
-                b3_thread.join().expect(hashed),
-            )
-        });
+        let (got, file, sha, b3) = if o.size <= CHUNK_HINT {
+            self.receive_small(o, file)
+        } else {
+            self.receive_streamed(o, file)
+        };
+        let file = file
+            .with_context(|| format!("cannot write `{}`", path.display()))
+            .map_err(ObjectFailure::Local)?;
         let size = match got {
             Ok(Some(size)) => size,
             Ok(None) => {
@@ -318,7 +284,111 @@ impl RemoteCache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+
+    /// An object of one chunk or less: received, written and hashed on this thread.
+    fn receive_small(&self, o: &ObjectRef, mut file: std::fs::File) -> Received {
+        let mut sha = sha2::Sha256::new();
+        let mut b3 = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut write_error = None;
+        let got = self
+            .http
+            .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
+                written += chunk.len() as u64;
+                if written > o.size {
+                    // More bytes than the record names: wrong, and maybe endless.
+                    anyhow::bail!("{WRONG_SIZE}");
+                }
+                if let Err(e) = file.write_all(&chunk) {
+                    write_error = Some(e);
+                    anyhow::bail!("{WRITE_FAILED}");
+                }
+                self.add_down(chunk.len() as u64);
+                sha.update(&chunk);
+                b3.update(&chunk);
+                Ok(())
+            });
+        let file = match write_error {
+            Some(e) => Err(e),
+            None => Ok(file),
+        };
+        let sha = Sha256(sha.finalize().into());
+        (got, file, sha, Hash::from(b3.finalize()))
+    }
+
+    /// A larger object, through a pipeline: this thread receives, three others write
+    /// (starting each chunk's writeback to disk at once, so the final fdatasync waits for
+    /// little), hash sha256 and hash blake3 the same chunks, shared without copying,
+    /// through short queues so memory stays constant. On two cores the transfer, the disk
+    /// and both hashes move together.
+    fn receive_streamed(&self, o: &ObjectRef, file: std::fs::File) -> Received {
+        type Queue = std::sync::mpsc::SyncSender<Arc<Vec<u8>>>;
+        let queue = || std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+        let ((write_tx, write_rx), (sha_tx, sha_rx), (b3_tx, b3_rx)) = (queue(), queue(), queue());
+        let mut received = 0u64;
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> std::io::Result<std::fs::File> {
+                let mut file = file;
+                let mut at = 0u64;
+                for chunk in write_rx {
+                    file.write_all(&chunk)?;
+                    start_writeback(&file, at, chunk.len());
+                    at += chunk.len() as u64;
+                }
+                Ok(file)
+            });
+            let sha_thread = s.spawn(move || {
+                let mut sha = sha2::Sha256::new();
+                for chunk in sha_rx {
+                    sha.update(&chunk[..]);
+                }
+                Sha256(sha.finalize().into())
+            });
+            let b3_thread = s.spawn(move || {
+                let mut b3 = blake3::Hasher::new();
+                for chunk in b3_rx {
+                    b3.update(&chunk);
+                }
+                Hash::from(b3.finalize())
+            });
+            let queues: [&Queue; 3] = [&write_tx, &sha_tx, &b3_tx];
+            let got = self
+                .http
+                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
+                    received += chunk.len() as u64;
+                    if received > o.size {
+                        // More bytes than the record names: wrong, and maybe endless.
+                        anyhow::bail!("{WRONG_SIZE}");
+                    }
+                    self.add_down(chunk.len() as u64);
+                    let chunk = Arc::new(chunk);
+                    for q in queues {
+                        // A closed queue: the writer failed; its error is reported below.
+                        q.send(Arc::clone(&chunk))
+                            .map_err(|_| anyhow!("{WRITE_FAILED}"))?;
+                    }
+                    Ok(())
+                });
+            drop((write_tx, sha_tx, b3_tx));
+            let joined = "the download's threads do not panic";
+            (
+                got,
+                writer.join().expect(joined),
+                sha_thread.join().expect(joined),
+                b3_thread.join().expect(joined),
+            )
+        })
+    }
 }
+
+/// What receiving an object gave: the transfer's outcome (its size, or absent), the file
+/// written (or why it could not be), the sha256 and the blake3 of the bytes received.
+type Received = (
+    Result<Option<u64>, Failure>,
+    std::io::Result<std::fs::File>,
+    Sha256,
+    Hash,
+);
 
 /// Puts the object `hash` (variant `executable`) into the store from `staged` (just verified)
 /// or, when nothing was downloaded for it, from the other variant already in the store.
