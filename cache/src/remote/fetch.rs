@@ -117,6 +117,9 @@ impl RemoteCache {
         trees: &[&Manifest],
     ) -> anyhow::Result<()> {
         let key = rr.record.key;
+        // Another fetch bringing one of these trees now (an overlay's step and the base
+        // image's own) is waited for; the tree is then here, not downloaded twice.
+        let _claimed = self.claims.claim(trees.iter().map(|m| m.hash));
         let missing_trees: Vec<&Manifest> = trees
             .iter()
             .copied()
