@@ -302,7 +302,7 @@ fn conclude(
         && !session.workflow.selection.is_partial()
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
-    let stamp = settled_stamp(session);
+    let stamp = session.settled_stamp();
     let lock_now = if written.is_some() {
         written
     } else if lock_stale {
@@ -415,7 +415,7 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
     // A settled stamp vouches for every record and link of this lock.
     let settled = session.lock_digest().is_some_and(|lock| {
         out.settled(
-            &settled_stamp(session),
+            &session.settled_stamp(),
             &lock,
             session.cache.records_generation(),
         )
@@ -460,16 +460,6 @@ fn in_parallel<T: Sync>(items: &[T], check: impl Fn(&T) -> bool + Sync) -> Vec<b
             .flat_map(|p| p.join().expect("lock entry check"))
             .collect()
     })
-}
-
-/// Where the settled stamp of this workflow's `out/` links lives (see `out_links.rs`).
-fn settled_stamp(session: &Session) -> PathBuf {
-    let name = Hash::of_bytes(session.lock_path.as_os_str().as_encoded_bytes());
-    session
-        .cache
-        .dir("state")
-        .join("settled")
-        .join(name.to_hex())
 }
 
 /// Host checks for every step that may run: tools, secrets, requirements.

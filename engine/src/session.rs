@@ -320,6 +320,12 @@ impl<'w> Session<'w> {
         .then_some(output)
     }
 
+    /// Where the settled stamp of this workflow's `out/` links lives (see `out_links.rs`).
+    pub fn settled_stamp(&self) -> std::path::PathBuf {
+        let name = Hash::of_bytes(self.lock_path.as_os_str().as_encoded_bytes());
+        self.cache.dir("state").join("settled").join(name.to_hex())
+    }
+
     /// The blake3 of the lock file as this session read it.
     pub fn lock_digest(&self) -> Option<Hash> {
         self.lock.digest
