@@ -89,7 +89,9 @@ impl OutLinks {
                 if let Some(dir) = stamp.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                qflow_cache::write_atomic(stamp, text.as_bytes())
+                // Not fsynced: a stamp a power cut loses only costs the next apply
+                // its per-step checks, and one it tears does not match.
+                qflow_cache::write_replace(stamp, text.as_bytes())
             }
             _ => Self::unsettle(stamp),
         }

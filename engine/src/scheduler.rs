@@ -375,16 +375,18 @@ fn write_lock(
             )?
         {
             qflow_cache::write_atomic(&session.lock_path, new.as_bytes())?;
-            let mut index = session.lock_index().clone();
-            index.version = crate::lockfile::LOCK_VERSION;
-            index.workflow = workflow.name.clone();
-            index.steps.retain(|k, _| declared.contains(k.as_str()));
-            for (name, e) in &changes {
-                index
-                    .steps
-                    .insert(name.clone(), (e.key.clone(), e.output.clone()));
-            }
-            let digest = session.remember_lock_index(new.as_bytes(), &index);
+            // The new lock's index: the old one's kept steps and the changes.
+            let kept = (old.steps.iter())
+                .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
+                .map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
+            let changed =
+                (changes.iter()).map(|(n, e)| (n.as_str(), e.key.as_str(), e.output.as_str()));
+            let digest = session.remember_lock_index(
+                new.as_bytes(),
+                crate::lockfile::LOCK_VERSION,
+                &workflow.name,
+                kept.chain(changed),
+            );
             return Ok((true, Some(digest)));
         }
         let mut new_lock = session.lock().clone();
