@@ -24,7 +24,7 @@ use crate::executor::Wake;
 use crate::executor::local::LocalExecutor;
 use crate::executor::routed::Routed;
 use crate::executor::slurm::SlurmExecutor;
-use crate::lockfile::LockedStep;
+use crate::lockfile::{LockText, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::run::{Event, Finished, Run, RunParts};
@@ -349,7 +349,7 @@ fn conclude(
 /// what it wrote when that is known without reading it back.
 fn write_lock(
     session: &Session,
-    changes: std::collections::BTreeMap<String, LockedStep>,
+    changes: std::collections::BTreeMap<String, NewEntry>,
 ) -> anyhow::Result<(bool, Option<Hash>)> {
     let workflow = session.workflow;
     // Steps the targets left out keep their entries.
@@ -366,7 +366,12 @@ fn write_lock(
     if stale {
         // A few changed entries of a large lock: spliced into its bytes (`lockfile.rs`).
         let keep = |k: &str| declared.contains(k);
-        if let Some(text) = session.lock_text()
+        // No old entry to keep (a first apply): the changes alone, spliced the same way.
+        let empty = LockText::empty();
+        let text = session
+            .lock_text()
+            .or(old.steps.is_empty().then_some(&empty));
+        if let Some(text) = text
             && let Some(new) = text.splice(
                 crate::lockfile::LOCK_VERSION,
                 &workflow.name,
@@ -393,7 +398,9 @@ fn write_lock(
         new_lock.version = crate::lockfile::LOCK_VERSION;
         new_lock.workflow = workflow.name.clone();
         new_lock.steps.retain(|k, _| declared.contains(k.as_str()));
-        new_lock.steps.extend(changes);
+        for (name, entry) in changes {
+            new_lock.steps.insert(name, entry.parsed()?);
+        }
         new_lock.write(&session.lock_path)?;
     }
     Ok((stale, None))
