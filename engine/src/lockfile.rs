@@ -223,7 +223,8 @@ impl LockText {
         keep: impl Fn(&str) -> bool,
         changes: &BTreeMap<String, NewEntry>,
     ) -> anyhow::Result<Option<String>> {
-        let mut out = String::with_capacity(self.bytes.len() + changes.len() * 1024);
+        let changed: usize = changes.values().map(|e| e.text.len() + 2).sum();
+        let mut out = String::with_capacity(self.bytes.len() + changed + 256);
         out.push_str(&Self::head(version, workflow));
         let mut first = true;
         let mut separate = |out: &mut String| {
