@@ -119,9 +119,14 @@ impl Server {
     }
 
     fn requests(&self) -> usize {
+        self.log_lines().len()
+    }
+
+    /// The access log's lines, one per request answered.
+    fn log_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.state.join("logs/access.log"))
-            .map(|l| l.lines().count())
-            .unwrap_or(0)
+            .map(|l| l.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -305,6 +310,28 @@ fn a_second_machine_runs_nothing_every_step_a_remote_hit_with_identical_outputs(
         server.requests() <= before + 1,
         "at most the access check, which a no-op apply does not wait for"
     );
+
+    // Every step named: all five are fetched at once, the overlay's step bringing the
+    // image it backs onto while that image's own step fetches it. Each object comes
+    // down once.
+    let d = machine();
+    let before = server.requests();
+    let url = server.read_url();
+    let mut args = vec!["apply", "--remote-cache", url.as_str()];
+    args.extend(STEPS);
+    let named = d.qflow(&args).success();
+    assert_eq!(remote_hits(&named), STEPS, "{}", named.stderr);
+    assert_eq!(out_contents(&d, "work"), out_contents(&a, "work"));
+    let gets: Vec<String> = (server.log_lines().into_iter().skip(before))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip(3);
+            (words.next() == Some("\"GET")).then(|| words.next().map(str::to_string))?
+        })
+        .filter(|path| path.starts_with("/cas/"))
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = gets.iter().collect();
+    assert!(!gets.is_empty());
+    assert_eq!(gets.len(), distinct.len(), "an object fetched twice: {gets:?}");
 }
 
 #[test]

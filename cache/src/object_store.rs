@@ -140,10 +140,15 @@ impl Cache {
     }
 }
 
+/// Gives `path` the read-only `mode` (bytes already durable).
+pub(crate) fn make_read_only(path: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot make `{}` read-only", path.display()))
+}
+
 /// Makes `path` read-only with `mode` and fsyncs its bytes.
 pub(crate) fn seal(path: &Path, mode: u32) -> anyhow::Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot make `{}` read-only", path.display()))?;
+    make_read_only(path, mode)?;
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot fsync `{}`", path.display()))

@@ -283,8 +283,17 @@ fn a_result_uploaded_from_one_cache_is_fetched_byte_identical_into_an_empty_one(
     assert_eq!(remote_a.upload(&overlay, &a), UploadOutcome::AlreadyThere);
     assert!(warnings_a.lock().unwrap().is_empty());
 
-    let log = std::fs::read_to_string(server.state.0.join("logs/access.log")).unwrap();
-    let puts = log.lines().filter(|l| l.contains("\"PUT /")).count();
+    // nginx logs a request after it answered it: give the last line a moment to appear.
+    let puts_logged = || {
+        let log = std::fs::read_to_string(server.state.0.join("logs/access.log")).unwrap();
+        let puts = log.lines().filter(|l| l.contains("\"PUT /")).count();
+        (puts, log)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while puts_logged().0 < 6 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (puts, log) = puts_logged();
     assert_eq!(puts, 6, "5 objects and the entry: {log}");
 
     let (remote_b, warnings_b) = server.client(Credentials::none());
@@ -728,7 +737,7 @@ fn a_transfer_dropped_halfway_is_a_miss_and_leaves_nothing_behind() {
     let record = commit(
         &a,
         &Hash::of_bytes(b"step"),
-        &[("disk.img", noise(1 << 20, 3), false)],
+        &[("disk.img", noise(3 << 20, 3), false)],
         &[],
     );
     let (url, requests) = memory_store(true);

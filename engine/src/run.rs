@@ -109,17 +109,6 @@ enum Hit {
     Left(RemoteRecord),
 }
 
-impl Hit {
-    /// The step key a remote hit answers.
-    fn remote_key(&self) -> Option<Hash> {
-        match self {
-            Hit::Remote(rec) => Some(rec.key),
-            Hit::Left(rr) => Some(rr.record.key),
-            _ => None,
-        }
-    }
-}
-
 /// A step handed to the executor, or being recorded.
 struct Active {
     step: StepId,
@@ -163,8 +152,9 @@ pub struct Run<'a> {
     remote_downloads: Vec<bool>,
     /// Done steps whose output is on the server only.
     left: HashMap<StepId, RemoteRecord>,
-    /// What the remote cache answered for steps of the current settle round.
-    prefetched: HashMap<StepId, Option<Hit>>,
+    /// What the remote cache answered for steps of the current settle round and the
+    /// steps below them, under the key it was asked for.
+    prefetched: HashMap<StepId, (Hash, Option<Hit>)>,
     /// Whether the schedule got each step's expected duration yet.
     weighed: bool,
     /// The run's slots as a jobserver, when a step's make shares them (`job_slots.rs`).
@@ -383,31 +373,78 @@ impl<'a> Run<'a> {
             .map_err(|e| anyhow!("step `{}`: {e}", s.name))
     }
 
-    /// Asks the remote cache for every step of `round` the local cache lacks, and fetches
-    /// the hits, several at once (the remote cache bounds the transfers in flight); what
-    /// it found waits in `prefetched` for `settle_one`. One step alone is asked there.
+    /// Asks the remote cache for every step of `round` the local cache lacks and, looking
+    /// ahead, for the steps below them whose keys the answers already settle (a hit's entry
+    /// names its output, so a downstream key follows without its bytes); then fetches every
+    /// hit to be downloaded at once, the remote cache bounding the transfers in flight. So
+    /// an image and the overlay on it come down side by side, not one level after the
+    /// other. What it found waits in `prefetched`, under the key it answers, for
+    /// `settle_one`: a step whose upstream then missed after all (wrong bytes on the
+    /// server) gets another key and is asked again.
     fn prefetch_remote(&mut self, round: &[StepId]) -> anyhow::Result<()> {
         let Some(remote) = self.parts.remote else {
             return Ok(());
         };
-        let wanted: Vec<(StepId, Hash)> = (round.iter())
-            .filter(|id| self.remote_reads[id.index()])
-            .filter_map(|&id| Some((id, self.material_of(id).ok()?.key())))
-            .filter(|(id, key)| self.local_lookup(*id, key).is_none())
-            .collect();
-        if wanted.len() < 2 {
-            return Ok(());
+        let session = self.parts.session;
+        let mut promised: HashMap<&'a str, Hash> = HashMap::new();
+        let mut asked: Vec<(StepId, Hash, Option<RemoteRecord>)> = Vec::new();
+        let mut looked = std::collections::HashSet::new();
+        let mut frontier: Vec<StepId> = round.to_vec();
+        while !frontier.is_empty() {
+            let wanted: Vec<(StepId, Hash)> = (frontier.drain(..))
+                .filter(|&id| looked.insert(id))
+                .filter(|id| self.remote_reads[id.index()] && !self.forced[id.index()])
+                .filter_map(|id| Some((id, self.material_with(id, &promised)?.ok()?.key())))
+                .filter(|(id, key)| self.local_lookup(*id, key).is_none())
+                .collect();
+            if wanted.is_empty() {
+                break;
+            }
+            remote.check()?;
+            let found =
+                qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(_, key)| {
+                    remote.lookup(key)
+                });
+            for ((id, key), entry) in wanted.into_iter().zip(found) {
+                if let Some(entry) = &entry {
+                    promised.insert(self.name(id), entry.record.output);
+                    frontier.extend(session.dag.downstream(id));
+                }
+                asked.push((id, key, entry));
+            }
         }
-        remote.check()?;
-        let cache = &self.parts.session.cache;
+        let cache = &session.cache;
         let downloads = &self.remote_downloads;
-        let found = qflow_cache::remote::map_bounded(&wanted, remote.transfers(), |(id, key)| {
-            ask_remote(remote, cache, key, downloads[id.index()])
-        });
-        for ((id, _), hit) in wanted.into_iter().zip(found) {
-            self.prefetched.insert(id, hit);
+        let hits =
+            qflow_cache::remote::map_bounded(&asked, remote.transfers(), |(id, key, entry)| {
+                let entry = entry.clone()?;
+                settle_remote_hit(remote, cache, key, entry, downloads[id.index()])
+            });
+        for ((id, key, _), hit) in asked.into_iter().zip(hits) {
+            self.prefetched.insert(id, (key, hit));
         }
         Ok(())
+    }
+
+    /// The key material of step `id` when each upstream step is done or `promised` names
+    /// its output; `None` while one is neither.
+    fn material_with(
+        &self,
+        id: StepId,
+        promised: &HashMap<&'a str, Hash>,
+    ) -> Option<anyhow::Result<KeyMaterial>> {
+        let session = self.parts.session;
+        let s = &session.workflow.steps[id.index()];
+        let mut up = BTreeMap::new();
+        for u in s.upstream_names() {
+            let output = self.outputs.get(u).or_else(|| promised.get(u))?;
+            up.insert(u.to_string(), *output);
+        }
+        Some(
+            session
+                .material(self.parts.prepared, id.index(), &up)
+                .map_err(|e| anyhow!("step `{}`: {e}", s.name)),
+        )
     }
 
     /// Step `id` must run: bring down the outputs of its upstream steps that were left on
@@ -607,13 +644,11 @@ impl<'a> Run<'a> {
         if self.forced[id.index()] {
             return Ok(None);
         }
-        // Fetched moments ago in this settle round: a remote hit, now in the local cache.
-        let prefetched = self.prefetched.remove(&id);
+        // Asked moments ago for this very key: a remote hit (now in the local cache, or
+        // its entry kept), or a miss.
+        let prefetched = (self.prefetched.remove(&id)).filter(|(asked_for, _)| asked_for == key);
         let asked = prefetched.is_some();
-        if let Some(hit) = prefetched
-            .flatten()
-            .filter(|h| h.remote_key() == Some(*key))
-        {
+        if let Some((_, Some(hit))) = prefetched {
             return Ok(Some(hit));
         }
         if let Some(hit) = self.local_lookup(id, key) {
@@ -1049,9 +1084,7 @@ pub fn drive<'s, 'a>(
     }
 }
 
-/// Asks `remote` for step key `key`: a hit is fetched into `cache` (with the trees its
-/// images back onto) when `download`, else its entry is kept and its bytes stay on the
-/// server. Faults and wrong bytes are misses (the remote cache gave its warning).
+/// Asks `remote` for step key `key`, then as [`settle_remote_hit`].
 fn ask_remote(
     remote: &RemoteCache,
     cache: &qflow_cache::Cache,
@@ -1059,6 +1092,19 @@ fn ask_remote(
     download: bool,
 ) -> Option<Hit> {
     let entry = remote.lookup(key)?;
+    settle_remote_hit(remote, cache, key, entry, download)
+}
+
+/// The remote cache's `entry` for step key `key`: fetched into `cache` (with the trees its
+/// images back onto) when `download`, else kept there while its bytes stay on the server.
+/// Faults and wrong bytes are misses (the remote cache gave its warning).
+fn settle_remote_hit(
+    remote: &RemoteCache,
+    cache: &qflow_cache::Cache,
+    key: &Hash,
+    entry: RemoteRecord,
+    download: bool,
+) -> Option<Hit> {
     // A killed run's started mark no longer stands for this key: the result is whole.
     if download {
         remote.fetch_usable(&entry, cache).ok()?;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use sha2::Digest;
@@ -25,11 +26,17 @@ use super::http_store::{Failure, Kind};
 use super::names::{Sha256, Sha256Map};
 use super::{Fault, ObjectRef, RemoteCache, RemoteRecord, for_each_bounded};
 use crate::atomic::{fsync_dir, parent_of, unique_tmp_name, write_atomic};
-use crate::object_store::{read_only_mode, seal};
+use crate::object_store::{make_read_only, read_only_mode, seal};
 use crate::{Cache, EntryKind, Hash, Manifest};
 
 /// The marker of a body longer than the record says.
 const WRONG_SIZE: &str = "the server sent more bytes than the record names";
+
+/// The marker of a transfer stopped because its file could not be written.
+const WRITE_FAILED: &str = "the object's file could not be written";
+
+/// Objects up to this size are received on one thread (threads cost more than they save).
+const CHUNK_HINT: u64 = 1 << 20;
 
 /// Why one object could not be had.
 enum ObjectFailure {
@@ -110,6 +117,9 @@ impl RemoteCache {
         trees: &[&Manifest],
     ) -> anyhow::Result<()> {
         let key = rr.record.key;
+        // Another fetch bringing one of these trees now (an overlay's step and the base
+        // image's own) is waited for; the tree is then here, not downloaded twice.
+        let _claimed = self.claims.claim(trees.iter().map(|m| m.hash));
         let missing_trees: Vec<&Manifest> = trees
             .iter()
             .copied()
@@ -196,17 +206,20 @@ impl RemoteCache {
         for o in &to_download {
             map.put(&o.blake3, &o.sha256)?;
         }
+        let downloaded_now: BTreeSet<Hash> = to_download.iter().map(|o| o.blake3).collect();
         for shard in &shards {
             fsync_dir(shard)?;
         }
         drop(staging);
         for m in missing_trees {
-            cache.restore_tree(m).with_context(|| {
-                format!(
-                    "cannot build tree `{}` from the downloaded objects",
-                    m.hash.short()
-                )
-            })?;
+            cache
+                .restore_tree_from(m, &downloaded_now)
+                .with_context(|| {
+                    format!(
+                        "cannot build tree `{}` from the downloaded objects",
+                        m.hash.short()
+                    )
+                })?;
         }
         Ok(())
     }
@@ -220,44 +233,17 @@ impl RemoteCache {
         }
         let _slot = self.slots.take();
         let path = dir.join(o.blake3.to_hex());
-        let mut file = std::fs::File::create(&path)
+        let file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create `{}`", path.display()))
             .map_err(ObjectFailure::Local)?;
-        // Hashing runs beside the transfer: this thread receives and writes, another hashes
-        // (sha256 and blake3), through a short queue so memory stays constant.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<std::sync::Arc<[u8]>>(4);
-        let mut written = 0u64;
-        let (got, (sha, b3)) = std::thread::scope(|s| {
-            let hasher = s.spawn(move || {
-                let mut sha = sha2::Sha256::new();
-                let mut b3 = blake3::Hasher::new();
-                for chunk in rx {
-                    sha.update(&chunk);
-                    b3.update(&chunk);
-                }
-                (Sha256(sha.finalize().into()), Hash::from(b3.finalize()))
-            });
-            let got = self
-                .http
-                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |bytes| {
-                    written += bytes.len() as u64;
-                    if written > o.size {
-                        // More bytes than the record names: wrong, and maybe endless.
-                        anyhow::bail!("{WRONG_SIZE}");
-                    }
-                    file.write_all(bytes)
-                        .with_context(|| format!("cannot write `{}`", path.display()))?;
-                    tx.send(std::sync::Arc::from(bytes))
-                        .map_err(|_| anyhow!("the hashing thread stopped"))?;
-                    self.add_down(bytes.len() as u64);
-                    Ok(())
-                });
-            drop(tx);
-            (
-                got,
-                hasher.join().expect("the hashing thread does not panic"),
-            )
-        });
+        let (got, file, sha, b3) = if o.size <= CHUNK_HINT {
+            self.receive_small(o, file)
+        } else {
+            self.receive_streamed(o, file)
+        };
+        let file = file
+            .with_context(|| format!("cannot write `{}`", path.display()))
+            .map_err(ObjectFailure::Local)?;
         let size = match got {
             Ok(Some(size)) => size,
             Ok(None) => {
@@ -275,7 +261,6 @@ impl RemoteCache {
             Err(Failure::Local(e)) => return Err(ObjectFailure::Local(e)),
         };
         self.read.health.ok();
-        file.flush().map_err(|e| ObjectFailure::Local(e.into()))?;
         if size != o.size {
             return Err(ObjectFailure::WrongBytes(format!(
                 "{size} bytes, the record says {}",
@@ -293,12 +278,120 @@ impl RemoteCache {
                 o.blake3
             )));
         }
+        // Verified: durable before it may enter the store (its writeback began as it came).
+        file.sync_data()
+            .with_context(|| format!("cannot fsync `{}`", path.display()))
+            .map_err(ObjectFailure::Local)?;
         self.counters
             .objects_down
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+
+    /// An object of one chunk or less: received, written and hashed on this thread.
+    fn receive_small(&self, o: &ObjectRef, mut file: std::fs::File) -> Received {
+        let mut sha = sha2::Sha256::new();
+        let mut b3 = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut write_error = None;
+        let got = self
+            .http
+            .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
+                written += chunk.len() as u64;
+                if written > o.size {
+                    // More bytes than the record names: wrong, and maybe endless.
+                    anyhow::bail!("{WRONG_SIZE}");
+                }
+                if let Err(e) = file.write_all(&chunk) {
+                    write_error = Some(e);
+                    anyhow::bail!("{WRITE_FAILED}");
+                }
+                self.add_down(chunk.len() as u64);
+                sha.update(&chunk);
+                b3.update(&chunk);
+                Ok(())
+            });
+        let file = match write_error {
+            Some(e) => Err(e),
+            None => Ok(file),
+        };
+        let sha = Sha256(sha.finalize().into());
+        (got, file, sha, Hash::from(b3.finalize()))
+    }
+
+    /// A larger object, through a pipeline: this thread receives, three others write
+    /// (starting each chunk's writeback to disk at once, so the final fdatasync waits for
+    /// little), hash sha256 and hash blake3 the same chunks, shared without copying,
+    /// through short queues so memory stays constant. On two cores the transfer, the disk
+    /// and both hashes move together.
+    fn receive_streamed(&self, o: &ObjectRef, file: std::fs::File) -> Received {
+        type Queue = std::sync::mpsc::SyncSender<Arc<Vec<u8>>>;
+        let queue = || std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
+        let ((write_tx, write_rx), (sha_tx, sha_rx), (b3_tx, b3_rx)) = (queue(), queue(), queue());
+        let mut received = 0u64;
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> std::io::Result<std::fs::File> {
+                let mut file = file;
+                let mut at = 0u64;
+                for chunk in write_rx {
+                    file.write_all(&chunk)?;
+                    start_writeback(&file, at, chunk.len());
+                    at += chunk.len() as u64;
+                }
+                Ok(file)
+            });
+            let sha_thread = s.spawn(move || {
+                let mut sha = sha2::Sha256::new();
+                for chunk in sha_rx {
+                    sha.update(&chunk[..]);
+                }
+                Sha256(sha.finalize().into())
+            });
+            let b3_thread = s.spawn(move || {
+                let mut b3 = blake3::Hasher::new();
+                for chunk in b3_rx {
+                    b3.update(&chunk);
+                }
+                Hash::from(b3.finalize())
+            });
+            let queues: [&Queue; 3] = [&write_tx, &sha_tx, &b3_tx];
+            let got = self
+                .http
+                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
+                    received += chunk.len() as u64;
+                    if received > o.size {
+                        // More bytes than the record names: wrong, and maybe endless.
+                        anyhow::bail!("{WRONG_SIZE}");
+                    }
+                    self.add_down(chunk.len() as u64);
+                    let chunk = Arc::new(chunk);
+                    for q in queues {
+                        // A closed queue: the writer failed; its error is reported below.
+                        q.send(Arc::clone(&chunk))
+                            .map_err(|_| anyhow!("{WRITE_FAILED}"))?;
+                    }
+                    Ok(())
+                });
+            drop((write_tx, sha_tx, b3_tx));
+            let joined = "the download's threads do not panic";
+            (
+                got,
+                writer.join().expect(joined),
+                sha_thread.join().expect(joined),
+                b3_thread.join().expect(joined),
+            )
+        })
+    }
 }
+
+/// What receiving an object gave: the transfer's outcome (its size, or absent), the file
+/// written (or why it could not be), the sha256 and the blake3 of the bytes received.
+type Received = (
+    Result<Option<u64>, Failure>,
+    std::io::Result<std::fs::File>,
+    Sha256,
+    Hash,
+);
 
 /// Puts the object `hash` (variant `executable`) into the store from `staged` (just verified)
 /// or, when nothing was downloaded for it, from the other variant already in the store.
@@ -332,7 +425,12 @@ fn place_object(
     }
     .with_context(|| format!("cannot place `{}` in the object store", object.display()));
     let result = placed.and_then(|()| {
-        seal(&tmp, read_only_mode(executable))?;
+        if from_stage {
+            // Its bytes were fsynced when they passed verification.
+            make_read_only(&tmp, read_only_mode(executable))?;
+        } else {
+            seal(&tmp, read_only_mode(executable))?;
+        }
         match std::fs::hard_link(&tmp, &object) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -358,4 +456,19 @@ fn note_retains(cache: &Cache, output: &Hash, retains: &[Hash]) -> anyhow::Resul
     let path = cache.retains_path(output);
     std::fs::create_dir_all(parent_of(&path))?;
     write_atomic(&path, &serde_json::to_vec(&all)?)
+}
+
+/// Starts writing `len` bytes of `file` at `offset` back to disk without waiting for them
+/// (advisory: the fdatasync after verification is what makes the object durable).
+fn start_writeback(file: &std::fs::File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a plain system call on an open descriptor; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }

@@ -177,7 +177,7 @@ impl HttpStore {
         ep: &Endpoint,
         kind: Kind,
         name: &Sha256,
-        on_chunk: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
+        on_chunk: &mut dyn FnMut(Vec<u8>) -> anyhow::Result<()>,
     ) -> Result<Option<u64>, Failure> {
         let req = self.with_auth(ep, self.agent.get(ep.url(kind, name)));
         let mut resp = req.call().map_err(fault_of)?;
@@ -188,24 +188,25 @@ impl HttpStore {
         }
         let expected = resp.body().content_length();
         let mut reader = resp.body_mut().as_reader();
-        let mut buf = vec![0u8; CHUNK];
         let mut total = 0u64;
         loop {
-            // Fill the buffer (a socket read returns far less) so chunks are large.
-            let mut filled = 0;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(body_fault(e).into()),
-                }
-            }
-            if filled == 0 {
+            // A fresh buffer per chunk, handed over whole: the receiver may pass it on to
+            // other threads without copying. Filled to CHUNK (a socket read returns far less).
+            // (`read_to_end` of a `take` stops at CHUNK bytes or at the body's end.)
+            let mut chunk = Vec::with_capacity(CHUNK);
+            (&mut reader)
+                .take(CHUNK as u64)
+                .read_to_end(&mut chunk)
+                .map_err(body_fault)?;
+            if chunk.is_empty() {
                 break;
             }
-            on_chunk(&buf[..filled]).map_err(Failure::Local)?;
-            total += filled as u64;
+            total += chunk.len() as u64;
+            let last = chunk.len() < CHUNK;
+            on_chunk(chunk).map_err(Failure::Local)?;
+            if last {
+                break;
+            }
         }
         if let Some(len) = expected
             && len != total

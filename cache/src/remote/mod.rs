@@ -32,6 +32,7 @@ mod kept_entry;
 mod names;
 mod remote_record;
 mod transfer_slots;
+mod tree_claims;
 mod upload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,6 +171,8 @@ pub struct RemoteCache {
     transfers: usize,
     /// Object transfers in flight, over every fetch and upload of the run.
     slots: TransferSlots,
+    /// Trees fetches of the run are bringing in now (each downloaded once).
+    claims: tree_claims::TreeClaims,
     on_warning: Option<Warn>,
     on_progress: Option<Progress>,
     warnings: Mutex<Vec<String>>,
@@ -214,6 +217,7 @@ impl RemoteCache {
             write,
             transfers,
             slots: TransferSlots::new(transfers),
+            claims: tree_claims::TreeClaims::default(),
             on_warning: config.on_warning,
             on_progress: config.on_progress,
             warnings: Mutex::new(Vec::new()),
