@@ -621,6 +621,42 @@ steps:
 }
 
 #[test]
+fn the_run_record_and_apply_json_give_the_cpu_time_of_a_step_and_the_programs_it_started() {
+    let s = Space::new();
+    // Two programs, one in the background, each burning 300 ms of CPU (its own
+    // clock ticks, from /proc); and a step that only waits.
+    s.workflow(
+        r#"
+version: 1
+steps:
+  burn:
+    kind: command
+    run: [sh, -c, 'sh -c "$0" & sh -c "$0"; wait', 'while :; do read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u s _ < /proc/$$/stat; [ $((u + s)) -ge 30 ] && exit 0; done']
+  nap:
+    kind: command
+    run: [sleep, '0.3']
+"#,
+    );
+    let run = s.qflow(&["apply", "--json"]).success();
+    let ev = events(&run.stdout);
+    let cpu_of = |step: &str| {
+        (ev.iter())
+            .find(|e| e["event"] == "finished" && e["step"] == step)
+            .and_then(|e| e["cpu_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no cpu_ms for {step}: {ev:?}"))
+    };
+    assert!(cpu_of("burn") >= 590, "{ev:?}");
+    assert!(cpu_of("nap") < 200, "{ev:?}");
+    let id = ev.last().unwrap()["run"].as_str().unwrap().to_string();
+    let record: serde_json::Value =
+        serde_json::from_str(&s.read(&format!(".qflow/runs/{id}.json"))).unwrap();
+    let burn = (record["steps"].as_array().unwrap().iter())
+        .find(|st| st["name"] == "burn")
+        .unwrap();
+    assert_eq!(burn["cpu_ms"].as_u64(), Some(cpu_of("burn")), "{record}");
+}
+
+#[test]
 fn verbose_and_quiet_together_is_a_usage_error() {
     let s = two();
     s.qflow(&["apply", "-q", "-v"]).failure(2);

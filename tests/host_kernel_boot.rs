@@ -111,6 +111,18 @@ steps:
         assert!(backing.starts_with("../"), "{info}");
         assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
     }
+    // The run record charges the step the CPU time of its two QEMUs (TCG boots).
+    let record = std::fs::read_dir(s.join(".qflow/runs"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.path()).unwrap()).unwrap();
+    let guest = (record["steps"].as_array().unwrap().iter())
+        .find(|st| st["name"] == "guest")
+        .unwrap();
+    assert!(guest["cpu_ms"].as_u64().unwrap() >= 1000, "{guest}");
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
     let left: Vec<String> = std::fs::read_dir("/proc")

@@ -331,7 +331,11 @@ fn a_second_machine_runs_nothing_every_step_a_remote_hit_with_identical_outputs(
         .collect();
     let distinct: std::collections::BTreeSet<&String> = gets.iter().collect();
     assert!(!gets.is_empty());
-    assert_eq!(gets.len(), distinct.len(), "an object fetched twice: {gets:?}");
+    assert_eq!(
+        gets.len(),
+        distinct.len(),
+        "an object fetched twice: {gets:?}"
+    );
 }
 
 #[test]

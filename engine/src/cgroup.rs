@@ -89,9 +89,11 @@ impl StepCgroup {
     }
 
     /// Kill every member, wait (at most a second) until they are gone and
-    /// remove the directory.
-    pub fn kill_and_remove(&self) {
-        kill_and_remove(&self.dir);
+    /// remove the directory. Returns the CPU time its members used, all of
+    /// them, from `cpu.stat` (`usage_usec`, which cgroup v2 keeps whether or not
+    /// the cpu controller is enabled), when it could be read.
+    pub fn kill_and_remove(&self) -> Option<Duration> {
+        kill_and_remove(&self.dir)
     }
 }
 
@@ -118,7 +120,19 @@ fn is_empty(dir: &Path) -> bool {
     }
 }
 
-fn kill_and_remove(dir: &Path) {
+/// `usage_usec` of the cgroup at `dir`.
+fn cpu_usage(dir: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    let usec = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_micros(usec))
+}
+
+fn kill_and_remove(dir: &Path) -> Option<Duration> {
     if !is_empty(dir) {
         let _ = std::fs::OpenOptions::new()
             .write(true)
@@ -129,7 +143,9 @@ fn kill_and_remove(dir: &Path) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    let usage = cpu_usage(dir);
     let _ = std::fs::remove_dir(dir);
+    usage
 }
 
 /// After a `kill -9` of qflow: kill what is left in the cgroup of the step run

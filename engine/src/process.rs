@@ -18,7 +18,13 @@
 //! [`run_to_end`] runs one program to completion, streaming its output line by
 //! line to the step log and a callback, and fails quoting its last lines;
 //! [`spawn`] starts a long-lived one (QEMU) behind a [`RunningChild`] guard.
-//! `context.rs` wraps both for the kinds. Imports `step_log` and `leftovers`.
+//! `context.rs` wraps both for the kinds.
+//!
+//! The CPU time of a step ([`ProcessGroups::cpu`]) is its cgroup's usage where
+//! it has one (every process it started, reaped or not); otherwise each program
+//! is reaped with `wait4`, whose usage holds the program's time and that of the
+//! descendants it reaped, and the step's time is their sum. Imports `step_log`
+//! and `leftovers`.
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
@@ -52,6 +58,16 @@ pub struct ProcessGroups {
     cancelled: Arc<AtomicBool>,
     contained: Arc<OnceLock<(String, Option<StepCgroup>)>>,
     reaper: Arc<Mutex<Option<JoinHandle<bool>>>>,
+    cpu: Arc<Mutex<CpuTime>>,
+}
+
+/// The CPU time a step's programs used, as far as it is known yet.
+#[derive(Default, Debug, Clone, Copy)]
+struct CpuTime {
+    /// What `wait4` reported of the programs reaped so far.
+    reaped: Duration,
+    /// The step's cgroup's usage, read when the step ended.
+    cgroup: Option<Duration>,
 }
 
 /// How a step's processes ended ([`ProcessGroups::finish`]).
@@ -149,7 +165,12 @@ impl ProcessGroups {
             signal_group(pgid, libc::SIGKILL);
         }
         match self.cgroup() {
-            Some(cgroup) => cgroup.kill_and_remove(),
+            Some(cgroup) => {
+                let usage = cgroup.kill_and_remove();
+                if usage.is_some() {
+                    self.cpu.lock().unwrap().cgroup = usage;
+                }
+            }
             None => {
                 if let Some(token) = self.token() {
                     crate::leftovers::signal_matching(&[token], libc::SIGKILL);
@@ -178,6 +199,18 @@ impl ProcessGroups {
         if let Some(token) = self.token() {
             crate::leftovers::signal_matching(&[token], signal);
         }
+    }
+
+    /// The CPU time (user and system) the step's programs used: its cgroup's
+    /// usage once [`ProcessGroups::finish`] has read it, else the sum of what
+    /// `wait4` reported of every program reaped (each with the descendants it reaped).
+    pub fn cpu(&self) -> Duration {
+        let cpu = *self.cpu.lock().unwrap();
+        cpu.cgroup.unwrap_or(cpu.reaped)
+    }
+
+    fn add_reaped(&self, t: Duration) {
+        self.cpu.lock().unwrap().reaped += t;
     }
 
     fn any_left(&self) -> bool {
@@ -241,6 +274,8 @@ pub struct RunningChild {
     groups: ProcessGroups,
     pgid: i32,
     done: bool,
+    /// Its exit status, once reaped (asked again, it is the answer).
+    exited: Option<ExitStatus>,
 }
 
 impl RunningChild {
@@ -251,8 +286,18 @@ impl RunningChild {
 
     /// Exit status if it has exited.
     pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let status = self.child.try_wait()?;
+        if self.exited.is_some() {
+            return Ok(self.exited);
+        }
+        if self.done {
+            bail!(
+                "cannot wait for `{}`: it was killed and not reaped",
+                self.id()
+            );
+        }
+        let status = reap(&self.child, &self.groups, false)?;
         if status.is_some() {
+            self.exited = status;
             self.finish();
         }
         Ok(status)
@@ -276,12 +321,13 @@ impl RunningChild {
     pub fn kill(&mut self) {
         if !self.done {
             kill_group(self.pgid);
-            let _ = self.child.wait();
+            self.exited = reap(&self.child, &self.groups, true).ok().flatten();
             self.finish();
         }
     }
 
-    /// The child's piped stdin, stdout and stderr, if any were requested.
+    /// The child's piped stdin, stdout and stderr, if any were requested (it
+    /// is reaped here: never wait for it through this).
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
     }
@@ -343,6 +389,7 @@ pub fn spawn(
         groups: groups.clone(),
         pgid,
         done: false,
+        exited: None,
     })
 }
 
@@ -365,7 +412,7 @@ pub fn run_to_end(
     log.line(&format!("$ {shown}"));
     cmd.stdin(Stdio::null());
     // Captured stdout needs a pipe of its own; otherwise stdout and stderr share one.
-    let (mut child, pgid, outputs): (_, _, Vec<Box<dyn AsRawFd>>) = if capture.is_some() {
+    let (child, pgid, outputs): (_, _, Vec<Box<dyn AsRawFd>>) = if capture.is_some() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let (mut child, pgid) = start(cmd, groups, token)?;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -386,7 +433,7 @@ pub fn run_to_end(
     while streams.iter().any(|s| s.open) {
         if groups.is_cancelled() {
             if status.is_none() {
-                status = child.try_wait().ok().flatten();
+                status = reap(&child, groups, false).ok().flatten();
             }
             if status.is_some() {
                 break;
@@ -419,7 +466,7 @@ pub fn run_to_end(
     drop(outputs);
     let status = match status {
         Some(s) => Ok(s),
-        None => child.wait(),
+        None => reap(&child, groups, true).map(|s| s.expect("a blocking wait returns a status")),
     };
     // Whatever the program left running in its group dies with it.
     kill_group(pgid);
@@ -441,6 +488,55 @@ pub fn run_to_end(
         bail!(msg);
     }
     Ok(())
+}
+
+/// Reap `child` with `wait4` (at once with `block`, else only if it has
+/// exited) and add its CPU time, with that of the descendants it reaped, to
+/// `groups`. Its `Child` must never be waited for through the standard library
+/// after this: the pid may be another process by then.
+fn reap(child: &Child, groups: &ProcessGroups, block: bool) -> std::io::Result<Option<ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4(2) writes only into the two locals passed.
+        let got = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if got == 0 {
+            return Ok(None);
+        }
+        groups.add_reaped(timeval(usage.ru_utime) + timeval(usage.ru_stime));
+        return Ok(Some(ExitStatus::from_raw(status)));
+    }
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+}
+
+/// The CPU time (user and system) the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes only into `t`.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// One output stream of a program: its descriptor and the bytes of a line not ended yet.
@@ -557,5 +653,69 @@ pub fn describe_status(status: ExitStatus) -> String {
         (Some(code), _) => format!("exit {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "unknown status".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell script whose two programs (one in the background) each burn
+    /// 300 ms of CPU, measured by themselves from `/proc` in clock ticks.
+    fn two_burners() -> Command {
+        let burn = "while :; do read -r _ _ _ _ _ _ _ _ _ _ _ _ _ u s _ < /proc/$$/stat; \
+                    [ $((u + s)) -ge 30 ] && exit 0; done";
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sh -c \"$0\" & sh -c \"$0\"; wait", burn]);
+        cmd
+    }
+
+    fn run_burners(groups: &ProcessGroups, token: Option<&str>) {
+        let dir = std::env::temp_dir().join(format!(
+            "qflow-cpu-test-{}-{}",
+            std::process::id(),
+            token.unwrap_or("none")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = StepLog::create(&dir.join("step.log")).unwrap();
+        run_to_end(two_burners(), groups, token, &log, &mut |_| {}, None).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_step_is_charged_the_cpu_time_of_its_programs_and_of_the_children_they_waited_for() {
+        let groups = ProcessGroups::new();
+        run_burners(&groups, None);
+        assert_eq!(groups.finish(), Ended::Cleanly);
+        let cpu = groups.cpu();
+        assert!(cpu >= Duration::from_millis(590), "{cpu:?}");
+    }
+
+    #[test]
+    fn a_long_lived_program_such_as_qemu_is_charged_when_it_is_reaped_and_answers_again() {
+        let groups = ProcessGroups::new();
+        let mut child = spawn(two_burners(), &groups, None).unwrap();
+        let status = child.wait_timeout(Duration::from_secs(60)).unwrap();
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        assert_eq!(child.try_wait().unwrap(), status, "asked again");
+        drop(child);
+        groups.finish();
+        let cpu = groups.cpu();
+        assert!(cpu >= Duration::from_millis(590), "{cpu:?}");
+    }
+
+    #[test]
+    fn a_step_in_a_cgroup_is_charged_its_cgroups_cpu_time() {
+        let token = format!("cpu-test-{}", std::process::id());
+        let groups = ProcessGroups::new();
+        if !groups.contain(&token) {
+            eprintln!("no cgroup2 hierarchy qflow may use here: nothing to test");
+            return;
+        }
+        run_burners(&groups, Some(&token));
+        groups.finish();
+        let cpu = groups.cpu();
+        assert!(groups.cpu.lock().unwrap().cgroup.is_some());
+        assert!(cpu >= Duration::from_millis(590), "{cpu:?}");
     }
 }

@@ -395,6 +395,7 @@ fn finished_event(s: &StepReport) -> serde_json::Value {
     });
     let fields = [
         ("output", json!(s.output)),
+        ("cpu_ms", json!(s.cpu_ms)),
         ("log", json!(s.log)),
         ("error", json!(s.error)),
     ];

@@ -885,6 +885,8 @@ impl<'a> Run<'a> {
 
     fn on_executed<'s>(&mut self, job: JobId, result: JobResult, scope: &'s Scope<'s, 'a>) {
         let active = self.active.get_mut(&job).expect("active job");
+        let start = active.submitted.saturating_duration_since(self.started);
+        self.report.steps[active.step.index()].start_ms = Some(start.as_millis() as u64);
         let output = match result {
             Ok(output) => output,
             Err(e) => {
@@ -894,6 +896,7 @@ impl<'a> Run<'a> {
                 return self.fail(id, e, ms, Some(key));
             }
         };
+        self.report.steps[active.step.index()].cpu_ms = output.cpu_ms;
         let recording = Recording {
             step: active.step,
             key: active.material.key(),

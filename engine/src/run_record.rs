@@ -3,10 +3,21 @@
 //!
 //! Written while the run goes on (`finished: false`, steps `running` or
 //! `pending`) so `qflow status` can show it live, and once more at the end.
-//! `qflow gc --keep-runs` reads the step keys of recent records. The JSON form is
-//! a contract with those readers: fields are only ever added. A record is a
-//! report, not a result, so it is written by temp file and rename without fsync.
-//! Imports nothing of the engine.
+//! Its readers: `qflow status` (the last run, each step's outcome, a failure's
+//! exit and time), `qflow gc --keep-runs` (the step keys recent runs used) and
+//! `bench/critical-path.sh` (each step's wall and CPU time). A record is a
+//! report, not a result: the lock file holds what reproduces a workflow's
+//! outputs. So it is written by temp file and rename without fsync.
+//!
+//! A step that ran, failed, was interrupted, is running or was skipped is kept
+//! in full under `steps`. A step taken from the cache with nothing to say but
+//! its key is kept as `"name": "key"` under `cached`, and a step not started yet
+//! in a live record as its name under `pending`: a run that runs one step of
+//! 10,000 writes about 80 bytes per cached step instead of 200 (its output tree
+//! is the action record's of that key). `runs/` keeps the last [`KEPT_RUNS`]
+//! records, fewer when they are large ([`prune`]). The JSON form is a contract
+//! with those readers: fields are only ever added, and a record of the older
+//! form (every step under `steps`) reads the same. Imports nothing of the engine.
 
 use std::path::Path;
 
@@ -49,6 +60,16 @@ pub struct StepReport {
     pub output: Option<String>,
     /// How long it ran (0 unless it ran).
     pub duration_ms: u64,
+    /// When it was handed to its executor, after the run's start (a step
+    /// that ran or failed running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    /// The CPU time (user and system) of what it ran, its children's children
+    /// included, when known: its cgroup's usage where it had one, else what
+    /// `wait4` reports of each program it started, plus the time of the qflow
+    /// thread that ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
     /// Why it ran, or why it was skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
@@ -73,6 +94,8 @@ impl StepReport {
             key: None,
             output: None,
             duration_ms: 0,
+            start_ms: None,
+            cpu_ms: None,
             reasons: Vec::new(),
             error: None,
             log: None,
@@ -85,10 +108,32 @@ impl StepReport {
         self.reasons = reasons;
         self
     }
+
+    /// Its key, when it came from the cache and there is nothing else to say
+    /// about it: then the record keeps only its name and key.
+    fn cached_key(&self) -> Option<&str> {
+        let plain = self.outcome == StepOutcome::Cached
+            && self.duration_ms == 0
+            && self.start_ms.is_none()
+            && self.cpu_ms.is_none()
+            && self.reasons.is_empty()
+            && self.error.is_none()
+            && self.log.is_none()
+            && self.unmet.is_empty();
+        self.key.as_deref().filter(|_| plain)
+    }
+
+    /// Whether it is pending with nothing else to say: kept as its name alone.
+    fn plain_pending(&self) -> bool {
+        self.outcome == StepOutcome::Pending
+            && self.key.is_none()
+            && self.reasons.is_empty()
+            && self.error.is_none()
+    }
 }
 
 /// The run record (`<cache>/runs/<id>.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct RunReport {
     /// The run's id: start time and process id (see [`run_id`]).
     pub id: String,
@@ -98,15 +143,117 @@ pub struct RunReport {
     pub started_unix: u64,
     /// How long it has run.
     pub duration_ms: u64,
-    /// One report per step, in file order.
+    /// One report per step: in file order in a run; read back from a record,
+    /// the steps kept in full first, then the cached ones, then the pending ones.
     pub steps: Vec<StepReport>,
     /// Whether a signal stopped it.
     pub interrupted: bool,
     /// False while the run is in progress (`qflow status` shows it live).
     pub finished: bool,
     /// What the run did with a remote cache, when it used one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<qflow_cache::remote::RemoteStats>,
+}
+
+/// The record as written: steps with something to say in full, the others by
+/// name (and key).
+#[derive(Serialize)]
+struct Written<'a> {
+    id: &'a str,
+    workflow: &'a str,
+    started_unix: u64,
+    duration_ms: u64,
+    steps: Vec<&'a StepReport>,
+    #[serde(skip_serializing_if = "CachedKeys::is_empty")]
+    cached: CachedKeys<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<&'a str>,
+    interrupted: bool,
+    finished: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote: Option<&'a qflow_cache::remote::RemoteStats>,
+}
+
+/// `{"name": "key", ...}` in file order.
+struct CachedKeys<'a>(Vec<(&'a str, &'a str)>);
+
+impl CachedKeys<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for CachedKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().copied())
+    }
+}
+
+/// The record as read: any record this or an older qflow wrote.
+#[derive(Deserialize)]
+struct Read {
+    id: String,
+    workflow: String,
+    started_unix: u64,
+    duration_ms: u64,
+    steps: Vec<StepReport>,
+    #[serde(default)]
+    cached: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pending: Vec<String>,
+    interrupted: bool,
+    finished: bool,
+    #[serde(default)]
+    remote: Option<qflow_cache::remote::RemoteStats>,
+}
+
+impl Serialize for RunReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut written = Written {
+            id: &self.id,
+            workflow: &self.workflow,
+            started_unix: self.started_unix,
+            duration_ms: self.duration_ms,
+            steps: Vec::new(),
+            cached: CachedKeys(Vec::new()),
+            pending: Vec::new(),
+            interrupted: self.interrupted,
+            finished: self.finished,
+            remote: self.remote.as_ref(),
+        };
+        for step in &self.steps {
+            if let Some(key) = step.cached_key() {
+                written.cached.0.push((&step.name, key));
+            } else if step.plain_pending() {
+                written.pending.push(&step.name);
+            } else {
+                written.steps.push(step);
+            }
+        }
+        written.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunReport {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RunReport, D::Error> {
+        let read = Read::deserialize(d)?;
+        let mut steps = read.steps;
+        steps.extend(read.cached.into_iter().map(|(name, key)| {
+            let mut step = StepReport::new(&name, StepOutcome::Cached);
+            step.key = Some(key);
+            step
+        }));
+        steps.extend((read.pending.iter()).map(|name| StepReport::new(name, StepOutcome::Pending)));
+        Ok(RunReport {
+            id: read.id,
+            workflow: read.workflow,
+            started_unix: read.started_unix,
+            duration_ms: read.duration_ms,
+            steps,
+            interrupted: read.interrupted,
+            finished: read.finished,
+            remote: read.remote,
+        })
+    }
 }
 
 impl RunReport {
@@ -143,23 +290,53 @@ impl RunReport {
 /// so `runs/` and `logs/` stop growing with every apply.
 pub const KEPT_RUNS: usize = 20;
 
+/// The bytes of run records `runs/` may hold per step of the run just ended:
+/// a workflow whose every apply runs every step (about 330 bytes per step in
+/// each record) keeps six records, not [`KEPT_RUNS`]; one whose applies run a
+/// few steps (about 80 bytes per cached step) keeps them all.
+pub const KEPT_RUN_BYTES_PER_STEP: u64 = 2048;
+
+/// `runs/` may always hold this many bytes, however few the steps.
+pub const KEPT_RUN_BYTES: u64 = 8 << 20;
+
+/// The bytes `runs/` may hold after a run of `steps` steps.
+pub fn kept_bytes(steps: usize) -> u64 {
+    (steps as u64 * KEPT_RUN_BYTES_PER_STEP).max(KEPT_RUN_BYTES)
+}
+
 /// Remove all but the `keep` most recent run records in `runs` (by modification
-/// time, as `qflow status` orders them) and their log directories in `logs`.
-pub fn prune(runs: &Path, logs: &Path, keep: usize) {
+/// time, as `qflow status` orders them) and their log directories in `logs`;
+/// fewer when the records kept would hold more than `max_bytes` ([`kept_bytes`]).
+/// The most recent record is always kept.
+pub fn prune(runs: &Path, logs: &Path, keep: usize, max_bytes: u64) {
     let Ok(dir) = std::fs::read_dir(runs) else {
         return;
     };
-    let mut records: Vec<(std::time::SystemTime, std::path::PathBuf)> = dir
+    let mut records: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> = dir
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .filter_map(|p| {
+            let meta = std::fs::metadata(&p).ok()?;
+            Some((meta.modified().ok()?, meta.len(), p))
+        })
         .collect();
-    if records.len() <= keep {
+    let total: u64 = records.iter().map(|r| r.1).sum();
+    if records.len() <= keep && total <= max_bytes {
         return;
     }
-    records.sort();
-    for (_, p) in &records[..records.len() - keep] {
+    // Newest first: keep while both the count and the bytes allow.
+    records.sort_by(|a, b| b.cmp(a));
+    let mut bytes = 0;
+    let kept = (records.iter())
+        .take(keep.max(1))
+        .take_while(|r| {
+            bytes += r.1;
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1);
+    for (_, _, p) in &records[kept..] {
         if let Some(id) = p.file_stem() {
             let _ = std::fs::remove_dir_all(logs.join(id));
         }
@@ -210,7 +387,7 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        prune(&runs, &logs, 2);
+        prune(&runs, &logs, 2, kept_bytes(1));
         let mut left: Vec<String> = std::fs::read_dir(&runs)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -226,6 +403,10 @@ mod tests {
         let mut cached = StepReport::new("base", StepOutcome::Cached);
         cached.key = Some("ab".into());
         cached.output = Some("cd".into());
+        let mut ran = StepReport::new("kernel", StepOutcome::Ran);
+        ran.key = Some("ef".into());
+        ran.duration_ms = 1500;
+        ran.cpu_ms = Some(2900);
         let run = RunReport {
             id: "1-000-1".into(),
             workflow: "w.yaml".into(),
@@ -233,8 +414,10 @@ mod tests {
             duration_ms: 2,
             steps: vec![
                 cached,
+                ran,
                 StepReport::new("boot", StepOutcome::Skipped)
                     .because(vec!["run interrupted".into()]),
+                StepReport::new("runs", StepOutcome::Pending),
             ],
             interrupted: true,
             finished: true,
@@ -243,14 +426,111 @@ mod tests {
         let json = serde_json::to_string(&run).unwrap();
         assert_eq!(
             json,
-            r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"base","outcome":"cached","key":"ab","output":"cd","duration_ms":0},{"name":"boot","outcome":"skipped","duration_ms":0,"reasons":["run interrupted"]}],"interrupted":true,"finished":true}"#
+            r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"kernel","outcome":"ran","key":"ef","duration_ms":1500,"cpu_ms":2900},{"name":"boot","outcome":"skipped","duration_ms":0,"reasons":["run interrupted"]}],"cached":{"base":"ab"},"pending":["runs"],"interrupted":true,"finished":true}"#
         );
         let dir = std::env::temp_dir().join(format!("qflow-run-record-{}", run_id()));
         std::fs::create_dir_all(&dir).unwrap();
         run.write(&dir).unwrap();
         let back = RunReport::read(&dir.join("1-000-1.json")).unwrap();
-        assert_eq!(back.count(StepOutcome::Skipped), 1);
-        assert_eq!(back.steps[0].key.as_deref(), Some("ab"));
+        let outcomes: Vec<(&str, StepOutcome, Option<&str>)> = (back.steps.iter())
+            .map(|s| (s.name.as_str(), s.outcome, s.key.as_deref()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("kernel", StepOutcome::Ran, Some("ef")),
+                ("boot", StepOutcome::Skipped, None),
+                ("base", StepOutcome::Cached, Some("ab")),
+                ("runs", StepOutcome::Pending, None),
+            ]
+        );
+        assert_eq!(back.steps[0].cpu_ms, Some(2900));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_written_before_cached_steps_were_kept_by_key_reads_the_same() {
+        let old = r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"base","outcome":"cached","key":"ab","output":"cd","duration_ms":0},{"name":"boot","outcome":"failed","key":"ef","duration_ms":7,"error":"exit 3"}],"interrupted":false,"finished":true}"#;
+        let back: RunReport = serde_json::from_str(old).unwrap();
+        assert_eq!(back.count(StepOutcome::Cached), 1);
+        assert_eq!(back.steps[0].output.as_deref(), Some("cd"));
+        assert_eq!(back.steps[1].error.as_deref(), Some("exit 3"));
+    }
+
+    #[test]
+    fn a_run_that_ran_one_step_of_ten_thousand_writes_under_100_bytes_per_cached_step() {
+        let key = |i: usize| format!("{i:064x}");
+        let mut steps: Vec<StepReport> = (0..10_000)
+            .map(|i| {
+                let mut s = StepReport::new(&format!("step{i}"), StepOutcome::Cached);
+                s.key = Some(key(i));
+                s.output = Some(key(i + 1));
+                s
+            })
+            .collect();
+        steps[17].outcome = StepOutcome::Ran;
+        steps[17].duration_ms = 3;
+        steps[17].log = Some("logs/1/step17.log".into());
+        let run = RunReport {
+            id: "1-000-1".into(),
+            workflow: "w.yaml".into(),
+            started_unix: 1,
+            duration_ms: 2,
+            steps,
+            interrupted: false,
+            finished: true,
+            remote: None,
+        };
+        let bytes = serde_json::to_vec(&run).unwrap().len();
+        assert!(bytes < 100 * 10_000, "{bytes} bytes");
+        let back: RunReport = serde_json::from_slice(&serde_json::to_vec(&run).unwrap()).unwrap();
+        assert_eq!(back.count(StepOutcome::Cached), 9_999);
+        assert!(
+            back.steps
+                .iter()
+                .any(|s| s.key.as_deref() == Some(&key(9_999)))
+        );
+    }
+
+    #[test]
+    fn large_run_records_are_kept_fewer_than_small_ones() {
+        let dir = std::env::temp_dir().join(format!("qflow-run-bytes-{}", run_id()));
+        let (runs, logs) = (dir.join("runs"), dir.join("logs"));
+        std::fs::create_dir_all(&runs).unwrap();
+        // A run of 10,000 steps: twelve records of 3.3 MB (every step ran), then
+        // three of 0.8 MB (one step ran), newest last.
+        let sizes: Vec<usize> = [vec![3_300_000; 12], vec![800_000; 3]].concat();
+        for (i, size) in sizes.iter().enumerate() {
+            let p = runs.join(format!("{i:02}-000-1.json"));
+            std::fs::write(&p, vec![b' '; *size]).unwrap();
+            let t =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let left = || {
+            let mut left: Vec<String> = std::fs::read_dir(&runs)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            left
+        };
+        prune(&runs, &logs, KEPT_RUNS, kept_bytes(10_000));
+        // 2 KB per step, 20.5 MB: the three small ones and the five newest large ones.
+        let kept = left();
+        assert_eq!(kept.len(), 8, "{kept:?}");
+        assert_eq!(kept[0], "07-000-1.json");
+        // Small records alone are kept up to the count.
+        for i in 15..40 {
+            std::fs::write(runs.join(format!("{i:02}-000-1.json")), vec![b' '; 800_000]).unwrap();
+        }
+        prune(&runs, &logs, KEPT_RUNS, kept_bytes(10_000));
+        assert_eq!(left().len(), KEPT_RUNS);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

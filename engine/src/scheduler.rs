@@ -325,6 +325,7 @@ fn conclude(
         &session.cache.dir("runs"),
         &session.cache.dir("logs"),
         crate::run_record::KEPT_RUNS,
+        crate::run_record::kept_bytes(report.steps.len()),
     );
     crate::timings::mark("write run record");
     progress.run_finished(&report);

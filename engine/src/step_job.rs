@@ -67,6 +67,11 @@ pub struct StepJob {
 pub struct StepOutput {
     /// Facts the step noted for the lock file ([`RunContext::note`]).
     pub notes: BTreeMap<String, String>,
+    /// The CPU time (user and system, ms) of the step: of its programs
+    /// ([`ProcessGroups::cpu`]) and of the thread that ran it; unknown for a
+    /// step run elsewhere (Slurm).
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
 }
 
 impl StepJob {
@@ -82,6 +87,7 @@ impl StepJob {
         let step = self.parse(registry)?;
         let log = self.open_log()?;
         let progress = self.masked_progress(progress);
+        let thread_cpu = crate::process::thread_cpu();
         let (state, emptied) = StateDir::enter(&self.state_dir)?;
         if emptied {
             let warning = format!(
@@ -101,7 +107,12 @@ impl StepJob {
             // would leave thousands of empty directories (4 KB each) behind.
             let _ = std::fs::remove_dir(&self.state_dir);
         }
-        result.map_err(|e| self.masked(e))
+        let cpu = groups.cpu() + crate::process::thread_cpu().saturating_sub(thread_cpu);
+        (result.map(|out| StepOutput {
+            cpu_ms: Some(cpu.as_millis() as u64),
+            ..out
+        }))
+        .map_err(|e| self.masked(e))
     }
 
     /// Run part `index` of the step ([`crate::step::Step::parts`]) into `out_dir`,
@@ -126,6 +137,7 @@ impl StepJob {
         ran.map_err(|e| self.masked(e))?;
         Ok(StepOutput {
             notes: ctx.notes().clone(),
+            cpu_ms: None,
         })
     }
 
@@ -151,6 +163,7 @@ impl StepJob {
         self.check_outputs(step.as_ref())?;
         Ok(StepOutput {
             notes: ctx.notes().clone(),
+            cpu_ms: None,
         })
     }
 
@@ -228,6 +241,7 @@ impl StepJob {
         self.check_outputs(step)?;
         Ok(StepOutput {
             notes: ctx.notes().clone(),
+            cpu_ms: None,
         })
     }
 }

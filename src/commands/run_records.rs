@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use qflow_engine::run_record::{RunReport, StepOutcome};
 use qflow_engine::session::Session;
 
 fn run_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -19,15 +20,12 @@ fn run_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// The record of the last run of `workflow` (finished or not) on this cache.
-pub fn last_record(dir: &std::path::Path, workflow: &str) -> Option<serde_json::Value> {
+pub fn last_record(dir: &std::path::Path, workflow: &str) -> Option<RunReport> {
     for p in run_files(dir).into_iter().rev() {
-        let Ok(bytes) = std::fs::read(&p) else {
+        let Ok(v) = RunReport::read(&p) else {
             continue;
         };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        if v["workflow"] == workflow {
+        if v.workflow == workflow {
             return Some(v);
         }
     }
@@ -35,23 +33,21 @@ pub fn last_record(dir: &std::path::Path, workflow: &str) -> Option<serde_json::
 }
 
 /// One line on the run record `v`: when, and what happened to its steps.
-pub fn describe_run(v: &serde_json::Value, busy: bool) -> Option<String> {
-    let steps = v["steps"].as_array()?;
-    let named = |o: &str| -> Vec<&str> {
-        steps
-            .iter()
-            .filter(|s| s["outcome"] == o)
-            .filter_map(|s| s["name"].as_str())
+pub fn describe_run(v: &RunReport, busy: bool) -> Option<String> {
+    let named = |o: StepOutcome| -> Vec<&str> {
+        (v.steps.iter())
+            .filter(|s| s.outcome == o)
+            .map(|s| s.name.as_str())
             .collect()
     };
-    let count = |o: &str| named(o).len();
+    let count = |o: StepOutcome| v.count(o);
     let id = format!(
         "{} (run {})",
-        crate::local_time::format(v["started_unix"].as_u64().unwrap_or(0)),
-        v["id"].as_str().unwrap_or("")
+        crate::local_time::format(v.started_unix),
+        v.id
     );
-    if v["finished"] == false {
-        let started = v["started_unix"].as_u64().unwrap_or(0);
+    if !v.finished {
+        let started = v.started_unix;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -64,44 +60,37 @@ pub fn describe_run(v: &serde_json::Value, busy: bool) -> Option<String> {
         return Some(format!(
             "{id} — {state}, started {}s ago: running: {}; {} ran, {} cached, {} failed, {} pending",
             now.saturating_sub(started),
-            if named("running").is_empty() {
+            if named(StepOutcome::Running).is_empty() {
                 "none".to_string()
             } else {
-                named("running").join(", ")
+                named(StepOutcome::Running).join(", ")
             },
-            count("ran"),
-            count("cached"),
-            count("failed"),
-            count("pending")
+            count(StepOutcome::Ran),
+            count(StepOutcome::Cached),
+            count(StepOutcome::Failed),
+            count(StepOutcome::Pending)
         ));
     }
-    let remote = match v.get("remote") {
-        Some(r) if r.is_object() => {
-            let n = |k: &str| r[k].as_u64().unwrap_or(0);
-            format!(
-                "; remote cache: {} hits, {} misses, {:.1} MB down, {:.1} MB up{}",
-                n("hits"),
-                n("misses"),
-                n("bytes_down") as f64 / 1e6,
-                n("bytes_up") as f64 / 1e6,
-                match n("warnings") {
-                    0 => String::new(),
-                    w => format!(", {w} warnings"),
-                }
-            )
-        }
-        _ => String::new(),
+    let remote = match &v.remote {
+        Some(r) => format!(
+            "; remote cache: {} hits, {} misses, {:.1} MB down, {:.1} MB up{}",
+            r.hits,
+            r.misses,
+            r.bytes_down as f64 / 1e6,
+            r.bytes_up as f64 / 1e6,
+            match r.warnings {
+                0 => String::new(),
+                w => format!(", {w} warnings"),
+            }
+        ),
+        None => String::new(),
     };
     Some(format!(
         "{id} — {} ran, {} cached, {} failed{}{remote}",
-        count("ran"),
-        count("cached"),
-        count("failed"),
-        if v["interrupted"] == true {
-            ", interrupted"
-        } else {
-            ""
-        }
+        count(StepOutcome::Ran),
+        count(StepOutcome::Cached),
+        count(StepOutcome::Failed),
+        if v.interrupted { ", interrupted" } else { "" }
     ))
 }
 
@@ -114,14 +103,11 @@ pub fn recent_keys(session: &Session, n: usize) -> BTreeSet<qflow_cache::Hash> {
         .rev()
         .take(n)
     {
-        let Ok(bytes) = std::fs::read(&p) else {
+        let Ok(v) = RunReport::read(&p) else {
             continue;
         };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        for s in v["steps"].as_array().into_iter().flatten() {
-            if let Some(k) = s["key"].as_str().and_then(|k| k.parse().ok()) {
+        for s in &v.steps {
+            if let Some(k) = s.key.as_deref().and_then(|k| k.parse().ok()) {
                 keep.insert(k);
             }
         }

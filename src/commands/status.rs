@@ -6,7 +6,9 @@ use qflow_engine::Registry;
 use qflow_engine::plan::plan_knowing_remote_results;
 use qflow_engine::session::{Session, cache_dir};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use qflow_engine::run_record::{RunReport, StepOutcome, StepReport};
 
 use super::run_records::{describe_run, last_record};
 use crate::cli::{Located, WorkflowArgs};
@@ -69,9 +71,14 @@ fn show(registry: &Registry, workflow: &Located, json: bool) -> anyhow::Result<i
         .filter(|s| s.action == "remote hit")
         .map(|s| s.name.as_str())
         .collect();
+    let in_last: HashMap<&str, &StepReport> = (last.iter())
+        .flat_map(|v| &v.steps)
+        .map(|s| (s.name.as_str(), s))
+        .collect();
     let states: Vec<(&str, StepState)> = (steps.iter())
         .map(|s| {
-            let state = step_state(&s.name, s.action == "run", last.as_ref(), busy, &cleaned);
+            let in_last = last.as_ref().zip(in_last.get(s.name.as_str()).copied());
+            let state = step_state(&s.name, s.action == "run", in_last, busy, &cleaned);
             (s.name.as_str(), state)
         })
         .collect();
@@ -87,11 +94,11 @@ fn show(registry: &Registry, workflow: &Located, json: bool) -> anyhow::Result<i
             .collect();
         let last_run = last.as_ref().map(|v| {
             serde_json::json!({
-                "id": v["id"],
-                "started_unix": v["started_unix"],
-                "duration_ms": v["duration_ms"],
-                "finished": v["finished"],
-                "interrupted": v["interrupted"],
+                "id": v.id,
+                "started_unix": v.started_unix,
+                "duration_ms": v.duration_ms,
+                "finished": v.finished,
+                "interrupted": v.interrupted,
             })
         });
         let out = serde_json::json!({
@@ -199,30 +206,22 @@ impl std::fmt::Display for StepState {
 fn step_state(
     name: &str,
     runs: bool,
-    last: Option<&serde_json::Value>,
+    in_last: Option<(&RunReport, &StepReport)>,
     busy: bool,
     cleaned: &BTreeMap<String, u64>,
 ) -> StepState {
-    let in_last = last.and_then(|v| {
-        v["steps"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"] == name)
-            .map(|s| (v, s))
-    });
     if let Some((v, s)) = in_last {
-        let live = busy && v["finished"] == false;
-        if live && s["outcome"] == "running" {
+        let live = busy && !v.finished;
+        if live && s.outcome == StepOutcome::Running {
             return StepState::Running;
         }
-        let started = v["started_unix"].as_u64().unwrap_or(0);
+        let started = v.started_unix;
         let was_cleaned_after = cleaned.get(name).is_some_and(|&t| t >= started);
-        if runs && s["outcome"] == "failed" && !was_cleaned_after {
-            let how = s["error"]
-                .as_str()
+        if runs && s.outcome == StepOutcome::Failed && !was_cleaned_after {
+            let how = (s.error.as_deref())
                 .map(qflow_engine::failure_report::exit_status)
                 .unwrap_or_default();
-            let at = started + s["duration_ms"].as_u64().unwrap_or(0) / 1000;
+            let at = started + s.duration_ms / 1000;
             let how = (how.starts_with("exit ") || how.starts_with("killed ")).then_some(how);
             return StepState::Failed { how, at };
         }

@@ -307,7 +307,7 @@ impl RemoteCache {
                     anyhow::bail!("{WRITE_FAILED}");
                 }
                 self.add_down(chunk.len() as u64);
-                sha.update(&chunk);
+                sha.update(&chunk[..]);
                 b3.update(&chunk);
                 Ok(())
             });
@@ -364,7 +364,6 @@ impl RemoteCache {
                         anyhow::bail!("{WRONG_SIZE}");
                     }
                     self.add_down(chunk.len() as u64);
-                    let chunk = Arc::new(chunk);
                     for q in queues {
                         // A closed queue: the writer failed; its error is reported below.
                         q.send(Arc::clone(&chunk))

@@ -14,6 +14,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::credentials::{Credentials, shown_url};
@@ -171,13 +172,15 @@ impl HttpStore {
 
     /// GET streamed to `on_chunk`, up to 1 MiB at a time (constant memory); returns the
     /// byte count, `None` if absent. An error from `on_chunk` (a full disk...) is
-    /// [`Failure::Local`].
+    /// [`Failure::Local`]. Each chunk is shared, not copied, so `on_chunk` may hand it to
+    /// other threads; its buffer is filled again once they all dropped it (a small pool,
+    /// so pages are neither faulted in nor zeroed anew for every megabyte).
     pub fn get_into(
         &self,
         ep: &Endpoint,
         kind: Kind,
         name: &Sha256,
-        on_chunk: &mut dyn FnMut(Vec<u8>) -> anyhow::Result<()>,
+        on_chunk: &mut dyn FnMut(Arc<Vec<u8>>) -> anyhow::Result<()>,
     ) -> Result<Option<u64>, Failure> {
         let req = self.with_auth(ep, self.agent.get(ep.url(kind, name)));
         let mut resp = req.call().map_err(fault_of)?;
@@ -188,23 +191,34 @@ impl HttpStore {
         }
         let expected = resp.body().content_length();
         let mut reader = resp.body_mut().as_reader();
+        let mut pool: Vec<Arc<Vec<u8>>> = Vec::new();
         let mut total = 0u64;
         loop {
-            // A fresh buffer per chunk, handed over whole: the receiver may pass it on to
-            // other threads without copying. Filled to CHUNK (a socket read returns far less).
-            // (`read_to_end` of a `take` stops at CHUNK bytes or at the body's end.)
-            let mut chunk = Vec::with_capacity(CHUNK);
-            (&mut reader)
-                .take(CHUNK as u64)
-                .read_to_end(&mut chunk)
-                .map_err(body_fault)?;
-            if chunk.is_empty() {
+            // A buffer nobody holds any more (only this function makes new holders).
+            let mut chunk = match pool.iter().position(|b| Arc::strong_count(b) == 1) {
+                Some(i) => pool.swap_remove(i),
+                None => Arc::new(vec![0u8; CHUNK]),
+            };
+            let buf = Arc::get_mut(&mut chunk).expect("a buffer nobody else holds");
+            buf.resize(CHUNK, 0);
+            // Fill it (a socket read returns far less) so chunks are large.
+            let mut filled = 0;
+            while filled < CHUNK {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(body_fault(e).into()),
+                }
+            }
+            buf.truncate(filled);
+            if filled == 0 {
                 break;
             }
-            total += chunk.len() as u64;
-            let last = chunk.len() < CHUNK;
-            on_chunk(chunk).map_err(Failure::Local)?;
-            if last {
+            total += filled as u64;
+            on_chunk(Arc::clone(&chunk)).map_err(Failure::Local)?;
+            pool.push(chunk);
+            if filled < CHUNK {
                 break;
             }
         }

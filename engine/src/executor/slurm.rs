@@ -406,6 +406,7 @@ impl<'r> SlurmExecutor<'r> {
         }
         Ok(StepOutput {
             notes: report.notes,
+            cpu_ms: None,
         })
     }
 
@@ -435,7 +436,10 @@ impl<'r> SlurmExecutor<'r> {
             ));
         }
         if e.parts.is_empty() {
-            return Ok(StepOutput { notes: e.notes });
+            return Ok(StepOutput {
+                notes: e.notes,
+                cpu_ms: None,
+            });
         }
         for old in &e.adopted_from {
             merge_entries(old, &e.job.out_dir)?;
@@ -444,7 +448,10 @@ impl<'r> SlurmExecutor<'r> {
         let finished = e.job.finish_parts(self.setup.registry, &logs)?;
         let mut notes = e.notes;
         notes.extend(finished.notes);
-        Ok(StepOutput { notes })
+        Ok(StepOutput {
+            notes,
+            cpu_ms: None,
+        })
     }
 
     /// Cancel the jobs `subs` (one `scancel`) and print their ids.
