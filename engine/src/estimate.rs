@@ -12,7 +12,7 @@
 //!
 //! Imports nothing of the engine.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// What the run expects of one step, given once when the first step is ready.
@@ -32,6 +32,12 @@ pub struct Expected {
 }
 
 /// The count and the estimate, kept as steps start and finish.
+///
+/// Every event costs the same whatever the run's size: the sums and the
+/// longest path of what is left are kept up to date as steps start and finish,
+/// and only the running steps are looked at one by one (a progress line per
+/// event that went over every step made a run's cost grow with the square of
+/// its steps).
 #[derive(Debug, Default)]
 pub struct Tally {
     /// Steps in the run (0 until known).
@@ -40,9 +46,18 @@ pub struct Tally {
     finished: usize,
     /// The steps already announced finished, so each counts once.
     seen: std::collections::HashSet<String>,
+    /// The steps not finished yet.
     expected: HashMap<String, Expected>,
     slots: usize,
+    /// The running steps, since when.
     started: HashMap<String, Instant>,
+    /// How many steps not finished have a previous time.
+    with_previous: usize,
+    /// The work of the steps not finished: `ms` times `width`, summed.
+    work: u64,
+    /// The `path_ms` of the steps neither started nor finished, with how many
+    /// steps have each.
+    paths: BTreeMap<u64, usize>,
 }
 
 impl Tally {
@@ -51,11 +66,25 @@ impl Tally {
         self.total = steps.len();
         self.slots = slots.max(1);
         self.expected = steps.into_iter().map(|e| (e.name.clone(), e)).collect();
+        self.with_previous = 0;
+        self.work = 0;
+        self.paths.clear();
+        for e in self.expected.values() {
+            self.with_previous += usize::from(e.previous && e.ms > 0);
+            self.work += e.ms * e.width.max(1) as u64;
+            if !self.started.contains_key(&e.name) {
+                *self.paths.entry(e.path_ms).or_default() += 1;
+            }
+        }
     }
 
     /// Step `name` started at `at`.
     pub fn started(&mut self, name: &str, at: Instant) {
-        self.started.insert(name.to_string(), at);
+        if self.started.insert(name.to_string(), at).is_none()
+            && let Some(e) = self.expected.get(name)
+        {
+            forget_path(&mut self.paths, e.path_ms);
+        }
     }
 
     /// Step `name` finished; false when it was already counted.
@@ -64,8 +93,14 @@ impl Tally {
             return false;
         }
         self.finished += 1;
-        self.started.remove(name);
-        self.expected.remove(name);
+        let was_running = self.started.remove(name).is_some();
+        if let Some(e) = self.expected.remove(name) {
+            self.with_previous -= usize::from(e.previous && e.ms > 0);
+            self.work -= e.ms * e.width.max(1) as u64;
+            if !was_running {
+                forget_path(&mut self.paths, e.path_ms);
+            }
+        }
         true
     }
 
@@ -81,16 +116,18 @@ impl Tally {
 
     /// The estimate of the time left at `now`, if any step left has a previous time.
     pub fn left(&self, now: Instant) -> Option<Duration> {
-        if !self.expected.values().any(|e| e.previous && e.ms > 0) {
+        if self.with_previous == 0 {
             return None;
         }
-        let mut work: u64 = 0;
-        let mut chain: u64 = 0;
-        for e in self.expected.values() {
-            let done = (self.started.get(&e.name))
-                .map(|t| now.saturating_duration_since(*t).as_millis() as u64)
-                .unwrap_or(0);
-            work += e.ms.saturating_sub(done) * e.width.max(1) as u64;
+        // Steps not started count whole; a running one less what it has done.
+        let mut work = self.work;
+        let mut chain: u64 = self.paths.last_key_value().map_or(0, |(p, _)| *p);
+        for (name, at) in &self.started {
+            let Some(e) = self.expected.get(name) else {
+                continue;
+            };
+            let done = now.saturating_duration_since(*at).as_millis() as u64;
+            work -= e.ms.min(done) * e.width.max(1) as u64;
             chain = chain.max(e.path_ms.saturating_sub(done));
         }
         Some(Duration::from_millis(chain.max(work / self.slots as u64)))
@@ -105,6 +142,16 @@ impl Tally {
             Some(left) => format!("[{n}/{m}, about {} left]", human_duration(left)),
             None => format!("[{n}/{m}]"),
         })
+    }
+}
+
+/// One step fewer with path `ms` in `paths`.
+fn forget_path(paths: &mut BTreeMap<u64, usize>, ms: u64) {
+    if let Some(n) = paths.get_mut(&ms) {
+        *n -= 1;
+        if *n == 0 {
+            paths.remove(&ms);
+        }
     }
 }
 
@@ -162,6 +209,50 @@ mod tests {
         let steps = (0..8).map(|i| step(&format!("s{i}"), 10_000, true, 10_000));
         tally.expect(steps.collect(), 2);
         assert_eq!(tally.left(Instant::now()), Some(Duration::from_secs(40)));
+    }
+
+    #[test]
+    fn the_estimate_kept_as_steps_start_and_finish_is_the_one_counted_over_every_step_left() {
+        let t0 = Instant::now();
+        let steps: Vec<Expected> = (0..40u64)
+            .map(|i| Expected {
+                name: format!("s{i}"),
+                ms: (i * 7919) % 5000,
+                previous: i % 3 != 0,
+                path_ms: (i * 104_729) % 20_000,
+                width: 1 + (i % 3) as usize,
+            })
+            .collect();
+        let counted = |tally: &Tally, left: &[Expected], now: Instant| {
+            if !left.iter().any(|e| e.previous && e.ms > 0) {
+                return None;
+            }
+            let (mut work, mut chain) = (0u64, 0u64);
+            for e in left {
+                let done = (tally.started.get(&e.name))
+                    .map_or(0, |t| now.saturating_duration_since(*t).as_millis() as u64);
+                work += e.ms.saturating_sub(done) * e.width as u64;
+                chain = chain.max(e.path_ms.saturating_sub(done));
+            }
+            Some(Duration::from_millis(chain.max(work / 3)))
+        };
+        let mut tally = Tally::default();
+        tally.started("s5", t0);
+        tally.expect(steps.clone(), 3);
+        let mut left = steps;
+        for i in 0..40u64 {
+            let now = t0 + Duration::from_millis(i * 300);
+            tally.started(&format!("s{}", (i * 13) % 40), now);
+            let gone = format!("s{}", (i * 17) % 40);
+            tally.finished(&gone);
+            left.retain(|e| e.name != gone);
+            let later = now + Duration::from_millis(150);
+            assert_eq!(
+                tally.left(later),
+                counted(&tally, &left, later),
+                "after {i} events"
+            );
+        }
     }
 
     #[test]

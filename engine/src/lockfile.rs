@@ -109,17 +109,27 @@ impl LockFile {
 }
 
 /// A lock file's bytes as qflow wrote them, with where each step's entry is.
+///
+/// Made and asked without an allocation per step (a lock of 10,000 steps is
+/// megabytes): the names are kept in one string and found by binary search,
+/// since qflow writes them sorted.
 #[derive(Debug, Clone)]
 pub struct LockText {
     bytes: Vec<u8>,
-    /// Per step, in the file's (sorted) order: its name and the byte range of its
-    /// entry, from the indentation before its quoted name to its closing brace.
-    entries: Vec<(String, std::ops::Range<usize>)>,
-    by_name: HashMap<String, usize>,
+    /// The step names, one after the other, each as its entry's name says.
+    names: String,
+    /// Per step, in the file's (sorted) order: where its name is in `names`
+    /// and the byte range of its entry, from the indentation before its quoted
+    /// name to its closing brace.
+    entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
 /// Indentation of a step's name in a lock qflow wrote.
 const ENTRY_INDENT: &str = "    ";
+
+/// What ends a step's entry in a lock qflow wrote: its closing brace on a line of
+/// its own at the name's indentation (what the entry holds is indented deeper).
+const ENTRY_CLOSE: &str = "\n    }";
 
 impl LockText {
     /// Find the step entries of `bytes` if they are laid out as [`LockFile::write`]
@@ -131,17 +141,33 @@ impl LockText {
         let body = text.strip_prefix(head.as_str())?;
         let body = body.strip_suffix("\n  }\n}\n")?;
         let base = head.len();
-        let mut entries = Vec::with_capacity(index.steps.len());
+        let mut names = String::new();
+        let mut entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
+            Vec::with_capacity(index.steps.len());
         let mut at = 0;
         while at < body.len() {
             // `    "name": {` ... `    }` then `,\n` or the end.
             let line_end = body[at..].find('\n').map_or(body.len(), |e| at + e);
             let line = &body[at..line_end];
             let quoted = line.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
-            let name: String = serde_json::from_str(quoted).ok()?;
-            let close = format!("\n{ENTRY_INDENT}}}");
-            let end = body[line_end..].find(&close)? + line_end + close.len();
-            if !index.steps.contains_key(&name) {
+            let start = names.len();
+            match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+                // A name JSON writes as it is (no escapes, no control characters).
+                Some(plain)
+                    if !plain.contains(['\\', '"']) && !plain.contains(char::is_control) =>
+                {
+                    names.push_str(plain)
+                }
+                _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
+            }
+            let name = start..names.len();
+            let end = body[line_end..].find(ENTRY_CLOSE)? + line_end + ENTRY_CLOSE.len();
+            if !index.steps.contains_key(&names[name.clone()]) {
+                return None;
+            }
+            if let Some((last, _)) = entries.last()
+                && names[last.clone()] >= names[name.clone()]
+            {
                 return None;
             }
             entries.push((name, base + at..base + end));
@@ -151,16 +177,13 @@ impl LockText {
                 None => return None,
             };
         }
-        if entries.len() != index.steps.len() || entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+        if entries.len() != index.steps.len() {
             return None;
         }
-        let by_name = (entries.iter().enumerate())
-            .map(|(i, (n, _))| (n.clone(), i))
-            .collect();
         Some(LockText {
             bytes,
+            names,
             entries,
-            by_name,
         })
     }
 
@@ -169,10 +192,22 @@ impl LockText {
         format!("{{\n  \"version\": {version},\n  \"workflow\": {workflow},\n  \"steps\": {{\n")
     }
 
+    fn name(&self, i: usize) -> &str {
+        &self.names[self.entries[i].0.clone()]
+    }
+
+    /// The text of entry `i`, from its indentation to its closing brace.
+    fn entry_text(&self, i: usize) -> anyhow::Result<&str> {
+        Ok(std::str::from_utf8(&self.bytes[self.entries[i].1.clone()])?)
+    }
+
     /// Step `name`'s entry, parsed alone.
     pub fn entry(&self, name: &str) -> Option<LockedStep> {
-        let range = self.entries[*self.by_name.get(name)?].1.clone();
-        let text = std::str::from_utf8(&self.bytes[range]).ok()?;
+        let i = (self.entries).partition_point(|(n, _)| &self.names[n.clone()] < name);
+        if i == self.entries.len() || self.name(i) != name {
+            return None;
+        }
+        let text = self.entry_text(i).ok()?;
         let (_, value) = text.split_once(": ")?;
         serde_json::from_str(value).ok()
     }
@@ -186,39 +221,92 @@ impl LockText {
         version: u32,
         workflow: &str,
         keep: impl Fn(&str) -> bool,
-        changes: &BTreeMap<String, LockedStep>,
+        changes: &BTreeMap<String, NewEntry>,
     ) -> anyhow::Result<Option<String>> {
-        let mut names: Vec<&str> = (self.entries.iter())
-            .map(|(n, _)| n.as_str())
-            .filter(|n| keep(n) && !changes.contains_key(*n))
-            .chain(changes.keys().map(String::as_str))
-            .collect();
-        if names.is_empty() {
-            return Ok(None);
-        }
-        names.sort_unstable();
-        let mut out = String::with_capacity(self.bytes.len() + changes.len() * 1024);
+        let changed: usize = changes.values().map(|e| e.text.len() + 2).sum();
+        let mut out = String::with_capacity(self.bytes.len() + changed + 256);
         out.push_str(&Self::head(version, workflow));
-        for (i, name) in names.into_iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        let mut separate = |out: &mut String| {
+            if !std::mem::take(&mut first) {
                 out.push_str(",\n");
             }
-            match changes.get(name) {
-                Some(entry) => {
-                    out.push_str(ENTRY_INDENT);
-                    out.push_str(&serde_json::to_string(name)?);
-                    out.push_str(": ");
-                    let text = serde_json::to_string_pretty(entry)?;
-                    out.push_str(&text.replace('\n', &format!("\n{ENTRY_INDENT}")));
-                }
-                None => {
-                    let range = self.entries[self.by_name[name]].1.clone();
-                    out.push_str(std::str::from_utf8(&self.bytes[range])?);
-                }
+        };
+        // Both are sorted by name: merged, a changed entry in place of the old one.
+        let mut changed = changes.iter().peekable();
+        for i in 0..self.entries.len() {
+            let name = self.name(i);
+            while let Some((_, entry)) = changed.next_if(|(n, _)| n.as_str() <= name) {
+                separate(&mut out);
+                out.push_str(&entry.text);
             }
+            if keep(name) && !changes.contains_key(name) {
+                separate(&mut out);
+                out.push_str(self.entry_text(i)?);
+            }
+        }
+        for (_, entry) in changed {
+            separate(&mut out);
+            out.push_str(&entry.text);
+        }
+        if first {
+            return Ok(None);
         }
         out.push_str("\n  }\n}\n");
         Ok(Some(out))
+    }
+}
+
+/// A step's new lock entry, kept as the text the lock file will hold: a run
+/// keeps one per step that ran until it writes the lock, and the text takes a
+/// third of the memory of the parsed entry (10,000 of them were 20 MB).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
+    /// The step key (hex).
+    pub key: String,
+    /// The output tree (hex).
+    pub output: String,
+    /// `    "name": {…}` as [`LockFile::write`] writes it inside the lock.
+    text: String,
+    /// Where the entry's value starts in `text`.
+    value_at: usize,
+}
+
+impl NewEntry {
+    /// Step `name`'s entry `entry`, as the lock will hold it.
+    pub fn of(name: &str, entry: &LockedStep) -> NewEntry {
+        // Strings, string-keyed maps and numbers: nothing here JSON cannot write.
+        let quoted = serde_json::to_string(name).expect("a name is a JSON string");
+        let value = serde_json::to_string_pretty(entry).expect("a lock entry is plain JSON");
+        let mut text = String::with_capacity(value.len() * 5 / 4);
+        text.push_str(ENTRY_INDENT);
+        text.push_str(&quoted);
+        text.push_str(": ");
+        let value_at = text.len();
+        text.push_str(&value.replace('\n', &format!("\n{ENTRY_INDENT}")));
+        NewEntry {
+            key: entry.key.clone(),
+            output: entry.output.clone(),
+            text,
+            value_at,
+        }
+    }
+
+    /// The entry, parsed back.
+    pub fn parsed(&self) -> anyhow::Result<LockedStep> {
+        Ok(serde_json::from_str(&self.text[self.value_at..])?)
+    }
+}
+
+impl LockText {
+    /// The text of a lock without steps (none to keep: splicing into it writes
+    /// the changes alone, as the full writer would).
+    pub fn empty() -> LockText {
+        LockText {
+            bytes: Vec::new(),
+            names: String::new(),
+            entries: Vec::new(),
+        }
     }
 }
 
@@ -268,21 +356,30 @@ impl LockIndex {
     /// (see [`LockIndex::from_memo`]); `None` when a name could not be
     /// written that way.
     pub fn to_memo(&self, digest: &Hash) -> Option<String> {
+        let steps = (self.steps.iter()).map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
+        Self::memo_of(digest, self.version, &self.workflow, steps)
+    }
+
+    /// [`LockIndex::to_memo`] of the index with this version, workflow and
+    /// steps (name, key, output), made without building the index.
+    pub fn memo_of<'a>(
+        digest: &Hash,
+        version: u32,
+        workflow: &str,
+        steps: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Option<String> {
         let plain = |s: &str| !s.contains(['\t', '\n']);
-        if !plain(&self.workflow) {
+        if !plain(workflow) {
             return None;
         }
-        let mut out = format!(
-            "{MEMO_MAGIC}\n{}\n{}\n{}\n",
-            digest.to_hex(),
-            self.version,
-            self.workflow
-        );
-        for (name, (key, output)) in &self.steps {
+        let mut out = format!("{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n", digest.to_hex());
+        for (name, key, output) in steps {
             if !(plain(name) && plain(key) && plain(output)) {
                 return None;
             }
-            out.push_str(&format!("{name}\t{key}\t{output}\n"));
+            for part in [name, "\t", key, "\t", output, "\n"] {
+                out.push_str(part);
+            }
         }
         Some(out)
     }
@@ -297,7 +394,7 @@ impl LockIndex {
         }
         let version = lines.next()?.parse().ok()?;
         let workflow = lines.next()?.to_string();
-        let mut steps = HashMap::new();
+        let mut steps = HashMap::with_capacity(text.len() / 150);
         for line in lines {
             if line.is_empty() {
                 continue;
@@ -480,12 +577,30 @@ mod tests {
         let index = LockIndex::parse(&bytes);
         let text = LockText::split(bytes.clone(), &index).expect("qflow's own layout");
         assert_eq!(text.entry("b \"quoted\""), Some(entry("k", 1)));
+        assert_eq!(text.entry("d"), Some(entry("k", 3)));
+        assert_eq!(text.entry("bb"), None);
         let changes: BTreeMap<String, LockedStep> = [
             ("c".to_string(), entry("k2", 7)),
             ("bb".to_string(), entry("k3", 8)),
+            ("0 first".to_string(), entry("k4", 9)),
+            ("zz last".to_string(), entry("k5", 10)),
         ]
         .into();
-        let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &changes))
+        let new: BTreeMap<String, NewEntry> = (changes.iter())
+            .map(|(n, e)| (n.clone(), NewEntry::of(n, e)))
+            .collect();
+        assert_eq!(new["bb"].parsed().unwrap(), entry("k3", 8));
+        // A first lock: the changes alone, as the full writer writes them.
+        let first = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &new);
+        let only = LockFile {
+            version: LOCK_VERSION,
+            workflow: "de\"mo".into(),
+            steps: changes.clone(),
+        };
+        only.write(&dir.join("first.lock")).unwrap();
+        let written = std::fs::read_to_string(dir.join("first.lock")).unwrap();
+        assert_eq!(first.unwrap().unwrap(), written);
+        let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &new))
             .unwrap()
             .unwrap();
         lock.steps.remove("d");

@@ -62,6 +62,19 @@ impl OutLinks {
             .is_some_and(|(now, _)| now == text)
     }
 
+    /// [`OutLinks::settled`] of `out/` at `root`, without creating it (`qflow
+    /// plan` changes nothing): false when it does not exist.
+    pub fn settled_at(root: &Path, stamp: &Path, lock: &Hash, generation: u64) -> bool {
+        DirHandle::open(root).is_ok_and(|dir| {
+            let links = OutLinks {
+                root: root.to_path_buf(),
+                dir,
+                trees: PathBuf::new(),
+            };
+            links.settled(stamp, lock, generation)
+        })
+    }
+
     /// Note that every link is right now, for the lock with blake3 `lock` and
     /// records generation `generation`; or remove the stamp when `out/`
     /// changed too recently to be sure a later change would show.
@@ -76,7 +89,9 @@ impl OutLinks {
                 if let Some(dir) = stamp.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                qflow_cache::write_atomic(stamp, text.as_bytes())
+                // Not fsynced: a stamp a power cut loses only costs the next apply
+                // its per-step checks, and one it tears does not match.
+                qflow_cache::write_replace(stamp, text.as_bytes())
             }
             _ => Self::unsettle(stamp),
         }

@@ -12,9 +12,9 @@
 //! angle brackets (`<disk.raw>`) are placeholders for paths known only when the
 //! step runs.
 //!
-//! Imports `session`, `step` and `remote_use`.
+//! Imports `session`, `step`, `out_links` and `remote_use`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use qflow_cache::Hash;
 use qflow_cache::remote::RemoteCache;
@@ -93,6 +93,17 @@ fn plan_inner(
     let ctx = CheckContext {
         work_dir: workflow.dir.clone(),
     };
+    // As apply's first look at the lock: a settled stamp vouches for every
+    // record the lock names, and each distinct output tree is checked once.
+    let settled = session.lock_digest().is_some_and(|lock| {
+        crate::out_links::OutLinks::settled_at(
+            &workflow.dir.join("out"),
+            &session.settled_stamp(),
+            &lock,
+            session.cache.records_generation(),
+        )
+    });
+    let mut whole_trees: HashMap<Hash, bool> = HashMap::new();
     let mut outputs: BTreeMap<String, Hash> = BTreeMap::new();
     let mut runs: BTreeMap<String, bool> = BTreeMap::new();
     let mut planned = Vec::new();
@@ -155,7 +166,13 @@ fn plan_inner(
         let key = material.key();
         let forced = workflow.selection.is_forced(&s.name);
         let mut action = "cached";
-        let mut output = match session.cached_from_lock(i, &key, &probe) {
+        let from_lock = session.locked_output(i, &key).filter(|output| {
+            let cache = &session.cache;
+            *whole_trees.entry(*output).or_insert_with(|| {
+                probe.has_tree(output) && (cache.tree_unchanged(output) || cache.has_tree(output))
+            }) && (settled || cache.record_names(&key, output))
+        });
+        let mut output = match from_lock {
             _ if forced => None,
             Some(output) => Some(output),
             None if s.cache => session.usable_record(&key).map(|r| r.output),

@@ -36,7 +36,7 @@ use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
 use crate::job_slots::JobSlots;
-use crate::lockfile::LockedStep;
+use crate::lockfile::{LockedStep, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::recorder::Recording;
@@ -135,7 +135,7 @@ pub struct Run<'a> {
     executing: Vec<JobId>,
     report: RunReport,
     /// Lock entries this run changes; a no-op changes none and rewrites nothing.
-    lock_changes: BTreeMap<String, LockedStep>,
+    lock_changes: BTreeMap<String, NewEntry>,
     logs_dir: PathBuf,
     runs_dir: PathBuf,
     started: Instant,
@@ -174,7 +174,7 @@ pub struct Finished {
     /// The run record, `finished: true`.
     pub report: RunReport,
     /// New lock entries by step name.
-    pub lock_changes: BTreeMap<String, LockedStep>,
+    pub lock_changes: BTreeMap<String, NewEntry>,
 }
 
 impl<'a> Run<'a> {
@@ -1121,13 +1121,13 @@ fn settle_remote_hit(
 
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
 fn note_lock_change(
-    changes: &mut BTreeMap<String, LockedStep>,
+    changes: &mut BTreeMap<String, NewEntry>,
     session: &Session,
     name: &str,
     entry: LockedStep,
 ) {
     if session.lock_entry(name).as_deref() != Some(&entry) {
-        changes.insert(name.to_string(), entry);
+        changes.insert(name.to_string(), NewEntry::of(name, &entry));
     } else {
         changes.remove(name);
     }

@@ -24,7 +24,7 @@ use crate::executor::Wake;
 use crate::executor::local::LocalExecutor;
 use crate::executor::routed::Routed;
 use crate::executor::slurm::SlurmExecutor;
-use crate::lockfile::LockedStep;
+use crate::lockfile::{LockText, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::run::{Event, Finished, Run, RunParts};
@@ -302,7 +302,7 @@ fn conclude(
         && !session.workflow.selection.is_partial()
         && (report.steps.iter())
             .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
-    let stamp = settled_stamp(session);
+    let stamp = session.settled_stamp();
     let lock_now = if written.is_some() {
         written
     } else if lock_stale {
@@ -350,7 +350,7 @@ fn conclude(
 /// what it wrote when that is known without reading it back.
 fn write_lock(
     session: &Session,
-    changes: std::collections::BTreeMap<String, LockedStep>,
+    changes: std::collections::BTreeMap<String, NewEntry>,
 ) -> anyhow::Result<(bool, Option<Hash>)> {
     let workflow = session.workflow;
     // Steps the targets left out keep their entries.
@@ -367,7 +367,12 @@ fn write_lock(
     if stale {
         // A few changed entries of a large lock: spliced into its bytes (`lockfile.rs`).
         let keep = |k: &str| declared.contains(k);
-        if let Some(text) = session.lock_text()
+        // No old entry to keep (a first apply): the changes alone, spliced the same way.
+        let empty = LockText::empty();
+        let text = session
+            .lock_text()
+            .or(old.steps.is_empty().then_some(&empty));
+        if let Some(text) = text
             && let Some(new) = text.splice(
                 crate::lockfile::LOCK_VERSION,
                 &workflow.name,
@@ -376,23 +381,27 @@ fn write_lock(
             )?
         {
             qflow_cache::write_atomic(&session.lock_path, new.as_bytes())?;
-            let mut index = session.lock_index().clone();
-            index.version = crate::lockfile::LOCK_VERSION;
-            index.workflow = workflow.name.clone();
-            index.steps.retain(|k, _| declared.contains(k.as_str()));
-            for (name, e) in &changes {
-                index
-                    .steps
-                    .insert(name.clone(), (e.key.clone(), e.output.clone()));
-            }
-            let digest = session.remember_lock_index(new.as_bytes(), &index);
+            // The new lock's index: the old one's kept steps and the changes.
+            let kept = (old.steps.iter())
+                .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
+                .map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
+            let changed =
+                (changes.iter()).map(|(n, e)| (n.as_str(), e.key.as_str(), e.output.as_str()));
+            let digest = session.remember_lock_index(
+                new.as_bytes(),
+                crate::lockfile::LOCK_VERSION,
+                &workflow.name,
+                kept.chain(changed),
+            );
             return Ok((true, Some(digest)));
         }
         let mut new_lock = session.lock().clone();
         new_lock.version = crate::lockfile::LOCK_VERSION;
         new_lock.workflow = workflow.name.clone();
         new_lock.steps.retain(|k, _| declared.contains(k.as_str()));
-        new_lock.steps.extend(changes);
+        for (name, entry) in changes {
+            new_lock.steps.insert(name, entry.parsed()?);
+        }
         new_lock.write(&session.lock_path)?;
     }
     Ok((stale, None))
@@ -416,7 +425,7 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
     // A settled stamp vouches for every record and link of this lock.
     let settled = session.lock_digest().is_some_and(|lock| {
         out.settled(
-            &settled_stamp(session),
+            &session.settled_stamp(),
             &lock,
             session.cache.records_generation(),
         )
@@ -461,16 +470,6 @@ fn in_parallel<T: Sync>(items: &[T], check: impl Fn(&T) -> bool + Sync) -> Vec<b
             .flat_map(|p| p.join().expect("lock entry check"))
             .collect()
     })
-}
-
-/// Where the settled stamp of this workflow's `out/` links lives (see `out_links.rs`).
-fn settled_stamp(session: &Session) -> PathBuf {
-    let name = Hash::of_bytes(session.lock_path.as_os_str().as_encoded_bytes());
-    session
-        .cache
-        .dir("state")
-        .join("settled")
-        .join(name.to_hex())
 }
 
 /// Host checks for every step that may run: tools, secrets, requirements.

@@ -139,10 +139,16 @@ impl<'w> Session<'w> {
     /// Keep `index` as the index of the lock bytes `bytes` just written, so the
     /// next run reads it instead of indexing the whole lock again.
     /// Returns the blake3 of `bytes`.
-    pub fn remember_lock_index(&self, bytes: &[u8], index: &LockIndex) -> Hash {
+    pub fn remember_lock_index<'s>(
+        &self,
+        bytes: &[u8],
+        version: u32,
+        workflow: &str,
+        steps: impl Iterator<Item = (&'s str, &'s str, &'s str)>,
+    ) -> Hash {
         let memos = self.cache.dir("state").join("lock-index");
         let digest = Hash::of_bytes(bytes);
-        if let Some(text) = index.to_memo(&digest) {
+        if let Some(text) = LockIndex::memo_of(&digest, version, workflow, steps) {
             let memo = memos.join(lock_memo_name(&self.lock_path));
             let _ = std::fs::create_dir_all(&memos);
             let _ = qflow_cache::write_replace(&memo, text.as_bytes());
@@ -318,6 +324,12 @@ impl<'w> Session<'w> {
             && self.cache.record_names(key, &output)
             && (self.cache.tree_unchanged(&output) || self.cache.has_tree(&output)))
         .then_some(output)
+    }
+
+    /// Where the settled stamp of this workflow's `out/` links lives (see `out_links.rs`).
+    pub fn settled_stamp(&self) -> std::path::PathBuf {
+        let name = Hash::of_bytes(self.lock_path.as_os_str().as_encoded_bytes());
+        self.cache.dir("state").join("settled").join(name.to_hex())
     }
 
     /// The blake3 of the lock file as this session read it.

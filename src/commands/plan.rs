@@ -1,5 +1,7 @@
 //! `qflow plan`: show what `apply` would run, and why.
 
+use std::fmt::Write as _;
+
 use qflow_engine::Registry;
 use qflow_engine::plan::plan_with_remote;
 use qflow_engine::session::{Session, cache_dir};
@@ -30,31 +32,35 @@ pub fn run(
         );
         return Ok(0);
     }
+    // One write for the whole plan, not a flush per line: a plan of 10,000 steps.
+    let mut out = String::new();
     for s in &steps {
-        println!("{:<7} {} ({})", s.action, s.name, s.kind);
+        let _ = writeln!(out, "{:<7} {} ({})", s.action, s.name, s.kind);
         if s.action == "run" {
-            println!("          on {}", placed[&s.name].describe());
+            let _ = writeln!(out, "          on {}", placed[&s.name].describe());
         }
         for r in &s.reasons {
-            println!("          because {r}");
+            let _ = writeln!(out, "          because {r}");
         }
         if s.action == "run" {
             for c in &s.commands {
-                println!("          $ {c}");
+                let _ = writeln!(out, "          $ {c}");
             }
         }
     }
     let runs = steps.iter().filter(|s| s.action == "run").count();
     let remote_hits = steps.iter().filter(|s| s.action == "remote hit").count();
     if remote.is_some() {
-        println!(
+        let _ = writeln!(
+            out,
             "{} to run, {} cached, {} remote hits",
             runs,
             steps.len() - runs - remote_hits,
             remote_hits
         );
     } else {
-        println!("{} to run, {} cached", runs, steps.len() - runs);
+        let _ = writeln!(out, "{} to run, {} cached", runs, steps.len() - runs);
     }
+    print!("{out}");
     Ok(0)
 }
