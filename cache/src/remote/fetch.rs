@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
+use rayon::prelude::*;
 use sha2::Digest;
 
 use super::http_store::{Failure, Kind};
@@ -207,9 +208,7 @@ impl RemoteCache {
             map.put(&o.blake3, &o.sha256)?;
         }
         let downloaded_now: BTreeSet<Hash> = to_download.iter().map(|o| o.blake3).collect();
-        for shard in &shards {
-            fsync_dir(shard)?;
-        }
+        shards.par_iter().try_for_each(|shard| fsync_dir(shard))?;
         drop(staging);
         for m in missing_trees {
             cache

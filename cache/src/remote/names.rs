@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Digest;
 
-use crate::atomic::{parent_of, write_atomic};
+use crate::atomic::{parent_of, write_replace};
 use crate::{Cache, Hash};
 
 /// The prefix that puts qflow's action names in a namespace of their own.
@@ -136,7 +136,8 @@ impl<'a> Sha256Map<'a> {
         let dir = parent_of(&path);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create `{}`", dir.display()))?;
-        write_atomic(&path, format!("{sha256}\n").as_bytes())
+        // Not fsynced: a note lost to a power cut is only computed again from the bytes.
+        write_replace(&path, format!("{sha256}\n").as_bytes())
     }
 
     /// The sha256 of the local object `blake3` (either variant): from the map, else hashed
