@@ -151,7 +151,7 @@ q=$(mean_ms "$d/change.json" 0) nj=$(mean_ms "$d/nchange.json" 0)
 printf "   qflow %.1f ms (no-op %.1f ms: +%.1f ms), ninja %.1f ms: %s   (target: at most no-op + 50 ms)\n" \
 	"$q" "$noop" "$(python3 -c "print($q-$noop)")" "$nj" "$(ratio "$q" "$nj")"
 du_after=$(du -sb "$d/.qflow" | cut -f1)
-echo "   .qflow after 12 more applies that each ran one step: $(python3 -c "print(f'{$du_after/$largest:.0f}')") B/step, runs/ keeps $(ls "$d/.qflow/runs" | wc -l) records"
+echo "   .qflow after the 10 applies above that each ran one step: $(python3 -c "print(f'{$du_after/$largest:.0f}')") B/step, runs/ keeps $(ls "$d/.qflow/runs" | wc -l) records"
 
 echo
 echo "== plan vs ninja -n, $largest steps (tree shape, nothing to do)"

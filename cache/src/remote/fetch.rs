@@ -23,7 +23,7 @@ use anyhow::{Context, anyhow};
 use rayon::prelude::*;
 use sha2::Digest;
 
-use super::http_store::{Failure, Kind};
+use super::http_store::{CHUNK, Failure, Kind};
 use super::names::{Sha256, Sha256Map};
 use super::{Fault, ObjectRef, RemoteCache, RemoteRecord, for_each_bounded};
 use crate::atomic::{fsync_dir, parent_of, unique_tmp_name, write_atomic};
@@ -35,9 +35,6 @@ const WRONG_SIZE: &str = "the server sent more bytes than the record names";
 
 /// The marker of a transfer stopped because its file could not be written.
 const WRITE_FAILED: &str = "the object's file could not be written";
-
-/// Objects up to this size are received on one thread (threads cost more than they save).
-const CHUNK_HINT: u64 = 1 << 20;
 
 /// Why one object could not be had.
 enum ObjectFailure {
@@ -235,7 +232,8 @@ impl RemoteCache {
         let file = std::fs::File::create(&path)
             .with_context(|| format!("cannot create `{}`", path.display()))
             .map_err(ObjectFailure::Local)?;
-        let (got, file, sha, b3) = if o.size <= CHUNK_HINT {
+        // Up to one chunk, threads would cost more than they save.
+        let (got, file, sha, b3) = if o.size <= CHUNK as u64 {
             self.receive_small(o, file)
         } else {
             self.receive_streamed(o, file)
@@ -287,29 +285,40 @@ impl RemoteCache {
         Ok(())
     }
 
+    /// GETs object `o`, counting each chunk before `on_chunk` has it; a body longer than
+    /// the record says stops the transfer ([`WRONG_SIZE`]).
+    fn get_object(
+        &self,
+        o: &ObjectRef,
+        on_chunk: &mut dyn FnMut(Arc<Vec<u8>>) -> anyhow::Result<()>,
+    ) -> Result<Option<u64>, Failure> {
+        let mut received = 0u64;
+        self.http
+            .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
+                received += chunk.len() as u64;
+                if received > o.size {
+                    // More bytes than the record names: wrong, and maybe endless.
+                    anyhow::bail!("{WRONG_SIZE}");
+                }
+                self.add_down(chunk.len() as u64);
+                on_chunk(chunk)
+            })
+    }
+
     /// An object of one chunk or less: received, written and hashed on this thread.
     fn receive_small(&self, o: &ObjectRef, mut file: std::fs::File) -> Received {
         let mut sha = sha2::Sha256::new();
         let mut b3 = blake3::Hasher::new();
-        let mut written = 0u64;
         let mut write_error = None;
-        let got = self
-            .http
-            .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
-                written += chunk.len() as u64;
-                if written > o.size {
-                    // More bytes than the record names: wrong, and maybe endless.
-                    anyhow::bail!("{WRONG_SIZE}");
-                }
-                if let Err(e) = file.write_all(&chunk) {
-                    write_error = Some(e);
-                    anyhow::bail!("{WRITE_FAILED}");
-                }
-                self.add_down(chunk.len() as u64);
-                sha.update(&chunk[..]);
-                b3.update(&chunk);
-                Ok(())
-            });
+        let got = self.get_object(o, &mut |chunk| {
+            if let Err(e) = file.write_all(&chunk) {
+                write_error = Some(e);
+                anyhow::bail!("{WRITE_FAILED}");
+            }
+            sha.update(&chunk[..]);
+            b3.update(&chunk);
+            Ok(())
+        });
         let file = match write_error {
             Some(e) => Err(e),
             None => Ok(file),
@@ -327,7 +336,6 @@ impl RemoteCache {
         type Queue = std::sync::mpsc::SyncSender<Arc<Vec<u8>>>;
         let queue = || std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(4);
         let ((write_tx, write_rx), (sha_tx, sha_rx), (b3_tx, b3_rx)) = (queue(), queue(), queue());
-        let mut received = 0u64;
         std::thread::scope(|s| {
             let writer = s.spawn(move || -> std::io::Result<std::fs::File> {
                 let mut file = file;
@@ -354,22 +362,14 @@ impl RemoteCache {
                 Hash::from(b3.finalize())
             });
             let queues: [&Queue; 3] = [&write_tx, &sha_tx, &b3_tx];
-            let got = self
-                .http
-                .get_into(&self.read, Kind::Cas, &o.sha256, &mut |chunk| {
-                    received += chunk.len() as u64;
-                    if received > o.size {
-                        // More bytes than the record names: wrong, and maybe endless.
-                        anyhow::bail!("{WRONG_SIZE}");
-                    }
-                    self.add_down(chunk.len() as u64);
-                    for q in queues {
-                        // A closed queue: the writer failed; its error is reported below.
-                        q.send(Arc::clone(&chunk))
-                            .map_err(|_| anyhow!("{WRITE_FAILED}"))?;
-                    }
-                    Ok(())
-                });
+            let got = self.get_object(o, &mut |chunk| {
+                for q in queues {
+                    // A closed queue: the writer failed; its error is reported below.
+                    q.send(Arc::clone(&chunk))
+                        .map_err(|_| anyhow!("{WRITE_FAILED}"))?;
+                }
+                Ok(())
+            });
             drop((write_tx, sha_tx, b3_tx));
             let joined = "the download's threads do not panic";
             (

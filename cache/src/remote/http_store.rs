@@ -22,7 +22,7 @@ use super::health::{Fault, Health};
 use super::names::Sha256;
 
 /// Bytes handed on at a time by a streamed GET.
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// Which half of the protocol a name lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
