@@ -880,7 +880,7 @@ fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_reruns_only_w
     assert!(yaml.contains("iterations: \"3000\""), "{yaml}");
     b.write(
         QUICKSTART,
-        &yaml.replace("iterations: \"3000\"", "iterations: \"4000\""),
+        yaml.replace("iterations: \"3000\"", "iterations: \"4000\""),
     );
     let started = Instant::now();
     let edit = b
