@@ -376,9 +376,6 @@ impl<'a> Run<'a> {
         }
         // `cached` lines wait here, so a no-op writes them all at once.
         self.parts.progress.flush();
-        // What was found in place before scheduling is not trusted once steps run:
-        // a user may touch `out/` meanwhile. Later steps check for themselves.
-        self.parts.in_place.clear();
         Ok(())
     }
 
@@ -758,7 +755,13 @@ impl<'a> Run<'a> {
             self.weigh();
         }
         let mut short = false;
-        for id in self.schedule.startable() {
+        let startable = self.schedule.startable();
+        if !startable.is_empty() {
+            // What was found in place before scheduling is not trusted once steps run:
+            // a user may touch `out/` meanwhile. Later steps check for themselves.
+            self.parts.in_place.clear();
+        }
+        for id in startable {
             if let Some(slots) = &self.job_slots
                 && !slots.take(self.tokens(id))
             {
