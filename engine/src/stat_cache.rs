@@ -238,7 +238,9 @@ impl StatCache {
         if !self.dirty {
             return Ok(());
         }
-        qflow_cache::write_atomic(&self.path, &encode(self.entries()))?;
+        // A cache only: lost or torn by a power cut, it reads as empty and files are
+        // hashed again, so it is not fsynced.
+        qflow_cache::write_replace(&self.path, &encode(self.entries()))?;
         self.dirty = false;
         Ok(())
     }
