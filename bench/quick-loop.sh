@@ -17,6 +17,8 @@
 #   env QFLOW      the qflow binary (default: target/release/qflow, built first)
 #   env CACHE      a qflow cache (`--cache`); default the workflow's own
 #   env ROUNDS     rounds to time (default 3)
+#   env WARMUP     untimed rounds first (default 0; 1 after changing the kernel's
+#                  configuration, whose first rebuild re-runs kbuild's configuration)
 # When the kernel step has no kept build tree yet (a first run, or a cache whose
 # kernel came from elsewhere), a warm-up round builds the whole kernel first,
 # untimed: the loop being measured is the one after a kernel edit.
@@ -100,6 +102,10 @@ if [ -z "$(build_tree)" ]; then
 	round "${token}w"
 	printf 'warm-up: %.1f s (kernel %.1f s)\n' "$total" "$kernel"
 fi
+for i in $(seq "${WARMUP:-0}"); do
+	round "${token}u$i"
+	printf 'untimed round %d: %.1f s (kernel %.1f s)\n' "$i" "$total" "$kernel"
+done
 
 totals=() kernels=() boots=() rests=() kcpus=() bcpus=()
 printf '%-6s %6s %6s %6s %6s  %8s %8s  %-7s %-6s %-5s %s\n' round total kernel boot rest \
