@@ -20,6 +20,10 @@
 #
 # Usage: bench/scale.sh [--big] [WORK_DIR]
 #   --big  adds 50,000 steps to the sizes (default 1,000 and 10,000: a few minutes on 2 cores)
+# The work dir's filesystem is printed: on ext4 without a journal, creating a file or directory
+# skips every inode deleted within the last minute (six while its inode table block is dirty),
+# one by one, so there each shape pays for what the shapes before it (and any other program on
+# that filesystem) deleted; a work dir on tmpfs (/dev/shm/qflow-scale) measures without that.
 # Needs: ninja-build, hyperfine, GNU time (scripts/install-host-deps.sh installs them), python3.
 # env: QFLOW=path to a qflow binary (default: a release build of this checkout).
 set -euo pipefail
@@ -88,7 +92,8 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 # mean_ms JSON INDEX: a hyperfine result's mean in ms.
 mean_ms() { python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['mean']*1000,1))" "$1" "$2"; }
 
-echo "qflow $("$QFLOW" --version | cut -d' ' -f2), $(ninja --version | sed 's/^/ninja /'), -j2, work dir $work"
+fs=$(findmnt -n -o FSTYPE -T "$work" 2>/dev/null | head -1)
+echo "qflow $("$QFLOW" --version | cut -d' ' -f2), $(ninja --version | sed 's/^/ninja /'), -j2, work dir $work ($fs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== first apply (empty cache)        qflow      ninja     ratio   qflow RSS/step  .qflow/step"
 largest=

@@ -7,8 +7,10 @@
 //! host allows it (root, a cgroup2 hierarchy with `cgroup.kill`: the hybrid
 //! layout's `/sys/fs/cgroup/unified` or a pure v2 `/sys/fs/cgroup`), each run of
 //! a step gets `<hierarchy>/qflow/<run token>/`; every program the step starts
-//! joins it before `exec` (it writes `0` to the group's `cgroup.procs`
-//! through a descriptor opened here), a cancel signals every member, and the
+//! is a member before its first instruction: born in it (`spawn.rs`, through
+//! the directory's descriptor opened here) or, on a kernel without
+//! `CLONE_INTO_CGROUP`, joining it before `exec` (it writes `0` to the group's
+//! `cgroup.procs`), a cancel signals every member, and the
 //! end of the step, or the next apply after a `kill -9` of qflow, kills what
 //! is left with `cgroup.kill` and removes the directory. qflow only ever
 //! creates and removes its own directories under `qflow/`.
@@ -17,8 +19,11 @@
 
 use std::fs::File;
 use std::io::Write as _;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The cgroup2 hierarchies qflow tries, in order.
@@ -28,16 +33,31 @@ const HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 #[derive(Debug)]
 pub struct StepCgroup {
     dir: PathBuf,
-    procs: File,
+    /// The directory, for `CLONE_INTO_CGROUP`.
+    dir_fd: File,
+    /// Its `cgroup.procs`, opened when a program must join by writing to it.
+    procs: OnceLock<std::io::Result<File>>,
 }
 
-/// Where qflow keeps its cgroups on this host, if it may create them.
+/// Where qflow keeps its cgroups on this host, if it may create them (looked
+/// up once: the hierarchies a host mounts do not change under a run).
 pub fn qflow_root() -> Option<PathBuf> {
-    HIERARCHIES.iter().find_map(|h| {
-        let h = Path::new(h);
-        (h.join("cgroup.procs").exists() && h.join("cgroup.max.depth").exists())
-            .then(|| h.join("qflow"))
+    static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        HIERARCHIES.iter().find_map(|h| {
+            let h = Path::new(h);
+            (h.join("cgroup.procs").exists() && h.join("cgroup.max.depth").exists())
+                .then(|| h.join("qflow"))
+        })
     })
+    .clone()
+}
+
+/// Whether this kernel's cgroups have `cgroup.kill` (5.14), asked of the
+/// first cgroup qflow makes.
+fn has_kill(dir: &Path) -> bool {
+    static KILL: OnceLock<bool> = OnceLock::new();
+    *KILL.get_or_init(|| dir.join("cgroup.kill").exists())
 }
 
 impl StepCgroup {
@@ -48,29 +68,62 @@ impl StepCgroup {
             return None;
         }
         let root = qflow_root()?;
-        if std::fs::create_dir_all(&root).is_err() {
-            return None;
-        }
         let dir = root.join(token);
-        if std::fs::create_dir(&dir).is_err() || !dir.join("cgroup.kill").exists() {
-            let _ = std::fs::remove_dir(&dir);
+        // `qflow/` is made when the first step needs it.
+        let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&root).and_then(|_| std::fs::create_dir(&dir))
+            }
+            _ => Err(e),
+        });
+        if made.is_err() {
             return None;
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))
-        {
-            Ok(procs) => Some(StepCgroup { dir, procs }),
-            Err(_) => {
+        let opened = has_kill(&dir)
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(&dir)
+                    .ok()
+            })
+            .flatten();
+        match opened {
+            Some(dir_fd) => Some(StepCgroup {
+                dir,
+                dir_fd,
+                procs: OnceLock::new(),
+            }),
+            None => {
                 let _ = std::fs::remove_dir(&dir);
                 None
             }
         }
     }
 
-    /// The descriptor a child writes `0` to, before `exec`, to join (close-on-exec).
-    pub fn procs_fd(&self) -> RawFd {
-        self.procs.as_raw_fd()
+    /// The cgroup's directory, open (close-on-exec) for `CLONE_INTO_CGROUP`.
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir_fd.as_fd()
+    }
+
+    /// The descriptor a child writes `0` to, before `exec`, to join
+    /// (close-on-exec; opened the first time it is asked for).
+    pub fn procs_fd(&self) -> std::io::Result<RawFd> {
+        let procs = self.procs.get_or_init(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.dir.join("cgroup.procs"))
+        });
+        match procs {
+            Ok(f) => Ok(f.as_raw_fd()),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open `{}`: {e}",
+                    self.dir.join("cgroup.procs").display()
+                ),
+            )),
+        }
     }
 
     /// The cgroup's directory.
@@ -183,7 +236,7 @@ mod tests {
             eprintln!("no cgroup2 hierarchy qflow may use here: nothing to test");
             return;
         };
-        let fd = cg.procs_fd();
+        let fd = cg.procs_fd().unwrap();
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", "setsid env -i sleep 300 & exit 0"]);
         // SAFETY: write(2) is async-signal-safe.

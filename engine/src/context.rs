@@ -329,6 +329,8 @@ impl RunContext {
             &self.log,
             &mut show,
             capture,
+            // The step's own jobserver hands its pipe over in a pre_exec hook.
+            self.jobserver.is_some(),
         )
     }
 

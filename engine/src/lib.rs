@@ -70,6 +70,7 @@ pub mod selection;
 pub mod session;
 pub mod slurm;
 pub mod source_map;
+pub mod spawn;
 pub mod stat_cache;
 pub mod state_dir;
 pub mod step_job;

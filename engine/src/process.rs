@@ -2,14 +2,16 @@
 //! so a cancel kills the whole tree, marked so the next apply finds what a
 //! killed qflow left behind.
 //!
-//! A program of a step without a cgroup is started without `fork`: no hook
-//! runs between fork and exec, so the standard library starts it with
-//! `posix_spawn` (a `vfork`, whose cost does not grow with qflow's memory as a
-//! `fork` of a run of 50,000 steps does); its process group is a spawn
-//! attribute. A step with a cgroup (`cgroup.rs`) still needs the one hook
-//! that writes `0` to the cgroup before `exec`: joining after the spawn
-//! returns would let a shell that backgrounds `setsid env -i …` and exits at
-//! once leave that child outside, beyond the reach of both cgroup and token.
+//! No program is started with a `fork` of qflow, whose cost grows with
+//! qflow's memory (a run of 50,000 steps): a program of a step without a
+//! cgroup is started by the standard library with `posix_spawn` (a `vfork`;
+//! its process group is a spawn attribute), and one of a step with a cgroup
+//! (`cgroup.rs`) is born in the cgroup by `clone3` (`spawn.rs`), so that not
+//! even a shell that backgrounds `setsid env -i …` and exits at once can
+//! leave a child outside, beyond the reach of both cgroup and token. Where
+//! the kernel cannot do that, and for a long-lived program whose stdio the
+//! caller chose, the standard library forks with a hook that writes `0` to
+//! the cgroup's `cgroup.procs` before `exec`.
 //! No program gets a death signal: the end of the step kills its cgroup and
 //! groups, an exit on a second Ctrl-C kills every step's
 //! ([`kill_every_step`]), and after a `kill -9` of qflow the next apply finds
@@ -23,11 +25,11 @@
 //! The CPU time of a step ([`ProcessGroups::cpu`]) is its cgroup's usage where
 //! it has one (every process it started, reaped or not); otherwise each program
 //! is reaped with `wait4`, whose usage holds the program's time and that of the
-//! descendants it reaped, and the step's time is their sum. Imports `step_log`
-//! and `leftovers`.
+//! descendants it reaped, and the step's time is their sum. Imports `step_log`,
+//! `leftovers`, `cgroup` and `spawn`.
 
 use std::collections::{HashSet, VecDeque};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -295,7 +297,7 @@ impl RunningChild {
                 self.id()
             );
         }
-        let status = reap(&self.child, &self.groups, false)?;
+        let status = reap(self.pgid, &self.groups, false)?;
         if status.is_some() {
             self.exited = status;
             self.finish();
@@ -321,7 +323,7 @@ impl RunningChild {
     pub fn kill(&mut self) {
         if !self.done {
             kill_group(self.pgid);
-            self.exited = reap(&self.child, &self.groups, true).ok().flatten();
+            self.exited = reap(self.pgid, &self.groups, true).ok().flatten();
             self.finish();
         }
     }
@@ -348,9 +350,11 @@ impl Drop for RunningChild {
     }
 }
 
-/// Start `cmd` in a session (and so a process group) of its own, in the
-/// step's cgroup when it has one, registered in `groups`, with `token` in its
-/// environment (see `leftovers.rs`); stopped at once if the run is already cancelled.
+/// Start `cmd` in a process group of its own, in the step's cgroup when it
+/// has one, registered in `groups`, with `token` in its environment (see
+/// `leftovers.rs`); stopped at once if the run is already cancelled. Through
+/// the standard library: a cgroup needs a hook between fork and exec, and so a
+/// `fork` (`run_to_end` avoids it where it can).
 fn start(
     mut cmd: Command,
     groups: &ProcessGroups,
@@ -364,17 +368,76 @@ fn start(
     // between fork and exec.
     cmd.process_group(0);
     if let Some(cgroup) = groups.cgroup() {
-        join_before_exec(&mut cmd, cgroup.procs_fd());
+        let procs = cgroup
+            .procs_fd()
+            .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
+        join_before_exec(&mut cmd, procs);
     }
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run `{}`", program_name(&cmd)))?;
     let pgid = child.id() as i32;
+    registered(groups, pgid);
+    Ok((child, pgid))
+}
+
+/// Start `cmd`, which carries no `pre_exec` hook unless `has_hook`, as
+/// [`start`] does, with stdin from `/dev/null` and stdout and stderr to the
+/// given descriptors (`stderr` `None`: to stdout's). In a cgroup it is born
+/// there (`spawn.rs`) without a copy of qflow's memory where the kernel
+/// allows it. Returns its pid, which is its process group's id.
+fn start_with_output(
+    mut cmd: Command,
+    groups: &ProcessGroups,
+    token: Option<&str>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    has_hook: bool,
+) -> anyhow::Result<i32> {
+    if let Some(token) = token {
+        groups.contain(token);
+        cmd.env(crate::leftovers::TOKEN_VAR, token);
+    }
+    if !has_hook && let Some(cgroup) = groups.cgroup() {
+        let null = dev_null().context("cannot open `/dev/null`")?;
+        let err = stderr.as_ref().map_or(stdout.as_fd(), |e| e.as_fd());
+        match crate::spawn::spawn_in_cgroup(&cmd, [null, stdout.as_fd(), err], cgroup.dir_fd()) {
+            Ok(Some(pid)) => {
+                registered(groups, pid);
+                return Ok(pid);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot run `{}`", program_name(&cmd)));
+            }
+        }
+    }
+    let stderr = match stderr {
+        Some(e) => e,
+        None => stdout.try_clone().context("cannot make a pipe")?,
+    };
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    // The token is in `cmd` already.
+    let (_child, pgid) = start(cmd, groups, None)?;
+    Ok(pgid)
+}
+
+/// Register the group of a program just started; stop it if the run is
+/// already cancelled.
+fn registered(groups: &ProcessGroups, pgid: i32) {
     groups.add(pgid);
     if groups.is_cancelled() {
         kill_group(pgid);
     }
-    Ok((child, pgid))
+}
+
+/// `/dev/null`, opened once (close-on-exec), a program's stdin.
+fn dev_null() -> std::io::Result<BorrowedFd<'static>> {
+    static NULL: OnceLock<std::io::Result<std::fs::File>> = OnceLock::new();
+    match NULL.get_or_init(|| std::fs::File::open("/dev/null")) {
+        Ok(f) => Ok(f.as_fd()),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    }
 }
 
 /// Start a long-lived program; the caller chose its stdio.
@@ -400,32 +463,31 @@ pub fn spawn(
 /// lines, or with `interrupted` once `groups` is cancelled: then it returns as
 /// soon as the program itself has ended, even while a process it left behind
 /// still holds its output open.
+#[allow(clippy::too_many_arguments)]
 pub fn run_to_end(
-    mut cmd: Command,
+    cmd: Command,
     groups: &ProcessGroups,
     token: Option<&str>,
     log: &StepLog,
     on_line: &mut dyn FnMut(&str),
     mut capture: Option<&mut Vec<u8>>,
+    has_hook: bool,
 ) -> anyhow::Result<()> {
     let shown = display_command(&cmd);
     log.line(&format!("$ {shown}"));
-    cmd.stdin(Stdio::null());
     // Captured stdout needs a pipe of its own; otherwise stdout and stderr share one.
-    let (child, pgid, outputs): (_, _, Vec<Box<dyn AsRawFd>>) = if capture.is_some() {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let (mut child, pgid) = start(cmd, groups, token)?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        (child, pgid, vec![Box::new(stdout), Box::new(stderr)])
+    let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+    let mut outputs = vec![reader];
+    let stderr = if capture.is_some() {
+        let (err_reader, err_writer) = std::io::pipe().context("cannot make a pipe")?;
+        outputs.push(err_reader);
+        Some(err_writer.into())
     } else {
-        let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
-        cmd.stdout(writer.try_clone().context("cannot make a pipe")?)
-            .stderr(writer);
-        // `start` consumes `cmd`: the write ends left are the child's alone.
-        let (child, pgid) = start(cmd, groups, token)?;
-        (child, pgid, vec![Box::new(reader)])
+        None
     };
+    // The write ends are consumed: once started, they are the child's alone.
+    let pgid = start_with_output(cmd, groups, token, writer.into(), stderr, has_hook)?;
+    let pid = pgid;
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut status = None;
     let mut streams: Vec<Stream> = outputs.iter().map(|o| Stream::new(o.as_raw_fd())).collect();
@@ -433,7 +495,7 @@ pub fn run_to_end(
     while streams.iter().any(|s| s.open) {
         if groups.is_cancelled() {
             if status.is_none() {
-                status = reap(&child, groups, false).ok().flatten();
+                status = reap(pid, groups, false).ok().flatten();
             }
             if status.is_some() {
                 break;
@@ -466,7 +528,7 @@ pub fn run_to_end(
     drop(outputs);
     let status = match status {
         Some(s) => Ok(s),
-        None => reap(&child, groups, true).map(|s| s.expect("a blocking wait returns a status")),
+        None => reap(pid, groups, true).map(|s| s.expect("a blocking wait returns a status")),
     };
     // Whatever the program left running in its group dies with it.
     kill_group(pgid);
@@ -490,13 +552,12 @@ pub fn run_to_end(
     Ok(())
 }
 
-/// Reap `child` with `wait4` (at once with `block`, else only if it has
+/// Reap the child `pid` with `wait4` (at once with `block`, else only if it has
 /// exited) and add its CPU time, with that of the descendants it reaped, to
-/// `groups`. Its `Child` must never be waited for through the standard library
-/// after this: the pid may be another process by then.
-fn reap(child: &Child, groups: &ProcessGroups, block: bool) -> std::io::Result<Option<ExitStatus>> {
+/// `groups`. A `Child` of it must never be waited for through the standard
+/// library after this: the pid may be another process by then.
+fn reap(pid: i32, groups: &ProcessGroups, block: bool) -> std::io::Result<Option<ExitStatus>> {
     use std::os::unix::process::ExitStatusExt;
-    let pid = child.id() as libc::pid_t;
     let flags = if block { 0 } else { libc::WNOHANG };
     loop {
         let mut status = 0;
@@ -678,7 +739,7 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let log = StepLog::create(&dir.join("step.log")).unwrap();
-        run_to_end(two_burners(), groups, token, &log, &mut |_| {}, None).unwrap();
+        run_to_end(two_burners(), groups, token, &log, &mut |_| {}, None, false).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -717,5 +778,104 @@ mod tests {
         let cpu = groups.cpu();
         assert!(groups.cpu.lock().unwrap().cgroup.is_some());
         assert!(cpu >= Duration::from_millis(590), "{cpu:?}");
+    }
+
+    /// Run `cmd` to its end for the step run `token`, its stdout captured.
+    fn captured(
+        cmd: Command,
+        groups: &ProcessGroups,
+        token: &str,
+        hook: bool,
+    ) -> anyhow::Result<String> {
+        let dir = std::env::temp_dir().join(format!("qflow-capture-test-{token}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = StepLog::create(&dir.join("step.log")).unwrap();
+        let mut out = Vec::new();
+        let result = run_to_end(
+            cmd,
+            groups,
+            Some(token),
+            &log,
+            &mut |_| {},
+            Some(&mut out),
+            hook,
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        result.map(|_| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn a_steps_program_is_in_its_cgroup_from_the_start_with_or_without_a_hook() {
+        for hook in [false, true] {
+            let token = format!("cgroup-start-test-{}-{hook}", std::process::id());
+            let groups = ProcessGroups::new();
+            if !groups.contain(&token) {
+                eprintln!("no cgroup2 hierarchy qflow may use here: nothing to test");
+                return;
+            }
+            // `cat` reads its own cgroup before it does anything else.
+            let mut cmd = Command::new("cat");
+            cmd.arg("/proc/self/cgroup");
+            let out = captured(cmd, &groups, &token, hook).unwrap();
+            assert_eq!(
+                groups.running(),
+                0,
+                "its group is unregistered once it ended"
+            );
+            groups.finish();
+            let v2 = out
+                .lines()
+                .find(|l| l.starts_with("0::"))
+                .unwrap_or_default();
+            assert!(
+                v2.ends_with(&format!("/qflow/{token}")),
+                "hook {hook}: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_program_fails_naming_it_with_or_without_a_cgroup() {
+        for token in [
+            format!("missing-test-{}", std::process::id()),
+            String::new(),
+        ] {
+            let groups = ProcessGroups::new();
+            let err = captured(
+                Command::new("qflow-no-such-program"),
+                &groups,
+                &token,
+                false,
+            )
+            .unwrap_err();
+            groups.finish();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.starts_with("cannot run `qflow-no-such-program`: No such file"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_steps_program_leads_a_process_group_of_its_own_and_sees_its_token() {
+        let token = format!("group-test-{}", std::process::id());
+        let groups = ProcessGroups::new();
+        let contained = groups.contain(&token);
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "read -r pid _ _ _ pgrp _ < /proc/$$/stat; echo \"$pid $pgrp $QFLOW_RUN_TOKEN\"; echo to-log >&2",
+        ]);
+        let out = captured(cmd, &groups, &token, false).unwrap();
+        groups.finish();
+        let fields: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(
+            fields.len(),
+            3,
+            "stderr goes to the log only: {out} (cgroup: {contained})"
+        );
+        assert_eq!(fields[0], fields[1], "{out}");
+        assert_eq!(fields[2], token);
     }
 }
