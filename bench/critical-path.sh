@@ -159,6 +159,10 @@ for s in steps.values():
 
 print(f"steps:            {len(steps)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})")
 print(f"wall time:        {wall:8.2f} s   (run record: {record['duration_ms'] / 1000:.2f} s)")
+starts = [s["start_ms"] / 1000 for s in steps.values() if s.get("start_ms") is not None]
+if starts:
+    # Before it: the cache lock, tool identities, host checks; inputs are hashed beside the run.
+    print(f"first step start: {min(starts):8.2f} s   after the apply started")
 print(f"critical path:    {critical:8.2f} s   ({len(path)} steps: {' -> '.join(path)})")
 print(f"total CPU:        {total_cpu:8.2f} s   / {cores} cores = {total_cpu / cores:.2f} s")
 print(f"bound:            {bound:8.2f} s   (max of the two: {'critical path' if critical >= total_cpu / cores else 'CPU / cores'})")

@@ -7,9 +7,9 @@
 //! missing file is refused before anything runs); only the hashing is late.
 //! [`hash_in_order`] hashes the steps on a thread of the apply, longest path
 //! below first (the steps whose wait would delay the run most), in batches that
-//! double in size: the first steps come out alone, so a step on the critical
-//! path is not held back by a thousand small ones, and a no-op of many steps
-//! still hashes in a few large batches (the stat cache and the tree index
+//! grow fourfold: the first step comes out alone, so a step on the critical
+//! path is not held back by a thousand small ones, and a no-op of 10,000 steps
+//! still hashes in seven batches (the stat cache and the tree index
 //! answer most of them from stats). Each batch wakes the run loop.
 //!
 //! Imports `inputs` and `dag`; the hashing itself is the function it is given
@@ -22,7 +22,7 @@ use crate::dag::{Dag, StepId};
 use crate::inputs::InputDigest;
 
 /// The most steps hashed in one batch.
-const LARGEST_BATCH: usize = 2048;
+const LARGEST_BATCH: usize = 4096;
 
 /// Per step: its input digests once hashed, or why they could not be.
 #[derive(Debug, Default)]
@@ -102,7 +102,7 @@ pub fn hashing_order(dag: &Dag, expected_ms: &[u64], has_inputs: &[bool]) -> Vec
     with_inputs
 }
 
-/// Hash the steps of `order` into `table` in batches of 1, 2, 4, … steps with
+/// Hash the steps of `order` into `table` in batches of 1, 4, 16, … steps with
 /// `digest` (given a batch's steps, their digests in the same order, or the
 /// batch's error), calling `hashed` after each batch. A batch that fails is
 /// hashed again step by step, so each step gets its own answer. Stops between
@@ -137,7 +137,7 @@ pub fn hash_in_order(
         }
         hashed();
         at += batch.len();
-        size = (size * 2).min(LARGEST_BATCH);
+        size = (size * 4).min(LARGEST_BATCH);
     }
 }
 
@@ -164,9 +164,9 @@ mod tests {
     }
 
     #[test]
-    fn batches_double_and_a_failing_one_is_split_so_each_step_has_its_answer() {
-        let order: Vec<StepId> = (0..6).map(StepId).collect();
-        let table = InputDigests::pending(6);
+    fn batches_grow_and_a_failing_one_is_split_so_each_step_has_its_answer() {
+        let order: Vec<StepId> = (0..7).map(StepId).collect();
+        let table = InputDigests::pending(7);
         let batches = std::sync::Mutex::new(Vec::new());
         hash_in_order(
             &order,
@@ -184,14 +184,15 @@ mod tests {
             },
             || {},
         );
-        // 1, then 2 (fails: split into 1 + 1), then the last 3.
-        assert_eq!(*batches.lock().unwrap(), vec![1, 2, 1, 1, 3]);
+        // 1, then 4 (fails: split into 1 + 1 + 1 + 1), then the last 2.
+        assert_eq!(*batches.lock().unwrap(), vec![1, 4, 1, 1, 1, 1, 2]);
         assert_eq!(table.get(1).unwrap().unwrap()[0].label, "1");
         assert_eq!(
             table.get(2).unwrap().unwrap_err(),
             "input `two` cannot be read"
         );
-        assert_eq!(table.get(5).unwrap().unwrap()[0].label, "5");
+        assert_eq!(table.get(3).unwrap().unwrap()[0].label, "3");
+        assert_eq!(table.get(6).unwrap().unwrap()[0].label, "6");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! angle brackets (`<disk.raw>`) are placeholders for paths known only when the
 //! step runs.
 //!
-//! Imports `session`, `step`, `out_links` and `remote_use`.
+//! Imports `session`, `input_digests`, `dag`, `step`, `out_links` and `remote_use`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,7 +20,10 @@ use qflow_cache::Hash;
 use qflow_cache::remote::RemoteCache;
 use serde::Serialize;
 
-use crate::session::Session;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::dag::StepId;
+use crate::session::{Prepared, Session};
 use crate::step::CheckContext;
 
 /// One step of a plan.
@@ -86,8 +89,53 @@ fn plan_inner(
     remote: Option<&RemoteCache>,
     kept: bool,
 ) -> anyhow::Result<Vec<PlannedStep>> {
+    let prepared = session.prepare_keys();
+    // Inputs are hashed on a thread, in schedule order, while the steps before are
+    // planned (see `input_digests.rs`).
+    let shared: &Session = session;
+    let stop = AtomicBool::new(false);
+    let planned = std::thread::scope(|scope| {
+        let (hashed, batches) = std::sync::mpsc::channel::<()>();
+        let order: Vec<StepId> = (shared.dag.order().into_iter())
+            .filter(|id| !prepared.inputs.is_known(id.index()))
+            .collect();
+        let (inputs, stop) = (&prepared.inputs, &stop);
+        scope.spawn(move || {
+            crate::input_digests::hash_in_order(
+                &order,
+                inputs,
+                stop,
+                |ids| {
+                    let ids: Vec<usize> = ids.iter().map(|id| id.index()).collect();
+                    shared.digest_inputs(&ids, stop)
+                },
+                || {
+                    let _ = hashed.send(());
+                },
+            );
+        });
+        let wait_for = |i: usize| {
+            // Until its batch is hashed, or the hashing thread ended.
+            while !prepared.inputs.is_known(i) && batches.recv().is_ok() {}
+        };
+        let planned = plan_steps(shared, &prepared, remote, kept, wait_for);
+        stop.store(true, Ordering::Relaxed);
+        planned
+    })?;
+    session.save_caches()?;
+    Ok(planned)
+}
+
+/// Plan every step in schedule order; `wait_for(i)` returns once step `i`'s
+/// inputs are hashed.
+fn plan_steps(
+    session: &Session,
+    prepared: &Prepared,
+    remote: Option<&RemoteCache>,
+    kept: bool,
+    wait_for: impl Fn(usize),
+) -> anyhow::Result<Vec<PlannedStep>> {
     let remote_reads = crate::remote_use::readable(session.workflow);
-    let prepared = session.prepare()?;
     let probe = session.cache.probe()?;
     let workflow = session.workflow;
     let ctx = CheckContext {
@@ -148,7 +196,8 @@ fn plan_inner(
             .upstream_names()
             .map(|u| (u.to_string(), outputs[u]))
             .collect();
-        let material = match session.material(&prepared, i, &up) {
+        wait_for(i);
+        let material = match session.material(prepared, i, &up) {
             Ok(m) => m,
             Err(e) => {
                 runs.insert(s.name.clone(), true);
@@ -220,7 +269,7 @@ fn plan_inner(
                         let mut reasons = if forced {
                             vec!["forced with --force".to_string()]
                         } else {
-                            session.reasons(&prepared, i, &material)
+                            session.reasons(prepared, i, &material)
                         };
                         reasons.extend(s.step.run_note(&session.state_dir_of(i)));
                         reasons
@@ -231,7 +280,6 @@ fn plan_inner(
             }
         }
     }
-    session.save_caches()?;
     Ok(planned)
 }
 

@@ -17,8 +17,9 @@
 //! of those fails, the memo is ignored and the full load reports the problem
 //! with its `file:line:column`.
 //!
-//! The memo sits in the cache (`<cache>/workflows/<blake3 of the path>.json`),
-//! one per workflow file, replaced on every miss; only a cache directory that
+//! The memo sits in the cache (`<cache>/workflows/<blake3 of the path>.json`, JSON
+//! lines: the key and what is not a step first, then a line per step, parsed across
+//! the cores), one per workflow file, replaced on every miss; only a cache directory that
 //! already exists gets one. It is written only when it reads back equal to what
 //! it memoizes (YAML values JSON cannot carry, such as tags, are never memoized).
 //!
@@ -117,7 +118,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 4";
+const MEMO_VERSION: &str = "qflow-workflow-memo 5";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,14 +169,55 @@ pub fn memo_path(cache: &Path, path: &Path) -> PathBuf {
 }
 
 /// A loaded workflow as stored: the steps as validated, without their typed form.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+/// On disk, JSON lines: the head (all but the steps), then one line per step, so
+/// a recall checks the key before reading any step and parses the steps across
+/// the cores.
+#[derive(Debug, PartialEq)]
 struct WorkflowMemo {
+    head: MemoHead,
+    steps: Vec<MemoStep>,
+}
+
+/// The memo's first line.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct MemoHead {
     key: String,
     name: String,
     vars: BTreeMap<String, String>,
-    steps: Vec<MemoStep>,
     #[serde(default)]
     placement: crate::slurm::placement::WorkflowPlacement,
+}
+
+impl WorkflowMemo {
+    /// The memo as JSON lines (JSON escapes every line break inside a string).
+    fn to_lines(&self) -> Option<Vec<u8>> {
+        let mut out = serde_json::to_vec(&self.head).ok()?;
+        out.push(b'\n');
+        for step in &self.steps {
+            serde_json::to_writer(&mut out, step).ok()?;
+            out.push(b'\n');
+        }
+        Some(out)
+    }
+
+    /// The head of memo `bytes` and the lines of its steps.
+    fn split(bytes: &[u8]) -> Option<(MemoHead, Vec<&[u8]>)> {
+        let mut lines = bytes.split(|b| *b == b'\n');
+        let head = serde_json::from_slice(lines.next()?).ok()?;
+        let steps: Vec<&[u8]> = lines.collect();
+        // Written with a line break after every line: the last piece is empty.
+        let (last, steps) = steps.split_last()?;
+        last.is_empty().then_some((head, steps.to_vec()))
+    }
+
+    /// Memo `bytes` read back whole, on one core.
+    fn from_lines(bytes: &[u8]) -> Option<WorkflowMemo> {
+        let (head, lines) = Self::split(bytes)?;
+        let steps = (lines.iter())
+            .map(|l| serde_json::from_slice(l).ok())
+            .collect::<Option<_>>()?;
+        Some(WorkflowMemo { head, steps })
+    }
 }
 
 /// Fields at their defaults are left out: a memo of 10,000 steps is read on every
@@ -209,19 +251,20 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 /// `None` on any miss or failed check (then load it fully).
 pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> Option<Workflow> {
     let bytes = std::fs::read(memo).ok()?;
-    let stored: WorkflowMemo = serde_json::from_slice(&bytes).ok()?;
-    if stored.key != key.0 {
+    let (head, lines) = WorkflowMemo::split(&bytes)?;
+    if head.key != key.0 {
         return None;
     }
     let dir = path.parent()?.to_path_buf();
     let ctx = CheckContext {
         work_dir: dir.clone(),
     };
-    // Each step's typed parse and checks are independent: split across the cores.
+    // Each step's parse, typed parse and checks are independent: split across the cores.
     let steps: Vec<StepDecl> = {
         use rayon::prelude::*;
-        (stored.steps.into_par_iter().with_min_len(256))
-            .map(|s| {
+        (lines.into_par_iter().with_min_len(256))
+            .map(|line| {
+                let s: MemoStep = serde_json::from_slice(line).ok()?;
                 let kind = registry.get(&s.kind)?;
                 let step = kind.parse(&s.fields).ok()?;
                 step.check(&ctx).ok()?;
@@ -254,10 +297,10 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     Some(Workflow {
         path: path.to_path_buf(),
         dir,
-        name: stored.name,
-        vars: stored.vars,
+        name: head.name,
+        vars: head.vars,
         steps,
-        placement: stored.placement,
+        placement: head.placement,
         selection: Default::default(),
     })
 }
@@ -341,10 +384,12 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
         return;
     }
     let stored = WorkflowMemo {
-        key: key.0.clone(),
-        name: workflow.name.clone(),
-        vars: workflow.vars.clone(),
-        placement: workflow.placement.clone(),
+        head: MemoHead {
+            key: key.0.clone(),
+            name: workflow.name.clone(),
+            vars: workflow.vars.clone(),
+            placement: workflow.placement.clone(),
+        },
         steps: workflow
             .steps
             .iter()
@@ -363,11 +408,11 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
             })
             .collect(),
     };
-    let Ok(bytes) = serde_json::to_vec(&stored) else {
+    let Some(bytes) = stored.to_lines() else {
         return;
     };
-    match serde_json::from_slice::<WorkflowMemo>(&bytes) {
-        Ok(back) if back == stored => {}
+    match WorkflowMemo::from_lines(&bytes) {
+        Some(back) if back == stored => {}
         _ => return,
     }
     let Some(dir) = memo.parent() else { return };
@@ -459,9 +504,9 @@ mod tests {
     /// `forged` came from the memo.
     fn forge(dir: &Path, workflow: &Path, forged: &str) {
         let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
-        let mut m: WorkflowMemo = serde_json::from_slice(&std::fs::read(&memo).unwrap()).unwrap();
+        let mut m = WorkflowMemo::from_lines(&std::fs::read(&memo).unwrap()).unwrap();
         m.steps[0].fields["to"] = serde_yaml::Value::String(forged.into());
-        std::fs::write(&memo, serde_json::to_vec(&m).unwrap()).unwrap();
+        std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
     }
 
     #[test]
