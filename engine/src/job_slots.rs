@@ -6,10 +6,15 @@
 //! takes one slot in the schedule, like any one-slot step, and its make joins
 //! this jobserver: each further recipe takes a token from the pipe and puts it
 //! back when done. The run loop takes its tokens from the same pipe: a step
-//! starts only once it holds a token for each slot it takes, and gives them
-//! back when it ends. So a kernel build alone uses every slot, and a cheap step
-//! that becomes ready waits at most for one recipe to finish, then runs beside
-//! the make, which goes on with one slot fewer. The total never exceeds the
+//! starts only once it holds a token for each slot it takes. When it ends, its
+//! tokens go first to the steps that can start then, and only the rest back
+//! to the pipe: a make is always blocked reading the pipe for its next recipe,
+//! so a token written there would be its, and a step that became ready when
+//! another ended (`system` after `base`) would wait for make's recipes to
+//! race the run loop's reader. So a kernel build alone uses every slot; a step
+//! that becomes ready when another ends starts at once, and one that becomes
+//! ready otherwise waits for a recipe to finish, then runs beside the make,
+//! which goes on with one slot fewer. The total never exceeds the
 //! run's slots: tokens in the pipe, tokens held for running steps and tokens a
 //! make took always add up to them.
 //!
@@ -134,9 +139,17 @@ impl JobSlots {
         false
     }
 
-    /// A step that held `n` tokens ended: they go back to the pipe.
+    /// Write `n` tokens to the pipe.
     pub fn give(&self, n: usize) {
         let _ = (&self.write).write_all(&vec![b'+'; n]);
+    }
+
+    /// A step that held `n` tokens ended: they are kept for the next step the
+    /// run loop starts, and go back to the pipe (`release_idle`) only when none
+    /// is waiting. Written to the pipe at once, they would go to a make blocked
+    /// reading it before the run loop could ask.
+    pub fn keep(&self, n: usize) {
+        *self.pool.lock().unwrap() += n;
     }
 
     /// Put the tokens taken for steps that did not start back into the pipe,

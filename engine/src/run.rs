@@ -282,14 +282,15 @@ impl<'a> Run<'a> {
     }
 
     /// Step `id` stops holding its slots (it is no longer running): its tokens go
-    /// back to the jobserver. Call before its state changes.
+    /// to the next step `start_ready` starts, else back to the jobserver's pipe.
+    /// Call before its state changes.
     fn leave_running(&mut self, id: StepId) {
         if self.schedule.state(id) != StepState::Running {
             return;
         }
         let tokens = self.tokens(id);
         let Some(slots) = &self.job_slots else { return };
-        slots.give(tokens);
+        slots.keep(tokens);
         if self.sharing[id.index()] {
             self.sharing_running -= 1;
             if self.sharing_running == 0 {

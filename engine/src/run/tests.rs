@@ -552,3 +552,42 @@ fn a_make_step_grows_into_idle_slots_and_gives_them_back_to_a_step_that_needs_on
         "the cheap step waited for the whole make instead of taking a slot beside it: {ev:?}"
     );
 }
+
+#[test]
+fn a_step_ready_when_another_ends_takes_its_slot_before_a_busy_make_can() {
+    // Two slots: `build`'s make (three 1.5 s recipes, -j2) and `first` start
+    // together; `then` becomes ready when `first` ends. The slot `first` frees
+    // must go to `then`, not to the make that is blocked reading the jobserver.
+    let s = space(
+        "handoff",
+        "version: 1\nsteps:\n  build:\n    kind: sh\n    share: true\n    script: make -s -C mk\n  first:\n    kind: sh\n    script: 'echo \"+ first $(date +%s%N)\" >> events; sleep 0.2; echo \"- first $(date +%s%N)\" >> events'\n  then:\n    kind: sh\n    after: [first]\n    script: 'echo \"+ then $(date +%s%N)\" >> events; sleep 0.2; echo \"- then $(date +%s%N)\" >> events'\n",
+    );
+    std::fs::create_dir_all(s.0.join("mk")).unwrap();
+    std::fs::write(
+        s.0.join("mk/Makefile"),
+        ".PHONY: all r1 r2 r3\nall: r1 r2 r3\nr1 r2 r3:\n\t@echo \"+ $@ $$(date +%s%N)\" >> ../events; sleep 1.5; echo \"- $@ $$(date +%s%N)\" >> ../events\n",
+    )
+    .unwrap();
+    let finished = run_local(&s.0, 2);
+    assert!(
+        (finished.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
+        "{:?}",
+        outcomes(&finished)
+    );
+    let ev = events(&s.0.join("events"));
+    let mut now = 0usize;
+    for (start, _, _) in &ev {
+        if *start {
+            now += 1
+        } else {
+            now -= 1
+        }
+        assert!(now <= 2, "more than the run's two slots at once: {ev:?}");
+    }
+    let then_start = ev.iter().find(|e| e.1 == "then").unwrap().2;
+    let first_recipe_end = ev.iter().find(|e| !e.0 && e.1.starts_with('r')).unwrap().2;
+    assert!(
+        then_start < first_recipe_end,
+        "`then` waited for a recipe to end: the slot `first` freed went to make: {ev:?}"
+    );
+}
