@@ -35,6 +35,7 @@ packages=(
   e2fsprogs fdisk xfsprogs mount coreutils kmod # mke2fs/debugfs, sfdisk, mkfs.xfs, mounts, modprobe nbd
   linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio make gcc binutils   # kernel builds
   xz-utils gzip bzip2 zstd git                  # kernel source archives and checkouts
+  lz4 lzop                                      # bzImage compressions a kernel's options may choose
   ninja-build hyperfine graphviz python3 curl   # benchmarks, graph --format svg
 )
 

@@ -204,6 +204,21 @@ fn an_input_that_does_not_exist_is_refused() {
 }
 
 #[test]
+fn an_input_that_does_not_exist_stops_the_independent_steps_too() {
+    // `a` has no input and would start at once; `b`'s input is missing.
+    rejects(
+        &format!(
+            "version: 1\nsteps:\n  a:\n    kind: command\n{MARK}  b:\n    kind: command\n    run: ['true']\n    inputs: [missing.txt]\n"
+        ),
+        &[
+            "workflow.yaml:9:",
+            "`steps.b.inputs[0]`",
+            "input `missing.txt` does not exist",
+        ],
+    );
+}
+
+#[test]
 fn an_unset_environment_variable_is_refused() {
     rejects(
         "version: 1\nsteps:\n  a:\n    kind: command\n    run: [echo, '${{ env.QFLOW_TEST_SURELY_UNSET }}']\n",

@@ -95,3 +95,32 @@ fn a_make_step_under_the_jobserver_never_runs_more_recipes_than_its_slots() {
         "the jobserver should have let make run recipes in parallel (peak {peak})"
     );
 }
+
+#[test]
+fn a_step_without_inputs_starts_while_a_large_input_tree_of_another_step_is_hashed() {
+    let s = Space::new();
+    // `kernel` comes first in the file and weighs the same as `base`: were every
+    // input hashed before any step started, it would start first.
+    s.workflow(
+        "version: 1\nsteps:\n  kernel:\n    kind: command\n    inputs: [tree]\n    run: [sh, -c, 'echo kernel']\n  base:\n    kind: command\n    run: [sh, -c, 'echo base']\n",
+    );
+    for d in 0..100 {
+        for f in 0..100 {
+            s.write(&format!("tree/d{d}/f{f}.c"), format!("int f{d}_{f};\n"));
+        }
+    }
+    let run = s.qflow(&["apply", "--json"]).success();
+    let started: Vec<String> = (run.stdout.lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["step"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        started,
+        ["base", "kernel"],
+        "`base` waited for `kernel`'s inputs to be hashed"
+    );
+    // The tree is in `kernel`'s key all the same: an edit runs it again.
+    s.write("tree/d7/f7.c", "int changed;\n");
+    assert_eq!(s.apply().success().ran(), ["kernel"]);
+}

@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use qflow_cache::Hash;
@@ -78,6 +80,33 @@ pub fn digest_all(
     tree_index: Option<&Path>,
     inputs: &[Vec<Input>],
 ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
+    let never = AtomicBool::new(false);
+    digest_with(work_dir, tree_index, inputs, &never, |files| {
+        stat_cache.hash_all(files)
+    })
+}
+
+/// [`digest_all`] with a stat cache shared with other threads (locked only to
+/// look up and note hashes); once `stop` is set, it fails instead of reading on.
+pub fn digest_all_until(
+    work_dir: &Path,
+    stat_cache: &Mutex<StatCache>,
+    tree_index: Option<&Path>,
+    inputs: &[Vec<Input>],
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<Vec<InputDigest>>> {
+    digest_with(work_dir, tree_index, inputs, stop, |files| {
+        StatCache::hash_all_shared(stat_cache, files, stop)
+    })
+}
+
+fn digest_with(
+    work_dir: &Path,
+    tree_index: Option<&Path>,
+    inputs: &[Vec<Input>],
+    stop: &AtomicBool,
+    hash_cached: impl FnOnce(&[(PathBuf, FileStat)]) -> anyhow::Result<Vec<Hash>>,
+) -> anyhow::Result<Vec<Vec<InputDigest>>> {
     // Prove or walk every input, then hash what neither the tree index nor
     // the stat cache can vouch for.
     // Many small inputs (a step each) are stat'ed in parallel too.
@@ -89,7 +118,10 @@ pub fn digest_all(
             .map(|step_inputs| {
                 step_inputs
                     .iter()
-                    .map(|i| walk(work_dir, i, tree_index))
+                    .map(|i| {
+                        anyhow::ensure!(!stop.load(Ordering::Relaxed), "hashing stopped");
+                        walk(work_dir, i, tree_index)
+                    })
                     .collect::<anyhow::Result<Vec<_>>>()
             })
             .collect::<anyhow::Result<_>>()?
@@ -114,12 +146,15 @@ pub fn digest_all(
             }
         }
     }
-    let cached_hashes = stat_cache.hash_all(&via_cache)?;
+    let cached_hashes = hash_cached(&via_cache)?;
     let direct_hashes: Vec<Hash> = {
         use rayon::prelude::*;
         direct
             .par_iter()
-            .map(|p| qflow_cache::hash_file(p))
+            .map(|p| {
+                anyhow::ensure!(!stop.load(Ordering::Relaxed), "hashing stopped");
+                qflow_cache::hash_file(p)
+            })
             .collect::<anyhow::Result<_>>()?
     };
     let mut out = Vec::with_capacity(inputs.len());

@@ -14,7 +14,7 @@
 //!   (→ `results` for a step's metrics);
 //! - workflows: `diagnostic`, `yaml_error`, `workflow` (→ `dag`), `workflow_memo` (→ `workflow`,
 //!   holds `Workflow::load`), `selection` (targets, `--force`; → `workflow`);
-//! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `tool_identity`;
+//! - inputs: `tree_walk`, `tree_index`, `inputs` (→ `tree_index`), `input_digests`, `tool_identity`;
 //! - a workflow opened on its cache: `progress`, `session`, `out_links`, `plan`;
 //! - a run: `schedule` (step states, → `dag`), `step_job` and `executor` (the
 //!   seam), `recorder`, `failure_report`, `remote_use` (→ `workflow`: what a remote
@@ -44,6 +44,7 @@ pub mod executor;
 pub mod failure_report;
 pub mod field_error;
 pub mod glob;
+pub mod input_digests;
 pub mod input_entry;
 pub mod input_stamp;
 pub mod inputs;

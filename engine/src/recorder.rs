@@ -48,14 +48,13 @@ impl Recording {
         let inputs = decl.step.inputs();
         if !inputs.is_empty() {
             // The session's stat cache: files unchanged since the digest are only stat'ed.
-            let mut stat = session.stat_cache.lock().unwrap();
-            let now = crate::inputs::digest_all(
+            let now = crate::inputs::digest_all_until(
                 &session.workflow.dir,
-                &mut stat,
+                &session.stat_cache,
                 Some(&cache.dir("tree-index")),
                 std::slice::from_ref(&inputs),
+                &std::sync::atomic::AtomicBool::new(false),
             )?;
-            drop(stat);
             for (before, after) in before.iter().zip(&now[0]) {
                 if before.digest != after.digest {
                     bail!(

@@ -21,7 +21,7 @@
 //! `step_key`, `out_links`, `lockfile`, `leftovers`, `progress`, `context` and
 //! `results`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -167,6 +167,9 @@ pub struct Run<'a> {
     sharing: Vec<bool>,
     /// Sharing steps now running.
     sharing_running: usize,
+    /// Steps whose upstream is done that wait for their inputs to be hashed
+    /// (`input_digests.rs`).
+    awaiting_inputs: BTreeSet<StepId>,
 }
 
 /// A run that has ended: its record (not yet written) and the lock entries it changed.
@@ -228,6 +231,7 @@ impl<'a> Run<'a> {
             takes_tokens: vec![false; n],
             sharing: vec![false; n],
             sharing_running: 0,
+            awaiting_inputs: BTreeSet::new(),
             parts,
         }
     }
@@ -303,14 +307,32 @@ impl<'a> Run<'a> {
         &self.parts.session.workflow.steps[id.index()].name
     }
 
-    /// Whether any step is with the executor or being recorded.
+    /// Whether any step is with the executor or being recorded, or waits for its
+    /// inputs to be hashed while steps may still start.
     pub fn is_active(&self) -> bool {
-        !self.active.is_empty()
+        !self.active.is_empty() || (!self.awaiting_inputs.is_empty() && !self.schedule.is_stopped())
+    }
+
+    /// Steps that waited for their inputs and whose inputs are now hashed are looked
+    /// at again.
+    fn recall_hashed(&mut self) {
+        if self.awaiting_inputs.is_empty() {
+            return;
+        }
+        let inputs = &self.parts.prepared.inputs;
+        let hashed: Vec<StepId> = (self.awaiting_inputs.iter().copied())
+            .filter(|id| inputs.is_known(id.index()))
+            .collect();
+        for id in hashed {
+            self.awaiting_inputs.remove(&id);
+            self.schedule.look_at(id);
+        }
     }
 
     /// Look at every waiting step whose upstream changed: skip it, settle it
     /// (cached, or ready to run), or leave it waiting.
     pub fn settle(&mut self) -> anyhow::Result<()> {
+        self.recall_hashed();
         // In rounds: every step that can settle now, then those they made ready to look
         // at. A round's remote hits are fetched together (see `prefetch_remote`).
         loop {
@@ -323,7 +345,17 @@ impl<'a> Run<'a> {
                         let names: Vec<&str> = bad.iter().map(|&u| self.name(u)).collect();
                         self.skip(id, failure_report::upstream_failed(&names));
                     }
-                    Triage::Settle => round.push(id),
+                    Triage::Settle if self.parts.prepared.inputs.is_known(id.index()) => {
+                        round.push(id)
+                    }
+                    // Its key needs its inputs' digests: looked at again once hashed.
+                    Triage::Settle if self.schedule.is_interrupted() => {
+                        self.awaiting_inputs.remove(&id);
+                        self.skip(id, "run interrupted".to_string());
+                    }
+                    Triage::Settle => {
+                        self.awaiting_inputs.insert(id);
+                    }
                 }
             }
             if round.is_empty() {
@@ -344,9 +376,6 @@ impl<'a> Run<'a> {
         }
         // `cached` lines wait here, so a no-op writes them all at once.
         self.parts.progress.flush();
-        // What was found in place before scheduling is not trusted once steps run:
-        // a user may touch `out/` meanwhile. Later steps check for themselves.
-        self.parts.in_place.clear();
         Ok(())
     }
 
@@ -420,13 +449,16 @@ impl<'a> Run<'a> {
     }
 
     /// The key material of step `id` when each upstream step is done or `promised` names
-    /// its output; `None` while one is neither.
+    /// its output; `None` while one is neither, or while its inputs are being hashed.
     fn material_with(
         &self,
         id: StepId,
         promised: &HashMap<&'a str, Hash>,
     ) -> Option<anyhow::Result<KeyMaterial>> {
         let session = self.parts.session;
+        if !self.parts.prepared.inputs.is_known(id.index()) {
+            return None;
+        }
         let s = &session.workflow.steps[id.index()];
         let mut up = BTreeMap::new();
         for u in s.upstream_names() {
@@ -481,10 +513,16 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Every upstream step is done: compute the key, then cached or ready.
+    /// Every upstream step is done and its inputs are hashed: compute the key, then
+    /// cached or ready. A step whose inputs could not be hashed fails.
     fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
         let session = self.parts.session;
         let s = &session.workflow.steps[id.index()];
+        if let Some(Err(e)) = self.parts.prepared.inputs.get(id.index()) {
+            let e = anyhow!("cannot hash its inputs: {e}");
+            self.fail(id, e, 0, None);
+            return Ok(());
+        }
         let material = self.material_of(id)?;
         let key = material.key();
         let mut hit = self.lookup(id, &key)?;
@@ -717,7 +755,13 @@ impl<'a> Run<'a> {
             self.weigh();
         }
         let mut short = false;
-        for id in self.schedule.startable() {
+        let startable = self.schedule.startable();
+        if !startable.is_empty() {
+            // What was found in place before scheduling is not trusted once steps run:
+            // a user may touch `out/` meanwhile. Later steps check for themselves.
+            self.parts.in_place.clear();
+        }
+        for id in startable {
             if let Some(slots) = &self.job_slots
                 && !slots.take(self.tokens(id))
             {
@@ -900,7 +944,7 @@ impl<'a> Run<'a> {
             submitted: active.submitted,
         };
         let session = self.parts.session;
-        let before = &self.parts.prepared.inputs[active.step.index()];
+        let before = self.parts.prepared.inputs.digests(active.step.index());
         let events = self.parts.events.clone();
         scope.spawn(move || {
             let result = recording.record(session, before);

@@ -217,7 +217,9 @@ impl<'d> Schedule<'d> {
         self.remaining[id.index()]
     }
 
-    fn look_at(&mut self, id: StepId) {
+    /// Look at waiting step `id` again (it waited for something besides its
+    /// upstream steps: its inputs' digests).
+    pub fn look_at(&mut self, id: StepId) {
         if self.states[id.index()] == StepState::Waiting {
             self.to_look_at.insert(self.position[id.index()]);
         }
@@ -294,6 +296,11 @@ impl<'d> Schedule<'d> {
         for i in 0..self.states.len() {
             self.look_at(StepId(i));
         }
+    }
+
+    /// Whether no more steps start (a failure without `--keep-going`, or a signal).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Whether the run was interrupted.

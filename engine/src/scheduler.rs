@@ -65,10 +65,63 @@ pub fn apply(
     let _lock = lock_cache(session, options, &progress)?;
     session.stop_leftovers(&progress);
     crate::timings::mark("lock cache");
-    let prepared = session.prepare()?;
-    crate::timings::mark("digest inputs, identify tools");
+    let prepared = session.prepare_keys();
+    crate::timings::mark("identify tools");
+    // Inputs are hashed on a thread while the steps that have theirs run
+    // (`input_digests.rs`); whether each exists was checked when loading.
+    let stop = AtomicBool::new(false);
+    let steps = std::thread::scope(|hashing| {
+        let shared: &Session = session;
+        let has_inputs: Vec<bool> = (0..prepared.inputs.len())
+            .map(|i| !prepared.inputs.is_known(i))
+            .collect();
+        let expected: Vec<u64> = (shared.workflow.steps.iter())
+            .map(|s| s.step.expected_ms())
+            .collect();
+        let order = crate::input_digests::hashing_order(&shared.dag, &expected, &has_inputs);
+        let (inputs, stop, woken) = (&prepared.inputs, &stop, tx.clone());
+        hashing.spawn(move || {
+            let began = Instant::now();
+            crate::input_digests::hash_in_order(
+                &order,
+                inputs,
+                stop,
+                |ids| {
+                    let ids: Vec<usize> = ids.iter().map(|id| id.index()).collect();
+                    shared.digest_inputs(&ids, stop)
+                },
+                || {
+                    let _ = woken.send(Event::Wake);
+                },
+            );
+            crate::timings::took("digest inputs (beside the run)", began.elapsed());
+        });
+        let steps = run_steps(
+            shared, &prepared, options, &progress, tx, &rx, &running, started,
+        );
+        stop.store(true, Ordering::SeqCst);
+        steps
+    });
+    signals.close();
+    let (finished, out_links) = steps?;
+    conclude(session, finished, &out_links, &progress, started)
+}
+
+/// The run itself: host checks, the lock entries in place, then the run loop until
+/// no step is active; its result and the `out/` links.
+#[allow(clippy::too_many_arguments)]
+fn run_steps(
+    session: &Session,
+    prepared: &Prepared,
+    options: &ApplyOptions,
+    progress: &Arc<Progress>,
+    tx: mpsc::Sender<Event>,
+    rx: &mpsc::Receiver<Event>,
+    running: &AtomicBool,
+    started: Instant,
+) -> anyhow::Result<(Finished, OutLinks)> {
     let out_root = (options.out_dir.clone()).unwrap_or_else(|| session.workflow.dir.join("out"));
-    preflight(session, &prepared)?;
+    preflight(session, prepared)?;
     // Under the workspace lock: record, tree and link checks through open handles.
     let probe = session
         .cache
@@ -80,7 +133,7 @@ pub fn apply(
     crate::timings::mark("check lock entries");
     let slurm = crate::slurm::setup::prepare(
         session,
-        &prepared,
+        prepared,
         options.executor,
         options.slurm_batch,
         &in_place,
@@ -106,7 +159,7 @@ pub fn apply(
     };
     let parts = RunParts {
         session,
-        prepared: &prepared,
+        prepared,
         probe: &probe,
         out_links: &out_links,
         in_place,
@@ -145,18 +198,17 @@ pub fn apply(
         match slurm {
             None => {
                 let mut executor = local;
-                crate::run::drive(&mut run, &mut executor, &rx, scope)
+                crate::run::drive(&mut run, &mut executor, rx, scope)
             }
             Some((setup, names)) => {
                 let remote = SlurmExecutor::new(setup, progress.clone())?;
                 let mut executor = Routed::new(local, remote, names);
-                crate::run::drive(&mut run, &mut executor, &rx, scope)
+                crate::run::drive(&mut run, &mut executor, rx, scope)
             }
         }
     });
     progress.flush();
     scheduled?;
-    signals.close();
     crate::timings::mark("schedule");
     let mut finished = run.finish();
     // The run's sender is gone with it: the uploader ends after the last queued result.
@@ -164,7 +216,7 @@ pub fn apply(
         let _ = thread.join();
     }
     finished.report.remote = remote.as_ref().map(|r| r.stats());
-    conclude(session, finished, &out_links, &progress, started)
+    Ok((finished, out_links))
 }
 
 /// A thread that uploads the results whose keys arrive on `keys` (content first, the

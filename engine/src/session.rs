@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use qflow_cache::{Cache, CacheProbe, Hash, Record};
 
 use crate::dag::Dag;
+use crate::input_digests::InputDigests;
 use crate::inputs::{self, InputDigest};
 use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
@@ -52,8 +54,8 @@ pub fn lock_path(workflow: &Workflow) -> PathBuf {
 
 /// What a step's key needs that is known before any step runs.
 pub struct Prepared {
-    /// Per step: input digests.
-    pub inputs: Vec<Vec<InputDigest>>,
+    /// Per step: input digests, once hashed.
+    pub inputs: InputDigests,
     /// Per step: tool identities, or why they cannot be known (a missing tool).
     pub tools: Vec<Result<BTreeMap<String, String>, String>>,
     /// Per step: extra key material, or why it cannot be computed (a missing secret file).
@@ -173,26 +175,20 @@ impl<'w> Session<'w> {
 
     /// Digest inputs, identify tools, compute extra key material.
     pub fn prepare(&mut self) -> anyhow::Result<Prepared> {
-        let all_inputs: Vec<_> = self
-            .workflow
-            .steps
-            .iter()
-            .map(|s| s.step.inputs())
-            .collect();
-        let inputs = inputs::digest_all(
-            &self.workflow.dir,
-            &mut self.stat_cache.lock().unwrap(),
-            Some(&self.cache.dir("tree-index")),
-            &all_inputs,
-        )?;
-        let listings = self.cache.dir("inputs");
-        for step in &inputs {
-            for d in step {
-                if !d.from_index
-                    && (d.entries.len() > 1 || d.entries.iter().any(|(k, _)| !k.is_empty()))
-                {
-                    inputs::save_listing(&listings, d)?;
-                }
+        let mut prepared = self.prepare_keys();
+        let all: Vec<usize> = (0..self.workflow.steps.len()).collect();
+        prepared.inputs = InputDigests::of(self.digest_inputs(&all, &AtomicBool::new(false))?);
+        Ok(prepared)
+    }
+
+    /// Identify tools and compute extra key material; the inputs are left to hash
+    /// (steps without inputs have their empty digests already): see
+    /// [`Session::digest_inputs`] and `input_digests.rs`.
+    pub fn prepare_keys(&mut self) -> Prepared {
+        let inputs = InputDigests::pending(self.workflow.steps.len());
+        for (i, s) in self.workflow.steps.iter().enumerate() {
+            if s.step.inputs().is_empty() {
+                inputs.set(i, Ok(Vec::new()));
             }
         }
         let ctx = CheckContext {
@@ -225,11 +221,41 @@ impl<'w> Session<'w> {
                     .map_err(|e| format!("{e:#}")),
             );
         }
-        Ok(Prepared {
+        Prepared {
             inputs,
             tools,
             extra,
-        })
+        }
+    }
+
+    /// The input digests of steps `steps`, in the same order, each listing kept for
+    /// `qflow plan`'s diffs. Stops hashing with an error once `stop` is set.
+    pub fn digest_inputs(
+        &self,
+        steps: &[usize],
+        stop: &AtomicBool,
+    ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
+        let wanted: Vec<_> = (steps.iter())
+            .map(|&i| self.workflow.steps[i].step.inputs())
+            .collect();
+        let inputs = inputs::digest_all_until(
+            &self.workflow.dir,
+            &self.stat_cache,
+            Some(&self.cache.dir("tree-index")),
+            &wanted,
+            stop,
+        )?;
+        let listings = self.cache.dir("inputs");
+        for step in &inputs {
+            for d in step {
+                if !d.from_index
+                    && (d.entries.len() > 1 || d.entries.iter().any(|(k, _)| !k.is_empty()))
+                {
+                    inputs::save_listing(&listings, d)?;
+                }
+            }
+        }
+        Ok(inputs)
     }
 
     /// Persist the stat cache and tool identities.
@@ -258,10 +284,14 @@ impl<'w> Session<'w> {
             schema_version: s.schema_version,
             fields: s.canonical_fields().to_string(),
             env,
-            inputs: prepared.inputs[i]
-                .iter()
-                .map(|d| (d.label.clone(), d.digest))
-                .collect(),
+            inputs: match prepared.inputs.get(i) {
+                Some(Ok(digests)) => digests,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("its inputs are not hashed yet".to_string()),
+            }
+            .iter()
+            .map(|d| (d.label.clone(), d.digest))
+            .collect(),
             upstream: upstream.clone(),
             tools,
             extra,
@@ -429,8 +459,7 @@ impl<'w> Session<'w> {
             }
         }
         let listings = self.cache.dir("inputs");
-        let current: BTreeMap<&str, &InputDigest> = prepared.inputs[i]
-            .iter()
+        let current: BTreeMap<&str, &InputDigest> = (prepared.inputs.digests(i).iter())
             .map(|d| (d.label.as_str(), d))
             .collect();
         for (label, d) in &current {

@@ -187,12 +187,60 @@ impl StatCache {
         Ok(out)
     }
 
+    /// [`StatCache::hash_all`] on a cache shared with other threads: it is locked
+    /// only to look up and to note what was read, not while files are read. Once
+    /// `stop` is set, files not yet read fail with an error.
+    pub fn hash_all_shared(
+        cache: &std::sync::Mutex<StatCache>,
+        files: &[(PathBuf, FileStat)],
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> anyhow::Result<Vec<Hash>> {
+        use rayon::prelude::*;
+        use std::sync::atomic::Ordering;
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known: Vec<Option<Hash>> = {
+            let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            files.iter().map(|(p, st)| cache.lookup(p, st)).collect()
+        };
+        let started = now_ns();
+        let read: Vec<anyhow::Result<Option<Hash>>> = (files.par_iter().zip(&known))
+            .map(|((p, _), k)| match k {
+                Some(_) => Ok(None),
+                None if stop.load(Ordering::Relaxed) => anyhow::bail!("hashing stopped"),
+                None => qflow_cache::hash_file(p).map(Some),
+            })
+            .collect();
+        let mut out = Vec::with_capacity(files.len());
+        let mut fresh = Vec::new();
+        for (((p, st), k), r) in files.iter().zip(known).zip(read) {
+            match (k, r?) {
+                (Some(h), _) => out.push(h),
+                (None, Some(h)) => {
+                    fresh.push((p.clone(), *st, h));
+                    out.push(h);
+                }
+                (None, None) => unreachable!("every unknown file was read"),
+            }
+        }
+        if !fresh.is_empty() {
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (p, st, h) in fresh {
+                cache.insert(p, st, h, started);
+            }
+        }
+        Ok(out)
+    }
+
     /// Write the cache atomically if anything changed.
     pub fn save(&mut self) -> anyhow::Result<()> {
         if !self.dirty {
             return Ok(());
         }
-        qflow_cache::write_atomic(&self.path, &encode(self.entries()))?;
+        // A cache only: lost or torn by a power cut, it reads as empty and files are
+        // hashed again, so it is not fsynced.
+        qflow_cache::write_replace(&self.path, &encode(self.entries()))?;
         self.dirty = false;
         Ok(())
     }

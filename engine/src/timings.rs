@@ -26,3 +26,13 @@ pub fn mark(name: &str) {
     );
     *start = Some(now);
 }
+
+/// Note that phase `name`, which ran beside the others, took `took`.
+pub fn took(name: &str, took: std::time::Duration) {
+    if enabled() {
+        eprintln!(
+            "qflow-timing: {name}: {:.2} ms",
+            took.as_secs_f64() * 1000.0
+        );
+    }
+}

@@ -117,7 +117,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 3";
+const MEMO_VERSION: &str = "qflow-workflow-memo 4";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,21 +178,31 @@ struct WorkflowMemo {
     placement: crate::slurm::placement::WorkflowPlacement,
 }
 
+/// Fields at their defaults are left out: a memo of 10,000 steps is read on every
+/// no-op, and most steps have no `env:`, `jobs:` or placement.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct MemoStep {
     name: String,
     kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     upstream: Vec<(String, EdgeReason)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     jobs: Option<usize>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
     cache: bool,
     remote_cache: RemoteUse,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     placement: crate::slurm::placement::StepPlacement,
     fields: serde_yaml::Value,
     /// `fields` as canonical JSON, made from them when memoized.
     canonical_fields: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     vars_used: BTreeMap<String, String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// The workflow memoized at `memo` under `key`, with the host checks passed again;
@@ -207,33 +217,37 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     let ctx = CheckContext {
         work_dir: dir.clone(),
     };
-    let mut steps = Vec::with_capacity(stored.steps.len());
-    let mut inputs = Vec::new();
-    for s in stored.steps {
-        let kind = registry.get(&s.kind)?;
-        let step = kind.parse(&s.fields).ok()?;
-        step.check(&ctx).ok()?;
-        if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
-            return None;
-        }
-        inputs.extend(step.inputs());
-        steps.push(StepDecl {
-            name: s.name,
-            kind: s.kind,
-            schema_version: kind.schema_version(),
-            upstream: s.upstream,
-            jobs: s.jobs,
-            env: s.env,
-            cache: s.cache,
-            remote_cache: s.remote_cache,
-            placement: s.placement,
-            fields: s.fields,
-            canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
-            vars_used: s.vars_used,
-            env_used: BTreeMap::new(),
-            step,
-        });
-    }
+    // Each step's typed parse and checks are independent: split across the cores.
+    let steps: Vec<StepDecl> = {
+        use rayon::prelude::*;
+        (stored.steps.into_par_iter().with_min_len(256))
+            .map(|s| {
+                let kind = registry.get(&s.kind)?;
+                let step = kind.parse(&s.fields).ok()?;
+                step.check(&ctx).ok()?;
+                if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
+                    return None;
+                }
+                Some(StepDecl {
+                    name: s.name,
+                    kind: s.kind,
+                    schema_version: kind.schema_version(),
+                    upstream: s.upstream,
+                    jobs: s.jobs,
+                    env: s.env,
+                    cache: s.cache,
+                    remote_cache: s.remote_cache,
+                    placement: s.placement,
+                    fields: s.fields,
+                    canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
+                    vars_used: s.vars_used,
+                    env_used: BTreeMap::new(),
+                    step,
+                })
+            })
+            .collect::<Option<_>>()?
+    };
+    let inputs: Vec<Input> = steps.iter().flat_map(|s| s.step.inputs()).collect();
     if !inputs_exist(&inputs, &ctx) {
         return None;
     }

@@ -39,6 +39,7 @@
 //!   final `.config`, named without its dot so it shows in listings). They are
 //!   copies, never links into the build tree, which make rewrites in place.
 
+mod compression;
 mod config;
 mod progress;
 mod source;
@@ -113,6 +114,11 @@ impl StepFields for Kernel {
     fn kind_tools() -> Vec<Tool> {
         let mut tools = build_tools();
         tools.extend(Source::all_tools());
+        for c in compression::COMPRESSIONS {
+            if !tools.contains(&c.tool()) {
+                tools.push(c.tool());
+            }
+        }
         tools
     }
 
@@ -194,9 +200,16 @@ impl Step for Kernel {
             .collect()
     }
 
+    /// The compressor of the bzImage joins the toolchain when `options` choose
+    /// one (`KERNEL_LZ4: y`): make runs it, and its version shapes the bzImage.
     fn tools(&self) -> Vec<Tool> {
         let mut tools = build_tools();
         tools.extend(self.source.tools());
+        if let Some(c) = compression::chosen(&self.options)
+            && !tools.contains(&c.tool())
+        {
+            tools.push(c.tool());
+        }
         tools
     }
 

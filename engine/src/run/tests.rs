@@ -17,9 +17,16 @@ struct Note {
     text: String,
     #[serde(default)]
     fail: bool,
+    #[serde(default)]
+    inputs: Vec<String>,
 }
 
 impl Step for Note {
+    fn inputs(&self) -> Vec<crate::Input> {
+        (self.inputs.iter())
+            .map(|p| crate::Input::new("inputs", p.as_str()))
+            .collect()
+    }
     fn output_roles(&self) -> Vec<(String, crate::OutputRole)> {
         vec![("note".into(), crate::OutputRole::Result)]
     }
@@ -159,6 +166,125 @@ fn run_with(
     };
     std::thread::scope(|scope| drive(&mut run, &mut batch, &rx, scope)).unwrap();
     (run.finish(), batch.batches)
+}
+
+/// One apply of the workflow in `dir` on the fake executor, 2 slots wide, whose
+/// inputs are hashed by `hasher` on a thread beside the run (given the session,
+/// the table to fill and the run's events, to wake it); with a signal waiting
+/// when `interrupt`.
+fn run_hashing_with(
+    dir: &Path,
+    interrupt: bool,
+    hasher: impl FnOnce(&Session, &crate::input_digests::InputDigests, mpsc::Sender<Event>) + Send,
+) -> (Finished, Vec<Vec<String>>) {
+    let registry = registry();
+    let options = LoadOptions {
+        set: Vec::new(),
+        memo_cache: None,
+    };
+    let wf = Workflow::load(&dir.join("workflow.yaml"), &registry, &options).unwrap();
+    let mut session = Session::open(&wf, &registry, &dir.join(".qflow")).unwrap();
+    let prepared = session.prepare_keys();
+    let session = &session;
+    let probe = session.cache.probe().unwrap();
+    let out_links = OutLinks::open(&dir.join("out"), &session.cache.dir("trees")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    if interrupt {
+        tx.send(Event::Signal).unwrap();
+    }
+    let parts = RunParts {
+        session,
+        prepared: &prepared,
+        probe: &probe,
+        out_links: &out_links,
+        in_place: Vec::new(),
+        progress: Arc::new(Progress::plain()),
+        events: tx.clone(),
+        started: Instant::now(),
+        remote: None,
+        uploads: None,
+    };
+    let mut run = Run::new(parts, 2, false, crate::run_record::run_id());
+    let mut batch = Batch {
+        registry: &registry,
+        queued: Vec::new(),
+        done: Vec::new(),
+        batches: Vec::new(),
+        cancelled: 0,
+    };
+    let inputs = &prepared.inputs;
+    std::thread::scope(|scope| {
+        scope.spawn(move || hasher(session, inputs, tx));
+        drive(&mut run, &mut batch, &rx, scope)
+    })
+    .unwrap();
+    (run.finish(), batch.batches)
+}
+
+/// `slow` has an input tree; `quick` has none and needs nothing.
+const SLOW_AND_QUICK: &str = "version: 1\nsteps:\n  slow:\n    kind: note\n    text: slow\n    inputs: [src]\n  quick:\n    kind: note\n    text: quick\n";
+
+#[test]
+fn a_step_without_inputs_runs_while_another_steps_inputs_are_still_being_hashed() {
+    let s = space("lazy-inputs", SLOW_AND_QUICK);
+    std::fs::create_dir_all(s.0.join("src")).unwrap();
+    std::fs::write(s.0.join("src/a.c"), "int a;").unwrap();
+    let quick_done = s.0.join("out/quick/note");
+    let (f, batches) = run_hashing_with(&s.0, false, |session, table, wake| {
+        // `slow`'s inputs are hashed only once `quick` has run and been recorded
+        // (or after a minute, for a run loop that waited for every input first).
+        let until = Instant::now() + Duration::from_secs(60);
+        while !quick_done.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            quick_done.exists(),
+            "`quick` did not run while `slow`'s inputs were being hashed"
+        );
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let digests = session.digest_inputs(&[0], &stop).unwrap();
+        table.set(0, Ok(digests.into_iter().next().unwrap()));
+        wake.send(Event::Wake).unwrap();
+    });
+    assert_eq!(batches, [vec!["quick"], vec!["slow"]]);
+    assert!(
+        (f.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
+        "{:?}",
+        outcomes(&f)
+    );
+    // Its key was computed from its inputs once they were hashed.
+    let slow = f.lock_changes.get("slow").expect("a lock entry for `slow`");
+    let entry = slow.parsed().unwrap();
+    assert!(entry.inputs.contains_key("src"), "{:?}", entry.inputs);
+}
+
+#[test]
+fn a_step_whose_inputs_cannot_be_hashed_fails_and_the_others_run() {
+    let s = space("unhashable-inputs", SLOW_AND_QUICK);
+    std::fs::create_dir_all(s.0.join("src")).unwrap();
+    let (f, batches) = run_hashing_with(&s.0, false, |_, table, wake| {
+        table.set(0, Err("cannot read src/a.c: gone".to_string()));
+        wake.send(Event::Wake).unwrap();
+    });
+    assert_eq!(batches, [vec!["quick"]]);
+    assert_eq!(f.report.steps[0].outcome, StepOutcome::Failed);
+    let error = f.report.steps[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("cannot hash its inputs: cannot read src/a.c: gone"),
+        "{error}"
+    );
+    assert!(!f.lock_changes.contains_key("slow"));
+}
+
+#[test]
+fn an_interrupt_skips_a_step_still_waiting_for_its_inputs() {
+    let s = space("interrupt-hashing", SLOW_AND_QUICK);
+    std::fs::create_dir_all(s.0.join("src")).unwrap();
+    // Its inputs are never hashed: the run must end all the same.
+    let (f, _) = run_hashing_with(&s.0, true, |_, _, _| {});
+    assert!(f.report.interrupted);
+    assert_eq!(f.report.steps[0].outcome, StepOutcome::Skipped);
+    assert_eq!(f.report.steps[0].reasons, ["run interrupted"]);
 }
 
 fn outcomes(f: &Finished) -> Vec<(String, StepOutcome)> {
