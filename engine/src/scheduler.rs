@@ -137,7 +137,7 @@ fn run_steps(
         options.executor,
         options.slurm_batch,
         &in_place,
-        &progress,
+        progress,
     )?;
     // Cluster jobs hold no CPU slot of this host: the queue limits them.
     let slots = options.jobs
