@@ -282,7 +282,8 @@ const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The child: runs on its own stack in qflow's memory until `execve`. Only
-/// system calls, no allocation, no lock, nothing that can panic.
+/// system calls, no allocation, no lock, nothing that can panic; and no lazy
+/// symbol binding either (rustc links with `-z now`).
 extern "C" fn child_main(arg: *mut libc::c_void) -> ! {
     // SAFETY: `arg` is the `ChildPlan` the parent keeps alive while it waits.
     let plan = unsafe { &*(arg as *const ChildPlan) };
