@@ -115,7 +115,8 @@ impl LockFile {
 /// since qflow writes them sorted.
 #[derive(Debug, Clone)]
 pub struct LockText {
-    bytes: Vec<u8>,
+    /// The lock's text (checked as UTF-8 once, when split).
+    text: String,
     /// The step names, one after the other, each as its entry's name says.
     names: String,
     /// Per step, in the file's (sorted) order: where its name is in `names`
@@ -136,7 +137,7 @@ impl LockText {
     /// writes them and name exactly the steps of `index` (the bytes' index, so
     /// known to parse); `None` otherwise.
     pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Option<LockText> {
-        let text = std::str::from_utf8(&bytes).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
         let head = Self::head(index.version, &index.workflow);
         let body = text.strip_prefix(head.as_str())?;
         let body = body.strip_suffix("\n  }\n}\n")?;
@@ -144,6 +145,8 @@ impl LockText {
         let mut names = String::new();
         let mut entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
             Vec::with_capacity(index.steps.len());
+        // One searcher for every entry's end (a lock of 10,000 steps is 6 MB).
+        let close = memchr::memmem::Finder::new(ENTRY_CLOSE);
         let mut at = 0;
         while at < body.len() {
             // `    "name": {` ... `    }` then `,\n` or the end.
@@ -161,7 +164,7 @@ impl LockText {
                 _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
             }
             let name = start..names.len();
-            let end = body[line_end..].find(ENTRY_CLOSE)? + line_end + ENTRY_CLOSE.len();
+            let end = close.find(&body.as_bytes()[line_end..])? + line_end + ENTRY_CLOSE.len();
             if !index.steps.contains_key(&names[name.clone()]) {
                 return None;
             }
@@ -181,7 +184,7 @@ impl LockText {
             return None;
         }
         Some(LockText {
-            bytes,
+            text,
             names,
             entries,
         })
@@ -197,8 +200,8 @@ impl LockText {
     }
 
     /// The text of entry `i`, from its indentation to its closing brace.
-    fn entry_text(&self, i: usize) -> anyhow::Result<&str> {
-        Ok(std::str::from_utf8(&self.bytes[self.entries[i].1.clone()])?)
+    fn entry_text(&self, i: usize) -> &str {
+        &self.text[self.entries[i].1.clone()]
     }
 
     /// Step `name`'s entry, parsed alone.
@@ -207,8 +210,7 @@ impl LockText {
         if i == self.entries.len() || self.name(i) != name {
             return None;
         }
-        let text = self.entry_text(i).ok()?;
-        let (_, value) = text.split_once(": ")?;
+        let (_, value) = self.entry_text(i).split_once(": ")?;
         serde_json::from_str(value).ok()
     }
 
@@ -224,12 +226,23 @@ impl LockText {
         changes: &BTreeMap<String, NewEntry>,
     ) -> anyhow::Result<Option<String>> {
         let changed: usize = changes.values().map(|e| e.text.len() + 2).sum();
-        let mut out = String::with_capacity(self.bytes.len() + changed + 256);
+        let mut out = String::with_capacity(self.text.len() + changed + 256);
         out.push_str(&Self::head(version, workflow));
         let mut first = true;
-        let mut separate = |out: &mut String| {
+        let mut put = |out: &mut String, text: &str| {
             if !std::mem::take(&mut first) {
                 out.push_str(",\n");
+            }
+            out.push_str(text);
+        };
+        // Unchanged entries next to each other are copied in one piece: in the
+        // old text they are already joined by `,\n`, as the writer joins them.
+        let mut run: Option<std::ops::Range<usize>> = None;
+        let flush = |out: &mut String,
+                     run: &mut Option<std::ops::Range<usize>>,
+                     put: &mut dyn FnMut(&mut String, &str)| {
+            if let Some(r) = run.take() {
+                put(out, &self.text[r]);
             }
         };
         // Both are sorted by name: merged, a changed entry in place of the old one.
@@ -237,17 +250,22 @@ impl LockText {
         for i in 0..self.entries.len() {
             let name = self.name(i);
             while let Some((_, entry)) = changed.next_if(|(n, _)| n.as_str() <= name) {
-                separate(&mut out);
-                out.push_str(&entry.text);
+                flush(&mut out, &mut run, &mut put);
+                put(&mut out, &entry.text);
             }
             if keep(name) && !changes.contains_key(name) {
-                separate(&mut out);
-                out.push_str(self.entry_text(i)?);
+                let bytes = self.entries[i].1.clone();
+                run = Some(match run {
+                    Some(r) => r.start..bytes.end,
+                    None => bytes,
+                });
+            } else {
+                flush(&mut out, &mut run, &mut put);
             }
         }
+        flush(&mut out, &mut run, &mut put);
         for (_, entry) in changed {
-            separate(&mut out);
-            out.push_str(&entry.text);
+            put(&mut out, &entry.text);
         }
         if first {
             return Ok(None);
@@ -303,7 +321,7 @@ impl LockText {
     /// the changes alone, as the full writer would).
     pub fn empty() -> LockText {
         LockText {
-            bytes: Vec::new(),
+            text: String::new(),
             names: String::new(),
             entries: Vec::new(),
         }
@@ -368,11 +386,16 @@ impl LockIndex {
         workflow: &str,
         steps: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
     ) -> Option<String> {
-        let plain = |s: &str| !s.contains(['\t', '\n']);
+        let plain = |s: &str| memchr::memchr2(b'\t', b'\n', s.as_bytes()).is_none();
         if !plain(workflow) {
             return None;
         }
-        let mut out = format!("{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n", digest.to_hex());
+        let (lower, _) = steps.size_hint();
+        let mut out = String::with_capacity(256 + lower * 160);
+        out.push_str(&format!(
+            "{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n",
+            digest.to_hex()
+        ));
         for (name, key, output) in steps {
             if !(plain(name) && plain(key) && plain(output)) {
                 return None;
@@ -603,6 +626,25 @@ mod tests {
         let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &new))
             .unwrap()
             .unwrap();
+        // Unchanged entries are copied in runs: dropping any of them, or
+        // changing one between others, still writes what the full writer writes.
+        let names = ["a", "b \"quoted\"", "c", "d"];
+        for dropped in 0..names.len() {
+            for changed in [None, Some("b \"quoted\""), Some("c")] {
+                let new: BTreeMap<String, NewEntry> = (changed.iter())
+                    .map(|n| (n.to_string(), NewEntry::of(n, &entry("k9", 9))))
+                    .collect();
+                let spliced = text.splice(LOCK_VERSION, "de\"mo", |n| n != names[dropped], &new);
+                let mut full = lock.clone();
+                full.steps.remove(names[dropped]);
+                if let Some(n) = changed {
+                    full.steps.insert(n.to_string(), entry("k9", 9));
+                }
+                full.write(&dir.join("full.lock")).unwrap();
+                let written = std::fs::read_to_string(dir.join("full.lock")).unwrap();
+                assert_eq!(spliced.unwrap().unwrap(), written, "{dropped} {changed:?}");
+            }
+        }
         lock.steps.remove("d");
         lock.steps.extend(changes);
         lock.write(&path).unwrap();
