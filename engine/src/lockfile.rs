@@ -629,14 +629,14 @@ mod tests {
         // Unchanged entries are copied in runs: dropping any of them, or
         // changing one between others, still writes what the full writer writes.
         let names = ["a", "b \"quoted\"", "c", "d"];
-        for dropped in 0..names.len() {
+        for dropped in names {
             for changed in [None, Some("b \"quoted\""), Some("c")] {
                 let new: BTreeMap<String, NewEntry> = (changed.iter())
                     .map(|n| (n.to_string(), NewEntry::of(n, &entry("k9", 9))))
                     .collect();
-                let spliced = text.splice(LOCK_VERSION, "de\"mo", |n| n != names[dropped], &new);
+                let spliced = text.splice(LOCK_VERSION, "de\"mo", |n| n != dropped, &new);
                 let mut full = lock.clone();
-                full.steps.remove(names[dropped]);
+                full.steps.remove(dropped);
                 if let Some(n) = changed {
                     full.steps.insert(n.to_string(), entry("k9", 9));
                 }
