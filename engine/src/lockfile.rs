@@ -417,7 +417,8 @@ impl LockIndex {
         }
         let version = lines.next()?.parse().ok()?;
         let workflow = lines.next()?.to_string();
-        let mut steps = HashMap::with_capacity(text.len() / 150);
+        // A line per step: sized once, never grown (growing rehashes every step).
+        let mut steps = HashMap::with_capacity(memchr::memchr_iter(b'\n', text.as_bytes()).count());
         for line in lines {
             if line.is_empty() {
                 continue;
