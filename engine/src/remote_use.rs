@@ -114,8 +114,14 @@ mod tests {
     }
 
     fn load(yaml: &str, targets: &[&str]) -> Workflow {
-        let dir =
-            std::env::temp_dir().join(format!("qflow-remote-use-{}", crate::run_record::run_id()));
+        // Tests run in parallel threads of one process: the run id alone (time and
+        // pid) can name the same directory twice.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "qflow-remote-use-{}-{n}",
+            crate::run_record::run_id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("workflow.yaml"), yaml).unwrap();
         let mut registry = Registry::new();
