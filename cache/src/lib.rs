@@ -27,6 +27,7 @@ mod lock;
 mod object_store;
 mod probe;
 mod record;
+mod started;
 pub mod remote;
 mod tree;
 mod tree_stamp;
