@@ -27,8 +27,8 @@ mod lock;
 mod object_store;
 mod probe;
 mod record;
-mod started;
 pub mod remote;
+mod started;
 mod tree;
 mod tree_stamp;
 

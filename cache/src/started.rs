@@ -156,7 +156,10 @@ impl Cache {
         let mut journal = self.started.lock().unwrap();
         let line = format!("{} + {} {note}\n", now_nanos(), key.to_hex());
         self.append_started(&mut journal, &line)?;
-        journal.open.get_or_insert_with(Default::default).insert(*key);
+        journal
+            .open
+            .get_or_insert_with(Default::default)
+            .insert(*key);
         Ok(())
     }
 
@@ -225,11 +228,7 @@ impl Cache {
         }
         // This handle's journal is gone: its next line starts a new one.
         journal.file = None;
-        journal.open = Some(
-            open.keys()
-                .filter_map(|k| k.parse::<Hash>().ok())
-                .collect(),
-        );
+        journal.open = Some(open.keys().filter_map(|k| k.parse::<Hash>().ok()).collect());
         Ok(())
     }
 }

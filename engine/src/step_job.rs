@@ -103,9 +103,6 @@ impl StepJob {
         // A step ended by SIGKILL may have left its state half-written: the mark stays.
         if groups.finish() == Ended::Cleanly {
             state.leave_clean();
-            // A state directory the step left empty is not kept: thousands of steps
-            // would leave thousands of empty directories (4 KB each) behind.
-            let _ = std::fs::remove_dir(&self.state_dir);
         }
         let cpu = groups.cpu() + crate::process::thread_cpu().saturating_sub(thread_cpu);
         (result.map(|out| StepOutput {
