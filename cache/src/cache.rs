@@ -10,6 +10,7 @@
 //! <root>/stamps/ab/<hash>        each tree's stat fields, checked on every use (tree_stamp.rs)
 //! <root>/records/ab/<step key>   action records: step key → output manifest (JSON)
 //! <root>/tmp/started/j-…         journals of "this step started and has not ended" marks (started.rs)
+//! <root>/tmp/spare/              empty directories kept to be moved into place (spare_dirs.rs)
 //! <root>/runs, logs, state       owned by the engine
 //! ```
 //!
@@ -34,6 +35,7 @@ const DIRS: &[&str] = &[
     "state",
     "tmp",
     "tmp/started",
+    "tmp/spare",
 ];
 
 /// A qflow cache directory.

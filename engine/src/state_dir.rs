@@ -16,14 +16,16 @@
 //! (either one found means a killed run). The attribute creates no file: a run
 //! of thousands of small steps would otherwise create and delete a mark file
 //! per step, which on ext4 without a journal slows every later create. A
-//! directory the step left empty is removed at a clean end. Imports nothing of
-//! the engine.
+//! directory the step left empty is removed at a clean end, or kept as a spare
+//! of the cache for the next one that needs a new directory (`SpareDirs`).
+//! Imports nothing of the engine.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use qflow_cache::SpareDirs;
 
 /// The mark file's name inside the state directory, where attributes are not supported.
 pub const RUNNING_MARK: &str = ".qflow-running";
@@ -85,9 +87,14 @@ impl StateDir {
     /// Create `dir` if needed and mark it in use. A mark already there means a
     /// run was killed in it: the directory is emptied first, and `Ok(true)`
     /// says so (the caller warns).
-    pub fn enter(dir: &Path) -> anyhow::Result<(StateDir, bool)> {
-        // A directory created here is fresh: no mark to look for.
-        let emptied = match std::fs::create_dir(dir) {
+    /// A new directory is a spare of `spares` moved there when there is one.
+    pub fn enter(dir: &Path, spares: Option<&SpareDirs>) -> anyhow::Result<(StateDir, bool)> {
+        // A directory made here is fresh: no mark to look for.
+        let made = match spares {
+            Some(spares) if !dir.exists() && spares.take(dir) => Ok(()),
+            _ => std::fs::create_dir(dir),
+        };
+        let emptied = match made {
             Ok(()) => false,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let marked = StateDir::is_marked(dir);
@@ -121,13 +128,15 @@ impl StateDir {
     /// its programs' own checks hold, and the next run may build on the directory.
     /// A directory the step left empty is not kept: thousands of steps would leave
     /// thousands of empty directories (4 KB each) behind.
-    pub fn leave_clean(self) {
+    /// An empty one goes to `spares` when there is room.
+    pub fn leave_clean(self, spares: Option<&SpareDirs>) {
         if self.mark_file {
             let _ = std::fs::remove_file(self.dir.join(RUNNING_MARK));
-        }
-        // Removing the directory removes its attribute too.
-        if std::fs::remove_dir(&self.dir).is_err() && !self.mark_file {
+        } else {
             remove_attr(&self.dir);
+        }
+        if !spares.is_some_and(|s| s.give(&self.dir)) {
+            let _ = std::fs::remove_dir(&self.dir);
         }
     }
 }
@@ -160,23 +169,23 @@ mod tests {
 
     fn check_kept_and_emptied(dir: &Path) {
         let _ = std::fs::remove_dir_all(dir);
-        let (state, emptied) = StateDir::enter(dir).unwrap();
+        let (state, emptied) = StateDir::enter(dir, None).unwrap();
         assert!(!emptied);
         assert!(StateDir::is_marked(dir));
         std::fs::write(dir.join("vmlinux.o"), "whole").unwrap();
-        state.leave_clean();
+        state.leave_clean(None);
         assert!(!StateDir::is_marked(dir), "a clean end removes the mark");
-        let (state, emptied) = StateDir::enter(dir).unwrap();
+        let (state, emptied) = StateDir::enter(dir, None).unwrap();
         assert!(!emptied, "a clean end keeps the directory");
         assert!(dir.join("vmlinux.o").exists());
         std::fs::create_dir_all(dir.join("build/sub")).unwrap();
         std::fs::write(dir.join("build/sub/half.o"), "hal").unwrap();
         drop(state); // killed: the mark stays
         assert!(StateDir::is_marked(dir));
-        let (state, emptied) = StateDir::enter(dir).unwrap();
+        let (state, emptied) = StateDir::enter(dir, None).unwrap();
         assert!(emptied);
         assert!(!dir.join("vmlinux.o").exists() && !dir.join("build").exists());
-        state.leave_clean();
+        state.leave_clean(None);
         assert!(!dir.exists(), "a directory left empty is removed");
     }
 
@@ -195,15 +204,37 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_state_directory_becomes_a_spare_and_a_new_one_is_a_spare_moved_in() {
+        let root = std::env::temp_dir().join(format!("qflow-state-spare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spares = SpareDirs::at(root.join("spare"));
+        std::fs::create_dir_all(spares.dir()).unwrap();
+        let count = || std::fs::read_dir(spares.dir()).unwrap().count();
+        let dir = root.join("step");
+        let (state, _) = StateDir::enter(&dir, Some(&spares)).unwrap();
+        state.leave_clean(Some(&spares));
+        assert!(!dir.exists());
+        assert_eq!(count(), 1);
+        let (state, emptied) = StateDir::enter(&dir, Some(&spares)).unwrap();
+        assert!(!emptied && dir.is_dir() && StateDir::is_marked(&dir));
+        assert_eq!(count(), 0, "the spare was moved in");
+        std::fs::write(dir.join("kept"), "x").unwrap();
+        state.leave_clean(Some(&spares));
+        assert!(dir.join("kept").exists() && !StateDir::is_marked(&dir));
+        assert_eq!(count(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn a_mark_file_left_by_a_killed_run_is_seen() {
         let dir = std::env::temp_dir().join(format!("qflow-state-file-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("half.o"), "hal").unwrap();
         std::fs::write(dir.join(RUNNING_MARK), "1\n").unwrap();
-        let (state, emptied) = StateDir::enter(&dir).unwrap();
+        let (state, emptied) = StateDir::enter(&dir, None).unwrap();
         assert!(emptied && !dir.join("half.o").exists());
-        state.leave_clean();
+        state.leave_clean(None);
         assert!(!dir.exists());
     }
 }
