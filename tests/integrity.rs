@@ -175,7 +175,7 @@ fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
         "make did not get SIGTERM before SIGKILL: its half-written target stayed"
     );
     assert!(
-        !state.join(".qflow-running").exists(),
+        !qflow_engine::state_dir::StateDir::is_marked(&state),
         "a clean stop keeps the state directory for the next run"
     );
 }

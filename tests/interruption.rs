@@ -302,3 +302,44 @@ fn a_second_apply_waits_for_the_first_and_says_so() {
     let busy = s.command(&["apply", "--no-wait"]).output().unwrap();
     assert!(busy.status.success());
 }
+
+#[test]
+fn kill_9_of_qflow_mid_step_is_remembered_until_that_step_runs_again_then_forgotten() {
+    let s = Space::new();
+    // The step waits for `go`, which is not one of its inputs: its key stays the same.
+    s.workflow(
+        r#"
+version: 1
+steps:
+  wait:
+    kind: command
+    run: [sh, -c, 'echo partial > "$QFLOW_OUT/result"; touch started; while [ ! -e go ]; do sleep 0.05; done; echo done > "$QFLOW_OUT/result"']
+    outputs: [result]
+"#,
+    );
+    let mut child = s
+        .command(&["apply"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&s.join("started"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let plan = s.qflow(&["plan"]).success();
+    assert!(
+        plan.stdout.contains("its previous run was interrupted"),
+        "{}",
+        plan.stdout
+    );
+    s.write("go", "");
+    let run = s.apply();
+    assert_eq!(run.ran(), ["wait"]);
+    assert_eq!(s.read("out/wait/result"), "done\n");
+    let marks: Vec<_> = std::fs::read_dir(s.join(".qflow/tmp/started"))
+        .unwrap()
+        .collect();
+    assert!(marks.is_empty(), "the killed run's marks stayed: {marks:?}");
+    let plan = s.qflow(&["plan"]).success();
+    assert!(!plan.stdout.contains("interrupted"), "{}", plan.stdout);
+    assert!(s.apply().ran().is_empty());
+}

@@ -97,6 +97,7 @@ fn describe_command(space: &Space, run: &[&str], outputs: &[&str], jobs: usize) 
             work_dir: space.path().to_path_buf(),
             out_dir: out_dir.clone(),
             state_dir: space.join("state"),
+            spare_dirs: None,
             upstream: BTreeMap::new(),
             env: BTreeMap::from([("GREETING".to_string(), "hello from the node".to_string())]),
             jobs,

@@ -9,7 +9,8 @@
 //! <root>/manifests/ab/<hash>.json     each tree's manifest; `.retains` the trees it needs alive
 //! <root>/stamps/ab/<hash>        each tree's stat fields, checked on every use (tree_stamp.rs)
 //! <root>/records/ab/<step key>   action records: step key → output manifest (JSON)
-//! <root>/tmp/started/<step key>  "this step started and has not finished" marks
+//! <root>/tmp/started/j-…         journals of "this step started and has not ended" marks (started.rs)
+//! <root>/tmp/spare/              empty directories kept to be moved into place (spare_dirs.rs)
 //! <root>/runs, logs, state       owned by the engine
 //! ```
 //!
@@ -34,6 +35,7 @@ const DIRS: &[&str] = &[
     "state",
     "tmp",
     "tmp/started",
+    "tmp/spare",
 ];
 
 /// A qflow cache directory.
@@ -42,6 +44,8 @@ pub struct Cache {
     root: PathBuf,
     /// Trees found changed since they were committed, and removed (see `tree_stamp.rs`).
     pub(crate) damaged: std::sync::Arc<std::sync::Mutex<Vec<crate::DamagedTree>>>,
+    /// This handle's started-mark journal (see `started.rs`).
+    pub(crate) started: crate::started::SharedJournal,
 }
 
 impl Cache {
@@ -77,6 +81,7 @@ impl Cache {
         Ok(Cache {
             root: root.to_path_buf(),
             damaged: Default::default(),
+            started: Default::default(),
         })
     }
 

@@ -28,6 +28,8 @@ mod object_store;
 mod probe;
 mod record;
 pub mod remote;
+mod spare_dirs;
+mod started;
 mod tree;
 mod tree_stamp;
 
@@ -40,6 +42,7 @@ pub use link::{LinkKind, link_or_copy};
 pub use lock::{LockWait, WorkspaceLock};
 pub use probe::CacheProbe;
 pub use record::Record;
+pub use spare_dirs::{SPARE_DIRS, SpareDirs};
 pub use tree::{Entry, EntryKind, MANIFEST_VERSION, Manifest, TempTree};
 pub use tree_stamp::{DamagedTree, FsckReport, TreeCheck};
 

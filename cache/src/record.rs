@@ -5,9 +5,6 @@
 //! rename but without fsync, so after a crash a record is absent, complete, or empty. A record
 //! that does not parse or whose manifest does not match its hash is treated as absent and
 //! removed: the step simply runs again.
-//!
-//! "Started" marks (`tmp/started/<step key>`) are written before a step runs and removed
-//! when it ends; one that survives means qflow was killed mid-step.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -172,58 +169,6 @@ impl Cache {
         })?;
         crate::atomic::fsync_dir(self.root())
     }
-
-    fn started_path(&self, key: &Hash) -> PathBuf {
-        self.dir("tmp").join("started").join(key.to_hex())
-    }
-
-    /// Marks step `key` as started; until `clear_started`, `was_interrupted` is true.
-    /// `note` is one line the caller reads back with [`Cache::started_marks`]
-    /// (the engine keeps the token that finds the run's processes there).
-    pub fn mark_started(&self, key: &Hash, note: &str) -> anyhow::Result<()> {
-        let path = self.started_path(key);
-        std::fs::create_dir_all(parent_of(&path))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        // Not fsynced: it matters only while this machine keeps running (a power cut leaves
-        // no process behind, and no record that a lost mark could wrongly vouch for).
-        write_replace(
-            &path,
-            format!("pid {} at {now}\n{note}\n", std::process::id()).as_bytes(),
-        )
-    }
-
-    /// The started marks present: (step key in hex, the caller's note).
-    pub fn started_marks(&self) -> Vec<(String, String)> {
-        let Ok(dir) = std::fs::read_dir(self.dir("tmp").join("started")) else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter_map(|e| {
-                let text = std::fs::read_to_string(e.path()).ok()?;
-                let note = text.lines().nth(1).unwrap_or("").to_string();
-                Some((e.file_name().to_string_lossy().into_owned(), note))
-            })
-            .collect()
-    }
-
-    /// Removes the started mark of step `key`.
-    pub fn clear_started(&self, key: &Hash) -> anyhow::Result<()> {
-        let path = self.started_path(key);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove `{}`", path.display()))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether step `key` started and never finished (qflow was killed mid-step).
-    pub fn was_interrupted(&self, key: &Hash) -> bool {
-        self.started_path(key).exists()
-    }
 }
 
 #[cfg(test)]
@@ -311,20 +256,5 @@ pub(crate) mod tests {
             "1,000 x (get_record + has_tree): {by_hash:?}; with has_tree_for: {:?}",
             started.elapsed()
         );
-    }
-
-    #[test]
-    fn a_started_mark_survives_until_cleared() {
-        let (_dir, c) = crate::test_cache("started");
-        let key = Hash::of_bytes(b"k");
-        assert!(!c.was_interrupted(&key));
-        c.mark_started(&key, "token=t1").unwrap();
-        assert_eq!(c.started_marks(), [(key.to_hex(), "token=t1".to_string())]);
-        // A new process opening the cache (after a kill -9) sees the mark.
-        let again = Cache::open(c.root()).unwrap();
-        assert!(again.was_interrupted(&key));
-        again.clear_started(&key).unwrap();
-        assert!(!c.was_interrupted(&key));
-        c.clear_started(&key).unwrap();
     }
 }

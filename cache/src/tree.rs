@@ -166,10 +166,14 @@ impl Drop for TempTree {
 
 impl Cache {
     /// A fresh, empty output directory under `trees/`, on the same filesystem as the objects.
+    /// A spare directory is moved there when there is one (see `spare_dirs.rs`).
     pub fn new_tree(&self) -> anyhow::Result<TempTree> {
         let path = self.dir("trees").join(unique_tmp_name());
-        std::fs::create_dir(&path)
-            .with_context(|| format!("cannot create the output directory `{}`", path.display()))?;
+        if !self.spare_dirs().take(&path) {
+            std::fs::create_dir(&path).with_context(|| {
+                format!("cannot create the output directory `{}`", path.display())
+            })?;
+        }
         Ok(TempTree {
             path,
             committed: false,
@@ -341,7 +345,11 @@ impl Cache {
         let dest = self.tree_path(&m.hash);
         if dest.exists() {
             if self.tree_is_complete(m) {
-                return Ok(()); // tmp dropped: removed
+                // An empty output (a step with no outputs) is kept for the next step.
+                if m.entries.is_empty() && self.spare_dirs().give(&tmp.path) {
+                    tmp.committed = true;
+                }
+                return Ok(()); // else tmp dropped: removed
             }
             remove_dir_force(&dest)?;
         }

@@ -888,6 +888,7 @@ impl<'a> Run<'a> {
             work_dir: workflow.dir.clone(),
             out_dir: staging.path().to_path_buf(),
             state_dir: session.state_dir_of(id.index()),
+            spare_dirs: Some(cache.spare_dirs().dir().to_path_buf()),
             upstream,
             env: s.env.clone(),
             jobs: if self.sharing[id.index()] {

@@ -104,6 +104,8 @@ pub fn apply(
     });
     signals.close();
     let (finished, out_links) = steps?;
+    // Still under the lock: this run's started marks of steps that ended go with their journal.
+    let _ = session.cache.compact_started();
     conclude(session, finished, &out_links, &progress, started)
 }
 

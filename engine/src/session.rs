@@ -95,14 +95,8 @@ impl<'w> Session<'w> {
         let stat_cache = StatCache::load(&cache.dir("statcache"));
         let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
         let lock_path = lock_path(workflow);
-        // One readdir instead of a stat per step.
-        let interrupted = std::fs::read_dir(cache.dir("tmp").join("started"))
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Read once (usually an empty directory) instead of asked per step.
+        let interrupted = cache.started_keys();
         Ok(Session {
             interrupted,
             workflow,
@@ -301,6 +295,8 @@ impl<'w> Session<'w> {
     /// Kill the processes that runs interrupted by a kill of qflow left
     /// behind (see `leftovers.rs`). Call with the cache lock held.
     pub fn stop_leftovers(&self, progress: &crate::progress::Progress) {
+        // The journals of ended runs fold into one (none when nothing is open).
+        let _ = self.cache.compact_started();
         let marks = self.cache.started_marks();
         let found: Vec<(&str, &str)> = marks
             .iter()
@@ -330,13 +326,7 @@ impl<'w> Session<'w> {
 
     /// Read the started marks again (after waiting for another run).
     pub fn reload_interrupted(&mut self) {
-        self.interrupted = std::fs::read_dir(self.cache.dir("tmp").join("started"))
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        self.interrupted = self.cache.started_keys();
     }
 
     /// The fast path of a no-op apply: the lock entry of step `i` has this very

@@ -42,6 +42,10 @@ pub struct StepJob {
     pub out_dir: PathBuf,
     /// The step's kept state directory (`$QFLOW_STATE`).
     pub state_dir: PathBuf,
+    /// The cache's spare empty directories, moved into place as a new state
+    /// directory and given an empty one back (see `state_dir.rs`).
+    #[serde(default)]
+    pub spare_dirs: Option<PathBuf>,
     /// Output trees of the upstream steps, by step name.
     pub upstream: BTreeMap<String, PathBuf>,
     /// The step's `env:` (may hold secrets).
@@ -88,7 +92,7 @@ impl StepJob {
         let log = self.open_log()?;
         let progress = self.masked_progress(progress);
         let thread_cpu = crate::process::thread_cpu();
-        let (state, emptied) = StateDir::enter(&self.state_dir)?;
+        let (state, emptied) = StateDir::enter(&self.state_dir, self.spares().as_ref())?;
         if emptied {
             let warning = format!(
                 "warning: the state directory of `{}` was left by a killed run and may hold \
@@ -102,10 +106,7 @@ impl StepJob {
         let result = self.run_in(step.as_ref(), log, progress, groups.clone());
         // A step ended by SIGKILL may have left its state half-written: the mark stays.
         if groups.finish() == Ended::Cleanly {
-            state.leave_clean();
-            // A state directory the step left empty is not kept: thousands of steps
-            // would leave thousands of empty directories (4 KB each) behind.
-            let _ = std::fs::remove_dir(&self.state_dir);
+            state.leave_clean(self.spares().as_ref());
         }
         let cpu = groups.cpu() + crate::process::thread_cpu().saturating_sub(thread_cpu);
         (result.map(|out| StepOutput {
@@ -189,6 +190,10 @@ impl StepJob {
         )?
         .with_run_token(self.run_token.clone())
         .with_shared_slots(self.shared_slots.clone()))
+    }
+
+    fn spares(&self) -> Option<qflow_cache::SpareDirs> {
+        self.spare_dirs.clone().map(qflow_cache::SpareDirs::at)
     }
 
     /// The step, its fields parsed by its kind in `registry`.
