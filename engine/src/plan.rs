@@ -105,10 +105,7 @@ fn plan_inner(
                 &order,
                 inputs,
                 stop,
-                |ids| {
-                    let ids: Vec<usize> = ids.iter().map(|id| id.index()).collect();
-                    shared.digest_inputs(&ids, stop)
-                },
+                |ids| shared.digest_inputs(ids, stop),
                 || {
                     let _ = hashed.send(());
                 },

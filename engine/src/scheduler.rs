@@ -86,10 +86,7 @@ pub fn apply(
                 &order,
                 inputs,
                 stop,
-                |ids| {
-                    let ids: Vec<usize> = ids.iter().map(|id| id.index()).collect();
-                    shared.digest_inputs(&ids, stop)
-                },
+                |ids| shared.digest_inputs(ids, stop),
                 || {
                     let _ = woken.send(Event::Wake);
                 },

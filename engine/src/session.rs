@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use qflow_cache::{Cache, CacheProbe, Hash, Record};
 
-use crate::dag::Dag;
+use crate::dag::{Dag, StepId};
 use crate::input_digests::InputDigests;
 use crate::inputs::{self, InputDigest};
 use crate::lockfile::{LockFile, LockIndex, LockedStep};
@@ -170,7 +170,7 @@ impl<'w> Session<'w> {
     /// Digest inputs, identify tools, compute extra key material.
     pub fn prepare(&mut self) -> anyhow::Result<Prepared> {
         let mut prepared = self.prepare_keys();
-        let all: Vec<usize> = (0..self.workflow.steps.len()).collect();
+        let all: Vec<StepId> = (0..self.workflow.steps.len()).map(StepId).collect();
         prepared.inputs = InputDigests::of(self.digest_inputs(&all, &AtomicBool::new(false))?);
         Ok(prepared)
     }
@@ -226,11 +226,11 @@ impl<'w> Session<'w> {
     /// `qflow plan`'s diffs. Stops hashing with an error once `stop` is set.
     pub fn digest_inputs(
         &self,
-        steps: &[usize],
+        steps: &[StepId],
         stop: &AtomicBool,
     ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
         let wanted: Vec<_> = (steps.iter())
-            .map(|&i| self.workflow.steps[i].step.inputs())
+            .map(|id| self.workflow.steps[id.index()].step.inputs())
             .collect();
         let inputs = inputs::digest_all_until(
             &self.workflow.dir,

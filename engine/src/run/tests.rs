@@ -242,7 +242,7 @@ fn a_step_without_inputs_runs_while_another_steps_inputs_are_still_being_hashed(
             "`quick` did not run while `slow`'s inputs were being hashed"
         );
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let digests = session.digest_inputs(&[0], &stop).unwrap();
+        let digests = session.digest_inputs(&[StepId(0)], &stop).unwrap();
         table.set(0, Ok(digests.into_iter().next().unwrap()));
         wake.send(Event::Wake).unwrap();
     });
@@ -506,16 +506,22 @@ fn events(path: &Path) -> Vec<(bool, String, u128)> {
     ev
 }
 
-#[test]
-fn a_make_step_grows_into_idle_slots_and_gives_them_back_to_a_step_that_needs_one() {
+/// Apply, on two slots, `build` (a make of `recipes` recipes of `secs` seconds each,
+/// sharing the run's slots) beside `steps` (YAML, indented as steps); every step must
+/// run. The `+`/`-` events of the steps and recipes, in time order.
+fn beside_a_make(name: &str, steps: &str, recipes: usize, secs: &str) -> Vec<(bool, String, u128)> {
     let s = space(
-        "sharing",
-        "version: 1\nsteps:\n  build:\n    kind: sh\n    share: true\n    script: make -s -C mk\n  cheap:\n    kind: sh\n    script: 'echo \"+ cheap $(date +%s%N)\" >> events; sleep 0.8; echo \"- cheap $(date +%s%N)\" >> events'\n",
+        name,
+        &format!(
+            "version: 1\nsteps:\n  build:\n    kind: sh\n    share: true\n    script: make -s -C mk\n{steps}"
+        ),
     );
+    let names: Vec<String> = (1..=recipes).map(|i| format!("r{i}")).collect();
+    let names = names.join(" ");
     std::fs::create_dir_all(s.0.join("mk")).unwrap();
     std::fs::write(
         s.0.join("mk/Makefile"),
-        ".PHONY: all r1 r2 r3 r4 r5\nall: r1 r2 r3 r4 r5\nr1 r2 r3 r4 r5:\n\t@echo \"+ $@ $$(date +%s%N)\" >> ../events; sleep 0.4; echo \"- $@ $$(date +%s%N)\" >> ../events\n",
+        format!(".PHONY: all {names}\nall: {names}\n{names}:\n\t@echo \"+ $@ $$(date +%s%N)\" >> ../events; sleep {secs}; echo \"- $@ $$(date +%s%N)\" >> ../events\n"),
     )
     .unwrap();
     let finished = run_local(&s.0, 2);
@@ -524,7 +530,17 @@ fn a_make_step_grows_into_idle_slots_and_gives_them_back_to_a_step_that_needs_on
         "{:?}",
         outcomes(&finished)
     );
-    let ev = events(&s.0.join("events"));
+    events(&s.0.join("events"))
+}
+
+#[test]
+fn a_make_step_grows_into_idle_slots_and_gives_them_back_to_a_step_that_needs_one() {
+    let ev = beside_a_make(
+        "sharing",
+        "  cheap:\n    kind: sh\n    script: 'echo \"+ cheap $(date +%s%N)\" >> events; sleep 0.8; echo \"- cheap $(date +%s%N)\" >> events'\n",
+        5,
+        "0.4",
+    );
     let (mut now, mut peak, mut recipes, mut recipe_peak) = (0usize, 0, 0usize, 0);
     for (start, name, _) in &ev {
         let d = |n: &mut usize| if *start { *n += 1 } else { *n -= 1 };
@@ -558,23 +574,12 @@ fn a_step_ready_when_another_ends_takes_its_slot_before_a_busy_make_can() {
     // Two slots: `build`'s make (three 1.5 s recipes, -j2) and `first` start
     // together; `then` becomes ready when `first` ends. The slot `first` frees
     // must go to `then`, not to the make that is blocked reading the jobserver.
-    let s = space(
+    let ev = beside_a_make(
         "handoff",
-        "version: 1\nsteps:\n  build:\n    kind: sh\n    share: true\n    script: make -s -C mk\n  first:\n    kind: sh\n    script: 'echo \"+ first $(date +%s%N)\" >> events; sleep 0.2; echo \"- first $(date +%s%N)\" >> events'\n  then:\n    kind: sh\n    after: [first]\n    script: 'echo \"+ then $(date +%s%N)\" >> events; sleep 0.2; echo \"- then $(date +%s%N)\" >> events'\n",
+        "  first:\n    kind: sh\n    script: 'echo \"+ first $(date +%s%N)\" >> events; sleep 0.2; echo \"- first $(date +%s%N)\" >> events'\n  then:\n    kind: sh\n    after: [first]\n    script: 'echo \"+ then $(date +%s%N)\" >> events; sleep 0.2; echo \"- then $(date +%s%N)\" >> events'\n",
+        3,
+        "1.5",
     );
-    std::fs::create_dir_all(s.0.join("mk")).unwrap();
-    std::fs::write(
-        s.0.join("mk/Makefile"),
-        ".PHONY: all r1 r2 r3\nall: r1 r2 r3\nr1 r2 r3:\n\t@echo \"+ $@ $$(date +%s%N)\" >> ../events; sleep 1.5; echo \"- $@ $$(date +%s%N)\" >> ../events\n",
-    )
-    .unwrap();
-    let finished = run_local(&s.0, 2);
-    assert!(
-        (finished.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
-        "{:?}",
-        outcomes(&finished)
-    );
-    let ev = events(&s.0.join("events"));
     let mut now = 0usize;
     for (start, _, _) in &ev {
         if *start {
