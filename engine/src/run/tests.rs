@@ -262,7 +262,14 @@ fn a_step_without_inputs_runs_while_another_steps_inputs_are_still_being_hashed(
 fn a_step_whose_inputs_cannot_be_hashed_fails_and_the_others_run() {
     let s = space("unhashable-inputs", SLOW_AND_QUICK);
     std::fs::create_dir_all(s.0.join("src")).unwrap();
+    let quick_done = s.0.join("out/quick/note");
     let (f, batches) = run_hashing_with(&s.0, false, |_, table, wake| {
+        // The failure is told once `quick` has run: without `--keep-going`
+        // an earlier failure would rightly keep `quick` from starting.
+        let until = Instant::now() + Duration::from_secs(60);
+        while !quick_done.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         table.set(0, Err("cannot read src/a.c: gone".to_string()));
         wake.send(Event::Wake).unwrap();
     });
@@ -274,6 +281,12 @@ fn a_step_whose_inputs_cannot_be_hashed_fails_and_the_others_run() {
         "{error}"
     );
     assert!(!f.lock_changes.contains_key("slow"));
+    assert_eq!(
+        f.report.steps[1].outcome,
+        StepOutcome::Ran,
+        "{:?}",
+        outcomes(&f)
+    );
 }
 
 #[test]
