@@ -251,7 +251,10 @@ impl Progress {
         let counter = {
             let mut tally = self.tally.lock().unwrap();
             tally.finished(&report.name);
-            tally.describe(Instant::now())
+            // Only the line of a step that ran shows the counter.
+            (report.outcome == StepOutcome::Ran)
+                .then(|| tally.describe(Instant::now()))
+                .flatten()
         };
         if let Some(bar) = self.overall.lock().unwrap().as_ref() {
             bar.tick();
@@ -261,7 +264,9 @@ impl Progress {
             (StepOutcome::Cached, _) if line.starts_with("cached ") => self.event_held(line),
             _ => self.event(line),
         }
-        self.json(finished_event(report));
+        if self.json {
+            self.json(finished_event(report));
+        }
     }
 
     /// The run ended: a `finished` event for each step never announced (not

@@ -92,17 +92,29 @@ impl<'w> Session<'w> {
         cache_dir: &Path,
     ) -> anyhow::Result<Session<'w>> {
         let cache = Cache::open(cache_dir)?;
-        let stat_cache = StatCache::load(&cache.dir("statcache"));
-        let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
         let lock_path = lock_path(workflow);
+        // The last lock, the stat cache and the DAG do not depend on each other: read
+        // and built side by side (each is a few milliseconds at 10,000 steps).
+        let (lock, stat_cache, dag) = std::thread::scope(|scope| {
+            let lock =
+                scope.spawn(|| LastLock::read(&lock_path, &cache.dir("state").join("lock-index")));
+            let stat_cache = scope.spawn(|| StatCache::load(&cache.dir("statcache")));
+            let dag = workflow.dag();
+            (lock.join(), stat_cache.join(), dag)
+        });
+        let (lock, stat_cache) = match (lock, stat_cache) {
+            (Ok(lock), Ok(stat_cache)) => (lock, stat_cache),
+            (Err(panic), _) | (_, Err(panic)) => std::panic::resume_unwind(panic),
+        };
+        let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
         // Read once (usually an empty directory) instead of asked per step.
         let interrupted = cache.started_keys();
         Ok(Session {
             interrupted,
             workflow,
             registry,
-            dag: workflow.dag(),
-            lock: LastLock::read(&lock_path, &cache.dir("state").join("lock-index")),
+            dag,
+            lock,
             lock_path,
             cache,
             stat_cache: std::sync::Mutex::new(stat_cache),
