@@ -27,11 +27,16 @@ impl Hash {
     /// 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
-        }
+        self.push_hex(&mut s);
         s
+    }
+
+    /// Append the 64 lowercase hex digits to `out`, without a string of their own.
+    pub fn push_hex(&self, out: &mut String) {
+        for b in self.0 {
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
     }
 
     /// The first 12 hex digits, for messages.

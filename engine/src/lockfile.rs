@@ -344,9 +344,21 @@ pub struct LockIndex {
     pub version: u32,
     /// The workflow's name.
     pub workflow: String,
-    /// Step name → (key, output), as hex.
-    pub steps: HashMap<String, (String, String)>,
+    /// Step name → its [`LockedIds`].
+    pub steps: HashMap<String, LockedIds>,
 }
+
+/// A step's key and output as its lock entry names them, or `None` when either is
+/// not a hash (an entry edited by hand): such an entry never matches a key.
+pub type LockedIds = Option<(Hash, Hash)>;
+
+/// The [`LockedIds`] of an entry's `key` and `output` as written.
+pub fn locked_ids(key: &str, output: &str) -> LockedIds {
+    Some((key.parse().ok()?, output.parse().ok()?))
+}
+
+/// How the memo writes an entry whose key or output is not a hash.
+const NOT_A_HASH: &str = "-";
 
 impl LockIndex {
     /// Index the bytes of a lock file; an invalid one is empty.
@@ -360,12 +372,7 @@ impl LockIndex {
             steps: file
                 .steps
                 .into_iter()
-                .map(|(name, s)| {
-                    (
-                        name.into_owned(),
-                        (s.key.into_owned(), s.output.into_owned()),
-                    )
-                })
+                .map(|(name, s)| (name.into_owned(), locked_ids(&s.key, &s.output)))
                 .collect(),
         }
     }
@@ -374,17 +381,17 @@ impl LockIndex {
     /// (see [`LockIndex::from_memo`]); `None` when a name could not be
     /// written that way.
     pub fn to_memo(&self, digest: &Hash) -> Option<String> {
-        let steps = (self.steps.iter()).map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
+        let steps = (self.steps.iter()).map(|(n, ids)| (n.as_str(), *ids));
         Self::memo_of(digest, self.version, &self.workflow, steps)
     }
 
     /// [`LockIndex::to_memo`] of the index with this version, workflow and
-    /// steps (name, key, output), made without building the index.
+    /// steps (name, key and output), made without building the index.
     pub fn memo_of<'a>(
         digest: &Hash,
         version: u32,
         workflow: &str,
-        steps: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+        steps: impl Iterator<Item = (&'a str, LockedIds)>,
     ) -> Option<String> {
         let plain = |s: &str| memchr::memchr2(b'\t', b'\n', s.as_bytes()).is_none();
         if !plain(workflow) {
@@ -396,13 +403,26 @@ impl LockIndex {
             "{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n",
             digest.to_hex()
         ));
-        for (name, key, output) in steps {
-            if !(plain(name) && plain(key) && plain(output)) {
+        for (name, ids) in steps {
+            if !plain(name) {
                 return None;
             }
-            for part in [name, "\t", key, "\t", output, "\n"] {
-                out.push_str(part);
+            out.push_str(name);
+            match ids {
+                Some((key, output)) => {
+                    for hash in [key, output] {
+                        out.push('\t');
+                        hash.push_hex(&mut out);
+                    }
+                }
+                None => {
+                    for _ in 0..2 {
+                        out.push('\t');
+                        out.push_str(NOT_A_HASH);
+                    }
+                }
             }
+            out.push('\n');
         }
         Some(out)
     }
@@ -425,7 +445,11 @@ impl LockIndex {
             }
             let mut f = line.split('\t');
             let (name, key, output) = (f.next()?, f.next()?, f.next()?);
-            steps.insert(name.to_string(), (key.to_string(), output.to_string()));
+            let ids = match (key, output) {
+                (NOT_A_HASH, NOT_A_HASH) => None,
+                _ => Some((key.parse().ok()?, output.parse().ok()?)),
+            };
+            steps.insert(name.to_string(), ids);
         }
         Some(LockIndex {
             version,
@@ -442,7 +466,7 @@ impl LockIndex {
             steps: lock
                 .steps
                 .iter()
-                .map(|(name, s)| (name.clone(), (s.key.clone(), s.output.clone())))
+                .map(|(name, s)| (name.clone(), locked_ids(&s.key, &s.output)))
                 .collect(),
         }
     }
@@ -543,7 +567,8 @@ mod tests {
         let text = lock_text();
         let index = LockIndex::parse(text.as_bytes());
         assert_eq!(index, LockIndex::of(&LockFile::parse(text.as_bytes())));
-        assert_eq!(index.steps["gen"], ("k1".to_string(), "o1".to_string()));
+        // `k1` and `o1` are not hashes: the entry never matches a key.
+        assert_eq!(index.steps["gen"], None);
         assert_eq!(index.workflow, "demo");
     }
 
@@ -658,9 +683,15 @@ mod tests {
 
     #[test]
     fn the_index_memo_answers_only_for_the_same_bytes() {
-        let text = r#"{"version":1,"workflow":"w","steps":{"a":{"kind":"command","schema_version":1,"key":"k1","fields":{},"output":"o1"}}}"#;
+        let (k, o) = (Hash::of_bytes(b"key"), Hash::of_bytes(b"output"));
+        let text = format!(
+            r#"{{"version":1,"workflow":"w","steps":{{"a":{{"kind":"command","schema_version":1,"key":"{}","fields":{{}},"output":"{}"}},"b":{{"kind":"command","schema_version":1,"key":"k1","fields":{{}},"output":"o1"}}}}}}"#,
+            k.to_hex(),
+            o.to_hex()
+        );
         let index = LockIndex::parse(text.as_bytes());
-        assert_eq!(index.steps["a"], ("k1".to_string(), "o1".to_string()));
+        assert_eq!(index.steps["a"], Some((k, o)));
+        assert_eq!(index.steps["b"], None, "not hashes");
         let digest = Hash::of_bytes(text.as_bytes());
         let memo = index.to_memo(&digest).unwrap();
         assert_eq!(LockIndex::from_memo(&memo, &digest), Some(index.clone()));
@@ -669,7 +700,7 @@ mod tests {
             None
         );
         let mut odd = index;
-        odd.steps.insert("a\tb".into(), ("k".into(), "o".into()));
+        odd.steps.insert("a\tb".into(), Some((k, o)));
         assert_eq!(
             odd.to_memo(&digest),
             None,

@@ -796,7 +796,7 @@ impl<'a> Run<'a> {
                     return 0;
                 }
                 (lock.steps.get(&s.name))
-                    .and_then(|(key, _)| key.parse::<Hash>().ok())
+                    .and_then(|ids| ids.map(|(key, _)| key))
                     .and_then(|key| session.cache.get_record(&key).ok().flatten())
                     .map(|rec| {
                         previous[i] = true;

@@ -435,9 +435,9 @@ fn write_lock(
             // The new lock's index: the old one's kept steps and the changes.
             let kept = (old.steps.iter())
                 .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
-                .map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
-            let changed =
-                (changes.iter()).map(|(n, e)| (n.as_str(), e.key.as_str(), e.output.as_str()));
+                .map(|(n, ids)| (n.as_str(), *ids));
+            let changed = (changes.iter())
+                .map(|(n, e)| (n.as_str(), crate::lockfile::locked_ids(&e.key, &e.output)));
             let digest = session.remember_lock_index(
                 new.as_bytes(),
                 crate::lockfile::LOCK_VERSION,
@@ -469,8 +469,8 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
         .steps
         .iter()
         .map(|s| {
-            let (key, output) = index.steps.get(&s.name)?;
-            Some((s.name.as_str(), key.parse().ok()?, output.parse().ok()?))
+            let (key, output) = (*index.steps.get(&s.name)?)?;
+            Some((s.name.as_str(), key, output))
         })
         .collect();
     // A settled stamp vouches for every record and link of this lock.

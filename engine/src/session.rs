@@ -152,7 +152,7 @@ impl<'w> Session<'w> {
         bytes: &[u8],
         version: u32,
         workflow: &str,
-        steps: impl Iterator<Item = (&'s str, &'s str, &'s str)>,
+        steps: impl Iterator<Item = (&'s str, crate::lockfile::LockedIds)>,
     ) -> Hash {
         let memos = self.cache.dir("state").join("lock-index");
         let digest = Hash::of_bytes(bytes);
@@ -373,11 +373,11 @@ impl<'w> Session<'w> {
     /// the step may be cached; whether the cache still has it is not asked.
     pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
-        let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
-        if !s.cache || *locked_key != key.to_hex() || self.was_interrupted(key) {
+        let (locked_key, locked_output) = (*self.lock.index.steps.get(&s.name)?)?;
+        if !s.cache || locked_key != *key || self.was_interrupted(key) {
             return None;
         }
-        locked_output.parse().ok()
+        Some(locked_output)
     }
 
     /// Step `i`'s kept state directory (`$QFLOW_STATE`), of this machine's cache.
