@@ -225,24 +225,52 @@ impl LockText {
         keep: impl Fn(&str) -> bool,
         changes: &BTreeMap<String, NewEntry>,
     ) -> anyhow::Result<Option<String>> {
-        let changed: usize = changes.values().map(|e| e.text.len() + 2).sum();
-        let mut out = String::with_capacity(self.text.len() + changed + 256);
-        out.push_str(&Self::head(version, workflow));
+        if !self.splice_has_steps(&keep, changes) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.splice_into(version, workflow, keep, changes, &mut out)?;
+        Ok(Some(String::from_utf8(out)?))
+    }
+
+    /// Whether [`LockText::splice`] would write any step: `None` from it otherwise.
+    pub fn splice_has_steps(
+        &self,
+        keep: impl Fn(&str) -> bool,
+        changes: &BTreeMap<String, NewEntry>,
+    ) -> bool {
+        !changes.is_empty() || (0..self.entries.len()).any(|i| keep(self.name(i)))
+    }
+
+    /// [`LockText::splice`] written straight to `out`, so the new lock of a large
+    /// workflow is never held whole in memory (6 MB at 10,000 steps). Call it
+    /// when [`LockText::splice_has_steps`].
+    pub fn splice_into(
+        &self,
+        version: u32,
+        workflow: &str,
+        keep: impl Fn(&str) -> bool,
+        changes: &BTreeMap<String, NewEntry>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        out.write_all(Self::head(version, workflow).as_bytes())?;
         let mut first = true;
-        let mut put = |out: &mut String, text: &str| {
+        let mut put = |out: &mut dyn std::io::Write, text: &str| {
             if !std::mem::take(&mut first) {
-                out.push_str(",\n");
+                out.write_all(b",\n")?;
             }
-            out.push_str(text);
+            out.write_all(text.as_bytes())
         };
         // Unchanged entries next to each other are copied in one piece: in the
         // old text they are already joined by `,\n`, as the writer joins them.
         let mut run: Option<std::ops::Range<usize>> = None;
-        let flush = |out: &mut String,
+        let flush = |out: &mut dyn std::io::Write,
                      run: &mut Option<std::ops::Range<usize>>,
-                     put: &mut dyn FnMut(&mut String, &str)| {
-            if let Some(r) = run.take() {
-                put(out, &self.text[r]);
+                     put: &mut dyn FnMut(&mut dyn std::io::Write, &str) -> std::io::Result<()>|
+         -> std::io::Result<()> {
+            match run.take() {
+                Some(r) => put(out, &self.text[r]),
+                None => Ok(()),
             }
         };
         // Both are sorted by name: merged, a changed entry in place of the old one.
@@ -250,8 +278,8 @@ impl LockText {
         for i in 0..self.entries.len() {
             let name = self.name(i);
             while let Some((_, entry)) = changed.next_if(|(n, _)| n.as_str() <= name) {
-                flush(&mut out, &mut run, &mut put);
-                put(&mut out, &entry.text);
+                flush(out, &mut run, &mut put)?;
+                put(out, &entry.text)?;
             }
             if keep(name) && !changes.contains_key(name) {
                 let bytes = self.entries[i].1.clone();
@@ -260,18 +288,14 @@ impl LockText {
                     None => bytes,
                 });
             } else {
-                flush(&mut out, &mut run, &mut put);
+                flush(out, &mut run, &mut put)?;
             }
         }
-        flush(&mut out, &mut run, &mut put);
+        flush(out, &mut run, &mut put)?;
         for (_, entry) in changed {
-            put(&mut out, &entry.text);
+            put(out, &entry.text)?;
         }
-        if first {
-            return Ok(None);
-        }
-        out.push_str("\n  }\n}\n");
-        Ok(Some(out))
+        out.write_all(b"\n  }\n}\n")
     }
 }
 

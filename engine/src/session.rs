@@ -144,24 +144,21 @@ impl<'w> Session<'w> {
         self.lock().steps.get(name).map(Cow::Borrowed)
     }
 
-    /// Keep `index` as the index of the lock bytes `bytes` just written, so the
-    /// next run reads it instead of indexing the whole lock again.
-    /// Returns the blake3 of `bytes`.
+    /// Keep `index` as the index of the lock just written, whose bytes have blake3
+    /// `digest`, so the next run reads it instead of indexing the whole lock again.
     pub fn remember_lock_index<'s>(
         &self,
-        bytes: &[u8],
+        digest: Hash,
         version: u32,
         workflow: &str,
         steps: impl Iterator<Item = (&'s str, crate::lockfile::LockedIds)>,
-    ) -> Hash {
+    ) {
         let memos = self.cache.dir("state").join("lock-index");
-        let digest = Hash::of_bytes(bytes);
         if let Some(text) = LockIndex::memo_of(&digest, version, workflow, steps) {
             let memo = memos.join(lock_memo_name(&self.lock_path));
             let _ = std::fs::create_dir_all(&memos);
             let _ = qflow_cache::write_replace(&memo, text.as_bytes());
         }
-        digest
     }
 
     /// The last lock's bytes with each entry located, when laid out as qflow writes it.
