@@ -135,9 +135,33 @@ const ENTRY_CLOSE: &str = "\n    }";
 impl LockText {
     /// Find the step entries of `bytes` if they are laid out as [`LockFile::write`]
     /// writes them and name exactly the steps of `index` (the bytes' index, so
-    /// known to parse); `None` otherwise.
-    pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Option<LockText> {
-        let text = String::from_utf8(bytes).ok()?;
+    /// known to parse); the bytes back otherwise.
+    pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Result<LockText, Vec<u8>> {
+        let text = String::from_utf8(bytes).map_err(|e| e.into_bytes())?;
+        match Self::locate(&text, index) {
+            Some((names, entries)) => Ok(LockText {
+                text,
+                names,
+                entries,
+            }),
+            None => Err(text.into_bytes()),
+        }
+    }
+
+    /// The lock's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+
+    /// The step names and entry ranges of [`LockText::split`].
+    #[allow(clippy::type_complexity)]
+    fn locate(
+        text: &str,
+        index: &LockIndex,
+    ) -> Option<(
+        String,
+        Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    )> {
         let head = Self::head(index.version, &index.workflow);
         let body = text.strip_prefix(head.as_str())?;
         let body = body.strip_suffix("\n  }\n}\n")?;
@@ -183,11 +207,7 @@ impl LockText {
         if entries.len() != index.steps.len() {
             return None;
         }
-        Some(LockText {
-            text,
-            names,
-            entries,
-        })
+        Some((names, entries))
     }
 
     fn head(version: u32, workflow: &str) -> String {
@@ -701,7 +721,7 @@ mod tests {
         assert_eq!(spliced, std::fs::read_to_string(&path).unwrap());
         // Hand-edited (compact) JSON is not split: it is parsed and written in full.
         let compact = serde_json::to_vec(&lock).unwrap();
-        assert!(LockText::split(compact.clone(), &LockIndex::parse(&compact)).is_none());
+        assert!(LockText::split(compact.clone(), &LockIndex::parse(&compact)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

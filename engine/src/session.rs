@@ -572,8 +572,11 @@ impl<'w> Session<'w> {
 /// needs only the index (each step's key and output).
 struct LastLock {
     index: LockIndex,
-    bytes: Option<Vec<u8>>,
-    /// The blake3 of `bytes`.
+    /// The lock's bytes until they are split into `text` (the bytes move there:
+    /// a 10,000-step lock is 6 MB); back here if they are not laid out as qflow
+    /// writes them.
+    bytes: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The blake3 of the bytes.
     digest: Option<Hash>,
     full: std::sync::OnceLock<LockFile>,
     /// `bytes` split into entries, on first use.
@@ -587,7 +590,7 @@ impl LastLock {
     /// then kept there.
     fn read(path: &Path, memos: &Path) -> LastLock {
         let bytes = std::fs::read(path).ok();
-        let digest = bytes.as_deref().map(Hash::of_bytes);
+        let digest = bytes.as_deref().map(Hash::of_bytes_parallel);
         let index = match (&bytes, &digest) {
             (Some(bytes), Some(digest)) => {
                 let memo = memos.join(lock_memo_name(path));
@@ -607,7 +610,7 @@ impl LastLock {
         };
         LastLock {
             index,
-            bytes,
+            bytes: std::sync::Mutex::new(bytes),
             digest,
             full: std::sync::OnceLock::new(),
             text: std::sync::OnceLock::new(),
@@ -617,7 +620,7 @@ impl LastLock {
     fn of(lock: LockFile) -> LastLock {
         LastLock {
             index: LockIndex::of(&lock),
-            bytes: None,
+            bytes: std::sync::Mutex::new(None),
             digest: None,
             full: std::sync::OnceLock::new(),
             text: std::sync::OnceLock::new(),
@@ -633,18 +636,25 @@ impl LastLock {
     fn text(&self) -> Option<&crate::lockfile::LockText> {
         self.text
             .get_or_init(|| {
-                let bytes = self.bytes.clone()?;
-                crate::lockfile::LockText::split(bytes, &self.index)
+                let mut kept = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                match crate::lockfile::LockText::split(kept.take()?, &self.index) {
+                    Ok(text) => Some(text),
+                    Err(bytes) => {
+                        *kept = Some(bytes);
+                        None
+                    }
+                }
             })
             .as_ref()
     }
 
     fn full(&self) -> &LockFile {
         self.full.get_or_init(|| {
-            self.bytes
-                .as_deref()
-                .map(LockFile::parse)
-                .unwrap_or_default()
+            if let Some(text) = self.text() {
+                return LockFile::parse(text.bytes());
+            }
+            let kept = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+            kept.as_deref().map(LockFile::parse).unwrap_or_default()
         })
     }
 }
@@ -754,5 +764,59 @@ fn short_json(v: &serde_json::Value) -> String {
         format!("{}…", s.chars().take(80).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lockfile::{LOCK_VERSION, LockedStep};
+
+    fn lock_of(steps: &[(&str, &str)]) -> LockFile {
+        let mut lock = LockFile {
+            version: LOCK_VERSION,
+            workflow: "w".into(),
+            ..Default::default()
+        };
+        for (name, text) in steps {
+            let entry = LockedStep {
+                kind: "note".into(),
+                schema_version: 1,
+                key: Hash::of_bytes(name.as_bytes()).to_hex(),
+                fields: serde_json::json!({ "text": text }),
+                output: Hash::of_bytes(text.as_bytes()).to_hex(),
+                ..Default::default()
+            };
+            lock.steps.insert(name.to_string(), entry);
+        }
+        lock
+    }
+
+    #[test]
+    fn the_last_lock_gives_its_entries_and_whole_file_in_either_order() {
+        let dir = std::env::temp_dir().join(format!("qflow-last-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = lock_of(&[("a", "one"), ("b", "two")]);
+        let path = dir.join("qflow.lock");
+        lock.write(&path).unwrap();
+        let memos = dir.join("memos");
+        // As qflow writes it: split into entries, the bytes moved there.
+        let last = LastLock::read(&path, &memos);
+        assert_eq!(
+            last.text().unwrap().entry("b"),
+            lock.steps.get("b").cloned()
+        );
+        assert_eq!(*last.full(), lock);
+        let last = LastLock::read(&path, &memos);
+        assert_eq!(*last.full(), lock);
+        assert!(last.text().is_some());
+        // Edited by hand (compact): not split, still read whole.
+        std::fs::write(&path, serde_json::to_vec(&lock).unwrap()).unwrap();
+        let last = LastLock::read(&path, &memos);
+        assert!(last.text().is_none());
+        assert_eq!(*last.full(), lock);
+        assert_eq!(last.index, LockIndex::of(&lock));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
