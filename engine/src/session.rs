@@ -16,7 +16,7 @@ use crate::inputs::{self, InputDigest};
 use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
 use crate::step::{CheckContext, Registry};
-use crate::step_key::KeyMaterial;
+use crate::step_key::{KeyMaterial, Sorted, sorted};
 use crate::tool_identity::ToolIdentities;
 use crate::workflow::Workflow;
 
@@ -57,9 +57,9 @@ pub struct Prepared {
     /// Per step: input digests, once hashed.
     pub inputs: InputDigests,
     /// Per step: tool identities, or why they cannot be known (a missing tool).
-    pub tools: Vec<Result<BTreeMap<String, String>, String>>,
+    pub tools: Vec<Result<Sorted<String>, String>>,
     /// Per step: extra key material, or why it cannot be computed (a missing secret file).
-    pub extra: Vec<Result<BTreeMap<String, String>, String>>,
+    pub extra: Vec<Result<Sorted<String>, String>>,
 }
 
 /// A workflow with its cache.
@@ -215,12 +215,12 @@ impl<'w> Session<'w> {
             }
             tools.push(match err {
                 Some(e) => Err(e),
-                None => Ok(ids),
+                None => Ok(sorted(ids)),
             });
             extra.push(
                 s.step
                     .extra_key(&ctx)
-                    .map(|v| v.into_iter().collect::<BTreeMap<_, _>>())
+                    .map(sorted)
                     .map_err(|e| format!("{e:#}")),
             );
         }
@@ -278,24 +278,23 @@ impl<'w> Session<'w> {
         let s = &self.workflow.steps[i];
         let tools = prepared.tools[i].clone()?;
         let extra = prepared.extra[i].clone()?;
-        let mut env = s.env.clone();
-        for (k, v) in &s.env_used {
-            env.insert(format!("${{{{ env.{k} }}}}"), v.clone());
-        }
+        let env =
+            sorted((s.env.iter().map(|(k, v)| (k.clone(), v.clone()))).chain(
+                (s.env_used.iter()).map(|(k, v)| (format!("${{{{ env.{k} }}}}"), v.clone())),
+            ));
+        let digests = match prepared.inputs.get(i) {
+            Some(Ok(digests)) => digests,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("its inputs are not hashed yet".to_string()),
+        };
         Ok(KeyMaterial {
             kind: s.kind.clone(),
             schema_version: s.schema_version,
             fields: s.canonical_fields().to_string(),
             env,
-            inputs: match prepared.inputs.get(i) {
-                Some(Ok(digests)) => digests,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("its inputs are not hashed yet".to_string()),
-            }
-            .iter()
-            .map(|d| (d.label.clone(), d.digest))
-            .collect(),
-            upstream: upstream.clone(),
+            inputs: sorted(digests.iter().map(|d| (d.label.clone(), d.digest))),
+            // A map's pairs are sorted already.
+            upstream: (upstream.iter()).map(|(k, v)| (k.clone(), *v)).collect(),
             tools,
             extra,
         })
@@ -547,7 +546,7 @@ impl<'w> Session<'w> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_hex()))
                 .collect(),
-            tools: m.tools.clone(),
+            tools: m.tools.iter().cloned().collect(),
             extra: m.extra_digest().map(|h| h.to_hex()),
             output: rec.output.to_hex(),
             outputs,
