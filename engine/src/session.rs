@@ -300,6 +300,58 @@ impl<'w> Session<'w> {
         })
     }
 
+    /// The key of step `i` given its upstream steps' outputs (sorted by name, as a
+    /// map gives them): `material(..).key()` without building the material, which a
+    /// step that is cached (most steps of most applies) never needs otherwise.
+    pub fn key_of<'u>(
+        &self,
+        prepared: &Prepared,
+        i: usize,
+        upstream: impl Iterator<Item = (&'u str, Hash)>,
+    ) -> Result<Hash, String> {
+        let s = &self.workflow.steps[i];
+        let tools = prepared.tools[i].as_ref().map_err(String::clone)?;
+        let extra = prepared.extra[i].as_ref().map_err(String::clone)?;
+        let digests = match prepared.inputs.get(i) {
+            Some(Ok(digests)) => digests,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("its inputs are not hashed yet".to_string()),
+        };
+        let inputs_sorted = digests.is_sorted_by(|a, b| a.label < b.label);
+        if !s.env_used.is_empty() || !inputs_sorted {
+            // `${{ env.X }}` names are made, inputs sorted: the material does both.
+            let upstream = upstream.map(|(k, v)| (k.to_string(), v)).collect();
+            return Ok(self.material(prepared, i, &upstream)?.key());
+        }
+        let mut h = blake3::Hasher::new();
+        let mut put = |tag: &str, value: &[u8]| crate::step_key::put_tagged(&mut h, tag, value);
+        put("version", crate::step_key::KEY_VERSION.as_bytes());
+        put("kind", s.kind.as_bytes());
+        put("schema", &s.schema_version.to_le_bytes());
+        put("fields", s.canonical_fields().as_bytes());
+        for (k, v) in &s.env {
+            put("env", k.as_bytes());
+            put("env-value", v.as_bytes());
+        }
+        for d in digests {
+            put("input", d.label.as_bytes());
+            put("input-digest", &d.digest.0);
+        }
+        for (k, v) in upstream {
+            put("upstream", k.as_bytes());
+            put("upstream-output", &v.0);
+        }
+        for (k, v) in tools {
+            put("tool", k.as_bytes());
+            put("tool-identity", v.as_bytes());
+        }
+        for (k, v) in extra {
+            put("extra", k.as_bytes());
+            put("extra-value", v.as_bytes());
+        }
+        Ok(Hash(*h.finalize().as_bytes()))
+    }
+
     /// Kill the processes that runs interrupted by a kill of qflow left
     /// behind (see `leftovers.rs`). Call with the cache lock held.
     pub fn stop_leftovers(&self, progress: &crate::progress::Progress) {
