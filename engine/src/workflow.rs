@@ -102,11 +102,15 @@ pub struct StepDecl {
     pub remote_cache: RemoteUse,
     /// `executor:`, `resources:`, `retries:` (not in the step key).
     pub placement: crate::slurm::placement::StepPlacement,
-    /// The kind's fields after interpolating vars; `${{ env.* }}` and
-    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
-    pub fields: Value,
-    /// `fields` as canonical JSON (what enters the key), made once.
-    pub canonical_fields: std::sync::OnceLock<String>,
+    /// The kind's fields after interpolating vars, `${{ env.* }}` and
+    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]),
+    /// as canonical JSON: what enters the key. A workflow of 10,000 steps keeps
+    /// this text, not a YAML value per step; [`StepDecl::fields`] makes the value
+    /// again for the few that need it.
+    pub(crate) canonical_fields: String,
+    /// The fields as a value, kept only when [`StepDecl::canonical_fields`] could not
+    /// give them back (a tag, a key that is not a string, a float JSON cannot write).
+    pub(crate) fields_value: Option<Box<Value>>,
     /// Vars this step reads, with their values (they enter the key through `fields`).
     pub vars_used: BTreeMap<String, String>,
     /// Environment variables this step reads through `${{ env.X }}`.
@@ -116,10 +120,29 @@ pub struct StepDecl {
 }
 
 impl StepDecl {
-    /// [`StepDecl::fields`] as canonical JSON, the form that enters the step key.
+    /// The fields as canonical JSON (keys sorted, no spaces), the form that enters the step key.
     pub fn canonical_fields(&self) -> &str {
-        self.canonical_fields
-            .get_or_init(|| crate::step_key::canonical_json(&self.fields))
+        &self.canonical_fields
+    }
+
+    /// The kind's fields after interpolating vars; `${{ env.* }}` and
+    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
+    /// Made from the canonical JSON on each call, so mappings come in key order.
+    pub fn fields(&self) -> std::borrow::Cow<'_, Value> {
+        match &self.fields_value {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(
+                serde_json::from_str(&self.canonical_fields).unwrap_or(Value::Null),
+            ),
+        }
+    }
+
+    /// Keep `fields` (made at load) as canonical JSON, and as a value only
+    /// when that JSON cannot give them back.
+    pub(crate) fn stored_fields(fields: Value) -> (String, Option<Box<Value>>) {
+        let canonical = crate::step_key::canonical_json(&fields);
+        let value = (!json_gives_back(&fields)).then(|| Box::new(fields));
+        (canonical, value)
     }
 
     /// The names of its upstream steps.
@@ -136,7 +159,7 @@ impl StepDecl {
     /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`
     /// and every `${{ env.X }}` by the value read when the workflow was loaded.
     pub fn resolved_fields(&self, dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Value> {
-        map_strings(&self.fields, &mut |s| {
+        map_strings(&self.fields(), &mut |s| {
             interpolate::substitute(s, &mut |e| match e {
                 Expr::Env(name) => Ok(self.env_used.get(name).cloned()),
                 Expr::Step { name, output } => {
@@ -153,6 +176,21 @@ impl StepDecl {
             })
         })
         .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// Whether `v` comes back equal from its canonical JSON, but for the order of
+/// mapping keys (no kind's fields depend on it): no tags, every mapping key a
+/// string, every float finite.
+fn json_gives_back(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(n) => !n.is_f64() || n.as_f64().is_some_and(f64::is_finite),
+        Value::Sequence(items) => items.iter().all(json_gives_back),
+        Value::Mapping(m) => m
+            .iter()
+            .all(|(k, v)| matches!(k, Value::String(_)) && json_gives_back(v)),
+        Value::Tagged(_) => false,
     }
 }
 
@@ -410,7 +448,8 @@ impl Workflow {
         let ctx = CheckContext {
             work_dir: dir.clone(),
         };
-        let mut steps = Vec::new();
+        // The workflow keeps its steps for the whole run: no room to spare.
+        let mut steps = Vec::with_capacity(steps_value.len() + usize::from(top.contains_key(FIGURES)));
         for (k, v) in steps_value {
             let sname = key_text(k);
             let base = format!("steps.{sname}");
@@ -547,9 +586,10 @@ impl Workflow {
 
     /// `${{ steps.X.OUT }}` must name one of X's declared outputs (or a path inside one).
     fn check_outputs_referenced(&self, diags: &mut Diagnostics) {
-        for s in &self.steps {
+        // Only a step whose fields hold a `${{` can reference an output.
+        for s in self.steps.iter().filter(|s| s.canonical_fields.contains("${{")) {
             visit_strings(
-                &s.fields,
+                &s.fields(),
                 &format!("steps.{}", s.name),
                 &mut |path, text| {
                     let Ok(exprs) = interpolate::expressions(text) else {
@@ -853,6 +893,8 @@ fn load_step(
     let mut vars_used = BTreeMap::new();
     let mut env_used = BTreeMap::new();
     let mut interpolation_edges: Vec<(String, String)> = Vec::new();
+    // How many `${{ env.X }}` were read, to tell whether the kind's fields read one.
+    let env_reads = std::cell::Cell::new(0usize);
     let mut interp = |path: &str, text: &str, diags: &mut Diagnostics| -> String {
         let result = interpolate::substitute(text, &mut |e| match e {
             Expr::Var(v) => match vars.get(v) {
@@ -867,6 +909,7 @@ fn load_step(
             },
             Expr::Env(v) => match std::env::var(v) {
                 Ok(val) => {
+                    env_reads.set(env_reads.get() + 1);
                     env_used.insert(v.clone(), val.clone());
                     Ok(Some(val))
                 }
@@ -927,23 +970,32 @@ fn load_step(
         kind_fields.insert(k.clone(), v.clone());
     }
     let mut failed = false;
-    let kind_fields = Value::Mapping(kind_fields);
-    // What enters the key, the lock and plan output: vars interpolated, but
-    // `${{ env.X }}` kept as written (the value enters the key as a digest,
-    // see `session.rs`, and the job gets it in `resolved_fields`).
-    let template_fields = map_strings(&kind_fields, &mut |text| {
-        interpolate::substitute(text, &mut |e| match e {
-            Expr::Var(v) => Ok(vars.get(v).cloned()),
-            _ => Ok(None),
-        })
-    })
-    .unwrap_or(Value::Null);
-    let kind_fields = map_strings_at(&kind_fields, base, &mut |path, text| {
+    let written_fields = Value::Mapping(kind_fields);
+    let env_reads_before = env_reads.get();
+    let kind_fields = map_strings_at(&written_fields, base, &mut |path, text| {
         let before = diags.len();
         let out = interp(path, text, diags);
         failed |= diags.len() > before;
         out
     });
+    // What enters the key, the lock and plan output: vars interpolated, but
+    // `${{ env.X }}` kept as written (the value enters the key as a digest,
+    // see `session.rs`, and the job gets it in `resolved_fields`). Without an
+    // `${{ env.X }}` that is the interpolated fields themselves.
+    let template_fields = if env_reads.get() == env_reads_before {
+        None
+    } else {
+        Some(
+            map_strings(&written_fields, &mut |text| {
+                interpolate::substitute(text, &mut |e| match e {
+                    Expr::Var(v) => Ok(vars.get(v).cloned()),
+                    _ => Ok(None),
+                })
+            })
+            .unwrap_or(Value::Null),
+        )
+    };
+    drop(written_fields);
     for (up, at) in interpolation_edges {
         add_edge(&up, EdgeReason::Interpolation, &at, diags);
     }
@@ -1014,6 +1066,9 @@ fn load_step(
     if failed || parse_failed {
         return None;
     }
+    let (canonical_fields, fields_value) =
+        StepDecl::stored_fields(template_fields.unwrap_or(kind_fields));
+    upstream.shrink_to_fit();
     Some(StepDecl {
         name: name.to_string(),
         kind: kind_name,
@@ -1024,8 +1079,8 @@ fn load_step(
         cache,
         remote_cache,
         placement,
-        fields: template_fields,
-        canonical_fields: std::sync::OnceLock::new(),
+        canonical_fields,
+        fields_value,
         vars_used,
         env_used,
         step,

@@ -11,7 +11,9 @@
 //! material and could be secrets, which must not be written to disk.
 //!
 //! What loading checks against the host is not memoized but checked again on
-//! every hit: each step's fields are parsed by its kind again (the typed step),
+//! every hit: each step's fields are parsed by its kind again (the typed step,
+//! straight from the canonical JSON of its fields, which the memo keeps and
+//! which enters the step key; no YAML value is made),
 //! the kind's own `check`, declared outputs, and that every input exists (many
 //! inputs in one directory by one listing of it). If any
 //! of those fails, the memo is ignored and the full load reports the problem
@@ -21,7 +23,8 @@
 //! lines: the key and what is not a step first, then a line per step, parsed across
 //! the cores), one per workflow file, replaced on every miss; only a cache directory that
 //! already exists gets one. It is written only when it reads back equal to what
-//! it memoizes (YAML values JSON cannot carry, such as tags, are never memoized).
+//! it memoizes (fields JSON cannot give back, such as a key that is not a
+//! string, are never memoized).
 //!
 //! [`Workflow::load`] lives here: read the file, recall its memo, else parse
 //! and validate it (`workflow.rs`) and remember the result. Imports
@@ -118,7 +121,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 5";
+const MEMO_VERSION: &str = "qflow-workflow-memo 6";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,9 +239,8 @@ struct MemoStep {
     remote_cache: RemoteUse,
     #[serde(default, skip_serializing_if = "is_default")]
     placement: crate::slurm::placement::StepPlacement,
-    fields: serde_yaml::Value,
-    /// `fields` as canonical JSON, made from them when memoized.
-    canonical_fields: String,
+    /// The kind's fields as canonical JSON, parsed by the kind on every recall.
+    fields: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     vars_used: BTreeMap<String, String>,
 }
@@ -266,7 +268,7 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
             .map(|line| {
                 let s: MemoStep = serde_json::from_slice(line).ok()?;
                 let kind = registry.get(&s.kind)?;
-                let step = kind.parse(&s.fields).ok()?;
+                let step = kind.parse_json(&s.fields).ok()?;
                 step.check(&ctx).ok()?;
                 if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
                     return None;
@@ -281,8 +283,8 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
                     cache: s.cache,
                     remote_cache: s.remote_cache,
                     placement: s.placement,
-                    fields: s.fields,
-                    canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
+                    canonical_fields: s.fields,
+                    fields_value: None,
                     vars_used: s.vars_used,
                     env_used: BTreeMap::new(),
                     step,
@@ -380,7 +382,9 @@ fn list_dir(dir: &Path, limit: usize) -> Option<HashSet<OsString>> {
 /// that reads the environment or holds values JSON cannot carry; errors are ignored
 /// (the memo only saves time).
 pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
-    if workflow.steps.iter().any(|s| !s.env_used.is_empty()) {
+    // A step whose fields JSON cannot give back (a key that is not a string, an
+    // infinite float) keeps them as a value: not memoized.
+    if (workflow.steps.iter()).any(|s| !s.env_used.is_empty() || s.fields_value.is_some()) {
         return;
     }
     let stored = WorkflowMemo {
@@ -402,8 +406,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 cache: s.cache,
                 remote_cache: s.remote_cache,
                 placement: s.placement.clone(),
-                fields: s.fields.clone(),
-                canonical_fields: s.canonical_fields().to_string(),
+                fields: s.canonical_fields.clone(),
                 vars_used: s.vars_used.clone(),
             })
             .collect(),
@@ -433,6 +436,9 @@ mod tests {
     struct Copy {
         from: String,
         to: String,
+        /// A float, so a test can write one JSON has no form for (`.inf`).
+        #[serde(default)]
+        weight: Option<f64>,
     }
 
     impl crate::step::Step for Copy {
@@ -494,7 +500,7 @@ mod tests {
     const WORKFLOW: &str = "version: 1\nname: memo\nvars:\n  who: world\nsteps:\n  a:\n    kind: copy\n    from: in.txt\n    to: 'out-${{ who }}.txt'\n  b:\n    kind: copy\n    from: in.txt\n    to: b.txt\n    after: [a]\n";
 
     fn to_field(w: &Workflow, step: &str) -> String {
-        w.step(step).unwrap().fields["to"]
+        w.step(step).unwrap().fields()["to"]
             .as_str()
             .unwrap()
             .to_string()
@@ -505,8 +511,82 @@ mod tests {
     fn forge(dir: &Path, workflow: &Path, forged: &str) {
         let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
         let mut m = WorkflowMemo::from_lines(&std::fs::read(&memo).unwrap()).unwrap();
-        m.steps[0].fields["to"] = serde_yaml::Value::String(forged.into());
+        let mut fields: serde_json::Value = serde_json::from_str(&m.steps[0].fields).unwrap();
+        fields["to"] = serde_json::Value::String(forged.into());
+        m.steps[0].fields = fields.to_string();
         std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
+    }
+
+    /// The memo file's inode: a load that wrote the memo again replaced the file.
+    fn memo_inode(dir: &Path, workflow: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
+        std::fs::metadata(memo).unwrap().ino()
+    }
+
+    #[test]
+    fn a_memo_hit_gives_the_same_steps_as_a_fresh_load() {
+        let d = space("same");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        let text = WORKFLOW.replace("to: b.txt", "to: b.txt\n    weight: 0.5");
+        std::fs::write(&wf, &text).unwrap();
+        let r = registry();
+        let fresh = Workflow::load(&wf, &r, &LoadOptions::default()).unwrap();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        let written = memo_inode(&d.0, &wf);
+        let hit = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(memo_inode(&d.0, &wf), written, "the second load missed");
+        assert_eq!(hit.steps.len(), fresh.steps.len());
+        for (a, b) in fresh.steps.iter().zip(&hit.steps) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(a.kind, b.kind);
+            assert_eq!(a.upstream, b.upstream);
+            assert_eq!(a.canonical_fields(), b.canonical_fields());
+            assert_eq!(a.fields(), b.fields());
+            assert_eq!(format!("{:?}", a.step), format!("{:?}", b.step));
+        }
+        assert!(format!("{:?}", hit.step("b").unwrap().step).contains("0.5"));
+    }
+
+    #[test]
+    fn a_memo_whose_fields_no_longer_parse_is_ignored() {
+        let d = space("unparsed");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        // `to` a number: `copy` takes a string.
+        let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());
+        let mut m = WorkflowMemo::from_lines(&std::fs::read(&memo).unwrap()).unwrap();
+        m.steps[0].fields = r#"{"from":"in.txt","to":7}"#.to_string();
+        std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
+        let again = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&again, "a"), "out-world.txt");
+        // The full load wrote the memo again; with the input gone, it reports that.
+        m.steps[0].fields = r#"{"from":"in.txt","to":7}"#.to_string();
+        std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
+        std::fs::remove_file(d.0.join("in.txt")).unwrap();
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("input `in.txt` does not exist"), "{text}");
+        assert!(text.contains("workflow.yaml:8:"), "{text}");
+    }
+
+    #[test]
+    fn fields_json_cannot_give_back_are_kept_as_written_and_not_memoized() {
+        let d = space("inf");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW.replace("to: b.txt", "to: b.txt\n    weight: .inf")).unwrap();
+        let w = Workflow::load(&wf, &registry(), &options(&d.0, &[])).unwrap();
+        let weight = w.step("b").unwrap().fields()["weight"].as_f64();
+        assert_eq!(weight, Some(f64::INFINITY));
+        let resolved = w.step("b").unwrap().resolved_fields(&BTreeMap::new()).unwrap();
+        assert_eq!(resolved["weight"].as_f64(), Some(f64::INFINITY));
+        let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());
+        assert!(!memo.exists());
     }
 
     #[test]
