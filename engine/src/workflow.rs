@@ -449,7 +449,8 @@ impl Workflow {
             work_dir: dir.clone(),
         };
         // The workflow keeps its steps for the whole run: no room to spare.
-        let mut steps = Vec::with_capacity(steps_value.len() + usize::from(top.contains_key(FIGURES)));
+        let mut steps =
+            Vec::with_capacity(steps_value.len() + usize::from(top.contains_key(FIGURES)));
         for (k, v) in steps_value {
             let sname = key_text(k);
             let base = format!("steps.{sname}");
@@ -587,7 +588,11 @@ impl Workflow {
     /// `${{ steps.X.OUT }}` must name one of X's declared outputs (or a path inside one).
     fn check_outputs_referenced(&self, diags: &mut Diagnostics) {
         // Only a step whose fields hold a `${{` can reference an output.
-        for s in self.steps.iter().filter(|s| s.canonical_fields.contains("${{")) {
+        for s in self
+            .steps
+            .iter()
+            .filter(|s| s.canonical_fields.contains("${{"))
+        {
             visit_strings(
                 &s.fields(),
                 &format!("steps.{}", s.name),

@@ -31,7 +31,6 @@
 //! `workflow`, `step`, `step_key` and `glob`; `workflow.rs` does not import it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -235,7 +234,9 @@ struct MemoStep {
     jobs: Option<usize>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
     cache: bool,
+    #[serde(default = "remote_default", skip_serializing_if = "is_remote_default")]
     remote_cache: RemoteUse,
     #[serde(default, skip_serializing_if = "is_default")]
     placement: crate::slurm::placement::StepPlacement,
@@ -247,6 +248,22 @@ struct MemoStep {
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
+}
+
+fn remote_default() -> RemoteUse {
+    RemoteUse::Default
+}
+
+fn is_remote_default(value: &RemoteUse) -> bool {
+    *value == RemoteUse::Default
 }
 
 /// The workflow memoized at `memo` under `key`, with the host checks passed again;
@@ -261,39 +278,36 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     let ctx = CheckContext {
         work_dir: dir.clone(),
     };
-    // Each step's parse, typed parse and checks are independent: split across the cores.
-    let steps: Vec<StepDecl> = {
+    // Each step's parse, typed parse and checks are independent: split across the
+    // cores, each written into its place in one vector made at its full length (a
+    // vector grown piece by piece copied 10,000 steps of 400 bytes several times).
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let mut parsed: Vec<Option<StepDecl>> = Vec::new();
+    {
         use rayon::prelude::*;
         (lines.into_par_iter().with_min_len(256))
             .map(|line| {
-                let s: MemoStep = serde_json::from_slice(line).ok()?;
-                let kind = registry.get(&s.kind)?;
-                let step = kind.parse_json(&s.fields).ok()?;
-                step.check(&ctx).ok()?;
-                if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     return None;
                 }
-                Some(StepDecl {
-                    name: s.name,
-                    kind: s.kind,
-                    schema_version: kind.schema_version(),
-                    upstream: s.upstream,
-                    jobs: s.jobs,
-                    env: s.env,
-                    cache: s.cache,
-                    remote_cache: s.remote_cache,
-                    placement: s.placement,
-                    canonical_fields: s.fields,
-                    fields_value: None,
-                    vars_used: s.vars_used,
-                    env_used: BTreeMap::new(),
-                    step,
-                })
+                let decl = recall_step(line, registry, &ctx);
+                if decl.is_none() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                decl
             })
-            .collect::<Option<_>>()?
-    };
-    let inputs: Vec<Input> = steps.iter().flat_map(|s| s.step.inputs()).collect();
-    if !inputs_exist(&inputs, &ctx) {
+            .collect_into_vec(&mut parsed);
+    }
+    // In place: `Option<StepDecl>` is as large as a `StepDecl`.
+    let steps: Vec<StepDecl> = parsed.into_iter().collect::<Option<_>>()?;
+    let mut inputs: Vec<Vec<Input>> = Vec::new();
+    {
+        use rayon::prelude::*;
+        (steps.par_iter().with_min_len(256))
+            .map(|s| s.step.inputs())
+            .collect_into_vec(&mut inputs);
+    }
+    if !inputs_exist(inputs.iter().flatten(), &ctx) {
         return None;
     }
     Some(Workflow {
@@ -307,60 +321,88 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     })
 }
 
+/// The step memoized on `line`, with its typed parse and checks passed again.
+fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<StepDecl> {
+    let mut s: MemoStep = serde_json::from_slice(line).ok()?;
+    s.upstream.shrink_to_fit();
+    let kind = registry.get(&s.kind)?;
+    let step = kind.parse_json(&s.fields).ok()?;
+    step.check(ctx).ok()?;
+    if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
+        return None;
+    }
+    Some(StepDecl {
+        name: s.name,
+        kind: s.kind,
+        schema_version: kind.schema_version(),
+        upstream: s.upstream,
+        jobs: s.jobs,
+        env: s.env,
+        cache: s.cache,
+        remote_cache: s.remote_cache,
+        placement: s.placement,
+        canonical_fields: s.fields,
+        fields_value: None,
+        vars_used: s.vars_used,
+        env_used: BTreeMap::new(),
+        step,
+    })
+}
+
 /// Whether every input exists, as [`check_input_exists`] decides. Many plain
 /// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
 /// instead of a stat each; a listing much longer than the inputs it answers for
 /// is given up, and those inputs are stat'ed.
-fn inputs_exist(inputs: &[Input], ctx: &CheckContext) -> bool {
+fn inputs_exist<'a>(inputs: impl Iterator<Item = &'a Input>, ctx: &CheckContext) -> bool {
     const MIN_SHARED: usize = 32;
-    let mut by_dir: HashMap<&Path, Vec<&Input>> = HashMap::new();
+    let mut by_dir: HashMap<&str, Vec<&Input>> = HashMap::new();
     let mut alone = Vec::new();
     for input in inputs {
-        match plain_parent(&input.path) {
-            Some(dir) => by_dir.entry(dir).or_default().push(input),
+        match plain_split(&input.path) {
+            Some((dir, _)) => by_dir.entry(dir).or_default().push(input),
             None => alone.push(input),
         }
     }
     for (dir, group) in by_dir {
-        let listing = (group.len() >= MIN_SHARED)
-            .then(|| list_dir(&ctx.work_dir.join(dir), 4 * group.len()))
-            .flatten();
-        match listing {
-            Some(names) => {
-                if !group.iter().all(|i| {
-                    Path::new(&i.path)
-                        .file_name()
-                        .is_some_and(|n| names.contains(n))
-                }) {
-                    return false;
-                }
-            }
+        if group.len() < MIN_SHARED {
+            alone.extend(group);
+            continue;
+        }
+        let names: HashSet<&[u8]> = (group.iter())
+            .filter_map(|i| plain_split(&i.path).map(|(_, name)| name.as_bytes()))
+            .collect();
+        match all_listed(&ctx.work_dir.join(dir), &names, 4 * group.len()) {
+            Some(true) => {}
+            Some(false) => return false,
             None => alone.extend(group),
         }
     }
     alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
 }
 
-/// The directory of a plain relative input (`src/f1` → `src`; `f1` → ``): no
-/// glob, no interpolation, no `.`/`..`, no trailing `/`. `None` for anything else.
-fn plain_parent(path: &str) -> Option<&Path> {
-    if path.is_empty() || path.ends_with('/') || path.contains("${{") || crate::glob::is_glob(path)
-    {
+/// A plain relative input path split at its last `/` (`src/f1` → `src`, `f1`;
+/// `f1` → ``, `f1`): no glob, no interpolation, no `.`, `..` or empty component,
+/// no leading or trailing `/`. `None` for anything else.
+fn plain_split(path: &str) -> Option<(&str, &str)> {
+    if path.contains("${{") || crate::glob::is_glob(path) {
         return None;
     }
-    let p = Path::new(path);
-    if !p
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)))
-    {
+    if !(path.split('/')).all(|c| !c.is_empty() && c != "." && c != "..") {
         return None;
     }
-    p.parent()
+    Some(match path.rfind('/') {
+        Some(at) => (&path[..at], &path[at + 1..]),
+        None => ("", path),
+    })
 }
 
-/// The names in `dir`, if it can be both listed and searched (so that a listed
-/// name is one `lstat` would find) and holds at most `limit` entries.
-fn list_dir(dir: &Path, limit: usize) -> Option<HashSet<OsString>> {
+/// Whether directory `dir` holds every one of `names`, each a file or a directory,
+/// if it can be both listed and searched (so that a listed name is one `lstat` would
+/// find) and holds at most `limit` entries before the last of them is seen. `None`
+/// when that cannot tell (then each is stat'ed): a name listed as anything else, a
+/// symbolic link included, may be one the full load refuses (a FIFO).
+fn all_listed(dir: &Path, names: &HashSet<&[u8]>, limit: usize) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a valid C string; `faccessat` only reads it.
     let searchable =
@@ -368,14 +410,26 @@ fn list_dir(dir: &Path, limit: usize) -> Option<HashSet<OsString>> {
     if !searchable {
         return None;
     }
-    let mut names = HashSet::new();
+    let (mut seen, mut found) = (0, 0);
     for entry in std::fs::read_dir(dir).ok()? {
-        names.insert(entry.ok()?.file_name());
-        if names.len() > limit {
+        seen += 1;
+        if seen > limit {
             return None;
         }
+        let entry = entry.ok()?;
+        // A directory lists each name once.
+        if names.contains(entry.file_name().as_bytes()) {
+            let t = entry.file_type().ok()?;
+            if !(t.is_file() || t.is_dir()) {
+                return None;
+            }
+            found += 1;
+            if found == names.len() {
+                return Some(true);
+            }
+        }
     }
-    Some(names)
+    Some(found == names.len())
 }
 
 /// Memoize `workflow`, loaded under `key`, at `memo`. Does nothing for a workflow
@@ -438,6 +492,7 @@ mod tests {
         to: String,
         /// A float, so a test can write one JSON has no form for (`.inf`).
         #[serde(default)]
+        #[expect(dead_code, reason = "the tests read it through `Debug` and `fields()`")]
         weight: Option<f64>,
     }
 
@@ -579,11 +634,19 @@ mod tests {
         let d = space("inf");
         std::fs::write(d.0.join("in.txt"), "x").unwrap();
         let wf = d.0.join("workflow.yaml");
-        std::fs::write(&wf, WORKFLOW.replace("to: b.txt", "to: b.txt\n    weight: .inf")).unwrap();
+        std::fs::write(
+            &wf,
+            WORKFLOW.replace("to: b.txt", "to: b.txt\n    weight: .inf"),
+        )
+        .unwrap();
         let w = Workflow::load(&wf, &registry(), &options(&d.0, &[])).unwrap();
         let weight = w.step("b").unwrap().fields()["weight"].as_f64();
         assert_eq!(weight, Some(f64::INFINITY));
-        let resolved = w.step("b").unwrap().resolved_fields(&BTreeMap::new()).unwrap();
+        let resolved = w
+            .step("b")
+            .unwrap()
+            .resolved_fields(&BTreeMap::new())
+            .unwrap();
         assert_eq!(resolved["weight"].as_f64(), Some(f64::INFINITY));
         let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());
         assert!(!memo.exists());
@@ -679,6 +742,34 @@ mod tests {
         let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("input `src/f17` does not exist"), "{text}");
+    }
+
+    #[test]
+    fn a_fifo_among_many_inputs_in_one_directory_is_refused_even_with_a_memo() {
+        let d = space("fifo");
+        std::fs::create_dir_all(d.0.join("src")).unwrap();
+        let mut text = String::from("version: 1\nsteps:\n");
+        for i in 0..40 {
+            std::fs::write(d.0.join(format!("src/f{i}")), "x").unwrap();
+            text.push_str(&format!(
+                "  s{i}:\n    kind: copy\n    from: src/f{i}\n    to: f{i}\n"
+            ));
+        }
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, &text).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        let fifo = d.0.join("src/f17");
+        std::fs::remove_file(&fifo).unwrap();
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("input `src/f17` is not a regular file or directory (a FIFO)"),
+            "{text}"
+        );
     }
 
     #[test]
