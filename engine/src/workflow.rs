@@ -109,7 +109,7 @@ pub struct StepDecl {
     /// again for the few that need it.
     pub(crate) canonical_fields: String,
     /// The fields as a value, kept only when [`StepDecl::canonical_fields`] could not
-    /// give them back (a tag, a key that is not a string, a float JSON cannot write).
+    /// give them back (a key that is not a string, an infinite float).
     pub(crate) fields_value: Option<Box<Value>>,
     /// Vars this step reads, with their values (they enter the key through `fields`).
     pub vars_used: BTreeMap<String, String>,
@@ -127,7 +127,8 @@ impl StepDecl {
 
     /// The kind's fields after interpolating vars; `${{ env.* }}` and
     /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
-    /// Made from the canonical JSON on each call, so mappings come in key order.
+    /// Made from the canonical JSON on each call (mappings in key order), unless
+    /// that JSON could not give them back.
     pub fn fields(&self) -> std::borrow::Cow<'_, Value> {
         match &self.fields_value {
             Some(v) => std::borrow::Cow::Borrowed(v),
