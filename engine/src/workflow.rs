@@ -10,7 +10,7 @@
 //! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
 //! holds `Workflow::load`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
@@ -452,6 +452,8 @@ impl Workflow {
         // The workflow keeps its steps for the whole run: no room to spare.
         let mut steps =
             Vec::with_capacity(steps_value.len() + usize::from(top.contains_key(FIGURES)));
+        // Every step's inputs, with the field that declares each.
+        let mut inputs = Vec::new();
         for (k, v) in steps_value {
             let sname = key_text(k);
             let base = format!("steps.{sname}");
@@ -506,10 +508,13 @@ impl Workflow {
                 &step_names,
                 &ctx,
                 &mut diags,
+                &mut inputs,
             ) {
                 steps.push(decl);
             }
         }
+        check_inputs(&inputs, &ctx, &mut diags);
+        drop(inputs);
         if let Some(figures) = top.get(FIGURES)
             && let Some(decl) = load_figures(
                 figures,
@@ -720,9 +725,20 @@ fn load_figures(
         fields.insert(k.clone(), v.clone());
     }
     let before = diags.len();
+    let mut inputs = Vec::new();
     let decl = load_step(
-        FIGURES, FIGURES, &fields, registry, vars, step_names, ctx, diags,
-    )?;
+        FIGURES,
+        FIGURES,
+        &fields,
+        registry,
+        vars,
+        step_names,
+        ctx,
+        diags,
+        &mut inputs,
+    );
+    check_inputs(&inputs, ctx, diags);
+    let decl = decl?;
     if diags.len() > before {
         return None;
     }
@@ -765,6 +781,7 @@ fn load_step(
     step_names: &StepNames,
     ctx: &CheckContext,
     diags: &mut Diagnostics,
+    inputs: &mut Vec<(String, Input)>,
 ) -> Option<StepDecl> {
     let kind_name = match fields.get("kind") {
         Some(Value::String(k)) => k.clone(),
@@ -1007,15 +1024,18 @@ fn load_step(
     }
 
     // Every unknown field is reported, not just the first: each one serde
-    // names is reported and taken out, and the fields parsed again.
-    let field_names = kind.field_names();
+    // names is reported and taken out, and the fields parsed again. Only a step
+    // that does not parse needs the kind's field names, and making them means
+    // making the kind's JSON schema: not once for each of 10,000 steps.
+    let mut field_names: Option<Vec<String>> = None;
     let mut kind_fields = kind_fields;
     let mut parse_failed = false;
     let parsed = loop {
         match kind.parse(&kind_fields) {
             Ok(s) => break Some(s),
             Err(e) => {
-                let unknown = report_field_error(&e, base, &kind_name, &field_names, fields, diags);
+                let field_names = field_names.get_or_insert_with(|| kind.field_names());
+                let unknown = report_field_error(&e, base, &kind_name, field_names, fields, diags);
                 let removed = match (unknown, kind_fields.as_mapping_mut()) {
                     (Some(key), Some(m)) => m.remove(key.as_str()).is_some(),
                     _ => false,
@@ -1031,7 +1051,7 @@ fn load_step(
                             if !field_names.contains(&k) {
                                 diags.at(
                                     &format!("{base}.{k}"),
-                                    unknown_field_message(&k, &kind_name, &field_names),
+                                    unknown_field_message(&k, &kind_name, field_names),
                                 );
                             }
                         }
@@ -1063,11 +1083,10 @@ fn load_step(
             diags.at(&format!("{base}.outputs[{i}]"), msg);
         }
     }
-    for input in step.inputs() {
-        if let Err(msg) = check_input_exists(&input, ctx) {
-            diags.at(&format!("{base}.{}", input.field), msg);
-        }
-    }
+    // Checked together once every step is loaded (see `check_inputs`).
+    inputs.extend(
+        (step.inputs().into_iter()).map(|input| (format!("{base}.{}", input.field), input)),
+    );
     let placement = crate::slurm::placement::parse_step(fields, base, diags);
     if failed || parse_failed {
         return None;
@@ -1239,6 +1258,106 @@ pub(crate) fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// Report each input of `inputs` (with the field path that declares it) that does
+/// not exist or cannot be hashed. Most workflows have none: all are looked up
+/// together first (see [`inputs_exist`]), each on its own only when that fails.
+fn check_inputs(inputs: &[(String, Input)], ctx: &CheckContext, diags: &mut Diagnostics) {
+    if inputs_exist(inputs.iter().map(|(_, i)| i), ctx) {
+        return;
+    }
+    for (at, input) in inputs {
+        if let Err(msg) = check_input_exists(input, ctx) {
+            diags.at(at, msg);
+        }
+    }
+}
+
+/// Whether every input exists, as [`check_input_exists`] decides. Many plain
+/// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
+/// instead of a stat each; a listing much longer than the inputs it answers for
+/// is given up, and those inputs are stat'ed.
+pub(crate) fn inputs_exist<'a>(
+    inputs: impl Iterator<Item = &'a Input>,
+    ctx: &CheckContext,
+) -> bool {
+    const MIN_SHARED: usize = 32;
+    let mut by_dir: HashMap<&str, Vec<&Input>> = HashMap::new();
+    let mut alone = Vec::new();
+    for input in inputs {
+        match plain_split(&input.path) {
+            Some((dir, _)) => by_dir.entry(dir).or_default().push(input),
+            None => alone.push(input),
+        }
+    }
+    for (dir, group) in by_dir {
+        if group.len() < MIN_SHARED {
+            alone.extend(group);
+            continue;
+        }
+        let names: HashSet<&[u8]> = (group.iter())
+            .filter_map(|i| plain_split(&i.path).map(|(_, name)| name.as_bytes()))
+            .collect();
+        match all_listed(&ctx.work_dir.join(dir), &names, 4 * group.len()) {
+            Some(true) => {}
+            Some(false) => return false,
+            None => alone.extend(group),
+        }
+    }
+    alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
+}
+
+/// A plain relative input path split at its last `/` (`src/f1` → `src`, `f1`;
+/// `f1` → ``, `f1`): no glob, no interpolation, no `.`, `..` or empty component,
+/// no leading or trailing `/`. `None` for anything else.
+fn plain_split(path: &str) -> Option<(&str, &str)> {
+    if path.contains("${{") || crate::glob::is_glob(path) {
+        return None;
+    }
+    if !(path.split('/')).all(|c| !c.is_empty() && c != "." && c != "..") {
+        return None;
+    }
+    Some(match path.rfind('/') {
+        Some(at) => (&path[..at], &path[at + 1..]),
+        None => ("", path),
+    })
+}
+
+/// Whether directory `dir` holds every one of `names`, each a file or a directory,
+/// if it can be both listed and searched (so that a listed name is one `lstat` would
+/// find) and holds at most `limit` entries before the last of them is seen. `None`
+/// when that cannot tell (then each is stat'ed): a name listed as anything else, a
+/// symbolic link included, may be one the full load refuses (a FIFO).
+fn all_listed(dir: &Path, names: &HashSet<&[u8]>, limit: usize) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string; `faccessat` only reads it.
+    let searchable =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) } == 0;
+    if !searchable {
+        return None;
+    }
+    let (mut seen, mut found) = (0, 0);
+    for entry in std::fs::read_dir(dir).ok()? {
+        seen += 1;
+        if seen > limit {
+            return None;
+        }
+        let entry = entry.ok()?;
+        // A directory lists each name once.
+        if names.contains(entry.file_name().as_bytes()) {
+            let t = entry.file_type().ok()?;
+            if !(t.is_file() || t.is_dir()) {
+                return None;
+            }
+            found += 1;
+            if found == names.len() {
+                return Some(true);
+            }
+        }
+    }
+    Some(found == names.len())
 }
 
 /// Step names referenced as upstream by `decl`, sorted, for display.

@@ -30,14 +30,14 @@
 //! and validate it (`workflow.rs`) and remember the result. Imports
 //! `workflow`, `step`, `step_key` and `glob`; `workflow.rs` does not import it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::step::{CheckContext, Input, Registry};
 use crate::workflow::{
-    EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_input_exists, check_output_path,
+    EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_output_path, inputs_exist,
 };
 
 impl Workflow {
@@ -347,89 +347,6 @@ fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<S
         env_used: BTreeMap::new(),
         step,
     })
-}
-
-/// Whether every input exists, as [`check_input_exists`] decides. Many plain
-/// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
-/// instead of a stat each; a listing much longer than the inputs it answers for
-/// is given up, and those inputs are stat'ed.
-fn inputs_exist<'a>(inputs: impl Iterator<Item = &'a Input>, ctx: &CheckContext) -> bool {
-    const MIN_SHARED: usize = 32;
-    let mut by_dir: HashMap<&str, Vec<&Input>> = HashMap::new();
-    let mut alone = Vec::new();
-    for input in inputs {
-        match plain_split(&input.path) {
-            Some((dir, _)) => by_dir.entry(dir).or_default().push(input),
-            None => alone.push(input),
-        }
-    }
-    for (dir, group) in by_dir {
-        if group.len() < MIN_SHARED {
-            alone.extend(group);
-            continue;
-        }
-        let names: HashSet<&[u8]> = (group.iter())
-            .filter_map(|i| plain_split(&i.path).map(|(_, name)| name.as_bytes()))
-            .collect();
-        match all_listed(&ctx.work_dir.join(dir), &names, 4 * group.len()) {
-            Some(true) => {}
-            Some(false) => return false,
-            None => alone.extend(group),
-        }
-    }
-    alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
-}
-
-/// A plain relative input path split at its last `/` (`src/f1` → `src`, `f1`;
-/// `f1` → ``, `f1`): no glob, no interpolation, no `.`, `..` or empty component,
-/// no leading or trailing `/`. `None` for anything else.
-fn plain_split(path: &str) -> Option<(&str, &str)> {
-    if path.contains("${{") || crate::glob::is_glob(path) {
-        return None;
-    }
-    if !(path.split('/')).all(|c| !c.is_empty() && c != "." && c != "..") {
-        return None;
-    }
-    Some(match path.rfind('/') {
-        Some(at) => (&path[..at], &path[at + 1..]),
-        None => ("", path),
-    })
-}
-
-/// Whether directory `dir` holds every one of `names`, each a file or a directory,
-/// if it can be both listed and searched (so that a listed name is one `lstat` would
-/// find) and holds at most `limit` entries before the last of them is seen. `None`
-/// when that cannot tell (then each is stat'ed): a name listed as anything else, a
-/// symbolic link included, may be one the full load refuses (a FIFO).
-fn all_listed(dir: &Path, names: &HashSet<&[u8]>, limit: usize) -> Option<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: a valid C string; `faccessat` only reads it.
-    let searchable =
-        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) } == 0;
-    if !searchable {
-        return None;
-    }
-    let (mut seen, mut found) = (0, 0);
-    for entry in std::fs::read_dir(dir).ok()? {
-        seen += 1;
-        if seen > limit {
-            return None;
-        }
-        let entry = entry.ok()?;
-        // A directory lists each name once.
-        if names.contains(entry.file_name().as_bytes()) {
-            let t = entry.file_type().ok()?;
-            if !(t.is_file() || t.is_dir()) {
-                return None;
-            }
-            found += 1;
-            if found == names.len() {
-                return Some(true);
-            }
-        }
-    }
-    Some(found == names.len())
 }
 
 /// Memoize `workflow`, loaded under `key`, at `memo`. Does nothing for a workflow
