@@ -90,7 +90,7 @@ pub fn digest_all_until(
     work_dir: &Path,
     stat_cache: &Mutex<StatCache>,
     tree_index: Option<&Path>,
-    inputs: &[Vec<Input>],
+    inputs: &[&[Input]],
     stop: &AtomicBool,
 ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
     digest_with(work_dir, tree_index, inputs, stop, |files| {
@@ -98,10 +98,10 @@ pub fn digest_all_until(
     })
 }
 
-fn digest_with(
+fn digest_with<I: AsRef<[Input]> + Sync>(
     work_dir: &Path,
     tree_index: Option<&Path>,
-    inputs: &[Vec<Input>],
+    inputs: &[I],
     stop: &AtomicBool,
     hash_cached: impl FnOnce(&[(PathBuf, FileStat)]) -> anyhow::Result<Vec<Hash>>,
 ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
@@ -115,6 +115,7 @@ fn digest_with(
             .with_min_len(32)
             .map(|step_inputs| {
                 step_inputs
+                    .as_ref()
                     .iter()
                     .map(|i| {
                         anyhow::ensure!(!stop.load(Ordering::Relaxed), "hashing stopped");
@@ -158,7 +159,7 @@ fn digest_with(
     let mut out = Vec::with_capacity(inputs.len());
     for (step_inputs, step_walked) in inputs.iter().zip(walked) {
         let mut digests = Vec::new();
-        for (input, found) in step_inputs.iter().zip(step_walked) {
+        for (input, found) in step_inputs.as_ref().iter().zip(step_walked) {
             if let Some(digest) = found.proven {
                 digests.push(InputDigest {
                     label: input.path.clone(),

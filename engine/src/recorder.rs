@@ -45,7 +45,7 @@ impl Recording {
     pub fn record(self, session: &Session, before: &[InputDigest]) -> anyhow::Result<Record> {
         let decl = &session.workflow.steps[self.step.index()];
         let cache = &session.cache;
-        let inputs = decl.step.inputs();
+        let inputs = decl.inputs();
         if !inputs.is_empty() {
             // The session's stat cache: files unchanged since the digest are only stat'ed.
             let now = crate::inputs::digest_all_until(
@@ -66,7 +66,7 @@ impl Recording {
         }
         // Content back as it was is not enough: an edit undone while the step ran
         // (A, B, A) made the output from B. Stat fields show it.
-        let stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
+        let stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, inputs)?;
         for ((input, before), after) in inputs.iter().zip(&self.input_stamps).zip(&stamps) {
             if before != after {
                 bail!(

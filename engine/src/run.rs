@@ -866,9 +866,8 @@ impl<'a> Run<'a> {
             .job_for(id, &material)
             .and_then(|(job, staging, retains)| {
                 let session = self.parts.session;
-                let inputs = session.workflow.steps[id.index()].step.inputs();
-                let input_stamps =
-                    crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
+                let inputs = session.workflow.steps[id.index()].inputs();
+                let input_stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, inputs)?;
                 let job_id = executor.submit(job)?;
                 Ok((job_id, staging, retains, input_stamps))
             });

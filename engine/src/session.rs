@@ -190,7 +190,7 @@ impl<'w> Session<'w> {
     pub fn prepare_keys(&mut self) -> Prepared {
         let inputs = InputDigests::pending(self.workflow.steps.len());
         for (i, s) in self.workflow.steps.iter().enumerate() {
-            if s.step.inputs().is_empty() {
+            if s.inputs().is_empty() {
                 inputs.set(i, Ok(Vec::new()));
             }
         }
@@ -239,7 +239,7 @@ impl<'w> Session<'w> {
         stop: &AtomicBool,
     ) -> anyhow::Result<Vec<Vec<InputDigest>>> {
         let wanted: Vec<_> = (steps.iter())
-            .map(|id| self.workflow.steps[id.index()].step.inputs())
+            .map(|id| self.workflow.steps[id.index()].inputs())
             .collect();
         let inputs = inputs::digest_all_until(
             &self.workflow.dir,

@@ -117,9 +117,16 @@ pub struct StepDecl {
     pub env_used: BTreeMap<String, String>,
     /// The parsed fields (step references unresolved): inputs, outputs, tools, plan.
     pub step: Box<dyn Step>,
+    /// `step.inputs()`, made once (an apply asks for them several times a step).
+    pub(crate) inputs: std::sync::OnceLock<Vec<crate::step::Input>>,
 }
 
 impl StepDecl {
+    /// The step's declared inputs ([`Step::inputs`]), made on first use.
+    pub fn inputs(&self) -> &[crate::step::Input] {
+        self.inputs.get_or_init(|| self.step.inputs())
+    }
+
     /// The fields as canonical JSON (keys sorted, no spaces), the form that enters the step key.
     pub fn canonical_fields(&self) -> &str {
         &self.canonical_fields
@@ -1109,6 +1116,7 @@ fn load_step(
         vars_used,
         env_used,
         step,
+        inputs: Default::default(),
     })
 }
 

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::step::{CheckContext, Input, Registry};
+use crate::step::{CheckContext, Registry};
 use crate::workflow::{
     EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_output_path, inputs_exist,
 };
@@ -300,14 +300,14 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     }
     // In place: `Option<StepDecl>` is as large as a `StepDecl`.
     let steps: Vec<StepDecl> = parsed.into_iter().collect::<Option<_>>()?;
-    let mut inputs: Vec<Vec<Input>> = Vec::new();
     {
+        // Made across the cores, and kept: the apply asks for them again.
         use rayon::prelude::*;
-        (steps.par_iter().with_min_len(256))
-            .map(|s| s.step.inputs())
-            .collect_into_vec(&mut inputs);
+        (steps.par_iter().with_min_len(256)).for_each(|s| {
+            s.inputs();
+        });
     }
-    if !inputs_exist(inputs.iter().flatten(), &ctx) {
+    if !inputs_exist(steps.iter().flat_map(|s| s.inputs()), &ctx) {
         return None;
     }
     Some(Workflow {
@@ -346,6 +346,7 @@ fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<S
         vars_used: s.vars_used,
         env_used: BTreeMap::new(),
         step,
+        inputs: Default::default(),
     })
 }
 
