@@ -108,6 +108,7 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
     // Prove or walk every input, then hash what neither the tree index nor
     // the stat cache can vouch for.
     // Many small inputs (a step each) are stat'ed in parallel too.
+    let work_dir_fd = crate::stat_cache::DirFd::open(work_dir).ok();
     let mut walked: Vec<Vec<Walked>> = {
         use rayon::prelude::*;
         inputs
@@ -119,7 +120,7 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
                     .iter()
                     .map(|i| {
                         anyhow::ensure!(!stop.load(Ordering::Relaxed), "hashing stopped");
-                        walk(work_dir, i, tree_index)
+                        walk(work_dir, work_dir_fd.as_ref(), i, tree_index)
                     })
                     .collect::<anyhow::Result<Vec<_>>>()
             })
@@ -212,7 +213,12 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
     Ok(out)
 }
 
-fn walk(work_dir: &Path, input: &Input, tree_index: Option<&Path>) -> anyhow::Result<Walked> {
+fn walk(
+    work_dir: &Path,
+    work_dir_fd: Option<&crate::stat_cache::DirFd>,
+    input: &Input,
+    tree_index: Option<&Path>,
+) -> anyhow::Result<Walked> {
     let mut entries = Vec::new();
     if crate::glob::is_glob(&input.path) {
         for rel in crate::glob::expand(work_dir, &input.path)? {
@@ -231,6 +237,18 @@ fn walk(work_dir: &Path, input: &Input, tree_index: Option<&Path>) -> anyhow::Re
         });
     }
     let root = crate::paths::resolve_in(work_dir, &input.path);
+    // A file below the work dir: stat'ed relative to it (a short path walk).
+    if let Some(fd) = work_dir_fd.filter(|_| Path::new(&input.path).is_relative())
+        && let Ok(st) = fd.stat(Path::new(&input.path))
+        && st.mode & libc::S_IFMT != libc::S_IFDIR
+    {
+        entries.push((String::new(), Found::File(root, st)));
+        return Ok(Walked {
+            entries,
+            tree: None,
+            proven: None,
+        });
+    }
     // The input itself may be a symlink to a file or tree: follow it.
     let meta = std::fs::metadata(&root)
         .with_context(|| format!("input `{}` does not exist ({})", input.path, root.display()))?;

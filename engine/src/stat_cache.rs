@@ -56,6 +56,47 @@ impl FileStat {
     }
 }
 
+/// A directory held open, so files below it are stat'ed by a path relative to it:
+/// the kernel walks `src/f1`, not every component of `/home/me/paper/src/f1`
+/// (10,000 inputs are 10,000 stats on a no-op).
+pub struct DirFd(std::fs::File);
+
+impl DirFd {
+    /// Open `dir` (for lookups only: `O_PATH`).
+    pub fn open(dir: &Path) -> std::io::Result<DirFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)
+            .map(DirFd)
+    }
+
+    /// `stat` (symlinks followed) of `rel`, relative to the directory.
+    pub fn stat(&self, rel: &Path) -> std::io::Result<FileStat> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::CString::new(rel.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: a zeroed `stat` is a valid value for fstatat to fill in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open for the life of `self`, `name` is a
+        // NUL-terminated string and `st` a valid buffer.
+        let r = unsafe { libc::fstatat(self.0.as_raw_fd(), name.as_ptr(), &mut st, 0) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileStat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            mode: st.st_mode,
+        })
+    }
+}
+
 impl FileStat {
     /// Bytes in the on-disk form written by [`FileStat::put`].
     pub(crate) const ENCODED_LEN: usize = 8 * 5 + 4;
@@ -317,6 +358,26 @@ pub(crate) fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_stated_relative_to_its_directory_has_the_stat_of_its_full_path() {
+        let dir = std::env::temp_dir().join(format!("qflow-dirfd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/a.c"), "int a;").unwrap();
+        std::os::unix::fs::symlink("a.c", dir.join("src/link.c")).unwrap();
+        let fd = DirFd::open(&dir).unwrap();
+        for rel in ["src/a.c", "src/link.c", "src"] {
+            let meta = std::fs::metadata(dir.join(rel)).unwrap();
+            assert_eq!(
+                fd.stat(Path::new(rel)).unwrap(),
+                FileStat::of(&meta),
+                "{rel}"
+            );
+        }
+        assert!(fd.stat(Path::new("src/missing.c")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_freshly_written_file_is_racy_and_an_old_one_is_trusted() {
