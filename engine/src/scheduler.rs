@@ -180,6 +180,7 @@ fn run_steps(
     }
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, slots, options.keep_going, id);
+    crate::timings::mark("new run");
     let local: Vec<bool> = (session.workflow.steps.iter())
         .map(|s| !on_cluster(&s.name))
         .collect();
