@@ -437,8 +437,7 @@ fn write_lock(
             let kept = (old.steps.iter())
                 .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
                 .map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
-            let changed =
-                (changes.iter()).map(|(n, e)| (n.as_str(), e.key.as_str(), e.output.as_str()));
+            let changed = (changes.iter()).map(|(n, e)| (n.as_str(), e.key(), e.output()));
             let digest = session.remember_lock_index(
                 new.as_bytes(),
                 crate::lockfile::LOCK_VERSION,
