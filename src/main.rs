@@ -12,7 +12,6 @@ mod usage_error;
 mod workflow_file;
 
 fn main() {
-    fewer_malloc_arenas();
     quiet_on_closed_output();
     std::process::exit(cli::run());
 }
@@ -40,22 +39,4 @@ fn quiet_on_closed_output() {
         }
         default(info);
     }));
-}
-
-/// At most two glibc malloc arenas, unless `MALLOC_ARENA_MAX` says otherwise.
-///
-/// A run starts a thread per step it runs and one per result it records, and
-/// glibc gives the threads of a process up to eight arenas per core, each keeping
-/// the memory its threads freed: a first apply of 10,000 steps held a fifth
-/// more memory than it used. Two arenas keep it close to what it uses, with no
-/// time lost (the threads mostly wait on the programs they run).
-fn fewer_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: called first in `main`, before any other thread exists; it
-        // only sets an allocator parameter.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
