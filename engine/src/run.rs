@@ -1068,6 +1068,7 @@ impl<'a> Run<'a> {
         let start = Instant::now();
         self.report.duration_ms = self.started.elapsed().as_millis() as u64;
         let _ = self.report.write(&self.runs_dir);
+        give_back_free_memory();
         self.live_dirty = false;
         self.live_written = Some((Instant::now(), start.elapsed()));
         None
@@ -1134,6 +1135,18 @@ pub fn drive<'s, 'a>(
             Event::Recorded { job, result } => run.on_recorded(job, result)?,
         }
         run.check_executor(executor, scope);
+    }
+}
+
+/// Hand the memory the run's threads freed back to the system (glibc keeps it in
+/// each thread's arena: a first apply of 10,000 steps held a fifth more than it
+/// used). Called with the live record, so at most as often and taking as small a
+/// share of the run's time.
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
