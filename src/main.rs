@@ -13,7 +13,22 @@ mod workflow_file;
 
 fn main() {
     quiet_on_closed_output();
+    grow_the_heap_in_large_steps();
     std::process::exit(cli::run());
+}
+
+/// glibc grows the heap of each thread's arena (the threads that parse a large
+/// workflow's memo and hash its inputs) a few pages at a time, one `mprotect`
+/// each: about 5,800 calls in a no-op apply of 10,000 steps. A top pad of 16 MiB
+/// makes that about 650 and cuts the page faults by a tenth; pages are reserved,
+/// not touched, so the resident size does not grow.
+fn grow_the_heap_in_large_steps() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tuning parameter of the allocator; nothing
+    // has been allocated by another thread yet.
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
 }
 
 /// `qflow status | head` closes qflow's stdout early, and a stderr on a full

@@ -31,12 +31,25 @@ pub fn unique_tmp_name() -> String {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
 /// fsync of the directory. Readers see the old content or the new, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic_with(path, |out| out.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes, through a buffer: large content made
+/// piece by piece is never held whole in memory.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let dir = parent_of(path);
     let tmp = dir.join(unique_tmp_name());
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)
+        let f = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-        f.write_all(bytes)
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, f);
+        write(&mut out).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        let f = out
+            .into_inner()
+            .map_err(|e| e.into_error())
             .with_context(|| format!("cannot write `{}`", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("cannot fsync `{}`", tmp.display()))?;

@@ -24,14 +24,29 @@ impl Hash {
         Hash(*blake3::hash(bytes).as_bytes())
     }
 
+    /// [`Hash::of_bytes`], on every core for a large buffer (the same digest).
+    pub fn of_bytes_parallel(bytes: &[u8]) -> Hash {
+        if bytes.len() < MMAP_THRESHOLD as usize {
+            return Hash::of_bytes(bytes);
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_rayon(bytes);
+        Hash(*hasher.finalize().as_bytes())
+    }
+
     /// 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
-        }
+        self.push_hex(&mut s);
         s
+    }
+
+    /// Append the 64 lowercase hex digits to `out`, without a string of their own.
+    pub fn push_hex(&self, out: &mut String) {
+        for b in self.0 {
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
     }
 
     /// The first 12 hex digits, for messages.
@@ -136,6 +151,13 @@ pub fn hash_file(path: &Path) -> anyhow::Result<Hash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_buffer_hashed_on_every_core_has_the_same_digest() {
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        assert_eq!(Hash::of_bytes_parallel(&big), Hash::of_bytes(&big));
+        assert_eq!(Hash::of_bytes_parallel(b"small"), Hash::of_bytes(b"small"));
+    }
 
     #[test]
     fn hex_round_trips_and_rejects_bad_text() {

@@ -148,7 +148,6 @@ mod tests {
     fn digest(label: &str) -> InputDigest {
         InputDigest {
             label: label.into(),
-            field: "inputs".into(),
             digest: qflow_cache::Hash::of_bytes(label.as_bytes()),
             entries: Vec::new(),
             from_index: false,

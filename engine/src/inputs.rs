@@ -32,8 +32,6 @@ use crate::tree_walk::WalkEntry;
 pub struct InputDigest {
     /// The input as written in the workflow (`src/`, `input.txt`, `*.config`).
     pub label: String,
-    /// The field that declared it.
-    pub field: String,
     /// The digest of the whole input.
     pub digest: Hash,
     /// Entries in walk order (each directory's entries sorted by name). Empty
@@ -164,7 +162,6 @@ fn digest_with(
             if let Some(digest) = found.proven {
                 digests.push(InputDigest {
                     label: input.path.clone(),
-                    field: input.field.clone(),
                     digest,
                     entries: Vec::new(),
                     from_index: true,
@@ -204,7 +201,6 @@ fn digest_with(
             }
             digests.push(InputDigest {
                 label: input.path.clone(),
-                field: input.field.clone(),
                 digest,
                 entries,
                 from_index: false,

@@ -135,9 +135,33 @@ const ENTRY_CLOSE: &str = "\n    }";
 impl LockText {
     /// Find the step entries of `bytes` if they are laid out as [`LockFile::write`]
     /// writes them and name exactly the steps of `index` (the bytes' index, so
-    /// known to parse); `None` otherwise.
-    pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Option<LockText> {
-        let text = String::from_utf8(bytes).ok()?;
+    /// known to parse); the bytes back otherwise.
+    pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Result<LockText, Vec<u8>> {
+        let text = String::from_utf8(bytes).map_err(|e| e.into_bytes())?;
+        match Self::locate(&text, index) {
+            Some((names, entries)) => Ok(LockText {
+                text,
+                names,
+                entries,
+            }),
+            None => Err(text.into_bytes()),
+        }
+    }
+
+    /// The lock's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+
+    /// The step names and entry ranges of [`LockText::split`].
+    #[allow(clippy::type_complexity)]
+    fn locate(
+        text: &str,
+        index: &LockIndex,
+    ) -> Option<(
+        String,
+        Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    )> {
         let head = Self::head(index.version, &index.workflow);
         let body = text.strip_prefix(head.as_str())?;
         let body = body.strip_suffix("\n  }\n}\n")?;
@@ -183,11 +207,7 @@ impl LockText {
         if entries.len() != index.steps.len() {
             return None;
         }
-        Some(LockText {
-            text,
-            names,
-            entries,
-        })
+        Some((names, entries))
     }
 
     fn head(version: u32, workflow: &str) -> String {
@@ -225,24 +245,52 @@ impl LockText {
         keep: impl Fn(&str) -> bool,
         changes: &BTreeMap<String, NewEntry>,
     ) -> anyhow::Result<Option<String>> {
-        let changed: usize = changes.values().map(|e| e.text.len() + 2).sum();
-        let mut out = String::with_capacity(self.text.len() + changed + 256);
-        out.push_str(&Self::head(version, workflow));
+        if !self.splice_has_steps(&keep, changes) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.splice_into(version, workflow, keep, changes, &mut out)?;
+        Ok(Some(String::from_utf8(out)?))
+    }
+
+    /// Whether [`LockText::splice`] would write any step: `None` from it otherwise.
+    pub fn splice_has_steps(
+        &self,
+        keep: impl Fn(&str) -> bool,
+        changes: &BTreeMap<String, NewEntry>,
+    ) -> bool {
+        !changes.is_empty() || (0..self.entries.len()).any(|i| keep(self.name(i)))
+    }
+
+    /// [`LockText::splice`] written straight to `out`, so the new lock of a large
+    /// workflow is never held whole in memory (6 MB at 10,000 steps). Call it
+    /// when [`LockText::splice_has_steps`].
+    pub fn splice_into(
+        &self,
+        version: u32,
+        workflow: &str,
+        keep: impl Fn(&str) -> bool,
+        changes: &BTreeMap<String, NewEntry>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        out.write_all(Self::head(version, workflow).as_bytes())?;
         let mut first = true;
-        let mut put = |out: &mut String, text: &str| {
+        let mut put = |out: &mut dyn std::io::Write, text: &str| {
             if !std::mem::take(&mut first) {
-                out.push_str(",\n");
+                out.write_all(b",\n")?;
             }
-            out.push_str(text);
+            out.write_all(text.as_bytes())
         };
         // Unchanged entries next to each other are copied in one piece: in the
         // old text they are already joined by `,\n`, as the writer joins them.
         let mut run: Option<std::ops::Range<usize>> = None;
-        let flush = |out: &mut String,
+        let flush = |out: &mut dyn std::io::Write,
                      run: &mut Option<std::ops::Range<usize>>,
-                     put: &mut dyn FnMut(&mut String, &str)| {
-            if let Some(r) = run.take() {
-                put(out, &self.text[r]);
+                     put: &mut dyn FnMut(&mut dyn std::io::Write, &str) -> std::io::Result<()>|
+         -> std::io::Result<()> {
+            match run.take() {
+                Some(r) => put(out, &self.text[r]),
+                None => Ok(()),
             }
         };
         // Both are sorted by name: merged, a changed entry in place of the old one.
@@ -250,8 +298,8 @@ impl LockText {
         for i in 0..self.entries.len() {
             let name = self.name(i);
             while let Some((_, entry)) = changed.next_if(|(n, _)| n.as_str() <= name) {
-                flush(&mut out, &mut run, &mut put);
-                put(&mut out, &entry.text);
+                flush(out, &mut run, &mut put)?;
+                put(out, &entry.text)?;
             }
             if keep(name) && !changes.contains_key(name) {
                 let bytes = self.entries[i].1.clone();
@@ -260,18 +308,14 @@ impl LockText {
                     None => bytes,
                 });
             } else {
-                flush(&mut out, &mut run, &mut put);
+                flush(out, &mut run, &mut put)?;
             }
         }
-        flush(&mut out, &mut run, &mut put);
+        flush(out, &mut run, &mut put)?;
         for (_, entry) in changed {
-            put(&mut out, &entry.text);
+            put(out, &entry.text)?;
         }
-        if first {
-            return Ok(None);
-        }
-        out.push_str("\n  }\n}\n");
-        Ok(Some(out))
+        out.write_all(b"\n  }\n}\n")
     }
 }
 
@@ -378,9 +422,21 @@ pub struct LockIndex {
     pub version: u32,
     /// The workflow's name.
     pub workflow: String,
-    /// Step name → (key, output), as hex.
-    pub steps: HashMap<String, (String, String)>,
+    /// Step name → its [`LockedIds`].
+    pub steps: HashMap<String, LockedIds>,
 }
+
+/// A step's key and output as its lock entry names them, or `None` when either is
+/// not a hash (an entry edited by hand): such an entry never matches a key.
+pub type LockedIds = Option<(Hash, Hash)>;
+
+/// The [`LockedIds`] of an entry's `key` and `output` as written.
+pub fn locked_ids(key: &str, output: &str) -> LockedIds {
+    Some((key.parse().ok()?, output.parse().ok()?))
+}
+
+/// How the memo writes an entry whose key or output is not a hash.
+const NOT_A_HASH: &str = "-";
 
 impl LockIndex {
     /// Index the bytes of a lock file; an invalid one is empty.
@@ -394,12 +450,7 @@ impl LockIndex {
             steps: file
                 .steps
                 .into_iter()
-                .map(|(name, s)| {
-                    (
-                        name.into_owned(),
-                        (s.key.into_owned(), s.output.into_owned()),
-                    )
-                })
+                .map(|(name, s)| (name.into_owned(), locked_ids(&s.key, &s.output)))
                 .collect(),
         }
     }
@@ -408,17 +459,17 @@ impl LockIndex {
     /// (see [`LockIndex::from_memo`]); `None` when a name could not be
     /// written that way.
     pub fn to_memo(&self, digest: &Hash) -> Option<String> {
-        let steps = (self.steps.iter()).map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
+        let steps = (self.steps.iter()).map(|(n, ids)| (n.as_str(), *ids));
         Self::memo_of(digest, self.version, &self.workflow, steps)
     }
 
     /// [`LockIndex::to_memo`] of the index with this version, workflow and
-    /// steps (name, key, output), made without building the index.
+    /// steps (name, key and output), made without building the index.
     pub fn memo_of<'a>(
         digest: &Hash,
         version: u32,
         workflow: &str,
-        steps: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+        steps: impl Iterator<Item = (&'a str, LockedIds)>,
     ) -> Option<String> {
         let plain = |s: &str| memchr::memchr2(b'\t', b'\n', s.as_bytes()).is_none();
         if !plain(workflow) {
@@ -430,13 +481,26 @@ impl LockIndex {
             "{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n",
             digest.to_hex()
         ));
-        for (name, key, output) in steps {
-            if !(plain(name) && plain(key) && plain(output)) {
+        for (name, ids) in steps {
+            if !plain(name) {
                 return None;
             }
-            for part in [name, "\t", key, "\t", output, "\n"] {
-                out.push_str(part);
+            out.push_str(name);
+            match ids {
+                Some((key, output)) => {
+                    for hash in [key, output] {
+                        out.push('\t');
+                        hash.push_hex(&mut out);
+                    }
+                }
+                None => {
+                    for _ in 0..2 {
+                        out.push('\t');
+                        out.push_str(NOT_A_HASH);
+                    }
+                }
             }
+            out.push('\n');
         }
         Some(out)
     }
@@ -459,7 +523,11 @@ impl LockIndex {
             }
             let mut f = line.split('\t');
             let (name, key, output) = (f.next()?, f.next()?, f.next()?);
-            steps.insert(name.to_string(), (key.to_string(), output.to_string()));
+            let ids = match (key, output) {
+                (NOT_A_HASH, NOT_A_HASH) => None,
+                _ => Some((key.parse().ok()?, output.parse().ok()?)),
+            };
+            steps.insert(name.to_string(), ids);
         }
         Some(LockIndex {
             version,
@@ -476,7 +544,7 @@ impl LockIndex {
             steps: lock
                 .steps
                 .iter()
-                .map(|(name, s)| (name.clone(), (s.key.clone(), s.output.clone())))
+                .map(|(name, s)| (name.clone(), locked_ids(&s.key, &s.output)))
                 .collect(),
         }
     }
@@ -577,7 +645,8 @@ mod tests {
         let text = lock_text();
         let index = LockIndex::parse(text.as_bytes());
         assert_eq!(index, LockIndex::of(&LockFile::parse(text.as_bytes())));
-        assert_eq!(index.steps["gen"], ("k1".to_string(), "o1".to_string()));
+        // `k1` and `o1` are not hashes: the entry never matches a key.
+        assert_eq!(index.steps["gen"], None);
         assert_eq!(index.workflow, "demo");
     }
 
@@ -687,15 +756,21 @@ mod tests {
         assert_eq!(spliced, std::fs::read_to_string(&path).unwrap());
         // Hand-edited (compact) JSON is not split: it is parsed and written in full.
         let compact = serde_json::to_vec(&lock).unwrap();
-        assert!(LockText::split(compact.clone(), &LockIndex::parse(&compact)).is_none());
+        assert!(LockText::split(compact.clone(), &LockIndex::parse(&compact)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn the_index_memo_answers_only_for_the_same_bytes() {
-        let text = r#"{"version":1,"workflow":"w","steps":{"a":{"kind":"command","schema_version":1,"key":"k1","fields":{},"output":"o1"}}}"#;
+        let (k, o) = (Hash::of_bytes(b"key"), Hash::of_bytes(b"output"));
+        let text = format!(
+            r#"{{"version":1,"workflow":"w","steps":{{"a":{{"kind":"command","schema_version":1,"key":"{}","fields":{{}},"output":"{}"}},"b":{{"kind":"command","schema_version":1,"key":"k1","fields":{{}},"output":"o1"}}}}}}"#,
+            k.to_hex(),
+            o.to_hex()
+        );
         let index = LockIndex::parse(text.as_bytes());
-        assert_eq!(index.steps["a"], ("k1".to_string(), "o1".to_string()));
+        assert_eq!(index.steps["a"], Some((k, o)));
+        assert_eq!(index.steps["b"], None, "not hashes");
         let digest = Hash::of_bytes(text.as_bytes());
         let memo = index.to_memo(&digest).unwrap();
         assert_eq!(LockIndex::from_memo(&memo, &digest), Some(index.clone()));
@@ -704,7 +779,7 @@ mod tests {
             None
         );
         let mut odd = index;
-        odd.steps.insert("a\tb".into(), ("k".into(), "o".into()));
+        odd.steps.insert("a\tb".into(), Some((k, o)));
         assert_eq!(
             odd.to_memo(&digest),
             None,

@@ -189,13 +189,12 @@ fn plan_steps(
             });
             continue;
         }
-        let up: BTreeMap<String, Hash> = s
-            .upstream_names()
-            .map(|u| (u.to_string(), outputs[u]))
-            .collect();
+        let mut up: Vec<(&str, Hash)> = s.upstream_names().map(|u| (u, outputs[u])).collect();
+        up.sort_unstable_by(|a, b| a.0.cmp(b.0));
         wait_for(i);
-        let material = match session.material(prepared, i, &up) {
-            Ok(m) => m,
+        // The key alone; the material only for a step that runs (its reasons).
+        let key = match session.key_of(prepared, i, up.iter().copied()) {
+            Ok(key) => key,
             Err(e) => {
                 runs.insert(s.name.clone(), true);
                 planned.push(PlannedStep {
@@ -209,7 +208,16 @@ fn plan_steps(
                 continue;
             }
         };
-        let key = material.key();
+        #[cfg(debug_assertions)]
+        {
+            let up = (up.iter()).map(|(u, h)| (u.to_string(), *h)).collect();
+            let material = session.material(prepared, i, &up);
+            assert_eq!(
+                material.map(|m| m.key()),
+                Ok(key),
+                "the key is its material's key"
+            );
+        }
         let forced = workflow.selection.is_forced(&s.name);
         let mut action = "cached";
         let from_lock = session.locked_output(i, &key).filter(|output| {
@@ -266,7 +274,11 @@ fn plan_steps(
                         let mut reasons = if forced {
                             vec!["forced with --force".to_string()]
                         } else {
-                            session.reasons(prepared, i, &material)
+                            let up = (up.iter()).map(|(u, h)| (u.to_string(), *h)).collect();
+                            match session.material(prepared, i, &up) {
+                                Ok(material) => session.reasons(prepared, i, &material),
+                                Err(e) => vec![format!("cannot compute its key: {e}")],
+                            }
                         };
                         reasons.extend(s.step.run_note(&session.state_dir_of(i)));
                         reasons

@@ -260,7 +260,10 @@ impl Progress {
         let counter = {
             let mut tally = self.tally.lock().unwrap();
             tally.finished(&report.name);
-            tally.describe(Instant::now())
+            // Only the line of a step that ran shows the counter.
+            (report.outcome == StepOutcome::Ran)
+                .then(|| tally.describe(Instant::now()))
+                .flatten()
         };
         if let Some(bar) = self.overall.lock().unwrap().as_ref() {
             bar.tick();

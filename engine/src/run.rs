@@ -425,7 +425,7 @@ impl<'a> Run<'a> {
             let wanted: Vec<(StepId, Hash)> = (frontier.drain(..))
                 .filter(|&id| looked.insert(id))
                 .filter(|id| self.remote_reads[id.index()] && !self.forced[id.index()])
-                .filter_map(|id| Some((id, self.material_with(id, &promised)?.ok()?.key())))
+                .filter_map(|id| Some((id, self.key_with(id, &promised)?.ok()?)))
                 .filter(|(id, key)| self.local_lookup(*id, key).is_none())
                 .collect();
             if wanted.is_empty() {
@@ -455,6 +455,32 @@ impl<'a> Run<'a> {
             self.prefetched.insert(id, (key, hit));
         }
         Ok(())
+    }
+
+    /// The key of step `id` when each upstream step is done or `promised` names its
+    /// output; `None` while one is neither, or while its inputs are being hashed. The
+    /// key alone: a cached step never needs its material.
+    fn key_with(
+        &self,
+        id: StepId,
+        promised: &HashMap<&'a str, Hash>,
+    ) -> Option<anyhow::Result<Hash>> {
+        let session = self.parts.session;
+        if !self.parts.prepared.inputs.is_known(id.index()) {
+            return None;
+        }
+        let s = &session.workflow.steps[id.index()];
+        let mut up: Vec<(&str, Hash)> = Vec::with_capacity(s.upstream.len());
+        for u in s.upstream_names() {
+            let output = self.outputs.get(u).or_else(|| promised.get(u))?;
+            up.push((u, *output));
+        }
+        up.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Some(
+            session
+                .key_of(self.parts.prepared, id.index(), up.into_iter())
+                .map_err(|e| anyhow!("step `{}`: {e}", s.name)),
+        )
     }
 
     /// The key material of step `id` when each upstream step is done or `promised` names
@@ -532,8 +558,13 @@ impl<'a> Run<'a> {
             self.fail(id, e, 0, None);
             return Ok(());
         }
-        let material = self.material_of(id)?;
-        let key = material.key();
+        let key = (self.key_with(id, &HashMap::new())).expect("every upstream step is done")?;
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            self.material_of(id)?.key(),
+            key,
+            "the key is its material's key"
+        );
         let mut hit = self.lookup(id, &key)?;
         // A kept entry of a step whose bytes are wanted now: fetch them, or run it.
         if let Some(Hit::Left(rr)) = &hit
@@ -542,6 +573,7 @@ impl<'a> Run<'a> {
             hit = self.fetch_kept(rr);
         }
         let Some(hit) = hit else {
+            let material = self.material_of(id)?;
             if let Err(e) = self.fetch_left_upstream(id) {
                 self.fail(id, e, 0, None);
                 return Ok(());
@@ -568,11 +600,11 @@ impl<'a> Run<'a> {
             _ => self.parts.out_links.present(&s.name, &output)?,
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
-            let entry = session.locked_step(id.index(), &material, rec);
+            let entry = session.locked_step(id.index(), &self.material_of(id)?, rec);
             note_lock_change(&mut self.lock_changes, session, &s.name, entry);
         }
         if let Hit::Left(rr) = &hit {
-            let entry = session.locked_step(id.index(), &material, &rr.record);
+            let entry = session.locked_step(id.index(), &self.material_of(id)?, &rr.record);
             note_lock_change(&mut self.lock_changes, session, &s.name, entry);
         }
         let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
@@ -804,7 +836,7 @@ impl<'a> Run<'a> {
                     return 0;
                 }
                 (lock.steps.get(&s.name))
-                    .and_then(|(key, _)| key.parse::<Hash>().ok())
+                    .and_then(|ids| ids.map(|(key, _)| key))
                     .and_then(|key| session.cache.get_record(&key).ok().flatten())
                     .map(|rec| {
                         previous[i] = true;

@@ -425,21 +425,27 @@ fn write_lock(
             .lock_text()
             .or(old.steps.is_empty().then_some(&empty));
         if let Some(text) = text
-            && let Some(new) = text.splice(
-                crate::lockfile::LOCK_VERSION,
-                &workflow.name,
-                keep,
-                &changes,
-            )?
+            && text.splice_has_steps(keep, &changes)
         {
-            qflow_cache::write_atomic(&session.lock_path, new.as_bytes())?;
+            // Streamed to the file and hashed on the way: the new lock is not held whole.
+            let mut hasher = blake3::Hasher::new();
+            qflow_cache::write_atomic_with(&session.lock_path, |out| {
+                let mut out = HashingWriter {
+                    out,
+                    hasher: &mut hasher,
+                };
+                let version = crate::lockfile::LOCK_VERSION;
+                text.splice_into(version, &workflow.name, keep, &changes, &mut out)
+            })?;
+            let digest = Hash::from(hasher.finalize());
             // The new lock's index: the old one's kept steps and the changes.
             let kept = (old.steps.iter())
                 .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
-                .map(|(n, (k, o))| (n.as_str(), k.as_str(), o.as_str()));
-            let changed = (changes.iter()).map(|(n, e)| (n.as_str(), e.key(), e.output()));
-            let digest = session.remember_lock_index(
-                new.as_bytes(),
+                .map(|(n, ids)| (n.as_str(), *ids));
+            let changed = (changes.iter())
+                .map(|(n, e)| (n.as_str(), crate::lockfile::locked_ids(e.key(), e.output())));
+            session.remember_lock_index(
+                digest,
                 crate::lockfile::LOCK_VERSION,
                 &workflow.name,
                 kept.chain(changed),
@@ -458,6 +464,24 @@ fn write_lock(
     Ok((stale, None))
 }
 
+/// Writes through to `out` and hashes what it writes.
+struct HashingWriter<'a> {
+    out: &'a mut dyn std::io::Write,
+    hasher: &'a mut blake3::Hasher,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Per step: whether its lock entry's record, output tree and `out/` link are all
 /// in place. A no-op apply is mostly these checks (three syscalls a step), so they
 /// run at once before scheduling, split across the cores; only the first pass of
@@ -469,8 +493,8 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
         .steps
         .iter()
         .map(|s| {
-            let (key, output) = index.steps.get(&s.name)?;
-            Some((s.name.as_str(), key.parse().ok()?, output.parse().ok()?))
+            let (key, output) = (*index.steps.get(&s.name)?)?;
+            Some((s.name.as_str(), key, output))
         })
         .collect();
     // A settled stamp vouches for every record and link of this lock.

@@ -16,7 +16,7 @@ use crate::inputs::{self, InputDigest};
 use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
 use crate::step::{CheckContext, Registry};
-use crate::step_key::KeyMaterial;
+use crate::step_key::{KeyMaterial, Sorted, sorted};
 use crate::tool_identity::ToolIdentities;
 use crate::workflow::Workflow;
 
@@ -57,9 +57,9 @@ pub struct Prepared {
     /// Per step: input digests, once hashed.
     pub inputs: InputDigests,
     /// Per step: tool identities, or why they cannot be known (a missing tool).
-    pub tools: Vec<Result<BTreeMap<String, String>, String>>,
+    pub tools: Vec<Result<Sorted<String>, String>>,
     /// Per step: extra key material, or why it cannot be computed (a missing secret file).
-    pub extra: Vec<Result<BTreeMap<String, String>, String>>,
+    pub extra: Vec<Result<Sorted<String>, String>>,
 }
 
 /// A workflow with its cache.
@@ -92,17 +92,29 @@ impl<'w> Session<'w> {
         cache_dir: &Path,
     ) -> anyhow::Result<Session<'w>> {
         let cache = Cache::open(cache_dir)?;
-        let stat_cache = StatCache::load(&cache.dir("statcache"));
-        let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
         let lock_path = lock_path(workflow);
+        // The last lock, the stat cache and the DAG do not depend on each other: read
+        // and built side by side (each is a few milliseconds at 10,000 steps).
+        let (lock, stat_cache, dag) = std::thread::scope(|scope| {
+            let lock =
+                scope.spawn(|| LastLock::read(&lock_path, &cache.dir("state").join("lock-index")));
+            let stat_cache = scope.spawn(|| StatCache::load(&cache.dir("statcache")));
+            let dag = workflow.dag();
+            (lock.join(), stat_cache.join(), dag)
+        });
+        let (lock, stat_cache) = match (lock, stat_cache) {
+            (Ok(lock), Ok(stat_cache)) => (lock, stat_cache),
+            (Err(panic), _) | (_, Err(panic)) => std::panic::resume_unwind(panic),
+        };
+        let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
         // Read once (usually an empty directory) instead of asked per step.
         let interrupted = cache.started_keys();
         Ok(Session {
             interrupted,
             workflow,
             registry,
-            dag: workflow.dag(),
-            lock: LastLock::read(&lock_path, &cache.dir("state").join("lock-index")),
+            dag,
+            lock,
             lock_path,
             cache,
             stat_cache: std::sync::Mutex::new(stat_cache),
@@ -132,24 +144,21 @@ impl<'w> Session<'w> {
         self.lock().steps.get(name).map(Cow::Borrowed)
     }
 
-    /// Keep `index` as the index of the lock bytes `bytes` just written, so the
-    /// next run reads it instead of indexing the whole lock again.
-    /// Returns the blake3 of `bytes`.
+    /// Keep `index` as the index of the lock just written, whose bytes have blake3
+    /// `digest`, so the next run reads it instead of indexing the whole lock again.
     pub fn remember_lock_index<'s>(
         &self,
-        bytes: &[u8],
+        digest: Hash,
         version: u32,
         workflow: &str,
-        steps: impl Iterator<Item = (&'s str, &'s str, &'s str)>,
-    ) -> Hash {
+        steps: impl Iterator<Item = (&'s str, crate::lockfile::LockedIds)>,
+    ) {
         let memos = self.cache.dir("state").join("lock-index");
-        let digest = Hash::of_bytes(bytes);
         if let Some(text) = LockIndex::memo_of(&digest, version, workflow, steps) {
             let memo = memos.join(lock_memo_name(&self.lock_path));
             let _ = std::fs::create_dir_all(&memos);
             let _ = qflow_cache::write_replace(&memo, text.as_bytes());
         }
-        digest
     }
 
     /// The last lock's bytes with each entry located, when laid out as qflow writes it.
@@ -206,12 +215,12 @@ impl<'w> Session<'w> {
             }
             tools.push(match err {
                 Some(e) => Err(e),
-                None => Ok(ids),
+                None => Ok(sorted(ids)),
             });
             extra.push(
                 s.step
                     .extra_key(&ctx)
-                    .map(|v| v.into_iter().collect::<BTreeMap<_, _>>())
+                    .map(sorted)
                     .map_err(|e| format!("{e:#}")),
             );
         }
@@ -269,27 +278,78 @@ impl<'w> Session<'w> {
         let s = &self.workflow.steps[i];
         let tools = prepared.tools[i].clone()?;
         let extra = prepared.extra[i].clone()?;
-        let mut env = s.env.clone();
-        for (k, v) in &s.env_used {
-            env.insert(format!("${{{{ env.{k} }}}}"), v.clone());
-        }
+        let env =
+            sorted((s.env.iter().map(|(k, v)| (k.clone(), v.clone()))).chain(
+                (s.env_used.iter()).map(|(k, v)| (format!("${{{{ env.{k} }}}}"), v.clone())),
+            ));
+        let digests = match prepared.inputs.get(i) {
+            Some(Ok(digests)) => digests,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("its inputs are not hashed yet".to_string()),
+        };
         Ok(KeyMaterial {
             kind: s.kind.clone(),
             schema_version: s.schema_version,
             fields: s.canonical_fields().to_string(),
             env,
-            inputs: match prepared.inputs.get(i) {
-                Some(Ok(digests)) => digests,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("its inputs are not hashed yet".to_string()),
-            }
-            .iter()
-            .map(|d| (d.label.clone(), d.digest))
-            .collect(),
-            upstream: upstream.clone(),
+            inputs: sorted(digests.iter().map(|d| (d.label.clone(), d.digest))),
+            // A map's pairs are sorted already.
+            upstream: (upstream.iter()).map(|(k, v)| (k.clone(), *v)).collect(),
             tools,
             extra,
         })
+    }
+
+    /// The key of step `i` given its upstream steps' outputs (sorted by name, as a
+    /// map gives them): `material(..).key()` without building the material, which a
+    /// step that is cached (most steps of most applies) never needs otherwise.
+    pub fn key_of<'u>(
+        &self,
+        prepared: &Prepared,
+        i: usize,
+        upstream: impl Iterator<Item = (&'u str, Hash)>,
+    ) -> Result<Hash, String> {
+        let s = &self.workflow.steps[i];
+        let tools = prepared.tools[i].as_ref().map_err(String::clone)?;
+        let extra = prepared.extra[i].as_ref().map_err(String::clone)?;
+        let digests = match prepared.inputs.get(i) {
+            Some(Ok(digests)) => digests,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("its inputs are not hashed yet".to_string()),
+        };
+        let inputs_sorted = digests.is_sorted_by(|a, b| a.label < b.label);
+        if !s.env_used.is_empty() || !inputs_sorted {
+            // `${{ env.X }}` names are made, inputs sorted: the material does both.
+            let upstream = upstream.map(|(k, v)| (k.to_string(), v)).collect();
+            return Ok(self.material(prepared, i, &upstream)?.key());
+        }
+        let mut h = blake3::Hasher::new();
+        let mut put = |tag: &str, value: &[u8]| crate::step_key::put_tagged(&mut h, tag, value);
+        put("version", crate::step_key::KEY_VERSION.as_bytes());
+        put("kind", s.kind.as_bytes());
+        put("schema", &s.schema_version.to_le_bytes());
+        put("fields", s.canonical_fields().as_bytes());
+        for (k, v) in &s.env {
+            put("env", k.as_bytes());
+            put("env-value", v.as_bytes());
+        }
+        for d in digests {
+            put("input", d.label.as_bytes());
+            put("input-digest", &d.digest.0);
+        }
+        for (k, v) in upstream {
+            put("upstream", k.as_bytes());
+            put("upstream-output", &v.0);
+        }
+        for (k, v) in tools {
+            put("tool", k.as_bytes());
+            put("tool-identity", v.as_bytes());
+        }
+        for (k, v) in extra {
+            put("extra", k.as_bytes());
+            put("extra-value", v.as_bytes());
+        }
+        Ok(Hash(*h.finalize().as_bytes()))
     }
 
     /// Kill the processes that runs interrupted by a kill of qflow left
@@ -361,11 +421,11 @@ impl<'w> Session<'w> {
     /// the step may be cached; whether the cache still has it is not asked.
     pub fn locked_output(&self, i: usize, key: &Hash) -> Option<Hash> {
         let s = &self.workflow.steps[i];
-        let (locked_key, locked_output) = self.lock.index.steps.get(&s.name)?;
-        if !s.cache || *locked_key != key.to_hex() || self.was_interrupted(key) {
+        let (locked_key, locked_output) = (*self.lock.index.steps.get(&s.name)?)?;
+        if !s.cache || locked_key != *key || self.was_interrupted(key) {
             return None;
         }
-        locked_output.parse().ok()
+        Some(locked_output)
     }
 
     /// Step `i`'s kept state directory (`$QFLOW_STATE`), of this machine's cache.
@@ -538,7 +598,7 @@ impl<'w> Session<'w> {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_hex()))
                 .collect(),
-            tools: m.tools.clone(),
+            tools: m.tools.iter().cloned().collect(),
             extra: m.extra_digest().map(|h| h.to_hex()),
             output: rec.output.to_hex(),
             outputs,
@@ -563,8 +623,11 @@ impl<'w> Session<'w> {
 /// needs only the index (each step's key and output).
 struct LastLock {
     index: LockIndex,
-    bytes: Option<Vec<u8>>,
-    /// The blake3 of `bytes`.
+    /// The lock's bytes until they are split into `text` (the bytes move there:
+    /// a 10,000-step lock is 6 MB); back here if they are not laid out as qflow
+    /// writes them.
+    bytes: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The blake3 of the bytes.
     digest: Option<Hash>,
     full: std::sync::OnceLock<LockFile>,
     /// `bytes` split into entries, on first use.
@@ -578,7 +641,7 @@ impl LastLock {
     /// then kept there.
     fn read(path: &Path, memos: &Path) -> LastLock {
         let bytes = std::fs::read(path).ok();
-        let digest = bytes.as_deref().map(Hash::of_bytes);
+        let digest = bytes.as_deref().map(Hash::of_bytes_parallel);
         let index = match (&bytes, &digest) {
             (Some(bytes), Some(digest)) => {
                 let memo = memos.join(lock_memo_name(path));
@@ -598,7 +661,7 @@ impl LastLock {
         };
         LastLock {
             index,
-            bytes,
+            bytes: std::sync::Mutex::new(bytes),
             digest,
             full: std::sync::OnceLock::new(),
             text: std::sync::OnceLock::new(),
@@ -608,7 +671,7 @@ impl LastLock {
     fn of(lock: LockFile) -> LastLock {
         LastLock {
             index: LockIndex::of(&lock),
-            bytes: None,
+            bytes: std::sync::Mutex::new(None),
             digest: None,
             full: std::sync::OnceLock::new(),
             text: std::sync::OnceLock::new(),
@@ -624,18 +687,25 @@ impl LastLock {
     fn text(&self) -> Option<&crate::lockfile::LockText> {
         self.text
             .get_or_init(|| {
-                let bytes = self.bytes.clone()?;
-                crate::lockfile::LockText::split(bytes, &self.index)
+                let mut kept = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                match crate::lockfile::LockText::split(kept.take()?, &self.index) {
+                    Ok(text) => Some(text),
+                    Err(bytes) => {
+                        *kept = Some(bytes);
+                        None
+                    }
+                }
             })
             .as_ref()
     }
 
     fn full(&self) -> &LockFile {
         self.full.get_or_init(|| {
-            self.bytes
-                .as_deref()
-                .map(LockFile::parse)
-                .unwrap_or_default()
+            if let Some(text) = self.text() {
+                return LockFile::parse(text.bytes());
+            }
+            let kept = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+            kept.as_deref().map(LockFile::parse).unwrap_or_default()
         })
     }
 }
@@ -745,5 +815,59 @@ fn short_json(v: &serde_json::Value) -> String {
         format!("{}…", s.chars().take(80).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lockfile::{LOCK_VERSION, LockedStep};
+
+    fn lock_of(steps: &[(&str, &str)]) -> LockFile {
+        let mut lock = LockFile {
+            version: LOCK_VERSION,
+            workflow: "w".into(),
+            ..Default::default()
+        };
+        for (name, text) in steps {
+            let entry = LockedStep {
+                kind: "note".into(),
+                schema_version: 1,
+                key: Hash::of_bytes(name.as_bytes()).to_hex(),
+                fields: serde_json::json!({ "text": text }),
+                output: Hash::of_bytes(text.as_bytes()).to_hex(),
+                ..Default::default()
+            };
+            lock.steps.insert(name.to_string(), entry);
+        }
+        lock
+    }
+
+    #[test]
+    fn the_last_lock_gives_its_entries_and_whole_file_in_either_order() {
+        let dir = std::env::temp_dir().join(format!("qflow-last-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = lock_of(&[("a", "one"), ("b", "two")]);
+        let path = dir.join("qflow.lock");
+        lock.write(&path).unwrap();
+        let memos = dir.join("memos");
+        // As qflow writes it: split into entries, the bytes moved there.
+        let last = LastLock::read(&path, &memos);
+        assert_eq!(
+            last.text().unwrap().entry("b"),
+            lock.steps.get("b").cloned()
+        );
+        assert_eq!(*last.full(), lock);
+        let last = LastLock::read(&path, &memos);
+        assert_eq!(*last.full(), lock);
+        assert!(last.text().is_some());
+        // Edited by hand (compact): not split, still read whole.
+        std::fs::write(&path, serde_json::to_vec(&lock).unwrap()).unwrap();
+        let last = LastLock::read(&path, &memos);
+        assert!(last.text().is_none());
+        assert_eq!(*last.full(), lock);
+        assert_eq!(last.index, LockIndex::of(&lock));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

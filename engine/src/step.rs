@@ -368,6 +368,11 @@ pub trait StepKind: Send + Sync {
     fn schema(&self) -> serde_json::Value;
     /// Deserialize the fields (common fields already removed).
     fn parse(&self, fields: &serde_yaml::Value) -> Result<Box<dyn Step>, FieldError>;
+    /// Deserialize the same fields from their canonical JSON text (a loaded
+    /// workflow's memo keeps them so): the step [`StepKind::parse`] gives for
+    /// the value that JSON was made of. Its errors are only a reason to load
+    /// the workflow in full, which says where the problem is; they name no field.
+    fn parse_json(&self, fields: &str) -> Result<Box<dyn Step>, FieldError>;
     /// Every tool a step of this kind may run, whatever its fields.
     fn tools(&self) -> Vec<Tool>;
     /// Every host need a step of this kind may have, whatever its fields.
@@ -431,6 +436,13 @@ impl<T: StepFields> StepKind for KindOf<T> {
                 let message = err.into_inner().to_string();
                 Err(FieldError::new(path, message))
             }
+        }
+    }
+
+    fn parse_json(&self, fields: &str) -> Result<Box<dyn Step>, FieldError> {
+        match serde_json::from_str::<T>(fields) {
+            Ok(step) => Ok(Box::new(step)),
+            Err(err) => Err(FieldError::new(String::new(), err.to_string())),
         }
     }
 

@@ -14,8 +14,6 @@
 //!
 //! Imports nothing of the engine.
 
-use std::collections::BTreeMap;
-
 use qflow_cache::Hash;
 
 /// Bump when the encoding below changes: every key changes with it.
@@ -31,15 +29,30 @@ pub struct KeyMaterial {
     /// Canonical JSON of the interpolated fields.
     pub fields: String,
     /// `env:` values and the `${{ env.X }}` values read.
-    pub env: BTreeMap<String, String>,
+    pub env: Sorted<String>,
     /// Input label → digest.
-    pub inputs: BTreeMap<String, Hash>,
+    pub inputs: Sorted<Hash>,
     /// Upstream step name → output hash.
-    pub upstream: BTreeMap<String, Hash>,
+    pub upstream: Sorted<Hash>,
     /// Program → identity (first line of its version output).
-    pub tools: BTreeMap<String, String>,
+    pub tools: Sorted<String>,
     /// Extra material (never a secret itself).
-    pub extra: BTreeMap<String, String>,
+    pub extra: Sorted<String>,
+}
+
+/// Name → value pairs sorted by name, each name once: what a `BTreeMap` holds, in
+/// a vector of exactly its length (a map of one pair allocates a node of eleven,
+/// and a run keeps a material per ready step).
+pub type Sorted<V> = Vec<(String, V)>;
+
+/// `pairs` sorted by name; of pairs with the same name the last stands, as in a map.
+pub fn sorted<V>(pairs: impl IntoIterator<Item = (String, V)>) -> Sorted<V> {
+    let mut v: Sorted<V> = pairs.into_iter().collect();
+    v.reverse();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.dedup_by(|later, kept| later.0 == kept.0);
+    v.shrink_to_fit();
+    v
 }
 
 /// Feed one tagged item to `h`, both length-prefixed, so no two different
@@ -122,11 +135,21 @@ mod tests {
         m.fields = "{\"a\":1}".into();
         assert_ne!(m.key(), k);
         let mut m = base.clone();
-        m.tools.insert("qemu-img".into(), "7.2".into());
+        m.tools.push(("qemu-img".into(), "7.2".into()));
         assert_ne!(m.key(), k);
         let mut m = base.clone();
-        m.upstream.insert("a".into(), Hash([1; 32]));
+        m.upstream.push(("a".into(), Hash([1; 32])));
         assert_ne!(m.key(), k);
         assert_eq!(base.key(), k);
+    }
+
+    #[test]
+    fn sorted_pairs_hold_what_a_map_would() {
+        let pairs =
+            [("b", 1), ("a", 2), ("b", 3), ("c", 4), ("a", 5)].map(|(k, v)| (k.to_string(), v));
+        let map: std::collections::BTreeMap<String, i32> = pairs.clone().into_iter().collect();
+        let v = sorted(pairs);
+        assert_eq!(v, map.into_iter().collect::<Vec<_>>());
+        assert_eq!(v.capacity(), 3);
     }
 }

@@ -10,7 +10,7 @@
 //! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
 //! holds `Workflow::load`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
@@ -102,11 +102,15 @@ pub struct StepDecl {
     pub remote_cache: RemoteUse,
     /// `executor:`, `resources:`, `retries:` (not in the step key).
     pub placement: crate::slurm::placement::StepPlacement,
-    /// The kind's fields after interpolating vars; `${{ env.* }}` and
-    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
-    pub fields: Value,
-    /// `fields` as canonical JSON (what enters the key), made once.
-    pub canonical_fields: std::sync::OnceLock<String>,
+    /// The kind's fields after interpolating vars, `${{ env.* }}` and
+    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]),
+    /// as canonical JSON: what enters the key. A workflow of 10,000 steps keeps
+    /// this text, not a YAML value per step; [`StepDecl::fields`] makes the value
+    /// again for the few that need it.
+    pub(crate) canonical_fields: String,
+    /// The fields as a value, kept only when [`StepDecl::canonical_fields`] could not
+    /// give them back (a key that is not a string, an infinite float).
+    pub(crate) fields_value: Option<Box<Value>>,
     /// Vars this step reads, with their values (they enter the key through `fields`).
     pub vars_used: BTreeMap<String, String>,
     /// Environment variables this step reads through `${{ env.X }}`.
@@ -116,10 +120,30 @@ pub struct StepDecl {
 }
 
 impl StepDecl {
-    /// [`StepDecl::fields`] as canonical JSON, the form that enters the step key.
+    /// The fields as canonical JSON (keys sorted, no spaces), the form that enters the step key.
     pub fn canonical_fields(&self) -> &str {
-        self.canonical_fields
-            .get_or_init(|| crate::step_key::canonical_json(&self.fields))
+        &self.canonical_fields
+    }
+
+    /// The kind's fields after interpolating vars; `${{ env.* }}` and
+    /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]).
+    /// Made from the canonical JSON on each call (mappings in key order), unless
+    /// that JSON could not give them back.
+    pub fn fields(&self) -> std::borrow::Cow<'_, Value> {
+        match &self.fields_value {
+            Some(v) => std::borrow::Cow::Borrowed(v),
+            None => std::borrow::Cow::Owned(
+                serde_json::from_str(&self.canonical_fields).unwrap_or(Value::Null),
+            ),
+        }
+    }
+
+    /// Keep `fields` (made at load) as canonical JSON, and as a value only
+    /// when that JSON cannot give them back.
+    pub(crate) fn stored_fields(fields: Value) -> (String, Option<Box<Value>>) {
+        let canonical = crate::step_key::canonical_json(&fields);
+        let value = (!json_gives_back(&fields)).then(|| Box::new(fields));
+        (canonical, value)
     }
 
     /// The names of its upstream steps.
@@ -136,7 +160,7 @@ impl StepDecl {
     /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`
     /// and every `${{ env.X }}` by the value read when the workflow was loaded.
     pub fn resolved_fields(&self, dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Value> {
-        map_strings(&self.fields, &mut |s| {
+        map_strings(&self.fields(), &mut |s| {
             interpolate::substitute(s, &mut |e| match e {
                 Expr::Env(name) => Ok(self.env_used.get(name).cloned()),
                 Expr::Step { name, output } => {
@@ -153,6 +177,21 @@ impl StepDecl {
             })
         })
         .map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// Whether `v` comes back equal from its canonical JSON, but for the order of
+/// mapping keys (no kind's fields depend on it): no tags, every mapping key a
+/// string, every float finite.
+fn json_gives_back(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(n) => !n.is_f64() || n.as_f64().is_some_and(f64::is_finite),
+        Value::Sequence(items) => items.iter().all(json_gives_back),
+        Value::Mapping(m) => m
+            .iter()
+            .all(|(k, v)| matches!(k, Value::String(_)) && json_gives_back(v)),
+        Value::Tagged(_) => false,
     }
 }
 
@@ -410,7 +449,11 @@ impl Workflow {
         let ctx = CheckContext {
             work_dir: dir.clone(),
         };
-        let mut steps = Vec::new();
+        // The workflow keeps its steps for the whole run: no room to spare.
+        let mut steps =
+            Vec::with_capacity(steps_value.len() + usize::from(top.contains_key(FIGURES)));
+        // Every step's inputs, with the field that declares each.
+        let mut inputs = Vec::new();
         for (k, v) in steps_value {
             let sname = key_text(k);
             let base = format!("steps.{sname}");
@@ -465,10 +508,13 @@ impl Workflow {
                 &step_names,
                 &ctx,
                 &mut diags,
+                &mut inputs,
             ) {
                 steps.push(decl);
             }
         }
+        check_inputs(&inputs, &ctx, &mut diags);
+        drop(inputs);
         if let Some(figures) = top.get(FIGURES)
             && let Some(decl) = load_figures(
                 figures,
@@ -547,9 +593,14 @@ impl Workflow {
 
     /// `${{ steps.X.OUT }}` must name one of X's declared outputs (or a path inside one).
     fn check_outputs_referenced(&self, diags: &mut Diagnostics) {
-        for s in &self.steps {
+        // Only a step whose fields hold a `${{` can reference an output.
+        for s in self
+            .steps
+            .iter()
+            .filter(|s| s.canonical_fields.contains("${{"))
+        {
             visit_strings(
-                &s.fields,
+                &s.fields(),
                 &format!("steps.{}", s.name),
                 &mut |path, text| {
                     let Ok(exprs) = interpolate::expressions(text) else {
@@ -674,9 +725,20 @@ fn load_figures(
         fields.insert(k.clone(), v.clone());
     }
     let before = diags.len();
+    let mut inputs = Vec::new();
     let decl = load_step(
-        FIGURES, FIGURES, &fields, registry, vars, step_names, ctx, diags,
-    )?;
+        FIGURES,
+        FIGURES,
+        &fields,
+        registry,
+        vars,
+        step_names,
+        ctx,
+        diags,
+        &mut inputs,
+    );
+    check_inputs(&inputs, ctx, diags);
+    let decl = decl?;
     if diags.len() > before {
         return None;
     }
@@ -719,6 +781,7 @@ fn load_step(
     step_names: &StepNames,
     ctx: &CheckContext,
     diags: &mut Diagnostics,
+    inputs: &mut Vec<(String, Input)>,
 ) -> Option<StepDecl> {
     let kind_name = match fields.get("kind") {
         Some(Value::String(k)) => k.clone(),
@@ -853,6 +916,8 @@ fn load_step(
     let mut vars_used = BTreeMap::new();
     let mut env_used = BTreeMap::new();
     let mut interpolation_edges: Vec<(String, String)> = Vec::new();
+    // How many `${{ env.X }}` were read, to tell whether the kind's fields read one.
+    let env_reads = std::cell::Cell::new(0usize);
     let mut interp = |path: &str, text: &str, diags: &mut Diagnostics| -> String {
         let result = interpolate::substitute(text, &mut |e| match e {
             Expr::Var(v) => match vars.get(v) {
@@ -867,6 +932,7 @@ fn load_step(
             },
             Expr::Env(v) => match std::env::var(v) {
                 Ok(val) => {
+                    env_reads.set(env_reads.get() + 1);
                     env_used.insert(v.clone(), val.clone());
                     Ok(Some(val))
                 }
@@ -927,37 +993,49 @@ fn load_step(
         kind_fields.insert(k.clone(), v.clone());
     }
     let mut failed = false;
-    let kind_fields = Value::Mapping(kind_fields);
-    // What enters the key, the lock and plan output: vars interpolated, but
-    // `${{ env.X }}` kept as written (the value enters the key as a digest,
-    // see `session.rs`, and the job gets it in `resolved_fields`).
-    let template_fields = map_strings(&kind_fields, &mut |text| {
-        interpolate::substitute(text, &mut |e| match e {
-            Expr::Var(v) => Ok(vars.get(v).cloned()),
-            _ => Ok(None),
-        })
-    })
-    .unwrap_or(Value::Null);
-    let kind_fields = map_strings_at(&kind_fields, base, &mut |path, text| {
+    let written_fields = Value::Mapping(kind_fields);
+    let env_reads_before = env_reads.get();
+    let kind_fields = map_strings_at(&written_fields, base, &mut |path, text| {
         let before = diags.len();
         let out = interp(path, text, diags);
         failed |= diags.len() > before;
         out
     });
+    // What enters the key, the lock and plan output: vars interpolated, but
+    // `${{ env.X }}` kept as written (the value enters the key as a digest,
+    // see `session.rs`, and the job gets it in `resolved_fields`). Without an
+    // `${{ env.X }}` that is the interpolated fields themselves.
+    let template_fields = if env_reads.get() == env_reads_before {
+        None
+    } else {
+        Some(
+            map_strings(&written_fields, &mut |text| {
+                interpolate::substitute(text, &mut |e| match e {
+                    Expr::Var(v) => Ok(vars.get(v).cloned()),
+                    _ => Ok(None),
+                })
+            })
+            .unwrap_or(Value::Null),
+        )
+    };
+    drop(written_fields);
     for (up, at) in interpolation_edges {
         add_edge(&up, EdgeReason::Interpolation, &at, diags);
     }
 
     // Every unknown field is reported, not just the first: each one serde
-    // names is reported and taken out, and the fields parsed again.
-    let field_names = kind.field_names();
+    // names is reported and taken out, and the fields parsed again. Only a step
+    // that does not parse needs the kind's field names, and making them means
+    // making the kind's JSON schema: not once for each of 10,000 steps.
+    let mut field_names: Option<Vec<String>> = None;
     let mut kind_fields = kind_fields;
     let mut parse_failed = false;
     let parsed = loop {
         match kind.parse(&kind_fields) {
             Ok(s) => break Some(s),
             Err(e) => {
-                let unknown = report_field_error(&e, base, &kind_name, &field_names, fields, diags);
+                let field_names = field_names.get_or_insert_with(|| kind.field_names());
+                let unknown = report_field_error(&e, base, &kind_name, field_names, fields, diags);
                 let removed = match (unknown, kind_fields.as_mapping_mut()) {
                     (Some(key), Some(m)) => m.remove(key.as_str()).is_some(),
                     _ => false,
@@ -973,7 +1051,7 @@ fn load_step(
                             if !field_names.contains(&k) {
                                 diags.at(
                                     &format!("{base}.{k}"),
-                                    unknown_field_message(&k, &kind_name, &field_names),
+                                    unknown_field_message(&k, &kind_name, field_names),
                                 );
                             }
                         }
@@ -1005,15 +1083,17 @@ fn load_step(
             diags.at(&format!("{base}.outputs[{i}]"), msg);
         }
     }
-    for input in step.inputs() {
-        if let Err(msg) = check_input_exists(&input, ctx) {
-            diags.at(&format!("{base}.{}", input.field), msg);
-        }
-    }
+    // Checked together once every step is loaded (see `check_inputs`).
+    inputs.extend(
+        (step.inputs().into_iter()).map(|input| (format!("{base}.{}", input.field), input)),
+    );
     let placement = crate::slurm::placement::parse_step(fields, base, diags);
     if failed || parse_failed {
         return None;
     }
+    let (canonical_fields, fields_value) =
+        StepDecl::stored_fields(template_fields.unwrap_or(kind_fields));
+    upstream.shrink_to_fit();
     Some(StepDecl {
         name: name.to_string(),
         kind: kind_name,
@@ -1024,8 +1104,8 @@ fn load_step(
         cache,
         remote_cache,
         placement,
-        fields: template_fields,
-        canonical_fields: std::sync::OnceLock::new(),
+        canonical_fields,
+        fields_value,
         vars_used,
         env_used,
         step,
@@ -1178,6 +1258,106 @@ pub(crate) fn check_input_exists(input: &Input, ctx: &CheckContext) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// Report each input of `inputs` (with the field path that declares it) that does
+/// not exist or cannot be hashed. Most workflows have none: all are looked up
+/// together first (see [`inputs_exist`]), each on its own only when that fails.
+fn check_inputs(inputs: &[(String, Input)], ctx: &CheckContext, diags: &mut Diagnostics) {
+    if inputs_exist(inputs.iter().map(|(_, i)| i), ctx) {
+        return;
+    }
+    for (at, input) in inputs {
+        if let Err(msg) = check_input_exists(input, ctx) {
+            diags.at(at, msg);
+        }
+    }
+}
+
+/// Whether every input exists, as [`check_input_exists`] decides. Many plain
+/// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
+/// instead of a stat each; a listing much longer than the inputs it answers for
+/// is given up, and those inputs are stat'ed.
+pub(crate) fn inputs_exist<'a>(
+    inputs: impl Iterator<Item = &'a Input>,
+    ctx: &CheckContext,
+) -> bool {
+    const MIN_SHARED: usize = 32;
+    let mut by_dir: HashMap<&str, Vec<&Input>> = HashMap::new();
+    let mut alone = Vec::new();
+    for input in inputs {
+        match plain_split(&input.path) {
+            Some((dir, _)) => by_dir.entry(dir).or_default().push(input),
+            None => alone.push(input),
+        }
+    }
+    for (dir, group) in by_dir {
+        if group.len() < MIN_SHARED {
+            alone.extend(group);
+            continue;
+        }
+        let names: HashSet<&[u8]> = (group.iter())
+            .filter_map(|i| plain_split(&i.path).map(|(_, name)| name.as_bytes()))
+            .collect();
+        match all_listed(&ctx.work_dir.join(dir), &names, 4 * group.len()) {
+            Some(true) => {}
+            Some(false) => return false,
+            None => alone.extend(group),
+        }
+    }
+    alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
+}
+
+/// A plain relative input path split at its last `/` (`src/f1` → `src`, `f1`;
+/// `f1` → ``, `f1`): no glob, no interpolation, no `.`, `..` or empty component,
+/// no leading or trailing `/`. `None` for anything else.
+fn plain_split(path: &str) -> Option<(&str, &str)> {
+    if path.contains("${{") || crate::glob::is_glob(path) {
+        return None;
+    }
+    if !(path.split('/')).all(|c| !c.is_empty() && c != "." && c != "..") {
+        return None;
+    }
+    Some(match path.rfind('/') {
+        Some(at) => (&path[..at], &path[at + 1..]),
+        None => ("", path),
+    })
+}
+
+/// Whether directory `dir` holds every one of `names`, each a file or a directory,
+/// if it can be both listed and searched (so that a listed name is one `lstat` would
+/// find) and holds at most `limit` entries before the last of them is seen. `None`
+/// when that cannot tell (then each is stat'ed): a name listed as anything else, a
+/// symbolic link included, may be one the full load refuses (a FIFO).
+fn all_listed(dir: &Path, names: &HashSet<&[u8]>, limit: usize) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string; `faccessat` only reads it.
+    let searchable =
+        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) } == 0;
+    if !searchable {
+        return None;
+    }
+    let (mut seen, mut found) = (0, 0);
+    for entry in std::fs::read_dir(dir).ok()? {
+        seen += 1;
+        if seen > limit {
+            return None;
+        }
+        let entry = entry.ok()?;
+        // A directory lists each name once.
+        if names.contains(entry.file_name().as_bytes()) {
+            let t = entry.file_type().ok()?;
+            if !(t.is_file() || t.is_dir()) {
+                return None;
+            }
+            found += 1;
+            if found == names.len() {
+                return Some(true);
+            }
+        }
+    }
+    Some(found == names.len())
 }
 
 /// Step names referenced as upstream by `decl`, sorted, for display.

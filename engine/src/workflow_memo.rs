@@ -11,7 +11,9 @@
 //! material and could be secrets, which must not be written to disk.
 //!
 //! What loading checks against the host is not memoized but checked again on
-//! every hit: each step's fields are parsed by its kind again (the typed step),
+//! every hit: each step's fields are parsed by its kind again (the typed step,
+//! straight from the canonical JSON of its fields, which the memo keeps and
+//! which enters the step key; no YAML value is made),
 //! the kind's own `check`, declared outputs, and that every input exists (many
 //! inputs in one directory by one listing of it). If any
 //! of those fails, the memo is ignored and the full load reports the problem
@@ -21,21 +23,21 @@
 //! lines: the key and what is not a step first, then a line per step, parsed across
 //! the cores), one per workflow file, replaced on every miss; only a cache directory that
 //! already exists gets one. It is written only when it reads back equal to what
-//! it memoizes (YAML values JSON cannot carry, such as tags, are never memoized).
+//! it memoizes (fields JSON cannot give back, such as a key that is not a
+//! string, are never memoized).
 //!
 //! [`Workflow::load`] lives here: read the file, recall its memo, else parse
 //! and validate it (`workflow.rs`) and remember the result. Imports
 //! `workflow`, `step`, `step_key` and `glob`; `workflow.rs` does not import it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::OsString;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::step::{CheckContext, Input, Registry};
 use crate::workflow::{
-    EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_input_exists, check_output_path,
+    EdgeReason, LoadOptions, RemoteUse, StepDecl, Workflow, check_output_path, inputs_exist,
 };
 
 impl Workflow {
@@ -118,7 +120,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 5";
+const MEMO_VERSION: &str = "qflow-workflow-memo 6";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,19 +234,36 @@ struct MemoStep {
     jobs: Option<usize>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
     cache: bool,
+    #[serde(default = "remote_default", skip_serializing_if = "is_remote_default")]
     remote_cache: RemoteUse,
     #[serde(default, skip_serializing_if = "is_default")]
     placement: crate::slurm::placement::StepPlacement,
-    fields: serde_yaml::Value,
-    /// `fields` as canonical JSON, made from them when memoized.
-    canonical_fields: String,
+    /// The kind's fields as canonical JSON, parsed by the kind on every recall.
+    fields: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     vars_used: BTreeMap<String, String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
+}
+
+fn remote_default() -> RemoteUse {
+    RemoteUse::Default
+}
+
+fn is_remote_default(value: &RemoteUse) -> bool {
+    *value == RemoteUse::Default
 }
 
 /// The workflow memoized at `memo` under `key`, with the host checks passed again;
@@ -259,39 +278,36 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     let ctx = CheckContext {
         work_dir: dir.clone(),
     };
-    // Each step's parse, typed parse and checks are independent: split across the cores.
-    let steps: Vec<StepDecl> = {
+    // Each step's parse, typed parse and checks are independent: split across the
+    // cores, each written into its place in one vector made at its full length (a
+    // vector grown piece by piece copied 10,000 steps of 400 bytes several times).
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let mut parsed: Vec<Option<StepDecl>> = Vec::new();
+    {
         use rayon::prelude::*;
         (lines.into_par_iter().with_min_len(256))
             .map(|line| {
-                let s: MemoStep = serde_json::from_slice(line).ok()?;
-                let kind = registry.get(&s.kind)?;
-                let step = kind.parse(&s.fields).ok()?;
-                step.check(&ctx).ok()?;
-                if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     return None;
                 }
-                Some(StepDecl {
-                    name: s.name,
-                    kind: s.kind,
-                    schema_version: kind.schema_version(),
-                    upstream: s.upstream,
-                    jobs: s.jobs,
-                    env: s.env,
-                    cache: s.cache,
-                    remote_cache: s.remote_cache,
-                    placement: s.placement,
-                    fields: s.fields,
-                    canonical_fields: std::sync::OnceLock::from(s.canonical_fields),
-                    vars_used: s.vars_used,
-                    env_used: BTreeMap::new(),
-                    step,
-                })
+                let decl = recall_step(line, registry, &ctx);
+                if decl.is_none() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                decl
             })
-            .collect::<Option<_>>()?
-    };
-    let inputs: Vec<Input> = steps.iter().flat_map(|s| s.step.inputs()).collect();
-    if !inputs_exist(&inputs, &ctx) {
+            .collect_into_vec(&mut parsed);
+    }
+    // In place: `Option<StepDecl>` is as large as a `StepDecl`.
+    let steps: Vec<StepDecl> = parsed.into_iter().collect::<Option<_>>()?;
+    let mut inputs: Vec<Vec<Input>> = Vec::new();
+    {
+        use rayon::prelude::*;
+        (steps.par_iter().with_min_len(256))
+            .map(|s| s.step.inputs())
+            .collect_into_vec(&mut inputs);
+    }
+    if !inputs_exist(inputs.iter().flatten(), &ctx) {
         return None;
     }
     Some(Workflow {
@@ -305,82 +321,41 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     })
 }
 
-/// Whether every input exists, as [`check_input_exists`] decides. Many plain
-/// inputs in one directory (1,000 `src/fN`) are looked up in one listing of it
-/// instead of a stat each; a listing much longer than the inputs it answers for
-/// is given up, and those inputs are stat'ed.
-fn inputs_exist(inputs: &[Input], ctx: &CheckContext) -> bool {
-    const MIN_SHARED: usize = 32;
-    let mut by_dir: HashMap<&Path, Vec<&Input>> = HashMap::new();
-    let mut alone = Vec::new();
-    for input in inputs {
-        match plain_parent(&input.path) {
-            Some(dir) => by_dir.entry(dir).or_default().push(input),
-            None => alone.push(input),
-        }
-    }
-    for (dir, group) in by_dir {
-        let listing = (group.len() >= MIN_SHARED)
-            .then(|| list_dir(&ctx.work_dir.join(dir), 4 * group.len()))
-            .flatten();
-        match listing {
-            Some(names) => {
-                if !group.iter().all(|i| {
-                    Path::new(&i.path)
-                        .file_name()
-                        .is_some_and(|n| names.contains(n))
-                }) {
-                    return false;
-                }
-            }
-            None => alone.extend(group),
-        }
-    }
-    alone.iter().all(|i| check_input_exists(i, ctx).is_ok())
-}
-
-/// The directory of a plain relative input (`src/f1` → `src`; `f1` → ``): no
-/// glob, no interpolation, no `.`/`..`, no trailing `/`. `None` for anything else.
-fn plain_parent(path: &str) -> Option<&Path> {
-    if path.is_empty() || path.ends_with('/') || path.contains("${{") || crate::glob::is_glob(path)
-    {
+/// The step memoized on `line`, with its typed parse and checks passed again.
+fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<StepDecl> {
+    let mut s: MemoStep = serde_json::from_slice(line).ok()?;
+    s.upstream.shrink_to_fit();
+    let kind = registry.get(&s.kind)?;
+    let step = kind.parse_json(&s.fields).ok()?;
+    step.check(ctx).ok()?;
+    if step.outputs().iter().any(|o| check_output_path(o).is_err()) {
         return None;
     }
-    let p = Path::new(path);
-    if !p
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)))
-    {
-        return None;
-    }
-    p.parent()
-}
-
-/// The names in `dir`, if it can be both listed and searched (so that a listed
-/// name is one `lstat` would find) and holds at most `limit` entries.
-fn list_dir(dir: &Path, limit: usize) -> Option<HashSet<OsString>> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: a valid C string; `faccessat` only reads it.
-    let searchable =
-        unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::X_OK, libc::AT_EACCESS) } == 0;
-    if !searchable {
-        return None;
-    }
-    let mut names = HashSet::new();
-    for entry in std::fs::read_dir(dir).ok()? {
-        names.insert(entry.ok()?.file_name());
-        if names.len() > limit {
-            return None;
-        }
-    }
-    Some(names)
+    Some(StepDecl {
+        name: s.name,
+        kind: s.kind,
+        schema_version: kind.schema_version(),
+        upstream: s.upstream,
+        jobs: s.jobs,
+        env: s.env,
+        cache: s.cache,
+        remote_cache: s.remote_cache,
+        placement: s.placement,
+        canonical_fields: s.fields,
+        fields_value: None,
+        vars_used: s.vars_used,
+        env_used: BTreeMap::new(),
+        step,
+    })
 }
 
 /// Memoize `workflow`, loaded under `key`, at `memo`. Does nothing for a workflow
 /// that reads the environment or holds values JSON cannot carry; errors are ignored
 /// (the memo only saves time).
 pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
-    if workflow.steps.iter().any(|s| !s.env_used.is_empty()) {
+    // A step whose fields JSON cannot give back (a key that is not a string, an
+    // infinite float) keeps them as a value: not memoized.
+    if (workflow.steps.iter()).any(|s| !s.env_used.is_empty() || s.fields_value.is_some()) {
         return;
     }
     let stored = WorkflowMemo {
@@ -402,8 +377,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 cache: s.cache,
                 remote_cache: s.remote_cache,
                 placement: s.placement.clone(),
-                fields: s.fields.clone(),
-                canonical_fields: s.canonical_fields().to_string(),
+                fields: s.canonical_fields.clone(),
                 vars_used: s.vars_used.clone(),
             })
             .collect(),
@@ -433,6 +407,10 @@ mod tests {
     struct Copy {
         from: String,
         to: String,
+        /// A float, so a test can write one JSON has no form for (`.inf`).
+        #[serde(default)]
+        #[expect(dead_code, reason = "the tests read it through `Debug` and `fields()`")]
+        weight: Option<f64>,
     }
 
     impl crate::step::Step for Copy {
@@ -494,7 +472,7 @@ mod tests {
     const WORKFLOW: &str = "version: 1\nname: memo\nvars:\n  who: world\nsteps:\n  a:\n    kind: copy\n    from: in.txt\n    to: 'out-${{ who }}.txt'\n  b:\n    kind: copy\n    from: in.txt\n    to: b.txt\n    after: [a]\n";
 
     fn to_field(w: &Workflow, step: &str) -> String {
-        w.step(step).unwrap().fields["to"]
+        w.step(step).unwrap().fields()["to"]
             .as_str()
             .unwrap()
             .to_string()
@@ -505,8 +483,90 @@ mod tests {
     fn forge(dir: &Path, workflow: &Path, forged: &str) {
         let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
         let mut m = WorkflowMemo::from_lines(&std::fs::read(&memo).unwrap()).unwrap();
-        m.steps[0].fields["to"] = serde_yaml::Value::String(forged.into());
+        let mut fields: serde_json::Value = serde_json::from_str(&m.steps[0].fields).unwrap();
+        fields["to"] = serde_json::Value::String(forged.into());
+        m.steps[0].fields = fields.to_string();
         std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
+    }
+
+    /// The memo file's inode: a load that wrote the memo again replaced the file.
+    fn memo_inode(dir: &Path, workflow: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
+        std::fs::metadata(memo).unwrap().ino()
+    }
+
+    #[test]
+    fn a_memo_hit_gives_the_same_steps_as_a_fresh_load() {
+        let d = space("same");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        let text = WORKFLOW.replace("to: b.txt", "to: b.txt\n    weight: 0.5");
+        std::fs::write(&wf, &text).unwrap();
+        let r = registry();
+        let fresh = Workflow::load(&wf, &r, &LoadOptions::default()).unwrap();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        let written = memo_inode(&d.0, &wf);
+        let hit = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(memo_inode(&d.0, &wf), written, "the second load missed");
+        assert_eq!(hit.steps.len(), fresh.steps.len());
+        for (a, b) in fresh.steps.iter().zip(&hit.steps) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(a.kind, b.kind);
+            assert_eq!(a.upstream, b.upstream);
+            assert_eq!(a.canonical_fields(), b.canonical_fields());
+            assert_eq!(a.fields(), b.fields());
+            assert_eq!(format!("{:?}", a.step), format!("{:?}", b.step));
+        }
+        assert!(format!("{:?}", hit.step("b").unwrap().step).contains("0.5"));
+    }
+
+    #[test]
+    fn a_memo_whose_fields_no_longer_parse_is_ignored() {
+        let d = space("unparsed");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, WORKFLOW).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        // `to` a number: `copy` takes a string.
+        let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());
+        let mut m = WorkflowMemo::from_lines(&std::fs::read(&memo).unwrap()).unwrap();
+        m.steps[0].fields = r#"{"from":"in.txt","to":7}"#.to_string();
+        std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
+        let again = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        assert_eq!(to_field(&again, "a"), "out-world.txt");
+        // The full load wrote the memo again; with the input gone, it reports that.
+        m.steps[0].fields = r#"{"from":"in.txt","to":7}"#.to_string();
+        std::fs::write(&memo, m.to_lines().unwrap()).unwrap();
+        std::fs::remove_file(d.0.join("in.txt")).unwrap();
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("input `in.txt` does not exist"), "{text}");
+        assert!(text.contains("workflow.yaml:8:"), "{text}");
+    }
+
+    #[test]
+    fn fields_json_cannot_give_back_are_kept_as_written_and_not_memoized() {
+        let d = space("inf");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(
+            &wf,
+            WORKFLOW.replace("to: b.txt", "to: b.txt\n    weight: .inf"),
+        )
+        .unwrap();
+        let w = Workflow::load(&wf, &registry(), &options(&d.0, &[])).unwrap();
+        let weight = w.step("b").unwrap().fields()["weight"].as_f64();
+        assert_eq!(weight, Some(f64::INFINITY));
+        let resolved = w
+            .step("b")
+            .unwrap()
+            .resolved_fields(&BTreeMap::new())
+            .unwrap();
+        assert_eq!(resolved["weight"].as_f64(), Some(f64::INFINITY));
+        let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());
+        assert!(!memo.exists());
     }
 
     #[test]
@@ -599,6 +659,34 @@ mod tests {
         let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("input `src/f17` does not exist"), "{text}");
+    }
+
+    #[test]
+    fn a_fifo_among_many_inputs_in_one_directory_is_refused_even_with_a_memo() {
+        let d = space("fifo");
+        std::fs::create_dir_all(d.0.join("src")).unwrap();
+        let mut text = String::from("version: 1\nsteps:\n");
+        for i in 0..40 {
+            std::fs::write(d.0.join(format!("src/f{i}")), "x").unwrap();
+            text.push_str(&format!(
+                "  s{i}:\n    kind: copy\n    from: src/f{i}\n    to: f{i}\n"
+            ));
+        }
+        let wf = d.0.join("workflow.yaml");
+        std::fs::write(&wf, &text).unwrap();
+        let r = registry();
+        Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
+        let fifo = d.0.join("src/f17");
+        std::fs::remove_file(&fifo).unwrap();
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("input `src/f17` is not a regular file or directory (a FIFO)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -153,6 +153,10 @@ pub struct TagProblem {
 /// Every value of `doc` (parsed from `text`) that still carries a YAML tag.
 /// Tags YAML resolves itself (`!!str x`, `!!int 5`) leave none and pass.
 pub fn tagged_values(doc: &Value, text: &str) -> Vec<TagProblem> {
+    // Most workflows have no tag: find that out before making a path for every value.
+    if !has_tag(doc) {
+        return Vec::new();
+    }
     let mut paths = Vec::new();
     find_tagged(doc, String::new(), &mut paths);
     if paths.is_empty() {
@@ -172,6 +176,15 @@ pub fn tagged_values(doc: &Value, text: &str) -> Vec<TagProblem> {
             }
         })
         .collect()
+}
+
+fn has_tag(v: &Value) -> bool {
+    match v {
+        Value::Tagged(_) => true,
+        Value::Sequence(items) => items.iter().any(has_tag),
+        Value::Mapping(m) => m.values().any(has_tag),
+        _ => false,
+    }
 }
 
 fn find_tagged(v: &Value, path: String, found: &mut Vec<(String, String)>) {

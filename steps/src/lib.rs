@@ -102,9 +102,20 @@ mod tests {
 
     /// Every step of the example workflows and of [`SAMPLES`], with its kind.
     fn configured_steps() -> Vec<(String, Box<dyn Step>)> {
-        let mut steps: Vec<(String, Box<dyn Step>)> = SAMPLES
+        configured_fields()
+            .into_iter()
+            .map(|(kind, yaml)| {
+                let step = parse(&kind, &yaml);
+                (kind, step)
+            })
+            .collect()
+    }
+
+    /// The kind and fields (YAML) of every step of the example workflows and of [`SAMPLES`].
+    fn configured_fields() -> Vec<(String, String)> {
+        let mut steps: Vec<(String, String)> = SAMPLES
             .iter()
-            .map(|(kind, yaml)| (kind.to_string(), parse(kind, yaml)))
+            .map(|(kind, yaml)| (kind.to_string(), yaml.to_string()))
             .collect();
         let workflows = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
         for e in std::fs::read_dir(&workflows).unwrap().flatten() {
@@ -121,10 +132,28 @@ mod tests {
                 }
                 let kind = kind.as_str().unwrap();
                 let yaml = serde_yaml::to_string(&fields).unwrap();
-                steps.push((kind.to_string(), parse(kind, &yaml)));
+                steps.push((kind.to_string(), yaml));
             }
         }
         steps
+    }
+
+    /// A loaded workflow's memo keeps each step's fields as canonical JSON and
+    /// parses them from it: every kind must read them back as the same step.
+    #[test]
+    fn every_kind_parses_the_same_step_from_its_canonical_json() {
+        let registry = registry();
+        for (kind, yaml) in configured_fields() {
+            let fields: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+            let json = qflow_engine::step_key::canonical_json(&fields);
+            let from_json = (registry.get(&kind).unwrap().parse_json(&json))
+                .unwrap_or_else(|e| panic!("{kind}: {json}: {e}"));
+            assert_eq!(
+                format!("{from_json:?}"),
+                format!("{:?}", parse(&kind, &yaml)),
+                "{kind}: {yaml}"
+            );
+        }
     }
 
     fn kind_tools(kind: &str) -> Vec<Tool> {
