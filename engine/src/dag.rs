@@ -6,7 +6,6 @@
 //! and names the steps of a cycle ([`Dag::cycles`] finds them). Imports nothing
 //! of the engine, so everything may import it.
 
-use petgraph::algo::toposort;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 /// A step of the workflow being run: its index in `workflow.steps`.
@@ -21,32 +20,58 @@ impl StepId {
 }
 
 /// The step graph, with each step's upstream and downstream steps listed once.
+///
+/// Both lists of every step sit in one array each, step after step (a list per
+/// step of a 50,000-step workflow was two allocations a step).
 pub struct Dag {
-    /// Node `i` carries `i`; for graph algorithms (cycles).
-    pub graph: DiGraph<usize, ()>,
-    upstream: Vec<Vec<StepId>>,
-    downstream: Vec<Vec<StepId>>,
+    upstream: Lists,
+    downstream: Lists,
+}
+
+/// A list of steps per step, all in one array: step `i`'s list is
+/// `items[starts[i]..starts[i + 1]]`.
+struct Lists {
+    starts: Vec<usize>,
+    items: Vec<StepId>,
+}
+
+impl Lists {
+    /// Of `n` steps, from `(step, item)` pairs sorted by step, then item.
+    fn of(n: usize, pairs: &[(StepId, StepId)]) -> Lists {
+        let mut starts = Vec::with_capacity(n + 1);
+        let mut at = 0;
+        for i in 0..n {
+            starts.push(at);
+            while at < pairs.len() && pairs[at].0.0 == i {
+                at += 1;
+            }
+        }
+        starts.push(at);
+        Lists {
+            starts,
+            items: pairs.iter().map(|p| p.1).collect(),
+        }
+    }
+
+    fn get(&self, id: StepId) -> &[StepId] {
+        &self.items[self.starts[id.0]..self.starts[id.0 + 1]]
+    }
 }
 
 impl Dag {
     /// A DAG of `n` steps with the edges `(upstream, downstream)`; duplicate
     /// edges count once.
     pub fn new(n: usize, edges: impl IntoIterator<Item = (StepId, StepId)>) -> Dag {
-        let mut graph = DiGraph::new();
-        let nodes: Vec<NodeIndex> = (0..n).map(|i| graph.add_node(i)).collect();
-        let mut upstream = vec![Vec::new(); n];
-        let mut downstream = vec![Vec::new(); n];
-        for (up, down) in edges {
-            graph.add_edge(nodes[up.0], nodes[down.0], ());
-            upstream[down.0].push(up);
-            downstream[up.0].push(down);
+        let mut pairs: Vec<(StepId, StepId)> = edges.into_iter().collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let downstream = Lists::of(n, &pairs);
+        for p in pairs.iter_mut() {
+            *p = (p.1, p.0);
         }
-        for v in upstream.iter_mut().chain(downstream.iter_mut()) {
-            v.sort_unstable();
-            v.dedup();
-        }
+        pairs.sort_unstable();
+        let upstream = Lists::of(n, &pairs);
         Dag {
-            graph,
             upstream,
             downstream,
         }
@@ -54,19 +79,19 @@ impl Dag {
 
     /// How many steps.
     pub fn len(&self) -> usize {
-        self.upstream.len()
+        self.upstream.starts.len() - 1
     }
 
     /// Whether there are no steps.
     pub fn is_empty(&self) -> bool {
-        self.upstream.is_empty()
+        self.len() == 0
     }
 
     /// Steps in an order where every step comes after its upstream steps,
     /// ties broken by file order.
     pub fn order(&self) -> Vec<StepId> {
         let n = self.len();
-        let mut indegree: Vec<usize> = self.upstream.iter().map(Vec::len).collect();
+        let mut indegree: Vec<usize> = (0..n).map(|i| self.upstream(StepId(i)).len()).collect();
         let mut ready: std::collections::BTreeSet<StepId> =
             (0..n).map(StepId).filter(|i| indegree[i.0] == 0).collect();
         let mut order = Vec::with_capacity(n);
@@ -84,12 +109,12 @@ impl Dag {
 
     /// The steps `id` needs, in file order.
     pub fn upstream(&self, id: StepId) -> &[StepId] {
-        &self.upstream[id.0]
+        self.upstream.get(id)
     }
 
     /// The steps that need `id`, in file order.
     pub fn downstream(&self, id: StepId) -> &[StepId] {
-        &self.downstream[id.0]
+        self.downstream.get(id)
     }
 
     /// Every step downstream of `id`, transitively, in file order.
@@ -113,11 +138,19 @@ impl Dag {
     /// Every cycle, each walked from its first step in file order and ending
     /// where it started (`a → b → c → a`). Empty for a DAG.
     pub fn cycles(&self) -> Vec<Vec<StepId>> {
-        if toposort(&self.graph, None).is_ok() {
+        if self.order().len() == self.len() {
             return Vec::new();
         }
+        // Node `i` carries `i`.
+        let mut graph = DiGraph::<usize, ()>::new();
+        let nodes: Vec<NodeIndex> = (0..self.len()).map(|i| graph.add_node(i)).collect();
+        for (i, &node) in nodes.iter().enumerate() {
+            for d in self.downstream(StepId(i)) {
+                graph.add_edge(node, nodes[d.0], ());
+            }
+        }
         let mut cycles = Vec::new();
-        for scc in petgraph::algo::tarjan_scc(&self.graph) {
+        for scc in petgraph::algo::tarjan_scc(&graph) {
             let members: Vec<StepId> = scc.iter().map(|n| StepId(n.index())).collect();
             let is_cycle = members.len() > 1 || self.upstream(members[0]).contains(&members[0]);
             if !is_cycle {

@@ -46,7 +46,7 @@ pub struct Tally {
     finished: usize,
     /// The steps already announced finished, so each counts once.
     seen: std::collections::HashSet<String>,
-    /// The steps not finished yet.
+    /// The steps not finished yet, by name (the name moved out of each, not copied).
     expected: HashMap<String, Expected>,
     slots: usize,
     /// The running steps, since when.
@@ -65,14 +65,16 @@ impl Tally {
     pub fn expect(&mut self, steps: Vec<Expected>, slots: usize) {
         self.total = steps.len();
         self.slots = slots.max(1);
-        self.expected = steps.into_iter().map(|e| (e.name.clone(), e)).collect();
+        self.expected = (steps.into_iter())
+            .map(|mut e| (std::mem::take(&mut e.name), e))
+            .collect();
         self.with_previous = 0;
         self.work = 0;
         self.paths.clear();
-        for e in self.expected.values() {
+        for (name, e) in &self.expected {
             self.with_previous += usize::from(e.previous && e.ms > 0);
             self.work += e.ms * e.width.max(1) as u64;
-            if !self.started.contains_key(&e.name) {
+            if !self.started.contains_key(name) {
                 *self.paths.entry(e.path_ms).or_default() += 1;
             }
         }

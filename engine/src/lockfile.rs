@@ -321,17 +321,17 @@ impl LockText {
 
 /// A step's new lock entry, kept as the text the lock file will hold: a run
 /// keeps one per step that ran until it writes the lock, and the text takes a
-/// third of the memory of the parsed entry (10,000 of them were 20 MB).
+/// third of the memory of the parsed entry (10,000 of them were 20 MB). Its key
+/// and output are read from the text, not kept beside it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEntry {
-    /// The step key (hex).
-    pub key: String,
-    /// The output tree (hex).
-    pub output: String,
     /// `    "name": {…}` as [`LockFile::write`] writes it inside the lock.
     text: String,
     /// Where the entry's value starts in `text`.
     value_at: usize,
+    /// Where its key and its output are in `text`.
+    key_at: std::ops::Range<u32>,
+    output_at: std::ops::Range<u32>,
 }
 
 impl NewEntry {
@@ -340,24 +340,58 @@ impl NewEntry {
         // Strings, string-keyed maps and numbers: nothing here JSON cannot write.
         let quoted = serde_json::to_string(name).expect("a name is a JSON string");
         let value = serde_json::to_string_pretty(entry).expect("a lock entry is plain JSON");
-        let mut text = String::with_capacity(value.len() * 5 / 4);
+        let indented = format!("\n{ENTRY_INDENT}");
+        let lines = value.bytes().filter(|&b| b == b'\n').count();
+        let mut text = String::with_capacity(
+            ENTRY_INDENT.len() + quoted.len() + 2 + value.len() + lines * ENTRY_INDENT.len(),
+        );
         text.push_str(ENTRY_INDENT);
         text.push_str(&quoted);
         text.push_str(": ");
         let value_at = text.len();
-        text.push_str(&value.replace('\n', &format!("\n{ENTRY_INDENT}")));
+        text.push_str(&value.replace('\n', &indented));
+        let key_at = field_at(&text, "key", &entry.key);
+        let output_at = field_at(&text, "output", &entry.output);
         NewEntry {
-            key: entry.key.clone(),
-            output: entry.output.clone(),
             text,
             value_at,
+            key_at,
+            output_at,
         }
+    }
+
+    /// The step key (hex).
+    pub fn key(&self) -> &str {
+        &self.text[self.key_at.start as usize..self.key_at.end as usize]
+    }
+
+    /// The output tree (hex).
+    pub fn output(&self) -> &str {
+        &self.text[self.output_at.start as usize..self.output_at.end as usize]
     }
 
     /// The entry, parsed back.
     pub fn parsed(&self) -> anyhow::Result<LockedStep> {
         Ok(serde_json::from_str(&self.text[self.value_at..])?)
     }
+}
+
+/// Where top-level field `field` of the entry `text` (as [`NewEntry::of`] lays
+/// it out: one field a line, indented once more than the entry) holds the
+/// string `value`, written without escapes (a hex digest).
+fn field_at(text: &str, field: &str, value: &str) -> std::ops::Range<u32> {
+    let line = format!("\n{ENTRY_INDENT}  \"{field}\": \"");
+    let start = text
+        .find(&line)
+        .expect("a lock entry has its key and output")
+        + line.len();
+    let end = start + value.len();
+    assert_eq!(
+        text.get(start..end),
+        Some(value),
+        "a lock entry's `{field}` is plain hex"
+    );
+    start as u32..end as u32
 }
 
 impl LockText {
@@ -648,7 +682,7 @@ mod tests {
             kind: "command".into(),
             schema_version: 1,
             key: key.into(),
-            fields: serde_json::json!({"run": ["sh", "-c", "echo \"}\n\""], "n": n, "o": {}}),
+            fields: serde_json::json!({"run": ["sh", "-c", "echo \"}\n\""], "n": n, "o": {}, "output": "f", "key": "f"}),
             inputs: [("in \"x\"".to_string(), format!("d{n}"))].into(),
             output: format!("o{n}"),
             outputs: [("a/b".to_string(), "h".to_string())].into(),
@@ -683,6 +717,7 @@ mod tests {
             .map(|(n, e)| (n.clone(), NewEntry::of(n, e)))
             .collect();
         assert_eq!(new["bb"].parsed().unwrap(), entry("k3", 8));
+        assert_eq!((new["bb"].key(), new["bb"].output()), ("k3", "o8"));
         // A first lock: the changes alone, as the full writer writes them.
         let first = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &new);
         let only = LockFile {

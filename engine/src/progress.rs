@@ -196,6 +196,13 @@ impl Progress {
         }
     }
 
+    /// One `--json` event line on stdout, made only under `--json`.
+    fn json_with(&self, value: impl FnOnce() -> serde_json::Value) {
+        if self.json {
+            self.json(value());
+        }
+    }
+
     /// One `--json` event line on stdout.
     fn json(&self, value: serde_json::Value) {
         if !self.json {
@@ -234,12 +241,14 @@ impl Progress {
         self.event(&format!("run {step} ({})", reasons.join("; ")));
         self.tally.lock().unwrap().started(step, Instant::now());
         self.start(step);
-        self.json(json!({
-            "event": "started",
-            "step": step,
-            "key": key.to_hex(),
-            "reasons": reasons,
-        }));
+        self.json_with(|| {
+            json!({
+                "event": "started",
+                "step": step,
+                "key": key.to_hex(),
+                "reasons": reasons,
+            })
+        });
     }
 
     /// A step ended as its run record says (ran, cached, failed, skipped or
@@ -264,9 +273,7 @@ impl Progress {
             (StepOutcome::Cached, _) if line.starts_with("cached ") => self.event_held(line),
             _ => self.event(line),
         }
-        if self.json {
-            self.json(finished_event(report));
-        }
+        self.json_with(|| finished_event(report));
     }
 
     /// The run ended: a `finished` event for each step never announced (not
@@ -275,7 +282,7 @@ impl Progress {
         if let Some(bar) = self.overall.lock().unwrap().take() {
             bar.finish_and_clear();
         }
-        {
+        if self.json {
             let tally = self.tally.lock().unwrap();
             for s in (report.steps.iter()).filter(|s| !tally.is_finished(&s.name)) {
                 self.json(finished_event(s));

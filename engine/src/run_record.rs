@@ -22,6 +22,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use qflow_cache::Hash;
 use serde::{Deserialize, Serialize};
 
 /// What happened to one step in a run.
@@ -51,13 +52,21 @@ pub struct StepReport {
     pub name: String,
     /// What happened to it.
     pub outcome: StepOutcome,
-    /// Its key (hex), once known: the step ran, was cached, or failed or was
-    /// interrupted running with that key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// Its output tree (hex), when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
+    /// Its key (hex in the record), once known: the step ran, was cached, or
+    /// failed or was interrupted running with that key.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "hash_or_none"
+    )]
+    pub key: Option<Hash>,
+    /// Its output tree (hex in the record), when it has one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "hash_or_none"
+    )]
+    pub output: Option<Hash>,
     /// How long it ran (0 unless it ran).
     pub duration_ms: u64,
     /// When it was handed to its executor, after the run's start (a step
@@ -83,6 +92,13 @@ pub struct StepReport {
     /// recorded, but the apply fails), one message each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unmet: Vec<String>,
+}
+
+/// A hash written as hex; a value that is not one reads as none (a record is
+/// a report: a key it cannot tell is left out, not the whole record).
+fn hash_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Hash>, D::Error> {
+    let text = Option::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+    Ok(text.and_then(|t| t.parse().ok()))
 }
 
 impl StepReport {
@@ -111,7 +127,7 @@ impl StepReport {
 
     /// Its key, when it came from the cache and there is nothing else to say
     /// about it: then the record keeps only its name and key.
-    fn cached_key(&self) -> Option<&str> {
+    fn cached_key(&self) -> Option<&Hash> {
         let plain = self.outcome == StepOutcome::Cached
             && self.duration_ms == 0
             && self.start_ms.is_none()
@@ -120,7 +136,7 @@ impl StepReport {
             && self.error.is_none()
             && self.log.is_none()
             && self.unmet.is_empty();
-        self.key.as_deref().filter(|_| plain)
+        self.key.as_ref().filter(|_| plain)
     }
 
     /// Whether it is pending with nothing else to say: kept as its name alone.
@@ -174,7 +190,7 @@ struct Written<'a> {
 }
 
 /// `{"name": "key", ...}` in file order.
-struct CachedKeys<'a>(Vec<(&'a str, &'a str)>);
+struct CachedKeys<'a>(Vec<(&'a str, &'a Hash)>);
 
 impl CachedKeys<'_> {
     fn is_empty(&self) -> bool {
@@ -239,7 +255,7 @@ impl<'de> Deserialize<'de> for RunReport {
         let mut steps = read.steps;
         steps.extend(read.cached.into_iter().map(|(name, key)| {
             let mut step = StepReport::new(&name, StepOutcome::Cached);
-            step.key = Some(key);
+            step.key = key.parse().ok();
             step
         }));
         steps.extend((read.pending.iter()).map(|name| StepReport::new(name, StepOutcome::Pending)));
@@ -268,10 +284,20 @@ impl RunReport {
     }
 
     /// Write this record into `runs` as `<id>.json` (temp file and rename, no fsync).
+    /// The JSON goes to the file as it is made: a record of 50,000 steps is
+    /// megabytes, and no copy of it is held in memory.
     pub fn write(&self, runs: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
         let tmp = runs.join(format!(".{}.tmp", self.id));
-        std::fs::write(&tmp, serde_json::to_vec(self)?)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let written = std::fs::File::create(&tmp)
+            .map_err(anyhow::Error::from)
+            .and_then(|file| {
+                let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
+                serde_json::to_writer(&mut out, self)?;
+                out.flush()?;
+                Ok(())
+            });
+        written.with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, runs.join(format!("{}.json", self.id)))?;
         Ok(())
     }
@@ -400,11 +426,12 @@ mod tests {
 
     #[test]
     fn a_run_record_keeps_its_json_form_and_reads_back() {
+        let (ab, cd, ef) = (Hash([0xab; 32]), Hash([0xcd; 32]), Hash([0xef; 32]));
         let mut cached = StepReport::new("base", StepOutcome::Cached);
-        cached.key = Some("ab".into());
-        cached.output = Some("cd".into());
+        cached.key = Some(ab);
+        cached.output = Some(cd);
         let mut ran = StepReport::new("kernel", StepOutcome::Ran);
-        ran.key = Some("ef".into());
+        ran.key = Some(ef);
         ran.duration_ms = 1500;
         ran.cpu_ms = Some(2900);
         let run = RunReport {
@@ -426,21 +453,23 @@ mod tests {
         let json = serde_json::to_string(&run).unwrap();
         assert_eq!(
             json,
-            r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"kernel","outcome":"ran","key":"ef","duration_ms":1500,"cpu_ms":2900},{"name":"boot","outcome":"skipped","duration_ms":0,"reasons":["run interrupted"]}],"cached":{"base":"ab"},"pending":["runs"],"interrupted":true,"finished":true}"#
+            r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"kernel","outcome":"ran","key":"EF","duration_ms":1500,"cpu_ms":2900},{"name":"boot","outcome":"skipped","duration_ms":0,"reasons":["run interrupted"]}],"cached":{"base":"AB"},"pending":["runs"],"interrupted":true,"finished":true}"#
+                .replace("EF", &ef.to_hex())
+                .replace("AB", &ab.to_hex())
         );
         let dir = std::env::temp_dir().join(format!("qflow-run-record-{}", run_id()));
         std::fs::create_dir_all(&dir).unwrap();
         run.write(&dir).unwrap();
         let back = RunReport::read(&dir.join("1-000-1.json")).unwrap();
-        let outcomes: Vec<(&str, StepOutcome, Option<&str>)> = (back.steps.iter())
-            .map(|s| (s.name.as_str(), s.outcome, s.key.as_deref()))
+        let outcomes: Vec<(&str, StepOutcome, Option<Hash>)> = (back.steps.iter())
+            .map(|s| (s.name.as_str(), s.outcome, s.key))
             .collect();
         assert_eq!(
             outcomes,
             [
-                ("kernel", StepOutcome::Ran, Some("ef")),
+                ("kernel", StepOutcome::Ran, Some(ef)),
                 ("boot", StepOutcome::Skipped, None),
-                ("base", StepOutcome::Cached, Some("ab")),
+                ("base", StepOutcome::Cached, Some(ab)),
                 ("runs", StepOutcome::Pending, None),
             ]
         );
@@ -450,16 +479,22 @@ mod tests {
 
     #[test]
     fn a_record_written_before_cached_steps_were_kept_by_key_reads_the_same() {
-        let old = r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"base","outcome":"cached","key":"ab","output":"cd","duration_ms":0},{"name":"boot","outcome":"failed","key":"ef","duration_ms":7,"error":"exit 3"}],"interrupted":false,"finished":true}"#;
-        let back: RunReport = serde_json::from_str(old).unwrap();
+        let old = r#"{"id":"1-000-1","workflow":"w.yaml","started_unix":1,"duration_ms":2,"steps":[{"name":"base","outcome":"cached","key":"AB","output":"CD","duration_ms":0},{"name":"boot","outcome":"failed","key":"ef","duration_ms":7,"error":"exit 3"}],"interrupted":false,"finished":true}"#
+            .replace("AB", &Hash([0xab; 32]).to_hex())
+            .replace("CD", &Hash([0xcd; 32]).to_hex());
+        let back: RunReport = serde_json::from_str(&old).unwrap();
         assert_eq!(back.count(StepOutcome::Cached), 1);
-        assert_eq!(back.steps[0].output.as_deref(), Some("cd"));
+        assert_eq!(back.steps[0].output, Some(Hash([0xcd; 32])));
+        assert_eq!(
+            back.steps[1].key, None,
+            "a key that is not a hash is left out"
+        );
         assert_eq!(back.steps[1].error.as_deref(), Some("exit 3"));
     }
 
     #[test]
     fn a_run_that_ran_one_step_of_ten_thousand_writes_under_100_bytes_per_cached_step() {
-        let key = |i: usize| format!("{i:064x}");
+        let key = |i: usize| format!("{i:064x}").parse::<Hash>().unwrap();
         let mut steps: Vec<StepReport> = (0..10_000)
             .map(|i| {
                 let mut s = StepReport::new(&format!("step{i}"), StepOutcome::Cached);
@@ -485,11 +520,7 @@ mod tests {
         assert!(bytes < 100 * 10_000, "{bytes} bytes");
         let back: RunReport = serde_json::from_slice(&serde_json::to_vec(&run).unwrap()).unwrap();
         assert_eq!(back.count(StepOutcome::Cached), 9_999);
-        assert!(
-            back.steps
-                .iter()
-                .any(|s| s.key.as_deref() == Some(&key(9_999)))
-        );
+        assert!(back.steps.iter().any(|s| s.key == Some(key(9_999))));
     }
 
     #[test]

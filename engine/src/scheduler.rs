@@ -180,6 +180,7 @@ fn run_steps(
     }
     let id = crate::run_record::run_id();
     let mut run = Run::new(parts, slots, options.keep_going, id);
+    crate::timings::mark("new run");
     let local: Vec<bool> = (session.workflow.steps.iter())
         .map(|s| !on_cluster(&s.name))
         .collect();
@@ -442,7 +443,7 @@ fn write_lock(
                 .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
                 .map(|(n, ids)| (n.as_str(), *ids));
             let changed = (changes.iter())
-                .map(|(n, e)| (n.as_str(), crate::lockfile::locked_ids(&e.key, &e.output)));
+                .map(|(n, e)| (n.as_str(), crate::lockfile::locked_ids(e.key(), e.output())));
             session.remember_lock_index(
                 digest,
                 crate::lockfile::LOCK_VERSION,

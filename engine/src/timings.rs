@@ -21,8 +21,9 @@ pub fn mark(name: &str) {
     let now = Instant::now();
     let since = start.unwrap_or(now);
     eprintln!(
-        "qflow-timing: {name}: {:.2} ms",
-        (now - since).as_secs_f64() * 1000.0
+        "qflow-timing: {name}: {:.2} ms{}",
+        (now - since).as_secs_f64() * 1000.0,
+        memory()
     );
     *start = Some(now);
 }
@@ -31,8 +32,35 @@ pub fn mark(name: &str) {
 pub fn took(name: &str, took: std::time::Duration) {
     if enabled() {
         eprintln!(
-            "qflow-timing: {name}: {:.2} ms",
-            took.as_secs_f64() * 1000.0
+            "qflow-timing: {name}: {:.2} ms{}",
+            took.as_secs_f64() * 1000.0,
+            memory()
         );
+    }
+}
+
+/// `, rss N MB (peak M MB)` from `/proc/self/status`, where there is one.
+fn memory() -> String {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return String::new();
+    };
+    let kb = |field: &str| {
+        (status.lines())
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    match (kb("VmRSS:"), kb("VmHWM:")) {
+        (Some(rss), Some(peak)) => {
+            // SAFETY: mallinfo2 only reads the allocator's counters.
+            let m = unsafe { libc::mallinfo2() };
+            format!(
+                ", rss {:.1} MB (peak {:.1} MB), heap in use {:.1} MB, free {:.1} MB",
+                rss as f64 / 1024.0,
+                peak as f64 / 1024.0,
+                (m.uordblks + m.hblkhd) as f64 / 1048576.0,
+                m.fordblks as f64 / 1048576.0
+            )
+        }
+        _ => String::new(),
     }
 }

@@ -107,7 +107,7 @@ pub fn recent_keys(session: &Session, n: usize) -> BTreeSet<qflow_cache::Hash> {
             continue;
         };
         for s in &v.steps {
-            if let Some(k) = s.key.as_deref().and_then(|k| k.parse().ok()) {
+            if let Some(k) = s.key {
                 keep.insert(k);
             }
         }
