@@ -202,6 +202,8 @@ impl<'a> Run<'a> {
         let forced = (workflow.steps.iter())
             .map(|s| workflow.selection.is_forced(&s.name))
             .collect();
+        // Logs an earlier apply moved aside are removed beside this one's work.
+        crate::run_record::start_removing_pruned_logs(&session.cache.dir("logs"));
         Run {
             forced,
             keep_going,

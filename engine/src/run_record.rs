@@ -362,11 +362,67 @@ pub fn prune(runs: &Path, logs: &Path, keep: usize, max_bytes: u64) {
         })
         .count()
         .max(1);
+    let pruned = logs.join(PRUNED_LOGS);
     for (_, _, p) in &records[kept..] {
         if let Some(id) = p.file_stem() {
-            let _ = std::fs::remove_dir_all(logs.join(id));
+            // One rename now; the files go in the background (see `remove_pruned_logs`).
+            let _ = std::fs::create_dir_all(&pruned);
+            if std::fs::rename(logs.join(id), pruned.join(id)).is_err() {
+                let _ = std::fs::remove_dir_all(logs.join(id));
+            }
         }
         let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Where [`prune`] moves the log directories of the run records it removes,
+/// below the logs directory. Nothing reads it: its contents are removed by
+/// [`remove_pruned_logs`], in the background of the apply that pruned them and
+/// of the applies after it, and whole by `qflow gc`.
+pub const PRUNED_LOGS: &str = ".pruned";
+
+/// Remove the log directories [`prune`] moved aside, one at a time, until none
+/// is left. A run of 10,000 steps leaves 10,000 logs: removing them takes about
+/// a second on ext4, which the apply that rolls its record off would otherwise
+/// wait for. Called on a thread of its own ([`start_removing_pruned_logs`]) it
+/// may be cut off by the process's exit: what is left is removed by the next
+/// apply's, and a half-removed directory below [`PRUNED_LOGS`] is never read.
+pub fn remove_pruned_logs(logs: &Path) {
+    let pruned = logs.join(PRUNED_LOGS);
+    loop {
+        let Ok(mut dir) = std::fs::read_dir(&pruned) else {
+            return;
+        };
+        let Some(Ok(entry)) = dir.next() else {
+            let _ = std::fs::remove_dir(&pruned);
+            return;
+        };
+        if std::fs::remove_dir_all(entry.path()).is_err()
+            && std::fs::symlink_metadata(entry.path()).is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Start [`remove_pruned_logs`] on a thread of its own unless there is nothing
+/// to remove or this process already has such a thread. The thread is not
+/// waited for.
+pub fn start_removing_pruned_logs(logs: &Path) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static REMOVING: AtomicBool = AtomicBool::new(false);
+    if !logs.join(PRUNED_LOGS).exists() || REMOVING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let logs = logs.to_path_buf();
+    let started = std::thread::Builder::new()
+        .name("remove pruned logs".into())
+        .spawn(move || {
+            remove_pruned_logs(&logs);
+            REMOVING.store(false, Ordering::Release);
+        });
+    if started.is_err() {
+        REMOVING.store(false, Ordering::Release);
     }
 }
 
@@ -421,6 +477,39 @@ mod tests {
         left.sort();
         assert_eq!(left, ["3-000-1.json", "4-000-1.json"]);
         assert!(!logs.join("2-000-1").exists() && logs.join("3-000-1").exists());
+        // The pruned runs' logs were moved aside in one rename each, to be
+        // removed beside the apply's work; nothing of them is left after that.
+        let pruned = logs.join(PRUNED_LOGS);
+        assert!(pruned.join("2-000-1/s.log").exists());
+        remove_pruned_logs(&logs);
+        assert!(!pruned.exists());
+        let mut logs_left: Vec<String> = std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        logs_left.sort();
+        assert_eq!(logs_left, ["3-000-1", "4-000-1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pruned_logs_are_removed_by_a_thread_the_apply_does_not_wait_for() {
+        let dir = std::env::temp_dir().join(format!("qflow-run-pruned-{}", run_id()));
+        let logs = dir.join("logs");
+        for run in 0..3 {
+            let d = logs.join(PRUNED_LOGS).join(format!("{run}-000-1"));
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..50 {
+                std::fs::write(d.join(format!("s{i}.log")), "x").unwrap();
+            }
+        }
+        start_removing_pruned_logs(&logs);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while logs.join(PRUNED_LOGS).exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!logs.join(PRUNED_LOGS).exists());
+        assert!(logs.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

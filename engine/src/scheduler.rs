@@ -379,6 +379,7 @@ fn conclude(
         crate::run_record::KEPT_RUNS,
         crate::run_record::kept_bytes(report.steps.len()),
     );
+    crate::run_record::start_removing_pruned_logs(&session.cache.dir("logs"));
     crate::timings::mark("write run record");
     progress.run_finished(&report);
     let unmet: Vec<&String> = report.steps.iter().flat_map(|s| &s.unmet).collect();

@@ -19,6 +19,7 @@ pub fn run(registry: &Registry, workflow: &Located, keep_runs: usize) -> anyhow:
     let keep = recent_keys(&session, keep_runs);
     let stats = session.cache.gc(&keep.into_iter().collect::<Vec<_>>())?;
     let indexes = prune_tree_indexes(&wf, &session.cache.dir("tree-index"))?;
+    qflow_engine::run_record::remove_pruned_logs(&session.cache.dir("logs"));
     eprintln!(
         "qflow: gc removed {} records, {} trees, {} objects ({}), {} tree indexes",
         stats.records,
