@@ -85,6 +85,7 @@ pub mod workflow;
 pub mod workflow_memo;
 pub mod workflow_schema;
 pub mod yaml_error;
+pub mod yaml_pieces;
 
 /// The host lacks what some step needs (a tool, a secret file, root, a module).
 /// Found before anything runs; the binary exits 2 on it.

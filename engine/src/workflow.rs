@@ -19,6 +19,7 @@ use crate::dag::{Dag, StepId};
 use crate::diagnostic::{Diagnostics, did_you_mean, escaped};
 use crate::interpolate::{self, Expr};
 use crate::step::{CheckContext, Input, Registry, Step};
+use crate::yaml_pieces;
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "version", "name", "vars", "steps", "executor", "slurm", "figures",
@@ -321,6 +322,26 @@ impl Workflow {
         registry: &Registry,
         options: &LoadOptions,
     ) -> anyhow::Result<Workflow> {
+        if text.len() > yaml_pieces::CUT_ABOVE
+            && let Some(pieces) = yaml_pieces::cut(text)
+        {
+            match Self::load_doc(path.clone(), text, Some(&pieces), registry, options) {
+                Err(e) if e.is::<yaml_pieces::Uncut>() => {}
+                loaded => return loaded,
+            }
+        }
+        Self::load_doc(path, text, None, registry, options)
+    }
+
+    /// [`Self::load_text`] of the whole document, or of its `pieces`
+    /// ([`yaml_pieces::Uncut`] when they do not parse as the whole would).
+    pub(crate) fn load_doc(
+        path: PathBuf,
+        text: &str,
+        pieces: Option<&yaml_pieces::Pieces<'_>>,
+        registry: &Registry,
+        options: &LoadOptions,
+    ) -> anyhow::Result<Workflow> {
         let dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -328,13 +349,16 @@ impl Workflow {
         let shown = crate::paths::shown(&path);
         let mut diags = Diagnostics::new(&shown, text);
 
-        let doc: Value = match serde_yaml::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                let (position, msg) = crate::yaml_error::explain(&e, text);
-                diags.at_position(position, msg);
-                return Err(diags.finish().unwrap_err().into());
-            }
+        let doc: Value = match pieces {
+            Some(pieces) => Value::Mapping(yaml_pieces::top_mapping(pieces)?),
+            None => match serde_yaml::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    let (position, msg) = crate::yaml_error::explain(&e, text);
+                    diags.at_position(position, msg);
+                    return Err(diags.finish().unwrap_err().into());
+                }
+            },
         };
         let tagged = crate::yaml_error::tagged_values(&doc, text);
         if !tagged.is_empty() {
@@ -452,17 +476,19 @@ impl Workflow {
                 &no_steps
             }
         };
-        let step_names = StepNames::new(steps_value.keys().map(key_text).collect());
+        let step_names = StepNames::new(match pieces {
+            Some(pieces) => pieces.steps.iter().map(|p| p.key.to_string()).collect(),
+            None => steps_value.keys().map(key_text).collect(),
+        });
         let ctx = CheckContext {
             work_dir: dir.clone(),
         };
+        let step_count = pieces.map_or(steps_value.len(), |p| p.steps.len());
         // The workflow keeps its steps for the whole run: no room to spare.
-        let mut steps =
-            Vec::with_capacity(steps_value.len() + usize::from(top.contains_key(FIGURES)));
+        let mut steps = Vec::with_capacity(step_count + usize::from(top.contains_key(FIGURES)));
         // Every step's inputs, with the field that declares each.
         let mut inputs = Vec::new();
-        for (k, v) in steps_value {
-            let sname = key_text(k);
+        let mut load_one = |sname: String, v: &Value| {
             let base = format!("steps.{sname}");
             if !valid_name(&sname) {
                 diags.at(
@@ -472,7 +498,7 @@ impl Workflow {
                         escaped(&sname)
                     ),
                 );
-                continue;
+                return;
             }
             if sname.len() > MAX_STEP_NAME {
                 diags.at(
@@ -483,28 +509,28 @@ impl Workflow {
                         sname.len()
                     ),
                 );
-                continue;
+                return;
             }
             let Value::Mapping(fields) = v else {
                 diags.at(
                     &base,
                     format!("a step is a mapping with a `kind:`, not {}", type_name(v)),
                 );
-                continue;
+                return;
             };
             if sname == FIGURES && top.contains_key(FIGURES) {
                 diags.at(
                     &base,
                     "a step named `figures` would clash with the workflow's `figures:` (drawn into out/figures/); rename the step",
                 );
-                continue;
+                return;
             }
             if fields.get("kind") == Some(&Value::String(FIGURES.into())) {
                 diags.at(
                     &format!("{base}.kind"),
                     "figures are declared in the workflow's top-level `figures:` section, not as a step",
                 );
-                continue;
+                return;
             }
             if let Some(decl) = load_step(
                 &sname,
@@ -518,6 +544,18 @@ impl Workflow {
                 &mut inputs,
             ) {
                 steps.push(decl);
+            }
+        };
+        match pieces {
+            // Each step's value is parsed, checked and dropped in turn.
+            Some(pieces) => yaml_pieces::parse_each(&pieces.steps, text, |name, v| {
+                load_one(name.to_string(), &v);
+                Ok(())
+            })?,
+            None => {
+                for (k, v) in steps_value {
+                    load_one(key_text(k), v);
+                }
             }
         }
         check_inputs(&inputs, &ctx, &mut diags);

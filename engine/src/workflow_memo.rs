@@ -192,6 +192,7 @@ struct MemoHead {
 
 impl WorkflowMemo {
     /// The memo as JSON lines (JSON escapes every line break inside a string).
+    #[cfg(test)]
     fn to_lines(&self) -> Option<Vec<u8>> {
         let mut out = serde_json::to_vec(&self.head).ok()?;
         out.push(b'\n');
@@ -213,6 +214,7 @@ impl WorkflowMemo {
     }
 
     /// Memo `bytes` read back whole, on one core.
+    #[cfg(test)]
     fn from_lines(bytes: &[u8]) -> Option<WorkflowMemo> {
         let (head, lines) = Self::split(bytes)?;
         let steps = (lines.iter())
@@ -359,17 +361,24 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
     if (workflow.steps.iter()).any(|s| !s.env_used.is_empty() || s.fields_value.is_some()) {
         return;
     }
-    let stored = WorkflowMemo {
-        head: MemoHead {
-            key: key.0.clone(),
-            name: workflow.name.clone(),
-            vars: workflow.vars.clone(),
-            placement: workflow.placement.clone(),
-        },
-        steps: workflow
-            .steps
-            .iter()
-            .map(|s| MemoStep {
+    let head = MemoHead {
+        key: key.0.clone(),
+        name: workflow.name.clone(),
+        vars: workflow.vars.clone(),
+        placement: workflow.placement.clone(),
+    };
+    let Some(dir) = memo.parent() else { return };
+    // Only inside a cache that exists: loading alone never creates `.qflow/`.
+    if !(dir.parent().is_some_and(Path::is_dir) && std::fs::create_dir_all(dir).is_ok()) {
+        return;
+    }
+    // Line by line, each read back before it counts: a memo of 10,000 steps is
+    // never held whole, and one that would not give back its workflow is not kept.
+    let _ = qflow_cache::write_atomic_with(memo, |out| {
+        let mut line = Vec::new();
+        write_line(out, &mut line, &head)?;
+        for s in &workflow.steps {
+            let step = MemoStep {
                 name: s.name.clone(),
                 kind: s.kind.clone(),
                 upstream: s.upstream.clone(),
@@ -380,21 +389,31 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 placement: s.placement.clone(),
                 fields: s.canonical_fields.clone(),
                 vars_used: s.vars_used.clone(),
-            })
-            .collect(),
-    };
-    let Some(bytes) = stored.to_lines() else {
-        return;
-    };
-    match WorkflowMemo::from_lines(&bytes) {
-        Some(back) if back == stored => {}
-        _ => return,
+            };
+            write_line(out, &mut line, &step)?;
+        }
+        Ok(())
+    });
+}
+
+/// Writes `value` as one JSON line to `out` (through `line`, reused), once it
+/// reads back as itself.
+fn write_line<T>(out: &mut dyn std::io::Write, line: &mut Vec<u8>, value: &T) -> std::io::Result<()>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    line.clear();
+    serde_json::to_writer(&mut *line, value)?;
+    match serde_json::from_slice::<T>(line) {
+        Ok(back) if back == *value => {}
+        _ => {
+            return Err(std::io::Error::other(
+                "the memo would not read back as written",
+            ));
+        }
     }
-    let Some(dir) = memo.parent() else { return };
-    // Only inside a cache that exists: loading alone never creates `.qflow/`.
-    if dir.parent().is_some_and(Path::is_dir) && std::fs::create_dir_all(dir).is_ok() {
-        let _ = qflow_cache::write_atomic(memo, &bytes);
-    }
+    line.push(b'\n');
+    out.write_all(line)
 }
 
 #[cfg(test)]
@@ -495,6 +514,153 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let memo = memo_path(&dir.join(".qflow"), &std::path::absolute(workflow).unwrap());
         std::fs::metadata(memo).unwrap().ino()
+    }
+
+    /// A workflow of `n` `copy` steps large enough to be parsed in pieces, in the
+    /// forms a person writes: comments between steps, `vars:` after `steps:`, a
+    /// step in flow style on its name's line, a block scalar, quoted values.
+    fn large_workflow(n: usize) -> String {
+        let mut text = String::from("# generated\nversion: 1\nname: big\nsteps:\n");
+        for i in 0..n {
+            if i % 7 == 0 {
+                text.push_str(&format!("  # step {i}\n\n"));
+            }
+            if i % 11 == 5 {
+                text.push_str(&format!(
+                    "  s{i}: {{kind: copy, from: in.txt, to: \"o{i}.txt\"}}\n"
+                ));
+                continue;
+            }
+            text.push_str(&format!("  s{i}:\n    kind: copy\n    from: 'in.txt'\n"));
+            if i % 13 == 3 {
+                text.push_str(&format!(
+                    "    to: >-\n      o{i}-${{{{ who }}}}\n      .txt\n"
+                ));
+            } else {
+                text.push_str(&format!("    to: o{i}.txt\n"));
+            }
+            if i > 0 {
+                text.push_str(&format!("    after: [s{}]\n", i / 2));
+            }
+        }
+        text.push_str("vars:\n  who: world # a comment\n");
+        text
+    }
+
+    fn same_steps(a: &Workflow, b: &Workflow) {
+        assert_eq!((&a.name, &a.vars), (&b.name, &b.vars));
+        assert_eq!(a.steps.len(), b.steps.len());
+        for (a, b) in a.steps.iter().zip(&b.steps) {
+            assert_eq!(
+                (&a.name, &a.kind, &a.upstream),
+                (&b.name, &b.kind, &b.upstream)
+            );
+            assert_eq!(a.canonical_fields(), b.canonical_fields());
+            assert_eq!(a.vars_used, b.vars_used);
+            assert_eq!(format!("{:?}", a.step), format!("{:?}", b.step));
+        }
+    }
+
+    #[test]
+    fn a_large_workflow_parsed_in_pieces_loads_as_it_does_whole() {
+        let d = space("pieces");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let text = large_workflow(4000);
+        assert!(text.len() > crate::yaml_pieces::CUT_ABOVE, "{}", text.len());
+        let pieces = crate::yaml_pieces::cut(&text).expect("a block-style workflow is cut");
+        assert_eq!(pieces.steps.len(), 4000);
+        let r = registry();
+        let o = LoadOptions::default();
+        let cut = Workflow::load_doc(wf.clone(), &text, Some(&pieces), &r, &o).unwrap();
+        let whole = Workflow::load_doc(wf.clone(), &text, None, &r, &o).unwrap();
+        same_steps(&cut, &whole);
+        assert_eq!(to_field(&cut, "s3"), "o3-world .txt");
+        assert_eq!(to_field(&cut, "s5"), "o5.txt");
+        // `load_text` takes the pieces for a workflow this large.
+        same_steps(&Workflow::load_text(wf, &text, &r, &o).unwrap(), &whole);
+    }
+
+    #[test]
+    fn an_alias_to_another_steps_anchor_is_read_from_the_whole_document() {
+        let d = space("alias");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let text = large_workflow(4000)
+            .replace(
+                "  s1:\n    kind: copy\n    from: 'in.txt'\n",
+                "  s1:\n    kind: copy\n    from: &input 'in.txt'\n",
+            )
+            .replace(
+                "  s3999:\n    kind: copy\n    from: 'in.txt'\n",
+                "  s3999:\n    kind: copy\n    from: *input\n",
+            );
+        assert!(text.contains("*input"));
+        let pieces = crate::yaml_pieces::cut(&text).unwrap();
+        let r = registry();
+        let o = LoadOptions::default();
+        let err = Workflow::load_doc(wf.clone(), &text, Some(&pieces), &r, &o).unwrap_err();
+        assert!(err.is::<crate::yaml_pieces::Uncut>(), "{err:#}");
+        let loaded = Workflow::load_text(wf.clone(), &text, &r, &o).unwrap();
+        same_steps(
+            &loaded,
+            &Workflow::load_doc(wf, &text, None, &r, &o).unwrap(),
+        );
+        assert!(format!("{:?}", loaded.step("s3999").unwrap().step).contains("in.txt"));
+    }
+
+    #[test]
+    fn a_yaml_error_deep_in_a_large_workflow_is_told_as_for_a_small_one() {
+        let d = space("pieces-error");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let text = large_workflow(4000).replace("    to: o3000.txt\n", "    to: [o3000.txt\n");
+        let r = registry();
+        let o = LoadOptions::default();
+        let err = format!(
+            "{:#}",
+            Workflow::load_text(wf.clone(), &text, &r, &o).unwrap_err()
+        );
+        let whole = format!(
+            "{:#}",
+            Workflow::load_doc(wf, &text, None, &r, &o).unwrap_err()
+        );
+        assert_eq!(err, whole);
+        let line = 1 + text[..text.find("[o3000.txt").unwrap()]
+            .matches('\n')
+            .count();
+        assert!(
+            err.contains(&format!("workflow.yaml:{line}"))
+                || err.contains(&format!(":{}:", line + 1)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mistake_in_one_step_of_a_large_workflow_names_its_line_and_field() {
+        let d = space("pieces-field");
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let text = large_workflow(4000).replace(
+            "  s2500:\n    kind: copy\n",
+            "  s2500:\n    kind: copy\n    form: x\n",
+        );
+        let r = registry();
+        let o = LoadOptions::default();
+        let err = format!(
+            "{:#}",
+            Workflow::load_text(wf.clone(), &text, &r, &o).unwrap_err()
+        );
+        let whole = format!(
+            "{:#}",
+            Workflow::load_doc(wf, &text, None, &r, &o).unwrap_err()
+        );
+        assert_eq!(err, whole);
+        let line = 1 + text[..text.find("    form: x").unwrap()]
+            .matches('\n')
+            .count();
+        assert!(err.contains(&format!("workflow.yaml:{line}:")), "{err}");
+        assert!(err.contains("form"), "{err}");
     }
 
     #[test]
