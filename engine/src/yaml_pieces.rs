@@ -103,9 +103,8 @@ pub fn cut(text: &str) -> Option<Pieces<'_>> {
             entry = Some((start, key));
             continue;
         }
-        if entry.is_none() {
-            return None;
-        }
+        // An indented line before any top-level key.
+        entry?;
         if !in_steps {
             continue;
         }
