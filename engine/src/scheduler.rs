@@ -101,9 +101,12 @@ pub fn apply(
     });
     signals.close();
     let (finished, out_links) = steps?;
-    // Still under the lock: this run's started marks of steps that ended go with their journal.
+    let concluded = conclude(session, finished, &out_links, &progress, started);
+    // Still under the lock: this run's started marks of steps that ended go with
+    // their journal. After the lock is written, so that the lock's changes are gone
+    // by then; a compaction that fails leaves the journals for the next run.
     let _ = session.cache.compact_started();
-    conclude(session, finished, &out_links, &progress, started)
+    concluded
 }
 
 /// The run itself: host checks, the lock entries in place, then the run loop until
