@@ -157,9 +157,11 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
             })
             .collect::<anyhow::Result<_>>()?
     };
+    // Every list is made at its exact size: the run keeps them all to its end
+    // (a step's list grown by pushing held four times the room it used).
     let mut out = Vec::with_capacity(inputs.len());
     for (step_inputs, step_walked) in inputs.iter().zip(walked) {
-        let mut digests = Vec::new();
+        let mut digests = Vec::with_capacity(step_inputs.as_ref().len());
         for (input, found) in step_inputs.as_ref().iter().zip(step_walked) {
             if let Some(digest) = found.proven {
                 digests.push(InputDigest {
@@ -170,27 +172,25 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
                 });
                 continue;
             }
-            let entries: Vec<(String, InputEntry)> = found
-                .entries
-                .into_iter()
-                .map(|(rel, f)| {
-                    let e = match f {
-                        Found::Queued(via, i, executable) => InputEntry::File {
-                            executable,
-                            hash: if via {
-                                cached_hashes[i]
-                            } else {
-                                direct_hashes[i]
-                            },
+            // Not collected in place: that would keep the walk's larger list.
+            let mut entries: Vec<(String, InputEntry)> = Vec::with_capacity(found.entries.len());
+            entries.extend(found.entries.into_iter().map(|(rel, f)| {
+                let e = match f {
+                    Found::Queued(via, i, executable) => InputEntry::File {
+                        executable,
+                        hash: if via {
+                            cached_hashes[i]
+                        } else {
+                            direct_hashes[i]
                         },
-                        Found::Known(hash, executable) => InputEntry::File { executable, hash },
-                        Found::File(..) => unreachable!("every file was queued"),
-                        Found::Symlink(t) => InputEntry::Symlink { target: t },
-                        Found::Dir => InputEntry::Dir,
-                    };
-                    (rel, e)
-                })
-                .collect();
+                    },
+                    Found::Known(hash, executable) => InputEntry::File { executable, hash },
+                    Found::File(..) => unreachable!("every file was queued"),
+                    Found::Symlink(t) => InputEntry::Symlink { target: t },
+                    Found::Dir => InputEntry::Dir,
+                };
+                (rel, e)
+            }));
             let digest = digest_of(&entries);
             if let Some(TreeWalk {
                 index: Some(index),
