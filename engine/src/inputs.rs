@@ -55,8 +55,9 @@ enum Found {
 /// One input as found on disk.
 struct Walked {
     entries: Vec<(String, Found)>,
-    /// A walked tree: its stats (aligned with `entries`) and where to index it.
-    tree: Option<TreeWalk>,
+    /// A walked tree: its stats (aligned with `entries`) and where to index it
+    /// (boxed: most inputs are single files, walked by the thousand at once).
+    tree: Option<Box<TreeWalk>>,
     /// The digest, when the tree index proved the tree unchanged.
     proven: Option<Hash>,
 }
@@ -197,7 +198,7 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
                 root,
                 stats,
                 walked_at_ns,
-            }) = &found.tree
+            }) = found.tree.as_deref()
             {
                 crate::tree_index::write(index, *root, &entries, stats, digest, *walked_at_ns)?;
             }
@@ -242,6 +243,9 @@ fn walk(
         && let Ok(st) = fd.stat(Path::new(&input.path))
         && st.mode & libc::S_IFMT != libc::S_IFDIR
     {
+        // A list of one, not the room of four a push makes: a batch of
+        // thousands of single-file inputs is walked at once.
+        entries.reserve_exact(1);
         entries.push((String::new(), Found::File(root, st)));
         return Ok(Walked {
             entries,
@@ -253,6 +257,7 @@ fn walk(
     let meta = std::fs::metadata(&root)
         .with_context(|| format!("input `{}` does not exist ({})", input.path, root.display()))?;
     if !meta.is_dir() {
+        entries.reserve_exact(1);
         entries.push((String::new(), Found::File(root, FileStat::of(&meta))));
         return Ok(Walked {
             entries,
@@ -299,12 +304,12 @@ fn walk(
     }
     Ok(Walked {
         entries,
-        tree: Some(TreeWalk {
+        tree: Some(Box::new(TreeWalk {
             index,
             root: walk.root,
             stats,
             walked_at_ns,
-        }),
+        })),
         proven: None,
     })
 }
