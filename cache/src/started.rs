@@ -22,8 +22,8 @@
 //! a run that ends normally leaves nothing behind. A file named by a bare step
 //! key is a mark written by an older qflow, read the same way.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -40,13 +40,11 @@ pub(crate) struct Journal {
     open: Option<std::collections::HashSet<Hash>>,
 }
 
-/// One journal line, parsed.
-struct Event {
-    nanos: u128,
-    key: String,
-    /// `Some(note)` for a start, `None` for an end.
-    start: Option<String>,
-}
+/// A step key as its journal lines spell it (64 hex digits).
+type KeyText = [u8; 64];
+
+/// The last event of one key: when, and `Some(note)` for a start, `None` for an end.
+type Last = (u128, Option<Box<str>>);
 
 fn now_nanos() -> u128 {
     std::time::SystemTime::now()
@@ -55,7 +53,8 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-fn parse_line(line: &str) -> Option<Event> {
+/// One journal line, parsed: (nanos, step key, `Some(note)` for a start, `None` for an end).
+fn parse_line(line: &str) -> Option<(u128, &str, Option<&str>)> {
     let mut parts = line.splitn(4, ' ');
     let nanos = parts.next()?.parse().ok()?;
     let sign = parts.next()?;
@@ -64,15 +63,53 @@ fn parse_line(line: &str) -> Option<Event> {
         return None;
     }
     let start = match sign {
-        "+" => Some(parts.next().unwrap_or("").to_string()),
+        "+" => Some(parts.next().unwrap_or("")),
         "-" => None,
         _ => return None,
     };
-    Some(Event {
-        nanos,
-        key: key.to_string(),
-        start,
-    })
+    Some((nanos, key, start))
+}
+
+/// Folds the whole lines of one journal into each key's last event (the latest
+/// nanos; of equal nanos, the later line). `None` when the file is not UTF-8.
+fn fold_journal(file: std::fs::File, last: &mut HashMap<KeyText, Last>) -> Option<()> {
+    // Folded apart first: a file found not UTF-8 part way counts for nothing.
+    let mut own: HashMap<KeyText, Last> = HashMap::new();
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            break;
+        }
+        let text = std::str::from_utf8(&line).ok()?;
+        // Only whole lines count: a last line without its newline was cut short.
+        let Some((nanos, key, start)) = text.strip_suffix('\n').and_then(parse_line) else {
+            continue;
+        };
+        let key: KeyText = key.as_bytes().try_into().expect("64 hex digits");
+        match own.get_mut(&key) {
+            Some(seen) if seen.0 > nanos => {}
+            Some(seen) => *seen = (nanos, start.map(Box::from)),
+            None => {
+                own.insert(key, (nanos, start.map(Box::from)));
+            }
+        }
+    }
+    if last.is_empty() {
+        *last = own;
+        return Some(());
+    }
+    for (key, event) in own {
+        match last.get_mut(&key) {
+            Some(seen) if seen.0 > event.0 => {}
+            Some(seen) => *seen = event,
+            None => {
+                last.insert(key, event);
+            }
+        }
+    }
+    Some(())
 }
 
 impl Cache {
@@ -82,9 +119,12 @@ impl Cache {
 
     /// The files of `tmp/started` and the open marks they hold: (step key in hex, note),
     /// sorted by key.
+    ///
+    /// The journals are folded line by line into each key's last event, in the
+    /// order of their times: a run's journal of 20,000 lines is never held whole.
     fn read_started(&self) -> (Vec<PathBuf>, BTreeMap<String, String>) {
         let mut files = Vec::new();
-        let mut events = Vec::new();
+        let mut last = HashMap::new();
         let mut open = BTreeMap::new();
         let Ok(dir) = std::fs::read_dir(self.started_dir()) else {
             return (files, open);
@@ -92,18 +132,18 @@ impl Cache {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
             if name.starts_with("j-") {
-                // Only whole lines count: a last line without its newline was cut short.
-                events.extend(
-                    (text.split_inclusive('\n'))
-                        .filter_map(|l| l.strip_suffix('\n'))
-                        .filter_map(parse_line),
-                );
+                let Ok(file) = std::fs::File::open(&path) else {
+                    continue;
+                };
+                if fold_journal(file, &mut last).is_none() {
+                    continue;
+                }
             } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
                 // An older qflow's mark: "pid .. at ..\n<note>\n".
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
                 let note = text.lines().nth(1).unwrap_or("").to_string();
                 open.insert(name, note);
             } else {
@@ -111,17 +151,22 @@ impl Cache {
                 if !name.starts_with(crate::atomic::TMP_PREFIX) {
                     continue;
                 }
+                // Read as before: one that cannot be read is left alone.
+                if std::fs::read_to_string(&path).is_err() {
+                    continue;
+                }
             }
             files.push(path);
         }
-        events.sort_by_key(|e| e.nanos);
-        for e in events {
-            match e.start {
+        // A key's last event decides it, over an older qflow's mark too.
+        for (key, (_, start)) in last {
+            let key = String::from_utf8(key.to_vec()).expect("hex digits");
+            match start {
                 Some(note) => {
-                    open.insert(e.key, note);
+                    open.insert(key, note.into());
                 }
                 None => {
-                    open.remove(&e.key);
+                    open.remove(&key);
                 }
             }
         }

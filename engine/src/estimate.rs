@@ -31,6 +31,16 @@ pub struct Expected {
     pub width: usize,
 }
 
+/// What the tally keeps of an [`Expected`] step not finished: all but its name,
+/// which keys it.
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    ms: u64,
+    path_ms: u64,
+    width: usize,
+    previous: bool,
+}
+
 /// The count and the estimate, kept as steps start and finish.
 ///
 /// Every event costs the same whatever the run's size: the sums and the
@@ -47,7 +57,7 @@ pub struct Tally {
     /// The steps already announced finished, so each counts once.
     seen: std::collections::HashSet<String>,
     /// The steps not finished yet, by name (the name moved out of each, not copied).
-    expected: HashMap<String, Expected>,
+    expected: HashMap<String, Left>,
     slots: usize,
     /// The running steps, since when.
     started: HashMap<String, Instant>,
@@ -66,7 +76,15 @@ impl Tally {
         self.total = steps.len();
         self.slots = slots.max(1);
         self.expected = (steps.into_iter())
-            .map(|mut e| (std::mem::take(&mut e.name), e))
+            .map(|e| {
+                let left = Left {
+                    ms: e.ms,
+                    path_ms: e.path_ms,
+                    width: e.width,
+                    previous: e.previous,
+                };
+                (e.name, left)
+            })
             .collect();
         self.with_previous = 0;
         self.work = 0;
@@ -101,6 +119,11 @@ impl Tally {
             self.work -= e.ms * e.width.max(1) as u64;
             if !was_running {
                 forget_path(&mut self.paths, e.path_ms);
+            }
+            // Its room is given back as the run goes: held to the end, 10,000
+            // steps' room was a megabyte at the run's peak.
+            if self.expected.len() * 4 < self.expected.capacity() {
+                self.expected.shrink_to(self.expected.len() * 2);
             }
         }
         true

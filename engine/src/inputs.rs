@@ -55,8 +55,9 @@ enum Found {
 /// One input as found on disk.
 struct Walked {
     entries: Vec<(String, Found)>,
-    /// A walked tree: its stats (aligned with `entries`) and where to index it.
-    tree: Option<TreeWalk>,
+    /// A walked tree: its stats (aligned with `entries`) and where to index it
+    /// (boxed: most inputs are single files, walked by the thousand at once).
+    tree: Option<Box<TreeWalk>>,
     /// The digest, when the tree index proved the tree unchanged.
     proven: Option<Hash>,
 }
@@ -157,9 +158,11 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
             })
             .collect::<anyhow::Result<_>>()?
     };
+    // Every list is made at its exact size: the run keeps them all to its end
+    // (a step's list grown by pushing held four times the room it used).
     let mut out = Vec::with_capacity(inputs.len());
     for (step_inputs, step_walked) in inputs.iter().zip(walked) {
-        let mut digests = Vec::new();
+        let mut digests = Vec::with_capacity(step_inputs.as_ref().len());
         for (input, found) in step_inputs.as_ref().iter().zip(step_walked) {
             if let Some(digest) = found.proven {
                 digests.push(InputDigest {
@@ -170,34 +173,32 @@ fn digest_with<I: AsRef<[Input]> + Sync>(
                 });
                 continue;
             }
-            let entries: Vec<(String, InputEntry)> = found
-                .entries
-                .into_iter()
-                .map(|(rel, f)| {
-                    let e = match f {
-                        Found::Queued(via, i, executable) => InputEntry::File {
-                            executable,
-                            hash: if via {
-                                cached_hashes[i]
-                            } else {
-                                direct_hashes[i]
-                            },
+            // Not collected in place: that would keep the walk's larger list.
+            let mut entries: Vec<(String, InputEntry)> = Vec::with_capacity(found.entries.len());
+            entries.extend(found.entries.into_iter().map(|(rel, f)| {
+                let e = match f {
+                    Found::Queued(via, i, executable) => InputEntry::File {
+                        executable,
+                        hash: if via {
+                            cached_hashes[i]
+                        } else {
+                            direct_hashes[i]
                         },
-                        Found::Known(hash, executable) => InputEntry::File { executable, hash },
-                        Found::File(..) => unreachable!("every file was queued"),
-                        Found::Symlink(t) => InputEntry::Symlink { target: t },
-                        Found::Dir => InputEntry::Dir,
-                    };
-                    (rel, e)
-                })
-                .collect();
+                    },
+                    Found::Known(hash, executable) => InputEntry::File { executable, hash },
+                    Found::File(..) => unreachable!("every file was queued"),
+                    Found::Symlink(t) => InputEntry::Symlink { target: t },
+                    Found::Dir => InputEntry::Dir,
+                };
+                (rel, e)
+            }));
             let digest = digest_of(&entries);
             if let Some(TreeWalk {
                 index: Some(index),
                 root,
                 stats,
                 walked_at_ns,
-            }) = &found.tree
+            }) = found.tree.as_deref()
             {
                 crate::tree_index::write(index, *root, &entries, stats, digest, *walked_at_ns)?;
             }
@@ -242,6 +243,9 @@ fn walk(
         && let Ok(st) = fd.stat(Path::new(&input.path))
         && st.mode & libc::S_IFMT != libc::S_IFDIR
     {
+        // A list of one, not the room of four a push makes: a batch of
+        // thousands of single-file inputs is walked at once.
+        entries.reserve_exact(1);
         entries.push((String::new(), Found::File(root, st)));
         return Ok(Walked {
             entries,
@@ -253,6 +257,7 @@ fn walk(
     let meta = std::fs::metadata(&root)
         .with_context(|| format!("input `{}` does not exist ({})", input.path, root.display()))?;
     if !meta.is_dir() {
+        entries.reserve_exact(1);
         entries.push((String::new(), Found::File(root, FileStat::of(&meta))));
         return Ok(Walked {
             entries,
@@ -299,12 +304,12 @@ fn walk(
     }
     Ok(Walked {
         entries,
-        tree: Some(TreeWalk {
+        tree: Some(Box::new(TreeWalk {
             index,
             root: walk.root,
             stats,
             walked_at_ns,
-        }),
+        })),
         proven: None,
     })
 }

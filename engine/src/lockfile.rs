@@ -16,7 +16,7 @@
 //! makes. A lock not laid out as qflow writes it (edited by hand) is parsed
 //! and written in full.
 //!
-//! Imports nothing of the engine.
+//! Imports `lock_spill` (where a run keeps its new entries' text).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +25,8 @@ use std::path::Path;
 use qflow_cache::Hash;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::lock_spill::Spill;
 
 /// The lock file's format version.
 pub const LOCK_VERSION: u32 = 1;
@@ -299,7 +301,7 @@ impl LockText {
             let name = self.name(i);
             while let Some((_, entry)) = changed.next_if(|(n, _)| n.as_str() <= name) {
                 flush(out, &mut run, &mut put)?;
-                put(out, &entry.text)?;
+                put(out, &entry.text()?)?;
             }
             if keep(name) && !changes.contains_key(name) {
                 let bytes = self.entries[i].1.clone();
@@ -313,7 +315,7 @@ impl LockText {
         }
         flush(out, &mut run, &mut put)?;
         for (_, entry) in changed {
-            put(out, &entry.text)?;
+            put(out, &entry.text()?)?;
         }
         out.write_all(b"\n  }\n}\n")
     }
@@ -322,16 +324,29 @@ impl LockText {
 /// A step's new lock entry, kept as the text the lock file will hold: a run
 /// keeps one per step that ran until it writes the lock, and the text takes a
 /// third of the memory of the parsed entry (10,000 of them were 20 MB). Its key
-/// and output are read from the text, not kept beside it.
-#[derive(Debug, Clone, PartialEq)]
+/// and output are read from the text, not kept beside it. A run puts the text in
+/// its spill file (`lock_spill.rs`) and keeps only where it is.
+#[derive(Debug, Clone)]
 pub struct NewEntry {
     /// `    "name": {…}` as [`LockFile::write`] writes it inside the lock.
-    text: String,
-    /// Where the entry's value starts in `text`.
-    value_at: usize,
-    /// Where its key and its output are in `text`.
+    text: EntryText,
+    /// Where the entry's value starts in the text.
+    value_at: u32,
+    /// Where its key and its output are in the text.
     key_at: std::ops::Range<u32>,
     output_at: std::ops::Range<u32>,
+}
+
+/// Where a [`NewEntry`]'s text is.
+#[derive(Debug, Clone)]
+enum EntryText {
+    Held(String),
+    /// Put in a run's spill file (`lock_spill.rs`) until the lock is written.
+    Spilled {
+        spill: std::sync::Arc<Spill>,
+        at: u64,
+        len: u32,
+    },
 }
 
 impl NewEntry {
@@ -348,31 +363,69 @@ impl NewEntry {
         text.push_str(ENTRY_INDENT);
         text.push_str(&quoted);
         text.push_str(": ");
-        let value_at = text.len();
+        let value_at = text.len() as u32;
         text.push_str(&value.replace('\n', &indented));
         let key_at = field_at(&text, "key", &entry.key);
         let output_at = field_at(&text, "output", &entry.output);
         NewEntry {
-            text,
+            text: EntryText::Held(text),
             value_at,
             key_at,
             output_at,
         }
     }
 
+    /// The same entry with its text put in `spill`; held as it was when it cannot be.
+    pub fn spilled(self, spill: &std::sync::Arc<Spill>) -> NewEntry {
+        let EntryText::Held(text) = &self.text else {
+            return self;
+        };
+        match spill.put(text) {
+            Ok(at) => NewEntry {
+                text: EntryText::Spilled {
+                    spill: spill.clone(),
+                    at,
+                    len: text.len() as u32,
+                },
+                ..self
+            },
+            Err(_) => self,
+        }
+    }
+
+    /// The entry's text, `    "name": {…}`.
+    pub fn text(&self) -> std::io::Result<Cow<'_, str>> {
+        self.slice(0..u32::MAX)
+    }
+
+    /// The bytes `range` of the text (to its end at most).
+    fn slice(&self, range: std::ops::Range<u32>) -> std::io::Result<Cow<'_, str>> {
+        match &self.text {
+            EntryText::Held(text) => {
+                let end = (range.end as usize).min(text.len());
+                Ok(Cow::Borrowed(&text[range.start as usize..end]))
+            }
+            EntryText::Spilled { spill, at, len } => {
+                let end = range.end.min(*len);
+                let text = spill.read(at + range.start as u64, (end - range.start) as usize)?;
+                Ok(Cow::Owned(text))
+            }
+        }
+    }
+
     /// The step key (hex).
-    pub fn key(&self) -> &str {
-        &self.text[self.key_at.start as usize..self.key_at.end as usize]
+    pub fn key(&self) -> std::io::Result<Cow<'_, str>> {
+        self.slice(self.key_at.clone())
     }
 
     /// The output tree (hex).
-    pub fn output(&self) -> &str {
-        &self.text[self.output_at.start as usize..self.output_at.end as usize]
+    pub fn output(&self) -> std::io::Result<Cow<'_, str>> {
+        self.slice(self.output_at.clone())
     }
 
     /// The entry, parsed back.
     pub fn parsed(&self) -> anyhow::Result<LockedStep> {
-        Ok(serde_json::from_str(&self.text[self.value_at..])?)
+        Ok(serde_json::from_str(&self.slice(self.value_at..u32::MAX)?)?)
     }
 }
 
@@ -717,7 +770,8 @@ mod tests {
             .map(|(n, e)| (n.clone(), NewEntry::of(n, e)))
             .collect();
         assert_eq!(new["bb"].parsed().unwrap(), entry("k3", 8));
-        assert_eq!((new["bb"].key(), new["bb"].output()), ("k3", "o8"));
+        assert_eq!(new["bb"].key().unwrap(), "k3");
+        assert_eq!(new["bb"].output().unwrap(), "o8");
         // A first lock: the changes alone, as the full writer writes them.
         let first = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &new);
         let only = LockFile {
@@ -728,6 +782,17 @@ mod tests {
         only.write(&dir.join("first.lock")).unwrap();
         let written = std::fs::read_to_string(dir.join("first.lock")).unwrap();
         assert_eq!(first.unwrap().unwrap(), written);
+        // Put in a spill file, the entries read back and splice the same.
+        let spill =
+            std::sync::Arc::new(crate::lock_spill::Spill::create(&dir.join("tmp")).unwrap());
+        let spilled: BTreeMap<String, NewEntry> = (new.iter())
+            .map(|(n, e)| (n.clone(), e.clone().spilled(&spill)))
+            .collect();
+        assert_eq!(spilled["bb"].parsed().unwrap(), entry("k3", 8));
+        assert_eq!(spilled["bb"].key().unwrap(), "k3");
+        assert_eq!(spilled["bb"].output().unwrap(), "o8");
+        let from_spill = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &spilled);
+        assert_eq!(from_spill.unwrap().unwrap(), written);
         let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &new))
             .unwrap()
             .unwrap();

@@ -36,6 +36,7 @@ use crate::dag::StepId;
 use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
 use crate::job_slots::JobSlots;
+use crate::lock_spill::Spill;
 use crate::lockfile::{LockedStep, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
@@ -144,6 +145,9 @@ pub struct Run<'a> {
     report: RunReport,
     /// Lock entries this run changes; a no-op changes none and rewrites nothing.
     lock_changes: BTreeMap<String, NewEntry>,
+    /// Where the changed entries' text waits for the lock to be written: made at
+    /// the first change (`None` in it when it could not be, and they are held).
+    spill: Option<Option<Arc<Spill>>>,
     logs_dir: PathBuf,
     runs_dir: PathBuf,
     started: Instant,
@@ -227,6 +231,7 @@ impl<'a> Run<'a> {
                 remote: None,
             },
             lock_changes: BTreeMap::new(),
+            spill: None,
             started: parts.started,
             live_dirty: false,
             live_written: None,
@@ -603,11 +608,23 @@ impl<'a> Run<'a> {
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &self.material_of(id)?, rec);
-            note_lock_change(&mut self.lock_changes, session, &s.name, entry);
+            note_lock_change(
+                &mut self.lock_changes,
+                &mut self.spill,
+                session,
+                &s.name,
+                entry,
+            );
         }
         if let Hit::Left(rr) = &hit {
             let entry = session.locked_step(id.index(), &self.material_of(id)?, &rr.record);
-            note_lock_change(&mut self.lock_changes, session, &s.name, entry);
+            note_lock_change(
+                &mut self.lock_changes,
+                &mut self.spill,
+                session,
+                &s.name,
+                entry,
+            );
         }
         let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
         let left = matches!(hit, Hit::Left(_));
@@ -1019,7 +1036,13 @@ impl<'a> Run<'a> {
             "step `{name}`'s key material changed"
         );
         let entry = session.locked_step(id.index(), &material, &rec);
-        note_lock_change(&mut self.lock_changes, session, name, entry);
+        note_lock_change(
+            &mut self.lock_changes,
+            &mut self.spill,
+            session,
+            name,
+            entry,
+        );
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
         rep.outcome = StepOutcome::Ran;
@@ -1217,14 +1240,23 @@ fn settle_remote_hit(
 }
 
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
+/// Its text goes to the run's spill file, made in the cache's `tmp` at the first change.
 fn note_lock_change(
     changes: &mut BTreeMap<String, NewEntry>,
+    spill: &mut Option<Option<Arc<Spill>>>,
     session: &Session,
     name: &str,
     entry: LockedStep,
 ) {
     if session.lock_entry(name).as_deref() != Some(&entry) {
-        changes.insert(name.to_string(), NewEntry::of(name, &entry));
+        let spill = spill
+            .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
+        let new = NewEntry::of(name, &entry);
+        let new = match spill {
+            Some(spill) => new.spilled(spill),
+            None => new,
+        };
+        changes.insert(name.to_string(), new);
     } else {
         changes.remove(name);
     }

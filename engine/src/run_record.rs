@@ -119,8 +119,10 @@ impl StepReport {
         }
     }
 
-    /// With these reasons.
-    pub fn because(mut self, reasons: Vec<String>) -> StepReport {
+    /// With these reasons (kept without spare room: a run's report holds them
+    /// for each of its steps until its end).
+    pub fn because(mut self, mut reasons: Vec<String>) -> StepReport {
+        reasons.shrink_to_fit();
         self.reasons = reasons;
         self
     }

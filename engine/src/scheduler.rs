@@ -101,9 +101,12 @@ pub fn apply(
     });
     signals.close();
     let (finished, out_links) = steps?;
-    // Still under the lock: this run's started marks of steps that ended go with their journal.
+    let concluded = conclude(session, finished, &out_links, &progress, started);
+    // Still under the lock: this run's started marks of steps that ended go with
+    // their journal. After the lock is written, so that the lock's changes are gone
+    // by then; a compaction that fails leaves the journals for the next run.
     let _ = session.cache.compact_started();
-    conclude(session, finished, &out_links, &progress, started)
+    concluded
 }
 
 /// The run itself: host checks, the lock entries in place, then the run loop until
@@ -443,8 +446,11 @@ fn write_lock(
             let kept = (old.steps.iter())
                 .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
                 .map(|(n, ids)| (n.as_str(), *ids));
-            let changed = (changes.iter())
-                .map(|(n, e)| (n.as_str(), crate::lockfile::locked_ids(e.key(), e.output())));
+            let mut changed = Vec::with_capacity(changes.len());
+            for (n, e) in &changes {
+                let ids = crate::lockfile::locked_ids(&e.key()?, &e.output()?);
+                changed.push((n.as_str(), ids));
+            }
             session.remember_lock_index(
                 digest,
                 crate::lockfile::LOCK_VERSION,

@@ -197,8 +197,9 @@ impl<'w> Session<'w> {
         let ctx = CheckContext {
             work_dir: self.workflow.dir.clone(),
         };
-        let mut tools = Vec::new();
-        let mut extra = Vec::new();
+        // One each per step, kept for the whole run: made at their size.
+        let mut tools = Vec::with_capacity(self.workflow.steps.len());
+        let mut extra = Vec::with_capacity(self.workflow.steps.len());
         for s in &self.workflow.steps {
             let mut ids = BTreeMap::new();
             let mut err = None;
