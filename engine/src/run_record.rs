@@ -379,15 +379,15 @@ pub fn prune(runs: &Path, logs: &Path, keep: usize, max_bytes: u64) {
 
 /// Where [`prune`] moves the log directories of the run records it removes,
 /// below the logs directory. Nothing reads it: its contents are removed by
-/// [`remove_pruned_logs`], in the background of the apply that pruned them and
-/// of the applies after it, and whole by `qflow gc`.
+/// [`remove_pruned_logs`] in the background of applies that run longer than
+/// [`PRUNED_LOGS_AFTER`], and whole by `qflow gc`.
 pub const PRUNED_LOGS: &str = ".pruned";
 
 /// Remove the log directories [`prune`] moved aside, one at a time, until none
 /// is left. A run of 10,000 steps leaves 10,000 logs: removing them takes about
 /// a second on ext4, which the apply that rolls its record off would otherwise
 /// wait for. Called on a thread of its own ([`start_removing_pruned_logs`]) it
-/// may be cut off by the process's exit: what is left is removed by the next
+/// may be cut off by the process's exit: what is left is removed by a later
 /// apply's, and a half-removed directory below [`PRUNED_LOGS`] is never read.
 pub fn remove_pruned_logs(logs: &Path) {
     let pruned = logs.join(PRUNED_LOGS);
@@ -407,9 +407,15 @@ pub fn remove_pruned_logs(logs: &Path) {
     }
 }
 
-/// Start [`remove_pruned_logs`] on a thread of its own unless there is nothing
-/// to remove or this process already has such a thread. The thread is not
-/// waited for.
+/// How long an apply runs before its thread starts removing pruned logs: an
+/// apply that ends sooner (a no-op, a quick step) is not slowed by the removal,
+/// which competes for the disk and the cores; a longer one does it beside its
+/// steps, where no one waits for it.
+pub const PRUNED_LOGS_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Start [`remove_pruned_logs`] on a thread of its own, after
+/// [`PRUNED_LOGS_AFTER`], unless there is nothing to remove or this process
+/// already has such a thread. The thread is not waited for.
 pub fn start_removing_pruned_logs(logs: &Path) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static REMOVING: AtomicBool = AtomicBool::new(false);
@@ -420,6 +426,7 @@ pub fn start_removing_pruned_logs(logs: &Path) {
     let started = std::thread::Builder::new()
         .name("remove pruned logs".into())
         .spawn(move || {
+            std::thread::sleep(PRUNED_LOGS_AFTER);
             remove_pruned_logs(&logs);
             REMOVING.store(false, Ordering::Release);
         });
