@@ -156,6 +156,26 @@ steps:
     );
 }
 
+/// Every step log of the space's cache, for a failure's message.
+fn step_logs(s: &Space) -> String {
+    let mut text = String::new();
+    for run in std::fs::read_dir(s.join(".qflow/logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for log in std::fs::read_dir(run.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            text.push_str(&format!("{}:\n", log.path().display()));
+            text.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+        }
+    }
+    text
+}
+
 #[test]
 fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
     let s = Space::new();
@@ -172,7 +192,9 @@ fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
     let state = state_dir(&s, "build");
     assert!(
         !state.join("target").exists(),
-        "make did not get SIGTERM before SIGKILL: its half-written target stayed"
+        "make did not get SIGTERM before SIGKILL: its half-written target stayed; qflow said:\n{}\nthe step's log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        step_logs(&s)
     );
     assert!(
         !qflow_engine::state_dir::StateDir::is_marked(&state),
