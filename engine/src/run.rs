@@ -464,6 +464,27 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// The output of each upstream step of `id`, sorted by name, when each is done
+    /// or `promised` names it; `None` while one is neither, or while the step's
+    /// inputs are being hashed.
+    fn upstream_outputs(
+        &self,
+        id: StepId,
+        promised: &HashMap<&'a str, Hash>,
+    ) -> Option<Vec<(&'a str, Hash)>> {
+        if !self.parts.prepared.inputs.is_known(id.index()) {
+            return None;
+        }
+        let s = &self.parts.session.workflow.steps[id.index()];
+        let mut up = Vec::with_capacity(s.upstream.len());
+        for u in s.upstream_names() {
+            let output = self.outputs.get(u).or_else(|| promised.get(u))?;
+            up.push((u, *output));
+        }
+        up.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Some(up)
+    }
+
     /// The key of step `id` when each upstream step is done or `promised` names its
     /// output; `None` while one is neither, or while its inputs are being hashed. The
     /// key alone: a cached step never needs its material.
@@ -473,16 +494,8 @@ impl<'a> Run<'a> {
         promised: &HashMap<&'a str, Hash>,
     ) -> Option<anyhow::Result<Hash>> {
         let session = self.parts.session;
-        if !self.parts.prepared.inputs.is_known(id.index()) {
-            return None;
-        }
         let s = &session.workflow.steps[id.index()];
-        let mut up: Vec<(&str, Hash)> = Vec::with_capacity(s.upstream.len());
-        for u in s.upstream_names() {
-            let output = self.outputs.get(u).or_else(|| promised.get(u))?;
-            up.push((u, *output));
-        }
-        up.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let up = self.upstream_outputs(id, promised)?;
         Some(
             session
                 .key_of(self.parts.prepared, id.index(), up.into_iter())
@@ -498,15 +511,10 @@ impl<'a> Run<'a> {
         promised: &HashMap<&'a str, Hash>,
     ) -> Option<anyhow::Result<KeyMaterial>> {
         let session = self.parts.session;
-        if !self.parts.prepared.inputs.is_known(id.index()) {
-            return None;
-        }
         let s = &session.workflow.steps[id.index()];
-        let mut up = BTreeMap::new();
-        for u in s.upstream_names() {
-            let output = self.outputs.get(u).or_else(|| promised.get(u))?;
-            up.insert(u.to_string(), *output);
-        }
+        let up: BTreeMap<String, Hash> = (self.upstream_outputs(id, promised)?.into_iter())
+            .map(|(u, output)| (u.to_string(), output))
+            .collect();
         Some(
             session
                 .material(self.parts.prepared, id.index(), &up)

@@ -460,6 +460,16 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn only_the_most_recent_run_records_and_their_logs_are_kept() {
         let dir = std::env::temp_dir().join(format!("qflow-run-prune-{}", run_id()));
@@ -479,12 +489,7 @@ mod tests {
                 .unwrap();
         }
         prune(&runs, &logs, 2, kept_bytes(1));
-        let mut left: Vec<String> = std::fs::read_dir(&runs)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["3-000-1.json", "4-000-1.json"]);
+        assert_eq!(names(&runs), ["3-000-1.json", "4-000-1.json"]);
         assert!(!logs.join("2-000-1").exists() && logs.join("3-000-1").exists());
         // The pruned runs' logs were moved aside in one rename each, to be
         // removed beside the apply's work; nothing of them is left after that.
@@ -492,12 +497,7 @@ mod tests {
         assert!(pruned.join("2-000-1/s.log").exists());
         remove_pruned_logs(&logs);
         assert!(!pruned.exists());
-        let mut logs_left: Vec<String> = std::fs::read_dir(&logs)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        logs_left.sort();
-        assert_eq!(logs_left, ["3-000-1", "4-000-1"]);
+        assert_eq!(names(&logs), ["3-000-1", "4-000-1"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -641,14 +641,7 @@ mod tests {
                 .set_modified(t)
                 .unwrap();
         }
-        let left = || {
-            let mut left: Vec<String> = std::fs::read_dir(&runs)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            left.sort();
-            left
-        };
+        let left = || names(&runs);
         prune(&runs, &logs, KEPT_RUNS, kept_bytes(10_000));
         // 2 KB per step, 20.5 MB: the three small ones and the five newest large ones.
         let kept = left();

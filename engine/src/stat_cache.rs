@@ -86,14 +86,7 @@ impl DirFd {
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(FileStat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            size: st.st_size as u64,
-            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-            mode: st.st_mode,
-        })
+        Ok(crate::tree_walk::file_stat(&st))
     }
 }
 

@@ -561,11 +561,16 @@ mod tests {
         }
     }
 
+    /// Where a workflow reading `in.txt` goes in `d` (absolute, as `load_text` takes it).
+    fn beside_its_input(d: &Dir) -> PathBuf {
+        std::fs::write(d.0.join("in.txt"), "x").unwrap();
+        std::path::absolute(d.0.join("workflow.yaml")).unwrap()
+    }
+
     #[test]
     fn a_large_workflow_parsed_in_pieces_loads_as_it_does_whole() {
         let d = space("pieces");
-        std::fs::write(d.0.join("in.txt"), "x").unwrap();
-        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let wf = beside_its_input(&d);
         let text = large_workflow(4000);
         assert!(text.len() > crate::yaml_pieces::CUT_ABOVE, "{}", text.len());
         let pieces = crate::yaml_pieces::cut(&text).expect("a block-style workflow is cut");
@@ -584,8 +589,7 @@ mod tests {
     #[test]
     fn an_alias_to_another_steps_anchor_is_read_from_the_whole_document() {
         let d = space("alias");
-        std::fs::write(d.0.join("in.txt"), "x").unwrap();
-        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let wf = beside_its_input(&d);
         let text = large_workflow(4000)
             .replace(
                 "  s1:\n    kind: copy\n    from: 'in.txt'\n",
@@ -612,8 +616,7 @@ mod tests {
     #[test]
     fn a_yaml_error_deep_in_a_large_workflow_is_told_as_for_a_small_one() {
         let d = space("pieces-error");
-        std::fs::write(d.0.join("in.txt"), "x").unwrap();
-        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let wf = beside_its_input(&d);
         let text = large_workflow(4000).replace("    to: o3000.txt\n", "    to: [o3000.txt\n");
         let r = registry();
         let o = LoadOptions::default();
@@ -639,8 +642,7 @@ mod tests {
     #[test]
     fn a_mistake_in_one_step_of_a_large_workflow_names_its_line_and_field() {
         let d = space("pieces-field");
-        std::fs::write(d.0.join("in.txt"), "x").unwrap();
-        let wf = std::path::absolute(d.0.join("workflow.yaml")).unwrap();
+        let wf = beside_its_input(&d);
         let text = large_workflow(4000).replace(
             "  s2500:\n    kind: copy\n",
             "  s2500:\n    kind: copy\n    form: x\n",
@@ -804,9 +806,8 @@ mod tests {
         assert!(text.contains("workflow.yaml:8:"), "{text}");
     }
 
-    #[test]
-    fn a_deleted_input_among_many_in_one_directory_is_reported_even_with_a_memo() {
-        let d = space("many");
+    /// A workflow of 40 `copy` steps, each reading its own file of `src/`.
+    fn forty_inputs_in_one_directory(d: &Dir) -> PathBuf {
         std::fs::create_dir_all(d.0.join("src")).unwrap();
         let mut text = String::from("version: 1\nsteps:\n");
         for i in 0..40 {
@@ -817,6 +818,13 @@ mod tests {
         }
         let wf = d.0.join("workflow.yaml");
         std::fs::write(&wf, &text).unwrap();
+        wf
+    }
+
+    #[test]
+    fn a_deleted_input_among_many_in_one_directory_is_reported_even_with_a_memo() {
+        let d = space("many");
+        let wf = forty_inputs_in_one_directory(&d);
         let r = registry();
         Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
         forge(&d.0, &wf, "from-memo");
@@ -831,16 +839,7 @@ mod tests {
     #[test]
     fn a_fifo_among_many_inputs_in_one_directory_is_refused_even_with_a_memo() {
         let d = space("fifo");
-        std::fs::create_dir_all(d.0.join("src")).unwrap();
-        let mut text = String::from("version: 1\nsteps:\n");
-        for i in 0..40 {
-            std::fs::write(d.0.join(format!("src/f{i}")), "x").unwrap();
-            text.push_str(&format!(
-                "  s{i}:\n    kind: copy\n    from: src/f{i}\n    to: f{i}\n"
-            ));
-        }
-        let wf = d.0.join("workflow.yaml");
-        std::fs::write(&wf, &text).unwrap();
+        let wf = forty_inputs_in_one_directory(&d);
         let r = registry();
         Workflow::load(&wf, &r, &options(&d.0, &[])).unwrap();
         let fifo = d.0.join("src/f17");

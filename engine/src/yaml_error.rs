@@ -178,7 +178,8 @@ pub fn tagged_values(doc: &Value, text: &str) -> Vec<TagProblem> {
         .collect()
 }
 
-fn has_tag(v: &Value) -> bool {
+/// Whether `v` or a value inside it still carries a YAML tag.
+pub(crate) fn has_tag(v: &Value) -> bool {
     match v {
         Value::Tagged(_) => true,
         Value::Sequence(items) => items.iter().any(has_tag),

@@ -20,6 +20,8 @@
 
 use serde_yaml::{Mapping, Value};
 
+use crate::yaml_error::has_tag;
+
 /// Workflows smaller than this are parsed whole: their parse is small anyway.
 pub const CUT_ABOVE: usize = 256 << 10;
 
@@ -255,15 +257,6 @@ pub fn top_mapping(pieces: &Pieces<'_>) -> Result<Mapping, Uncut> {
 /// Where `part`, a slice of `text`, begins in it.
 fn offset(text: &str, part: &str) -> usize {
     part.as_ptr() as usize - text.as_ptr() as usize
-}
-
-fn has_tag(v: &Value) -> bool {
-    match v {
-        Value::Tagged(_) => true,
-        Value::Sequence(items) => items.iter().any(has_tag),
-        Value::Mapping(m) => m.iter().any(|(k, v)| has_tag(k) || has_tag(v)),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
