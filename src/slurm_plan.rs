@@ -78,8 +78,8 @@ pub fn placements(wf: &Workflow, flag: Option<ExecutorChoice>) -> BTreeMap<Strin
                     here_because,
                     cpus,
                     jobs,
-                    resources: s.placement.resources.clone(),
-                    retries: s.placement.retries,
+                    resources: s.placement().resources.clone(),
+                    retries: s.placement().retries,
                 },
             )
         })

@@ -69,14 +69,28 @@ pub fn write_atomic_with(
 /// For what a reader checks and treats as absent when damaged (records, started marks):
 /// losing it only means a step runs again.
 pub fn write_replace(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_replace_with(path, |out| out.write_all(bytes))
+}
+
+/// [`write_replace`] of what `write` writes, through a buffer: large content made
+/// piece by piece is never held whole in memory. Nothing replaces `path` when
+/// `write` fails.
+pub fn write_replace_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let tmp = parent_of(path).join(unique_tmp_name());
-    let result = std::fs::write(&tmp, bytes)
-        .with_context(|| format!("cannot write `{}`", tmp.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).with_context(|| {
-                format!("cannot rename `{}` to `{}`", tmp.display(), path.display())
-            })
-        });
+    let result = (|| {
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, f);
+        write(&mut out).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))
+    })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -33,7 +33,9 @@ mod started;
 mod tree;
 mod tree_stamp;
 
-pub use atomic::{fsync_dir, remove_dir_force, write_atomic, write_atomic_with, write_replace};
+pub use atomic::{
+    fsync_dir, remove_dir_force, write_atomic, write_atomic_with, write_replace, write_replace_with,
+};
 pub use cache::{CACHE_VERSION, Cache};
 pub use dir_handle::DirHandle;
 pub use gc::{GcStats, STALE_TMP_AGE};

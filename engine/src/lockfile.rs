@@ -511,51 +511,66 @@ impl LockIndex {
     /// The index as a line per step, for a lock file with blake3 `digest`
     /// (see [`LockIndex::from_memo`]); `None` when a name could not be
     /// written that way.
+    #[cfg(test)]
     pub fn to_memo(&self, digest: &Hash) -> Option<String> {
-        let steps = (self.steps.iter()).map(|(n, ids)| (n.as_str(), *ids));
-        Self::memo_of(digest, self.version, &self.workflow, steps)
+        let mut out = Vec::new();
+        self.write_memo_to(digest, &mut out).ok()?;
+        String::from_utf8(out).ok()
+    }
+
+    /// [`LockIndex::to_memo`], written to `out`.
+    pub fn write_memo_to(
+        &self,
+        digest: &Hash,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let steps = (self.steps.iter()).map(|(n, ids)| Ok((n.as_str(), *ids)));
+        Self::write_memo(digest, self.version, &self.workflow, steps, out)
     }
 
     /// [`LockIndex::to_memo`] of the index with this version, workflow and
-    /// steps (name, key and output), made without building the index.
-    pub fn memo_of<'a>(
+    /// steps (name, key and output), written to `out` line by line without
+    /// building the index or holding the memo (at 50,000 steps it is 8 MB).
+    /// Fails, having written part of it, on a step that fails or on a name
+    /// that cannot be memoized (a tab or a newline in it).
+    pub fn write_memo<'a>(
         digest: &Hash,
         version: u32,
         workflow: &str,
-        steps: impl Iterator<Item = (&'a str, LockedIds)>,
-    ) -> Option<String> {
+        steps: impl Iterator<Item = anyhow::Result<(&'a str, LockedIds)>>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
         let plain = |s: &str| memchr::memchr2(b'\t', b'\n', s.as_bytes()).is_none();
+        let odd = || std::io::Error::other("a name with a tab or a newline is not memoized");
         if !plain(workflow) {
-            return None;
+            return Err(odd());
         }
-        let (lower, _) = steps.size_hint();
-        let mut out = String::with_capacity(256 + lower * 160);
-        out.push_str(&format!(
-            "{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n",
-            digest.to_hex()
-        ));
-        for (name, ids) in steps {
+        let mut line = format!("{MEMO_MAGIC}\n{}\n{version}\n{workflow}\n", digest.to_hex());
+        for step in steps {
+            let (name, ids) = step.map_err(std::io::Error::other)?;
             if !plain(name) {
-                return None;
+                return Err(odd());
             }
-            out.push_str(name);
+            line.push_str(name);
             match ids {
                 Some((key, output)) => {
                     for hash in [key, output] {
-                        out.push('\t');
-                        hash.push_hex(&mut out);
+                        line.push('\t');
+                        hash.push_hex(&mut line);
                     }
                 }
                 None => {
                     for _ in 0..2 {
-                        out.push('\t');
-                        out.push_str(NOT_A_HASH);
+                        line.push('\t');
+                        line.push_str(NOT_A_HASH);
                     }
                 }
             }
-            out.push('\n');
+            line.push('\n');
+            out.write_all(line.as_bytes())?;
+            line.clear();
         }
-        Some(out)
+        out.write_all(line.as_bytes())
     }
 
     /// The index kept by [`LockIndex::to_memo`], if it was made from a lock

@@ -564,8 +564,8 @@ mod tests {
     fn ctrl_c_clears_the_progress_lines_from_the_terminal() {
         let screen = Screen::default();
         let progress = Progress::drawn_to(ProgressDrawTarget::term_like(Box::new(screen.clone())));
-        let step = |name: &str| Expected {
-            name: name.into(),
+        let step = |name: &'static str| Expected {
+            name,
             ms: 30_000,
             previous: true,
             path_ms: 30_000,

@@ -878,7 +878,7 @@ impl<'a> Run<'a> {
         // previous run's (see `estimate.rs`).
         let plan = (session.workflow.steps.iter().enumerate())
             .map(|(i, s)| crate::estimate::Expected {
-                name: s.name.clone(),
+                name: &s.name,
                 ms: expected[i],
                 previous: expected[i] > 0 && previous[i],
                 path_ms: self.schedule.remaining(StepId(i)),

@@ -446,17 +446,18 @@ fn write_lock(
             let kept = (old.steps.iter())
                 .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
                 .map(|(n, ids)| (n.as_str(), *ids));
-            let mut changed = Vec::with_capacity(changes.len());
-            for (n, e) in &changes {
-                let ids = crate::lockfile::locked_ids(&e.key()?, &e.output()?);
-                changed.push((n.as_str(), ids));
-            }
+            let changed = (changes.iter()).map(|(n, e)| {
+                Ok((
+                    n.as_str(),
+                    crate::lockfile::locked_ids(&e.key()?, &e.output()?),
+                ))
+            });
             session.remember_lock_index(
                 digest,
                 crate::lockfile::LOCK_VERSION,
                 &workflow.name,
-                kept.chain(changed),
-            );
+                kept.map(Ok).chain(changed),
+            )?;
             return Ok((true, Some(digest)));
         }
         let mut new_lock = session.lock().clone();

@@ -151,13 +151,24 @@ impl<'w> Session<'w> {
         digest: Hash,
         version: u32,
         workflow: &str,
-        steps: impl Iterator<Item = (&'s str, crate::lockfile::LockedIds)>,
-    ) {
+        steps: impl Iterator<Item = anyhow::Result<(&'s str, crate::lockfile::LockedIds)>>,
+    ) -> anyhow::Result<()> {
         let memos = self.cache.dir("state").join("lock-index");
-        if let Some(text) = LockIndex::memo_of(&digest, version, workflow, steps) {
-            let memo = memos.join(lock_memo_name(&self.lock_path));
-            let _ = std::fs::create_dir_all(&memos);
-            let _ = qflow_cache::write_replace(&memo, text.as_bytes());
+        let memo = memos.join(lock_memo_name(&self.lock_path));
+        let _ = std::fs::create_dir_all(&memos);
+        let mut failed = None;
+        let written = qflow_cache::write_replace_with(&memo, |out| {
+            let steps = steps.map(|s| s.inspect_err(|e| failed = Some(format!("{e:#}"))));
+            LockIndex::write_memo(&digest, version, workflow, steps, out)
+        });
+        // A memo that cannot be written only costs the next run a parse of the lock;
+        // a step that failed is an error.
+        if written.is_err() {
+            let _ = std::fs::remove_file(&memo);
+        }
+        match failed {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
         }
     }
 
@@ -651,10 +662,10 @@ impl LastLock {
                     .and_then(|text| LockIndex::from_memo(&text, digest));
                 kept.unwrap_or_else(|| {
                     let index = LockIndex::parse(bytes);
-                    if let Some(text) = index.to_memo(digest) {
-                        let _ = std::fs::create_dir_all(memos);
-                        let _ = qflow_cache::write_replace(&memo, text.as_bytes());
-                    }
+                    let _ = std::fs::create_dir_all(memos);
+                    let _ = qflow_cache::write_replace_with(&memo, |out| {
+                        index.write_memo_to(digest, out)
+                    });
                     index
                 })
             }

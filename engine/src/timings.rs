@@ -39,7 +39,8 @@ pub fn took(name: &str, took: std::time::Duration) {
     }
 }
 
-/// `, rss N MB (peak M MB)` from `/proc/self/status`, where there is one.
+/// `, rss N MB (anon A, peak M MB)` from `/proc/self/status`, where there is one,
+/// and the allocator's heap in use and free.
 fn memory() -> String {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return String::new();
@@ -54,8 +55,9 @@ fn memory() -> String {
             // SAFETY: mallinfo2 only reads the allocator's counters.
             let m = unsafe { libc::mallinfo2() };
             format!(
-                ", rss {:.1} MB (peak {:.1} MB), heap in use {:.1} MB, free {:.1} MB",
+                ", rss {:.1} MB (anon {:.1}, peak {:.1} MB), heap in use {:.1} MB, free {:.1} MB",
                 rss as f64 / 1024.0,
+                kb("RssAnon:").unwrap_or(0) as f64 / 1024.0,
                 peak as f64 / 1024.0,
                 (m.uordblks + m.hblkhd) as f64 / 1048576.0,
                 m.fordblks as f64 / 1048576.0

@@ -101,8 +101,9 @@ pub struct StepDecl {
     pub cache: bool,
     /// `remote_cache:` as written: whether a remote cache is read and written for it.
     pub remote_cache: RemoteUse,
-    /// `executor:`, `resources:`, `retries:` (not in the step key).
-    pub placement: crate::slurm::placement::StepPlacement,
+    /// `executor:`, `resources:`, `retries:` (not in the step key); none when
+    /// all are at their defaults, as for most steps (see [`StepDecl::placement`]).
+    pub(crate) placement: Option<Box<crate::slurm::placement::StepPlacement>>,
     /// The kind's fields after interpolating vars, `${{ env.* }}` and
     /// `${{ steps.* }}` kept as written (resolved by [`StepDecl::resolved_fields`]),
     /// as canonical JSON: what enters the key. A workflow of 10,000 steps keeps
@@ -123,6 +124,13 @@ pub struct StepDecl {
 }
 
 impl StepDecl {
+    /// `executor:`, `resources:` and `retries:` as written.
+    pub fn placement(&self) -> &crate::slurm::placement::StepPlacement {
+        static DEFAULT: std::sync::LazyLock<crate::slurm::placement::StepPlacement> =
+            std::sync::LazyLock::new(Default::default);
+        self.placement.as_deref().unwrap_or(&DEFAULT)
+    }
+
     /// The step's declared inputs ([`Step::inputs`]), made on first use.
     pub fn inputs(&self) -> &[crate::step::Input] {
         self.inputs.get_or_init(|| self.step.inputs())
@@ -1148,7 +1156,7 @@ fn load_step(
         env,
         cache,
         remote_cache,
-        placement,
+        placement: placement.boxed(),
         canonical_fields,
         fields_value,
         vars_used,

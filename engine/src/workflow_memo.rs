@@ -342,7 +342,7 @@ fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<S
         env: s.env,
         cache: s.cache,
         remote_cache: s.remote_cache,
-        placement: s.placement,
+        placement: s.placement.boxed(),
         canonical_fields: s.fields,
         fields_value: None,
         vars_used: s.vars_used,
@@ -386,7 +386,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 env: s.env.clone(),
                 cache: s.cache,
                 remote_cache: s.remote_cache,
-                placement: s.placement.clone(),
+                placement: s.placement().clone(),
                 fields: s.canonical_fields.clone(),
                 vars_used: s.vars_used.clone(),
             };

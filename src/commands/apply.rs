@@ -71,6 +71,7 @@ pub fn run(registry: &Registry, workflow: &Located, o: Options) -> anyhow::Resul
     };
     let run = apply(&mut session, &options, progress.clone())?;
     progress.finish(super::remote::LINE);
+    qflow_engine::timings::mark("finish");
     // The process exits next; the kernel frees the workflow and the
     // session's maps at once, where dropping them piece by piece cost
     // a tenth of a no-op apply of 1,000 steps. Nothing in them has a

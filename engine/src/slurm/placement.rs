@@ -62,6 +62,13 @@ pub struct StepPlacement {
     pub retries: u32,
 }
 
+impl StepPlacement {
+    /// Boxed, unless all at their defaults (a step keeps none then).
+    pub fn boxed(self) -> Option<Box<StepPlacement>> {
+        (self != StepPlacement::default()).then(|| Box::new(self))
+    }
+}
+
 /// Where step `placement` runs, given the workflow's and the command line's choice:
 /// the step's own `executor:` first, then `--executor`, then the workflow's.
 pub fn executor_for(

@@ -29,7 +29,7 @@ pub fn placements(
         .steps
         .iter()
         .map(
-            |s| match executor_for(&s.placement, &workflow.placement, flag) {
+            |s| match executor_for(s.placement(), &workflow.placement, flag) {
                 ExecutorChoice::Slurm => match s.step.runs_only_here() {
                     Some(why) => (ExecutorChoice::Local, Some(why)),
                     None => (ExecutorChoice::Slurm, None),
@@ -45,7 +45,7 @@ pub fn placements(
 /// parts (a boot matrix), one job per part with `resources.cpus` (else 1).
 pub fn jobs_of(step: &crate::workflow::StepDecl) -> (usize, usize) {
     let parts = step.step.parts().len();
-    let cpus = step.placement.resources.cpus;
+    let cpus = step.placement().resources.cpus;
     if parts > 0 {
         (parts, cpus.unwrap_or(1).max(1))
     } else {
@@ -76,7 +76,7 @@ pub fn requests(
                     name: name.clone(),
                     comment: job_comment(&s.name, &"0".repeat(64)),
                     cpus: jobs_of(s).1,
-                    resources: s.placement.resources.clone(),
+                    resources: s.placement().resources.clone(),
                     cluster: workflow.placement.slurm.clone(),
                     slurm_log: dir.join("preflight.log"),
                     work_dir: workflow.dir.clone(),
@@ -131,8 +131,8 @@ pub fn prepare<'w>(
         steps.insert(
             s.name.clone(),
             SlurmStep {
-                resources: s.placement.resources.clone(),
-                retries: s.placement.retries,
+                resources: s.placement().resources.clone(),
+                retries: s.placement().retries,
                 tools: (prepared.tools[i].iter().flatten().cloned()).collect(),
                 parts: s.step.parts(),
             },
