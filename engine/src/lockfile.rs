@@ -245,7 +245,7 @@ impl LockText {
         version: u32,
         workflow: &str,
         keep: impl Fn(&str) -> bool,
-        changes: &BTreeMap<String, NewEntry>,
+        changes: &[(&str, &NewEntry)],
     ) -> anyhow::Result<Option<String>> {
         if !self.splice_has_steps(&keep, changes) {
             return Ok(None);
@@ -259,7 +259,7 @@ impl LockText {
     pub fn splice_has_steps(
         &self,
         keep: impl Fn(&str) -> bool,
-        changes: &BTreeMap<String, NewEntry>,
+        changes: &[(&str, &NewEntry)],
     ) -> bool {
         !changes.is_empty() || (0..self.entries.len()).any(|i| keep(self.name(i)))
     }
@@ -272,7 +272,7 @@ impl LockText {
         version: u32,
         workflow: &str,
         keep: impl Fn(&str) -> bool,
-        changes: &BTreeMap<String, NewEntry>,
+        changes: &[(&str, &NewEntry)],
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
         out.write_all(Self::head(version, workflow).as_bytes())?;
@@ -299,11 +299,11 @@ impl LockText {
         let mut changed = changes.iter().peekable();
         for i in 0..self.entries.len() {
             let name = self.name(i);
-            while let Some((_, entry)) = changed.next_if(|(n, _)| n.as_str() <= name) {
+            while let Some((_, entry)) = changed.next_if(|(n, _)| *n <= name) {
                 flush(out, &mut run, &mut put)?;
                 put(out, &entry.text()?)?;
             }
-            if keep(name) && !changes.contains_key(name) {
+            if keep(name) && !is_changed(changes, name) {
                 let bytes = self.entries[i].1.clone();
                 run = Some(match run {
                     Some(r) => r.start..bytes.end,
@@ -318,6 +318,60 @@ impl LockText {
             put(out, &entry.text()?)?;
         }
         out.write_all(b"\n  }\n}\n")
+    }
+}
+
+/// Whether step `name` is among `changes` (sorted by name).
+pub fn is_changed(changes: &[(&str, &NewEntry)], name: &str) -> bool {
+    changes.binary_search_by(|(n, _)| (*n).cmp(name)).is_ok()
+}
+
+/// A run's new lock entries, by step index: a first apply of 50,000 steps
+/// keeps one per step until it writes the lock, and a name beside each in a
+/// sorted map cost 140 bytes a step. Sorted by name only to be written.
+#[derive(Debug, Default)]
+pub struct LockChanges {
+    by_step: Vec<Option<NewEntry>>,
+    len: usize,
+}
+
+impl LockChanges {
+    /// Step `i` (of `n` steps) gets the new entry `entry`, or none (its entry is
+    /// the lock's already).
+    pub fn set(&mut self, i: usize, n: usize, entry: Option<NewEntry>) {
+        if entry.is_none() && self.by_step.is_empty() {
+            return;
+        }
+        if self.by_step.is_empty() {
+            self.by_step.resize_with(n, || None);
+        }
+        let had = std::mem::replace(&mut self.by_step[i], entry);
+        self.len = self.len + usize::from(self.by_step[i].is_some()) - usize::from(had.is_some());
+    }
+
+    /// Step `i`'s new entry, if it has one.
+    pub fn get(&self, i: usize) -> Option<&NewEntry> {
+        self.by_step.get(i)?.as_ref()
+    }
+
+    /// How many steps have a new entry.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no step has one.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The new entries with their steps' names (`name(i)` of step `i`), sorted
+    /// by name, as [`LockText::splice`] takes them.
+    pub fn sorted<'a>(&'a self, name: impl Fn(usize) -> &'a str) -> Vec<(&'a str, &'a NewEntry)> {
+        let mut sorted: Vec<(&str, &NewEntry)> = (self.by_step.iter().enumerate())
+            .filter_map(|(i, e)| Some((name(i), e.as_ref()?)))
+            .collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sorted
     }
 }
 
@@ -709,6 +763,39 @@ mod tests {
     }
 
     #[test]
+    fn a_runs_changes_count_each_step_once_and_come_out_sorted_by_name() {
+        let names = ["c", "a", "b"];
+        let e = |k: &str| {
+            let step = LockedStep {
+                key: k.into(),
+                output: "o".into(),
+                ..Default::default()
+            };
+            NewEntry::of("x", &step)
+        };
+        let mut changes = LockChanges::default();
+        changes.set(1, 3, None);
+        assert!(changes.is_empty(), "an unchanged entry is no change");
+        changes.set(0, 3, Some(e("k1")));
+        changes.set(1, 3, Some(e("k2")));
+        changes.set(0, 3, Some(e("k3")));
+        assert_eq!(changes.len(), 2, "a step changed twice counts once");
+        let sorted = changes.sorted(|i| names[i]);
+        let got: Vec<(&str, String)> = (sorted.iter())
+            .map(|(n, e)| (*n, e.key().unwrap().into_owned()))
+            .collect();
+        assert_eq!(got, [("a", "k2".to_string()), ("c", "k3".to_string())]);
+        assert!(is_changed(&sorted, "c") && !is_changed(&sorted, "b"));
+        changes.set(1, 3, None);
+        assert_eq!(changes.len(), 1, "back to the lock's entry");
+        assert!(changes.get(1).is_none() && changes.get(0).is_some());
+    }
+
+    fn sorted(map: &BTreeMap<String, NewEntry>) -> Vec<(&str, &NewEntry)> {
+        map.iter().map(|(n, e)| (n.as_str(), e)).collect()
+    }
+
+    #[test]
     fn the_index_holds_each_steps_key_and_output() {
         let text = lock_text();
         let index = LockIndex::parse(text.as_bytes());
@@ -788,7 +875,7 @@ mod tests {
         assert_eq!(new["bb"].key().unwrap(), "k3");
         assert_eq!(new["bb"].output().unwrap(), "o8");
         // A first lock: the changes alone, as the full writer writes them.
-        let first = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &new);
+        let first = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &sorted(&new));
         let only = LockFile {
             version: LOCK_VERSION,
             workflow: "de\"mo".into(),
@@ -806,9 +893,10 @@ mod tests {
         assert_eq!(spilled["bb"].parsed().unwrap(), entry("k3", 8));
         assert_eq!(spilled["bb"].key().unwrap(), "k3");
         assert_eq!(spilled["bb"].output().unwrap(), "o8");
-        let from_spill = LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &spilled);
+        let from_spill =
+            LockText::empty().splice(LOCK_VERSION, "de\"mo", |_| true, &sorted(&spilled));
         assert_eq!(from_spill.unwrap().unwrap(), written);
-        let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &new))
+        let spliced = (text.splice(LOCK_VERSION, "de\"mo", |n| n != "d", &sorted(&new)))
             .unwrap()
             .unwrap();
         // Unchanged entries are copied in runs: dropping any of them, or
@@ -819,7 +907,7 @@ mod tests {
                 let new: BTreeMap<String, NewEntry> = (changed.iter())
                     .map(|n| (n.to_string(), NewEntry::of(n, &entry("k9", 9))))
                     .collect();
-                let spliced = text.splice(LOCK_VERSION, "de\"mo", |n| n != dropped, &new);
+                let spliced = text.splice(LOCK_VERSION, "de\"mo", |n| n != dropped, &sorted(&new));
                 let mut full = lock.clone();
                 full.steps.remove(dropped);
                 if let Some(n) = changed {

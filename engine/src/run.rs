@@ -37,7 +37,7 @@ use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
 use crate::job_slots::JobSlots;
 use crate::lock_spill::Spill;
-use crate::lockfile::{LockedStep, NewEntry};
+use crate::lockfile::{LockChanges, LockedStep, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::recorder::Recording;
@@ -144,7 +144,7 @@ pub struct Run<'a> {
     executing: Vec<JobId>,
     report: RunReport,
     /// Lock entries this run changes; a no-op changes none and rewrites nothing.
-    lock_changes: BTreeMap<String, NewEntry>,
+    lock_changes: LockChanges,
     /// Where the changed entries' text waits for the lock to be written: made at
     /// the first change (`None` in it when it could not be, and they are held).
     spill: Option<Option<Arc<Spill>>>,
@@ -188,8 +188,16 @@ pub struct Run<'a> {
 pub struct Finished {
     /// The run record, `finished: true`.
     pub report: RunReport,
-    /// New lock entries by step name.
-    pub lock_changes: BTreeMap<String, NewEntry>,
+    /// New lock entries by step.
+    pub lock_changes: LockChanges,
+}
+
+impl Finished {
+    /// Step `name`'s new lock entry, if it has one.
+    pub fn lock_change(&self, name: &str) -> Option<&NewEntry> {
+        let i = self.report.steps.iter().position(|r| r.name == name)?;
+        self.lock_changes.get(i)
+    }
 }
 
 impl<'a> Run<'a> {
@@ -230,7 +238,7 @@ impl<'a> Run<'a> {
                 finished: false,
                 remote: None,
             },
-            lock_changes: BTreeMap::new(),
+            lock_changes: LockChanges::default(),
             spill: None,
             started: parts.started,
             live_dirty: false,
@@ -616,23 +624,11 @@ impl<'a> Run<'a> {
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
             let entry = session.locked_step(id.index(), &self.material_of(id)?, rec);
-            note_lock_change(
-                &mut self.lock_changes,
-                &mut self.spill,
-                session,
-                &s.name,
-                entry,
-            );
+            note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
         }
         if let Hit::Left(rr) = &hit {
             let entry = session.locked_step(id.index(), &self.material_of(id)?, &rr.record);
-            note_lock_change(
-                &mut self.lock_changes,
-                &mut self.spill,
-                session,
-                &s.name,
-                entry,
-            );
+            note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
         }
         let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
         let left = matches!(hit, Hit::Left(_));
@@ -1044,13 +1040,7 @@ impl<'a> Run<'a> {
             "step `{name}`'s key material changed"
         );
         let entry = session.locked_step(id.index(), &material, &rec);
-        note_lock_change(
-            &mut self.lock_changes,
-            &mut self.spill,
-            session,
-            name,
-            entry,
-        );
+        note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
         rep.outcome = StepOutcome::Ran;
@@ -1250,24 +1240,24 @@ fn settle_remote_hit(
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
 /// Its text goes to the run's spill file, made in the cache's `tmp` at the first change.
 fn note_lock_change(
-    changes: &mut BTreeMap<String, NewEntry>,
+    changes: &mut LockChanges,
     spill: &mut Option<Option<Arc<Spill>>>,
     session: &Session,
-    name: &str,
+    id: StepId,
     entry: LockedStep,
 ) {
-    if session.lock_entry(name).as_deref() != Some(&entry) {
+    let steps = &session.workflow.steps;
+    let name = &steps[id.index()].name;
+    let new = (session.lock_entry(name).as_deref() != Some(&entry)).then(|| {
         let spill = spill
             .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
         let new = NewEntry::of(name, &entry);
-        let new = match spill {
+        match spill {
             Some(spill) => new.spilled(spill),
             None => new,
-        };
-        changes.insert(name.to_string(), new);
-    } else {
-        changes.remove(name);
-    }
+        }
+    });
+    changes.set(id.index(), steps.len(), new);
 }
 
 #[cfg(test)]

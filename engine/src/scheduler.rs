@@ -24,7 +24,7 @@ use crate::executor::Wake;
 use crate::executor::local::LocalExecutor;
 use crate::executor::routed::Routed;
 use crate::executor::slurm::SlurmExecutor;
-use crate::lockfile::{LockText, NewEntry};
+use crate::lockfile::{LockChanges, LockText, is_changed};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::run::{Event, Finished, Run, RunParts};
@@ -404,11 +404,9 @@ fn conclude(
 
 /// Write the lock file if this run changed it; whether it did, and the blake3 of
 /// what it wrote when that is known without reading it back.
-fn write_lock(
-    session: &Session,
-    changes: std::collections::BTreeMap<String, NewEntry>,
-) -> anyhow::Result<(bool, Option<Hash>)> {
+fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, Option<Hash>)> {
     let workflow = session.workflow;
+    let changes = changes.sorted(|i| &workflow.steps[i].name);
     // Steps the targets left out keep their entries.
     let declared: HashSet<&str> = (workflow.steps.iter().map(|s| s.name.as_str()))
         .chain(workflow.selection.left_out.iter().map(String::as_str))
@@ -444,14 +442,10 @@ fn write_lock(
             let digest = Hash::from(hasher.finalize());
             // The new lock's index: the old one's kept steps and the changes.
             let kept = (old.steps.iter())
-                .filter(|(k, _)| declared.contains(k.as_str()) && !changes.contains_key(*k))
+                .filter(|(k, _)| declared.contains(k.as_str()) && !is_changed(&changes, k))
                 .map(|(n, ids)| (n.as_str(), *ids));
-            let changed = (changes.iter()).map(|(n, e)| {
-                Ok((
-                    n.as_str(),
-                    crate::lockfile::locked_ids(&e.key()?, &e.output()?),
-                ))
-            });
+            let changed = (changes.iter())
+                .map(|(n, e)| Ok((*n, crate::lockfile::locked_ids(&e.key()?, &e.output()?))));
             session.remember_lock_index(
                 digest,
                 crate::lockfile::LOCK_VERSION,
@@ -465,7 +459,7 @@ fn write_lock(
         new_lock.workflow = workflow.name.clone();
         new_lock.steps.retain(|k, _| declared.contains(k.as_str()));
         for (name, entry) in changes {
-            new_lock.steps.insert(name, entry.parsed()?);
+            new_lock.steps.insert(name.to_string(), entry.parsed()?);
         }
         new_lock.write(&session.lock_path)?;
     }

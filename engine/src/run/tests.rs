@@ -253,7 +253,7 @@ fn a_step_without_inputs_runs_while_another_steps_inputs_are_still_being_hashed(
         outcomes(&f)
     );
     // Its key was computed from its inputs once they were hashed.
-    let slow = f.lock_changes.get("slow").expect("a lock entry for `slow`");
+    let slow = f.lock_change("slow").expect("a lock entry for `slow`");
     let entry = slow.parsed().unwrap();
     assert!(entry.inputs.contains_key("src"), "{:?}", entry.inputs);
 }
@@ -280,7 +280,7 @@ fn a_step_whose_inputs_cannot_be_hashed_fails_and_the_others_run() {
         error.contains("cannot hash its inputs: cannot read src/a.c: gone"),
         "{error}"
     );
-    assert!(!f.lock_changes.contains_key("slow"));
+    assert!(f.lock_change("slow").is_none());
     assert_eq!(
         f.report.steps[1].outcome,
         StepOutcome::Ran,
@@ -367,9 +367,9 @@ fn a_failed_step_skips_what_needs_it_and_records_nothing_for_it() {
             .unwrap()
             .contains("it broke")
     );
-    assert!(f.lock_changes.contains_key("left"));
+    assert!(f.lock_change("left").is_some());
     assert!(
-        !f.lock_changes.contains_key("right"),
+        f.lock_change("right").is_none(),
         "nothing recorded for a failure"
     );
     assert!(!s.0.join("out/right").exists());
