@@ -576,7 +576,7 @@ impl<'a> Run<'a> {
     fn settle_one(&mut self, id: StepId) -> anyhow::Result<()> {
         let session = self.parts.session;
         let s = &session.workflow.steps[id.index()];
-        if let Some(Err(e)) = self.parts.prepared.inputs.get(id.index()) {
+        if let Some(Err(e)) = self.parts.prepared.inputs.get(id.index()).as_deref() {
             let e = anyhow!("cannot hash its inputs: {e}");
             self.fail(id, e, 0, None);
             return Ok(());
@@ -634,6 +634,8 @@ impl<'a> Run<'a> {
         let left = matches!(hit, Hit::Left(_));
         if !remote {
             self.queue_upload(id, key);
+            // Its key and lock entry are made: its digests are not needed again.
+            self.parts.prepared.inputs.release(id.index());
         }
         let rep = &mut self.report.steps[id.index()];
         *rep = StepReport::new(&s.name, StepOutcome::Cached);
@@ -1001,7 +1003,7 @@ impl<'a> Run<'a> {
         let before = self.parts.prepared.inputs.digests(active.step.index());
         let events = self.parts.events.clone();
         scope.spawn(move || {
-            let result = recording.record(session, before);
+            let result = recording.record(session, crate::input_digests::listed(&before));
             let _ = events.send(Event::Recorded { job, result });
         });
     }
@@ -1041,6 +1043,7 @@ impl<'a> Run<'a> {
         );
         let entry = session.locked_step(id.index(), &material, &rec);
         note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
+        self.parts.prepared.inputs.release(id.index());
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
         rep.outcome = StepOutcome::Ran;

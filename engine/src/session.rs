@@ -295,10 +295,10 @@ impl<'w> Session<'w> {
                 (s.env_used.iter()).map(|(k, v)| (format!("${{{{ env.{k} }}}}"), v.clone())),
             ));
         let digests = match prepared.inputs.get(i) {
-            Some(Ok(digests)) => digests,
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(digests) => digests,
             None => return Err("its inputs are not hashed yet".to_string()),
         };
+        let digests = digests.as_ref().as_ref().map_err(String::clone)?;
         Ok(KeyMaterial {
             kind: s.kind.clone(),
             schema_version: s.schema_version,
@@ -325,10 +325,10 @@ impl<'w> Session<'w> {
         let tools = prepared.tools[i].as_ref().map_err(String::clone)?;
         let extra = prepared.extra[i].as_ref().map_err(String::clone)?;
         let digests = match prepared.inputs.get(i) {
-            Some(Ok(digests)) => digests,
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(digests) => digests,
             None => return Err("its inputs are not hashed yet".to_string()),
         };
+        let digests = digests.as_ref().as_ref().map_err(String::clone)?;
         let inputs_sorted = digests.is_sorted_by(|a, b| a.label < b.label);
         if !s.env_used.is_empty() || !inputs_sorted {
             // `${{ env.X }}` names are made, inputs sorted: the material does both.
@@ -521,7 +521,8 @@ impl<'w> Session<'w> {
             }
         }
         let listings = self.cache.dir("inputs");
-        let current: BTreeMap<&str, &InputDigest> = (prepared.inputs.digests(i).iter())
+        let digests = prepared.inputs.digests(i);
+        let current: BTreeMap<&str, &InputDigest> = (crate::input_digests::listed(&digests).iter())
             .map(|d| (d.label.as_str(), d))
             .collect();
         for (label, d) in &current {
