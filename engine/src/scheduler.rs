@@ -79,6 +79,11 @@ pub fn apply(
             .map(|s| s.step.expected_ms())
             .collect();
         let order = crate::input_digests::hashing_order(&shared.dag, &expected, &has_inputs);
+        // Room in the stat cache for a file per declared input, made at once.
+        let declared = (order.iter())
+            .map(|id| shared.workflow.steps[id.index()].inputs().len())
+            .sum();
+        shared.expect_input_files(declared);
         let (inputs, stop, woken) = (&prepared.inputs, &stop, tx.clone());
         hashing.spawn(move || {
             let began = Instant::now();
@@ -100,6 +105,8 @@ pub fn apply(
         steps
     });
     signals.close();
+    // Each step's tools and digests: their room goes to writing the lock.
+    drop(prepared);
     let (finished, out_links) = steps?;
     let concluded = conclude(session, finished, &out_links, &progress, started);
     // Still under the lock: this run's started marks of steps that ended go with
@@ -347,7 +354,7 @@ fn conclude(
         mut report,
         lock_changes,
     } = finished;
-    session.save_caches()?;
+    session.save_caches_and_forget()?;
     crate::timings::mark("save caches");
     let (lock_stale, written) = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which

@@ -273,9 +273,21 @@ impl<'w> Session<'w> {
         Ok(inputs)
     }
 
+    /// About `files` input files are to be hashed (see [`StatCache::expect`]).
+    pub fn expect_input_files(&self, files: usize) {
+        self.stat_cache.lock().unwrap().expect(files);
+    }
+
     /// Persist the stat cache and tool identities.
     pub fn save_caches(&mut self) -> anyhow::Result<()> {
         self.stat_cache.lock().unwrap().save()?;
+        self.tool_ids.save()
+    }
+
+    /// [`Session::save_caches`] at the end of a run: the stat cache's memory is
+    /// given back (it is read again from its file if needed).
+    pub fn save_caches_and_forget(&mut self) -> anyhow::Result<()> {
+        self.stat_cache.lock().unwrap().save_and_forget()?;
         self.tool_ids.save()
     }
 
