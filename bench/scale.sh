@@ -154,7 +154,9 @@ for n in $sizes; do
 	d=$work/tree$n
 	sleep 1.1 # what changed within the last second is checked in full once more
 	"$QFLOW" apply -j2 "$d/workflow.yaml" >/dev/null 2>&1
-	hyperfine -N --warmup 2 --runs 10 --export-json "$d/noop.json" \
+	# 30 runs: a no-op of 1,000 steps takes about 15 ms, and 10 of them
+	# moved the mean by a tenth from one bench to the next.
+	hyperfine -N --warmup 3 --runs 30 --export-json "$d/noop.json" \
 		"$QFLOW apply -j2 $d/workflow.yaml" "ninja -C $d -j2" >/dev/null
 	q=$(mean_ms "$d/noop.json" 0) nj=$(mean_ms "$d/noop.json" 1)
 	printf "   %6d steps: qflow %7.1f ms, ninja %6.1f ms: %s   (target: at most 2x)\n" "$n" "$q" "$nj" "$(ratio "$q" "$nj")"

@@ -115,7 +115,6 @@ enum Hit {
 /// made again from the same inputs when the step's result is recorded.
 struct Ready {
     key: Hash,
-    reasons: Vec<String>,
 }
 
 /// A step handed to the executor, or being recorded.
@@ -596,18 +595,13 @@ impl<'a> Run<'a> {
             hit = self.fetch_kept(rr);
         }
         let Some(hit) = hit else {
-            let material = self.material_of(id)?;
             if let Err(e) = self.fetch_left_upstream(id) {
                 self.fail(id, e, 0, None);
                 return Ok(());
             }
-            let mut reasons = if self.forced[id.index()] {
-                vec!["forced with --force".to_string()]
-            } else {
-                session.reasons(self.parts.prepared, id.index(), &material)
-            };
-            reasons.extend(s.step.run_note(&session.state_dir_of(id.index())));
-            self.ready.insert(id, Ready { key, reasons });
+            // Why it runs is told when it starts: a wide workflow has thousands of
+            // steps ready at once, and their reasons were held until then.
+            self.ready.insert(id, Ready { key });
             self.schedule.set(id, StepState::Ready);
             return Ok(());
         };
@@ -886,8 +880,25 @@ impl<'a> Run<'a> {
         self.parts.progress.expect(plan, self.schedule.free());
     }
 
+    /// Why step `id`, ready to run, runs.
+    fn reasons(&self, id: StepId) -> Vec<String> {
+        let session = self.parts.session;
+        let mut reasons = if self.forced[id.index()] {
+            vec!["forced with --force".to_string()]
+        } else {
+            match self.material_of(id) {
+                Ok(material) => session.reasons(self.parts.prepared, id.index(), &material),
+                Err(e) => vec![format!("{e:#}")],
+            }
+        };
+        let s = &session.workflow.steps[id.index()];
+        reasons.extend(s.step.run_note(&session.state_dir_of(id.index())));
+        reasons
+    }
+
     fn start(&mut self, id: StepId, executor: &mut dyn Executor) {
-        let Ready { key, reasons } = self.ready.remove(&id).expect("ready step has a key");
+        let Ready { key } = self.ready.remove(&id).expect("ready step has a key");
+        let reasons = self.reasons(id);
         self.schedule.set(id, StepState::Running);
         let name = self.name(id);
         (self.parts.progress).step_started(name, &reasons, &key);
