@@ -67,13 +67,31 @@ pub struct Expected<'a> {
 }
 
 /// What the tally keeps of an [`Expected`] step not finished: all but its name,
-/// whose hash keys it.
+/// whose hash keys it. Twelve bytes: times over 49 days count as 49 days, widths
+/// over 65,535 slots as 65,535 (a 50,000-step run keeps one per step).
 #[derive(Debug, Clone, Copy)]
 struct Left {
-    ms: u64,
-    path_ms: u64,
-    width: usize,
+    ms: u32,
+    path_ms: u32,
+    width: u16,
     previous: bool,
+}
+
+impl Left {
+    fn of(e: &Expected) -> Left {
+        let ms = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Left {
+            ms: ms(e.ms),
+            path_ms: ms(e.path_ms),
+            width: u16::try_from(e.width.max(1)).unwrap_or(u16::MAX),
+            previous: e.previous,
+        }
+    }
+
+    /// Its work: `ms` times `width`.
+    fn work(&self) -> u64 {
+        u64::from(self.ms) * u64::from(self.width)
+    }
 }
 
 /// The count and the estimate, kept as steps start and finish.
@@ -102,7 +120,7 @@ pub struct Tally {
     work: u64,
     /// The `path_ms` of the steps neither started nor finished, with how many
     /// steps have each.
-    paths: BTreeMap<u64, usize>,
+    paths: BTreeMap<u32, usize>,
 }
 
 impl Tally {
@@ -112,12 +130,7 @@ impl Tally {
         self.slots = slots.max(1);
         self.expected = HashMap::with_capacity_and_hasher(steps.len(), ByName::default());
         self.expected.extend((steps.into_iter()).map(|e| {
-            let left = Left {
-                ms: e.ms,
-                path_ms: e.path_ms,
-                width: e.width,
-                previous: e.previous,
-            };
+            let left = Left::of(&e);
             (name_of(e.name), left)
         }));
         self.with_previous = 0;
@@ -125,7 +138,7 @@ impl Tally {
         self.paths.clear();
         for (name, e) in &self.expected {
             self.with_previous += usize::from(e.previous && e.ms > 0);
-            self.work += e.ms * e.width.max(1) as u64;
+            self.work += e.work();
             if !self.started.contains_key(name) {
                 *self.paths.entry(e.path_ms).or_default() += 1;
             }
@@ -152,7 +165,7 @@ impl Tally {
         let was_running = self.started.remove(&name).is_some();
         if let Some(e) = self.expected.remove(&name) {
             self.with_previous -= usize::from(e.previous && e.ms > 0);
-            self.work -= e.ms * e.width.max(1) as u64;
+            self.work -= e.work();
             if !was_running {
                 forget_path(&mut self.paths, e.path_ms);
             }
@@ -182,14 +195,14 @@ impl Tally {
         }
         // Steps not started count whole; a running one less what it has done.
         let mut work = self.work;
-        let mut chain: u64 = self.paths.last_key_value().map_or(0, |(p, _)| *p);
+        let mut chain: u64 = self.paths.last_key_value().map_or(0, |(p, _)| u64::from(*p));
         for (name, at) in &self.started {
             let Some(e) = self.expected.get(name) else {
                 continue;
             };
             let done = now.saturating_duration_since(*at).as_millis() as u64;
-            work -= e.ms.min(done) * e.width.max(1) as u64;
-            chain = chain.max(e.path_ms.saturating_sub(done));
+            work -= u64::from(e.ms).min(done) * u64::from(e.width);
+            chain = chain.max(u64::from(e.path_ms).saturating_sub(done));
         }
         Some(Duration::from_millis(chain.max(work / self.slots as u64)))
     }
@@ -207,7 +220,7 @@ impl Tally {
 }
 
 /// One step fewer with path `ms` in `paths`.
-fn forget_path(paths: &mut BTreeMap<u64, usize>, ms: u64) {
+fn forget_path(paths: &mut BTreeMap<u32, usize>, ms: u32) {
     if let Some(n) = paths.get_mut(&ms) {
         *n -= 1;
         if *n == 0 {
