@@ -195,7 +195,10 @@ impl Tally {
         }
         // Steps not started count whole; a running one less what it has done.
         let mut work = self.work;
-        let mut chain: u64 = self.paths.last_key_value().map_or(0, |(p, _)| u64::from(*p));
+        let mut chain: u64 = self
+            .paths
+            .last_key_value()
+            .map_or(0, |(p, _)| u64::from(*p));
         for (name, at) in &self.started {
             let Some(e) = self.expected.get(name) else {
                 continue;

@@ -564,10 +564,10 @@ fn preflight(session: &Session, prepared: &Prepared) -> anyhow::Result<()> {
     };
     let mut problems = Vec::new();
     for (i, s) in session.workflow.steps.iter().enumerate() {
-        if let Err(e) = &prepared.tools[i] {
+        if let Err(e) = prepared.tools.get(i) {
             problems.push(format!("step `{}` cannot run: {e}", s.name));
         }
-        if let Err(e) = &prepared.extra[i] {
+        if let Err(e) = prepared.extra.get(i) {
             problems.push(format!("step `{}` cannot run: {e}", s.name));
         }
         for r in s.step.requirements(&ctx) {

@@ -133,7 +133,7 @@ pub fn prepare<'w>(
             SlurmStep {
                 resources: s.placement().resources.clone(),
                 retries: s.placement().retries,
-                tools: (prepared.tools[i].iter().flatten().cloned()).collect(),
+                tools: (prepared.tools.get(i).into_iter().flatten().cloned()).collect(),
                 parts: s.step.parts(),
             },
         );
