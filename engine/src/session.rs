@@ -66,7 +66,10 @@ pub struct Prepared {
 /// list is empty (most: a `command` runs no tool of qflow's) keeps nothing; two
 /// lists a step were 2.4 MB of a 50,000-step run.
 #[derive(Debug, Default)]
-pub struct PerStep(Vec<Option<Box<Result<Sorted<String>, String>>>>);
+pub struct PerStep(Vec<Option<Box<Pairs>>>);
+
+/// Pairs of names and values, or why they cannot be had.
+type Pairs = Result<Sorted<String>, String>;
 
 impl PerStep {
     /// Room for `n` steps.
@@ -75,7 +78,7 @@ impl PerStep {
     }
 
     /// The next step's list.
-    fn push(&mut self, list: Result<Sorted<String>, String>) {
+    fn push(&mut self, list: Pairs) {
         self.0.push(match list {
             Ok(pairs) if pairs.is_empty() => None,
             list => Some(Box::new(list)),
