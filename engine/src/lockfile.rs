@@ -403,22 +403,43 @@ enum EntryText {
     },
 }
 
+/// Writes what it is given to a buffer, each new line indented as a lock entry's.
+struct Indenting<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for Indenting<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut lines = bytes.split(|&b| b == b'\n');
+        if let Some(first) = lines.next() {
+            self.0.extend_from_slice(first);
+        }
+        for line in lines {
+            self.0.push(b'\n');
+            self.0.extend_from_slice(ENTRY_INDENT.as_bytes());
+            self.0.extend_from_slice(line);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl NewEntry {
     /// Step `name`'s entry `entry`, as the lock will hold it.
     pub fn of(name: &str, entry: &LockedStep) -> NewEntry {
+        let mut text = Vec::new();
+        text.extend_from_slice(ENTRY_INDENT.as_bytes());
         // Strings, string-keyed maps and numbers: nothing here JSON cannot write.
-        let quoted = serde_json::to_string(name).expect("a name is a JSON string");
-        let value = serde_json::to_string_pretty(entry).expect("a lock entry is plain JSON");
-        let indented = format!("\n{ENTRY_INDENT}");
-        let lines = value.bytes().filter(|&b| b == b'\n').count();
-        let mut text = String::with_capacity(
-            ENTRY_INDENT.len() + quoted.len() + 2 + value.len() + lines * ENTRY_INDENT.len(),
-        );
-        text.push_str(ENTRY_INDENT);
-        text.push_str(&quoted);
-        text.push_str(": ");
+        serde_json::to_writer(&mut text, name).expect("a name is a JSON string");
+        text.extend_from_slice(b": ");
         let value_at = text.len() as u32;
-        text.push_str(&value.replace('\n', &indented));
+        // Indented as it is written: the entry of a step below 50,000 others is
+        // 5 MB of text, and making it, then an indented copy, then the entry's
+        // text was three of them at once, at the end of the run.
+        serde_json::to_writer_pretty(Indenting(&mut text), entry)
+            .expect("a lock entry is plain JSON");
+        let text = String::from_utf8(text).expect("JSON and spaces are UTF-8");
         let key_at = field_at(&text, "key", &entry.key);
         let output_at = field_at(&text, "output", &entry.output);
         NewEntry {
