@@ -135,7 +135,7 @@ pub struct Run<'a> {
     keep_going: bool,
     schedule: Schedule<'a>,
     /// Each done step's output, by name.
-    outputs: HashMap<&'a str, Hash>,
+    outputs: Vec<Option<Hash>>,
     /// The ready steps' keys and why they run.
     ready: HashMap<StepId, Ready>,
     active: BTreeMap<JobId, Active>,
@@ -219,7 +219,7 @@ impl<'a> Run<'a> {
             forced,
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
-            outputs: HashMap::with_capacity(n),
+            outputs: vec![None; n],
             ready: HashMap::new(),
             active: BTreeMap::new(),
             executing: Vec::new(),
@@ -482,11 +482,12 @@ impl<'a> Run<'a> {
         if !self.parts.prepared.inputs.is_known(id.index()) {
             return None;
         }
-        let s = &self.parts.session.workflow.steps[id.index()];
-        let mut up = Vec::with_capacity(s.upstream.len());
-        for u in s.upstream_names() {
-            let output = self.outputs.get(u).or_else(|| promised.get(u))?;
-            up.push((u, *output));
+        let ups = self.parts.session.dag.upstream(id);
+        let mut up = Vec::with_capacity(ups.len());
+        for &u in ups {
+            let name = self.name(u);
+            let output = self.outputs[u.index()].or_else(|| promised.get(name).copied())?;
+            up.push((name, output));
         }
         up.sort_unstable_by(|a, b| a.0.cmp(b.0));
         Some(up)
@@ -651,7 +652,7 @@ impl<'a> Run<'a> {
             format!("cached {}", s.name)
         };
         (self.parts.progress).step_ended(rep, &line);
-        self.outputs.insert(self.name(id), output);
+        self.outputs[id.index()] = Some(output);
         self.schedule.set(id, StepState::Done);
         if let Hit::Left(rr) = hit {
             // Its metrics were held to their `expect:` where it ran.
@@ -721,8 +722,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn output_of(&self, step: &str) -> Hash {
-        self.outputs[step]
+    fn output_of(&self, step: StepId) -> Hash {
+        self.outputs[step.index()].expect("an upstream step is done")
     }
 
     /// The one question "is there a usable result for step `id`'s `key`":
@@ -936,11 +937,16 @@ impl<'a> Run<'a> {
         let session = self.parts.session;
         let (workflow, cache) = (session.workflow, &session.cache);
         let s = &workflow.steps[id.index()];
-        let upstream: BTreeMap<String, PathBuf> = s
-            .upstream_names()
-            .map(|u| (u.to_string(), cache.tree_path(&self.output_of(u))))
+        let ups = session.dag.upstream(id);
+        let upstream: BTreeMap<String, PathBuf> = (ups.iter())
+            .map(|&u| {
+                (
+                    self.name(u).to_string(),
+                    cache.tree_path(&self.output_of(u)),
+                )
+            })
             .collect();
-        let retains = s.upstream_names().map(|u| self.output_of(u)).collect();
+        let retains = ups.iter().map(|&u| self.output_of(u)).collect();
         let fields = s.resolved_fields(&upstream)?;
         let staging = cache.new_tree()?;
         let run_token = crate::leftovers::token_for(&key);
@@ -1064,7 +1070,7 @@ impl<'a> Run<'a> {
         rep.output = Some(rec.output);
         let line = format!("ok {name} {:.1}s", ms as f64 / 1000.0);
         (self.parts.progress).step_ended(rep, &line);
-        self.outputs.insert(name, rec.output);
+        self.outputs[id.index()] = Some(rec.output);
         self.leave_running(id);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
