@@ -85,12 +85,19 @@ impl InputDigests {
         !matches!(*self.slot(i), Slot::Pending)
     }
 
-    /// Step `i`'s digests; empty while unknown or failed (use after [`Self::get`]),
-    /// read through [`listed`].
+    /// Step `i`'s digests, read through [`listed`]: none while unknown or failed
+    /// (use after [`Self::get`]).
     pub fn digests(&self, i: usize) -> Digests {
-        match self.get(i) {
-            Some(d) if d.is_ok() => d,
-            _ => Arc::new(Ok(Vec::new())),
+        self.get(i).unwrap_or_else(|| Arc::new(Ok(Vec::new())))
+    }
+
+    /// Step `i`'s digests for its key, read through [`listed`]; why not while
+    /// they are being hashed or when they could not be had.
+    pub fn for_key(&self, i: usize) -> Result<Digests, String> {
+        let digests = self.get(i).ok_or("its inputs are not hashed yet")?;
+        match &*digests {
+            Ok(_) => Ok(digests),
+            Err(e) => Err(e.clone()),
         }
     }
 
@@ -246,10 +253,20 @@ mod tests {
     #[test]
     fn a_steps_digests_are_dropped_once_released_and_it_stays_hashed() {
         let table = InputDigests::pending(2);
+        assert_eq!(
+            table.for_key(0).unwrap_err(),
+            "its inputs are not hashed yet"
+        );
+        table.set(1, Err("cannot read `a`".into()));
+        assert_eq!(table.for_key(1).unwrap_err(), "cannot read `a`");
+        assert!(
+            listed(&table.digests(1)).is_empty(),
+            "a failed step lists nothing"
+        );
         table.release(0);
         assert!(!table.is_known(0), "nothing to release before it is hashed");
         table.set(0, Ok(vec![digest("a")]));
-        let held = table.get(0).unwrap();
+        let held = table.for_key(0).unwrap();
         table.release(0);
         assert!(table.is_known(0));
         assert_eq!(listed(&held)[0].label, "a", "a holder keeps its copy");

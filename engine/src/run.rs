@@ -110,9 +110,10 @@ enum Hit {
     Left(RemoteRecord),
 }
 
-/// A step whose key has no usable result, waiting for slots: its key and why it runs.
-/// Its key material is not kept (a thousand ready steps held megabytes of it): it is
-/// made again from the same inputs when the step's result is recorded.
+/// A step whose key has no usable result, waiting for slots: its key. Neither its key
+/// material nor why it runs is kept (a thousand ready steps held megabytes of them):
+/// both are made again from the same inputs when it starts and when its result is
+/// recorded.
 struct Ready {
     key: Hash,
 }
@@ -134,9 +135,9 @@ pub struct Run<'a> {
     parts: RunParts<'a>,
     keep_going: bool,
     schedule: Schedule<'a>,
-    /// Each done step's output, by name.
+    /// Each done step's output, by step index.
     outputs: Vec<Option<Hash>>,
-    /// The ready steps' keys and why they run.
+    /// The ready steps' keys.
     ready: HashMap<StepId, Ready>,
     active: BTreeMap<JobId, Active>,
     /// Jobs the executor still runs (the others are being recorded).

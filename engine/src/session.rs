@@ -339,11 +339,8 @@ impl<'w> Session<'w> {
             sorted((s.env.iter().map(|(k, v)| (k.clone(), v.clone()))).chain(
                 (s.env_used.iter()).map(|(k, v)| (format!("${{{{ env.{k} }}}}"), v.clone())),
             ));
-        let digests = match prepared.inputs.get(i) {
-            Some(digests) => digests,
-            None => return Err("its inputs are not hashed yet".to_string()),
-        };
-        let digests = digests.as_ref().as_ref().map_err(String::clone)?;
+        let digests = prepared.inputs.for_key(i)?;
+        let digests = crate::input_digests::listed(&digests);
         Ok(KeyMaterial {
             kind: s.kind.clone(),
             schema_version: s.schema_version,
@@ -369,11 +366,8 @@ impl<'w> Session<'w> {
         let s = &self.workflow.steps[i];
         let tools = prepared.tools.get(i).map_err(str::to_string)?;
         let extra = prepared.extra.get(i).map_err(str::to_string)?;
-        let digests = match prepared.inputs.get(i) {
-            Some(digests) => digests,
-            None => return Err("its inputs are not hashed yet".to_string()),
-        };
-        let digests = digests.as_ref().as_ref().map_err(String::clone)?;
+        let digests = prepared.inputs.for_key(i)?;
+        let digests = crate::input_digests::listed(&digests);
         let inputs_sorted = digests.is_sorted_by(|a, b| a.label < b.label);
         if !s.env_used.is_empty() || !inputs_sorted {
             // `${{ env.X }}` names are made, inputs sorted: the material does both.
