@@ -98,7 +98,7 @@ fn describe_command(space: &Space, run: &[&str], outputs: &[&str], jobs: usize) 
             out_dir: out_dir.clone(),
             state_dir: space.join("state"),
             spare_dirs: None,
-            upstream: BTreeMap::new(),
+            upstream: Default::default(),
             env: BTreeMap::from([("GREETING".to_string(), "hello from the node".to_string())]),
             jobs,
             log: space.join("hello.log"),

@@ -40,11 +40,10 @@ pub(crate) struct Journal {
     open: Option<std::collections::HashSet<Hash>>,
 }
 
-/// A step key as its journal lines spell it (64 hex digits).
-type KeyText = [u8; 64];
-
-/// The last event of one key: when, and `Some(note)` for a start, `None` for an end.
-type Last = (u128, Option<Box<str>>);
+/// The last event of one key: when (ns), and `Some(note)` for a start, `None`
+/// for an end. Kept small: a compaction after 10,000 steps folds 10,000 keys,
+/// at the end of an apply.
+type Last = (u64, Option<Box<str>>);
 
 fn now_nanos() -> u128 {
     std::time::SystemTime::now()
@@ -72,9 +71,11 @@ fn parse_line(line: &str) -> Option<(u128, &str, Option<&str>)> {
 
 /// Folds the whole lines of one journal into each key's last event (the latest
 /// nanos; of equal nanos, the later line). `None` when the file is not UTF-8.
-fn fold_journal(file: std::fs::File, last: &mut HashMap<KeyText, Last>) -> Option<()> {
+fn fold_journal(file: std::fs::File, last: &mut HashMap<Hash, Last>) -> Option<()> {
     // Folded apart first: a file found not UTF-8 part way counts for nothing.
-    let mut own: HashMap<KeyText, Last> = HashMap::new();
+    // A step writes two lines of about 100 bytes: room for its key at once.
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut own: HashMap<Hash, Last> = HashMap::with_capacity((size / 200) as usize);
     let mut reader = std::io::BufReader::new(file);
     let mut line = Vec::new();
     loop {
@@ -87,7 +88,10 @@ fn fold_journal(file: std::fs::File, last: &mut HashMap<KeyText, Last>) -> Optio
         let Some((nanos, key, start)) = text.strip_suffix('\n').and_then(parse_line) else {
             continue;
         };
-        let key: KeyText = key.as_bytes().try_into().expect("64 hex digits");
+        let Ok(key) = key.parse::<Hash>() else {
+            continue;
+        };
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
         match own.get_mut(&key) {
             Some(seen) if seen.0 > nanos => {}
             Some(seen) => *seen = (nanos, start.map(Box::from)),
@@ -160,7 +164,7 @@ impl Cache {
         }
         // A key's last event decides it, over an older qflow's mark too.
         for (key, (_, start)) in last {
-            let key = String::from_utf8(key.to_vec()).expect("hex digits");
+            let key = key.to_hex();
             match start {
                 Some(note) => {
                     open.insert(key, note.into());

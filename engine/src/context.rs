@@ -36,6 +36,11 @@ impl ProgressSink for NoProgress {
     fn message(&self, _step: &str, _text: &str) {}
 }
 
+/// The output directories of a step's upstream steps, by step name; shared, not
+/// copied, between a step's job and its context (the last step of a fan-in of
+/// 10,000 steps has 10,000 of them).
+pub type UpstreamDirs = Arc<BTreeMap<String, PathBuf>>;
+
 /// Everything a running step may use. Built by the scheduler; kinds receive it in
 /// `Step::run` (`step.rs`).
 pub struct RunContext {
@@ -44,7 +49,7 @@ pub struct RunContext {
     work_dir: PathBuf,
     state_dir: PathBuf,
     jobs: usize,
-    upstream: BTreeMap<String, PathBuf>,
+    upstream: UpstreamDirs,
     env: BTreeMap<String, String>,
     log: StepLog,
     progress: Arc<dyn ProgressSink>,
@@ -72,7 +77,7 @@ impl RunContext {
         work_dir: PathBuf,
         state_dir: PathBuf,
         jobs: usize,
-        upstream: BTreeMap<String, PathBuf>,
+        upstream: UpstreamDirs,
         env: BTreeMap<String, String>,
         log: StepLog,
         progress: Arc<dyn ProgressSink>,
@@ -124,7 +129,7 @@ impl RunContext {
             work_dir.to_path_buf(),
             state_dir.to_path_buf(),
             1,
-            BTreeMap::new(),
+            UpstreamDirs::default(),
             BTreeMap::new(),
             StepLog::create(log)?,
             Arc::new(NoProgress),
@@ -142,7 +147,7 @@ impl RunContext {
 
     /// Add an upstream step's output directory (tests and the scheduler).
     pub fn with_upstream(mut self, step: &str, dir: PathBuf) -> Self {
-        self.upstream.insert(step.to_string(), dir);
+        Arc::make_mut(&mut self.upstream).insert(step.to_string(), dir);
         self
     }
 

@@ -306,9 +306,11 @@ impl<'w> Session<'w> {
         Ok(inputs)
     }
 
-    /// About `files` input files are to be hashed (see [`StatCache::expect`]).
-    pub fn expect_input_files(&self, files: usize) {
-        self.stat_cache.lock().unwrap().expect(files);
+    /// Every input of the run is hashed: the stat cache is saved and keeps in
+    /// memory only the entries of big files (see [`StatCache::save_and_trim`]).
+    pub fn trim_stat_cache(&self) -> anyhow::Result<()> {
+        let mut cache = self.stat_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.save_and_trim()
     }
 
     /// Persist the stat cache and tool identities.

@@ -136,11 +136,80 @@ pub struct StatCache {
     // never reads it.
     entries: std::sync::OnceLock<Entries>,
     dirty: bool,
-    /// How many files the run expects to remember: room for them is made at the
-    /// first insertion, at once. Grown by doubling, the table of 10,000 files
-    /// was briefly held twice, and that was the peak of a first apply.
-    expected: usize,
+    /// Saved and trimmed to the entries worth keeping ([`StatCache::save_and_trim`]):
+    /// what is learnt afterwards is not kept.
+    trimmed: bool,
+    /// Small files first learnt in this process, kept out of memory (see [`Journal`]).
+    journal: Option<Journal>,
 }
+
+/// The entries of small files (under [`KEPT_AFTER_TRIM`] bytes) learnt since the
+/// cache was read, encoded as in the cache file into an unnamed file beside it
+/// (`O_TMPFILE`: nothing is left behind if qflow is killed) and copied into the
+/// cache when it is saved. They are not looked up again before then: reading a
+/// small file again costs about what looking it up does, and a first apply of
+/// 10,000 one-file steps held 2.3 MB of them in memory. Each path is written
+/// once (a later sighting, such as the check after the step ran, is dropped:
+/// a stale entry only makes the next run read the file).
+struct Journal {
+    file: std::io::BufWriter<std::fs::File>,
+    count: u64,
+    seen: std::collections::HashSet<u64>,
+}
+
+impl Journal {
+    /// An unnamed file in `dir`, or none where the filesystem cannot make one.
+    fn create(dir: &Path) -> Option<Journal> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)
+            .ok()?;
+        Some(Journal {
+            file: std::io::BufWriter::with_capacity(1 << 16, file),
+            count: 0,
+            seen: std::collections::HashSet::new(),
+        })
+    }
+
+    /// Note `entry` of `path`, unless this path was noted before.
+    fn note(&mut self, path: &std::ffi::OsStr, entry: &Entry) -> std::io::Result<()> {
+        use std::hash::BuildHasher;
+        if !self
+            .seen
+            .insert(BuildPathHasher.hash_one(path.as_encoded_bytes()))
+        {
+            return Ok(());
+        }
+        let mut one = Vec::with_capacity(128);
+        encode_one(path, entry, &mut one);
+        std::io::Write::write_all(&mut self.file, &one)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Copy every noted entry to `out`, then start empty.
+    fn drain_into(&mut self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        self.file.flush()?;
+        let f = self.file.get_mut();
+        f.seek(std::io::SeekFrom::Start(0))?;
+        std::io::copy(&mut std::io::Read::take(&mut *f, u64::MAX), out)?;
+        f.set_len(0)?;
+        f.seek(std::io::SeekFrom::Start(0))?;
+        self.count = 0;
+        self.seen = std::collections::HashSet::new();
+        Ok(())
+    }
+}
+
+/// Files this big or bigger keep their entry in memory once a run's inputs are
+/// hashed ([`StatCache::save_and_trim`]): reading a smaller file again costs
+/// about what looking it up does.
+pub const KEPT_AFTER_TRIM: u64 = 64 * 1024;
 
 type Entries = HashMap<OsString, Entry, BuildPathHasher>;
 
@@ -159,7 +228,8 @@ impl StatCache {
             path: path.to_path_buf(),
             entries: std::sync::OnceLock::new(),
             dirty: false,
-            expected: 0,
+            trimmed: false,
+            journal: None,
         }
     }
 
@@ -188,23 +258,32 @@ impl StatCache {
         (e.stat == *stat && !e.racy).then_some(e.hash)
     }
 
-    /// Expect about `files` files in all (a run's declared inputs): room for them
-    /// is made when the first file is recorded, never when the cache is only read.
-    pub fn expect(&mut self, files: usize) {
-        self.expected = files;
-    }
-
     /// Record a freshly computed hash; `hashed_at_ns` is when reading started.
     pub fn insert(&mut self, path: PathBuf, stat: FileStat, hash: Hash, hashed_at_ns: i64) {
+        if self.trimmed {
+            return;
+        }
         let racy = stat.mtime_ns >= hashed_at_ns - RACY_WINDOW_NS
             || stat.ctime_ns >= hashed_at_ns - RACY_WINDOW_NS;
         self.entries();
         let entries = self.entries.get_mut().expect("loaded above");
-        let expected = std::mem::take(&mut self.expected);
-        if expected > entries.len() {
-            entries.reserve(expected - entries.len());
+        let entry = Entry { stat, hash, racy };
+        if stat.size < KEPT_AFTER_TRIM && !entries.contains_key(path.as_os_str()) {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            if self.journal.is_none() {
+                self.journal = Journal::create(dir);
+            }
+            if let Some(journal) = &mut self.journal
+                && journal.note(path.as_os_str(), &entry).is_ok()
+            {
+                self.dirty = true;
+                return;
+            }
+            // Without a journal (a failed write, a filesystem without
+            // `O_TMPFILE`) the entry is held in memory.
+            self.journal = None;
         }
-        entries.insert(path.into_os_string(), Entry { stat, hash, racy });
+        entries.insert(path.into_os_string(), entry);
         self.dirty = true;
     }
 
@@ -282,15 +361,55 @@ impl StatCache {
 
     /// Write the cache atomically if anything changed.
     pub fn save(&mut self) -> anyhow::Result<()> {
+        if self.write()? {
+            // What the journal held is only in the file now: read again if asked.
+            self.entries = std::sync::OnceLock::new();
+        }
+        Ok(())
+    }
+
+    /// Write the cache if anything changed; whether entries of the journal went
+    /// into it (they are not in memory).
+    fn write(&mut self) -> anyhow::Result<bool> {
         if !self.dirty {
-            return Ok(());
+            return Ok(false);
         }
         // A cache only: lost or torn by a power cut, it reads as empty and files are
         // hashed again, so it is not fsynced.
         // Streamed: at 50,000 files the encoded cache is 6 MB, written at the
         // end of a run, when its memory is highest.
-        qflow_cache::write_replace_with(&self.path, |out| encode(self.entries(), out))?;
+        self.entries();
+        let entries = self.entries.get().expect("loaded above");
+        let journal = &mut self.journal;
+        let journaled = journal.as_ref().map_or(0, |j| j.count);
+        qflow_cache::write_replace_with(&self.path, |out| {
+            encode(entries, journaled, out)?;
+            match journal {
+                Some(j) => j.drain_into(out),
+                None => Ok(()),
+            }
+        })?;
         self.dirty = false;
+        Ok(journaled > 0)
+    }
+
+    /// [`StatCache::save`] once every input of a run is hashed, then keep in
+    /// memory only what the rest of the run looks up with profit: the entries
+    /// of files of [`KEPT_AFTER_TRIM`] bytes or more that are not racy. After
+    /// a step ends its inputs are hashed again (`recorder.rs`); a small file is
+    /// then read instead of looked up. A run that read the cache holds the
+    /// entries of earlier runs (2.3 MB at 10,000 files) and would keep them to
+    /// its end. From here on nothing new is
+    /// remembered (the file on disk would lose the entries let go), so a racy
+    /// file hashed again after its step is hashed once more by the next run.
+    /// Nothing is trimmed if the save fails.
+    pub fn save_and_trim(&mut self) -> anyhow::Result<()> {
+        self.write()?;
+        if let Some(entries) = self.entries.get_mut() {
+            entries.retain(|_, e| !e.racy && e.stat.size >= KEPT_AFTER_TRIM);
+            entries.shrink_to_fit();
+        }
+        self.trimmed = true;
         Ok(())
     }
 
@@ -304,22 +423,27 @@ impl StatCache {
     }
 }
 
-fn encode(entries: &Entries, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+/// The cache file's header and `entries`; `more` entries follow (the journal's).
+fn encode(entries: &Entries, more: u64, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     out.write_all(MAGIC)?;
-    out.write_all(&(entries.len() as u64).to_le_bytes())?;
+    out.write_all(&(entries.len() as u64 + more).to_le_bytes())?;
     let mut one = Vec::with_capacity(512);
     for (p, e) in entries {
-        let b = p.as_os_str().as_bytes();
         one.clear();
-        one.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        one.extend_from_slice(b);
-        e.stat.put(&mut one);
-        one.extend_from_slice(&e.hash.0);
-        one.push(u8::from(e.racy));
+        encode_one(p, e, &mut one);
         out.write_all(&one)?;
     }
     Ok(())
+}
+
+/// One entry as the cache file holds it.
+fn encode_one(path: &std::ffi::OsStr, e: &Entry, one: &mut Vec<u8>) {
+    let b = path.as_encoded_bytes();
+    one.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    one.extend_from_slice(b);
+    e.stat.put(one);
+    one.extend_from_slice(&e.hash.0);
+    one.push(u8::from(e.racy));
 }
 
 fn decode(b: &[u8]) -> Option<Entries> {
@@ -408,14 +532,90 @@ mod tests {
         let mut c = StatCache::load(&dir.join("cache"));
         let h = c.hash_all(&[(f.clone(), st)]).unwrap()[0];
         assert_eq!(c.lookup(&f, &st), None, "just-written file must be racy");
-        c.insert(f.clone(), st, h, st.mtime_ns + 2 * RACY_WINDOW_NS);
-        assert_eq!(c.lookup(&f, &st), Some(h));
         c.save().unwrap();
+        c.insert(f.clone(), st, h, st.mtime_ns + 2 * RACY_WINDOW_NS);
+        c.save().unwrap();
+        assert_eq!(c.lookup(&f, &st), Some(h));
         let c2 = StatCache::load(&dir.join("cache"));
         assert_eq!(c2.lookup(&f, &st), Some(h));
         let mut st2 = st;
         st2.size += 1;
         assert_eq!(c2.lookup(&f, &st2), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file of `size` bytes in `dir`, old enough not to be racy, and its stat.
+    fn old_file(dir: &Path, name: &str, size: usize) -> (PathBuf, FileStat) {
+        let f = dir.join(name);
+        std::fs::write(&f, vec![b'x'; size]).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let mut st = FileStat::of(&std::fs::symlink_metadata(&f).unwrap());
+        // The change time cannot be set back: hashed "later" instead.
+        st.ctime_ns = st.mtime_ns;
+        (f, st)
+    }
+
+    #[test]
+    fn small_files_learnt_in_a_run_are_kept_on_disk_and_found_by_the_next_run() {
+        let dir = std::env::temp_dir().join(format!("qflow-stat-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (small, small_st) = old_file(&dir, "small", 10);
+        let (big, big_st) = old_file(&dir, "big", KEPT_AFTER_TRIM as usize);
+        let mut c = StatCache::load(&dir.join("cache"));
+        let now = now_ns();
+        c.insert(small.clone(), small_st, Hash([1; 32]), now);
+        c.insert(big.clone(), big_st, Hash([2; 32]), now);
+        // The small file's entry went to the journal, not to memory; the big one is held.
+        assert_eq!(c.lookup(&small, &small_st), None);
+        assert_eq!(c.lookup(&big, &big_st), Some(Hash([2; 32])));
+        assert_eq!(c.len(), 1);
+        c.save().unwrap();
+        let next = StatCache::load(&dir.join("cache"));
+        assert_eq!(next.len(), 2);
+        assert_eq!(next.lookup(&small, &small_st), Some(Hash([1; 32])));
+        assert_eq!(next.lookup(&big, &big_st), Some(Hash([2; 32])));
+        // Saved once more with nothing new, the journal's entries stay in the file.
+        c.insert(big.clone(), big_st, Hash([3; 32]), now);
+        c.save().unwrap();
+        let third = StatCache::load(&dir.join("cache"));
+        assert_eq!(third.lookup(&small, &small_st), Some(Hash([1; 32])));
+        assert_eq!(third.lookup(&big, &big_st), Some(Hash([3; 32])));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_trimmed_cache_keeps_only_big_files_in_memory_and_everything_on_disk() {
+        let dir = std::env::temp_dir().join(format!("qflow-stat-trim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (small, small_st) = old_file(&dir, "small", 10);
+        let (big, big_st) = old_file(&dir, "big", KEPT_AFTER_TRIM as usize);
+        let mut earlier = StatCache::load(&dir.join("cache"));
+        earlier.insert(small.clone(), small_st, Hash([1; 32]), now_ns());
+        earlier.insert(big.clone(), big_st, Hash([2; 32]), now_ns());
+        earlier.save().unwrap();
+        // A later run reads both, then trims once its inputs are hashed.
+        let mut c = StatCache::load(&dir.join("cache"));
+        assert_eq!(c.len(), 2);
+        c.save_and_trim().unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.lookup(&small, &small_st), None);
+        assert_eq!(c.lookup(&big, &big_st), Some(Hash([2; 32])));
+        // What it learns afterwards is not kept, and the file keeps every entry.
+        let (late, late_st) = old_file(&dir, "late", 10);
+        c.insert(late.clone(), late_st, Hash([4; 32]), now_ns());
+        c.save_and_forget().unwrap();
+        let next = StatCache::load(&dir.join("cache"));
+        assert_eq!(next.len(), 2);
+        assert_eq!(next.lookup(&small, &small_st), Some(Hash([1; 32])));
+        assert_eq!(next.lookup(&late, &late_st), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

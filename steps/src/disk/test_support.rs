@@ -55,7 +55,7 @@ impl Scratch {
             self.root.clone(),
             state,
             1,
-            BTreeMap::new(),
+            Default::default(),
             env,
             qflow_engine::context::StepLog::create(&self.root.join(run).join("log")).unwrap(),
             Arc::new(qflow_engine::context::NoProgress),

@@ -75,7 +75,7 @@ impl Bench {
             self.dir.clone(),
             self.dir.join("state"),
             jobs,
-            BTreeMap::new(),
+            Default::default(),
             BTreeMap::new(),
             StepLog::create(&log).unwrap(),
             Arc::new(NoProgress),
