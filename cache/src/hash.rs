@@ -49,6 +49,16 @@ impl Hash {
         }
     }
 
+    /// Whether `text` is this hash's 64 lowercase hex digits (compared without
+    /// making them).
+    pub fn is_hex(&self, text: &str) -> bool {
+        let t = text.as_bytes();
+        t.len() == 64
+            && (self.0.iter().enumerate()).all(|(i, b)| {
+                t[2 * i] == HEX[(b >> 4) as usize] && t[2 * i + 1] == HEX[(b & 15) as usize]
+            })
+    }
+
     /// The first 12 hex digits, for messages.
     pub fn short(&self) -> String {
         let mut s = self.to_hex();

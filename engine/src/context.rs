@@ -36,10 +36,62 @@ impl ProgressSink for NoProgress {
     fn message(&self, _step: &str, _text: &str) {}
 }
 
-/// The output directories of a step's upstream steps, by step name; shared, not
-/// copied, between a step's job and its context (the last step of a fan-in of
-/// 10,000 steps has 10,000 of them).
-pub type UpstreamDirs = Arc<BTreeMap<String, PathBuf>>;
+/// The output directories of a step's upstream steps, by step name: as a run
+/// hands them, each step's output tree among the cache's trees; in a kind's
+/// tests, any directory. Held as names and outputs, not paths, and shared
+/// between a step's job and its context: the last step of a fan-in below
+/// 10,000 steps has 10,000 of them (2.2 MB as a map of paths, 0.9 MB so).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamDirs {
+    /// The directory of output trees (`<cache>/trees`).
+    trees: PathBuf,
+    /// Sorted by name, each name once.
+    steps: Vec<(String, UpstreamDir)>,
+}
+
+/// Where one upstream step's output is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum UpstreamDir {
+    /// Its output tree, in [`UpstreamDirs::trees`].
+    Tree(qflow_cache::Hash),
+    /// A directory of its own.
+    Dir(PathBuf),
+}
+
+impl UpstreamDirs {
+    /// The output trees `outputs` (step name, tree) in the directory `trees`.
+    pub fn trees(
+        trees: PathBuf,
+        outputs: impl IntoIterator<Item = (String, qflow_cache::Hash)>,
+    ) -> Self {
+        let mut steps: Vec<(String, UpstreamDir)> = (outputs.into_iter())
+            .map(|(n, t)| (n, UpstreamDir::Tree(t)))
+            .collect();
+        steps.sort_by(|a, b| a.0.cmp(&b.0));
+        steps.dedup_by(|later, kept| later.0 == kept.0);
+        steps.shrink_to_fit();
+        UpstreamDirs { trees, steps }
+    }
+
+    /// With step `name`'s output in directory `dir`.
+    pub fn insert(&mut self, name: &str, dir: PathBuf) {
+        match self.steps.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => self.steps[i].1 = UpstreamDir::Dir(dir),
+            Err(i) => self
+                .steps
+                .insert(i, (name.to_string(), UpstreamDir::Dir(dir))),
+        }
+    }
+
+    /// The output directory of step `name`.
+    pub fn get(&self, name: &str) -> Option<PathBuf> {
+        let i = (self.steps.binary_search_by(|(n, _)| n.as_str().cmp(name))).ok()?;
+        Some(match &self.steps[i].1 {
+            UpstreamDir::Tree(t) => self.trees.join(t.to_hex()),
+            UpstreamDir::Dir(d) => d.clone(),
+        })
+    }
+}
 
 /// Everything a running step may use. Built by the scheduler; kinds receive it in
 /// `Step::run` (`step.rs`).
@@ -49,7 +101,7 @@ pub struct RunContext {
     work_dir: PathBuf,
     state_dir: PathBuf,
     jobs: usize,
-    upstream: UpstreamDirs,
+    upstream: Arc<UpstreamDirs>,
     env: BTreeMap<String, String>,
     log: StepLog,
     progress: Arc<dyn ProgressSink>,
@@ -77,7 +129,7 @@ impl RunContext {
         work_dir: PathBuf,
         state_dir: PathBuf,
         jobs: usize,
-        upstream: UpstreamDirs,
+        upstream: Arc<UpstreamDirs>,
         env: BTreeMap<String, String>,
         log: StepLog,
         progress: Arc<dyn ProgressSink>,
@@ -129,7 +181,7 @@ impl RunContext {
             work_dir.to_path_buf(),
             state_dir.to_path_buf(),
             1,
-            UpstreamDirs::default(),
+            Default::default(),
             BTreeMap::new(),
             StepLog::create(log)?,
             Arc::new(NoProgress),
@@ -147,7 +199,7 @@ impl RunContext {
 
     /// Add an upstream step's output directory (tests and the scheduler).
     pub fn with_upstream(mut self, step: &str, dir: PathBuf) -> Self {
-        Arc::make_mut(&mut self.upstream).insert(step.to_string(), dir);
+        Arc::make_mut(&mut self.upstream).insert(step, dir);
         self
     }
 
@@ -188,8 +240,8 @@ impl RunContext {
     }
 
     /// The output directory of an upstream step this step references.
-    pub fn upstream(&self, step: &str) -> anyhow::Result<&Path> {
-        self.upstream.get(step).map(|p| p.as_path()).ok_or_else(|| {
+    pub fn upstream(&self, step: &str) -> anyhow::Result<PathBuf> {
+        self.upstream.get(step).ok_or_else(|| {
             anyhow!(
                 "step `{}` has no output of upstream step `{step}`",
                 self.step
@@ -348,5 +400,31 @@ impl RunContext {
         }
         self.log.line(&format!("$ {}", display_command(&cmd)));
         crate::process::spawn(cmd, &self.groups, self.run_token.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qflow_cache::Hash;
+
+    #[test]
+    fn an_upstream_steps_output_is_its_tree_or_the_directory_given_for_it() {
+        let (a, b) = (Hash([1; 32]), Hash([2; 32]));
+        let trees = PathBuf::from("/c/trees");
+        let mut dirs = UpstreamDirs::trees(trees.clone(), [("b".into(), b), ("a".into(), a)]);
+        assert_eq!(dirs.get("a"), Some(trees.join(a.to_hex())));
+        assert_eq!(dirs.get("b"), Some(trees.join(b.to_hex())));
+        assert_eq!(dirs.get("c"), None);
+        dirs.insert("c", PathBuf::from("/elsewhere/c"));
+        dirs.insert("a", PathBuf::from("/elsewhere/a"));
+        assert_eq!(dirs.get("a"), Some(PathBuf::from("/elsewhere/a")));
+        assert_eq!(dirs.get("c"), Some(PathBuf::from("/elsewhere/c")));
+        // A job sent to another host carries them as they are.
+        let sent: UpstreamDirs =
+            serde_json::from_str(&serde_json::to_string(&dirs).unwrap()).unwrap();
+        for name in ["a", "b", "c", "d"] {
+            assert_eq!(sent.get(name), dirs.get(name), "{name}");
+        }
     }
 }

@@ -425,9 +425,138 @@ impl std::io::Write for Indenting<'_> {
     }
 }
 
+/// A lock entry as it is written, borrowing what it holds: [`LockedStep`] but for
+/// `inputs` and `upstream`, which may be the step key's material itself. The
+/// last step of a fan-in below 10,000 steps names each with its output: made
+/// into a [`LockedStep`] first, those names and hex digests were 1.1 MB more,
+/// at the end of the run.
+#[derive(Serialize)]
+pub struct EntryView<'a> {
+    kind: &'a str,
+    schema_version: u32,
+    key: &'a str,
+    fields: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    vars: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    env: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Digests::is_empty")]
+    inputs: Digests<'a>,
+    #[serde(skip_serializing_if = "Digests::is_empty")]
+    upstream: Digests<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tools: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a str>,
+    output: &'a str,
+    outputs: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    notes: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metrics: &'a BTreeMap<String, f64>,
+}
+
+/// Name → digest pairs of an entry, written as a JSON object of hex strings.
+#[derive(Clone, Copy)]
+enum Digests<'a> {
+    /// As a [`LockedStep`] holds them.
+    Hex(&'a BTreeMap<String, String>),
+    /// Sorted by name, each name once (a step key's material).
+    Hashes(&'a [(String, Hash)]),
+}
+
+impl Digests<'_> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Digests::Hex(m) => m.is_empty(),
+            Digests::Hashes(v) => v.is_empty(),
+        }
+    }
+
+    /// Whether `hex` holds the same pairs.
+    fn same_as(&self, hex: &BTreeMap<String, String>) -> bool {
+        match self {
+            Digests::Hex(m) => *m == hex,
+            Digests::Hashes(v) => {
+                v.len() == hex.len()
+                    && (v.iter().zip(hex)).all(|((n, h), (hn, hh))| n == hn && h.is_hex(hh))
+            }
+        }
+    }
+}
+
+impl Serialize for Digests<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Digests::Hex(m) => m.serialize(s),
+            Digests::Hashes(v) => s.collect_map(v.iter().map(|(n, h)| (n, h.to_hex()))),
+        }
+    }
+}
+
+impl<'a> EntryView<'a> {
+    /// `entry` as written.
+    pub fn of(entry: &'a LockedStep) -> EntryView<'a> {
+        EntryView {
+            kind: &entry.kind,
+            schema_version: entry.schema_version,
+            key: &entry.key,
+            fields: &entry.fields,
+            vars: &entry.vars,
+            env: &entry.env,
+            inputs: Digests::Hex(&entry.inputs),
+            upstream: Digests::Hex(&entry.upstream),
+            tools: &entry.tools,
+            extra: entry.extra.as_deref(),
+            output: &entry.output,
+            outputs: &entry.outputs,
+            notes: &entry.notes,
+            metrics: &entry.metrics,
+        }
+    }
+
+    /// `entry` (its `inputs` and `upstream` left empty) with these input and
+    /// upstream digests, each sorted by name.
+    pub fn with_digests(
+        entry: &'a LockedStep,
+        inputs: &'a [(String, Hash)],
+        upstream: &'a [(String, Hash)],
+    ) -> EntryView<'a> {
+        debug_assert!(entry.inputs.is_empty() && entry.upstream.is_empty());
+        EntryView {
+            inputs: Digests::Hashes(inputs),
+            upstream: Digests::Hashes(upstream),
+            ..EntryView::of(entry)
+        }
+    }
+
+    /// Whether `old` is this entry.
+    pub fn same_as(&self, old: &LockedStep) -> bool {
+        self.kind == old.kind
+            && self.schema_version == old.schema_version
+            && self.key == old.key
+            && *self.fields == old.fields
+            && *self.vars == old.vars
+            && *self.env == old.env
+            && self.inputs.same_as(&old.inputs)
+            && self.upstream.same_as(&old.upstream)
+            && *self.tools == old.tools
+            && self.extra == old.extra.as_deref()
+            && self.output == old.output
+            && *self.outputs == old.outputs
+            && *self.notes == old.notes
+            && *self.metrics == old.metrics
+    }
+}
+
 impl NewEntry {
     /// Step `name`'s entry `entry`, as the lock will hold it.
     pub fn of(name: &str, entry: &LockedStep) -> NewEntry {
+        NewEntry::of_view(name, &EntryView::of(entry))
+    }
+
+    /// Step `name`'s entry `entry`, as the lock will hold it.
+    pub fn of_view(name: &str, entry: &EntryView<'_>) -> NewEntry {
         let mut text = Vec::new();
         text.extend_from_slice(ENTRY_INDENT.as_bytes());
         // Strings, string-keyed maps and numbers: nothing here JSON cannot write.
@@ -440,8 +569,8 @@ impl NewEntry {
         serde_json::to_writer_pretty(Indenting(&mut text), entry)
             .expect("a lock entry is plain JSON");
         let text = String::from_utf8(text).expect("JSON and spaces are UTF-8");
-        let key_at = field_at(&text, "key", &entry.key);
-        let output_at = field_at(&text, "output", &entry.output);
+        let key_at = field_at(&text, "key", entry.key);
+        let output_at = field_at(&text, "output", entry.output);
         NewEntry {
             text: EntryText::Held(text),
             value_at,
@@ -781,6 +910,53 @@ mod tests {
             },
         );
         serde_json::to_string_pretty(&lock).unwrap()
+    }
+
+    #[test]
+    fn an_entry_written_from_its_key_material_is_the_entry_written_whole() {
+        let h = |b: u8| Hash([b; 32]);
+        let inputs = vec![("src".to_string(), h(1)), ("z.txt".to_string(), h(2))];
+        let upstream = vec![("a".to_string(), h(3)), ("b \"q\"".to_string(), h(4))];
+        let partial = LockedStep {
+            kind: "command".into(),
+            schema_version: 2,
+            key: h(9).to_hex(),
+            fields: serde_json::json!({"run": ["true"]}),
+            vars: [("v".to_string(), "1".to_string())].into(),
+            output: h(8).to_hex(),
+            outputs: [("out.txt".to_string(), h(7).to_hex())].into(),
+            ..Default::default()
+        };
+        let hex = |v: &[(String, Hash)]| v.iter().map(|(n, h)| (n.clone(), h.to_hex())).collect();
+        let whole = LockedStep {
+            inputs: hex(&inputs),
+            upstream: hex(&upstream),
+            ..partial.clone()
+        };
+        let view = EntryView::with_digests(&partial, &inputs, &upstream);
+        let text = |e: &NewEntry| {
+            (
+                e.text().unwrap().into_owned(),
+                e.key().unwrap().into_owned(),
+            )
+        };
+        assert_eq!(
+            text(&NewEntry::of_view("s", &view)),
+            text(&NewEntry::of("s", &whole))
+        );
+        assert!(view.same_as(&whole));
+        let mut moved = whole.clone();
+        moved.upstream.insert("b \"q\"".into(), h(5).to_hex());
+        assert!(
+            !view.same_as(&moved),
+            "another upstream output is another entry"
+        );
+        moved.upstream = hex(&upstream[..1]);
+        assert!(!view.same_as(&moved), "one upstream fewer is another entry");
+        assert!(!view.same_as(&partial));
+        let none = EntryView::with_digests(&partial, &[], &[]);
+        assert!(none.same_as(&partial));
+        assert!(!text(&NewEntry::of_view("s", &none)).0.contains("upstream"));
     }
 
     #[test]

@@ -210,8 +210,7 @@ fn plan_steps(
         };
         #[cfg(debug_assertions)]
         {
-            let up = (up.iter()).map(|(u, h)| (u.to_string(), *h)).collect();
-            let material = session.material(prepared, i, &up);
+            let material = session.material(prepared, i, up.iter().copied());
             assert_eq!(
                 material.map(|m| m.key()),
                 Ok(key),
@@ -274,11 +273,8 @@ fn plan_steps(
                         let mut reasons = if forced {
                             vec!["forced with --force".to_string()]
                         } else {
-                            let up = (up.iter()).map(|(u, h)| (u.to_string(), *h)).collect();
-                            match session.material(prepared, i, &up) {
-                                Ok(material) => session.reasons(prepared, i, &material),
-                                Err(e) => vec![format!("cannot compute its key: {e}")],
-                            }
+                            let material = || session.material(prepared, i, up.iter().copied());
+                            session.reasons(prepared, i, &key, material)
                         };
                         reasons.extend(s.step.run_note(&session.state_dir_of(i)));
                         reasons

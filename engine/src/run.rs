@@ -37,7 +37,7 @@ use crate::executor::{Executor, JobId, JobResult, StepJob};
 use crate::failure_report;
 use crate::job_slots::JobSlots;
 use crate::lock_spill::Spill;
-use crate::lockfile::{LockChanges, LockedStep, NewEntry};
+use crate::lockfile::{EntryView, LockChanges, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::recorder::Recording;
@@ -110,14 +110,6 @@ enum Hit {
     Left(RemoteRecord),
 }
 
-/// A step whose key has no usable result, waiting for slots: its key. Neither its key
-/// material nor why it runs is kept (a thousand ready steps held megabytes of them):
-/// both are made again from the same inputs when it starts and when its result is
-/// recorded.
-struct Ready {
-    key: Hash,
-}
-
 /// A step handed to the executor, or being recorded.
 struct Active {
     step: StepId,
@@ -137,8 +129,6 @@ pub struct Run<'a> {
     schedule: Schedule<'a>,
     /// Each done step's output, by step index.
     outputs: Vec<Option<Hash>>,
-    /// The ready steps' keys.
-    ready: HashMap<StepId, Ready>,
     active: BTreeMap<JobId, Active>,
     /// Jobs the executor still runs (the others are being recorded).
     executing: Vec<JobId>,
@@ -221,7 +211,6 @@ impl<'a> Run<'a> {
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
             outputs: vec![None; n],
-            ready: HashMap::new(),
             active: BTreeMap::new(),
             executing: Vec::new(),
             logs_dir: session.cache.dir("logs").join(&id),
@@ -521,12 +510,10 @@ impl<'a> Run<'a> {
     ) -> Option<anyhow::Result<KeyMaterial>> {
         let session = self.parts.session;
         let s = &session.workflow.steps[id.index()];
-        let up: BTreeMap<String, Hash> = (self.upstream_outputs(id, promised)?.into_iter())
-            .map(|(u, output)| (u.to_string(), output))
-            .collect();
+        let up = self.upstream_outputs(id, promised)?;
         Some(
             session
-                .material(self.parts.prepared, id.index(), &up)
+                .material(self.parts.prepared, id.index(), up)
                 .map_err(|e| anyhow!("step `{}`: {e}", s.name)),
         )
     }
@@ -601,9 +588,10 @@ impl<'a> Run<'a> {
                 self.fail(id, e, 0, None);
                 return Ok(());
             }
-            // Why it runs is told when it starts: a wide workflow has thousands of
-            // steps ready at once, and their reasons were held until then.
-            self.ready.insert(id, Ready { key });
+            // Nothing of a ready step is kept, not even its key: its key material
+            // and why it runs are made again from the same inputs when it starts
+            // (a fan-out has 10,000 steps ready at once; their keys alone took
+            // 0.7 MB, their reasons megabytes).
             self.schedule.set(id, StepState::Ready);
             return Ok(());
         };
@@ -619,12 +607,27 @@ impl<'a> Run<'a> {
             _ => self.parts.out_links.present(&s.name, &output)?,
         }
         if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
-            let entry = session.locked_step(id.index(), &self.material_of(id)?, rec);
-            note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
+            let material = self.material_of(id)?;
+            note_lock_change(
+                &mut self.lock_changes,
+                &mut self.spill,
+                session,
+                id,
+                &material,
+                rec,
+            );
         }
         if let Hit::Left(rr) = &hit {
-            let entry = session.locked_step(id.index(), &self.material_of(id)?, &rr.record);
-            note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
+            let material = self.material_of(id)?;
+            let rec = &rr.record;
+            note_lock_change(
+                &mut self.lock_changes,
+                &mut self.spill,
+                session,
+                id,
+                &material,
+                rec,
+            );
         }
         let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
         let left = matches!(hit, Hit::Left(_));
@@ -882,16 +885,14 @@ impl<'a> Run<'a> {
         self.parts.progress.expect(plan, self.schedule.free());
     }
 
-    /// Why step `id`, ready to run, runs.
-    fn reasons(&self, id: StepId) -> Vec<String> {
+    /// Why step `id`, ready to run with key `key`, runs.
+    fn reasons(&self, id: StepId, key: &Hash) -> Vec<String> {
         let session = self.parts.session;
         let mut reasons = if self.forced[id.index()] {
             vec!["forced with --force".to_string()]
         } else {
-            match self.material_of(id) {
-                Ok(material) => session.reasons(self.parts.prepared, id.index(), &material),
-                Err(e) => vec![format!("{e:#}")],
-            }
+            let material = || self.material_of(id).map_err(|e| format!("{e:#}"));
+            session.reasons(self.parts.prepared, id.index(), key, material)
         };
         let s = &session.workflow.steps[id.index()];
         reasons.extend(s.step.run_note(&session.state_dir_of(id.index())));
@@ -899,13 +900,15 @@ impl<'a> Run<'a> {
     }
 
     fn start(&mut self, id: StepId, executor: &mut dyn Executor) {
-        let Ready { key } = self.ready.remove(&id).expect("ready step has a key");
-        // 10,000 steps ready at once (a fan-out) left a table of 0.7 MB behind.
-        if self.ready.capacity() > 64 && self.ready.len() < self.ready.capacity() / 8 {
-            self.ready.shrink_to(self.ready.len() * 2);
-        }
-        let reasons = self.reasons(id);
+        // Running first: a failure gives back the slots it took.
         self.schedule.set(id, StepState::Running);
+        let key = match self.key_with(id, &HashMap::new()) {
+            Some(Ok(key)) => key,
+            Some(Err(e)) => return self.fail(id, e, 0, None),
+            // A ready step's upstream steps are done and its inputs hashed.
+            None => return self.fail(id, anyhow!("its key is not known"), 0, None),
+        };
+        let reasons = self.reasons(id, &key);
         let name = self.name(id);
         (self.parts.progress).step_started(name, &reasons, &key);
         self.report.steps[id.index()] =
@@ -943,15 +946,9 @@ impl<'a> Run<'a> {
         let (workflow, cache) = (session.workflow, &session.cache);
         let s = &workflow.steps[id.index()];
         let ups = session.dag.upstream(id);
-        let upstream: crate::context::UpstreamDirs = std::sync::Arc::new(
-            (ups.iter())
-                .map(|&u| {
-                    (
-                        self.name(u).to_string(),
-                        cache.tree_path(&self.output_of(u)),
-                    )
-                })
-                .collect(),
+        let upstream = crate::context::UpstreamDirs::trees(
+            cache.dir("trees"),
+            (ups.iter()).map(|&u| (self.name(u).to_string(), self.output_of(u))),
         );
         let retains = ups.iter().map(|&u| self.output_of(u)).collect();
         let fields = s.resolved_fields(&upstream)?;
@@ -967,7 +964,7 @@ impl<'a> Run<'a> {
             out_dir: staging.path().to_path_buf(),
             state_dir: session.state_dir_of(id.index()),
             spare_dirs: Some(cache.spare_dirs().dir().to_path_buf()),
-            upstream,
+            upstream: Arc::new(upstream),
             env: s.env.clone(),
             jobs: if self.sharing[id.index()] {
                 self.local_slots
@@ -1065,11 +1062,14 @@ impl<'a> Run<'a> {
             active.key,
             "step `{name}`'s key material changed"
         );
-        let entry = session.locked_step(id.index(), &material, &rec);
-        // Before the entry's text is made: the material of a step below 10,000
-        // others is 0.6 MB.
-        drop(material);
-        note_lock_change(&mut self.lock_changes, &mut self.spill, session, id, entry);
+        note_lock_change(
+            &mut self.lock_changes,
+            &mut self.spill,
+            session,
+            id,
+            &material,
+            &rec,
+        );
         self.parts.prepared.inputs.release(id.index());
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
@@ -1274,14 +1274,18 @@ fn note_lock_change(
     spill: &mut Option<Option<Arc<Spill>>>,
     session: &Session,
     id: StepId,
-    entry: LockedStep,
+    material: &KeyMaterial,
+    rec: &Record,
 ) {
     let steps = &session.workflow.steps;
     let name = &steps[id.index()].name;
-    let new = (session.lock_entry(name).as_deref() != Some(&entry)).then(|| {
+    let partial = session.locked_step_but_digests(id.index(), material, rec);
+    let entry = EntryView::with_digests(&partial, &material.inputs, &material.upstream);
+    let old = session.lock_entry(name);
+    let new = (!old.is_some_and(|old| entry.same_as(&old))).then(|| {
         let spill = spill
             .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
-        let new = NewEntry::of(name, &entry);
+        let new = NewEntry::of_view(name, &entry);
         match spill {
             Some(spill) => new.spilled(spill),
             None => new,

@@ -328,11 +328,11 @@ impl<'w> Session<'w> {
 
     /// The key material of step `i` given its upstream outputs; `Err` when a tool
     /// or a secret is missing.
-    pub fn material(
+    pub fn material<'u>(
         &self,
         prepared: &Prepared,
         i: usize,
-        upstream: &BTreeMap<String, Hash>,
+        upstream: impl IntoIterator<Item = (&'u str, Hash)>,
     ) -> Result<KeyMaterial, String> {
         let s = &self.workflow.steps[i];
         let tools = prepared.tools.get(i).map_err(str::to_string)?.to_vec();
@@ -349,8 +349,7 @@ impl<'w> Session<'w> {
             fields: s.canonical_fields().to_string(),
             env,
             inputs: sorted(digests.iter().map(|d| (d.label.clone(), d.digest))),
-            // A map's pairs are sorted already.
-            upstream: (upstream.iter()).map(|(k, v)| (k.clone(), *v)).collect(),
+            upstream: sorted(upstream.into_iter().map(|(k, v)| (k.to_string(), v))),
             tools,
             extra,
         })
@@ -373,8 +372,7 @@ impl<'w> Session<'w> {
         let inputs_sorted = digests.is_sorted_by(|a, b| a.label < b.label);
         if !s.env_used.is_empty() || !inputs_sorted {
             // `${{ env.X }}` names are made, inputs sorted: the material does both.
-            let upstream = upstream.map(|(k, v)| (k.to_string(), v)).collect();
-            return Ok(self.material(prepared, i, &upstream)?.key());
+            return Ok(self.material(prepared, i, upstream)?.key());
         }
         let mut h = blake3::Hasher::new();
         let mut put = |tag: &str, value: &[u8]| crate::step_key::put_tagged(&mut h, tag, value);
@@ -511,10 +509,19 @@ impl<'w> Session<'w> {
         self.cache.restore_tree(&rec.manifest).ok().map(|_| rec)
     }
 
-    /// Why step `i` runs: a diff of its key material against the lock's entry.
-    pub fn reasons(&self, prepared: &Prepared, i: usize, m: &KeyMaterial) -> Vec<String> {
+    /// Why step `i` with key `key` runs: a diff of its key material against the
+    /// lock's entry. The material is made only for that diff: a step that never
+    /// ran (every step of a first apply) needs none, and the material of a step
+    /// below 10,000 others names each of them.
+    pub fn reasons(
+        &self,
+        prepared: &Prepared,
+        i: usize,
+        key: &Hash,
+        material: impl FnOnce() -> Result<KeyMaterial, String>,
+    ) -> Vec<String> {
         let s = &self.workflow.steps[i];
-        let key = m.key();
+        let key = *key;
         let mut reasons = Vec::new();
         if !s.cache {
             reasons.push("`cache: false`: always runs".to_string());
@@ -537,6 +544,13 @@ impl<'w> Session<'w> {
             }
             return reasons;
         }
+        let m = match material() {
+            Ok(m) => m,
+            Err(e) => {
+                reasons.push(format!("cannot compute its key: {e}"));
+                return reasons;
+            }
+        };
         if old.kind != m.kind || old.schema_version != m.schema_version {
             reasons.push(format!(
                 "kind changed: {} v{} → {} v{}",
@@ -616,6 +630,21 @@ impl<'w> Session<'w> {
 
     /// The lock entry for a completed step.
     pub fn locked_step(&self, i: usize, m: &KeyMaterial, rec: &Record) -> LockedStep {
+        let hex = |pairs: &[(String, Hash)]| {
+            (pairs.iter())
+                .map(|(k, v)| (k.clone(), v.to_hex()))
+                .collect()
+        };
+        LockedStep {
+            inputs: hex(&m.inputs),
+            upstream: hex(&m.upstream),
+            ..self.locked_step_but_digests(i, m, rec)
+        }
+    }
+
+    /// [`Session::locked_step`] without its `inputs` and `upstream`: written
+    /// with those of `m` through [`crate::lockfile::EntryView::with_digests`].
+    pub fn locked_step_but_digests(&self, i: usize, m: &KeyMaterial, rec: &Record) -> LockedStep {
         let s = &self.workflow.steps[i];
         let mut outputs = BTreeMap::new();
         for e in &rec.manifest.entries {
@@ -642,16 +671,8 @@ impl<'w> Session<'w> {
                 .iter()
                 .map(|(k, v)| (k.clone(), digest_text(v)))
                 .collect(),
-            inputs: m
-                .inputs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_hex()))
-                .collect(),
-            upstream: m
-                .upstream
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_hex()))
-                .collect(),
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
             tools: m.tools.iter().cloned().collect(),
             extra: m.extra_digest().map(|h| h.to_hex()),
             output: rec.output.to_hex(),

@@ -47,7 +47,7 @@ pub struct StepJob {
     #[serde(default)]
     pub spare_dirs: Option<PathBuf>,
     /// Output trees of the upstream steps, by step name.
-    pub upstream: crate::context::UpstreamDirs,
+    pub upstream: Arc<crate::context::UpstreamDirs>,
     /// The step's `env:` (may hold secrets).
     pub env: BTreeMap<String, String>,
     /// CPU slots the step holds.

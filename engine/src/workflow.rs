@@ -175,7 +175,7 @@ impl StepDecl {
 
     /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`
     /// and every `${{ env.X }}` by the value read when the workflow was loaded.
-    pub fn resolved_fields(&self, dirs: &BTreeMap<String, PathBuf>) -> anyhow::Result<Value> {
+    pub fn resolved_fields(&self, dirs: &crate::context::UpstreamDirs) -> anyhow::Result<Value> {
         map_strings(&self.fields(), &mut |s| {
             interpolate::substitute(s, &mut |e| match e {
                 Expr::Env(name) => Ok(self.env_used.get(name).cloned()),
@@ -185,7 +185,7 @@ impl StepDecl {
                         .ok_or_else(|| format!("no output for step `{name}`"))?;
                     let p = match output {
                         Some(o) => dir.join(o),
-                        None => dir.clone(),
+                        None => dir,
                     };
                     Ok(Some(p.to_string_lossy().into_owned()))
                 }

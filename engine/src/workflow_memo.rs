@@ -731,7 +731,7 @@ mod tests {
         let resolved = w
             .step("b")
             .unwrap()
-            .resolved_fields(&BTreeMap::new())
+            .resolved_fields(&Default::default())
             .unwrap();
         assert_eq!(resolved["weight"].as_f64(), Some(f64::INFINITY));
         let memo = memo_path(&d.0.join(".qflow"), &std::path::absolute(&wf).unwrap());

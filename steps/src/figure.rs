@@ -95,7 +95,7 @@ impl Step for Figures {
 
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
         for (name, spec) in &self.0 {
-            let dir = ctx.upstream(&spec.step)?.to_path_buf();
+            let dir = ctx.upstream(&spec.step)?;
             let metrics = StepMetrics::read(&dir)?;
             let files = draw(name, spec, &metrics, ctx.out_dir())?;
             ctx.log(&format!("qflow: drew {}", files.join(", ")));

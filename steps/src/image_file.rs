@@ -37,7 +37,7 @@ pub fn image_in(dir: &Path) -> anyhow::Result<PathBuf> {
 /// The image produced by upstream step `step`.
 pub fn upstream_image(ctx: &RunContext, step: &str) -> anyhow::Result<PathBuf> {
     let dir = ctx.upstream(step)?;
-    image_in(dir).with_context(|| format!("step `{step}` does not produce a disk image"))
+    image_in(&dir).with_context(|| format!("step `{step}` does not produce a disk image"))
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl Boot {
         out_dir: &Path,
     ) -> anyhow::Result<MachineSpec> {
         Ok(if let Some(cp) = &self.from_checkpoint {
-            let dir = ctx.upstream(cp)?.to_path_buf();
+            let dir = ctx.upstream(cp)?;
             let record = CheckpointRecord::load(&dir)?;
             let mut line = record.command_line(&dir)?;
             line.plugins = self.plugin_args();
@@ -149,8 +149,8 @@ impl Boot {
             let mut resolve = |field: &str, v: &str| -> anyhow::Result<String> {
                 let path = match source(v) {
                     Source::Path(p) => ctx.resolve(p),
-                    Source::Step(s) if field == "kernel" => kernel_in(ctx.upstream(s)?)?,
-                    Source::Step(s) if field == "initrd" => initrd_in(ctx.upstream(s)?)?,
+                    Source::Step(s) if field == "kernel" => kernel_in(&ctx.upstream(s)?)?,
+                    Source::Step(s) if field == "initrd" => initrd_in(&ctx.upstream(s)?)?,
                     Source::Step(s) => crate::image_file::upstream_image(ctx, s)?,
                 };
                 Ok(path.to_string_lossy().into_owned())

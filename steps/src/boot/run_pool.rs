@@ -35,11 +35,12 @@ impl Boot {
             // Not a checkpoint's tree: its memory snapshot differs every time it is
             // saved, and a restored run's markers differ from the checkpoint's by step.
             let tree = (self.from_checkpoint.as_ref() != Some(&r.step))
-                .then(|| ctx.upstream(&r.step).ok().and_then(|p| p.file_name()))
+                .then(|| ctx.upstream(&r.step).ok())
                 .flatten();
             h.update(b"\0");
             h.update(r.step.as_bytes());
             h.update(b"=");
+            let tree = tree.as_deref().and_then(Path::file_name);
             h.update(tree.map(|t| t.as_encoded_bytes()).unwrap_or_default());
         }
         for c in &self.commands {
