@@ -463,6 +463,8 @@ enum Digests<'a> {
     Hex(&'a BTreeMap<String, String>),
     /// Sorted by name, each name once (a step key's material).
     Hashes(&'a [(String, Hash)]),
+    /// The same, names borrowed.
+    Named(&'a [(&'a str, Hash)]),
 }
 
 impl Digests<'_> {
@@ -470,6 +472,7 @@ impl Digests<'_> {
         match self {
             Digests::Hex(m) => m.is_empty(),
             Digests::Hashes(v) => v.is_empty(),
+            Digests::Named(v) => v.is_empty(),
         }
     }
 
@@ -477,10 +480,8 @@ impl Digests<'_> {
     fn same_as(&self, hex: &BTreeMap<String, String>) -> bool {
         match self {
             Digests::Hex(m) => *m == hex,
-            Digests::Hashes(v) => {
-                v.len() == hex.len()
-                    && (v.iter().zip(hex)).all(|((n, h), (hn, hh))| n == hn && h.is_hex(hh))
-            }
+            Digests::Hashes(v) => same_pairs(v.iter().map(|(n, h)| (n.as_str(), h)), hex),
+            Digests::Named(v) => same_pairs(v.iter().map(|(n, h)| (*n, h)), hex),
         }
     }
 }
@@ -490,8 +491,17 @@ impl Serialize for Digests<'_> {
         match self {
             Digests::Hex(m) => m.serialize(s),
             Digests::Hashes(v) => s.collect_map(v.iter().map(|(n, h)| (n, h.to_hex()))),
+            Digests::Named(v) => s.collect_map(v.iter().map(|(n, h)| (n, h.to_hex()))),
         }
     }
+}
+
+/// Whether `pairs` (sorted by name) are the pairs of `hex`.
+fn same_pairs<'p>(
+    pairs: impl ExactSizeIterator<Item = (&'p str, &'p Hash)>,
+    hex: &BTreeMap<String, String>,
+) -> bool {
+    pairs.len() == hex.len() && (pairs.zip(hex)).all(|((n, h), (hn, hh))| n == hn && h.is_hex(hh))
 }
 
 impl<'a> EntryView<'a> {
@@ -520,12 +530,12 @@ impl<'a> EntryView<'a> {
     pub fn with_digests(
         entry: &'a LockedStep,
         inputs: &'a [(String, Hash)],
-        upstream: &'a [(String, Hash)],
+        upstream: &'a [(&'a str, Hash)],
     ) -> EntryView<'a> {
         debug_assert!(entry.inputs.is_empty() && entry.upstream.is_empty());
         EntryView {
             inputs: Digests::Hashes(inputs),
-            upstream: Digests::Hashes(upstream),
+            upstream: Digests::Named(upstream),
             ..EntryView::of(entry)
         }
     }
@@ -916,7 +926,7 @@ mod tests {
     fn an_entry_written_from_its_key_material_is_the_entry_written_whole() {
         let h = |b: u8| Hash([b; 32]);
         let inputs = vec![("src".to_string(), h(1)), ("z.txt".to_string(), h(2))];
-        let upstream = vec![("a".to_string(), h(3)), ("b \"q\"".to_string(), h(4))];
+        let upstream = vec![("a", h(3)), ("b \"q\"", h(4))];
         let partial = LockedStep {
             kind: "command".into(),
             schema_version: 2,
@@ -927,9 +937,11 @@ mod tests {
             outputs: [("out.txt".to_string(), h(7).to_hex())].into(),
             ..Default::default()
         };
-        let hex = |v: &[(String, Hash)]| v.iter().map(|(n, h)| (n.clone(), h.to_hex())).collect();
+        let hex = |v: &[(&str, Hash)]| v.iter().map(|(n, h)| (n.to_string(), h.to_hex())).collect();
         let whole = LockedStep {
-            inputs: hex(&inputs),
+            inputs: (inputs.iter())
+                .map(|(n, h)| (n.clone(), h.to_hex()))
+                .collect(),
             upstream: hex(&upstream),
             ..partial.clone()
         };

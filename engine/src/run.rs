@@ -408,6 +408,28 @@ impl<'a> Run<'a> {
             .expect("every upstream step is done")
     }
 
+    /// What the lock entry of step `id` with key `key`, whose upstream steps are
+    /// done, is written from.
+    fn entry_material(&self, id: StepId, key: &Hash) -> anyhow::Result<EntryMaterial<'a>> {
+        let session = self.parts.session;
+        let upstream = (self.upstream_outputs(id, &HashMap::new()))
+            .ok_or_else(|| anyhow!("its inputs' digests are gone"))?;
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            self.material_of(id)?.key(),
+            *key,
+            "step `{}`'s key material changed",
+            self.name(id)
+        );
+        let but_upstream = (session.material(self.parts.prepared, id.index(), []))
+            .map_err(|e| anyhow!("step `{}`: {e}", self.name(id)))?;
+        Ok(EntryMaterial {
+            key: *key,
+            but_upstream,
+            upstream,
+        })
+    }
+
     /// Asks the remote cache for every step of `round` the local cache lacks and, looking
     /// ahead, for the steps below them whose keys the answers already settle (a hit's entry
     /// names its output, so a downstream key follows without its bytes); then fetches every
@@ -606,20 +628,10 @@ impl<'a> Run<'a> {
             Hit::Left(_) => self.parts.out_links.remove(&s.name)?,
             _ => self.parts.out_links.present(&s.name, &output)?,
         }
-        if let Hit::Record(rec) | Hit::Remote(rec) = &hit {
-            let material = self.material_of(id)?;
-            note_lock_change(
-                &mut self.lock_changes,
-                &mut self.spill,
-                session,
-                id,
-                &material,
-                rec,
-            );
-        }
-        if let Hit::Left(rr) = &hit {
-            let material = self.material_of(id)?;
-            let rec = &rr.record;
+        if let Hit::Record(rec) | Hit::Remote(rec) | Hit::Left(RemoteRecord { record: rec, .. }) =
+            &hit
+        {
+            let material = self.entry_material(id, &key)?;
             note_lock_change(
                 &mut self.lock_changes,
                 &mut self.spill,
@@ -1046,7 +1058,7 @@ impl<'a> Run<'a> {
         };
         // The same material as when it was settled: its upstream outputs and inputs
         // are what they were.
-        let material = match self.material_of(id) {
+        let material = match self.entry_material(id, &active.key) {
             Ok(material) => material,
             Err(e) => {
                 self.fail(id, e, ms, Some(active.key));
@@ -1057,11 +1069,6 @@ impl<'a> Run<'a> {
         let name = self.name(id);
         self.parts.progress.finish(name);
         self.parts.out_links.present(name, &rec.output)?;
-        debug_assert_eq!(
-            material.key(),
-            active.key,
-            "step `{name}`'s key material changed"
-        );
         note_lock_change(
             &mut self.lock_changes,
             &mut self.spill,
@@ -1269,18 +1276,29 @@ fn settle_remote_hit(
 
 /// Keep `entry` as step `name`'s new lock entry unless the lock already has it.
 /// Its text goes to the run's spill file, made in the cache's `tmp` at the first change.
+/// What a step's lock entry is written from: its key, and its key material
+/// but for its upstream steps, whose names are borrowed (the material of a step
+/// below 10,000 others copied each name).
+struct EntryMaterial<'a> {
+    key: Hash,
+    but_upstream: KeyMaterial,
+    /// Each upstream step and its output, sorted by name.
+    upstream: Vec<(&'a str, Hash)>,
+}
+
 fn note_lock_change(
     changes: &mut LockChanges,
     spill: &mut Option<Option<Arc<Spill>>>,
     session: &Session,
     id: StepId,
-    material: &KeyMaterial,
+    material: &EntryMaterial<'_>,
     rec: &Record,
 ) {
     let steps = &session.workflow.steps;
     let name = &steps[id.index()].name;
-    let partial = session.locked_step_but_digests(id.index(), material, rec);
-    let entry = EntryView::with_digests(&partial, &material.inputs, &material.upstream);
+    let m = &material.but_upstream;
+    let partial = session.locked_step_but_digests(id.index(), m, &material.key, rec);
+    let entry = EntryView::with_digests(&partial, &m.inputs, &material.upstream);
     let old = session.lock_entry(name);
     let new = (!old.is_some_and(|old| entry.same_as(&old))).then(|| {
         let spill = spill

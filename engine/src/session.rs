@@ -628,23 +628,16 @@ impl<'w> Session<'w> {
         reasons
     }
 
-    /// The lock entry for a completed step.
-    pub fn locked_step(&self, i: usize, m: &KeyMaterial, rec: &Record) -> LockedStep {
-        let hex = |pairs: &[(String, Hash)]| {
-            (pairs.iter())
-                .map(|(k, v)| (k.clone(), v.to_hex()))
-                .collect()
-        };
-        LockedStep {
-            inputs: hex(&m.inputs),
-            upstream: hex(&m.upstream),
-            ..self.locked_step_but_digests(i, m, rec)
-        }
-    }
-
-    /// [`Session::locked_step`] without its `inputs` and `upstream`: written
-    /// with those of `m` through [`crate::lockfile::EntryView::with_digests`].
-    pub fn locked_step_but_digests(&self, i: usize, m: &KeyMaterial, rec: &Record) -> LockedStep {
+    /// The lock entry of completed step `i` with key `key` and material `m`,
+    /// without its `inputs` and `upstream`: those are written through
+    /// [`crate::lockfile::EntryView::with_digests`].
+    pub fn locked_step_but_digests(
+        &self,
+        i: usize,
+        m: &KeyMaterial,
+        key: &Hash,
+        rec: &Record,
+    ) -> LockedStep {
         let s = &self.workflow.steps[i];
         let mut outputs = BTreeMap::new();
         for e in &rec.manifest.entries {
@@ -660,7 +653,7 @@ impl<'w> Session<'w> {
         LockedStep {
             kind: m.kind.clone(),
             schema_version: m.schema_version,
-            key: m.key().to_hex(),
+            key: key.to_hex(),
             // Credentials inside URLs never land in the lock (the key has them).
             fields: crate::masking::mask_urls_in_json(
                 &serde_json::from_str(&m.fields).unwrap_or_default(),
