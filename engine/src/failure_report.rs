@@ -62,7 +62,7 @@ pub fn summary(report: &RunReport) -> Option<String> {
     if !skipped.is_empty() {
         out.push_str("\nnot started:");
         for s in skipped {
-            let why = s.reasons.first().map(String::as_str).unwrap_or("");
+            let why = s.reasons.first().map(|r| r.as_ref()).unwrap_or("");
             out.push_str(&format!("\n  {:<width$}  {why}", s.name));
         }
     }

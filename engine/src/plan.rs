@@ -176,7 +176,7 @@ fn plan_steps(
             runs.insert(s.name.clone(), true);
             planned.push(PlannedStep {
                 name: s.name.clone(),
-                kind: s.kind.clone(),
+                kind: s.kind.to_string(),
                 action: "run".into(),
                 reasons: std::iter::once(format!(
                     "upstream `{}` runs first (this step stays cached if their outputs come out unchanged)",
@@ -199,7 +199,7 @@ fn plan_steps(
                 runs.insert(s.name.clone(), true);
                 planned.push(PlannedStep {
                     name: s.name.clone(),
-                    kind: s.kind.clone(),
+                    kind: s.kind.to_string(),
                     action: "run".into(),
                     reasons: vec![format!("cannot compute its key: {e}")],
                     commands,
@@ -256,7 +256,7 @@ fn plan_steps(
                 runs.insert(s.name.clone(), false);
                 planned.push(PlannedStep {
                     name: s.name.clone(),
-                    kind: s.kind.clone(),
+                    kind: s.kind.to_string(),
                     action: action.into(),
                     reasons: vec![],
                     commands,
@@ -267,14 +267,16 @@ fn plan_steps(
                 runs.insert(s.name.clone(), true);
                 planned.push(PlannedStep {
                     name: s.name.clone(),
-                    kind: s.kind.clone(),
+                    kind: s.kind.to_string(),
                     action: "run".into(),
                     reasons: {
                         let mut reasons = if forced {
                             vec!["forced with --force".to_string()]
                         } else {
                             let material = || session.material(prepared, i, up.iter().copied());
-                            session.reasons(prepared, i, &key, material)
+                            (session.reasons(prepared, i, &key, material).into_iter())
+                                .map(|r| r.into_owned())
+                                .collect()
                         };
                         reasons.extend(s.step.run_note(&session.state_dir_of(i)));
                         reasons

@@ -237,7 +237,7 @@ impl Progress {
 
     /// Step `step` starts, with key `key`, for `reasons`: its event line, its bar
     /// and its `started` event.
-    pub fn step_started(&self, step: &str, reasons: &[String], key: &Hash) {
+    pub fn step_started(&self, step: &str, reasons: &[crate::run_record::Reason], key: &Hash) {
         self.event(&format!("run {step} ({})", reasons.join("; ")));
         self.tally.lock().unwrap().started(step, Instant::now());
         self.start(step);

@@ -41,7 +41,7 @@ use crate::lockfile::{EntryView, LockChanges, NewEntry};
 use crate::out_links::OutLinks;
 use crate::progress::Progress;
 use crate::recorder::Recording;
-use crate::run_record::{RunReport, StepOutcome, StepReport};
+use crate::run_record::{Reason, RunReport, StepOutcome, StepReport};
 use crate::schedule::{Schedule, StepState, Triage};
 use crate::session::{Prepared, Session};
 use crate::step_key::KeyMaterial;
@@ -397,7 +397,7 @@ impl<'a> Run<'a> {
         let name = self.name(id);
         let line = format!("skipped {name} ({why})");
         self.report.steps[id.index()] =
-            StepReport::new(name, StepOutcome::Skipped).because(vec![why]);
+            StepReport::new(name, StepOutcome::Skipped).because(vec![why.into()]);
         (self.parts.progress).step_ended(&self.report.steps[id.index()], &line);
         self.live_dirty = true;
     }
@@ -898,16 +898,20 @@ impl<'a> Run<'a> {
     }
 
     /// Why step `id`, ready to run with key `key`, runs.
-    fn reasons(&self, id: StepId, key: &Hash) -> Vec<String> {
+    fn reasons(&self, id: StepId, key: &Hash) -> Vec<Reason> {
         let session = self.parts.session;
         let mut reasons = if self.forced[id.index()] {
-            vec!["forced with --force".to_string()]
+            vec!["forced with --force".into()]
         } else {
             let material = || self.material_of(id).map_err(|e| format!("{e:#}"));
             session.reasons(self.parts.prepared, id.index(), key, material)
         };
         let s = &session.workflow.steps[id.index()];
-        reasons.extend(s.step.run_note(&session.state_dir_of(id.index())));
+        reasons.extend(
+            s.step
+                .run_note(&session.state_dir_of(id.index()))
+                .map(Reason::from),
+        );
         reasons
     }
 
@@ -969,7 +973,7 @@ impl<'a> Run<'a> {
         cache.mark_started(&key, &crate::leftovers::mark_note(&s.name, &run_token))?;
         let job = StepJob {
             step: s.name.clone(),
-            kind: s.kind.clone(),
+            kind: s.kind.to_string(),
             fields,
             key,
             work_dir: workflow.dir.clone(),
@@ -1176,7 +1180,8 @@ impl<'a> Run<'a> {
         };
         for rep in &mut self.report.steps {
             if rep.outcome == StepOutcome::Pending {
-                *rep = StepReport::new(&rep.name, StepOutcome::Skipped).because(vec![why.clone()]);
+                *rep = StepReport::new(&rep.name, StepOutcome::Skipped)
+                    .because(vec![why.clone().into()]);
             }
         }
         self.report.finished = true;

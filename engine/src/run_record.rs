@@ -45,6 +45,11 @@ pub enum StepOutcome {
     Pending,
 }
 
+/// Why a step ran or was skipped: most often one of a few fixed texts
+/// ("never ran (no entry in the lock file)" for every step of a first apply),
+/// kept without a copy each.
+pub type Reason = std::borrow::Cow<'static, str>;
+
 /// One step in the run record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
@@ -81,7 +86,7 @@ pub struct StepReport {
     pub cpu_ms: Option<u64>,
     /// Why it ran, or why it was skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -121,7 +126,7 @@ impl StepReport {
 
     /// With these reasons (kept without spare room: a run's report holds them
     /// for each of its steps until its end).
-    pub fn because(mut self, mut reasons: Vec<String>) -> StepReport {
+    pub fn because(mut self, mut reasons: Vec<Reason>) -> StepReport {
         reasons.shrink_to_fit();
         self.reasons = reasons;
         self

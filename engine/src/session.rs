@@ -294,12 +294,18 @@ impl<'w> Session<'w> {
             stop,
         )?;
         let listings = self.cache.dir("inputs");
-        for step in &inputs {
+        let mut inputs = inputs;
+        for step in &mut inputs {
             for d in step {
                 if !d.from_index
                     && (d.entries.len() > 1 || d.entries.iter().any(|(k, _)| !k.is_empty()))
                 {
                     inputs::save_listing(&listings, d)?;
+                } else {
+                    // A single file's entry says nothing its digest does not, and
+                    // the run holds every step's digests until its result is
+                    // recorded: 80 bytes a step.
+                    d.entries = Vec::new();
                 }
             }
         }
@@ -344,7 +350,7 @@ impl<'w> Session<'w> {
         let digests = prepared.inputs.for_key(i)?;
         let digests = crate::input_digests::listed(&digests);
         Ok(KeyMaterial {
-            kind: s.kind.clone(),
+            kind: s.kind.to_string(),
             schema_version: s.schema_version,
             fields: s.canonical_fields().to_string(),
             env,
@@ -519,19 +525,19 @@ impl<'w> Session<'w> {
         i: usize,
         key: &Hash,
         material: impl FnOnce() -> Result<KeyMaterial, String>,
-    ) -> Vec<String> {
+    ) -> Vec<crate::run_record::Reason> {
         let s = &self.workflow.steps[i];
         let key = *key;
         let mut reasons = Vec::new();
         if !s.cache {
-            reasons.push("`cache: false`: always runs".to_string());
+            reasons.push("`cache: false`: always runs".into());
         }
         if self.was_interrupted(&key) {
-            reasons.push("its previous run was interrupted".to_string());
+            reasons.push("its previous run was interrupted".into());
         }
         let Some(old) = self.lock_entry(&s.name) else {
             if reasons.is_empty() {
-                reasons.push("never ran (no entry in the lock file)".to_string());
+                reasons.push("never ran (no entry in the lock file)".into());
             }
             return reasons;
         };
@@ -539,7 +545,7 @@ impl<'w> Session<'w> {
             if reasons.is_empty() {
                 reasons.push(
                     "its result is no longer in the cache (removed by `qflow gc` or `qflow clean`)"
-                        .to_string(),
+                        .into(),
                 );
             }
             return reasons;
@@ -547,20 +553,26 @@ impl<'w> Session<'w> {
         let m = match material() {
             Ok(m) => m,
             Err(e) => {
-                reasons.push(format!("cannot compute its key: {e}"));
+                reasons.push(crate::run_record::Reason::Owned(format!(
+                    "cannot compute its key: {e}"
+                )));
                 return reasons;
             }
         };
         if old.kind != m.kind || old.schema_version != m.schema_version {
-            reasons.push(format!(
+            reasons.push(crate::run_record::Reason::Owned(format!(
                 "kind changed: {} v{} → {} v{}",
                 old.kind, old.schema_version, m.kind, m.schema_version
-            ));
+            )));
         }
         for (k, v) in &s.vars_used {
             match old.vars.get(k) {
-                Some(ov) if ov != v => reasons.push(format!("var `{k}` changed: {ov:?} → {v:?}")),
-                None => reasons.push(format!("now uses var `{k}` = {v:?}")),
+                Some(ov) if ov != v => reasons.push(crate::run_record::Reason::Owned(format!(
+                    "var `{k}` changed: {ov:?} → {v:?}"
+                ))),
+                None => reasons.push(crate::run_record::Reason::Owned(format!(
+                    "now uses var `{k}` = {v:?}"
+                ))),
                 _ => {}
             }
         }
@@ -572,7 +584,7 @@ impl<'w> Session<'w> {
         for d in field_diffs {
             // A field diff fully explained by a var change was already reported.
             if s.vars_used.is_empty() || !var_values.iter().any(|v| d.contains(v.as_str())) {
-                reasons.push(d);
+                reasons.push(d.into());
             }
         }
         let listings = self.cache.dir("inputs");
@@ -582,48 +594,61 @@ impl<'w> Session<'w> {
             .collect();
         for (label, d) in &current {
             match old.inputs.get(*label) {
-                None => reasons.push(format!("new input `{label}`")),
+                None => reasons.push(crate::run_record::Reason::Owned(format!(
+                    "new input `{label}`"
+                ))),
                 Some(h) if *h != d.digest.to_hex() => {
-                    reasons.push(describe_input_change(&listings, label, h, d));
+                    reasons.push(describe_input_change(&listings, label, h, d).into());
                 }
                 _ => {}
             }
         }
         for label in old.inputs.keys() {
             if !current.contains_key(label.as_str()) {
-                reasons.push(format!("input `{label}` is no longer declared"));
+                reasons.push(crate::run_record::Reason::Owned(format!(
+                    "input `{label}` is no longer declared"
+                )));
             }
         }
         for (k, v) in &m.env {
             if old.env.get(k).map(String::as_str) != Some(digest_text(v).as_str()) {
-                reasons.push(format!("env `{k}` changed"));
+                reasons.push(crate::run_record::Reason::Owned(format!(
+                    "env `{k}` changed"
+                )));
             }
         }
         for (t, id) in &m.tools {
             match old.tools.get(t) {
-                Some(o) if o != id => reasons.push(format!("tool `{t}` changed: {o} → {id}")),
-                None => reasons.push(format!("now runs tool `{t}` ({id})")),
+                Some(o) if o != id => reasons.push(crate::run_record::Reason::Owned(format!(
+                    "tool `{t}` changed: {o} → {id}"
+                ))),
+                None => reasons.push(crate::run_record::Reason::Owned(format!(
+                    "now runs tool `{t}` ({id})"
+                ))),
                 _ => {}
             }
         }
         for (u, h) in &m.upstream {
             match old.upstream.get(u) {
-                Some(o) if *o != h.to_hex() => reasons.push(format!(
-                    "output of upstream `{u}` changed: {} → {}",
-                    &o[..12.min(o.len())],
-                    h.short()
-                )),
-                None => reasons.push(format!("now depends on `{u}`")),
+                Some(o) if *o != h.to_hex() => {
+                    reasons.push(crate::run_record::Reason::Owned(format!(
+                        "output of upstream `{u}` changed: {} → {}",
+                        &o[..12.min(o.len())],
+                        h.short()
+                    )))
+                }
+                None => reasons.push(crate::run_record::Reason::Owned(format!(
+                    "now depends on `{u}`"
+                ))),
                 _ => {}
             }
         }
         if old.extra != m.extra_digest().map(|h| h.to_hex()) {
-            reasons.push("a secret or derived value changed (e.g. a password file)".to_string());
+            reasons.push("a secret or derived value changed (e.g. a password file)".into());
         }
         if reasons.is_empty() {
-            reasons.push(
-                "its key changed (qflow's key encoding or a kind's schema changed)".to_string(),
-            );
+            reasons
+                .push("its key changed (qflow's key encoding or a kind's schema changed)".into());
         }
         reasons
     }

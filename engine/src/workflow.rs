@@ -87,8 +87,8 @@ pub enum RemoteUse {
 pub struct StepDecl {
     /// The step's name.
     pub name: String,
-    /// Its `kind:`.
-    pub kind: String,
+    /// Its `kind:` (the registered kind's own name: no copy per step).
+    pub kind: &'static str,
     /// The kind's schema version.
     pub schema_version: u32,
     /// Upstream steps and why, in first-mention order, without duplicates.
@@ -1149,7 +1149,7 @@ fn load_step(
     upstream.shrink_to_fit();
     Some(StepDecl {
         name: name.to_string(),
-        kind: kind_name,
+        kind: kind.name(),
         schema_version: kind.schema_version(),
         upstream,
         jobs,

@@ -335,7 +335,7 @@ fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<S
     }
     Some(StepDecl {
         name: s.name,
-        kind: s.kind,
+        kind: kind.name(),
         schema_version: kind.schema_version(),
         upstream: s.upstream,
         jobs: s.jobs,
@@ -380,7 +380,7 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
         for s in &workflow.steps {
             let step = MemoStep {
                 name: s.name.clone(),
-                kind: s.kind.clone(),
+                kind: s.kind.to_string(),
                 upstream: s.upstream.clone(),
                 jobs: s.jobs,
                 env: s.env.clone(),
