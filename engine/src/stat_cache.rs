@@ -141,6 +141,8 @@ pub struct StatCache {
     trimmed: bool,
     /// Small files first learnt in this process, kept out of memory (see [`Journal`]).
     journal: Option<Journal>,
+    /// No journal could be made or written: every entry is held in memory.
+    without_journal: bool,
 }
 
 /// The entries of small files (under [`KEPT_AFTER_TRIM`] bytes) learnt since the
@@ -230,6 +232,7 @@ impl StatCache {
             dirty: false,
             trimmed: false,
             journal: None,
+            without_journal: false,
         }
     }
 
@@ -268,7 +271,10 @@ impl StatCache {
         self.entries();
         let entries = self.entries.get_mut().expect("loaded above");
         let entry = Entry { stat, hash, racy };
-        if stat.size < KEPT_AFTER_TRIM && !entries.contains_key(path.as_os_str()) {
+        if stat.size < KEPT_AFTER_TRIM
+            && !self.without_journal
+            && !entries.contains_key(path.as_os_str())
+        {
             let dir = self.path.parent().unwrap_or(Path::new("."));
             if self.journal.is_none() {
                 self.journal = Journal::create(dir);
@@ -280,8 +286,9 @@ impl StatCache {
                 return;
             }
             // Without a journal (a failed write, a filesystem without
-            // `O_TMPFILE`) the entry is held in memory.
+            // `O_TMPFILE`) entries are held in memory from here on.
             self.journal = None;
+            self.without_journal = true;
         }
         entries.insert(path.into_os_string(), entry);
         self.dirty = true;
