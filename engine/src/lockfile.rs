@@ -403,24 +403,51 @@ enum EntryText {
     },
 }
 
-/// Writes what it is given to a buffer, each new line indented as a lock entry's.
-struct Indenting<'a>(&'a mut Vec<u8>);
+/// Writes what it is given to an entry's text, each new line indented as a lock
+/// entry's.
+struct Indenting<'a, 's>(&'a mut EntrySink<'s>);
 
-impl std::io::Write for Indenting<'_> {
+impl std::io::Write for Indenting<'_, '_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut lines = bytes.split(|&b| b == b'\n');
         if let Some(first) = lines.next() {
-            self.0.extend_from_slice(first);
+            self.0.push(first)?;
         }
         for line in lines {
-            self.0.push(b'\n');
-            self.0.extend_from_slice(ENTRY_INDENT.as_bytes());
-            self.0.extend_from_slice(line);
+            self.0.push(b"\n")?;
+            self.0.push(ENTRY_INDENT.as_bytes())?;
+            self.0.push(line)?;
         }
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An entry's text bigger than this goes to the run's spill as it is made.
+const HELD_UP_TO: usize = 256 << 10;
+
+/// Where an entry's text goes as it is made: held, until it outgrows
+/// [`HELD_UP_TO`] while a spill is at hand; then appended to the spill. The entry
+/// of a step below 50,000 others is 5 MB of text, made at the end of the run.
+struct EntrySink<'s> {
+    held: Vec<u8>,
+    spill: Option<&'s std::sync::Arc<Spill>>,
+    appending: Option<crate::lock_spill::Appending<'s>>,
+}
+
+impl EntrySink<'_> {
+    fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.held.extend_from_slice(bytes);
+        if self.held.len() > HELD_UP_TO
+            && let Some(spill) = self.spill
+        {
+            let appending = self.appending.get_or_insert_with(|| spill.append());
+            appending.write(&self.held)?;
+            self.held.clear();
+        }
         Ok(())
     }
 }
@@ -567,26 +594,78 @@ impl NewEntry {
 
     /// Step `name`'s entry `entry`, as the lock will hold it.
     pub fn of_view(name: &str, entry: &EntryView<'_>) -> NewEntry {
-        let mut text = Vec::new();
-        text.extend_from_slice(ENTRY_INDENT.as_bytes());
-        // Strings, string-keyed maps and numbers: nothing here JSON cannot write.
-        serde_json::to_writer(&mut text, name).expect("a name is a JSON string");
-        text.extend_from_slice(b": ");
-        let value_at = text.len() as u32;
-        // Indented as it is written: the entry of a step below 50,000 others is
-        // 5 MB of text, and making it, then an indented copy, then the entry's
-        // text was three of them at once, at the end of the run.
-        serde_json::to_writer_pretty(Indenting(&mut text), entry)
-            .expect("a lock entry is plain JSON");
-        let text = String::from_utf8(text).expect("JSON and spaces are UTF-8");
-        let key_at = field_at(&text, "key", entry.key);
-        let output_at = field_at(&text, "output", entry.output);
-        NewEntry {
-            text: EntryText::Held(text),
-            value_at,
-            key_at,
-            output_at,
+        NewEntry::made(name, entry, None).expect("nothing to write but memory")
+    }
+
+    /// [`NewEntry::of_view`], its text put in `spill`: appended as it is made
+    /// when it is big, else afterwards ([`NewEntry::spilled`]).
+    pub fn of_view_in(
+        name: &str,
+        entry: &EntryView<'_>,
+        spill: &std::sync::Arc<Spill>,
+    ) -> NewEntry {
+        match NewEntry::made(name, entry, Some(spill)) {
+            Ok(new) => new.spilled(spill),
+            // The spill could not be written: held whole instead.
+            Err(_) => NewEntry::of_view(name, entry),
         }
+    }
+
+    fn made(
+        name: &str,
+        entry: &EntryView<'_>,
+        spill: Option<&std::sync::Arc<Spill>>,
+    ) -> std::io::Result<NewEntry> {
+        let mut sink = EntrySink {
+            held: Vec::new(),
+            spill,
+            appending: None,
+        };
+        sink.held.extend_from_slice(ENTRY_INDENT.as_bytes());
+        // Strings, string-keyed maps and numbers: nothing here JSON cannot write.
+        serde_json::to_writer(&mut sink.held, name).expect("a name is a JSON string");
+        sink.held.extend_from_slice(b": ");
+        let value_at = sink.held.len() as u32;
+        // Indented as it is written: making the text, then an indented copy,
+        // then the entry's text was three of them at once.
+        serde_json::to_writer_pretty(Indenting(&mut sink), entry).map_err(|e| {
+            assert!(e.is_io(), "a lock entry is plain JSON: {e}");
+            std::io::Error::other(e)
+        })?;
+        let (Some(spill), Some(mut appending)) = (spill, sink.appending) else {
+            let text = String::from_utf8(sink.held).expect("JSON and spaces are UTF-8");
+            let key_at = field_at(&text, "key", entry.key);
+            let output_at = field_at(&text, "output", entry.output);
+            return Ok(NewEntry {
+                text: EntryText::Held(text),
+                value_at,
+                key_at,
+                output_at,
+            });
+        };
+        appending.write(&sink.held)?;
+        let (at, len) = appending.finish();
+        let field_at = |field: &str, value: &str| -> std::io::Result<std::ops::Range<u32>> {
+            let needle = format!("\n{ENTRY_INDENT}  \"{field}\": \"");
+            let found = spill.find(at, len, needle.as_bytes())?;
+            let start = found.expect("a lock entry has its key and output") + needle.len() as u64;
+            assert_eq!(
+                spill.read(at + start, value.len())?,
+                value,
+                "a lock entry's `{field}` is plain hex"
+            );
+            Ok(start as u32..(start as usize + value.len()) as u32)
+        };
+        Ok(NewEntry {
+            key_at: field_at("key", entry.key)?,
+            output_at: field_at("output", entry.output)?,
+            text: EntryText::Spilled {
+                spill: spill.clone(),
+                at,
+                len: len as u32,
+            },
+            value_at,
+        })
     }
 
     /// The same entry with its text put in `spill`; held as it was when it cannot be.
@@ -969,6 +1048,43 @@ mod tests {
         let none = EntryView::with_digests(&partial, &[], &[]);
         assert!(none.same_as(&partial));
         assert!(!text(&NewEntry::of_view("s", &none)).0.contains("upstream"));
+    }
+
+    #[test]
+    fn a_big_entry_goes_to_the_spill_as_it_is_made_and_reads_back_the_same() {
+        let h = |b: u8| Hash([b; 32]);
+        let names: Vec<String> = (0..20_000).map(|i| format!("step-{i:05}")).collect();
+        let upstream: Vec<(&str, Hash)> = names.iter().map(|n| (n.as_str(), h(3))).collect();
+        let partial = LockedStep {
+            kind: "command".into(),
+            schema_version: 1,
+            key: h(9).to_hex(),
+            fields: serde_json::json!({"run": ["true"], "key": "not the entry's"}),
+            output: h(8).to_hex(),
+            ..Default::default()
+        };
+        let view = EntryView::with_digests(&partial, &[], &upstream);
+        let dir = std::env::temp_dir().join(format!("qflow-big-entry-{}", std::process::id()));
+        let spill = std::sync::Arc::new(Spill::create(&dir).unwrap());
+        let small = NewEntry::of_view_in("small", &EntryView::of(&partial), &spill);
+        let held = NewEntry::of_view("fan-in", &view);
+        let streamed = NewEntry::of_view_in("fan-in", &view, &spill);
+        assert!(
+            held.text().unwrap().len() > HELD_UP_TO,
+            "big enough to stream"
+        );
+        assert!(matches!(streamed.text, EntryText::Spilled { .. }));
+        for (a, b) in [
+            (&held, &streamed),
+            (&NewEntry::of("small", &partial), &small),
+        ] {
+            assert_eq!(a.text().unwrap(), b.text().unwrap());
+            assert_eq!(a.key().unwrap(), h(9).to_hex());
+            assert_eq!(b.key().unwrap(), h(9).to_hex());
+            assert_eq!(b.output().unwrap(), h(8).to_hex());
+            assert_eq!(a.value_at, b.value_at);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1308,10 +1308,9 @@ fn note_lock_change(
     let new = (!old.is_some_and(|old| entry.same_as(&old))).then(|| {
         let spill = spill
             .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
-        let new = NewEntry::of_view(name, &entry);
         match spill {
-            Some(spill) => new.spilled(spill),
-            None => new,
+            Some(spill) => NewEntry::of_view_in(name, &entry, spill),
+            None => NewEntry::of_view(name, &entry),
         }
     });
     changes.set(id.index(), steps.len(), new);
