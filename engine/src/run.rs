@@ -408,6 +408,27 @@ impl<'a> Run<'a> {
             .expect("every upstream step is done")
     }
 
+    /// Step `id`'s lock entry for `rec`, written from `material`, among the run's
+    /// changes unless the lock holds it already.
+    fn note_lock_change(&mut self, id: StepId, material: &EntryMaterial<'_>, rec: &Record) {
+        let session = self.parts.session;
+        let steps = &session.workflow.steps;
+        let name = &steps[id.index()].name;
+        let m = &material.but_upstream;
+        let partial = session.locked_step_but_digests(id.index(), m, &material.key, rec);
+        let entry = EntryView::with_digests(&partial, &m.inputs, &material.upstream);
+        let old = session.lock_entry(name);
+        let new = (!old.is_some_and(|old| entry.same_as(&old))).then(|| {
+            let spill = (self.spill)
+                .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
+            match spill {
+                Some(spill) => NewEntry::of_view_in(name, &entry, spill),
+                None => NewEntry::of_view(name, &entry),
+            }
+        });
+        self.lock_changes.set(id.index(), steps.len(), new);
+    }
+
     /// What the lock entry of step `id` with key `key`, whose upstream steps are
     /// done, is written from.
     fn entry_material(&self, id: StepId, key: &Hash) -> anyhow::Result<EntryMaterial<'a>> {
@@ -632,14 +653,7 @@ impl<'a> Run<'a> {
             &hit
         {
             let material = self.entry_material(id, &key)?;
-            note_lock_change(
-                &mut self.lock_changes,
-                &mut self.spill,
-                session,
-                id,
-                &material,
-                rec,
-            );
+            self.note_lock_change(id, &material, rec);
         }
         let remote = matches!(hit, Hit::Remote(_) | Hit::Left(_));
         let left = matches!(hit, Hit::Left(_));
@@ -1069,18 +1083,10 @@ impl<'a> Run<'a> {
                 return Ok(());
             }
         };
-        let session = self.parts.session;
         let name = self.name(id);
         self.parts.progress.finish(name);
         self.parts.out_links.present(name, &rec.output)?;
-        note_lock_change(
-            &mut self.lock_changes,
-            &mut self.spill,
-            session,
-            id,
-            &material,
-            &rec,
-        );
+        self.note_lock_change(id, &material, &rec);
         self.parts.prepared.inputs.release(id.index());
         let log = self.log_path(id).display().to_string();
         let rep = &mut self.report.steps[id.index()];
@@ -1289,31 +1295,6 @@ struct EntryMaterial<'a> {
     but_upstream: KeyMaterial,
     /// Each upstream step and its output, sorted by name.
     upstream: Vec<(&'a str, Hash)>,
-}
-
-fn note_lock_change(
-    changes: &mut LockChanges,
-    spill: &mut Option<Option<Arc<Spill>>>,
-    session: &Session,
-    id: StepId,
-    material: &EntryMaterial<'_>,
-    rec: &Record,
-) {
-    let steps = &session.workflow.steps;
-    let name = &steps[id.index()].name;
-    let m = &material.but_upstream;
-    let partial = session.locked_step_but_digests(id.index(), m, &material.key, rec);
-    let entry = EntryView::with_digests(&partial, &m.inputs, &material.upstream);
-    let old = session.lock_entry(name);
-    let new = (!old.is_some_and(|old| entry.same_as(&old))).then(|| {
-        let spill = spill
-            .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
-        match spill {
-            Some(spill) => NewEntry::of_view_in(name, &entry, spill),
-            None => NewEntry::of_view(name, &entry),
-        }
-    });
-    changes.set(id.index(), steps.len(), new);
 }
 
 #[cfg(test)]

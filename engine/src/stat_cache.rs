@@ -568,13 +568,19 @@ mod tests {
         (f, st)
     }
 
-    #[test]
-    fn small_files_learnt_in_a_run_are_kept_on_disk_and_found_by_the_next_run() {
-        let dir = std::env::temp_dir().join(format!("qflow-stat-journal-{}", std::process::id()));
+    /// A fresh directory with an old small file and an old big one.
+    fn small_and_big(test: &str) -> (PathBuf, (PathBuf, FileStat), (PathBuf, FileStat)) {
+        let dir = std::env::temp_dir().join(format!("qflow-stat-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (small, small_st) = old_file(&dir, "small", 10);
-        let (big, big_st) = old_file(&dir, "big", KEPT_AFTER_TRIM as usize);
+        let small = old_file(&dir, "small", 10);
+        let big = old_file(&dir, "big", KEPT_AFTER_TRIM as usize);
+        (dir, small, big)
+    }
+
+    #[test]
+    fn small_files_learnt_in_a_run_are_kept_on_disk_and_found_by_the_next_run() {
+        let (dir, (small, small_st), (big, big_st)) = small_and_big("journal");
         let mut c = StatCache::load(&dir.join("cache"));
         let now = now_ns();
         c.insert(small.clone(), small_st, Hash([1; 32]), now);
@@ -599,11 +605,7 @@ mod tests {
 
     #[test]
     fn a_trimmed_cache_keeps_only_big_files_in_memory_and_everything_on_disk() {
-        let dir = std::env::temp_dir().join(format!("qflow-stat-trim-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (small, small_st) = old_file(&dir, "small", 10);
-        let (big, big_st) = old_file(&dir, "big", KEPT_AFTER_TRIM as usize);
+        let (dir, (small, small_st), (big, big_st)) = small_and_big("trim");
         let mut earlier = StatCache::load(&dir.join("cache"));
         earlier.insert(small.clone(), small_st, Hash([1; 32]), now_ns());
         earlier.insert(big.clone(), big_st, Hash([2; 32]), now_ns());
