@@ -202,6 +202,39 @@ fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
     );
 }
 
+/// The shell a step runs dies of SIGTERM at once; a program it started (make, here a
+/// shell with a trap) cleans up for a while. Killing the group as soon as the step's
+/// own program ended cut that clean-up short (the make test above lost that race now
+/// and then); the clean-up gets the whole grace period.
+#[test]
+fn ctrl_c_lets_a_program_clean_up_after_the_steps_own_shell_has_died() {
+    let s = Space::new();
+    s.workflow(
+        r#"
+version: 1
+steps:
+  build:
+    kind: command
+    run: [sh, -c, 'sh -c "trap \"sleep 0.4; touch cleaned; exit 0\" TERM; touch started; while :; do sleep 0.05; done" & wait']
+    outputs: [never]
+"#,
+    );
+    let child = s
+        .command(&["apply"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&s.join("started"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        s.join("cleaned").exists(),
+        "the program's clean-up was killed before its grace period ended; qflow said:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_state_directory_left_by_kill_9_is_emptied_so_a_half_written_file_is_never_recorded() {
     let s = Space::new();

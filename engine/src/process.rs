@@ -216,11 +216,17 @@ impl ProcessGroups {
     }
 
     fn any_left(&self) -> bool {
+        // A cgroup holds every process the step started, and counts only live ones;
+        // a group still answers `kill(-pgid, 0)` for a zombie whose parent died
+        // before it, until some init reaps it (which may take a while).
+        if let Some(cgroup) = self.cgroup() {
+            return !cgroup.is_empty();
+        }
         let in_groups = self.inner.lock().unwrap().iter().any(|&pgid| {
             // SAFETY: kill(2) with signal 0 only checks that the group exists.
             unsafe { libc::kill(-pgid, 0) == 0 }
         });
-        if in_groups || self.cgroup().is_some_and(|c| !c.is_empty()) {
+        if in_groups {
             return true;
         }
         (self.token()).is_some_and(|t| !crate::leftovers::signal_matching(&[t], 0).is_empty())
@@ -530,9 +536,13 @@ pub fn run_to_end(
         Some(s) => Ok(s),
         None => reap(pid, groups, true).map(|s| s.expect("a blocking wait returns a status")),
     };
-    // Whatever the program left running in its group dies with it.
-    kill_group(pgid);
-    groups.remove(pgid);
+    // Whatever the program left running in its group dies with it; after a
+    // cancel, at the end of its grace period: a shell that ran make dies of
+    // SIGTERM at once, while make is still deleting the target it was writing.
+    if !groups.is_cancelled() {
+        kill_group(pgid);
+        groups.remove(pgid);
+    }
     out_result.context("cannot read program output")?;
     let status = status.context("cannot wait for program")?;
     if groups.is_cancelled() {
