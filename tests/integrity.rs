@@ -203,9 +203,11 @@ fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
 }
 
 /// The shell a step runs dies of SIGTERM at once; a program it started (make, here a
-/// shell with a trap) cleans up for a while. Killing the group as soon as the step's
-/// own program ended cut that clean-up short (the make test above lost that race now
-/// and then); the clean-up gets the whole grace period.
+/// shell with a trap) cleans up for a while and writes to its output meanwhile
+/// (dash says "Terminated", make which target it deletes). Killing the group as soon
+/// as the step's own program ended, or closing the pipe it writes to (SIGPIPE), cut
+/// that clean-up short (the make test above lost that race now and then); the
+/// clean-up gets the whole grace period.
 #[test]
 fn ctrl_c_lets_a_program_clean_up_after_the_steps_own_shell_has_died() {
     let s = Space::new();

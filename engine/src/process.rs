@@ -121,12 +121,16 @@ impl ProcessGroups {
     /// after [`GRACE`], SIGKILL to those still there (on a thread of its own;
     /// [`ProcessGroups::finish`] waits for it).
     pub fn cancel_all(&self) {
+        // The reaper is in its place before anything is signalled: a step whose
+        // program dies of the SIGTERM at once reaches `finish` while the signals
+        // still go out (a `/proc` scan for its token), and must wait for it there.
+        let mut slot = self.reaper.lock().unwrap();
         if self.cancelled.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.signal_all(libc::SIGTERM);
         let me = self.clone();
         let reaper = std::thread::spawn(move || {
+            me.signal_all(libc::SIGTERM);
             let deadline = Instant::now() + GRACE;
             while Instant::now() < deadline {
                 if !me.any_left() {
@@ -138,7 +142,7 @@ impl ProcessGroups {
             me.signal_all(libc::SIGKILL);
             left
         });
-        *self.reaper.lock().unwrap() = Some(reaper);
+        *slot = Some(reaper);
     }
 
     /// Whether [`ProcessGroups::cancel_all`] was called.
@@ -531,7 +535,11 @@ pub fn run_to_end(
             on_line(text);
         }
     }
-    drop(outputs);
+    if groups.is_cancelled() && out_result.is_ok() && streams.iter().any(|s| s.open) {
+        drain_into_log(streams, outputs, log.clone());
+    } else {
+        drop(outputs);
+    }
     let status = match status {
         Some(s) => Ok(s),
         None => reap(pid, groups, true).map(|s| s.expect("a blocking wait returns a status")),
@@ -630,6 +638,26 @@ impl Stream {
 /// Wait at most 100 ms for output, read what came and append each complete
 /// line (with its newline; the last one at end of file without) to `lines`,
 /// tagged with its stream's index.
+/// After a cancel, what the program started may still write while it cleans up
+/// (make says which target it deletes, then deletes it): its output is read into
+/// the log on a thread of its own until every writer is gone, instead of closing
+/// the pipe under them, which would kill them with SIGPIPE halfway through.
+fn drain_into_log(mut streams: Vec<Stream>, outputs: Vec<std::io::PipeReader>, log: StepLog) {
+    std::thread::spawn(move || {
+        let _open = outputs;
+        while streams.iter().any(|s| s.open) {
+            let mut lines = Vec::new();
+            if poll_streams(&mut streams, &mut lines).is_err() {
+                return;
+            }
+            for (_, line) in lines {
+                let text = String::from_utf8_lossy(&line);
+                log.line(text.trim_end_matches('\n').trim_end_matches('\r'));
+            }
+        }
+    });
+}
+
 fn poll_streams(streams: &mut [Stream], lines: &mut Vec<(usize, Vec<u8>)>) -> std::io::Result<()> {
     let mut fds: Vec<libc::pollfd> = streams
         .iter()
