@@ -176,10 +176,9 @@ fn step_logs(s: &Space) -> String {
     text
 }
 
-#[test]
-fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
-    let s = Space::new();
-    make_workflow(&s);
+/// Apply in `s`, press Ctrl-C once its step has touched `started`, and wait:
+/// qflow exits 130. What it printed.
+fn ctrl_c_once_started(s: &Space) -> std::process::Output {
     let child = s
         .command(&["apply"])
         .stderr(Stdio::piped())
@@ -189,6 +188,14 @@ fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
+    out
+}
+
+#[test]
+fn ctrl_c_gives_make_time_to_delete_its_half_written_target() {
+    let s = Space::new();
+    make_workflow(&s);
+    let out = ctrl_c_once_started(&s);
     let state = state_dir(&s, "build");
     assert!(
         !state.join("target").exists(),
@@ -221,15 +228,7 @@ steps:
     outputs: [never]
 "#,
     );
-    let child = s
-        .command(&["apply"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&s.join("started"));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130));
+    let out = ctrl_c_once_started(&s);
     assert!(
         s.join("cleaned").exists(),
         "the program's clean-up was killed before its grace period ended; qflow said:\n{}",

@@ -635,9 +635,6 @@ impl Stream {
     }
 }
 
-/// Wait at most 100 ms for output, read what came and append each complete
-/// line (with its newline; the last one at end of file without) to `lines`,
-/// tagged with its stream's index.
 /// After a cancel, what the program started may still write while it cleans up
 /// (make says which target it deletes, then deletes it): its output is read into
 /// the log on a thread of its own until every writer is gone, instead of closing
@@ -658,6 +655,9 @@ fn drain_into_log(mut streams: Vec<Stream>, outputs: Vec<std::io::PipeReader>, l
     });
 }
 
+/// Wait at most 100 ms for output, read what came and append each complete
+/// line (with its newline; the last one at end of file without) to `lines`,
+/// tagged with its stream's index.
 fn poll_streams(streams: &mut [Stream], lines: &mut Vec<(usize, Vec<u8>)>) -> std::io::Result<()> {
     let mut fds: Vec<libc::pollfd> = streams
         .iter()
