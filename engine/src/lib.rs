@@ -51,6 +51,7 @@ pub mod inputs;
 pub mod interpolate;
 pub mod job_slots;
 pub mod leftovers;
+pub mod lock_source;
 pub mod lock_spill;
 pub mod lockfile;
 pub mod masking;

@@ -21,11 +21,13 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use qflow_cache::Hash;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::lock_source::LockSource;
 use crate::lock_spill::Spill;
 
 /// The lock file's format version.
@@ -117,8 +119,8 @@ impl LockFile {
 /// since qflow writes them sorted.
 #[derive(Debug, Clone)]
 pub struct LockText {
-    /// The lock's text (checked as UTF-8 once, when split).
-    text: String,
+    /// Where the lock's text is (checked as UTF-8 once, when split).
+    text: TextSource,
     /// The step names, one after the other, each as its entry's name says.
     names: String,
     /// Per step, in the file's (sorted) order: where its name is in `names`
@@ -142,7 +144,7 @@ impl LockText {
         let text = String::from_utf8(bytes).map_err(|e| e.into_bytes())?;
         match Self::locate(&text, index) {
             Some((names, entries)) => Ok(LockText {
-                text,
+                text: TextSource::Held(text),
                 names,
                 entries,
             }),
@@ -150,9 +152,16 @@ impl LockText {
         }
     }
 
-    /// The lock's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        self.text.as_bytes()
+    /// [`LockText::split`] of `bytes`, read from `source`, which keeps them: the
+    /// bytes are dropped, entries are read from the file when asked.
+    pub fn split_in(bytes: &[u8], index: &LockIndex, source: Arc<LockSource>) -> Option<LockText> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (names, entries) = Self::locate(text, index)?;
+        Some(LockText {
+            text: TextSource::File(source),
+            names,
+            entries,
+        })
     }
 
     /// The step names and entry ranges of [`LockText::split`].
@@ -222,8 +231,17 @@ impl LockText {
     }
 
     /// The text of entry `i`, from its indentation to its closing brace.
-    fn entry_text(&self, i: usize) -> &str {
-        &self.text[self.entries[i].1.clone()]
+    fn entry_text(&self, i: usize) -> Option<Cow<'_, str>> {
+        let range = self.entries[i].1.clone();
+        match &self.text {
+            TextSource::Held(text) => Some(Cow::Borrowed(&text[range])),
+            TextSource::File(source) => {
+                source.unchanged().ok()?;
+                String::from_utf8(source.read_range(range).ok()?)
+                    .ok()
+                    .map(Cow::Owned)
+            }
+        }
     }
 
     /// Step `name`'s entry, parsed alone.
@@ -232,8 +250,21 @@ impl LockText {
         if i == self.entries.len() || self.name(i) != name {
             return None;
         }
-        let (_, value) = self.entry_text(i).split_once(": ")?;
+        let text = self.entry_text(i)?;
+        let (_, value) = text.split_once(": ")?;
         serde_json::from_str(value).ok()
+    }
+
+    /// Copy the old text in `range` to `out`.
+    fn copy(
+        &self,
+        range: std::ops::Range<usize>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        match &self.text {
+            TextSource::Held(text) => out.write_all(&text.as_bytes()[range]),
+            TextSource::File(source) => source.copy_range(range, out),
+        }
     }
 
     /// The text [`LockFile::write`] would write for this lock with the steps
@@ -275,33 +306,42 @@ impl LockText {
         changes: &[(&str, &NewEntry)],
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
+        // The unchanged entries are copied from the old file: it must still be what
+        // was read (qflow replaces a lock by a rename; this file stays as it was).
+        if let TextSource::File(source) = &self.text {
+            source.unchanged()?;
+        }
         out.write_all(Self::head(version, workflow).as_bytes())?;
         let mut first = true;
-        let mut put = |out: &mut dyn std::io::Write, text: &str| {
+        let mut put = |out: &mut dyn std::io::Write, text: Piece<'_>| {
             if !std::mem::take(&mut first) {
                 out.write_all(b",\n")?;
             }
-            out.write_all(text.as_bytes())
+            match text {
+                Piece::New(text) => out.write_all(text.as_bytes()),
+                Piece::Old(range) => self.copy(range, out),
+            }
         };
         // Unchanged entries next to each other are copied in one piece: in the
         // old text they are already joined by `,\n`, as the writer joins them.
         let mut run: Option<std::ops::Range<usize>> = None;
-        let flush = |out: &mut dyn std::io::Write,
-                     run: &mut Option<std::ops::Range<usize>>,
-                     put: &mut dyn FnMut(&mut dyn std::io::Write, &str) -> std::io::Result<()>|
-         -> std::io::Result<()> {
-            match run.take() {
-                Some(r) => put(out, &self.text[r]),
-                None => Ok(()),
-            }
-        };
+        let flush =
+            |out: &mut dyn std::io::Write,
+             run: &mut Option<std::ops::Range<usize>>,
+             put: &mut dyn FnMut(&mut dyn std::io::Write, Piece<'_>) -> std::io::Result<()>|
+             -> std::io::Result<()> {
+                match run.take() {
+                    Some(r) => put(out, Piece::Old(r)),
+                    None => Ok(()),
+                }
+            };
         // Both are sorted by name: merged, a changed entry in place of the old one.
         let mut changed = changes.iter().peekable();
         for i in 0..self.entries.len() {
             let name = self.name(i);
             while let Some((_, entry)) = changed.next_if(|(n, _)| *n <= name) {
                 flush(out, &mut run, &mut put)?;
-                put(out, &entry.text()?)?;
+                put(out, Piece::New(&entry.text()?))?;
             }
             if keep(name) && !is_changed(changes, name) {
                 let bytes = self.entries[i].1.clone();
@@ -315,10 +355,23 @@ impl LockText {
         }
         flush(out, &mut run, &mut put)?;
         for (_, entry) in changed {
-            put(out, &entry.text()?)?;
+            put(out, Piece::New(&entry.text()?))?;
         }
         out.write_all(b"\n  }\n}\n")
     }
+}
+
+/// Where a lock's text is: held, or in the file it was read from (`lock_source.rs`).
+#[derive(Debug, Clone)]
+enum TextSource {
+    Held(String),
+    File(Arc<LockSource>),
+}
+
+/// A piece of a spliced lock: a changed entry's text, or old text by its range.
+enum Piece<'a> {
+    New(&'a str),
+    Old(std::ops::Range<usize>),
 }
 
 /// Whether step `name` is among `changes` (sorted by name).
@@ -745,7 +798,7 @@ impl LockText {
     /// the changes alone, as the full writer would).
     pub fn empty() -> LockText {
         LockText {
-            text: String::new(),
+            text: TextSource::Held(String::new()),
             names: String::new(),
             entries: Vec::new(),
         }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use qflow_cache::{Cache, CacheProbe, Hash, Record};
@@ -13,6 +14,7 @@ use qflow_cache::{Cache, CacheProbe, Hash, Record};
 use crate::dag::{Dag, StepId};
 use crate::input_digests::InputDigests;
 use crate::inputs::{self, InputDigest};
+use crate::lock_source::LockSource;
 use crate::lockfile::{LockFile, LockIndex, LockedStep};
 use crate::stat_cache::StatCache;
 use crate::step::{CheckContext, Registry};
@@ -139,6 +141,16 @@ impl<'w> Session<'w> {
             (Ok(lock), Ok(stat_cache)) => (lock, stat_cache),
             (Err(panic), _) | (_, Err(panic)) => std::panic::resume_unwind(panic),
         };
+        // Reading a large lock left megabytes free in the allocator (its bytes, its
+        // index parsed): given back before the run allocates its own, they do not
+        // add to its peak. A small lock's few are not worth the milliseconds.
+        if lock
+            .source
+            .as_ref()
+            .is_some_and(|s| s.size() > GIVE_BACK_AFTER_LOCK)
+        {
+            crate::run::give_back_free_memory();
+        }
         let tool_ids = ToolIdentities::load(&cache.dir("tools.json"));
         // Read once (usually an empty directory) instead of asked per step.
         let interrupted = cache.started_keys();
@@ -712,19 +724,24 @@ impl<'w> Session<'w> {
     }
 }
 
+/// The lock size from which the memory reading it freed is given back at once
+/// (about 1,500 steps).
+const GIVE_BACK_AFTER_LOCK: u64 = 1 << 20;
+
 /// The last lock: indexed at once, parsed in full on first use. A no-op apply
 /// needs only the index (each step's key and output).
 struct LastLock {
     index: LockIndex,
-    /// The lock's bytes until they are split into `text` (the bytes move there:
-    /// a 10,000-step lock is 6 MB); back here if they are not laid out as qflow
-    /// writes them.
-    bytes: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The lock file, kept open instead of its bytes (a 10,000-step lock is 6 MB,
+    /// a 50,000-step one 30 MB): read again for the few entries a run asks and the
+    /// unchanged entries the lock writer copies (`lock_source.rs`).
+    source: Option<Arc<LockSource>>,
     /// The blake3 of the bytes.
     digest: Option<Hash>,
     full: std::sync::OnceLock<LockFile>,
-    /// `bytes` split into entries, on first use.
-    text: std::sync::OnceLock<Option<crate::lockfile::LockText>>,
+    /// The entries located (when the lock is laid out as qflow writes it), while
+    /// its bytes were at hand.
+    text: Option<crate::lockfile::LockText>,
 }
 
 impl LastLock {
@@ -733,72 +750,66 @@ impl LastLock {
     /// hashing it costs a tenth of parsing it), else from parsing, and is
     /// then kept there.
     fn read(path: &Path, memos: &Path) -> LastLock {
-        let bytes = std::fs::read(path).ok();
-        let digest = bytes.as_deref().map(Hash::of_bytes_parallel);
-        let index = match (&bytes, &digest) {
-            (Some(bytes), Some(digest)) => {
-                let memo = memos.join(lock_memo_name(path));
-                let kept = std::fs::read_to_string(&memo)
-                    .ok()
-                    .and_then(|text| LockIndex::from_memo(&text, digest));
-                kept.unwrap_or_else(|| {
-                    let index = LockIndex::parse(bytes);
-                    let _ = std::fs::create_dir_all(memos);
-                    let _ = qflow_cache::write_replace_with(&memo, |out| {
-                        index.write_memo_to(digest, out)
-                    });
-                    index
-                })
-            }
-            _ => LockIndex::default(),
+        let Ok((source, bytes)) = LockSource::read(path) else {
+            return LastLock::none();
         };
+        let digest = Hash::of_bytes_parallel(&bytes);
+        let memo = memos.join(lock_memo_name(path));
+        let kept = std::fs::read_to_string(&memo)
+            .ok()
+            .and_then(|text| LockIndex::from_memo(&text, &digest));
+        let index = kept.unwrap_or_else(|| {
+            let index = LockIndex::parse(&bytes);
+            let _ = std::fs::create_dir_all(memos);
+            let _ = qflow_cache::write_replace_with(&memo, |out| index.write_memo_to(&digest, out));
+            index
+        });
+        let source = Arc::new(source);
+        let text = crate::lockfile::LockText::split_in(&bytes, &index, source.clone());
         LastLock {
             index,
-            bytes: std::sync::Mutex::new(bytes),
-            digest,
+            source: Some(source),
+            digest: Some(digest),
             full: std::sync::OnceLock::new(),
-            text: std::sync::OnceLock::new(),
+            text,
+        }
+    }
+
+    /// No lock.
+    fn none() -> LastLock {
+        LastLock {
+            index: LockIndex::default(),
+            source: None,
+            digest: None,
+            full: std::sync::OnceLock::new(),
+            text: None,
         }
     }
 
     fn of(lock: LockFile) -> LastLock {
-        LastLock {
+        let last = LastLock {
             index: LockIndex::of(&lock),
-            bytes: std::sync::Mutex::new(None),
-            digest: None,
-            full: std::sync::OnceLock::new(),
-            text: std::sync::OnceLock::new(),
-        }
-        .with_full(lock)
+            ..LastLock::none()
+        };
+        let _ = last.full.set(lock);
+        last
     }
 
-    fn with_full(self, lock: LockFile) -> LastLock {
-        let _ = self.full.set(lock);
-        self
+    /// The lock's bytes again, when they are still those read and hashed.
+    fn bytes(&self) -> Option<Vec<u8>> {
+        let bytes = self.source.as_ref()?.read_all().ok()?;
+        (Some(Hash::of_bytes_parallel(&bytes)) == self.digest).then_some(bytes)
     }
 
     fn text(&self) -> Option<&crate::lockfile::LockText> {
-        self.text
-            .get_or_init(|| {
-                let mut kept = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-                match crate::lockfile::LockText::split(kept.take()?, &self.index) {
-                    Ok(text) => Some(text),
-                    Err(bytes) => {
-                        *kept = Some(bytes);
-                        None
-                    }
-                }
-            })
-            .as_ref()
+        self.text.as_ref()
     }
 
     fn full(&self) -> &LockFile {
         self.full.get_or_init(|| {
-            if let Some(text) = self.text() {
-                return LockFile::parse(text.bytes());
-            }
-            let kept = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
-            kept.as_deref().map(LockFile::parse).unwrap_or_default()
+            // Changed in place since it was read (not by qflow): as it is now.
+            let bytes = (self.bytes()).or_else(|| self.source.as_ref()?.read_current().ok());
+            bytes.as_deref().map(LockFile::parse).unwrap_or_default()
         })
     }
 }
@@ -945,7 +956,7 @@ mod tests {
         let path = dir.join("qflow.lock");
         lock.write(&path).unwrap();
         let memos = dir.join("memos");
-        // As qflow writes it: split into entries, the bytes moved there.
+        // As qflow writes it: split into entries, read again from the file.
         let last = LastLock::read(&path, &memos);
         assert_eq!(
             last.text().unwrap().entry("b"),
