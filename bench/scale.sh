@@ -18,6 +18,8 @@
 #     whole, and beyond a 2-step apply's peak (qflow's own size, paid once); ninja's whole
 #     beside it; and what each step adds from one size to the next (the peak's growth
 #     over the steps added), qflow's and ninja's: the cost of a step at any size
+#   - peak RSS of a no-op and of a first apply that has a lock but an empty cache (largest
+#     tree), per step                                                          target <= 2 KB
 #   - `.qflow` bytes per step after the first apply and after 10 more applies   target <= 4 KB
 #     that each run one step
 #
@@ -207,3 +209,13 @@ hyperfine -N --warmup 2 --runs 10 --export-json "$d/plan.json" \
 	"$QFLOW plan $d/workflow.yaml" "ninja -C $d -n" >/dev/null
 q=$(mean_ms "$d/plan.json" 0) nj=$(mean_ms "$d/plan.json" 1)
 printf "   qflow plan %.1f ms, ninja -n %.1f ms: %s   (target: at most 2x)\n" "$q" "$nj" "$(ratio "$q" "$nj")"
+
+echo
+echo "== peak RSS of a no-op, and of a first apply that has a lock (a clone of a shared workflow: empty cache), $largest steps (tree shape)"
+timed "$d/noop.time" "$QFLOW" apply -j2 "$d/workflow.yaml"
+t=$(mktemp -d "$work/aside/XXXXXX")
+mv "$d/.qflow" "$d/out" "$t/"
+(cd "$d" && timed "$d/withlock.time" "$QFLOW" apply -j2)
+per_step() { python3 -c "print(f'{$(rss "$1")*1024/$largest:.0f} B')"; }
+printf "   no-op: %s KB, %s/step; first apply with the lock: %.2f s, %s KB, %s/step   (target: at most 2 KB)\n" \
+	"$(rss "$d/noop.time")" "$(per_step "$d/noop.time")" "$(secs "$d/withlock.time")" "$(rss "$d/withlock.time")" "$(per_step "$d/withlock.time")"

@@ -1307,6 +1307,49 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_read_back_from_its_file_splices_as_the_held_one_until_changed_in_place() {
+        let entry = |key: &str| LockedStep {
+            kind: "note".into(),
+            schema_version: 1,
+            key: key.into(),
+            output: format!("o-{key}"),
+            ..Default::default()
+        };
+        let mut lock = LockFile {
+            version: LOCK_VERSION,
+            workflow: "w".into(),
+            ..Default::default()
+        };
+        for name in ["a", "b", "c"] {
+            lock.steps.insert(name.into(), entry(name));
+        }
+        let dir = std::env::temp_dir().join(format!("qflow-lock-in-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qflow.lock");
+        lock.write(&path).unwrap();
+        let (source, bytes) = LockSource::read(&path).unwrap();
+        let index = LockIndex::parse(&bytes);
+        let held = LockText::split(bytes.clone(), &index).unwrap();
+        let in_file = LockText::split_in(&bytes, &index, Arc::new(source)).unwrap();
+        drop(bytes);
+        assert_eq!(in_file.entry("b"), Some(entry("b")));
+        let new: BTreeMap<String, NewEntry> =
+            [("b".to_string(), NewEntry::of("b", &entry("b2")))].into();
+        let splice = |text: &LockText| text.splice(LOCK_VERSION, "w", |n| n != "c", &sorted(&new));
+        assert_eq!(splice(&in_file).unwrap(), splice(&held).unwrap());
+        // Changed in place by something else than qflow: neither read nor copied.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut text = std::fs::read(&path).unwrap();
+        text[0] = b' ';
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut file, &text).unwrap();
+        assert_eq!(in_file.entry("b"), None);
+        let e = splice(&in_file).unwrap_err();
+        assert!(format!("{e:#}").contains("changed on disk"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_index_memo_answers_only_for_the_same_bytes() {
         let (k, o) = (Hash::of_bytes(b"key"), Hash::of_bytes(b"output"));
         let text = format!(
