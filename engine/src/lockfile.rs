@@ -142,7 +142,7 @@ impl LockText {
     /// known to parse); the bytes back otherwise.
     pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Result<LockText, Vec<u8>> {
         let text = String::from_utf8(bytes).map_err(|e| e.into_bytes())?;
-        match Self::locate(&text, index) {
+        match Self::locate(text.as_bytes(), index) {
             Some((names, entries)) => Ok(LockText {
                 text: TextSource::Held(text),
                 names,
@@ -154,9 +154,9 @@ impl LockText {
 
     /// [`LockText::split`] of `bytes`, read from `source`, which keeps them: the
     /// bytes are dropped, entries are read from the file when asked.
+    /// Only the names are checked as UTF-8 here; an entry is when it is read.
     pub fn split_in(bytes: &[u8], index: &LockIndex, source: Arc<LockSource>) -> Option<LockText> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let (names, entries) = Self::locate(text, index)?;
+        let (names, entries) = Self::locate(bytes, index)?;
         Some(LockText {
             text: TextSource::File(source),
             names,
@@ -167,15 +167,15 @@ impl LockText {
     /// The step names and entry ranges of [`LockText::split`].
     #[allow(clippy::type_complexity)]
     fn locate(
-        text: &str,
+        text: &[u8],
         index: &LockIndex,
     ) -> Option<(
         String,
         Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
     )> {
         let head = Self::head(index.version, &index.workflow);
-        let body = text.strip_prefix(head.as_str())?;
-        let body = body.strip_suffix("\n  }\n}\n")?;
+        let body = text.strip_prefix(head.as_bytes())?;
+        let body = body.strip_suffix(b"\n  }\n}\n")?;
         let base = head.len();
         let mut names = String::new();
         let mut entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
@@ -185,8 +185,8 @@ impl LockText {
         let mut at = 0;
         while at < body.len() {
             // `    "name": {` ... `    }` then `,\n` or the end.
-            let line_end = body[at..].find('\n').map_or(body.len(), |e| at + e);
-            let line = &body[at..line_end];
+            let line_end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |e| at + e);
+            let line = std::str::from_utf8(&body[at..line_end]).ok()?;
             let quoted = line.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
             let start = names.len();
             match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
@@ -199,7 +199,7 @@ impl LockText {
                 _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
             }
             let name = start..names.len();
-            let end = close.find(&body.as_bytes()[line_end..])? + line_end + ENTRY_CLOSE.len();
+            let end = close.find(&body[line_end..])? + line_end + ENTRY_CLOSE.len();
             if !index.steps.contains_key(&names[name.clone()]) {
                 return None;
             }
@@ -209,7 +209,7 @@ impl LockText {
                 return None;
             }
             entries.push((name, base + at..base + end));
-            at = match body[end..].strip_prefix(",\n") {
+            at = match body[end..].strip_prefix(b",\n") {
                 Some(_) => end + 2,
                 None if end == body.len() => end,
                 None => return None,
