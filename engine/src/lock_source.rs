@@ -1,11 +1,10 @@
 //! The last lock file, kept open after it was read so its bytes can be read again
 //! when an apply needs them instead of being held for the whole run.
 //!
-//! A lock of 10,000 steps is 6 MB and one of 50,000 is 30 MB: held through a first
+//! A lock of 10,000 steps is 6 MB and one of 50,000 is 30 MB. Held through a first
 //! apply that has a lock (a clone of someone's workflow, or a cache that was
-//! cleared) they were a quarter of the apply's peak memory, while the run reads only
-//! the entries of the steps it records, and the lock writer copies the unchanged
-//! ones. The open handle keeps reading the same file even after another apply
+//! cleared), they were 6 of the 36 MB at its peak, while the run reads only the
+//! entries of the steps it records, and the lock writer copies the unchanged ones. The open handle keeps reading the same file even after another apply
 //! replaced the lock (qflow replaces it by a rename); a lock changed in place since
 //! it was read (by something else than qflow) is told by its size and modification
 //! time and is not read as the old one.
