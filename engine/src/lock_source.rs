@@ -4,10 +4,12 @@
 //! A lock of 10,000 steps is 6 MB and one of 50,000 is 30 MB. Held through a first
 //! apply that has a lock (a clone of someone's workflow, or a cache that was
 //! cleared), they were 6 of the 36 MB at its peak, while the run reads only the
-//! entries of the steps it records, and the lock writer copies the unchanged ones. The open handle keeps reading the same file even after another apply
-//! replaced the lock (qflow replaces it by a rename); a lock changed in place since
-//! it was read (by something else than qflow) is told by its size and modification
-//! time and is not read as the old one.
+//! entries of the steps it records, and the lock writer copies the unchanged ones.
+//!
+//! The open handle keeps reading the same file even after another apply replaced the
+//! lock (qflow replaces it by a rename); a lock changed in place since it was read (by
+//! something else than qflow) is told by its size and modification time and is not
+//! read as the old one.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -115,21 +117,23 @@ fn changed() -> std::io::Error {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> std::path::PathBuf {
+    /// A lock holding `text` in a directory of its own, read: the directory, the
+    /// lock's path and its source.
+    fn read_lock(name: &str, text: &[u8]) -> (std::path::PathBuf, std::path::PathBuf, LockSource) {
         let d =
             std::env::temp_dir().join(format!("qflow-lock-source-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        let path = d.join("qflow.lock");
+        std::fs::write(&path, text).unwrap();
+        let (source, bytes) = LockSource::read(&path).unwrap();
+        assert_eq!(bytes, text);
+        (d, path, source)
     }
 
     #[test]
     fn a_lock_replaced_by_a_rename_is_still_read_as_it_was() {
-        let d = dir("renamed");
-        let path = d.join("qflow.lock");
-        std::fs::write(&path, "old lock text").unwrap();
-        let (source, bytes) = LockSource::read(&path).unwrap();
-        assert_eq!(bytes, b"old lock text");
+        let (d, path, source) = read_lock("renamed", b"old lock text");
         std::fs::write(d.join("new"), "the new lock, longer").unwrap();
         std::fs::rename(d.join("new"), &path).unwrap();
         assert_eq!(source.read_all().unwrap(), b"old lock text");
@@ -142,10 +146,7 @@ mod tests {
 
     #[test]
     fn a_lock_changed_in_place_is_not_read_as_the_old_one() {
-        let d = dir("in-place");
-        let path = d.join("qflow.lock");
-        std::fs::write(&path, "old lock text").unwrap();
-        let (source, _) = LockSource::read(&path).unwrap();
+        let (d, path, source) = read_lock("in-place", b"old lock text");
         // Same size, other bytes: the times tell.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::OpenOptions::new()
@@ -162,11 +163,8 @@ mod tests {
 
     #[test]
     fn pieces_of_a_large_range_are_copied_whole() {
-        let d = dir("large");
-        let path = d.join("qflow.lock");
         let text: Vec<u8> = (0..(3 * PIECE + 17)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &text).unwrap();
-        let (source, _) = LockSource::read(&path).unwrap();
+        let (d, _, source) = read_lock("large", &text);
         let mut out = Vec::new();
         source.copy_range(5..text.len(), &mut out).unwrap();
         assert_eq!(out, &text[5..]);

@@ -119,7 +119,8 @@ impl LockFile {
 /// since qflow writes them sorted.
 #[derive(Debug, Clone)]
 pub struct LockText {
-    /// Where the lock's text is (checked as UTF-8 once, when split).
+    /// Where the lock's text is: held text is checked as UTF-8 when split, text in
+    /// the file one entry at a time as it is read.
     text: TextSource,
     /// The step names, one after the other, each as its entry's name says.
     names: String,
@@ -139,7 +140,10 @@ const ENTRY_CLOSE: &str = "\n    }";
 impl LockText {
     /// Find the step entries of `bytes` if they are laid out as [`LockFile::write`]
     /// writes them and name exactly the steps of `index` (the bytes' index, so
-    /// known to parse); the bytes back otherwise.
+    /// known to parse); the bytes back otherwise. An apply splits the lock it read
+    /// from its file ([`LockText::split_in`]); this held text is what that is
+    /// checked against.
+    #[cfg(test)]
     pub fn split(bytes: Vec<u8>, index: &LockIndex) -> Result<LockText, Vec<u8>> {
         let text = String::from_utf8(bytes).map_err(|e| e.into_bytes())?;
         match Self::locate(text.as_bytes(), index) {
@@ -152,9 +156,10 @@ impl LockText {
         }
     }
 
-    /// [`LockText::split`] of `bytes`, read from `source`, which keeps them: the
-    /// bytes are dropped, entries are read from the file when asked.
-    /// Only the names are checked as UTF-8 here; an entry is when it is read.
+    /// The step entries of `bytes`, as [`LockText::split`] finds them, read from
+    /// `source`, which keeps them: the bytes are dropped, entries are read from the
+    /// file when asked. Only the names are checked as UTF-8 here; an entry is when
+    /// it is read.
     pub fn split_in(bytes: &[u8], index: &LockIndex, source: Arc<LockSource>) -> Option<LockText> {
         let (names, entries) = Self::locate(bytes, index)?;
         Some(LockText {
