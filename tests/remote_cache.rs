@@ -755,7 +755,7 @@ fn server_holds_any_file_of(server: &Server, dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "slow: the quickstart (on the slow tier's shared cache, built once), a private nginx, then on a second machine one full kernel build and the boots"]
+#[ignore = "slow: the quickstart (on the slow tier's shared cache, built once), a private nginx, then on a second machine the boots"]
 fn a_group_shares_the_quickstart_a_second_machine_runs_nothing_and_reruns_only_what_its_edit_touches()
  {
     let server = Server::start(&[]);
