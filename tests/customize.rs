@@ -1,7 +1,8 @@
 //! A user customizes a Debian base image the way one does it by hand (root
 //! password, packages, no unattended upgrades, files, guest commands) and reads the
-//! result back out of the image. The base image comes from the `debootstrap` kind,
-//! built once per test run in the shared cache.
+//! result back out of the image; an artifact evaluator builds base and customization
+//! again from nothing (a second, clean cache) and gets the same bytes. The base image
+//! comes from the `debootstrap` kind, built once per test run in the shared cache.
 
 mod common;
 
@@ -135,8 +136,9 @@ fn image_of(s: &Space, step: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "slow: builds a Debian base image with debootstrap and runs virt-customize twice (about 4 minutes)"]
-fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
+#[ignore = "slow: debootstrap and virt-customize on the shared cache, then both again from a clean cache (about 10 minutes)"]
+fn customizing_applies_every_field_leaves_the_base_unchanged_and_a_clean_rebuild_is_bit_identical()
+{
     let cache = shared_cache();
     let s = Space::new().with_cache(&cache);
     // A password with the characters most likely to be mangled on the way.
@@ -151,7 +153,7 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     let base_image = image_of(&s, "base");
     let base_sum = sha256(&base_image);
 
-    s.workflow(&full_workflow("numactl"));
+    s.workflow(&full_workflow("numactl, bc"));
     let watch = ArgvWatch::start(&password);
     let started = std::time::Instant::now();
     let run = s.apply();
@@ -185,8 +187,8 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
 
     let status = disk.cat("/var/lib/dpkg/status").unwrap();
     assert!(
-        dpkg_installed(&status, "numactl"),
-        "numactl is not installed"
+        dpkg_installed(&status, "numactl") && dpkg_installed(&status, "bc"),
+        "numactl or bc is not installed"
     );
     assert!(!dpkg_installed(&status, "less"), "less is still installed");
     assert!(
@@ -221,6 +223,14 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     );
     assert_eq!(disk.cat("/etc/qflow/new.conf").unwrap(), "a: b\nc\n");
     assert_eq!(disk.cat("/root/marker").unwrap(), "built-by-qflow\n");
+    // systemd makes a fresh machine id on first boot (minbase without systemd has none),
+    // and no cache of the build machine's is left behind.
+    let machine_id = disk.cat("/etc/machine-id");
+    assert!(
+        matches!(machine_id.as_deref(), None | Some("")),
+        "{machine_id:?}"
+    );
+    assert!(disk.stat("/var/cache/ldconfig/aux-cache").is_none());
     drop(disk);
 
     // The upstream image is untouched, and the result is an overlay on it by a relative path.
@@ -249,8 +259,13 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     // The lock records the installed version of what `install:` asked for, and every
     // package the customized image holds (what numactl pulled in included).
     let numactl = dpkg_version(&status, "numactl").expect("numactl's version");
+    let bc = dpkg_version(&status, "bc").expect("bc's version");
     let notes = lock_notes(&s, "sys");
-    assert_eq!(notes["installed"], format!("numactl={numactl}"), "{notes}");
+    assert_eq!(
+        notes["installed"],
+        format!("numactl={numactl}\nbc={bc}"),
+        "{notes}"
+    );
     let packages = notes["packages"].as_str().unwrap();
     assert!(
         packages.lines().any(|l| l == format!("numactl={numactl}")),
@@ -265,44 +280,109 @@ fn customizing_applies_every_field_and_leaves_the_base_image_unchanged() {
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
 
-    // Change the package list: only the customization and what depends on it run.
+    // Change the package list: the plan runs only the customization and what depends
+    // on it again.
+    s.workflow(&full_workflow("numactl"));
+    let actions = plan_actions(&s);
+    assert_eq!(actions["sys"], "run", "{actions:?}");
+    assert_eq!(actions["listing"], "run", "{actions:?}");
+    assert_eq!(actions["base"], "cached", "{actions:?}");
     s.workflow(&full_workflow("numactl, bc"));
-    let changed = s.apply();
-    assert_eq!(
-        changed.ran_sorted(),
-        ["listing", "sys"],
-        "{}",
-        changed.stderr
-    );
-    assert_eq!(changed.cached(), ["base"]);
-    let disk = GuestDisk::open(&image_of(&s, "sys"), &s.join("scratch"));
-    let status = disk.cat("/var/lib/dpkg/status").unwrap();
-    assert!(dpkg_installed(&status, "bc") && dpkg_installed(&status, "numactl"));
-    let bc = dpkg_version(&status, "bc").expect("bc's version");
-    assert_eq!(
-        lock_notes(&s, "sys")["installed"],
-        format!("numactl={numactl}\nbc={bc}")
-    );
-    assert_eq!(sha256(&base_image), base_sum, "the base image changed");
-    drop(disk);
 
     // A new password changes the key (through its hash): the plan runs the step again,
     // and shows no password.
     let new_password = format!("{password}-2");
     s.write("secrets/root-password", format!("{new_password}\n"));
-    let plan = s.qflow(&["plan", "--json"]).success();
-    let steps: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
-    let action = |name: &str| {
-        steps["steps"]
-            .as_array()
+    for args in [&["plan"][..], &["plan", "--json"]] {
+        let plan = s.qflow(args).success();
+        assert!(!plan.stdout.contains(&new_password) && !plan.stderr.contains(&new_password));
+    }
+    let actions = plan_actions(&s);
+    assert_eq!(actions["sys"], "run", "{actions:?}");
+    assert_eq!(actions["base"], "cached", "{actions:?}");
+    s.write("secrets/root-password", format!("{password}\n"));
+
+    // An artifact evaluator builds both again from nothing (a second, clean cache): the
+    // images come out byte for byte the same, and record the same SOURCE_DATE_EPOCH,
+    // the base's file system time.
+    let second_cache = common::scratch_file("second-cache");
+    let second = Space::new().with_cache(&second_cache);
+    second.write("secrets/root-password", format!("{password}\n"));
+    second.workflow(&full_workflow("numactl, bc"));
+    let rebuilt = second.apply();
+    assert_eq!(
+        rebuilt.ran_sorted(),
+        ["base", "listing", "sys"],
+        "{}",
+        rebuilt.stderr
+    );
+    for step in ["base", "sys"] {
+        let (a, b) = (image_of(&s, step), image_of(&second, step));
+        assert_eq!(
+            first_difference(&a, &b),
+            None,
+            "the two builds of `{step}` differ: {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+    let epoch = |s: &Space, step: &str| {
+        lock_notes(s, step)["source_date_epoch"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no source_date_epoch for `{step}`"))
+            .parse::<i64>()
             .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .map(|p| p["action"].as_str().unwrap().to_string())
     };
-    assert_eq!(action("sys").as_deref(), Some("run"), "{}", plan.stdout);
-    assert_eq!(action("base").as_deref(), Some("cached"), "{}", plan.stdout);
-    assert!(!plan.stdout.contains(&new_password) && !plan.stderr.contains(&new_password));
+    assert_eq!(epoch(&s, "base"), epoch(&second, "base"));
+    assert_eq!(epoch(&s, "sys"), epoch(&s, "base"));
+    drop(second);
+    let _ = common::make_writable_and_remove(&second_cache);
+}
+
+/// What `qflow plan --json` would do with each step (`run`, `cached`, ...).
+fn plan_actions(s: &Space) -> std::collections::BTreeMap<String, String> {
+    let plan = s.qflow(&["plan", "--json"]).success();
+    let v: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The first byte offset at which two files differ, if they do.
+fn first_difference(a: &Path, b: &Path) -> Option<u64> {
+    use std::io::Read as _;
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut offset = 0u64;
+    loop {
+        let n = a.read(&mut x).unwrap();
+        let mut m = 0;
+        while m < n {
+            let k = b.read(&mut y[m..n]).unwrap();
+            if k == 0 {
+                return Some(offset + m as u64);
+            }
+            m += k;
+        }
+        if n == 0 {
+            return (b.read(&mut y[..1]).unwrap() != 0).then_some(offset);
+        }
+        if let Some(i) = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q) {
+            return Some(offset + i as u64);
+        }
+        offset += n as u64;
+    }
 }
 
 #[test]

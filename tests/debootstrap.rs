@@ -7,7 +7,6 @@ use common::guest_disk::GuestDisk;
 use common::{Space, shared_cache};
 
 const BASE_STEP: &str = include_str!("fixtures/customize/base-step.yaml");
-const KERNEL_BASE_STEP: &str = include_str!("fixtures/customize/kernel-base-step.yaml");
 
 fn workflow(step: &str) -> String {
     format!("version: 1\nname: debootstrap-test\nsteps:\n{step}")
@@ -114,28 +113,6 @@ fn a_base_image_is_one_ext4_partition_at_1mib_configured_for_qemu() {
 
     let again = s.apply();
     assert!(again.ran().is_empty(), "{}", again.stderr);
-}
-
-#[test]
-#[ignore = "slow: runs debootstrap with Debian's kernel and initramfs (about 3 minutes)"]
-fn kernel_true_exports_debians_kernel_and_initrd() {
-    let s = Space::new().with_cache(&shared_cache());
-    s.workflow(&workflow(KERNEL_BASE_STEP));
-    s.apply();
-    let vmlinuz = std::fs::read(s.join("out/kbase/vmlinuz")).unwrap();
-    // A bzImage carries the "HdrS" boot protocol magic at 0x202.
-    assert_eq!(&vmlinuz[0x202..0x206], b"HdrS");
-    let initrd = std::fs::metadata(s.join("out/kbase/initrd.img")).unwrap();
-    assert!(initrd.len() > 1 << 20, "initrd of {} bytes", initrd.len());
-    let disk = GuestDisk::open(&s.join("out/kbase/image.qcow2"), &s.join("scratch"));
-    assert!(
-        disk.stat("/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service")
-            .is_some()
-    );
-    assert!(
-        disk.stat("/lib/systemd/systemd-udevd").is_some(),
-        "udev is missing"
-    );
 }
 
 #[test]

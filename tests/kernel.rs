@@ -3,10 +3,10 @@
 //! The fast tier uses the stand-in kernel tree in `fixtures/kernel` (a Makefile
 //! that honours `O=` like kbuild, real `make` and `gcc -c`): it checks what the
 //! step asks of make through the real binary and engine. The slow tier builds the
-//! real thing: Debian's `linux-source-6.1` tarball with tinyconfig plus
-//! `workflows/quickstart/qemu-guest.config` (the same step definition as `tests/boot.rs`, so
-//! the shared cache builds it once), and a writable unpacked copy of it as a
-//! user's own tree, which the story edits.
+//! real thing: Debian's `linux-source-6.1` tarball with the quickstart's kernel
+//! configuration (`common::shared_kernel_step`, built once per test run on the
+//! shared cache). Editing a real tree of the user's, and its clean build coming out
+//! byte-identical to this one, is the quickstart's story (`tests/quickstart.rs`).
 
 mod common;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use common::{Space, shared_cache};
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// The quickstart's kernel config fragment: the kernel tests build the same guest kernel.
 const QUICKSTART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/quickstart");
-const TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
 /// A space holding a copy of the stand-in kernel tree at `linux/`.
 fn stand_in_space() -> Space {
@@ -253,70 +252,15 @@ fn plan_shows_the_make_command_lines() {
 
 // ---- slow tier: the real kernel ------------------------------------------------
 
-/// The kernel step of `tests/boot.rs`, verbatim: the same key, one build per shared cache.
-fn shared_kernel_workflow() -> String {
-    format!(
-        r#"version: 1
-name: kernel-shared
-steps:
-  kernel:
-    kind: kernel
-    source: {{ tarball: {TARBALL} }}
-    config: tinyconfig
-    fragments: [{QUICKSTART}/qemu-guest.config]
-"#
-    )
-}
-
-/// Build (or find in the shared cache) the tarball kernel; its bzImage bytes.
-fn shared_kernel_bzimage() -> Vec<u8> {
-    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = ONCE.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        Path::new(TARBALL).is_file(),
-        "the slow tier needs {TARBALL}: apt-get install linux-source-6.1"
-    );
-    let s = Space::new().with_cache(&shared_cache());
-    s.workflow(&shared_kernel_workflow());
-    s.apply();
-    std::fs::read(s.join("out/kernel/bzImage")).unwrap()
-}
-
-/// A writable kernel tree unpacked from the Debian tarball, shared by the slow
-/// tests of this build and reused between runs; `kernel/reboot.c` is restored.
-fn user_tree() -> PathBuf {
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let tree = base.join("linux-6.1-user-tree");
-    let pristine = base.join("linux-6.1-reboot.c");
-    if !tree.join(".qflow-complete").exists() {
-        let tmp = base.join("linux-6.1-user-tree.tmp");
-        for dir in [&tree, &tmp] {
-            if dir.exists() {
-                common::make_writable_and_remove(dir).unwrap();
-            }
-        }
-        std::fs::create_dir_all(&tmp).unwrap();
-        let st = std::process::Command::new("tar")
-            .args(["-xf", TARBALL, "--strip-components=1", "-C"])
-            .arg(&tmp)
-            .status()
-            .unwrap();
-        assert!(st.success(), "cannot unpack {TARBALL}");
-        std::fs::copy(tmp.join("kernel/reboot.c"), &pristine).unwrap();
-        std::fs::rename(&tmp, &tree).unwrap();
-        // Part of the tree's input from the start, never touched again.
-        std::fs::write(tree.join(".qflow-complete"), "").unwrap();
-    }
-    std::fs::copy(&pristine, tree.join("kernel/reboot.c")).unwrap();
-    tree
-}
-
 #[test]
-#[ignore = "slow: builds a real tinyconfig kernel from the Debian tarball (once per shared cache, ~5 min)"]
+#[ignore = "slow: builds a real kernel from the Debian tarball (once per shared cache, ~5 min)"]
 fn a_real_kernel_builds_from_the_debian_tarball_boots_and_is_then_cached() {
-    let bzimage = shared_kernel_bzimage();
+    let bzimage = common::shared_kernel();
     let s = Space::new().with_cache(&shared_cache());
-    s.workflow(&shared_kernel_workflow());
+    s.workflow(&format!(
+        "version: 1\nname: kernel-shared\nsteps:\n{}",
+        common::shared_kernel_step()
+    ));
     let again = s.apply();
     assert!(
         again.ran().is_empty(),
@@ -325,20 +269,23 @@ fn a_real_kernel_builds_from_the_debian_tarball_boots_and_is_then_cached() {
     );
     assert_eq!(
         std::fs::read(s.join("out/kernel/bzImage")).unwrap(),
-        bzimage
+        std::fs::read(&bzimage).unwrap()
     );
     let config = s.read("out/kernel/config");
-    for line in std::fs::read_to_string(format!("{QUICKSTART}/qemu-guest.config"))
-        .unwrap()
-        .lines()
-    {
-        if line.starts_with("CONFIG_") {
-            assert!(
-                config.lines().any(|l| l == line),
-                "{line} is not in the built .config"
-            );
+    for fragment in ["qemu-guest.config", "systemd.config"] {
+        for line in std::fs::read_to_string(format!("{QUICKSTART}/{fragment}"))
+            .unwrap()
+            .lines()
+        {
+            if line.starts_with("CONFIG_") {
+                assert!(
+                    config.lines().any(|l| l == line),
+                    "{line} of {fragment} is not in the built .config"
+                );
+            }
         }
     }
+    assert!(config.lines().any(|l| l == "CONFIG_KERNEL_LZ4=y"));
     // It is a kernel: QEMU boots it to the point where it looks for a root file system.
     let out = std::process::Command::new("timeout")
         .args([
@@ -366,65 +313,4 @@ fn a_real_kernel_builds_from_the_debian_tarball_boots_and_is_then_cached() {
         console.contains("VFS: Unable to mount root fs"),
         "{console}"
     );
-}
-
-#[test]
-#[ignore = "slow: builds a real kernel tree of the user's once (~5 min), then edits it"]
-fn editing_a_real_kernel_tree_recompiles_one_file_and_a_comment_keeps_boot_cached() {
-    let tarball_bzimage = shared_kernel_bzimage();
-    let tree = user_tree();
-    let s = Space::new();
-    let source = tree.display().to_string();
-    s.workflow(&workflow(
-        &source,
-        &format!("    fragments: [{QUICKSTART}/qemu-guest.config]\n"),
-    ));
-
-    // A clean build of the user's tree: byte-identical to the tarball build,
-    // though source path, build path and time all differ.
-    let first = s.apply();
-    assert_eq!(first.ran_sorted(), ["boot", "kernel"]);
-    let clean = std::fs::read(s.join("out/kernel/bzImage")).unwrap();
-    assert!(
-        clean == tarball_bzimage,
-        "two clean builds of the same source and config differ"
-    );
-
-    let again = s.apply();
-    assert!(again.ran().is_empty(), "{}", again.stderr);
-
-    // One line of code: only this file compiles (plus kbuild's link-time version objects).
-    let reboot = tree.join("kernel/reboot.c");
-    let mut text = std::fs::read_to_string(&reboot).unwrap();
-    text.push_str("int qflow_test_marker = 42;\n");
-    std::fs::write(&reboot, &text).unwrap();
-    let started = std::time::Instant::now();
-    let edited = s.apply();
-    let took = started.elapsed();
-    assert_eq!(edited.ran_sorted(), ["boot", "kernel"]);
-    let log = newest_log(&s.join(".qflow"), "kernel");
-    let tree_objects: Vec<String> = compiled(&log)
-        .into_iter()
-        .filter(|o| !o.starts_with("arch/x86/boot/") && o != "init/version-timestamp.o")
-        .collect();
-    assert_eq!(tree_objects, ["kernel/reboot.o"], "{log}");
-    assert!(
-        took.as_secs() < 60,
-        "an incremental kernel build took {took:?}"
-    );
-    let edited_image = std::fs::read(s.join("out/kernel/bzImage")).unwrap();
-    assert_ne!(edited_image, clean);
-
-    // A comment: the kernel step runs, its bzImage is unchanged, the boot step stays cached.
-    text.push_str("/* qflow: a comment compiles to nothing */\n");
-    std::fs::write(&reboot, &text).unwrap();
-    let commented = s.apply();
-    assert_eq!(commented.ran(), ["kernel"]);
-    assert_eq!(commented.cached(), ["boot"]);
-    assert_eq!(
-        std::fs::read(s.join("out/kernel/bzImage")).unwrap(),
-        edited_image
-    );
-
-    let _ = user_tree(); // restore kernel/reboot.c for the next run
 }

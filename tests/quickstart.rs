@@ -63,6 +63,25 @@ fn boot_outputs(lock: &str) -> std::collections::BTreeMap<String, String> {
 }
 
 /// What `run.sh N` prints, computed here independently of the guest.
+/// The newest `kernel` step log in the shared cache (this test's, as no other test
+/// of this binary builds a kernel there).
+fn newest_kernel_log() -> String {
+    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for run in std::fs::read_dir(common::shared_cache().join("logs"))
+        .unwrap()
+        .flatten()
+    {
+        let p = run.path().join("kernel.log");
+        if let Ok(meta) = std::fs::metadata(&p) {
+            let t = meta.modified().unwrap();
+            if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
+                newest = Some((t, p));
+            }
+        }
+    }
+    std::fs::read_to_string(newest.expect("no kernel step log").1).unwrap()
+}
+
 fn expected_result(n: u64) -> String {
     let mut acc: u64 = 0;
     for i in 0..n {
@@ -176,6 +195,14 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
     );
     let lock = s.read("workflows/quickstart.lock");
     assert!(lock.contains("\"results.txt\""), "{lock}");
+    // A clean build of the user's tree is byte-identical to the slow tier's build of
+    // Debian's tarball with the same configuration, though source path, build path
+    // and time all differ.
+    let clean_kernel = std::fs::read(s.join("workflows/out/kernel/bzImage")).unwrap();
+    assert!(
+        clean_kernel == std::fs::read(common::shared_kernel()).unwrap(),
+        "two clean builds of the same source and configuration differ"
+    );
     assert!(!lock.contains("quickstart-test-pw"));
 
     // The boots are reproducible under icount: the experiment booted again prints
@@ -270,6 +297,38 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
         s.read("workflows/out/experiment/results.txt").trim(),
         expected_result(3000)
     );
+    // Make compiled that one file (and kbuild's link-time version objects).
+    let compiled: Vec<String> = newest_kernel_log()
+        .lines()
+        .filter_map(|l| l.strip_prefix("  CC      "))
+        .map(|o| o.trim().to_string())
+        .filter(|o| !o.starts_with("arch/x86/boot/") && o != "init/version-timestamp.o")
+        .collect();
+    assert_eq!(compiled, ["kernel/reboot.o"]);
+    let edited_kernel = std::fs::read(s.join("workflows/out/kernel/bzImage")).unwrap();
+    assert!(edited_kernel != clean_kernel);
+
+    // A comment: the kernel step runs, its bzImage is unchanged, the boots stay cached.
+    let mut text = std::fs::read_to_string(&reboot_c).unwrap();
+    text.push_str("/* qflow: a comment compiles to nothing */\n");
+    std::fs::write(&reboot_c, text).unwrap();
+    let commented = s.qflow(&["apply", "workflows/quickstart.yaml"]).success();
+    assert_eq!(commented.ran(), ["kernel"], "{}", commented.stderr);
+    let mut cached = commented.cached();
+    cached.sort();
+    assert_eq!(
+        cached,
+        [
+            "base",
+            "data",
+            "experiment",
+            "figures",
+            "quick",
+            "runs",
+            "system"
+        ]
+    );
+    assert!(std::fs::read(s.join("workflows/out/kernel/bzImage")).unwrap() == edited_kernel);
 
     // The password is nowhere qflow writes.
     for dir in [common::shared_cache().join("logs"), s.join("workflows/out")] {

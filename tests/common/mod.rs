@@ -134,6 +134,45 @@ pub fn shared_cache() -> PathBuf {
     p
 }
 
+/// Debian's kernel source tarball, which the slow tier builds.
+pub const LINUX_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+/// The slow tier's guest kernel step: the quickstart's kernel (tinyconfig, its
+/// `qemu-guest.config` and `systemd.config`, an LZ4 bzImage) built from Debian's tarball
+/// instead of a user's tree. Every slow test that builds the tarball uses these exact
+/// fields, so one test run builds it once; the quickstart's own build of the unpacked
+/// tree must come out byte-identical to it.
+pub fn shared_kernel_step() -> String {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/quickstart");
+    format!(
+        "  kernel:\n    kind: kernel\n    source: {{ tarball: {LINUX_TARBALL} }}\n    config: tinyconfig\n    fragments: [{dir}/qemu-guest.config, {dir}/systemd.config]\n    options: {{ KERNEL_LZ4: y, KERNEL_XZ: n }}\n"
+    )
+}
+
+/// The bzImage of `shared_kernel_step`, built on the shared cache the first time a
+/// test asks (later ones hit it), returned by its path in the shared cache's
+/// read-only trees. Tests boot it from a cache of their own: one run at a time holds
+/// a cache, so booting on the shared cache would make every boot test wait for the
+/// others.
+pub fn shared_kernel() -> PathBuf {
+    static KERNEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KERNEL
+        .get_or_init(|| {
+            assert!(
+                Path::new(LINUX_TARBALL).is_file(),
+                "the slow tier needs {LINUX_TARBALL}: apt-get install linux-source-6.1"
+            );
+            let s = Space::new().with_cache(&shared_cache());
+            s.workflow(&format!(
+                "version: 1\nname: kernel-shared\nsteps:\n{}",
+                shared_kernel_step()
+            ));
+            s.apply();
+            std::fs::canonicalize(s.join("out/kernel/bzImage")).unwrap()
+        })
+        .clone()
+}
+
 /// What one qflow invocation did.
 pub struct Run {
     pub code: i32,
