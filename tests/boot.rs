@@ -19,7 +19,16 @@ const GUEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/guest");
 /// The kernel, system image and data disk every boot test uses, then `steps`. The
 /// `kernel` step copies the slow tier's kernel into this workspace's cache.
 fn workflow(steps: &str) -> String {
-    let kernel = common::shared_kernel();
+    workflow_with(&common::shared_kernel(), steps)
+}
+
+/// `workflow` for the fast tests, which plan or refuse and never boot: the host's
+/// kernel stands in, so they build no kernel.
+fn planned_workflow(steps: &str) -> String {
+    workflow_with(std::path::Path::new(&common::host_kernel()), steps)
+}
+
+fn workflow_with(kernel: &std::path::Path, steps: &str) -> String {
     format!(
         r#"version: 1
 name: boot-test
@@ -78,7 +87,7 @@ fn commands_json(s: &Space, rel: &str) -> Vec<serde_json::Value> {
 #[test]
 fn the_plan_shows_the_recipes_qemu_command_line() {
     let s = Space::new();
-    s.workflow(&workflow(
+    s.workflow(&planned_workflow(
         "  experiment:\n    kind: boot\n    system: system\n    disks: [data]\n    kernel: kernel\n    icount: 1\n    \
          plugins: [{ path: ./libinsn.so, args: [inline=on] }]\n    commands: [uname -a]\n",
     ));
@@ -100,7 +109,7 @@ fn the_plan_shows_the_recipes_qemu_command_line() {
 #[test]
 fn contradictory_boot_fields_are_refused_before_anything_runs() {
     let s = Space::new();
-    s.workflow(&workflow(
+    s.workflow(&planned_workflow(
         "  experiment:\n    kind: boot\n    system: system\n    kernel: kernel\n    accel: kvm\n    icount: 1\n",
     ));
     let run = s.qflow(&["apply"]).failure(2);
@@ -108,7 +117,7 @@ fn contradictory_boot_fields_are_refused_before_anything_runs() {
     assert!(run.stderr.contains("only under TCG"), "{}", run.stderr);
     assert!(run.ran().is_empty());
 
-    s.workflow(&workflow(
+    s.workflow(&planned_workflow(
         "  experiment:\n    kind: boot\n    from_checkpoint: system\n    memory: 1G\n    commands: [\"true\"]\n",
     ));
     let run = s.qflow(&["apply"]).failure(2);
@@ -118,7 +127,7 @@ fn contradictory_boot_fields_are_refused_before_anything_runs() {
         run.stderr
     );
 
-    s.workflow(&workflow(
+    s.workflow(&planned_workflow(
         "  experiment:\n    kind: boot\n    kernel: kernel\n    collect: [results.txt]\n",
     ));
     let run = s.qflow(&["apply"]).failure(2);
