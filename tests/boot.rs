@@ -302,7 +302,7 @@ fn two_runs_restore_one_checkpoint_in_parallel_without_booting() {
         );
     }
     // Both runs were started before either ended.
-    let log = newest_step_log(&s, "from_ready");
+    let log = common::newest_log(&s.join(".qflow"), "from_ready");
     let events: Vec<&str> = log
         .lines()
         .filter(|l| l.starts_with("qflow: run "))
@@ -406,22 +406,6 @@ fn a_serial_login_never_shows_the_password() {
     assert!(leaks.is_empty(), "the password leaked into {leaks:?}");
     assert!(!run.stderr.contains(&password));
     assert_no_qemu_left(&name);
-}
-
-/// The newest log of step `step` in the space's cache.
-fn newest_step_log(s: &Space, step: &str) -> String {
-    let logs = s.join(".qflow/logs");
-    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
-    for run in std::fs::read_dir(&logs).unwrap().flatten() {
-        let p = run.path().join(format!("{step}.log"));
-        if let Ok(meta) = std::fs::metadata(&p) {
-            let t = meta.modified().unwrap();
-            if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
-                newest = Some((t, p));
-            }
-        }
-    }
-    std::fs::read_to_string(newest.expect("no step log").1).unwrap()
 }
 
 #[test]
@@ -539,7 +523,7 @@ steps:
     );
     assert_eq!(records[1]["output"], "root\n");
     assert_eq!(records[2]["output"], "40 120\n");
-    let log = newest_step_log(&s, "debian");
+    let log = common::newest_log(&s.join(".qflow"), "debian");
     // `accel: auto` says what it chose; here KVM cannot boot Linux, so TCG ran.
     assert!(log.contains("qflow: accel auto -> "), "{log}");
     let lock = s.read("qflow.lock");

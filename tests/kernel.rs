@@ -48,29 +48,6 @@ steps:
     )
 }
 
-/// The newest log of `step` in the cache at `cache`.
-fn newest_log(cache: &Path, step: &str) -> String {
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    for run in std::fs::read_dir(cache.join("logs")).unwrap().flatten() {
-        let p = run.path().join(format!("{step}.log"));
-        if let Ok(meta) = std::fs::metadata(&p) {
-            let t = meta.modified().unwrap();
-            if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
-                newest = Some((t, p));
-            }
-        }
-    }
-    std::fs::read_to_string(newest.expect("no step log").1).unwrap()
-}
-
-/// The objects make compiled according to a step log (`  CC      x.o` lines).
-fn compiled(log: &str) -> Vec<String> {
-    log.lines()
-        .filter_map(|l| l.strip_prefix("  CC      "))
-        .map(|t| t.trim().to_string())
-        .collect()
-}
-
 /// Files named `name` anywhere under `dir`.
 fn find(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -132,7 +109,7 @@ fn editing_one_kernel_file_rebuilds_only_that_file_the_kernel_and_its_dependents
         run.stderr
     );
     assert_eq!(
-        compiled(&newest_log(&s.join(".qflow"), "kernel")),
+        common::compiled(&common::newest_log(&s.join(".qflow"), "kernel")),
         ["kernel/reboot.o"]
     );
 }
@@ -159,7 +136,7 @@ fn the_jobs_field_caps_how_many_files_make_compiles_at_once() {
         s.workflow(&workflow("./linux", &format!("    jobs: {jobs}\n")));
         s.qflow(&["apply", "--jobs", "2"]).success();
         assert_eq!(max_concurrent_compiles(&s), jobs, "with `jobs: {jobs}`");
-        let log = newest_log(&s.join(".qflow"), "kernel");
+        let log = common::newest_log(&s.join(".qflow"), "kernel");
         for l in log.lines().filter(|l| l.starts_with("$ make")) {
             assert!(
                 !l.split(' ').any(|a| a.starts_with("-j")),

@@ -63,25 +63,6 @@ fn boot_outputs(lock: &str) -> std::collections::BTreeMap<String, String> {
 }
 
 /// What `run.sh N` prints, computed here independently of the guest.
-/// The newest `kernel` step log in the shared cache (this test's, as no other test
-/// of this binary builds a kernel there).
-fn newest_kernel_log() -> String {
-    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
-    for run in std::fs::read_dir(common::shared_cache().join("logs"))
-        .unwrap()
-        .flatten()
-    {
-        let p = run.path().join("kernel.log");
-        if let Ok(meta) = std::fs::metadata(&p) {
-            let t = meta.modified().unwrap();
-            if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
-                newest = Some((t, p));
-            }
-        }
-    }
-    std::fs::read_to_string(newest.expect("no kernel step log").1).unwrap()
-}
-
 fn expected_result(n: u64) -> String {
     let mut acc: u64 = 0;
     for i in 0..n {
@@ -298,12 +279,13 @@ fn the_quickstart_runs_end_to_end_and_a_kernel_edit_reruns_only_the_kernel_and_t
         expected_result(3000)
     );
     // Make compiled that one file (and kbuild's link-time version objects).
-    let compiled: Vec<String> = newest_kernel_log()
-        .lines()
-        .filter_map(|l| l.strip_prefix("  CC      "))
-        .map(|o| o.trim().to_string())
-        .filter(|o| !o.starts_with("arch/x86/boot/") && o != "init/version-timestamp.o")
-        .collect();
+    // (The newest kernel log in the shared cache: no other test of this binary builds
+    // a kernel there.)
+    let compiled: Vec<String> =
+        common::compiled(&common::newest_log(&common::shared_cache(), "kernel"))
+            .into_iter()
+            .filter(|o| !o.starts_with("arch/x86/boot/") && o != "init/version-timestamp.o")
+            .collect();
     assert_eq!(compiled, ["kernel/reboot.o"]);
     let edited_kernel = std::fs::read(s.join("workflows/out/kernel/bzImage")).unwrap();
     assert!(edited_kernel != clean_kernel);

@@ -292,8 +292,8 @@ fn verify_of_one_step_rebuilds_only_it_and_what_it_depends_on() {
 fn a_kernel_is_rebuilt_from_a_clean_build_tree_and_compared_byte_for_byte() {
     // The stand-in kernel tree (a Makefile that honours `O=` and the KBUILD_BUILD_*
     // pins like kbuild, real `gcc -c`): verify builds it again in an empty build tree
-    // of its own. That a real tinyconfig kernel's clean builds are byte-identical is
-    // the slow tier's `tests/kernel.rs` (a user's tree against the tarball build).
+    // of its own. That a real kernel's clean builds are byte-identical is the slow
+    // tier's `tests/quickstart.rs` (a user's tree against the tarball build).
     let s = Space::new();
     let st = std::process::Command::new("cp")
         .arg("-a")

@@ -173,6 +173,29 @@ pub fn shared_kernel() -> PathBuf {
         .clone()
 }
 
+/// The newest log of `step` in the cache at `cache` (`<cache>/logs/<run>/<step>.log`).
+pub fn newest_log(cache: &Path, step: &str) -> String {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for run in std::fs::read_dir(cache.join("logs")).unwrap().flatten() {
+        let p = run.path().join(format!("{step}.log"));
+        if let Ok(meta) = std::fs::metadata(&p) {
+            let t = meta.modified().unwrap();
+            if newest.as_ref().is_none_or(|(nt, _)| t > *nt) {
+                newest = Some((t, p));
+            }
+        }
+    }
+    std::fs::read_to_string(newest.expect("no step log").1).unwrap()
+}
+
+/// The objects make compiled according to a kernel step's log (`  CC      x.o` lines).
+pub fn compiled(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix("  CC      "))
+        .map(|t| t.trim().to_string())
+        .collect()
+}
+
 /// What one qflow invocation did.
 pub struct Run {
     pub code: i32,
