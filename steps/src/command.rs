@@ -19,17 +19,26 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Command {
     /// The argv to run: program first.
+    #[serde(deserialize_with = "exact")]
     pub run: Vec<String>,
     /// Host files, directories (whole trees) or globs whose content enters the key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub inputs: Vec<String>,
     /// Files or directories the program must create under `$QFLOW_OUT`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub outputs: Vec<String>,
     /// Numbers taken from the outputs after the program exits, by name:
     /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricSpec>,
+}
+
+/// A list as long as it is: a list read element by element gets room for four, and a
+/// workflow of 10,000 one-element `run:` and `inputs:` lists held 1.4 MB of that room.
+fn exact<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let mut v = Vec::<String>::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
 }
 
 impl StepFields for Command {
