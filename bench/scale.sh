@@ -70,6 +70,12 @@ mean_ms() { python3 -c "import json,sys; print(round(json.load(open(sys.argv[1])
 
 fs=$(findmnt -n -o FSTYPE -T "$work" 2>/dev/null | head -1)
 echo "qflow $("$QFLOW" --version | cut -d' ' -f2), $(ninja --version | sed 's/^/ninja /'), -j2, work dir $work ($fs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+# The functions an apply runs are placed side by side (scripts/hot-symbols.txt); a list
+# gone stale after a toolchain or dependency upgrade places fewer and costs memory.
+if command -v nm >/dev/null; then
+	placed=$(nm --defined-only "$QFLOW" | awk '{print $3}' | sort -u | comm -12 - <(sort -u "$repo/scripts/hot-symbols.txt") | wc -l)
+	echo "hot functions placed side by side: $placed of the $(wc -l <"$repo/scripts/hot-symbols.txt") listed (scripts/hot-symbols.sh regenerates the list)"
+fi
 echo
 # What a first apply of 2 steps peaks at: qflow's own size (binary, threads, allocator),
 # which a large workflow pays once. The RSS column gives the peak over the steps, then
