@@ -56,11 +56,13 @@ done
 # marks recursion depth with a `'N` suffix. The C libraries' names are kept too: the
 # linker skips what it does not define, and C and assembly code linked into qflow
 # (BLAKE3's, libyaml's) is placed with the rest.
-# Plus what callgrind does not name: the entry points, and BLAKE3's SIMD code for every
-# instruction set (the host's CPU picks one; valgrind's emulated CPU may pick another).
+# Plus what callgrind does not see: the entry points, BLAKE3's SIMD code for every
+# instruction set (the host's CPU picks one; valgrind's emulated CPU may pick another),
+# and the code a step's program runs between its clone and its exec (`child_main`: it
+# shares qflow's memory, valgrind runs it as a fork it does not follow).
 {
 	cat "$work"/*.cg
-	nm --defined-only "$qflow" | awk '$3 ~ /^_?blake3_/ || $3 == "_start" || $3 == "_init" {print "fn=(0) " $3}'
+	nm --defined-only "$qflow" | awk '$3 ~ /^_?blake3_/ || $3 ~ /5spawn10child_main/ || $3 == "_start" || $3 == "_init" {print "fn=(0) " $3}'
 } |
 	sed -nE "s/^c?fn=\([0-9]+\) //p" |
 	sed -E "s/'[0-9]+$//" |
