@@ -13,7 +13,7 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=scripts/hot-symbols.txt");
-    println!("cargo:rerun-if-env-changed=RUSTFLAGS");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let default_linker = var("TARGET") == "x86_64-unknown-linux-gnu"

@@ -73,8 +73,7 @@ echo "qflow $("$QFLOW" --version | cut -d' ' -f2), $(ninja --version | sed 's/^/
 # The functions an apply runs are placed side by side (scripts/hot-symbols.txt); a list
 # gone stale after a toolchain or dependency upgrade places fewer and costs memory.
 if command -v nm >/dev/null; then
-	placed=$(nm --defined-only "$QFLOW" | awk '{print $3}' | sort -u | comm -12 - <(sort -u "$repo/scripts/hot-symbols.txt") | wc -l)
-	echo "hot functions placed side by side: $placed of the $(wc -l <"$repo/scripts/hot-symbols.txt") listed (scripts/hot-symbols.sh regenerates the list)"
+	"$repo/scripts/hot-symbols.sh" --check "$QFLOW"
 fi
 echo
 # What a first apply of 2 steps peaks at: qflow's own size (binary, threads, allocator),

@@ -11,20 +11,24 @@
 # The names are the release build's symbols (Rust's mangled names, stable across edits of
 # a function's body; a new toolchain or new dependencies change many of them). A name the
 # linker does not find is skipped without a warning, so a stale list only places fewer
-# functions; `scripts/hot-symbols.sh --check` prints how many of the listed names the
-# current release build still has. Run this after upgrading Rust or the dependencies.
+# functions; `scripts/hot-symbols.sh --check [BINARY]` prints how many of the listed
+# names BINARY (default: this checkout's release build) still has. Run this after
+# upgrading Rust or the dependencies.
 #
-# Needs valgrind (callgrind lists every function a run executed) and python3.
-# Takes about 3 minutes on 2 cores.
+# Needs valgrind (callgrind lists every function a run executed), nm and python3.
+# Takes about 2 minutes on 2 cores, after the release build.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 list=$repo/scripts/hot-symbols.txt
-cargo build --release --locked --quiet --manifest-path "$repo/Cargo.toml"
-qflow=$repo/target/release/qflow
+qflow=${2:-}
+if [ -z "$qflow" ]; then
+	cargo build --release --locked --quiet --manifest-path "$repo/Cargo.toml"
+	qflow=$repo/target/release/qflow
+fi
 
 if [ "${1:-}" = "--check" ]; then
 	have=$(nm --defined-only "$qflow" | awk '{print $3}' | sort -u | comm -12 - <(sort -u "$list") | wc -l)
-	echo "hot-symbols: $have of the $(wc -l <"$list") listed functions are in $qflow (the rest are the shared C libraries')"
+	echo "hot functions placed side by side: $have of the $(wc -l <"$list") listed are in $qflow (the rest are the shared C libraries'; scripts/hot-symbols.sh regenerates the list)"
 	exit 0
 fi
 command -v valgrind >/dev/null || { echo "hot-symbols: valgrind is missing: apt-get install valgrind" >&2; exit 2; }
