@@ -67,7 +67,9 @@ impl UpstreamDirs {
         let mut steps: Vec<(String, UpstreamDir)> = (outputs.into_iter())
             .map(|(n, t)| (n, UpstreamDir::Tree(t)))
             .collect();
-        steps.sort_by(|a, b| a.0.cmp(&b.0));
+        // In place: a stable sort takes a copy as large (0.6 MB for 10,000 upstream
+        // steps). A name given twice keeps one of its outputs (a run gives each once).
+        steps.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         steps.dedup_by(|later, kept| later.0 == kept.0);
         steps.shrink_to_fit();
         UpstreamDirs { trees, steps }

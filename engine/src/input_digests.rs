@@ -12,11 +12,20 @@
 //! still hashes in fifteen batches (the stat cache and the tree index
 //! answer most of them from stats). Each batch wakes the run loop.
 //!
+//! The hashing stays at most [`AHEAD`] steps ahead of the run: a step's digests
+//! are held from when they are hashed until its result is recorded, and a
+//! first apply of 10,000 one-file steps held all of them (1.7 MB) while the
+//! run was still at its first steps. It waits while that many are held, and
+//! goes on at once when the run has nothing left to start but steps waiting
+//! for their inputs ([`InputDigests::hurry`]), so a step whose digests stay
+//! held (a remote hit keeps its own) never holds the run back.
+//!
 //! Imports `inputs` and `dag`; the hashing itself is the function it is given
 //! (`Session::digest_inputs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::dag::{Dag, StepId};
 use crate::inputs::InputDigest;
@@ -25,6 +34,11 @@ use crate::inputs::InputDigest;
 /// is hashed (about 400 bytes a step), and 4,096 steps of them were the peak of
 /// a first apply of 10,000.
 const LARGEST_BATCH: usize = 1024;
+
+/// The most steps whose digests are held (hashed, result not yet recorded) before
+/// the hashing waits for the run: two batches, so one is hashed while the run
+/// works through the other.
+pub const AHEAD: usize = 2 * LARGEST_BATCH;
 
 /// One step's input digests, or why they could not be had.
 pub type Digests = Arc<Result<Vec<InputDigest>, String>>;
@@ -46,6 +60,16 @@ enum Slot {
 #[derive(Debug, Default)]
 pub struct InputDigests {
     steps: Vec<Mutex<Slot>>,
+    held: Mutex<Held>,
+    /// Signalled when digests are released or the run hurries the hashing.
+    room: Condvar,
+}
+
+/// How many steps' digests are held, and whether the run waits for more.
+#[derive(Debug, Default)]
+struct Held {
+    count: usize,
+    hurried: bool,
 }
 
 impl InputDigests {
@@ -53,15 +77,22 @@ impl InputDigests {
     pub fn pending(n: usize) -> InputDigests {
         InputDigests {
             steps: (0..n).map(|_| Mutex::default()).collect(),
+            ..Default::default()
         }
     }
 
     /// Every step's digests, known already.
     pub fn of(all: Vec<Vec<InputDigest>>) -> InputDigests {
+        let held = Held {
+            count: all.len(),
+            hurried: false,
+        };
         InputDigests {
             steps: (all.into_iter())
                 .map(|d| Mutex::new(Slot::Known(Arc::new(Ok(d)))))
                 .collect(),
+            held: Mutex::new(held),
+            room: Condvar::new(),
         }
     }
 
@@ -106,14 +137,55 @@ impl InputDigests {
         let mut slot = self.slot(i);
         if matches!(*slot, Slot::Pending) {
             *slot = Slot::Known(Arc::new(digests));
+            self.held().count += 1;
         }
     }
 
-    /// Drop step `i`'s digests: its result is recorded and its lock entry made.
+    /// Drop step `i`'s digests: its result is recorded and its lock entry made,
+    /// or it failed or was skipped.
     pub fn release(&self, i: usize) {
         let mut slot = self.slot(i);
         if matches!(*slot, Slot::Known(_)) {
             *slot = Slot::Released;
+            drop(slot);
+            let mut held = self.held();
+            held.count -= 1;
+            if held.count < AHEAD {
+                self.room.notify_all();
+            }
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The run has nothing left to start but steps waiting for their inputs: the
+    /// next batch is hashed however many digests are held.
+    pub fn hurry(&self) {
+        self.held().hurried = true;
+        self.room.notify_all();
+    }
+
+    /// How many steps may be hashed now: waits while `ahead` steps' digests are
+    /// held and the run does not hurry the hashing; 0 once `stop` is set.
+    fn wait_for_room(&self, ahead: usize, stop: &AtomicBool) -> usize {
+        let mut held = self.held();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return 0;
+            }
+            if held.hurried {
+                held.hurried = false;
+                return LARGEST_BATCH;
+            }
+            if held.count < ahead {
+                return ahead - held.count;
+            }
+            // `stop` is set without a signal: looked at again now and then.
+            held = (self.room.wait_timeout(held, Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -160,19 +232,25 @@ pub fn hashing_order(dag: &Dag, expected_ms: &[u64], has_inputs: &[bool]) -> Vec
 /// Hash the steps of `order` into `table` in batches of 1, 4, 16, … steps with
 /// `digest` (given a batch's steps, their digests in the same order, or the
 /// batch's error), calling `hashed` after each batch. A batch that fails is
-/// hashed again step by step, so each step gets its own answer. Stops between
-/// batches once `stop` is set, leaving the rest unknown.
+/// hashed again step by step, so each step gets its own answer. Holds at most
+/// `ahead` steps' digests unless hurried (see [`InputDigests::hurry`]). Stops
+/// between batches once `stop` is set, leaving the rest unknown.
 pub fn hash_in_order(
     order: &[StepId],
     table: &InputDigests,
+    ahead: usize,
     stop: &AtomicBool,
     digest: impl Fn(&[StepId]) -> anyhow::Result<Vec<Vec<InputDigest>>>,
     hashed: impl Fn(),
 ) {
     let mut at = 0;
     let mut size = 1;
-    while at < order.len() && !stop.load(Ordering::Relaxed) {
-        let batch = &order[at..(at + size).min(order.len())];
+    while at < order.len() {
+        let room = table.wait_for_room(ahead, stop);
+        if room == 0 {
+            break;
+        }
+        let batch = &order[at..(at + size.min(room)).min(order.len())];
         match digest(batch) {
             Ok(digests) => {
                 for (id, d) in batch.iter().zip(digests) {
@@ -225,6 +303,7 @@ mod tests {
         hash_in_order(
             &order,
             &table,
+            AHEAD,
             &AtomicBool::new(false),
             |ids| {
                 batches.lock().unwrap().push(ids.len());
@@ -278,6 +357,53 @@ mod tests {
     }
 
     #[test]
+    fn the_hashing_waits_while_its_window_is_held_and_goes_on_when_released_or_hurried() {
+        let order: Vec<StepId> = (0..6).map(StepId).collect();
+        let table = InputDigests::pending(6);
+        let stop = AtomicBool::new(false);
+        // Stops the hashing however the test ends, so the scope can end.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|scope| {
+            let _stop = Stop(&stop);
+            scope.spawn(|| {
+                let digests = |ids: &[StepId]| {
+                    Ok(ids
+                        .iter()
+                        .map(|id| vec![digest(&id.0.to_string())])
+                        .collect())
+                };
+                hash_in_order(&order, &table, 2, &stop, digests, || {});
+            });
+            let known = || (0..6).filter(|&i| table.is_known(i)).count();
+            let reaches = |n: usize| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while known() < n && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                known()
+            };
+            assert_eq!(reaches(2), 2);
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(known(), 2, "two steps' digests held: the hashing waits");
+            table.release(0);
+            assert_eq!(reaches(3), 3, "one released: one more hashed");
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(known(), 3);
+            table.hurry();
+            assert_eq!(
+                reaches(6),
+                6,
+                "hurried: the next batch goes whatever is held"
+            );
+        });
+    }
+
+    #[test]
     fn a_stopped_hashing_leaves_the_rest_unknown() {
         let order: Vec<StepId> = (0..4).map(StepId).collect();
         let table = InputDigests::pending(4);
@@ -285,6 +411,7 @@ mod tests {
         hash_in_order(
             &order,
             &table,
+            AHEAD,
             &stop,
             |ids| Ok(ids.iter().map(|_| Vec::new()).collect()),
             || stop.store(true, Ordering::Relaxed),

@@ -5,6 +5,9 @@
 //! apply that has a lock (a clone of someone's workflow, or a cache that was
 //! cleared), they were 6 of the 36 MB at its peak, while the run reads only the
 //! entries of the steps it records, and the lock writer copies the unchanged ones.
+//! Nor is it read whole to begin with, unless it must be parsed: it is hashed and
+//! its entries are found a piece at a time ([`LockSource::hash`],
+//! [`LockSource::reader`]); read whole, it was a third of a no-op's peak.
 //!
 //! The open handle keeps reading the same file even after another apply replaced the
 //! lock (qflow replaces it by a rename); a lock changed in place since it was read (by
@@ -45,7 +48,59 @@ impl Stamp {
 /// The size of the pieces copied from the file (no whole entry range is held).
 const PIECE: usize = 64 << 10;
 
+/// The size of the pieces a lock is hashed in: large enough for every core.
+const HASH_PIECE: usize = 1 << 20;
+
 impl LockSource {
+    /// Open the lock at `path`; nothing is read yet.
+    pub fn open(path: &Path) -> std::io::Result<LockSource> {
+        let file = File::open(path)?;
+        let was = Stamp::of(&file)?;
+        Ok(LockSource { file, was })
+    }
+
+    /// The blake3 digest of the file as it was opened, read a piece at a time
+    /// (the same digest as of its bytes whole).
+    pub fn hash(&self) -> std::io::Result<qflow_cache::Hash> {
+        let len = self.was.len as usize;
+        let mut hasher = blake3::Hasher::new();
+        let mut piece = vec![0; HASH_PIECE.min(len)];
+        let mut at = 0;
+        while at < len {
+            let n = HASH_PIECE.min(len - at);
+            self.file.read_exact_at(&mut piece[..n], at as u64)?;
+            hasher.update_rayon(&piece[..n]);
+            at += n;
+        }
+        self.unchanged()?;
+        Ok(qflow_cache::Hash(*hasher.finalize().as_bytes()))
+    }
+
+    /// The file from its start, as a reader (the handle's position is not used, so
+    /// other reads of this source may go on meanwhile); check [`Self::unchanged`]
+    /// after.
+    pub fn reader(&self) -> impl Read + '_ {
+        struct At<'f> {
+            file: &'f File,
+            pos: u64,
+            end: u64,
+        }
+        impl Read for At<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let left = self.end.saturating_sub(self.pos) as usize;
+                let want = buf.len().min(left);
+                let n = self.file.read_at(&mut buf[..want], self.pos)?;
+                self.pos += n as u64;
+                Ok(n)
+            }
+        }
+        At {
+            file: &self.file,
+            pos: 0,
+            end: self.was.len,
+        }
+    }
+
     /// Open the lock at `path` and read it whole, once.
     pub fn read(path: &Path) -> std::io::Result<(LockSource, Vec<u8>)> {
         let mut file = File::open(path)?;
@@ -158,6 +213,17 @@ mod tests {
         let e = source.read_all().unwrap_err();
         assert!(e.to_string().contains("changed on disk"), "{e}");
         assert!(source.unchanged().is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_lock_hashed_and_read_a_piece_at_a_time_is_the_lock_read_whole() {
+        let text: Vec<u8> = (0..(2 * HASH_PIECE + 5)).map(|i| (i % 253) as u8).collect();
+        let (d, _, source) = read_lock("pieces", &text);
+        assert_eq!(source.hash().unwrap(), qflow_cache::Hash::of_bytes(&text));
+        let mut read = Vec::new();
+        source.reader().read_to_end(&mut read).unwrap();
+        assert_eq!(read, text);
         let _ = std::fs::remove_dir_all(&d);
     }
 

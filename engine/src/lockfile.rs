@@ -156,12 +156,14 @@ impl LockText {
         }
     }
 
-    /// The step entries of `bytes`, as [`LockText::split`] finds them, read from
-    /// `source`, which keeps them: the bytes are dropped, entries are read from the
-    /// file when asked. Only the names are checked as UTF-8 here; an entry is when
-    /// it is read.
-    pub fn split_in(bytes: &[u8], index: &LockIndex, source: Arc<LockSource>) -> Option<LockText> {
-        let (names, entries) = Self::locate(bytes, index)?;
+    /// The step entries of the lock in `source`, as [`LockText::split`] finds them,
+    /// read a piece at a time: the file is never held whole, entries are read from
+    /// it when asked. Only the names are checked as UTF-8 here; an entry is when it
+    /// is read.
+    pub fn split_from(source: Arc<LockSource>, index: &LockIndex) -> Option<LockText> {
+        let reader = std::io::BufReader::with_capacity(64 << 10, source.reader());
+        let (names, entries) = Self::locate(reader, index)?;
+        source.unchanged().ok()?;
         Some(LockText {
             text: TextSource::File(source),
             names,
@@ -169,9 +171,96 @@ impl LockText {
         })
     }
 
-    /// The step names and entry ranges of [`LockText::split`].
+    /// The step names and entry ranges of [`LockText::split`], found line by line:
+    /// the head [`LockText::head`] writes, then each entry (`    "name": {` up to
+    /// the first line that starts with `    }`, then `,` for another entry), then
+    /// `  }` and `}`.
     #[allow(clippy::type_complexity)]
     fn locate(
+        mut text: impl std::io::BufRead,
+        index: &LockIndex,
+    ) -> Option<(
+        String,
+        Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    )> {
+        let head = Self::head(index.version, &index.workflow);
+        let mut line = Vec::new();
+        // The next line, with its newline; none at the end or on an error.
+        let mut next = |line: &mut Vec<u8>| {
+            line.clear();
+            text.read_until(b'\n', line).ok().filter(|&n| n > 0)
+        };
+        let mut at = 0;
+        while at < head.len() {
+            let n = next(&mut line)?;
+            if !head.as_bytes()[at..].starts_with(&line) {
+                return None;
+            }
+            at += n;
+        }
+        let mut names = String::new();
+        let mut entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> =
+            Vec::with_capacity(index.steps.len());
+        let close = &ENTRY_CLOSE.as_bytes()[1..];
+        loop {
+            // `    "name": {`
+            let start = at;
+            at += next(&mut line)?;
+            let first = std::str::from_utf8(line.strip_suffix(b"\n")?).ok()?;
+            let quoted = first.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
+            let from = names.len();
+            match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+                // A name JSON writes as it is (no escapes, no control characters).
+                Some(plain)
+                    if !plain.contains(['\\', '"']) && !plain.contains(char::is_control) =>
+                {
+                    names.push_str(plain)
+                }
+                _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
+            }
+            let name = from..names.len();
+            if !index.steps.contains_key(&names[name.clone()]) {
+                return None;
+            }
+            if let Some((last, _)) = entries.last()
+                && names[last.clone()] >= names[name.clone()]
+            {
+                return None;
+            }
+            // What the entry holds is indented deeper: it ends at `    }`.
+            loop {
+                let n = next(&mut line)?;
+                if line.starts_with(close) {
+                    entries.push((name, start..at + close.len()));
+                    at += n;
+                    break;
+                }
+                at += n;
+            }
+            match &line[close.len()..] {
+                b",\n" => continue,
+                b"\n" => break,
+                _ => return None,
+            }
+        }
+        // `  }` and `}`, and nothing after.
+        for end in [&b"  }\n"[..], b"}\n"] {
+            next(&mut line)?;
+            if line != end {
+                return None;
+            }
+        }
+        if next(&mut line).is_some() || entries.len() != index.steps.len() {
+            return None;
+        }
+        Some((names, entries))
+    }
+
+    /// [`LockText::locate`] on the bytes whole, as it was written first: what the
+    /// line by line reading is checked against.
+    #[cfg(test)]
+    #[allow(clippy::type_complexity)]
+    fn locate_whole(
         text: &[u8],
         index: &LockIndex,
     ) -> Option<(
@@ -927,16 +1016,39 @@ impl LockIndex {
     /// The index kept by [`LockIndex::to_memo`], if it was made from a lock
     /// file with blake3 `digest`: the same bytes give the same index, so the
     /// lock need not be parsed again.
+    #[cfg(test)]
     pub fn from_memo(text: &str, digest: &Hash) -> Option<LockIndex> {
-        let mut lines = text.split('\n');
-        if lines.next()? != MEMO_MAGIC || lines.next()? != digest.to_hex() {
+        Self::read_memo(text.as_bytes(), text.len(), digest)
+    }
+
+    /// [`LockIndex::from_memo`] read line by line from `memo`, `len` bytes long (the
+    /// memo of a 10,000-step lock is 1.4 MB, and is never held whole).
+    pub fn read_memo(
+        mut memo: impl std::io::BufRead,
+        len: usize,
+        digest: &Hash,
+    ) -> Option<LockIndex> {
+        let mut text = String::new();
+        let mut next = |text: &mut String| {
+            text.clear();
+            memo.read_line(text).ok().filter(|&n| n > 0)?;
+            let line: &str = text;
+            Some(line.strip_suffix('\n').unwrap_or(line).to_string())
+        };
+        if next(&mut text)? != MEMO_MAGIC || next(&mut text)? != digest.to_hex() {
             return None;
         }
-        let version = lines.next()?.parse().ok()?;
-        let workflow = lines.next()?.to_string();
-        // A line per step: sized once, never grown (growing rehashes every step).
-        let mut steps = HashMap::with_capacity(memchr::memchr_iter(b'\n', text.as_bytes()).count());
-        for line in lines {
+        let version = next(&mut text)?.parse().ok()?;
+        let workflow = next(&mut text)?;
+        // A line per step, each at least a name and two hashes long: sized once,
+        // never grown (growing rehashes every step).
+        let mut steps = HashMap::with_capacity(len / (2 * 64 + 3));
+        loop {
+            text.clear();
+            if memo.read_line(&mut text).ok()? == 0 {
+                break;
+            }
+            let line = text.strip_suffix('\n').unwrap_or(&text);
             if line.is_empty() {
                 continue;
             }
@@ -1334,9 +1446,12 @@ mod tests {
         lock.write(&path).unwrap();
         let (source, bytes) = LockSource::read(&path).unwrap();
         let index = LockIndex::parse(&bytes);
-        let held = LockText::split(bytes.clone(), &index).unwrap();
-        let in_file = LockText::split_in(&bytes, &index, Arc::new(source)).unwrap();
-        drop(bytes);
+        let held = LockText::split(bytes, &index).unwrap();
+        let in_file = LockText::split_from(Arc::new(source), &index).unwrap();
+        assert_eq!(
+            (&in_file.names, &in_file.entries),
+            (&held.names, &held.entries)
+        );
         assert_eq!(in_file.entry("b"), Some(entry("b")));
         let new: BTreeMap<String, NewEntry> =
             [("b".to_string(), NewEntry::of("b", &entry("b2")))].into();
@@ -1352,6 +1467,52 @@ mod tests {
         let e = splice(&in_file).unwrap_err();
         assert!(format!("{e:#}").contains("changed on disk"), "{e:#}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn entries_found_line_by_line_are_those_found_in_the_whole_text() {
+        let entry = |key: &str| LockedStep {
+            kind: "note".into(),
+            schema_version: 1,
+            key: key.into(),
+            output: format!("o-{key}"),
+            ..Default::default()
+        };
+        let mut lock = LockFile {
+            version: LOCK_VERSION,
+            workflow: "w \"q\"".into(),
+            ..Default::default()
+        };
+        let mut odd = entry("b");
+        odd.fields = serde_json::json!({"text": "    }\n  }\n}", "list": [1, {"a": {}}]});
+        for (name, e) in [("a", entry("a")), ("b", odd), ("c\u{7f}", entry("c"))] {
+            lock.steps.insert(name.into(), e);
+        }
+        let dir = std::env::temp_dir().join(format!("qflow-lock-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        lock.write(&dir.join("qflow.lock")).unwrap();
+        let text = std::fs::read_to_string(dir.join("qflow.lock")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let index = LockIndex::parse(text.as_bytes());
+        let whole = LockText::locate_whole(text.as_bytes(), &index);
+        assert_eq!(whole.as_ref().map(|(_, e)| e.len()), Some(3));
+        // The lock as written, and with each line break dropped, doubled, or
+        // followed by a space, and cut after each line.
+        let mut variants = vec![text.clone(), format!("{text}\n"), format!("{text} ")];
+        for (i, _) in text.match_indices('\n') {
+            let (before, after) = text.split_at(i);
+            variants.push(format!("{before}{}", &after[1..]));
+            variants.push(format!("{before}\n{after}"));
+            variants.push(format!("{before}\n {}", &after[1..]));
+            variants.push(text[..i + 1].to_string());
+        }
+        for v in &variants {
+            assert_eq!(
+                LockText::locate(v.as_bytes(), &index),
+                LockText::locate_whole(v.as_bytes(), &index),
+                "{v:?}"
+            );
+        }
     }
 
     #[test]

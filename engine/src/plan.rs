@@ -104,6 +104,8 @@ fn plan_inner(
             crate::input_digests::hash_in_order(
                 &order,
                 inputs,
+                // The plan keeps every step's digests (it shows what changed).
+                usize::MAX,
                 stop,
                 |ids| shared.digest_inputs(ids, stop),
                 || {
@@ -168,8 +170,7 @@ fn plan_steps(
         } else if s.step.uses_jobserver() && (s.step.default_jobs() > 1 || s.jobs.is_some()) {
             commands.push(jobs_share(s.jobs, s.step.default_jobs()));
         }
-        let pending: Vec<&str> = s
-            .upstream_names()
+        let pending: Vec<&str> = (workflow.upstream_names(s))
             .filter(|u| runs.get(*u).copied().unwrap_or(true))
             .collect();
         if !pending.is_empty() {
@@ -189,7 +190,9 @@ fn plan_steps(
             });
             continue;
         }
-        let mut up: Vec<(&str, Hash)> = s.upstream_names().map(|u| (u, outputs[u])).collect();
+        let mut up: Vec<(&str, Hash)> = (workflow.upstream_names(s))
+            .map(|u| (u, outputs[u]))
+            .collect();
         up.sort_unstable_by(|a, b| a.0.cmp(b.0));
         wait_for(i);
         // The key alone; the material only for a step that runs (its reasons).

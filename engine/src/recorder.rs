@@ -76,7 +76,7 @@ impl Recording {
             }
         }
         // A step must not write into another step's output: root can, whatever the modes.
-        for (up, tree) in decl.upstream_names().zip(&self.retains) {
+        for (up, tree) in session.workflow.upstream_names(decl).zip(&self.retains) {
             if cache.tree_unchanged(tree) {
                 continue;
             }

@@ -43,9 +43,6 @@ pub fn downloaded(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
 /// Per step (file order): whether its result may be uploaded.
 pub fn uploadable(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
     let mut ok = vec![false; workflow.steps.len()];
-    let index: std::collections::HashMap<&str, usize> = (workflow.steps.iter().enumerate())
-        .map(|(i, s)| (s.name.as_str(), i))
-        .collect();
     for id in dag.order() {
         let s = &workflow.steps[id.index()];
         let own = s.cache
@@ -54,9 +51,7 @@ pub fn uploadable(workflow: &Workflow, dag: &Dag) -> Vec<bool> {
                 RemoteUse::Default => !s.step.consumes_secret(),
                 RemoteUse::Pull | RemoteUse::Off => false,
             };
-        ok[id.index()] = own
-            && s.upstream_names()
-                .all(|u| index.get(u).is_some_and(|&j| ok[j]));
+        ok[id.index()] = own && s.upstream_ids().all(|j| ok[j]);
     }
     ok
 }

@@ -127,8 +127,6 @@ pub struct Run<'a> {
     parts: RunParts<'a>,
     keep_going: bool,
     schedule: Schedule<'a>,
-    /// Each done step's output, by step index.
-    outputs: Vec<Option<Hash>>,
     active: BTreeMap<JobId, Active>,
     /// Jobs the executor still runs (the others are being recorded).
     executing: Vec<JobId>,
@@ -210,7 +208,6 @@ impl<'a> Run<'a> {
             forced,
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
-            outputs: vec![None; n],
             active: BTreeMap::new(),
             executing: Vec::new(),
             logs_dir: session.cache.dir("logs").join(&id),
@@ -326,6 +323,14 @@ impl<'a> Run<'a> {
         !self.active.is_empty() || (!self.awaiting_inputs.is_empty() && !self.schedule.is_stopped())
     }
 
+    /// Nothing left to start but steps waiting for their inputs: the hashing goes
+    /// on however far ahead it is (`input_digests.rs`).
+    fn hurry_hashing(&self) {
+        if !self.awaiting_inputs.is_empty() && self.schedule.count(StepState::Ready) == 0 {
+            self.parts.prepared.inputs.hurry();
+        }
+    }
+
     /// Steps that waited for their inputs and whose inputs are now hashed are looked
     /// at again.
     fn recall_hashed(&mut self) {
@@ -394,6 +399,7 @@ impl<'a> Run<'a> {
 
     fn skip(&mut self, id: StepId, why: String) {
         self.schedule.set(id, StepState::Skipped);
+        self.parts.prepared.inputs.release(id.index());
         let name = self.name(id);
         let line = format!("skipped {name} ({why})");
         self.report.steps[id.index()] =
@@ -519,7 +525,9 @@ impl<'a> Run<'a> {
         let mut up = Vec::with_capacity(ups.len());
         for &u in ups {
             let name = self.name(u);
-            let output = self.outputs[u.index()].or_else(|| promised.get(name).copied())?;
+            let output = self.report.steps[u.index()]
+                .output
+                .or_else(|| promised.get(name).copied())?;
             up.push((name, output));
         }
         up.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -682,7 +690,6 @@ impl<'a> Run<'a> {
             format!("cached {}", s.name)
         };
         (self.parts.progress).step_ended(rep, &line);
-        self.outputs[id.index()] = Some(output);
         self.schedule.set(id, StepState::Done);
         if let Hit::Left(rr) = hit {
             // Its metrics were held to their `expect:` where it ran.
@@ -753,7 +760,10 @@ impl<'a> Run<'a> {
     }
 
     fn output_of(&self, step: StepId) -> Hash {
-        self.outputs[step.index()].expect("an upstream step is done")
+        // A done step's report holds its output (the run keeps no second copy).
+        self.report.steps[step.index()]
+            .output
+            .expect("an upstream step is done")
     }
 
     /// The one question "is there a usable result for step `id`'s `key`":
@@ -1097,7 +1107,6 @@ impl<'a> Run<'a> {
         rep.output = Some(rec.output);
         let line = format!("ok {name} {:.1}s", ms as f64 / 1000.0);
         (self.parts.progress).step_ended(rep, &line);
-        self.outputs[id.index()] = Some(rec.output);
         self.leave_running(id);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
@@ -1112,6 +1121,7 @@ impl<'a> Run<'a> {
     fn fail(&mut self, id: StepId, e: anyhow::Error, ms: u64, key: Option<Hash>) {
         self.leave_running(id);
         self.schedule.set(id, StepState::Failed);
+        self.parts.prepared.inputs.release(id.index());
         self.live_dirty = true;
         let name = self.name(id);
         let log = self.log_path(id);
@@ -1216,6 +1226,7 @@ pub fn drive<'s, 'a>(
     loop {
         run.settle()?;
         run.start_ready(executor);
+        run.hurry_hashing();
         let live_due = run.write_live();
         if !run.is_active() {
             return Ok(());

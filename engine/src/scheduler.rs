@@ -85,6 +85,7 @@ pub fn apply(
             crate::input_digests::hash_in_order(
                 &order,
                 inputs,
+                crate::input_digests::AHEAD,
                 stop,
                 |ids| shared.digest_inputs(ids, stop),
                 || {

@@ -72,7 +72,7 @@ pub fn select(wf: &mut Workflow, targets: &[String], forced: &[String]) -> anyho
             if keep.insert(name)
                 && let Some(s) = wf.step(name)
             {
-                todo.extend(s.upstream_names());
+                todo.extend(wf.upstream_names(s));
             }
         }
         for f in forced {

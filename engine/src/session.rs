@@ -749,23 +749,36 @@ impl LastLock {
     /// that was made from the same bytes (a 1,000-step lock is 800 KB of JSON;
     /// hashing it costs a tenth of parsing it), else from parsing, and is
     /// then kept there.
+    /// The lock is hashed and its entries found a piece at a time; it is read whole
+    /// only to be parsed, when the memo does not answer.
     fn read(path: &Path, memos: &Path) -> LastLock {
-        let Ok((source, bytes)) = LockSource::read(path) else {
+        let Ok(source) = LockSource::open(path) else {
             return LastLock::none();
         };
-        let digest = Hash::of_bytes_parallel(&bytes);
+        let Ok(digest) = source.hash() else {
+            return LastLock::none();
+        };
         let memo = memos.join(lock_memo_name(path));
-        let kept = std::fs::read_to_string(&memo)
-            .ok()
-            .and_then(|text| LockIndex::from_memo(&text, &digest));
-        let index = kept.unwrap_or_else(|| {
-            let index = LockIndex::parse(&bytes);
-            let _ = std::fs::create_dir_all(memos);
-            let _ = qflow_cache::write_replace_with(&memo, |out| index.write_memo_to(&digest, out));
-            index
+        let kept = std::fs::File::open(&memo).ok().and_then(|file| {
+            let len = file.metadata().ok()?.len() as usize;
+            LockIndex::read_memo(std::io::BufReader::new(file), len, &digest)
         });
+        let index = match kept {
+            Some(index) => index,
+            None => {
+                let Ok(bytes) = source.read_all() else {
+                    return LastLock::none();
+                };
+                let index = LockIndex::parse(&bytes);
+                drop(bytes);
+                let _ = std::fs::create_dir_all(memos);
+                let _ =
+                    qflow_cache::write_replace_with(&memo, |out| index.write_memo_to(&digest, out));
+                index
+            }
+        };
         let source = Arc::new(source);
-        let text = crate::lockfile::LockText::split_in(&bytes, &index, source.clone());
+        let text = crate::lockfile::LockText::split_from(source.clone(), &index);
         LastLock {
             index,
             source: Some(source),

@@ -287,7 +287,7 @@ pub fn rebuild(
     accept_metrics_within_tolerance(&mut rows, &metrics);
     let mut downstream: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for s in &wf.steps {
-        for u in s.upstream_names() {
+        for u in wf.upstream_names(s) {
             downstream
                 .entry(u.to_string())
                 .or_default()
@@ -474,10 +474,10 @@ fn select_steps(wf: &mut Workflow, wanted: &[String]) -> anyhow::Result<()> {
         if keep.insert(name.clone())
             && let Some(s) = wf.step(&name)
         {
-            todo.extend(s.upstream_names().map(str::to_string));
+            todo.extend(wf.upstream_names(s).map(str::to_string));
         }
     }
-    wf.steps.retain(|s| keep.contains(&s.name));
+    wf.keep_steps(|s| keep.contains(&s.name));
     Ok(())
 }
 

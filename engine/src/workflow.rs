@@ -10,7 +10,7 @@
 //! `step_key`, `timings` and `step`; not `workflow_memo`, which imports it (and
 //! holds `Workflow::load`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::Value;
@@ -91,8 +91,10 @@ pub struct StepDecl {
     pub kind: &'static str,
     /// The kind's schema version.
     pub schema_version: u32,
-    /// Upstream steps and why, in first-mention order, without duplicates.
-    pub upstream: Vec<(String, EdgeReason)>,
+    /// Upstream steps (their places in [`Workflow::steps`]) and why, in first-mention
+    /// order, without duplicates: an index, not a copy of the name (a fan-in below
+    /// 10,000 steps held 1.6 MB of names).
+    pub upstream: Vec<(u32, EdgeReason)>,
     /// `jobs:` as written (None: the kind's default).
     pub jobs: Option<usize>,
     /// `env:` after interpolation.
@@ -162,9 +164,9 @@ impl StepDecl {
         (canonical, value)
     }
 
-    /// The names of its upstream steps.
-    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
-        self.upstream.iter().map(|(n, _)| n.as_str())
+    /// The places of its upstream steps in [`Workflow::steps`].
+    pub fn upstream_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        self.upstream.iter().map(|&(i, _)| i as usize)
     }
 
     /// What hides this step's `${{ env.X }}` values and URL credentials in
@@ -568,6 +570,15 @@ impl Workflow {
         }
         check_inputs(&inputs, &ctx, &mut diags);
         drop(inputs);
+        // Each step's upstream places are its upstream steps' places in file order.
+        if diags.is_empty() && steps.len() != step_names.all.len() {
+            anyhow::bail!(
+                "{}: {} steps were named but {} loaded; this is a bug in qflow",
+                path.display(),
+                step_names.all.len(),
+                steps.len()
+            );
+        }
         if let Some(figures) = top.get(FIGURES)
             && let Some(decl) = load_figures(
                 figures,
@@ -599,6 +610,35 @@ impl Workflow {
         Ok(workflow)
     }
 
+    /// The names of step `s`'s upstream steps.
+    pub fn upstream_names<'w>(&'w self, s: &'w StepDecl) -> impl Iterator<Item = &'w str> + 'w {
+        s.upstream_ids().map(|i| self.steps[i].name.as_str())
+    }
+
+    /// Keep only the steps `keep` says, with every upstream step of each (their
+    /// upstream places are renumbered).
+    pub fn keep_steps(&mut self, keep: impl Fn(&StepDecl) -> bool) {
+        let mut place = vec![u32::MAX; self.steps.len()];
+        let mut kept = 0;
+        for (i, s) in self.steps.iter().enumerate() {
+            if keep(s) {
+                place[i] = kept;
+                kept += 1;
+            }
+        }
+        let mut i = 0;
+        self.steps.retain(|_| {
+            i += 1;
+            place[i - 1] != u32::MAX
+        });
+        for s in &mut self.steps {
+            for (up, _) in &mut s.upstream {
+                *up = place[*up as usize];
+                assert_ne!(*up, u32::MAX, "an upstream step of a kept step is kept");
+            }
+        }
+    }
+
     /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepDecl> {
         self.steps.iter().find(|s| s.name == name)
@@ -613,17 +653,8 @@ impl Workflow {
     /// reference fields.
     pub fn dag(&self) -> Dag {
         // By name, not `Workflow::index_of`: a scan per edge is quadratic in steps.
-        let index: std::collections::HashMap<&str, usize> = self
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        let edges = self.steps.iter().enumerate().flat_map(|(i, s)| {
-            let index = &index;
-            s.upstream_names()
-                .filter_map(move |up| index.get(up).map(|&j| (StepId(j), StepId(i))))
-        });
+        let edges = (self.steps.iter().enumerate())
+            .flat_map(|(i, s)| s.upstream_ids().map(move |j| (StepId(j), StepId(i))));
         Dag::new(self.steps.len(), edges)
     }
 
@@ -720,18 +751,22 @@ fn valid_name(s: &str) -> bool {
 /// The workflow's step names, in file order and as a set: every edge is checked
 /// against them, so a lookup must not scan 1,000 names.
 struct StepNames {
+    /// In file order: a step's place in [`Workflow::steps`] once every step loaded.
     all: Vec<String>,
-    set: std::collections::HashSet<String>,
+    places: std::collections::HashMap<String, u32>,
 }
 
 impl StepNames {
     fn new(all: Vec<String>) -> StepNames {
-        let set = all.iter().cloned().collect();
-        StepNames { all, set }
+        let places = (all.iter().enumerate())
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        StepNames { all, places }
     }
 
-    fn contains(&self, name: &str) -> bool {
-        self.set.contains(name)
+    /// Step `name`'s place, when there is such a step.
+    fn place(&self, name: &str) -> Option<u32> {
+        self.places.get(name).copied()
     }
 }
 
@@ -869,9 +904,9 @@ fn load_step(
         return None;
     };
 
-    let mut upstream: Vec<(String, EdgeReason)> = Vec::new();
+    let mut upstream: Vec<(u32, EdgeReason)> = Vec::new();
     let mut add_edge = |up: &str, reason: EdgeReason, at: &str, diags: &mut Diagnostics| {
-        if !step_names.contains(up) {
+        let Some(place) = step_names.place(up) else {
             // `system: base.qcow2` meant a file: a path is told from a step name by its `/`.
             let path_hint = if matches!(reason, EdgeReason::Field(_))
                 && (up.contains('.') || ctx.resolve(up).exists())
@@ -895,8 +930,10 @@ fn load_step(
                     )
                 ),
             );
-        } else if !upstream.iter().any(|(n, _)| n == up) {
-            upstream.push((up.to_string(), reason));
+            return;
+        };
+        if !upstream.iter().any(|&(n, _)| n == place) {
+            upstream.push((place, reason));
         }
     };
 
@@ -1412,9 +1449,4 @@ fn all_listed(dir: &Path, names: &HashSet<&[u8]>, limit: usize) -> Option<bool> 
         }
     }
     Some(found == names.len())
-}
-
-/// Step names referenced as upstream by `decl`, sorted, for display.
-pub fn upstream_set(decl: &StepDecl) -> BTreeSet<String> {
-    decl.upstream.iter().map(|(n, _)| n.clone()).collect()
 }

@@ -126,7 +126,7 @@ impl Workflow {
 }
 
 /// Bump when the memo's content or meaning changes.
-const MEMO_VERSION: &str = "qflow-workflow-memo 6";
+const MEMO_VERSION: &str = "qflow-workflow-memo 7";
 
 /// The key of one load: everything a loaded workflow depends on besides the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,7 +237,7 @@ struct MemoStep {
     name: String,
     kind: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    upstream: Vec<(String, EdgeReason)>,
+    upstream: Vec<(u32, EdgeReason)>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     jobs: Option<usize>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -308,6 +308,11 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     }
     // In place: `Option<StepDecl>` is as large as a `StepDecl`.
     let steps: Vec<StepDecl> = parsed.into_iter().collect::<Option<_>>()?;
+    // Upstream steps are named by their places: a memo naming one that is not there
+    // is not this workflow's.
+    if (steps.iter()).any(|s| s.upstream_ids().any(|u| u >= steps.len())) {
+        return None;
+    }
     {
         // Made across the cores, and kept: the apply asks for them again.
         use rayon::prelude::*;
@@ -758,9 +763,7 @@ mod tests {
         assert_eq!(to_field(&again, "a"), "from-memo.txt");
         assert_eq!(
             again
-                .step("b")
-                .unwrap()
-                .upstream_names()
+                .upstream_names(again.step("b").unwrap())
                 .collect::<Vec<_>>(),
             ["a"]
         );

@@ -54,7 +54,7 @@ fn graph_dot(wf: &Workflow, steps: &[PlannedStep]) -> String {
         ));
     }
     for s in &wf.steps {
-        for (u, _) in &s.upstream {
+        for u in wf.upstream_names(s) {
             out.push_str(&format!("  \"{u}\" -> \"{}\";\n", s.name));
         }
     }
