@@ -160,15 +160,15 @@ fn plan_steps(
         let mut commands: Vec<String> = s.step.plan(&ctx).iter().map(|c| mask.apply(c)).collect();
         // Shown for a kind that runs make wide by default (a kernel) or a step given
         // `jobs:`; a one-slot command gets no jobserver and no line.
-        if s.jobs.is_none() && s.step.shares_run_slots() {
+        if s.jobs().is_none() && s.step.shares_run_slots() {
             commands.push(
                 "# starts with one job slot; its make shares the run's slots \
                  (`qflow apply --jobs`) through qflow's make jobserver: idle ones while \
                  other steps need none, back to them as they do"
                     .to_string(),
             );
-        } else if s.step.uses_jobserver() && (s.step.default_jobs() > 1 || s.jobs.is_some()) {
-            commands.push(jobs_share(s.jobs, s.step.default_jobs()));
+        } else if s.step.uses_jobserver() && (s.step.default_jobs() > 1 || s.jobs().is_some()) {
+            commands.push(jobs_share(s.jobs(), s.step.default_jobs()));
         }
         let pending: Vec<&str> = (workflow.upstream_names(s))
             .filter(|u| runs.get(*u).copied().unwrap_or(true))

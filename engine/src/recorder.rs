@@ -52,7 +52,7 @@ impl Recording {
                 &session.workflow.dir,
                 &session.stat_cache,
                 Some(&cache.dir("tree-index")),
-                std::slice::from_ref(&inputs),
+                &[inputs.as_slice()],
                 &std::sync::atomic::AtomicBool::new(false),
             )?;
             for (before, after) in before.iter().zip(&now[0]) {
@@ -66,7 +66,7 @@ impl Recording {
         }
         // Content back as it was is not enough: an edit undone while the step ran
         // (A, B, A) made the output from B. Stat fields show it.
-        let stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, inputs)?;
+        let stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
         for ((input, before), after) in inputs.iter().zip(&self.input_stamps).zip(&stamps) {
             if before != after {
                 bail!(

@@ -196,7 +196,7 @@ impl<'a> Run<'a> {
         let width = workflow
             .steps
             .iter()
-            .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
+            .map(|s| s.jobs().unwrap_or_else(|| s.step.default_jobs()))
             .collect();
         let n = workflow.steps.len();
         let forced = (workflow.steps.iter())
@@ -260,7 +260,7 @@ impl<'a> Run<'a> {
         let sharing: Vec<bool> = (steps.iter().zip(&local))
             .map(|(s, &here)| {
                 // A kind asking for fewer slots than the run has (memory) keeps its cap.
-                here && s.jobs.is_none()
+                here && s.jobs().is_none()
                     && s.step.shares_run_slots()
                     && s.step.default_jobs() >= jobs
             })
@@ -958,7 +958,7 @@ impl<'a> Run<'a> {
         let submit = self.job_for(id, key).and_then(|(job, staging, retains)| {
             let session = self.parts.session;
             let inputs = session.workflow.steps[id.index()].inputs();
-            let input_stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, inputs)?;
+            let input_stamps = crate::input_stamp::stamp_inputs(&session.workflow.dir, &inputs)?;
             let job_id = executor.submit(job)?;
             Ok((job_id, staging, retains, input_stamps))
         });
@@ -1005,7 +1005,7 @@ impl<'a> Run<'a> {
             state_dir: session.state_dir_of(id.index()),
             spare_dirs: Some(cache.spare_dirs().dir().to_path_buf()),
             upstream: Arc::new(upstream),
-            env: s.env.clone(),
+            env: s.env().clone(),
             jobs: if self.sharing[id.index()] {
                 self.local_slots
             } else {

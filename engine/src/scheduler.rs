@@ -155,7 +155,7 @@ fn run_steps(
         + slurm.as_ref().map_or(0, |(_, names)| {
             (session.workflow.steps.iter())
                 .filter(|s| names.contains(&s.name))
-                .map(|s| s.jobs.unwrap_or_else(|| s.step.default_jobs()))
+                .map(|s| s.jobs().unwrap_or_else(|| s.step.default_jobs()))
                 .sum()
         });
     running.store(true, Ordering::SeqCst);
@@ -183,7 +183,7 @@ fn run_steps(
     // Slurm steps take their CPUs from the cluster, not from `--jobs`.
     let on_cluster = |name: &String| slurm.as_ref().is_some_and(|(_, n)| n.contains(name));
     for s in (session.workflow.steps.iter()).filter(|s| !on_cluster(&s.name)) {
-        if let Some(want) = s.jobs.filter(|&j| j > options.jobs) {
+        if let Some(want) = s.jobs().filter(|&j| j > options.jobs) {
             progress.event(&format!(
                 "warning: step `{}` asks for {want} job slots (`jobs: {want}`) but this apply has {} (`--jobs`): it runs with {}",
                 s.name, options.jobs, options.jobs

@@ -298,6 +298,7 @@ impl<'w> Session<'w> {
         let wanted: Vec<_> = (steps.iter())
             .map(|id| self.workflow.steps[id.index()].inputs())
             .collect();
+        let wanted: Vec<&[crate::step::Input]> = wanted.iter().map(Vec::as_slice).collect();
         let inputs = inputs::digest_all_until(
             &self.workflow.dir,
             &self.stat_cache,
@@ -356,8 +357,8 @@ impl<'w> Session<'w> {
         let tools = prepared.tools.get(i).map_err(str::to_string)?.to_vec();
         let extra = prepared.extra.get(i).map_err(str::to_string)?.to_vec();
         let env =
-            sorted((s.env.iter().map(|(k, v)| (k.clone(), v.clone()))).chain(
-                (s.env_used.iter()).map(|(k, v)| (format!("${{{{ env.{k} }}}}"), v.clone())),
+            sorted((s.env().iter().map(|(k, v)| (k.clone(), v.clone()))).chain(
+                (s.env_used().iter()).map(|(k, v)| (format!("${{{{ env.{k} }}}}"), v.clone())),
             ));
         let digests = prepared.inputs.for_key(i)?;
         let digests = crate::input_digests::listed(&digests);
@@ -388,7 +389,7 @@ impl<'w> Session<'w> {
         let digests = prepared.inputs.for_key(i)?;
         let digests = crate::input_digests::listed(&digests);
         let inputs_sorted = digests.is_sorted_by(|a, b| a.label < b.label);
-        if !s.env_used.is_empty() || !inputs_sorted {
+        if !s.env_used().is_empty() || !inputs_sorted {
             // `${{ env.X }}` names are made, inputs sorted: the material does both.
             return Ok(self.material(prepared, i, upstream)?.key());
         }
@@ -398,7 +399,7 @@ impl<'w> Session<'w> {
         put("kind", s.kind.as_bytes());
         put("schema", &s.schema_version.to_le_bytes());
         put("fields", s.canonical_fields().as_bytes());
-        for (k, v) in &s.env {
+        for (k, v) in s.env() {
             put("env", k.as_bytes());
             put("env-value", v.as_bytes());
         }
@@ -577,7 +578,7 @@ impl<'w> Session<'w> {
                 old.kind, old.schema_version, m.kind, m.schema_version
             )));
         }
-        for (k, v) in &s.vars_used {
+        for (k, v) in s.vars_used() {
             match old.vars.get(k) {
                 Some(ov) if ov != v => reasons.push(crate::run_record::Reason::Owned(format!(
                     "var `{k}` changed: {ov:?} → {v:?}"
@@ -592,10 +593,10 @@ impl<'w> Session<'w> {
             crate::masking::mask_urls_in_json(&serde_json::from_str(&m.fields).unwrap_or_default());
         let mut field_diffs = Vec::new();
         diff_json("", &old.fields, &new_fields, &mut field_diffs);
-        let var_values: Vec<&String> = s.vars_used.values().collect();
+        let var_values: Vec<&String> = s.vars_used().values().collect();
         for d in field_diffs {
             // A field diff fully explained by a var change was already reported.
-            if s.vars_used.is_empty() || !var_values.iter().any(|v| d.contains(v.as_str())) {
+            if s.vars_used().is_empty() || !var_values.iter().any(|v| d.contains(v.as_str())) {
                 reasons.push(d.into());
             }
         }
@@ -695,7 +696,7 @@ impl<'w> Session<'w> {
             fields: crate::masking::mask_urls_in_json(
                 &serde_json::from_str(&m.fields).unwrap_or_default(),
             ),
-            vars: s.vars_used.clone(),
+            vars: s.vars_used().clone(),
             env: m
                 .env
                 .iter()

@@ -95,10 +95,11 @@ pub struct StepDecl {
     /// order, without duplicates: an index, not a copy of the name (a fan-in below
     /// 10,000 steps held 1.6 MB of names).
     pub upstream: Vec<(u32, EdgeReason)>,
-    /// `jobs:` as written (None: the kind's default).
-    pub jobs: Option<usize>,
-    /// `env:` after interpolation.
-    pub env: BTreeMap<String, String>,
+    /// `jobs:`, `env:`, and the vars and environment variables the step reads;
+    /// none when all are empty, as for most steps of a large workflow (see
+    /// [`StepDecl::jobs`], [`StepDecl::env`], [`StepDecl::vars_used`],
+    /// [`StepDecl::env_used`]).
+    pub(crate) settings: Option<Box<Settings>>,
     /// `cache: false` makes the step always run.
     pub cache: bool,
     /// `remote_cache:` as written: whether a remote cache is read and written for it.
@@ -115,17 +116,54 @@ pub struct StepDecl {
     /// The fields as a value, kept only when [`StepDecl::canonical_fields`] could not
     /// give them back (a key that is not a string, an infinite float).
     pub(crate) fields_value: Option<Box<Value>>,
-    /// Vars this step reads, with their values (they enter the key through `fields`).
-    pub vars_used: BTreeMap<String, String>,
-    /// Environment variables this step reads through `${{ env.X }}`.
-    pub env_used: BTreeMap<String, String>,
     /// The parsed fields (step references unresolved): inputs, outputs, tools, plan.
     pub step: Box<dyn Step>,
-    /// `step.inputs()`, made once (an apply asks for them several times a step).
-    pub(crate) inputs: std::sync::OnceLock<Vec<crate::step::Input>>,
 }
 
+/// What a step sets or reads beyond its kind's fields.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Settings {
+    /// `jobs:` as written (None: the kind's default).
+    pub jobs: Option<usize>,
+    /// `env:` after interpolation.
+    pub env: BTreeMap<String, String>,
+    /// Vars the step reads, with their values (they enter the key through `fields`).
+    pub vars_used: BTreeMap<String, String>,
+    /// Environment variables the step reads through `${{ env.X }}`.
+    pub env_used: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// These settings, or none when all are empty.
+    pub(crate) fn boxed(self) -> Option<Box<Settings>> {
+        (self != Settings::default()).then(|| Box::new(self))
+    }
+}
+
+/// No variables.
+static NONE: BTreeMap<String, String> = BTreeMap::new();
+
 impl StepDecl {
+    /// `jobs:` as written (None: the kind's default).
+    pub fn jobs(&self) -> Option<usize> {
+        self.settings.as_ref().and_then(|s| s.jobs)
+    }
+
+    /// `env:` after interpolation.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        self.settings.as_ref().map_or(&NONE, |s| &s.env)
+    }
+
+    /// Vars this step reads, with their values (they enter the key through `fields`).
+    pub fn vars_used(&self) -> &BTreeMap<String, String> {
+        self.settings.as_ref().map_or(&NONE, |s| &s.vars_used)
+    }
+
+    /// Environment variables this step reads through `${{ env.X }}`.
+    pub fn env_used(&self) -> &BTreeMap<String, String> {
+        self.settings.as_ref().map_or(&NONE, |s| &s.env_used)
+    }
+
     /// `executor:`, `resources:` and `retries:` as written.
     pub fn placement(&self) -> &crate::slurm::placement::StepPlacement {
         static DEFAULT: std::sync::LazyLock<crate::slurm::placement::StepPlacement> =
@@ -133,9 +171,11 @@ impl StepDecl {
         self.placement.as_deref().unwrap_or(&DEFAULT)
     }
 
-    /// The step's declared inputs ([`Step::inputs`]), made on first use.
-    pub fn inputs(&self) -> &[crate::step::Input] {
-        self.inputs.get_or_init(|| self.step.inputs())
+    /// The step's declared inputs ([`Step::inputs`]), made on each call: an apply
+    /// asks a few times a step, and a workflow of 10,000 steps that kept them held
+    /// 1.7 MB of them.
+    pub fn inputs(&self) -> Vec<crate::step::Input> {
+        self.step.inputs()
     }
 
     /// The fields as canonical JSON (keys sorted, no spaces), the form that enters the step key.
@@ -172,7 +212,7 @@ impl StepDecl {
     /// What hides this step's `${{ env.X }}` values and URL credentials in
     /// text shown or stored (see `masking.rs`).
     pub fn mask(&self) -> crate::masking::Mask {
-        crate::masking::Mask::of_env(&self.env_used)
+        crate::masking::Mask::of_env(self.env_used())
     }
 
     /// Fields with every `${{ steps.X[.OUT] }}` replaced by `dirs[X][/OUT]`
@@ -180,7 +220,7 @@ impl StepDecl {
     pub fn resolved_fields(&self, dirs: &crate::context::UpstreamDirs) -> anyhow::Result<Value> {
         map_strings(&self.fields(), &mut |s| {
             interpolate::substitute(s, &mut |e| match e {
-                Expr::Env(name) => Ok(self.env_used.get(name).cloned()),
+                Expr::Env(name) => Ok(self.env_used().get(name).cloned()),
                 Expr::Step { name, output } => {
                     let dir = dirs
                         .get(name)
@@ -1189,17 +1229,19 @@ fn load_step(
         kind: kind.name(),
         schema_version: kind.schema_version(),
         upstream,
-        jobs,
-        env,
+        settings: Settings {
+            jobs,
+            env,
+            vars_used,
+            env_used,
+        }
+        .boxed(),
         cache,
         remote_cache,
         placement: placement.boxed(),
         canonical_fields,
         fields_value,
-        vars_used,
-        env_used,
         step,
-        inputs: Default::default(),
     })
 }
 

@@ -313,16 +313,11 @@ pub fn recall(memo: &Path, key: &MemoKey, path: &Path, registry: &Registry) -> O
     if (steps.iter()).any(|s| s.upstream_ids().any(|u| u >= steps.len())) {
         return None;
     }
-    {
-        // Made across the cores, and kept: the apply asks for them again.
-        use rayon::prelude::*;
-        (steps.par_iter().with_min_len(256)).for_each(|s| {
-            s.inputs();
-        });
-    }
-    if !inputs_exist(steps.iter().flat_map(|s| s.inputs()), &ctx) {
+    let inputs: Vec<Vec<crate::step::Input>> = steps.iter().map(StepDecl::inputs).collect();
+    if !inputs_exist(inputs.iter().flatten(), &ctx) {
         return None;
     }
+    drop(inputs);
     Some(Workflow {
         path: path.to_path_buf(),
         dir,
@@ -349,17 +344,19 @@ fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<S
         kind: kind.name(),
         schema_version: kind.schema_version(),
         upstream: s.upstream,
-        jobs: s.jobs,
-        env: s.env,
+        settings: crate::workflow::Settings {
+            jobs: s.jobs,
+            env: s.env,
+            vars_used: s.vars_used,
+            env_used: BTreeMap::new(),
+        }
+        .boxed(),
         cache: s.cache,
         remote_cache: s.remote_cache,
         placement: s.placement.boxed(),
         canonical_fields: s.fields,
         fields_value: None,
-        vars_used: s.vars_used,
-        env_used: BTreeMap::new(),
         step,
-        inputs: Default::default(),
     })
 }
 
@@ -369,7 +366,7 @@ fn recall_step(line: &[u8], registry: &Registry, ctx: &CheckContext) -> Option<S
 pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
     // A step whose fields JSON cannot give back (a key that is not a string, an
     // infinite float) keeps them as a value: not memoized.
-    if (workflow.steps.iter()).any(|s| !s.env_used.is_empty() || s.fields_value.is_some()) {
+    if (workflow.steps.iter()).any(|s| !s.env_used().is_empty() || s.fields_value.is_some()) {
         return;
     }
     let head = MemoHead {
@@ -393,13 +390,13 @@ pub fn remember(memo: &Path, key: &MemoKey, workflow: &Workflow) {
                 name: s.name.clone(),
                 kind: s.kind.to_string(),
                 upstream: s.upstream.clone(),
-                jobs: s.jobs,
-                env: s.env.clone(),
+                jobs: s.jobs(),
+                env: s.env().clone(),
                 cache: s.cache,
                 remote_cache: s.remote_cache,
                 placement: s.placement().clone(),
                 fields: s.canonical_fields.clone(),
-                vars_used: s.vars_used.clone(),
+                vars_used: s.vars_used().clone(),
             };
             write_line(out, &mut line, &step)?;
         }
@@ -567,7 +564,7 @@ mod tests {
                 (&b.name, &b.kind, &b.upstream)
             );
             assert_eq!(a.canonical_fields(), b.canonical_fields());
-            assert_eq!(a.vars_used, b.vars_used);
+            assert_eq!(a.vars_used(), b.vars_used());
             assert_eq!(format!("{:?}", a.step), format!("{:?}", b.step));
         }
     }

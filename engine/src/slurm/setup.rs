@@ -49,7 +49,7 @@ pub fn jobs_of(step: &crate::workflow::StepDecl) -> (usize, usize) {
     if parts > 0 {
         (parts, cpus.unwrap_or(1).max(1))
     } else {
-        let jobs = step.jobs.unwrap_or_else(|| step.step.default_jobs());
+        let jobs = step.jobs().unwrap_or_else(|| step.step.default_jobs());
         (1, cpus.unwrap_or(jobs).max(1))
     }
 }
