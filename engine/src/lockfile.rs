@@ -916,7 +916,70 @@ pub struct LockIndex {
     /// The workflow's name.
     pub workflow: String,
     /// Step name → its [`LockedIds`].
-    pub steps: HashMap<String, LockedIds>,
+    pub steps: LockSteps,
+}
+
+/// Step name → its [`LockedIds`], sorted by name and found by binary search: a
+/// map keeps room for up to twice its steps (1.9 MB at 10,000 steps, this 1.2 MB).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LockSteps(Vec<(Box<str>, LockedIds)>);
+
+impl LockSteps {
+    /// Step `name`'s ids, if it has an entry.
+    pub fn get(&self, name: &str) -> Option<&LockedIds> {
+        let i = (self.0.binary_search_by(|(n, _)| (**n).cmp(name))).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Whether step `name` has an entry.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// How many steps have an entry.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no step has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each step's name and ids, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &LockedIds)> {
+        self.0.iter().map(|(n, ids)| (&**n, ids))
+    }
+
+    /// Set step `name`'s ids.
+    pub fn insert(&mut self, name: String, ids: LockedIds) {
+        match self.0.binary_search_by(|(n, _)| (**n).cmp(&name)) {
+            Ok(i) => self.0[i].1 = ids,
+            Err(i) => self.0.insert(i, (name.into(), ids)),
+        }
+    }
+
+    /// The steps of `all`, each name once (a name given twice keeps one of its ids:
+    /// a lock's JSON object and the memo name each step once).
+    fn of(mut all: Vec<(Box<str>, LockedIds)>) -> LockSteps {
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.dedup_by(|a, b| a.0 == b.0);
+        all.shrink_to_fit();
+        LockSteps(all)
+    }
+}
+
+impl FromIterator<(String, LockedIds)> for LockSteps {
+    fn from_iter<I: IntoIterator<Item = (String, LockedIds)>>(all: I) -> LockSteps {
+        LockSteps::of(all.into_iter().map(|(n, ids)| (n.into(), ids)).collect())
+    }
+}
+
+impl std::ops::Index<&str> for LockSteps {
+    type Output = LockedIds;
+    fn index(&self, name: &str) -> &LockedIds {
+        self.get(name).expect("a step of the index")
+    }
 }
 
 /// A step's key and output as its lock entry names them, or `None` when either is
@@ -964,7 +1027,7 @@ impl LockIndex {
         digest: &Hash,
         out: &mut dyn std::io::Write,
     ) -> std::io::Result<()> {
-        let steps = (self.steps.iter()).map(|(n, ids)| Ok((n.as_str(), *ids)));
+        let steps = (self.steps.iter()).map(|(n, ids)| Ok((n, *ids)));
         Self::write_memo(digest, self.version, &self.workflow, steps, out)
     }
 
@@ -1040,9 +1103,8 @@ impl LockIndex {
         }
         let version = next(&mut text)?.parse().ok()?;
         let workflow = next(&mut text)?;
-        // A line per step, each at least a name and two hashes long: sized once,
-        // never grown (growing rehashes every step).
-        let mut steps = HashMap::with_capacity(len / (2 * 64 + 3));
+        // A line per step, each at least a name and two hashes long: sized once.
+        let mut steps = Vec::with_capacity(len / (2 * 64 + 3));
         loop {
             text.clear();
             if memo.read_line(&mut text).ok()? == 0 {
@@ -1058,8 +1120,9 @@ impl LockIndex {
                 (NOT_A_HASH, NOT_A_HASH) => None,
                 _ => Some((key.parse().ok()?, output.parse().ok()?)),
             };
-            steps.insert(name.to_string(), ids);
+            steps.push((name.into(), ids));
         }
+        let steps = LockSteps::of(steps);
         Some(LockIndex {
             version,
             workflow,

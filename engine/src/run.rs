@@ -986,9 +986,12 @@ impl<'a> Run<'a> {
         let (workflow, cache) = (session.workflow, &session.cache);
         let s = &workflow.steps[id.index()];
         let ups = session.dag.upstream(id);
+        // Only the outputs it uses: the last step of a fan-in that waits `after:`
+        // 10,000 steps would carry 1 MB of their names and trees.
         let upstream = crate::context::UpstreamDirs::trees(
             cache.dir("trees"),
-            (ups.iter()).map(|&u| (self.name(u).to_string(), self.output_of(u))),
+            (s.used_upstream_ids().map(StepId))
+                .map(|u| (self.name(u).to_string(), self.output_of(u))),
         );
         let retains = ups.iter().map(|&u| self.output_of(u)).collect();
         let fields = s.resolved_fields(&upstream)?;

@@ -425,7 +425,7 @@ fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, 
     let stale = !changes.is_empty()
         || old.version != crate::lockfile::LOCK_VERSION
         || old.workflow != workflow.name
-        || old.steps.keys().any(|k| !declared.contains(k.as_str()))
+        || old.steps.iter().any(|(k, _)| !declared.contains(k))
         || !session.lock_path.exists();
     if stale {
         // A few changed entries of a large lock: spliced into its bytes (`lockfile.rs`).
@@ -451,8 +451,8 @@ fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, 
             let digest = Hash::from(hasher.finalize());
             // The new lock's index: the old one's kept steps and the changes.
             let kept = (old.steps.iter())
-                .filter(|(k, _)| declared.contains(k.as_str()) && !is_changed(&changes, k))
-                .map(|(n, ids)| (n.as_str(), *ids));
+                .filter(|(k, _)| declared.contains(k) && !is_changed(&changes, k))
+                .map(|(n, ids)| (n, *ids));
             let changed = (changes.iter())
                 .map(|(n, e)| Ok((*n, crate::lockfile::locked_ids(&e.key()?, &e.output()?))));
             session.remember_lock_index(

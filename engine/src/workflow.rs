@@ -91,8 +91,8 @@ pub struct StepDecl {
     pub kind: &'static str,
     /// The kind's schema version.
     pub schema_version: u32,
-    /// Upstream steps (their places in [`Workflow::steps`]) and why, in first-mention
-    /// order, without duplicates: an index, not a copy of the name (a fan-in below
+    /// Upstream steps (their places in [`Workflow::steps`]) and why (a reference
+    /// rather than `after:` when both), in first-mention order, without duplicates: an index, not a copy of the name (a fan-in below
     /// 10,000 steps held 1.6 MB of names).
     pub upstream: Vec<(u32, EdgeReason)>,
     /// `jobs:`, `env:`, and the vars and environment variables the step reads;
@@ -207,6 +207,14 @@ impl StepDecl {
     /// The places of its upstream steps in [`Workflow::steps`].
     pub fn upstream_ids(&self) -> impl Iterator<Item = usize> + '_ {
         self.upstream.iter().map(|&(i, _)| i as usize)
+    }
+
+    /// The places of the upstream steps whose outputs it uses (referenced by a
+    /// field or `${{ steps.X }}`, not only ordered by `after:`).
+    pub fn used_upstream_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.upstream.iter())
+            .filter(|(_, why)| *why != EdgeReason::After)
+            .map(|&(i, _)| i as usize)
     }
 
     /// What hides this step's `${{ env.X }}` values and URL credentials in
@@ -972,8 +980,11 @@ fn load_step(
             );
             return;
         };
-        if !upstream.iter().any(|&(n, _)| n == place) {
-            upstream.push((place, reason));
+        match upstream.iter_mut().find(|(n, _)| *n == place) {
+            None => upstream.push((place, reason)),
+            // A step named in `after:` and referenced too: its output is used.
+            Some(edge) if edge.1 == EdgeReason::After => edge.1 = reason,
+            Some(_) => {}
         }
     };
 

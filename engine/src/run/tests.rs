@@ -306,6 +306,23 @@ fn outcomes(f: &Finished) -> Vec<(String, StepOutcome)> {
         .collect()
 }
 
+#[test]
+fn a_step_gets_the_outputs_it_references_even_when_it_also_waits_for_them_with_after() {
+    // `bottom` names `left` in `after:` before referencing it, and only waits for
+    // `right`: its job carries `left`'s output, not `right`'s.
+    let text = "version: 1\nsteps:\n  left:\n    kind: note\n    text: left\n  right:\n    kind: note\n    text: right\n  bottom:\n    kind: note\n    after: [left, right]\n    text: ${{ steps.left }}\n";
+    let s = space("after-and-reference", text);
+    let (f, _) = run_once(&s.0, 2, false);
+    assert!(
+        (f.report.steps.iter()).all(|r| r.outcome == StepOutcome::Ran),
+        "{:?}",
+        outcomes(&f)
+    );
+    let bottom = std::fs::read_to_string(s.0.join("out/bottom/note")).unwrap();
+    let left = f.report.steps[0].output.unwrap().to_hex();
+    assert!(bottom.ends_with(&format!("/trees/{left}")), "{bottom}");
+}
+
 const DIAMOND: &str = "version: 1\nsteps:\n  top:\n    kind: note\n    text: top\n  left:\n    kind: note\n    text: ${{ steps.top }}\n  right:\n    kind: note\n    text: right\n    after: [top]\n  bottom:\n    kind: note\n    text: bottom\n    after: [left, right]\n";
 
 #[test]
