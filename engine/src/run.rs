@@ -204,13 +204,14 @@ impl<'a> Run<'a> {
             .collect();
         // Logs an earlier apply moved aside are removed beside this one's work.
         crate::run_record::start_removing_pruned_logs(&session.cache.dir("logs"));
+        let logs_dir = session.cache.dir("logs").join(&id);
         Run {
             forced,
             keep_going,
             schedule: Schedule::new(&session.dag, width, slots),
             active: BTreeMap::new(),
             executing: Vec::new(),
-            logs_dir: session.cache.dir("logs").join(&id),
+            logs_dir: logs_dir.clone(),
             runs_dir: session.cache.dir("runs"),
             report: RunReport {
                 id,
@@ -223,6 +224,7 @@ impl<'a> Run<'a> {
                 interrupted: false,
                 finished: false,
                 remote: None,
+                logs: Some(logs_dir.display().to_string()),
             },
             lock_changes: LockChanges::default(),
             spill: None,
@@ -1110,6 +1112,9 @@ impl<'a> Run<'a> {
         rep.output = Some(rec.output);
         let line = format!("ok {name} {:.1}s", ms as f64 / 1000.0);
         (self.parts.progress).step_ended(rep, &line);
+        // The record writes it from the run's log directory (`StepReport::logged`).
+        rep.log = None;
+        rep.logged = true;
         self.leave_running(id);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;

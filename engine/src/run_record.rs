@@ -93,6 +93,10 @@ pub struct StepReport {
     /// Its log file, once it has run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// In a run in progress: its log is `<RunReport::logs>/<name>.log`, written in
+    /// the record as `log` but not held (53 bytes a step that ran).
+    #[serde(skip)]
+    pub logged: bool,
     /// Its metrics outside their `expect:` (it ran or was cached, and is
     /// recorded, but the apply fails), one message each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -120,6 +124,7 @@ impl StepReport {
             reasons: Vec::new(),
             error: None,
             log: None,
+            logged: false,
             unmet: Vec::new(),
         }
     }
@@ -142,6 +147,7 @@ impl StepReport {
             && self.reasons.is_empty()
             && self.error.is_none()
             && self.log.is_none()
+            && !self.logged
             && self.unmet.is_empty();
         self.key.as_ref().filter(|_| plain)
     }
@@ -175,6 +181,9 @@ pub struct RunReport {
     pub finished: bool,
     /// What the run did with a remote cache, when it used one.
     pub remote: Option<qflow_cache::remote::RemoteStats>,
+    /// In a run in progress: the directory of its steps' logs (see
+    /// [`StepReport::logged`]); not a field of the record.
+    pub logs: Option<String>,
 }
 
 /// The record as written: steps with something to say in full, the others by
@@ -185,7 +194,7 @@ struct Written<'a> {
     workflow: &'a str,
     started_unix: u64,
     duration_ms: u64,
-    steps: Vec<&'a StepReport>,
+    steps: Vec<WrittenStep<'a>>,
     #[serde(skip_serializing_if = "CachedKeys::is_empty")]
     cached: CachedKeys<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -194,6 +203,15 @@ struct Written<'a> {
     finished: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     remote: Option<&'a qflow_cache::remote::RemoteStats>,
+}
+
+/// A step written in full, with the log its report does not hold.
+#[derive(Serialize)]
+struct WrittenStep<'a> {
+    #[serde(flatten)]
+    step: &'a StepReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<String>,
 }
 
 /// `{"name": "key", ...}` in file order.
@@ -249,7 +267,10 @@ impl Serialize for RunReport {
             } else if step.plain_pending() {
                 written.pending.push(&step.name);
             } else {
-                written.steps.push(step);
+                let log = (self.logs.as_ref())
+                    .filter(|_| step.logged && step.log.is_none())
+                    .map(|logs| format!("{logs}/{}.log", step.name));
+                written.steps.push(WrittenStep { step, log });
             }
         }
         written.serialize(s)
@@ -275,6 +296,7 @@ impl<'de> Deserialize<'de> for RunReport {
             interrupted: read.interrupted,
             finished: read.finished,
             remote: read.remote,
+            logs: None,
         })
     }
 }
@@ -552,6 +574,7 @@ mod tests {
             interrupted: true,
             finished: true,
             remote: None,
+            logs: None,
         };
         let json = serde_json::to_string(&run).unwrap();
         assert_eq!(
@@ -578,6 +601,34 @@ mod tests {
         );
         assert_eq!(back.steps[0].cpu_ms, Some(2900));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_step_that_ran_has_its_log_in_the_record_though_the_run_holds_none() {
+        let mut ran = StepReport::new("kernel", StepOutcome::Ran);
+        ran.logged = true;
+        let mut failed = StepReport::new("boot", StepOutcome::Failed);
+        failed.log = Some("/elsewhere/boot.log".into());
+        let run = RunReport {
+            id: "1-000-1".into(),
+            workflow: "w.yaml".into(),
+            started_unix: 1,
+            duration_ms: 2,
+            steps: vec![ran, failed],
+            interrupted: false,
+            finished: true,
+            remote: None,
+            logs: Some("/c/logs/1-000-1".into()),
+        };
+        let back: RunReport = serde_json::from_slice(&serde_json::to_vec(&run).unwrap()).unwrap();
+        let logs: Vec<Option<&str>> = back.steps.iter().map(|s| s.log.as_deref()).collect();
+        assert_eq!(
+            logs,
+            [
+                Some("/c/logs/1-000-1/kernel.log"),
+                Some("/elsewhere/boot.log")
+            ]
+        );
     }
 
     #[test]
@@ -618,6 +669,7 @@ mod tests {
             interrupted: false,
             finished: true,
             remote: None,
+            logs: None,
         };
         let bytes = serde_json::to_vec(&run).unwrap().len();
         assert!(bytes < 100 * 10_000, "{bytes} bytes");

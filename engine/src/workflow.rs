@@ -140,6 +140,10 @@ impl Settings {
     }
 }
 
+/// How many inputs a load gathers before checking that they exist (together,
+/// so that many files of one directory are found in one listing of it).
+const INPUTS_CHECKED_TOGETHER: usize = 4096;
+
 /// No variables.
 static NONE: BTreeMap<String, String> = BTreeMap::new();
 
@@ -602,6 +606,12 @@ impl Workflow {
                 &mut inputs,
             ) {
                 steps.push(decl);
+            }
+            // Checked a few thousand at a time: held for every step of a large
+            // workflow, they were the peak of its first apply (2 MB at 10,000).
+            if inputs.len() >= INPUTS_CHECKED_TOGETHER {
+                check_inputs(&inputs, &ctx, &mut diags);
+                inputs.clear();
             }
         };
         match pieces {
