@@ -40,6 +40,10 @@ const LARGEST_BATCH: usize = 1024;
 /// works through the other.
 pub const AHEAD: usize = 2 * LARGEST_BATCH;
 
+/// Once it waited, the hashing goes on when this many steps fit again: a batch of
+/// one step each time one is released would wake the run loop once a step.
+const RESUME: usize = LARGEST_BATCH / 2;
+
 /// One step's input digests, or why they could not be had.
 pub type Digests = Arc<Result<Vec<InputDigest>, String>>;
 
@@ -150,7 +154,7 @@ impl InputDigests {
             drop(slot);
             let mut held = self.held();
             held.count -= 1;
-            if held.count < AHEAD {
+            if held.count + RESUME == AHEAD {
                 self.room.notify_all();
             }
         }
@@ -168,9 +172,11 @@ impl InputDigests {
     }
 
     /// How many steps may be hashed now: waits while `ahead` steps' digests are
-    /// held and the run does not hurry the hashing; 0 once `stop` is set.
+    /// held (then until [`RESUME`] steps fit, or `ahead` is smaller) and the run
+    /// does not hurry the hashing; 0 once `stop` is set.
     fn wait_for_room(&self, ahead: usize, stop: &AtomicBool) -> usize {
         let mut held = self.held();
+        let mut waited = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return 0;
@@ -179,9 +185,11 @@ impl InputDigests {
                 held.hurried = false;
                 return LARGEST_BATCH;
             }
-            if held.count < ahead {
-                return ahead - held.count;
+            let room = ahead.saturating_sub(held.count);
+            if room > 0 && (!waited || room >= RESUME.min(ahead)) {
+                return room;
             }
+            waited = true;
             // `stop` is set without a signal: looked at again now and then.
             held = (self.room.wait_timeout(held, Duration::from_millis(100)))
                 .unwrap_or_else(|e| e.into_inner())
@@ -357,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hashing_waits_while_its_window_is_held_and_goes_on_when_released_or_hurried() {
+    fn the_hashing_waits_while_its_window_is_held_and_goes_on_when_a_batch_fits_or_it_is_hurried() {
         let order: Vec<StepId> = (0..6).map(StepId).collect();
         let table = InputDigests::pending(6);
         let stop = AtomicBool::new(false);
@@ -391,9 +399,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(known(), 2, "two steps' digests held: the hashing waits");
             table.release(0);
-            assert_eq!(reaches(3), 3, "one released: one more hashed");
             std::thread::sleep(Duration::from_millis(300));
-            assert_eq!(known(), 3);
+            assert_eq!(known(), 2, "room for one step: it waits for a batch's room");
+            table.release(1);
+            assert_eq!(reaches(4), 4, "two released: two more hashed");
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(known(), 4);
             table.hurry();
             assert_eq!(
                 reaches(6),
