@@ -207,26 +207,7 @@ impl LockText {
             let start = at;
             at += next(&mut line)?;
             let first = std::str::from_utf8(line.strip_suffix(b"\n")?).ok()?;
-            let quoted = first.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
-            let from = names.len();
-            match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
-                // A name JSON writes as it is (no escapes, no control characters).
-                Some(plain)
-                    if !plain.contains(['\\', '"']) && !plain.contains(char::is_control) =>
-                {
-                    names.push_str(plain)
-                }
-                _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
-            }
-            let name = from..names.len();
-            if !index.steps.contains_key(&names[name.clone()]) {
-                return None;
-            }
-            if let Some((last, _)) = entries.last()
-                && names[last.clone()] >= names[name.clone()]
-            {
-                return None;
-            }
+            let name = Self::entry_name(first, &mut names, &entries, index)?;
             // What the entry holds is indented deeper: it ends at `    }`.
             loop {
                 let n = next(&mut line)?;
@@ -281,27 +262,8 @@ impl LockText {
             // `    "name": {` ... `    }` then `,\n` or the end.
             let line_end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |e| at + e);
             let line = std::str::from_utf8(&body[at..line_end]).ok()?;
-            let quoted = line.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
-            let start = names.len();
-            match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
-                // A name JSON writes as it is (no escapes, no control characters).
-                Some(plain)
-                    if !plain.contains(['\\', '"']) && !plain.contains(char::is_control) =>
-                {
-                    names.push_str(plain)
-                }
-                _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
-            }
-            let name = start..names.len();
+            let name = Self::entry_name(line, &mut names, &entries, index)?;
             let end = close.find(&body[line_end..])? + line_end + ENTRY_CLOSE.len();
-            if !index.steps.contains_key(&names[name.clone()]) {
-                return None;
-            }
-            if let Some((last, _)) = entries.last()
-                && names[last.clone()] >= names[name.clone()]
-            {
-                return None;
-            }
             entries.push((name, base + at..base + end));
             at = match body[end..].strip_prefix(b",\n") {
                 Some(_) => end + 2,
@@ -313,6 +275,36 @@ impl LockText {
             return None;
         }
         Some((names, entries))
+    }
+
+    /// The name an entry's first line (`    "name": {`) gives, appended to `names`:
+    /// its range there, when it is a step of `index` and comes after the entries
+    /// found before it (a lock names its steps sorted, each once).
+    fn entry_name(
+        line: &str,
+        names: &mut String,
+        entries: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
+        index: &LockIndex,
+    ) -> Option<std::ops::Range<usize>> {
+        let quoted = line.strip_prefix(ENTRY_INDENT)?.strip_suffix(": {")?;
+        let from = names.len();
+        match quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+            // A name JSON writes as it is (no escapes, no control characters).
+            Some(plain) if !plain.contains(['\\', '"']) && !plain.contains(char::is_control) => {
+                names.push_str(plain)
+            }
+            _ => names.push_str(&serde_json::from_str::<String>(quoted).ok()?),
+        }
+        let name = from..names.len();
+        if !index.steps.contains_key(&names[name.clone()]) {
+            return None;
+        }
+        if let Some((last, _)) = entries.last()
+            && names[last.clone()] >= names[name.clone()]
+        {
+            return None;
+        }
+        Some(name)
     }
 
     fn head(version: u32, workflow: &str) -> String {

@@ -92,8 +92,9 @@ pub struct StepDecl {
     /// The kind's schema version.
     pub schema_version: u32,
     /// Upstream steps (their places in [`Workflow::steps`]) and why (a reference
-    /// rather than `after:` when both), in first-mention order, without duplicates: an index, not a copy of the name (a fan-in below
-    /// 10,000 steps held 1.6 MB of names).
+    /// rather than `after:` when both), in first-mention order, without
+    /// duplicates: a place, not a copy of the name (a fan-in below 10,000 steps
+    /// held 1.6 MB of names).
     pub upstream: Vec<(u32, EdgeReason)>,
     /// `jobs:`, `env:`, and the vars and environment variables the step reads;
     /// none when all are empty, as for most steps of a large workflow (see
