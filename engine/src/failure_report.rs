@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use crate::run_record::{RunReport, StepOutcome};
+use crate::run_record::{StepOutcome, StepReport};
 use crate::step_log::StepLog;
 
 /// How many lines of a failed step's log are quoted.
@@ -37,17 +37,14 @@ pub fn failed_step(name: &str, error: &str, ms: u64, log: &Path) -> String {
 
 /// The block at the end of a run with failures: each failed step (exit
 /// status, log), each step not started and why. `None` when nothing failed.
-pub fn summary(report: &RunReport) -> Option<String> {
-    let failed: Vec<_> = (report.steps.iter())
+pub fn summary(steps: &[StepReport]) -> Option<String> {
+    let failed: Vec<_> = (steps.iter())
         .filter(|s| s.outcome == StepOutcome::Failed)
         .collect();
     if failed.is_empty() {
         return None;
     }
-    let width = (report.steps.iter())
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(0);
+    let width = (steps.iter()).map(|s| s.name.len()).max().unwrap_or(0);
     let mut out = String::from("failed:");
     for s in &failed {
         let how = s.error.as_deref().map(exit_status).unwrap_or_default();
@@ -56,7 +53,7 @@ pub fn summary(report: &RunReport) -> Option<String> {
             out.push_str(&format!("  log: {log}"));
         }
     }
-    let skipped: Vec<_> = (report.steps.iter())
+    let skipped: Vec<_> = (steps.iter())
         .filter(|s| s.outcome == StepOutcome::Skipped)
         .collect();
     if !skipped.is_empty() {

@@ -78,6 +78,7 @@ pub mod state_dir;
 pub mod step_job;
 pub mod step_key;
 pub mod step_log;
+pub mod str_list;
 pub mod timings;
 pub mod tool_identity;
 pub mod tree_index;

@@ -45,6 +45,8 @@ use crate::run_record::{Reason, RunReport, StepOutcome, StepReport};
 use crate::schedule::{Schedule, StepState, Triage};
 use crate::session::{Prepared, Session};
 use crate::step_key::KeyMaterial;
+use crate::workflow::Workflow;
+use ledger::Ledger;
 
 /// The live run record is written at most this often (and at the end).
 const LIVE_RECORD_EVERY: Duration = Duration::from_millis(250);
@@ -130,7 +132,10 @@ pub struct Run<'a> {
     active: BTreeMap<JobId, Active>,
     /// Jobs the executor still runs (the others are being recorded).
     executing: Vec<JobId>,
+    /// The run record's own fields; its steps are in `ledger`.
     report: RunReport,
+    /// Each step's entry in the run record, compact (`run/ledger.rs`).
+    ledger: Ledger,
     /// Lock entries this run changes; a no-op changes none and rewrites nothing.
     lock_changes: LockChanges,
     /// Where the changed entries' text waits for the lock to be written: made at
@@ -172,15 +177,72 @@ pub struct Run<'a> {
     awaiting_inputs: BTreeSet<StepId>,
 }
 
-/// A run that has ended: its record (not yet written) and the lock entries it changed.
+/// A run that has ended: its record (not yet written), each step's entry still
+/// compact, and the lock entries it changed.
 pub struct Finished {
+    /// The run record's own fields (`finished: true`); its steps are in `ledger`.
+    report: RunReport,
+    ledger: Ledger,
+    /// New lock entries by step.
+    pub lock_changes: LockChanges,
+}
+
+impl Finished {
+    /// Whether a signal stopped the run.
+    pub fn interrupted(&self) -> bool {
+        self.report.interrupted
+    }
+
+    /// Note what the run did with a remote cache.
+    pub fn set_remote(&mut self, stats: Option<qflow_cache::remote::RemoteStats>) {
+        self.report.remote = stats;
+    }
+
+    /// Whether every step ran or was cached.
+    pub fn all_done(&self) -> bool {
+        (0..self.ledger.len()).all(|i| {
+            matches!(
+                self.ledger.outcome(i),
+                StepOutcome::Ran | StepOutcome::Cached
+            )
+        })
+    }
+
+    /// Write the run record of `workflow` into `runs` after `duration_ms`, each
+    /// step as it comes.
+    pub fn write(
+        &mut self,
+        workflow: &Workflow,
+        runs: &std::path::Path,
+        duration_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.report.duration_ms = duration_ms;
+        let steps = &workflow.steps;
+        self.ledger.write(&self.report, |i| &steps[i].name, runs)
+    }
+
+    /// The run record of `workflow` with each step's entry whole, and the lock
+    /// entries it changed.
+    pub fn ended(self, workflow: &Workflow) -> Ended {
+        let steps = &workflow.steps;
+        let mut report = self.report;
+        report.steps = self.ledger.into_reports(|i| &steps[i].name);
+        Ended {
+            report,
+            lock_changes: self.lock_changes,
+        }
+    }
+}
+
+/// A run that has ended, its record whole.
+pub struct Ended {
     /// The run record, `finished: true`.
     pub report: RunReport,
     /// New lock entries by step.
     pub lock_changes: LockChanges,
 }
 
-impl Finished {
+impl Ended {
     /// Step `name`'s new lock entry, if it has one.
     pub fn lock_change(&self, name: &str) -> Option<&NewEntry> {
         let i = self.report.steps.iter().position(|r| r.name == name)?;
@@ -218,14 +280,13 @@ impl<'a> Run<'a> {
                 workflow: workflow.path.display().to_string(),
                 started_unix: crate::run_record::unix_now(),
                 duration_ms: 0,
-                steps: (workflow.steps.iter())
-                    .map(|s| StepReport::new(&s.name, StepOutcome::Pending))
-                    .collect(),
+                steps: Vec::new(),
                 interrupted: false,
                 finished: false,
                 remote: None,
                 logs: Some(logs_dir.display().to_string()),
             },
+            ledger: Ledger::new(n),
             lock_changes: LockChanges::default(),
             spill: None,
             started: parts.started,
@@ -404,9 +465,9 @@ impl<'a> Run<'a> {
         self.parts.prepared.inputs.release(id.index());
         let name = self.name(id);
         let line = format!("skipped {name} ({why})");
-        self.report.steps[id.index()] =
-            StepReport::new(name, StepOutcome::Skipped).because(vec![why.into()]);
-        (self.parts.progress).step_ended(&self.report.steps[id.index()], &line);
+        let report = StepReport::new(name, StepOutcome::Skipped).because(vec![why.into()]);
+        (self.parts.progress).step_ended(&report, &line);
+        self.ledger.set(id.index(), report);
         self.live_dirty = true;
     }
 
@@ -527,9 +588,7 @@ impl<'a> Run<'a> {
         let mut up = Vec::with_capacity(ups.len());
         for &u in ups {
             let name = self.name(u);
-            let output = self.report.steps[u.index()]
-                .output
-                .or_else(|| promised.get(name).copied())?;
+            let output = (self.ledger.output(u.index())).or_else(|| promised.get(name).copied())?;
             up.push((name, output));
         }
         up.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -592,7 +651,7 @@ impl<'a> Run<'a> {
             match result {
                 Ok(output) => {
                     self.parts.out_links.present(name, &output)?;
-                    self.report.steps[u.index()].reasons = vec!["remote hit".into()];
+                    self.ledger.more_mut(u.index()).reasons = vec!["remote hit".into()];
                     self.parts
                         .progress
                         .event(&format!("downloaded {name} (`{}` needs it)", self.name(id)));
@@ -672,8 +731,7 @@ impl<'a> Run<'a> {
             // Its key and lock entry are made: its digests are not needed again.
             self.parts.prepared.inputs.release(id.index());
         }
-        let rep = &mut self.report.steps[id.index()];
-        *rep = StepReport::new(&s.name, StepOutcome::Cached);
+        let mut rep = StepReport::new(&s.name, StepOutcome::Cached);
         if left {
             rep.reasons = vec!["remote hit (left on the server)".into()];
         } else if remote {
@@ -691,7 +749,12 @@ impl<'a> Run<'a> {
         } else {
             format!("cached {}", s.name)
         };
-        (self.parts.progress).step_ended(rep, &line);
+        (self.parts.progress).step_ended(&rep, &line);
+        if remote {
+            self.ledger.set(id.index(), rep);
+        } else {
+            self.ledger.cached(id.index(), key, output);
+        }
         self.schedule.set(id, StepState::Done);
         if let Hit::Left(rr) = hit {
             // Its metrics were held to their `expect:` where it ran.
@@ -719,7 +782,7 @@ impl<'a> Run<'a> {
             cache.put_record(&rr.record.key, &rr.record)?;
             let name = self.name(id);
             self.parts.out_links.present(name, &rr.record.output)?;
-            self.report.steps[id.index()].reasons = vec!["remote hit".into()];
+            self.ledger.more_mut(id.index()).reasons = vec!["remote hit".into()];
             self.parts.progress.event(&format!(
                 "downloaded {name} (an image downloaded with it backs onto it)"
             ));
@@ -756,16 +819,14 @@ impl<'a> Run<'a> {
             self.parts.progress.event(&format!("UNMET {u}"));
         }
         if !unmet.is_empty() {
-            self.report.steps[id.index()].unmet = unmet;
+            self.ledger.more_mut(id.index()).unmet = unmet;
             self.live_dirty = true;
         }
     }
 
     fn output_of(&self, step: StepId) -> Hash {
-        // A done step's report holds its output (the run keeps no second copy).
-        self.report.steps[step.index()]
-            .output
-            .expect("an upstream step is done")
+        // A done step's entry holds its output (the run keeps no second copy).
+        (self.ledger.output(step.index())).expect("an upstream step is done")
     }
 
     /// The one question "is there a usable result for step `id`'s `key`":
@@ -953,8 +1014,10 @@ impl<'a> Run<'a> {
         let reasons = self.reasons(id, &key);
         let name = self.name(id);
         (self.parts.progress).step_started(name, &reasons, &key);
-        self.report.steps[id.index()] =
-            StepReport::new(name, StepOutcome::Running).because(reasons);
+        (self.ledger).set(
+            id.index(),
+            StepReport::new(name, StepOutcome::Running).because(reasons),
+        );
         self.live_dirty = true;
         let submitted = Instant::now();
         let submit = self.job_for(id, key).and_then(|(job, staging, retains)| {
@@ -1045,7 +1108,7 @@ impl<'a> Run<'a> {
     fn on_executed<'s>(&mut self, job: JobId, result: JobResult, scope: &'s Scope<'s, 'a>) {
         let active = self.active.get_mut(&job).expect("active job");
         let start = active.submitted.saturating_duration_since(self.started);
-        self.report.steps[active.step.index()].start_ms = Some(start.as_millis() as u64);
+        self.ledger.more_mut(active.step.index()).start_ms = Some(start.as_millis() as u64);
         let output = match result {
             Ok(output) => output,
             Err(e) => {
@@ -1055,7 +1118,7 @@ impl<'a> Run<'a> {
                 return self.fail(id, e, ms, Some(key));
             }
         };
-        self.report.steps[active.step.index()].cpu_ms = output.cpu_ms;
+        self.ledger.more_mut(active.step.index()).cpu_ms = output.cpu_ms;
         let recording = Recording {
             step: active.step,
             key: active.key,
@@ -1104,17 +1167,18 @@ impl<'a> Run<'a> {
         self.note_lock_change(id, &material, &rec);
         self.parts.prepared.inputs.release(id.index());
         let log = self.log_path(id).display().to_string();
-        let rep = &mut self.report.steps[id.index()];
+        let mut rep = self.ledger.report(id.index(), name);
         rep.outcome = StepOutcome::Ran;
         rep.duration_ms = ms;
         rep.log = Some(log);
         rep.key = Some(active.key);
         rep.output = Some(rec.output);
         let line = format!("ok {name} {:.1}s", ms as f64 / 1000.0);
-        (self.parts.progress).step_ended(rep, &line);
+        (self.parts.progress).step_ended(&rep, &line);
         // The record writes it from the run's log directory (`StepReport::logged`).
         rep.log = None;
         rep.logged = true;
+        self.ledger.set(id.index(), rep);
         self.leave_running(id);
         self.schedule.set(id, StepState::Done);
         self.live_dirty = true;
@@ -1135,7 +1199,7 @@ impl<'a> Run<'a> {
         let log = self.log_path(id);
         let progress = &self.parts.progress;
         progress.finish(name);
-        let rep = &mut self.report.steps[id.index()];
+        let mut rep = self.ledger.report(id.index(), name);
         rep.duration_ms = ms;
         rep.log = Some(log.display().to_string());
         if let Some(key) = key {
@@ -1144,13 +1208,15 @@ impl<'a> Run<'a> {
         if self.schedule.is_interrupted() {
             rep.outcome = StepOutcome::Interrupted;
             rep.error = Some("interrupted".into());
-            progress.step_ended(rep, &format!("interrupted {name} (nothing recorded)"));
+            progress.step_ended(&rep, &format!("interrupted {name} (nothing recorded)"));
+            self.ledger.set(id.index(), rep);
             return;
         }
         rep.outcome = StepOutcome::Failed;
         let error = format!("{e:#}");
         rep.error = Some(error.clone());
-        progress.step_ended(rep, &failure_report::failed_step(name, &error, ms, &log));
+        progress.step_ended(&rep, &failure_report::failed_step(name, &error, ms, &log));
+        self.ledger.set(id.index(), rep);
         if let Some(key) = key {
             let _ = self.parts.session.cache.clear_started(&key);
         }
@@ -1187,7 +1253,8 @@ impl<'a> Run<'a> {
         }
         let start = Instant::now();
         self.report.duration_ms = self.started.elapsed().as_millis() as u64;
-        let _ = self.report.write(&self.runs_dir);
+        let steps = &self.parts.session.workflow.steps;
+        let _ = (self.ledger).write(&self.report, |i| &steps[i].name, &self.runs_dir);
         give_back_free_memory();
         self.live_dirty = false;
         self.live_written = Some((Instant::now(), start.elapsed()));
@@ -1202,18 +1269,30 @@ impl<'a> Run<'a> {
         } else {
             failure_report::stopped_after_failure(!self.keep_going)
         };
-        for rep in &mut self.report.steps {
-            if rep.outcome == StepOutcome::Pending {
-                *rep = StepReport::new(&rep.name, StepOutcome::Skipped)
-                    .because(vec![why.clone().into()]);
+        let workflow = self.parts.session.workflow;
+        for i in 0..self.ledger.len() {
+            if self.ledger.outcome(i) == StepOutcome::Pending {
+                (self.ledger).set(
+                    i,
+                    StepReport::new("", StepOutcome::Skipped).because(vec![why.clone().into()]),
+                );
             }
         }
         self.report.finished = true;
-        if let Some(block) = failure_report::summary(&self.report) {
-            self.parts.progress.event(&block);
+        // The failure summary names the failed and the skipped steps only.
+        let outcomes = (0..self.ledger.len()).map(|i| (i, self.ledger.outcome(i)));
+        if outcomes.clone().any(|(_, o)| o == StepOutcome::Failed) {
+            let told: Vec<StepReport> = outcomes
+                .filter(|(_, o)| matches!(o, StepOutcome::Failed | StepOutcome::Skipped))
+                .map(|(i, _)| self.ledger.report(i, &workflow.steps[i].name))
+                .collect();
+            if let Some(block) = failure_report::summary(&told) {
+                self.parts.progress.event(&block);
+            }
         }
         Finished {
             report: self.report,
+            ledger: self.ledger,
             lock_changes: self.lock_changes,
         }
     }
@@ -1318,3 +1397,5 @@ struct EntryMaterial<'a> {
 
 #[cfg(test)]
 mod tests;
+
+mod ledger;

@@ -51,7 +51,7 @@ pub enum StepOutcome {
 pub type Reason = std::borrow::Cow<'static, str>;
 
 /// One step in the run record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct StepReport {
     /// The step's name.
     pub name: String,
@@ -186,46 +186,155 @@ pub struct RunReport {
     pub logs: Option<String>,
 }
 
-/// The record as written: steps with something to say in full, the others by
-/// name (and key).
+/// One step's entry in the record, borrowed from wherever it is kept: a
+/// [`StepReport`], or the compact table a run in progress keeps. The one form
+/// both are written in.
 #[derive(Serialize)]
-struct Written<'a> {
-    id: &'a str,
-    workflow: &'a str,
-    started_unix: u64,
-    duration_ms: u64,
-    steps: Vec<WrittenStep<'a>>,
-    #[serde(skip_serializing_if = "CachedKeys::is_empty")]
-    cached: CachedKeys<'a>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pending: Vec<&'a str>,
-    interrupted: bool,
-    finished: bool,
+pub(crate) struct StepView<'a> {
+    pub name: &'a str,
+    pub outcome: StepOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
-    remote: Option<&'a qflow_cache::remote::RemoteStats>,
+    pub key: Option<&'a Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<&'a Hash>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub reasons: &'a [Reason],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub unmet: &'a [String],
 }
 
-/// A step written in full, with the log its report does not hold.
-#[derive(Serialize)]
-struct WrittenStep<'a> {
-    #[serde(flatten)]
-    step: &'a StepReport,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log: Option<String>,
-}
+impl StepReport {
+    /// This report as the record writes it; a step whose log is not held
+    /// ([`StepReport::logged`]) has it under `logs`, the run's log directory.
+    pub(crate) fn view<'a>(&'a self, logs: Option<&str>) -> StepView<'a> {
+        let log = match (&self.log, logs) {
+            (Some(log), _) => Some(std::borrow::Cow::Borrowed(log.as_str())),
+            (None, Some(logs)) if self.logged => {
+                Some(std::borrow::Cow::Owned(format!("{logs}/{}.log", self.name)))
+            }
+            _ => None,
+        };
+        StepView {
+            name: &self.name,
+            outcome: self.outcome,
+            key: self.key.as_ref(),
+            output: self.output.as_ref(),
+            duration_ms: self.duration_ms,
+            start_ms: self.start_ms,
+            cpu_ms: self.cpu_ms,
+            reasons: &self.reasons,
+            error: self.error.as_deref(),
+            log,
+            unmet: &self.unmet,
+        }
+    }
 
-/// `{"name": "key", ...}` in file order.
-struct CachedKeys<'a>(Vec<(&'a str, &'a Hash)>);
-
-impl CachedKeys<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// How the record writes it: in full, by name and key, or by name alone.
+    fn line<'a>(&'a self, logs: Option<&str>) -> Line<'a> {
+        if let Some(key) = self.cached_key() {
+            Line::Cached(&self.name, key)
+        } else if self.plain_pending() {
+            Line::Pending(&self.name)
+        } else {
+            Line::Full(self.view(logs))
+        }
     }
 }
 
-impl Serialize for CachedKeys<'_> {
+impl Serialize for StepReport {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().copied())
+        self.view(None).serialize(s)
+    }
+}
+
+/// One step as a record writes it.
+pub(crate) enum Line<'a> {
+    /// A step with something to say: in full under `steps`.
+    Full(StepView<'a>),
+    /// Taken from the cache with nothing else to say: `"name": "key"` under `cached`.
+    Cached(&'a str, &'a Hash),
+    /// Not started yet, in a live record: its name under `pending`.
+    Pending(&'a str),
+}
+
+/// The steps written in full, as `lines` gives them.
+struct Full<'f, F>(&'f F);
+/// `{"name": "key", ...}` in file order.
+struct Cached<'f, F>(&'f F);
+/// The names of the steps not started yet.
+struct Pending<'f, F>(&'f F);
+
+impl<'a, F: Fn() -> I, I: Iterator<Item = Line<'a>>> Serialize for Full<'_, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)().filter_map(|l| match l {
+            Line::Full(view) => Some(view),
+            _ => None,
+        }))
+    }
+}
+
+impl<'a, F: Fn() -> I, I: Iterator<Item = Line<'a>>> Serialize for Cached<'_, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map((self.0)().filter_map(|l| match l {
+            Line::Cached(name, key) => Some((name, key)),
+            _ => None,
+        }))
+    }
+}
+
+impl<'a, F: Fn() -> I, I: Iterator<Item = Line<'a>>> Serialize for Pending<'_, F> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)().filter_map(|l| match l {
+            Line::Pending(name) => Some(name),
+            _ => None,
+        }))
+    }
+}
+
+/// A record as written: the run's fields from `meta` (its steps are not read),
+/// each step from `lines`, asked once for each part of the record (the steps
+/// are written as they come, no list of them is made).
+struct Written<'m, F> {
+    meta: &'m RunReport,
+    lines: F,
+}
+
+impl<'m, 'a, F, I> Serialize for Written<'m, F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = Line<'a>>,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let has = |f: fn(&Line<'_>) -> bool| (self.lines)().any(|l| f(&l));
+        let meta = self.meta;
+        let mut st = s.serialize_struct("RunReport", 10)?;
+        st.serialize_field("id", &meta.id)?;
+        st.serialize_field("workflow", &meta.workflow)?;
+        st.serialize_field("started_unix", &meta.started_unix)?;
+        st.serialize_field("duration_ms", &meta.duration_ms)?;
+        st.serialize_field("steps", &Full(&self.lines))?;
+        if has(|l| matches!(l, Line::Cached(..))) {
+            st.serialize_field("cached", &Cached(&self.lines))?;
+        }
+        if has(|l| matches!(l, Line::Pending(_))) {
+            st.serialize_field("pending", &Pending(&self.lines))?;
+        }
+        st.serialize_field("interrupted", &meta.interrupted)?;
+        st.serialize_field("finished", &meta.finished)?;
+        if let Some(remote) = &meta.remote {
+            st.serialize_field("remote", remote)?;
+        }
+        st.end()
     }
 }
 
@@ -249,31 +358,12 @@ struct Read {
 
 impl Serialize for RunReport {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut written = Written {
-            id: &self.id,
-            workflow: &self.workflow,
-            started_unix: self.started_unix,
-            duration_ms: self.duration_ms,
-            steps: Vec::new(),
-            cached: CachedKeys(Vec::new()),
-            pending: Vec::new(),
-            interrupted: self.interrupted,
-            finished: self.finished,
-            remote: self.remote.as_ref(),
-        };
-        for step in &self.steps {
-            if let Some(key) = step.cached_key() {
-                written.cached.0.push((&step.name, key));
-            } else if step.plain_pending() {
-                written.pending.push(&step.name);
-            } else {
-                let log = (self.logs.as_ref())
-                    .filter(|_| step.logged && step.log.is_none())
-                    .map(|logs| format!("{logs}/{}.log", step.name));
-                written.steps.push(WrittenStep { step, log });
-            }
+        let logs = self.logs.as_deref();
+        Written {
+            meta: self,
+            lines: || self.steps.iter().map(move |step| step.line(logs)),
         }
-        written.serialize(s)
+        .serialize(s)
     }
 }
 
@@ -316,13 +406,27 @@ impl RunReport {
     /// The JSON goes to the file as it is made: a record of 50,000 steps is
     /// megabytes, and no copy of it is held in memory.
     pub fn write(&self, runs: &Path) -> anyhow::Result<()> {
+        self.write_to(runs, self)
+    }
+
+    /// Write the record of this run whose steps are `lines()` (its own are not
+    /// read): how a run in progress, which keeps its steps compact, writes it.
+    pub(crate) fn write_lines<'a, I: Iterator<Item = Line<'a>>>(
+        &self,
+        runs: &Path,
+        lines: impl Fn() -> I,
+    ) -> anyhow::Result<()> {
+        self.write_to(runs, &Written { meta: self, lines })
+    }
+
+    fn write_to(&self, runs: &Path, record: &impl Serialize) -> anyhow::Result<()> {
         use std::io::Write as _;
         let tmp = runs.join(format!(".{}.tmp", self.id));
         let written = std::fs::File::create(&tmp)
             .map_err(anyhow::Error::from)
             .and_then(|file| {
                 let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
-                serde_json::to_writer(&mut out, self)?;
+                serde_json::to_writer(&mut out, record)?;
                 out.flush()?;
                 Ok(())
             });

@@ -141,6 +141,7 @@ fn run_steps(
     let out_links = OutLinks::open(&out_root, &session.cache.dir("trees"))?;
     crate::timings::mark("preflight");
     let in_place = lock_entries_in_place(session, &probe, &out_links);
+    crate::run::give_back_free_memory();
     crate::timings::mark("check lock entries");
     let slurm = crate::slurm::setup::prepare(
         session,
@@ -227,7 +228,7 @@ fn run_steps(
     if let Some(thread) = uploader {
         let _ = thread.join();
     }
-    finished.report.remote = remote.as_ref().map(|r| r.stats());
+    finished.set_remote(remote.as_ref().map(|r| r.stats()));
     Ok((finished, out_links))
 }
 
@@ -352,20 +353,16 @@ fn conclude(
     progress: &Progress,
     started: Instant,
 ) -> anyhow::Result<RunReport> {
-    let Finished {
-        mut report,
-        lock_changes,
-    } = finished;
+    let mut finished = finished;
     session.save_caches_and_forget()?;
     crate::timings::mark("save caches");
+    let lock_changes = std::mem::take(&mut finished.lock_changes);
     let (lock_stale, written) = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
     // (Not after a run of some targets only: the others were not looked at.)
-    let all_done = !report.interrupted
-        && !session.workflow.selection.is_partial()
-        && (report.steps.iter())
-            .all(|r| matches!(r.outcome, StepOutcome::Ran | StepOutcome::Cached));
+    let all_done =
+        !finished.interrupted() && !session.workflow.selection.is_partial() && finished.all_done();
     let stamp = session.settled_stamp();
     let lock_now = if written.is_some() {
         written
@@ -383,16 +380,19 @@ fn conclude(
         _ => OutLinks::unsettle(&stamp)?,
     }
     crate::timings::mark("write lock");
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    report.write(&session.cache.dir("runs"))?;
+    let runs = session.cache.dir("runs");
+    let took = started.elapsed().as_millis() as u64;
+    finished.write(session.workflow, &runs, took)?;
     crate::run_record::prune(
-        &session.cache.dir("runs"),
+        &runs,
         &session.cache.dir("logs"),
         crate::run_record::KEPT_RUNS,
-        crate::run_record::kept_bytes(report.steps.len()),
+        crate::run_record::kept_bytes(session.workflow.steps.len()),
     );
     crate::run_record::start_removing_pruned_logs(&session.cache.dir("logs"));
     crate::timings::mark("write run record");
+    crate::run::give_back_free_memory();
+    let report = finished.ended(session.workflow).report;
     progress.run_finished(&report);
     let unmet: Vec<&String> = report.steps.iter().flat_map(|s| &s.unmet).collect();
     if !unmet.is_empty() {
@@ -499,15 +499,10 @@ impl std::io::Write for HashingWriter<'_> {
 /// the schedule (before any step runs, under the workspace lock) uses the answers.
 fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) -> Vec<bool> {
     let index = session.lock_index();
-    let entries: Vec<Option<(&str, Hash, Hash)>> = session
-        .workflow
-        .steps
-        .iter()
-        .map(|s| {
-            let (key, output) = (*index.steps.get(&s.name)?)?;
-            Some((s.name.as_str(), key, output))
-        })
-        .collect();
+    let steps = &session.workflow.steps;
+    // Looked up where needed, not gathered: a list of 10,000 entries was 0.9 MB
+    // at the run's peak.
+    let entry = |i: usize| *index.steps.get(&steps[i].name)?;
     // A settled stamp vouches for every record and link of this lock.
     let settled = session.lock_digest().is_some_and(|lock| {
         out.settled(
@@ -516,26 +511,30 @@ fn lock_entries_in_place(session: &Session, probe: &CacheProbe, out: &OutLinks) 
             session.cache.records_generation(),
         )
     });
-    // Each distinct output tree is checked once (steps may share one).
-    let mut trees: Vec<Hash> = entries.iter().flatten().map(|e| e.2).collect();
+    // Each distinct output tree is checked once (steps may share one); those
+    // whole are kept, sorted.
+    let mut trees: Vec<Hash> = (0..steps.len()).filter_map(|i| Some(entry(i)?.1)).collect();
     trees.sort_unstable();
     trees.dedup();
-    let whole: HashSet<Hash> = (trees.iter().zip(in_parallel(&trees, |t| {
+    let ok = in_parallel(&trees, |t| {
         probe.has_tree(t) && session.cache.tree_unchanged(t)
-    })))
-    .filter_map(|(t, ok)| ok.then_some(*t))
-    .collect();
-    let check = |e: &Option<(&str, Hash, Hash)>| {
-        e.as_ref().is_some_and(|(step, key, output)| {
-            whole.contains(output)
+    });
+    let mut ok = ok.into_iter();
+    trees.retain(|_| ok.next().unwrap_or(false));
+    let whole = trees;
+    let check = |&i: &usize| {
+        entry(i).is_some_and(|(key, output)| {
+            whole.binary_search(&output).is_ok()
                 && (settled
-                    || (session.cache.record_names(key, output) && out.is_present(step, output)))
+                    || (session.cache.record_names(&key, &output)
+                        && out.is_present(&steps[i].name, &output)))
         })
     };
+    let all: Vec<usize> = (0..steps.len()).collect();
     if settled {
-        return entries.iter().map(check).collect();
+        return all.iter().map(check).collect();
     }
-    in_parallel(&entries, check)
+    in_parallel(&all, check)
 }
 
 /// `check` of every item, split across the cores when there are many.

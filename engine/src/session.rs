@@ -246,7 +246,7 @@ impl<'w> Session<'w> {
     pub fn prepare_keys(&mut self) -> Prepared {
         let inputs = InputDigests::pending(self.workflow.steps.len());
         for (i, s) in self.workflow.steps.iter().enumerate() {
-            if s.inputs().is_empty() {
+            if !s.has_inputs() {
                 inputs.set(i, Ok(Vec::new()));
             }
         }

@@ -214,6 +214,12 @@ pub trait Step: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// Whether [`Step::inputs`] has any, asked without making them (once per step
+    /// of every apply).
+    fn has_inputs(&self) -> bool {
+        !self.inputs().is_empty()
+    }
+
     /// Declared outputs with their roles, relative to the step's output directory.
     /// A step that exits successfully without one of them fails.
     fn output_roles(&self) -> Vec<(String, OutputRole)>;

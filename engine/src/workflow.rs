@@ -183,6 +183,11 @@ impl StepDecl {
         self.step.inputs()
     }
 
+    /// Whether the step declares inputs, without making them.
+    pub fn has_inputs(&self) -> bool {
+        self.step.has_inputs()
+    }
+
     /// The fields as canonical JSON (keys sorted, no spaces), the form that enters the step key.
     pub fn canonical_fields(&self) -> &str {
         &self.canonical_fields

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use qflow_engine::results::{MetricSpec, check_metrics, check_metrics_read};
+use qflow_engine::str_list::StrList;
 use qflow_engine::{
     CheckContext, FieldError, HostNeed, Input, OutputRole, RunContext, Step, StepFields, Tool,
 };
@@ -19,26 +21,17 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Command {
     /// The argv to run: program first.
-    #[serde(deserialize_with = "exact")]
-    pub run: Vec<String>,
+    pub run: StrList,
     /// Host files, directories (whole trees) or globs whose content enters the key.
-    #[serde(default, deserialize_with = "exact")]
-    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub inputs: StrList,
     /// Files or directories the program must create under `$QFLOW_OUT`.
-    #[serde(default, deserialize_with = "exact")]
-    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub outputs: StrList,
     /// Numbers taken from the outputs after the program exits, by name:
     /// `{ from: FILE, regex: '...(one group)...' | json: /pointer | csv: column, unit, expect }`.
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricSpec>,
-}
-
-/// A list as long as it is: a list read element by element gets room for four, and a
-/// workflow of 10,000 one-element `run:` and `inputs:` lists held 1.4 MB of that room.
-fn exact<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let mut v = Vec::<String>::deserialize(d)?;
-    v.shrink_to_fit();
-    Ok(v)
 }
 
 impl StepFields for Command {
@@ -78,8 +71,12 @@ impl Step for Command {
         self.inputs
             .iter()
             .enumerate()
-            .map(|(i, p)| Input::new(format!("inputs[{i}]"), p.clone()))
+            .map(|(i, p)| Input::new(format!("inputs[{i}]"), p.to_string()))
             .collect()
+    }
+
+    fn has_inputs(&self) -> bool {
+        !self.inputs.is_empty()
     }
 
     fn metrics(&self) -> BTreeMap<String, MetricSpec> {
@@ -90,14 +87,14 @@ impl Step for Command {
         let mut out: Vec<(String, OutputRole)> = self
             .outputs
             .iter()
-            .map(|o| (o.clone(), role_by_name(o)))
+            .map(|o| (o.to_string(), role_by_name(o)))
             .collect();
         out.extend(crate::metrics::outputs(&self.metrics));
         out
     }
 
     fn check(&self, _ctx: &CheckContext) -> Result<(), FieldError> {
-        if self.run.is_empty() || self.run[0].is_empty() {
+        if self.run.first().is_none_or(str::is_empty) {
             return Err(FieldError::new(
                 "run",
                 "`run` needs at least a program name, e.g. `run: [make, all]`",
@@ -106,7 +103,7 @@ impl Step for Command {
         check_metrics(&self.metrics)?;
         check_metrics_read(
             &self.metrics,
-            &self.outputs,
+            &self.outputs.to_vec(),
             "declare it in `outputs` and write it under $QFLOW_OUT",
         )?;
         Ok(())
@@ -116,7 +113,7 @@ impl Step for Command {
         vec![
             self.run
                 .iter()
-                .map(|a| qflow_engine::context::quote_arg(a))
+                .map(qflow_engine::context::quote_arg)
                 .collect::<Vec<_>>()
                 .join(" "),
         ]
@@ -127,8 +124,10 @@ impl Step for Command {
     }
 
     fn run(&self, ctx: &mut RunContext) -> anyhow::Result<()> {
-        let mut cmd = ctx.command(&self.run[0]);
-        cmd.args(&self.run[1..]);
+        let mut argv = self.run.iter();
+        let program = argv.next().context("`run` names no program")?;
+        let mut cmd = ctx.command(program);
+        cmd.args(argv);
         ctx.run(cmd)?;
         let run = crate::metrics::RunDir {
             run: String::new(),

@@ -117,7 +117,7 @@ fn registry() -> Registry {
 }
 
 /// One apply of the workflow in `dir` on the fake executor, `slots` wide.
-fn run_once(dir: &Path, slots: usize, keep_going: bool) -> (Finished, Vec<Vec<String>>) {
+fn run_once(dir: &Path, slots: usize, keep_going: bool) -> (Ended, Vec<Vec<String>>) {
     run_with(dir, slots, keep_going, false)
 }
 
@@ -128,7 +128,7 @@ fn run_with(
     slots: usize,
     keep_going: bool,
     interrupt: bool,
-) -> (Finished, Vec<Vec<String>>) {
+) -> (Ended, Vec<Vec<String>>) {
     let registry = registry();
     let options = LoadOptions {
         set: Vec::new(),
@@ -165,7 +165,7 @@ fn run_with(
         cancelled: 0,
     };
     std::thread::scope(|scope| drive(&mut run, &mut batch, &rx, scope)).unwrap();
-    (run.finish(), batch.batches)
+    (run.finish().ended(&wf), batch.batches)
 }
 
 /// One apply of the workflow in `dir` on the fake executor, 2 slots wide, whose
@@ -176,7 +176,7 @@ fn run_hashing_with(
     dir: &Path,
     interrupt: bool,
     hasher: impl FnOnce(&Session, &crate::input_digests::InputDigests, mpsc::Sender<Event>) + Send,
-) -> (Finished, Vec<Vec<String>>) {
+) -> (Ended, Vec<Vec<String>>) {
     let registry = registry();
     let options = LoadOptions {
         set: Vec::new(),
@@ -218,7 +218,7 @@ fn run_hashing_with(
         drive(&mut run, &mut batch, &rx, scope)
     })
     .unwrap();
-    (run.finish(), batch.batches)
+    (run.finish().ended(&wf), batch.batches)
 }
 
 /// `slow` has an input tree; `quick` has none and needs nothing.
@@ -300,7 +300,7 @@ fn an_interrupt_skips_a_step_still_waiting_for_its_inputs() {
     assert_eq!(f.report.steps[0].reasons, ["run interrupted"]);
 }
 
-fn outcomes(f: &Finished) -> Vec<(String, StepOutcome)> {
+fn outcomes(f: &Ended) -> Vec<(String, StepOutcome)> {
     (f.report.steps.iter())
         .map(|s| (s.name.clone(), s.outcome))
         .collect()
@@ -476,7 +476,7 @@ impl StepFields for Sh {
 }
 
 /// One apply of the workflow in `dir` on the in-process executor, `slots` wide.
-fn run_local(dir: &Path, slots: usize) -> Finished {
+fn run_local(dir: &Path, slots: usize) -> Ended {
     let mut registry = registry();
     registry.add(crate::step::KindOf::<Sh>::new());
     let options = LoadOptions {
@@ -519,7 +519,7 @@ fn run_local(dir: &Path, slots: usize) -> Finished {
         drive(&mut run, &mut local, &rx, scope)
     })
     .unwrap();
-    run.finish()
+    run.finish().ended(&wf)
 }
 
 /// `+ name nanos` / `- name nanos` lines, in time order.
