@@ -18,6 +18,8 @@
 #     whole, and beyond a 2-step apply's peak (qflow's own size, paid once); ninja's whole
 #     beside it; and what each step adds from one size to the next (the peak's growth
 #     over the steps added), qflow's and ninja's: the cost of a step at any size
+#   - peak RSS of a no-op of each shape at 10,000 steps and more (the largest of three runs),
+#     per step                                                                  target <= 2 KB
 #   - peak RSS of a no-op and of a first apply that has a lock but an empty cache (largest
 #     tree), per step                                                          target <= 2 KB
 #   - `.qflow` bytes per step after the first apply and after 10 more applies   target <= 4 KB
@@ -114,6 +116,23 @@ for n in $sizes; do
 		done
 	fi
 	prev=$n
+done
+
+echo
+echo "== peak RSS of a no-op, each shape (the largest of 3 runs; at 1,000 steps qflow's own size dominates)"
+for n in $sizes; do
+	[ "$n" -ge 10000 ] || continue
+	for shape in fan tree chains; do
+		d=$work/$shape$n
+		sleep 1.1 # what changed within the last second is checked in full once more
+		worst=0
+		for _ in 1 2 3; do
+			timed "$d/noop3.time" "$QFLOW" apply -j2 "$d/workflow.yaml"
+			kb=$(rss "$d/noop3.time")
+			[ "$kb" -gt "$worst" ] && worst=$kb
+		done
+		printf "   %-6s %6d steps   %6d KB: %s B/step   (target: at most 2 KB)\n" "$shape" "$n" "$worst" "$(python3 -c "print(f'{$worst*1024/$n:.0f}')")"
+	done
 done
 
 echo
