@@ -486,8 +486,7 @@ impl<'a> Run<'a> {
         let m = &material.but_upstream;
         let partial = session.locked_step_but_digests(id.index(), m, &material.key, rec);
         let entry = EntryView::with_digests(&partial, &m.inputs, &material.upstream);
-        let old = session.lock_entry(name);
-        let new = (!old.is_some_and(|old| entry.same_as(&old))).then(|| {
+        let new = (!session.lock_entry_is(name, &entry)).then(|| {
             let spill = (self.spill)
                 .get_or_insert_with(|| Spill::create(&session.cache.dir("tmp")).ok().map(Arc::new));
             match spill {
