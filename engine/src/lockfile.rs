@@ -1521,6 +1521,26 @@ mod tests {
         assert_eq!(text.entry("b \"quoted\""), Some(entry("k", 1)));
         assert_eq!(text.entry("d"), Some(entry("k", 3)));
         assert_eq!(text.entry("bb"), None);
+        // An entry is found the same by the digest of its text exactly when it is
+        // the same field by field; a step without an entry has nothing to match.
+        for (name, n) in [("a", 0), ("b \"quoted\"", 1), ("d", 3)] {
+            let same = entry("k", n);
+            assert_eq!(
+                text.entry_written_as(name, &EntryView::of(&same)),
+                Some(true)
+            );
+            for other in [entry("k2", n), entry("k", n + 1)] {
+                assert!(!EntryView::of(&other).same_as(&same));
+                assert_eq!(
+                    text.entry_written_as(name, &EntryView::of(&other)),
+                    Some(false)
+                );
+            }
+        }
+        assert_eq!(
+            text.entry_written_as("bb", &EntryView::of(&entry("k", 1))),
+            None
+        );
         let changes: BTreeMap<String, LockedStep> = [
             ("c".to_string(), entry("k2", 7)),
             ("bb".to_string(), entry("k3", 8)),
