@@ -216,13 +216,7 @@ impl StepReport {
     /// This report as the record writes it; a step whose log is not held
     /// ([`StepReport::logged`]) has it under `logs`, the run's log directory.
     pub(crate) fn view<'a>(&'a self, logs: Option<&str>) -> StepView<'a> {
-        let log = match (&self.log, logs) {
-            (Some(log), _) => Some(std::borrow::Cow::Borrowed(log.as_str())),
-            (None, Some(logs)) if self.logged => {
-                Some(std::borrow::Cow::Owned(format!("{logs}/{}.log", self.name)))
-            }
-            _ => None,
-        };
+        let log = log_path(self.log.as_deref(), self.logged, logs, &self.name);
         StepView {
             name: &self.name,
             outcome: self.outcome,
@@ -247,6 +241,21 @@ impl StepReport {
         } else {
             Line::Full(self.view(logs))
         }
+    }
+}
+
+/// A step's log in the record: the one it holds, else, when it has one not held
+/// ([`StepReport::logged`]), `<logs>/<name>.log` under the run's log directory.
+pub(crate) fn log_path<'a>(
+    held: Option<&'a str>,
+    logged: bool,
+    logs: Option<&str>,
+    name: &str,
+) -> Option<std::borrow::Cow<'a, str>> {
+    match (held, logs) {
+        (Some(log), _) => Some(std::borrow::Cow::Borrowed(log)),
+        (None, Some(logs)) if logged => Some(std::borrow::Cow::Owned(format!("{logs}/{name}.log"))),
+        _ => None,
     }
 }
 

@@ -33,7 +33,7 @@ struct Brief {
 const NO_MORE: u32 = u32::MAX;
 
 /// The fields of a step's record entry besides its name, outcome, key and output.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct More {
     pub duration_ms: u64,
     pub start_ms: Option<u64>,
@@ -102,34 +102,20 @@ impl Ledger {
 
     /// Step `i`'s entry is `report` (its name is not kept).
     pub fn set(&mut self, i: usize, report: StepReport) {
-        let StepReport {
-            name: _,
-            outcome,
-            key,
-            output,
-            duration_ms,
-            start_ms,
-            cpu_ms,
-            reasons,
-            error,
-            log,
-            logged,
-            unmet,
-        } = report;
         let more = More {
-            duration_ms,
-            start_ms,
-            cpu_ms,
-            reasons,
-            error,
-            log,
-            logged,
-            unmet,
+            duration_ms: report.duration_ms,
+            start_ms: report.start_ms,
+            cpu_ms: report.cpu_ms,
+            reasons: report.reasons,
+            error: report.error,
+            log: report.log,
+            logged: report.logged,
+            unmet: report.unmet,
         };
         let brief = &mut self.briefs[i];
-        brief.outcome = outcome;
-        brief.key = key;
-        brief.output = output;
+        brief.outcome = report.outcome;
+        brief.key = report.key;
+        brief.output = report.output;
         match (brief.more, more.is_empty()) {
             (NO_MORE, true) => {}
             (NO_MORE, false) => {
@@ -153,41 +139,16 @@ impl Ledger {
     /// Step `i`'s whole entry, named `name`.
     pub fn report(&self, i: usize, name: &str) -> StepReport {
         let brief = &self.briefs[i];
-        let mut report = StepReport::new(name, brief.outcome);
-        report.key = brief.key;
-        report.output = brief.output;
-        if let Some(more) = self.more.get(brief.more as usize) {
-            report.duration_ms = more.duration_ms;
-            report.start_ms = more.start_ms;
-            report.cpu_ms = more.cpu_ms;
-            report.reasons = more.reasons.clone();
-            report.error = more.error.clone();
-            report.log = more.log.clone();
-            report.logged = more.logged;
-            report.unmet = more.unmet.clone();
-        }
-        report
+        whole(name, brief, self.more.get(brief.more as usize).cloned())
     }
 
     /// Every step's whole entry, by `name(i)`, in order; the ledger goes with them.
     pub fn into_reports<'n>(self, name: impl Fn(usize) -> &'n str) -> Vec<StepReport> {
         let mut more: Vec<Option<More>> = self.more.into_iter().map(Some).collect();
-        (self.briefs.into_iter().enumerate())
+        (self.briefs.iter().enumerate())
             .map(|(i, brief)| {
-                let mut report = StepReport::new(name(i), brief.outcome);
-                report.key = brief.key;
-                report.output = brief.output;
-                if let Some(m) = more.get_mut(brief.more as usize).and_then(Option::take) {
-                    report.duration_ms = m.duration_ms;
-                    report.start_ms = m.start_ms;
-                    report.cpu_ms = m.cpu_ms;
-                    report.reasons = m.reasons;
-                    report.error = m.error;
-                    report.log = m.log;
-                    report.logged = m.logged;
-                    report.unmet = m.unmet;
-                }
-                report
+                let rest = more.get_mut(brief.more as usize).and_then(Option::take);
+                whole(name(i), brief, rest)
             })
             .collect()
     }
@@ -213,13 +174,7 @@ impl Ledger {
         name: &'a str,
         logs: Option<&str>,
     ) -> StepView<'a> {
-        let log = match (&more.log, logs) {
-            (Some(log), _) => Some(std::borrow::Cow::Borrowed(log.as_str())),
-            (None, Some(logs)) if more.logged => {
-                Some(std::borrow::Cow::Owned(format!("{logs}/{name}.log")))
-            }
-            _ => None,
-        };
+        let log = crate::run_record::log_path(more.log.as_deref(), more.logged, logs, name);
         StepView {
             name,
             outcome: brief.outcome,
@@ -247,6 +202,25 @@ impl Ledger {
         meta.write_lines(runs, || {
             (0..self.len()).map(|i| self.line(i, name(i), logs))
         })
+    }
+}
+
+/// The entry of step `name` from its brief and the rest, if it has more.
+fn whole(name: &str, brief: &Brief, more: Option<More>) -> StepReport {
+    let more = more.unwrap_or_default();
+    StepReport {
+        name: name.to_string(),
+        outcome: brief.outcome,
+        key: brief.key,
+        output: brief.output,
+        duration_ms: more.duration_ms,
+        start_ms: more.start_ms,
+        cpu_ms: more.cpu_ms,
+        reasons: more.reasons,
+        error: more.error,
+        log: more.log,
+        logged: more.logged,
+        unmet: more.unmet,
     }
 }
 
