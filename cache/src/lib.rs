@@ -34,7 +34,8 @@ mod tree;
 mod tree_stamp;
 
 pub use atomic::{
-    fsync_dir, remove_dir_force, write_atomic, write_atomic_with, write_replace, write_replace_with,
+    Staged, fsync_dir, remove_dir_force, write_atomic, write_atomic_with, write_hint_with,
+    write_replace, write_replace_with,
 };
 pub use cache::{CACHE_VERSION, Cache};
 pub use dir_handle::DirHandle;

@@ -91,7 +91,7 @@ impl OutLinks {
                 }
                 // Not fsynced: a stamp a power cut loses only costs the next apply
                 // its per-step checks, and one it tears does not match.
-                qflow_cache::write_replace(stamp, text.as_bytes())
+                qflow_cache::write_hint_with(stamp, |out| out.write_all(text.as_bytes()))
             }
             _ => Self::unsettle(stamp),
         }

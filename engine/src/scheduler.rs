@@ -357,7 +357,12 @@ fn conclude(
     session.save_caches_and_forget()?;
     crate::timings::mark("save caches");
     let lock_changes = std::mem::take(&mut finished.lock_changes);
-    let (lock_stale, written) = write_lock(session, lock_changes)?;
+    crate::timings::mark("done");
+    let LockWrite {
+        stale: lock_stale,
+        digest: written,
+        committing,
+    } = write_lock(session, lock_changes)?;
     // Every lock entry's record and link are in place after a run in which
     // every step ran or was cached: note it for the next run.
     // (Not after a run of some targets only: the others were not looked at.)
@@ -373,6 +378,8 @@ fn conclude(
     } else {
         session.lock_digest()
     };
+    // The stamp names the lock by its digest: written before the new lock is in
+    // place, it vouches for nothing if that lock never lands.
     match lock_now {
         Some(lock) if all_done => {
             out_links.settle(&stamp, &lock, session.cache.records_generation())?
@@ -393,6 +400,8 @@ fn conclude(
     crate::timings::mark("write run record");
     crate::run::give_back_free_memory();
     let report = finished.ended(session.workflow).report;
+    committing.finish()?;
+    crate::timings::mark("lock in place");
     progress.run_finished(&report);
     let unmet: Vec<&String> = report.steps.iter().flat_map(|s| &s.unmet).collect();
     if !unmet.is_empty() {
@@ -411,9 +420,57 @@ fn conclude(
     Ok(report)
 }
 
-/// Write the lock file if this run changed it; whether it did, and the blake3 of
+/// What [`write_lock`] did.
+struct LockWrite {
+    /// The lock was rewritten (or is being).
+    stale: bool,
+    /// The blake3 of the new lock, when known without reading it back.
+    digest: Option<Hash>,
+    /// The new lock being made durable and put in place.
+    committing: Committing,
+}
+
+/// A lock written in full being fsynced and renamed into place on its own thread:
+/// the fsync of megabytes is most of a one-step run's end, and the index memo,
+/// the settled stamp and the run record, none of which vouch for a lock not in
+/// place, are written meanwhile. Joined by [`Committing::finish`], or when
+/// dropped on an error path, so no run ends with its lock half done.
+struct Committing(Option<std::thread::JoinHandle<anyhow::Result<()>>>);
+
+impl Committing {
+    fn none() -> Committing {
+        Committing(None)
+    }
+
+    fn start(staged: qflow_cache::Staged) -> anyhow::Result<Committing> {
+        let handle = std::thread::Builder::new()
+            .name("lock commit".into())
+            .spawn(move || staged.commit())
+            .context("cannot start a thread to write the lock file")?;
+        Ok(Committing(Some(handle)))
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("writing the lock file panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Write the lock file if this run changed it: whether it did, and the blake3 of
 /// what it wrote when that is known without reading it back.
-fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, Option<Hash>)> {
+fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<LockWrite> {
     let workflow = session.workflow;
     let changes = changes.sorted(|i| &workflow.steps[i].name);
     // Steps the targets left out keep their entries.
@@ -440,7 +497,7 @@ fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, 
         {
             // Streamed to the file and hashed on the way: the new lock is not held whole.
             let mut hasher = blake3::Hasher::new();
-            qflow_cache::write_atomic_with(&session.lock_path, |out| {
+            let staged = qflow_cache::Staged::write_with(&session.lock_path, |out| {
                 let mut out = HashingWriter {
                     out,
                     hasher: &mut hasher,
@@ -449,6 +506,8 @@ fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, 
                 text.splice_into(version, &workflow.name, keep, &changes, &mut out)
             })?;
             let digest = Hash::from(hasher.finalize());
+            let committing = Committing::start(staged)?;
+            crate::timings::mark("write lock text");
             // The new lock's index: the old one's kept steps and the changes.
             let kept = (old.steps.iter())
                 .filter(|(k, _)| declared.contains(k) && !is_changed(&changes, k))
@@ -461,7 +520,12 @@ fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, 
                 &workflow.name,
                 kept.map(Ok).chain(changed),
             )?;
-            return Ok((true, Some(digest)));
+            crate::timings::mark("write lock index memo");
+            return Ok(LockWrite {
+                stale: true,
+                digest: Some(digest),
+                committing,
+            });
         }
         let mut new_lock = session.lock().clone();
         new_lock.version = crate::lockfile::LOCK_VERSION;
@@ -472,7 +536,11 @@ fn write_lock(session: &Session, changes: LockChanges) -> anyhow::Result<(bool, 
         }
         new_lock.write(&session.lock_path)?;
     }
-    Ok((stale, None))
+    Ok(LockWrite {
+        stale,
+        digest: None,
+        committing: Committing::none(),
+    })
 }
 
 /// Writes through to `out` and hashes what it writes.

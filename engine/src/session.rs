@@ -214,7 +214,7 @@ impl<'w> Session<'w> {
         let memo = memos.join(lock_memo_name(&self.lock_path));
         let _ = std::fs::create_dir_all(&memos);
         let mut failed = None;
-        let written = qflow_cache::write_replace_with(&memo, |out| {
+        let written = qflow_cache::write_hint_with(&memo, |out| {
             let steps = steps.map(|s| s.inspect_err(|e| failed = Some(format!("{e:#}"))));
             LockIndex::write_memo(&digest, version, workflow, steps, out)
         });
@@ -796,7 +796,7 @@ impl LastLock {
                 }
                 let _ = std::fs::create_dir_all(memos);
                 let _ =
-                    qflow_cache::write_replace_with(&memo, |out| index.write_memo_to(&digest, out));
+                    qflow_cache::write_hint_with(&memo, |out| index.write_memo_to(&digest, out));
                 index
             }
         };

@@ -444,7 +444,7 @@ impl StatCache {
         let entries = self.entries.get().expect("loaded above");
         let journal = &mut self.journal;
         let journaled = journal.as_ref().map_or(0, |j| j.count);
-        qflow_cache::write_replace_with(&self.path, |out| {
+        qflow_cache::write_hint_with(&self.path, |out| {
             encode(entries, journaled, out)?;
             match journal {
                 Some(j) => j.drain_into(out),
