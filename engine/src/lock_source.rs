@@ -46,7 +46,7 @@ impl Stamp {
 }
 
 /// The size of the pieces copied from the file (no whole entry range is held).
-const PIECE: usize = 64 << 10;
+const PIECE: usize = 256 << 10;
 
 /// The size of the pieces a lock is hashed in: large enough for every core.
 const HASH_PIECE: usize = 1 << 20;
