@@ -13,6 +13,7 @@
 #     overhead per step that runs (wall time over xargs' per step)             target <= 2 ms
 #   - no-op at each size (tree shape)                                          target <= 2x
 #   - one changed input among 10,000 steps (and the largest tree)  target <= no-op + 50 ms
+#     (rounds of a no-op then a changed input, 1.1 s after the last change: bench/changed_input.py)
 #   - `qflow plan` vs `ninja -n` on the largest tree (nothing to do)            target <= 2x
 #   - peak RSS per step of the first apply (GNU time's maximum resident size)  target <= 2 KB
 #     whole, and beyond a 2-step apply's peak (qflow's own size, paid once); ninja's whole
@@ -182,17 +183,16 @@ for n in $changed_sizes; do
 	echo
 	echo "== one changed input among $n steps (tree shape, a leaf)"
 	leaf=$((n - 1))
-	hyperfine -N --runs 10 --export-json "$d/change.json" \
-		--prepare "python3 -c \"import random; open('$d/src/f$leaf','w').write(str(random.random()))\"" \
-		"$QFLOW apply -j2 $d/workflow.yaml" >/dev/null
-	hyperfine -N --runs 10 --export-json "$d/nchange.json" \
-		--prepare "python3 -c \"import random; open('$d/src/f$leaf','w').write(str(random.random()))\"" \
-		"ninja -C $d -j2" >/dev/null
-	q=$(mean_ms "$d/change.json" 0) nj=$(mean_ms "$d/nchange.json" 0)
-	printf "   qflow %.1f ms (no-op %.1f ms: +%.1f ms), ninja %.1f ms: %s   (target at 10,000 steps: at most no-op + 50 ms)\n" \
-		"$q" "$noop" "$(python3 -c "print($q-$noop)")" "$nj" "$(ratio "$q" "$nj")"
+	# Rounds of a no-op then one changed input, each round 1.1 s after the last
+	# change (bench/changed_input.py says why), medians of 10 rounds.
+	read -r qn qc qd < <(python3 "$repo/bench/changed_input.py" "$d" "src/f$leaf" 10 -- "$QFLOW" apply -j2 workflow.yaml)
+	read -r nn nc nd < <(python3 "$repo/bench/changed_input.py" "$d" "src/f$leaf" 10 -- ninja -j2)
+	printf "   qflow %.1f ms, its no-op in the same rounds %.1f ms: +%.1f ms (median of the rounds' differences; over the no-op above: +%.1f ms)\n" \
+		"$qc" "$qn" "$qd" "$(python3 -c "print($qc-$noop)")"
+	printf "   ninja %.1f ms (no-op %.1f ms: +%.1f ms): qflow %s ninja   (target at 10,000 steps: at most no-op + 50 ms)\n" \
+		"$nc" "$nn" "$nd" "$(ratio "$qc" "$nc")"
 	du_after=$(du -sb "$d/.qflow" | cut -f1)
-	echo "   .qflow after the 10 applies above that each ran one step: $(python3 -c "print(f'{$du_after/$n:.0f}')") B/step, runs/ keeps $(ls "$d/.qflow/runs" | wc -l) records"
+	echo "   .qflow after the 30 applies above (10 of them ran one step): $(python3 -c "print(f'{$du_after/$n:.0f}')") B/step, runs/ keeps $(ls "$d/.qflow/runs" | wc -l) records"
 done
 d=$work/tree$largest
 
