@@ -7,9 +7,10 @@ Each round runs COMMAND once so nothing is left to do, waits 1.1 s (what changed
 within the last second is checked in full once more by qflow, as git does), then
 times COMMAND with nothing to do (the no-op), writes new content to FILE (under
 DIR) and times COMMAND again (the changed input). A user edits a file seconds
-after the last build, not a few milliseconds: timing changed inputs back to back
-would time a run whose previous run ended within the second. Both times come from
-the same round, so a machine that slows down for a while slows both.
+after the last build; timed back to back, each changed build would start the moment
+the previous one ended. Both times come from the same round, so a machine that slows
+down for a while slows both (on a 2-core VM the no-op alone drifted by half within
+minutes).
 
 Prints one line: the no-op's median, the changed input's median and the median of
 each round's difference, in milliseconds.

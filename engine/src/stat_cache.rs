@@ -533,9 +533,9 @@ fn decode(b: &[u8]) -> Option<Entries> {
 
 /// FNV-1a over the path bytes, then mixed: paths are not attacker-chosen here,
 /// and SipHash over 78k long paths cost more than the lookups themselves. FNV
-/// alone barely changes its top bits for names that differ at their end
-/// (`s1000`, `s1001`), and the hash table tells entries apart by those first:
-/// 10,000 step names cost a string comparison per entry of a long probe each.
+/// alone leaves its top 7 bits the same for names that differ at their end
+/// (`s1000` to `s1009`), and the hash table tells entries apart by those before
+/// it compares names: 10,000 step names cost a name comparison per entry probed.
 #[derive(Default, Clone, Copy)]
 pub struct BuildPathHasher;
 
