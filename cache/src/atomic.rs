@@ -120,22 +120,7 @@ pub fn write_replace_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
-    let tmp = parent_of(path).join(unique_tmp_name());
-    let result = (|| {
-        let f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, f);
-        write(&mut out).with_context(|| format!("cannot write `{}`", tmp.display()))?;
-        out.into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_then_rename(path, write, false)
 }
 
 /// [`write_replace_with`] for a file that only saves work (an index memo, the stat
@@ -149,6 +134,17 @@ pub fn write_hint_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
+    write_then_rename(path, write, true)
+}
+
+/// Write under a temporary name beside `path`, through a buffer, then rename it to
+/// `path`, having removed the old file first if `remove_first`. Nothing replaces
+/// `path` when `write` fails, and no temporary file is left.
+fn write_then_rename(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    remove_first: bool,
+) -> anyhow::Result<()> {
     let tmp = parent_of(path).join(unique_tmp_name());
     let result = (|| {
         let f = std::fs::File::create(&tmp)
@@ -158,11 +154,13 @@ pub fn write_hint_with(
         out.into_inner()
             .map_err(|e| e.into_error())
             .with_context(|| format!("cannot write `{}`", tmp.display()))?;
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot remove `{}`", path.display()));
+        if remove_first {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove `{}`", path.display()));
+                }
+                _ => {}
             }
-            _ => {}
         }
         std::fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename `{}` to `{}`", tmp.display(), path.display()))
@@ -254,13 +252,19 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         let dropped = Staged::write_with(&p, |out| out.write_all(b"never")).unwrap();
         drop(dropped);
-        let failed = Staged::write_with(&p, |out| {
-            out.write_all(b"half")?;
-            Err(std::io::Error::other("the writer failed"))
-        });
-        assert!(failed.is_err());
+        assert!(Staged::write_with(&p, half_then_fail).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_only_file_in(&dir);
+    }
+
+    /// A writer that fails after writing part of its content.
+    fn half_then_fail(out: &mut dyn Write) -> std::io::Result<()> {
+        out.write_all(b"half")?;
+        Err(std::io::Error::other("the writer failed"))
+    }
+
+    fn assert_only_file_in(dir: &Path) {
+        let names: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
     }
 
@@ -271,14 +275,9 @@ mod tests {
         write_hint_with(&p, |out| out.write_all(b"one")).unwrap();
         write_hint_with(&p, |out| out.write_all(b"two")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let failed = write_hint_with(&p, |out| {
-            out.write_all(b"thr")?;
-            Err(std::io::Error::other("the writer failed"))
-        });
-        assert!(failed.is_err());
+        assert!(write_hint_with(&p, half_then_fail).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-        assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+        assert_only_file_in(&dir);
     }
 
     #[test]
