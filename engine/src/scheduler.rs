@@ -358,7 +358,7 @@ fn conclude(
     session.save_caches_and_forget()?;
     crate::timings::mark("save caches");
     let lock_changes = std::mem::take(&mut finished.lock_changes);
-    crate::timings::mark("done");
+    crate::timings::mark("take lock changes");
     let LockWrite {
         stale: lock_stale,
         digest: written,
