@@ -185,8 +185,11 @@ for n in $changed_sizes; do
 	leaf=$((n - 1))
 	# Rounds of a no-op then one changed input, each round 1.1 s after the last
 	# change (bench/changed_input.py says why), medians of 10 rounds.
-	read -r qn qc qd < <(python3 "$repo/bench/changed_input.py" "$d" "src/f$leaf" 10 -- "$QFLOW" apply -j2 workflow.yaml)
-	read -r nn nc nd < <(python3 "$repo/bench/changed_input.py" "$d" "src/f$leaf" 10 -- ninja -j2)
+	# Captured first, so a failed round stops the bench (set -e) instead of printing blanks.
+	q_rounds=$(python3 "$repo/bench/changed_input.py" "$d" "src/f$leaf" 10 -- "$QFLOW" apply -j2 workflow.yaml)
+	n_rounds=$(python3 "$repo/bench/changed_input.py" "$d" "src/f$leaf" 10 -- ninja -j2)
+	read -r qn qc qd <<<"$q_rounds"
+	read -r nn nc nd <<<"$n_rounds"
 	printf "   qflow %.1f ms, its no-op in the same rounds %.1f ms: +%.1f ms (median of the rounds' differences; over the no-op above: +%.1f ms)\n" \
 		"$qc" "$qn" "$qd" "$(python3 -c "print($qc-$noop)")"
 	printf "   ninja %.1f ms (no-op %.1f ms: +%.1f ms): qflow %s ninja   (target at 10,000 steps: at most no-op + 50 ms)\n" \
